@@ -1,0 +1,39 @@
+# Two entry points: `make demo` (the whole study on the embedded synthetic default) and `make test`.
+# Each creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cxr needs Python >= 3.10, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cxr demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check cxr tests benchmarks scripts
+	$(BIN)/ruff format --check cxr tests benchmarks scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck
+	@# pytest exit 5 means "no tests collected": treat it as a failure, never as success.
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_cpu.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

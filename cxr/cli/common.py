@@ -1,0 +1,46 @@
+"""Shared CLI plumbing: turn ``CxrError`` into a clear message and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from cxr.errors import CxrError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def echo_error(err: CxrError) -> None:
+    typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
+    if err.hint:
+        typer.echo(f"  hint: {err.hint}", err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Decorator for commands: CxrError -> message on stderr + ``typer.Exit(err.exit_code)``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CxrError as err:
+            echo_error(err)
+            raise typer.Exit(code=err.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

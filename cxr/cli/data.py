@@ -1,0 +1,87 @@
+"""`cxr data`: synthetic data, the split manifest, and split statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr.cli.common import handle_errors
+
+app = typer.Typer(help="Data sets: synthetic X-rays, the split manifest, statistics.", no_args_is_help=True)
+
+
+@app.command("synth")
+@handle_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write COVID-19_Radiography_Dataset/ into.")],
+    per_class: Annotated[
+        int, typer.Option(help="Images per class (the largest class with --imbalance).")
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 299,
+    imbalance: Annotated[
+        bool, typer.Option(help="Follow the real class ratio 3616/6012/10192/1345.")
+    ] = False,
+) -> None:
+    """Write SYNTHETIC chest X-rays in the Kaggle v4 layout (not real patients, not medical evidence)."""
+    from cxr.data.synth import SynthConfig, synthesize
+
+    res = synthesize(SynthConfig(out_dir=out, per_class=per_class, seed=seed, size=size, imbalance=imbalance))
+    total = sum(res.counts.values())
+    typer.echo(f"wrote {total} synthetic images to {res.root} in {res.seconds:.1f} s")
+    for c, n in res.counts.items():
+        typer.echo(f"  {c:<16} {n}")
+
+
+@app.command("split")
+@handle_errors
+def split(
+    data_dir: Annotated[Path, typer.Argument(help="The data set folder (Kaggle v4 or flat layout).")],
+    out: Annotated[
+        Path, typer.Option(help="Manifest CSV to write (a .json with details goes beside it).")
+    ] = Path("runs/manifest.csv"),
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Test fraction.")] = 0.1,
+) -> None:
+    """Deduplicate by pixel hash and write a stratified, seeded train/val/test manifest."""
+    from cxr.data.manifest import SplitConfig, build_manifest, format_counts
+
+    res = build_manifest(
+        SplitConfig(data_dir=data_dir, out=out, seed=seed, fractions=(1 - val - test, val, test))
+    )
+    typer.echo(f"manifest: {res.csv_path} ({len(res.manifest.rows)} images, root {res.manifest.root})")
+    typer.echo(format_counts(res.manifest))
+    if res.duplicates:
+        typer.echo(
+            f"{len(res.duplicates)} exact duplicate(s) dropped (listed in {res.csv_path.with_suffix('.json')})"
+        )
+    if res.conflicts:
+        typer.secho(
+            f"{len(res.conflicts)} image(s) excluded: identical pixels under different classes "
+            "(label conflicts)",
+            fg=typer.colors.YELLOW,
+        )
+    for path, why in res.skipped:
+        typer.secho(f"skipped {path}: {why}", fg=typer.colors.YELLOW, err=True)
+    for w in res.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("stats")
+@handle_errors
+def stats(
+    manifest: Annotated[Path, typer.Argument(help="A manifest CSV written by `cxr data split`.")],
+) -> None:
+    """Print class counts per split."""
+    from cxr.data.manifest import format_counts, load_manifest
+
+    m = load_manifest(manifest)
+    typer.echo(format_counts(m))
+    for split_name, missing in m.missing_classes().items():
+        for c in missing:
+            typer.secho(
+                f"warning: split '{split_name}' has no image of class '{c}'", fg=typer.colors.YELLOW, err=True
+            )

@@ -1,0 +1,42 @@
+"""`cxr`: the umbrella command (data, train, export, verify, fuse, evaluate, serve, demo, predict, bench).
+
+Each group lives in its own file; heavy libraries (torch, timm, onnx, sklearn) are imported inside the
+commands, so `cxr --help` works with only the core dependencies installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cxr import __version__
+from cxr.cli import bench, data, demo, export, predict, serve, stack, train
+from cxr.labels import NOTICE
+
+app = typer.Typer(
+    name="cxr",
+    help=f"cxr {__version__}: train, export, fuse and run a stacking ensemble of chest X-ray classifiers. "
+    f"{NOTICE}",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
+train.app.command("stack")(stack.stack)
+app.command("export")(export.export)
+app.command("verify")(export.verify)
+app.command("fuse")(stack.fuse)
+app.command("evaluate")(stack.evaluate)
+app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
+app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")
+app.add_typer(bench.app, name="bench", help="Same as `cxr-bench`.")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the cxr version."""
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Dataset layer (torch-free): folder layouts, the split manifest, class weights, synthetic X-rays."""

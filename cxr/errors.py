@@ -1,0 +1,47 @@
+"""Exceptions that say what was given and how to fix it.
+
+Every error cxr raises on bad user input is a ``CxrError``: the CLI prints its message and hint and exits
+with ``exit_code`` (2: usage, data or model error), the API maps it to a 4xx response.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CxrError(Exception):
+    """Base class: ``message`` says what was wrong, ``hint`` says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, path: Path | str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        self.path = None if path is None else str(path)
+        super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
+
+
+class ConfigError(CxrError, ValueError):
+    """A configuration value or option is wrong (unknown key, wrong type, out of range)."""
+
+
+class DataError(CxrError):
+    """The data set, a manifest or a prediction file is missing, malformed or inconsistent."""
+
+
+class DecodeError(DataError):
+    """One image file cannot be decoded (corrupt, truncated, not an image, too large, multi-frame...)."""
+
+
+class ModelError(CxrError):
+    """A model file is missing, lacks cxr metadata, or does not fit what was asked of it."""
+
+
+class ProviderError(ModelError):
+    """An execution provider was asked for but is not usable (or silently fell back, with strict mode)."""
+
+
+class VerificationError(CxrError):
+    """An exported or fused graph does not reproduce its reference within tolerance."""
+
+    exit_code = 1

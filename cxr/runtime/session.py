@@ -1,0 +1,162 @@
+"""Create an onnxruntime session on the provider the user asked for, and say which one it really got.
+
+Takes: an ONNX path and a ``SessionConfig``. Makes: ``SessionInfo`` (session, providers really used,
+warnings). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
+fallback is detected from ``session.get_providers()`` and reported (a warning, or ``ProviderError`` in strict
+mode). TensorRT engines are cached in a directory keyed by model hash, onnxruntime version and GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+
+from cxr.errors import ModelError, ProviderError
+
+log = logging.getLogger(__name__)
+
+ProviderName = Literal["auto", "cpu", "cuda", "tensorrt"]
+PROVIDER_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt")
+ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    provider: str = "auto"
+    threads: int | None = None  # intra-op threads; None = onnxruntime's default (all cores)
+    device_id: int = 0
+    strict_provider: bool = False  # an error instead of a warning when the provider falls back
+    trt_fp16: bool = False
+    trt_cache_dir: Path | None = None
+    allow_spinning: bool = False  # spinning threads fight each other when several sessions share cores
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDER_NAMES:
+            raise ProviderError(
+                f"unknown provider {self.provider!r}", hint=f"use one of: {', '.join(PROVIDER_NAMES)}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ProviderError(f"threads must be >= 1, got {self.threads}", hint="omit it to use all cores")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session: ort.InferenceSession
+    requested: str
+    providers: tuple[str, ...]  # what the session really uses, short names, in priority order
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model's main ops (the first one the session really uses)."""
+        return self.providers[0] if self.providers else "cpu"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def available_providers() -> tuple[str, ...]:
+    """Short names of the providers this onnxruntime build offers (not necessarily usable)."""
+    return tuple(SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES)
+
+
+def _trt_cache(cfg: SessionConfig, model: Path) -> Path:
+    base = cfg.trt_cache_dir or Path(os.environ.get("CXR_TRT_CACHE", Path.home() / ".cache" / "cxr" / "trt"))
+    gpu = os.environ.get("CXR_GPU_NAME", f"dev{cfg.device_id}")
+    key = f"{file_sha256(model)[:16]}-ort{ort.__version__}-{gpu}-{'fp16' if cfg.trt_fp16 else 'fp32'}"
+    path = Path(base) / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _provider_list(cfg: SessionConfig, model: Path) -> list[Any]:
+    offered = available_providers()
+    wanted = {
+        "auto": ["tensorrt", "cuda", "cpu"],
+        "cpu": ["cpu"],
+        "cuda": ["cuda", "cpu"],
+        "tensorrt": ["tensorrt", "cuda", "cpu"],
+    }[cfg.provider]
+    out: list[Any] = []
+    for name in wanted:
+        if name != "cpu" and name not in offered:
+            continue
+        if name == "cuda":
+            out.append((ORT_NAMES[name], {"device_id": cfg.device_id}))
+        elif name == "tensorrt":
+            cache = _trt_cache(cfg, model)
+            out.append(
+                (
+                    ORT_NAMES[name],
+                    {
+                        "device_id": cfg.device_id,
+                        "trt_fp16_enable": cfg.trt_fp16,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                    },
+                )
+            )
+        else:
+            out.append(ORT_NAMES[name])
+    return out
+
+
+def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> SessionInfo:
+    """Open ``model`` with the providers ``cfg`` asks for and check which ones it really got."""
+    model = Path(model)
+    if not model.is_file():
+        raise ModelError(
+            f"model file {model} does not exist",
+            hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
+            path=model,
+        )
+    opts = ort.SessionOptions()
+    if cfg.threads is not None:
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+    if not cfg.allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    providers = _provider_list(cfg, model)
+    try:
+        sess = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad or unsupported graphs
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot load {model}: {str(e).splitlines()[0][:300]}",
+            hint="re-export with a supported opset (cxr exports opset 17), or upgrade onnxruntime",
+            path=model,
+        ) from e
+    got = tuple(SHORT_NAMES.get(p, p) for p in sess.get_providers())
+    warnings: list[str] = []
+    if cfg.provider != "auto" and (not got or got[0] != cfg.provider):
+        msg = (
+            f"asked for provider '{cfg.provider}' but onnxruntime runs {model.name} on '{got[0] if got else '?'}' "
+            f"(this onnxruntime offers: {', '.join(available_providers())})"
+        )
+        hint = (
+            "install onnxruntime-gpu (pip install 'cxr-toolkit[gpu]' after uninstalling onnxruntime) with a "
+            "matching CUDA/cuDNN, check the GPU driver, or use --provider cpu"
+        )
+        if cfg.strict_provider:
+            raise ProviderError(msg, hint=hint)
+        warnings.append(f"{msg}; {hint}")
+        log.warning("%s", warnings[-1])
+    return SessionInfo(sess, cfg.provider, got, tuple(warnings))

@@ -1,0 +1,43 @@
+"""Result types of the torch-free runtime (shared by cxr-predict, cxr-bench and the HTTP API)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxr.labels import NOTICE
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. ``error`` is set (and ``label`` is None) when the image could not be read."""
+
+    source: str
+    label: str | None
+    confidence: float | None
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    member_probabilities: Mapping[str, Mapping[str, float]] | None = None
+    provider: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+    notice: str = NOTICE
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": dict(self.probabilities),
+            "member_probabilities": None
+            if self.member_probabilities is None
+            else {k: dict(v) for k, v in self.member_probabilities.items()},
+            "provider": self.provider,
+            "seconds": self.seconds,
+            "error": self.error,
+            "notice": self.notice,
+        }

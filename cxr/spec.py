@@ -1,0 +1,141 @@
+"""Preprocessing, labels and provenance as data: the contract between training, export and runtime.
+
+``PreprocessSpec`` is the single source of truth for how an image becomes a model input. ``ModelMetadata``
+is what every exported cxr ONNX file carries as JSON in its ``metadata_props``; the runtime reads it back
+and refuses files without it. Torch-free and onnx-free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from cxr.errors import ModelError
+from cxr.labels import CLASSES, NOTICE
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+FORMAT_VERSION = 1
+"""Version of the metadata layout below; bumped when it changes incompatibly."""
+
+META_FORMAT = "cxr.format_version"
+META_CLASSES = "cxr.classes"
+META_PREPROCESS = "cxr.preprocess"
+META_INPUT = "cxr.input"
+META_CARD = "cxr.card"
+
+InputFormat = Literal["uint8_gray", "float_normalized"]
+"""``uint8_gray``: the graph takes uint8 [N, 1, H, W] grayscale and normalises inside (fused ensembles).
+``float_normalized``: the graph takes float32 [N, C, H, W] already normalised (single exported members)."""
+
+REEXPORT_HINT = (
+    "export it with cxr (`cxr export RUN_DIR` for members, `cxr fuse RUN_DIR` for the ensemble), "
+    "which writes the class list and preprocessing into the file's metadata"
+)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a decoded grayscale image becomes a model input.
+
+    Decode to 8-bit grayscale, resize to ``input_size`` (H, W) with Pillow's antialiased ``interpolation``,
+    scale to [0, 1], replicate to ``channels``, subtract ``mean`` and divide by ``std`` per channel.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: Literal["bilinear"] = "bilinear"
+
+    def __post_init__(self) -> None:
+        h, w = self.input_size
+        if h < 8 or w < 8:
+            raise ModelError(f"input_size {self.input_size} is too small", hint="use at least 8x8 pixels")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ModelError(
+                f"mean {self.mean} / std {self.std} must have one value per channel ({self.channels})"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ModelError(f"std {self.std} must be positive")
+        if self.interpolation != "bilinear":
+            raise ModelError(f"interpolation {self.interpolation!r} is not supported", hint="use 'bilinear'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessSpec:
+        try:
+            return cls(
+                input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
+                channels=int(d.get("channels", 3)),
+                mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
+                std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
+                interpolation=d.get("interpolation", "bilinear"),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ModelError(f"malformed preprocessing spec {dict(d)!r}: {e}", hint=REEXPORT_HINT) from e
+
+    @classmethod
+    def square(cls, size: int) -> PreprocessSpec:
+        return cls(input_size=(size, size))
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a cxr ONNX file says about itself. ``card`` holds provenance (free-form JSON object)."""
+
+    classes: tuple[str, ...] = CLASSES
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    input_format: InputFormat = "float_normalized"
+    card: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        """Encode as ONNX ``metadata_props`` (all values JSON strings)."""
+        card = {"notice": NOTICE, **dict(self.card)}
+        return {
+            META_FORMAT: json.dumps(FORMAT_VERSION),
+            META_CLASSES: json.dumps(list(self.classes)),
+            META_PREPROCESS: json.dumps(self.preprocess.to_dict()),
+            META_INPUT: json.dumps(self.input_format),
+            META_CARD: json.dumps(card, sort_keys=True, default=str),
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], *, source: str = "model") -> ModelMetadata:
+        """Decode ``metadata_props``; a file without cxr metadata is refused with how to re-export."""
+        missing = [k for k in (META_CLASSES, META_PREPROCESS, META_INPUT) if k not in props]
+        if missing:
+            raise ModelError(
+                f"{source} has no cxr metadata (missing {', '.join(missing)}); cxr cannot know its classes "
+                "or preprocessing",
+                hint=REEXPORT_HINT,
+                path=source,
+            )
+        try:
+            version = json.loads(props.get(META_FORMAT, "1"))
+            classes = tuple(str(c) for c in json.loads(props[META_CLASSES]))
+            spec = PreprocessSpec.from_dict(json.loads(props[META_PREPROCESS]))
+            input_format = json.loads(props[META_INPUT])
+            card = json.loads(props.get(META_CARD, "{}"))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelError(
+                f"{source} has malformed cxr metadata: {e}", hint=REEXPORT_HINT, path=source
+            ) from e
+        if version != FORMAT_VERSION:
+            raise ModelError(
+                f"{source} uses cxr metadata format {version}; this cxr reads format {FORMAT_VERSION}",
+                hint="re-export the model with this version of cxr, or install the cxr that made it",
+                path=source,
+            )
+        if input_format not in ("uint8_gray", "float_normalized"):
+            raise ModelError(
+                f"{source}: unknown input format {input_format!r}", hint=REEXPORT_HINT, path=source
+            )
+        if not classes or len(set(classes)) != len(classes):
+            raise ModelError(f"{source}: invalid class list {classes!r}", hint=REEXPORT_HINT, path=source)
+        return cls(classes=classes, preprocess=spec, input_format=input_format, card=card)
