@@ -1,0 +1,1 @@
+"""`cxr demo`: the whole study end to end (data -> train -> export -> stack/fuse -> evaluate -> scan -> bench)."""
