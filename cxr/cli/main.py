@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cxr import __version__
-from cxr.cli import bench, data, demo, export, predict, serve, stack, train
+from cxr.cli import bench, data, demo, export, predict, serve, stack, train, triton
 from cxr.labels import NOTICE
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("verify")(export.verify)
 app.command("fuse")(stack.fuse)
 app.command("evaluate")(stack.evaluate)
 app.command("serve")(serve.serve)
+app.command("export-triton")(triton.export_triton)
 app.command("demo")(demo.demo)
 app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")
 app.add_typer(bench.app, name="bench", help="Same as `cxr-bench`.")

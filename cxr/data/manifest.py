@@ -123,7 +123,7 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
             hashed.append((rel, rec.label, pixel_hash(rec.path)))
         except DecodeError as e:
             skipped.append((str(rec.path), e.message))
-            log.warning("skipping %s", e.message)
+            log.debug("skipping %s", e.message)
         if progress is not None:
             progress(i + 1, total)
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -158,7 +158,7 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
         f"split '{s}' has no image of class '{c}'" for s, cs in manifest.missing_classes().items() for c in cs
     ]
     for w in warnings:
-        log.warning(w)
+        log.debug(w)
     result = ManifestResult(
         manifest, Path(cfg.out), tuple(duplicates), tuple(conflicts), tuple(skipped), tuple(warnings)
     )

@@ -1,0 +1,104 @@
+"""`cxr export-triton MODEL OUT`: a Triton model repository (and a KServe manifest) for a cxr ONNX model."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr.cli.common import handle_errors
+from cxr.labels import NOTICE
+
+
+class TrtPrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+@handle_errors
+def export_triton(
+    model: Annotated[
+        Path, typer.Argument(help="A cxr ONNX model (the fused ensemble, its INT8 variant, a member).")
+    ],
+    out: Annotated[Path, typer.Argument(help="The Triton model repository folder to write into.")],
+    name: Annotated[
+        str | None, typer.Option(help="Model folder name in the repository (default: the file's stem).")
+    ] = None,
+    version: Annotated[int, typer.Option(help="Version folder to write the model into.")] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="Largest batch Triton may form.")] = 8,
+    preferred_batch_size: Annotated[
+        list[int] | None,
+        typer.Option(help="Batch size the dynamic batcher aims for (repeatable; default: max/2 and max)."),
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="How long a request may wait for a batch to fill, in microseconds.")
+    ] = 1000,
+    gpu_instances: Annotated[int, typer.Option(help="Model instances per GPU (0: no GPU instances).")] = 1,
+    cpu_instances: Annotated[int, typer.Option(help="Model instances on the CPU (0: none).")] = 0,
+    gpu: Annotated[
+        list[int] | None, typer.Option(help="GPU id for the GPU instances (repeatable; default: every GPU).")
+    ] = None,
+    cpu_threads: Annotated[
+        int | None, typer.Option(help="onnxruntime intra-op threads per instance (default: backend's).")
+    ] = None,
+    tensorrt: Annotated[
+        bool, typer.Option(help="Add the TensorRT execution accelerator to GPU instances.")
+    ] = False,
+    trt_precision: Annotated[
+        TrtPrecisionChoice, typer.Option(help="TensorRT precision; auto: fp16, or int8 for an INT8 model.")
+    ] = TrtPrecisionChoice.auto,
+    trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace in MiB.")] = 1024,
+    link: Annotated[bool, typer.Option(help="Hard-link the model file instead of copying it.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace a model folder that holds another model.")] = False,
+    kserve: Annotated[bool, typer.Option(help="Also write kserve-inferenceservice.yaml into OUT.")] = True,
+    storage_uri: Annotated[
+        str | None, typer.Option(help="storageUri for the KServe manifest (default: a placeholder to edit).")
+    ] = None,
+) -> None:
+    """Write OUT/<name>/config.pbtxt, OUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
+    from cxr.export.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
+
+    cfg = TritonConfig(
+        model_name=name,
+        version=version,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=tuple(preferred_batch_size) if preferred_batch_size else None,
+        max_queue_delay_us=max_queue_delay_us,
+        gpu_instances=gpu_instances,
+        cpu_instances=cpu_instances,
+        gpus=tuple(gpu or ()),
+        cpu_threads=cpu_threads,
+        tensorrt=tensorrt,
+        trt_precision=None if trt_precision is TrtPrecisionChoice.auto else trt_precision.value,  # type: ignore[arg-type]
+        trt_workspace_mib=trt_workspace_mib,
+        link=link,
+        force=force,
+        kserve=kserve,
+        storage_uri=storage_uri or STORAGE_URI_PLACEHOLDER,
+    )
+    res = write_triton_repository(model, out, cfg)
+    sig = res.signature
+    typer.echo(f"Triton model '{res.model_name}' written to {res.model_dir}")
+    typer.echo(f"  config:  {res.config_path}")
+    typer.echo(
+        f"  model:   {res.model_path} ({'hard-linked' if res.linked else 'copied'}, sha256 {res.sha256[:16]})"
+    )
+    for t in sig.inputs:
+        typer.echo(f"  input    {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}")
+    for t in sig.outputs:
+        typer.echo(f"  output   {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}")
+    typer.echo(
+        f"  max_batch_size {res.max_batch_size}, precision {res.metadata.card.get('precision', 'fp32')}"
+    )
+    if res.kserve_path is not None:
+        typer.echo(f"  KServe:  {res.kserve_path}")
+        if cfg.storage_uri == STORAGE_URI_PLACEHOLDER:
+            typer.echo("           (edit storageUri: it is a placeholder)")
+    for w in res.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"run: tritonserver --model-repository={res.repository.resolve()}")
+    typer.echo(NOTICE)
