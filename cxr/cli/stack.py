@@ -1,20 +1,153 @@
-"""`cxr train stack`, `cxr fuse`, `cxr evaluate` (stub: being implemented)."""
+"""`cxr train stack`, `cxr fuse`, `cxr evaluate`: the meta-learner, the fused graph and the study's answer.
+
+Thin commands over ``cxr.train.meta.fit_meta``, ``cxr.export.fuse.fuse`` and
+``cxr.evaluate.evaluate.evaluate``; heavy libraries are imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-
-def stack() -> None:
-    """Train the meta-learner (stub)."""
-    raise typer.Exit(code=2)
-
-
-def fuse() -> None:
-    """Fuse members and meta-learner into one ONNX graph (stub)."""
-    raise typer.Exit(code=2)
+from cxr.cli.common import handle_errors
+from cxr.errors import ConfigError
+from cxr.labels import NOTICE
 
 
-def evaluate() -> None:
-    """Compare members, voting and stacking on the test split (stub)."""
-    raise typer.Exit(code=2)
+class Source(str, Enum):
+    val = "val"
+    oof = "oof"
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise ConfigError(
+            f"--members {value!r} names no member", hint="for example --members densenet121,vgg19"
+        )
+    return names
+
+
+@handle_errors
+def stack(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory with manifest.csv and members/<name>/predictions/.")
+    ],
+    members: Annotated[
+        str | None, typer.Option(help="Comma-separated member order (default: every member folder, sorted).")
+    ] = None,
+    source: Annotated[
+        Source,
+        typer.Option(help="val: validation predictions (blending); oof: K-fold out-of-fold predictions."),
+    ] = Source.val,
+    estimator: Annotated[
+        str, typer.Option(help="Meta-learner: logistic_regression (default), lda or gaussian_nb.")
+    ] = "logistic_regression",
+    cv_folds: Annotated[
+        int, typer.Option(help="Cross-validation folds for choosing the regularisation.")
+    ] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
+    opset: Annotated[int, typer.Option(help="ONNX opset of meta.onnx (the members' opset).")] = 17,
+) -> None:
+    """Train the meta-learner on predictions for images the base models never trained on."""
+    from cxr.train.meta import MetaConfig, fit_meta
+
+    res = fit_meta(
+        MetaConfig(
+            run_dir=run_dir,
+            members=_names(members),
+            source=source.value,
+            estimator=estimator,
+            cv_folds=cv_folds,
+            seed=seed,
+            opset=opset,
+        )
+    )
+    typer.echo(
+        f"meta-learner {res.estimator} {json.dumps(res.params)} on {res.n_train} {source.value} images"
+    )
+    typer.echo(f"  members (feature order): {', '.join(res.members)}")
+    cv = res.cv_metrics
+    typer.echo(
+        f"  cross-validated: log loss {cv['log_loss']:.4f}, accuracy {cv['accuracy']:.1%}, "
+        f"macro-F1 {'undefined' if cv['macro_f1'] is None else format(cv['macro_f1'], '.1%')}"
+    )
+    typer.echo(f"  ONNX: {res.onnx_path} (max |p - predict_proba| = {res.onnx_max_abs_diff:.2g})")
+    typer.echo(f"  wrote {res.meta_json} and {res.estimator_path}")
+    for w in res.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+
+
+@handle_errors
+def fuse(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with onnx/<name>.onnx and stack/meta.onnx.")],
+    variants: Annotated[
+        str, typer.Option(help="Also build variants from the members' variants, e.g. fp16,int8.")
+    ] = "",
+    out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/ensemble.onnx).")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Square input size of the graph (default: the largest member size).")
+    ] = None,
+    simplify: Annotated[bool, typer.Option(help="Simplify the FP32 graph with onnxsim.")] = True,
+    end_to_end: Annotated[
+        bool, typer.Option(help="Verify top-1 against the PyTorch test predictions on the test images.")
+    ] = True,
+    e2e_limit: Annotated[
+        int | None, typer.Option(help="Verify end to end on at most this many test images.")
+    ] = None,
+    bench_runs: Annotated[
+        int, typer.Option(help="Batch-1 timing runs, fused vs separate sessions (0: skip).")
+    ] = 10,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
+) -> None:
+    """Fuse the members and the meta-learner into one verified ONNX graph."""
+    from cxr.export.fuse import FuseConfig, describe, run_members
+    from cxr.export.fuse import fuse as fuse_models
+
+    members, meta = run_members(run_dir)
+    cfg = FuseConfig(
+        out=out or Path(run_dir) / "ensemble.onnx",
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+        input_size=None if input_size is None else (input_size, input_size),
+        simplify=simplify,
+        run_dir=Path(run_dir) if end_to_end else None,
+        e2e_max_images=e2e_limit,
+        benchmark_runs=bench_runs,
+        threads=threads,
+    )
+    res = fuse_models(members, meta, cfg)
+    typer.echo(describe(res))
+    if res.report_md is not None:
+        typer.echo(f"report: {res.report_md}")
+    typer.echo(NOTICE)
+
+
+@handle_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with member predictions and stack/.")],
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    plots: Annotated[bool, typer.Option(help="Write confusion-matrix and reliability PNGs.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
+) -> None:
+    """Compare each member, soft voting, majority voting and stacking on the test split."""
+    from cxr.evaluate.evaluate import EvalConfig
+    from cxr.evaluate.evaluate import evaluate as run_evaluation
+
+    res = run_evaluation(
+        EvalConfig(run_dir=run_dir, out_dir=out, n_bootstrap=bootstrap, seed=seed, plots=plots)
+    )
+    typer.echo(f"test split: {res.n} images; best single member (validation): {res.best_member}")
+    typer.echo(res.table)
+    typer.echo("")
+    typer.echo(res.verdict)
+    for w in res.warnings:
+        typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {res.report_md} (+ {res.report_json.name}, {len(res.figures)} figures)")
+    typer.echo(NOTICE)

@@ -1,0 +1,257 @@
+"""The evaluation report: a comparison table for the terminal, Markdown for people, JSON for machines.
+
+Takes: the evaluated methods, the significance tests and the verdict. Makes: ``format_table`` (rows: each
+member, soft vote, majority vote, stacking; columns: accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE),
+``report.md`` (the verdict first, said plainly, then the tables, per-class results, undefined classes and
+figures) and ``report.json`` (every number; ``null`` where a value is undefined).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr import __version__
+from cxr.evaluate.stats import Interval, McNemarResult
+from cxr.labels import NOTICE
+
+if TYPE_CHECKING:
+    from cxr.evaluate.evaluate import EvalConfig, MethodResult
+    from cxr.train.meta_features import MetaData
+
+UNDEFINED = "undefined"
+
+
+def fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return UNDEFINED
+    return f"{x:.1%}" if pct else f"{x:.3f}"
+
+
+def fmt_ci(value: float | None, ci: Interval, pct: bool = True) -> str:
+    if value is None:
+        return UNDEFINED
+    if ci.low is None or ci.high is None:
+        return fmt(value, pct)
+    return f"{fmt(value, pct)} [{fmt(ci.low, pct)}, {fmt(ci.high, pct)}]"
+
+
+def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> str:
+    """Plain-text comparison table (what the CLI and the demo print)."""
+    head = (
+        "method",
+        f"accuracy [{confidence:.0%} CI]",
+        f"macro-F1 [{confidence:.0%} CI]",
+        "macro ROC-AUC",
+        "ECE",
+    )
+    rows = [
+        (
+            m.name,
+            fmt_ci(m.metrics.accuracy, m.accuracy_ci),
+            fmt_ci(m.metrics.macro_f1, m.macro_f1_ci),
+            fmt(m.metrics.macro_roc_auc),
+            fmt(m.metrics.ece),
+        )
+        for m in methods
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def _test_line(t: McNemarResult) -> str:
+    stat = "" if t.statistic is None else f", chi2 = {t.statistic:.3f}"
+    return (
+        f"- {t.a} vs {t.b}: {t.a} alone right on {t.a_only}, {t.b} alone right on {t.b_only} "
+        f"({t.discordant} discordant; {t.method}{stat}); p = {t.p_value:.4g}"
+    )
+
+
+def markdown(
+    cfg: EvalConfig,
+    methods: Sequence[MethodResult],
+    best: str,
+    rule: str,
+    tests: Mapping[str, McNemarResult],
+    verdict: str,
+    table_rows: Sequence[Sequence[str]],
+    classes: Sequence[str],
+    undefined: Sequence[str],
+    n: int,
+    meta_json: Mapping[str, Any],
+    figures: Sequence[Path],
+    warnings: Sequence[str],
+) -> str:
+    lines = [
+        "# Does stacking beat the best single model?",
+        "",
+        f"> {NOTICE}",
+        "",
+        f"**{verdict}**",
+        "",
+        f"Split: `{cfg.split}`, {n} images. Best single member: **{best}** ({rule}). "
+        f"Meta-learner: {meta_json.get('type')} {json.dumps(meta_json.get('params'))}, trained on "
+        f"{meta_json.get('n_train')} {meta_json.get('source')} predictions.",
+        "",
+    ]
+    if undefined:
+        lines += [
+            f"**Undefined:** {', '.join(undefined)} {'has' if len(undefined) == 1 else 'have'} no {cfg.split} images, so "
+            "its recall, F1 and ROC-AUC are undefined (shown as 'undefined', excluded from macro averages; "
+            "weighted averages give it weight 0). Nothing here says how well any method finds it.",
+            "",
+        ]
+    lines += ["## Comparison", ""]
+    lines += _md_table(
+        (
+            "method",
+            f"accuracy [{cfg.confidence:.0%} CI]",
+            f"macro-F1 [{cfg.confidence:.0%} CI]",
+            "macro ROC-AUC",
+            "ECE",
+        ),
+        table_rows,
+    )
+    lines += [
+        "",
+        f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
+        "equal-width bins of the predicted class's probability (majority voting: its vote share).",
+        "",
+        "## Significance (McNemar)",
+        "",
+        *(_test_line(t) for t in tests.values()),
+        "",
+        "## All averages",
+        "",
+    ]
+    lines += _md_table(
+        ("method", "macro P", "macro R", "macro F1", "weighted P", "weighted R", "weighted F1"),
+        [
+            (
+                m.name,
+                fmt(m.metrics.macro_precision),
+                fmt(m.metrics.macro_recall),
+                fmt(m.metrics.macro_f1),
+                fmt(m.metrics.weighted_precision),
+                fmt(m.metrics.weighted_recall),
+                fmt(m.metrics.weighted_f1),
+            )
+            for m in methods
+        ],
+    )
+    lines += ["", "## Per class (precision / recall / F1 / ROC-AUC)", ""]
+    lines += _md_table(
+        ("method", *(f"{c} (n={methods[0].metrics.per_class[i].support})" for i, c in enumerate(classes))),
+        [
+            (
+                m.name,
+                *(
+                    f"{fmt(pc.precision)} / {fmt(pc.recall)} / {fmt(pc.f1)} / {fmt(pc.roc_auc)}"
+                    for pc in m.metrics.per_class
+                ),
+            )
+            for m in methods
+        ],
+    )
+    if figures:
+        lines += ["", "## Figures", ""] + [f"- [{f.name}]({f.name})" for f in figures]
+    if warnings:
+        lines += ["", "## Notes", ""] + [f"- {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    cfg: EvalConfig,
+    methods: Sequence[MethodResult],
+    best: str,
+    rule: str,
+    tests: Mapping[str, McNemarResult],
+    helps: bool,
+    verdict: str,
+    table: str,
+    classes: Sequence[str],
+    undefined: Sequence[str],
+    data: MetaData,
+    meta_json: Mapping[str, Any],
+    warnings: Sequence[str],
+) -> tuple[Path, Path, tuple[Path, ...]]:
+    out = cfg.eval_dir
+    out.mkdir(parents=True, exist_ok=True)
+    figures: tuple[Path, ...] = ()
+    if cfg.plots:
+        from cxr.evaluate.plots import write_figures
+
+        figures = write_figures(methods, classes, out, cfg.ece_bins)
+    rows = [
+        (
+            m.name,
+            fmt_ci(m.metrics.accuracy, m.accuracy_ci),
+            fmt_ci(m.metrics.macro_f1, m.macro_f1_ci),
+            fmt(m.metrics.macro_roc_auc),
+            fmt(m.metrics.ece),
+        )
+        for m in methods
+    ]
+    md_text = markdown(
+        cfg,
+        methods,
+        best,
+        rule,
+        tests,
+        verdict,
+        rows,
+        classes,
+        undefined,
+        data.labels.size,
+        meta_json,
+        figures,
+        warnings,
+    )
+    report = {
+        "notice": NOTICE,
+        "question": "does stacking beat the best single model?",
+        "stacking_helps": helps,
+        "verdict": verdict,
+        "split": cfg.split,
+        "n": int(data.labels.size),
+        "classes": list(classes),
+        "undefined_classes": list(undefined),
+        "members": list(data.members),
+        "manifest_digest": data.manifest_digest,
+        "best_member": {"name": best, "rule": rule},
+        "meta_learner": {
+            k: meta_json.get(k) for k in ("type", "params", "cv_score", "source", "n_train", "val_metrics")
+        },
+        "methods": {m.key: m.to_dict() for m in methods},
+        "tests": {k: t.to_dict() for k, t in tests.items()},
+        "config": {
+            "n_bootstrap": cfg.n_bootstrap,
+            "confidence": cfg.confidence,
+            "alpha": cfg.alpha,
+            "exact_below": cfg.exact_below,
+            "ece_bins": cfg.ece_bins,
+            "seed": cfg.seed,
+        },
+        "figures": [f.name for f in figures],
+        "warnings": list(warnings),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cxr_version": __version__,
+    }
+    md_path, js_path = out / "report.md", out / "report.json"
+    md_path.write_text(md_text, encoding="utf-8")
+    js_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return md_path, js_path, figures

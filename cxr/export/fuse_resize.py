@@ -1,0 +1,133 @@
+"""Pillow's antialiased bilinear resize of 8-bit images, as two matrix products inside an ONNX graph.
+
+Takes: an input size and an output size. Makes: the resampling matrices Pillow itself uses (triangle filter
+widened by the scale factor, coefficients normalised and rounded to 22-bit fixed point, horizontal pass
+and vertical pass, each rounded half-up and clipped to 0..255) and the ONNX nodes that apply them in
+float64. Integer arithmetic in float64 is exact here, so the graph reproduces ``PIL.Image.resize(...,
+BILINEAR)`` on "L" images bit for bit, which the ONNX ``Resize`` op (even with antialias) does not
+(it is off by up to one grey level). Which pass Pillow runs first depends on the sizes and on Pillow's
+version (recent versions pick the cheaper order), so ``probe_order`` asks the installed Pillow with noise
+images and the graph follows its answer. ``resize_like_graph`` is the numpy twin used by parity checks.
+Used where a fused member needs another input size than the fused graph's input.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
+
+
+@lru_cache(maxsize=64)
+def pil_coefficients(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] matrix of Pillow's fixed-point bilinear weights, divided by 2**22 (read-only)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the bilinear filter's support is 1
+    w = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        ss = 1.0 / filterscale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = np.zeros(xmax, dtype=np.float64)
+        for x in range(xmax):
+            t = abs((x + xmin - center + 0.5) * ss)
+            k[x] = 1.0 - t if t < 1.0 else 0.0
+        total = k.sum()
+        if total != 0.0:
+            k /= total
+        fixed = np.array(
+            [
+                math.floor(v * (1 << PRECISION_BITS) + 0.5)
+                if v >= 0
+                else math.ceil(v * (1 << PRECISION_BITS) - 0.5)
+                for v in k
+            ]
+        )
+        w[xx, xmin : xmin + xmax] = fixed / float(1 << PRECISION_BITS)
+    w.setflags(write=False)
+    return w
+
+
+def _round_clip(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(x + 0.5), 0.0, 255.0)
+
+
+def _passes(
+    in_hw: tuple[int, int], out_hw: tuple[int, int], order: str
+) -> list[tuple[str, np.ndarray, bool]]:
+    """(axis, matrix, multiply from the left) for each pass needed, in ``order`` ("hv" or "vh")."""
+    passes = {}
+    if in_hw[1] != out_hw[1]:
+        passes["h"] = ("w", pil_coefficients(in_hw[1], out_hw[1]).T, False)
+    if in_hw[0] != out_hw[0]:
+        passes["v"] = ("h", pil_coefficients(in_hw[0], out_hw[0]), True)
+    return [passes[p] for p in order if p in passes]
+
+
+def resize_like_graph(batch: np.ndarray, out_hw: tuple[int, int], order: str = "hv") -> np.ndarray:
+    """numpy twin of the graph: [N, 1, H, W] uint8 or float (0..255 integers) -> float32 [N, 1, h, w]."""
+    x = np.asarray(batch, dtype=np.float64)
+    in_hw = (int(x.shape[-2]), int(x.shape[-1]))
+    for _, mat, left in _passes(in_hw, out_hw, order):
+        x = _round_clip(mat @ x if left else x @ mat)
+    return x.astype(np.float32)
+
+
+def probe_order(in_hw: tuple[int, int], out_hw: tuple[int, int], *, seed: int = 0) -> tuple[str, int]:
+    """("hv" | "vh", pixels that still differ from Pillow) for resizing ``in_hw`` to ``out_hw``."""
+    from cxr.imaging.preprocess import resize_gray
+    from cxr.spec import PreprocessSpec
+
+    rng = np.random.default_rng(seed)
+    probes = rng.integers(0, 256, size=(2, *in_hw), dtype=np.uint8)
+    spec = PreprocessSpec(input_size=out_hw)
+    ref = np.stack([resize_gray(p, spec) for p in probes])[:, None].astype(np.float32)
+    misses = {o: int(np.sum(resize_like_graph(probes[:, None], out_hw, o) != ref)) for o in ("hv", "vh")}
+    best = min(misses, key=lambda o: (misses[o], o != "hv"))
+    return best, misses[best]
+
+
+def resize_nodes(
+    src: str, dst: str, in_hw: tuple[int, int], out_hw: tuple[int, int], prefix: str, order: str = "hv"
+) -> tuple[list[NodeProto], list[TensorProto]]:
+    """Nodes (and initializers) resizing float32 ``src`` [N, 1, H, W] (0..255) to float32 ``dst`` [N, 1, h, w]."""
+    nodes: list[NodeProto] = []
+    inits: list[TensorProto] = []
+    cur = f"{prefix}as_f64"
+    nodes.append(helper.make_node("Cast", [src], [cur], to=TensorProto.DOUBLE, name=f"{prefix}cast_f64"))
+    half = f"{prefix}half"
+    lo, hi = f"{prefix}zero", f"{prefix}max255"
+    inits += [
+        numpy_helper.from_array(np.array(0.5, dtype=np.float64), half),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float64), lo),
+        numpy_helper.from_array(np.array(255.0, dtype=np.float64), hi),
+    ]
+    for axis, mat, left in _passes(in_hw, out_hw, order):
+        name = f"{prefix}coef_{axis}"
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(mat), name))
+        prod = f"{prefix}mm_{axis}"
+        nodes.append(
+            helper.make_node(
+                "MatMul", [name, cur] if left else [cur, name], [prod], name=f"{prefix}matmul_{axis}"
+            )
+        )
+        nodes.append(
+            helper.make_node("Add", [prod, half], [f"{prefix}add_{axis}"], name=f"{prefix}add_{axis}")
+        )
+        nodes.append(
+            helper.make_node(
+                "Floor", [f"{prefix}add_{axis}"], [f"{prefix}floor_{axis}"], name=f"{prefix}floor_{axis}"
+            )
+        )
+        cur = f"{prefix}clip_{axis}"
+        nodes.append(
+            helper.make_node("Clip", [f"{prefix}floor_{axis}", lo, hi], [cur], name=f"{prefix}clip_{axis}")
+        )
+    nodes.append(helper.make_node("Cast", [cur], [dst], to=TensorProto.FLOAT, name=f"{prefix}cast_f32"))
+    return nodes, inits

@@ -1,0 +1,174 @@
+"""`cxr evaluate` on synthetic runs: the report, undefined classes, and a plain verdict either way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skl2onnx")
+
+from cxr.errors import DataError  # noqa: E402
+from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
+from cxr.labels import NOTICE  # noqa: E402
+from cxr.train.meta import MetaConfig, fit_meta  # noqa: E402
+from cxr.train.meta_synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
+
+NO_LUNG_OPACITY_TEST = {
+    "COVID": (4, 16, 20),
+    "Lung_Opacity": (4, 16, 0),
+    "Normal": (4, 16, 20),
+    "Viral Pneumonia": (4, 16, 20),
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = write_synthetic_run(
+        SyntheticRun(tmp_path_factory.mktemp("ev") / "run", per_class=NO_LUNG_OPACITY_TEST)
+    )
+    fit_meta(MetaConfig(run, cv_folds=3))
+    return run
+
+
+@pytest.fixture(scope="module")
+def result(run: Path):
+    return evaluate(EvalConfig(run, n_bootstrap=200))
+
+
+def test_rows_are_members_then_voting_then_stacking(result) -> None:
+    keys = [m.key for m in result.methods]
+    assert keys == [f"member:{n}" for n in ("alpha", "beta", "delta", "epsilon", "gamma")] + [
+        "soft_vote",
+        "majority_vote",
+        "stacking",
+    ]
+    lines = result.table.splitlines()
+    assert "accuracy [95% CI]" in lines[0] and "macro-F1 [95% CI]" in lines[0] and "ECE" in lines[0]
+    assert len(lines) == 2 + 8 and lines[-1].startswith("stacking")
+
+
+def test_class_without_test_images_is_reported_undefined(result) -> None:
+    assert result.undefined_classes == ("Lung_Opacity",)
+    report = json.loads(result.report_json.read_text())
+    stacking = report["methods"]["stacking"]["per_class"]["Lung_Opacity"]
+    assert stacking["support"] == 0 and stacking["recall"] is None and stacking["f1"] is None
+    assert stacking["roc_auc"] is None
+    md = result.report_md.read_text()
+    assert "Lung_Opacity has no test images" in md and "undefined" in md
+    assert any("Lung_Opacity" in w for w in result.warnings)
+
+
+def test_report_contents_and_figures(result, run: Path) -> None:
+    report = json.loads(result.report_json.read_text())
+    assert report["notice"] == NOTICE and report["n"] == 60
+    assert set(report["tests"]) == {"stacking_vs_best_member", "stacking_vs_soft_vote"}
+    assert (
+        report["best_member"]["name"] == result.best_member and "validation" in report["best_member"]["rule"]
+    )
+    acc = report["methods"]["stacking"]["accuracy"]
+    lo, hi = report["methods"]["stacking"]["accuracy_ci"]
+    assert lo <= acc <= hi
+    md = result.report_md.read_text()
+    assert md.index(result.verdict) < md.index("## Comparison") and NOTICE in md
+    names = {p.name for p in result.figures}
+    assert {"confusion_stacking.png", "reliability_stacking.png", "confusion_member_alpha.png"} <= names
+    assert len(result.figures) == 16 and all((run / "eval" / n).stat().st_size > 1000 for n in names)
+
+
+def test_metrics_match_a_recomputation(result, run: Path) -> None:
+    from cxr.train.meta_features import load_split
+
+    data = load_split(run, ("alpha", "beta", "delta", "epsilon", "gamma"), "test")
+    soft = data.member_probs.mean(axis=1).argmax(axis=1)
+    assert result.method("soft_vote").metrics.accuracy == pytest.approx(float(np.mean(soft == data.labels)))
+    alpha = data.member_probs[:, 0].argmax(axis=1)
+    assert result.method("member:alpha").metrics.accuracy == pytest.approx(
+        float(np.mean(alpha == data.labels))
+    )
+    t = result.tests["stacking_vs_best_member"]
+    st = result.method("stacking").correct
+    best = result.method(f"member:{result.best_member}").correct
+    assert (t.a_only, t.b_only) == (int(np.sum(st & ~best)), int(np.sum(~st & best)))
+
+
+def test_verdict_says_plainly_when_stacking_does_not_help(tmp_path: Path) -> None:
+    # one member is (nearly) perfect: stacking cannot be significantly better than it
+    members = {"oracle": 12.0, "noise1": 0.0, "noise2": 0.0}
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run", members=members))
+    fit_meta(MetaConfig(run, cv_folds=3))
+    res = evaluate(EvalConfig(run, n_bootstrap=50, plots=False))
+    assert res.best_member == "oracle"
+    assert not res.stacking_helps
+    assert res.verdict.startswith("Stacking does not")
+    assert "Stacking does not" in res.report_md.read_text()
+    assert res.figures == ()
+
+
+def test_verdict_says_when_stacking_helps(tmp_path: Path) -> None:
+    members = {f"m{i}": 1.0 for i in range(5)}  # five weak, independent members
+    per_class = {c: (4, 60, 60) for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")}
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run", members=members, per_class=per_class, seed=1))
+    fit_meta(MetaConfig(run, cv_folds=3, grid={"C": (1.0,)}))
+    res = evaluate(EvalConfig(run, n_bootstrap=50, plots=False))
+    assert res.stacking_helps and res.verdict.startswith("Stacking helps")
+    assert res.tests["stacking_vs_best_member"].p_value < 0.05
+
+
+def test_missing_meta_learner_is_named(tmp_path: Path) -> None:
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run"))
+    with pytest.raises(DataError, match="cxr train stack"):
+        evaluate(EvalConfig(run, plots=False))
+
+
+def test_cli_evaluate(run: Path, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from cxr.cli import stack
+
+    app = typer.Typer()
+    app.command()(stack.evaluate)
+    r = CliRunner().invoke(app, [str(run), "--bootstrap", "20", "--no-plots", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    assert "soft voting" in r.output and "stacking" in r.output and NOTICE in r.output
+    assert (tmp_path / "ev" / "report.md").is_file()
+    r = CliRunner().invoke(app, [str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "error:" in r.output
+
+
+def test_cli_stack(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from cxr.cli import stack
+
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run"))
+    app = typer.Typer()
+    app.command()(stack.stack)
+    r = CliRunner().invoke(app, [str(run), "--cv-folds", "3", "--members", "gamma,alpha"])
+    assert r.exit_code == 0, r.output
+    assert "members (feature order): gamma, alpha" in r.output
+    assert json.loads((run / "stack" / "meta.json").read_text())["member_order"] == ["gamma", "alpha"]
+    r = CliRunner().invoke(app, [str(run), "--estimator", "svm"])
+    assert r.exit_code == 2 and "unknown meta-learner 'svm'" in r.output
+
+
+def test_evaluation_needs_neither_torch_nor_scikit_learn(run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'timm', 'sklearn', 'skl2onnx', 'onnx'):\n"
+        "    sys.modules[m] = None\n"
+        "from pathlib import Path\n"
+        "from cxr.evaluate.evaluate import EvalConfig, evaluate\n"
+        f"res = evaluate(EvalConfig(Path({str(run)!r}), out_dir=Path({str(tmp_path)!r}), n_bootstrap=10, plots=False))\n"
+        "print(res.best_member)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "report.json").is_file()
