@@ -38,7 +38,7 @@ def _synthetic(kind: str, rng: np.random.Generator) -> bytes:
         return _png_bytes(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L"))
     if kind == "I;16":
         arr = rng.integers(200, 4000, (h, w), dtype=np.uint16)  # 12-bit data in a 16-bit PNG
-        return _png_bytes(Image.fromarray(arr, "I;16"))
+        return _png_bytes(Image.fromarray(arr))
     if kind == "RGBA":
         return _png_bytes(Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA"))
     if kind == "RGB":
@@ -64,7 +64,7 @@ def test_parity_on_synthetic_images(kind: str, size: tuple[int, int]) -> None:
 def test_sixteen_bit_is_scaled_not_clipped() -> None:
     arr = np.full((10, 10), 1000, dtype=np.uint16)
     arr[0, 0], arr[-1, -1] = 500, 3000
-    gray = decode_gray(_png_bytes(Image.fromarray(arr, "I;16")))
+    gray = decode_gray(_png_bytes(Image.fromarray(arr)))
     assert gray[0, 0] == 0 and gray[-1, -1] == 255
     assert gray[5, 5] == round((1000 - 500) * 255 / 2500)
 

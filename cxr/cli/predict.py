@@ -1,15 +1,332 @@
-"""`cxr-predict` (stub: being implemented)."""
+"""`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch).
+
+`cxr-predict scan FOLDER` writes one row per file (CSV or JSONL, flushed per batch, `--resume` skips the
+files already written) and ends with a summary; `cxr-predict image FILE...` prints each file's result.
+Exit codes: 0 every file predicted, 1 some files could not be read, 2 usage or model error.
+Decision support only: every human-readable result carries ``cxr.labels.NOTICE``.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
-app = typer.Typer(help="cxr-predict (stub)", no_args_is_help=True)
+from cxr.cli.common import handle_errors
+from cxr.errors import ConfigError
+from cxr.labels import NOTICE
+
+if TYPE_CHECKING:
+    from cxr.runtime.predictor import Predictor
+    from cxr.runtime.scan import ScanResult
+    from cxr.runtime.types import Prediction
+
+MODEL_HELP = (
+    "cxr ONNX model (fused ensemble or single member). Default: $CXR_MODEL, else ./runs/demo/ensemble.onnx "
+    "(what `make demo` builds), else ~/.cache/cxr/ensemble.onnx."
+)
+
+app = typer.Typer(
+    name="cxr-predict",
+    help=f"Classify chest X-rays (PNG, JPEG, BMP, TIFF, WebP, DICOM) with a cxr ONNX model on onnxruntime. "
+    f"Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx. "
+    f"Exit codes: 0 all files predicted, 1 some files failed, 2 usage or model error. {NOTICE}",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class ProviderChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP, show_default=False)]
+ProviderOpt = Annotated[
+    ProviderChoice,
+    typer.Option(help="Execution provider: auto = TensorRT > CUDA > CPU, whichever really works here."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per inference batch.")]
+StrictOpt = Annotated[
+    bool, typer.Option(help="Fail (exit 2) instead of warning when the provider falls back to the CPU.")
+]
+DeviceOpt = Annotated[int, typer.Option(min=0, help="GPU index for CUDA/TensorRT.")]
+Fp16Opt = Annotated[bool, typer.Option(help="TensorRT: build FP16 engines.")]
+TrtCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="TensorRT engine cache folder (default $CXR_TRT_CACHE or ~/.cache/cxr/trt).", show_default=False
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Threads that decode images while the model runs (default: 1 on a CPU of < 8 cores, 2 on larger "
+        "ones, up to 8 on a GPU).",
+        show_default=False,
+    ),
+]
+MaxMbOpt = Annotated[float, typer.Option(min=0.001, help="Refuse files larger than this many MiB.")]
+MaxPixelsOpt = Annotated[
+    int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (debug level).")]
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``warning: ...`` lines on the current stderr (works under CliRunner too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("cxr")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _open_predictor(
+    model: Path | None,
+    provider: ProviderChoice,
+    threads: int | None,
+    batch_size: int,
+    strict_provider: bool,
+    device_id: int,
+    trt_fp16: bool,
+    trt_cache: Path | None,
+    decode_workers: int | None,
+    max_file_mb: float,
+    max_pixels: int,
+) -> Predictor:
+    from cxr.imaging.decode import DecodeLimits
+    from cxr.runtime.locate import resolve_model
+    from cxr.runtime.predictor import Predictor, PredictorConfig, auto_decode_workers
+    from cxr.runtime.session import SessionConfig
+
+    cfg = PredictorConfig(
+        session=SessionConfig(
+            provider=provider.value,
+            threads=threads,
+            device_id=device_id,
+            strict_provider=strict_provider,
+            trt_fp16=trt_fp16,
+            trt_cache_dir=trt_cache,
+        ),
+        limits=DecodeLimits(max_bytes=int(max_file_mb * 1024 * 1024), max_pixels=max_pixels),
+        batch_size=batch_size,
+        decode_workers=decode_workers or auto_decode_workers(provider.value),
+    )
+    return Predictor.from_path(resolve_model(model), cfg)
+
+
+def _summary_text(result: ScanResult, classes: tuple[str, ...]) -> str:
+    width = max(len(c) for c in (*classes, "failed", "total"))
+    lines = ["", f"{'class':<{width}}  files"]
+    lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
+    lines.append(f"{'failed':<{width}}  {result.failed:>5}")
+    lines.append(f"{'total':<{width}}  {result.predicted + result.failed:>5}")
+    if result.skipped:
+        lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
+    lines.append(
+        f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s on provider '{result.provider}', "
+        f"model {result.model_id}"
+    )
+    if result.output:
+        lines.append(f"results: {result.output}")
+    for path, err in result.failures[:5]:
+        lines.append(f"failed: {err if err.startswith(path) else f'{path}: {err}'}")
+    if result.failed > 5:
+        lines.append(f"... and {result.failed - 5} more failures (see the error column)")
+    lines.append(NOTICE)
+    return "\n".join(lines)
+
+
+@app.command("scan")
+@handle_errors
+def scan(
+    folder: Annotated[Path, typer.Argument(help="Folder of chest X-rays.", show_default=False)],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan subfolders.")] = False,
+    model: ModelOpt = None,
+    provider: ProviderOpt = ProviderChoice.auto,
+    batch_size: BatchOpt = 8,
+    threads: ThreadsOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Result file, .csv or .jsonl, written batch by batch. Default: CSV (JSONL with --json) on stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only files matching this glob (name or relative path; repeatable). Default: images and DICOM."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Skip files already in --output and append the rest.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    quiet: QuietOpt = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Machine output: a JSON summary (stdout with --output, else stderr)."),
+    ] = False,
+    strict_provider: StrictOpt = False,
+    device_id: DeviceOpt = 0,
+    trt_fp16: Fp16Opt = False,
+    trt_cache: TrtCacheOpt = None,
+    decode_workers: WorkersOpt = None,
+    max_file_mb: MaxMbOpt = 256.0,
+    max_pixels: MaxPixelsOpt = 100_000_000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
+
+    Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx.
+    Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
+    """
+    from cxr.runtime.progress import ProgressBar
+    from cxr.runtime.scan import ScanConfig, scan_folder
+
+    _setup_logging(verbose)
+    if resume and output is None:
+        raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
+    predictor = _open_predictor(
+        model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
+        max_file_mb, max_pixels,
+    )  # fmt: skip
+    cfg = ScanConfig(
+        folder=folder,
+        recursive=recursive,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        output=output,
+        stream_format="jsonl" if json_out else "csv",
+        resume=resume,
+        overwrite=overwrite,
+    )
+    stderr = typer.get_text_stream("stderr")
+    stdout = typer.get_text_stream("stdout")
+    rows_to_terminal = output is None and stdout.isatty()
+    bar: list[ProgressBar] = []
+
+    def on_start(todo: int, skipped: int) -> None:
+        bar.append(
+            ProgressBar(todo, stderr, enabled=todo > 0 and not (quiet or json_out or rows_to_terminal))
+        )
+
+    def on_batch(preds: Any) -> None:
+        bar[0].update(len(preds))
+
+    try:
+        result = scan_folder(predictor, cfg, stream=stdout, on_start=on_start, on_batch=on_batch)
+    finally:
+        if bar:
+            bar[0].close()
+    if json_out:
+        summary = {**result.to_dict(), "model": predictor.describe(), "notice": NOTICE}
+        typer.echo(json.dumps(summary), err=output is None)
+    elif not quiet:
+        typer.echo(_summary_text(result, predictor.classes), err=True)
+    raise typer.Exit(code=result.exit_code)
+
+
+def _format_prediction(p: Prediction) -> str:
+    if not p.ok:
+        return f"{p.source}\n  error: {p.error}"
+    probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
+    lines = [p.source, f"  predicted: {p.label} ({p.confidence:.3f})", f"  probabilities: {probs}"]
+    for member, mp in (p.member_probabilities or {}).items():
+        top = max(mp, key=lambda c: mp[c])
+        lines.append(f"  member {member}: {top} ({mp[top]:.3f})")
+    return "\n".join(lines)
+
+
+@app.command("image")
+@handle_errors
+def image(
+    files: Annotated[list[Path], typer.Argument(help="Image or DICOM files.", show_default=False)],
+    model: ModelOpt = None,
+    provider: ProviderOpt = ProviderChoice.auto,
+    threads: ThreadsOpt = None,
+    batch_size: BatchOpt = 8,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the predicted class per file.")] = False,
+    strict_provider: StrictOpt = False,
+    device_id: DeviceOpt = 0,
+    trt_fp16: Fp16Opt = False,
+    trt_cache: TrtCacheOpt = None,
+    max_file_mb: MaxMbOpt = 256.0,
+    max_pixels: MaxPixelsOpt = 100_000_000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Classify the given files and print each result (class, confidence, every class probability).
+
+    Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx.
+    Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
+    """
+    from cxr.runtime.results import json_record
+
+    _setup_logging(verbose)
+    predictor = _open_predictor(
+        model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, None,
+        max_file_mb, max_pixels,
+    )  # fmt: skip
+    preds = predictor.predict([str(f) for f in files])
+    failed = sum(not p.ok for p in preds)
+    if json_out:
+        doc = {
+            "model": predictor.describe(),
+            "predictions": [json_record(p, predictor.model_id) for p in preds],
+            "failed": failed,
+            "notice": NOTICE,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    elif quiet:
+        for p in preds:
+            typer.echo(f"{p.source}\t{p.label if p.ok else 'ERROR'}")
+        typer.echo(NOTICE, err=True)
+    else:
+        for p in preds:
+            typer.echo(_format_prediction(p))
+        typer.echo(
+            f"provider '{predictor.provider}', model {predictor.model_id} ({predictor.model_path.name})"
+        )
+        typer.echo(NOTICE)
+    raise typer.Exit(code=1 if failed else 0)
 
 
 @app.command("version")
 def version() -> None:
-    """Print the version."""
+    """Print the cxr version."""
     from cxr import __version__
 
     typer.echo(__version__)
+
+
+def main() -> None:  # pragma: no cover - console-script convenience
+    app(prog_name="cxr-predict")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

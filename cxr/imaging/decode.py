@@ -7,8 +7,14 @@ Rules (the same at training time and at run time):
   alpha is dropped, not composited.
 - 16-bit and 32-bit integer or float images (I;16, I;16B, I, F) are scaled linearly from their own
   min..max to 0..255 and rounded: never clipped. A constant image becomes all zeros.
-- DICOM goes through ``cxr.imaging.dicom`` (rescale, VOI, MONOCHROME1 inversion).
-Guards: a maximum file size and a maximum pixel count (decompression bombs), both configurable.
+- Only these formats are opened (Pillow's other plugins are never tried); animated PNG/WebP and MPO give
+  their first frame, multi-page TIFF is refused.
+- DICOM goes through ``cxr.imaging.dicom`` (rescale, VOI, MONOCHROME1 inversion), recognised by its
+  preamble, its suffix, or its content (old files without either).
+Guards: a maximum file size and a maximum pixel count (decompression bombs), both configurable; the pixel
+count is checked from the header before any pixel is decoded. Pillow's own bomb check (an error above
+about 179 M pixels) still applies on top of ``DecodeLimits.max_pixels``.
+Every failure is a ``DecodeError`` that names the file: a hostile or broken file never crashes a scan.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cxr.errors import DecodeError
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (phone photos)
+"""What Pillow may open (no other plugin is tried: fewer surprises, a smaller attack surface)."""
+PILLOW_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+"""Leading bytes of those formats: a .dcm file that starts with one of them is decoded as an image."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 @dataclass(frozen=True)
@@ -106,27 +117,30 @@ def scale_to_u8(arr: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.rint(out), nan=0.0).astype(np.uint8)
 
 
-def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode ``source`` to uint8 [H, W]; raise ``DecodeError`` naming the file and the fix on failure."""
-    data, name = _read(source, limits)
-    if looks_like_dicom(data, name):
-        from cxr.imaging.dicom import decode_dicom
+def _not_an_image(name: str) -> DecodeError:
+    return DecodeError(
+        f"{name}: not an image cxr can read (not PNG, JPEG, BMP, TIFF, WebP or DICOM)",
+        hint="remove it from the folder or convert it to PNG",
+        path=name,
+    )
 
-        return decode_dicom(data, name=name, limits=limits)
+
+def _decode_pillow(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow warns above its own global pixel limit; ours (limits.max_pixels) is checked below instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
         except UnidentifiedImageError as e:
+            raise _not_an_image(name) from e
+        except Image.DecompressionBombError as e:
             raise DecodeError(
-                f"{name}: not an image cxr can read (not PNG, JPEG, BMP, TIFF, WebP or DICOM)",
-                hint="remove it from the folder or convert it to PNG",
+                f"{name}: declared image size is implausibly large ({e})",
+                hint="this looks like a decompression bomb; remove the file",
                 path=name,
             ) from e
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DecodeError(f"{name}: declared image size is implausibly large ({e})", path=name) from e
-        except OSError as e:
-            raise DecodeError(f"{name}: cannot be opened ({e})", path=name) from e
+        except Exception as e:  # Pillow's header parsers raise assorted errors on hostile input
+            raise DecodeError(f"{name}: cannot be opened ({type(e).__name__}: {e})", path=name) from e
         w, h = img.size
         if w * h > limits.max_pixels:
             raise DecodeError(
@@ -135,7 +149,7 @@ def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMIT
                 path=name,
             )
         n_frames = int(getattr(img, "n_frames", 1))
-        if n_frames > 1 and img.format not in ("PNG", "WEBP", "GIF"):
+        if n_frames > 1 and img.format not in ("PNG", "WEBP", "MPO"):
             raise DecodeError(
                 f"{name}: has {n_frames} frames; cxr reads single-frame images",
                 hint="export the frame to classify as its own file",
@@ -143,15 +157,48 @@ def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMIT
             )
         try:
             img.load()
-        except (OSError, SyntaxError, ValueError) as e:
+            return pil_to_gray(img, name)
+        except DecodeError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise DecodeError(f"{name}: declared image size is implausibly large ({e})", path=name) from e
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise DecodeError(
                 f"{name}: corrupt or truncated image ({e})",
                 hint="re-copy or re-export the file",
                 path=name,
             ) from e
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DecodeError(f"{name}: declared image size is implausibly large ({e})", path=name) from e
-    return pil_to_gray(img, name)
+        except Exception as e:  # never let one hostile file crash a folder scan
+            raise DecodeError(
+                f"{name}: the image decoder failed ({type(e).__name__}: {e})",
+                hint="re-copy or re-export the file",
+                path=name,
+            ) from e
+
+
+def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode ``source`` to uint8 [H, W]; raise ``DecodeError`` naming the file and the fix on failure.
+
+    DICOM is recognised by its ``DICM`` preamble, by a .dcm/.dicom/.dic suffix, or, for old files without
+    preamble and suffix, by content: bytes that no image decoder recognises are parsed as DICOM and
+    accepted when they hold pixel data.
+    """
+    from cxr.imaging.dicom import decode_dicom, is_dicom_image
+
+    data, name = _read(source, limits)
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    if has_preamble or (looks_like_dicom(data, name) and not data.startswith(PILLOW_MAGIC)):
+        return decode_dicom(data, name=name, limits=limits)
+    try:
+        return _decode_pillow(data, name, limits)
+    except DecodeError as e:
+        if (
+            e.__cause__ is not None
+            and isinstance(e.__cause__, UnidentifiedImageError)
+            and is_dicom_image(data)
+        ):
+            return decode_dicom(data, name=name, limits=limits)
+        raise
 
 
 def pixel_hash(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> str:

@@ -76,10 +76,67 @@ def available_providers() -> tuple[str, ...]:
     return tuple(SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES)
 
 
-def _trt_cache(cfg: SessionConfig, model: Path) -> Path:
+def tensorrt_version() -> str:
+    """The TensorRT library version onnxruntime will load ("none" when it is not installed)."""
+    import ctypes
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    for lib in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            v = int(ctypes.CDLL(lib).getInferLibVersion())
+        except (OSError, AttributeError):
+            continue
+        if v >= 10000:  # TensorRT 10+: major * 10000 + minor * 100 + patch
+            return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+        return f"{v // 1000}.{v // 100 % 10}.{v % 100}"  # TensorRT 8: major * 1000 + minor * 100 + patch
+    return "none"
+
+
+def gpu_name(device_id: int = 0) -> str:
+    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
+    import shutil
+    import subprocess
+
+    if name := os.environ.get("CXR_GPU_NAME"):
+        return name
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name", "--format=csv,noheader", "-i", str(device_id)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            return out.splitlines()[0]
+    return f"dev{device_id}"
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)
+
+
+def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
+    """Engine cache folder keyed by model hash, onnxruntime and TensorRT versions, GPU and precision."""
     base = cfg.trt_cache_dir or Path(os.environ.get("CXR_TRT_CACHE", Path.home() / ".cache" / "cxr" / "trt"))
-    gpu = os.environ.get("CXR_GPU_NAME", f"dev{cfg.device_id}")
-    key = f"{file_sha256(model)[:16]}-ort{ort.__version__}-{gpu}-{'fp16' if cfg.trt_fp16 else 'fp32'}"
+    key = "-".join(
+        [
+            file_sha256(model)[:16],
+            f"ort{ort.__version__}",
+            f"trt{tensorrt_version()}",
+            _safe(gpu_name(cfg.device_id)),
+            "fp16" if cfg.trt_fp16 else "fp32",
+        ]
+    )
     path = Path(base) / key
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -100,7 +157,7 @@ def _provider_list(cfg: SessionConfig, model: Path) -> list[Any]:
         if name == "cuda":
             out.append((ORT_NAMES[name], {"device_id": cfg.device_id}))
         elif name == "tensorrt":
-            cache = _trt_cache(cfg, model)
+            cache = trt_cache_dir(cfg, model)
             out.append(
                 (
                     ORT_NAMES[name],

@@ -1,0 +1,51 @@
+"""Find the model file a command should use: ``--model``, else ``$CXR_MODEL``, else the default paths.
+
+Takes: an explicit path (or None) and the environment. Makes: the path of an existing ``.onnx`` file, or a
+``ModelError`` that lists what was tried and says how to build or fetch a model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from cxr.errors import ModelError
+
+MODEL_ENV = "CXR_MODEL"
+DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("runs/demo/ensemble.onnx"), Path("~/.cache/cxr/ensemble.onnx"))
+"""Tried in order when neither --model nor $CXR_MODEL is given: the demo's output (relative to the current
+folder), then a per-user copy."""
+
+HOW_TO_GET_A_MODEL = (
+    "build one with `make demo` (writes runs/demo/ensemble.onnx) or `cxr fuse RUN_DIR`, or copy a released "
+    "ensemble.onnx to ~/.cache/cxr/ensemble.onnx; then pass --model PATH or set CXR_MODEL"
+)
+
+
+def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The model path to use (see the module docstring for the order)."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist", hint=HOW_TO_GET_A_MODEL, path=path)
+        return path
+    if env.get(MODEL_ENV):
+        path = Path(env[MODEL_ENV]).expanduser()
+        if not path.is_file():
+            raise ModelError(
+                f"{MODEL_ENV}={env[MODEL_ENV]} does not point to a model file",
+                hint=HOW_TO_GET_A_MODEL,
+                path=path,
+            )
+        return path
+    for candidate in DEFAULT_MODEL_PATHS:
+        path = candidate.expanduser()
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in DEFAULT_MODEL_PATHS)
+    raise ModelError(
+        f"no model given and none found (no --model, no {MODEL_ENV}, none at {tried})",
+        hint=HOW_TO_GET_A_MODEL,
+    )

@@ -1,0 +1,206 @@
+"""Scan a folder of chest X-rays with a ``Predictor``: find the files, predict them batch by batch, write rows.
+
+Takes: a ``Predictor`` and a ``ScanConfig`` (folder, recursion, include/exclude globs, output file or
+stream, resume/overwrite). Makes: a ``ScanResult`` (files found, skipped, predicted, failed, counts per
+class, elapsed time, images/s, provider, model id) and one result row per file, flushed per batch.
+A file that cannot be read becomes a row with its error; the scan goes on.
+
+Which files: by default every file whose suffix is an image or DICOM suffix (case-insensitive), plus
+files without a suffix that look like DICOM (old PACS exports name files ``IM0001``). ``include`` globs
+replace that default; ``exclude`` globs remove files. A glob matches the file name or its path relative to
+the folder (``*.png``, ``COVID/*``), case-insensitively. Hidden files and folders (``.name``) are skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from cxr.errors import DataError
+from cxr.imaging.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from cxr.imaging.dicom import might_be_dicom
+from cxr.runtime.predictor import Predictor
+from cxr.runtime.results import PreviousResults, ResultFormat, ResultWriter, open_results
+from cxr.runtime.types import Prediction
+
+SCAN_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    folder: Path
+    recursive: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    output: Path | None = None  # None: rows go to the stream given to ``scan_folder``
+    stream_format: ResultFormat = "csv"  # the format of rows written to a stream
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    folder: str
+    found: int  # files selected in the folder
+    skipped: int  # already in the output (--resume)
+    predicted: int
+    failed: int
+    counts: dict[str, int]  # predicted class -> files, this run
+    seconds: float
+    images_per_second: float  # files processed (predicted or failed) per second of scan
+    provider: str
+    model_id: str
+    output: str | None
+    failures: tuple[tuple[str, str], ...] = field(default=())  # (path, error), the first few
+
+    @property
+    def exit_code(self) -> int:
+        """0: every file predicted; 1: some failed."""
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "folder": self.folder,
+            "found": self.found,
+            "skipped": self.skipped,
+            "predicted": self.predicted,
+            "failed": self.failed,
+            "counts": dict(self.counts),
+            "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
+            "provider": self.provider,
+            "model_id": self.model_id,
+            "output": self.output,
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+        }
+
+
+def looks_like_dicom_file(path: Path) -> bool:
+    """Cheap sniff for suffix-less files (see ``cxr.imaging.dicom.might_be_dicom``)."""
+    try:
+        with path.open("rb") as f:
+            return might_be_dicom(f.read(132))
+    except OSError:
+        return False
+
+
+def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
+    rel, name = rel.lower(), name.lower()
+    return any(fnmatch.fnmatchcase(name, p.lower()) or fnmatch.fnmatchcase(rel, p.lower()) for p in patterns)
+
+
+def find_images(
+    folder: Path, *, recursive: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Path]:
+    """The files a scan of ``folder`` reads, sorted (rules in the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist",
+            hint="pass a folder of images; for single files use `cxr-predict image FILE...`",
+            path=folder,
+        )
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if include:
+                selected = _matches(rel, name, include)
+            else:
+                suffix = path.suffix.lower()
+                selected = suffix in SCAN_SUFFIXES or (suffix == "" and looks_like_dicom_file(path))
+            if selected and not (exclude and _matches(rel, name, exclude)) and path.is_file():
+                found.append(path)
+    return found
+
+
+def _no_images(cfg: ScanConfig) -> DataError:
+    hint = "check the folder"
+    if not cfg.recursive and any(
+        p.is_dir() for p in Path(cfg.folder).iterdir() if not p.name.startswith(".")
+    ):
+        hint = "it has subfolders: add --recursive"
+    if cfg.include or cfg.exclude:
+        hint += f" (include {list(cfg.include)}, exclude {list(cfg.exclude)})"
+    return DataError(
+        f"no images found in {cfg.folder} (looked for {', '.join(sorted(SCAN_SUFFIXES))} and DICOM files)",
+        hint=hint,
+        path=cfg.folder,
+    )
+
+
+def scan_folder(
+    predictor: Predictor,
+    cfg: ScanConfig,
+    *,
+    stream: TextIO | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[Sequence[Prediction]], None] | None = None,
+) -> ScanResult:
+    """Predict every selected file of ``cfg.folder``; rows go to ``cfg.output`` (or ``stream``).
+
+    ``on_start(to_do, skipped)`` is called once the file list is known, ``on_batch(preds)`` after every
+    batch has been written (progress bars hang on these).
+    """
+    files = find_images(cfg.folder, recursive=cfg.recursive, include=cfg.include, exclude=cfg.exclude)
+    if not files:
+        raise _no_images(cfg)
+    classes, model_id = predictor.classes, predictor.model_id
+    previous = PreviousResults(frozenset(), 0, 0)
+    if cfg.output is not None:
+        writer, previous = open_results(
+            cfg.output, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
+        )
+    elif stream is not None:
+        writer = ResultWriter(stream, cfg.stream_format, classes, model_id, header=True)
+    else:
+        raise DataError("scan needs an output file or a stream to write rows to")
+    done = previous.paths | {os.path.abspath(p) for p in previous.paths}
+    todo = [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
+    if on_start is not None:
+        on_start(len(todo), len(files) - len(todo))
+    counts: Counter[str] = Counter()
+    failures: list[tuple[str, str]] = []
+    failed = 0
+    t0 = time.perf_counter()
+    try:
+        for batch in predictor.iter_predict(todo, names=[str(p) for p in todo]):
+            writer.write(batch)
+            for p in batch:
+                if p.ok and p.label is not None:
+                    counts[p.label] += 1
+                else:
+                    failed += 1
+                    if len(failures) < 20:
+                        failures.append((p.source, p.error or ""))
+            if on_batch is not None:
+                on_batch(batch)
+    finally:
+        if cfg.output is not None:
+            writer.stream.close()
+    seconds = time.perf_counter() - t0
+    processed = sum(counts.values()) + failed
+    return ScanResult(
+        folder=str(cfg.folder),
+        found=len(files),
+        skipped=len(files) - len(todo),
+        predicted=sum(counts.values()),
+        failed=failed,
+        counts={c: counts.get(c, 0) for c in classes},
+        seconds=seconds,
+        images_per_second=processed / seconds if seconds > 0 else 0.0,
+        provider=predictor.provider,
+        model_id=model_id,
+        output=None if cfg.output is None else str(cfg.output),
+        failures=tuple(failures),
+    )
