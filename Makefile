@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/cxr demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check cxr tests benchmarks scripts
-	$(BIN)/ruff format --check cxr tests benchmarks scripts
+	$(BIN)/ruff check cxr tests benchmarks scripts docker examples
+	$(BIN)/ruff format --check cxr tests benchmarks scripts docker examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

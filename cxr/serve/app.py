@@ -1,0 +1,107 @@
+"""The app factory: ``create_app(config)`` builds the FastAPI app; its lifespan loads the model once.
+
+Takes: a ``ServeConfig`` (and, for tests, an optional model loader). Makes: a FastAPI app with the routes of
+``cxr.serve.routes``, the body-size cap, optional CORS (off unless origins are configured), Prometheus
+metrics, and exception handlers that turn every failure into ``{"error": {code, message, hint}}`` with the
+right status — never a stack trace or a server-side path (a 500 says only "internal server error"; the
+details go to the server log). Nothing is loaded when this module is imported or the app is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cxr import __version__
+from cxr.labels import NOTICE
+from cxr.serve.auth import auth_dependencies
+from cxr.serve.config import ServeConfig
+from cxr.serve.errors import STATUS_CODES, ApiError, error_body
+from cxr.serve.limits import BodyLimitMiddleware, BodyTooLarge, too_large_body
+from cxr.serve.metrics import MetricsMiddleware
+from cxr.serve.routes import build_router
+from cxr.serve.state import Loader, ServerState
+
+log = logging.getLogger(__name__)
+
+
+def _install_handlers(app: FastAPI, state: ServerState) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, ApiError):  # registered for ApiError only
+            raise exc
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, StarletteHTTPException):
+            raise exc
+        code = STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]]
+        message = "invalid request: " + ("; ".join(parts) or "validation failed")
+        return JSONResponse(error_body("validation_error", message[:1000]), status_code=422)
+
+    async def body_too_large(_: Request, exc: Exception) -> JSONResponse:
+        limit = exc.limit if isinstance(exc, BodyTooLarge) else state.cfg.max_body_bytes
+        state.metrics.rejected.inc(reason="body_too_large")
+        return JSONResponse(too_large_body(limit), status_code=413, headers={"Connection": "close"})
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(BodyTooLarge, body_too_large)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def create_app(config: ServeConfig, *, loader: Loader | None = None) -> FastAPI:
+    """Build the app; the model is loaded by the lifespan (in the background, see ``/readyz``)."""
+    state = ServerState(config, loader)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="cxr chest X-ray classifier API",
+        version=__version__,
+        description=f"{NOTICE} One ONNX model (a fused stacking ensemble or a single member), served with "
+        "onnxruntime and dynamic batching.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.cxr = state
+    app.include_router(build_router(state, auth_dependencies(config.api_key, state.metrics)))
+    _install_handlers(app, state)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=config.max_body_bytes,
+        on_reject=lambda: state.metrics.rejected.inc(reason="body_too_large"),
+    )
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

@@ -1,0 +1,162 @@
+"""Request limits: the body-size cap enforced while reading, and bounded admission with a bounded queue.
+
+Takes: ASGI traffic and the limits from ``ServeConfig``. Makes:
+- ``BodyLimitMiddleware`` (pure ASGI, fastapi-free): a declared ``Content-Length`` above the cap is answered
+  413 before one byte of the body is read; a chunked body is counted as it arrives and stopped with 413 the
+  moment it passes the cap, before any parser sees it (Starlette has no such limit of its own).
+- ``AdmissionGate``: at most ``max_active`` requests are processed at once and at most ``max_waiting`` wait
+  for a slot; one more is refused at once (the caller answers 503 with ``Retry-After``) — never an unbounded
+  pile-up. A slot held by work that is still running in a thread is released only when that work ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from cxr.serve.errors import error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` when the body passes the cap; turned into a 413 response."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is over the {limit}-byte limit")
+        self.limit = limit
+
+
+class Overloaded(Exception):
+    """The admission queue is full."""
+
+
+def too_large_body(limit: int) -> dict[str, Any]:
+    return error_body(
+        "payload_too_large",
+        f"request body is over the {limit}-byte limit",
+        hint="send a smaller file, or raise the server's --max-body-bytes",
+    )
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyLimitMiddleware:
+    """Cap every HTTP request body at ``max_bytes`` (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if declared:
+            try:
+                size = int(declared[0])
+            except ValueError:
+                size = -1
+            if size < 0:
+                body = error_body("bad_request", "invalid Content-Length header", hint="send a byte count")
+                await send_json(send, 400, body, {"connection": "close"})
+                return
+            if size > self.max_bytes:
+                if self.on_reject is not None:
+                    self.on_reject()
+                await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            if self.on_reject is not None:
+                self.on_reject()
+            await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+
+
+class AdmissionGate:
+    """Bounded concurrency with a bounded wait queue (see the module docstring)."""
+
+    def __init__(self, max_active: int, max_waiting: int) -> None:
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self.active = 0
+        self.waiting = 0
+        self._sem: asyncio.Semaphore | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.max_active)
+        return self._sem
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the queue if needed; ``Overloaded`` when the queue is full."""
+        sem = self._semaphore()
+        if sem.locked() and self.waiting >= self.max_waiting:
+            raise Overloaded()
+        self.waiting += 1
+        try:
+            await sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._semaphore().release()
+
+    def release_after(self, pending: list[concurrent.futures.Future[Any]]) -> None:
+        """Release now, or once the last still-running thread job in ``pending`` has finished."""
+        running = [f for f in pending if not f.done()]
+        if not running:
+            self.release()
+            return
+        loop = asyncio.get_running_loop()
+        remaining = len(running)
+
+        def _one_done() -> None:  # runs on the event loop thread, so the count needs no lock
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self.release()
+
+        def _done(_: concurrent.futures.Future[Any]) -> None:
+            loop.call_soon_threadsafe(_one_done)
+
+        for f in running:
+            f.add_done_callback(_done)

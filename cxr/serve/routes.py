@@ -1,0 +1,232 @@
+"""The API's endpoints: predict (one file or several), model metadata, health, readiness and metrics.
+
+Takes: the ``ServerState`` and the auth dependencies. Makes: an ``APIRouter``. The predict endpoints read
+their body themselves (multipart ``file`` or a raw image body, sniffed by content), so authentication and
+admission happen before a byte of the body is read; their OpenAPI request body is declared explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from cxr import __version__
+from cxr.labels import NOTICE
+from cxr.serve.pipeline import Outcome, run_prediction
+from cxr.serve.schemas import (
+    ERROR_RESPONSES,
+    BatchItem,
+    BatchResponse,
+    ErrorDetail,
+    HealthOut,
+    ModelInfo,
+    ModelRef,
+    PredictionOut,
+    ReadyOut,
+    ServingLimits,
+    Timing,
+)
+from cxr.serve.state import ServerState
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image: a multipart upload in the field 'file', or the file itself as the body. "
+        "The format is sniffed from the content (PNG, JPEG, BMP, TIFF, WebP, DICOM); the declared type is "
+        "only a hint.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/octet-stream": _BINARY,
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "application/dicom": _BINARY,
+        },
+    }
+}
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Several images as multipart parts named 'files' (or 'file').",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def model_ref(state: ServerState) -> ModelRef:
+    predictor, _, _ = state.require_ready()
+    card = predictor.metadata.card
+    version = card.get("version") or card.get("model_version") or card.get("cxr_version") or "unversioned"
+    return ModelRef(id=predictor.model_id, version=str(version), kind=str(card.get("kind", "unknown")))
+
+
+def _prediction(state: ServerState, outcome: Outcome, started: float) -> PredictionOut:
+    result = outcome.result
+    if result is None:  # callers only pass successful outcomes
+        raise ValueError("no result")
+    p = result.prediction
+    if p.label is None or p.confidence is None:
+        raise ValueError(f"prediction without a label: {p.error}")
+    members = (
+        None if p.member_probabilities is None else {k: dict(v) for k, v in p.member_probabilities.items()}
+    )
+    return PredictionOut(
+        source=outcome.source,
+        label=p.label,
+        confidence=p.confidence,
+        probabilities=dict(p.probabilities),
+        member_probabilities=members,
+        model=model_ref(state),
+        provider=p.provider,
+        timing=Timing(
+            total_ms=(time.perf_counter() - started) * 1000,
+            decode_ms=outcome.decode_seconds * 1000,
+            queue_ms=result.queue_seconds * 1000,
+            inference_ms=result.inference_seconds * 1000,
+            batch_size=result.batch_size,
+        ),
+        notice=p.notice,
+    )
+
+
+def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/predict",
+        response_model=PredictionOut,
+        responses=ERROR_RESPONSES,
+        dependencies=protected,
+        openapi_extra=PREDICT_BODY,
+        summary="Classify one chest X-ray (decision support only)",
+    )
+    async def predict(request: Request) -> PredictionOut:
+        started = time.perf_counter()
+        outcome = (await run_prediction(state, request, many=False))[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return _prediction(state, outcome, started)
+
+    @router.post(
+        "/v1/predict/batch",
+        response_model=BatchResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=protected,
+        openapi_extra=BATCH_BODY,
+        summary="Classify several chest X-rays; each file gets its own result or error",
+    )
+    async def predict_batch(request: Request) -> BatchResponse:
+        started = time.perf_counter()
+        outcomes = await run_prediction(state, request, many=True)
+        items = []
+        for o in outcomes:
+            if o.error is not None:
+                err = ErrorDetail(code=o.error.code, message=o.error.message, hint=o.error.hint)
+                items.append(BatchItem(source=o.source, status=o.error.status, error=err))
+            else:
+                items.append(
+                    BatchItem(source=o.source, status=200, prediction=_prediction(state, o, started))
+                )
+        failed = sum(1 for i in items if i.error is not None)
+        return BatchResponse(
+            results=items, succeeded=len(items) - failed, failed=failed, model=model_ref(state)
+        )
+
+    @router.get("/v1/model", response_model=ModelInfo, responses=ERROR_RESPONSES, dependencies=protected)
+    async def model_info() -> ModelInfo:
+        predictor, _, _ = state.require_ready()
+        cfg = state.cfg
+        meta = predictor.metadata
+        return ModelInfo(
+            model=model_ref(state),
+            sha256_prefix=predictor.model_id,
+            file_name=cfg.model.name,
+            classes=list(predictor.classes),
+            members=list(predictor.member_names),
+            input_format=meta.input_format,
+            preprocess=meta.preprocess.to_dict(),
+            card=dict(meta.card),
+            provider=predictor.provider,
+            providers=list(predictor.info.providers),
+            provider_warnings=list(predictor.info.warnings),
+            serving=ServingLimits(
+                max_batch_size=cfg.max_batch_size,
+                max_wait_ms=cfg.max_wait_ms,
+                max_body_bytes=cfg.max_body_bytes,
+                max_pixels=cfg.max_pixels,
+                max_batch_files=cfg.max_batch_files,
+                request_timeout_s=cfg.request_timeout_s,
+                max_concurrency=cfg.max_concurrency,
+                max_queue=cfg.max_queue,
+            ),
+            notice=NOTICE,
+        )
+
+    @router.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    async def healthz() -> Any:
+        """The process is alive (503 only when the model failed to load and never will be served)."""
+        if state.status == "failed":
+            return JSONResponse({"status": "failed"}, status_code=503)
+        return HealthOut(status="ok")
+
+    @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+    async def readyz() -> Any:
+        """Ready: model loaded, provider confirmed, warm-up done. 503 before that (or after a failure)."""
+        predictor = state.predictor
+        body = ReadyOut(
+            status=state.status,
+            model_id=predictor.model_id if predictor else None,
+            provider=predictor.provider if predictor else None,
+            providers=list(predictor.info.providers) if predictor else [],
+            warmup_seconds=state.warmup_seconds,
+            message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
+        )
+        if state.status != "ready":
+            headers = {"Retry-After": str(state.cfg.retry_after_s)} if state.status == "loading" else {}
+            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        return body
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        dependencies=protected,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            401: {  # the route's class is text/plain; its errors are JSON like everywhere else
+                "description": ERROR_RESPONSES[401]["description"],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            },
+        },
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format: requests by status, latency, queue depth, batch sizes."""
+        return PlainTextResponse(
+            state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @router.get("/", include_in_schema=False)
+    async def root() -> JSONResponse:
+        return JSONResponse(
+            {"service": "cxr", "version": __version__, "docs": "/docs", "notice": NOTICE}, status_code=200
+        )
+
+    return router

@@ -1,0 +1,123 @@
+"""The API's response bodies as pydantic models: they are the OpenAPI schema the fuzzing tests run against.
+
+Takes: runtime ``Prediction`` objects and the model's metadata. Makes: JSON-ready models for
+``/v1/predict``, ``/v1/predict/batch``, ``/v1/model``, ``/healthz``, ``/readyz`` and every error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cxr.labels import NOTICE
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. payload_too_large, multi_frame.")
+    message: str = Field(description="What was wrong with the request.")
+    hint: str | None = Field(default=None, description="What to do about it.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelRef(BaseModel):
+    id: str = Field(description="First 16 hex digits of the model file's SHA-256.")
+    version: str = Field(description="The model's version from its metadata card (or 'unversioned').")
+    kind: str = Field(description="ensemble or member.")
+
+
+class Timing(BaseModel):
+    total_ms: float = Field(description="Server time for this request, from arrival to response.")
+    decode_ms: float
+    queue_ms: float = Field(description="Time waiting for the dynamic batcher to start this image's batch.")
+    inference_ms: float = Field(description="Duration of the inference batch this image ran in.")
+    batch_size: int = Field(description="Images in that batch (several requests coalesced).")
+
+
+class PredictionOut(BaseModel):
+    source: str = Field(description="The upload's file name (base name only) or 'upload'.")
+    label: str = Field(description="The most probable class.")
+    confidence: float = Field(description="Probability of that class.")
+    probabilities: dict[str, float] = Field(description="Every class's probability, in the model's order.")
+    member_probabilities: dict[str, dict[str, float]] | None = Field(
+        default=None, description="Each ensemble member's class probabilities (null for a single model)."
+    )
+    model: ModelRef
+    provider: str = Field(description="The onnxruntime execution provider that really ran the model.")
+    timing: Timing
+    notice: str = NOTICE
+
+
+class BatchItem(BaseModel):
+    source: str
+    status: int = Field(description="200, or the 4xx this file alone would have received.")
+    prediction: PredictionOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+    succeeded: int
+    failed: int
+    model: ModelRef
+    notice: str = NOTICE
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "failed"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["loading", "ready", "failed", "stopped"]
+    model_id: str | None = None
+    provider: str | None = None
+    providers: list[str] = Field(default_factory=list)
+    warmup_seconds: float | None = None
+    message: str | None = Field(
+        default=None, description="Why the model is not served, or a provider fallback warning."
+    )
+
+
+class ServingLimits(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+    max_body_bytes: int
+    max_pixels: int
+    max_batch_files: int
+    request_timeout_s: float
+    max_concurrency: int
+    max_queue: int
+
+
+class ModelInfo(BaseModel):
+    model: ModelRef
+    sha256_prefix: str
+    file_name: str
+    classes: list[str]
+    members: list[str]
+    input_format: str
+    preprocess: dict[str, Any] = Field(description="The preprocessing spec the model was trained with.")
+    card: dict[str, Any] = Field(description="Provenance from the model's metadata.")
+    provider: str
+    providers: list[str]
+    provider_warnings: list[str]
+    serving: ServingLimits
+    notice: str = NOTICE
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Malformed request (bad multipart body, empty upload, too many files).",
+        401: "Missing or wrong API key (only when the server has one).",
+        408: "The request body arrived too slowly.",
+        413: "Request body or decoded image over the server's limit.",
+        415: "The upload is not an image format cxr reads.",
+        422: "Corrupt, truncated, multi-frame or otherwise undecodable image.",
+        503: "Overloaded (queue full) or model not ready; see Retry-After.",
+        504: "The request took longer than the server's request timeout.",
+    }.items()
+}

@@ -1,0 +1,32 @@
+#!/bin/sh
+# The image's entry point: find the model, then exec `cxr serve` (all options come from CXR_* variables,
+# see `cxr serve --help`; arguments given to `docker run IMAGE ...` are passed on to `cxr serve`).
+# Model: $CXR_MODEL, else the only *.onnx in /models (a mounted volume), else the only *.onnx in
+# /opt/cxr/models (copied in at build time with --build-arg MODEL=...).
+# scripts/container_smoke.sh runs this same file outside Docker (CXR_VENV points at its venv).
+set -eu
+
+venv=${CXR_VENV:-/opt/venv}
+export CXR_HOST="${CXR_HOST:-0.0.0.0}"
+export CXR_PORT="${CXR_PORT:-8000}"
+
+if [ -z "${CXR_MODEL:-}" ]; then
+  for dir in /models /opt/cxr/models; do
+    [ -d "$dir" ] || continue
+    found=$(find "$dir" -maxdepth 2 -name '*.onnx' -type f | sort)
+    count=$(printf '%s' "$found" | grep -c . || true)
+    if [ "$count" -eq 1 ]; then
+      CXR_MODEL=$found
+      break
+    elif [ "$count" -gt 1 ]; then
+      echo "error: $dir holds $count .onnx files; choose one with -e CXR_MODEL=$dir/NAME.onnx" >&2
+      exit 2
+    fi
+  done
+fi
+if [ -z "${CXR_MODEL:-}" ]; then
+  echo "error: no model: mount one (-v \$PWD/runs/demo:/models:ro) or set CXR_MODEL=/models/NAME.onnx" >&2
+  exit 2
+fi
+export CXR_MODEL
+exec "$venv/bin/cxr" serve "$@"

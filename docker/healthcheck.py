@@ -1,0 +1,23 @@
+"""Docker HEALTHCHECK: exit 0 when GET /healthz on this container's port answers 200, else 1 (stdlib only)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+
+
+def main() -> int:
+    port = os.environ.get("CXR_PORT", "8000")
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as resp:  # noqa: S310 (fixed loopback URL)
+            return 0 if resp.status == 200 else 1
+    except (urllib.error.URLError, OSError) as e:
+        sys.stderr.write(f"unhealthy: {url}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
