@@ -1,15 +1,213 @@
-"""`cxr-bench` (stub: being implemented)."""
+"""`cxr-bench`: latency, throughput, memory and efficiency of a cxr model, and comparisons of two runs.
+
+`cxr-bench run MODEL` measures every combination of providers, precision variants, batch sizes, intra-op
+threads and client concurrency asked for (plus end-to-end and reference rows when asked) and prints a
+table; `--output/--markdown/--plot` persist it. `cxr-bench compare A.json B.json` shows two runs side by
+side with ratios. A thin layer over ``cxr.runtime.bench``; torch is never imported (the PyTorch
+reference imports it inside its own function, only when it is installed).
+"""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-app = typer.Typer(help="cxr-bench (stub)", no_args_is_help=True)
+from cxr.cli.common import handle_errors, setup_logging
+from cxr.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cxr.runtime.bench_types import BenchRow
+
+app = typer.Typer(
+    name="cxr-bench",
+    help="Benchmark a cxr ONNX model (fused ensemble or single member) with onnxruntime: latency "
+    "percentiles, images/s, peak memory, session creation, provider really used, efficiency vs peak.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+MIN_ITERATIONS = 5
+"""With --min-seconds alone, at least this many timed calls are made (percentiles need samples)."""
+DEFAULT_ITERATIONS = 20
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'1,8' -> (1, 8); a ConfigError naming the option for anything else."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise ConfigError(
+            f"{option} {text!r} is not a comma-separated list of integers", hint=f"e.g. {option} 1,8"
+        ) from e
+    if not values:
+        raise ConfigError(f"{option} is empty", hint=f"e.g. {option} 1,8")
+    return values
+
+
+def parse_threads(text: str) -> tuple[int | None, ...]:
+    """'1,2,default' -> (1, 2, None): 'default' leaves onnxruntime's choice (all physical cores)."""
+    out: list[int | None] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        out.append(None if token.lower() in ("default", "auto") else parse_ints(token, "--threads")[0])
+    if not out:
+        raise ConfigError("--threads is empty", hint="e.g. --threads 1,2 or --threads default")
+    return tuple(out)
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip())
+
+
+def parse_paths(values: list[str] | None) -> tuple[Path, ...]:
+    return tuple(Path(p.strip()) for v in values or () for p in v.split(",") if p.strip())
+
+
+@app.command("run")
+@handle_errors
+def run(
+    model: Annotated[
+        Path, typer.Argument(help="cxr ONNX model: a fused ensemble or a single exported member.")
+    ],
+    variant: Annotated[
+        list[Path] | None,
+        typer.Option("--variant", help="Another precision of the same model (FP16/INT8 file); repeatable."),
+    ] = None,
+    provider: Annotated[
+        str, typer.Option("--provider", "-p", help="Comma-separated: cpu, cuda, tensorrt, auto.")
+    ] = "cpu",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", "-b", help="Comma-separated, e.g. 1,8.")] = "1",
+    threads: Annotated[
+        str,
+        typer.Option("--threads", "-t", help="Intra-op threads, comma-separated; 'default' = onnxruntime's."),
+    ] = "default",
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", "-c", help="Client threads, comma-separated, e.g. 1,4.")
+    ] = "1",
+    pool: Annotated[
+        bool, typer.Option("--pool/--no-pool", help="With N > 1 clients, also run them against N sessions.")
+    ] = True,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--folder", help="Images for end-to-end rows (decode + preprocess + inference)."),
+    ] = None,
+    members: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--members", help="Member .onnx files or their folder: the five-separate-sessions reference."
+        ),
+    ] = None,
+    torch_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--torch-run", help="Training run with members/<name> checkpoints: PyTorch eager reference."
+        ),
+    ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before measuring.")] = 3,
+    iterations: Annotated[
+        int | None,
+        typer.Option("--iterations", "-n", help=f"Timed calls per client (default {DEFAULT_ITERATIONS})."),
+    ] = None,
+    min_seconds: Annotated[
+        float | None,
+        typer.Option("--min-seconds", help=f"Measure at least this long (and >= {MIN_ITERATIONS} calls)."),
+    ] = None,
+    peak_gflops: Annotated[
+        float | None,
+        typer.Option("--peak-gflops", help="Machine FP32 peak for efficiency %; default $CXR_PEAK_GFLOPS."),
+    ] = None,
+    strict_provider: Annotated[
+        bool, typer.Option("--strict-provider", help="Fail instead of reporting a provider fallback.")
+    ] = False,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the random input pixels (without --folder).")
+    ] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON report here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown report here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a latency/throughput PNG (matplotlib).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-row progress on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Measure MODEL for every combination asked for and print a table."""
+    from cxr.runtime.bench import BenchConfig, run_bench
+    from cxr.runtime.bench_plot import matplotlib_missing, missing_error
+    from cxr.runtime.bench_report import format_terminal, write_outputs
+
+    if verbose:
+        setup_logging(verbose=True)
+    if plot is not None and matplotlib_missing():
+        raise missing_error()
+    if iterations is None:
+        iterations = MIN_ITERATIONS if min_seconds is not None else DEFAULT_ITERATIONS
+    cfg = BenchConfig(
+        model=model,
+        variants=tuple(variant or ()),
+        providers=parse_names(provider),
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        threads=parse_threads(threads),
+        concurrency=parse_ints(concurrency, "--concurrency"),
+        pool=pool,
+        warmup=warmup,
+        iterations=iterations,
+        min_seconds=min_seconds or 0.0,
+        folder=folder,
+        members=parse_paths(members),
+        torch_run=torch_run,
+        peak_gflops=peak_gflops,
+        strict_provider=strict_provider,
+        seed=seed,
+        command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    )
+
+    def progress(row: BenchRow) -> None:
+        typer.echo(
+            f"  {row.kind} {row.label()} {row.provider} b{row.batch_size} "
+            f"t{row.threads or 'default'} c{row.concurrency} {row.mode}: p50 {row.latency_ms.p50:.2f} ms, "
+            f"{row.throughput_ips:.1f} img/s",
+            err=True,
+        )
+
+    report = run_bench(cfg, on_row=None if quiet else progress)
+    typer.echo(format_terminal(report))
+    for path in write_outputs(report, json_path=output, markdown=markdown, plot=plot):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("compare")
+@handle_errors
+def compare(
+    a: Annotated[Path, typer.Argument(help="Baseline report (JSON from `cxr-bench run --output`).")],
+    b: Annotated[Path, typer.Argument(help="Candidate report.")],
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Also write the comparison as Markdown.")
+    ] = None,
+) -> None:
+    """Show two runs side by side with B/A ratios of latency and throughput."""
+    from cxr.runtime.bench_compare import compare_reports, comparison_markdown, format_comparison
+    from cxr.runtime.bench_report import load_report
+
+    comparison = compare_reports(load_report(a), load_report(b), str(a), str(b))
+    typer.echo(format_comparison(comparison))
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(comparison_markdown(comparison))
+        typer.echo(f"wrote {markdown}")
 
 
 @app.command("version")
 def version() -> None:
-    """Print the version."""
+    """Print the cxr version."""
     from cxr import __version__
 
     typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,249 @@
+"""What machine a benchmark ran on, and how much memory each configuration really took.
+
+Takes: nothing but the running process and its OS. Makes: ``MachineInfo`` (CPU model, logical and usable
+cores, memory, GPU via ``nvidia-smi`` when present, onnxruntime version and providers, library versions,
+FP32 peak GFLOP/s when known) and ``PeakMemory`` readings.
+
+Peak memory: on Linux the kernel's resident high-water mark (``VmHWM`` in /proc/self/status) is reset
+before each configuration by writing ``5`` to /proc/self/clear_refs, so a row's ``peak_rss_mb`` is that
+configuration's peak (scope ``"row"``). Where the reset is impossible the figure is the process-lifetime
+maximum from ``resource.getrusage`` (scope ``"process"``), which can only grow from row to row; the
+scope is written beside every figure so a reader knows which one they got.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from cxr.errors import ConfigError
+
+PEAK_ENV = "CXR_PEAK_GFLOPS"
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _read_text("/proc/cpuinfo").splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def memory_total_gib() -> float | None:
+    for line in _read_text("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 1)
+    return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpus() -> tuple[str, ...]:
+    """One 'name, driver, memory' line per NVIDIA GPU, or nothing when nvidia-smi is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return ()
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip())
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def resolve_peak_gflops(value: float | None) -> tuple[float | None, str]:
+    """The FP32 peak to compare against, and where it came from: the option, the env var, or unknown."""
+    if value is not None:
+        if value <= 0:
+            raise ConfigError(f"--peak-gflops must be positive, got {value}", hint="e.g. --peak-gflops 234")
+        return float(value), "option"
+    raw = os.environ.get(PEAK_ENV, "").strip()
+    if not raw:
+        return None, "unknown"
+    try:
+        env = float(raw)
+    except ValueError as e:
+        raise ConfigError(
+            f"{PEAK_ENV}={raw!r} is not a number", hint=f"set {PEAK_ENV} to GFLOP/s, e.g. 234, or unset it"
+        ) from e
+    if env <= 0:
+        raise ConfigError(f"{PEAK_ENV}={raw!r} must be positive", hint=f"unset {PEAK_ENV} or set e.g. 234")
+    return env, PEAK_ENV
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    cpu_model: str
+    logical_cores: int
+    usable_cores: int
+    memory_gib: float | None
+    gpus: tuple[str, ...]
+    platform: str
+    python: str
+    onnxruntime: str
+    onnxruntime_providers: tuple[str, ...]
+    numpy: str | None
+    torch: str | None  # installed version (read from package metadata; torch is never imported for this)
+    peak_gflops: float | None
+    peak_source: str
+    load_average: tuple[float, ...] = ()  # 1, 5, 15-minute load average when the run started (Unix)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gpus"] = list(self.gpus)
+        d["onnxruntime_providers"] = list(self.onnxruntime_providers)
+        d["load_average"] = list(self.load_average)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MachineInfo:
+        return cls(
+            cpu_model=str(d.get("cpu_model", "unknown")),
+            logical_cores=int(d.get("logical_cores", 0)),
+            usable_cores=int(d.get("usable_cores", 0)),
+            memory_gib=d.get("memory_gib"),
+            gpus=tuple(d.get("gpus", ())),
+            platform=str(d.get("platform", "")),
+            python=str(d.get("python", "")),
+            onnxruntime=str(d.get("onnxruntime", "")),
+            onnxruntime_providers=tuple(d.get("onnxruntime_providers", ())),
+            numpy=d.get("numpy"),
+            torch=d.get("torch"),
+            peak_gflops=d.get("peak_gflops"),
+            peak_source=str(d.get("peak_source", "unknown")),
+            load_average=tuple(float(v) for v in d.get("load_average", ())),
+            extra=dict(d.get("extra", {})),
+        )
+
+    def summary(self) -> str:
+        gpu = "; ".join(self.gpus) if self.gpus else "no GPU"
+        peak = (
+            f"{self.peak_gflops:g} GFLOP/s FP32 peak ({self.peak_source})"
+            if self.peak_gflops
+            else "peak unknown"
+        )
+        return (
+            f"{self.cpu_model}, {self.usable_cores}/{self.logical_cores} cores, "
+            f"{self.memory_gib if self.memory_gib is not None else '?'} GiB, {gpu}; "
+            f"load avg {self.load_average[0] if self.load_average else '?'} at start; "
+            f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}); {peak}"
+        )
+
+
+def machine_info(peak_gflops: float | None = None) -> MachineInfo:
+    peak, source = resolve_peak_gflops(peak_gflops)
+    return MachineInfo(
+        cpu_model=cpu_model(),
+        logical_cores=os.cpu_count() or 1,
+        usable_cores=usable_cores(),
+        memory_gib=memory_total_gib(),
+        gpus=gpus(),
+        platform=platform.platform(),
+        python=sys.version.split()[0],
+        onnxruntime=ort.__version__,
+        onnxruntime_providers=tuple(ort.get_available_providers()),
+        numpy=_version("numpy"),
+        torch=_version("torch"),
+        peak_gflops=peak,
+        peak_source=source,
+        load_average=load_average(),
+    )
+
+
+def load_average() -> tuple[float, ...]:
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return ()
+
+
+def busy_note(machine: MachineInfo) -> str | None:
+    """A warning when other work was running on the CPU as the benchmark started."""
+    if not machine.load_average or machine.load_average[0] <= max(0.5, 0.25 * machine.usable_cores):
+        return None
+    return (
+        f"the CPU was busy when this run started (1-minute load average {machine.load_average[0]:g} on "
+        f"{machine.usable_cores} usable cores): timings are noisy, PyTorch eager's OpenMP threads suffer most; "
+        "re-run on a quiet machine before publishing"
+    )
+
+
+def _status_kib(key: str) -> int | None:
+    for line in _read_text("/proc/self/status").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _process_max_mib() -> float:
+    import resource
+
+    # ru_maxrss: KiB on Linux, bytes on macOS
+    raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return raw / 1024**2 if sys.platform == "darwin" else raw / 1024
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    peak_rss_mb: float
+    scope: str  # "row": this configuration's own peak; "process": the process-lifetime maximum
+
+
+class PeakMemoryProbe:
+    """Call ``start()`` before a configuration and ``read()`` after it."""
+
+    def __init__(self) -> None:
+        self._row_scope = False
+
+    def start(self) -> None:
+        self._row_scope = _reset_high_water_mark() and _status_kib("VmHWM") is not None
+
+    def read(self) -> PeakMemory:
+        if self._row_scope:
+            hwm = _status_kib("VmHWM")
+            if hwm is not None:
+                return PeakMemory(round(hwm / 1024, 1), "row")
+        return PeakMemory(round(_process_max_mib(), 1), "process")

@@ -1,0 +1,75 @@
+"""cxr-bench compare: rows matched on their configuration key, B/A ratios computed and printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr.runtime.bench_compare import compare_reports, comparison_markdown, format_comparison
+from cxr.runtime.bench_machine import MachineInfo
+from cxr.runtime.bench_stats import summarize
+from cxr.runtime.bench_types import BenchReport, BenchRow
+
+MACHINE = MachineInfo(
+    "Test CPU",
+    2,
+    2,
+    8.0,
+    (),
+    "linux",
+    "3.11",
+    "1.32.0",
+    ("CPUExecutionProvider",),
+    None,
+    None,
+    None,
+    "unknown",
+)
+
+
+def _row(batch: int, ms: float, ips: float, precision: str = "fp32", model: str = "m.onnx") -> BenchRow:
+    stats = summarize([ms / 1000] * 3)
+    return BenchRow(
+        kind="inference", model=model, model_kind="ensemble", precision=precision, provider_requested="cpu",
+        provider="cpu", provider_ok=True, batch_size=batch, threads=2, concurrency=1, mode="session", sessions=1,
+        warmup=1, iterations=3, seconds=1.0, latency_ms=stats, latency_per_image_ms=stats.scaled(1 / batch),
+        throughput_ips=ips, peak_rss_mb=100.0, rss_scope="row",
+    )  # fmt: skip
+
+
+def _report(*rows: BenchRow) -> BenchReport:
+    return BenchReport("2026-01-01T00:00:00+00:00", "0.1.0", "cxr-bench run m.onnx", MACHINE, {}, rows)
+
+
+def test_ratios_are_b_over_a() -> None:
+    a = _report(_row(1, 100.0, 10.0), _row(8, 400.0, 20.0), _row(1, 50.0, 20.0, precision="int8"))
+    b = _report(_row(1, 50.0, 20.0), _row(8, 600.0, 13.3), _row(16, 900.0, 17.0))
+    c = compare_reports(a, b, "old.json", "new.json")
+    by_batch = {p.a.batch_size: p for p in c.pairs}
+    assert set(by_batch) == {1, 8}
+    assert by_batch[1].p50_ratio == pytest.approx(0.5) and by_batch[1].throughput_ratio == pytest.approx(2.0)
+    assert by_batch[8].p50_ratio == pytest.approx(1.5) and by_batch[8].p99_ratio == pytest.approx(1.5)
+    assert [r.precision for r in c.only_a] == ["int8"] and [r.batch_size for r in c.only_b] == [16]
+    text = format_comparison(c)
+    assert "0.50x" in text and "2.00x" in text and "1.50x" in text
+    assert "A = old.json" in text and "B = new.json" in text
+    assert "only in A: inference|ensemble|int8|cpu|b1|t2|c1|session" in text
+    assert "only in B: inference|ensemble|fp32|cpu|b16|t2|c1|session" in text
+    assert comparison_markdown(c).count("\n| ") == 1 + 2
+
+
+def test_no_common_rows_is_said() -> None:
+    c = compare_reports(_report(_row(1, 10.0, 100.0)), _report(_row(2, 10.0, 200.0)))
+    assert not c.pairs and "no configuration appears in both" in format_comparison(c)
+
+
+def test_duplicate_keys_are_told_apart_by_file_name() -> None:
+    a = _report(_row(1, 10.0, 100.0, model="x.onnx"), _row(1, 20.0, 50.0, model="y.onnx"))
+    c = compare_reports(a, a)
+    assert len(c.pairs) == 2 and all(p.p50_ratio == pytest.approx(1.0) for p in c.pairs)
+
+
+def test_zero_baseline_gives_no_ratio() -> None:
+    c = compare_reports(_report(_row(1, 10.0, 0.0)), _report(_row(1, 10.0, 5.0)))
+    assert c.pairs[0].throughput_ratio is None
+    line = next(ln for ln in format_comparison(c).splitlines() if ln.startswith("m.onnx"))
+    assert line.split()[-1] == "-" and "1.00x" in line
