@@ -181,7 +181,12 @@ def _simplify(model: onnx.ModelProto, weight_bytes: int) -> tuple[onnx.ModelProt
 
 
 def _metadata(
-    members: Sequence[MemberModel], meta: MetaModel, fused: FusedGraph, precision: str, simplified: bool
+    members: Sequence[MemberModel],
+    meta: MetaModel,
+    fused: FusedGraph,
+    precision: str,
+    simplified: bool,
+    fp32_sha256: str | None = None,
 ) -> ModelMetadata:
     info = meta.info
     k = len(info["classes"])
@@ -229,6 +234,8 @@ def _metadata(
         "simplified": simplified,
         "notice": NOTICE,
     }
+    if fp32_sha256 is not None:  # a variant names the FP32 ensemble it was built beside
+        card["fp32_sha256"] = fp32_sha256
     spec = members[0].meta.preprocess
     pre = PreprocessSpec(input_size=fused.input_size, channels=spec.channels, mean=spec.mean, std=spec.std)
     return ModelMetadata(classes=tuple(info["classes"]), preprocess=pre, input_format="uint8_gray", card=card)
@@ -265,6 +272,7 @@ def _build_one(
     cfg: FuseConfig,
     rng: np.random.Generator,
     tolerance: float,
+    fp32_sha256: str | None = None,
 ) -> tuple[FusedFile, FusedGraph, SeparatePipeline]:
     fused = build_fused(members, meta, cfg.input_size)
     weight_bytes = _initializer_bytes(fused.model)
@@ -278,7 +286,7 @@ def _build_one(
             model, simplified, note = _simplify(fused.model, weight_bytes)
         else:
             note = "skipped: disabled"
-    md = _metadata(members, meta, fused, precision, simplified)
+    md = _metadata(members, meta, fused, precision, simplified, fp32_sha256)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, md.to_props())
     model.doc_string = f"cxr stacking ensemble ({precision}). {NOTICE}"
@@ -342,7 +350,9 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         var_members = [load_member(p) for p in paths]
         check_compatible(var_members, meta_model)
         var_out = out.with_name(out.name.removesuffix(".onnx") + f".{variant}.onnx")
-        built, _, _ = _build_one(var_members, meta_model, var_out, variant, cfg, rng, cfg.variant_tolerance)
+        built, _, _ = _build_one(
+            var_members, meta_model, var_out, variant, cfg, rng, cfg.variant_tolerance, fp32.sha256
+        )
         drift = _drift(out, var_out, fused.input_size, rng, cfg.threads)
         files[variant] = replace(built, drift_vs_fp32=drift)
     e2e = None

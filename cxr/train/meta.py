@@ -123,11 +123,24 @@ def _candidates(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
 
 
 def _cv_splits(y: np.ndarray, folds: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     notes: list[str] = []
+    if y.size < 4:
+        raise DataError(
+            f"only {y.size} meta-training image(s): too few to choose the meta-learner's regularisation",
+            hint="use more validation images (a larger data set, or a larger validation fraction)",
+        )
     counts = np.bincount(y)
     smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        n_splits = min(folds, y.size // 2)
+        notes.append(
+            f"cross-validation is not stratified ({n_splits} plain folds): a class has a single "
+            "meta-training image"
+        )
+        plain = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return list(plain.split(np.zeros((y.size, 1)))), notes
     n_splits = max(2, min(folds, smallest))
     if n_splits < folds:
         notes.append(

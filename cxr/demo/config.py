@@ -1,0 +1,45 @@
+"""The demo's settings: where the run goes, which data, which training config, what to skip or force."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr.errors import ConfigError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_config(name: str) -> Path:
+    """``configs/<name>.yaml`` from the working directory, else from the source checkout."""
+    here = Path("configs") / f"{name}.yaml"
+    return here if here.is_file() else REPO_CONFIGS / f"{name}.yaml"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    run_dir: Path = Path("runs/demo")
+    data: Path | None = None  # None: synthetic chest X-rays (the embedded default)
+    train_config: Path | None = None  # None: configs/demo.yaml (synthetic) or configs/paper.yaml (--data)
+    per_class: int = 100  # synthetic images per class
+    seed: int = 0
+    variants: tuple[str, ...] = ("int8",)
+    force: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()  # extra `key=value` for the training config
+    bench_iterations: int = 10
+    max_scan_images: int | None = None
+    threads: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.per_class < 10:
+            raise ConfigError(
+                f"per_class {self.per_class} is too small to fill train, val and test",
+                hint="use at least 10 synthetic images per class",
+            )
+
+    @property
+    def training_config(self) -> Path:
+        if self.train_config is not None:
+            return self.train_config
+        return default_config("demo" if self.data is None else "paper")
