@@ -24,7 +24,7 @@ def demo(
         Path | None,
         typer.Option(help="Training config; default configs/demo.yaml, or configs/paper.yaml with --data."),
     ] = None,
-    per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 100,
+    per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 80,
     seed: Annotated[int, typer.Option(help="Seed for data, split and training.")] = 0,
     force: Annotated[
         list[str] | None,

@@ -1,7 +1,8 @@
 """`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch).
 
 `cxr-predict scan FOLDER` writes one row per file (CSV or JSONL, flushed per batch, `--resume` skips the
-files already written) and ends with a summary; `cxr-predict image FILE...` prints each file's result.
+files already written) and ends with a summary; `--engine ray` runs the same scan on a Ray cluster
+(`cxr.runtime.ray_scan`, optional extra `ray`); `cxr-predict image FILE...` prints each file's result.
 Exit codes: 0 every file predicted, 1 some files could not be read, 2 usage or model error.
 Decision support only: every human-readable result carries ``cxr.labels.NOTICE``.
 """
@@ -21,7 +22,7 @@ from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.runtime.predictor import Predictor
+    from cxr.runtime.predictor import Predictor, PredictorConfig
     from cxr.runtime.scan import ScanResult
     from cxr.runtime.types import Prediction
 
@@ -46,6 +47,11 @@ class ProviderChoice(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP, show_default=False)]
@@ -99,6 +105,37 @@ def _setup_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def _predictor_config(
+    provider: ProviderChoice,
+    threads: int | None,
+    batch_size: int,
+    strict_provider: bool,
+    device_id: int,
+    trt_fp16: bool,
+    trt_cache: Path | None,
+    decode_workers: int | None,
+    max_file_mb: float,
+    max_pixels: int,
+) -> PredictorConfig:
+    from cxr.imaging.decode import DecodeLimits
+    from cxr.runtime.predictor import PredictorConfig, auto_decode_workers
+    from cxr.runtime.session import SessionConfig
+
+    return PredictorConfig(
+        session=SessionConfig(
+            provider=provider.value,
+            threads=threads,
+            device_id=device_id,
+            strict_provider=strict_provider,
+            trt_fp16=trt_fp16,
+            trt_cache_dir=trt_cache,
+        ),
+        limits=DecodeLimits(max_bytes=int(max_file_mb * 1024 * 1024), max_pixels=max_pixels),
+        batch_size=batch_size,
+        decode_workers=decode_workers or auto_decode_workers(provider.value),
+    )
+
+
 def _open_predictor(
     model: Path | None,
     provider: ProviderChoice,
@@ -112,24 +149,13 @@ def _open_predictor(
     max_file_mb: float,
     max_pixels: int,
 ) -> Predictor:
-    from cxr.imaging.decode import DecodeLimits
     from cxr.runtime.locate import resolve_model
-    from cxr.runtime.predictor import Predictor, PredictorConfig, auto_decode_workers
-    from cxr.runtime.session import SessionConfig
+    from cxr.runtime.predictor import Predictor
 
-    cfg = PredictorConfig(
-        session=SessionConfig(
-            provider=provider.value,
-            threads=threads,
-            device_id=device_id,
-            strict_provider=strict_provider,
-            trt_fp16=trt_fp16,
-            trt_cache_dir=trt_cache,
-        ),
-        limits=DecodeLimits(max_bytes=int(max_file_mb * 1024 * 1024), max_pixels=max_pixels),
-        batch_size=batch_size,
-        decode_workers=decode_workers or auto_decode_workers(provider.value),
-    )
+    cfg = _predictor_config(
+        provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
+        max_file_mb, max_pixels,
+    )  # fmt: skip
     return Predictor.from_path(resolve_model(model), cfg)
 
 
@@ -158,7 +184,14 @@ def _summary_text(result: ScanResult, classes: tuple[str, ...]) -> str:
 @app.command("scan")
 @handle_errors
 def scan(
-    folder: Annotated[Path, typer.Argument(help="Folder of chest X-rays.", show_default=False)],
+    folder: Annotated[
+        str,
+        typer.Argument(
+            help="Folder of chest X-rays (--engine ray: also an object-storage URL such as s3://bucket/xrays; "
+            "with --manifest: the data root its paths are relative to).",
+            show_default=False,
+        ),
+    ],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan subfolders.")] = False,
     model: ModelOpt = None,
     provider: ProviderOpt = ProviderChoice.auto,
@@ -197,6 +230,34 @@ def scan(
     max_file_mb: MaxMbOpt = 256.0,
     max_pixels: MaxPixelsOpt = 100_000_000,
     verbose: VerboseOpt = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: this process. ray: the same scan as an actor pool of predictors on a Ray cluster "
+            "(one onnxruntime session per actor, one GPU each on GPU providers; needs "
+            "`pip install 'cxr-toolkit\\[ray]'`)."
+        ),
+    ] = Engine.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster (auto, HOST:6379, ray://HOST:10001). Default: $RAY_ADDRESS, else "
+            "a new local Ray instance.",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="--engine ray: scan the files this cxr manifest lists (FOLDER is their data root) instead of "
+            "listing FOLDER.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="With --manifest: only this split (train, val, test).", show_default=False),
+    ] = None,
 ) -> None:
     """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
 
@@ -211,12 +272,25 @@ def scan(
         raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
+    if engine is Engine.local and (address or manifest or split):
+        given = "--address" if address else "--manifest" if manifest else "--split"
+        raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
+    if engine is Engine.ray:
+        cfg_p = _predictor_config(
+            provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
+            max_file_mb, max_pixels,
+        )  # fmt: skip
+        code = _scan_with_ray(
+            folder, model, cfg_p, recursive, include, exclude, output, json_out, resume, overwrite, quiet,
+            address, manifest, split, verbose,
+        )  # fmt: skip
+        raise typer.Exit(code=code)
     predictor = _open_predictor(
         model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
         max_file_mb, max_pixels,
     )  # fmt: skip
     cfg = ScanConfig(
-        folder=folder,
+        folder=Path(folder),
         recursive=recursive,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
@@ -249,6 +323,80 @@ def scan(
     elif not quiet:
         typer.echo(_summary_text(result, predictor.classes), err=True)
     raise typer.Exit(code=result.exit_code)
+
+
+def _scan_with_ray(
+    folder: str,
+    model: Path | None,
+    predictor_cfg: PredictorConfig,
+    recursive: bool,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    output: Path | None,
+    json_out: bool,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    address: str | None,
+    manifest: Path | None,
+    split: str | None,
+    verbose: bool,
+) -> int:
+    """`scan --engine ray`: the local scan's rows and summary (cxr.runtime.ray_scan); returns the exit code."""
+    from cxr.runtime.locate import resolve_model
+    from cxr.runtime.progress import ProgressBar
+    from cxr.runtime.ray_scan import RayScanConfig, ray_scan
+
+    if predictor_cfg.session.device_id:
+        typer.echo(
+            "warning: --device-id is ignored with --engine ray (Ray gives each actor its GPU)", err=True
+        )
+    cfg = RayScanConfig(
+        model=resolve_model(model),
+        source=folder,
+        predictor=predictor_cfg,
+        recursive=recursive,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        manifest=manifest,
+        split=split,
+        output=output,
+        stream_format="jsonl" if json_out else "csv",
+        resume=resume,
+        overwrite=overwrite,
+        address=address,
+        ray_logs=verbose,
+    )
+    stderr = typer.get_text_stream("stderr")
+    stdout = typer.get_text_stream("stdout")
+    rows_to_terminal = output is None and stdout.isatty()
+    bar: list[ProgressBar] = []
+
+    def on_start(todo: int, skipped: int) -> None:
+        bar.append(
+            ProgressBar(todo, stderr, enabled=todo > 0 and not (quiet or json_out or rows_to_terminal))
+        )
+
+    def on_batch(preds: Any) -> None:
+        bar[0].update(len(preds))
+
+    try:
+        result = ray_scan(cfg, stream=stdout, on_start=on_start, on_batch=on_batch)
+    finally:
+        if bar:
+            bar[0].close()
+    if json_out:
+        summary = {**result.to_dict(), "model": result.model, "notice": NOTICE}
+        typer.echo(json.dumps(summary), err=output is None)
+    elif not quiet:
+        gpus = f", {result.gpus_per_actor:g} GPU" if result.gpus_per_actor else ""
+        typer.echo(
+            f"ray: {result.actors} actors ({result.cpus_per_actor:g} CPU{gpus} each) on {result.nodes} node(s) "
+            f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
+            err=True,
+        )
+        typer.echo(_summary_text(result.scan, tuple(result.model["classes"])), err=True)
+    return result.exit_code
 
 
 def _format_prediction(p: Prediction) -> str:

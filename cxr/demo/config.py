@@ -21,7 +21,7 @@ class DemoConfig:
     run_dir: Path = Path("runs/demo")
     data: Path | None = None  # None: synthetic chest X-rays (the embedded default)
     train_config: Path | None = None  # None: configs/demo.yaml (synthetic) or configs/paper.yaml (--data)
-    per_class: int = 100  # synthetic images per class
+    per_class: int = 80  # synthetic images per class (configs/demo.yaml is sized for it)
     seed: int = 0
     variants: tuple[str, ...] = ("int8",)
     force: tuple[str, ...] = ()

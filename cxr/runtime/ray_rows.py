@@ -1,0 +1,76 @@
+"""Write the rows of a Ray scan in scan order, as they arrive out of order, and count them.
+
+Takes: a ``ResultWriter`` and predictions keyed by their position in the scan's file list (Ray returns
+blocks in whatever order the actors finish them). Makes: rows written as soon as every row before them
+is known (so an interrupted scan keeps a prefix of the local scan's file, which ``--resume`` continues),
+the per-class counts, failures and providers of a ``ScanResult``, and the time of the first rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from cxr.runtime.results import ResultWriter
+from cxr.runtime.types import Prediction
+
+MAX_FAILURES_KEPT = 20
+
+
+class OrderedRows:
+    """Buffer predictions by index; ``flush`` writes the longest complete prefix."""
+
+    def __init__(
+        self, writer: ResultWriter, on_batch: Callable[[Sequence[Prediction]], None] | None = None
+    ) -> None:
+        self.writer = writer
+        self.on_batch = on_batch
+        self.next = 0  # index of the first row not yet written
+        self.pending: dict[int, Prediction] = {}
+        self.counts: Counter[str] = Counter()
+        self.providers: Counter[str] = Counter()
+        self.failed = 0
+        self.failures: list[tuple[str, str]] = []
+        self.started = time.perf_counter()
+        self.first_rows_seconds: float | None = None
+
+    def add(self, index: int, pred: Prediction) -> None:
+        """Keep ``pred`` for its place; a row seen before (a retried block) is ignored."""
+        if index >= self.next and index not in self.pending:
+            self.pending[index] = pred
+
+    def has(self, index: int) -> bool:
+        return index < self.next or index in self.pending
+
+    def flush(self) -> None:
+        ready: list[Prediction] = []
+        while self.next in self.pending:
+            ready.append(self.pending.pop(self.next))
+            self.next += 1
+        if not ready:
+            return
+        self.writer.write(ready)
+        if self.first_rows_seconds is None:
+            self.first_rows_seconds = time.perf_counter() - self.started
+        for p in ready:
+            if p.ok and p.label is not None:
+                self.counts[p.label] += 1
+                self.providers[p.provider] += 1
+            else:
+                self.failed += 1
+                if len(self.failures) < MAX_FAILURES_KEPT:
+                    self.failures.append((p.source, p.error or ""))
+        if self.on_batch is not None:
+            self.on_batch(ready)
+
+    @property
+    def predicted(self) -> int:
+        return sum(self.counts.values())
+
+    def provider(self, default: str) -> str:
+        """The providers the actors ran, most used first (``cuda,cpu`` when some fell back)."""
+        return ",".join(p for p, _ in self.providers.most_common()) or default
+
+
+__all__ = ["OrderedRows"]
