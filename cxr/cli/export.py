@@ -1,15 +1,130 @@
-"""`cxr export`, `cxr verify` (stub: being implemented)."""
+"""`cxr export RUN_DIR` and `cxr verify RUN_DIR`: thin commands over ``cxr.export.run_export``.
+
+Export writes ``RUN_DIR/onnx/<name>.onnx`` (+ ``.fp16`` / ``.int8`` variants) with cxr metadata and verifies
+each against PyTorch; verify re-checks existing files. Both exit 1 naming the model when verification
+fails (``VerificationError``) and 2 on a usage, data or model error.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-
-def export() -> None:
-    """Export base models to ONNX (stub)."""
-    raise typer.Exit(code=2)
+from cxr.cli.common import handle_errors, setup_logging
 
 
-def verify() -> None:
-    """Verify exported models against PyTorch (stub)."""
-    raise typer.Exit(code=2)
+class ExporterName(str, Enum):
+    auto = "auto"
+    torchscript = "torchscript"
+    dynamo = "dynamo"
+
+
+RunDir = Annotated[
+    Path, typer.Argument(help="Run directory of `cxr train` (holds members/<name>/).", show_default=False)
+]
+Models = Annotated[
+    str | None, typer.Option("--models", help="Comma-separated member names (default: every member).")
+]
+Manifest = Annotated[
+    Path | None,
+    typer.Option("--manifest", help="Split manifest for val/train images (default: RUN_DIR/manifest.csv)."),
+]
+MaxVal = Annotated[int, typer.Option("--max-val", help="Val-split images used for verification (cap).")]
+Random = Annotated[int, typer.Option("--random", help="Random noise inputs added to the FP32 check.")]
+MinAgreement = Annotated[
+    float, typer.Option("--min-agreement", help="Top-1 agreement a variant needs vs FP32 to be usable.")
+]
+Threads = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    return items or None
+
+
+@handle_errors
+def export(
+    run_dir: RunDir,
+    models: Models = None,
+    variants: Annotated[
+        str, typer.Option("--variants", help="Comma-separated edge variants to make: fp16, int8.")
+    ] = "",
+    simplify: Annotated[
+        bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim (kept only if verified).")
+    ] = True,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 17: LayerNorm is one op).")] = 17,
+    exporter: Annotated[
+        ExporterName, typer.Option("--exporter", help="auto: cxr's per-architecture choice.")
+    ] = ExporterName.auto,
+    manifest: Manifest = None,
+    max_val: MaxVal = 64,
+    max_calib: Annotated[
+        int, typer.Option("--max-calib", help="Train-split images used to calibrate INT8 (cap).")
+    ] = 64,
+    n_random: Random = 8,
+    min_agreement: MinAgreement = 0.99,
+    threads: Threads = None,
+    verbose: Verbose = False,
+) -> None:
+    """Export every trained member to ONNX with cxr metadata, verify it against PyTorch, make variants."""
+    from cxr.export.report import format_table
+    from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
+
+    setup_logging(verbose)
+    cfg = RunExportConfig(
+        run_dir=run_dir,
+        models=_split(models),
+        variants=_split(variants) or (),
+        simplify=simplify,
+        opset=opset,
+        exporter=exporter.value,  # type: ignore[arg-type]
+        manifest=manifest,
+        max_val_images=max_val,
+        max_calib_images=max_calib,
+        n_random=n_random,
+        min_agreement=min_agreement,
+        threads=threads,
+        strict=False,  # print the table first, then fail
+    )
+    result = export_run(cfg)
+    typer.echo(format_table(result))
+    typer.echo(f"\nreport: {result.report_md} (JSON: {result.report_json})")
+    raise_for_failures(result)
+
+
+@handle_errors
+def verify(
+    run_dir: RunDir,
+    models: Models = None,
+    manifest: Manifest = None,
+    max_val: MaxVal = 64,
+    n_random: Random = 8,
+    min_agreement: MinAgreement = 0.99,
+    threads: Threads = None,
+    verbose: Verbose = False,
+) -> None:
+    """Re-verify RUN_DIR/onnx/<name>.onnx against its checkpoint (and its variants against FP32)."""
+    from cxr.export.report import format_table
+    from cxr.export.run_export import RunExportConfig, raise_for_failures, verify_run
+
+    setup_logging(verbose)
+    cfg = RunExportConfig(
+        run_dir=run_dir,
+        models=_split(models),
+        manifest=manifest,
+        max_val_images=max_val,
+        n_random=n_random,
+        min_agreement=min_agreement,
+        threads=threads,
+        strict=False,
+    )
+    result = verify_run(cfg)
+    typer.echo(format_table(result))
+    typer.echo(f"\nreport: {result.report_md} (JSON: {result.report_json})")
+    raise_for_failures(result)

@@ -1,0 +1,264 @@
+"""Checkpoints that never execute code on load: weights in safetensors, everything else in JSON.
+
+Takes: a trained model and what describes it. Makes, in a member's folder, ``<which>.safetensors`` (the
+weights) and ``<which>.json`` (format version, member and timm name, class list, ``PreprocessSpec``,
+metrics, epoch, the resolved config, library versions and the SHA-256 of the weights file), with
+``which`` = ``best`` or ``last``; for resuming, ``last.state.pt`` holds the optimiser, scheduler and RNG
+state (tensors and plain values only, read with ``torch.load(weights_only=True)``).
+``load_checkpoint`` rebuilds the architecture from the backbones table (random init, no download),
+checks the hash and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import cxr
+from cxr.errors import ModelError
+from cxr.spec import PreprocessSpec
+from cxr.train.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "cxr.checkpoint"
+CHECKPOINT_VERSION = 1
+WHICH = ("best", "last")
+RESUME_STATE = "last.state.pt"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``<which>.json`` says about the weights beside it."""
+
+    name: str
+    timm_name: str
+    classes: tuple[str, ...]
+    preprocess: PreprocessSpec
+    metrics: dict[str, Any]
+    sha256: str
+    epoch: int
+    config: dict[str, Any]
+    versions: dict[str, str]
+    backbone: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "name": self.name,
+            "backbone": self.backbone,
+            "timm_name": self.timm_name,
+            "classes": list(self.classes),
+            "preprocess": self.preprocess.to_dict(),
+            "metrics": self.metrics,
+            "sha256": self.sha256,
+            "epoch": self.epoch,
+            "config": self.config,
+            "versions": self.versions,
+            "extra": self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    model: nn.Module  # eval mode, on the CPU
+    info: CheckpointInfo
+    weights_path: Path
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+    import timm
+    import torchvision
+
+    return {
+        "cxr": cxr.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_which(which: str) -> None:
+    if which not in WHICH:
+        raise CheckpointError(f"unknown checkpoint {which!r}", hint=f"use one of {', '.join(WHICH)}")
+
+
+def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
+    _check_which(which)
+    return Path(member_dir) / f"{which}.safetensors", Path(member_dir) / f"{which}.json"
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU tensors in standard layout (channels-last weights are made contiguous; no copy otherwise)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: CheckpointInfo) -> CheckpointInfo:
+    """Write ``<which>.safetensors`` then ``<which>.json`` (with the weights' hash); return the info."""
+    weights, meta = paths(member_dir, which)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
+    os.replace(tmp, weights)
+    info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
+    _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    return info
+
+
+def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
+    """Make ``target`` the same checkpoint as ``source`` without writing the weights again.
+
+    A hard link where the file system allows it (safe: every save replaces files atomically, so a later
+    ``source`` save leaves ``target`` pointing at the old weights), else a copy.
+    """
+    src, _ = paths(member_dir, source)
+    dst, meta = paths(member_dir, target)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    return info
+
+
+def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInfo:
+    """Read and check ``<which>.json`` (format, version, fields); the weights are not touched."""
+    weights, meta = paths(member_dir, which)
+    train_hint = (
+        f"train the member first (`cxr train base --config CONFIG --model {Path(member_dir).name}`), "
+        "or pass the folder RUN_DIR/members/<name>"
+    )
+    for p in (meta, weights):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file {p} is missing", hint=train_hint, path=p)
+    try:
+        d = json.loads(meta.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta} is not valid JSON: {e}", hint=train_hint, path=meta) from e
+    if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{meta} is not a cxr checkpoint", hint=train_hint, path=meta)
+    if d.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{meta} uses cxr checkpoint format {d.get('format_version')!r}; this cxr "
+            f"({cxr.__version__}) reads format {CHECKPOINT_VERSION}",
+            hint="re-train the member with this cxr, or install the cxr version that wrote it "
+            f"(it recorded {d.get('versions', {}).get('cxr', 'unknown')})",
+            path=meta,
+        )
+    try:
+        return CheckpointInfo(
+            name=str(d["name"]),
+            backbone=str(d.get("backbone", "")),
+            timm_name=str(d["timm_name"]),
+            classes=tuple(str(c) for c in d["classes"]),
+            preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+            metrics=dict(d["metrics"]),
+            sha256=str(d["sha256"]),
+            epoch=int(d["epoch"]),
+            config=dict(d["config"]),
+            versions={str(k): str(v) for k, v in d["versions"].items()},
+            extra=dict(d.get("extra", {})),
+        )
+    except (KeyError, TypeError, ValueError, ModelError) as e:
+        raise CheckpointError(f"{meta} is incomplete or malformed: {e}", hint=train_hint, path=meta) from e
+
+
+def load_weights(member_dir: Path, which: str, info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    weights, _ = paths(member_dir, which)
+    actual = file_sha256(weights)
+    if actual != info.sha256:
+        raise CheckpointError(
+            f"{weights} does not match its {which}.json (sha256 {actual[:12]}..., recorded "
+            f"{info.sha256[:12]}...): the file was changed or copied incompletely",
+            hint="copy the member folder again, or re-train the member",
+            path=weights,
+        )
+    try:
+        return load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} cannot be read: {e}", path=weights) from e
+
+
+def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
+    """Rebuild the member's model (CPU, eval mode, head for its classes) with the checkpoint's weights."""
+    from cxr.train.backbones import create_backbone
+
+    info = read_checkpoint_info(member_dir, which)
+    state = load_weights(member_dir, which, info)
+    model = create_backbone(info.timm_name, len(info.classes), pretrained=False, seed=0)
+    load_state(model, state, Path(member_dir) / f"{which}.safetensors")
+    model.eval()
+    return LoadedCheckpoint(model=model, info=info, weights_path=paths(member_dir, which)[0])
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{source} does not fit the {type(model).__name__} architecture: {str(e).splitlines()[0]}",
+            hint="the checkpoint was written for another backbone or class count; re-train the member",
+            path=source,
+        ) from e
+
+
+def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
+    """Optimiser/scheduler/RNG state (tensors and plain values) for ``train.resume``."""
+    out = Path(member_dir) / RESUME_STATE
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def load_resume_state(member_dir: Path) -> dict[str, Any]:
+    path = Path(member_dir) / RESUME_STATE
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume: {path} is missing", hint="train from scratch (train.resume: false)", path=path
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or file damaged
+        raise CheckpointError(f"cannot resume: {path} is unreadable ({e})", path=path) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot resume: {path} holds no training state", path=path)
+    return state

@@ -1,0 +1,218 @@
+"""The PyTorch side of the data: manifest -> Dataset -> DataLoader, with unreadable images counted.
+
+Takes: a ``Manifest`` (one split of it), a ``PreprocessSpec`` and loader settings. Makes: batches of
+``Batch(x [N, 3, h, w], y [N], index [N], bad)``. An image that cannot be decoded is skipped, its path is
+logged and counted (``BadImages``); training stops once more than ``max_bad_fraction`` of a split fails.
+Augmentation is repeatable: each image's random rotation is drawn from torch's RNG forked and seeded from
+``(seed, epoch, index)``, so results do not depend on the worker count or the global RNG, which is left
+untouched. Shuffling uses an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from cxr.data.manifest import Manifest, ManifestRow, SplitConfig, build_manifest, load_manifest
+from cxr.errors import DataError, DecodeError
+from cxr.spec import PreprocessSpec
+from cxr.train.config import DataConfig
+from cxr.train.errors import TrainError
+from cxr.train.transforms import eval_transform, load_rgb, train_transform
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[torch.Tensor | None, int, int, str]  # (image or None, label index, row index, error)
+
+
+def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
+    """Load ``data.manifest``; or build ``RUN_DIR/manifest.csv`` from ``data.data_dir`` once and reuse it."""
+    if data.manifest is not None:
+        if not Path(data.manifest).is_file() and data.data_dir is None:
+            raise DataError(
+                f"manifest {data.manifest} does not exist",
+                hint="create it with `cxr data split DATA_DIR --out MANIFEST`, or set data.data_dir "
+                "instead to split a data set folder here",
+                path=data.manifest,
+            )
+        if Path(data.manifest).is_file():
+            return load_manifest(Path(data.manifest))
+    if data.data_dir is None:  # unreachable: DataConfig requires one of the two
+        raise DataError("no manifest and no data set folder configured")
+    out = Path(data.manifest) if data.manifest is not None else Path(run_dir) / "manifest.csv"
+    if out.is_file():
+        log.info("reusing manifest %s", out)
+        return load_manifest(out)
+    log.info("splitting %s into %s (seed %d)", data.data_dir, out, data.split_seed)
+    return build_manifest(SplitConfig(data_dir=Path(data.data_dir), out=out, seed=data.split_seed)).manifest
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Every class needs a training image (the weighted loss divides by its count); val must not be empty."""
+    missing = manifest.missing_classes()["train"]
+    if missing:
+        raise DataError(
+            f"the train split of {manifest.path or manifest.root} has no image of class(es) "
+            f"{', '.join(repr(c) for c in missing)}",
+            hint="add images of that class to the data set, or re-split it (`cxr data split`) so that "
+            "every class reaches the train split",
+            path=manifest.path,
+        )
+    if not manifest.split("val"):
+        raise DataError(
+            f"the val split of {manifest.path or manifest.root} is empty: validation drives early stopping",
+            hint="re-split with a validation fraction large enough for a few images per class",
+            path=manifest.path,
+        )
+
+
+class ManifestDataset(Dataset[Sample]):
+    """One split of a manifest as (image, label, index, error) samples; errors never raise here."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        split: str,
+        transform: Callable[[Any], torch.Tensor],
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.split = split
+        self.rows: tuple[ManifestRow, ...] = manifest.split(split)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other (but again repeatable) augmentations in each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def path(self, index: int) -> str:
+        return self.rows[index].path
+
+    def __getitem__(self, index: int) -> Sample:
+        row = self.rows[index]
+        label = self.manifest.classes.index(row.label)
+        try:
+            img = load_rgb(self.manifest.abspath(row))
+        except DecodeError as e:
+            return None, label, index, e.message
+        if self.seed is None:
+            return self.transform(img), label, index, ""
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label, index, ""
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor | None
+    y: torch.Tensor
+    index: torch.Tensor
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack the readable samples; report the unreadable ones in ``Batch.bad``."""
+    good = [s for s in samples if s[0] is not None]
+    bad = [(s[2], s[3]) for s in samples if s[0] is None]
+    if not good:
+        return Batch(None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
+    x = torch.stack([_present(s[0]) for s in good])
+    y = torch.tensor([s[1] for s in good], dtype=torch.long)
+    idx = torch.tensor([s[2] for s in good], dtype=torch.long)
+    return Batch(x, y, idx, bad)
+
+
+def _present(x: torch.Tensor | None) -> torch.Tensor:
+    if x is None:  # filtered out by the caller
+        raise TypeError("missing image")
+    return x
+
+
+class BadImages:
+    """Unreadable images met in one split; raises ``TrainError`` past ``max_fraction`` of the split."""
+
+    def __init__(self, dataset: ManifestDataset, max_fraction: float) -> None:
+        self.dataset = dataset
+        self.max_fraction = max_fraction
+        self.paths: dict[str, str] = {}
+
+    def add(self, bad: Sequence[tuple[int, str]]) -> None:
+        for index, message in bad:
+            path = self.dataset.path(index)
+            if path not in self.paths:
+                self.paths[path] = message
+                log.warning("skipping unreadable image %s: %s", path, message)
+        total = max(1, len(self.dataset))
+        if len(self.paths) > self.max_fraction * total:
+            first = next(iter(self.paths.items()))
+            raise TrainError(
+                f"{len(self.paths)} of {len(self.dataset)} images of the {self.dataset.split} split could not "
+                f"be read (more than data.max_bad_fraction={self.max_fraction}); first: {first[0]}: {first[1]}",
+                hint="fix or remove the files and re-run `cxr data split`, or raise data.max_bad_fraction "
+                "(e.g. --set data.max_bad_fraction=0.05)",
+            )
+
+
+def make_dataset(
+    manifest: Manifest, split: str, spec: PreprocessSpec, *, train: bool, seed: int | None = None
+) -> ManifestDataset:
+    """The split's dataset with the train (rotation) or eval transform."""
+    transform = train_transform(spec) if train else eval_transform(spec)
+    return ManifestDataset(manifest, split, transform, seed=seed if train else None)
+
+
+def make_loader(
+    dataset: ManifestDataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader[Sample]:
+    """Shuffle (with ``generator``) for training only; a last batch of one image is dropped in training
+    because BatchNorm cannot normalise a single image at 1x1 resolution."""
+    sampler: RandomSampler | SequentialSampler
+    if shuffle:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling generator of one epoch: the same for the same seed and epoch (so resume repeats)."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
+    return g
+
+
+def train_counts(manifest: Manifest) -> dict[str, int]:
+    return manifest.counts()["train"]

@@ -1,0 +1,77 @@
+"""Where and how to compute: CUDA with mixed precision, channels-last and pinned memory, or the CPU.
+
+Takes: ``TrainSettings.device`` / ``precision`` / ``channels_last``. Makes: a ``DeviceSetup``. ``auto``
+picks CUDA when present, bf16 autocast where the GPU supports it (else fp16 with a gradient scaler), and
+fp32 on the CPU. ConvNeXt's LayerNorm stays FP32 under autocast (layer_norm is on autocast's FP32 list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from cxr.errors import ConfigError
+from cxr.train.config import TrainSettings
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+    pin_memory: bool
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.device.type == "cuda" and self.amp_dtype == torch.float16
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.pin_memory)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def rng_devices(self) -> list[int]:
+        """CUDA devices whose RNG is forked (and restored) around training."""
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+
+def resolve_device(settings: TrainSettings) -> DeviceSetup:
+    wanted = settings.device
+    has_cuda = torch.cuda.is_available()
+    if wanted.startswith("cuda") and not has_cuda:
+        raise ConfigError(
+            f"train.device is {wanted!r} but no CUDA GPU is usable here (torch {torch.__version__})",
+            hint="use --set train.device=cpu (or auto), or install a CUDA build of torch",
+        )
+    device = torch.device("cuda" if wanted == "auto" and has_cuda else "cpu" if wanted == "auto" else wanted)
+    cuda = device.type == "cuda"
+    precision = settings.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("train.precision fp16 needs a CUDA GPU", hint="use fp32 (or bf16) on the CPU")
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return DeviceSetup(
+        device=device, amp_dtype=amp, channels_last=cuda and settings.channels_last, pin_memory=cuda
+    )
+
+
+@contextlib.contextmanager
+def forked_rng(setup: DeviceSetup, seed: int) -> Iterator[None]:
+    """Seed torch's RNG for the block (dropout, init) and restore the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=setup.rng_devices()):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,521 @@
+"""Train the ensemble's base models with the study's two-phase transfer learning.
+
+Takes: a ``TrainConfig`` and a member name (or all members). Makes, per member, in
+``RUN_DIR/members/<name>/``: ``best``/``last`` checkpoints (``cxr.train.checkpoint``), the resume state,
+``metrics.jsonl``/``metrics.csv`` (one row per epoch) and ``predictions/{val,test}.csv|.json`` (the
+best model's class probabilities, which the stacking stage consumes); ``RUN_DIR/config.yaml`` holds the
+resolved config. Phase 1 (``adapt``, ``train.adapt_epochs``) trains only the new head at
+``train.adapt_lr`` with the backbone frozen; phase 2 (``finetune``) trains everything at
+``train.finetune_lr``; both use cosine decay with warm restarts stepped per iteration. Validation runs
+every epoch; the best epoch by ``train.early_stopping.metric`` is kept and fine-tuning stops after
+``patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxr.data.manifest import Manifest
+from cxr.data.weights import class_weights
+from cxr.train.backbones import create_backbone, resolve_timm_name, set_phase, train_mode
+from cxr.train.checkpoint import (
+    CheckpointInfo,
+    link_checkpoint,
+    load_resume_state,
+    load_state,
+    load_weights,
+    read_checkpoint_info,
+    save_checkpoint,
+    save_resume_state,
+    versions,
+)
+from cxr.train.config import MemberConfig, TrainConfig, config_to_dict, dump_config
+from cxr.train.dataset import (
+    BadImages,
+    ManifestDataset,
+    check_manifest,
+    epoch_generator,
+    make_dataset,
+    make_loader,
+    resolve_manifest,
+    train_counts,
+)
+from cxr.train.device import DeviceSetup, forked_rng, resolve_device
+from cxr.train.early_stopping import EarlyStopping
+from cxr.train.errors import CheckpointError
+from cxr.train.loop import EpochStats, PhaseState, predict_batches, train_epoch
+from cxr.train.metrics import classification_metrics
+from cxr.train.predict import predict_split
+from cxr.train.predictions import write_predictions
+from cxr.train.progress import Progress, format_seconds
+from cxr.train.schedule import make_optimizer, make_scheduler
+from cxr.train.tracking import MetricsLog, Tracker, make_tracker
+
+log = logging.getLogger(__name__)
+
+PREDICTED_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    name: str
+    member_dir: Path
+    metrics: dict[str, Any]  # best validation metrics (accuracy, macro_f1, per_class, confusion_matrix...)
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    stopped_early: bool
+    bad_images: tuple[str, ...] = ()
+    predictions: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class MemberRun:
+    """The state of one member's training that changes from epoch to epoch."""
+
+    cfg: TrainConfig
+    member: MemberConfig
+    member_dir: Path
+    manifest: Manifest
+    setup: DeviceSetup
+    model: nn.Module
+    weights: torch.Tensor | None
+    stopper: EarlyStopping
+    metrics_log: MetricsLog
+    tracker: Tracker
+    train_set: ManifestDataset
+    val_set: ManifestDataset
+    train_bad: BadImages
+    val_bad: BadImages
+    progress_stream: TextIO | None
+    next_epoch: int = 0
+    phase: PhaseState | None = None
+    phase_name: str = ""
+    stopped_early: bool = False
+    best_info: CheckpointInfo | None = None
+    seed: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    resumed_step: int = 0
+
+
+def member_dir(cfg: TrainConfig, name: str) -> Path:
+    return Path(cfg.run_dir) / "members" / name
+
+
+def member_seed(cfg: TrainConfig, name: str) -> int:
+    return int(np.random.SeedSequence([cfg.seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def prepare_data(cfg: TrainConfig) -> Manifest:
+    """Load or build the manifest, check it can train, and save the resolved config in the run dir."""
+    manifest = resolve_manifest(cfg.data, Path(cfg.run_dir))
+    check_manifest(manifest)
+    dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    return manifest
+
+
+def train_all(cfg: TrainConfig, *, progress_stream: TextIO | None = None) -> tuple[TrainResult, ...]:
+    """Train every member of ``cfg.models`` in order on one shared manifest."""
+    manifest = prepare_data(cfg)
+    return tuple(
+        train_member(cfg, m.name, progress_stream=progress_stream, manifest=manifest) for m in cfg.models
+    )
+
+
+def train_member(
+    cfg: TrainConfig,
+    member: str,
+    *,
+    progress_stream: TextIO | None = None,
+    manifest: Manifest | None = None,
+) -> TrainResult:
+    """Train one member (resuming from its ``last`` checkpoint when ``train.resume``) and predict."""
+    start = time.perf_counter()
+    m = cfg.member(member)
+    setup = resolve_device(cfg.train)
+    if manifest is None:
+        manifest = prepare_data(cfg)
+    else:
+        check_manifest(manifest)
+    seed = member_seed(cfg, m.name)
+    log.info(
+        "training %s (%s, %dx%d px, pretrained=%s) on %s, precision %s",
+        m.name,
+        resolve_timm_name(m.backbone),
+        *m.input_size,
+        m.pretrained,
+        setup.device,
+        setup.precision,
+    )
+    with forked_rng(setup, seed):
+        run = _start_run(cfg, m, manifest, setup, progress_stream, seed)
+        try:
+            _run_epochs(run)
+            predictions = _write_member_predictions(run)
+        finally:
+            run.tracker.end()
+    best = run.best_info or read_checkpoint_info(run.member_dir, "best")
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s done in %.0f s: best epoch %d, val macro-F1 %.4f, accuracy %.4f%s",
+        m.name,
+        seconds,
+        best.epoch + 1,
+        best.metrics["macro_f1"],
+        best.metrics["accuracy"],
+        " (stopped early)" if run.stopped_early else "",
+    )
+    return TrainResult(
+        name=m.name,
+        member_dir=run.member_dir,
+        metrics=best.metrics,
+        best_epoch=best.epoch,
+        epochs_run=run.next_epoch,
+        seconds=seconds,
+        stopped_early=run.stopped_early,
+        bad_images=tuple(sorted({*run.train_bad.paths, *run.val_bad.paths})),
+        predictions=predictions,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Setting up a member
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _start_run(
+    cfg: TrainConfig,
+    m: MemberConfig,
+    manifest: Manifest,
+    setup: DeviceSetup,
+    progress_stream: TextIO | None,
+    seed: int,
+) -> MemberRun:
+    mdir = member_dir(cfg, m.name)
+    mdir.mkdir(parents=True, exist_ok=True)
+    classes = tuple(manifest.classes)
+    resume = cfg.train.resume and (mdir / "last.json").is_file()
+    model = create_backbone(m.backbone, len(classes), False if resume else m.pretrained, seed=seed)
+    model.to(setup.device)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    es = cfg.train.early_stopping
+    weights = None
+    if cfg.train.class_weights:
+        weights = torch.tensor(class_weights(train_counts(manifest), classes), dtype=torch.float32)
+        weights = weights.to(setup.device)
+        log.info("class weights %s", dict(zip(classes, (round(float(w), 4) for w in weights), strict=True)))
+    train_set = make_dataset(manifest, "train", m.spec, train=True, seed=seed)
+    val_set = make_dataset(manifest, "val", m.spec, train=False)
+    run = MemberRun(
+        cfg=cfg,
+        member=m,
+        member_dir=mdir,
+        manifest=manifest,
+        setup=setup,
+        model=model,
+        weights=weights,
+        stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
+        metrics_log=MetricsLog(mdir),
+        tracker=make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m)),
+        train_set=train_set,
+        val_set=val_set,
+        train_bad=BadImages(train_set, cfg.data.max_bad_fraction),
+        val_bad=BadImages(val_set, cfg.data.max_bad_fraction),
+        progress_stream=progress_stream,
+        seed=seed,
+    )
+    if resume:
+        _resume(run)
+    else:
+        if cfg.train.resume:
+            log.info("%s: no checkpoint in %s to resume from; training from scratch", m.name, mdir)
+        _clear_member_dir(mdir)
+        run.metrics_log.reset()
+    return run
+
+
+MEMBER_FILES = (
+    "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.pt",
+    "metrics.jsonl", "metrics.csv", "predictions/val.csv", "predictions/val.json",
+    "predictions/test.csv", "predictions/test.json",
+)  # fmt: skip
+
+
+def _clear_member_dir(mdir: Path) -> None:
+    """Remove a previous run's files so that a crash cannot leave old and new results mixed."""
+    for name in MEMBER_FILES:
+        (mdir / name).unlink(missing_ok=True)
+
+
+def member_params(cfg: TrainConfig, m: MemberConfig) -> dict[str, Any]:
+    """The config that shaped this member (stored in its checkpoints and sent to the tracker)."""
+    return {
+        "member": config_to_dict(m),
+        "timm_name": resolve_timm_name(m.backbone),
+        "train": config_to_dict(cfg.train),
+        "data": config_to_dict(cfg.data),
+        "seed": cfg.seed,
+        "run_dir": str(cfg.run_dir),
+    }
+
+
+def _resume(run: MemberRun) -> None:
+    """Continue after the last completed epoch: weights, optimiser, scheduler, RNG, early stopping."""
+    info = read_checkpoint_info(run.member_dir, "last")
+    expect = (resolve_timm_name(run.member.backbone), tuple(run.manifest.classes), run.member.spec)
+    found = (info.timm_name, info.classes, info.preprocess)
+    digest = info.extra.get("manifest_digest")
+    if digest != run.manifest.digest():
+        raise CheckpointError(
+            f"cannot resume {run.member.name}: its last checkpoint was trained on manifest {digest}, the "
+            f"config's manifest is {run.manifest.digest()} (another split or data set)",
+            hint="use another run_dir, or --set train.resume=false to train from scratch",
+            path=run.member_dir,
+        )
+    if expect != found:
+        raise CheckpointError(
+            f"cannot resume {run.member.name}: its last checkpoint is {found[0]} for classes {found[1]} at "
+            f"{found[2].input_size}, the config asks for {expect[0]} for {expect[1]} at {expect[2].input_size}",
+            hint="use another run_dir, or --set train.resume=false to train from scratch",
+            path=run.member_dir,
+        )
+    load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
+    state = load_resume_state(run.member_dir)
+    run.next_epoch = int(state["epoch"]) + 1
+    run.stopped_early = bool(state["stopped_early"])
+    run.resumed_step = int(state["step"])
+    run.stopper = EarlyStopping.from_state(dict(state["early_stopping"]))
+    torch.set_rng_state(state["rng"])
+    for path in state.get("bad_train", []):
+        run.train_bad.paths[str(path)] = "unreadable (before resume)"
+    if run.next_epoch < run.cfg.train.epochs and not run.stopped_early:
+        phase = _phase_name(run.cfg, run.next_epoch)
+        if phase == state["phase"]:
+            current = _enter_phase(run, phase)
+            current.optimizer.load_state_dict(state["optimizer"])
+            current.scheduler.load_state_dict(state["scheduler"])
+            current.step = int(state["step"])
+            if current.scaler is not None and state.get("scaler"):
+                current.scaler.load_state_dict(state["scaler"])
+    run.metrics_log.reset(keep_through_epoch=int(state["epoch"]))
+    log.info("resuming %s after epoch %d", run.member.name, run.next_epoch)
+
+
+def _phase_name(cfg: TrainConfig, epoch: int) -> str:
+    return "adapt" if epoch < cfg.train.adapt_epochs else "finetune"
+
+
+def _train_loader(run: MemberRun, epoch: int) -> DataLoader[Any]:
+    return make_loader(
+        run.train_set,
+        batch_size=run.cfg.batch_size(run.member),
+        shuffle=True,
+        num_workers=run.cfg.data.num_workers,
+        pin_memory=run.setup.pin_memory,
+        generator=epoch_generator(run.seed, epoch),
+    )
+
+
+def _enter_phase(run: MemberRun, phase: str) -> PhaseState:
+    """Freeze or unfreeze, and give the phase its own optimiser and restarting cosine schedule."""
+    settings = run.cfg.train
+    params = set_phase(run.model, phase)
+    lr = run.cfg.learning_rate(run.member, phase)
+    optimizer = make_optimizer(params, settings, lr)
+    scheduler = make_scheduler(optimizer, settings.scheduler, max(1, len(_train_loader(run, 0))))
+    scaler = torch.amp.GradScaler("cuda") if run.setup.use_scaler else None
+    step = run.phase.step if run.phase is not None else run.resumed_step
+    run.phase = PhaseState(run.model, run.weights, optimizer, scheduler, run.setup, scaler, step)
+    run.phase_name = phase
+    trainable = sum(p.numel() for p in params)
+    log.info("%s: phase %s, %d trainable parameters, lr %.2e", run.member.name, phase, trainable, lr)
+    return run.phase
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The epochs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _run_epochs(run: MemberRun) -> None:
+    total = run.cfg.train.epochs
+    while run.next_epoch < total and not run.stopped_early:
+        epoch = run.next_epoch
+        phase = _phase_name(run.cfg, epoch)
+        current = run.phase if run.phase is not None and phase == run.phase_name else _enter_phase(run, phase)
+        stats = _train_one_epoch(run, current, epoch, phase)
+        val = _validate(run, epoch)
+        improved = run.stopper.update(float(val[run.stopper.metric]), epoch)
+        more = epoch + 1 < run.cfg.train.epochs
+        run.stopped_early = phase == "finetune" and run.stopper.should_stop and more
+        _record_epoch(run, epoch, phase, stats, val, improved)
+        run.next_epoch = epoch + 1
+        _save_epoch(run, current, epoch, phase, val, improved)
+    if run.best_info is None and not (run.member_dir / "best.json").is_file():
+        raise CheckpointError(f"{run.member.name}: no epoch was trained, so there is no best checkpoint")
+
+
+def _train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str) -> EpochStats:
+    train_mode(run.model, phase)
+    run.train_set.set_epoch(epoch)
+    loader = _train_loader(run, epoch)
+    desc = f"{run.member.name} {phase} {epoch + 1}/{run.cfg.train.epochs}"
+    progress = Progress(len(loader), desc, run.progress_stream)
+    tracker = run.tracker
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
+
+    stats = train_epoch(current, loader, run.train_bad, progress, on_step)
+    progress.close()
+    return stats
+
+
+def _validate(run: MemberRun, epoch: int) -> dict[str, Any]:
+    loader = make_loader(
+        run.val_set,
+        batch_size=run.cfg.train.eval_batch_size,
+        shuffle=False,
+        num_workers=run.cfg.data.num_workers,
+        pin_memory=run.setup.pin_memory,
+    )
+    start = time.perf_counter()
+    progress = Progress(len(loader), f"{run.member.name} val {epoch + 1}", run.progress_stream)
+    preds = predict_batches(
+        run.model, loader, run.setup, class_weights=run.weights, bad=run.val_bad, progress=progress
+    )
+    metrics = classification_metrics(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    progress.close(loss=metrics["loss"], acc=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    return metrics
+
+
+def _record_epoch(
+    run: MemberRun, epoch: int, phase: str, stats: EpochStats, val: dict[str, Any], improved: bool
+) -> None:
+    row = {
+        "epoch": epoch,
+        "phase": phase,
+        "lr_start": stats.lr_start,
+        "lr_end": stats.lr_end,
+        "lr_min": stats.lr_min,
+        "train_loss": stats.loss,
+        "train_accuracy": stats.accuracy,
+        "train_images": stats.images,
+        "train_seconds": round(stats.seconds, 3),
+        "train_images_per_s": round(stats.images_per_s, 3),
+        "val": val,
+        "best": improved,
+        "bad_images": len(run.train_bad.paths) + len(run.val_bad.paths),
+    }
+    run.metrics_log.append(row)
+    run.tracker.log_metrics(
+        {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
+    )
+    run.epoch_seconds.append(stats.seconds + float(val.get("seconds", 0.0)))
+    remaining = (run.cfg.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
+    log.info(
+        "%s epoch %d/%d %s: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.4f | lr %.2e->%.2e "
+        "| %.0f s, %.1f img/s, member ETA %s%s",
+        run.member.name,
+        epoch + 1,
+        run.cfg.train.epochs,
+        phase,
+        stats.loss,
+        stats.accuracy,
+        val["loss"],
+        val["accuracy"],
+        val["macro_f1"],
+        stats.lr_start,
+        stats.lr_end,
+        stats.seconds,
+        stats.images_per_s,
+        format_seconds(0 if run.stopped_early else remaining),
+        " *best*" if improved else "",
+    )
+
+
+def _checkpoint_info(run: MemberRun, epoch: int, phase: str, val: dict[str, Any]) -> CheckpointInfo:
+    return CheckpointInfo(
+        name=run.member.name,
+        backbone=run.member.backbone,
+        timm_name=resolve_timm_name(run.member.backbone),
+        classes=tuple(run.manifest.classes),
+        preprocess=run.member.spec,
+        metrics=val,
+        sha256="",
+        epoch=epoch,
+        config=member_params(run.cfg, run.member),
+        versions=versions(),
+        extra={"phase": phase, "manifest_digest": run.manifest.digest(), "stopped_early": run.stopped_early},
+    )
+
+
+def _save_epoch(
+    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
+) -> None:
+    info = _checkpoint_info(run, epoch, phase, val)
+    if improved:
+        run.best_info = save_checkpoint(run.member_dir, "best", run.model, info)
+        link_checkpoint(run.member_dir, "best", "last", run.best_info)
+    else:
+        save_checkpoint(run.member_dir, "last", run.model, info)
+    save_resume_state(
+        run.member_dir,
+        {
+            "epoch": epoch,
+            "phase": phase,
+            "step": current.step,
+            "stopped_early": run.stopped_early,
+            "early_stopping": run.stopper.state_dict(),
+            "optimizer": current.optimizer.state_dict(),
+            "scheduler": current.scheduler.state_dict(),
+            "scaler": current.scaler.state_dict() if current.scaler is not None else {},
+            "rng": torch.get_rng_state(),
+            "bad_train": sorted(run.train_bad.paths),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# After training
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
+    """The best checkpoint's probabilities for every val and test image (the stacking stage's input)."""
+    info = read_checkpoint_info(run.member_dir, "best")
+    if (
+        run.best_info is None
+        or run.best_info.sha256 != info.sha256
+        or run.stopper.best_epoch != run.next_epoch - 1
+    ):
+        # the model in memory is not the best epoch's: load the best weights (hash-checked)
+        load_state(run.model, load_weights(run.member_dir, "best", info), run.member_dir / "best.safetensors")
+    out: dict[str, Path] = {}
+    for split in PREDICTED_SPLITS:
+        table = predict_split(
+            run.model,
+            run.manifest,
+            split,
+            info.preprocess,
+            run.cfg.train.eval_batch_size,
+            run.setup,
+            member=run.member.name,
+            checkpoint_sha256=info.sha256,
+            num_workers=run.cfg.data.num_workers,
+        )
+        out[split] = write_predictions(table, run.member_dir / "predictions")
+    run.best_info = info
+    return out

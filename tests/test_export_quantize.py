@@ -1,0 +1,149 @@
+"""FP16 and INT8 variants of a tiny exported ConvNeXt: files, metadata, precision, and rejection."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from cxr.errors import ConfigError, ModelError  # noqa: E402
+from cxr.export import quantize  # noqa: E402
+from cxr.export.onnx_export import (  # noqa: E402
+    INPUT_NAME,
+    ExportConfig,
+    export_onnx,
+    onnx_sha256,
+    read_metadata,
+    set_metadata,
+)
+from cxr.export.quantize import Fp16Config, Int8Config, make_fp16, make_int8, variant_path  # noqa: E402
+from cxr.export.run_export import synthetic_images  # noqa: E402
+from cxr.export.verify import VerifyReport  # noqa: E402
+from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
+
+SIZE = 32
+SPEC = PreprocessSpec.square(SIZE)
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = timm.create_model("test_convnext", num_classes=4).eval()  # has LayerNorm, like convnext_base
+    out = tmp_path_factory.mktemp("variants") / "tiny.onnx"
+    meta = ModelMetadata(preprocess=SPEC, card={"member": "tiny", "timm_name": "test_convnext"})
+    export_onnx(model, ExportConfig(out=out, metadata=meta, input_size=(SIZE, SIZE), check_batches=(1, 3)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, verification): different synthetic radiographs, preprocessed like the runtime."""
+    return synthetic_images(8, seed=1).inputs(SPEC), synthetic_images(12, seed=2).inputs(SPEC)
+
+
+def _elem_types(path: Path) -> tuple[int, int]:
+    proto = onnx.load(str(path))
+    return proto.graph.input[0].type.tensor_type.elem_type, proto.graph.output[0].type.tensor_type.elem_type
+
+
+def _check_variant_metadata(variant: Path, fp32: Path, precision: str) -> None:
+    base, meta = read_metadata(fp32), read_metadata(variant)
+    assert (meta.classes, meta.preprocess, meta.input_format) == (
+        base.classes,
+        base.preprocess,
+        base.input_format,
+    )
+    extra = {"precision", "fp32_sha256", "top1_agreement_vs_fp32", "max_prob_drift_vs_fp32", "agreement_n"}
+    assert {k: v for k, v in meta.card.items() if k not in extra | {"variant_settings"}} == {
+        k: v for k, v in base.card.items() if k != "precision"
+    }
+    assert meta.card["precision"] == precision and meta.card["fp32_sha256"] == onnx_sha256(fp32)
+    assert meta.card["agreement_n"] == 12 and meta.card["top1_agreement_vs_fp32"] >= 0.99
+
+
+def test_fp16_variant(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
+    res = make_fp16(fp32, Fp16Config(verify_inputs=images[1]))
+    assert res.usable and res.path == variant_path(fp32, "fp16") == fp32.with_name("tiny.fp16.onnx")
+    assert res.report is not None and res.report.n == 12 and res.report.top1_agreement >= 0.99
+    assert _elem_types(res.path) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)  # FP32 I/O
+    proto = onnx.load(str(res.path))
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    assert {types[w] for w in conv_weights if w in types} == {onnx.TensorProto.FLOAT16}
+    ln_scales = {n.input[1] for n in proto.graph.node if n.op_type == "LayerNormalization"}
+    assert ln_scales and {types[s] for s in ln_scales if s in types} == {onnx.TensorProto.FLOAT}  # kept FP32
+    assert res.size_bytes < fp32.stat().st_size * 0.7
+    _check_variant_metadata(res.path, fp32, "fp16")
+
+
+def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
+    res = make_int8(
+        fp32, Int8Config(calibration=images[0], verify_inputs=images[1], calibration_source="synthetic")
+    )
+    assert res.usable and res.path == fp32.with_name("tiny.int8.onnx")
+    proto = onnx.load(str(res.path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {t.name: t for t in proto.graph.initializer}
+    per_channel = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and len(inits.get(n.input[1], onnx.TensorProto()).dims) == 1
+    ]
+    assert per_channel, "expected per-channel weight scales"
+    assert _elem_types(res.path) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)
+    assert res.settings["per_channel"] and res.settings["calibration_images"] == 8
+    _check_variant_metadata(res.path, fp32, "int8")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {INPUT_NAME: images[1][:3]})[0].shape == (3, 4)
+
+
+def test_variant_below_agreement_is_not_written(
+    fp32: Path, images: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = fp32.with_name("low.int8.onnx")
+    out.write_bytes(b"stale")  # an older file of that name must not survive as if usable
+
+    def disagreeing(*args: object, **kwargs: object) -> VerifyReport:
+        return VerifyReport(
+            "tiny int8",
+            "onnx fp32",
+            "onnx int8",
+            12,
+            0.3,
+            1.0,
+            0.75,
+            3,
+            0,
+            False,
+            ("top-1 agreement 75.00% < 99.00%",),
+        )
+
+    monkeypatch.setattr(quantize, "verify_against_onnx", disagreeing)
+    res = make_int8(fp32, Int8Config(calibration=images[0], verify_inputs=images[1], out=out))
+    assert not res.usable and res.path is None and "75.00%" in (res.reason or "")
+    assert not out.exists()
+
+
+def test_bad_variant_inputs(fp32: Path, images: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="float32"):
+        Fp16Config(verify_inputs=images[1].astype(np.float64))
+    with pytest.raises(ConfigError, match="min_agreement"):
+        Fp16Config(verify_inputs=images[1], min_agreement=1.5)
+    with pytest.raises(ConfigError, match="calibration method"):
+        Int8Config(calibration=images[0], verify_inputs=images[1], calibrate_method="magic")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="does not exist"):
+        make_fp16(tmp_path / "missing.onnx", Fp16Config(verify_inputs=images[1]))
+    proto = onnx.load(str(fp32))
+    meta = read_metadata(fp32)
+    set_metadata(proto, replace(meta, card={**meta.card, "precision": "fp16"}))
+    onnx.save(proto, str(tmp_path / "x.fp16.onnx"))
+    with pytest.raises(ModelError, match="already a fp16 variant"):
+        make_int8(tmp_path / "x.fp16.onnx", Int8Config(calibration=images[0], verify_inputs=images[1]))
