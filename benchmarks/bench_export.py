@@ -228,6 +228,8 @@ def main() -> None:
             "platform": platform.platform(),
             "processor": platform.processor(),
             "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "load_average_1_5_15": os.getloadavg(),
         },
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "images": source,
