@@ -20,23 +20,15 @@ STAGES = ["data", "split", "train", "export", "stack", "fuse", "evaluate", "scan
 pytestmark = pytest.mark.slow
 
 
+def _demo_args(run: Path) -> list[str]:
+    small = "--per-class 16 --bench-iterations 2 --threads 2".split()
+    return ["demo", "--run-dir", str(run), "--config", str(CONFIG), *small]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run = tmp_path_factory.mktemp("demo") / "run"
-    args = [
-        "demo",
-        "--run-dir",
-        str(run),
-        "--config",
-        str(CONFIG),
-        "--per-class",
-        "16",
-        "--bench-iterations",
-        "2",
-        "--threads",
-        "2",
-    ]
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(app, _demo_args(run))
     assert res.exit_code == 0, res.output
     return run, res.output
 
@@ -94,19 +86,7 @@ def test_index_links_reports_and_says_synthetic(demo_run: tuple[Path, str]) -> N
 
 def test_rerun_skips_every_stage_and_force_redoes_from_there(demo_run: tuple[Path, str]) -> None:
     run, _ = demo_run
-    base = [
-        "demo",
-        "--run-dir",
-        str(run),
-        "--config",
-        str(CONFIG),
-        "--per-class",
-        "16",
-        "--bench-iterations",
-        "2",
-        "--threads",
-        "2",
-    ]
+    base = _demo_args(run)
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 0, res.output
     assert res.output.count("up to date, skipped") == len(STAGES)
