@@ -81,11 +81,11 @@ def test_run_directory_follows_the_contract(trained: tuple[TrainConfig, run_modu
     mdir = Path(cfg.run_dir) / "members" / "tiny"
     assert result.member_dir == mdir and result.epochs_run == 3 and not result.stopped_early
     for name in (
-        "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.pt",
-        "metrics.jsonl", "metrics.csv", "predictions/val.csv", "predictions/val.json",
+        "best.safetensors", "best.json", "last.safetensors", "last.json", "metrics.jsonl", "metrics.csv", "predictions/val.csv", "predictions/val.json",
         "predictions/test.csv", "predictions/test.json",
     ):  # fmt: skip
         assert (mdir / name).is_file(), name
+    assert not (mdir / "last.state.pt").exists()  # optimiser state only outlives an interrupted run
     assert load_config(Path(cfg.run_dir) / "config.yaml") == cfg
     rows = [json.loads(line) for line in (mdir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["phase"]) for r in rows] == [(0, "adapt"), (1, "finetune"), (2, "finetune")]
@@ -167,24 +167,45 @@ def test_tampered_or_foreign_checkpoints_are_refused(
     assert info.value.hint is not None and "cxr train base" in info.value.hint
 
 
-def test_runs_repeat_and_resume_continues_exactly(
-    data: Path, trained: tuple[TrainConfig, run_module.TrainResult], tmp_path: Path
+def test_an_interrupted_run_resumes_exactly(
+    data: Path,
+    trained: tuple[TrainConfig, run_module.TrainResult],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, full = trained
-    cfg2 = make_cfg(tmp_path / "run", data / "manifest.csv", epochs=2)
-    first = train_member(cfg2, "tiny")
-    assert first.epochs_run == 2
-    cfg3 = make_cfg(tmp_path / "run", data / "manifest.csv", epochs=3, resume=True)
-    resumed = train_member(cfg3, "tiny")
+    save_epoch = run_module._save_epoch
+
+    def save_then_interrupt(run: Any, current: Any, epoch: int, *args: Any) -> None:
+        save_epoch(run, current, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "_save_epoch", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(make_cfg(tmp_path / "run", data / "manifest.csv"), "tiny")
+    monkeypatch.setattr(run_module, "_save_epoch", save_epoch)
+    assert (tmp_path / "run" / "members" / "tiny" / "last.state.pt").is_file()
+    resumed = train_member(make_cfg(tmp_path / "run", data / "manifest.csv", resume=True), "tiny")
     assert resumed.epochs_run == 3
     a = load_checkpoint(full.member_dir, "last").model.state_dict()
     b = load_checkpoint(resumed.member_dir, "last").model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed -> same weights, resumed or not
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed -> same weights, interrupted or not
     assert resumed.metrics["macro_f1"] == pytest.approx(full.metrics["macro_f1"])
     lines = (resumed.member_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
-    again = train_member(cfg3, "tiny")  # finished: nothing left to train, predictions rewritten
-    assert again.epochs_run == 3 and again.best_epoch == resumed.best_epoch
+    again = train_member(make_cfg(tmp_path / "run", data / "manifest.csv", resume=True), "tiny")
+    assert again.epochs_run == 3 and again.best_epoch == resumed.best_epoch  # finished: only predicts
+    assert len((resumed.member_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_finished_run_can_be_extended(data: Path, tmp_path: Path) -> None:
+    first = train_member(make_cfg(tmp_path / "run", data / "manifest.csv", epochs=2), "tiny")
+    assert first.epochs_run == 2
+    more = train_member(make_cfg(tmp_path / "run", data / "manifest.csv", epochs=3, resume=True), "tiny")
+    assert more.epochs_run == 3
+    rows = (more.member_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in rows] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("change", ["backbone", "manifest"])

@@ -47,6 +47,7 @@ def base(
             "pass either --model NAME (one or more) or --all", hint="see `cxr train base --help`"
         )
     from cxr.train.config import load_config
+    from cxr.train.device import resolve_device
     from cxr.train.run import prepare_data, train_member
 
     sets = [*(overrides or []), *(["train.resume=true"] if resume else [])]
@@ -54,6 +55,7 @@ def base(
     names = [m.name for m in cfg.models] if all_members else list(model or [])
     for name in names:
         cfg.member(name)  # unknown names fail before any training, with a did-you-mean
+    resolve_device(cfg.train)  # so does a device that is not there
     manifest = prepare_data(cfg)
     stream = None if quiet else sys.stderr
     results = [train_member(cfg, name, progress_stream=stream, manifest=manifest) for name in names]

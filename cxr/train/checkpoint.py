@@ -3,8 +3,9 @@
 Takes: a trained model and what describes it. Makes, in a member's folder, ``<which>.safetensors`` (the
 weights) and ``<which>.json`` (format version, member and timm name, class list, ``PreprocessSpec``,
 metrics, epoch, the resolved config, library versions and the SHA-256 of the weights file), with
-``which`` = ``best`` or ``last``; for resuming, ``last.state.pt`` holds the optimiser, scheduler and RNG
-state (tensors and plain values only, read with ``torch.load(weights_only=True)``).
+``which`` = ``best`` or ``last``; for resuming an interrupted run, ``last.state.pt`` holds the optimiser,
+scheduler and RNG state (tensors and plain values only, read with ``torch.load(weights_only=True)``); it
+is deleted once the member has finished, since Adam's moments take twice the weights' size.
 ``load_checkpoint`` rebuilds the architecture from the backbones table (random init, no download),
 checks the hash and loads the weights strictly.
 """
@@ -131,13 +132,26 @@ def _write_atomic(path: Path, data: bytes | str) -> None:
 def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: CheckpointInfo) -> CheckpointInfo:
     """Write ``<which>.safetensors`` then ``<which>.json`` (with the weights' hash); return the info."""
     weights, meta = paths(member_dir, which)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_name(weights.name + ".tmp")
-    save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
-    os.replace(tmp, weights)
-    info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
-    _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
+        os.replace(tmp, weights)
+        info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
+        _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(weights, e) from e
     return info
+
+
+def _write_error(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"cannot write the checkpoint {path}: {err}",
+        hint="free disk space (a VGG19 checkpoint is ~560 MB, ConvNeXt-base ~350 MB) or set run_dir to a "
+        "disk with room, then re-run with --resume",
+        path=path,
+    )
 
 
 def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
@@ -244,8 +258,12 @@ def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
     """Optimiser/scheduler/RNG state (tensors and plain values) for ``train.resume``."""
     out = Path(member_dir) / RESUME_STATE
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(dict(state), tmp)
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise _write_error(out, e) from e
     return out
 
 

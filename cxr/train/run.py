@@ -29,6 +29,7 @@ from cxr.data.manifest import Manifest
 from cxr.data.weights import class_weights
 from cxr.train.backbones import create_backbone, resolve_timm_name, set_phase, train_mode
 from cxr.train.checkpoint import (
+    RESUME_STATE,
     CheckpointInfo,
     link_checkpoint,
     load_resume_state,
@@ -126,6 +127,7 @@ def prepare_data(cfg: TrainConfig) -> Manifest:
 
 def train_all(cfg: TrainConfig, *, progress_stream: TextIO | None = None) -> tuple[TrainResult, ...]:
     """Train every member of ``cfg.models`` in order on one shared manifest."""
+    resolve_device(cfg.train)  # fail before any file is written
     manifest = prepare_data(cfg)
     return tuple(
         train_member(cfg, m.name, progress_stream=progress_stream, manifest=manifest) for m in cfg.models
@@ -161,6 +163,8 @@ def train_member(
         run = _start_run(cfg, m, manifest, setup, progress_stream, seed)
         try:
             _run_epochs(run)
+            # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
+            (run.member_dir / RESUME_STATE).unlink(missing_ok=True)
             predictions = _write_member_predictions(run)
         finally:
             run.tracker.end()
@@ -291,25 +295,46 @@ def _resume(run: MemberRun) -> None:
             path=run.member_dir,
         )
     load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
-    state = load_resume_state(run.member_dir)
-    run.next_epoch = int(state["epoch"]) + 1
-    run.stopped_early = bool(state["stopped_early"])
-    run.resumed_step = int(state["step"])
-    run.stopper = EarlyStopping.from_state(dict(state["early_stopping"]))
-    torch.set_rng_state(state["rng"])
-    for path in state.get("bad_train", []):
+    book = info.extra
+    if "early_stopping" not in book:
+        raise CheckpointError(
+            f"cannot resume {run.member.name}: {run.member_dir / 'last.json'} lacks the training state",
+            hint="use another run_dir, or --set train.resume=false to train from scratch",
+            path=run.member_dir,
+        )
+    run.next_epoch = info.epoch + 1
+    run.stopped_early = bool(book.get("stopped_early", False))
+    run.resumed_step = int(book.get("step", 0))
+    run.stopper = EarlyStopping.from_state(dict(book["early_stopping"]))
+    for path in book.get("bad_train", []):
         run.train_bad.paths[str(path)] = "unreadable (before resume)"
-    if run.next_epoch < run.cfg.train.epochs and not run.stopped_early:
-        phase = _phase_name(run.cfg, run.next_epoch)
-        if phase == state["phase"]:
-            current = _enter_phase(run, phase)
-            current.optimizer.load_state_dict(state["optimizer"])
-            current.scheduler.load_state_dict(state["scheduler"])
-            current.step = int(state["step"])
-            if current.scaler is not None and state.get("scaler"):
-                current.scaler.load_state_dict(state["scaler"])
-    run.metrics_log.reset(keep_through_epoch=int(state["epoch"]))
-    log.info("resuming %s after epoch %d", run.member.name, run.next_epoch)
+    run.metrics_log.reset(keep_through_epoch=info.epoch)
+    if run.next_epoch >= run.cfg.train.epochs or run.stopped_early:
+        log.info(
+            "%s finished training earlier (epoch %d); writing its predictions",
+            run.member.name,
+            info.epoch + 1,
+        )
+        return
+    if not (run.member_dir / RESUME_STATE).is_file():
+        log.warning(
+            "%s: no optimiser state (it is dropped when a member finishes); continuing after epoch %d with a "
+            "fresh optimiser and schedule",
+            run.member.name,
+            info.epoch + 1,
+        )
+        return
+    state = load_resume_state(run.member_dir)
+    torch.set_rng_state(state["rng"])
+    phase = _phase_name(run.cfg, run.next_epoch)
+    if phase == state["phase"]:
+        current = _enter_phase(run, phase)
+        current.optimizer.load_state_dict(state["optimizer"])
+        current.scheduler.load_state_dict(state["scheduler"])
+        current.step = int(state["step"])
+        if current.scaler is not None and state.get("scaler"):
+            current.scaler.load_state_dict(state["scaler"])
+    log.info("resuming %s after epoch %d", run.member.name, info.epoch + 1)
 
 
 def _phase_name(cfg: TrainConfig, epoch: int) -> str:
@@ -446,7 +471,9 @@ def _record_epoch(
     )
 
 
-def _checkpoint_info(run: MemberRun, epoch: int, phase: str, val: dict[str, Any]) -> CheckpointInfo:
+def _checkpoint_info(
+    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any]
+) -> CheckpointInfo:
     return CheckpointInfo(
         name=run.member.name,
         backbone=run.member.backbone,
@@ -458,14 +485,21 @@ def _checkpoint_info(run: MemberRun, epoch: int, phase: str, val: dict[str, Any]
         epoch=epoch,
         config=member_params(run.cfg, run.member),
         versions=versions(),
-        extra={"phase": phase, "manifest_digest": run.manifest.digest(), "stopped_early": run.stopped_early},
+        extra={
+            "phase": phase,
+            "manifest_digest": run.manifest.digest(),
+            "stopped_early": run.stopped_early,
+            "step": current.step,
+            "early_stopping": run.stopper.state_dict(),
+            "bad_train": sorted(run.train_bad.paths),
+        },
     )
 
 
 def _save_epoch(
     run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
 ) -> None:
-    info = _checkpoint_info(run, epoch, phase, val)
+    info = _checkpoint_info(run, current, epoch, phase, val)
     if improved:
         run.best_info = save_checkpoint(run.member_dir, "best", run.model, info)
         link_checkpoint(run.member_dir, "best", "last", run.best_info)
@@ -477,13 +511,10 @@ def _save_epoch(
             "epoch": epoch,
             "phase": phase,
             "step": current.step,
-            "stopped_early": run.stopped_early,
-            "early_stopping": run.stopper.state_dict(),
             "optimizer": current.optimizer.state_dict(),
             "scheduler": current.scheduler.state_dict(),
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
-            "bad_train": sorted(run.train_bad.paths),
         },
     )
 
