@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # cxr HTTP inference API: runtime + serve extras only (onnxruntime, FastAPI, uvicorn; no torch).
 #   docker build -t cxr-serve .                                     # CPU image (the default target)
-#   docker build -t cxr-serve --build-arg MODEL=runs/demo/fused .   # with a model copied in
+#   docker build -t cxr-serve --build-arg MODEL=runs/demo/ensemble.onnx .   # with a model copied in
 #   docker build -t cxr-serve:gpu --target gpu .                    # CUDA image with onnxruntime-gpu
-#   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/runs/demo/fused:/models:ro" cxr-serve
+#   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/runs/demo/ensemble.onnx:/models/ensemble.onnx:ro" cxr-serve
 # The install and start steps live in docker/install.sh and docker/entrypoint.sh, which
 # scripts/container_smoke.sh also runs in CI without Docker. See docker/README.md.
 
