@@ -1,9 +1,7 @@
-"""The PyTorch eager reference row, with a stand-in for cxr.train.checkpoint.load_checkpoint."""
+"""The PyTorch eager reference row, with a stand-in for the checkpoint loader of cxr.train.torch_reference."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from cxr.spec import PreprocessSpec
 torch = pytest.importorskip("torch")
 
 
-def _fake_checkpoint_module(loaded: list[Path]) -> types.ModuleType:
+def _fake_load_checkpoint(loaded: list[Path]) -> Any:
     def load_checkpoint(path: Path) -> Any:
         loaded.append(Path(path))
         gen = torch.Generator().manual_seed(len(loaded))
@@ -27,10 +25,7 @@ def _fake_checkpoint_module(loaded: list[Path]) -> types.ModuleType:
         info = types.SimpleNamespace(preprocess=PreprocessSpec.square(32), name=Path(path).name)
         return types.SimpleNamespace(model=model.train(), info=info)
 
-    mod = types.ModuleType("cxr.train.checkpoint")
-    mod.__spec__ = importlib.machinery.ModuleSpec("cxr.train.checkpoint", None)
-    mod.load_checkpoint = load_checkpoint  # type: ignore[attr-defined]
-    return mod
+    return load_checkpoint
 
 
 @pytest.mark.slow
@@ -38,7 +33,9 @@ def test_torch_eager_rows(fused_model: Path, tmp_path: Path, monkeypatch: pytest
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)
     loaded: list[Path] = []
-    monkeypatch.setitem(sys.modules, "cxr.train.checkpoint", _fake_checkpoint_module(loaded))
+    from cxr.train import torch_reference
+
+    monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint(loaded))
     threads_before = torch.get_num_threads()
     report = run_bench(
         BenchConfig(

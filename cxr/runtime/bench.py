@@ -10,7 +10,7 @@ and concurrency; with concurrency > 1 the same clients are also run against a po
 client. Inputs for pure inference are pre-decoded and pre-resized (the first images of ``folder``, or
 seeded random pixels without one). Everything is checked before the first measurement (see
 ``cxr.runtime.bench_inputs``), so bad input fails in seconds with exit code 2, not after minutes.
-torch is never imported here; the PyTorch reference lives in ``cxr.runtime.bench_torch``.
+torch is never imported here; the PyTorch reference lives in ``cxr.train.torch_reference``.
 """
 
 from __future__ import annotations
@@ -421,17 +421,18 @@ def _bench_torch(
         ctx.notes.append(bench_torch.NO_TORCH)
         log.warning("%s", bench_torch.NO_TORCH)
         return
-    devices = sorted({bench_torch.resolve_device(p) for p in cfg.providers})
+    ref = bench_torch.reference()
+    devices = sorted({ref.resolve_device(p) for p in cfg.providers})
     for device in devices:
-        reason = bench_torch.unavailable_reason(run_dir, names, device)
+        reason = ref.unavailable_reason(run_dir, names, device)
         if reason is not None:
             ctx.notes.append(reason)
             log.warning("%s", reason)
             continue
-        members = bench_torch.load_members(run_dir, names, device)
+        members = ref.load_members(run_dir, names, device)
         for threads in cfg.threads:
             for batch in cfg.batch_sizes:
-                call, restore = bench_torch.members_call(members, _batch(inputs.grays, batch), threads)
+                call, restore = ref.members_call(members, _batch(inputs.grays, batch), threads)
                 try:
                     timed, mem = _measure(
                         probe, [_guarded(call, f"PyTorch members from {run_dir}", batch)], cfg.plan
