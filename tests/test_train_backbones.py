@@ -166,3 +166,7 @@ def test_real_backbones_freeze_all_but_their_new_head(key: str) -> None:
     assert sum(p.numel() for p in trainable) == sum(p.numel() for p in head)
     assert head[0].shape[0] == 4
     assert len(set_phase(model, "finetune")) == len(list(model.parameters()))
+    # every trainable parameter takes part in the loss: DDP (find_unused_parameters=False) relies on it
+    train_mode(model, "finetune")
+    model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

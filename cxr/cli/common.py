@@ -38,9 +38,13 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(verbose: bool = False, *, rank: int | None = None, quiet_rank: bool = True) -> None:
+    """Log to stderr. Under torchrun (``rank`` given) each line names its process, and processes other
+    than rank 0 log only warnings and errors unless ``quiet_rank`` is false."""
+    level = logging.DEBUG if verbose else logging.INFO
+    prefix = ""
+    if rank is not None:
+        prefix = f"[rank {rank}] "
+        if rank != 0 and quiet_rank:
+            level = logging.WARNING
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

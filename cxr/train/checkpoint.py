@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -32,6 +33,8 @@ import cxr
 from cxr.errors import ModelError
 from cxr.spec import PreprocessSpec
 from cxr.train.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cxr.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -139,6 +142,7 @@ def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: Checkp
         os.replace(tmp, weights)
         info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
         _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+        log.debug("wrote checkpoint %s", weights)
     except (OSError, SafetensorError) as e:
         tmp.unlink(missing_ok=True)
         raise _write_error(weights, e) from e
@@ -170,6 +174,7 @@ def link_checkpoint(member_dir: Path, source: str, target: str, info: Checkpoint
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    log.debug("wrote checkpoint %s (same weights as %s)", dst, src)
     return info
 
 
@@ -261,6 +266,7 @@ def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
     try:
         torch.save(dict(state), tmp)
         os.replace(tmp, out)
+        log.debug("wrote resume state %s", out)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
         raise _write_error(out, e) from e

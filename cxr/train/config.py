@@ -105,6 +105,7 @@ class TrainSettings:
     precision: Precision = "auto"
     channels_last: bool = True
     resume: bool = False
+    sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs >= 1, self.epochs, "1 or more")

@@ -5,20 +5,23 @@ Takes: a ``Manifest`` (one split of it), a ``PreprocessSpec`` and loader setting
 logged and counted (``BadImages``); training stops once more than ``max_bad_fraction`` of a split fails.
 Augmentation is repeatable: each image's random rotation is drawn from torch's RNG forked and seeded from
 ``(seed, epoch, index)``, so results do not depend on the worker count or the global RNG, which is left
-untouched. Shuffling uses an explicit ``torch.Generator``.
+untouched. Shuffling uses an explicit ``torch.Generator``. Under DDP (``Shard``) every process draws
+the same permutation, cuts it into the same global batches and takes its own contiguous share of each,
+so N processes see exactly the batches one process would; evaluation splits a split into N contiguous
+parts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.data.manifest import Manifest, ManifestRow, SplitConfig, build_manifest, load_manifest
 from cxr.errors import DataError, DecodeError
@@ -159,6 +162,15 @@ class BadImages:
             if path not in self.paths:
                 self.paths[path] = message
                 log.warning("skipping unreadable image %s: %s", path, message)
+        self.check()
+
+    def merge(self, paths: dict[str, str]) -> None:
+        """Add what other processes met (under DDP each reads only its share of the split)."""
+        for path, message in paths.items():
+            self.paths.setdefault(path, message)
+        self.check()
+
+    def check(self) -> None:
         total = max(1, len(self.dataset))
         if len(self.paths) > self.max_fraction * total:
             first = next(iter(self.paths.items()))
@@ -178,6 +190,65 @@ def make_dataset(
     return ManifestDataset(manifest, split, transform, seed=seed if train else None)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among ``world_size`` training processes (0 of 1: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of this process's share of the data.
+
+    Training (``shuffle``): a permutation drawn from ``generator`` when iteration starts, cut into global
+    batches of ``batch_size`` (the last may be smaller; it is dropped when some process would get fewer
+    than 2 images: BatchNorm cannot normalise a single image at 1x1 resolution), each split into
+    ``world_size`` contiguous parts; this process yields part ``rank``. Every process yields the same
+    number of batches. Evaluation: the split is cut into ``world_size`` contiguous parts and this
+    process batches its own in order.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        shard: Shard = Shard(),
+    ) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.generator, self.shard = generator, shard
+
+    def _global_batches(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        small = self.shuffle and self.n > 1 and rest < 2 * self.shard.world_size
+        return full + (1 if rest and not small else 0)
+
+    def _own(self) -> list[int]:
+        parts = np.array_split(np.arange(self.n), self.shard.world_size)
+        return [int(i) for i in parts[self.shard.rank]]
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self._global_batches()
+        return -(-len(self._own()) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            own = self._own()
+            for start in range(0, len(own), self.batch_size):
+                yield own[start : start + self.batch_size]
+            return
+        # drawn lazily, after DataLoader has taken its worker seed from the same generator
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        for k in range(self._global_batches()):
+            chunk = order[k * self.batch_size : (k + 1) * self.batch_size]
+            part = np.array_split(np.arange(len(chunk)), self.shard.world_size)[self.shard.rank]
+            yield [chunk[int(i)] for i in part]
+
+
 def make_loader(
     dataset: ManifestDataset,
     *,
@@ -186,22 +257,19 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     generator: torch.Generator | None = None,
+    shard: Shard = Shard(),
 ) -> DataLoader[Sample]:
-    """Shuffle (with ``generator``) for training only; a last batch of one image is dropped in training
-    because BatchNorm cannot normalise a single image at 1x1 resolution."""
-    sampler: RandomSampler | SequentialSampler
-    if shuffle:
-        sampler = RandomSampler(dataset, generator=generator)
-    else:
-        sampler = SequentialSampler(dataset)
+    """Shuffle (with ``generator``) for training only. With ``shuffle``, ``batch_size`` is the global
+    batch shared by ``shard.world_size`` processes; without, it is this process's evaluation batch."""
+    sampler = GlobalBatchSampler(
+        len(dataset), batch_size, shuffle=shuffle, generator=generator if shuffle else None, shard=shard
+    )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        drop_last=shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1,
         generator=generator,
         persistent_workers=False,
     )

@@ -15,6 +15,7 @@ import torch
 
 from cxr.errors import ConfigError
 from cxr.train.config import TrainSettings
+from cxr.train.distributed import SINGLE, DistContext
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class DeviceSetup:
         return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
 
-def resolve_device(settings: TrainSettings) -> DeviceSetup:
+def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> DeviceSetup:
+    """The device of this process: under torchrun, a CUDA run uses GPU ``LOCAL_RANK`` of its node."""
     wanted = settings.device
     has_cuda = torch.cuda.is_available()
     if wanted.startswith("cuda") and not has_cuda:
@@ -57,6 +59,18 @@ def resolve_device(settings: TrainSettings) -> DeviceSetup:
             hint="use --set train.device=cpu (or auto), or install a CUDA build of torch",
         )
     device = torch.device("cuda" if wanted == "auto" and has_cuda else "cpu" if wanted == "auto" else wanted)
+    if ctx.enabled and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"train.device is {wanted!r}, but under torchrun each process uses the GPU of its LOCAL_RANK",
+                hint="use --set train.device=cuda (or auto); choose GPUs with CUDA_VISIBLE_DEVICES",
+            )
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process LOCAL_RANK={ctx.local_rank} has no GPU: this node has {torch.cuda.device_count()}",
+                hint="start at most as many processes per node as it has GPUs (torchrun --nproc_per_node)",
+            )
+        device = torch.device("cuda", ctx.local_rank)
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":

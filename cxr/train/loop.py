@@ -4,14 +4,20 @@ Takes: a model, a loader of ``Batch`` objects, the loss, the phase's optimiser a
 ``DeviceSetup``. Makes: ``EpochStats`` (mean loss, accuracy, images, seconds, learning rates) or the
 probabilities of a split. The scheduler is stepped after every optimiser step. Running out of memory on
 a batch becomes a ``TrainError`` that names the batch size to try instead.
+
+Under DDP (``PhaseState.world_size > 1``) each process holds a share of the global batch. Before the
+forward pass the processes sum their class-weight totals and image counts (``PhaseState.all_reduce``);
+each then back-propagates ``world_size * sum(w_i * loss_i) / global weight total``, so DDP's gradient
+average is exactly the gradient of the global batch's weighted mean loss, as one process computes it.
+A step where some process has no readable image is skipped by all of them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +31,11 @@ from cxr.train.progress import Progress
 from cxr.train.schedule import current_lr
 
 StepHook = Callable[[int, float, float], None]  # (global step, loss, lr)
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sum over processes
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 @dataclass
@@ -38,6 +49,8 @@ class PhaseState:
     setup: DeviceSetup
     scaler: torch.amp.GradScaler | None = None
     step: int = 0
+    world_size: int = 1
+    all_reduce: Reduce = field(default=_no_reduce)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,9 @@ class EpochStats:
     lr_start: float
     lr_end: float
     lr_min: float
+    loss_sum: float = 0.0  # sum over steps of (global step loss x global step images), this process's share
+    correct: int = 0
+    skipped_steps: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -79,14 +95,63 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | N
     return F.cross_entropy(logits.float(), y, weight=weights)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # this process's share of the global batch's weighted mean loss (all of it for one)
+    correct: int  # correctly classified images of this process
+    images: int  # images of this process
+    global_images: int  # images of the global batch
+
+
+def _global_totals(state: PhaseState, y: torch.Tensor | None) -> tuple[float, int, bool]:
+    """(class-weight total, images, whether some process has none) over all processes."""
+    setup = state.setup
+    if y is None or y.numel() == 0:
+        local = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=setup.device)
+    else:
+        w = (
+            state.class_weights[y]
+            if state.class_weights is not None
+            else torch.ones(y.numel(), device=y.device)
+        )
+        local = torch.stack(
+            [w.sum().double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)]
+        )
+        local = torch.cat([local, torch.zeros(1, dtype=torch.float64, device=y.device)])
+    total = state.all_reduce(local)
+    return float(total[0]), int(total[1]), bool(total[2] > 0)
+
+
 def train_step(state: PhaseState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
     """Forward, weighted loss, backward, optimiser and scheduler step; returns (loss, correct)."""
+    r = train_step_global(state, x, y)
+    if r is None:  # only under DDP, when another process had no readable image
+        return float("nan"), 0
+    return r.loss, r.correct
+
+
+def train_step_global(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None) -> StepResult | None:
+    """One optimisation step on this process's share of a global batch; ``None``: skipped everywhere."""
     setup = state.setup
+    distributed = state.world_size > 1
+    if distributed:
+        y = None if y is None else y.to(setup.device, non_blocking=setup.pin_memory)
+        weight_total, global_images, someone_empty = _global_totals(state, None if x is None else y)
+        if someone_empty or x is None or y is None:
+            return None
+    elif x is None or y is None:
+        return None
     x, y = setup.to_input(x), y.to(setup.device, non_blocking=setup.pin_memory)
     try:
         with setup.autocast():
             logits = state.model(x)
-        loss = weighted_ce(logits, y, state.class_weights)
+        if distributed:
+            per_image = F.cross_entropy(logits.float(), y, weight=state.class_weights, reduction="sum")
+            share = per_image / weight_total
+            loss = share * state.world_size
+        else:
+            loss = share = weighted_ce(logits, y, state.class_weights)
+            global_images = int(y.numel())
         state.optimizer.zero_grad(set_to_none=True)
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
@@ -101,14 +166,14 @@ def train_step(state: PhaseState, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
         raise
     state.scheduler.step()
     state.step += 1
-    value = float(loss.detach())
+    value = float(share.detach())
     if not math.isfinite(value):
         raise TrainError(
             f"the training loss became {value} at step {state.step}",
             hint="lower the learning rate (train.adapt_lr / train.finetune_lr), or use fp32 precision",
         )
     correct = int((logits.detach().argmax(dim=1) == y).sum())
-    return value, correct
+    return StepResult(value, correct, int(y.numel()), global_images)
 
 
 def train_epoch(
@@ -118,22 +183,26 @@ def train_epoch(
     progress: Progress,
     on_step: StepHook | None = None,
 ) -> EpochStats:
+    """One pass over this process's batches. ``loss`` and ``accuracy`` are this process's view; under DDP
+    ``merge_epoch_stats`` turns the sums of all processes into the global figures."""
     start = time.perf_counter()
     lr_start = lr_min = current_lr(state.optimizer)
-    loss_sum, correct, images = 0.0, 0, 0
+    loss_sum, correct, images, skipped = 0.0, 0, 0, 0
     for batch in loader:
         bad.add(batch.bad)
-        if batch.x is None:
+        r = train_step_global(state, batch.x, batch.y if batch.x is not None else None)
+        if r is None:
+            skipped += 1
             progress.update(1)
             continue
-        loss, ok = train_step(state, batch.x, batch.y)
-        n = len(batch)
-        loss_sum, correct, images = loss_sum + loss * n, correct + ok, images + n
+        # one process: loss x images; DDP: its share of the global loss x global images (sums to the same)
+        loss_sum += r.loss * r.global_images
+        correct, images = correct + r.correct, images + r.images
         lr = current_lr(state.optimizer)
         lr_min = min(lr_min, lr)
-        progress.update(1, items=n, loss=loss_sum / images, acc=correct / images, lr=lr)
+        progress.update(1, items=r.images, loss=loss_sum / images, acc=correct / images, lr=lr)
         if on_step is not None:
-            on_step(state.step, loss, lr)
+            on_step(state.step, r.loss * state.world_size if state.world_size > 1 else r.loss, lr)
     seconds = time.perf_counter() - start
     return EpochStats(
         loss=loss_sum / images if images else float("nan"),
@@ -143,6 +212,29 @@ def train_epoch(
         lr_start=lr_start,
         lr_end=current_lr(state.optimizer),
         lr_min=lr_min,
+        loss_sum=loss_sum,
+        correct=correct,
+        skipped_steps=skipped,
+    )
+
+
+def merge_epoch_stats(stats: EpochStats, reduce: Reduce, device: torch.device) -> EpochStats:
+    """The epoch's figures over all processes (the sums of their shares); unchanged for one process."""
+    t = reduce(
+        torch.tensor([stats.loss_sum, stats.correct, stats.images], dtype=torch.float64, device=device)
+    )
+    loss_sum, correct, images = float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
+    return EpochStats(
+        loss=loss_sum / images if images else float("nan"),
+        accuracy=correct / images if images else 0.0,
+        images=images,
+        seconds=stats.seconds,
+        lr_start=stats.lr_start,
+        lr_end=stats.lr_end,
+        lr_min=stats.lr_min,
+        loss_sum=loss_sum,
+        correct=correct,
+        skipped_steps=stats.skipped_steps,
     )
 
 
@@ -152,6 +244,8 @@ class Predictions:
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float64 [N, K]
     loss: float  # class-weighted mean cross-entropy (nan without weights given)
+    loss_sum: float = 0.0  # the weighted sum behind ``loss``...
+    weight_sum: float = 0.0  # ...and its weight total (to combine the parts of several processes)
 
 
 @torch.no_grad()
@@ -201,6 +295,26 @@ def predict_batches(
         labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
         probs=np.concatenate(probs) if probs else np.zeros((0, k), dtype=np.float64),
         loss=loss_sum / weight_sum if weight_sum else float("nan"),
+        loss_sum=loss_sum,
+        weight_sum=weight_sum,
+    )
+
+
+def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """The predictions of several processes' parts of a split as one, in dataset order."""
+    if len(parts) == 1:
+        return parts[0]
+    index = np.concatenate([p.index for p in parts])
+    order = np.argsort(index, kind="stable")
+    loss_sum = sum(p.loss_sum for p in parts)
+    weight_sum = sum(p.weight_sum for p in parts)
+    return Predictions(
+        index=index[order],
+        labels=np.concatenate([p.labels for p in parts])[order],
+        probs=np.concatenate([p.probs for p in parts])[order],
+        loss=loss_sum / weight_sum if weight_sum else float("nan"),
+        loss_sum=loss_sum,
+        weight_sum=weight_sum,
     )
 
 

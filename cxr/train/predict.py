@@ -8,16 +8,18 @@ cannot be decoded are left out and logged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 from cxr.data.manifest import Manifest
 from cxr.spec import PreprocessSpec
-from cxr.train.dataset import BadImages, make_dataset, make_loader
+from cxr.train.dataset import BadImages, Shard, make_dataset, make_loader
 from cxr.train.device import DeviceSetup
 from cxr.train.errors import TrainError
-from cxr.train.loop import predict_batches
+from cxr.train.loop import Predictions, predict_batches
 from cxr.train.predictions import PredictionTable
 
 
@@ -40,17 +42,29 @@ def predict_split(
     checkpoint_sha256: str = "",
     num_workers: int = 0,
     max_bad_fraction: float = 1.0,
+    shard: Shard = Shard(),
+    gather: Callable[[Predictions], Predictions] | None = None,
 ) -> PredictionTable:
-    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``."""
+    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``.
+
+    Under DDP each process predicts its ``shard`` of the split and ``gather`` joins the parts (in order).
+    """
     setup = as_setup(device)
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
     dataset = make_dataset(manifest, split, spec, train=False)
     loader = make_loader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=setup.pin_memory
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=setup.pin_memory,
+        shard=shard,
     )
     preds = predict_batches(model, loader, setup, bad=BadImages(dataset, max_bad_fraction))
+    if gather is not None:
+        preds = gather(preds)
     rows = [dataset.rows[int(i)] for i in preds.index]
     k = len(manifest.classes)
     probs = preds.probs if len(rows) else np.zeros((0, k), dtype=np.float64)

@@ -9,14 +9,20 @@ resolved config. Phase 1 (``adapt``, ``train.adapt_epochs``) trains only the new
 ``train.finetune_lr``; both use cosine decay with warm restarts stepped per iteration. Validation runs
 every epoch; the best epoch by ``train.early_stopping.metric`` is kept and fine-tuning stops after
 ``patience`` epochs without improvement.
+
+Under ``torchrun`` (``cxr.train.distributed``) the same functions run in every process: each trains on
+its share of every global batch (DDP averages the gradients), validation and prediction are split over
+the processes and gathered, rank 0 alone writes the run directory and decides what all must agree on.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,6 +50,7 @@ from cxr.train.config import MemberConfig, TrainConfig, config_to_dict, dump_con
 from cxr.train.dataset import (
     BadImages,
     ManifestDataset,
+    Shard,
     check_manifest,
     epoch_generator,
     make_dataset,
@@ -52,15 +59,36 @@ from cxr.train.dataset import (
     train_counts,
 )
 from cxr.train.device import DeviceSetup, forked_rng, resolve_device
+from cxr.train.distributed import (
+    SINGLE,
+    DistContext,
+    all_gather_object,
+    all_reduce_sum,
+    check_global_batch,
+    convert_sync_batchnorm,
+    current_context,
+    on_main,
+    rank_seed,
+    sync_module,
+    wrap_ddp,
+)
 from cxr.train.early_stopping import EarlyStopping
 from cxr.train.errors import CheckpointError
-from cxr.train.loop import EpochStats, PhaseState, predict_batches, train_epoch
+from cxr.train.loop import (
+    EpochStats,
+    PhaseState,
+    Predictions,
+    concat_predictions,
+    merge_epoch_stats,
+    predict_batches,
+    train_epoch,
+)
 from cxr.train.metrics import classification_metrics
 from cxr.train.predict import predict_split
 from cxr.train.predictions import write_predictions
 from cxr.train.progress import Progress, format_seconds
 from cxr.train.schedule import make_optimizer, make_scheduler
-from cxr.train.tracking import MetricsLog, Tracker, make_tracker
+from cxr.train.tracking import MetricsLog, NullTracker, Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +135,11 @@ class MemberRun:
     seed: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
     resumed_step: int = 0
+    ctx: DistContext = SINGLE
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.ctx.rank, self.ctx.world_size)
 
 
 def member_dir(cfg: TrainConfig, name: str) -> Path:
@@ -117,21 +150,37 @@ def member_seed(cfg: TrainConfig, name: str) -> int:
     return int(np.random.SeedSequence([cfg.seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def prepare_data(cfg: TrainConfig) -> Manifest:
-    """Load or build the manifest, check it can train, and save the resolved config in the run dir."""
-    manifest = resolve_manifest(cfg.data, Path(cfg.run_dir))
-    check_manifest(manifest)
-    dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
-    return manifest
+def prepare_data(cfg: TrainConfig, dist: DistContext | None = None) -> Manifest:
+    """Load or build the manifest, check it can train, and save the resolved config in the run dir
+    (on rank 0 under torchrun; the other processes receive the manifest)."""
+
+    def prepare() -> Manifest:
+        manifest = resolve_manifest(cfg.data, Path(cfg.run_dir))
+        check_manifest(manifest)
+        dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
+        return manifest
+
+    return on_main(dist if dist is not None else current_context(), prepare)
 
 
-def train_all(cfg: TrainConfig, *, progress_stream: TextIO | None = None) -> tuple[TrainResult, ...]:
+def train_all(
+    cfg: TrainConfig, *, progress_stream: TextIO | None = None, dist: DistContext | None = None
+) -> tuple[TrainResult, ...]:
     """Train every member of ``cfg.models`` in order on one shared manifest."""
-    resolve_device(cfg.train)  # fail before any file is written
-    manifest = prepare_data(cfg)
+    ctx = dist if dist is not None else current_context()
+    for m in cfg.models:  # fail before any file is written
+        check_global_batch(ctx, cfg.batch_size(m), batch_key(cfg, m))
+    resolve_device(cfg.train, ctx)
+    manifest = prepare_data(cfg, ctx)
     return tuple(
-        train_member(cfg, m.name, progress_stream=progress_stream, manifest=manifest) for m in cfg.models
+        train_member(cfg, m.name, progress_stream=progress_stream, manifest=manifest, dist=ctx)
+        for m in cfg.models
     )
+
+
+def batch_key(cfg: TrainConfig, m: MemberConfig) -> str:
+    """The config key that sets this member's (global) batch size."""
+    return f"models.{m.name}.batch_size" if m.batch_size is not None else "train.batch_size"
 
 
 def train_member(
@@ -140,31 +189,39 @@ def train_member(
     *,
     progress_stream: TextIO | None = None,
     manifest: Manifest | None = None,
+    dist: DistContext | None = None,
 ) -> TrainResult:
-    """Train one member (resuming from its ``last`` checkpoint when ``train.resume``) and predict."""
+    """Train one member (resuming from its ``last`` checkpoint when ``train.resume``) and predict.
+
+    ``dist``: this process's place under torchrun (default: the initialised process group, else one
+    process); every process of the group must call this with the same arguments.
+    """
     start = time.perf_counter()
+    ctx = dist if dist is not None else current_context()
     m = cfg.member(member)
-    setup = resolve_device(cfg.train)
+    check_global_batch(ctx, cfg.batch_size(m), batch_key(cfg, m))
+    setup = resolve_device(cfg.train, ctx)
     if manifest is None:
-        manifest = prepare_data(cfg)
+        manifest = prepare_data(cfg, ctx)
     else:
         check_manifest(manifest)
     seed = member_seed(cfg, m.name)
     log.info(
-        "training %s (%s, %dx%d px, pretrained=%s) on %s, precision %s",
+        "training %s (%s, %dx%d px, pretrained=%s) on %s, precision %s%s",
         m.name,
         resolve_timm_name(m.backbone),
         *m.input_size,
         m.pretrained,
         setup.device,
         setup.precision,
+        f", {ctx.world_size} processes x {cfg.batch_size(m) // ctx.world_size} images" if ctx.enabled else "",
     )
-    with forked_rng(setup, seed):
-        run = _start_run(cfg, m, manifest, setup, progress_stream, seed)
+    with forked_rng(setup, rank_seed(seed, ctx)):
+        run = _start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
         try:
             _run_epochs(run)
             # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
-            (run.member_dir / RESUME_STATE).unlink(missing_ok=True)
+            on_main(ctx, partial((run.member_dir / RESUME_STATE).unlink, missing_ok=True))
             predictions = _write_member_predictions(run)
         finally:
             run.tracker.end()
@@ -204,15 +261,22 @@ def _start_run(
     setup: DeviceSetup,
     progress_stream: TextIO | None,
     seed: int,
+    ctx: DistContext = SINGLE,
 ) -> MemberRun:
     mdir = member_dir(cfg, m.name)
-    mdir.mkdir(parents=True, exist_ok=True)
     classes = tuple(manifest.classes)
-    resume = cfg.train.resume and (mdir / "last.json").is_file()
-    model = create_backbone(m.backbone, len(classes), False if resume else m.pretrained, seed=seed)
+
+    def look() -> bool:
+        mdir.mkdir(parents=True, exist_ok=True)
+        return cfg.train.resume and (mdir / "last.json").is_file()
+
+    resume = on_main(ctx, look)
+    model = _build_model(ctx, m, len(classes), False if resume else m.pretrained, seed)
+    model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
+    sync_module(ctx, model)  # rank 0's weights (ImageNet or resumed) everywhere
     es = cfg.train.early_stopping
     weights = None
     if cfg.train.class_weights:
@@ -231,22 +295,40 @@ def _start_run(
         weights=weights,
         stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
         metrics_log=MetricsLog(mdir),
-        tracker=make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m)),
+        tracker=make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m))
+        if ctx.is_main
+        else NullTracker(),
         train_set=train_set,
         val_set=val_set,
         train_bad=BadImages(train_set, cfg.data.max_bad_fraction),
         val_bad=BadImages(val_set, cfg.data.max_bad_fraction),
         progress_stream=progress_stream,
         seed=seed,
+        ctx=ctx,
     )
     if resume:
-        _resume(run)
+        book = on_main(ctx, partial(_read_resume, run))
+        sync_module(ctx, run.model)
+        _apply_resume(run, book)
     else:
         if cfg.train.resume:
             log.info("%s: no checkpoint in %s to resume from; training from scratch", m.name, mdir)
-        _clear_member_dir(mdir)
-        run.metrics_log.reset()
+
+        def fresh() -> None:
+            _clear_member_dir(mdir)
+            run.metrics_log.reset()
+
+        on_main(ctx, fresh)
     return run
+
+
+def _build_model(
+    ctx: DistContext, m: MemberConfig, num_classes: int, pretrained: bool | str | Path, seed: int
+) -> nn.Module:
+    """The member's network; under torchrun only rank 0 loads ImageNet weights (the others receive them)."""
+    built: list[nn.Module] = []
+    on_main(ctx, lambda: built.append(create_backbone(m.backbone, num_classes, pretrained, seed=seed)))
+    return built[0] if built else create_backbone(m.backbone, num_classes, False, seed=seed)
 
 
 MEMBER_FILES = (
@@ -274,8 +356,20 @@ def member_params(cfg: TrainConfig, m: MemberConfig) -> dict[str, Any]:
     }
 
 
-def _resume(run: MemberRun) -> None:
-    """Continue after the last completed epoch: weights, optimiser, scheduler, RNG, early stopping."""
+@dataclass(frozen=True)
+class ResumeBook:
+    """What rank 0 reads from a member's folder to continue it (sent to the other processes)."""
+
+    epoch: int  # the last completed epoch
+    stopped_early: bool
+    step: int
+    early_stopping: dict[str, Any]
+    bad_train: tuple[str, ...]
+    state: dict[str, Any] | None  # optimiser / scheduler / RNG; None once the member finished
+
+
+def _read_resume(run: MemberRun) -> ResumeBook:
+    """Check the ``last`` checkpoint fits the config, load its weights into the model, read the state."""
     info = read_checkpoint_info(run.member_dir, "last")
     expect = (resolve_timm_name(run.member.backbone), tuple(run.manifest.classes), run.member.spec)
     found = (info.timm_name, info.classes, info.preprocess)
@@ -302,30 +396,48 @@ def _resume(run: MemberRun) -> None:
             hint="use another run_dir, or --set train.resume=false to train from scratch",
             path=run.member_dir,
         )
-    run.next_epoch = info.epoch + 1
-    run.stopped_early = bool(book.get("stopped_early", False))
-    run.resumed_step = int(book.get("step", 0))
-    run.stopper = EarlyStopping.from_state(dict(book["early_stopping"]))
-    for path in book.get("bad_train", []):
-        run.train_bad.paths[str(path)] = "unreadable (before resume)"
-    run.metrics_log.reset(keep_through_epoch=info.epoch)
+    stopped = bool(book.get("stopped_early", False))
+    finished = info.epoch + 1 >= run.cfg.train.epochs or stopped
+    state = None
+    if not finished and (run.member_dir / RESUME_STATE).is_file():
+        state = load_resume_state(run.member_dir)
+    return ResumeBook(
+        epoch=info.epoch,
+        stopped_early=stopped,
+        step=int(book.get("step", 0)),
+        early_stopping=dict(book["early_stopping"]),
+        bad_train=tuple(str(p) for p in book.get("bad_train", [])),
+        state=state,
+    )
+
+
+def _apply_resume(run: MemberRun, book: ResumeBook) -> None:
+    """Continue after the last completed epoch: early stopping, optimiser, scheduler, RNG (every process)."""
+    run.next_epoch = book.epoch + 1
+    run.stopped_early = book.stopped_early
+    run.resumed_step = book.step
+    run.stopper = EarlyStopping.from_state(book.early_stopping)
+    for path in book.bad_train:
+        run.train_bad.paths[path] = "unreadable (before resume)"
+    if run.ctx.is_main:
+        run.metrics_log.reset(keep_through_epoch=book.epoch)
     if run.next_epoch >= run.cfg.train.epochs or run.stopped_early:
         log.info(
             "%s finished training earlier (epoch %d); writing its predictions",
             run.member.name,
-            info.epoch + 1,
+            book.epoch + 1,
         )
         return
-    if not (run.member_dir / RESUME_STATE).is_file():
+    state = book.state
+    if state is None:
         log.warning(
             "%s: no optimiser state (it is dropped when a member finishes); continuing after epoch %d with a "
             "fresh optimiser and schedule",
             run.member.name,
-            info.epoch + 1,
+            book.epoch + 1,
         )
         return
-    state = load_resume_state(run.member_dir)
-    torch.set_rng_state(state["rng"])
+    _restore_rng(run, state)
     phase = _phase_name(run.cfg, run.next_epoch)
     if phase == state["phase"]:
         current = _enter_phase(run, phase)
@@ -334,7 +446,24 @@ def _resume(run: MemberRun) -> None:
         current.step = int(state["step"])
         if current.scaler is not None and state.get("scaler"):
             current.scaler.load_state_dict(state["scaler"])
-    log.info("resuming %s after epoch %d", run.member.name, info.epoch + 1)
+    log.info("resuming %s after epoch %d", run.member.name, book.epoch + 1)
+
+
+def _restore_rng(run: MemberRun, state: dict[str, Any]) -> None:
+    """Each process continues its own dropout RNG stream (saved per process)."""
+    per_rank = state.get("rng_ranks")
+    if isinstance(per_rank, list | tuple) and len(per_rank) == run.ctx.world_size:
+        torch.set_rng_state(per_rank[run.ctx.rank])
+    elif run.ctx.is_main:
+        torch.set_rng_state(state["rng"])
+        if per_rank is not None and len(per_rank) != run.ctx.world_size:
+            log.warning(
+                "%s was trained by %d processes and resumes with %d: the global batches and their order "
+                "stay the same, the other processes' dropout masks do not",
+                run.member.name,
+                len(per_rank),
+                run.ctx.world_size,
+            )
 
 
 def _phase_name(cfg: TrainConfig, epoch: int) -> str:
@@ -349,6 +478,7 @@ def _train_loader(run: MemberRun, epoch: int) -> DataLoader[Any]:
         num_workers=run.cfg.data.num_workers,
         pin_memory=run.setup.pin_memory,
         generator=epoch_generator(run.seed, epoch),
+        shard=run.shard,
     )
 
 
@@ -361,7 +491,20 @@ def _enter_phase(run: MemberRun, phase: str) -> PhaseState:
     scheduler = make_scheduler(optimizer, settings.scheduler, max(1, len(_train_loader(run, 0))))
     scaler = torch.amp.GradScaler("cuda") if run.setup.use_scaler else None
     step = run.phase.step if run.phase is not None else run.resumed_step
-    run.phase = PhaseState(run.model, run.weights, optimizer, scheduler, run.setup, scaler, step)
+    if run.ctx.enabled and run.phase is not None:
+        run.phase = None  # DDP registers the trainable parameters when wrapping: drop the old wrapper first
+        gc.collect()
+    run.phase = PhaseState(
+        wrap_ddp(run.ctx, run.model, run.setup.device),
+        run.weights,
+        optimizer,
+        scheduler,
+        run.setup,
+        scaler,
+        step,
+        world_size=run.ctx.world_size,
+        all_reduce=partial(all_reduce_sum, run.ctx),
+    )
     run.phase_name = phase
     trainable = sum(p.numel() for p in params)
     log.info("%s: phase %s, %d trainable parameters, lr %.2e", run.member.name, phase, trainable, lr)
@@ -387,8 +530,12 @@ def _run_epochs(run: MemberRun) -> None:
         _record_epoch(run, epoch, phase, stats, val, improved)
         run.next_epoch = epoch + 1
         _save_epoch(run, current, epoch, phase, val, improved)
-    if run.best_info is None and not (run.member_dir / "best.json").is_file():
-        raise CheckpointError(f"{run.member.name}: no epoch was trained, so there is no best checkpoint")
+
+    def check() -> None:
+        if run.best_info is None and not (run.member_dir / "best.json").is_file():
+            raise CheckpointError(f"{run.member.name}: no epoch was trained, so there is no best checkpoint")
+
+    on_main(run.ctx, check)
 
 
 def _train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str) -> EpochStats:
@@ -404,24 +551,55 @@ def _train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str
 
     stats = train_epoch(current, loader, run.train_bad, progress, on_step)
     progress.close()
-    return stats
+    if not run.ctx.enabled:
+        return stats
+    _merge_bad(run, run.train_bad)
+    if stats.skipped_steps:
+        log.warning(
+            "%s epoch %d: %d step(s) skipped because a process had no readable image in its share",
+            run.member.name,
+            epoch + 1,
+            stats.skipped_steps,
+        )
+    return merge_epoch_stats(stats, current.all_reduce, run.setup.device)
+
+
+def _merge_bad(run: MemberRun, bad: BadImages) -> None:
+    """Every process learns the unreadable images the others met (and all apply the same limit)."""
+    for paths in all_gather_object(run.ctx, dict(bad.paths)):
+        bad.merge(paths)
+
+
+def _gather(run: MemberRun, preds: Predictions) -> Predictions:
+    return concat_predictions(all_gather_object(run.ctx, preds))
 
 
 def _validate(run: MemberRun, epoch: int) -> dict[str, Any]:
+    """Validation metrics, the same on every process (computed on rank 0 from all processes' parts)."""
+    sync_module(run.ctx, run.model, buffers_only=True)  # evaluate rank 0's model (the one saved)
     loader = make_loader(
         run.val_set,
         batch_size=run.cfg.train.eval_batch_size,
         shuffle=False,
         num_workers=run.cfg.data.num_workers,
         pin_memory=run.setup.pin_memory,
+        shard=run.shard,
     )
     start = time.perf_counter()
     progress = Progress(len(loader), f"{run.member.name} val {epoch + 1}", run.progress_stream)
     preds = predict_batches(
         run.model, loader, run.setup, class_weights=run.weights, bad=run.val_bad, progress=progress
     )
-    metrics = classification_metrics(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    if run.ctx.enabled:
+        preds = _gather(run, preds)
+        _merge_bad(run, run.val_bad)
+
+    def compute() -> dict[str, Any]:
+        metrics = classification_metrics(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
+        metrics["seconds"] = round(time.perf_counter() - start, 3)
+        return metrics
+
+    metrics = on_main(run.ctx, compute)
     progress.close(loss=metrics["loss"], acc=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     return metrics
 
@@ -444,7 +622,8 @@ def _record_epoch(
         "best": improved,
         "bad_images": len(run.train_bad.paths) + len(run.val_bad.paths),
     }
-    run.metrics_log.append(row)
+    if run.ctx.is_main:
+        run.metrics_log.append(row)
     run.tracker.log_metrics(
         {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
     )
@@ -500,14 +679,16 @@ def _save_epoch(
     run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
 ) -> None:
     info = _checkpoint_info(run, current, epoch, phase, val)
-    if improved:
-        run.best_info = save_checkpoint(run.member_dir, "best", run.model, info)
-        link_checkpoint(run.member_dir, "best", "last", run.best_info)
-    else:
-        save_checkpoint(run.member_dir, "last", run.model, info)
-    save_resume_state(
-        run.member_dir,
-        {
+    rng_ranks = all_gather_object(run.ctx, torch.get_rng_state()) if run.ctx.enabled else None
+
+    def write() -> CheckpointInfo | None:
+        best = None
+        if improved:
+            best = save_checkpoint(run.member_dir, "best", run.model, info)
+            link_checkpoint(run.member_dir, "best", "last", best)
+        else:
+            save_checkpoint(run.member_dir, "last", run.model, info)
+        state = {
             "epoch": epoch,
             "phase": phase,
             "step": current.step,
@@ -515,8 +696,15 @@ def _save_epoch(
             "scheduler": current.scheduler.state_dict(),
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
-        },
-    )
+        }
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        save_resume_state(run.member_dir, state)
+        return best
+
+    best = on_main(run.ctx, write)
+    if best is not None:
+        run.best_info = best
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -526,14 +714,21 @@ def _save_epoch(
 
 def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
     """The best checkpoint's probabilities for every val and test image (the stacking stage's input)."""
-    info = read_checkpoint_info(run.member_dir, "best")
-    if (
-        run.best_info is None
-        or run.best_info.sha256 != info.sha256
-        or run.stopper.best_epoch != run.next_epoch - 1
-    ):
-        # the model in memory is not the best epoch's: load the best weights (hash-checked)
-        load_state(run.model, load_weights(run.member_dir, "best", info), run.member_dir / "best.safetensors")
+
+    def load_best() -> CheckpointInfo:
+        info = read_checkpoint_info(run.member_dir, "best")
+        if (
+            run.best_info is None
+            or run.best_info.sha256 != info.sha256
+            or run.stopper.best_epoch != run.next_epoch - 1
+        ):
+            # the model in memory is not the best epoch's: load the best weights (hash-checked)
+            path = run.member_dir / "best.safetensors"
+            load_state(run.model, load_weights(run.member_dir, "best", info), path)
+        return info
+
+    info = on_main(run.ctx, load_best)
+    sync_module(run.ctx, run.model)  # rank 0's best weights (and BatchNorm statistics) everywhere
     out: dict[str, Path] = {}
     for split in PREDICTED_SPLITS:
         table = predict_split(
@@ -546,7 +741,9 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
             member=run.member.name,
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
+            shard=run.shard,
+            gather=partial(_gather, run) if run.ctx.enabled else None,
         )
-        out[split] = write_predictions(table, run.member_dir / "predictions")
+        out[split] = on_main(run.ctx, partial(write_predictions, table, run.member_dir / "predictions"))
     run.best_info = info
     return out

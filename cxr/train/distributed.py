@@ -1,0 +1,281 @@
+"""Training on several processes: PyTorch DDP under ``torchrun`` (one GPU per process, one or many nodes).
+
+Takes: the environment ``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``)
+and ``TrainSettings.device``. Makes: a ``DistContext`` (rank, world size, local rank) and the few
+collectives training needs, all of them no-ops for a single process, so that one code path serves both.
+
+The rules: ``train.batch_size`` is the *global* batch, each process takes ``batch_size / world_size`` of
+it; the gradient of the global batch's weighted mean loss is averaged by DDP. Rank 0 owns the run
+directory: it alone reads and writes files (manifest, config, checkpoints, metrics, predictions) and
+sends the others what they need over the process group, so nodes need no shared disk for the run
+directory (only the images, at the manifest's paths). Every decision that must agree (resume or not,
+the validation metrics that drive early stopping) is made once on rank 0 and broadcast. A ``CxrError``
+raised on rank 0 inside ``on_main`` is raised on every rank, so all processes stop with the same message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cxr.errors import ConfigError, CxrError
+from cxr.train.config import TrainSettings
+from cxr.train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+LAUNCH_HINT = (
+    "start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m cxr train base --config CONFIG --all`"
+)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands among the training processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return f"rank {self.rank}/{self.world_size}" if self.enabled else "single process"
+
+
+SINGLE = DistContext()
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name}={text!r} is not an integer", hint=LAUNCH_HINT
+        ) from None
+
+
+def context_from_env() -> DistContext:
+    """The context torchrun describes in the environment (``SINGLE`` when it is not there)."""
+    world = _env_int("WORLD_SIZE")
+    if world is None or world <= 1:
+        return SINGLE
+    rank, local = _env_int("RANK"), _env_int("LOCAL_RANK")
+    if rank is None:
+        raise ConfigError(f"WORLD_SIZE={world} is set but RANK is not", hint=LAUNCH_HINT)
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}", hint=LAUNCH_HINT)
+    return DistContext(rank=rank, world_size=world, local_rank=rank if local is None else local)
+
+
+def current_context() -> DistContext:
+    """The initialised process group's context; refuses to train alone in a torchrun worker."""
+    if dist.is_available() and dist.is_initialized():
+        local = _env_int("LOCAL_RANK")
+        rank = dist.get_rank()
+        return DistContext(
+            rank=rank, world_size=dist.get_world_size(), local_rank=rank if local is None else local
+        )
+    env = context_from_env()
+    if env.enabled:
+        raise ConfigError(
+            f"this process is one of {env.world_size} that torchrun started (RANK={env.rank}), but no "
+            "process group is initialised, so every process would train alone and write the same files",
+            hint="use `cxr train base` (it joins the group), or call train_member inside "
+            "`with cxr.train.distributed.distributed(cfg.train) as ctx:` and pass dist=ctx",
+        )
+    return SINGLE
+
+
+def backend_for(settings: TrainSettings) -> str:
+    """NCCL where the processes train on CUDA GPUs, gloo on CPUs."""
+    wants_cuda = settings.device.startswith("cuda") or (
+        settings.device == "auto" and torch.cuda.is_available()
+    )
+    return "nccl" if wants_cuda and dist.is_nccl_available() else "gloo"
+
+
+@contextlib.contextmanager
+def distributed(settings: TrainSettings, *, timeout_s: float = 1800.0) -> Iterator[DistContext]:
+    """Join the process group torchrun describes for the block (a no-op for a single process).
+
+    A group that is already initialised (by the caller) is used as it is and left open.
+    """
+    if dist.is_available() and dist.is_initialized():
+        yield current_context()
+        return
+    ctx = context_from_env()
+    if not ctx.enabled:
+        yield SINGLE
+        return
+    if not dist.is_available():
+        raise ConfigError(
+            f"torchrun started {ctx.world_size} processes but this torch build has no torch.distributed",
+            hint="install a torch build with distributed support, or train with one process",
+        )
+    backend = backend_for(settings)
+    if backend == "nccl":
+        torch.cuda.set_device(ctx.local_rank)
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"cannot join the {ctx.world_size}-process group ({backend}, rank {ctx.rank}, MASTER_ADDR="
+            f"{os.environ.get('MASTER_ADDR', '?')}, MASTER_PORT={os.environ.get('MASTER_PORT', '?')}): {e}",
+            hint="check that every node can reach the rendezvous endpoint and that all nodes use the same "
+            "--nnodes / --nproc_per_node",
+        ) from e
+    log.info("joined %d-process group as rank %d (backend %s)", ctx.world_size, ctx.rank, backend)
+    try:
+        yield ctx
+    finally:
+        dist.destroy_process_group()
+
+
+def check_global_batch(ctx: DistContext, batch_size: int, key: str) -> int:
+    """The per-process share of a global batch; the world size must divide it."""
+    if batch_size % ctx.world_size:
+        lower = max(ctx.world_size, batch_size - batch_size % ctx.world_size)
+        raise ConfigError(
+            f"{key}={batch_size} is the global batch, and the {ctx.world_size} training processes cannot "
+            f"share it evenly ({batch_size} is not a multiple of {ctx.world_size})",
+            hint=f"use a multiple of {ctx.world_size}, e.g. --set {key}={lower} or "
+            f"{lower + ctx.world_size}, or start another number of processes (torchrun --nproc_per_node)",
+        )
+    return batch_size // ctx.world_size
+
+
+def rank_seed(seed: int, ctx: DistContext) -> int:
+    """Rank 0 keeps ``seed`` (a single process is unchanged); other ranks draw their own dropout masks."""
+    if ctx.rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, ctx.rank]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collectives (no-ops for a single process)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def broadcast_object(ctx: DistContext, obj: T | None) -> T:
+    """Rank 0's ``obj`` on every rank (pickled; keep tensors in it on the CPU)."""
+    if not ctx.enabled:
+        return obj  # type: ignore[return-value]
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
+
+
+def all_gather_object(ctx: DistContext, obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (in place; returned for convenience)."""
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: CxrError | None
+    text: str
+
+
+def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give its result to every rank; its error stops every rank."""
+    if not ctx.enabled:
+        return fn()
+    outcome: Any = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn())
+        except CxrError as e:
+            broadcast_object(ctx, ("error", _Failed(e, str(e))))
+            raise
+        except BaseException as e:
+            broadcast_object(ctx, ("error", _Failed(None, f"{type(e).__name__}: {e}")))
+            raise
+    status, value = broadcast_object(ctx, outcome)
+    if status == "ok":
+        return value  # type: ignore[no-any-return]
+    if value.error is not None:
+        raise value.error
+    raise TrainError(f"rank 0 failed: {value.text}", hint="see rank 0's log for the traceback")
+
+
+def sync_module(ctx: DistContext, model: nn.Module, *, buffers_only: bool = False) -> None:
+    """Make every rank's ``model`` equal rank 0's (all parameters and buffers, or the buffers only).
+
+    BatchNorm running statistics drift apart between ranks in training mode (each normalises its own
+    share of the batch); syncing the buffers before validation makes every rank evaluate rank 0's model,
+    the one that is saved.
+    """
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        tensors = list(model.buffers()) if buffers_only else list(model.state_dict().values())
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
+def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Module:
+    """The model that training steps call: DDP around ``model`` (or ``model`` itself for one process).
+
+    Call it again whenever the set of trainable parameters changes (DDP registers them when wrapping).
+    """
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+
+
+def convert_sync_batchnorm(
+    ctx: DistContext, model: nn.Module, device: torch.device, wanted: bool
+) -> nn.Module:
+    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``.
+
+    On CPUs torch has no SyncBatchNorm, so each process normalises its own share of the batch.
+    """
+    if not ctx.enabled or not wanted:
+        return model
+    if device.type != "cuda":
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            log.info("BatchNorm statistics are per process on the CPU (torch has no CPU SyncBatchNorm)")
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
