@@ -8,6 +8,7 @@ epoch (as Ctrl-C would), and writes ``rank<N>.json`` with the counts and the out
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -41,7 +42,14 @@ def run_rank(
     from cxr.train.tracking import MetricsLog
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a short timeout: a regression that desynchronises the processes fails the test instead of hanging CI
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     counts: Counter[str] = Counter()
     for name in ("save_checkpoint", "link_checkpoint", "save_resume_state", "write_predictions"):
         setattr(run_module, name, _counting(counts, name, getattr(run_module, name)))

@@ -157,6 +157,22 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_result(
     assert_same_training(ddp, single)
 
 
+@pytest.mark.slow
+def test_an_error_on_rank_0_stops_every_process_with_its_message(
+    single: Path, manifest: Path, tmp_path: Path
+) -> None:
+    """Rank 0 alone reads the run directory; when it refuses to resume, every process says why (no hang)."""
+    import shutil
+
+    shutil.copytree(single.parent.parent, tmp_path / "run")
+    cfg = raw_cfg(tmp_path / "run", manifest, resume=True)
+    cfg["models"][0]["backbone"] = "test_resnet"
+    reports = spawn(2, cfg, tmp_path / "reports")
+    assert [r.get("error", "")[:24] for r in reports] == ["cannot resume tiny: its "] * 2
+    assert reports[0]["error"] == reports[1]["error"] and "test_convnext" in reports[0]["error"]
+    assert not any(r["counts"] for r in reports)  # nothing was written
+
+
 def test_a_global_batch_the_processes_cannot_share_is_refused(manifest: Path, tmp_path: Path) -> None:
     cfg = config_from_dict(raw_cfg(tmp_path / "run", manifest, batch_size=7))
     with pytest.raises(

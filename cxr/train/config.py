@@ -106,6 +106,7 @@ class TrainSettings:
     channels_last: bool = True
     resume: bool = False
     sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    dist_timeout_s: float = 3600.0  # under torchrun: how long a process waits for the others
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs >= 1, self.epochs, "1 or more")
@@ -118,6 +119,7 @@ class TrainSettings:
             _check(f"train.{key}", getattr(self, key) > 0, getattr(self, key), "positive")
         _check("train.weight_decay", self.weight_decay >= 0, self.weight_decay, "0 or more")
         _check("train.momentum", 0 <= self.momentum < 1, self.momentum, "in [0, 1)")
+        _check("train.dist_timeout_s", self.dist_timeout_s > 0, self.dist_timeout_s, "positive")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(
                 f"train.device: {self.device!r} is not a device cxr trains on",

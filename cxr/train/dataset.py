@@ -7,8 +7,10 @@ Augmentation is repeatable: each image's random rotation is drawn from torch's R
 ``(seed, epoch, index)``, so results do not depend on the worker count or the global RNG, which is left
 untouched. Shuffling uses an explicit ``torch.Generator``. Under DDP (``Shard``) every process draws
 the same permutation, cuts it into the same global batches and takes its own contiguous share of each,
-so N processes see exactly the batches one process would; evaluation splits a split into N contiguous
-parts.
+so N processes see exactly the batches one process would (see below); evaluation splits a split into N contiguous
+parts. The one difference: a final partial global batch too small to give every process 2 images is
+dropped (one process drops only a final batch of 1 image), so with N processes an epoch can be one
+step shorter when ``len(train) % batch_size`` is between 2 and 2N-1.
 """
 
 from __future__ import annotations
@@ -151,9 +153,11 @@ def _present(x: torch.Tensor | None) -> torch.Tensor:
 class BadImages:
     """Unreadable images met in one split; raises ``TrainError`` past ``max_fraction`` of the split."""
 
-    def __init__(self, dataset: ManifestDataset, max_fraction: float) -> None:
+    def __init__(self, dataset: ManifestDataset, max_fraction: float, *, defer_check: bool = False) -> None:
+        """``defer_check``: under DDP only ``merge`` (all processes' images, on every process) checks."""
         self.dataset = dataset
         self.max_fraction = max_fraction
+        self.defer_check = defer_check
         self.paths: dict[str, str] = {}
 
     def add(self, bad: Sequence[tuple[int, str]]) -> None:
@@ -162,7 +166,8 @@ class BadImages:
             if path not in self.paths:
                 self.paths[path] = message
                 log.warning("skipping unreadable image %s: %s", path, message)
-        self.check()
+        if not self.defer_check:
+            self.check()
 
     def merge(self, paths: dict[str, str]) -> None:
         """Add what other processes met (under DDP each reads only its share of the split)."""

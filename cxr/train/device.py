@@ -15,7 +15,7 @@ import torch
 
 from cxr.errors import ConfigError
 from cxr.train.config import TrainSettings
-from cxr.train.distributed import SINGLE, DistContext
+from cxr.train.distributed import SINGLE, DistContext, check_local_gpu
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,11 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
                 f"train.device is {wanted!r}, but under torchrun each process uses the GPU of its LOCAL_RANK",
                 hint="use --set train.device=cuda (or auto); choose GPUs with CUDA_VISIBLE_DEVICES",
             )
-        if ctx.local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"process LOCAL_RANK={ctx.local_rank} has no GPU: this node has {torch.cuda.device_count()}",
-                hint="start at most as many processes per node as it has GPUs (torchrun --nproc_per_node)",
-            )
+        check_local_gpu(ctx)
         device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(
+            device
+        )  # before any query: bf16 support, pinned memory, NCCL's object transfers
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import logging
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -117,11 +118,21 @@ def backend_for(settings: TrainSettings) -> str:
     return "nccl" if wants_cuda and dist.is_nccl_available() else "gloo"
 
 
+def check_local_gpu(ctx: DistContext) -> None:
+    if ctx.local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"process LOCAL_RANK={ctx.local_rank} has no GPU: this node has {torch.cuda.device_count()}",
+            hint="start at most as many processes per node as it has GPUs (torchrun --nproc_per_node)",
+        )
+
+
 @contextlib.contextmanager
-def distributed(settings: TrainSettings, *, timeout_s: float = 1800.0) -> Iterator[DistContext]:
+def distributed(settings: TrainSettings) -> Iterator[DistContext]:
     """Join the process group torchrun describes for the block (a no-op for a single process).
 
-    A group that is already initialised (by the caller) is used as it is and left open.
+    A group that is already initialised (by the caller) is used as it is and left open (the caller has
+    then chosen each process's GPU). A collective waits up to ``train.dist_timeout_s`` for the others,
+    which covers rank 0's own work in between (building the manifest, downloading ImageNet weights).
     """
     if dist.is_available() and dist.is_initialized():
         yield current_context()
@@ -137,9 +148,10 @@ def distributed(settings: TrainSettings, *, timeout_s: float = 1800.0) -> Iterat
         )
     backend = backend_for(settings)
     if backend == "nccl":
+        check_local_gpu(ctx)
         torch.cuda.set_device(ctx.local_rank)
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=settings.dist_timeout_s))
     except (RuntimeError, ValueError) as e:
         raise ConfigError(
             f"cannot join the {ctx.world_size}-process group ({backend}, rank {ctx.rank}, MASTER_ADDR="
@@ -219,17 +231,23 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and give its result to every rank; its error stops every rank."""
     if not ctx.enabled:
         return fn()
-    outcome: Any = None
     if ctx.is_main:
         try:
-            outcome = ("ok", fn())
+            result = fn()
         except CxrError as e:
             broadcast_object(ctx, ("error", _Failed(e, str(e))))
             raise
         except BaseException as e:
             broadcast_object(ctx, ("error", _Failed(None, f"{type(e).__name__}: {e}")))
             raise
-    status, value = broadcast_object(ctx, outcome)
+        try:  # the result is pickled before anything is sent: a failure here still reaches the others
+            broadcast_object(ctx, ("ok", result))
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            broadcast_object(ctx, ("error", _Failed(None, f"cannot send {type(result).__name__}: {e}")))
+            raise
+        return result
+    received: tuple[str, Any] = broadcast_object(ctx, None)
+    status, value = received
     if status == "ok":
         return value  # type: ignore[no-any-return]
     if value.error is not None:
@@ -270,6 +288,8 @@ def convert_sync_batchnorm(
 ) -> nn.Module:
     """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``.
 
+    timm's converter, not torch's: torch's turns timm's ``BatchNormAct2d`` (BatchNorm with its activation
+    inside, used by DenseNet and ResNetV2) into a plain SyncBatchNorm and silently drops the activation.
     On CPUs torch has no SyncBatchNorm, so each process normalises its own share of the batch.
     """
     if not ctx.enabled or not wanted:
@@ -278,4 +298,11 @@ def convert_sync_batchnorm(
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             log.info("BatchNorm statistics are per process on the CPU (torch has no CPU SyncBatchNorm)")
         return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return sync_batchnorm(model)
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm (timm's norm-act layers included, activation kept) synchronised."""
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)  # type: ignore[no-any-return]

@@ -51,6 +51,7 @@ class PhaseState:
     step: int = 0
     world_size: int = 1
     all_reduce: Reduce = field(default=_no_reduce)
+    nonfinite: tuple[float, int] | None = None  # DDP: a loss of this process that all must stop on
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,12 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def oom_error(batch_size: int, setup: DeviceSetup, training: bool) -> TrainError:
-    smaller = max(1, batch_size // 2)
+def oom_error(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> TrainError:
+    """``batch_size``: the global batch in training (shared by ``world_size`` processes), else this
+    process's evaluation batch."""
+    smaller = (
+        max(world_size, batch_size // 2 // world_size * world_size) if training else max(1, batch_size // 2)
+    )
     if training:
         fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
     else:
@@ -104,22 +109,34 @@ class StepResult:
 
 
 def _global_totals(state: PhaseState, y: torch.Tensor | None) -> tuple[float, int, bool]:
-    """(class-weight total, images, whether some process has none) over all processes."""
+    """(class-weight total, images, whether some process has none) over all processes; raises on every
+    process when one of them met a non-finite loss in the step before."""
     setup = state.setup
+    bad = 1.0 if state.nonfinite is not None else 0.0
     if y is None or y.numel() == 0:
-        local = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=setup.device)
+        local = torch.tensor([0.0, 0.0, 1.0, bad], dtype=torch.float64, device=setup.device)
     else:
         w = (
-            state.class_weights[y]
+            state.class_weights[y].double().sum()
             if state.class_weights is not None
-            else torch.ones(y.numel(), device=y.device)
+            else torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)
         )
-        local = torch.stack(
-            [w.sum().double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)]
-        )
-        local = torch.cat([local, torch.zeros(1, dtype=torch.float64, device=y.device)])
+        rest = torch.tensor([float(y.numel()), 0.0, bad], dtype=torch.float64, device=y.device)
+        local = torch.cat([w.reshape(1), rest])
     total = state.all_reduce(local)
+    if total[3] > 0:
+        raise nonfinite_error(state.nonfinite or (float("nan"), state.step))
     return float(total[0]), int(total[1]), bool(total[2] > 0)
+
+
+def nonfinite_error(where: tuple[float, int]) -> TrainError:
+    """``where``: (the loss, its step; -1: somewhere in the epoch)."""
+    value, step = where
+    at = f"at step {step}" if step >= 0 else "during the epoch (in one of the training processes)"
+    return TrainError(
+        f"the training loss became {value} {at}",
+        hint="lower the learning rate (train.adapt_lr / train.finetune_lr), or use fp32 precision",
+    )
 
 
 def train_step(state: PhaseState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -162,16 +179,15 @@ def train_step_global(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor
             state.optimizer.step()
     except (RuntimeError, torch.OutOfMemoryError) as e:
         if is_oom(e):
-            raise oom_error(int(x.shape[0]), setup, training=True) from e
+            raise oom_error(int(x.shape[0]) * state.world_size, setup, True, state.world_size) from e
         raise
     state.scheduler.step()
     state.step += 1
     value = float(share.detach())
     if not math.isfinite(value):
-        raise TrainError(
-            f"the training loss became {value} at step {state.step}",
-            hint="lower the learning rate (train.adapt_lr / train.finetune_lr), or use fp32 precision",
-        )
+        if not distributed:
+            raise nonfinite_error((value, state.step))
+        state.nonfinite = (value, state.step)  # all processes stop together at the next step (or epoch end)
     correct = int((logits.detach().argmax(dim=1) == y).sum())
     return StepResult(value, correct, int(y.numel()), global_images)
 
@@ -202,7 +218,8 @@ def train_epoch(
         lr_min = min(lr_min, lr)
         progress.update(1, items=r.images, loss=loss_sum / images, acc=correct / images, lr=lr)
         if on_step is not None:
-            on_step(state.step, r.loss * state.world_size if state.world_size > 1 else r.loss, lr)
+            # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
+            on_step(state.step, r.loss * state.world_size, lr)
     seconds = time.perf_counter() - start
     return EpochStats(
         loss=loss_sum / images if images else float("nan"),
@@ -224,6 +241,8 @@ def merge_epoch_stats(stats: EpochStats, reduce: Reduce, device: torch.device) -
         torch.tensor([stats.loss_sum, stats.correct, stats.images], dtype=torch.float64, device=device)
     )
     loss_sum, correct, images = float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
+    if not math.isfinite(loss_sum):  # the same sum on every process: all stop together
+        raise nonfinite_error((loss_sum, -1))
     return EpochStats(
         loss=loss_sum / images if images else float("nan"),
         accuracy=correct / images if images else 0.0,
@@ -302,6 +321,7 @@ def predict_batches(
 
 def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     """The predictions of several processes' parts of a split as one, in dataset order."""
+    parts = [p for p in parts if len(p.index)] or list(parts[:1])
     if len(parts) == 1:
         return parts[0]
     index = np.concatenate([p.index for p in parts])

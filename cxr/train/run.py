@@ -17,7 +17,6 @@ the processes and gathered, rank 0 alone writes the run directory and decides wh
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 import zlib
@@ -295,13 +294,11 @@ def _start_run(
         weights=weights,
         stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
         metrics_log=MetricsLog(mdir),
-        tracker=make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m))
-        if ctx.is_main
-        else NullTracker(),
+        tracker=_make_tracker(ctx, cfg, m),
         train_set=train_set,
         val_set=val_set,
-        train_bad=BadImages(train_set, cfg.data.max_bad_fraction),
-        val_bad=BadImages(val_set, cfg.data.max_bad_fraction),
+        train_bad=BadImages(train_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
+        val_bad=BadImages(val_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
         progress_stream=progress_stream,
         seed=seed,
         ctx=ctx,
@@ -320,6 +317,15 @@ def _start_run(
 
         on_main(ctx, fresh)
     return run
+
+
+def _make_tracker(ctx: DistContext, cfg: TrainConfig, m: MemberConfig) -> Tracker:
+    """Rank 0's tracker (Comet, when configured); the other processes log nothing."""
+    made: list[Tracker] = []
+    on_main(
+        ctx, lambda: made.append(make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m)))
+    )
+    return made[0] if made else NullTracker()
 
 
 def _build_model(
@@ -396,6 +402,7 @@ def _read_resume(run: MemberRun) -> ResumeBook:
             hint="use another run_dir, or --set train.resume=false to train from scratch",
             path=run.member_dir,
         )
+    run.metrics_log.reset(keep_through_epoch=info.epoch)
     stopped = bool(book.get("stopped_early", False))
     finished = info.epoch + 1 >= run.cfg.train.epochs or stopped
     state = None
@@ -419,8 +426,6 @@ def _apply_resume(run: MemberRun, book: ResumeBook) -> None:
     run.stopper = EarlyStopping.from_state(book.early_stopping)
     for path in book.bad_train:
         run.train_bad.paths[path] = "unreadable (before resume)"
-    if run.ctx.is_main:
-        run.metrics_log.reset(keep_through_epoch=book.epoch)
     if run.next_epoch >= run.cfg.train.epochs or run.stopped_early:
         log.info(
             "%s finished training earlier (epoch %d); writing its predictions",
@@ -449,14 +454,23 @@ def _apply_resume(run: MemberRun, book: ResumeBook) -> None:
     log.info("resuming %s after epoch %d", run.member.name, book.epoch + 1)
 
 
+def _rng_state(run: MemberRun) -> dict[str, torch.Tensor | None]:
+    """This process's RNG states: the CPU's and, on a GPU, the CUDA device's (GPU dropout draws there)."""
+    cuda = run.setup.device.type == "cuda"
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(run.setup.device) if cuda else None,
+    }
+
+
 def _restore_rng(run: MemberRun, state: dict[str, Any]) -> None:
-    """Each process continues its own dropout RNG stream (saved per process)."""
+    """Each process continues its own dropout RNG streams (saved per process)."""
     per_rank = state.get("rng_ranks")
     if isinstance(per_rank, list | tuple) and len(per_rank) == run.ctx.world_size:
-        torch.set_rng_state(per_rank[run.ctx.rank])
+        mine = per_rank[run.ctx.rank]
     elif run.ctx.is_main:
-        torch.set_rng_state(state["rng"])
-        if per_rank is not None and len(per_rank) != run.ctx.world_size:
+        mine = {"cpu": state["rng"], "cuda": state.get("cuda_rng")}
+        if per_rank is not None:
             log.warning(
                 "%s was trained by %d processes and resumes with %d: the global batches and their order "
                 "stay the same, the other processes' dropout masks do not",
@@ -464,6 +478,11 @@ def _restore_rng(run: MemberRun, state: dict[str, Any]) -> None:
                 len(per_rank),
                 run.ctx.world_size,
             )
+    else:
+        return
+    torch.set_rng_state(mine["cpu"])
+    if mine.get("cuda") is not None and run.setup.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], run.setup.device)
 
 
 def _phase_name(cfg: TrainConfig, epoch: int) -> str:
@@ -491,9 +510,7 @@ def _enter_phase(run: MemberRun, phase: str) -> PhaseState:
     scheduler = make_scheduler(optimizer, settings.scheduler, max(1, len(_train_loader(run, 0))))
     scaler = torch.amp.GradScaler("cuda") if run.setup.use_scaler else None
     step = run.phase.step if run.phase is not None else run.resumed_step
-    if run.ctx.enabled and run.phase is not None:
-        run.phase = None  # DDP registers the trainable parameters when wrapping: drop the old wrapper first
-        gc.collect()
+    # a new DDP wrapper per phase: DDP registers the trainable parameters when it wraps the model
     run.phase = PhaseState(
         wrap_ddp(run.ctx, run.model, run.setup.device),
         run.weights,
@@ -622,8 +639,7 @@ def _record_epoch(
         "best": improved,
         "bad_images": len(run.train_bad.paths) + len(run.val_bad.paths),
     }
-    if run.ctx.is_main:
-        run.metrics_log.append(row)
+    on_main(run.ctx, partial(run.metrics_log.append, row))
     run.tracker.log_metrics(
         {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
     )
@@ -679,7 +695,7 @@ def _save_epoch(
     run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
 ) -> None:
     info = _checkpoint_info(run, current, epoch, phase, val)
-    rng_ranks = all_gather_object(run.ctx, torch.get_rng_state()) if run.ctx.enabled else None
+    rng_ranks = all_gather_object(run.ctx, _rng_state(run)) if run.ctx.enabled else None
 
     def write() -> CheckpointInfo | None:
         best = None
@@ -696,6 +712,7 @@ def _save_epoch(
             "scheduler": current.scheduler.state_dict(),
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
+            "cuda_rng": _rng_state(run)["cuda"],
         }
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
