@@ -85,6 +85,7 @@ def test_overrides(override: str, check: object) -> None:
             "unknown metric",
             "did you mean macro_f1",
         ),
+        (minimal(train={"dist_timeout_s": 0}), [], "train.dist_timeout_s must be positive", None),
         (minimal(models=["densnet121"]), [], "unknown backbone 'densnet121'", "did you mean densenet121"),
         (minimal(models=[{"backbone": "vgg19", "input_size": 16}]), [], "too small", "at least 32"),
         (minimal(models=["vgg19", "vgg19"]), [], "appear twice", "name"),
