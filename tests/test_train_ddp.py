@@ -198,11 +198,17 @@ def test_a_torchrun_worker_without_a_process_group_refuses_to_train(
     assert not (tmp_path / "run").exists()
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def torchrun_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("WORLD_SIZE", None)
+    return env
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cxr"]
-    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, env=torchrun_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -224,4 +230,33 @@ def test_cxr_train_base_under_torchrun(manifest: Path, single: Path, tmp_path: P
     writes = [line for line in done.stderr.splitlines() if "wrote checkpoint" in line]
     assert writes and all(line.startswith("[rank 0]") for line in writes), writes
     assert "[rank 1]" in done.stderr  # both processes ran (and said so with --verbose)
+    assert_same_training(tmp_path / "run" / "members" / "tiny", single)
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_through_c10d_rendezvous(manifest: Path, single: Path, tmp_path: Path) -> None:
+    """Two torchrun agents of one process each, as on two machines: rank 1 has LOCAL_RANK 0."""
+    import socket
+
+    import yaml
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(raw_cfg(tmp_path / "run", manifest)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"),
+        *("--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=cxr-test"),
+        *("-m", "cxr", "train", "base", "--config", str(config), "--all", "-q"),
+    ]
+    agents = [
+        subprocess.Popen(
+            node, cwd=tmp_path, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [a.communicate(timeout=600) for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count("run directory:") for out, _ in outputs) == 1
     assert_same_training(tmp_path / "run" / "members" / "tiny", single)

@@ -280,7 +280,8 @@ def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Mod
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    # buffers (BatchNorm statistics) are sent from rank 0 at every forward pass: DDP's default
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def convert_sync_batchnorm(
