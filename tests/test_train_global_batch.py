@@ -19,7 +19,7 @@ from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.device import DeviceSetup  # noqa: E402
 from cxr.train.distributed import sync_batchnorm  # noqa: E402
 from cxr.train.errors import TrainError  # noqa: E402
-from cxr.train.loop import PhaseState, train_step_global  # noqa: E402
+from cxr.train.loop import PhaseState, train_step  # noqa: E402
 
 CPU = DeviceSetup(device=torch.device("cpu"), amp_dtype=None, channels_last=False, pin_memory=False)
 
@@ -57,7 +57,7 @@ def test_two_shares_give_the_gradient_of_the_whole_batch(weighted: bool, split: 
     grads = []
     for rank, (xs, ys) in enumerate(shares):
         mine = copy.deepcopy(model)
-        result = train_step_global(state_for(mine, weights, partner(totals[1 - rank])), xs, ys)
+        result = train_step(state_for(mine, weights, partner(totals[1 - rank])), xs, ys)
         assert result is not None and result.global_images == 9 and result.images == len(ys)
         grads.append([p.grad.clone() for p in mine.parameters()])
     for averaged, want in zip(zip(*grads, strict=True), ref.parameters(), strict=True):
@@ -68,7 +68,7 @@ def test_a_step_where_the_partner_has_no_image_is_skipped() -> None:
     model = nn.Linear(6, 4)
     empty = torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
     state = state_for(model, None, partner(empty))
-    assert train_step_global(state, torch.randn(3, 6), torch.tensor([0, 1, 2])) is None
+    assert train_step(state, torch.randn(3, 6), torch.tensor([0, 1, 2])) is None
     assert state.step == 0 and all(p.grad is None for p in model.parameters())
 
 
@@ -81,7 +81,7 @@ def test_a_non_finite_loss_in_any_process_stops_every_process(who: str) -> None:
     if who == "this process":
         state.nonfinite = (float("nan"), 7)
     with pytest.raises(TrainError, match="training loss became nan") as info:
-        train_step_global(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))
+        train_step(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))
     assert info.value.hint is not None and "learning rate" in info.value.hint
 
 
@@ -91,10 +91,10 @@ def test_a_non_finite_share_is_reported_to_all_at_the_next_step() -> None:
         model.weight.fill_(float("inf"))
     zeros = torch.tensor([3.0, 3.0, 0.0, 0.0], dtype=torch.float64)
     state = state_for(model, None, partner(zeros))
-    r = train_step_global(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))  # no raise yet: the others
+    r = train_step(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))  # no raise yet: the others
     assert r is not None and state.nonfinite is not None  # would wait for this process in the next step
     with pytest.raises(TrainError, match=f"at step {state.step}"):
-        train_step_global(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))
+        train_step(state, torch.randn(3, 6), torch.tensor([0, 1, 2]))
 
 
 def test_unreadable_images_are_checked_over_all_processes() -> None:

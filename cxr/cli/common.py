@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, TypeVar
 
 import typer
@@ -13,6 +14,15 @@ import typer
 from cxr.errors import CxrError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ProviderChoice(str, Enum):
+    """The onnxruntime providers a command can ask for (`cxr-predict`, `cxr serve`)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
 
 
 def echo_error(err: CxrError) -> None:

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from cxr.cli.common import handle_errors
+from cxr.cli.common import ProviderChoice, handle_errors
 from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor, PredictorConfig
+    from cxr.runtime.progress import ProgressBar
     from cxr.runtime.scan import ScanResult
     from cxr.runtime.types import Prediction
 
@@ -40,13 +44,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-class ProviderChoice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
 
 
 class Engine(str, Enum):
@@ -159,6 +156,36 @@ def _open_predictor(
     return Predictor.from_path(resolve_model(model), cfg)
 
 
+@dataclass
+class _ScanHooks:
+    """Where a scan streams its rows, and the progress bar it drives (created once the work is known)."""
+
+    stream: TextIO
+    show_bar: bool
+    bar: ProgressBar | None = None
+
+    def on_start(self, todo: int, skipped: int) -> None:
+        from cxr.runtime.progress import ProgressBar
+
+        self.bar = ProgressBar(todo, typer.get_text_stream("stderr"), enabled=todo > 0 and self.show_bar)
+
+    def on_batch(self, preds: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(len(preds))
+
+
+@contextmanager
+def _scan_progress(output: Path | None, silent: bool) -> Iterator[_ScanHooks]:
+    """Rows go to stdout unless ``output``; no bar when ``silent`` or when the rows fill the terminal."""
+    stdout = typer.get_text_stream("stdout")
+    hooks = _ScanHooks(stdout, show_bar=not silent and not (output is None and stdout.isatty()))
+    try:
+        yield hooks
+    finally:
+        if hooks.bar is not None:
+            hooks.bar.close()
+
+
 def _summary_text(result: ScanResult, classes: tuple[str, ...]) -> str:
     width = max(len(c) for c in (*classes, "failed", "total"))
     lines = ["", f"{'class':<{width}}  files"]
@@ -264,7 +291,6 @@ def scan(
     Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx.
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
-    from cxr.runtime.progress import ProgressBar
     from cxr.runtime.scan import ScanConfig, scan_folder
 
     _setup_logging(verbose)
@@ -299,24 +325,10 @@ def scan(
         resume=resume,
         overwrite=overwrite,
     )
-    stderr = typer.get_text_stream("stderr")
-    stdout = typer.get_text_stream("stdout")
-    rows_to_terminal = output is None and stdout.isatty()
-    bar: list[ProgressBar] = []
-
-    def on_start(todo: int, skipped: int) -> None:
-        bar.append(
-            ProgressBar(todo, stderr, enabled=todo > 0 and not (quiet or json_out or rows_to_terminal))
+    with _scan_progress(output, quiet or json_out) as hooks:
+        result = scan_folder(
+            predictor, cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch
         )
-
-    def on_batch(preds: Any) -> None:
-        bar[0].update(len(preds))
-
-    try:
-        result = scan_folder(predictor, cfg, stream=stdout, on_start=on_start, on_batch=on_batch)
-    finally:
-        if bar:
-            bar[0].close()
     if json_out:
         summary = {**result.to_dict(), "model": predictor.describe(), "notice": NOTICE}
         typer.echo(json.dumps(summary), err=output is None)
@@ -344,7 +356,6 @@ def _scan_with_ray(
 ) -> int:
     """`scan --engine ray`: the local scan's rows and summary (cxr.runtime.ray_scan); returns the exit code."""
     from cxr.runtime.locate import resolve_model
-    from cxr.runtime.progress import ProgressBar
     from cxr.runtime.ray_scan import RayScanConfig, ray_scan
 
     if predictor_cfg.session.device_id:
@@ -367,24 +378,8 @@ def _scan_with_ray(
         address=address,
         ray_logs=verbose,
     )
-    stderr = typer.get_text_stream("stderr")
-    stdout = typer.get_text_stream("stdout")
-    rows_to_terminal = output is None and stdout.isatty()
-    bar: list[ProgressBar] = []
-
-    def on_start(todo: int, skipped: int) -> None:
-        bar.append(
-            ProgressBar(todo, stderr, enabled=todo > 0 and not (quiet or json_out or rows_to_terminal))
-        )
-
-    def on_batch(preds: Any) -> None:
-        bar[0].update(len(preds))
-
-    try:
-        result = ray_scan(cfg, stream=stdout, on_start=on_start, on_batch=on_batch)
-    finally:
-        if bar:
-            bar[0].close()
+    with _scan_progress(output, quiet or json_out) as hooks:
+        result = ray_scan(cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch)
     if json_out:
         summary = {**result.to_dict(), "model": result.model, "notice": NOTICE}
         typer.echo(json.dumps(summary), err=output is None)

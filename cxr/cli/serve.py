@@ -13,15 +13,8 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import ProviderChoice, handle_errors, setup_logging
 from cxr.errors import ConfigError, ModelError
-
-
-class Provider(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
 
 
 class LogLevel(str, Enum):
@@ -51,8 +44,8 @@ def serve(
         Path | None, typer.Option(help="Write the bound port to this file once listening (for --port 0).")
     ] = None,
     provider: Annotated[
-        Provider, typer.Option(envvar="CXR_PROVIDER", help="onnxruntime provider.")
-    ] = Provider.auto,
+        ProviderChoice, typer.Option(envvar="CXR_PROVIDER", help="onnxruntime provider.")
+    ] = ProviderChoice.auto,
     threads: Annotated[
         int | None,
         typer.Option(envvar="CXR_THREADS", help="onnxruntime intra-op threads (default: all cores)."),

@@ -39,16 +39,9 @@ def fmt_ci(value: float | None, ci: Interval, pct: bool = True) -> str:
     return f"{fmt(value, pct)} [{fmt(ci.low, pct)}, {fmt(ci.high, pct)}]"
 
 
-def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> str:
-    """Plain-text comparison table (what the CLI and the demo print)."""
-    head = (
-        "method",
-        f"accuracy [{confidence:.0%} CI]",
-        f"macro-F1 [{confidence:.0%} CI]",
-        "macro ROC-AUC",
-        "ECE",
-    )
-    rows = [
+def summary_rows(methods: Sequence[MethodResult]) -> list[tuple[str, str, str, str, str]]:
+    """Per method: name, accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE (the text and Markdown tables)."""
+    return [
         (
             m.name,
             fmt_ci(m.metrics.accuracy, m.accuracy_ci),
@@ -58,6 +51,18 @@ def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> s
         )
         for m in methods
     ]
+
+
+def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> str:
+    """Plain-text comparison table (what the CLI and the demo print)."""
+    head = (
+        "method",
+        f"accuracy [{confidence:.0%} CI]",
+        f"macro-F1 [{confidence:.0%} CI]",
+        "macro ROC-AUC",
+        "ECE",
+    )
+    rows = summary_rows(methods)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
@@ -196,16 +201,7 @@ def write_reports(
         from cxr.evaluate.plots import write_figures
 
         figures = write_figures(methods, classes, out, cfg.ece_bins)
-    rows = [
-        (
-            m.name,
-            fmt_ci(m.metrics.accuracy, m.accuracy_ci),
-            fmt_ci(m.metrics.macro_f1, m.macro_f1_ci),
-            fmt(m.metrics.macro_roc_auc),
-            fmt(m.metrics.ece),
-        )
-        for m in methods
-    ]
+    rows = summary_rows(methods)
     md_text = markdown(
         cfg,
         methods,

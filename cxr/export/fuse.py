@@ -46,6 +46,7 @@ from cxr.export.fuse_verify import (
     check_separate,
     measure_latency,
 )
+from cxr.export.onnx_files import model_nbytes, onnx_size_bytes, save_onnx
 from cxr.labels import NOTICE
 from cxr.runtime.session import file_sha256
 from cxr.spec import ModelMetadata, PreprocessSpec
@@ -147,16 +148,6 @@ class FuseResult:
         return self.files["fp32"].parity
 
 
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    total = 0
-    for t in model.graph.initializer:
-        if t.raw_data:
-            total += len(t.raw_data)
-        else:
-            total += int(np.prod(t.dims, dtype=np.int64)) * 4
-    return total
-
-
 def _simplify(model: onnx.ModelProto, weight_bytes: int) -> tuple[onnx.ModelProto, bool, str]:
     if weight_bytes > 1_500_000_000:
         return (
@@ -241,26 +232,10 @@ def _metadata(
     return ModelMetadata(classes=tuple(info["classes"]), preprocess=pre, input_format="uint8_gray", card=card)
 
 
-def _save(model: onnx.ModelProto, path: Path, weight_bytes: int, threshold: int) -> bool:
-    """Save ``model``; use one external data file when the weights approach the protobuf limit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data_file = path.with_name(path.name + ".data")
-    if data_file.exists():
-        data_file.unlink()
-    external = weight_bytes > threshold
-    if external:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_file.name,
-            size_threshold=256,
-        )
-        onnx.checker.check_model(str(path), full_check=True)
-    else:
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save_model(model, str(path))
+def _save(model: onnx.ModelProto, path: Path, threshold: int) -> bool:
+    """Save ``model`` (one external data file when the weights approach the protobuf limit) and check it."""
+    external = save_onnx(model, path, threshold)
+    onnx.checker.check_model(str(path), full_check=True)
     return external
 
 
@@ -275,7 +250,7 @@ def _build_one(
     fp32_sha256: str | None = None,
 ) -> tuple[FusedFile, FusedGraph, SeparatePipeline]:
     fused = build_fused(members, meta, cfg.input_size)
-    weight_bytes = _initializer_bytes(fused.model)
+    weight_bytes = model_nbytes(fused.model)
     model, simplified, note = (
         fused.model,
         False,
@@ -290,16 +265,14 @@ def _build_one(
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, md.to_props())
     model.doc_string = f"cxr stacking ensemble ({precision}). {NOTICE}"
-    external = _save(model, out, weight_bytes, cfg.external_data_threshold)
+    external = _save(model, out, cfg.external_data_threshold)
     orders = {r.member: r.order for r in fused.resizes}
     reference = SeparatePipeline(members, meta.path, fused.input_size, orders, cfg.threads)
     parity = check_separate(
         out, reference, batches=cfg.batches, tolerance=tolerance, rng=rng, threads=cfg.threads
     )
-    data_file = out.with_name(out.name + ".data")
-    size = out.stat().st_size + (data_file.stat().st_size if external and data_file.is_file() else 0)
     return (
-        FusedFile(precision, out, file_sha256(out), size, external, simplified, note, parity),
+        FusedFile(precision, out, file_sha256(out), onnx_size_bytes(out), external, simplified, note, parity),
         fused,
         reference,
     )

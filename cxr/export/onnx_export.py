@@ -16,7 +16,6 @@ Steps: trace at ``trace_batch`` (>= 2: a batch-1 trace can bake the batch into R
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import shutil
@@ -35,6 +34,13 @@ import torch
 
 from cxr.errors import ConfigError, ModelError, VerificationError
 from cxr.export.flops import count_flops
+from cxr.export.onnx_files import (
+    external_data_path,
+    model_nbytes,
+    onnx_sha256,
+    onnx_size_bytes,
+    save_onnx,
+)
 from cxr.export.verify import compare_logits, onnx_logits, torch_logits
 from cxr.spec import ModelMetadata
 
@@ -597,47 +603,6 @@ def read_metadata(path: Path) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, source=str(path))
 
 
-def model_nbytes(proto: onnx.ModelProto) -> int:
-    """Approximate serialized size: initializer bytes (the weights dominate every CNN)."""
-    from cxr.export.flops import _tensor_bytes
-
-    total = sum(_tensor_bytes(t) for t in proto.graph.initializer)
-    for node in proto.graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                total += _tensor_bytes(a.t)
-    return total
-
-
-def save_onnx(proto: onnx.ModelProto, path: Path, threshold: int) -> bool:
-    """Write ``proto`` to ``path``; weights go to ``<name>.data`` when they exceed ``threshold`` bytes.
-
-    Returns whether external data was used. Saving with external data moves the weights out of ``proto``,
-    so pass a copy if you still need the weights in memory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = external_data_path(path)
-    if data.exists():
-        data.unlink()
-    external = model_nbytes(proto) > threshold
-    if external:
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data.name,
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(proto, str(path))
-    return external
-
-
-def external_data_path(path: Path) -> Path:
-    return path.with_name(path.name + ".data")
-
-
 def _move_into_place(staged: Path, out: Path) -> None:
     """Move a staged file (and its external data) to ``out``, removing a stale data file there."""
     data_src, data_dst = external_data_path(staged), external_data_path(out)
@@ -646,25 +611,6 @@ def _move_into_place(staged: Path, out: Path) -> None:
     if data_src.exists():
         shutil.move(str(data_src), str(data_dst))
     staged.replace(out)
-
-
-def onnx_size_bytes(path: Path) -> int:
-    data = external_data_path(path)
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def onnx_sha256(path: Path) -> str:
-    """SHA-256 of the .onnx file, followed by its external data file when it has one.
-
-    Without external data (every paper member) this equals ``sha256sum model.onnx``.
-    """
-    h = hashlib.sha256()
-    for p in (path, external_data_path(path)):
-        if p.exists():
-            with p.open("rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

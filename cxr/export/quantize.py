@@ -41,6 +41,7 @@ from cxr.export.onnx_export import (
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     INPUT_NAME,
     _move_into_place,
+    external_data_path,
     onnx_sha256,
     onnx_size_bytes,
     read_metadata,
@@ -334,7 +335,7 @@ def _rejected(
     settings: dict[str, Any],
     report: VerifyReport | None = None,
 ) -> VariantResult:
-    for stale in (out, out.with_name(out.name + ".data")):
+    for stale in (out, external_data_path(out)):
         if stale.exists():
             stale.unlink()
     log.warning("%s variant %s rejected: %s", precision, out.name, reason)
@@ -360,7 +361,7 @@ def _fp32_metadata(src: Path) -> ModelMetadata:
 
 
 def _external(src: Path) -> bool:
-    return src.with_name(src.name + ".data").exists()
+    return external_data_path(src).exists()
 
 
 def _check_common(inputs: np.ndarray, min_agreement: float, what: str) -> None:

@@ -36,6 +36,7 @@ from cxr.export.onnx_export import (
     ExportResult,
     check_opset,
     export_onnx,
+    external_data_path,
     onnx_sha256,
     read_metadata,
 )
@@ -415,9 +416,7 @@ def _remove_stale_variants(out: Path, fp32_sha: str, keep: Sequence[str]) -> lis
             recorded = None
         if recorded != fp32_sha:
             vpath.unlink()
-            data = vpath.with_name(vpath.name + ".data")
-            if data.exists():
-                data.unlink()
+            external_data_path(vpath).unlink(missing_ok=True)
             notes.append(f"removed stale {vpath.name} (made from an earlier {out.name})")
     return notes
 

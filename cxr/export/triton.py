@@ -19,7 +19,6 @@ external-data files. No Triton, tritonclient or protobuf dependency: the config 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from cxr import __version__
 from cxr.errors import ConfigError, ModelError
 from cxr.labels import NOTICE
+from cxr.runtime.session import file_sha256
 from cxr.spec import REEXPORT_HINT, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -324,14 +324,6 @@ def external_data_files(path: Path) -> list[str]:
             if loc and loc not in found:
                 found.append(loc)
     return found
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- rendering

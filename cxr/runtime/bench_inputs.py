@@ -18,7 +18,6 @@ Anything else is refused as a metadata hash mismatch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 
 from cxr.errors import ConfigError, DataError, ModelError
 from cxr.runtime.bench_onnx_header import InputInfo, read_onnx_header
-from cxr.runtime.session import file_sha256
+from cxr.runtime.session import file_sha256, files_sha256
 from cxr.spec import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -121,17 +120,8 @@ def inspect_model(path: Path | str) -> ModelFile:
         )
     sha = file_sha256(path)
     data = path.with_name(path.name + ".data")
-    content = _content_sha256(path, data) if data.is_file() else sha
+    content = files_sha256((path, data)) if data.is_file() else sha
     return ModelFile(path, sha, metadata, header.inputs[0], content)
-
-
-def _content_sha256(path: Path, data: Path) -> str:
-    h = hashlib.sha256()
-    for p in (path, data):
-        with p.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def same_model(a: ModelFile, b: ModelFile) -> bool:

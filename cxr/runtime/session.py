@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,10 +65,17 @@ class SessionInfo:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of one file (``sha256sum``)."""
+    return files_sha256([path], chunk)
+
+
+def files_sha256(paths: Iterable[Path], chunk: int = 1 << 20) -> str:
+    """One SHA-256 over the files' bytes, one after the other (a model and its external data, say)."""
     h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    for path in paths:
+        with Path(path).open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

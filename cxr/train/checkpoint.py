@@ -12,7 +12,6 @@ checks the hash and loads the weights strictly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from torch import nn
 
 import cxr
 from cxr.errors import ModelError
+from cxr.runtime.session import file_sha256
 from cxr.spec import PreprocessSpec
 from cxr.train.errors import CheckpointError
 
@@ -98,14 +98,6 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_which(which: str) -> None:

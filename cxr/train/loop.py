@@ -139,26 +139,18 @@ def nonfinite_error(where: tuple[float, int]) -> TrainError:
     )
 
 
-def train_step(state: PhaseState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    """Forward, weighted loss, backward, optimiser and scheduler step; returns (loss, correct)."""
-    r = train_step_global(state, x, y)
-    if r is None:  # only under DDP, when another process had no readable image
-        return float("nan"), 0
-    return r.loss, r.correct
-
-
-def train_step_global(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None) -> StepResult | None:
+def train_step(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None) -> StepResult | None:
     """One optimisation step on this process's share of a global batch; ``None``: skipped everywhere."""
     setup = state.setup
     distributed = state.world_size > 1
+    y = None if x is None or y is None else y.to(setup.device, non_blocking=setup.pin_memory)
     if distributed:
-        y = None if y is None else y.to(setup.device, non_blocking=setup.pin_memory)
-        weight_total, global_images, someone_empty = _global_totals(state, None if x is None else y)
-        if someone_empty or x is None or y is None:
+        weight_total, global_images, someone_empty = _global_totals(state, y)
+        if someone_empty:
             return None
-    elif x is None or y is None:
+    if x is None or y is None:
         return None
-    x, y = setup.to_input(x), y.to(setup.device, non_blocking=setup.pin_memory)
+    x = setup.to_input(x)
     try:
         with setup.autocast():
             logits = state.model(x)
@@ -206,7 +198,7 @@ def train_epoch(
     loss_sum, correct, images, skipped = 0.0, 0, 0, 0
     for batch in loader:
         bad.add(batch.bad)
-        r = train_step_global(state, batch.x, batch.y if batch.x is not None else None)
+        r = train_step(state, batch.x, batch.y)
         if r is None:
             skipped += 1
             progress.update(1)
