@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench rehearse clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cxr needs Python >= 3.10, found " + sys.version.split()[0])'
@@ -31,6 +31,10 @@ test: $(STAMP) lint typecheck
 	@# pytest exit 5 means "no tests collected": treat it as a failure, never as success.
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The paper path on the real sample in ../shared (CPU, ~30 min): runs/rehearse/, see benchmarks/rehearsal.md
+rehearse: $(STAMP)
+	BIN=$(BIN) scripts/rehearse.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_cpu.py

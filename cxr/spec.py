@@ -139,3 +139,31 @@ class ModelMetadata:
         if not classes or len(set(classes)) != len(classes):
             raise ModelError(f"{source}: invalid class list {classes!r}", hint=REEXPORT_HINT, path=source)
         return cls(classes=classes, preprocess=spec, input_format=input_format, card=card)
+
+
+def provenance_warnings(card: Mapping[str, Any]) -> tuple[str, ...]:
+    """Plain warnings about what trained a model, for every place a result is shown.
+
+    Reads the card's ``dataset`` (``synthetic``) and the starting weights (``pretrained.source`` of the
+    model or of each ensemble member). A card without provenance (made before cxr recorded it) says so.
+    """
+    dataset = card.get("dataset")
+    members = card.get("members")
+    starts = [m.get("pretrained") for m in members if isinstance(m, Mapping)] if members else []
+    if not members:
+        starts = [card.get("pretrained")]
+    out: list[str] = []
+    if not isinstance(dataset, Mapping) or not all(isinstance(s, Mapping) for s in starts):
+        out.append(
+            "this model's card does not say what data and weights trained it (made before cxr recorded "
+            "provenance): treat its output as unverified"
+        )
+    if isinstance(dataset, Mapping) and dataset.get("synthetic"):
+        out.append(
+            f"this model was trained on SYNTHETIC images ({dataset.get('name', 'unnamed data set')}): it shows "
+            "that the pipeline works and must not be used on patients"
+        )
+    sources = [s.get("source") for s in starts if isinstance(s, Mapping)]
+    if sources and all(s == "random" for s in sources):
+        out.append("every part of this model was trained from random weights (no ImageNet pre-training)")
+    return tuple(out)

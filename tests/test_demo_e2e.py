@@ -58,6 +58,30 @@ def test_every_stage_ran_and_left_its_artefacts(demo_run: tuple[Path, str]) -> N
     assert "stacking" in output and NOTICE in output
 
 
+def test_console_shows_every_verification_verdict(demo_run: tuple[Path, str]) -> None:
+    _, output = demo_run
+    for m in ("resnet", "efficientnet", "convnext"):
+        fp32 = [
+            line for line in output.splitlines() if line.strip().startswith(f"{m} ") and "ONNX fp32" in line
+        ]
+        assert len(fp32) == 1 and "max |dp|" in fp32[0] and "top-1 agreement" in fp32[0], output
+        assert fp32[0].endswith("-> PASS"), fp32[0]
+        int8 = [line for line in output.splitlines() if line.strip().startswith(f"{m} ") and "INT8:" in line]
+        assert len(int8) == 1 and "bar 99%" in int8[0], output
+        assert int8[0].endswith(("-> accepted", "-> refused (not used)")), int8[0]
+    assert "3 of 3 members match PyTorch" in output
+    assert "fused fp32 vs separate members + meta-learner (batches 1, 8)" in output
+    assert "fused fp32 vs PyTorch members + scikit-learn meta-learner on" in output
+    assert (
+        output.index("== export: running") < output.index("ONNX fp32 vs PyTorch") < output.index("== stack")
+    )
+    assert (
+        output.index("== fuse: running")
+        < output.index("fused fp32 vs separate")
+        < output.index("== evaluate")
+    )
+
+
 def test_the_fused_model_is_self_describing(demo_run: tuple[Path, str]) -> None:
     run, _ = demo_run
     sess = ort.InferenceSession(str(run / "ensemble.onnx"), providers=["CPUExecutionProvider"])
@@ -90,6 +114,8 @@ def test_rerun_skips_every_stage_and_force_redoes_from_there(demo_run: tuple[Pat
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 0, res.output
     assert res.output.count("up to date, skipped") == len(STAGES)
+    assert res.output.count("verdicts when it last ran:") == 2  # export and fuse replay their checks
+    assert "fused fp32 vs PyTorch members + scikit-learn meta-learner" in res.output
     res = CliRunner().invoke(app, [*base, "--force", "scan"])
     assert res.exit_code == 0, res.output
     assert "== scan: running" in res.output and "== bench: running" in res.output

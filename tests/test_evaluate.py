@@ -172,3 +172,30 @@ def test_evaluation_needs_neither_torch_nor_scikit_learn(run: Path, tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "report.json").is_file()
+
+
+@pytest.mark.parametrize("agree_with_truth", [True, False])
+def test_a_baseline_joins_the_table_with_a_test_against_stacking(
+    tmp_path: Path, agree_with_truth: bool
+) -> None:
+    """The linear probe (or any reference) is a row beside the members, tested against stacking."""
+    from cxr.train.predictions import PredictionTable, read_predictions, write_predictions
+
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run"))
+    fit_meta(MetaConfig(run, cv_folds=3))
+    ref = read_predictions(run / "members" / "alpha" / "predictions" / "test.csv")
+    y = ref.label_indices()
+    k = len(ref.classes)
+    guess = y if agree_with_truth else (y + 1) % k
+    probs = np.eye(k)[guess] * 0.9 + 0.1 / k
+    order = np.random.default_rng(0).permutation(len(y))  # the baseline may list images in any order
+    table = PredictionTable(
+        "probe", "test", ref.manifest_digest, ref.classes, tuple(np.array(ref.paths)[order]),
+        tuple(np.array(ref.labels)[order]), probs[order],
+    )  # fmt: skip
+    write_predictions(table, run / "baselines" / "probe")
+    res = evaluate(EvalConfig(run, n_bootstrap=50, plots=False))
+    row = res.method("baseline:probe")
+    assert row.metrics.accuracy == (1.0 if agree_with_truth else 0.0)
+    assert "stacking_vs_probe" in res.tests and "probe (baseline)" in res.table
+    assert "only the test split" in res.report_md.read_text()  # the validation split's three jobs are said

@@ -58,7 +58,20 @@ def invoke(*args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run = make_run(tmp_path_factory.mktemp("export_run"))
-    code, out = invoke("export", str(run), "--variants", "fp16,int8", "--max-val", "8", "--random", "4")
+    # untrained tiny members on 8 synthetic images: the INT8 bar itself is tested in test_export_quantize;
+    # here every variant must be written, so the bar is lowered below what random weights can promise
+    code, out = invoke(
+        "export",
+        str(run),
+        "--variants",
+        "fp16,int8",
+        "--max-val",
+        "8",
+        "--random",
+        "4",
+        "--min-agreement",
+        "0.75",
+    )
     assert code == 0, out
     return run, out
 

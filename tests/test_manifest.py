@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.data.manifest import SPLITS, SplitConfig, build_manifest, load_manifest, split_sizes
+from cxr.data.manifest import SPLITS, SplitConfig, build_manifest, format_counts, load_manifest, split_sizes
 from cxr.errors import DataError
 from cxr.labels import CLASSES
 from tests.dataset_factory import make_dataset, write_png
@@ -124,3 +124,21 @@ def test_bad_fractions(tmp_path: Path, fractions: tuple[float, ...]) -> None:
 
 def test_classes_constant_matches_kaggle_folders() -> None:
     assert CLASSES == ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.2])
+def test_an_optional_blend_split_comes_out_of_train(dataset: Path, tmp_path: Path, blend: float) -> None:
+    plain = build_manifest(SplitConfig(dataset, tmp_path / "a.csv", seed=0)).manifest
+    res = build_manifest(SplitConfig(dataset, tmp_path / "b.csv", seed=0, blend=blend)).manifest
+    by_split = {s: {r.path for r in res.split(s)} for s in res.splits()}
+    assert ("blend" in res.splits()) == (blend > 0)
+    assert {r.path for r in res.split("val")} == {
+        r.path for r in plain.split("val")
+    }  # val and test unchanged
+    assert {r.path for r in res.split("test")} == {r.path for r in plain.split("test")}
+    if blend:
+        assert by_split["blend"] and not by_split["blend"] & by_split["train"]
+        assert by_split["blend"] | by_split["train"] == {r.path for r in plain.split("train")}
+        assert "blend" in format_counts(res).splitlines()[0]
+    else:
+        assert "blend" not in format_counts(res)

@@ -10,7 +10,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
@@ -19,9 +18,8 @@ from cxr.data.manifest import load_manifest  # noqa: E402
 from cxr.errors import ConfigError, DataError  # noqa: E402
 from cxr.train.meta import MetaConfig, fit_meta  # noqa: E402
 from cxr.train.meta_features import LeakageError, MemberOrderError, check_member_order  # noqa: E402
-from cxr.train.meta_oof import FoldRecord, stratified_folds, write_oof  # noqa: E402
 from cxr.train.meta_synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
-from cxr.train.predictions import PredictionTable, read_predictions, write_predictions  # noqa: E402
+from cxr.train.predictions import read_predictions, write_predictions  # noqa: E402
 
 MEMBERS = {"alpha": 2.0, "beta": 1.0, "gamma": 1.5}
 
@@ -133,56 +131,40 @@ def test_member_order_check_names_the_difference(expected: tuple, given: tuple, 
     check_member_order(expected, expected)
 
 
-# --- out-of-fold predictions -------------------------------------------------------------------------------
+def test_only_validation_predictions_train_the_meta_learner(run: Path) -> None:
+    """``oof`` was offered without anything producing it: it is gone, and any other source is refused."""
+    with pytest.raises(ConfigError, match="source 'oof' is not allowed"):
+        _cfg(run, source="oof")
 
 
-def _write_oof(run: Path, *, leak: bool = False, drop_folds: bool = False) -> None:
-    manifest = load_manifest(run / "manifest.csv", check_files=False)
-    train = manifest.split("train")
-    paths = [r.path for r in train]
-    labels = [r.label for r in train]
-    fold_of = stratified_folds(paths, labels, 3, rng=np.random.default_rng(0))
-    trained = tuple(frozenset(p for p in paths if fold_of[p] != f) for f in range(3))
-    if leak:  # the fold-0 model also trained on one of its own held-out images
-        victim = next(p for p in paths if fold_of[p] == 0)
-        trained = (trained[0] | {victim}, *trained[1:])
-    rng = np.random.default_rng(1)
-    for m in MEMBERS:
-        y = np.array([manifest.classes.index(lab) for lab in labels])
-        logits = rng.normal(size=(len(y), 4)) + 2 * np.eye(4)[y]
-        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        sha = read_predictions(_pred_dir(run, m) / "val.csv").checkpoint_sha256
-        table = PredictionTable(
-            m, "oof", manifest.digest(), manifest.classes, tuple(paths), tuple(labels), probs, sha
-        )
-        write_oof(table, FoldRecord(m, manifest.digest(), 3, fold_of, trained), _pred_dir(run, m))
-        if drop_folds:
-            (_pred_dir(run, m) / "oof.folds.json").unlink()
+@pytest.mark.parametrize(
+    ("precision", "refused"), [("bf16", True), ("fp16", True), ("fp32", False), ("", False)]
+)
+def test_reduced_precision_predictions_never_train_the_meta_learner(
+    run: Path, precision: str, refused: bool
+) -> None:
+    """bf16 probabilities differ from what the FP32 graph ships; older files ('' : unknown) still load."""
+    _rewrite(run, "beta", "val", precision=precision)
+    if refused:
+        with pytest.raises(DataError, match=f"beta \\({precision}\\) were computed in reduced precision"):
+            fit_meta(_cfg(run))
+    else:
+        assert fit_meta(_cfg(run)).n_train > 0
 
 
-def test_out_of_fold_predictions_train_the_meta_learner(run: Path) -> None:
-    _write_oof(run)
-    res = fit_meta(_cfg(run, source="oof"))
-    assert res.n_train == 48  # 12 training images per class
-    assert json.loads(res.meta_json.read_text())["source"] == "oof"
+def test_a_separate_blend_split_trains_the_meta_learner(tmp_path: Path) -> None:
+    """`cxr data split --blend`: the meta-learner learns on images neither training nor early stopping saw."""
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run", members=MEMBERS, blend_per_class=6))
+    res = fit_meta(_cfg(run, source="blend"))
+    assert res.n_train == 24 and json.loads(res.meta_json.read_text())["source"] == "blend"
+    for m in MEMBERS:  # every member's blend predictions now hold one validation image
+        paths = read_predictions(_pred_dir(run, m) / "blend.csv").paths
+        _rewrite(run, m, "blend", paths=("COVID/images/COVID-val-0.png", *paths[1:]))
+    with pytest.raises(LeakageError, match="from split 'val'"):
+        fit_meta(_cfg(run, source="blend"))
 
 
-def test_out_of_fold_row_predicted_by_a_model_that_trained_on_it_is_refused(run: Path) -> None:
-    _write_oof(run, leak=True)
-    with pytest.raises(LeakageError, match="was predicted by the fold-0 model, which trained on it"):
-        fit_meta(_cfg(run, source="oof"))
-
-
-def test_out_of_fold_predictions_without_fold_record_are_refused(run: Path) -> None:
-    _write_oof(run, drop_folds=True)
-    with pytest.raises(LeakageError, match="nothing proves"):
-        fit_meta(_cfg(run, source="oof"))
-
-
-def test_stratified_folds_spread_classes() -> None:
-    paths = [f"p{i}" for i in range(30)]
-    labels = ["a"] * 15 + ["b"] * 15
-    folds = stratified_folds(paths, labels, 3, rng=np.random.default_rng(0))
-    for lab in "ab":
-        counts = np.bincount([folds[p] for p, x in zip(paths, labels, strict=True) if x == lab], minlength=3)
-        assert counts.tolist() == [5, 5, 5]
+def test_blend_source_without_a_blend_split_says_how_to_make_one(run: Path) -> None:
+    with pytest.raises(DataError, match="no blend split") as info:
+        fit_meta(_cfg(run, source="blend"))
+    assert info.value.hint is not None and "--blend" in info.value.hint

@@ -137,7 +137,7 @@ def test_model_comes_from_env_then_default_path(
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "ensemble.onnx").write_bytes(fused_model.read_bytes())
     res = runner.invoke(app, ["image", str(images / "img_000.png"), "--json"])
-    assert res.exit_code == 0 and json.loads(res.stdout)["model"]["model_path"] == "runs/demo/ensemble.onnx"
+    assert res.exit_code == 2 and "no model given" in res.stderr  # the demo model is never picked implicitly
 
 
 def test_provider_fallback_warns_and_strict_fails(images: Path, fused_model: Path, tmp_path: Path) -> None:
@@ -193,7 +193,8 @@ def test_help_documents_the_default_model_paths() -> None:
     res = runner.invoke(app, ["scan", "--help"])
     assert res.exit_code == 0
     text = " ".join(res.output.split())
-    assert "CXR_MODEL" in text and "runs/demo/ensemble.onnx" in text and "~/.cache/cxr/ensemble.onnx" in text
+    assert "CXR_MODEL" in text and "~/.cache/cxr/ensemble.onnx" in text
+    assert "never the demo model implicitly" in " ".join(text.replace("│", " ").split())
 
 
 def test_real_dicoms_through_the_cli(shared_data: Path, fused_model: Path) -> None:

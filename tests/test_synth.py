@@ -1,4 +1,5 @@
-"""Tests for the synthetic chest X-ray generator (cxr.data.synth): layout, determinism, errors, learnability."""
+"""Tests for the synthetic chest X-ray generator (cxr.data.synthetic): layout, determinism, errors, where each
+class finding lies, that it survives the demo's 32 px input, and learnability."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from cxr.data.synth import (
     render_xray,
     synthesize,
 )
+from cxr.data.synthetic.anatomy import draw_anatomy
+from cxr.data.synthetic.findings import FINDING_ZONES, FINDINGS
+from cxr.data.synthetic.render import streams
 from cxr.errors import CxrError
 from cxr.labels import CLASSES
 
@@ -185,7 +189,64 @@ def test_synth_imports_without_torch() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Learnability: hand-made zone features + numpy logistic regression beat chance but are not perfect.
+# Where each finding lies: its density map, weighted over the generator's own patient coordinates
+# ------------------------------------------------------------------------------------------------
+
+
+def _finding_stats(label: str, seed: int) -> dict[str, float]:
+    """Density-weighted position of ``label``'s finding on one patient (depth 0 apex..1 base, lateral
+    -1 medial..+1 lateral border, hilar_r distance from the hilum), and the share on the lesser side."""
+    anatomy, finding, _ = streams(np.random.default_rng(seed))
+    frame = draw_anatomy(64, anatomy)
+    density = FINDINGS[label](frame, finding)
+    assert density.shape == frame.img.shape and density.min() >= 0.0
+    total = float(density.sum())
+    if total == 0.0:
+        return {"total": 0.0}
+    w = density / total
+    right = float(w[frame.u > 0].sum())
+    assert float(density[frame.lung == 0.0].max(initial=0.0)) == 0.0  # nothing outside the lung fields
+    return {
+        "total": total,
+        "lesser_side": min(right, 1.0 - right),
+        "depth": float((w * frame.depth).sum()),
+        "lateral": float((w * frame.lateral).sum()),
+        "hilar_r": float((w * frame.hilar_radius).sum()),
+        "peak": float(density.max()),
+    }
+
+
+def test_each_finding_lies_where_the_generator_says() -> None:
+    assert set(FINDING_ZONES) == set(FINDINGS) == set(CLASSES)
+    for seed in range(12):
+        assert _finding_stats("Normal", seed)["total"] == 0.0
+        covid = _finding_stats("COVID", seed)  # bilateral, peripheral, lower zones
+        assert covid["lesser_side"] > 0.25 and covid["depth"] > 0.62 and covid["lateral"] > 0.3, covid
+        opacity = _finding_stats("Lung_Opacity", seed)  # one lung, dense
+        assert opacity["lesser_side"] < 0.02 and opacity["peak"] > covid["peak"], (opacity, covid)
+        viral = _finding_stats("Viral Pneumonia", seed)  # bilateral, perihilar (medial), mid zones
+        assert viral["lesser_side"] > 0.25 and viral["lateral"] < 0.0 and 0.4 < viral["depth"] < 0.7, viral
+        assert viral["hilar_r"] < covid["hilar_r"] - 0.05, (viral, covid)
+
+
+def test_equal_generators_draw_the_same_patient_and_the_finding_survives_32_px() -> None:
+    """Two classes from equal generators differ only by the finding, and visibly so at the demo's 32 px."""
+
+    def at_32(img: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32)
+
+    for seed in range(8):
+        normal = render_xray("Normal", np.random.default_rng(seed), 128)
+        for label in ("COVID", "Lung_Opacity", "Viral Pneumonia"):
+            sick = render_xray(label, np.random.default_rng(seed), 128)
+            np.testing.assert_array_equal(sick[:10], normal[:10])  # neck and shoulders: same patient
+            np.testing.assert_array_equal(sick[-10:], normal[-10:])  # abdomen
+            diff = at_32(sick) - at_32(normal)
+            assert diff.mean() > 2.0 and diff.max() > 25.0, (label, seed, diff.mean(), diff.max())
+
+
+# ------------------------------------------------------------------------------------------------
+# Learnability: hand-made zone features + numpy logistic regression learn the task well, not perfectly.
 # ------------------------------------------------------------------------------------------------
 
 _COLS = ((0.12, 0.25), (0.25, 0.38), (0.38, 0.47), (0.53, 0.62), (0.62, 0.75), (0.75, 0.88))
@@ -242,6 +303,7 @@ def test_findings_are_learnable_but_not_trivial() -> None:
     pred = np.argmax(((x_test - mu) / sd) @ w + b, axis=1)
     acc = float((pred == y_test).mean())
     recall = [float((pred[y_test == k] == k).mean()) for k in range(len(CLASSES))]
-    assert acc > 0.5, f"simple features reach only {acc:.2f} (chance 0.25): findings too faint"
-    assert acc < 0.97, f"simple features reach {acc:.2f}: findings are trivially separable"
-    assert min(recall) > 0.3, f"per-class recall {recall}: some class is not learnable"
+    # measured: 0.93 (recall 0.93 / 0.85 / 0.95 / 0.98); the demo's CNNs need the findings this clear
+    assert acc > 0.8, f"simple features reach only {acc:.2f} (chance 0.25): findings too faint"
+    assert acc < 0.98, f"simple features reach {acc:.2f}: findings are trivially separable"
+    assert min(recall) > 0.6, f"per-class recall {recall}: some class is not learnable"

@@ -14,6 +14,7 @@ from safetensors.torch import save_file  # noqa: E402
 from cxr.errors import ConfigError  # noqa: E402
 from cxr.train.backbones import (  # noqa: E402
     BACKBONES,
+    backbone_normalization,
     classifier,
     create_backbone,
     resolve_timm_name,
@@ -88,12 +89,40 @@ def test_pretrained_from_local_file_or_folder(
     assert got["fc.weight"].shape == (4, state["fc.weight"].shape[1])
 
 
+def test_headless_weights_file_loads_and_only_the_head_stays_random(
+    imagenet_like: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    """Backbone-only files (like the Keras Xception weights in ../shared) are common: no head is fine."""
+    _, state = imagenet_like
+    headless = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    save_file(headless, str(tmp_path / "body.safetensors"))
+    got = create_backbone("test_resnet", 3, pretrained=tmp_path / "body.safetensors", seed=0).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in headless.items())
+    missing_one = dict(headless)
+    missing_one.pop(next(k for k in headless if k.endswith("weight")))
+    save_file(missing_one, str(tmp_path / "short.safetensors"))
+    with pytest.raises(TrainError, match="1 tensor\\(s\\) missing"):
+        create_backbone("test_resnet", 3, pretrained=tmp_path / "short.safetensors")
+
+
+@pytest.mark.parametrize(
+    "name, mean, std",
+    [
+        ("xception", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Keras/TF weights scaled to [-1, 1]
+        ("densenet121", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ("vgg19", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ],
+)
+def test_normalisation_comes_from_the_pretrained_config(name: str, mean: tuple, std: tuple) -> None:
+    assert backbone_normalization(name) == (mean, std)
+
+
 @pytest.mark.parametrize(
     "where, message",
     [
         ("missing", "does not exist"),
         ("empty_dir", "no test_resnet.safetensors"),
-        ("wrong_arch", "cannot load pretrained"),
+        ("wrong_arch", "does not fit timm's test_resnet"),
     ],
 )
 def test_unavailable_weights_stop_with_how_to_provide_them(tmp_path: Path, where: str, message: str) -> None:
@@ -170,3 +199,19 @@ def test_real_backbones_freeze_all_but_their_new_head(key: str) -> None:
     train_mode(model, "finetune")
     model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("frozen_norm", [False, True])
+def test_finetune_can_keep_batchnorm_statistics_frozen(frozen_norm: bool) -> None:
+    """Keras' transfer-learning recipe: unfreeze the weights, keep BatchNorm in inference mode."""
+    model = create_backbone("test_resnet", 4, seed=0)
+    params = set_phase(model, "finetune")
+    train_mode(model, "finetune", frozen_norm=frozen_norm)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.training != frozen_norm for m in norms) and classifier(model).training
+    before = [m.running_mean.clone() for m in norms]
+    weight = norms[0].weight.detach().clone()
+    _step(model, params, 32)
+    moved = [not torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)]
+    assert (not any(moved)) if frozen_norm else all(moved)
+    assert not torch.equal(weight, norms[0].weight)  # scale and shift still learn

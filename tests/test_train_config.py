@@ -136,3 +136,53 @@ def test_resolved_config_round_trips(tmp_path: Path, name: str) -> None:
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["train.epochs=7", "models.1.pretrained=/w"])
     again = load_config(dump_config(cfg, tmp_path / "config.yaml"))
     assert again == cfg
+
+
+def test_member_normalisation_is_resolved_from_timm_and_overridable() -> None:
+    """legacy_xception's weights expect mean = std = 0.5; a member's config may say otherwise."""
+    raw = {
+        "run_dir": "r",
+        "data": {"manifest": "m.csv"},
+        "models": [
+            "xception",
+            {"name": "d", "backbone": "densenet121", "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]},
+        ],
+    }
+    cfg = config_from_dict(raw)
+    assert cfg.member("xception").spec.mean == (0.5, 0.5, 0.5) and cfg.member("xception").spec.std == (
+        0.5,
+        0.5,
+        0.5,
+    )
+    assert cfg.member("d").spec.mean == (0.5, 0.5, 0.5) and cfg.member("d").spec.std == (1.0, 1.0, 1.0)
+    raw["models"] = [{"backbone": "densenet121", "std": [0, 1, 1]}]
+    with pytest.raises(ConfigError, match="std .* must be positive"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_the_cpu_uses_bf16_only_in_hardware(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
+) -> None:
+    import torch
+
+    from cxr.train import device
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    cfg = config_from_dict({"run_dir": "r", "data": {"manifest": "m.csv"}, "models": ["densenet121"]})
+    settings = dataclasses.replace(cfg.train, device="cpu", precision="auto")
+    assert device.resolve_device(settings).precision == expected
+
+
+@pytest.mark.parametrize(("member_precision", "expected"), [(None, "bf16"), ("fp32", "fp32")])
+def test_a_member_may_train_in_its_own_precision(member_precision: str | None, expected: str) -> None:
+    model: dict = (
+        {"backbone": "vgg19"}
+        if member_precision is None
+        else {"backbone": "vgg19", "precision": member_precision}
+    )
+    cfg = config_from_dict(
+        {"run_dir": "r", "data": {"manifest": "m.csv"}, "train": {"precision": "bf16"}, "models": [model]}
+    )
+    assert cfg.settings(cfg.member("vgg19")).precision == expected and cfg.train.precision == "bf16"

@@ -145,6 +145,38 @@ def test_predict_split_helper_matches_the_files(trained: tuple[TrainConfig, run_
     assert table.paths == written.paths and np.allclose(table.probs, written.probs, atol=1e-12)
 
 
+def test_a_manifest_kept_elsewhere_is_adopted_into_the_run_dir(
+    trained: tuple[TrainConfig, run_module.TrainResult],
+) -> None:
+    """stack, fuse and evaluate read RUN_DIR/manifest.csv: training puts the run's manifest there."""
+    cfg, _ = trained
+    source = load_manifest(Path(cfg.data.manifest or ""))
+    adopted = load_manifest(Path(cfg.run_dir) / "manifest.csv")
+    assert adopted.digest() == source.digest() and adopted.root == source.root
+
+
+def test_another_split_in_the_run_dir_is_refused_not_overwritten(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    build_manifest(SplitConfig(data / "COVID-19_Radiography_Dataset", run / "manifest.csv", seed=7))
+    before = (run / "manifest.csv").read_bytes()
+    with pytest.raises(DataError, match="holds another split"):
+        train_member(make_cfg(run, data / "manifest.csv", epochs=1, adapt_epochs=0), "tiny")
+    assert (run / "manifest.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_reduced_precision_training_predicts_in_fp32(data: Path, tmp_path: Path, precision: str) -> None:
+    """The meta-learner must be fit on what the FP32 ONNX members ship, whatever trained the member."""
+    cfg = make_cfg(tmp_path / "run", data / "manifest.csv", epochs=1, adapt_epochs=0, precision=precision)
+    result = train_member(cfg, "tiny")
+    best = load_checkpoint(result.member_dir)
+    assert best.info.config["train"]["precision"] == precision
+    written = read_predictions(result.member_dir / "predictions" / "test.csv")
+    manifest = load_manifest(data / "manifest.csv")
+    fp32 = predict_split(best.model, manifest, "test", best.info.preprocess, 4, "cpu")
+    assert written.precision == "fp32" and np.allclose(written.probs, fp32.probs, atol=1e-6)
+
+
 def test_tampered_or_foreign_checkpoints_are_refused(
     trained: tuple[TrainConfig, run_module.TrainResult], tmp_path: Path
 ) -> None:

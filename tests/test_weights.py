@@ -24,3 +24,11 @@ def test_balanced_counts_give_unit_weights() -> None:
 def test_missing_class_is_named() -> None:
     with pytest.raises(DataError, match="'Lung_Opacity'"):
         class_weights({"COVID": 3, "Normal": 3, "Viral Pneumonia": 1}, CLASSES)
+
+
+@pytest.mark.parametrize(("cap", "expected_rare"), [(None, 90.25), (10.0, 10.0), (100.0, 90.25)])
+def test_a_cap_bounds_the_weight_of_a_near_empty_class(cap: float | None, expected_rare: float) -> None:
+    counts = {"COVID": 120, "Lung_Opacity": 1, "Normal": 120, "Viral Pneumonia": 120}  # the real sample
+    w = class_weights(counts, CLASSES, cap)
+    assert w[CLASSES.index("Lung_Opacity")] == pytest.approx(expected_rare)
+    assert w[CLASSES.index("COVID")] == pytest.approx(361 / 480)

@@ -45,19 +45,67 @@ def split(
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.1,
     test: Annotated[float, typer.Option(help="Test fraction.")] = 0.1,
+    blend: Annotated[
+        float,
+        typer.Option(
+            help="Blend fraction, taken out of train: a fourth split only the meta-learner sees "
+            "(`cxr train stack --source blend`), so validation serves early stopping alone."
+        ),
+    ] = 0.0,
+    near_dup_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Near-duplicates: images whose 256-bit perceptual hashes (pHash) differ in at most this "
+            "many bits are kept but put in one split (default 24, measured in benchmarks/near_duplicates.md).",
+            show_default=False,
+        ),
+    ] = None,
+    no_near_dups: Annotated[
+        bool,
+        typer.Option("--no-near-dups", help="Turn near-duplicate grouping off (exact duplicates still go)."),
+    ] = False,
 ) -> None:
-    """Deduplicate by pixel hash and write a stratified, seeded train/val/test manifest."""
+    """Deduplicate by pixel hash, keep near-duplicates together, and write a stratified, seeded train/val/test
+    manifest."""
+    from cxr.data import near_duplicates as nd
     from cxr.data.manifest import SplitConfig, build_manifest, format_counts
+    from cxr.errors import ConfigError
 
-    res = build_manifest(
-        SplitConfig(data_dir=data_dir, out=out, seed=seed, fractions=(1 - val - test, val, test))
+    if no_near_dups and near_dup_threshold is not None:
+        raise ConfigError(
+            f"--no-near-dups and --near-dup-threshold {near_dup_threshold} contradict each other",
+            hint="pass one of them",
+        )
+    threshold = (
+        None if no_near_dups else nd.DEFAULT_THRESHOLD if near_dup_threshold is None else near_dup_threshold
     )
+    res = build_manifest(
+        SplitConfig(
+            data_dir=data_dir,
+            out=out,
+            seed=seed,
+            fractions=(1 - val - test, val, test),
+            blend=blend,
+            near_duplicate_threshold=threshold,
+        )
+    )
+    meta = res.csv_path.with_suffix(".json")
     typer.echo(f"manifest: {res.csv_path} ({len(res.manifest.rows)} images, root {res.manifest.root})")
     typer.echo(format_counts(res.manifest))
     if res.duplicates:
-        typer.echo(
-            f"{len(res.duplicates)} exact duplicate(s) dropped (listed in {res.csv_path.with_suffix('.json')})"
-        )
+        typer.echo(f"{len(res.duplicates)} exact duplicate(s) dropped (listed in {meta})")
+    if threshold is None:
+        typer.echo("near-duplicate grouping off")
+    else:
+        groups = res.near_duplicate_groups
+        how = f"{nd.HASH_NAME}, threshold {threshold} bits"
+        if groups:
+            typer.echo(
+                f"{len(groups)} near-duplicate group(s) of {sum(len(g) for g in groups)} images, each kept in "
+                f"one split ({how}; listed in {meta})"
+            )
+        else:
+            typer.echo(f"no near-duplicates found ({how})")
     if res.conflicts:
         typer.secho(
             f"{len(res.conflicts)} image(s) excluded: identical pixels under different classes "

@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 train.app.command("stack")(stack.stack)
+train.app.command("probe")(stack.probe)
 app.command("export")(export.export)
 app.command("verify")(export.verify)
 app.command("fuse")(stack.fuse)

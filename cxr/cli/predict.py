@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -31,14 +31,14 @@ if TYPE_CHECKING:
     from cxr.runtime.types import Prediction
 
 MODEL_HELP = (
-    "cxr ONNX model (fused ensemble or single member). Default: $CXR_MODEL, else ./runs/demo/ensemble.onnx "
-    "(what `make demo` builds), else ~/.cache/cxr/ensemble.onnx."
+    "cxr ONNX model (fused ensemble or single member). Default: $CXR_MODEL, else "
+    "~/.cache/cxr/ensemble.onnx; the demo's runs/demo/ensemble.onnx (synthetic data) is never picked implicitly."
 )
 
 app = typer.Typer(
     name="cxr-predict",
     help=f"Classify chest X-rays (PNG, JPEG, BMP, TIFF, WebP, DICOM) with a cxr ONNX model on onnxruntime. "
-    f"Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx. "
+    f"Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly). "
     f"Exit codes: 0 all files predicted, 1 some files failed, 2 usage or model error. {NOTICE}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -186,7 +186,13 @@ def _scan_progress(output: Path | None, silent: bool) -> Iterator[_ScanHooks]:
             hooks.bar.close()
 
 
-def _summary_text(result: ScanResult, classes: tuple[str, ...]) -> str:
+def _echo_warnings(predictor: Predictor) -> None:
+    """What trained the model (synthetic data, random weights, no provenance), plainly, on stderr."""
+    for w in predictor.describe()["provenance_warnings"]:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+
+
+def _summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequence[str] = ()) -> str:
     width = max(len(c) for c in (*classes, "failed", "total"))
     lines = ["", f"{'class':<{width}}  files"]
     lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
@@ -204,6 +210,7 @@ def _summary_text(result: ScanResult, classes: tuple[str, ...]) -> str:
         lines.append(f"failed: {err if err.startswith(path) else f'{path}: {err}'}")
     if result.failed > 5:
         lines.append(f"... and {result.failed - 5} more failures (see the error column)")
+    lines += [f"warning: {w}" for w in warnings]
     lines.append(NOTICE)
     return "\n".join(lines)
 
@@ -288,7 +295,7 @@ def scan(
 ) -> None:
     """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
 
-    Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx.
+    Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
     from cxr.runtime.scan import ScanConfig, scan_folder
@@ -333,7 +340,9 @@ def scan(
         summary = {**result.to_dict(), "model": predictor.describe(), "notice": NOTICE}
         typer.echo(json.dumps(summary), err=output is None)
     elif not quiet:
-        typer.echo(_summary_text(result, predictor.classes), err=True)
+        typer.echo(
+            _summary_text(result, predictor.classes, predictor.describe()["provenance_warnings"]), err=True
+        )
     raise typer.Exit(code=result.exit_code)
 
 
@@ -390,7 +399,12 @@ def _scan_with_ray(
             f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
             err=True,
         )
-        typer.echo(_summary_text(result.scan, tuple(result.model["classes"])), err=True)
+        typer.echo(
+            _summary_text(
+                result.scan, tuple(result.model["classes"]), result.model.get("provenance_warnings", ())
+            ),
+            err=True,
+        )
     return result.exit_code
 
 
@@ -425,7 +439,7 @@ def image(
 ) -> None:
     """Classify the given files and print each result (class, confidence, every class probability).
 
-    Model: --model, else $CXR_MODEL, else ./runs/demo/ensemble.onnx, else ~/.cache/cxr/ensemble.onnx.
+    Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
     from cxr.runtime.results import json_record
@@ -448,6 +462,7 @@ def image(
     elif quiet:
         for p in preds:
             typer.echo(f"{p.source}\t{p.label if p.ok else 'ERROR'}")
+        _echo_warnings(predictor)
         typer.echo(NOTICE, err=True)
     else:
         for p in preds:
@@ -455,6 +470,7 @@ def image(
         typer.echo(
             f"provider '{predictor.provider}', model {predictor.model_id} ({predictor.model_path.name})"
         )
+        _echo_warnings(predictor)
         typer.echo(NOTICE)
     raise typer.Exit(code=1 if failed else 0)
 

@@ -7,7 +7,6 @@ Thin commands over ``cxr.train.meta.fit_meta``, ``cxr.export.fuse.fuse`` and
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,11 +15,6 @@ import typer
 from cxr.cli.common import handle_errors
 from cxr.errors import ConfigError
 from cxr.labels import NOTICE
-
-
-class Source(str, Enum):
-    val = "val"
-    oof = "oof"
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -43,9 +37,11 @@ def stack(
         str | None, typer.Option(help="Comma-separated member order (default: every member folder, sorted).")
     ] = None,
     source: Annotated[
-        Source,
-        typer.Option(help="val: validation predictions (blending); oof: K-fold out-of-fold predictions."),
-    ] = Source.val,
+        str,
+        typer.Option(
+            help="val: the validation split (blending); blend: the blend split of `cxr data split --blend`."
+        ),
+    ] = "val",
     estimator: Annotated[
         str, typer.Option(help="Meta-learner: logistic_regression (default), lda or gaussian_nb.")
     ] = "logistic_regression",
@@ -62,16 +58,14 @@ def stack(
         MetaConfig(
             run_dir=run_dir,
             members=_names(members),
-            source=source.value,
+            source=source,  # type: ignore[arg-type]  # MetaConfig refuses anything but val/blend
             estimator=estimator,
             cv_folds=cv_folds,
             seed=seed,
             opset=opset,
         )
     )
-    typer.echo(
-        f"meta-learner {res.estimator} {json.dumps(res.params)} on {res.n_train} {source.value} images"
-    )
+    typer.echo(f"meta-learner {res.estimator} {json.dumps(res.params)} on {res.n_train} {source} images")
     typer.echo(f"  members (feature order): {', '.join(res.members)}")
     cv = res.cv_metrics
     typer.echo(
@@ -150,4 +144,35 @@ def evaluate(
     for w in res.warnings:
         typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"report: {res.report_md} (+ {res.report_json.name}, {len(res.figures)} figures)")
+    typer.echo(NOTICE)
+
+
+@handle_errors
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with manifest.csv.")],
+    pretrained: Annotated[
+        str, typer.Option(help="ImageNet weights: a weights file or folder, or 'true' for timm's download.")
+    ] = "true",
+    backbone: Annotated[
+        str, typer.Option(help="Frozen backbone (a cxr member name or timm model).")
+    ] = "xception",
+    input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
+) -> None:
+    """The linear probe baseline: logistic regression on a frozen ImageNet backbone's pooled features."""
+    from cxr.train.probe import ProbeConfig, linear_probe
+
+    weights: bool | Path = True if pretrained.lower() == "true" else Path(pretrained)
+    res = linear_probe(
+        ProbeConfig(
+            run_dir=run_dir, backbone=backbone, pretrained=weights, input_size=input_size, threads=threads
+        )
+    )
+    t = res.test_metrics
+    macro = "undefined" if t["macro_f1"] is None else format(t["macro_f1"], ".1%")
+    typer.echo(
+        f"linear probe ({backbone}, frozen, {input_size} px, C={res.c:g}, {res.n_train} training images, "
+        f"{res.seconds:.0f} s): test accuracy {t['accuracy']:.1%}, macro-F1 {macro} on {t['n']} images"
+    )
+    typer.echo(f"wrote {res.out_dir} (`cxr evaluate` adds it to the comparison as a baseline)")
     typer.echo(NOTICE)

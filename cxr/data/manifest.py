@@ -2,9 +2,14 @@
 
 Takes: a data set folder (``SplitConfig``). Makes: ``manifest.csv`` (path relative to the data root, class,
 split, sha256 of the decoded pixels) and ``manifest.json`` beside it (root, seed, fractions, counts,
-duplicates, label conflicts, skipped files). Exact duplicates (same pixels) are found by hash before
-splitting: within a class one copy is kept, across classes all copies are excluded as label conflicts.
-The split is stratified per class and seeded; the same inputs and seed give the same manifest.
+duplicates, label conflicts, near-duplicate groups, skipped files). Exact duplicates (same pixels) are found
+by hash before splitting: within a class one copy is kept, across classes all copies are excluded as label
+conflicts.
+Near-duplicates (resized, re-encoded, slightly brightened copies: perceptual hashes within
+``SplitConfig.near_duplicate_threshold`` bits, see ``cxr.data.near_duplicates``) are then grouped and KEPT,
+but each group goes to ONE split, so no copy of a radiograph is in train while another is in val or test.
+The split is stratified per class and seeded over groups (a lone image is a group of one); the same inputs
+and seed give the same manifest, and with no near-duplicates it is the split of images as before.
 A rare class fills train first, then val, then test.
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data import near_duplicates as nd
 from cxr.data.layout import scan_dataset
 from cxr.errors import DataError, DecodeError
 from cxr.imaging.decode import pixel_hash
@@ -28,7 +34,12 @@ from cxr.labels import CLASSES
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+BLEND = "blend"
+"""The optional fourth split (``SplitConfig.blend``): images only the meta-learner sees, so that the
+validation split keeps to early stopping and the choice of the best member."""
+ALL_SPLITS: tuple[str, ...] = ("train", "val", BLEND, "test")
 COLUMNS = ("path", "class", "split", "sha256")
+Unit = list[tuple[str, str, str]]  # (relpath, class, sha) of images that go to one split together
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,11 @@ class SplitConfig:
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     classes: tuple[str, ...] = CLASSES
+    blend: float = 0.0  # fraction of each class carved out of train for a separate blend split
+    near_duplicate_threshold: int | None = nd.DEFAULT_THRESHOLD  # None: no near-duplicate grouping
 
     def __post_init__(self) -> None:
+        nd.check_threshold(self.near_duplicate_threshold)
         if (
             len(self.fractions) != 3
             or any(f < 0 for f in self.fractions)
@@ -48,6 +62,11 @@ class SplitConfig:
             raise DataError(
                 f"split fractions {self.fractions} must be three non-negative numbers summing to 1",
                 hint="for example 0.8 0.1 0.1",
+            )
+        if not 0 <= self.blend < self.fractions[0]:
+            raise DataError(
+                f"blend fraction {self.blend} must be at least 0 and below the train fraction {self.fractions[0]}",
+                hint="for example --blend 0.1 (taken out of train: 0.7 train, 0.1 blend, 0.1 val, 0.1 test)",
             )
 
 
@@ -67,15 +86,20 @@ class Manifest:
     path: Path | None = None
 
     def split(self, name: str) -> tuple[ManifestRow, ...]:
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}", hint=f"use one of {', '.join(SPLITS)}")
+        if name not in ALL_SPLITS:
+            raise DataError(f"unknown split {name!r}", hint=f"use one of {', '.join(ALL_SPLITS)}")
         return tuple(r for r in self.rows if r.split == name)
+
+    def splits(self) -> tuple[str, ...]:
+        """train, val, test, and blend where the manifest has one (in pipeline order)."""
+        has_blend = any(r.split == BLEND for r in self.rows)
+        return tuple(s for s in ALL_SPLITS if s != BLEND or has_blend)
 
     def abspath(self, row: ManifestRow) -> Path:
         return self.root / row.path
 
     def counts(self) -> dict[str, dict[str, int]]:
-        table = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        table = {s: {c: 0 for c in self.classes} for s in self.splits()}
         for r in self.rows:
             table[r.split][r.label] += 1
         return table
@@ -102,6 +126,16 @@ class ManifestResult:
     conflicts: tuple[tuple[str, str, str], ...]  # (path, class, sha256) excluded: same pixels in 2+ classes
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (path, reason)
     warnings: tuple[str, ...] = field(default=())
+    near_duplicate_groups: tuple[tuple[str, ...], ...] = field(default=())  # kept, each in one split
+
+
+def _split_at(pos: int, n_train: int, n_val: int, n_blend: int) -> str:
+    """The split of the image placed at ``pos`` in a class's shuffled order: train, blend, val, test."""
+    if pos < n_train:
+        return "train"
+    if pos < n_train + n_blend:
+        return BLEND
+    return "val" if pos < n_train + n_blend + n_val else "test"
 
 
 def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -112,15 +146,29 @@ def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int
 
 
 def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None = None) -> ManifestResult:
-    """Scan, hash, deduplicate, split and write the manifest (see the module docstring)."""
+    """Scan, hash, deduplicate, group near-duplicates, split and write the manifest (see the module docstring).
+
+    A near-duplicate group is split as one unit under the class of its representative (its first path);
+    every image keeps its own label. A group whose images carry different labels is KEPT, in one split,
+    with a warning, unlike exact cross-class duplicates (excluded): identical pixels under two labels are
+    certainly a label error, a perceptual match is strong evidence but not proof, and excluding on it
+    would drop distinct radiographs that merely look alike, while one split already closes the leakage.
+    """
+    threshold = cfg.near_duplicate_threshold
+    if threshold is not None:
+        nd.require_imagehash()  # fail before the scan, not after it
     scan = scan_dataset(cfg.data_dir, cfg.classes)
     skipped = [(str(p), why) for p, why in scan.skipped]
     hashed: list[tuple[str, str, str]] = []  # (relpath, class, sha)
+    phashes: dict[str, np.ndarray] = {}
     total = len(scan.records)
     for i, rec in enumerate(scan.records):
         rel = rec.path.relative_to(scan.root).as_posix()
         try:
-            hashed.append((rel, rec.label, pixel_hash(rec.path)))
+            sha = pixel_hash(rec.path)
+            if threshold is not None:
+                phashes[rel] = nd.hash_file(rec.path)
+            hashed.append((rel, rec.label, sha))
         except DecodeError as e:
             skipped.append((str(rec.path), e.message))
             log.debug("skipping %s", e.message)
@@ -140,30 +188,66 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
         group = sorted(group)
         keep[group[0][1]].append((group[0][0], sha))
         duplicates.extend((rel, group[0][0]) for rel, _ in group[1:])
+    kept = sorted(rel for items in keep.values() for rel, _ in items)
+    groups = () if threshold is None else nd.group_paths(kept, [phashes[r] for r in kept], threshold)
     rows: list[ManifestRow] = []
+    by_class = _units(keep, groups, cfg.classes)
     for ci, c in enumerate(cfg.classes):
-        items = sorted(keep[c])
+        units = by_class[c]
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, ci]))
-        order = rng.permutation(len(items))
-        n_train, n_val, _ = split_sizes(len(items), cfg.fractions)
-        for rank, idx in enumerate(order):
-            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-            rel, sha = items[int(idx)]
-            rows.append(ManifestRow(rel, c, split, sha))
+        order = rng.permutation(len(units))
+        n_total = sum(len(u) for u in units)
+        n_train, n_val, _ = split_sizes(n_total, cfg.fractions)
+        n_blend = min(int(np.floor(n_total * cfg.blend + 1e-9)), max(n_train - 1, 0))
+        n_train -= n_blend  # train keeps at least one image of the class
+        pos = 0  # images placed before this unit: the unit goes where its first image would go
+        for idx in order:
+            split = _split_at(pos, n_train, n_val, n_blend)
+            rows.extend(ManifestRow(rel, label, split, sha) for rel, label, sha in units[int(idx)])
+            pos += len(units[int(idx)])
     if not rows:
         raise DataError(f"no readable image left in {scan.root}", hint="check the files", path=scan.root)
-    rows.sort(key=lambda r: (SPLITS.index(r.split), cfg.classes.index(r.label), r.path))
+    rows.sort(key=lambda r: (ALL_SPLITS.index(r.split), cfg.classes.index(r.label), r.path))
     manifest = Manifest(scan.root.resolve(), tuple(rows), cfg.classes, Path(cfg.out))
     warnings = [
         f"split '{s}' has no image of class '{c}'" for s, cs in manifest.missing_classes().items() for c in cs
     ]
+    warnings.extend(_mixed_group_warnings(manifest, groups))
     for w in warnings:
         log.debug(w)
     result = ManifestResult(
-        manifest, Path(cfg.out), tuple(duplicates), tuple(conflicts), tuple(skipped), tuple(warnings)
+        manifest, Path(cfg.out), tuple(duplicates), tuple(conflicts), tuple(skipped), tuple(warnings), groups
     )
     write_manifest(result, cfg)
     return result
+
+
+def _units(
+    keep: dict[str, list[tuple[str, str]]], groups: tuple[tuple[str, ...], ...], classes: tuple[str, ...]
+) -> dict[str, list[Unit]]:
+    """Per class, the units to split, sorted by first path: a near-duplicate group (under its first path's
+    class) or a lone image. Without groups this is the per-class sorted image list of earlier versions."""
+    label_sha = {rel: (c, sha) for c, items in keep.items() for rel, sha in items}
+    units: dict[str, list[Unit]] = {c: [] for c in classes}
+    for g in groups:
+        units[label_sha[g[0]][0]].append([(rel, *label_sha[rel]) for rel in g])
+    grouped = {rel for g in groups for rel in g}
+    for c, items in keep.items():
+        units[c].extend([(rel, c, sha)] for rel, sha in items if rel not in grouped)
+    return {c: sorted(u) for c, u in units.items()}
+
+
+def _mixed_group_warnings(manifest: Manifest, groups: tuple[tuple[str, ...], ...]) -> list[str]:
+    row = {r.path: r for r in manifest.rows}
+    out = []
+    for g in groups:
+        labels = sorted({row[p].label for p in g}, key=manifest.classes.index)
+        if len(labels) > 1:
+            out.append(
+                f"near-duplicate group of {len(g)} images spans classes {', '.join(labels)}: kept together "
+                f"in split '{row[g[0]].split}'; check their labels ({', '.join(g)})"
+            )
+    return out
 
 
 def _meta_path(csv_path: Path) -> Path:
@@ -183,6 +267,7 @@ def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
         "root": str(m.root),
         "seed": cfg.seed,
         "fractions": list(cfg.fractions),
+        "blend": cfg.blend,
         "classes": list(m.classes),
         "counts": m.counts(),
         "digest": m.digest(),
@@ -190,6 +275,9 @@ def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
         "label_conflicts": [list(c) for c in result.conflicts],
         "skipped": [list(s) for s in result.skipped],
         "warnings": list(result.warnings),
+        "near_duplicate_hash": None if cfg.near_duplicate_threshold is None else nd.HASH_NAME,
+        "near_duplicate_threshold": cfg.near_duplicate_threshold,
+        "near_duplicate_groups": [list(g) for g in result.near_duplicate_groups],
     }
     _meta_path(out).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
@@ -216,7 +304,7 @@ def load_manifest(path: Path, *, check_files: bool = True, root: Path | None = N
                 path=path,
             )
         for lineno, rec in enumerate(reader, start=2):
-            if len(rec) != 4 or rec[1] not in classes or rec[2] not in SPLITS:
+            if len(rec) != 4 or rec[1] not in classes or rec[2] not in ALL_SPLITS:
                 raise DataError(
                     f"{path}:{lineno}: malformed row {rec}", hint="re-create the manifest", path=path
                 )
@@ -243,10 +331,11 @@ def format_counts(manifest: Manifest) -> str:
     """A plain-text table of class counts per split (rows: classes, columns: splits and total)."""
     counts = manifest.counts()
     width = max(len(c) for c in manifest.classes) + 2
-    lines = [f"{'class':<{width}}" + "".join(f"{s:>8}" for s in SPLITS) + f"{'total':>8}"]
+    splits = manifest.splits()
+    lines = [f"{'class':<{width}}" + "".join(f"{s:>8}" for s in splits) + f"{'total':>8}"]
     for c in manifest.classes:
-        vals = [counts[s][c] for s in SPLITS]
+        vals = [counts[s][c] for s in splits]
         lines.append(f"{c:<{width}}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
-    totals = [sum(counts[s].values()) for s in SPLITS]
+    totals = [sum(counts[s].values()) for s in splits]
     lines.append(f"{'total':<{width}}" + "".join(f"{v:>8}" for v in totals) + f"{sum(totals):>8}")
     return "\n".join(lines)

@@ -7,8 +7,13 @@ from collections.abc import Mapping
 from cxr.errors import DataError
 
 
-def class_weights(counts: Mapping[str, int], classes: tuple[str, ...]) -> tuple[float, ...]:
-    """Weights in ``classes`` order; a class with no training image is an error that names it."""
+def class_weights(
+    counts: Mapping[str, int], classes: tuple[str, ...], cap: float | None = None
+) -> tuple[float, ...]:
+    """Weights in ``classes`` order; a class with no training image is an error that names it.
+
+    ``cap``: no weight above it (a class of one image in 361 would otherwise weigh 90 times the rest).
+    """
     missing = [c for c in classes if counts.get(c, 0) <= 0]
     if missing:
         raise DataError(
@@ -18,4 +23,4 @@ def class_weights(counts: Mapping[str, int], classes: tuple[str, ...]) -> tuple[
         )
     n = sum(counts[c] for c in classes)
     k = len(classes)
-    return tuple(n / (k * counts[c]) for c in classes)
+    return tuple(min(n / (k * counts[c]), cap if cap is not None else float("inf")) for c in classes)

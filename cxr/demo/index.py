@@ -73,6 +73,15 @@ def write_index(
                 else f"| {name} | ? | ? | {m.get('epochs')} |"
             )
         lines.append("")
+    checks = [
+        (name, state.get(name, {}).get("summary", {}).get("verdicts", [])) for name in ("export", "fuse")
+    ]
+    if any(lines_ for _, lines_ in checks):
+        lines += ["## Verification", "", "```"]
+        for name, verdicts in checks:
+            if verdicts:
+                lines += [f"{name}:", *verdicts]
+        lines += ["```", ""]
     ev = state.get("evaluate", {}).get("summary", {})
     if ev:
         lines += [

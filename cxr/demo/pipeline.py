@@ -104,12 +104,16 @@ def _stage_train(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     return out
 
 
-def _stage_export(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
+def _stage_export(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
+    from cxr.demo.verdicts import export_verdicts
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
     res = export_run(RunExportConfig(run_dir=p.run, variants=cfg.variants, threads=cfg.threads, strict=False))
-    raise_for_failures(res)
-    return {"report": str(p.onnx / "export_report.md")}
+    verdicts = export_verdicts(res)
+    for line in verdicts:
+        echo(line)
+    raise_for_failures(res)  # after the verdicts, so the console shows which member failed and why
+    return {"report": str(p.onnx / "export_report.md"), "verdicts": verdicts}
 
 
 def _stage_stack(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
@@ -125,7 +129,8 @@ def _stage_stack(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
     }
 
 
-def _stage_fuse(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
+def _stage_fuse(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
+    from cxr.demo.verdicts import fuse_verdicts
     from cxr.export.fuse import FuseConfig, fuse, run_members
 
     members, meta = run_members(p.run)
@@ -134,13 +139,19 @@ def _stage_fuse(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
         meta,
         FuseConfig(out=p.ensemble, variants=cfg.variants, run_dir=p.run, threads=cfg.threads, seed=cfg.seed),
     )
+    verdicts = fuse_verdicts(res)
+    for line in verdicts:
+        echo(line)
     files = {
         k: {"path": str(f.path), "mib": round(f.path.stat().st_size / 2**20, 1)} for k, f in res.files.items()
     }
+    parity = res.parity
     return {
         "files": files,
         "skipped_variants": res.skipped_variants,
-        "parity_max_abs": res.parity.max_abs if hasattr(res.parity, "max_abs") else None,
+        "parity_max_abs": max(parity.max_abs_diff_probabilities, parity.max_abs_diff_member_probabilities),
+        "end_to_end_top1_identical": None if res.end_to_end is None else res.end_to_end.top1_identical,
+        "verdicts": verdicts,
     }
 
 
@@ -253,14 +264,14 @@ def build_stages(cfg: DemoConfig, echo: Echo) -> list[Stage]:
         ),
         Stage(
             "export",
-            lambda: _stage_export(cfg, p),
+            lambda: _stage_export(cfg, p, echo),
             params={"variants": list(cfg.variants)},
             outputs=lambda: [p.onnx],
         ),
         Stage("stack", lambda: _stage_stack(cfg, p), outputs=lambda: [p.stack]),
         Stage(
             "fuse",
-            lambda: _stage_fuse(cfg, p),
+            lambda: _stage_fuse(cfg, p, echo),
             params={"variants": list(cfg.variants)},
             outputs=lambda: [p.ensemble],
         ),
@@ -293,6 +304,10 @@ def run_demo(cfg: DemoConfig, echo: Echo = lambda s: None) -> DemoResult:
     def end(rec: StageRecord) -> None:
         if rec.ran:
             echo(f"   {rec.name} done in {rec.seconds:.1f} s")
+        elif rec.summary.get("verdicts"):  # the checks of the run that made these artefacts
+            echo("   verdicts when it last ran:")
+            for line in rec.summary["verdicts"]:
+                echo(line)
 
     records = run_stages(build_stages(cfg, echo), p.run, force=cfg.force, on_start=start, on_end=end)
     state = json.loads((p.run / "stages.json").read_text())

@@ -9,7 +9,9 @@ probability) and stacking (the converted meta-learner run by onnxruntime on the 
 probabilities, the graph that ships). Metrics per method: accuracy, macro/weighted precision/recall/F1,
 per-class precision/recall/F1, one-vs-rest ROC-AUC, ECE, confusion matrix; paired bootstrap 95% intervals
 for accuracy and macro-F1; McNemar's test of stacking against the best single member (chosen on the
-validation split, so the test split does not pick its own winner) and against soft voting.
+validation split, so the test split does not pick its own winner) and against soft voting. Baselines from
+``RUN_DIR/baselines/<name>/`` (the frozen-feature linear probe of ``cxr train probe``) join the table, each
+with a McNemar test against stacking.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cxr.evaluate.metrics import Metrics, classification_metrics
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
 from cxr.evaluate.voting import majority_vote, soft_vote
 from cxr.train.meta_features import META_PROP, MetaData, check_member_order, load_split, read_meta_json
+from cxr.train.predictions import read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,29 @@ def choose_best_member(run_dir: Path, members: tuple[str, ...], test: MetaData) 
     return best[3], f"highest {source} accuracy ({best[0]:.4f}), ties by macro-F1 then member order", notes
 
 
+BASELINES = "baselines"
+
+
+def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reference methods outside the ensemble (e.g. ``cxr train probe``'s linear probe), in ``data``'s row order.
+
+    Reads ``RUN_DIR/baselines/<name>/<split>.csv`` (prediction tables); one made on another manifest or
+    other images is left out with a note.
+    """
+    found: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for path in sorted((Path(run_dir) / BASELINES).glob(f"*/{split}.csv")):
+        table = read_predictions(path)
+        if table.manifest_digest != data.manifest_digest or set(table.paths) != set(data.paths):
+            notes.append(
+                f"baseline {path.parent.name} left out: it was made on other images or another split"
+            )
+            continue
+        row = {p: i for i, p in enumerate(table.paths)}
+        found[path.parent.name] = table.probs[[row[p] for p in data.paths]]
+    return found, notes
+
+
 def _pp(d: float) -> str:
     return f"{abs(d) * 100:.1f} percentage points"
 
@@ -237,6 +263,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         (MAJORITY, "majority voting", MAJORITY, maj_scores, maj_labels),
         (STACKING, f"stacking ({meta_json.get('type')})", STACKING, stack_probs, stack_labels),
     ]
+    baselines, notes = load_baselines(run_dir, cfg.split, data)
+    warnings += notes
+    entries += [
+        (f"baseline:{name}", f"{name} (baseline)", "baseline", p, None) for name, p in baselines.items()
+    ]
     preds = {key: (np.argmax(p, axis=1) if lab is None else lab) for key, _, _, p, lab in entries}
     rng = np.random.default_rng(cfg.seed)
     cis = (
@@ -270,6 +301,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             correct[STACKING], correct[SOFT], a="stacking", b="soft voting", exact_below=cfg.exact_below
         ),
     }
+    for name in baselines:
+        tests[f"stacking_vs_{name}"] = mcnemar(
+            correct[STACKING], correct[f"baseline:{name}"], a="stacking", b=name, exact_below=cfg.exact_below
+        )
     helps, verdict = _verdict(by_key, best, tests, cfg.alpha)
     undefined = methods[0].metrics.undefined_classes
     for c in undefined:

@@ -112,6 +112,10 @@ def markdown(
         f"Meta-learner: {meta_json.get('type')} {json.dumps(meta_json.get('params'))}, trained on "
         f"{meta_json.get('n_train')} {meta_json.get('source')} predictions.",
         "",
+        "The validation split serves three purposes here: each member's early stopping (its best epoch), the "
+        "meta-learner's training set, and the choice of the best single member. All three therefore fit the "
+        "validation images a little; only the test split, used for nothing else, measures the methods.",
+        "",
     ]
     if undefined:
         lines += [

@@ -65,7 +65,7 @@ GRAPH_STEPS = (
     "per member of another input size: Pillow-exact bilinear resize (two fixed-point matrix products)",
     "scale by 1/255",
     "replicate the gray channel to 3 channels",
-    "ImageNet normalisation (x - mean) / std",
+    "each member's own normalisation (x - mean) / std (one chain per distinct size and mean/std)",
     "the members (name-prefixed) -> softmax -> concat (member-major)",
     "meta-learner",
 )
@@ -195,12 +195,17 @@ def _metadata(
                 "onnx_sha256": m.sha256,
                 "metrics": m.metrics,
                 "input_size": list(m.input_size),
+                "mean": list(m.meta.preprocess.mean),
+                "std": list(m.meta.preprocess.std),
+                "pretrained": m.card.get("pretrained"),
                 "precision": m.card.get("precision", precision),
                 "flops_per_image": m.card.get("flops_per_image"),
             }
             for m in members
         ],
         "member_order": [m.name for m in members],
+        "dataset": members[0].card.get("dataset"),
+        "test_metrics": info.get("test_metrics"),
         "meta": {
             "type": info.get("type"),
             "class_name": info.get("class_name"),
@@ -208,6 +213,7 @@ def _metadata(
             "cv_score": info.get("cv_score"),
             "cv_metric": info.get("cv_metric"),
             "val_metrics": info.get("val_metrics"),
+            "test_metrics": info.get("test_metrics"),
             "source": info.get("source"),
             "classes_seen": info.get("classes_seen"),
             "onnx_sha256": meta.sha256,
@@ -306,7 +312,8 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         warnings.append(
             f"member '{r.member}' takes {r.to_size[0]}x{r.to_size[1]} but the graph input is "
             f"{r.from_size[0]}x{r.from_size[1]}: the graph resizes again (Pillow-exact), which differs slightly from "
-            "resizing the original image as training did"
+            "resizing the original image as training did (`cxr train base` makes the val/test predictions through "
+            "the same two resizes, so stacking and the end-to-end check see what ships)"
         )
         if r.probe_mismatches:
             warnings.append(
@@ -344,6 +351,7 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             max_images=cfg.e2e_max_images,
             threads=cfg.threads,
             strict=cfg.e2e_strict,
+            resized=[r.member for r in fused.resizes],
         )
     latency = (
         measure_latency(out, reference, runs=cfg.benchmark_runs, rng=rng, threads=cfg.threads)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,11 +74,10 @@ def _preprocess_chain(
     channels: int,
     mean: Sequence[float],
     std: Sequence[float],
-    member: str,
+    tag: str,
     order: str,
 ) -> tuple[str, list[onnx.NodeProto], list[TensorProto]]:
     """Nodes from the shared float gray image to the normalised [N, C, h, w] input at ``size``."""
-    tag = f"pre_{size[0]}x{size[1]}/"
     nodes: list[onnx.NodeProto] = []
     inits: list[TensorProto] = []
     gray = "pre/gray_f32"
@@ -134,16 +134,22 @@ def build_fused(
     inits: list[TensorProto] = []
     value_info: list[onnx.ValueInfoProto] = []
     functions: list[onnx.FunctionProto] = []
-    chains: dict[tuple[int, int], str] = {}
+    chains: dict[
+        tuple[Any, ...], str
+    ] = {}  # one preprocessing chain per distinct (size, channels, mean, std)
     resizes: list[ResizeStep] = []
-    spec = members[0].meta.preprocess
     prob_names: list[str] = []
+    tags: dict[tuple[int, int], int] = {}
     for m in members:
         size = m.input_size
-        if size not in chains:
+        spec = m.meta.preprocess
+        key = (size, spec.channels, tuple(spec.mean), tuple(spec.std))
+        if key not in chains:
             order, misses = ("hv", 0) if size == fused else probe_order(fused, size)
-            out, n, i = _preprocess_chain(size, fused, spec.channels, spec.mean, spec.std, m.name, order)
-            chains[size] = out
+            tag = f"pre_{size[0]}x{size[1]}" + (f"_{tags[size]}" if size in tags else "") + "/"
+            tags[size] = tags.get(size, 0) + 1
+            out, n, i = _preprocess_chain(size, fused, spec.channels, spec.mean, spec.std, tag, order)
+            chains[key] = out
             nodes += n
             inits += i
             if size != fused:
@@ -159,11 +165,11 @@ def build_fused(
         if m.input_type == TensorProto.FLOAT16:
             nodes.append(
                 helper.make_node(
-                    "Cast", [chains[size]], [member_in], to=TensorProto.FLOAT16, name=f"{prefix}in_cast"
+                    "Cast", [chains[key]], [member_in], to=TensorProto.FLOAT16, name=f"{prefix}in_cast"
                 )
             )
         elif m.input_type == TensorProto.FLOAT:
-            nodes.append(helper.make_node("Identity", [chains[size]], [member_in], name=f"{prefix}in"))
+            nodes.append(helper.make_node("Identity", [chains[key]], [member_in], name=f"{prefix}in"))
         else:
             raise ModelError(
                 f"member '{m.name}' takes input type {TensorProto.DataType.Name(m.input_type)}; cxr fuses float32 "

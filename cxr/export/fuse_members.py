@@ -3,8 +3,8 @@
 Takes: member ONNX paths (``RUN_DIR/onnx/<name>[.fp16|.int8].onnx``) and ``stack/meta.onnx``. Makes:
 ``MemberModel`` per member (graph, cxr metadata, input/output names and types, opsets, hashes) and
 ``MetaModel``. Checks, each failure naming the member and the fix: cxr metadata present and for a
-``float_normalized`` member; the same class list everywhere; the same channels/mean/std (input sizes may
-differ: the fused graph resizes per member); a static input size equal to the metadata's; one default-domain
+``float_normalized`` member; the same class list everywhere (input sizes and
+normalisations may differ: the fused graph preprocesses per member); a static input size equal to the metadata's; one default-domain
 opset; the meta-learner's member order and checkpoint hashes.
 """
 
@@ -188,19 +188,6 @@ def check_compatible(members: Sequence[MemberModel], meta: MetaModel) -> None:
                 hint="re-export the member from the checkpoint trained in this run",
                 path=m.path,
             )
-        a, b = ref.meta.preprocess, m.meta.preprocess
-        for what, x, y in (
-            ("channels", a.channels, b.channels),
-            ("mean", a.mean, b.mean),
-            ("std", a.std, b.std),
-        ):
-            if x != y:
-                raise ModelError(
-                    f"member '{m.name}' has input {what} {y} but member '{ref.name}' has {x}; one fused graph "
-                    "normalises its input one way",
-                    hint="train and export every member with the same normalisation",
-                    path=m.path,
-                )
         if m.opsets.get("", 0) != ref.opsets.get("", 0):
             raise ModelError(
                 f"member '{m.name}' uses ONNX opset {m.opsets.get('', 0)} but member '{ref.name}' uses "

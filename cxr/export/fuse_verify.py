@@ -188,8 +188,12 @@ def check_end_to_end(
     batch: int = 16,
     threads: int | None = None,
     strict: bool = True,
+    resized: Sequence[str] = (),
 ) -> EndToEndReport:
-    """Fused graph on the test images vs PyTorch test predictions + the scikit-learn meta-learner."""
+    """Fused graph on the test images vs PyTorch test predictions + the scikit-learn meta-learner.
+
+    ``resized``: the members whose input the graph resizes again from the fused size (named in the hint).
+    """
     from cxr.data.manifest import load_manifest
     from cxr.imaging.decode import decode_gray
     from cxr.imaging.preprocess import to_model_input
@@ -240,11 +244,31 @@ def check_end_to_end(
             f"the fused graph's top-1 differs from PyTorch + scikit-learn on {len(mism)} of {n} test images "
             f"(first: {mism[0]}); max |dp| = {report.max_abs_diff_probabilities:.3g}; per-member top-1 agreement "
             f"{agreement}",
-            hint="check that the members were exported from the checkpoints that wrote the test predictions and "
-            "that all members share one input size (a per-member resize from the fused size differs slightly "
-            "from resizing the original image)",
+            hint=_end_to_end_hint(agreement, resized),
         )
     return report
+
+
+def _end_to_end_hint(agreement: dict[str, float], resized: Sequence[str]) -> str:
+    """Name the likely cause of an end-to-end mismatch from what is known about each member."""
+    off = [name for name, a in agreement.items() if a < 1.0]
+    if not off:
+        return (
+            "every member agrees with its PyTorch predictions: the meta-learner differs; re-run `cxr train stack` "
+            "and `cxr fuse` together"
+        )
+    again = [name for name in off if name in resized]
+    if again:
+        return (
+            f"{', '.join(again)} take(s) a smaller input that the graph resizes again from the fused size; their "
+            "PyTorch predictions were made through the largest member size (`cxr train base` does this), so fuse "
+            "without --input-size, or re-train with the same member list"
+        )
+    return (
+        f"{', '.join(off)} disagree(s) with the PyTorch test predictions although their exports passed "
+        "verification: they were exported from another checkpoint than the one that wrote "
+        "members/<name>/predictions (re-run `cxr export RUN_DIR` after training)"
+    )
 
 
 def measure_latency(

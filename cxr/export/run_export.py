@@ -319,6 +319,7 @@ def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onn
 
 def member_metadata(info: Any, name: str) -> ModelMetadata:
     """The metadata every exported member carries, from a checkpoint's ``info``."""
+    extra = dict(getattr(info, "extra", {}) or {})
     return ModelMetadata(
         classes=tuple(info.classes),
         preprocess=info.preprocess,
@@ -333,7 +334,9 @@ def member_metadata(info: Any, name: str) -> ModelMetadata:
             "checkpoint_epoch": info.epoch,
             "val_metrics": dict(info.metrics),
             "train_versions": dict(info.versions),
-            "manifest_digest": dict(getattr(info, "extra", {}) or {}).get("manifest_digest"),
+            "manifest_digest": extra.get("manifest_digest"),
+            "pretrained": extra.get("pretrained"),
+            "dataset": extra.get("dataset"),
         },
     )
 

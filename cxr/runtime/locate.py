@@ -13,13 +13,14 @@ from pathlib import Path
 from cxr.errors import ModelError
 
 MODEL_ENV = "CXR_MODEL"
-DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("runs/demo/ensemble.onnx"), Path("~/.cache/cxr/ensemble.onnx"))
-"""Tried in order when neither --model nor $CXR_MODEL is given: the demo's output (relative to the current
-folder), then a per-user copy."""
+DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("~/.cache/cxr/ensemble.onnx"),)
+"""Tried when neither --model nor $CXR_MODEL is given: a model the user installed there on purpose. The
+demo's output (``runs/demo/ensemble.onnx``, trained on synthetic images) is never picked implicitly: on a
+clinic PC that default would be a trap."""
 
 HOW_TO_GET_A_MODEL = (
-    "build one with `make demo` (writes runs/demo/ensemble.onnx) or `cxr fuse RUN_DIR`, or copy a released "
-    "ensemble.onnx to ~/.cache/cxr/ensemble.onnx; then pass --model PATH or set CXR_MODEL"
+    "pass --model PATH or set CXR_MODEL to the ensemble.onnx you deploy (or copy it to ~/.cache/cxr/ensemble.onnx); "
+    "`cxr fuse RUN_DIR` builds one, and `make demo` a synthetic-data one at runs/demo/ensemble.onnx"
 )
 
 

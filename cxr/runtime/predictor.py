@@ -29,7 +29,7 @@ from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
 from cxr.runtime.session import SessionConfig, SessionInfo, create_session, file_sha256
 from cxr.runtime.types import Prediction
-from cxr.spec import ModelMetadata
+from cxr.spec import ModelMetadata, provenance_warnings
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ class Predictor:
             "requested_provider": self.info.requested,
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
+            "provenance_warnings": list(provenance_warnings(self.metadata.card)),
             "notice": NOTICE,
         }
 

@@ -30,6 +30,7 @@ from cxr.serve.schemas import (
     Timing,
 )
 from cxr.serve.state import ServerState
+from cxr.spec import provenance_warnings
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 PREDICT_BODY: dict[str, Any] = {
@@ -165,6 +166,7 @@ def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
             input_format=meta.input_format,
             preprocess=meta.preprocess.to_dict(),
             card=dict(meta.card),
+            warnings=list(provenance_warnings(meta.card)),
             provider=predictor.provider,
             providers=list(predictor.info.providers),
             provider_warnings=list(predictor.info.warnings),

@@ -101,6 +101,10 @@ class ModelInfo(BaseModel):
     input_format: str
     preprocess: dict[str, Any] = Field(description="The preprocessing spec the model was trained with.")
     card: dict[str, Any] = Field(description="Provenance from the model's metadata.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Plain warnings about what trained the model (synthetic images, random weights, no provenance).",
+    )
     provider: str
     providers: list[str]
     provider_warnings: list[str]

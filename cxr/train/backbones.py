@@ -86,6 +86,21 @@ def default_input_size(name: str) -> int:
     return int(size[-1])
 
 
+def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's ImageNet weights expect, from timm's pretrained config.
+
+    ``timm.data.resolve_data_config`` on the default pretrained tag: ImageNet's for most models, 0.5/0.5
+    for ``legacy_xception`` (Keras/TF weights scaled to [-1, 1]). A member config's ``mean``/``std`` override it.
+    """
+    from timm.data import resolve_data_config
+
+    cfg = timm.get_pretrained_cfg(resolve_timm_name(name))
+    resolved = resolve_data_config(
+        pretrained_cfg=cfg.to_dict() if cfg is not None else {}, use_test_size=True
+    )
+    return tuple(float(v) for v in resolved["mean"]), tuple(float(v) for v in resolved["std"])
+
+
 def weights_hint(timm_name: str) -> str:
     return (
         f"on a machine with internet run `python -c \"import timm; timm.create_model('{timm_name}', "
@@ -124,20 +139,55 @@ def _weights_file(timm_name: str, location: Path) -> tuple[str, Path]:
 
 
 def _create(timm_name: str, num_classes: int, pretrained: bool | str | Path) -> nn.Module:
-    """Random init, or ImageNet weights loaded strictly with the original head, then a new head.
+    """Random init, or ImageNet weights loaded so that nothing but the classifier head may be missing.
 
-    Loading with the pretrained class count makes timm load every tensor strictly (with another class
-    count it drops the head and loads non-strictly, which would let a wrong file pass as random init).
+    Through timm (``True``, or a hub-style folder) the model is built with the pretrained class count, so
+    timm loads every tensor strictly, and then gets a new head. A weights file is loaded here: a file with
+    or without its classifier (headless backbones are common) is accepted, any other missing or unexpected
+    tensor is refused, so a wrong file can never pass as random initialisation.
     """
     if pretrained is False:
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
-    overlay: dict[str, str] = {}
     if pretrained is not True:
         source, path = _weights_file(timm_name, Path(pretrained))
-        overlay = {"file": str(path)} if source == "file" else {"source": "local-dir", "file": str(path)}
         log.info("loading %s weights from %s", timm_name, path)
-    model: Any = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay or None)
+        if source == "file":
+            return _from_file(timm_name, num_classes, path)
+        overlay = {"source": "local-dir", "file": str(path)}
+        model: Any = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay)
+    else:
+        model = timm.create_model(timm_name, pretrained=True)
     model.reset_classifier(num_classes)
+    return typing.cast(nn.Module, model)
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise TrainError(f"{path} holds no state dict", hint="save the weights as a state dict", path=path)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _from_file(timm_name: str, num_classes: int, path: Path) -> nn.Module:
+    model: Any = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
+    state = {k: v for k, v in _read_state(path).items() if k not in head}  # the file's head (1000 classes)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in head]
+    if missing or unexpected:
+        raise TrainError(
+            f"{path} does not fit timm's {timm_name}: {len(missing)} tensor(s) missing (first: "
+            f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected (first: {', '.join(unexpected[:3]) or '-'})",
+            hint=weights_hint(timm_name),
+            path=path,
+        )
     return typing.cast(nn.Module, model)
 
 
@@ -205,10 +255,21 @@ def set_phase(model: nn.Module, phase: str) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train_mode(model: nn.Module, phase: str) -> None:
-    """Put the model in training mode for ``phase`` (frozen backbone in eval mode during ``adapt``)."""
+def train_mode(model: nn.Module, phase: str, *, frozen_norm: bool = False) -> None:
+    """Put the model in training mode for ``phase`` (frozen backbone in eval mode during ``adapt``).
+
+    ``frozen_norm``: in ``finetune`` too, keep every BatchNorm layer in inference mode (its ImageNet
+    statistics, while its scale and shift still learn), as Keras' transfer-learning guide does when it
+    unfreezes a base model. With few images, or weights whose BatchNorm used another epsilon (Keras'
+    Xception: 1e-3, folded into ``running_var`` for timm's 1e-5, which only holds in inference mode), batch
+    statistics shift every feature the adapted head was trained on.
+    """
     if phase == "adapt":
         model.eval()
         classifier(model).train()
-    else:
-        model.train()
+        return
+    model.train()
+    if frozen_norm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()

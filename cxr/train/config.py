@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from cxr.errors import ConfigError
-from cxr.spec import PreprocessSpec
+from cxr.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 Optimizer = Literal["adamw", "sgd", "adam"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -100,16 +100,20 @@ class TrainSettings:
     momentum: float = 0.9
     scheduler: ScheduleConfig = field(default_factory=ScheduleConfig)
     class_weights: bool = True
+    class_weight_cap: float | None = None  # None: the study's N / (K * n_k) as is; else min(w_k, cap)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     device: str = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
     resume: bool = False
+    finetune_frozen_norm: bool = False  # pretrained members: BatchNorm stays in inference mode in fine-tuning
     sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch
     dist_timeout_s: float = 3600.0  # under torchrun: how long a process waits for the others
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs >= 1, self.epochs, "1 or more")
+        cap = self.class_weight_cap
+        _check("train.class_weight_cap", cap is None or cap >= 1, cap, "1 or more (or null)")
         _check(
             "train.adapt_epochs", 0 <= self.adapt_epochs <= self.epochs, self.adapt_epochs, "in [0, epochs]"
         )
@@ -142,7 +146,8 @@ class TrackingConfig:
 class MemberConfig:
     """One base model: its member ``name`` (the run directory's folder), backbone and input size (h, w).
 
-    ``batch_size``, ``adapt_lr`` and ``finetune_lr`` override the ``train:`` values for this member only.
+    ``batch_size``, ``adapt_lr``, ``finetune_lr`` and ``precision`` override the ``train:`` values for this
+    member only; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
     """
 
     name: str
@@ -152,6 +157,9 @@ class MemberConfig:
     batch_size: int | None = None
     adapt_lr: float | None = None
     finetune_lr: float | None = None
+    precision: Precision | None = None  # None: train.precision
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # filled from timm's pretrained config when not given
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\:") or self.name in (".", ".."):
@@ -171,10 +179,13 @@ class MemberConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"models.{self.name}.{key} must be positive, got {value}")
 
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"models.{self.name}.std {self.std} must be positive")
+
     @property
     def spec(self) -> PreprocessSpec:
-        """The member's preprocessing: resize to ``input_size``, ImageNet mean/std (the study's choice)."""
-        return PreprocessSpec(input_size=self.input_size)
+        """The member's preprocessing: resize to ``input_size``, normalise with the backbone's mean/std."""
+        return PreprocessSpec(input_size=self.input_size, mean=self.mean, std=self.std)
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,10 @@ class TrainConfig:
 
     def batch_size(self, member: MemberConfig) -> int:
         return member.batch_size or self.train.batch_size
+
+    def settings(self, m: MemberConfig) -> TrainSettings:
+        """``train:`` with this member's own precision, if it has one."""
+        return self.train if m.precision is None else dataclasses.replace(self.train, precision=m.precision)
 
     def learning_rate(self, member: MemberConfig, phase: str) -> float:
         """The base learning rate of ``phase`` (``adapt`` or ``finetune``) for ``member``."""
@@ -275,7 +290,7 @@ def dump_config(cfg: TrainConfig, path: Path) -> Path:
 
 def _normalize_models(data: dict[str, Any]) -> dict[str, Any]:
     """``models: [densenet121, {backbone: vgg19}]`` -> full member mappings with defaults filled in."""
-    from cxr.train.backbones import default_input_size, resolve_timm_name
+    from cxr.train.backbones import backbone_normalization, default_input_size, resolve_timm_name
 
     models = data.get("models")
     if models is None:
@@ -300,6 +315,9 @@ def _normalize_models(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(size, int) and not isinstance(size, bool):
             size = [size, size]
         m["input_size"] = size
+        norm = backbone_normalization(m["backbone"])  # timm's pretrained config (resolve_data_config)
+        m.setdefault("mean", list(norm[0]))
+        m.setdefault("std", list(norm[1]))
         out.append(m)
     data["models"] = out
     return data

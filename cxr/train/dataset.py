@@ -15,7 +15,9 @@ step shorter when ``len(train) % batch_size`` is between 2 and 2N-1.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,36 @@ def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
         return load_manifest(out)
     log.info("splitting %s into %s (seed %d)", data.data_dir, out, data.split_seed)
     return build_manifest(SplitConfig(data_dir=Path(data.data_dir), out=out, seed=data.split_seed)).manifest
+
+
+def adopt_manifest(manifest: Manifest, run_dir: Path) -> Manifest:
+    """Make ``RUN_DIR/manifest.csv`` the run's manifest: every later stage (stack, fuse, evaluate) reads it.
+
+    A manifest kept elsewhere (``data.manifest``) is copied there with its ``.json`` (which holds the data
+    root, so paths still resolve); a different manifest already there is refused rather than overwritten.
+    """
+    target = Path(run_dir) / "manifest.csv"
+    if manifest.path is None or Path(manifest.path).resolve() == target.resolve():
+        return manifest
+    if target.is_file():
+        there = load_manifest(target, check_files=False)
+        if there.digest() != manifest.digest():
+            raise DataError(
+                f"{target} holds another split (manifest {there.digest()}) than data.manifest "
+                f"{manifest.path} ({manifest.digest()}); the run's later stages read {target}",
+                hint="use another run_dir, or delete the run directory's manifest.csv (and its members) first",
+                path=target,
+            )
+        return there
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(manifest.path, target)
+    src_meta = Path(manifest.path).with_suffix(".json")
+    if src_meta.is_file():
+        shutil.copyfile(src_meta, target.with_suffix(".json"))
+    else:  # no sidecar: record the root so the copy's relative paths still resolve
+        target.with_suffix(".json").write_text(json.dumps({"root": str(manifest.root)}), encoding="utf-8")
+    log.info("copied manifest %s to %s", manifest.path, target)
+    return load_manifest(target, check_files=False)
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -188,10 +220,16 @@ class BadImages:
 
 
 def make_dataset(
-    manifest: Manifest, split: str, spec: PreprocessSpec, *, train: bool, seed: int | None = None
+    manifest: Manifest,
+    split: str,
+    spec: PreprocessSpec,
+    *,
+    train: bool,
+    seed: int | None = None,
+    via: tuple[int, int] | None = None,
 ) -> ManifestDataset:
-    """The split's dataset with the train (rotation) or eval transform."""
-    transform = train_transform(spec) if train else eval_transform(spec)
+    """The split's dataset with the train (rotation) or eval transform (``via``: see ``eval_transform``)."""
+    transform = train_transform(spec) if train else eval_transform(spec, via)
     return ManifestDataset(manifest, split, transform, seed=seed if train else None)
 
 

@@ -1,8 +1,9 @@
 """Where and how to compute: CUDA with mixed precision, channels-last and pinned memory, or the CPU.
 
 Takes: ``TrainSettings.device`` / ``precision`` / ``channels_last``. Makes: a ``DeviceSetup``. ``auto``
-picks CUDA when present, bf16 autocast where the GPU supports it (else fp16 with a gradient scaler), and
-fp32 on the CPU. ConvNeXt's LayerNorm stays FP32 under autocast (layer_norm is on autocast's FP32 list).
+picks CUDA when present, bf16 autocast where the GPU supports it (else fp16 with a gradient scaler); on
+the CPU bf16 autocast where the CPU has bf16 in hardware (AVX512-BF16, AMX), else fp32. Whatever trains,
+predictions for stacking and evaluation are always computed in FP32 (``cxr.train.run``). ConvNeXt's LayerNorm stays FP32 under autocast (layer_norm is on autocast's FP32 list).
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ class DeviceSetup:
         return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast pays off.
+
+    Elsewhere torch emulates bf16 on the CPU, which is slower than FP32, so ``auto`` keeps FP32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> DeviceSetup:
     """The device of this process: under torchrun, a CUDA run uses GPU ``LOCAL_RANK`` of its node."""
     wanted = settings.device
@@ -73,7 +83,10 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("train.precision fp16 needs a CUDA GPU", hint="use fp32 (or bf16) on the CPU")
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,16 +1,17 @@
 """`cxr train stack`: fit the meta-learner on predictions for images the base models never trained on.
 
-Takes: a run directory with ``manifest.csv`` and ``members/<name>/predictions/{val,oof}.csv`` (``MetaConfig``).
+Takes: a run directory with ``manifest.csv`` and ``members/<name>/predictions/{val,test}.csv`` (``MetaConfig``).
 Makes: ``RUN_DIR/stack/meta.json`` (everything about the fit), ``meta.npz`` (the fitted arrays, no pickle)
 and ``meta.onnx`` (its skl2onnx conversion, verified against ``predict_proba``) -> ``MetaResult``.
 
 Features are the members' class probabilities in a fixed member order (member-major, M x K columns).
-The default source is the validation split (blending); ``source="oof"`` uses K-fold out-of-fold
-predictions of the training split instead (see ``cxr.train.meta_oof``). Either way every meta-training
-row is checked against the manifest: a training-split image without out-of-fold evidence, or any test
-image, is refused (``LeakageError``). Hyper-parameters are chosen by stratified K-fold cross-validation
-on the meta-training set (mean log loss); the cross-validated predictions give the meta-learner's
-validation metrics. Labels are class indices, so ``classes_`` follows the class-list order; a class absent
+The meta-training set is the validation split (blending), or with ``source="blend"`` a separate blend split
+(``cxr data split --blend``) that nothing else uses: every row is checked against the manifest, and a
+training- or test-split image is refused (``LeakageError``). The validation split also drives the members'
+early stopping and the choice of the "best member", which the evaluation report says. Hyper-parameters are
+chosen by stratified K-fold cross-validation on the meta-training set (mean log loss); the cross-validated
+predictions give the meta-learner's validation metrics. The test split's metrics are recorded for the
+model card only. Labels are class indices, so ``classes_`` follows the class-list order; a class absent
 from the meta-training set gets probability 0 (and a warning).
 """
 
@@ -40,17 +41,14 @@ from cxr.train.meta_features import (
     check_split_membership,
     discover_members,
     load_split,
-    load_tables,
-    member_dir,
     read_best,
     read_meta_json,
 )
-from cxr.train.meta_oof import OOF_SPLIT, check_oof, read_folds
 from cxr.train.meta_store import load_estimator, save_estimator
 
 log = logging.getLogger(__name__)
 
-Source = Literal["val", "oof"]
+Source = Literal["val", "blend"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,11 @@ class MetaConfig:
         from cxr.train.meta_estimators import resolve_kind
 
         resolve_kind(self.estimator)
-        if self.source not in ("val", "oof"):
+        if self.source not in ("val", "blend"):
             raise ConfigError(
                 f"meta-training source {self.source!r} is not allowed",
-                hint="use 'val' (blending, the default) or 'oof' (K-fold out-of-fold); never train or test",
+                hint="use val (blending on the validation split) or blend (a separate blend split, "
+                "`cxr data split --blend`), never train or test",
             )
         if self.cv_folds < 2:
             raise ConfigError(f"cv_folds must be at least 2, got {self.cv_folds}")
@@ -203,18 +202,32 @@ def _metrics_dict(y: np.ndarray, p: np.ndarray, classes: tuple[str, ...]) -> dic
     }
 
 
+def _test_metrics(cfg: MetaConfig, members: tuple[str, ...], est: Any, k: int) -> dict[str, Any] | None:
+    """The stacked ensemble's test-split metrics, recorded for the model card only (never used to choose).
+
+    The fused graph is verified top-1 identical to these predictions at `cxr fuse`, so they hold for it.
+    """
+    try:
+        test = load_split(cfg.run_dir, members, "test")
+    except DataError as e:
+        log.info("no test metrics for the model card: %s", e.message)
+        return None
+    if test.labels.size == 0:
+        return None
+    return _metrics_dict(test.labels, full_proba(est, test.features, k), test.classes)
+
+
 def load_meta_training_set(cfg: MetaConfig, members: tuple[str, ...]) -> MetaData:
-    """The checked meta-training set: validation predictions, or provably out-of-fold ones."""
+    """The checked meta-training set: predictions for val or blend images, which no member trained on."""
     manifest = load_manifest(Path(cfg.run_dir) / "manifest.csv", check_files=False)
-    if cfg.source == "val":
-        data = load_split(cfg.run_dir, members, "val", manifest=manifest)
-        check_split_membership(
-            data.paths, manifest, {"val"}, what="meta-training set (validation predictions)"
+    if cfg.source not in manifest.splits():
+        raise DataError(
+            f"the run's manifest has no {cfg.source} split",
+            hint="re-split with `cxr data split --blend 0.1` (and retrain), or use --source val",
         )
-        return data
-    data = load_split(cfg.run_dir, members, OOF_SPLIT, manifest=manifest)
-    for table in load_tables(cfg.run_dir, members, OOF_SPLIT):
-        check_oof(table, read_folds(member_dir(cfg.run_dir, table.member) / "predictions"), manifest)
+    data = load_split(cfg.run_dir, members, cfg.source, manifest=manifest)
+    what = f"meta-training set ({cfg.source} predictions)"
+    check_split_membership(data.paths, manifest, {cfg.source}, what=what)
     return data
 
 
@@ -272,6 +285,7 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
         "cv_metric": "log_loss",
         "source": cfg.source,
         "val_metrics": cv_metrics,
+        "test_metrics": _test_metrics(cfg, members, est, k),
     }
     conv = convert_meta(
         est,

@@ -192,6 +192,18 @@ def check_checkpoints(run_dir: Path, tables: Sequence[PredictionTable]) -> None:
             )
 
 
+def check_fp32(tables: Sequence[PredictionTable]) -> None:
+    """Stacking and evaluation use the probabilities the FP32 ONNX members ship, never autocast ones."""
+    reduced = [f"{t.member} ({t.precision})" for t in tables if t.precision not in ("", "fp32")]
+    if reduced:
+        raise DataError(
+            f"the {tables[0].split} predictions of {', '.join(reduced)} were computed in reduced precision, "
+            "but the fused graph runs FP32: a meta-learner fit on them would not match what ships",
+            hint="re-write them in FP32 with `cxr train base --config CONFIG --all --resume` (a finished "
+            "member only re-predicts; cxr >= 0.1 always predicts in FP32)",
+        )
+
+
 def load_split(
     run_dir: Path,
     members: Sequence[str],
@@ -221,6 +233,7 @@ def load_split(
             hint="re-run predictions with the run's class list",
         )
     check_checkpoints(run_dir, tables)
+    check_fp32(tables)
     return MetaData(
         members=tuple(members),
         classes=tuple(tables[0].classes),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.manifest import COLUMNS, SPLITS, load_manifest
+from cxr.data.manifest import BLEND, COLUMNS, SPLITS, load_manifest
 from cxr.labels import CLASSES
 from cxr.spec import PreprocessSpec
 from cxr.train.predictions import PredictionTable, write_predictions
@@ -36,6 +36,7 @@ class SyntheticRun:
     noise: float = 1.0
     seed: int = 0
     classes: tuple[str, ...] = CLASSES
+    blend_per_class: int = 0  # > 0: a blend split too (``cxr data split --blend``), with predictions
 
 
 def _probs(labels: np.ndarray, k: int, strength: float, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -49,9 +50,10 @@ def write_synthetic_run(cfg: SyntheticRun) -> Path:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []
-    for s_idx, split in enumerate(SPLITS):
+    counts = {c: (*cfg.per_class.get(c, (0, 0, 0)), cfg.blend_per_class) for c in cfg.classes}
+    for s_idx, split in enumerate((*SPLITS, BLEND)):
         for c in cfg.classes:
-            for i in range(cfg.per_class.get(c, (0, 0, 0))[s_idx]):
+            for i in range(counts[c][s_idx]):
                 path = f"{c}/images/{c}-{split}-{i}.png"
                 rows.append((path, c, split, hashlib.sha256(path.encode()).hexdigest()))
     manifest_path = run / "manifest.csv"
@@ -68,7 +70,7 @@ def write_synthetic_run(cfg: SyntheticRun) -> Path:
     for name, strength in cfg.members.items():
         sha = hashlib.sha256(f"checkpoint:{name}:{cfg.seed}".encode()).hexdigest()
         pred_dir = run / "members" / name / "predictions"
-        for split in ("val", "test"):
+        for split in ("val", "test", *((BLEND,) if cfg.blend_per_class else ())):
             split_rows = manifest.split(split)
             labels = np.array([cfg.classes.index(r.label) for r in split_rows], dtype=np.int64)
             table = PredictionTable(

@@ -44,8 +44,12 @@ def predict_split(
     max_bad_fraction: float = 1.0,
     shard: Shard = Shard(),
     gather: Callable[[Predictions], Predictions] | None = None,
+    via: tuple[int, int] | None = None,
 ) -> PredictionTable:
     """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``.
+
+    ``via``: the ensemble's input size when it is larger than this member's: images are resized to it
+    first, exactly as the fused graph's runtime and in-graph resize will do (see ``eval_transform``).
 
     Under DDP each process predicts its ``shard`` of the split and ``gather`` joins the parts (in order).
     """
@@ -53,7 +57,7 @@ def predict_split(
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
-    dataset = make_dataset(manifest, split, spec, train=False)
+    dataset = make_dataset(manifest, split, spec, train=False, via=via)
     loader = make_loader(
         dataset,
         batch_size=batch_size,
@@ -82,4 +86,6 @@ def predict_split(
         labels=tuple(r.label for r in rows),
         probs=probs,
         checkpoint_sha256=checkpoint_sha256,
+        precision=setup.precision,
+        via=(int(via[0]), int(via[1])) if via is not None and tuple(via) != spec.input_size else None,
     )

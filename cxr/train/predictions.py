@@ -29,6 +29,8 @@ class PredictionTable:
     labels: tuple[str, ...]
     probs: np.ndarray  # float64 [N, K], rows in ``paths`` order
     checkpoint_sha256: str = ""
+    precision: str = "fp32"  # the arithmetic the probabilities were computed in ("" : unknown, older files)
+    via: tuple[int, int] | None = None  # images resized to this (the ensemble's input size) first
 
     def label_indices(self) -> np.ndarray:
         return np.array([self.classes.index(lab) for lab in self.labels], dtype=np.int64)
@@ -56,6 +58,8 @@ def write_predictions(table: PredictionTable, directory: Path) -> Path:
         "manifest_digest": table.manifest_digest,
         "classes": list(table.classes),
         "checkpoint_sha256": table.checkpoint_sha256,
+        "precision": table.precision,
+        "via": list(table.via) if table.via is not None else None,
         "n": n,
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -102,6 +106,8 @@ def read_predictions(csv_path: Path) -> PredictionTable:
         labels=tuple(labels),
         probs=probs,
         checkpoint_sha256=str(meta.get("checkpoint_sha256", "")),
+        precision=str(meta.get("precision", "")),
+        via=(int(meta["via"][0]), int(meta["via"][1])) if meta.get("via") else None,
     )
 
 

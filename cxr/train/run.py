@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,6 +50,7 @@ from cxr.train.dataset import (
     BadImages,
     ManifestDataset,
     Shard,
+    adopt_manifest,
     check_manifest,
     epoch_generator,
     make_dataset,
@@ -86,12 +87,13 @@ from cxr.train.metrics import classification_metrics
 from cxr.train.predict import predict_split
 from cxr.train.predictions import write_predictions
 from cxr.train.progress import Progress, format_seconds
+from cxr.train.provenance import dataset_provenance, weights_provenance
 from cxr.train.schedule import make_optimizer, make_scheduler
 from cxr.train.tracking import MetricsLog, NullTracker, Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
-PREDICTED_SPLITS = ("val", "test")
+PREDICTED_SPLITS = ("val", "blend", "test")  # blend only where the manifest has one
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class MemberRun:
     epoch_seconds: list[float] = field(default_factory=list)
     resumed_step: int = 0
     ctx: DistContext = SINGLE
+    provenance: dict[str, Any] = field(
+        default_factory=dict
+    )  # "pretrained" and "dataset" (cxr.train.provenance)
 
     @property
     def shard(self) -> Shard:
@@ -154,7 +159,7 @@ def prepare_data(cfg: TrainConfig, dist: DistContext | None = None) -> Manifest:
     (on rank 0 under torchrun; the other processes receive the manifest)."""
 
     def prepare() -> Manifest:
-        manifest = resolve_manifest(cfg.data, Path(cfg.run_dir))
+        manifest = adopt_manifest(resolve_manifest(cfg.data, Path(cfg.run_dir)), Path(cfg.run_dir))
         check_manifest(manifest)
         dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
         return manifest
@@ -199,7 +204,7 @@ def train_member(
     ctx = dist if dist is not None else current_context()
     m = cfg.member(member)
     check_global_batch(ctx, cfg.batch_size(m), batch_key(cfg, m))
-    setup = resolve_device(cfg.train, ctx)
+    setup = resolve_device(cfg.settings(m), ctx)
     if manifest is None:
         manifest = prepare_data(cfg, ctx)
     else:
@@ -279,7 +284,10 @@ def _start_run(
     es = cfg.train.early_stopping
     weights = None
     if cfg.train.class_weights:
-        weights = torch.tensor(class_weights(train_counts(manifest), classes), dtype=torch.float32)
+        counts = train_counts(manifest)
+        weights = torch.tensor(
+            class_weights(counts, classes, cfg.train.class_weight_cap), dtype=torch.float32
+        )
         weights = weights.to(setup.device)
         log.info("class weights %s", dict(zip(classes, (round(float(w), 4) for w in weights), strict=True)))
     train_set = make_dataset(manifest, "train", m.spec, train=True, seed=seed)
@@ -302,6 +310,10 @@ def _start_run(
         progress_stream=progress_stream,
         seed=seed,
         ctx=ctx,
+        provenance={
+            "pretrained": weights_provenance(resolve_timm_name(m.backbone), m.pretrained),
+            "dataset": dataset_provenance(manifest),
+        },
     )
     if resume:
         book = on_main(ctx, partial(_read_resume, run))
@@ -340,7 +352,7 @@ def _build_model(
 MEMBER_FILES = (
     "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.pt",
     "metrics.jsonl", "metrics.csv", "predictions/val.csv", "predictions/val.json",
-    "predictions/test.csv", "predictions/test.json",
+    "predictions/test.csv", "predictions/test.json", "predictions/blend.csv", "predictions/blend.json",
 )  # fmt: skip
 
 
@@ -355,7 +367,7 @@ def member_params(cfg: TrainConfig, m: MemberConfig) -> dict[str, Any]:
     return {
         "member": config_to_dict(m),
         "timm_name": resolve_timm_name(m.backbone),
-        "train": config_to_dict(cfg.train),
+        "train": config_to_dict(cfg.settings(m)),
         "data": config_to_dict(cfg.data),
         "seed": cfg.seed,
         "run_dir": str(cfg.run_dir),
@@ -556,7 +568,9 @@ def _run_epochs(run: MemberRun) -> None:
 
 
 def _train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str) -> EpochStats:
-    train_mode(run.model, phase)
+    # frozen BatchNorm keeps ImageNet statistics: random-init members need their batch statistics
+    frozen = run.cfg.train.finetune_frozen_norm and run.member.pretrained is not False
+    train_mode(run.model, phase, frozen_norm=frozen)
     run.train_set.set_epoch(epoch)
     loader = _train_loader(run, epoch)
     desc = f"{run.member.name} {phase} {epoch + 1}/{run.cfg.train.epochs}"
@@ -687,6 +701,7 @@ def _checkpoint_info(
             "step": current.step,
             "early_stopping": run.stopper.state_dict(),
             "bad_train": sorted(run.train_bad.paths),
+            **run.provenance,
         },
     )
 
@@ -746,20 +761,27 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
 
     info = on_main(run.ctx, load_best)
     sync_module(run.ctx, run.model)  # rank 0's best weights (and BatchNorm statistics) everywhere
+    # The predictions that feed stacking and evaluation must be the ones the FP32 ONNX members ship:
+    # whatever precision trained the member (bf16/fp16 autocast), they are computed in FP32.
+    fp32 = replace(run.setup, amp_dtype=None)
+    # A member smaller than the ensemble's input is fed by the fused graph after a second, in-graph resize
+    # from the largest member size: predict through the same two resizes, so stacking sees what ships.
+    via = max((m.input_size for m in run.cfg.models), key=lambda s: (s[0] * s[1], s))
     out: dict[str, Path] = {}
-    for split in PREDICTED_SPLITS:
+    for split in (s for s in PREDICTED_SPLITS if s in run.manifest.splits()):
         table = predict_split(
             run.model,
             run.manifest,
             split,
             info.preprocess,
             run.cfg.train.eval_batch_size,
-            run.setup,
+            fp32,
             member=run.member.name,
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
             shard=run.shard,
             gather=partial(_gather, run) if run.ctx.enabled else None,
+            via=via,
         )
         out[split] = on_main(run.ctx, partial(write_predictions, table, run.member_dir / "predictions"))
     run.best_info = info

@@ -19,6 +19,7 @@ from cxr.imaging.decode import decode_gray
 from cxr.spec import PreprocessSpec
 
 ROTATION_DEGREES = 10.0
+BILINEAR = T.InterpolationMode.BILINEAR
 
 
 def load_rgb(path: Path | str) -> Image.Image:
@@ -35,9 +36,16 @@ def _tail(spec: PreprocessSpec) -> list[object]:
     ]
 
 
-def eval_transform(spec: PreprocessSpec) -> T.Compose:
-    """Resize -> ToTensor -> Normalize: validation, test, prediction and export reference."""
-    return T.Compose(_tail(spec))
+def eval_transform(spec: PreprocessSpec, via: tuple[int, int] | None = None) -> T.Compose:
+    """Resize -> ToTensor -> Normalize: validation, test, prediction and export reference.
+
+    ``via`` (h, w): resize to that size first, as the fused graph's runtime does before the graph resizes
+    again for a member of a smaller input size (Pillow-exact in the graph, so the two agree bit for bit).
+    """
+    first = (
+        [] if via is None or tuple(via) == spec.input_size else [T.Resize(tuple(via), interpolation=BILINEAR)]
+    )
+    return T.Compose([*first, *_tail(spec)])
 
 
 def train_transform(spec: PreprocessSpec, degrees: float = ROTATION_DEGREES) -> T.Compose:
