@@ -455,3 +455,16 @@ def test_cli_fuse(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_fuse_error_is_a_cxr_error() -> None:
     assert issubclass(MemberOrderError, CxrError)
+
+
+def test_nodes_out_of_order_are_sorted_and_a_dangling_input_is_named() -> None:
+    """onnxconverter-common's FP16 casts can come after their readers; onnx.checker refuses that order."""
+    from cxr.export.fuse_graph import topological_order
+
+    a = onnx.helper.make_node("Relu", ["x"], ["a"], name="a")
+    b = onnx.helper.make_node("Relu", ["a"], ["b"], name="b")
+    c = onnx.helper.make_node("Add", ["b", "a"], ["c"], name="c")
+    assert [n.name for n in topological_order([c, b, a], {"x"})] == ["a", "b", "c"]
+    assert [n.name for n in topological_order([a, b, c], {"x"})] == ["a", "b", "c"]
+    with pytest.raises(ModelError, match="no node makes: ghost"):
+        topological_order([onnx.helper.make_node("Relu", ["ghost"], ["y"])], {"x"})

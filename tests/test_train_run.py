@@ -262,6 +262,10 @@ def test_resume_refuses_another_architecture_or_split(
             "models": [{"name": "tiny", "backbone": backbone, "input_size": 32}],
         }
     )
+    if change == "manifest":  # the run's own manifest.csv refuses another split before any checkpoint is read
+        with pytest.raises(DataError, match="holds another split"):
+            train_member(other, "tiny")
+        return
     with pytest.raises(CheckpointError, match="cannot resume tiny") as info:
         train_member(other, "tiny")
     assert info.value.hint is not None and "train.resume=false" in info.value.hint

@@ -105,6 +105,34 @@ def _preprocess_chain(
     return f"{tag}input", nodes, inits
 
 
+def topological_order(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """The nodes in an order where every input is made before it is used (ONNX requires it).
+
+    Converters do not always keep that order (onnxconverter-common's FP16 conversion appends the input
+    casts it inserts after the nodes that read them); onnxruntime tolerates it, ``onnx.checker`` does not.
+    Stable: nodes already in order keep it. A node whose input nobody makes is reported, not dropped.
+    """
+    made = set(available) | {""}  # "" marks an omitted optional input
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        waiting: list[onnx.NodeProto] = []
+        for n in pending:  # one pass emits every node whose inputs exist by then (a sorted graph: all)
+            if all(i in made for i in n.input):
+                ordered.append(n)
+                made.update(n.output)
+            else:
+                waiting.append(n)
+        if len(waiting) == len(pending):
+            missing = sorted({i for n in waiting for i in n.input if i not in made})
+            raise ModelError(
+                f"the fused graph reads tensors that no node makes: {', '.join(missing[:5])}",
+                hint="report this as a cxr bug with the member files",
+            )
+        pending = waiting
+    return ordered
+
+
 def build_fused(
     members: Sequence[MemberModel], meta: MetaModel, input_size: tuple[int, int] | None = None
 ) -> FusedGraph:
@@ -246,7 +274,7 @@ def build_fused(
 
     h, w = fused
     graph = helper.make_graph(
-        nodes,
+        topological_order(nodes, {IMAGE, *(t.name for t in inits)}),
         "cxr_ensemble",
         [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
         [
