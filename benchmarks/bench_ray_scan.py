@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from cxr.runtime import Predictor, PredictorConfig, ScanConfig, SessionConfig, find_images, scan_folder  # noqa: E402
 from cxr.runtime.predictor import auto_decode_workers  # noqa: E402
-from cxr.runtime.ray_scan import RayScanConfig, ray_scan  # noqa: E402
+from cxr.runtime.ray.scan import RayScanConfig, ray_scan  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "radiography-dev"
 
@@ -138,7 +138,7 @@ def main() -> None:
         raise SystemExit(f"{args.images} not found: pass --images FOLDER")
     import ray
 
-    from cxr.runtime.ray_cluster import connect, disconnect
+    from cxr.runtime.ray.cluster import connect, disconnect
 
     files = find_images(args.images, recursive=True)[: args.n]
     rows: list[dict[str, Any]] = []

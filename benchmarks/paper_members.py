@@ -7,8 +7,8 @@ Makes, with the project's own tools:
 - ``onnx/<name>.onnx`` (``cxr.export.onnx_export.export_onnx``) and ``onnx/<name>.int8.onnx``
   (``cxr.export.quantize.make_int8``, static QDQ calibrated on real or synthetic images);
 - ``stack/meta.onnx``: a logistic-regression meta-learner fitted on synthetic member outputs
-  (``cxr.export.meta_onnx.convert_meta``);
-- ``fused/ensemble.onnx`` + ``fused/ensemble.int8.onnx`` (``cxr.export.fuse.fuse``);
+  (``cxr.stack.to_onnx.convert_meta``);
+- ``fused/ensemble.onnx`` + ``fused/ensemble.int8.onnx`` (``cxr.fuse.fuse.fuse``);
 - ``bench/*.json|md|png``: cxr-bench runs: fused FP32 vs INT8 at batch 1 and 8, beside the five members as
   separate sessions and the PyTorch eager ensemble, with efficiency % against the machine's FP32 peak;
   with ``--per-member``, each member's FP32 vs INT8 too.
@@ -41,8 +41,8 @@ TOOLS = {
     "checkpoint": "cxr.train.checkpoint",
     "export": "cxr.export.onnx_export",
     "quantize": "cxr.export.quantize",
-    "meta": "cxr.export.meta_onnx",
-    "fuse": "cxr.export.fuse",
+    "meta": "cxr.stack.to_onnx",
+    "fuse": "cxr.fuse.fuse",
 }
 
 
@@ -204,12 +204,12 @@ def build_meta(cfg: PaperConfig, models: PaperModels) -> None:
         models.meta = out
         return
     if not available("meta") or importlib.util.find_spec("sklearn") is None:
-        models.skipped.append("meta-learner: cxr.export.meta_onnx or scikit-learn is not available")
+        models.skipped.append("meta-learner: cxr.stack.to_onnx or scikit-learn is not available")
         return
     from sklearn.linear_model import LogisticRegression
 
-    from cxr.export.meta_onnx import convert_meta
     from cxr.labels import CLASSES
+    from cxr.stack.to_onnx import convert_meta
 
     rng = np.random.default_rng(cfg.seed)
     k, m = len(CLASSES), len(cfg.names)
@@ -233,9 +233,9 @@ def build_fused(cfg: PaperConfig, models: PaperModels) -> None:
         models.fused_int8 = int8_out if int8_out.is_file() else None
         return
     if models.meta is None or len(models.members) != len(cfg.names) or not available("fuse"):
-        models.skipped.append("fuse: members, meta-learner or cxr.export.fuse missing")
+        models.skipped.append("fuse: members, meta-learner or cxr.fuse.fuse missing")
         return
-    from cxr.export.fuse import FuseConfig, fuse
+    from cxr.fuse.fuse import FuseConfig, fuse
 
     t0 = time.perf_counter()
     variants = ("int8",) if len(models.int8_members) == len(cfg.names) else ()

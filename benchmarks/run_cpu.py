@@ -26,7 +26,7 @@ import paper_members  # noqa: E402
 
 def summary_markdown(bench_dir: Path) -> str:
     """One compact table over every report in ``bench_dir``, with date, machine and commands."""
-    from cxr.runtime.bench_report import load_report, markdown_table
+    from cxr.bench.report import load_report, markdown_table
 
     reports = [load_report(p) for p in sorted(bench_dir.glob("*.json"))]
     if not reports:

@@ -45,3 +45,11 @@ class VerificationError(CxrError):
     """An exported or fused graph does not reproduce its reference within tolerance."""
 
     exit_code = 1
+
+
+class TrainError(CxrError):
+    """Training cannot go on: weights unavailable, too many unreadable images, out of memory, bad resume."""
+
+
+class CheckpointError(TrainError, ModelError):
+    """A checkpoint is missing, incomplete, tampered with, or written by another checkpoint format."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from cxr.errors import ModelError
 from cxr.labels import CLASSES, NOTICE
 
@@ -167,3 +169,10 @@ def provenance_warnings(card: Mapping[str, Any]) -> tuple[str, ...]:
     if sources and all(s == "random" for s in sources):
         out.append("every part of this model was trained from random weights (no ImageNet pre-training)")
     return tuple(out)
+
+
+def softmax(logits: np.ndarray, dtype: type[np.floating[Any]] = np.float64) -> np.ndarray:
+    """Class probabilities [N, K] from logits [N, K], computed in ``dtype`` (the one softmax of cxr)."""
+    z = np.asarray(logits, dtype=dtype)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -55,7 +55,7 @@ def _preload_gpu_libraries() -> str:
 def machine() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from cxr.runtime.session import available_providers, gpu_name, tensorrt_version
+    from cxr.session import available_providers, gpu_name, tensorrt_version
 
     smi = shutil.which("nvidia-smi")
     smi_out = ""
@@ -166,7 +166,7 @@ def check_config(
         again = Predictor.from_path(model, PredictorConfig(session=sc, batch_size=args.batch_size))
         again.run(batch)
         row["cached_session_and_run_s"] = round(time.perf_counter() - t0, 3)
-        from cxr.runtime.session import trt_cache_dir
+        from cxr.session import trt_cache_dir
 
         cache = trt_cache_dir(sc, model)
         row["trt_cache_dir"] = str(cache)

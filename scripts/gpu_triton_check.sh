@@ -107,7 +107,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 from cxr.runtime.predictor import Predictor, PredictorConfig
-from cxr.runtime.session import SessionConfig
+from cxr.session import SessionConfig
 
 port, model_dir, images, tol = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 info = json.loads((model_dir / "cxr.json").read_text())

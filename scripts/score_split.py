@@ -16,8 +16,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cxr.data.manifest import load_manifest  # noqa: E402
-from cxr.evaluate.metrics import macro_f1_from_labels  # noqa: E402
 from cxr.labels import NOTICE  # noqa: E402
+from cxr.metrics import macro_f1_from_labels  # noqa: E402
 from cxr.runtime.predictor import Predictor  # noqa: E402
 
 

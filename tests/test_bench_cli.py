@@ -117,7 +117,7 @@ def test_compare_refuses_a_json_that_is_not_a_report(tmp_path: Path, two_reports
 def test_plot_without_matplotlib_fails_before_measuring(
     fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cxr.runtime import bench_plot
+    from cxr.bench import plot as bench_plot
 
     monkeypatch.setattr(bench_plot, "matplotlib_missing", lambda: True)
     res = runner.invoke(app, ["run", str(fused_model), "--plot", str(tmp_path / "p.png"), *FAST])

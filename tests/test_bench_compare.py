@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cxr.runtime.bench_compare import compare_reports, comparison_markdown, format_comparison
-from cxr.runtime.bench_machine import MachineInfo
-from cxr.runtime.bench_stats import summarize
-from cxr.runtime.bench_types import BenchReport, BenchRow
+from cxr.bench.compare import compare_reports, comparison_markdown, format_comparison
+from cxr.bench.machine import MachineInfo
+from cxr.bench.stats import summarize
+from cxr.bench.types import BenchReport, BenchRow
 
 MACHINE = MachineInfo(
     "Test CPU",

@@ -10,16 +10,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cxr.errors import ConfigError, DataError, ModelError
-from cxr.runtime.bench_inputs import (
+from cxr.bench.inputs import (
     check_batch_sizes,
     check_variants,
     inspect_model,
     list_images,
     resolve_members,
 )
-from cxr.runtime.bench_onnx_header import read_onnx_header
-from cxr.runtime.session import file_sha256
+from cxr.bench.onnx_header import read_onnx_header
+from cxr.errors import ConfigError, DataError, ModelError
+from cxr.session import file_sha256
 from tests.onnx_factory import make_fused_model, make_member_model
 from tests.test_bench_support import fixed_batch, variant_of, with_card
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr.errors import ConfigError
-from cxr.runtime.bench_machine import (
+from cxr.bench.machine import (
     MachineInfo,
     PeakMemoryProbe,
     busy_note,
     machine_info,
     resolve_peak_gflops,
 )
+from cxr.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cxr.bench.report import format_markdown, format_terminal, load_report, write_outputs
+from cxr.bench.run import BenchConfig, run_bench
+from cxr.bench.types import REQUIRED_ROW_KEYS, SCHEMA, SCHEMA_VERSION, BenchReport, validate_report
 from cxr.errors import ConfigError, DataError, ModelError
-from cxr.runtime.bench import BenchConfig, run_bench
-from cxr.runtime.bench_report import format_markdown, format_terminal, load_report, write_outputs
-from cxr.runtime.bench_types import REQUIRED_ROW_KEYS, SCHEMA, SCHEMA_VERSION, BenchReport, validate_report
 from tests.onnx_factory import make_member_model
 from tests.test_bench_support import baked_reshape, variant_of, with_card
 
@@ -163,7 +163,7 @@ def test_batch_the_graph_cannot_run_is_a_model_error(member_model: Path, tmp_pat
 def test_torch_reference_without_torch_is_a_note(
     fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cxr.runtime import bench_torch
+    from cxr.bench import eager as bench_torch
 
     monkeypatch.setattr(bench_torch, "torch_installed", lambda: False)
     report = run_bench(BenchConfig(model=fused_model, torch_run=tmp_path, **FAST))

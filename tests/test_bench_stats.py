@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from cxr.bench.stats import LatencyStats, percentile, summarize
 from cxr.errors import ConfigError
-from cxr.runtime.bench_stats import LatencyStats, percentile, summarize
 
 # sorted: 15, 20, 35, 40, 50; h = (n - 1) * q / 100 = 4q/100
 HAND = [

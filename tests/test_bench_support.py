@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from cxr.runtime.session import file_sha256
+from cxr.session import file_sha256
 from cxr.spec import META_CARD
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from cxr.bench.timing import TimingPlan, time_calls, time_concurrent
 from cxr.errors import ConfigError
-from cxr.runtime.bench_timing import TimingPlan, time_calls, time_concurrent
 
 
 class Counter:

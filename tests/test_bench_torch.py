@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cxr.runtime.bench import BenchConfig, run_bench
+from cxr.bench.run import BenchConfig, run_bench
 from cxr.spec import PreprocessSpec
 
 torch = pytest.importorskip("torch")

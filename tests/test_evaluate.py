@@ -13,8 +13,8 @@ pytest.importorskip("skl2onnx")
 from cxr.errors import DataError  # noqa: E402
 from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.labels import NOTICE  # noqa: E402
-from cxr.train.meta import MetaConfig, fit_meta  # noqa: E402
-from cxr.train.meta_synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
+from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
+from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
 
 NO_LUNG_OPACITY_TEST = {
     "COVID": (4, 16, 20),
@@ -79,7 +79,7 @@ def test_report_contents_and_figures(result, run: Path) -> None:
 
 
 def test_metrics_match_a_recomputation(result, run: Path) -> None:
-    from cxr.train.meta_features import load_split
+    from cxr.stack.features import load_split
 
     data = load_split(run, ("alpha", "beta", "delta", "epsilon", "gamma"), "test")
     soft = data.member_probs.mean(axis=1).argmax(axis=1)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxr.errors import VerificationError
-from cxr.export.verify import VerifyConfig, compare_logits, softmax
+from cxr.export.verify import VerifyConfig, compare_logits
+from cxr.spec import softmax
 
 CFG = VerifyConfig(name="m", strict=False)
 

@@ -24,15 +24,15 @@ from torch import nn  # noqa: E402
 
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
 from cxr.errors import CxrError, ModelError  # noqa: E402
-from cxr.export.fuse import FuseConfig, fuse, run_members  # noqa: E402
-from cxr.export.fuse_graph import IMAGE  # noqa: E402
-from cxr.export.fuse_members import load_member  # noqa: E402
+from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
+from cxr.fuse.graph import IMAGE  # noqa: E402
+from cxr.fuse.members import load_member  # noqa: E402
 from cxr.imaging.decode import decode_gray  # noqa: E402
 from cxr.imaging.preprocess import to_model_input  # noqa: E402
 from cxr.labels import CLASSES, NOTICE  # noqa: E402
 from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
-from cxr.train.meta import MetaConfig, fit_meta  # noqa: E402
-from cxr.train.meta_features import MemberOrderError  # noqa: E402
+from cxr.stack.features import MemberOrderError  # noqa: E402
+from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
 from cxr.train.predictions import PredictionTable, write_predictions  # noqa: E402
 
 K = len(CLASSES)
@@ -254,7 +254,7 @@ def test_end_to_end_top1_identical_to_pytorch_and_scikit_learn(fused, tiny_run: 
 
 
 def test_metadata(fused, tiny_run: Path) -> None:
-    from cxr.runtime.session import file_sha256
+    from cxr.session import file_sha256
 
     model = onnx.load(str(fused.path))
     md = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
@@ -459,7 +459,7 @@ def test_fuse_error_is_a_cxr_error() -> None:
 
 def test_nodes_out_of_order_are_sorted_and_a_dangling_input_is_named() -> None:
     """onnxconverter-common's FP16 casts can come after their readers; onnx.checker refuses that order."""
-    from cxr.export.fuse_graph import topological_order
+    from cxr.fuse.graph import topological_order
 
     a = onnx.helper.make_node("Relu", ["x"], ["a"], name="a")
     b = onnx.helper.make_node("Relu", ["a"], ["b"], name="b")

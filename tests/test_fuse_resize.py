@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from cxr.export.fuse_resize import pil_coefficients, probe_order, resize_like_graph, resize_nodes  # noqa: E402
+from cxr.fuse.resize import pil_coefficients, probe_order, resize_like_graph, resize_nodes  # noqa: E402
 from cxr.imaging.preprocess import resize_gray  # noqa: E402
 from cxr.spec import PreprocessSpec  # noqa: E402
 

@@ -223,16 +223,16 @@ def test_model_that_is_not_onnx_exits_2(images: Path, tmp_path: Path, member_mod
 def test_progress_bar_shows_rate_and_eta() -> None:
     import io
 
-    from cxr.runtime.progress import ProgressBar
+    from cxr.progress import Progress
 
     now = [0.0]
     buf = io.StringIO()
-    bar = ProgressBar(10, buf, clock=lambda: now[0], log_interval=0.0)
+    bar = Progress(10, "scan", buf, clock=lambda: now[0], log_interval=0.0)
     now[0] = 2.0
     bar.update(4)
-    assert "4/10" in buf.getvalue() and "2.0 img/s" in buf.getvalue() and "ETA 0:00:03" in buf.getvalue()
+    assert buf.getvalue() == "scan [========>           ] 4/10 00:02<00:03 2.0 img/s\n"
     now[0] = 5.0
     bar.update(6)
     bar.close()
     last = buf.getvalue().splitlines()[-1]
-    assert last.startswith("scan 100%") and "10/10" in last and "elapsed 0:00:05" in last
+    assert last == "scan [====================] 10/10 00:05<00:00 2.0 img/s", buf.getvalue()

@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 
 from cxr.errors import ConfigError, CxrError
 from cxr.runtime import Predictor, PredictorConfig, ScanConfig, find_images, scan_folder
-from cxr.runtime.ray_cluster import RayConnection
-from cxr.runtime.ray_inputs import find_images_at_url
-from cxr.runtime.ray_scan import RayScanConfig, RayScanResult, _actor_count, _gpus_per_actor, ray_scan
-from cxr.runtime.session import SessionConfig
+from cxr.runtime.ray.cluster import RayConnection
+from cxr.runtime.ray.inputs import find_images_at_url
+from cxr.runtime.ray.scan import RayScanConfig, RayScanResult, _actor_count, _gpus_per_actor, ray_scan
+from cxr.session import SessionConfig
 from tests.dataset_factory import make_dataset
 from tests.onnx_factory import make_fused_model, write_gray_pngs
 
@@ -185,7 +185,7 @@ def test_manifest_split(ray_local: None, model: Path, predictor: Predictor, tmp_
 def test_a_different_model_on_a_node_fails_with_its_message(
     ray_local: None, model: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cxr.runtime.ray_scan as rs
+    import cxr.runtime.ray.scan as rs
 
     real = rs._model_header
 
@@ -298,7 +298,7 @@ def test_importing_the_ray_engine_does_not_import_ray(tmp_path: Path) -> None:
     code = """
         import sys
         import cxr.runtime, cxr.cli.predict
-        import cxr.runtime.ray_scan, cxr.runtime.ray_actor, cxr.runtime.ray_cluster, cxr.runtime.ray_inputs
+        import cxr.runtime.ray.scan, cxr.runtime.ray.actor, cxr.runtime.ray.cluster, cxr.runtime.ray.inputs
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "pyarrow", "pandas")))
     """
     proc = subprocess.run(

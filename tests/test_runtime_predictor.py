@@ -15,7 +15,7 @@ from cxr.imaging.decode import decode_gray
 from cxr.labels import CLASSES, NOTICE
 from cxr.runtime import Predictor, PredictorConfig, SessionConfig
 from cxr.runtime.predictor import RawOutput
-from cxr.runtime.session import trt_cache_dir
+from cxr.session import trt_cache_dir
 from tests.onnx_factory import make_fused_model, make_member_model
 
 

@@ -11,7 +11,7 @@ timm = pytest.importorskip("timm")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from cxr.errors import ConfigError  # noqa: E402
+from cxr.errors import ConfigError, TrainError  # noqa: E402
 from cxr.train.backbones import (  # noqa: E402
     BACKBONES,
     backbone_normalization,
@@ -21,7 +21,6 @@ from cxr.train.backbones import (  # noqa: E402
     set_phase,
     train_mode,
 )
-from cxr.train.errors import TrainError  # noqa: E402
 
 TEST_MODELS = ("test_resnet", "test_efficientnet", "test_vit")
 

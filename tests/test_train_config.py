@@ -89,6 +89,13 @@ def test_overrides(override: str, check: object) -> None:
         (minimal(models=["densnet121"]), [], "unknown backbone 'densnet121'", "did you mean densenet121"),
         (minimal(models=[{"backbone": "vgg19", "input_size": 16}]), [], "too small", "at least 32"),
         (minimal(models=["vgg19", "vgg19"]), [], "appear twice", "name"),
+        (minimal(models=[{"backbone": "vgg19", "epochs": 0}]), [], "models.vgg19.epochs must be 1", None),
+        (
+            minimal(models=[{"backbone": "vgg19", "epochs": 1}]),
+            [],
+            "models.vgg19.epochs=1 is fewer than train.adapt_epochs=2",
+            "adaptation epochs",
+        ),
         (minimal(models=[]), [], "the list is empty", None),
         (
             {"run_dir": "r", "models": ["vgg19"], "data": {}},
@@ -186,3 +193,12 @@ def test_a_member_may_train_in_its_own_precision(member_precision: str | None, e
         {"run_dir": "r", "data": {"manifest": "m.csv"}, "train": {"precision": "bf16"}, "models": [model]}
     )
     assert cfg.settings(cfg.member("vgg19")).precision == expected and cfg.train.precision == "bf16"
+
+
+@pytest.mark.parametrize(("member_epochs", "expected"), [(None, 6), (9, 9)])
+def test_a_member_may_train_for_its_own_number_of_epochs(member_epochs: int | None, expected: int) -> None:
+    model: dict = {"backbone": "xception"} if member_epochs is None else {"backbone": "xception", "epochs": 9}
+    cfg = config_from_dict(
+        {"run_dir": "r", "data": {"manifest": "m.csv"}, "train": {"epochs": 6}, "models": [model]}
+    )
+    assert cfg.settings(cfg.member("xception")).epochs == expected and cfg.train.epochs == 6

@@ -15,10 +15,10 @@ pytest.importorskip("timm")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from cxr.errors import TrainError  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.device import DeviceSetup  # noqa: E402
 from cxr.train.distributed import sync_batchnorm  # noqa: E402
-from cxr.train.errors import TrainError  # noqa: E402
 from cxr.train.loop import PhaseState, train_step  # noqa: E402
 
 CPU = DeviceSetup(device=torch.device("cpu"), amp_dtype=None, channels_last=False, pin_memory=False)

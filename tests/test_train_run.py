@@ -18,14 +18,17 @@ pytest.importorskip("timm")
 
 from cxr.data.manifest import SplitConfig, build_manifest, load_manifest  # noqa: E402
 from cxr.data.synth import SynthConfig, synthesize  # noqa: E402
-from cxr.errors import DataError  # noqa: E402
+from cxr.errors import (  # noqa: E402
+    CheckpointError,
+    DataError,  # noqa: E402
+    TrainError,
+)
 from cxr.imaging.decode import decode_gray  # noqa: E402
 from cxr.imaging.preprocess import to_model_input  # noqa: E402
 from cxr.train import run as run_module  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.checkpoint import load_checkpoint, read_checkpoint_info  # noqa: E402
 from cxr.train.config import TrainConfig, config_from_dict, load_config  # noqa: E402
-from cxr.train.errors import CheckpointError, TrainError  # noqa: E402
 from cxr.train.predict import predict_split  # noqa: E402
 from cxr.train.predictions import read_predictions  # noqa: E402
 from cxr.train.run import train_member  # noqa: E402
@@ -403,3 +406,11 @@ def test_loaders_shuffle_train_only_and_augment_repeatably(data: Path) -> None:
     val = make_dataset(manifest, "val", spec, train=False)
     order = [int(i) for b in make_loader(val, batch_size=3, shuffle=False) for i in b.index]
     assert order == list(range(len(val)))
+
+
+def test_a_member_s_own_epochs_override_the_run_s(data: Path, tmp_path: Path) -> None:
+    raw = raw_cfg(tmp_path / "run", {"manifest": str(data / "manifest.csv")}, epochs=1, adapt_epochs=1)
+    raw["models"][0]["epochs"] = 2
+    result = train_member(config_from_dict(raw), "tiny")
+    rows = (result.member_dir / "metrics.jsonl").read_text().splitlines()
+    assert result.epochs_run == 2 and [json.loads(x)["phase"] for x in rows] == ["adapt", "finetune"]

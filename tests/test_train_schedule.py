@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,7 +13,6 @@ from cxr.errors import DataError  # noqa: E402
 from cxr.train.config import ScheduleConfig, TrainSettings  # noqa: E402
 from cxr.train.early_stopping import EarlyStopping  # noqa: E402
 from cxr.train.loop import weighted_ce  # noqa: E402
-from cxr.train.metrics import classification_metrics  # noqa: E402
 from cxr.train.schedule import make_optimizer, make_scheduler  # noqa: E402
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
@@ -116,27 +114,3 @@ def test_min_delta_ignores_tiny_improvements() -> None:
     es = EarlyStopping("macro_f1", "max", patience=2, min_delta=0.01)
     assert es.update(0.5, 0) and not es.update(0.505, 1) and not es.update(0.509, 2)
     assert es.should_stop and es.best == 0.5
-
-
-def test_metrics_match_scikit_learn() -> None:
-    skm = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 200)
-    p = rng.dirichlet(np.ones(4), 200)
-    p[np.arange(200), y] += rng.random(200)  # better than chance, not perfect
-    pred = p.argmax(1)
-    m = classification_metrics(y, p, CLASSES, loss=0.5)
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    assert m["macro_precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
-    assert m["macro_recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
-    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
-    f1 = skm.f1_score(y, pred, average=None)
-    assert [m["per_class"][c]["f1"] for c in CLASSES] == pytest.approx(list(f1))
-    assert m["loss"] == 0.5 and m["n"] == 200
-
-
-def test_a_class_never_predicted_scores_zero_not_nan() -> None:
-    m = classification_metrics(np.array([0, 1, 2, 3]), np.array([0, 0, 0, 0]), CLASSES)
-    assert m["per_class"]["Normal"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    assert m["macro_f1"] == pytest.approx(0.1)

@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from cxr.export.fuse_resize import probe_order, resize_like_graph  # noqa: E402
+from cxr.fuse.resize import probe_order, resize_like_graph  # noqa: E402
 from cxr.spec import PreprocessSpec  # noqa: E402
 from cxr.train.transforms import eval_transform  # noqa: E402
 

@@ -22,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from cxr.deploy.triton import TritonConfig, TritonExportResult, write_triton_repository
 from cxr.errors import ModelError
-from cxr.export.triton import TritonConfig, TritonExportResult, write_triton_repository
 from cxr.imaging.decode import decode_gray
 from cxr.labels import NOTICE
 from cxr.runtime.predictor import Predictor

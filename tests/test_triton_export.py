@@ -23,13 +23,13 @@ from onnx import TensorProto
 from typer.testing import CliRunner
 
 from cxr.cli.main import app
-from cxr.errors import ConfigError, ModelError
-from cxr.export.triton import (
+from cxr.deploy.triton import (
     KSERVE_FILE,
     STORAGE_URI_PLACEHOLDER,
     TritonConfig,
     write_triton_repository,
 )
+from cxr.errors import ConfigError, ModelError
 from cxr.labels import NOTICE
 from cxr.spec import META_CARD, META_INPUT, ModelMetadata
 from tests.onnx_factory import make_fused_model

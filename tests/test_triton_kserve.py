@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cxr.export.triton import TritonConfig, render_kserve
+from cxr.deploy.triton import TritonConfig, render_kserve
 from cxr.labels import NOTICE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cxr.export.triton import TritonConfig, write_triton_repository
+from cxr.deploy.triton import TritonConfig, write_triton_repository
 from cxr.runtime.predictor import Predictor
 from tests.onnx_factory import write_gray_pngs
 from tests.test_triton_client import client_mod  # noqa: F401  (fixture)

@@ -3,7 +3,7 @@
 `cxr-bench run MODEL` measures every combination of providers, precision variants, batch sizes, intra-op
 threads and client concurrency asked for (plus end-to-end and reference rows when asked) and prints a
 table; `--output/--markdown/--plot` persist it. `cxr-bench compare A.json B.json` shows two runs side by
-side with ratios. A thin layer over ``cxr.runtime.bench``; torch is never imported (the PyTorch
+side with ratios. A thin layer over ``cxr.bench.run``; torch is never imported (the PyTorch
 reference imports it inside its own function, only when it is installed).
 """
 
@@ -20,7 +20,7 @@ from cxr.cli.common import handle_errors, setup_logging
 from cxr.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cxr.runtime.bench_types import BenchRow
+    from cxr.bench.types import BenchRow
 
 app = typer.Typer(
     name="cxr-bench",
@@ -136,9 +136,9 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Measure MODEL for every combination asked for and print a table."""
-    from cxr.runtime.bench import BenchConfig, run_bench
-    from cxr.runtime.bench_plot import matplotlib_missing, missing_error
-    from cxr.runtime.bench_report import format_terminal, write_outputs
+    from cxr.bench.plot import matplotlib_missing, missing_error
+    from cxr.bench.report import format_terminal, write_outputs
+    from cxr.bench.run import BenchConfig, run_bench
 
     if verbose:
         setup_logging(verbose=True)
@@ -190,8 +190,8 @@ def compare(
     ] = None,
 ) -> None:
     """Show two runs side by side with B/A ratios of latency and throughput."""
-    from cxr.runtime.bench_compare import compare_reports, comparison_markdown, format_comparison
-    from cxr.runtime.bench_report import load_report
+    from cxr.bench.compare import compare_reports, comparison_markdown, format_comparison
+    from cxr.bench.report import load_report
 
     comparison = compare_reports(load_report(a), load_report(b), str(a), str(b))
     typer.echo(format_comparison(comparison))

@@ -45,8 +45,8 @@ def demo(
     """Run the whole study: data, split, train 5 CNNs, export+verify, stack, fuse, evaluate, scan, bench."""
     import time
 
-    from cxr.demo.config import DemoConfig
-    from cxr.demo.pipeline import run_demo
+    from cxr.pipeline.config import DemoConfig
+    from cxr.pipeline.pipeline import run_demo
 
     setup_logging(verbose)
     cfg = DemoConfig(

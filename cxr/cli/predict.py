@@ -2,7 +2,7 @@
 
 `cxr-predict scan FOLDER` writes one row per file (CSV or JSONL, flushed per batch, `--resume` skips the
 files already written) and ends with a summary; `--engine ray` runs the same scan on a Ray cluster
-(`cxr.runtime.ray_scan`, optional extra `ray`); `cxr-predict image FILE...` prints each file's result.
+(`cxr.runtime.ray.scan`, optional extra `ray`); `cxr-predict image FILE...` prints each file's result.
 Exit codes: 0 every file predicted, 1 some files could not be read, 2 usage or model error.
 Decision support only: every human-readable result carries ``cxr.labels.NOTICE``.
 """
@@ -25,8 +25,8 @@ from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
+    from cxr.progress import Progress
     from cxr.runtime.predictor import Predictor, PredictorConfig
-    from cxr.runtime.progress import ProgressBar
     from cxr.runtime.scan import ScanResult
     from cxr.runtime.types import Prediction
 
@@ -116,7 +116,7 @@ def _predictor_config(
 ) -> PredictorConfig:
     from cxr.imaging.decode import DecodeLimits
     from cxr.runtime.predictor import PredictorConfig, auto_decode_workers
-    from cxr.runtime.session import SessionConfig
+    from cxr.session import SessionConfig
 
     return PredictorConfig(
         session=SessionConfig(
@@ -162,12 +162,13 @@ class _ScanHooks:
 
     stream: TextIO
     show_bar: bool
-    bar: ProgressBar | None = None
+    bar: Progress | None = None
 
     def on_start(self, todo: int, skipped: int) -> None:
-        from cxr.runtime.progress import ProgressBar
+        from cxr.progress import Progress
 
-        self.bar = ProgressBar(todo, typer.get_text_stream("stderr"), enabled=todo > 0 and self.show_bar)
+        stderr = typer.get_text_stream("stderr") if todo > 0 and self.show_bar else None
+        self.bar = Progress(todo, "scan", stderr, log_interval=10.0)
 
     def on_batch(self, preds: Any) -> None:
         if self.bar is not None:
@@ -363,9 +364,9 @@ def _scan_with_ray(
     split: str | None,
     verbose: bool,
 ) -> int:
-    """`scan --engine ray`: the local scan's rows and summary (cxr.runtime.ray_scan); returns the exit code."""
+    """`scan --engine ray`: the local scan's rows and summary (cxr.runtime.ray.scan); returns the exit code."""
     from cxr.runtime.locate import resolve_model
-    from cxr.runtime.ray_scan import RayScanConfig, ray_scan
+    from cxr.runtime.ray.scan import RayScanConfig, ray_scan
 
     if predictor_cfg.session.device_id:
         typer.echo(

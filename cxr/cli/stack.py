@@ -1,6 +1,6 @@
 """`cxr train stack`, `cxr fuse`, `cxr evaluate`: the meta-learner, the fused graph and the study's answer.
 
-Thin commands over ``cxr.train.meta.fit_meta``, ``cxr.export.fuse.fuse`` and
+Thin commands over ``cxr.stack.stack.fit_meta``, ``cxr.fuse.fuse.fuse`` and
 ``cxr.evaluate.evaluate.evaluate``; heavy libraries are imported inside the commands.
 """
 
@@ -52,7 +52,7 @@ def stack(
     opset: Annotated[int, typer.Option(help="ONNX opset of meta.onnx (the members' opset).")] = 17,
 ) -> None:
     """Train the meta-learner on predictions for images the base models never trained on."""
-    from cxr.train.meta import MetaConfig, fit_meta
+    from cxr.stack.stack import MetaConfig, fit_meta
 
     res = fit_meta(
         MetaConfig(
@@ -101,8 +101,8 @@ def fuse(
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
 ) -> None:
     """Fuse the members and the meta-learner into one verified ONNX graph."""
-    from cxr.export.fuse import FuseConfig, describe, run_members
-    from cxr.export.fuse import fuse as fuse_models
+    from cxr.fuse.fuse import FuseConfig, describe, run_members
+    from cxr.fuse.fuse import fuse as fuse_models
 
     members, meta = run_members(run_dir)
     cfg = FuseConfig(

@@ -60,7 +60,7 @@ def export_triton(
     ] = None,
 ) -> None:
     """Write OUT/<name>/config.pbtxt, OUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
-    from cxr.export.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
+    from cxr.deploy.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
 
     cfg = TritonConfig(
         model_name=name,

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 from cxr.errors import DataError
+from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.labels import CLASSES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
 KAGGLE_FOLDER = "COVID-19_Radiography_Dataset"
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
@@ -80,7 +80,7 @@ def scan_dataset(path: Path, classes: tuple[str, ...] = CLASSES) -> DatasetScan:
         for p in sorted(folder.iterdir()):
             if p.is_dir() or p.name in IGNORED_NAMES:
                 continue
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.suffix.lower() in READABLE_SUFFIXES:
                 records.append(ImageRecord(p, c))
             else:
                 skipped.append((p, f"not an image file (suffix {p.suffix or 'none'!r})"))

@@ -26,10 +26,11 @@ import numpy as np
 
 from cxr.data.manifest import load_manifest
 from cxr.errors import ConfigError, DataError, ModelError
-from cxr.evaluate.metrics import Metrics, classification_metrics
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
 from cxr.evaluate.voting import majority_vote, soft_vote
-from cxr.train.meta_features import META_PROP, MetaData, check_member_order, load_split, read_meta_json
+from cxr.metrics import Metrics, classification_metrics
+from cxr.session import cpu_session
+from cxr.stack.features import META_PROP, MetaData, check_member_order, load_split, read_meta_json
 from cxr.train.predictions import read_predictions
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,13 @@ class EvalResult:
 
 def stacking_probabilities(meta_onnx: Path, data: MetaData) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], labels [N]) of the converted meta-learner on ``data``'s features."""
-    import onnxruntime as ort
-
     if not Path(meta_onnx).is_file():
         raise ModelError(
             f"{meta_onnx} does not exist",
             hint="train the meta-learner first (`cxr train stack RUN_DIR`)",
             path=meta_onnx,
         )
-    sess = ort.InferenceSession(str(meta_onnx), providers=["CPUExecutionProvider"])
+    sess = cpu_session(meta_onnx)
     props = sess.get_modelmeta().custom_metadata_map
     if META_PROP not in props:
         raise ModelError(

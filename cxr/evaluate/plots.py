@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cxr.evaluate.calibration import reliability_bins
+from cxr.calibration import reliability_bins
 
 if TYPE_CHECKING:
     from cxr.evaluate.evaluate import MethodResult

@@ -20,7 +20,7 @@ from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
     from cxr.evaluate.evaluate import EvalConfig, MethodResult
-    from cxr.train.meta_features import MetaData
+    from cxr.stack.features import MetaData
 
 UNDEFINED = "undefined"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.evaluate.metrics import confusion_matrix, macro_weighted, per_class_prf
+from cxr.metrics import confusion_matrix, macro_weighted, per_class_prf
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ def check_opset(opset: int) -> None:
 
 
 def _ort_runs_opset(opset: int) -> bool:
-    import onnxruntime as ort
+    from cxr.session import cpu_session
 
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
@@ -213,7 +213,7 @@ def _ort_runs_opset(opset: int) -> bool:
     model = onnx.helper.make_model(graph, opset_imports=ops)
     model.ir_version = onnx.helper.find_min_ir_version_for(ops)
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        cpu_session(model.SerializeToString())
     except Exception:  # onnxruntime raises its own untyped errors for unsupported opsets
         return False
     return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from cxr.runtime.session import files_sha256
+from cxr.session import files_sha256
 
 
 def model_nbytes(proto: onnx.ModelProto) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import ConfigError, VerificationError
+from cxr.spec import softmax
 
 REL_FLOOR = 1e-6
 FP32_ATOL = 1e-4
@@ -77,13 +78,6 @@ class VerifyReport:
             f"max rel {self.max_rel:.2e}, top-1 {self.top1_agreement:.2%} -> {verdict}"
         )
         return text if self.passed else f"{text} ({'; '.join(self.reasons)})"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def compare_logits(
@@ -156,7 +150,7 @@ def raise_if_failed(report: VerifyReport) -> None:
 
 def open_session(path: Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session for ``path`` (errors become ``ModelError`` with the fix)."""
-    from cxr.runtime.session import SessionConfig, create_session
+    from cxr.session import SessionConfig, create_session
 
     return create_session(Path(path), SessionConfig(provider="cpu", threads=threads)).session
 

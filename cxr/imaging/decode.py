@@ -36,6 +36,8 @@ PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (ph
 PILLOW_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 """Leading bytes of those formats: a .dcm file that starts with one of them is decoded as an image."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp"})
+READABLE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+"""Every file name cxr reads as an image, everywhere (data layouts, scans, benchmarks): one list."""
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor, PredictorConfig, RawOutput
     from cxr.runtime.results import ResultWriter, open_results
     from cxr.runtime.scan import ScanConfig, ScanResult, find_images, scan_folder
-    from cxr.runtime.session import SessionConfig, SessionInfo, available_providers, create_session
     from cxr.runtime.types import Prediction
+    from cxr.session import SessionConfig, SessionInfo, available_providers, create_session
 
 _EXPORTS = {
     "DecodeLimits": "cxr.imaging.decode",
@@ -36,10 +36,10 @@ _EXPORTS = {
     "ScanResult": "cxr.runtime.scan",
     "find_images": "cxr.runtime.scan",
     "scan_folder": "cxr.runtime.scan",
-    "SessionConfig": "cxr.runtime.session",
-    "SessionInfo": "cxr.runtime.session",
-    "available_providers": "cxr.runtime.session",
-    "create_session": "cxr.runtime.session",
+    "SessionConfig": "cxr.session",
+    "SessionInfo": "cxr.session",
+    "available_providers": "cxr.session",
+    "create_session": "cxr.session",
     "Prediction": "cxr.runtime.types",
 }
 

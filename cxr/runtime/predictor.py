@@ -27,9 +27,9 @@ from cxr.errors import CxrError, DecodeError, ModelError
 from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_gray
 from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
-from cxr.runtime.session import SessionConfig, SessionInfo, create_session, file_sha256
 from cxr.runtime.types import Prediction
-from cxr.spec import ModelMetadata, provenance_warnings
+from cxr.session import SessionConfig, SessionInfo, create_session, file_sha256
+from cxr.spec import ModelMetadata, provenance_warnings, softmax
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def auto_decode_workers(provider: str, cpus: int | None = None) -> int:
     """
     import os
 
-    from cxr.runtime.session import available_providers
+    from cxr.session import available_providers
 
     n = cpus or os.cpu_count() or 1
     gpu = provider in ("cuda", "tensorrt") or (
@@ -84,12 +84,6 @@ def auto_decode_workers(provider: str, cpus: int | None = None) -> int:
     if gpu:
         return max(1, min(8, n - 1))
     return 1 if n < 8 else 2
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:

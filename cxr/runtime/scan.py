@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import TextIO
 
 from cxr.errors import DataError
-from cxr.imaging.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.imaging.dicom import might_be_dicom
 from cxr.runtime.predictor import Predictor
 from cxr.runtime.results import PreviousResults, ResultFormat, ResultWriter, open_results
 from cxr.runtime.types import Prediction
-
-SCAN_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ def find_images(
                 selected = _matches(rel, name, include)
             else:
                 suffix = path.suffix.lower()
-                selected = suffix in SCAN_SUFFIXES or (suffix == "" and looks_like_dicom_file(path))
+                selected = suffix in READABLE_SUFFIXES or (suffix == "" and looks_like_dicom_file(path))
             if selected and not (exclude and _matches(rel, name, exclude)) and path.is_file():
                 found.append(path)
     return found
@@ -133,7 +131,7 @@ def _no_images(cfg: ScanConfig) -> DataError:
     if cfg.include or cfg.exclude:
         hint += f" (include {list(cfg.include)}, exclude {list(cfg.exclude)})"
     return DataError(
-        f"no images found in {cfg.folder} (looked for {', '.join(sorted(SCAN_SUFFIXES))} and DICOM files)",
+        f"no images found in {cfg.folder} (looked for {', '.join(sorted(READABLE_SUFFIXES))} and DICOM files)",
         hint=hint,
         path=cfg.folder,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr.errors import ConfigError
-from cxr.runtime.session import PROVIDER_NAMES
+from cxr.session import PROVIDER_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ ROUTES = ("/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/readyz"
 def load_predictor(cfg: ServeConfig) -> Predictor:
     """The default loader: ``Predictor.from_path`` with the server's provider, threads and limits."""
     from cxr.runtime.predictor import Predictor, PredictorConfig
-    from cxr.runtime.session import SessionConfig
+    from cxr.session import SessionConfig
 
     session = SessionConfig(provider=cfg.provider, threads=cfg.threads, strict_provider=cfg.strict_provider)
     pcfg = PredictorConfig(

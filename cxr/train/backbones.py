@@ -20,8 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from cxr.errors import ConfigError
-from cxr.train.errors import TrainError
+from cxr.errors import ConfigError, TrainError
 
 log = logging.getLogger(__name__)
 

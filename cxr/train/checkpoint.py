@@ -29,10 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cxr
-from cxr.errors import ModelError
-from cxr.runtime.session import file_sha256
+from cxr.errors import CheckpointError, ModelError
+from cxr.session import file_sha256
 from cxr.spec import PreprocessSpec
-from cxr.train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

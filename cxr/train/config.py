@@ -146,8 +146,8 @@ class TrackingConfig:
 class MemberConfig:
     """One base model: its member ``name`` (the run directory's folder), backbone and input size (h, w).
 
-    ``batch_size``, ``adapt_lr``, ``finetune_lr`` and ``precision`` override the ``train:`` values for this
-    member only; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
+    ``batch_size``, ``epochs``, ``adapt_lr``, ``finetune_lr`` and ``precision`` override the ``train:``
+    values for this member only; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
     """
 
     name: str
@@ -155,6 +155,7 @@ class MemberConfig:
     input_size: tuple[int, int]
     pretrained: bool | Path = False
     batch_size: int | None = None
+    epochs: int | None = None  # None: train.epochs
     adapt_lr: float | None = None
     finetune_lr: float | None = None
     precision: Precision | None = None  # None: train.precision
@@ -174,6 +175,8 @@ class MemberConfig:
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"models.{self.name}.batch_size must be 1 or more, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"models.{self.name}.epochs must be 1 or more, got {self.epochs}")
         for key in ("adapt_lr", "finetune_lr"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -211,6 +214,13 @@ class TrainConfig:
                 f"models: member name(s) {', '.join(dupes)} appear twice",
                 hint="give each member its own `name:`",
             )
+        for m in self.models:
+            if m.epochs is not None and m.epochs < self.train.adapt_epochs:
+                raise ConfigError(
+                    f"models.{m.name}.epochs={m.epochs} is fewer than train.adapt_epochs="
+                    f"{self.train.adapt_epochs}",
+                    hint="give the member at least the adaptation epochs, or lower train.adapt_epochs",
+                )
 
     def member(self, name: str) -> MemberConfig:
         for m in self.models:
@@ -226,8 +236,9 @@ class TrainConfig:
         return member.batch_size or self.train.batch_size
 
     def settings(self, m: MemberConfig) -> TrainSettings:
-        """``train:`` with this member's own precision, if it has one."""
-        return self.train if m.precision is None else dataclasses.replace(self.train, precision=m.precision)
+        """``train:`` with this member's own precision and epochs, where it has them."""
+        own = {"precision": m.precision, "epochs": m.epochs}
+        return dataclasses.replace(self.train, **{k: v for k, v in own.items() if v is not None})
 
     def learning_rate(self, member: MemberConfig, phase: str) -> float:
         """The base learning rate of ``phase`` (``adapt`` or ``finetune``) for ``member``."""

@@ -28,10 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.data.manifest import Manifest, ManifestRow, SplitConfig, build_manifest, load_manifest
-from cxr.errors import DataError, DecodeError
+from cxr.errors import DataError, DecodeError, TrainError
 from cxr.spec import PreprocessSpec
 from cxr.train.config import DataConfig
-from cxr.train.errors import TrainError
 from cxr.train.transforms import eval_transform, load_rgb, train_transform
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxr.errors import ConfigError, CxrError
+from cxr.errors import ConfigError, CxrError, TrainError
 from cxr.train.config import TrainSettings
-from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 

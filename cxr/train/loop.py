@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr.errors import TrainError
+from cxr.progress import Progress
 from cxr.train.dataset import BadImages, Batch
 from cxr.train.device import DeviceSetup
-from cxr.train.errors import TrainError
-from cxr.train.progress import Progress
 from cxr.train.schedule import current_lr
 
 StepHook = Callable[[int, float, float], None]  # (global step, loss, lr)
@@ -201,7 +201,7 @@ def train_epoch(
         r = train_step(state, batch.x, batch.y)
         if r is None:
             skipped += 1
-            progress.update(1)
+            progress.update(1, items=0)
             continue
         # one process: loss x images; DDP: its share of the global loss x global images (sums to the same)
         loss_sum += r.loss * r.global_images

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from cxr.data.manifest import Manifest
+from cxr.errors import TrainError
 from cxr.spec import PreprocessSpec
 from cxr.train.dataset import BadImages, Shard, make_dataset, make_loader
 from cxr.train.device import DeviceSetup
-from cxr.train.errors import TrainError
 from cxr.train.loop import Predictions, predict_batches
 from cxr.train.predictions import PredictionTable
 

@@ -22,7 +22,7 @@ import torch
 
 from cxr.data.manifest import Manifest, load_manifest
 from cxr.errors import ConfigError, DataError
-from cxr.evaluate.metrics import classification_metrics
+from cxr.metrics import classification_metrics
 from cxr.spec import PreprocessSpec
 from cxr.train.backbones import backbone_normalization, create_backbone, resolve_timm_name
 from cxr.train.dataset import BadImages, make_dataset, make_loader

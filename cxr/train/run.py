@@ -32,6 +32,9 @@ from torch.utils.data import DataLoader
 
 from cxr.data.manifest import Manifest
 from cxr.data.weights import class_weights
+from cxr.errors import CheckpointError
+from cxr.metrics import metrics_record
+from cxr.progress import Progress, format_seconds
 from cxr.train.backbones import create_backbone, resolve_timm_name, set_phase, train_mode
 from cxr.train.checkpoint import (
     RESUME_STATE,
@@ -45,7 +48,7 @@ from cxr.train.checkpoint import (
     save_resume_state,
     versions,
 )
-from cxr.train.config import MemberConfig, TrainConfig, config_to_dict, dump_config
+from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict, dump_config
 from cxr.train.dataset import (
     BadImages,
     ManifestDataset,
@@ -73,7 +76,6 @@ from cxr.train.distributed import (
     wrap_ddp,
 )
 from cxr.train.early_stopping import EarlyStopping
-from cxr.train.errors import CheckpointError
 from cxr.train.loop import (
     EpochStats,
     PhaseState,
@@ -83,10 +85,8 @@ from cxr.train.loop import (
     predict_batches,
     train_epoch,
 )
-from cxr.train.metrics import classification_metrics
 from cxr.train.predict import predict_split
 from cxr.train.predictions import write_predictions
-from cxr.train.progress import Progress, format_seconds
 from cxr.train.provenance import dataset_provenance, weights_provenance
 from cxr.train.schedule import make_optimizer, make_scheduler
 from cxr.train.tracking import MetricsLog, NullTracker, Tracker, make_tracker
@@ -144,6 +144,11 @@ class MemberRun:
     @property
     def shard(self) -> Shard:
         return Shard(self.ctx.rank, self.ctx.world_size)
+
+    @property
+    def train(self) -> TrainSettings:
+        """``train:`` as it applies to this member (its own epochs and precision, where it has them)."""
+        return self.cfg.settings(self.member)
 
 
 def member_dir(cfg: TrainConfig, name: str) -> Path:
@@ -416,7 +421,7 @@ def _read_resume(run: MemberRun) -> ResumeBook:
         )
     run.metrics_log.reset(keep_through_epoch=info.epoch)
     stopped = bool(book.get("stopped_early", False))
-    finished = info.epoch + 1 >= run.cfg.train.epochs or stopped
+    finished = info.epoch + 1 >= run.train.epochs or stopped
     state = None
     if not finished and (run.member_dir / RESUME_STATE).is_file():
         state = load_resume_state(run.member_dir)
@@ -438,7 +443,7 @@ def _apply_resume(run: MemberRun, book: ResumeBook) -> None:
     run.stopper = EarlyStopping.from_state(book.early_stopping)
     for path in book.bad_train:
         run.train_bad.paths[path] = "unreadable (before resume)"
-    if run.next_epoch >= run.cfg.train.epochs or run.stopped_early:
+    if run.next_epoch >= run.train.epochs or run.stopped_early:
         log.info(
             "%s finished training earlier (epoch %d); writing its predictions",
             run.member.name,
@@ -546,7 +551,7 @@ def _enter_phase(run: MemberRun, phase: str) -> PhaseState:
 
 
 def _run_epochs(run: MemberRun) -> None:
-    total = run.cfg.train.epochs
+    total = run.train.epochs
     while run.next_epoch < total and not run.stopped_early:
         epoch = run.next_epoch
         phase = _phase_name(run.cfg, epoch)
@@ -554,7 +559,7 @@ def _run_epochs(run: MemberRun) -> None:
         stats = _train_one_epoch(run, current, epoch, phase)
         val = _validate(run, epoch)
         improved = run.stopper.update(float(val[run.stopper.metric]), epoch)
-        more = epoch + 1 < run.cfg.train.epochs
+        more = epoch + 1 < run.train.epochs
         run.stopped_early = phase == "finetune" and run.stopper.should_stop and more
         _record_epoch(run, epoch, phase, stats, val, improved)
         run.next_epoch = epoch + 1
@@ -573,7 +578,7 @@ def _train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str
     train_mode(run.model, phase, frozen_norm=frozen)
     run.train_set.set_epoch(epoch)
     loader = _train_loader(run, epoch)
-    desc = f"{run.member.name} {phase} {epoch + 1}/{run.cfg.train.epochs}"
+    desc = f"{run.member.name} {phase} {epoch + 1}/{run.train.epochs}"
     progress = Progress(len(loader), desc, run.progress_stream)
     tracker = run.tracker
 
@@ -626,7 +631,7 @@ def _validate(run: MemberRun, epoch: int) -> dict[str, Any]:
         _merge_bad(run, run.val_bad)
 
     def compute() -> dict[str, Any]:
-        metrics = classification_metrics(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
+        metrics = metrics_record(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         return metrics
 
@@ -658,13 +663,13 @@ def _record_epoch(
         {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
     )
     run.epoch_seconds.append(stats.seconds + float(val.get("seconds", 0.0)))
-    remaining = (run.cfg.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
+    remaining = (run.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
     log.info(
         "%s epoch %d/%d %s: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.4f | lr %.2e->%.2e "
         "| %.0f s, %.1f img/s, member ETA %s%s",
         run.member.name,
         epoch + 1,
-        run.cfg.train.epochs,
+        run.train.epochs,
         phase,
         stats.loss,
         stats.accuracy,

@@ -3,7 +3,7 @@
 Takes: a training run folder (``RUN_DIR/members/<name>`` checkpoints), the member names in ensemble order,
 and pre-decoded gray images. Makes: a ready-to-time call (softmax(model(x)) for each member in sequence on
 normalised float input) or a reason why the reference cannot run (checkpoints missing, no CUDA).
-Training side (torch): ``cxr.runtime.bench`` reaches it only through ``cxr.runtime.bench_torch.reference()``.
+Training side (torch): ``cxr.bench.run`` reaches it only through ``cxr.bench.eager.reference()``.
 """
 
 from __future__ import annotations

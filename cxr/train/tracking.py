@@ -129,7 +129,8 @@ class CometTracker:
         self.experiment.log_parameters(flatten(params))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int, epoch: int) -> None:
-        self.experiment.log_metrics(flatten(metrics), step=step, epoch=epoch)
+        defined = {k: v for k, v in flatten(metrics).items() if v is not None}  # undefined: no point
+        self.experiment.log_metrics(defined, step=step, epoch=epoch)
 
     def end(self) -> None:
         self.experiment.end()

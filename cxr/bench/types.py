@@ -1,0 +1,238 @@
+"""The rows and the report cxr-bench produces, and their JSON form (schema ``cxr-bench`` version 1).
+
+Takes: measured values from ``cxr.bench.run``. Makes: ``BenchRow`` (one configuration) and
+``BenchReport`` (rows + machine + config + notes), each with ``to_dict`` / ``from_dict``;
+``validate_report`` checks a loaded JSON document and says what is wrong with it.
+
+A row's ``kind``:
+- ``inference``: pure inference on pre-decoded, pre-resized tensors (``Predictor.run``);
+- ``end_to_end``: decode + preprocess + inference on real files (``stages_ms`` splits the time);
+- ``members_separate``: the ensemble's members as separate sessions in sequence (reference);
+- ``torch_eager``: the members as PyTorch eager modules in sequence (reference).
+Latencies are per call (one call = one batch) in ``latency_ms`` and divided by the batch size in
+``latency_per_image_ms``; ``throughput_ips`` is images per second over the whole measured window, all
+client threads together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxr.bench.machine import MachineInfo
+from cxr.bench.stats import LatencyStats
+from cxr.errors import DataError
+
+SCHEMA = "cxr-bench"
+SCHEMA_VERSION = 1
+ROW_KINDS: tuple[str, ...] = ("inference", "end_to_end", "members_separate", "torch_eager")
+REQUIRED_ROW_KEYS: tuple[str, ...] = (
+    "kind",
+    "model",
+    "precision",
+    "provider_requested",
+    "provider",
+    "provider_ok",
+    "batch_size",
+    "threads",
+    "concurrency",
+    "mode",
+    "latency_ms",
+    "latency_per_image_ms",
+    "throughput_ips",
+    "peak_rss_mb",
+    "rss_scope",
+)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    kind: str
+    model: str  # file name (or "torch:<run dir>" for the PyTorch reference)
+    model_kind: str  # "ensemble" or "member"
+    precision: str  # "fp32", "fp16", "int8"
+    provider_requested: str
+    provider: str  # the provider that really ran the model's ops
+    provider_ok: bool  # False when the session fell back to another provider
+    batch_size: int
+    threads: int | None  # intra-op threads; None = onnxruntime's default
+    concurrency: int  # client threads
+    mode: str  # "session": clients share one session; "pool": one session per client
+    sessions: int
+    warmup: int
+    iterations: int  # timed calls, all clients together
+    seconds: float  # measured wall time
+    latency_ms: LatencyStats
+    latency_per_image_ms: LatencyStats
+    throughput_ips: float
+    peak_rss_mb: float
+    rss_scope: str  # "row" (this configuration's peak) or "process" (process-lifetime maximum)
+    first_call_ms: float | None = None  # the first warm-up call: what a cold request sees
+    session_create_s: float | None = None
+    model_sha256: str | None = None
+    providers_used: tuple[str, ...] = ()
+    flops_per_image: float | None = None
+    gflops: float | None = None  # achieved: flops_per_image * throughput
+    efficiency_pct: float | None = None  # gflops / machine peak * 100 (None when the peak is unknown)
+    stages_ms: Mapping[str, float] | None = None  # end_to_end: mean ms per batch of each stage
+    warnings: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        """What identifies this configuration across runs (compare matches rows on it)."""
+        threads = "default" if self.threads is None else str(self.threads)
+        return (
+            f"{self.kind}|{self.model_kind}|{self.precision}|{self.provider_requested}|b{self.batch_size}"
+            f"|t{threads}|c{self.concurrency}|{self.mode}"
+        )
+
+    def label(self) -> str:
+        ref = {"members_separate": "members", "torch_eager": "torch", "end_to_end": "e2e"}.get(self.kind, "")
+        return f"{self.model} {self.precision}{' ' + ref if ref else ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key(),
+            "kind": self.kind,
+            "model": self.model,
+            "model_kind": self.model_kind,
+            "precision": self.precision,
+            "model_sha256": self.model_sha256,
+            "provider_requested": self.provider_requested,
+            "provider": self.provider,
+            "provider_ok": self.provider_ok,
+            "providers_used": list(self.providers_used),
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "concurrency": self.concurrency,
+            "mode": self.mode,
+            "sessions": self.sessions,
+            "warmup": self.warmup,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "latency_ms": self.latency_ms.to_dict(),
+            "latency_per_image_ms": self.latency_per_image_ms.to_dict(),
+            "throughput_ips": self.throughput_ips,
+            "first_call_ms": self.first_call_ms,
+            "peak_rss_mb": self.peak_rss_mb,
+            "rss_scope": self.rss_scope,
+            "session_create_s": self.session_create_s,
+            "flops_per_image": self.flops_per_image,
+            "gflops": self.gflops,
+            "efficiency_pct": self.efficiency_pct,
+            "stages_ms": None if self.stages_ms is None else dict(self.stages_ms),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BenchRow:
+        return cls(
+            kind=str(d["kind"]),
+            model=str(d["model"]),
+            model_kind=str(d.get("model_kind", "ensemble")),
+            precision=str(d["precision"]),
+            provider_requested=str(d["provider_requested"]),
+            provider=str(d["provider"]),
+            provider_ok=bool(d["provider_ok"]),
+            batch_size=int(d["batch_size"]),
+            threads=None if d["threads"] is None else int(d["threads"]),
+            concurrency=int(d["concurrency"]),
+            mode=str(d["mode"]),
+            sessions=int(d.get("sessions", 1)),
+            warmup=int(d.get("warmup", 0)),
+            iterations=int(d.get("iterations", d["latency_ms"]["count"])),
+            seconds=float(d.get("seconds", 0.0)),
+            latency_ms=LatencyStats.from_dict(d["latency_ms"]),
+            latency_per_image_ms=LatencyStats.from_dict(d["latency_per_image_ms"]),
+            throughput_ips=float(d["throughput_ips"]),
+            first_call_ms=d.get("first_call_ms"),
+            peak_rss_mb=float(d["peak_rss_mb"]),
+            rss_scope=str(d["rss_scope"]),
+            session_create_s=d.get("session_create_s"),
+            model_sha256=d.get("model_sha256"),
+            providers_used=tuple(d.get("providers_used", ())),
+            flops_per_image=d.get("flops_per_image"),
+            gflops=d.get("gflops"),
+            efficiency_pct=d.get("efficiency_pct"),
+            stages_ms=d.get("stages_ms"),
+            warnings=tuple(d.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    created: str  # when the run started, ISO 8601, UTC
+    cxr_version: str
+    command: str
+    machine: MachineInfo
+    config: Mapping[str, Any]
+    rows: tuple[BenchRow, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "cxr_version": self.cxr_version,
+            "command": self.command,
+            "machine": self.machine.to_dict(),
+            "config": dict(self.config),
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "report") -> BenchReport:
+        validate_report(d, source=source)
+        try:
+            return cls(
+                created=str(d.get("created", "")),
+                cxr_version=str(d.get("cxr_version", "")),
+                command=str(d.get("command", "")),
+                machine=MachineInfo.from_dict(d["machine"]),
+                config=dict(d.get("config", {})),
+                rows=tuple(BenchRow.from_dict(r) for r in d["rows"]),
+                notes=tuple(str(n) for n in d.get("notes", ())),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(
+                f"{source}: malformed cxr-bench report ({type(e).__name__}: {e})",
+                hint="pass a JSON file written by `cxr-bench run --output`",
+                path=source,
+            ) from e
+
+
+def validate_report(d: Any, *, source: str = "report") -> None:
+    """Raise ``DataError`` naming the first problem when ``d`` is not a cxr-bench report."""
+    hint = "pass a JSON file written by `cxr-bench run --output`"
+    if not isinstance(d, Mapping):
+        raise DataError(f"{source}: a cxr-bench report is a JSON object, got {type(d).__name__}", hint=hint)
+    if d.get("schema") != SCHEMA:
+        raise DataError(
+            f"{source}: not a cxr-bench report (schema {d.get('schema')!r})", hint=hint, path=source
+        )
+    version = d.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise DataError(
+            f"{source}: report schema version {version!r}; this cxr reads version {SCHEMA_VERSION}",
+            hint="compare reports written by the same or an older cxr",
+            path=source,
+        )
+    if not isinstance(d.get("machine"), Mapping):
+        raise DataError(f"{source}: report has no 'machine' object", hint=hint, path=source)
+    rows = d.get("rows")
+    if not isinstance(rows, list):
+        raise DataError(f"{source}: report has no 'rows' list", hint=hint, path=source)
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(f"{source}: row {i} is not an object", hint=hint, path=source)
+        missing = [k for k in REQUIRED_ROW_KEYS if k not in row]
+        if missing:
+            raise DataError(f"{source}: row {i} lacks {', '.join(missing)}", hint=hint, path=source)
+        if row["kind"] not in ROW_KINDS:
+            raise DataError(
+                f"{source}: row {i} has unknown kind {row['kind']!r} (known: {', '.join(ROW_KINDS)})",
+                hint=hint,
+                path=source,
+            )

@@ -1,0 +1,1 @@
+"""Deployment: model repositories for Triton and KServe."""

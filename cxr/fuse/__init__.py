@@ -1,0 +1,1 @@
+"""Fusion: the members and the meta-learner as ONE verified ensemble graph."""

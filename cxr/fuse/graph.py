@@ -1,0 +1,295 @@
+"""Wire the members and the meta-learner into one ONNX graph, by hand.
+
+Takes: checked ``MemberModel``s, the ``MetaModel`` and the fused input size. Makes: a ``ModelProto`` with
+input ``image`` uint8 [N, 1, H, W] and outputs ``probabilities`` float32 [N, K], ``label`` int64 [N] and
+``member_probabilities`` float32 [N, M, K]. ``onnx.compose.merge_models`` only chains two graphs in
+series, so the parallel members are joined here: each member is name-prefixed (``<name>/``), fed from a
+shared preprocessing chain (Cast -> /255 -> replicate to C channels -> (x - mean) / std, plus a
+Pillow-exact resize per member input size that differs from the fused one), followed by Softmax; the
+probabilities are concatenated (member-major, the meta-learner's feature order) and fed to the prefixed
+meta-learner (``meta/``). FP16 members get Casts around them. IR version: the highest of the parts;
+opsets: the members' default-domain opset (the meta-learner is converted to it when it differs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from cxr.errors import ModelError
+from cxr.fuse.members import MemberModel, MetaModel, opsets_of
+from cxr.fuse.resize import probe_order, resize_nodes
+
+IMAGE = "image"
+PROBABILITIES = "probabilities"
+LABEL = "label"
+MEMBER_PROBABILITIES = "member_probabilities"
+BATCH = "batch"
+RESERVED = ("pre", "meta", "ensemble", "out")
+
+
+@dataclass(frozen=True)
+class ResizeStep:
+    member: str
+    from_size: tuple[int, int]
+    to_size: tuple[int, int]
+    order: str  # "hv" or "vh": which pass Pillow runs first for these sizes
+    probe_mismatches: int  # pixels of the probe images the graph's resize still gets wrong (0 expected)
+
+
+@dataclass(frozen=True)
+class FusedGraph:
+    model: onnx.ModelProto
+    input_size: tuple[int, int]
+    resizes: tuple[ResizeStep, ...]
+    ir_version: int
+    opsets: dict[str, int]
+
+
+def _meta_at_opset(meta: MetaModel, opset: int) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(meta.model)
+    current = opsets_of(model).get("", opset)
+    if current != opset:
+        try:
+            model = onnx.version_converter.convert_version(model, opset)
+        except Exception as e:  # the converter raises plain RuntimeErrors
+            raise ModelError(
+                f"the meta-learner {meta.path} uses opset {current} and cannot be converted to the members' "
+                f"opset {opset}: {e}",
+                hint=f"re-run `cxr train stack` with --opset {opset}",
+                path=meta.path,
+            ) from e
+    return model
+
+
+def _preprocess_chain(
+    size: tuple[int, int],
+    fused: tuple[int, int],
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tag: str,
+    order: str,
+) -> tuple[str, list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes from the shared float gray image to the normalised [N, C, h, w] input at ``size``."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    gray = "pre/gray_f32"
+    if size != fused:
+        nodes_r, inits_r = resize_nodes(gray, f"{tag}gray", fused, size, f"{tag}resize_", order)
+        nodes += nodes_r
+        inits += inits_r
+        gray = f"{tag}gray"
+    inits += [
+        numpy_helper.from_array(np.array(255.0, dtype=np.float32), f"{tag}c255"),
+        numpy_helper.from_array(np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1), f"{tag}mean"),
+        numpy_helper.from_array(np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1), f"{tag}std"),
+    ]
+    nodes.append(helper.make_node("Div", [gray, f"{tag}c255"], [f"{tag}unit"], name=f"{tag}scale"))
+    src = f"{tag}unit"
+    if channels > 1:
+        nodes.append(
+            helper.make_node("Concat", [src] * channels, [f"{tag}rgb"], axis=1, name=f"{tag}replicate")
+        )
+        src = f"{tag}rgb"
+    nodes.append(helper.make_node("Sub", [src, f"{tag}mean"], [f"{tag}centred"], name=f"{tag}sub_mean"))
+    nodes.append(
+        helper.make_node("Div", [f"{tag}centred", f"{tag}std"], [f"{tag}input"], name=f"{tag}div_std")
+    )
+    return f"{tag}input", nodes, inits
+
+
+def topological_order(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """The nodes in an order where every input is made before it is used (ONNX requires it).
+
+    Converters do not always keep that order (onnxconverter-common's FP16 conversion appends the input
+    casts it inserts after the nodes that read them); onnxruntime tolerates it, ``onnx.checker`` does not.
+    Stable: nodes already in order keep it. A node whose input nobody makes is reported, not dropped.
+    """
+    made = set(available) | {""}  # "" marks an omitted optional input
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        waiting: list[onnx.NodeProto] = []
+        for n in pending:  # one pass emits every node whose inputs exist by then (a sorted graph: all)
+            if all(i in made for i in n.input):
+                ordered.append(n)
+                made.update(n.output)
+            else:
+                waiting.append(n)
+        if len(waiting) == len(pending):
+            missing = sorted({i for n in waiting for i in n.input if i not in made})
+            raise ModelError(
+                f"the fused graph reads tensors that no node makes: {', '.join(missing[:5])}",
+                hint="report this as a cxr bug with the member files",
+            )
+        pending = waiting
+    return ordered
+
+
+def build_fused(
+    members: Sequence[MemberModel], meta: MetaModel, input_size: tuple[int, int] | None = None
+) -> FusedGraph:
+    """Build the fused graph (see the module docstring); metadata is added by the caller."""
+    k = len(meta.info["classes"])
+    n_members = len(members)
+    for m in members:
+        if m.name in RESERVED or m.name.startswith("pre_") or "/" in m.name:
+            raise ModelError(
+                f"member name '{m.name}' clashes with the fused graph's own names ({', '.join(RESERVED)}, pre_*)",
+                hint="rename the member (its folder under RUN_DIR/members and its export)",
+                path=m.path,
+            )
+    fused = input_size or max((m.input_size for m in members), key=lambda s: (s[0] * s[1], s))
+    opset = members[0].opsets.get("", 17)
+    meta_model = _meta_at_opset(meta, opset)
+    ir_version = max([int(m.model.ir_version) for m in members] + [int(meta_model.ir_version)])
+    opsets: dict[str, int] = {}
+    for part in [*(m.model for m in members), meta_model]:
+        for domain, version in opsets_of(part).items():
+            opsets[domain] = max(opsets.get(domain, 0), version)
+    opsets[""] = opset
+
+    nodes: list[onnx.NodeProto] = [
+        helper.make_node("Cast", [IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")
+    ]
+    inits: list[TensorProto] = []
+    value_info: list[onnx.ValueInfoProto] = []
+    functions: list[onnx.FunctionProto] = []
+    chains: dict[
+        tuple[Any, ...], str
+    ] = {}  # one preprocessing chain per distinct (size, channels, mean, std)
+    resizes: list[ResizeStep] = []
+    prob_names: list[str] = []
+    tags: dict[tuple[int, int], int] = {}
+    for m in members:
+        size = m.input_size
+        spec = m.meta.preprocess
+        key = (size, spec.channels, tuple(spec.mean), tuple(spec.std))
+        if key not in chains:
+            order, misses = ("hv", 0) if size == fused else probe_order(fused, size)
+            tag = f"pre_{size[0]}x{size[1]}" + (f"_{tags[size]}" if size in tags else "") + "/"
+            tags[size] = tags.get(size, 0) + 1
+            out, n, i = _preprocess_chain(size, fused, spec.channels, spec.mean, spec.std, tag, order)
+            chains[key] = out
+            nodes += n
+            inits += i
+            if size != fused:
+                resizes.append(ResizeStep(m.name, fused, size, order, misses))
+        elif size != fused:
+            first = next(r for r in resizes if r.to_size == size)
+            resizes.append(ResizeStep(m.name, fused, size, first.order, first.probe_mismatches))
+        prefix = f"{m.name}/"
+        pm = compose.add_prefix(m.model, prefix)
+        g = pm.graph
+        member_in = prefix + m.input_name
+        member_out = prefix + m.output_name
+        if m.input_type == TensorProto.FLOAT16:
+            nodes.append(
+                helper.make_node(
+                    "Cast", [chains[key]], [member_in], to=TensorProto.FLOAT16, name=f"{prefix}in_cast"
+                )
+            )
+        elif m.input_type == TensorProto.FLOAT:
+            nodes.append(helper.make_node("Identity", [chains[key]], [member_in], name=f"{prefix}in"))
+        else:
+            raise ModelError(
+                f"member '{m.name}' takes input type {TensorProto.DataType.Name(m.input_type)}; cxr fuses float32 "
+                "or float16 members",
+                hint="re-export the member with `cxr export`",
+                path=m.path,
+            )
+        nodes.extend(g.node)
+        inits.extend(g.initializer)
+        value_info.extend(g.value_info)
+        functions.extend(pm.functions)
+        logits = member_out
+        if m.output_type != TensorProto.FLOAT:
+            logits = f"{prefix}logits_f32"
+            nodes.append(
+                helper.make_node(
+                    "Cast", [member_out], [logits], to=TensorProto.FLOAT, name=f"{prefix}out_cast"
+                )
+            )
+        probs = f"{prefix}probabilities"
+        nodes.append(helper.make_node("Softmax", [logits], [probs], axis=1, name=f"{prefix}softmax"))
+        prob_names.append(probs)
+
+    nodes.append(
+        helper.make_node("Concat", prob_names, ["ensemble/features"], axis=1, name="ensemble/concat")
+    )
+    inits.append(
+        numpy_helper.from_array(np.array([-1, n_members, k], dtype=np.int64), "ensemble/member_shape")
+    )
+    nodes.append(
+        helper.make_node(
+            "Reshape",
+            ["ensemble/features", "ensemble/member_shape"],
+            [MEMBER_PROBABILITIES],
+            name="ensemble/reshape",
+        )
+    )
+    pmeta = compose.add_prefix(meta_model, "meta/")
+    mg = pmeta.graph
+    inits_meta = {t.name for t in mg.initializer}
+    meta_in = [i for i in mg.input if i.name not in inits_meta]
+    if len(meta_in) != 1:
+        raise ModelError(
+            f"the meta-learner {meta.path} has {len(meta_in)} inputs, expected 1", path=meta.path
+        )
+    if meta_in[0].type.tensor_type.elem_type == TensorProto.DOUBLE:
+        nodes.append(
+            helper.make_node(
+                "Cast", ["ensemble/features"], [meta_in[0].name], to=TensorProto.DOUBLE, name="meta/in"
+            )
+        )
+    else:
+        nodes.append(helper.make_node("Identity", ["ensemble/features"], [meta_in[0].name], name="meta/in"))
+    nodes.extend(mg.node)
+    inits.extend(mg.initializer)
+    value_info.extend(mg.value_info)
+    functions.extend(pmeta.functions)
+    meta_out = {o.name: o.type.tensor_type.elem_type for o in mg.output}
+    if meta_out.get("meta/probabilities") == TensorProto.FLOAT:
+        nodes.append(
+            helper.make_node("Identity", ["meta/probabilities"], [PROBABILITIES], name="out/probabilities")
+        )
+    else:
+        nodes.append(
+            helper.make_node(
+                "Cast",
+                ["meta/probabilities"],
+                [PROBABILITIES],
+                to=TensorProto.FLOAT,
+                name="out/probabilities",
+            )
+        )
+    nodes.append(helper.make_node("Identity", ["meta/label"], [LABEL], name="out/label"))
+
+    h, w = fused
+    graph = helper.make_graph(
+        topological_order(nodes, {IMAGE, *(t.name for t in inits)}),
+        "cxr_ensemble",
+        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
+        [
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
+            helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, n_members, k]),
+        ],
+        initializer=inits,
+        value_info=value_info,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="cxr",
+        ir_version=ir_version,
+        functions=functions,
+    )
+    return FusedGraph(model, (int(h), int(w)), tuple(resizes), ir_version, opsets)

@@ -1,0 +1,136 @@
+"""Write what ``cxr fuse`` built and how it was verified: ``fuse_report.json`` and ``fuse_report.md``.
+
+Takes: a ``FuseResult``, the meta-learner's description and the members. Makes: the two files in the
+output folder (the JSON for machines, the Markdown for people, with the decision-support notice).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr import __version__
+from cxr.labels import NOTICE
+
+if TYPE_CHECKING:
+    from cxr.fuse.fuse import FuseResult
+    from cxr.fuse.members import MemberModel
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def fuse_report_dict(
+    result: FuseResult, meta_info: Mapping[str, Any], members: Sequence[MemberModel]
+) -> dict[str, Any]:
+    return {
+        "notice": NOTICE,
+        "cxr_version": __version__,
+        "ensemble": str(result.path),
+        "input": {"name": "image", "dtype": "uint8", "shape": ["N", 1, *result.input_size]},
+        "outputs": {"probabilities": ["N", "K"], "label": ["N"], "member_probabilities": ["N", "M", "K"]},
+        "member_order": list(result.member_order),
+        "members": [
+            {
+                "name": m.name,
+                "path": str(m.path),
+                "onnx_sha256": m.sha256,
+                "input_size": list(m.input_size),
+                "timm_name": m.card.get("timm_name"),
+                "checkpoint_sha256": m.card.get("checkpoint_sha256"),
+            }
+            for m in members
+        ],
+        "meta": {
+            k: meta_info.get(k) for k in ("type", "params", "cv_score", "cv_metric", "val_metrics", "source")
+        },
+        "files": {p: f.to_dict() for p, f in result.files.items()},
+        "skipped_variants": result.skipped_variants,
+        "resizes_in_graph": list(result.resizes),
+        "end_to_end": None if result.end_to_end is None else result.end_to_end.to_dict(),
+        "latency": result.latency,
+        "warnings": list(result.warnings),
+    }
+
+
+def fuse_report_markdown(d: Mapping[str, Any]) -> str:
+    lines = [
+        "# cxr fused ensemble",
+        "",
+        f"> {NOTICE}",
+        "",
+        f"- Graph: `{d['ensemble']}`; input `image` uint8 {d['input']['shape']}; outputs `probabilities` [N, K], "
+        "`label` [N], `member_probabilities` [N, M, K]",
+        f"- Members (feature order): {', '.join(d['member_order'])}",
+        f"- Meta-learner: {d['meta'].get('type')} {json.dumps(d['meta'].get('params'))}, "
+        f"cross-validated {d['meta'].get('cv_metric')} {_fmt(d['meta'].get('cv_score'))}",
+        "",
+        "| file | precision | MiB | external data | simplified | max abs diff vs separate | labels equal | drift vs FP32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in d["files"].values():
+        par = f["parity_vs_separate"]
+        diff = max(par["max_abs_diff_probabilities"], par["max_abs_diff_member_probabilities"])
+        drift = f["drift_vs_fp32"]
+        drift_s = (
+            "-"
+            if not drift
+            else f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
+        )
+        lines.append(
+            f"| `{Path(f['path']).name}` | {f['precision']} | {f['bytes'] / 2**20:.1f} | {f['external_data']} | "
+            f"{f['simplify_note']} | {_fmt(diff)} (tol {par['tolerance']:g}) | {par['labels_equal']} | {drift_s} |"
+        )
+    for v, why in d["skipped_variants"].items():
+        lines.append(f"\n{v} ensemble not built: {why}.")
+    lines.append("")
+    e2e = d.get("end_to_end")
+    if e2e is None:
+        lines.append("End-to-end check against PyTorch: not run (no run directory given).")
+    else:
+        lines.append(
+            f"End to end on {e2e['n']} test images (decoded and resized by cxr.imaging, fused graph) vs the members' "
+            f"PyTorch test predictions + the scikit-learn meta-learner: top-1 "
+            f"{'identical' if e2e['top1_identical'] else 'differs on ' + str(len(e2e['mismatches'])) + ' images'}; "
+            f"max abs probability difference {_fmt(e2e['max_abs_diff_probabilities'])}."
+        )
+        lines.append("")
+        lines.append("| member | top-1 agreement with PyTorch |")
+        lines.append("|---|---|")
+        for name, agree in e2e["member_top1_agreement"].items():
+            lines.append(f"| {name} | {agree:.1%} |")
+    lat = d.get("latency")
+    if lat:
+        lines += [
+            "",
+            f"Batch-1 CPU latency (median of {lat['runs']}, intra-op spinning off; shared machine, compare the ratio): "
+            f"fused {lat['fused_ms_median']:.1f} ms, separate sessions {lat['separate_ms_median']:.1f} ms "
+            f"(separate / fused = {_fmt(lat['separate_over_fused'])}).",
+        ]
+    if d["resizes_in_graph"]:
+        lines += ["", "Per-member resize inside the graph:"]
+        lines += [
+            f"- {r['member']}: {r['from']} -> {r['to']} (Pillow pass order {r['pass_order']})"
+            for r in d["resizes_in_graph"]
+        ]
+    if d["warnings"]:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in d["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_fuse_report(
+    result: FuseResult, out_dir: Path, meta_info: Mapping[str, Any], members: Sequence[MemberModel]
+) -> tuple[Path, Path]:
+    d = fuse_report_dict(result, meta_info, members)
+    out_dir = Path(out_dir)
+    js, md = out_dir / "fuse_report.json", out_dir / "fuse_report.md"
+    js.write_text(json.dumps(d, indent=2, default=str), encoding="utf-8")
+    md.write_text(fuse_report_markdown(d), encoding="utf-8")
+    return js, md

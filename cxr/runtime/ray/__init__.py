@@ -1,0 +1,1 @@
+"""The Ray engine: scans spread over a Ray cluster (optional extra `ray`)."""

@@ -1,0 +1,180 @@
+"""The Ray Data pipeline of a cluster scan: build the dataset, run it, hand back rows named as locally.
+
+Takes: the scan's ``RayScanConfig``, the files still to do (in scan order), the read mode and the actor pool
+plan. Makes: rows in an ``OrderedRows`` (scan order, written as soon as they are complete), with each
+row's ``path`` and error text naming the file exactly as the local scan does (actors open absolute paths,
+or decode bytes named ``<upload>``), or one ``RayJobError`` that says what failed (e.g. an actor's
+``ModelError``) and how many rows were kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr.errors import CxrError
+from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
+from cxr.runtime.ray.inputs import is_url
+from cxr.runtime.ray.rows import OrderedRows
+from cxr.runtime.types import Prediction
+
+if TYPE_CHECKING:
+    from cxr.runtime.ray.scan import RayScanConfig
+
+
+def _ray_key(read_path: str, mode: str) -> str:
+    """The form of a path in Ray's ``path`` column: scheme stripped for URLs (``s3://b/k`` -> ``b/k``)."""
+    if mode == "bytes" and is_url(read_path):
+        return read_path.split("://", 1)[1]
+    return read_path
+
+
+def _renamed(pred: Prediction, name: str, read_names: Sequence[str]) -> Prediction:
+    """The prediction as the local scan names it: its source and error say ``name``."""
+    error = pred.error
+    if error is not None:
+        for other in read_names:
+            if other != name:
+                error = error.replace(other, name)
+    return replace(pred, source=name, error=error)
+
+
+def _build_dataset(
+    ray: Any,
+    cfg: RayScanConfig,
+    model_id: str,
+    read_paths: list[str],
+    mode: str,
+    per_block: int,
+    actors: int,
+    gpus: float,
+) -> Any:
+    from cxr.runtime.ray.actor import PredictorActor
+
+    if mode == "path":
+        import pyarrow as pa
+
+        blocks = [
+            pa.table({"path": read_paths[i : i + per_block]}) for i in range(0, len(read_paths), per_block)
+        ]
+        ds = ray.data.from_arrow(blocks)  # one block = whole inference batches, as in a local scan
+    else:
+        ds = ray.data.read_binary_files(
+            read_paths,
+            include_paths=True,
+            ignore_missing_paths=True,
+            # num_cpus=0: reading is I/O, and read tasks that hold a CPU deadlock against actors holding
+            # every CPU; ``concurrency`` then bounds the worker processes Ray starts for them.
+            num_cpus=0,
+            concurrency=max(2, actors),
+            override_num_blocks=math.ceil(len(read_paths) / per_block),  # one read task per Ray block
+        )
+    session = cfg.predictor.session
+    threads = session.threads or max(1, round(cfg.cpus_per_actor))
+    actor_cfg = replace(cfg.predictor, session=replace(session, threads=threads))
+    return ds.map_batches(
+        PredictorActor,
+        fn_constructor_kwargs={
+            "model": str(Path(cfg.model).resolve()),
+            "cfg": actor_cfg,
+            "model_id": model_id,
+            "gpu": gpus > 0,
+        },
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=per_block,
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=gpus,
+    )
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _job_error(e: BaseException, written: int, cfg: RayScanConfig) -> RayJobError:
+    """A Ray failure as one clear message: the innermost error (e.g. an actor's ModelError) and its hint."""
+    cause = getattr(e, "cause", None)
+    what, hint = f"{type(e).__name__}", None
+    if isinstance(cause, CxrError):
+        what, hint = cause.message, cause.hint
+    else:
+        lines = [_ANSI.sub("", ln).strip() for ln in str(e).splitlines() if ln.strip()]
+        for j in range(len(lines) - 1, -1, -1):
+            m = _ERROR_LINE.match(lines[j])
+            if m and not m.group(1).startswith("ray."):
+                what = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+                after = lines[j + 1] if j + 1 < len(lines) else ""
+                hint = after.removeprefix("hint:").strip() if after.startswith("hint:") else None
+                break
+        else:
+            what = (lines[-1] if lines else what)[:500]
+    kept = f"; {written} rows were written to {cfg.output}" if cfg.output is not None and written else ""
+    resume = " (rerun with --resume to finish the scan)" if kept else ""
+    return RayJobError(
+        f"the Ray job failed: {what}{kept}{resume}", hint=hint or "rerun with Ray's logs shown"
+    )
+
+
+def stream_rows(
+    cfg: RayScanConfig,
+    todo: list[str],
+    mode: str,
+    model_id: str,
+    per_block: int,
+    actors: int,
+    gpus: float,
+    rows: OrderedRows,
+    default_provider: str,
+) -> None:
+    """Run the Ray pipeline and hand its rows, renamed as the local scan names them, to ``rows``."""
+    from cxr.runtime.ray.actor import prediction_from_json
+    from cxr.runtime.ray.cluster import import_ray
+
+    ray = import_ray()
+    read_paths = [n if is_url(n) else os.path.abspath(n) for n in todo]
+    index = {_ray_key(p, mode): i for i, p in enumerate(read_paths)}
+    ds = _build_dataset(ray, cfg, model_id, read_paths, mode, per_block, actors, gpus)
+    with quiet_ray_data(not cfg.ray_logs):
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for key, text in zip(out["path"], out["prediction"], strict=True):
+                    i = _lookup(index, str(key))
+                    if not rows.has(i):
+                        pred = prediction_from_json(str(text))
+                        rows.add(i, _renamed(pred, todo[i], (read_paths[i], str(key), "<upload>")))
+                rows.flush()
+        except ray.exceptions.RayError as e:
+            raise _job_error(e, rows.writer.rows, cfg) from e
+    missing = [i for i in range(rows.next, len(todo)) if not rows.has(i)]
+    if missing and mode == "path":
+        raise RayJobError(f"Ray returned no row for {len(missing)} files (first: {todo[missing[0]]})")
+    provider = rows.provider(default=default_provider).split(",")[0]
+    for i in missing:  # bytes mode: files that vanished before Ray read them, as a local scan reports them
+        rows.add(
+            i,
+            Prediction(
+                todo[i],
+                None,
+                None,
+                provider=provider,
+                error=f"{todo[i]}: no such file (hint: check the path)",
+            ),
+        )
+    rows.flush()
+
+
+def _lookup(index: dict[str, int], key: str) -> int:
+    i = index.get(key)
+    if i is None:
+        i = index.get(key.lstrip("/"), index.get("/" + key))
+    if i is None:
+        raise RayJobError(f"Ray returned a row for {key!r}, which this scan did not ask for")
+    return i
+
+
+__all__ = ["stream_rows"]

@@ -1,0 +1,304 @@
+"""Scan a folder (or a manifest's files) across a Ray cluster: the local scan's rows, many machines' speed.
+
+Takes: a ``RayScanConfig`` (model, a local/NFS folder or an object-storage folder URL, or a cxr manifest
+and split; the local scan's globs, output and resume options; the cluster address and actor pool).
+Makes: a ``RayScanResult`` (the ``ScanResult`` a local scan returns, plus the address, actors, nodes and
+read mode) and the same rows ``scan_folder`` writes: same columns, same probabilities to the last digit,
+same order, error rows for unreadable files, flushed as results arrive; ``resume`` works the same way.
+
+The pipeline is ``Dataset.map_batches`` over an actor pool of ``PredictorActor`` (one onnxruntime session
+per actor, ``gpus_per_actor`` GPUs each when the provider runs on GPUs). Inputs are read one of two ways:
+``path``: blocks of file paths that every node opens itself (local disk, NFS); the blocks hold whole
+inference batches, so the batches are exactly those of a local scan. ``bytes``: Ray reads the files
+(``read_binary_files``, any filesystem Ray supports: s3://, gs://, abfs://...), and the actor decodes the
+bytes. ``auto`` picks ``bytes`` for URLs. Results come back unordered and are written in scan order.
+Ray is imported only inside the functions; install it with ``pip install 'cxr-toolkit[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from cxr.errors import ConfigError, DataError
+from cxr.runtime.predictor import Predictor, PredictorConfig
+from cxr.runtime.ray.cluster import RayConnection, connect, disconnect
+from cxr.runtime.ray.inputs import find_inputs, is_url, manifest_inputs
+from cxr.runtime.ray.pipeline import stream_rows
+from cxr.runtime.ray.rows import OrderedRows
+from cxr.runtime.results import (
+    PreviousResults,
+    ResultFormat,
+    ResultWriter,
+    open_results,
+    read_previous,
+    result_format,
+)
+from cxr.runtime.scan import ScanConfig, ScanResult, _no_images
+from cxr.runtime.types import Prediction
+from cxr.session import SessionConfig
+
+log = logging.getLogger(__name__)
+
+ReadMode = Literal["auto", "path", "bytes"]
+READ_MODES: tuple[str, ...] = ("auto", "path", "bytes")
+GPU_PROVIDERS = ("cuda", "tensorrt")
+
+
+@dataclass(frozen=True)
+class RayScanConfig:
+    model: Path  # the same file at the same path on every node (shared volume or container image)
+    source: str | Path  # folder (local/NFS path or URL); with ``manifest``: the root its paths are under
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    recursive: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    manifest: Path | None = None  # scan the files this cxr manifest lists instead of listing ``source``
+    split: str | None = None  # with ``manifest``: only this split (train, val, test); None: all
+    output: Path | None = None  # None: rows go to the stream given to ``ray_scan``
+    stream_format: ResultFormat = "csv"
+    resume: bool = False
+    overwrite: bool = False
+    address: str | None = None  # None: a new local Ray instance (or $RAY_ADDRESS); "auto"; HOST:PORT; ray://
+    local_cpus: int | None = None  # CPUs of a local instance started here (None: all)
+    actors: int | None = None  # None: one per GPU, else one per ``cpus_per_actor`` CPUs of the cluster
+    cpus_per_actor: float = 1.0  # also the actor's onnxruntime threads unless the predictor sets them
+    gpus_per_actor: float | None = None  # None: 1 when the provider runs on GPUs and the cluster has some
+    read: ReadMode = "auto"
+    batches_per_block: int | None = None  # inference batches per Ray block (None: 1-8, ~4 blocks per actor)
+    connect_timeout_s: float = 5.0
+    ray_logs: bool = False  # keep Ray's INFO logs and progress bars
+
+    def __post_init__(self) -> None:
+        if self.read not in READ_MODES:
+            raise ConfigError(f"unknown read mode {self.read!r}", hint=f"use one of {', '.join(READ_MODES)}")
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError(f"actors must be >= 1, got {self.actors}", hint="omit it to fill the cluster")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"cpus per actor must be > 0, got {self.cpus_per_actor}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ConfigError(f"gpus per actor must be >= 0, got {self.gpus_per_actor}")
+        if self.batches_per_block is not None and self.batches_per_block < 1:
+            raise ConfigError(f"batches per block must be >= 1, got {self.batches_per_block}")
+        if self.split is not None and self.manifest is None:
+            raise ConfigError("a split selects rows of a manifest", hint="add --manifest manifest.csv")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite contradict each other", hint="pass one of them")
+
+
+@dataclass(frozen=True)
+class RayScanResult:
+    scan: ScanResult
+    model: dict[str, Any]  # Predictor.describe() with the provider the actors really used
+    address: str
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    read: str
+    nodes: int
+    startup_seconds: float  # joining or starting Ray (not in scan.seconds)
+    first_rows_seconds: float  # scan start to the first rows written (actor start-up included)
+
+    @property
+    def exit_code(self) -> int:
+        return self.scan.exit_code
+
+    def to_dict(self) -> dict[str, object]:
+        ray_info = {
+            "address": self.address,
+            "actors": self.actors,
+            "cpus_per_actor": self.cpus_per_actor,
+            "gpus_per_actor": self.gpus_per_actor,
+            "read": self.read,
+            "nodes": self.nodes,
+            "startup_seconds": self.startup_seconds,
+            "first_rows_seconds": self.first_rows_seconds,
+        }
+        return {**self.scan.to_dict(), "engine": "ray", "ray": ray_info}
+
+
+def list_inputs(cfg: RayScanConfig) -> list[str]:
+    """The files the scan reads, in scan order (the ``path`` column of the rows)."""
+    if cfg.manifest is not None:
+        return manifest_inputs(cfg.manifest, cfg.source, cfg.split)
+    names = find_inputs(cfg.source, recursive=cfg.recursive, include=cfg.include, exclude=cfg.exclude)
+    if not names:
+        if is_url(cfg.source):
+            raise DataError(f"no images found in {cfg.source}", hint="check the URL, or add --recursive")
+        raise _no_images(ScanConfig(Path(cfg.source), cfg.recursive, cfg.include, cfg.exclude))
+    return names
+
+
+def _read_mode(cfg: RayScanConfig, names: Sequence[str]) -> str:
+    urls = any(is_url(n) for n in names)
+    if cfg.read == "path" and urls:
+        raise ConfigError(
+            "object-storage URLs cannot be opened as paths by the actors",
+            hint="use read mode 'bytes' or 'auto'",
+        )
+    return cfg.read if cfg.read != "auto" else ("bytes" if urls else "path")
+
+
+def _model_header(cfg: RayScanConfig) -> tuple[tuple[str, ...], str, dict[str, Any]]:
+    """Classes, model id and description, from a CPU session on the driver that never runs the model."""
+    session = SessionConfig(provider="cpu", threads=1)
+    predictor = Predictor.from_path(cfg.model, replace(cfg.predictor, session=session))
+    return predictor.classes, predictor.model_id, predictor.describe()
+
+
+def _previous(cfg: RayScanConfig, classes: Sequence[str], model_id: str) -> PreviousResults:
+    """What ``output`` already holds; refuses a bad output now, before Ray starts (nothing is written)."""
+    if cfg.output is None:
+        return PreviousResults(frozenset(), 0, 0)
+    fmt = result_format(cfg.output)
+    if cfg.output.is_file() and cfg.output.stat().st_size > 0:
+        if not (cfg.resume or cfg.overwrite):
+            open_results(cfg.output, classes, model_id, resume=False, overwrite=False)  # raises "exists"
+        if cfg.resume:
+            return read_previous(cfg.output, fmt, classes, model_id)
+    return PreviousResults(frozenset(), 0, 0)
+
+
+def _gpus_per_actor(cfg: RayScanConfig, conn: RayConnection) -> float:
+    if cfg.gpus_per_actor is not None:
+        return cfg.gpus_per_actor
+    provider = cfg.predictor.session.provider
+    if conn.gpus > 0 and (provider in GPU_PROVIDERS or provider == "auto"):
+        return 1.0
+    if provider in GPU_PROVIDERS:
+        log.warning("provider %s asked for, but the Ray cluster has no GPUs: actors run on the CPU", provider)
+    return 0.0
+
+
+def _actor_count(cfg: RayScanConfig, conn: RayConnection, gpus: float) -> int:
+    if cfg.actors is not None:
+        n = cfg.actors
+    elif gpus > 0:
+        n = max(1, int(conn.gpus // gpus))
+    else:
+        n = max(1, int(conn.cpus // cfg.cpus_per_actor))
+    if n * cfg.cpus_per_actor > conn.cpus or n * gpus > conn.gpus:
+        log.warning(
+            "%d actors x (%g CPU, %g GPU) is more than the cluster's %g CPUs, %g GPUs: some wait for nodes",
+            n, cfg.cpus_per_actor, gpus, conn.cpus, conn.gpus,
+        )  # fmt: skip
+    return n
+
+
+def _rows_per_block(cfg: RayScanConfig, n: int, actors: int) -> int:
+    bs = cfg.predictor.batch_size
+    batches = cfg.batches_per_block or min(8, max(1, math.ceil(n / (bs * actors * 4))))
+    return bs * batches
+
+
+def ray_scan(
+    cfg: RayScanConfig,
+    *,
+    stream: TextIO | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[Sequence[Prediction]], None] | None = None,
+) -> RayScanResult:
+    """Predict every selected file on a Ray cluster; rows go to ``cfg.output`` (or ``stream``), in scan order.
+
+    ``on_start(to_do, skipped)`` is called once the file list is known, ``on_batch(preds)`` after each group
+    of rows has been written (progress bars hang on these).
+    """
+    names = list_inputs(cfg)
+    classes, model_id, model_info = _model_header(cfg)
+    if cfg.output is None and stream is None:
+        raise DataError("scan needs an output file or a stream to write rows to")
+    previous = _previous(cfg, classes, model_id)
+    done = previous.paths | {os.path.abspath(p) for p in previous.paths if not is_url(p)}
+    todo = [n for n in names if n not in done and (is_url(n) or os.path.abspath(n) not in done)]
+    mode = _read_mode(cfg, names)
+
+    t0 = time.perf_counter()
+    if todo:
+        conn = connect(
+            cfg.address,
+            local_cpus=cfg.local_cpus,
+            connect_timeout_s=cfg.connect_timeout_s,
+            ray_logs=cfg.ray_logs,
+        )
+    else:  # everything is already in the output (resume): no cluster needed
+        conn = RayConnection(address="", started=False, cpus=0.0, gpus=0.0, nodes=0)
+    startup = time.perf_counter() - t0
+    try:
+        return _run(
+            cfg, conn, names, todo, mode, classes, model_id, model_info, startup, stream, on_start, on_batch
+        )
+    finally:
+        disconnect(conn)
+
+
+def _run(
+    cfg: RayScanConfig,
+    conn: RayConnection,
+    names: list[str],
+    todo: list[str],
+    mode: str,
+    classes: tuple[str, ...],
+    model_id: str,
+    model_info: dict[str, Any],
+    startup: float,
+    stream: TextIO | None,
+    on_start: Callable[[int, int], None] | None,
+    on_batch: Callable[[Sequence[Prediction]], None] | None,
+) -> RayScanResult:
+    gpus = _gpus_per_actor(cfg, conn) if todo else 0.0
+    actors = _actor_count(cfg, conn, gpus) if todo else 0
+    per_block = _rows_per_block(cfg, len(todo), max(actors, 1))
+    actors = min(actors, math.ceil(len(todo) / per_block))
+    if cfg.output is not None:
+        writer, _ = open_results(cfg.output, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite)
+    elif stream is not None:
+        writer = ResultWriter(stream, cfg.stream_format, classes, model_id, header=True)
+    else:
+        raise DataError("scan needs an output file or a stream to write rows to")
+    if on_start is not None:
+        on_start(len(todo), len(names) - len(todo))
+    rows = OrderedRows(writer, on_batch)
+    try:
+        if todo:
+            stream_rows(cfg, todo, mode, model_id, per_block, actors, gpus, rows, model_info["provider"])
+    finally:
+        if cfg.output is not None:
+            writer.stream.close()
+    seconds = time.perf_counter() - rows.started
+    if len(rows.providers) > 1:
+        log.warning("actors ran on different providers: %s", dict(rows.providers))
+    provider = rows.provider(default=model_info["provider"])
+    scan = ScanResult(
+        folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
+        found=len(names),
+        skipped=len(names) - len(todo),
+        predicted=rows.predicted,
+        failed=rows.failed,
+        counts={c: rows.counts.get(c, 0) for c in classes},
+        seconds=seconds,
+        images_per_second=(rows.predicted + rows.failed) / seconds if seconds > 0 else 0.0,
+        provider=provider,
+        model_id=model_id,
+        output=None if cfg.output is None else str(cfg.output),
+        failures=tuple(rows.failures),
+    )
+    info = {
+        **model_info,
+        "provider": provider,
+        "providers": sorted(rows.providers),
+        "requested_provider": cfg.predictor.session.provider,
+        "provider_warnings": [],
+    }
+    first = rows.first_rows_seconds if rows.first_rows_seconds is not None else seconds
+    return RayScanResult(
+        scan, info, conn.address, actors, cfg.cpus_per_actor, gpus, mode, conn.nodes, round(startup, 3), first
+    )
+
+
+__all__ = ["READ_MODES", "RayScanConfig", "RayScanResult", "list_inputs", "ray_scan"]

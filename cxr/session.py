@@ -1,0 +1,246 @@
+"""The one way cxr opens an onnxruntime session, and the digests that name model files.
+
+Takes: an ONNX path and a ``SessionConfig``. Makes: ``SessionInfo`` (session, providers really used,
+warnings); ``cpu_session`` is the same options on the CPU for checks (export, stacking, fusion, evaluation). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
+fallback is detected from ``session.get_providers()`` and reported (a warning, or ``ProviderError`` in strict
+mode). TensorRT engines are cached in a directory keyed by model hash, onnxruntime version and GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+
+from cxr.errors import ModelError, ProviderError
+
+log = logging.getLogger(__name__)
+
+ProviderName = Literal["auto", "cpu", "cuda", "tensorrt"]
+PROVIDER_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt")
+ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+SHORT_NAMES = {v: k for k, v in ORT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    provider: str = "auto"
+    threads: int | None = None  # intra-op threads; None = onnxruntime's default (all cores)
+    device_id: int = 0
+    strict_provider: bool = False  # an error instead of a warning when the provider falls back
+    trt_fp16: bool = False
+    trt_cache_dir: Path | None = None
+    allow_spinning: bool = False  # spinning threads fight each other when several sessions share cores
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDER_NAMES:
+            raise ProviderError(
+                f"unknown provider {self.provider!r}", hint=f"use one of: {', '.join(PROVIDER_NAMES)}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ProviderError(f"threads must be >= 1, got {self.threads}", hint="omit it to use all cores")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session: ort.InferenceSession
+    requested: str
+    providers: tuple[str, ...]  # what the session really uses, short names, in priority order
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model's main ops (the first one the session really uses)."""
+        return self.providers[0] if self.providers else "cpu"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of one file (``sha256sum``)."""
+    return files_sha256([path], chunk)
+
+
+def files_sha256(paths: Iterable[Path], chunk: int = 1 << 20) -> str:
+    """One SHA-256 over the files' bytes, one after the other (a model and its external data, say)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with Path(path).open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def available_providers() -> tuple[str, ...]:
+    """Short names of the providers this onnxruntime build offers (not necessarily usable)."""
+    return tuple(SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES)
+
+
+def tensorrt_version() -> str:
+    """The TensorRT library version onnxruntime will load ("none" when it is not installed)."""
+    import ctypes
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    for lib in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            v = int(ctypes.CDLL(lib).getInferLibVersion())
+        except (OSError, AttributeError):
+            continue
+        if v >= 10000:  # TensorRT 10+: major * 10000 + minor * 100 + patch
+            return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+        return f"{v // 1000}.{v // 100 % 10}.{v % 100}"  # TensorRT 8: major * 1000 + minor * 100 + patch
+    return "none"
+
+
+def gpu_name(device_id: int = 0) -> str:
+    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
+    import shutil
+    import subprocess
+
+    if name := os.environ.get("CXR_GPU_NAME"):
+        return name
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name", "--format=csv,noheader", "-i", str(device_id)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            return out.splitlines()[0]
+    return f"dev{device_id}"
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)
+
+
+def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
+    """Engine cache folder keyed by model hash, onnxruntime and TensorRT versions, GPU and precision."""
+    base = cfg.trt_cache_dir or Path(os.environ.get("CXR_TRT_CACHE", Path.home() / ".cache" / "cxr" / "trt"))
+    key = "-".join(
+        [
+            file_sha256(model)[:16],
+            f"ort{ort.__version__}",
+            f"trt{tensorrt_version()}",
+            _safe(gpu_name(cfg.device_id)),
+            "fp16" if cfg.trt_fp16 else "fp32",
+        ]
+    )
+    path = Path(base) / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _provider_list(cfg: SessionConfig, model: Path) -> list[Any]:
+    offered = available_providers()
+    wanted = {
+        "auto": ["tensorrt", "cuda", "cpu"],
+        "cpu": ["cpu"],
+        "cuda": ["cuda", "cpu"],
+        "tensorrt": ["tensorrt", "cuda", "cpu"],
+    }[cfg.provider]
+    out: list[Any] = []
+    for name in wanted:
+        if name != "cpu" and name not in offered:
+            continue
+        if name == "cuda":
+            out.append((ORT_NAMES[name], {"device_id": cfg.device_id}))
+        elif name == "tensorrt":
+            cache = trt_cache_dir(cfg, model)
+            out.append(
+                (
+                    ORT_NAMES[name],
+                    {
+                        "device_id": cfg.device_id,
+                        "trt_fp16_enable": cfg.trt_fp16,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                    },
+                )
+            )
+        else:
+            out.append(ORT_NAMES[name])
+    return out
+
+
+def session_options(
+    threads: int | None = None, *, allow_spinning: bool = False, optimize: bool = True
+) -> ort.SessionOptions:
+    """Quiet logs, no spinning threads (unless asked), ``threads`` intra-op threads (None: all cores)."""
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+def cpu_session(
+    model: Path | str | bytes, threads: int | None = None, *, optimize: bool = True
+) -> ort.InferenceSession:
+    """A CPU session with cxr's options, for checks; onnxruntime's own errors pass through untouched."""
+    source = model if isinstance(model, bytes) else str(model)
+    opts = session_options(threads, optimize=optimize)
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> SessionInfo:
+    """Open ``model`` with the providers ``cfg`` asks for and check which ones it really got."""
+    model = Path(model)
+    if not model.is_file():
+        raise ModelError(
+            f"model file {model} does not exist",
+            hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
+            path=model,
+        )
+    opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
+    providers = _provider_list(cfg, model)
+    try:
+        sess = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad or unsupported graphs
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot load {model}: {str(e).splitlines()[0][:300]}",
+            hint="re-export with a supported opset (cxr exports opset 17), or upgrade onnxruntime",
+            path=model,
+        ) from e
+    got = tuple(SHORT_NAMES.get(p, p) for p in sess.get_providers())
+    warnings: list[str] = []
+    if cfg.provider != "auto" and (not got or got[0] != cfg.provider):
+        msg = (
+            f"asked for provider '{cfg.provider}' but onnxruntime runs {model.name} on '{got[0] if got else '?'}' "
+            f"(this onnxruntime offers: {', '.join(available_providers())})"
+        )
+        hint = (
+            "install onnxruntime-gpu (pip install 'cxr-toolkit[gpu]' after uninstalling onnxruntime) with a "
+            "matching CUDA/cuDNN, check the GPU driver, or use --provider cpu"
+        )
+        if cfg.strict_provider:
+            raise ProviderError(msg, hint=hint)
+        warnings.append(f"{msg}; {hint}")
+        log.warning("%s", warnings[-1])
+    return SessionInfo(sess, cfg.provider, got, tuple(warnings))

@@ -1,0 +1,1 @@
+"""Stacking: a scikit-learn meta-learner on member probabilities, and its ONNX form."""

@@ -1,0 +1,173 @@
+"""The house's import graph (read from the source with ``ast``): data flows one way through the stages.
+
+Takes: every module under ``cxr/``. Checks: no package imports one after it in the pipeline order, the
+runtime side (runtime, bench, serve, deploy) imports no training-side package, and no two modules import
+each other, directly or around a longer circle. The checker itself is tested on small made-up graphs.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "cxr"
+
+ORDER = (
+    "shared",  # cxr/*.py: labels, spec, errors, metrics, calibration, session, progress
+    "imaging",
+    "data",
+    "train",
+    "export",
+    "stack",
+    "fuse",
+    "evaluate",
+    "runtime",
+    "bench",
+    "serve",
+    "deploy",
+    "pipeline",
+    "cli",
+)
+TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "pipeline"})
+RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "deploy"})
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def stage_of(module: str) -> str:
+    """The package a module belongs to; ``__main__`` modules are entry points, on the CLI's level."""
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "cli"
+    if len(parts) == 1 or not (ROOT / parts[1]).is_dir():
+        return "shared"
+    return parts[1]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the cxr modules it imports anywhere in its body (function-level imports included)."""
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name in files)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in files:
+                targets.add(node.module)
+                targets.update(
+                    f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in files
+                )
+        # a module's own package __init__ is where it lives, not a dependency
+        graph[module] = {t for t in targets if t != module and not module.startswith(t + ".")}
+    return graph
+
+
+def upward_imports(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    rank = {stage: i for i, stage in enumerate(ORDER)}
+    return [
+        f"{m} ({stage_of(m)}) imports {t} ({stage_of(t)}), which comes after it"
+        for m, targets in sorted(graph.items())
+        for t in sorted(targets)
+        if rank[stage_of(t)] > rank[stage_of(m)]
+    ]
+
+
+def runtime_to_training(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    return [
+        f"{m} ({stage_of(m)}, runtime side) imports {t} ({stage_of(t)}, training side)"
+        for m, targets in sorted(graph.items())
+        for t in sorted(targets)
+        if stage_of(m) in RUNTIME_SIDE and stage_of(t) in TRAINING_SIDE
+    ]
+
+
+def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[v] = min(low[v], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_every_package_is_a_known_stage() -> None:
+    unknown = sorted({stage_of(m) for m in import_graph()} - set(ORDER))
+    assert not unknown, f"packages missing from the pipeline order: {unknown} (add them to ORDER)"
+
+
+def test_no_package_imports_one_after_it() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_runtime_side_imports_no_training_side_package() -> None:
+    assert runtime_to_training(import_graph()) == []
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "upward", "wall", "circles"),
+    [
+        ({"cxr.train.run": {"cxr.data.manifest", "cxr.errors"}}, 0, 0, 0),
+        ({"cxr.train.run": {"cxr.metrics"}, "cxr.metrics": set()}, 0, 0, 0),
+        ({"cxr.train.meta": {"cxr.evaluate.metrics"}}, 1, 0, 0),
+        ({"cxr.serve.__main__": {"cxr.cli.serve"}}, 0, 0, 0),
+        ({"cxr.serve.app": {"cxr.cli.serve"}}, 1, 0, 0),
+        ({"cxr.bench.run": {"cxr.evaluate.stats"}}, 0, 1, 0),
+        ({"cxr.errors": {"cxr.runtime.session"}}, 1, 0, 0),
+        ({"cxr.fuse.a": {"cxr.fuse.b"}, "cxr.fuse.b": {"cxr.fuse.a"}}, 0, 0, 1),
+        (
+            {"cxr.x.a": {"cxr.x.b"}, "cxr.x.b": {"cxr.x.c"}, "cxr.x.c": {"cxr.x.a"}, "cxr.x.d": {"cxr.x.a"}},
+            0,
+            0,
+            1,
+        ),
+    ],
+)
+def test_the_checks_catch_what_they_are_for(
+    graph: dict[str, set[str]], upward: int, wall: int, circles: int
+) -> None:
+    found = (len(upward_imports(graph)), len(runtime_to_training(graph)), len(cycles(graph)))
+    assert found == (upward, wall, circles)
