@@ -284,10 +284,10 @@ def bench_commands(models: PaperModels, plan: BenchPlan, out: Path) -> list[list
     torch_ref = ["--torch-run", str(models.out)] if (models.out / "members").is_dir() else []
     cmds = []
     if models.fused is not None:
-        cmd = [*cxr_bench(), "run", str(models.fused)]
+        cmd = [*cxr_bench(), "run", "--model", str(models.fused)]
         if models.fused_int8 is not None:
             cmd += ["--variant", str(models.fused_int8)]
-        cmd += ["--members", str(models.fused.parent.parent / "onnx"), *torch_ref, *common]
+        cmd += ["--member-models", str(models.fused.parent.parent / "onnx"), *torch_ref, *common]
         cmd += [
             "-o",
             str(out / "ensemble.json"),
@@ -299,7 +299,7 @@ def bench_commands(models: PaperModels, plan: BenchPlan, out: Path) -> list[list
         cmds.append(cmd)
     if plan.per_member or models.fused is None:
         for name, path in models.members.items():
-            cmd = [*cxr_bench(), "run", str(path)]
+            cmd = [*cxr_bench(), "run", "--model", str(path)]
             if name in models.int8_members:
                 cmd += ["--variant", str(models.int8_members[name])]
             cmd += [

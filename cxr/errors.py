@@ -53,3 +53,9 @@ class TrainError(CxrError):
 
 class CheckpointError(TrainError, ModelError):
     """A checkpoint is missing, incomplete, tampered with, or written by another checkpoint format."""
+
+
+def first_line(e: BaseException, limit: int = 400) -> str:
+    """The first line of a third-party exception's message (its type name when empty), for one-line reports."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -5,7 +5,7 @@ name, data type, classes and preprocessing) and a Triton HTTP endpoint. Makes: o
 with the class probabilities (and member probabilities for an ensemble) and the decision-support notice.
 
     pip install 'tritonclient[http]'          # not a cxr dependency; only this example needs it
-    cxr export-triton fused.onnx triton_repo
+    cxr export-triton --model fused.onnx --output triton_repo
     tritonserver --model-repository=triton_repo   # elsewhere, e.g. in NVIDIA's container
     python examples/triton_client.py --url localhost:8000 --model-dir triton_repo/fused image1.png ...
 

@@ -66,7 +66,7 @@ fi
 
 # 1. the repository
 rm -rf "$WORK/repo"
-"$PY" -m cxr.cli.main export-triton "$MODEL" "$WORK/repo" --name "$NAME" --max-batch-size 4 \
+"$PY" -m cxr.cli.main export-triton --model "$MODEL" --output "$WORK/repo" --name "$NAME" --max-batch-size 4 \
   "${INSTANCES[@]}" "${TRT_FLAGS[@]}"
 
 # 2. a real Triton server on it

@@ -30,11 +30,11 @@ stage() {  # stage NAME COMMAND...: run, echo and time one stage
   echo "== $name took $((t1 - t0)) s" | tee -a "$LOG"
 }
 { echo "host: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"; } | tee -a "$LOG"
-stage split "$BIN/cxr" data split "$DATA" --out "$RUN/manifest.csv" --val 0.1 --test 0.2
+stage split "$BIN/cxr" data split "$DATA" --output "$RUN/manifest.csv" --val 0.1 --test 0.2
 stage train "$BIN/cxr" train base --config configs/rehearse.yaml --all --set "run_dir=$RUN" \
   --set "data.manifest=$RUN/manifest.csv" --set "models.xception.pretrained=$WEIGHTS" "$@"
 stage export "$BIN/cxr" export "$RUN" --variants int8
-stage stack "$BIN/cxr" train stack "$RUN"
+stage stack "$BIN/cxr" stack "$RUN"
 stage fuse "$BIN/cxr" fuse "$RUN" --variants int8
 stage probe "$BIN/cxr" train probe "$RUN" --pretrained "$WEIGHTS" --input-size 224
 stage evaluate "$BIN/cxr" evaluate "$RUN"

@@ -20,7 +20,7 @@ def test_split_then_stats(tmp_path: Path) -> None:
         tmp_path / "ds", counts={"COVID": 10, "Lung_Opacity": 1, "Normal": 20, "Viral Pneumonia": 10}
     )
     out = tmp_path / "m.csv"
-    res = runner.invoke(app, ["data", "split", str(ds), "--out", str(out), "--seed", "3"])
+    res = runner.invoke(app, ["data", "split", str(ds), "--output", str(out), "--seed", "3"])
     assert res.exit_code == 0, res.output
     assert "Normal" in res.output and "41" in res.output
     assert "split 'val' has no image of class 'Lung_Opacity'" in res.output
@@ -47,7 +47,7 @@ def test_bad_input_exits_2_without_traceback(tmp_path: Path, args: list[str], ne
 def test_stale_manifest_exits_2(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", counts=10)
     out = tmp_path / "m.csv"
-    assert runner.invoke(app, ["data", "split", str(ds), "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["data", "split", str(ds), "--output", str(out)]).exit_code == 0
     next((ds / "COVID" / "images").iterdir()).unlink()
     res = runner.invoke(app, ["data", "stats", str(out)])
     assert res.exit_code == 2 and "no longer matches" in res.output

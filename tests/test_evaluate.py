@@ -119,7 +119,7 @@ def test_verdict_says_when_stacking_helps(tmp_path: Path) -> None:
 
 def test_missing_meta_learner_is_named(tmp_path: Path) -> None:
     run = write_synthetic_run(SyntheticRun(tmp_path / "run"))
-    with pytest.raises(DataError, match="cxr train stack"):
+    with pytest.raises(DataError, match="cxr stack"):
         evaluate(EvalConfig(run, plots=False))
 
 
@@ -131,7 +131,9 @@ def test_cli_evaluate(run: Path, tmp_path: Path) -> None:
 
     app = typer.Typer()
     app.command()(stack.evaluate)
-    r = CliRunner().invoke(app, [str(run), "--bootstrap", "20", "--no-plots", "--out", str(tmp_path / "ev")])
+    r = CliRunner().invoke(
+        app, [str(run), "--bootstrap", "20", "--no-plots", "--output", str(tmp_path / "ev")]
+    )
     assert r.exit_code == 0, r.output
     assert "soft voting" in r.output and "stacking" in r.output and NOTICE in r.output
     assert (tmp_path / "ev" / "report.md").is_file()

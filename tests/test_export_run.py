@@ -164,7 +164,7 @@ def bare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--models", "alhpa"), "did you mean alpha"),
+        (("--members", "alhpa"), "did you mean alpha"),
         (("--variants", "int4"), "unknown variant"),
         (("--opset", "16"), "opset 16"),
         (("--exporter", "dynamo"), "opset 18"),

@@ -446,11 +446,11 @@ def test_cli_fuse(tiny_run: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     app.command()(stack.fuse)
     out = tmp_path / "cli.onnx"
-    r = CliRunner().invoke(app, [str(tiny_run), "--out", str(out), "--bench-runs", "0", "--no-simplify"])
+    r = CliRunner().invoke(app, [str(tiny_run), "--output", str(out), "--bench-runs", "0", "--no-simplify"])
     assert r.exit_code == 0, r.output
     assert "top-1 identical" in r.output and NOTICE in r.output and out.is_file()
     r = CliRunner().invoke(app, [str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "meta-learner" in r.output and "cxr train stack" in r.output
+    assert r.exit_code == 2 and "meta-learner" in r.output and "cxr stack" in r.output
 
 
 def test_fuse_error_is_a_cxr_error() -> None:

@@ -76,7 +76,7 @@ def test_readme_block_is_the_paper_path() -> None:
         "cxr data stats",
         "cxr train base",
         "cxr export runs/paper",
-        "cxr train stack",
+        "cxr stack runs/paper",
         "cxr fuse runs/paper",
         "cxr evaluate runs/paper",
     ]

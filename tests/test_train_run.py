@@ -26,6 +26,7 @@ from cxr.errors import (  # noqa: E402
 from cxr.imaging.decode import decode_gray  # noqa: E402
 from cxr.imaging.preprocess import to_model_input  # noqa: E402
 from cxr.train import run as run_module  # noqa: E402
+from cxr.train import startup  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.checkpoint import load_checkpoint, read_checkpoint_info  # noqa: E402
 from cxr.train.config import TrainConfig, config_from_dict, load_config  # noqa: E402
@@ -344,7 +345,7 @@ def test_out_of_memory_names_the_batch_size_to_try(
         model.forward = oom  # type: ignore[method-assign]
         return model
 
-    monkeypatch.setattr(run_module, "create_backbone", fake_backbone)
+    monkeypatch.setattr(startup, "create_backbone", fake_backbone)
     with pytest.raises(TrainError) as info:
         train_member(make_cfg(tmp_path / "run", data / "manifest.csv"), "tiny")
     assert "ran out of" in info.value.message and "batch of 8 images" in info.value.message

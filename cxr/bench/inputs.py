@@ -218,64 +218,73 @@ def resolve_members(ensemble: ModelFile, specs: Sequence[Path]) -> tuple[ModelFi
     """
     if ensemble.kind != "ensemble" or not ensemble.member_order:
         raise ConfigError(
-            f"--members compares a fused ensemble with its members run separately, but {ensemble.path} is a "
-            "single member (no member_order in its metadata)",
-            hint="pass the fused ensemble as MODEL, or drop --members",
+            f"--member-models compares a fused ensemble with its members run separately, but {ensemble.path} "
+            "is a single member (no member_order in its metadata)",
+            hint="pass the fused ensemble as --model, or drop --member-models",
         )
     expected = _expected_member_hashes(ensemble)
     found: dict[str, list[ModelFile]] = {}
     for spec in specs:
-        spec = Path(spec)
-        if spec.is_dir():
-            candidates = sorted(spec.glob("*.onnx"))
-            explicit = False
-        elif spec.is_file():
-            candidates = [spec]
-            explicit = True
-        else:
-            raise DataError(
-                f"member path {spec} does not exist", hint="pass member .onnx files or their folder"
-            )
+        candidates, explicit = _member_candidates(Path(spec))
         for path in candidates:
-            if path.resolve() == ensemble.path.resolve():
-                continue
-            try:
-                mf = inspect_model(path)
-            except ModelError:
-                if explicit:
-                    raise
-                log.info("skipping %s: not a cxr model", path)
-                continue
-            reason = _member_mismatch(ensemble, mf, expected)
-            if reason is not None:
-                if explicit:
-                    raise ModelError(
-                        f"{path} is not a member of {ensemble.name}: {reason}",
-                        hint="pass the member files the ensemble was fused from (same export)",
-                        path=path,
-                    )
-                log.info("skipping %s: %s", path, reason)
-                continue
-            found.setdefault(str(mf.member_name), []).append(mf)
+            mf = _accept_member(ensemble, path, expected, explicit)
+            if mf is not None:
+                found.setdefault(str(mf.member_name), []).append(mf)
     missing = [n for n in ensemble.member_order if n not in found]
     if missing:
         raise ModelError(
             f"members {', '.join(missing)} of {ensemble.name} were not found in {', '.join(map(str, specs))}",
             hint="pass the folder holding all exported members (e.g. RUN_DIR/onnx) or every member file",
         )
-    out = []
-    for name in ensemble.member_order:
-        files = found[name]
-        if len(files) > 1:
-            same = [f for f in files if f.precision == ensemble.precision]
-            files = same if len(same) == 1 else files
-        if len(files) > 1:
-            raise ModelError(
-                f"several files for member {name}: {', '.join(str(f.path) for f in files)}",
-                hint="pass the member files explicitly",
-            )
-        out.append(files[0])
-    return tuple(out)
+    return tuple(_one_file(ensemble, name, found[name]) for name in ensemble.member_order)
+
+
+def _member_candidates(spec: Path) -> tuple[list[Path], bool]:
+    """The ``.onnx`` files ``spec`` stands for, and whether it named a file explicitly."""
+    if spec.is_dir():
+        return sorted(spec.glob("*.onnx")), False
+    if spec.is_file():
+        return [spec], True
+    raise DataError(f"member path {spec} does not exist", hint="pass member .onnx files or their folder")
+
+
+def _accept_member(
+    ensemble: ModelFile, path: Path, expected: Mapping[str, str | None], explicit: bool
+) -> ModelFile | None:
+    """``path`` as a member of ``ensemble``: a folder's other files are skipped (None), a named one refused."""
+    if path.resolve() == ensemble.path.resolve():
+        return None
+    try:
+        mf = inspect_model(path)
+    except ModelError:
+        if explicit:
+            raise
+        log.info("skipping %s: not a cxr model", path)
+        return None
+    reason = _member_mismatch(ensemble, mf, expected)
+    if reason is None:
+        return mf
+    if explicit:
+        raise ModelError(
+            f"{path} is not a member of {ensemble.name}: {reason}",
+            hint="pass the member files the ensemble was fused from (same export)",
+            path=path,
+        )
+    log.info("skipping %s: %s", path, reason)
+    return None
+
+
+def _one_file(ensemble: ModelFile, name: str, files: list[ModelFile]) -> ModelFile:
+    """The one file for member ``name``: the one of the ensemble's precision when several were found."""
+    if len(files) > 1:
+        same = [f for f in files if f.precision == ensemble.precision]
+        files = same if len(same) == 1 else files
+    if len(files) > 1:
+        raise ModelError(
+            f"several files for member {name}: {', '.join(str(f.path) for f in files)}",
+            hint="pass the member files explicitly",
+        )
+    return files[0]
 
 
 def _member_mismatch(ensemble: ModelFile, mf: ModelFile, expected: Mapping[str, str | None]) -> str | None:

@@ -80,6 +80,70 @@ def time_calls(call: Call, plan: TimingPlan) -> Timed:
     return Timed(tuple(samples), now - start, first, stages)
 
 
+class _Clients:
+    """What the client threads of one ``time_concurrent`` run share; every field is guarded by ``lock``."""
+
+    def __init__(self, clients: int, plan: TimingPlan) -> None:
+        self.plan = plan
+        self.target = clients * plan.iterations
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(clients, action=self._begin)
+        self.issued = 0
+        self.start = 0.0
+        self.samples: list[float] = []
+        self.ends: list[float] = []
+        self.firsts: list[float] = []
+        self.errors: list[BaseException] = []
+
+    def _begin(self) -> None:
+        self.start = time.perf_counter()
+
+    def _fail(self, e: BaseException) -> None:
+        with self.lock:
+            self.errors.append(e)
+
+    def _next(self) -> bool:
+        """Hand out one more call, unless a client failed or the plan is done."""
+        with self.lock:
+            if self.errors or (
+                self.issued >= self.target and time.perf_counter() - self.start >= self.plan.min_seconds
+            ):
+                return False
+            self.issued += 1
+            return True
+
+    def _warm_up(self, call: Call) -> None:
+        for i in range(self.plan.warmup):
+            t0 = time.perf_counter()
+            call()
+            if i == 0:
+                with self.lock:
+                    self.firsts.append(time.perf_counter() - t0)
+
+    def run(self, call: Call) -> None:
+        """One client: warm up, wait for the others at the barrier, then call until the plan is done."""
+        try:
+            self._warm_up(call)
+        except BaseException as e:  # re-raised in the caller's thread by ``time_concurrent``
+            self._fail(e)
+            self.barrier.abort()
+            return
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        try:
+            while self._next():
+                t0 = time.perf_counter()
+                call()
+                t1 = time.perf_counter()
+                with self.lock:
+                    self.samples.append(t1 - t0)
+                    self.ends.append(t1)
+        except BaseException as e:
+            self._fail(e)
+
+
 def time_concurrent(calls: Sequence[Call], plan: TimingPlan) -> Timed:
     """``len(calls)`` client threads, client i repeatedly making ``calls[i]`` (see the module doc)."""
     clients = len(calls)
@@ -87,60 +151,13 @@ def time_concurrent(calls: Sequence[Call], plan: TimingPlan) -> Timed:
         raise ConfigError("concurrency must be >= 1")
     if clients == 1:
         return time_calls(calls[0], plan)
-    target = clients * plan.iterations
-    lock = threading.Lock()
-    issued = 0
-    start = 0.0
-    samples: list[float] = []
-    ends: list[float] = []
-    firsts: list[float] = []
-    errors: list[BaseException] = []
-
-    def _begin() -> None:
-        nonlocal start
-        start = time.perf_counter()
-
-    barrier = threading.Barrier(clients, action=_begin)
-
-    def _client(call: Call) -> None:
-        nonlocal issued
-        try:
-            for i in range(plan.warmup):
-                t0 = time.perf_counter()
-                call()
-                if i == 0:
-                    with lock:
-                        firsts.append(time.perf_counter() - t0)
-        except BaseException as e:  # re-raised in the caller's thread below
-            with lock:
-                errors.append(e)
-            barrier.abort()
-            return
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            return
-        try:
-            while True:
-                with lock:
-                    if errors or (issued >= target and time.perf_counter() - start >= plan.min_seconds):
-                        return
-                    issued += 1
-                t0 = time.perf_counter()
-                call()
-                t1 = time.perf_counter()
-                with lock:
-                    samples.append(t1 - t0)
-                    ends.append(t1)
-        except BaseException as e:
-            with lock:
-                errors.append(e)
-
-    threads = [threading.Thread(target=_client, args=(c,), daemon=True) for c in calls]
+    shared = _Clients(clients, plan)
+    threads = [threading.Thread(target=shared.run, args=(c,), daemon=True) for c in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if errors:
-        raise errors[0]
-    return Timed(tuple(samples), max(ends) - start, max(firsts) if firsts else None, {})
+    if shared.errors:
+        raise shared.errors[0]
+    firsts = shared.firsts
+    return Timed(tuple(shared.samples), max(shared.ends) - shared.start, max(firsts) if firsts else None, {})

@@ -1,6 +1,6 @@
 """`cxr-bench`: latency, throughput, memory and efficiency of a cxr model, and comparisons of two runs.
 
-`cxr-bench run MODEL` measures every combination of providers, precision variants, batch sizes, intra-op
+`cxr-bench run --model MODEL` measures every combination of providers, precision variants, batch sizes, intra-op
 threads and client concurrency asked for (plus end-to-end and reference rows when asked) and prints a
 table; `--output/--markdown/--plot` persist it. `cxr-bench compare A.json B.json` shows two runs side by
 side with ratios. A thin layer over ``cxr.bench.run``; torch is never imported (the PyTorch
@@ -68,12 +68,19 @@ def parse_paths(values: list[str] | None) -> tuple[Path, ...]:
     return tuple(Path(p.strip()) for v in values or () for p in v.split(",") if p.strip())
 
 
-@app.command("run")
+@app.command("run", context_settings={"allow_extra_args": True})  # the old positional MODEL, see below
 @handle_errors
 def run(
+    ctx: typer.Context,
     model: Annotated[
-        Path, typer.Argument(help="cxr ONNX model: a fused ensemble or a single exported member.")
-    ],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="cxr ONNX model: a fused ensemble or a single exported member; required.",
+            show_default=False,
+        ),
+    ] = None,
     variant: Annotated[
         list[Path] | None,
         typer.Option("--variant", help="Another precision of the same model (FP16/INT8 file); repeatable."),
@@ -96,10 +103,13 @@ def run(
         Path | None,
         typer.Option("--folder", help="Images for end-to-end rows (decode + preprocess + inference)."),
     ] = None,
-    members: Annotated[
+    member_models: Annotated[
         list[str] | None,
         typer.Option(
-            "--members", help="Member .onnx files or their folder: the five-separate-sessions reference."
+            "--member-models",
+            help="The fused model's member .onnx files (comma-separated or repeated) or their folder: the "
+            "five-separate-sessions reference.",
+            show_default=False,
         ),
     ] = None,
     torch_run: Annotated[
@@ -133,13 +143,18 @@ def run(
         Path | None, typer.Option("--plot", help="Write a latency/throughput PNG (matplotlib).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-row progress on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    members: Annotated[list[str] | None, typer.Option("--members", hidden=True)] = None,
 ) -> None:
     """Measure MODEL for every combination asked for and print a table."""
     from cxr.bench.plot import matplotlib_missing, missing_error
     from cxr.bench.report import format_terminal, write_outputs
     from cxr.bench.run import BenchConfig, run_bench
+    from cxr.cli.common import legacy_positionals, renamed, require
 
+    (model,) = legacy_positionals("cxr-bench run", ctx.args, (model, "MODEL", "--model"))
+    model = require(model, "--model MODEL", "cxr-bench run")
+    member_models = renamed(member_models, members, old="--members", new="--member-models")
     if verbose:
         setup_logging(verbose=True)
     if plot is not None and matplotlib_missing():
@@ -158,7 +173,7 @@ def run(
         iterations=iterations,
         min_seconds=min_seconds or 0.0,
         folder=folder,
-        members=parse_paths(members),
+        members=parse_paths(member_models),
         torch_run=torch_run,
         peak_gflops=peak_gflops,
         strict_provider=strict_provider,
@@ -166,18 +181,20 @@ def run(
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     )
 
-    def progress(row: BenchRow) -> None:
-        typer.echo(
-            f"  {row.kind} {row.label()} {row.provider} b{row.batch_size} "
-            f"t{row.threads or 'default'} c{row.concurrency} {row.mode}: p50 {row.latency_ms.p50:.2f} ms, "
-            f"{row.throughput_ips:.1f} img/s",
-            err=True,
-        )
-
-    report = run_bench(cfg, on_row=None if quiet else progress)
+    report = run_bench(cfg, on_row=None if quiet else _progress)
     typer.echo(format_terminal(report))
     for path in write_outputs(report, json_path=output, markdown=markdown, plot=plot):
         typer.echo(f"wrote {path}")
+
+
+def _progress(row: BenchRow) -> None:
+    """One line per measured row on stderr while the run goes on."""
+    typer.echo(
+        f"  {row.kind} {row.label()} {row.provider} b{row.batch_size} "
+        f"t{row.threads or 'default'} c{row.concurrency} {row.mode}: p50 {row.latency_ms.p50:.2f} ms, "
+        f"{row.throughput_ips:.1f} img/s",
+        err=True,
+    )
 
 
 @app.command("compare")

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors
+from cxr.cli.common import (
+    LEGACY_POSITIONALS,
+    OldOut,
+    handle_errors,
+    legacy_positionals,
+    output_option,
+    renamed,
+    require,
+)
+
+if TYPE_CHECKING:
+    from cxr.data.manifest import ManifestResult
+
+DEFAULT_MANIFEST = Path("runs/manifest.csv")
 
 app = typer.Typer(help="Data sets: synthetic X-rays, the split manifest, statistics.", no_args_is_help=True)
 
 
-@app.command("synth")
+@app.command("synth", context_settings=LEGACY_POSITIONALS)
 @handle_errors
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write COVID-19_Radiography_Dataset/ into.")],
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None, output_option("Folder to write COVID-19_Radiography_Dataset/ into (required).")
+    ] = None,
     per_class: Annotated[
         int, typer.Option(help="Images per class (the largest class with --imbalance).")
     ] = 50,
@@ -28,7 +44,11 @@ def synth(
     """Write SYNTHETIC chest X-rays in the Kaggle v4 layout (not real patients, not medical evidence)."""
     from cxr.data.synth import SynthConfig, synthesize
 
-    res = synthesize(SynthConfig(out_dir=out, per_class=per_class, seed=seed, size=size, imbalance=imbalance))
+    (output,) = legacy_positionals("cxr data synth", ctx.args, (output, "OUT", "--output"))
+    out_dir = require(output, "--output DIR", "cxr data synth")
+    res = synthesize(
+        SynthConfig(out_dir=out_dir, per_class=per_class, seed=seed, size=size, imbalance=imbalance)
+    )
     total = sum(res.counts.values())
     typer.echo(f"wrote {total} synthetic images to {res.root} in {res.seconds:.1f} s")
     for c, n in res.counts.items():
@@ -39,9 +59,12 @@ def synth(
 @handle_errors
 def split(
     data_dir: Annotated[Path, typer.Argument(help="The data set folder (Kaggle v4 or flat layout).")],
-    out: Annotated[
-        Path, typer.Option(help="Manifest CSV to write (a .json with details goes beside it).")
-    ] = Path("runs/manifest.csv"),
+    output: Annotated[
+        Path | None,
+        output_option(
+            f"Manifest CSV to write (a .json with details goes beside it; default: {DEFAULT_MANIFEST})."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.1,
     test: Annotated[float, typer.Option(help="Test fraction.")] = 0.1,
@@ -49,7 +72,7 @@ def split(
         float,
         typer.Option(
             help="Blend fraction, taken out of train: a fourth split only the meta-learner sees "
-            "(`cxr train stack --source blend`), so validation serves early stopping alone."
+            "(`cxr stack --source blend`), so validation serves early stopping alone."
         ),
     ] = 0.0,
     near_dup_threshold: Annotated[
@@ -64,31 +87,44 @@ def split(
         bool,
         typer.Option("--no-near-dups", help="Turn near-duplicate grouping off (exact duplicates still go)."),
     ] = False,
+    out: OldOut = None,
 ) -> None:
     """Deduplicate by pixel hash, keep near-duplicates together, and write a stratified, seeded train/val/test
     manifest."""
-    from cxr.data import near_duplicates as nd
-    from cxr.data.manifest import SplitConfig, build_manifest, format_counts
-    from cxr.errors import ConfigError
+    from cxr.data.manifest import SplitConfig, build_manifest
 
-    if no_near_dups and near_dup_threshold is not None:
-        raise ConfigError(
-            f"--no-near-dups and --near-dup-threshold {near_dup_threshold} contradict each other",
-            hint="pass one of them",
-        )
-    threshold = (
-        None if no_near_dups else nd.DEFAULT_THRESHOLD if near_dup_threshold is None else near_dup_threshold
-    )
+    output = renamed(output, out, old="--out", new="--output") or DEFAULT_MANIFEST
+    threshold = _near_dup_threshold(near_dup_threshold, no_near_dups)
     res = build_manifest(
         SplitConfig(
             data_dir=data_dir,
-            out=out,
+            out=output,
             seed=seed,
             fractions=(1 - val - test, val, test),
             blend=blend,
             near_duplicate_threshold=threshold,
         )
     )
+    _report_split(res, threshold)
+
+
+def _near_dup_threshold(given: int | None, off: bool) -> int | None:
+    """The near-duplicate threshold of `--near-dup-threshold N | --no-near-dups` (None: grouping off)."""
+    from cxr.data import near_duplicates as nd
+    from cxr.errors import ConfigError
+
+    if off and given is not None:
+        raise ConfigError(
+            f"--no-near-dups and --near-dup-threshold {given} contradict each other", hint="pass one of them"
+        )
+    return None if off else nd.DEFAULT_THRESHOLD if given is None else given
+
+
+def _report_split(res: ManifestResult, threshold: int | None) -> None:
+    """The manifest's counts, what was dropped or grouped, and every warning."""
+    from cxr.data import near_duplicates as nd
+    from cxr.data.manifest import format_counts
+
     meta = res.csv_path.with_suffix(".json")
     typer.echo(f"manifest: {res.csv_path} ({len(res.manifest.rows)} images, root {res.manifest.root})")
     typer.echo(format_counts(res.manifest))
@@ -96,16 +132,14 @@ def split(
         typer.echo(f"{len(res.duplicates)} exact duplicate(s) dropped (listed in {meta})")
     if threshold is None:
         typer.echo("near-duplicate grouping off")
-    else:
+    elif res.near_duplicate_groups:
         groups = res.near_duplicate_groups
-        how = f"{nd.HASH_NAME}, threshold {threshold} bits"
-        if groups:
-            typer.echo(
-                f"{len(groups)} near-duplicate group(s) of {sum(len(g) for g in groups)} images, each kept in "
-                f"one split ({how}; listed in {meta})"
-            )
-        else:
-            typer.echo(f"no near-duplicates found ({how})")
+        typer.echo(
+            f"{len(groups)} near-duplicate group(s) of {sum(len(g) for g in groups)} images, each kept in "
+            f"one split ({nd.HASH_NAME}, threshold {threshold} bits; listed in {meta})"
+        )
+    else:
+        typer.echo(f"no near-duplicates found ({nd.HASH_NAME}, threshold {threshold} bits)")
     if res.conflicts:
         typer.secho(
             f"{len(res.conflicts)} image(s) excluded: identical pixels under different classes "

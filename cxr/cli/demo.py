@@ -7,13 +7,22 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import handle_errors, renamed, setup_logging
 from cxr.labels import NOTICE
+
+DEFAULT_RUN_DIR = Path("runs/demo")
 
 
 @handle_errors
 def demo(
-    run_dir: Annotated[Path, typer.Option(help="Where every artefact of the run goes.")] = Path("runs/demo"),
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="RUN_DIR",
+            help=f"Where every artefact of the run goes (default: {DEFAULT_RUN_DIR}).",
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -41,6 +50,7 @@ def demo(
     ] = None,
     bench_iterations: Annotated[int, typer.Option(help="Timed iterations per benchmark row.")] = 10,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    old_run_dir: Annotated[Path | None, typer.Option("--run-dir", hidden=True)] = None,
 ) -> None:
     """Run the whole study: data, split, train 5 CNNs, export+verify, stack, fuse, evaluate, scan, bench."""
     import time
@@ -49,6 +59,7 @@ def demo(
     from cxr.pipeline.pipeline import run_demo
 
     setup_logging(verbose)
+    run_dir = renamed(run_dir, old_run_dir, old="--run-dir", new="cxr demo RUN_DIR") or DEFAULT_RUN_DIR
     cfg = DemoConfig(
         run_dir=run_dir,
         data=data,

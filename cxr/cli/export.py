@@ -13,7 +13,16 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import (
+    OldModels,
+    OrtThreads,
+    Verbose,
+    handle_errors,
+    members_option,
+    renamed,
+    run_dir_argument,
+    setup_logging,
+)
 
 
 class ExporterName(str, Enum):
@@ -22,12 +31,8 @@ class ExporterName(str, Enum):
     dynamo = "dynamo"
 
 
-RunDir = Annotated[
-    Path, typer.Argument(help="Run directory of `cxr train` (holds members/<name>/).", show_default=False)
-]
-Models = Annotated[
-    str | None, typer.Option("--models", help="Comma-separated member names (default: every member).")
-]
+RunDir = Annotated[Path, run_dir_argument("Run directory of `cxr train base` (holds members/<name>/).")]
+Members = Annotated[str | None, members_option()]
 Manifest = Annotated[
     Path | None,
     typer.Option("--manifest", help="Split manifest for val/train images (default: RUN_DIR/manifest.csv)."),
@@ -37,8 +42,6 @@ Random = Annotated[int, typer.Option("--random", help="Random noise inputs added
 MinAgreement = Annotated[
     float, typer.Option("--min-agreement", help="Top-1 agreement a variant needs vs FP32 to be usable.")
 ]
-Threads = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -51,7 +54,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 @handle_errors
 def export(
     run_dir: RunDir,
-    models: Models = None,
+    members: Members = None,
     variants: Annotated[
         str, typer.Option("--variants", help="Comma-separated edge variants to make: fp16, int8.")
     ] = "",
@@ -69,17 +72,19 @@ def export(
     ] = 64,
     n_random: Random = 8,
     min_agreement: MinAgreement = 0.99,
-    threads: Threads = None,
+    threads: OrtThreads = None,
     verbose: Verbose = False,
+    models: OldModels = None,
 ) -> None:
     """Export every trained member to ONNX with cxr metadata, verify it against PyTorch, make variants."""
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
     setup_logging(verbose)
+    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
-        models=_split(models),
+        models=_split(members),
         variants=_split(variants) or (),
         simplify=simplify,
         opset=opset,
@@ -101,22 +106,24 @@ def export(
 @handle_errors
 def verify(
     run_dir: RunDir,
-    models: Models = None,
+    members: Members = None,
     manifest: Manifest = None,
     max_val: MaxVal = 64,
     n_random: Random = 8,
     min_agreement: MinAgreement = 0.99,
-    threads: Threads = None,
+    threads: OrtThreads = None,
     verbose: Verbose = False,
+    models: OldModels = None,
 ) -> None:
     """Re-verify RUN_DIR/onnx/<name>.onnx against its checkpoint (and its variants against FP32)."""
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, raise_for_failures, verify_run
 
     setup_logging(verbose)
+    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
-        models=_split(models),
+        models=_split(members),
         manifest=manifest,
         max_val_images=max_val,
         n_random=n_random,

@@ -9,26 +9,27 @@ Decision support only: every human-readable result carries ``cxr.labels.NOTICE``
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import ProviderChoice, handle_errors
+from cxr.cli.common import ProviderChoice, handle_errors, model_option, output_option
+from cxr.cli.predict_output import (
+    echo_image_results,
+    echo_ray_summary,
+    echo_scan_summary,
+    scan_progress,
+    setup_logging,
+)
 from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.progress import Progress
     from cxr.runtime.predictor import Predictor, PredictorConfig
-    from cxr.runtime.scan import ScanResult
-    from cxr.runtime.types import Prediction
+    from cxr.runtime.results import ResultFormat
 
 MODEL_HELP = (
     "cxr ONNX model (fused ensemble or single member). Default: $CXR_MODEL, else "
@@ -51,7 +52,7 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP, show_default=False)]
+ModelOpt = Annotated[Path | None, model_option(MODEL_HELP)]
 ProviderOpt = Annotated[
     ProviderChoice,
     typer.Option(help="Execution provider: auto = TensorRT > CUDA > CPU, whichever really works here."),
@@ -86,20 +87,6 @@ MaxPixelsOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (debug level).")]
-
-
-class _EchoHandler(logging.Handler):
-    """Log records as ``warning: ...`` lines on the current stderr (works under CliRunner too)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logger = logging.getLogger("cxr")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _predictor_config(
@@ -156,64 +143,36 @@ def _open_predictor(
     return Predictor.from_path(resolve_model(model), cfg)
 
 
-@dataclass
-class _ScanHooks:
-    """Where a scan streams its rows, and the progress bar it drives (created once the work is known)."""
+@dataclass(frozen=True)
+class _ScanJob:
+    """What to scan and where the rows go: the options a local and a Ray scan share."""
 
-    stream: TextIO
-    show_bar: bool
-    bar: Progress | None = None
+    folder: str
+    model: Path | None
+    recursive: bool
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    output: Path | None
+    json_out: bool
+    resume: bool
+    overwrite: bool
+    quiet: bool
 
-    def on_start(self, todo: int, skipped: int) -> None:
-        from cxr.progress import Progress
-
-        stderr = typer.get_text_stream("stderr") if todo > 0 and self.show_bar else None
-        self.bar = Progress(todo, "scan", stderr, log_interval=10.0)
-
-    def on_batch(self, preds: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(len(preds))
-
-
-@contextmanager
-def _scan_progress(output: Path | None, silent: bool) -> Iterator[_ScanHooks]:
-    """Rows go to stdout unless ``output``; no bar when ``silent`` or when the rows fill the terminal."""
-    stdout = typer.get_text_stream("stdout")
-    hooks = _ScanHooks(stdout, show_bar=not silent and not (output is None and stdout.isatty()))
-    try:
-        yield hooks
-    finally:
-        if hooks.bar is not None:
-            hooks.bar.close()
+    @property
+    def stream_format(self) -> ResultFormat:
+        return "jsonl" if self.json_out else "csv"
 
 
-def _echo_warnings(predictor: Predictor) -> None:
-    """What trained the model (synthetic data, random weights, no provenance), plainly, on stderr."""
-    for w in predictor.describe()["provenance_warnings"]:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
-
-
-def _summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequence[str] = ()) -> str:
-    width = max(len(c) for c in (*classes, "failed", "total"))
-    lines = ["", f"{'class':<{width}}  files"]
-    lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
-    lines.append(f"{'failed':<{width}}  {result.failed:>5}")
-    lines.append(f"{'total':<{width}}  {result.predicted + result.failed:>5}")
-    if result.skipped:
-        lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
-    lines.append(
-        f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s on provider '{result.provider}', "
-        f"model {result.model_id}"
-    )
-    if result.output:
-        lines.append(f"results: {result.output}")
-    for path, err in result.failures[:5]:
-        lines.append(f"failed: {err if err.startswith(path) else f'{path}: {err}'}")
-    if result.failed > 5:
-        lines.append(f"... and {result.failed - 5} more failures (see the error column)")
-    lines += [f"warning: {w}" for w in warnings]
-    lines.append(NOTICE)
-    return "\n".join(lines)
+def _check_scan_options(
+    job: _ScanJob, engine: Engine, address: str | None, manifest: Path | None, split: str | None
+) -> None:
+    if job.resume and job.output is None:
+        raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
+    if job.resume and job.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
+    if engine is Engine.local and (address or manifest or split):
+        given = "--address" if address else "--manifest" if manifest else "--split"
+        raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
 
 
 @app.command("scan")
@@ -234,11 +193,8 @@ def scan(
     threads: ThreadsOpt = None,
     output: Annotated[
         Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Result file, .csv or .jsonl, written batch by batch. Default: CSV (JSONL with --json) on stdout.",
-            show_default=False,
+        output_option(
+            "Result file, .csv or .jsonl, written batch by batch. Default: CSV (JSONL with --json) on stdout."
         ),
     ] = None,
     include: Annotated[
@@ -299,66 +255,49 @@ def scan(
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
-    from cxr.runtime.scan import ScanConfig, scan_folder
-
-    _setup_logging(verbose)
-    if resume and output is None:
-        raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
-    if engine is Engine.local and (address or manifest or split):
-        given = "--address" if address else "--manifest" if manifest else "--split"
-        raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
-    if engine is Engine.ray:
-        cfg_p = _predictor_config(
-            provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
-            max_file_mb, max_pixels,
-        )  # fmt: skip
-        code = _scan_with_ray(
-            folder, model, cfg_p, recursive, include, exclude, output, json_out, resume, overwrite, quiet,
-            address, manifest, split, verbose,
-        )  # fmt: skip
-        raise typer.Exit(code=code)
-    predictor = _open_predictor(
-        model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
+    setup_logging(verbose)
+    job = _ScanJob(
+        folder, model, recursive, tuple(include or ()), tuple(exclude or ()), output, json_out, resume,
+        overwrite, quiet,
+    )  # fmt: skip
+    _check_scan_options(job, engine, address, manifest, split)
+    cfg = _predictor_config(
+        provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
         max_file_mb, max_pixels,
     )  # fmt: skip
+    if engine is Engine.ray:
+        raise typer.Exit(code=_scan_with_ray(job, cfg, address, manifest, split, verbose))
+    raise typer.Exit(code=_scan_local(job, cfg))
+
+
+def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
+    """`scan` in this process (cxr.runtime.scan); returns the exit code."""
+    from cxr.runtime.locate import resolve_model
+    from cxr.runtime.predictor import Predictor
+    from cxr.runtime.scan import ScanConfig, scan_folder
+
+    predictor = Predictor.from_path(resolve_model(job.model), predictor_cfg)
     cfg = ScanConfig(
-        folder=Path(folder),
-        recursive=recursive,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        output=output,
-        stream_format="jsonl" if json_out else "csv",
-        resume=resume,
-        overwrite=overwrite,
+        folder=Path(job.folder),
+        recursive=job.recursive,
+        include=job.include,
+        exclude=job.exclude,
+        output=job.output,
+        stream_format=job.stream_format,
+        resume=job.resume,
+        overwrite=job.overwrite,
     )
-    with _scan_progress(output, quiet or json_out) as hooks:
+    with scan_progress(job.output, job.quiet or job.json_out) as hooks:
         result = scan_folder(
             predictor, cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch
         )
-    if json_out:
-        summary = {**result.to_dict(), "model": predictor.describe(), "notice": NOTICE}
-        typer.echo(json.dumps(summary), err=output is None)
-    elif not quiet:
-        typer.echo(
-            _summary_text(result, predictor.classes, predictor.describe()["provenance_warnings"]), err=True
-        )
-    raise typer.Exit(code=result.exit_code)
+    echo_scan_summary(result, predictor.describe(), output=job.output, json_out=job.json_out, quiet=job.quiet)
+    return result.exit_code
 
 
 def _scan_with_ray(
-    folder: str,
-    model: Path | None,
+    job: _ScanJob,
     predictor_cfg: PredictorConfig,
-    recursive: bool,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    output: Path | None,
-    json_out: bool,
-    resume: bool,
-    overwrite: bool,
-    quiet: bool,
     address: str | None,
     manifest: Path | None,
     split: str | None,
@@ -373,51 +312,25 @@ def _scan_with_ray(
             "warning: --device-id is ignored with --engine ray (Ray gives each actor its GPU)", err=True
         )
     cfg = RayScanConfig(
-        model=resolve_model(model),
-        source=folder,
+        model=resolve_model(job.model),
+        source=job.folder,
         predictor=predictor_cfg,
-        recursive=recursive,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
+        recursive=job.recursive,
+        include=job.include,
+        exclude=job.exclude,
         manifest=manifest,
         split=split,
-        output=output,
-        stream_format="jsonl" if json_out else "csv",
-        resume=resume,
-        overwrite=overwrite,
+        output=job.output,
+        stream_format=job.stream_format,
+        resume=job.resume,
+        overwrite=job.overwrite,
         address=address,
         ray_logs=verbose,
     )
-    with _scan_progress(output, quiet or json_out) as hooks:
+    with scan_progress(job.output, job.quiet or job.json_out) as hooks:
         result = ray_scan(cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch)
-    if json_out:
-        summary = {**result.to_dict(), "model": result.model, "notice": NOTICE}
-        typer.echo(json.dumps(summary), err=output is None)
-    elif not quiet:
-        gpus = f", {result.gpus_per_actor:g} GPU" if result.gpus_per_actor else ""
-        typer.echo(
-            f"ray: {result.actors} actors ({result.cpus_per_actor:g} CPU{gpus} each) on {result.nodes} node(s) "
-            f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
-            err=True,
-        )
-        typer.echo(
-            _summary_text(
-                result.scan, tuple(result.model["classes"]), result.model.get("provenance_warnings", ())
-            ),
-            err=True,
-        )
+    echo_ray_summary(result, output=job.output, json_out=job.json_out, quiet=job.quiet)
     return result.exit_code
-
-
-def _format_prediction(p: Prediction) -> str:
-    if not p.ok:
-        return f"{p.source}\n  error: {p.error}"
-    probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
-    lines = [p.source, f"  predicted: {p.label} ({p.confidence:.3f})", f"  probabilities: {probs}"]
-    for member, mp in (p.member_probabilities or {}).items():
-        top = max(mp, key=lambda c: mp[c])
-        lines.append(f"  member {member}: {top} ({mp[top]:.3f})")
-    return "\n".join(lines)
 
 
 @app.command("image")
@@ -443,37 +356,14 @@ def image(
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
-    from cxr.runtime.results import json_record
-
-    _setup_logging(verbose)
+    setup_logging(verbose)
     predictor = _open_predictor(
         model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, None,
         max_file_mb, max_pixels,
     )  # fmt: skip
     preds = predictor.predict([str(f) for f in files])
-    failed = sum(not p.ok for p in preds)
-    if json_out:
-        doc = {
-            "model": predictor.describe(),
-            "predictions": [json_record(p, predictor.model_id) for p in preds],
-            "failed": failed,
-            "notice": NOTICE,
-        }
-        typer.echo(json.dumps(doc, indent=2))
-    elif quiet:
-        for p in preds:
-            typer.echo(f"{p.source}\t{p.label if p.ok else 'ERROR'}")
-        _echo_warnings(predictor)
-        typer.echo(NOTICE, err=True)
-    else:
-        for p in preds:
-            typer.echo(_format_prediction(p))
-        typer.echo(
-            f"provider '{predictor.provider}', model {predictor.model_id} ({predictor.model_path.name})"
-        )
-        _echo_warnings(predictor)
-        typer.echo(NOTICE)
-    raise typer.Exit(code=1 if failed else 0)
+    echo_image_results(predictor, preds, json_out=json_out, quiet=quiet)
+    raise typer.Exit(code=1 if any(not p.ok for p in preds) else 0)
 
 
 @app.command("version")

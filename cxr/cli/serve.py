@@ -119,12 +119,7 @@ def serve(
     from cxr.serve.config import ServeConfig, load_api_key
     from cxr.serve.server import run_server
 
-    if not model.is_file():
-        raise ModelError(
-            f"model file {model} does not exist",
-            hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
-            path=model,
-        )
+    _require_model(model)
     setup_logging(log_level == LogLevel.debug)
     cfg = ServeConfig(
         model=model,
@@ -147,7 +142,22 @@ def serve(
         access_log=access_log,
         log_level=log_level.value,
     )
-    try:  # the serve extra is optional: fail here, with the fix, when it is missing
+    _require_serve_extra()
+    run_server(cfg, port_file=port_file)
+
+
+def _require_model(model: Path) -> None:
+    if not model.is_file():
+        raise ModelError(
+            f"model file {model} does not exist",
+            hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
+            path=model,
+        )
+
+
+def _require_serve_extra() -> None:
+    """The serve extra is optional: fail here, with the fix, when it is missing."""
+    try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
@@ -156,4 +166,3 @@ def serve(
             f"`cxr serve` needs the serve extra ({e.name or e} is missing)",
             hint="pip install 'cxr-toolkit[serve]'",
         ) from e
-    run_server(cfg, port_file=port_file)

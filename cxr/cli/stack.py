@@ -1,7 +1,8 @@
-"""`cxr train stack`, `cxr fuse`, `cxr evaluate`: the meta-learner, the fused graph and the study's answer.
+"""`cxr stack`, `cxr fuse`, `cxr evaluate` and `cxr train probe`: the meta-learner, the fused graph, the
+study's answer and its linear-probe floor.
 
-Thin commands over ``cxr.stack.stack.fit_meta``, ``cxr.fuse.fuse.fuse`` and
-``cxr.evaluate.evaluate.evaluate``; heavy libraries are imported inside the commands.
+Thin commands over ``cxr.stack.stack.fit_meta``, ``cxr.fuse.fuse.fuse``, ``cxr.evaluate.evaluate.evaluate``
+and ``cxr.train.probe.linear_probe``; heavy libraries are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -12,29 +13,26 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors
-from cxr.errors import ConfigError
+from cxr.cli.common import (
+    OldOut,
+    OrtThreads,
+    handle_errors,
+    member_names,
+    members_option,
+    output_option,
+    renamed,
+    run_dir_argument,
+)
 from cxr.labels import NOTICE
-
-
-def _names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    if not names:
-        raise ConfigError(
-            f"--members {value!r} names no member", hint="for example --members densenet121,vgg19"
-        )
-    return names
 
 
 @handle_errors
 def stack(
     run_dir: Annotated[
-        Path, typer.Argument(help="Run directory with manifest.csv and members/<name>/predictions/.")
+        Path, run_dir_argument("Run directory with manifest.csv and members/<name>/predictions/.")
     ],
     members: Annotated[
-        str | None, typer.Option(help="Comma-separated member order (default: every member folder, sorted).")
+        str | None, members_option("Comma-separated member order (default: every member folder, sorted).")
     ] = None,
     source: Annotated[
         str,
@@ -57,7 +55,7 @@ def stack(
     res = fit_meta(
         MetaConfig(
             run_dir=run_dir,
-            members=_names(members),
+            members=member_names(members),
             source=source,  # type: ignore[arg-type]  # MetaConfig refuses anything but val/blend
             estimator=estimator,
             cv_folds=cv_folds,
@@ -80,11 +78,11 @@ def stack(
 
 @handle_errors
 def fuse(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with onnx/<name>.onnx and stack/meta.onnx.")],
+    run_dir: Annotated[Path, run_dir_argument("Run directory with onnx/<name>.onnx and stack/meta.onnx.")],
     variants: Annotated[
         str, typer.Option(help="Also build variants from the members' variants, e.g. fp16,int8.")
     ] = "",
-    out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/ensemble.onnx).")] = None,
+    output: Annotated[Path | None, output_option("The fused graph (default: RUN_DIR/ensemble.onnx).")] = None,
     input_size: Annotated[
         int | None, typer.Option(help="Square input size of the graph (default: the largest member size).")
     ] = None,
@@ -98,15 +96,17 @@ def fuse(
     bench_runs: Annotated[
         int, typer.Option(help="Batch-1 timing runs, fused vs separate sessions (0: skip).")
     ] = 10,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
+    threads: OrtThreads = None,
+    out: OldOut = None,
 ) -> None:
     """Fuse the members and the meta-learner into one verified ONNX graph."""
     from cxr.fuse.fuse import FuseConfig, describe, run_members
     from cxr.fuse.fuse import fuse as fuse_models
 
+    output = renamed(output, out, old="--out", new="--output")
     members, meta = run_members(run_dir)
     cfg = FuseConfig(
-        out=out or Path(run_dir) / "ensemble.onnx",
+        out=output or Path(run_dir) / "ensemble.onnx",
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
         input_size=None if input_size is None else (input_size, input_size),
         simplify=simplify,
@@ -124,18 +124,20 @@ def fuse(
 
 @handle_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with member predictions and stack/.")],
+    run_dir: Annotated[Path, run_dir_argument("Run directory with member predictions and stack/.")],
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write confusion-matrix and reliability PNGs.")] = True,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
+    output: Annotated[Path | None, output_option("The report folder (default: RUN_DIR/eval).")] = None,
+    out: OldOut = None,
 ) -> None:
     """Compare each member, soft voting, majority voting and stacking on the test split."""
     from cxr.evaluate.evaluate import EvalConfig
     from cxr.evaluate.evaluate import evaluate as run_evaluation
 
+    output = renamed(output, out, old="--out", new="--output")
     res = run_evaluation(
-        EvalConfig(run_dir=run_dir, out_dir=out, n_bootstrap=bootstrap, seed=seed, plots=plots)
+        EvalConfig(run_dir=run_dir, out_dir=output, n_bootstrap=bootstrap, seed=seed, plots=plots)
     )
     typer.echo(f"test split: {res.n} images; best single member (validation): {res.best_member}")
     typer.echo(res.table)
@@ -149,7 +151,7 @@ def evaluate(
 
 @handle_errors
 def probe(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with manifest.csv.")],
+    run_dir: Annotated[Path, run_dir_argument("Run directory with manifest.csv.")],
     pretrained: Annotated[
         str, typer.Option(help="ImageNet weights: a weights file or folder, or 'true' for timm's download.")
     ] = "true",

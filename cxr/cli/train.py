@@ -1,31 +1,36 @@
-"""`cxr train`: train the base models (`base`); `cxr.cli.main` adds the meta-learner (`stack`) to ``app``."""
+"""`cxr train`: train the base models (`base`) and the linear-probe baseline (`probe`, added by
+`cxr.cli.main`, which also keeps the old `cxr train stack` as a hidden alias of `cxr stack`)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import Verbose, handle_errors, member_names, members_option, renamed, setup_logging
 from cxr.labels import NOTICE
 
-app = typer.Typer(help="Train base models and the meta-learner.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from cxr.train.config import TrainConfig
+    from cxr.train.distributed import DistContext
+    from cxr.train.run import TrainResult
+
+app = typer.Typer(help="Train the base models and the linear-probe baseline.", no_args_is_help=True)
 
 
 @app.callback()
 def _group() -> None:
-    """Train base models (`base`) and the meta-learner (`stack`)."""
+    """Train the base models (`base`) and the linear-probe baseline (`probe`); the meta-learner is `cxr stack`."""
 
 
 @app.command("base")
 @handle_errors
 def base(
     config: Annotated[Path, typer.Option("--config", "-c", help="Training config (YAML), see configs/.")],
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", "-m", help="Member to train (repeatable); a name under `models:`."),
+    members: Annotated[
+        str | None, members_option("Members to train, comma-separated names under the config's `models:`.")
     ] = None,
     all_members: Annotated[bool, typer.Option("--all", help="Train every member of the config.")] = False,
     overrides: Annotated[
@@ -36,44 +41,53 @@ def base(
         bool, typer.Option("--resume", help="Continue each member from its last checkpoint.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Verbose = False,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", hidden=True)] = None,
 ) -> None:
     """Two-phase transfer learning of the base CNNs: head first (frozen backbone), then everything.
 
-    Several GPUs or nodes: start it with torchrun, e.g. `torchrun --nproc_per_node=4 -m cxr train base
-    --config CONFIG --all`; train.batch_size stays the global batch (each process takes its share).
+    The run directory is the config's `run_dir`. Several GPUs or nodes: start it with torchrun, e.g.
+    `torchrun --nproc_per_node=4 -m cxr train base --config CONFIG --all`; train.batch_size stays the
+    global batch (each process takes its share).
     """
     from cxr.errors import ConfigError
-    from cxr.train.distributed import context_from_env
+    from cxr.train.config import load_config
+    from cxr.train.distributed import context_from_env, distributed
+    from cxr.train.run import prepare_data, train_member
 
     env = context_from_env()
     setup_logging(verbose, rank=env.rank if env.enabled else None, quiet_rank=not verbose)
-    if all_members == bool(model):
-        raise ConfigError(
-            "pass either --model NAME (one or more) or --all", hint="see `cxr train base --help`"
-        )
-    from cxr.train.config import load_config
-    from cxr.train.device import resolve_device
-    from cxr.train.distributed import check_global_batch, distributed
-    from cxr.train.run import batch_key, prepare_data, train_member
-
+    members = renamed(members, ",".join(model) if model else None, old="-m/--model", new="--members")
+    if all_members == (members is not None):
+        raise ConfigError("pass either --members NAME[,NAME...] or --all", hint="see `cxr train base --help`")
     sets = [*(overrides or []), *(["train.resume=true"] if resume else [])]
     cfg = load_config(config, sets)
-    names = [m.name for m in cfg.models] if all_members else list(model or [])
-    for name in names:
-        m = cfg.member(name)  # unknown names fail before any training, with a did-you-mean
-        check_global_batch(
-            env, cfg.batch_size(m), batch_key(cfg, m)
-        )  # so does a batch N processes can't share
-    resolve_device(cfg.train, env)  # so does a device that is not there
+    names = [m.name for m in cfg.models] if all_members else list(member_names(members) or ())
+    _check_before_training(cfg, names, env)
     with distributed(cfg.train) as ctx:
         manifest = prepare_data(cfg, ctx)
         stream = None if quiet else sys.stderr
         results = [
             train_member(cfg, name, progress_stream=stream, manifest=manifest, dist=ctx) for name in names
         ]
-    if not env.is_main:
-        return  # rank 0 reports
+    if env.is_main:  # rank 0 reports
+        _report(cfg, results)
+
+
+def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
+    """Unknown member names (with a did-you-mean), a batch N processes can't share and a device that is not
+    there all fail here, before any training."""
+    from cxr.train.device import resolve_device
+    from cxr.train.distributed import check_global_batch
+    from cxr.train.run import batch_key
+
+    for name in names:
+        m = cfg.member(name)
+        check_global_batch(env, cfg.batch_size(m), batch_key(cfg, m))
+    resolve_device(cfg.train, env)
+
+
+def _report(cfg: TrainConfig, results: list[TrainResult]) -> None:
     typer.echo(f"run directory: {cfg.run_dir}")
     typer.echo(f"{'member':<18}{'best epoch':>11}{'epochs':>8}{'val acc':>9}{'macro-F1':>10}{'seconds':>9}")
     for r in results:

@@ -1,4 +1,5 @@
-"""`cxr export-triton MODEL OUT`: a Triton model repository (and a KServe manifest) for a cxr ONNX model."""
+"""`cxr export-triton --model MODEL --output DIR`: a Triton model repository (and a KServe manifest) for a cxr
+ONNX model."""
 
 from __future__ import annotations
 
@@ -21,10 +22,25 @@ class TrtPrecisionChoice(str, Enum):
 
 @handle_errors
 def export_triton(
+    ctx: typer.Context,
     model: Annotated[
-        Path, typer.Argument(help="A cxr ONNX model (the fused ensemble, its INT8 variant, a member).")
-    ],
-    out: Annotated[Path, typer.Argument(help="The Triton model repository folder to write into.")],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A cxr ONNX model (the fused ensemble, its INT8 variant, a member); required.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The Triton model repository folder to write into; required.",
+            show_default=False,
+        ),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Model folder name in the repository (default: the file's stem).")
     ] = None,
@@ -54,14 +70,23 @@ def export_triton(
     trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace in MiB.")] = 1024,
     link: Annotated[bool, typer.Option(help="Hard-link the model file instead of copying it.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a model folder that holds another model.")] = False,
-    kserve: Annotated[bool, typer.Option(help="Also write kserve-inferenceservice.yaml into OUT.")] = True,
+    kserve: Annotated[
+        bool, typer.Option(help="Also write kserve-inferenceservice.yaml into the repository.")
+    ] = True,
     storage_uri: Annotated[
         str | None, typer.Option(help="storageUri for the KServe manifest (default: a placeholder to edit).")
     ] = None,
 ) -> None:
-    """Write OUT/<name>/config.pbtxt, OUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
+    """Write OUTPUT/<name>/config.pbtxt, OUTPUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
+    from cxr.cli.common import legacy_positionals, require
     from cxr.deploy.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
 
+    command = "cxr export-triton"
+    model, output = legacy_positionals(
+        command, ctx.args, (model, "MODEL", "--model"), (output, "OUT", "--output")
+    )
+    model = require(model, "--model MODEL", command)
+    repository = require(output, "--output DIR", command)
     cfg = TritonConfig(
         model_name=name,
         version=version,
@@ -80,25 +105,31 @@ def export_triton(
         kserve=kserve,
         storage_uri=storage_uri or STORAGE_URI_PLACEHOLDER,
     )
-    res = write_triton_repository(model, out, cfg)
-    sig = res.signature
-    typer.echo(f"Triton model '{res.model_name}' written to {res.model_dir}")
-    typer.echo(f"  config:  {res.config_path}")
-    typer.echo(
-        f"  model:   {res.model_path} ({'hard-linked' if res.linked else 'copied'}, sha256 {res.sha256[:16]})"
-    )
-    for t in sig.inputs:
-        typer.echo(f"  input    {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}")
-    for t in sig.outputs:
-        typer.echo(f"  output   {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}")
-    typer.echo(
-        f"  max_batch_size {res.max_batch_size}, precision {res.metadata.card.get('precision', 'fp32')}"
-    )
-    if res.kserve_path is not None:
-        typer.echo(f"  KServe:  {res.kserve_path}")
-        if cfg.storage_uri == STORAGE_URI_PLACEHOLDER:
-            typer.echo("           (edit storageUri: it is a placeholder)")
+    res = write_triton_repository(model, repository, cfg)
+    for line in _describe(res, placeholder=cfg.storage_uri == STORAGE_URI_PLACEHOLDER):
+        typer.echo(line)
     for w in res.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"run: tritonserver --model-repository={res.repository.resolve()}")
     typer.echo(NOTICE)
+
+
+def _describe(res, *, placeholder: bool) -> list[str]:
+    """What ``write_triton_repository`` wrote (``res``, its TritonExportResult): the files, the tensors
+    Triton will see and the KServe manifest."""
+    sig = res.signature
+    lines = [
+        f"Triton model '{res.model_name}' written to {res.model_dir}",
+        f"  config:  {res.config_path}",
+        f"  model:   {res.model_path} ({'hard-linked' if res.linked else 'copied'}, sha256 {res.sha256[:16]})",
+    ]
+    lines += [f"  input    {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}" for t in sig.inputs]
+    lines += [f"  output   {t.name}: {t.wire_type} {list(t.config_dims(sig.batched))}" for t in sig.outputs]
+    lines.append(
+        f"  max_batch_size {res.max_batch_size}, precision {res.metadata.card.get('precision', 'fp32')}"
+    )
+    if res.kserve_path is not None:
+        lines.append(f"  KServe:  {res.kserve_path}")
+        if placeholder:
+            lines.append("           (edit storageUri: it is a placeholder)")
+    return lines

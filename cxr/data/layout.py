@@ -42,7 +42,7 @@ def resolve_root(path: Path, classes: tuple[str, ...] = CLASSES) -> Path:
         raise DataError(
             f"data set folder {path} does not exist",
             hint="pass the unzipped COVID-19_Radiography_Dataset folder, or make synthetic data with "
-            "`cxr data synth OUT`",
+            "`cxr data synth --output DIR`",
             path=path,
         )
     if not path.is_dir():
@@ -87,7 +87,7 @@ def scan_dataset(path: Path, classes: tuple[str, ...] = CLASSES) -> DatasetScan:
     if not records:
         raise DataError(
             f"no images found under {root} (looked in {'<Class>/images/' if v4 else '<Class>/'})",
-            hint="check that the download finished unzipping, or make synthetic data with `cxr data synth OUT`",
+            hint="check that the download finished unzipping, or make synthetic data with `cxr data synth --output DIR`",
             path=root,
         )
     return DatasetScan(root, "kaggle_v4" if v4 else "flat", tuple(records), tuple(skipped))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data import near_duplicates as nd
-from cxr.data.layout import scan_dataset
+from cxr.data.layout import DatasetScan, scan_dataset
 from cxr.errors import DataError, DecodeError
 from cxr.imaging.decode import pixel_hash
 from cxr.labels import CLASSES
@@ -158,53 +158,12 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
     if threshold is not None:
         nd.require_imagehash()  # fail before the scan, not after it
     scan = scan_dataset(cfg.data_dir, cfg.classes)
-    skipped = [(str(p), why) for p, why in scan.skipped]
-    hashed: list[tuple[str, str, str]] = []  # (relpath, class, sha)
-    phashes: dict[str, np.ndarray] = {}
-    total = len(scan.records)
-    for i, rec in enumerate(scan.records):
-        rel = rec.path.relative_to(scan.root).as_posix()
-        try:
-            sha = pixel_hash(rec.path)
-            if threshold is not None:
-                phashes[rel] = nd.hash_file(rec.path)
-            hashed.append((rel, rec.label, sha))
-        except DecodeError as e:
-            skipped.append((str(rec.path), e.message))
-            log.debug("skipping %s", e.message)
-        if progress is not None:
-            progress(i + 1, total)
-    by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for rel, label, sha in hashed:
-        by_hash[sha].append((rel, label))
-    duplicates: list[tuple[str, str]] = []
-    conflicts: list[tuple[str, str, str]] = []
-    keep: dict[str, list[tuple[str, str]]] = {c: [] for c in cfg.classes}
-    for sha, group in sorted(by_hash.items()):
-        labels = {label for _, label in group}
-        if len(labels) > 1:
-            conflicts.extend((rel, label, sha) for rel, label in sorted(group))
-            continue
-        group = sorted(group)
-        keep[group[0][1]].append((group[0][0], sha))
-        duplicates.extend((rel, group[0][0]) for rel, _ in group[1:])
+    hashed, phashes, unreadable = _hash_images(scan, threshold, progress)
+    skipped = [(str(p), why) for p, why in scan.skipped] + unreadable
+    keep, duplicates, conflicts = _deduplicate(hashed, cfg.classes)
     kept = sorted(rel for items in keep.values() for rel, _ in items)
     groups = () if threshold is None else nd.group_paths(kept, [phashes[r] for r in kept], threshold)
-    rows: list[ManifestRow] = []
-    by_class = _units(keep, groups, cfg.classes)
-    for ci, c in enumerate(cfg.classes):
-        units = by_class[c]
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, ci]))
-        order = rng.permutation(len(units))
-        n_total = sum(len(u) for u in units)
-        n_train, n_val, _ = split_sizes(n_total, cfg.fractions)
-        n_blend = min(int(np.floor(n_total * cfg.blend + 1e-9)), max(n_train - 1, 0))
-        n_train -= n_blend  # train keeps at least one image of the class
-        pos = 0  # images placed before this unit: the unit goes where its first image would go
-        for idx in order:
-            split = _split_at(pos, n_train, n_val, n_blend)
-            rows.extend(ManifestRow(rel, label, split, sha) for rel, label, sha in units[int(idx)])
-            pos += len(units[int(idx)])
+    rows = _assign_splits(_units(keep, groups, cfg.classes), cfg)
     if not rows:
         raise DataError(f"no readable image left in {scan.root}", hint="check the files", path=scan.root)
     rows.sort(key=lambda r: (ALL_SPLITS.index(r.split), cfg.classes.index(r.label), r.path))
@@ -220,6 +179,71 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
     )
     write_manifest(result, cfg)
     return result
+
+
+def _hash_images(
+    scan: DatasetScan, threshold: int | None, progress: Callable[[int, int], None] | None
+) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray], list[tuple[str, str]]]:
+    """(relpath, class, pixel sha256) per readable image, the perceptual hashes (with a threshold) and
+    the (path, reason) of every image that failed to decode."""
+    hashed: list[tuple[str, str, str]] = []
+    phashes: dict[str, np.ndarray] = {}
+    unreadable: list[tuple[str, str]] = []
+    total = len(scan.records)
+    for i, rec in enumerate(scan.records):
+        rel = rec.path.relative_to(scan.root).as_posix()
+        try:
+            sha = pixel_hash(rec.path)
+            if threshold is not None:
+                phashes[rel] = nd.hash_file(rec.path)
+            hashed.append((rel, rec.label, sha))
+        except DecodeError as e:
+            unreadable.append((str(rec.path), e.message))
+            log.debug("skipping %s", e.message)
+        if progress is not None:
+            progress(i + 1, total)
+    return hashed, phashes, unreadable
+
+
+def _deduplicate(
+    hashed: list[tuple[str, str, str]], classes: tuple[str, ...]
+) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(per class the kept (relpath, sha), the (dropped copy, kept original) pairs, the label conflicts):
+    one copy of identical pixels within a class is kept, identical pixels under two classes are excluded."""
+    by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for rel, label, sha in hashed:
+        by_hash[sha].append((rel, label))
+    duplicates: list[tuple[str, str]] = []
+    conflicts: list[tuple[str, str, str]] = []
+    keep: dict[str, list[tuple[str, str]]] = {c: [] for c in classes}
+    for sha, group in sorted(by_hash.items()):
+        labels = {label for _, label in group}
+        if len(labels) > 1:
+            conflicts.extend((rel, label, sha) for rel, label in sorted(group))
+            continue
+        group = sorted(group)
+        keep[group[0][1]].append((group[0][0], sha))
+        duplicates.extend((rel, group[0][0]) for rel, _ in group[1:])
+    return keep, duplicates, conflicts
+
+
+def _assign_splits(by_class: dict[str, list[Unit]], cfg: SplitConfig) -> list[ManifestRow]:
+    """The rows of every unit, each class's units shuffled (seeded per class) and cut at the split sizes."""
+    rows: list[ManifestRow] = []
+    for ci, c in enumerate(cfg.classes):
+        units = by_class[c]
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, ci]))
+        order = rng.permutation(len(units))
+        n_total = sum(len(u) for u in units)
+        n_train, n_val, _ = split_sizes(n_total, cfg.fractions)
+        n_blend = min(int(np.floor(n_total * cfg.blend + 1e-9)), max(n_train - 1, 0))
+        n_train -= n_blend  # train keeps at least one image of the class
+        pos = 0  # images placed before this unit: the unit goes where its first image would go
+        for idx in order:
+            split = _split_at(pos, n_train, n_val, n_blend)
+            rows.extend(ManifestRow(rel, label, split, sha) for rel, label, sha in units[int(idx)])
+            pos += len(units[int(idx)])
+    return rows
 
 
 def _units(

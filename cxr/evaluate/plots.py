@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxr.calibration import reliability_bins
-
-if TYPE_CHECKING:
-    from cxr.evaluate.evaluate import MethodResult
+from cxr.evaluate.types import MethodResult
 
 
 def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str, path: Path) -> Path:

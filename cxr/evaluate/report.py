@@ -9,18 +9,15 @@ figures) and ``report.json`` (every number; ``null`` where a value is undefined)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxr import __version__
 from cxr.evaluate.stats import Interval, McNemarResult
+from cxr.evaluate.types import EvalConfig, Findings, MethodResult
 from cxr.labels import NOTICE
-
-if TYPE_CHECKING:
-    from cxr.evaluate.evaluate import EvalConfig, MethodResult
-    from cxr.stack.features import MetaData
 
 UNDEFINED = "undefined"
 
@@ -86,67 +83,56 @@ def _test_line(t: McNemarResult) -> str:
     )
 
 
-def markdown(
-    cfg: EvalConfig,
-    methods: Sequence[MethodResult],
-    best: str,
-    rule: str,
-    tests: Mapping[str, McNemarResult],
-    verdict: str,
-    table_rows: Sequence[Sequence[str]],
-    classes: Sequence[str],
-    undefined: Sequence[str],
-    n: int,
-    meta_json: Mapping[str, Any],
-    figures: Sequence[Path],
-    warnings: Sequence[str],
-) -> str:
+def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
+    """The verdict first, then what was compared on which images, and the classes nothing says about."""
+    meta = f.meta_json
     lines = [
         "# Does stacking beat the best single model?",
         "",
         f"> {NOTICE}",
         "",
-        f"**{verdict}**",
+        f"**{f.verdict}**",
         "",
-        f"Split: `{cfg.split}`, {n} images. Best single member: **{best}** ({rule}). "
-        f"Meta-learner: {meta_json.get('type')} {json.dumps(meta_json.get('params'))}, trained on "
-        f"{meta_json.get('n_train')} {meta_json.get('source')} predictions.",
+        f"Split: `{cfg.split}`, {f.n} images. Best single member: **{f.best_member}** ({f.best_member_rule}). "
+        f"Meta-learner: {meta.get('type')} {json.dumps(meta.get('params'))}, trained on "
+        f"{meta.get('n_train')} {meta.get('source')} predictions.",
         "",
         "The validation split serves three purposes here: each member's early stopping (its best epoch), the "
         "meta-learner's training set, and the choice of the best single member. All three therefore fit the "
         "validation images a little; only the test split, used for nothing else, measures the methods.",
         "",
     ]
-    if undefined:
+    if f.undefined_classes:
+        undefined = f.undefined_classes
         lines += [
             f"**Undefined:** {', '.join(undefined)} {'has' if len(undefined) == 1 else 'have'} no {cfg.split} images, so "
             "its recall, F1 and ROC-AUC are undefined (shown as 'undefined', excluded from macro averages; "
             "weighted averages give it weight 0). Nothing here says how well any method finds it.",
             "",
         ]
-    lines += ["## Comparison", ""]
-    lines += _md_table(
-        (
-            "method",
-            f"accuracy [{cfg.confidence:.0%} CI]",
-            f"macro-F1 [{cfg.confidence:.0%} CI]",
-            "macro ROC-AUC",
-            "ECE",
-        ),
-        table_rows,
-    )
-    lines += [
+    return lines
+
+
+def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]]) -> list[str]:
+    """The comparison table with its intervals, and the significance tests."""
+    head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
+    lines = ["## Comparison", "", *_md_table((*head, "macro ROC-AUC", "ECE"), table_rows)]
+    return lines + [
         "",
         f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
         "equal-width bins of the predicted class's probability (majority voting: its vote share).",
         "",
         "## Significance (McNemar)",
         "",
-        *(_test_line(t) for t in tests.values()),
-        "",
-        "## All averages",
+        *(_test_line(t) for t in f.tests.values()),
         "",
     ]
+
+
+def _md_details(f: Findings) -> list[str]:
+    """Every average, then precision / recall / F1 / ROC-AUC per class."""
+    methods = f.methods
+    lines = ["## All averages", ""]
     lines += _md_table(
         ("method", "macro P", "macro R", "macro F1", "weighted P", "weighted R", "weighted F1"),
         [
@@ -163,8 +149,8 @@ def markdown(
         ],
     )
     lines += ["", "## Per class (precision / recall / F1 / ROC-AUC)", ""]
-    lines += _md_table(
-        ("method", *(f"{c} (n={methods[0].metrics.per_class[i].support})" for i, c in enumerate(classes))),
+    return lines + _md_table(
+        ("method", *(f"{c} (n={methods[0].metrics.per_class[i].support})" for i, c in enumerate(f.classes))),
         [
             (
                 m.name,
@@ -176,68 +162,39 @@ def markdown(
             for m in methods
         ],
     )
+
+
+def markdown(
+    cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
+) -> str:
+    """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
+    lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_details(f)
     if figures:
-        lines += ["", "## Figures", ""] + [f"- [{f.name}]({f.name})" for f in figures]
-    if warnings:
-        lines += ["", "## Notes", ""] + [f"- {w}" for w in warnings]
+        lines += ["", "## Figures", ""] + [f"- [{p.name}]({p.name})" for p in figures]
+    if f.warnings:
+        lines += ["", "## Notes", ""] + [f"- {w}" for w in f.warnings]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(
-    cfg: EvalConfig,
-    methods: Sequence[MethodResult],
-    best: str,
-    rule: str,
-    tests: Mapping[str, McNemarResult],
-    helps: bool,
-    verdict: str,
-    table: str,
-    classes: Sequence[str],
-    undefined: Sequence[str],
-    data: MetaData,
-    meta_json: Mapping[str, Any],
-    warnings: Sequence[str],
-) -> tuple[Path, Path, tuple[Path, ...]]:
-    out = cfg.eval_dir
-    out.mkdir(parents=True, exist_ok=True)
-    figures: tuple[Path, ...] = ()
-    if cfg.plots:
-        from cxr.evaluate.plots import write_figures
-
-        figures = write_figures(methods, classes, out, cfg.ece_bins)
-    rows = summary_rows(methods)
-    md_text = markdown(
-        cfg,
-        methods,
-        best,
-        rule,
-        tests,
-        verdict,
-        rows,
-        classes,
-        undefined,
-        data.labels.size,
-        meta_json,
-        figures,
-        warnings,
-    )
-    report = {
+def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[str, Any]:
+    """``report.json``: every number (``null`` where undefined), the config and the verdict."""
+    return {
         "notice": NOTICE,
         "question": "does stacking beat the best single model?",
-        "stacking_helps": helps,
-        "verdict": verdict,
+        "stacking_helps": f.stacking_helps,
+        "verdict": f.verdict,
         "split": cfg.split,
-        "n": int(data.labels.size),
-        "classes": list(classes),
-        "undefined_classes": list(undefined),
-        "members": list(data.members),
-        "manifest_digest": data.manifest_digest,
-        "best_member": {"name": best, "rule": rule},
+        "n": f.n,
+        "classes": list(f.classes),
+        "undefined_classes": list(f.undefined_classes),
+        "members": list(f.members),
+        "manifest_digest": f.manifest_digest,
+        "best_member": {"name": f.best_member, "rule": f.best_member_rule},
         "meta_learner": {
-            k: meta_json.get(k) for k in ("type", "params", "cv_score", "source", "n_train", "val_metrics")
+            k: f.meta_json.get(k) for k in ("type", "params", "cv_score", "source", "n_train", "val_metrics")
         },
-        "methods": {m.key: m.to_dict() for m in methods},
-        "tests": {k: t.to_dict() for k, t in tests.items()},
+        "methods": {m.key: m.to_dict() for m in f.methods},
+        "tests": {k: t.to_dict() for k, t in f.tests.items()},
         "config": {
             "n_bootstrap": cfg.n_bootstrap,
             "confidence": cfg.confidence,
@@ -246,12 +203,23 @@ def write_reports(
             "ece_bins": cfg.ece_bins,
             "seed": cfg.seed,
         },
-        "figures": [f.name for f in figures],
-        "warnings": list(warnings),
+        "figures": [p.name for p in figures],
+        "warnings": list(f.warnings),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
     }
+
+
+def write_reports(cfg: EvalConfig, f: Findings) -> tuple[Path, Path, tuple[Path, ...]]:
+    """Write ``report.md``, ``report.json`` and (with ``cfg.plots``) the figures into ``cfg.eval_dir``."""
+    out = cfg.eval_dir
+    out.mkdir(parents=True, exist_ok=True)
+    figures: tuple[Path, ...] = ()
+    if cfg.plots:
+        from cxr.evaluate.plots import write_figures  # matplotlib only when figures are asked for
+
+        figures = write_figures(f.methods, f.classes, out, cfg.ece_bins)
     md_path, js_path = out / "report.md", out / "report.json"
-    md_path.write_text(md_text, encoding="utf-8")
-    js_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    md_path.write_text(markdown(cfg, f, summary_rows(f.methods), figures), encoding="utf-8")
+    js_path.write_text(json.dumps(report_json(cfg, f, figures), indent=2), encoding="utf-8")
     return md_path, js_path, figures

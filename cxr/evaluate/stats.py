@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.metrics import confusion_matrix, macro_weighted, per_class_prf
+from cxr.metrics import macro_f1_from_labels
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,6 @@ def mcnemar(
     )
 
 
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float | None:
-    cm = confusion_matrix(y_true, y_pred, k)
-    return macro_weighted(per_class_prf(cm)[2], cm.sum(axis=1), undefined_as_zero=False)[0]
-
-
 def _percentile(values: list[float], level: float) -> Interval:
     if not values:
         return Interval(None, None)
@@ -118,7 +113,7 @@ def bootstrap_intervals(
         for m, p in preds.items():
             pp = p[idx]
             acc[m].append(float(np.mean(pp == yt)))
-            value = _macro_f1(yt, pp, k)
+            value = macro_f1_from_labels(yt, pp, k)
             if value is not None:
                 f1[m].append(value)
     return {m: {"accuracy": _percentile(acc[m], level), "macro_f1": _percentile(f1[m], level)} for m in preds}

@@ -1,12 +1,14 @@
-"""ONNX files on disk: size, saving with external data, and the hash that names a model file.
+"""ONNX files on disk: size, saving with external data, moving into place, and the hash that names a file.
 
 Takes: an ``onnx.ModelProto`` or a path. Makes: ``<name>.onnx`` (with ``<name>.onnx.data`` beside it when
-the weights are large), its approximate size and its SHA-256. Torch-free: export (PyTorch members) and
-fusion (ONNX only) save through the same function.
+the weights are large), its approximate size and its SHA-256; ``move_into_place`` moves a staged file and
+its data file to their final name. Torch-free: export (PyTorch members) and fusion (ONNX only) save through
+the same function.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -49,6 +51,16 @@ def save_onnx(proto: onnx.ModelProto, path: Path, threshold: int) -> bool:
     else:
         onnx.save_model(proto, str(path))
     return external
+
+
+def move_into_place(staged: Path, out: Path) -> None:
+    """Move a staged file (and its external data) to ``out``, removing a stale data file there."""
+    data_src, data_dst = external_data_path(staged), external_data_path(out)
+    if data_dst.exists():
+        data_dst.unlink()
+    if data_src.exists():
+        shutil.move(str(data_src), str(data_dst))
+    staged.replace(out)
 
 
 def external_data_path(path: Path) -> Path:

@@ -26,28 +26,24 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 
-from cxr.errors import ConfigError, CxrError, ModelError
-from cxr.export.onnx_export import (
-    DEFAULT_EXTERNAL_DATA_THRESHOLD,
-    INPUT_NAME,
-    _move_into_place,
+from cxr.errors import ConfigError, CxrError, ModelError, first_line
+from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
+from cxr.export.metadata import read_metadata, set_metadata
+from cxr.export.onnx_files import (
     external_data_path,
+    move_into_place,
     onnx_sha256,
     onnx_size_bytes,
-    read_metadata,
     save_onnx,
-    set_metadata,
 )
+from cxr.export.ort_tools import CalibrationReader, quiet_onnxruntime
 from cxr.export.verify import VerifyConfig, VerifyReport, verify_against_onnx
 from cxr.spec import ModelMetadata
 
@@ -185,7 +181,7 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
             quant_pre_process(str(src), str(pre), save_as_external_data=large, all_tensors_to_one_file=True)
         except Exception as e:  # the optimizer or symbolic shape inference can fail on exotic graphs
             log.warning("quant_pre_process failed on %s (%s); quantizing without it", src, e)
-            settings["pre_process"] = f"skipped: quant_pre_process failed ({_first_line(e)})"
+            settings["pre_process"] = f"skipped: quant_pre_process failed ({first_line(e)})"
             pre = src
         exclude = None
         if cfg.exclude_op_types:
@@ -194,7 +190,7 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
         quantize_static(
             str(pre),
             str(quant),
-            _Reader(cfg.calibration, cfg.calibration_batch),
+            CalibrationReader(cfg.calibration, cfg.calibration_batch),
             quant_format=QuantFormat.QDQ,
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
@@ -209,44 +205,6 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
     return _make_variant(src, "int8", meta, build, cfg.verify_inputs, cfg, settings)
 
 
-class _OnnxruntimeChatter(logging.Filter):
-    """Drops onnxruntime's converter/quantizer INFO records (it logs whole node protos at INFO)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
-
-
-@contextmanager
-def _quiet_onnxruntime() -> Iterator[None]:
-    """Scoped: onnxruntime's tools log on the root logger and their module loggers."""
-    flt = _OnnxruntimeChatter()
-    loggers = [
-        logging.getLogger(),
-        *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")),
-    ]
-    for lg in loggers:
-        lg.addFilter(flt)
-    try:
-        yield
-    finally:
-        for lg in loggers:
-            lg.removeFilter(flt)
-
-
-class _Reader(CalibrationDataReader):  # type: ignore[misc]
-    """onnxruntime ``CalibrationDataReader`` over a preprocessed array, in batches."""
-
-    def __init__(self, data: np.ndarray, batch: int) -> None:
-        super().__init__()
-        self._batches: Iterator[np.ndarray] = iter(
-            [np.ascontiguousarray(data[i : i + batch], dtype=np.float32) for i in range(0, len(data), batch)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-
 def _make_variant(
     src: Path,
     precision: str,
@@ -256,29 +214,21 @@ def _make_variant(
     cfg: Fp16Config | Int8Config,
     settings: dict[str, Any],
 ) -> VariantResult:
+    """Build the variant in a scratch folder, verify it against ``src``, and move it into place if it agrees."""
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else variant_path(src, precision)
     fp32_sha = onnx_sha256(src)
-    name = str(meta.card.get("member") or src.stem)
-    vcfg = VerifyConfig(
-        name=f"{name} {precision}",
-        atol=None,
-        min_top1=cfg.min_agreement,
-        tie_margin=0.0,
-        strict=False,
-        batch_size=cfg.batch_size,
-        threads=cfg.threads,
-    )
+    vcfg = _variant_verify_config(meta, src, precision, cfg)
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}-", dir=out.parent) as tmp_dir:
         tmp = Path(tmp_dir)
         try:
-            with _quiet_onnxruntime():
+            with quiet_onnxruntime():
                 proto = build(tmp)
         except CxrError:
             raise
         except Exception as e:  # converters and quantizers raise assorted errors on unsupported graphs
             return _rejected(
-                out, precision, f"{precision} conversion failed: {_first_line(e)}", t0, fp32_sha, settings
+                out, precision, f"{precision} conversion failed: {first_line(e)}", t0, fp32_sha, settings
             )
         staged = tmp / "staged" / out.name
         save_onnx(proto, staged, cfg.external_data_threshold)
@@ -298,19 +248,8 @@ def _make_variant(
         if not report.passed:
             reason = f"not usable: {'; '.join(report.reasons)}"
             return _rejected(out, precision, reason, t0, fp32_sha, settings, report)
-        proto = onnx.load(str(staged))
-        card = {
-            **dict(meta.card),
-            "precision": precision,
-            "fp32_sha256": fp32_sha,
-            "top1_agreement_vs_fp32": report.top1_agreement,
-            "max_prob_drift_vs_fp32": report.max_abs,
-            "agreement_n": report.n,
-            "variant_settings": settings,
-        }
-        set_metadata(proto, replace(meta, card=card))
-        save_onnx(proto, staged, cfg.external_data_threshold)
-        _move_into_place(staged, out)
+        _write_variant_metadata(staged, meta, precision, fp32_sha, report, settings, cfg)
+        move_into_place(staged, out)
     result = VariantResult(
         precision=precision,
         path=out,
@@ -324,6 +263,46 @@ def _make_variant(
     )
     log.info("%s: %s", out, report.summary())
     return result
+
+
+def _variant_verify_config(
+    meta: ModelMetadata, src: Path, precision: str, cfg: Fp16Config | Int8Config
+) -> VerifyConfig:
+    """Top-1 agreement with the FP32 file is the bar; no absolute tolerance, ties not excused."""
+    name = str(meta.card.get("member") or src.stem)
+    return VerifyConfig(
+        name=f"{name} {precision}",
+        atol=None,
+        min_top1=cfg.min_agreement,
+        tie_margin=0.0,
+        strict=False,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+    )
+
+
+def _write_variant_metadata(
+    staged: Path,
+    meta: ModelMetadata,
+    precision: str,
+    fp32_sha: str,
+    report: VerifyReport,
+    settings: dict[str, Any],
+    cfg: Fp16Config | Int8Config,
+) -> None:
+    """Rewrite ``staged`` with the FP32 metadata plus the variant's card keys (precision, agreement...)."""
+    proto = onnx.load(str(staged))
+    card = {
+        **dict(meta.card),
+        "precision": precision,
+        "fp32_sha256": fp32_sha,
+        "top1_agreement_vs_fp32": report.top1_agreement,
+        "max_prob_drift_vs_fp32": report.max_abs,
+        "agreement_n": report.n,
+        "variant_settings": settings,
+    }
+    set_metadata(proto, replace(meta, card=card))
+    save_onnx(proto, staged, cfg.external_data_threshold)
 
 
 def _rejected(
@@ -377,8 +356,3 @@ def _check_inputs(inputs: np.ndarray, what: str) -> None:
             f"{what} must be a non-empty float32 array [N, C, H, W], got {arr.dtype} {arr.shape}",
             hint="preprocess images with cxr.imaging.preprocess.to_model_input(..., normalized=True)",
         )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:400]

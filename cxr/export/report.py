@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.export.run_export import MemberReport, RunExportConfig, RunExportResult
+    from cxr.export.run_types import MemberReport, RunExportConfig, RunExportResult
 
 
 def report_dict(result: RunExportResult, cfg: RunExportConfig) -> dict[str, Any]:

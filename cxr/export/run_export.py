@@ -12,36 +12,26 @@ preprocessed exactly as the runtime does (``decode_gray`` + ``to_model_input(nor
 ``max_calib_images`` train-split images (synthetic ones when there is no manifest; the report says so).
 A member whose FP32 graph fails verification is renamed ``<name>.onnx.rejected`` and, with ``strict``, the
 run ends with ``VerificationError`` (exit code 1) naming it, after the report is written.
+The parts: ``run_types`` (config, reports, result), ``members`` (folders, checkpoints, metadata),
+``inputs`` (verification and calibration images) and ``report`` (JSON and Markdown).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cxr.errors import ConfigError, CxrError, DataError, DecodeError, ModelError, VerificationError
-from cxr.export.onnx_export import (
-    DEFAULT_EXTERNAL_DATA_THRESHOLD,
-    DEFAULT_OPSET,
-    ExportConfig,
-    Exporter,
-    ExportResult,
-    check_opset,
-    export_onnx,
-    external_data_path,
-    onnx_sha256,
-    read_metadata,
-)
+from cxr.errors import ModelError, VerificationError
+from cxr.export.export_types import ExportConfig
+from cxr.export.inputs import ImageSet, InputPool, random_inputs, synthetic_images
+from cxr.export.members import load_member, member_metadata, select_members
+from cxr.export.metadata import read_metadata
+from cxr.export.onnx_export import check_opset, export_onnx
+from cxr.export.onnx_files import external_data_path, onnx_sha256
 from cxr.export.quantize import (
-    DEFAULT_MIN_AGREEMENT,
     VARIANTS,
     Fp16Config,
     Int8Config,
@@ -50,108 +40,37 @@ from cxr.export.quantize import (
     make_int8,
     variant_path,
 )
-from cxr.export.verify import FP32_ATOL, VerifyConfig, VerifyReport, verify_against_onnx, verify_onnx
-from cxr.spec import ModelMetadata, PreprocessSpec
+from cxr.export.report import write_run_report
+from cxr.export.run_types import (
+    MEMBERS_DIR,
+    ONNX_DIR,
+    REJECTED_SUFFIX,
+    MemberReport,
+    RunExportConfig,
+    RunExportResult,
+)
+from cxr.export.verify import VerifyConfig, verify_against_onnx, verify_onnx
+from cxr.spec import PreprocessSpec
+
+__all__ = [  # the names importable from here before the run export was split by responsibility
+    "MEMBERS_DIR",
+    "ONNX_DIR",
+    "REJECTED_SUFFIX",
+    "ImageSet",
+    "MemberReport",
+    "RunExportConfig",
+    "RunExportResult",
+    "export_run",
+    "load_member",
+    "member_metadata",
+    "random_inputs",
+    "raise_for_failures",
+    "select_members",
+    "synthetic_images",
+    "verify_run",
+]
 
 log = logging.getLogger(__name__)
-
-ONNX_DIR = "onnx"
-MEMBERS_DIR = "members"
-REJECTED_SUFFIX = ".rejected"
-
-
-@dataclass(frozen=True)
-class RunExportConfig:
-    run_dir: Path
-    models: tuple[str, ...] | None = None  # None: every member under RUN_DIR/members
-    variants: tuple[str, ...] = ()  # any of VARIANTS
-    simplify: bool = True
-    opset: int = DEFAULT_OPSET
-    exporter: Exporter = "auto"
-    which: str = "best"  # which checkpoint of each member
-    manifest: Path | None = None  # default: RUN_DIR/manifest.csv, else the training config's manifest
-    max_val_images: int = 64
-    n_random: int = 8
-    n_synthetic: int = 16
-    max_calib_images: int = 64
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
-    atol: float = FP32_ATOL
-    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
-    threads: int | None = None
-    seed: int = 0
-    strict: bool = True  # raise VerificationError at the end when a member failed
-
-    def __post_init__(self) -> None:
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise ConfigError(
-                f"unknown variant(s) {', '.join(bad)}", hint=f"use any of {', '.join(VARIANTS)}"
-            )
-        for name in ("max_val_images", "n_random", "n_synthetic", "max_calib_images"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_val_images + self.n_synthetic + self.n_random == 0:
-            raise ConfigError("no verification inputs: raise --max-val or the random/synthetic counts")
-
-
-@dataclass(frozen=True)
-class MemberReport:
-    name: str
-    timm_name: str
-    path: Path | None  # the FP32 file, None when it was not written or was rejected
-    export: ExportResult | None = None
-    parity: VerifyReport | None = None
-    variants: tuple[VariantResult, ...] = ()
-    error: str | None = None  # why the FP32 model failed (None: it passed)
-    notes: tuple[str, ...] = ()
-    card: Mapping[str, Any] = field(default_factory=dict)  # the FP32 file's metadata card (verify runs)
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "timm_name": self.timm_name,
-            "path": None if self.path is None else str(self.path),
-            "passed": self.passed,
-            "error": self.error,
-            "export": None if self.export is None else self.export.to_dict(),
-            "parity": None if self.parity is None else self.parity.to_dict(),
-            "variants": [v.to_dict() for v in self.variants],
-            "notes": list(self.notes),
-            **({"card": dict(self.card)} if self.card else {}),
-        }
-
-
-@dataclass(frozen=True)
-class RunExportResult:
-    kind: str  # "export" or "verify"
-    members: tuple[MemberReport, ...]
-    report_json: Path
-    report_md: Path
-    inputs: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.members if not m.passed)
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Decoded uint8 grayscale images and where they came from."""
-
-    grays: tuple[np.ndarray, ...]
-    source: str  # "val", "train" or "synthetic"
-    note: str | None = None
-
-    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
-        from cxr.imaging.preprocess import to_model_input
-
-        if not self.grays:
-            return np.zeros((0, spec.channels, *spec.input_size), dtype=np.float32)
-        return to_model_input(list(self.grays), spec, normalized=True).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,7 +84,7 @@ def export_run(cfg: RunExportConfig) -> RunExportResult:
     member_dirs = select_members(cfg.run_dir, cfg.models)
     onnx_dir = Path(cfg.run_dir) / ONNX_DIR
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    pool = _InputPool(cfg)
+    pool = InputPool(cfg)
     reports = [_export_member(d, cfg, pool, onnx_dir) for d in member_dirs]
     return _finish("export", reports, cfg, pool, onnx_dir)
 
@@ -181,7 +100,7 @@ def verify_run(cfg: RunExportConfig) -> RunExportResult:
             hint=f"export them first: `cxr export {cfg.run_dir}`",
             path=onnx_dir,
         )
-    pool = _InputPool(cfg)
+    pool = InputPool(cfg)
     reports = []
     for d in member_dirs:
         if d in exported:
@@ -193,60 +112,12 @@ def verify_run(cfg: RunExportConfig) -> RunExportResult:
     return _finish("verify", reports, cfg, pool, onnx_dir)
 
 
-def select_members(run_dir: Path, models: Sequence[str] | None) -> list[Path]:
-    """The member folders of ``run_dir`` (all, or those named), with a did-you-mean for unknown names."""
-    members = Path(run_dir) / MEMBERS_DIR
-    if not Path(run_dir).is_dir():
-        raise DataError(f"run directory {run_dir} does not exist", hint="pass the RUN_DIR of `cxr train`")
-    available = sorted(p for p in members.iterdir() if p.is_dir()) if members.is_dir() else []
-    if not available:
-        raise DataError(
-            f"no trained members in {members}",
-            hint="train them first (`cxr train base --config CONFIG --all`), then export the run directory",
-            path=members,
-        )
-    if models is None:
-        return available
-    by_name = {p.name: p for p in available}
-    unknown = [m for m in models if m not in by_name]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(by_name), n=3)
-        raise ConfigError(
-            f"unknown member(s) {', '.join(unknown)} in {members}",
-            hint=(f"did you mean {', '.join(close)}? " if close else "") + f"available: {', '.join(by_name)}",
-        )
-    return [by_name[m] for m in dict.fromkeys(models)]
-
-
-def load_member(member_dir: Path, which: str = "best") -> Any:
-    """``cxr.train.checkpoint.load_checkpoint`` with errors that say what to do."""
-    try:
-        from cxr.train.checkpoint import load_checkpoint
-    except ImportError as e:
-        raise ModelError(
-            f"cannot load checkpoints: {e}",
-            hint="install the training extra: pip install 'cxr-toolkit[train]'",
-        ) from e
-    try:
-        return load_checkpoint(member_dir, which)
-    except CxrError:
-        raise
-    except Exception as e:  # timm/torch/safetensors errors on a foreign or damaged checkpoint
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        hint = "re-train the member with this cxr, or install the cxr version that wrote the checkpoint"
-        if "Unknown model" in text:
-            hint = f"the checkpoint names an architecture this timm ({_timm_version()}) does not know; {hint}"
-        raise ModelError(
-            f"cannot load the checkpoint in {member_dir}: {text}", hint=hint, path=member_dir
-        ) from e
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One member
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _export_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onnx_dir: Path) -> MemberReport:
+def _export_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx_dir: Path) -> MemberReport:
     ck = load_member(member_dir, cfg.which)
     info = ck.info
     name = member_dir.name
@@ -286,7 +157,7 @@ def _export_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onn
     return MemberReport(name, info.timm_name, out, result, parity, variants, notes=tuple(notes))
 
 
-def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onnx_dir: Path) -> MemberReport:
+def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx_dir: Path) -> MemberReport:
     name = member_dir.name
     path = onnx_dir / f"{name}.onnx"
     ck = load_member(member_dir, cfg.which)
@@ -298,7 +169,7 @@ def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onn
             ck.info.timm_name,
             path,
             error=f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
-            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --models {name}`",
+            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`",
         )
     inputs, sources = pool.verify_inputs(ck.info.preprocess)
     parity = verify_onnx(ck.model, path, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
@@ -317,36 +188,12 @@ def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: _InputPool, onn
     )
 
 
-def member_metadata(info: Any, name: str) -> ModelMetadata:
-    """The metadata every exported member carries, from a checkpoint's ``info``."""
-    extra = dict(getattr(info, "extra", {}) or {})
-    return ModelMetadata(
-        classes=tuple(info.classes),
-        preprocess=info.preprocess,
-        input_format="float_normalized",
-        card={
-            "kind": "member",
-            "name": name,
-            "member": name,
-            "timm_name": info.timm_name,
-            "backbone": getattr(info, "backbone", "") or name,
-            "checkpoint_sha256": info.sha256,
-            "checkpoint_epoch": info.epoch,
-            "val_metrics": dict(info.metrics),
-            "train_versions": dict(info.versions),
-            "manifest_digest": extra.get("manifest_digest"),
-            "pretrained": extra.get("pretrained"),
-            "dataset": extra.get("dataset"),
-        },
-    )
-
-
 def _fp32_verify_cfg(name: str, cfg: RunExportConfig) -> VerifyConfig:
     return VerifyConfig(name=name, atol=cfg.atol, min_top1=1.0, strict=False, threads=cfg.threads)
 
 
 def _make_variant(
-    src: Path, precision: str, cfg: RunExportConfig, pool: _InputPool, spec: PreprocessSpec
+    src: Path, precision: str, cfg: RunExportConfig, pool: InputPool, spec: PreprocessSpec
 ) -> VariantResult:
     inputs, sources = pool.variant_inputs(spec)
     common: dict[str, Any] = dict(
@@ -368,7 +215,7 @@ def _verify_variant(
     precision: str,
     fp32_sha: str,
     cfg: RunExportConfig,
-    pool: _InputPool,
+    pool: InputPool,
     spec: PreprocessSpec,
 ) -> VariantResult:
     t0 = time.perf_counter()
@@ -425,10 +272,8 @@ def _remove_stale_variants(out: Path, fp32_sha: str, keep: Sequence[str]) -> lis
 
 
 def _finish(
-    kind: str, reports: list[MemberReport], cfg: RunExportConfig, pool: _InputPool, onnx_dir: Path
+    kind: str, reports: list[MemberReport], cfg: RunExportConfig, pool: InputPool, onnx_dir: Path
 ) -> RunExportResult:
-    from cxr.export.report import write_run_report
-
     onnx_dir.mkdir(parents=True, exist_ok=True)
     stem = "export_report" if kind == "export" else "verify_report"
     result = RunExportResult(
@@ -448,165 +293,3 @@ def raise_for_failures(result: RunExportResult) -> None:
             f"{result.kind} failed for {', '.join(result.failed)}: {details}",
             hint=f"see {result.report_md}; never deploy a graph that failed verification",
         )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------------
-
-
-class _InputPool:
-    """Loads the verification and calibration images once; preprocesses them per PreprocessSpec."""
-
-    def __init__(self, cfg: RunExportConfig) -> None:
-        self._cfg = cfg
-        self._manifest_note: str | None = None
-        self._manifest: Any = _open_manifest(cfg, self)
-        self._val: ImageSet | None = None
-        self._train: ImageSet | None = None
-        self._cache: dict[tuple[str, PreprocessSpec], np.ndarray] = {}
-
-    def note(self, text: str) -> None:
-        self._manifest_note = text
-        log.warning("%s", text)
-
-    def _val_set(self) -> ImageSet:
-        if self._val is None:
-            cfg = self._cfg
-            found = _split_images(self._manifest, "val", cfg.max_val_images, cfg.seed)
-            self._val = found or synthetic_images(cfg.n_synthetic, cfg.seed, self._manifest_note)
-        return self._val
-
-    def _train_set(self) -> ImageSet:
-        if self._train is None:
-            cfg = self._cfg
-            found = _split_images(self._manifest, "train", cfg.max_calib_images, cfg.seed)
-            self._train = found or synthetic_images(
-                max(cfg.max_calib_images, 1), cfg.seed + 7919, self._manifest_note
-            )
-        return self._train
-
-    def _pre(self, key: str, images: ImageSet, spec: PreprocessSpec) -> np.ndarray:
-        if (key, spec) not in self._cache:
-            self._cache[(key, spec)] = images.inputs(spec)
-        return self._cache[(key, spec)]
-
-    def verify_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
-        """Val (or synthetic) images plus noise images, for FP32 parity with PyTorch."""
-        images = self._val_set()
-        real = self._pre("val", images, spec)
-        rng = np.random.default_rng(self._cfg.seed + 1)
-        noise = random_inputs(spec, self._cfg.n_random, rng)
-        return np.concatenate([real, noise]), {images.source: len(real), "random": len(noise)}
-
-    def variant_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
-        """Val (or synthetic) images only: agreement of a variant is measured on images, not noise."""
-        images = self._val_set()
-        return self._pre("val", images, spec), {images.source: len(images.grays)}
-
-    def calibration_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
-        images = self._train_set()
-        return self._pre("train", images, spec), images.source
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"manifest": None if self._manifest is None else str(self._manifest.path)}
-        for key, images in (("verify", self._val), ("calibration", self._train)):
-            if images is not None:
-                out[key] = {"source": images.source, "images": len(images.grays), "note": images.note}
-        if self._manifest_note:
-            out["note"] = self._manifest_note
-        out["random"] = self._cfg.n_random
-        return out
-
-
-def _open_manifest(cfg: RunExportConfig, pool: _InputPool) -> Any:
-    from cxr.data.manifest import load_manifest
-
-    candidates = [Path(cfg.manifest)] if cfg.manifest is not None else _manifest_candidates(cfg)
-    for path in candidates:
-        if path.is_file():
-            try:
-                return load_manifest(path)
-            except DataError as e:
-                if cfg.manifest is not None:
-                    raise
-                pool.note(f"manifest {path} is unusable ({e.message}); verifying on synthetic images instead")
-                return None
-    if cfg.manifest is not None:
-        raise DataError(f"manifest {cfg.manifest} does not exist", hint="pass the manifest.csv of the run")
-    pool.note(f"no manifest.csv in {cfg.run_dir}; verifying and calibrating on synthetic images")
-    return None
-
-
-def _manifest_candidates(cfg: RunExportConfig) -> list[Path]:
-    """RUN_DIR/manifest.csv, then the manifest named in any member's training config."""
-    out = [Path(cfg.run_dir) / "manifest.csv"]
-    for meta in sorted((Path(cfg.run_dir) / MEMBERS_DIR).glob(f"*/{cfg.which}.json")):
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8")).get("config", {}).get("data", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(data, dict) and data.get("manifest"):
-            out.append(Path(str(data["manifest"])))
-    return out
-
-
-def _split_images(manifest: Any, split: str, cap: int, seed: int) -> ImageSet | None:
-    """Up to ``cap`` decoded images of ``split``, round-robin over classes (seeded); None if there are none."""
-    from cxr.imaging.decode import decode_gray
-
-    if manifest is None or cap == 0:
-        return None
-    rows = manifest.split(split)
-    if not rows:
-        return None
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[Any]] = {}
-    for r in rows:
-        by_class.setdefault(r.label, []).append(r)
-    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
-    order = [q[i] for i in range(max(len(q) for q in queues)) for q in queues if i < len(q)]
-    grays: list[np.ndarray] = []
-    skipped = 0
-    for row in order:
-        if len(grays) >= cap:
-            break
-        try:
-            grays.append(decode_gray(manifest.abspath(row)))
-        except DecodeError as e:
-            skipped += 1
-            log.warning("skipping %s", e.message)
-    if not grays:
-        return None
-    note = f"{skipped} unreadable image(s) skipped" if skipped else None
-    return ImageSet(tuple(grays), split, note)
-
-
-def synthetic_images(n: int, seed: int, note: str | None = None, size: int = 256) -> ImageSet:
-    """``n`` synthetic radiographs (classes in turn) from ``cxr.data.synth``, seeded."""
-    from cxr.data.synth import render_xray
-    from cxr.labels import CLASSES
-
-    rng = np.random.default_rng(seed)
-    grays = tuple(render_xray(CLASSES[i % len(CLASSES)], rng, size=size) for i in range(n))
-    return ImageSet(grays, "synthetic", note)
-
-
-def random_inputs(spec: PreprocessSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` uniform-noise grayscale images, normalised like real ones (the range the runtime can feed)."""
-    from cxr.imaging.preprocess import normalize
-
-    h, w = spec.input_size
-    if n == 0:
-        return np.zeros((0, spec.channels, h, w), dtype=np.float32)
-    noise = rng.integers(0, 256, size=(n, 1, h, w), dtype=np.uint8)
-    return normalize(noise, spec).astype(np.float32)
-
-
-def _timm_version() -> str:
-    try:
-        import timm
-
-        return str(timm.__version__)
-    except ImportError:
-        return "not installed"

@@ -14,7 +14,7 @@ opsets: the members' default-domain opset (the meta-learner is converted to it w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,7 @@ def _meta_at_opset(meta: MetaModel, opset: int) -> onnx.ModelProto:
             raise ModelError(
                 f"the meta-learner {meta.path} uses opset {current} and cannot be converted to the members' "
                 f"opset {opset}: {e}",
-                hint=f"re-run `cxr train stack` with --opset {opset}",
+                hint=f"re-run `cxr stack` with --opset {opset}",
                 path=meta.path,
             ) from e
     return model
@@ -133,12 +133,77 @@ def topological_order(nodes: Sequence[onnx.NodeProto], available: set[str]) -> l
     return ordered
 
 
+@dataclass
+class _Parts:
+    """What the fused graph is assembled from, in order: nodes, initializers, value infos, functions."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[TensorProto] = field(default_factory=list)
+    value_info: list[onnx.ValueInfoProto] = field(default_factory=list)
+    functions: list[onnx.FunctionProto] = field(default_factory=list)
+
+    def add_graph(self, prefixed: onnx.ModelProto) -> None:
+        """Append a name-prefixed part's nodes, weights, value infos and functions."""
+        g = prefixed.graph
+        self.nodes.extend(g.node)
+        self.inits.extend(g.initializer)
+        self.value_info.extend(g.value_info)
+        self.functions.extend(prefixed.functions)
+
+
+@dataclass
+class _Chains:
+    """One preprocessing chain per distinct (size, channels, mean, std), and the resizes they contain."""
+
+    fused: tuple[int, int]
+    outputs: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    tags: dict[tuple[int, int], int] = field(default_factory=dict)
+    resizes: list[ResizeStep] = field(default_factory=list)
+
+
 def build_fused(
     members: Sequence[MemberModel], meta: MetaModel, input_size: tuple[int, int] | None = None
 ) -> FusedGraph:
     """Build the fused graph (see the module docstring); metadata is added by the caller."""
     k = len(meta.info["classes"])
-    n_members = len(members)
+    _check_member_names(members)
+    fused = input_size or max((m.input_size for m in members), key=lambda s: (s[0] * s[1], s))
+    opset = members[0].opsets.get("", 17)
+    meta_model = _meta_at_opset(meta, opset)
+    ir_version = max([int(m.model.ir_version) for m in members] + [int(meta_model.ir_version)])
+    opsets = _merged_opsets([*(m.model for m in members), meta_model], opset)
+
+    parts = _Parts(
+        nodes=[helper.make_node("Cast", [IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")]
+    )
+    chains = _Chains(fused)
+    prob_names = [_add_member(parts, m, _add_preprocess(parts, chains, m)) for m in members]
+    _add_meta(parts, meta, meta_model, prob_names, k)
+
+    h, w = fused
+    graph = helper.make_graph(
+        topological_order(parts.nodes, {IMAGE, *(t.name for t in parts.inits)}),
+        "cxr_ensemble",
+        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
+        [
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
+            helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, len(members), k]),
+        ],
+        initializer=parts.inits,
+        value_info=parts.value_info,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="cxr",
+        ir_version=ir_version,
+        functions=parts.functions,
+    )
+    return FusedGraph(model, (int(h), int(w)), tuple(chains.resizes), ir_version, opsets)
+
+
+def _check_member_names(members: Sequence[MemberModel]) -> None:
     for m in members:
         if m.name in RESERVED or m.name.startswith("pre_") or "/" in m.name:
             raise ModelError(
@@ -146,88 +211,83 @@ def build_fused(
                 hint="rename the member (its folder under RUN_DIR/members and its export)",
                 path=m.path,
             )
-    fused = input_size or max((m.input_size for m in members), key=lambda s: (s[0] * s[1], s))
-    opset = members[0].opsets.get("", 17)
-    meta_model = _meta_at_opset(meta, opset)
-    ir_version = max([int(m.model.ir_version) for m in members] + [int(meta_model.ir_version)])
+
+
+def _merged_opsets(parts: Sequence[onnx.ModelProto], opset: int) -> dict[str, int]:
+    """The highest version of each domain across the parts; the default domain pinned to ``opset``."""
     opsets: dict[str, int] = {}
-    for part in [*(m.model for m in members), meta_model]:
+    for part in parts:
         for domain, version in opsets_of(part).items():
             opsets[domain] = max(opsets.get(domain, 0), version)
     opsets[""] = opset
+    return opsets
 
-    nodes: list[onnx.NodeProto] = [
-        helper.make_node("Cast", [IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")
-    ]
-    inits: list[TensorProto] = []
-    value_info: list[onnx.ValueInfoProto] = []
-    functions: list[onnx.FunctionProto] = []
-    chains: dict[
-        tuple[Any, ...], str
-    ] = {}  # one preprocessing chain per distinct (size, channels, mean, std)
-    resizes: list[ResizeStep] = []
-    prob_names: list[str] = []
-    tags: dict[tuple[int, int], int] = {}
-    for m in members:
-        size = m.input_size
-        spec = m.meta.preprocess
-        key = (size, spec.channels, tuple(spec.mean), tuple(spec.std))
-        if key not in chains:
-            order, misses = ("hv", 0) if size == fused else probe_order(fused, size)
-            tag = f"pre_{size[0]}x{size[1]}" + (f"_{tags[size]}" if size in tags else "") + "/"
-            tags[size] = tags.get(size, 0) + 1
-            out, n, i = _preprocess_chain(size, fused, spec.channels, spec.mean, spec.std, tag, order)
-            chains[key] = out
-            nodes += n
-            inits += i
-            if size != fused:
-                resizes.append(ResizeStep(m.name, fused, size, order, misses))
-        elif size != fused:
-            first = next(r for r in resizes if r.to_size == size)
-            resizes.append(ResizeStep(m.name, fused, size, first.order, first.probe_mismatches))
-        prefix = f"{m.name}/"
-        pm = compose.add_prefix(m.model, prefix)
-        g = pm.graph
-        member_in = prefix + m.input_name
-        member_out = prefix + m.output_name
-        if m.input_type == TensorProto.FLOAT16:
-            nodes.append(
-                helper.make_node(
-                    "Cast", [chains[key]], [member_in], to=TensorProto.FLOAT16, name=f"{prefix}in_cast"
-                )
-            )
-        elif m.input_type == TensorProto.FLOAT:
-            nodes.append(helper.make_node("Identity", [chains[key]], [member_in], name=f"{prefix}in"))
-        else:
-            raise ModelError(
-                f"member '{m.name}' takes input type {TensorProto.DataType.Name(m.input_type)}; cxr fuses float32 "
-                "or float16 members",
-                hint="re-export the member with `cxr export`",
-                path=m.path,
-            )
-        nodes.extend(g.node)
-        inits.extend(g.initializer)
-        value_info.extend(g.value_info)
-        functions.extend(pm.functions)
-        logits = member_out
-        if m.output_type != TensorProto.FLOAT:
-            logits = f"{prefix}logits_f32"
-            nodes.append(
-                helper.make_node(
-                    "Cast", [member_out], [logits], to=TensorProto.FLOAT, name=f"{prefix}out_cast"
-                )
-            )
-        probs = f"{prefix}probabilities"
-        nodes.append(helper.make_node("Softmax", [logits], [probs], axis=1, name=f"{prefix}softmax"))
-        prob_names.append(probs)
 
-    nodes.append(
-        helper.make_node("Concat", prob_names, ["ensemble/features"], axis=1, name="ensemble/concat")
+def _add_preprocess(parts: _Parts, chains: _Chains, m: MemberModel) -> str:
+    """The name of ``m``'s normalised input, adding its preprocessing chain unless an equal one exists."""
+    size, fused = m.input_size, chains.fused
+    spec = m.meta.preprocess
+    key = (size, spec.channels, tuple(spec.mean), tuple(spec.std))
+    if key not in chains.outputs:
+        order, misses = ("hv", 0) if size == fused else probe_order(fused, size)
+        tag = f"pre_{size[0]}x{size[1]}" + (f"_{chains.tags[size]}" if size in chains.tags else "") + "/"
+        chains.tags[size] = chains.tags.get(size, 0) + 1
+        out, n, i = _preprocess_chain(size, fused, spec.channels, spec.mean, spec.std, tag, order)
+        chains.outputs[key] = out
+        parts.nodes += n
+        parts.inits += i
+        if size != fused:
+            chains.resizes.append(ResizeStep(m.name, fused, size, order, misses))
+    elif size != fused:
+        first = next(r for r in chains.resizes if r.to_size == size)
+        chains.resizes.append(ResizeStep(m.name, fused, size, first.order, first.probe_mismatches))
+    return chains.outputs[key]
+
+
+def _add_member(parts: _Parts, m: MemberModel, chain_out: str) -> str:
+    """Wire ``m`` (prefixed ``<name>/``) from ``chain_out`` to its softmax; the probabilities' name."""
+    prefix = f"{m.name}/"
+    prefixed = compose.add_prefix(m.model, prefix)
+    member_in = prefix + m.input_name
+    member_out = prefix + m.output_name
+    if m.input_type == TensorProto.FLOAT16:
+        parts.nodes.append(
+            helper.make_node(
+                "Cast", [chain_out], [member_in], to=TensorProto.FLOAT16, name=f"{prefix}in_cast"
+            )
+        )
+    elif m.input_type == TensorProto.FLOAT:
+        parts.nodes.append(helper.make_node("Identity", [chain_out], [member_in], name=f"{prefix}in"))
+    else:
+        raise ModelError(
+            f"member '{m.name}' takes input type {TensorProto.DataType.Name(m.input_type)}; cxr fuses float32 "
+            "or float16 members",
+            hint="re-export the member with `cxr export`",
+            path=m.path,
+        )
+    parts.add_graph(prefixed)
+    logits = member_out
+    if m.output_type != TensorProto.FLOAT:
+        logits = f"{prefix}logits_f32"
+        parts.nodes.append(
+            helper.make_node("Cast", [member_out], [logits], to=TensorProto.FLOAT, name=f"{prefix}out_cast")
+        )
+    probs = f"{prefix}probabilities"
+    parts.nodes.append(helper.make_node("Softmax", [logits], [probs], axis=1, name=f"{prefix}softmax"))
+    return probs
+
+
+def _add_meta(
+    parts: _Parts, meta: MetaModel, meta_model: onnx.ModelProto, prob_names: Sequence[str], k: int
+) -> None:
+    """Concatenate the members' probabilities (member-major), reshape them, feed the prefixed meta-learner."""
+    parts.nodes.append(
+        helper.make_node("Concat", list(prob_names), ["ensemble/features"], axis=1, name="ensemble/concat")
     )
-    inits.append(
-        numpy_helper.from_array(np.array([-1, n_members, k], dtype=np.int64), "ensemble/member_shape")
+    parts.inits.append(
+        numpy_helper.from_array(np.array([-1, len(prob_names), k], dtype=np.int64), "ensemble/member_shape")
     )
-    nodes.append(
+    parts.nodes.append(
         helper.make_node(
             "Reshape",
             ["ensemble/features", "ensemble/member_shape"],
@@ -243,53 +303,28 @@ def build_fused(
         raise ModelError(
             f"the meta-learner {meta.path} has {len(meta_in)} inputs, expected 1", path=meta.path
         )
-    if meta_in[0].type.tensor_type.elem_type == TensorProto.DOUBLE:
-        nodes.append(
-            helper.make_node(
-                "Cast", ["ensemble/features"], [meta_in[0].name], to=TensorProto.DOUBLE, name="meta/in"
-            )
+    to_double = meta_in[0].type.tensor_type.elem_type == TensorProto.DOUBLE
+    parts.nodes.append(
+        _cast_or_identity(
+            "ensemble/features", meta_in[0].name, TensorProto.DOUBLE if to_double else None, "meta/in"
         )
-    else:
-        nodes.append(helper.make_node("Identity", ["ensemble/features"], [meta_in[0].name], name="meta/in"))
-    nodes.extend(mg.node)
-    inits.extend(mg.initializer)
-    value_info.extend(mg.value_info)
-    functions.extend(pmeta.functions)
+    )
+    parts.add_graph(pmeta)
     meta_out = {o.name: o.type.tensor_type.elem_type for o in mg.output}
-    if meta_out.get("meta/probabilities") == TensorProto.FLOAT:
-        nodes.append(
-            helper.make_node("Identity", ["meta/probabilities"], [PROBABILITIES], name="out/probabilities")
+    keep_float = meta_out.get("meta/probabilities") == TensorProto.FLOAT
+    parts.nodes.append(
+        _cast_or_identity(
+            "meta/probabilities",
+            PROBABILITIES,
+            None if keep_float else TensorProto.FLOAT,
+            "out/probabilities",
         )
-    else:
-        nodes.append(
-            helper.make_node(
-                "Cast",
-                ["meta/probabilities"],
-                [PROBABILITIES],
-                to=TensorProto.FLOAT,
-                name="out/probabilities",
-            )
-        )
-    nodes.append(helper.make_node("Identity", ["meta/label"], [LABEL], name="out/label"))
+    )
+    parts.nodes.append(helper.make_node("Identity", ["meta/label"], [LABEL], name="out/label"))
 
-    h, w = fused
-    graph = helper.make_graph(
-        topological_order(nodes, {IMAGE, *(t.name for t in inits)}),
-        "cxr_ensemble",
-        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
-        [
-            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
-            helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
-            helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, n_members, k]),
-        ],
-        initializer=inits,
-        value_info=value_info,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-        producer_name="cxr",
-        ir_version=ir_version,
-        functions=functions,
-    )
-    return FusedGraph(model, (int(h), int(w)), tuple(resizes), ir_version, opsets)
+
+def _cast_or_identity(src: str, dst: str, to: int | None, name: str) -> onnx.NodeProto:
+    """``Cast`` to ``to``, or ``Identity`` when ``to`` is None."""
+    if to is None:
+        return helper.make_node("Identity", [src], [dst], name=name)
+    return helper.make_node("Cast", [src], [dst], to=to, name=name)

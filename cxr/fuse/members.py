@@ -92,17 +92,9 @@ def _elem_type(value_info: onnx.ValueInfoProto) -> int:
 
 
 def load_member(path: Path) -> MemberModel:
+    """One exported member, refused with the fix when it cannot be part of a fused graph."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(
-            f"member model {path} does not exist",
-            hint="export the members first (`cxr export RUN_DIR`)",
-            path=path,
-        )
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # protobuf raises DecodeError and friends for a damaged file
-        raise ModelError(f"{path} is not a readable ONNX file: {e}", hint="re-export it", path=path) from e
+    model = _read_onnx(path)
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
     if meta.input_format != "float_normalized":
         raise ModelError(
@@ -111,6 +103,40 @@ def load_member(path: Path) -> MemberModel:
             hint="pass the members from RUN_DIR/onnx, not an already fused ensemble",
             path=path,
         )
+    data_input, output = _image_input_and_logits(model, path)
+    _check_input_shape(data_input, meta, path)
+    name = str(meta.card.get("name") or meta.card.get("member") or member_name_from_path(path))
+    return MemberModel(
+        name=name,
+        path=path,
+        model=model,
+        meta=meta,
+        input_name=data_input.name,
+        output_name=output.name,
+        input_type=_elem_type(data_input),
+        output_type=_elem_type(output),
+        opsets=opsets_of(model),
+        sha256=file_sha256(path),
+    )
+
+
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelError(
+            f"member model {path} does not exist",
+            hint="export the members first (`cxr export RUN_DIR`)",
+            path=path,
+        )
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf raises DecodeError and friends for a damaged file
+        raise ModelError(f"{path} is not a readable ONNX file: {e}", hint="re-export it", path=path) from e
+
+
+def _image_input_and_logits(
+    model: onnx.ModelProto, path: Path
+) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+    """The one data input (initializers aside) and the ``logits`` output (else the first output)."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1 or not model.graph.output:
@@ -121,18 +147,18 @@ def load_member(path: Path) -> MemberModel:
             path=path,
         )
     outputs = {o.name: o for o in model.graph.output}
-    output = outputs.get("logits", model.graph.output[0])
-    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0], outputs.get("logits", model.graph.output[0])
+
+
+def _check_input_shape(data_input: onnx.ValueInfoProto, meta: ModelMetadata, path: Path) -> None:
+    """[N, C, H, W] with C and H, W those of the metadata (or left dynamic)."""
+    dims = data_input.type.tensor_type.shape.dim
     static = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     h, w = meta.preprocess.input_size
     if (
         len(static) != 4
         or static[1] not in (None, meta.preprocess.channels)
-        or static[2:]
-        not in (
-            (h, w),
-            (None, None),
-        )
+        or static[2:] not in ((h, w), (None, None))
     ):
         raise ModelError(
             f"{path}: graph input shape {list(static)} does not match its metadata "
@@ -140,19 +166,6 @@ def load_member(path: Path) -> MemberModel:
             hint="re-export the member so that its metadata describes its input",
             path=path,
         )
-    name = str(meta.card.get("name") or meta.card.get("member") or member_name_from_path(path))
-    return MemberModel(
-        name=name,
-        path=path,
-        model=model,
-        meta=meta,
-        input_name=inputs[0].name,
-        output_name=output.name,
-        input_type=_elem_type(inputs[0]),
-        output_type=_elem_type(output),
-        opsets=opsets_of(model),
-        sha256=file_sha256(path),
-    )
 
 
 def load_meta(path: Path) -> MetaModel:
@@ -162,7 +175,7 @@ def load_meta(path: Path) -> MetaModel:
     if not path.is_file():
         raise ModelError(
             f"meta-learner {path} does not exist",
-            hint="train it first (`cxr train stack RUN_DIR` writes stack/meta.onnx)",
+            hint="train it first (`cxr stack RUN_DIR` writes stack/meta.onnx)",
             path=path,
         )
     model = onnx.load(str(path))

@@ -15,8 +15,8 @@ from cxr import __version__
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.fuse.fuse import FuseResult
     from cxr.fuse.members import MemberModel
+    from cxr.fuse.types import FuseResult
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -61,7 +61,26 @@ def fuse_report_dict(
 
 
 def fuse_report_markdown(d: Mapping[str, Any]) -> str:
-    lines = [
+    """The Markdown report from ``fuse_report_dict``'s dictionary."""
+    lines = [*_summary_lines(d), *_files_table(d)]
+    for v, why in d["skipped_variants"].items():
+        lines.append(f"\n{v} ensemble not built: {why}.")
+    lines.append("")
+    lines += _end_to_end_lines(d.get("end_to_end"))
+    lines += _latency_lines(d.get("latency"))
+    if d["resizes_in_graph"]:
+        lines += ["", "Per-member resize inside the graph:"]
+        lines += [
+            f"- {r['member']}: {r['from']} -> {r['to']} (Pillow pass order {r['pass_order']})"
+            for r in d["resizes_in_graph"]
+        ]
+    if d["warnings"]:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in d["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(d: Mapping[str, Any]) -> list[str]:
+    return [
         "# cxr fused ensemble",
         "",
         f"> {NOTICE}",
@@ -72,6 +91,12 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
         f"- Meta-learner: {d['meta'].get('type')} {json.dumps(d['meta'].get('params'))}, "
         f"cross-validated {d['meta'].get('cv_metric')} {_fmt(d['meta'].get('cv_score'))}",
         "",
+    ]
+
+
+def _files_table(d: Mapping[str, Any]) -> list[str]:
+    """One row per fused file: size, simplification, parity with the separate pipeline, drift vs FP32."""
+    lines = [
         "| file | precision | MiB | external data | simplified | max abs diff vs separate | labels equal | drift vs FP32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -88,41 +113,35 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
             f"| `{Path(f['path']).name}` | {f['precision']} | {f['bytes'] / 2**20:.1f} | {f['external_data']} | "
             f"{f['simplify_note']} | {_fmt(diff)} (tol {par['tolerance']:g}) | {par['labels_equal']} | {drift_s} |"
         )
-    for v, why in d["skipped_variants"].items():
-        lines.append(f"\n{v} ensemble not built: {why}.")
-    lines.append("")
-    e2e = d.get("end_to_end")
+    return lines
+
+
+def _end_to_end_lines(e2e: Mapping[str, Any] | None) -> list[str]:
     if e2e is None:
-        lines.append("End-to-end check against PyTorch: not run (no run directory given).")
-    else:
-        lines.append(
-            f"End to end on {e2e['n']} test images (decoded and resized by cxr.imaging, fused graph) vs the members' "
-            f"PyTorch test predictions + the scikit-learn meta-learner: top-1 "
-            f"{'identical' if e2e['top1_identical'] else 'differs on ' + str(len(e2e['mismatches'])) + ' images'}; "
-            f"max abs probability difference {_fmt(e2e['max_abs_diff_probabilities'])}."
-        )
-        lines.append("")
-        lines.append("| member | top-1 agreement with PyTorch |")
-        lines.append("|---|---|")
-        for name, agree in e2e["member_top1_agreement"].items():
-            lines.append(f"| {name} | {agree:.1%} |")
-    lat = d.get("latency")
-    if lat:
-        lines += [
-            "",
-            f"Batch-1 CPU latency (median of {lat['runs']}, intra-op spinning off; shared machine, compare the ratio): "
-            f"fused {lat['fused_ms_median']:.1f} ms, separate sessions {lat['separate_ms_median']:.1f} ms "
-            f"(separate / fused = {_fmt(lat['separate_over_fused'])}).",
-        ]
-    if d["resizes_in_graph"]:
-        lines += ["", "Per-member resize inside the graph:"]
-        lines += [
-            f"- {r['member']}: {r['from']} -> {r['to']} (Pillow pass order {r['pass_order']})"
-            for r in d["resizes_in_graph"]
-        ]
-    if d["warnings"]:
-        lines += ["", "Warnings:"] + [f"- {w}" for w in d["warnings"]]
-    return "\n".join(lines) + "\n"
+        return ["End-to-end check against PyTorch: not run (no run directory given)."]
+    lines = [
+        f"End to end on {e2e['n']} test images (decoded and resized by cxr.imaging, fused graph) vs the members' "
+        f"PyTorch test predictions + the scikit-learn meta-learner: top-1 "
+        f"{'identical' if e2e['top1_identical'] else 'differs on ' + str(len(e2e['mismatches'])) + ' images'}; "
+        f"max abs probability difference {_fmt(e2e['max_abs_diff_probabilities'])}.",
+        "",
+        "| member | top-1 agreement with PyTorch |",
+        "|---|---|",
+    ]
+    for name, agree in e2e["member_top1_agreement"].items():
+        lines.append(f"| {name} | {agree:.1%} |")
+    return lines
+
+
+def _latency_lines(lat: Mapping[str, Any] | None) -> list[str]:
+    if not lat:
+        return []
+    return [
+        "",
+        f"Batch-1 CPU latency (median of {lat['runs']}, intra-op spinning off; shared machine, compare the ratio): "
+        f"fused {lat['fused_ms_median']:.1f} ms, separate sessions {lat['separate_ms_median']:.1f} ms "
+        f"(separate / fused = {_fmt(lat['separate_over_fused'])}).",
+    ]
 
 
 def write_fuse_report(

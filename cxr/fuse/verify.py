@@ -179,40 +179,12 @@ def check_end_to_end(
 
     ``resized``: the members whose input the graph resizes again from the fused size (named in the hint).
     """
-    from cxr.data.manifest import load_manifest
-    from cxr.imaging.decode import decode_gray
-    from cxr.imaging.preprocess import to_model_input
-    from cxr.stack.features import load_split
-    from cxr.stack.stack import full_proba, load_meta_estimator
-
-    manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=True)
-    data = load_split(run_dir, member_order, "test", manifest=manifest)
-    est, meta_json = load_meta_estimator(meta_dir)
-    if tuple(meta_json["member_order"]) != tuple(member_order):
-        raise DataError(
-            f"{meta_dir}/meta.json has member order {meta_json['member_order']}, the fused graph {list(member_order)}",
-            hint="re-run `cxr train stack` and `cxr fuse` together",
-        )
-    n = len(data.paths) if max_images is None else min(max_images, len(data.paths))
-    if n == 0:
-        raise DataError("the test split is empty: nothing to verify end to end", hint="check the manifest")
-    k = len(data.classes)
-    ref_probs = full_proba(est, data.features[:n], k)
-    ref_member = data.member_probs[:n]
-    rows = {r.path: r for r in manifest.rows}
-    sess = session(fused_path, threads)
-    probs_out, member_out = [], []
-    for start in range(0, n, batch):
-        grays = [decode_gray(manifest.abspath(rows[p])) for p in data.paths[start : start + batch]]
-        images = to_model_input(grays, spec, normalized=False)
-        p, _, mp = _run_fused(sess, images)
-        probs_out.append(p)
-        member_out.append(mp)
-    probs = np.concatenate(probs_out)
-    member = np.concatenate(member_out)
+    manifest, paths, ref_probs, ref_member = _test_reference(run_dir, meta_dir, member_order, max_images)
+    n = len(paths)
+    probs, member = _fused_on_test(fused_path, manifest, paths, spec, batch, threads)
     top_fused = probs.argmax(axis=1)
     top_ref = ref_probs.argmax(axis=1)
-    mism = tuple(data.paths[i] for i in np.flatnonzero(top_fused != top_ref))
+    mism = tuple(paths[i] for i in np.flatnonzero(top_fused != top_ref))
     agreement = {
         name: float(np.mean(member[:, j].argmax(axis=1) == ref_member[:, j].argmax(axis=1)))
         for j, name in enumerate(member_order)
@@ -234,12 +206,60 @@ def check_end_to_end(
     return report
 
 
+def _test_reference(
+    run_dir: Path, meta_dir: Path, member_order: Sequence[str], max_images: int | None
+) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray]:
+    """(manifest, the first test paths, the scikit-learn meta's probabilities, the members' PyTorch ones)."""
+    from cxr.data.manifest import load_manifest
+    from cxr.stack.features import load_split
+    from cxr.stack.stack import full_proba, load_meta_estimator
+
+    manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=True)
+    data = load_split(run_dir, member_order, "test", manifest=manifest)
+    est, meta_json = load_meta_estimator(meta_dir)
+    if tuple(meta_json["member_order"]) != tuple(member_order):
+        raise DataError(
+            f"{meta_dir}/meta.json has member order {meta_json['member_order']}, the fused graph {list(member_order)}",
+            hint="re-run `cxr stack` and `cxr fuse` together",
+        )
+    n = len(data.paths) if max_images is None else min(max_images, len(data.paths))
+    if n == 0:
+        raise DataError("the test split is empty: nothing to verify end to end", hint="check the manifest")
+    k = len(data.classes)
+    ref_probs = full_proba(est, data.features[:n], k)
+    return manifest, tuple(data.paths[:n]), ref_probs, data.member_probs[:n]
+
+
+def _fused_on_test(
+    fused_path: Path,
+    manifest: Any,
+    paths: Sequence[str],
+    spec: PreprocessSpec,
+    batch: int,
+    threads: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, member probabilities) of the fused graph on ``paths``, decoded and resized by cxr."""
+    from cxr.imaging.decode import decode_gray
+    from cxr.imaging.preprocess import to_model_input
+
+    rows = {r.path: r for r in manifest.rows}
+    sess = session(fused_path, threads)
+    probs_out, member_out = [], []
+    for start in range(0, len(paths), batch):
+        grays = [decode_gray(manifest.abspath(rows[p])) for p in paths[start : start + batch]]
+        images = to_model_input(grays, spec, normalized=False)
+        p, _, mp = _run_fused(sess, images)
+        probs_out.append(p)
+        member_out.append(mp)
+    return np.concatenate(probs_out), np.concatenate(member_out)
+
+
 def _end_to_end_hint(agreement: dict[str, float], resized: Sequence[str]) -> str:
     """Name the likely cause of an end-to-end mismatch from what is known about each member."""
     off = [name for name, a in agreement.items() if a < 1.0]
     if not off:
         return (
-            "every member agrees with its PyTorch predictions: the meta-learner differs; re-run `cxr train stack` "
+            "every member agrees with its PyTorch predictions: the meta-learner differs; re-run `cxr stack` "
             "and `cxr fuse` together"
         )
     again = [name for name in off if name in resized]

@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr.errors import DecodeError
+from cxr.imaging.dicom import decode_dicom, is_dicom_image
+from cxr.imaging.pixels import DEFAULT_LIMITS, DecodeLimits, scale_to_u8  # also imported from here
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (phone photos)
@@ -38,17 +39,6 @@ PILLOW_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RI
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp"})
 READABLE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 """Every file name cxr reads as an image, everywhere (data layouts, scans, benchmarks): one list."""
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Upper bounds checked before any pixel is decoded."""
-
-    max_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 100_000_000
-
-
-DEFAULT_LIMITS = DecodeLimits()
 
 
 def _read(source: Path | str | bytes, limits: DecodeLimits) -> tuple[bytes, str]:
@@ -104,19 +94,6 @@ def pil_to_gray(img: Image.Image, name: str = "<image>") -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     except (ValueError, OSError) as e:
         raise DecodeError(f"{name}: cannot convert {mode} image to grayscale ({e})", path=name) from e
-
-
-def scale_to_u8(arr: np.ndarray) -> np.ndarray:
-    """Scale any numeric array linearly from its own min..max to 0..255 (rounded); constant -> zeros."""
-    arr = np.asarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        arr = np.where(finite, arr, np.nan)
-    lo, hi = np.nanmin(arr), np.nanmax(arr)
-    if not np.isfinite(lo) or hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr - lo) * (255.0 / (hi - lo))
-    return np.nan_to_num(np.rint(out), nan=0.0).astype(np.uint8)
 
 
 def _not_an_image(name: str) -> DecodeError:
@@ -185,8 +162,6 @@ def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMIT
     preamble and suffix, by content: bytes that no image decoder recognises are parsed as DICOM and
     accepted when they hold pixel data.
     """
-    from cxr.imaging.dicom import decode_dicom, is_dicom_image
-
     data, name = _read(source, limits)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     if has_preamble or (looks_like_dicom(data, name) and not data.startswith(PILLOW_MAGIC)):

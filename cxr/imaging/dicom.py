@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DecodeError
-from cxr.imaging.decode import DecodeLimits, scale_to_u8
+from cxr.imaging.pixels import DecodeLimits, scale_to_u8
 
 log = logging.getLogger(__name__)
 

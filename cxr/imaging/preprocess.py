@@ -3,7 +3,7 @@
 Takes: uint8 [H, W] arrays from ``cxr.imaging.decode`` and a ``PreprocessSpec``. Makes: uint8 [N, 1, h, w]
 (resized, what a fused graph takes) or float32 [N, C, h, w] (normalised, what a single member takes).
 The resize is Pillow's antialiased bilinear resize, which is what torchvision's ``Resize`` does on PIL
-images during training; ``tests/test_preprocess_parity.py`` proves the two paths equal.
+images during training; ``tests/test_imaging_preprocess_parity.py`` proves the two paths equal.
 """
 
 from __future__ import annotations

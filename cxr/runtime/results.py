@@ -191,6 +191,25 @@ def open_results(
     return ResultWriter(stream, fmt, classes, model_id, header=header), previous
 
 
+def open_scan_output(
+    output: Path | None,
+    stream: TextIO | None,
+    stream_format: ResultFormat,
+    classes: Sequence[str],
+    model_id: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[ResultWriter, PreviousResults]:
+    """A scan's writer: on ``output`` (see ``open_results``), else on ``stream`` with a header."""
+    if output is not None:
+        return open_results(output, classes, model_id, resume=resume, overwrite=overwrite)
+    if stream is not None:
+        writer = ResultWriter(stream, stream_format, classes, model_id, header=True)
+        return writer, PreviousResults(frozenset(), 0, 0)
+    raise DataError("scan needs an output file or a stream to write rows to")
+
+
 __all__ = [
     "PreviousResults",
     "ResultFormat",
@@ -198,6 +217,7 @@ __all__ = [
     "csv_columns",
     "json_record",
     "open_results",
+    "open_scan_output",
     "read_previous",
     "result_format",
 ]

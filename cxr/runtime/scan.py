@@ -26,7 +26,7 @@ from cxr.errors import DataError
 from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.imaging.dicom import might_be_dicom
 from cxr.runtime.predictor import Predictor
-from cxr.runtime.results import PreviousResults, ResultFormat, ResultWriter, open_results
+from cxr.runtime.results import PreviousResults, ResultFormat, open_scan_output
 from cxr.runtime.types import Prediction
 
 
@@ -137,6 +137,30 @@ def _no_images(cfg: ScanConfig) -> DataError:
     )
 
 
+@dataclass
+class _Tally:
+    """Predicted files per class and the failures (the first few kept with their error) of a scan."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, batch: Sequence[Prediction]) -> None:
+        for p in batch:
+            if p.ok and p.label is not None:
+                self.counts[p.label] += 1
+            else:
+                self.failed += 1
+                if len(self.failures) < 20:
+                    self.failures.append((p.source, p.error or ""))
+
+
+def _not_done(files: Sequence[Path], previous: PreviousResults) -> list[Path]:
+    """The files whose path (as given or absolute) is not among the rows a previous run wrote."""
+    done = previous.paths | {os.path.abspath(p) for p in previous.paths}
+    return [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
+
+
 def scan_folder(
     predictor: Predictor,
     cfg: ScanConfig,
@@ -154,51 +178,36 @@ def scan_folder(
     if not files:
         raise _no_images(cfg)
     classes, model_id = predictor.classes, predictor.model_id
-    previous = PreviousResults(frozenset(), 0, 0)
-    if cfg.output is not None:
-        writer, previous = open_results(
-            cfg.output, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
-        )
-    elif stream is not None:
-        writer = ResultWriter(stream, cfg.stream_format, classes, model_id, header=True)
-    else:
-        raise DataError("scan needs an output file or a stream to write rows to")
-    done = previous.paths | {os.path.abspath(p) for p in previous.paths}
-    todo = [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
+    writer, previous = open_scan_output(
+        cfg.output, stream, cfg.stream_format, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
+    )
+    todo = _not_done(files, previous)
     if on_start is not None:
         on_start(len(todo), len(files) - len(todo))
-    counts: Counter[str] = Counter()
-    failures: list[tuple[str, str]] = []
-    failed = 0
+    tally = _Tally()
     t0 = time.perf_counter()
     try:
         for batch in predictor.iter_predict(todo, names=[str(p) for p in todo]):
             writer.write(batch)
-            for p in batch:
-                if p.ok and p.label is not None:
-                    counts[p.label] += 1
-                else:
-                    failed += 1
-                    if len(failures) < 20:
-                        failures.append((p.source, p.error or ""))
+            tally.add(batch)
             if on_batch is not None:
                 on_batch(batch)
     finally:
         if cfg.output is not None:
             writer.stream.close()
     seconds = time.perf_counter() - t0
-    processed = sum(counts.values()) + failed
+    predicted = sum(tally.counts.values())
     return ScanResult(
         folder=str(cfg.folder),
         found=len(files),
         skipped=len(files) - len(todo),
-        predicted=sum(counts.values()),
-        failed=failed,
-        counts={c: counts.get(c, 0) for c in classes},
+        predicted=predicted,
+        failed=tally.failed,
+        counts={c: tally.counts.get(c, 0) for c in classes},
         seconds=seconds,
-        images_per_second=processed / seconds if seconds > 0 else 0.0,
+        images_per_second=(predicted + tally.failed) / seconds if seconds > 0 else 0.0,
         provider=predictor.provider,
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(failures),
+        failures=tuple(tally.failures),
     )

@@ -109,9 +109,82 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
     )
 
 
-def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
-    router = APIRouter()
+def _batch_response(state: ServerState, outcomes: list[Outcome], started: float) -> BatchResponse:
+    """Each file's result or error, and the counts."""
+    items = []
+    for o in outcomes:
+        if o.error is not None:
+            err = ErrorDetail(code=o.error.code, message=o.error.message, hint=o.error.hint)
+            items.append(BatchItem(source=o.source, status=o.error.status, error=err))
+        else:
+            items.append(BatchItem(source=o.source, status=200, prediction=_prediction(state, o, started)))
+    failed = sum(1 for i in items if i.error is not None)
+    return BatchResponse(results=items, succeeded=len(items) - failed, failed=failed, model=model_ref(state))
 
+
+def _model_info(state: ServerState) -> ModelInfo:
+    """The served model: its id, classes, preprocessing, card, providers and the serving limits."""
+    predictor, _, _ = state.require_ready()
+    cfg = state.cfg
+    meta = predictor.metadata
+    return ModelInfo(
+        model=model_ref(state),
+        sha256_prefix=predictor.model_id,
+        file_name=cfg.model.name,
+        classes=list(predictor.classes),
+        members=list(predictor.member_names),
+        input_format=meta.input_format,
+        preprocess=meta.preprocess.to_dict(),
+        card=dict(meta.card),
+        warnings=list(provenance_warnings(meta.card)),
+        provider=predictor.provider,
+        providers=list(predictor.info.providers),
+        provider_warnings=list(predictor.info.warnings),
+        serving=ServingLimits(
+            max_batch_size=cfg.max_batch_size,
+            max_wait_ms=cfg.max_wait_ms,
+            max_body_bytes=cfg.max_body_bytes,
+            max_pixels=cfg.max_pixels,
+            max_batch_files=cfg.max_batch_files,
+            request_timeout_s=cfg.request_timeout_s,
+            max_concurrency=cfg.max_concurrency,
+            max_queue=cfg.max_queue,
+        ),
+        notice=NOTICE,
+    )
+
+
+def _readiness(state: ServerState) -> ReadyOut:
+    """What ``/readyz`` says: status, model id, providers, warm-up time, and any error or warning."""
+    predictor = state.predictor
+    return ReadyOut(
+        status=state.status,
+        model_id=predictor.model_id if predictor else None,
+        provider=predictor.provider if predictor else None,
+        providers=list(predictor.info.providers) if predictor else [],
+        warmup_seconds=state.warmup_seconds,
+        message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
+    )
+
+
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {  # the route's class is text/plain; its errors are JSON like everywhere else
+        "description": ERROR_RESPONSES[401]["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    },
+}
+
+
+def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
+    """Every endpoint of the API on one router; ``protected`` holds the auth dependencies."""
+    router = APIRouter()
+    _add_predict_routes(router, state, protected)
+    _add_info_routes(router, state, protected)
+    return router
+
+
+def _add_predict_routes(router: APIRouter, state: ServerState, protected: list[Any]) -> None:
     @router.post(
         "/v1/predict",
         response_model=PredictionOut,
@@ -138,50 +211,13 @@ def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
     async def predict_batch(request: Request) -> BatchResponse:
         started = time.perf_counter()
         outcomes = await run_prediction(state, request, many=True)
-        items = []
-        for o in outcomes:
-            if o.error is not None:
-                err = ErrorDetail(code=o.error.code, message=o.error.message, hint=o.error.hint)
-                items.append(BatchItem(source=o.source, status=o.error.status, error=err))
-            else:
-                items.append(
-                    BatchItem(source=o.source, status=200, prediction=_prediction(state, o, started))
-                )
-        failed = sum(1 for i in items if i.error is not None)
-        return BatchResponse(
-            results=items, succeeded=len(items) - failed, failed=failed, model=model_ref(state)
-        )
+        return _batch_response(state, outcomes, started)
 
+
+def _add_info_routes(router: APIRouter, state: ServerState, protected: list[Any]) -> None:
     @router.get("/v1/model", response_model=ModelInfo, responses=ERROR_RESPONSES, dependencies=protected)
     async def model_info() -> ModelInfo:
-        predictor, _, _ = state.require_ready()
-        cfg = state.cfg
-        meta = predictor.metadata
-        return ModelInfo(
-            model=model_ref(state),
-            sha256_prefix=predictor.model_id,
-            file_name=cfg.model.name,
-            classes=list(predictor.classes),
-            members=list(predictor.member_names),
-            input_format=meta.input_format,
-            preprocess=meta.preprocess.to_dict(),
-            card=dict(meta.card),
-            warnings=list(provenance_warnings(meta.card)),
-            provider=predictor.provider,
-            providers=list(predictor.info.providers),
-            provider_warnings=list(predictor.info.warnings),
-            serving=ServingLimits(
-                max_batch_size=cfg.max_batch_size,
-                max_wait_ms=cfg.max_wait_ms,
-                max_body_bytes=cfg.max_body_bytes,
-                max_pixels=cfg.max_pixels,
-                max_batch_files=cfg.max_batch_files,
-                request_timeout_s=cfg.request_timeout_s,
-                max_concurrency=cfg.max_concurrency,
-                max_queue=cfg.max_queue,
-            ),
-            notice=NOTICE,
-        )
+        return _model_info(state)
 
     @router.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}})
     async def healthz() -> Any:
@@ -193,31 +229,14 @@ def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
     @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
     async def readyz() -> Any:
         """Ready: model loaded, provider confirmed, warm-up done. 503 before that (or after a failure)."""
-        predictor = state.predictor
-        body = ReadyOut(
-            status=state.status,
-            model_id=predictor.model_id if predictor else None,
-            provider=predictor.provider if predictor else None,
-            providers=list(predictor.info.providers) if predictor else [],
-            warmup_seconds=state.warmup_seconds,
-            message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
-        )
+        body = _readiness(state)
         if state.status != "ready":
             headers = {"Retry-After": str(state.cfg.retry_after_s)} if state.status == "loading" else {}
             return JSONResponse(body.model_dump(), status_code=503, headers=headers)
         return body
 
     @router.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        dependencies=protected,
-        responses={
-            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
-            401: {  # the route's class is text/plain; its errors are JSON like everywhere else
-                "description": ERROR_RESPONSES[401]["description"],
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-            },
-        },
+        "/metrics", response_class=PlainTextResponse, dependencies=protected, responses=METRICS_RESPONSES
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus text format: requests by status, latency, queue depth, batch sizes."""
@@ -230,5 +249,3 @@ def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
         return JSONResponse(
             {"service": "cxr", "version": __version__, "docs": "/docs", "notice": NOTICE}, status_code=200
         )
-
-    return router

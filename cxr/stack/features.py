@@ -100,12 +100,12 @@ def check_member_order(expected: Sequence[str], given: Sequence[str], *, what: s
         raise MemberOrderError(
             f"{what}: member(s) {', '.join(missing)} missing (the meta-learner was trained on "
             f"{', '.join(expected)}; given {', '.join(given) or 'none'})",
-            hint="provide every member the meta-learner was trained on, or re-train it (`cxr train stack`)",
+            hint="provide every member the meta-learner was trained on, or re-train it (`cxr stack`)",
         )
     if extra:
         raise MemberOrderError(
             f"{what}: member(s) {', '.join(extra)} unknown to the meta-learner (trained on {', '.join(expected)})",
-            hint="drop them, or re-train the meta-learner with them (`cxr train stack --members ...`)",
+            hint="drop them, or re-train the meta-learner with them (`cxr stack --members ...`)",
         )
     pos = next(i for i, (a, b) in enumerate(zip(expected, given, strict=True)) if a != b)
     raise MemberOrderError(
@@ -251,15 +251,13 @@ def read_meta_json(stack_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(
             f"{path} does not exist",
-            hint="train the meta-learner first (`cxr train stack RUN_DIR`)",
+            hint="train the meta-learner first (`cxr stack RUN_DIR`)",
             path=path,
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}", hint="re-run `cxr train stack`", path=path) from e
+        raise DataError(f"{path} is not valid JSON: {e}", hint="re-run `cxr stack`", path=path) from e
     if not isinstance(data, dict) or "member_order" not in data or "estimator" not in data:
-        raise DataError(
-            f"{path} is not a cxr meta-learner description", hint="re-run `cxr train stack`", path=path
-        )
+        raise DataError(f"{path} is not a cxr meta-learner description", hint="re-run `cxr stack`", path=path)
     return data

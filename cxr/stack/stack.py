@@ -1,4 +1,4 @@
-"""`cxr train stack`: fit the meta-learner on predictions for images the base models never trained on.
+"""`cxr stack`: fit the meta-learner on predictions for images the base models never trained on.
 
 Takes: a run directory with ``manifest.csv`` and ``members/<name>/predictions/{val,test}.csv`` (``MetaConfig``).
 Makes: ``RUN_DIR/stack/meta.json`` (everything about the fit), ``meta.npz`` (the fitted arrays, no pickle)
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from cxr import __version__
 from cxr.data.manifest import load_manifest
 from cxr.errors import ConfigError, DataError
 from cxr.metrics import classification_metrics
+from cxr.stack.cross_validation import cross_validate, fit_quietly, full_proba, log_loss
 from cxr.stack.features import (
     FEATURE_LAYOUT,
     META_JSON,
@@ -45,6 +45,10 @@ from cxr.stack.features import (
     read_meta_json,
 )
 from cxr.stack.store import load_estimator, save_estimator
+
+if TYPE_CHECKING:
+    from cxr.stack.estimators import EstimatorKind
+    from cxr.stack.to_onnx import MetaOnnxResult
 
 log = logging.getLogger(__name__)
 
@@ -102,101 +106,12 @@ class MetaResult:
     warnings: tuple[str, ...] = ()
 
 
-def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
-    """``predict_proba`` widened to all K classes (0 for a class the estimator never saw)."""
-    p = est.predict_proba(features)
-    out = np.zeros((p.shape[0], k), dtype=np.float64)
-    out[:, np.asarray(est.classes_, dtype=np.int64)] = p
-    return out
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-15, 1.0))))
-
-
-def _candidates(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
-    from itertools import product
-
-    keys = sorted(grid)
-    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))]
-
-
-def _cv_splits(y: np.ndarray, folds: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    notes: list[str] = []
-    if y.size < 4:
-        raise DataError(
-            f"only {y.size} meta-training image(s): too few to choose the meta-learner's regularisation",
-            hint="use more validation images (a larger data set, or a larger validation fraction)",
-        )
-    counts = np.bincount(y)
-    smallest = int(counts[counts > 0].min())
-    if smallest < 2:
-        n_splits = min(folds, y.size // 2)
-        notes.append(
-            f"cross-validation is not stratified ({n_splits} plain folds): a class has a single "
-            "meta-training image"
-        )
-        plain = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        return list(plain.split(np.zeros((y.size, 1)))), notes
-    n_splits = max(2, min(folds, smallest))
-    if n_splits < folds:
-        notes.append(
-            f"cross-validation uses {n_splits} folds instead of {folds}: the rarest class has {smallest} "
-            "meta-training image(s)"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
-        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros((y.size, 1)), y)), notes
-
-
-def _fit(cls: type, params: Mapping[str, Any], x: np.ndarray, y: np.ndarray) -> Any:
-    from sklearn.exceptions import ConvergenceWarning
-
-    est = cls(**params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(x, y)
-    return est
-
-
-def cross_validate(
-    cls: type,
-    fixed: Mapping[str, Any],
-    grid: Mapping[str, tuple[Any, ...]],
-    x: np.ndarray,
-    y: np.ndarray,
-    k: int,
-    *,
-    folds: int,
-    seed: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray, list[str]]:
-    """(best params, score per candidate, cross-validated probabilities of the best, notes)."""
-    splits, notes = _cv_splits(y, folds, seed)
-    scores: list[dict[str, Any]] = []
-    best: tuple[float, dict[str, Any], np.ndarray] | None = None
-    for cand in _candidates(grid) or [{}]:
-        params = {**fixed, **cand}
-        oof = np.zeros((y.size, k), dtype=np.float64)
-        for train_idx, held_idx in splits:
-            est = _fit(cls, params, x[train_idx], y[train_idx])
-            oof[held_idx] = full_proba(est, x[held_idx], k)
-        loss = _log_loss(y, oof)
-        scores.append({"params": cand, "log_loss": loss})
-        if best is None or loss < best[0] - 1e-12:
-            best = (loss, params, oof)
-    assert best is not None  # the candidate list is never empty
-    return best[1], scores, best[2], notes
-
-
 def _metrics_dict(y: np.ndarray, p: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     m = classification_metrics(y, p, classes)
     return {
         "accuracy": m.accuracy,
         "macro_f1": m.macro_f1,
-        "log_loss": _log_loss(y, p),
+        "log_loss": log_loss(y, p),
         "ece": m.ece,
         "n": m.n,
     }
@@ -231,30 +146,89 @@ def load_meta_training_set(cfg: MetaConfig, members: tuple[str, ...]) -> MetaDat
     return data
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """The meta-learner chosen by cross-validation and refitted on the whole meta-training set."""
+
+    est: Any
+    kind: EstimatorKind
+    params: dict[str, Any]  # the chosen parameters, sorted by name
+    grid: Mapping[str, tuple[Any, ...]]  # the grid searched (without the fixed parameters)
+    scores: list[dict[str, Any]]  # log loss per candidate
+    cv_score: float
+    cv_metrics: dict[str, Any]
+    train_metrics: dict[str, Any]  # in-sample, for the record only
+    notes: list[str]
+
+
 def fit_meta(cfg: MetaConfig) -> MetaResult:
     """Fit, save (JSON + npz), convert to ONNX and verify the meta-learner (see the module docstring)."""
-    from sklearn import __version__ as sklearn_version
-
-    from cxr.stack.estimators import resolve_kind
     from cxr.stack.to_onnx import convert_meta
 
     members = tuple(cfg.members) if cfg.members else discover_members(cfg.run_dir)
     data = load_meta_training_set(cfg, members)
-    classes = data.classes
-    k = len(classes)
-    x, y = data.features, data.labels
-    notes: list[str] = []
+    x = data.features
+    seen, notes = _classes_seen(data)
+    fit = _choose_and_fit(cfg, data, x)
+    notes += fit.notes
+    out = cfg.stack_dir
+    out.mkdir(parents=True, exist_ok=True)
+    description = save_estimator(fit.est, out / META_NPZ, x)
+    info = _model_info(cfg, members, data, seen, fit)
+    conv = convert_meta(
+        fit.est,
+        n_members=len(members),
+        classes=data.classes,
+        out=out / META_ONNX,
+        opset=cfg.opset,
+        check_features=x,
+        info=info,
+    )
+    meta = _meta_record(cfg, members, data, info, fit, description, conv, notes)
+    (out / META_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    for n in notes:
+        log.warning("%s", n)
+    return MetaResult(
+        stack_dir=out,
+        meta_json=out / META_JSON,
+        estimator_path=out / META_NPZ,
+        onnx_path=conv.path,
+        members=members,
+        classes=data.classes,
+        classes_seen=tuple(info["classes_seen"]),
+        estimator=cfg.estimator,
+        params=fit.params,
+        cv_score=fit.cv_score,
+        cv_metrics=fit.cv_metrics,
+        n_train=int(data.labels.size),
+        onnx_max_abs_diff=conv.max_abs_diff,
+        warnings=tuple(notes),
+    )
+
+
+def _classes_seen(data: MetaData) -> tuple[np.ndarray, list[str]]:
+    """The class indices the meta-training set holds (at least two), and a note naming any absent class."""
+    classes, y = data.classes, data.labels
     seen = np.unique(y)
     if seen.size < 2:
         raise DataError(
             f"the meta-training set ({data.split}, {y.size} images) holds only class {classes[int(seen[0])]}",
             hint="a meta-learner needs at least two classes: use a larger validation split",
         )
-    absent = [classes[i] for i in range(k) if i not in set(seen.tolist())]
+    absent = [classes[i] for i in range(len(classes)) if i not in set(seen.tolist())]
+    notes: list[str] = []
     if absent:
         notes.append(
             f"class(es) {', '.join(absent)} have no meta-training image: the meta-learner gives them probability 0"
         )
+    return seen, notes
+
+
+def _choose_and_fit(cfg: MetaConfig, data: MetaData, x: np.ndarray) -> _Fit:
+    """Choose the parameters by cross-validation on ``x``, then refit on all of it."""
+    from cxr.stack.estimators import resolve_kind
+
+    y, classes, k = data.labels, data.classes, len(data.classes)
     kind = resolve_kind(cfg.estimator)
     fixed = {**kind.fixed, **dict(cfg.params)}
     grid = kind.grid if cfg.grid is None else cfg.grid
@@ -262,44 +236,60 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
     best, scores, cv_probs, cv_notes = cross_validate(
         kind.cls, fixed, grid, x, y, k, folds=cfg.cv_folds, seed=cfg.seed
     )
-    notes += cv_notes
-    est = _fit(kind.cls, best, x, y)
-    cv_score = min(s["log_loss"] for s in scores)
-    cv_metrics = _metrics_dict(y, cv_probs, classes)
-    train_metrics = _metrics_dict(y, full_proba(est, x, k), classes)
+    est = fit_quietly(kind.cls, best, x, y)
+    return _Fit(
+        est=est,
+        kind=kind,
+        params={p: best[p] for p in sorted(best)},
+        grid=grid,
+        scores=scores,
+        cv_score=min(s["log_loss"] for s in scores),
+        cv_metrics=_metrics_dict(y, cv_probs, classes),
+        train_metrics=_metrics_dict(y, full_proba(est, x, k), classes),
+        notes=cv_notes,
+    )
 
-    out = cfg.stack_dir
-    out.mkdir(parents=True, exist_ok=True)
-    description = save_estimator(est, out / META_NPZ, x)
-    chosen = {p: best[p] for p in sorted(best)}
-    info = {
+
+def _model_info(
+    cfg: MetaConfig, members: tuple[str, ...], data: MetaData, seen: np.ndarray, fit: _Fit
+) -> dict[str, Any]:
+    """What the ONNX model's metadata and ``meta.json`` both record about the fit."""
+    classes = data.classes
+    return {
         "member_order": list(members),
         "member_checkpoints": list(data.checkpoints),
         "classes": list(classes),
         "classes_seen": [classes[int(i)] for i in seen],
         "feature_layout": FEATURE_LAYOUT,
         "type": cfg.estimator,
-        "class_name": f"{kind.cls.__module__}.{kind.cls.__name__}",
-        "params": chosen,
-        "cv_score": cv_score,
+        "class_name": f"{fit.kind.cls.__module__}.{fit.kind.cls.__name__}",
+        "params": fit.params,
+        "cv_score": fit.cv_score,
         "cv_metric": "log_loss",
         "source": cfg.source,
-        "val_metrics": cv_metrics,
-        "test_metrics": _test_metrics(cfg, members, est, k),
+        "val_metrics": fit.cv_metrics,
+        "test_metrics": _test_metrics(cfg, members, fit.est, len(classes)),
     }
-    conv = convert_meta(
-        est,
-        n_members=len(members),
-        classes=classes,
-        out=out / META_ONNX,
-        opset=cfg.opset,
-        check_features=x,
-        info=info,
-    )
-    meta = {
+
+
+def _meta_record(
+    cfg: MetaConfig,
+    members: tuple[str, ...],
+    data: MetaData,
+    info: dict[str, Any],
+    fit: _Fit,
+    description: dict[str, Any],
+    conv: MetaOnnxResult,
+    notes: list[str],
+) -> dict[str, Any]:
+    """``meta.json``: the model info plus the training set, members, search, files and versions."""
+    from sklearn import __version__ as sklearn_version
+
+    y = data.labels
+    return {
         **info,
         "n_train": int(y.size),
-        "train_class_counts": {c: int(np.sum(y == i)) for i, c in enumerate(classes)},
+        "train_class_counts": {c: int(np.sum(y == i)) for i, c in enumerate(data.classes)},
         "manifest_digest": data.manifest_digest,
         "members": [
             {
@@ -313,10 +303,10 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
         "cv": {
             "folds": cfg.cv_folds,
             "seed": cfg.seed,
-            "grid": {p: list(v) for p, v in grid.items()},
-            "scores": scores,
+            "grid": {p: list(v) for p, v in fit.grid.items()},
+            "scores": fit.scores,
         },
-        "train_metrics_in_sample": train_metrics,
+        "train_metrics_in_sample": fit.train_metrics,
         "estimator": {**description, "file": META_NPZ},
         "onnx": {
             "file": META_ONNX,
@@ -330,25 +320,6 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
         "cxr_version": __version__,
         "sklearn_version": sklearn_version,
     }
-    (out / META_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    for n in notes:
-        log.warning("%s", n)
-    return MetaResult(
-        stack_dir=out,
-        meta_json=out / META_JSON,
-        estimator_path=out / META_NPZ,
-        onnx_path=conv.path,
-        members=members,
-        classes=classes,
-        classes_seen=tuple(info["classes_seen"]),
-        estimator=cfg.estimator,
-        params=chosen,
-        cv_score=cv_score,
-        cv_metrics=cv_metrics,
-        n_train=int(y.size),
-        onnx_max_abs_diff=conv.max_abs_diff,
-        warnings=tuple(notes),
-    )
 
 
 def load_meta_estimator(stack_dir: Path) -> tuple[Any, dict[str, Any]]:

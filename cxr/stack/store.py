@@ -68,12 +68,12 @@ def load_estimator(description: Mapping[str, Any], npz_path: Path) -> Any:
     if kind not in ESTIMATORS:
         raise ModelError(
             f"meta-learner kind {kind!r} in {npz_path} is not one cxr knows ({', '.join(ESTIMATORS)})",
-            hint="re-train the meta-learner with `cxr train stack`",
+            hint="re-train the meta-learner with `cxr stack`",
             path=npz_path,
         )
     if not Path(npz_path).is_file():
         raise ModelError(
-            f"meta-learner arrays {npz_path} are missing", hint="re-run `cxr train stack`", path=npz_path
+            f"meta-learner arrays {npz_path} are missing", hint="re-run `cxr stack`", path=npz_path
         )
     est = ESTIMATORS[kind].cls(**dict(description["params"]))
     for name, value in dict(description.get("scalars", {})).items():
@@ -81,9 +81,7 @@ def load_estimator(description: Mapping[str, Any], npz_path: Path) -> Any:
     with np.load(npz_path, allow_pickle=False) as data:
         missing = [a for a in description.get("arrays", []) if a not in data.files]
         if missing:
-            raise ModelError(
-                f"{npz_path} lacks array(s) {', '.join(missing)}", hint="re-run `cxr train stack`"
-            )
+            raise ModelError(f"{npz_path} lacks array(s) {', '.join(missing)}", hint="re-run `cxr stack`")
         for name in description.get("arrays", []):
             setattr(est, name, data[name])
     return est

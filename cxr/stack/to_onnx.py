@@ -79,7 +79,7 @@ def meta_info(model: onnx.ModelProto, source: str = "meta.onnx") -> dict[str, An
     if META_PROP not in props:
         raise ModelError(
             f"{source} has no cxr meta-learner description ({META_PROP})",
-            hint="convert it with cxr (`cxr train stack RUN_DIR` writes stack/meta.onnx)",
+            hint="convert it with cxr (`cxr stack RUN_DIR` writes stack/meta.onnx)",
             path=source,
         )
     return dict(json.loads(props[META_PROP]))

@@ -173,7 +173,7 @@ def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInf
     """Read and check ``<which>.json`` (format, version, fields); the weights are not touched."""
     weights, meta = paths(member_dir, which)
     train_hint = (
-        f"train the member first (`cxr train base --config CONFIG --model {Path(member_dir).name}`), "
+        f"train the member first (`cxr train base --config CONFIG --members {Path(member_dir).name}`), "
         "or pass the folder RUN_DIR/members/<name>"
     )
     for p in (meta, weights):

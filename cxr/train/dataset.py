@@ -44,7 +44,7 @@ def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
         if not Path(data.manifest).is_file() and data.data_dir is None:
             raise DataError(
                 f"manifest {data.manifest} does not exist",
-                hint="create it with `cxr data split DATA_DIR --out MANIFEST`, or set data.data_dir "
+                hint="create it with `cxr data split DATA_DIR --output MANIFEST`, or set data.data_dir "
                 "instead to split a data set folder here",
                 path=data.manifest,
             )

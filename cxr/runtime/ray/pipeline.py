@@ -15,16 +15,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxr.errors import CxrError
 from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
+from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import is_url
 from cxr.runtime.ray.rows import OrderedRows
 from cxr.runtime.types import Prediction
-
-if TYPE_CHECKING:
-    from cxr.runtime.ray.scan import RayScanConfig
 
 
 def _ray_key(read_path: str, mode: str) -> str:

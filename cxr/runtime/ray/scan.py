@@ -22,21 +22,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from cxr.errors import ConfigError, DataError
-from cxr.runtime.predictor import Predictor, PredictorConfig
+from cxr.runtime.predictor import Predictor
 from cxr.runtime.ray.cluster import RayConnection, connect, disconnect
+from cxr.runtime.ray.config import READ_MODES, RayScanConfig, ReadMode
 from cxr.runtime.ray.inputs import find_inputs, is_url, manifest_inputs
 from cxr.runtime.ray.pipeline import stream_rows
 from cxr.runtime.ray.rows import OrderedRows
 from cxr.runtime.results import (
     PreviousResults,
-    ResultFormat,
-    ResultWriter,
     open_results,
+    open_scan_output,
     read_previous,
     result_format,
 )
@@ -46,50 +46,7 @@ from cxr.session import SessionConfig
 
 log = logging.getLogger(__name__)
 
-ReadMode = Literal["auto", "path", "bytes"]
-READ_MODES: tuple[str, ...] = ("auto", "path", "bytes")
 GPU_PROVIDERS = ("cuda", "tensorrt")
-
-
-@dataclass(frozen=True)
-class RayScanConfig:
-    model: Path  # the same file at the same path on every node (shared volume or container image)
-    source: str | Path  # folder (local/NFS path or URL); with ``manifest``: the root its paths are under
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
-    recursive: bool = False
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    manifest: Path | None = None  # scan the files this cxr manifest lists instead of listing ``source``
-    split: str | None = None  # with ``manifest``: only this split (train, val, test); None: all
-    output: Path | None = None  # None: rows go to the stream given to ``ray_scan``
-    stream_format: ResultFormat = "csv"
-    resume: bool = False
-    overwrite: bool = False
-    address: str | None = None  # None: a new local Ray instance (or $RAY_ADDRESS); "auto"; HOST:PORT; ray://
-    local_cpus: int | None = None  # CPUs of a local instance started here (None: all)
-    actors: int | None = None  # None: one per GPU, else one per ``cpus_per_actor`` CPUs of the cluster
-    cpus_per_actor: float = 1.0  # also the actor's onnxruntime threads unless the predictor sets them
-    gpus_per_actor: float | None = None  # None: 1 when the provider runs on GPUs and the cluster has some
-    read: ReadMode = "auto"
-    batches_per_block: int | None = None  # inference batches per Ray block (None: 1-8, ~4 blocks per actor)
-    connect_timeout_s: float = 5.0
-    ray_logs: bool = False  # keep Ray's INFO logs and progress bars
-
-    def __post_init__(self) -> None:
-        if self.read not in READ_MODES:
-            raise ConfigError(f"unknown read mode {self.read!r}", hint=f"use one of {', '.join(READ_MODES)}")
-        if self.actors is not None and self.actors < 1:
-            raise ConfigError(f"actors must be >= 1, got {self.actors}", hint="omit it to fill the cluster")
-        if self.cpus_per_actor <= 0:
-            raise ConfigError(f"cpus per actor must be > 0, got {self.cpus_per_actor}")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            raise ConfigError(f"gpus per actor must be >= 0, got {self.gpus_per_actor}")
-        if self.batches_per_block is not None and self.batches_per_block < 1:
-            raise ConfigError(f"batches per block must be >= 1, got {self.batches_per_block}")
-        if self.split is not None and self.manifest is None:
-            raise ConfigError("a split selects rows of a manifest", hint="add --manifest manifest.csv")
-        if self.resume and self.overwrite:
-            raise ConfigError("resume and overwrite contradict each other", hint="pass one of them")
 
 
 @dataclass(frozen=True)
@@ -237,6 +194,41 @@ def ray_scan(
         disconnect(conn)
 
 
+def _actor_plan(cfg: RayScanConfig, conn: RayConnection, todo: Sequence[str]) -> tuple[float, int, int]:
+    """GPUs per actor, actors, and rows per Ray block for ``todo`` (no actors when nothing is left to do)."""
+    gpus = _gpus_per_actor(cfg, conn) if todo else 0.0
+    actors = _actor_count(cfg, conn, gpus) if todo else 0
+    per_block = _rows_per_block(cfg, len(todo), max(actors, 1))
+    return gpus, min(actors, math.ceil(len(todo) / per_block)), per_block
+
+
+def _scan_result(
+    cfg: RayScanConfig,
+    names: Sequence[str],
+    todo: Sequence[str],
+    rows: OrderedRows,
+    classes: Sequence[str],
+    model_id: str,
+    provider: str,
+    seconds: float,
+) -> ScanResult:
+    """The ``ScanResult`` a local scan of the same files would return."""
+    return ScanResult(
+        folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
+        found=len(names),
+        skipped=len(names) - len(todo),
+        predicted=rows.predicted,
+        failed=rows.failed,
+        counts={c: rows.counts.get(c, 0) for c in classes},
+        seconds=seconds,
+        images_per_second=(rows.predicted + rows.failed) / seconds if seconds > 0 else 0.0,
+        provider=provider,
+        model_id=model_id,
+        output=None if cfg.output is None else str(cfg.output),
+        failures=tuple(rows.failures),
+    )
+
+
 def _run(
     cfg: RayScanConfig,
     conn: RayConnection,
@@ -251,16 +243,10 @@ def _run(
     on_start: Callable[[int, int], None] | None,
     on_batch: Callable[[Sequence[Prediction]], None] | None,
 ) -> RayScanResult:
-    gpus = _gpus_per_actor(cfg, conn) if todo else 0.0
-    actors = _actor_count(cfg, conn, gpus) if todo else 0
-    per_block = _rows_per_block(cfg, len(todo), max(actors, 1))
-    actors = min(actors, math.ceil(len(todo) / per_block))
-    if cfg.output is not None:
-        writer, _ = open_results(cfg.output, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite)
-    elif stream is not None:
-        writer = ResultWriter(stream, cfg.stream_format, classes, model_id, header=True)
-    else:
-        raise DataError("scan needs an output file or a stream to write rows to")
+    gpus, actors, per_block = _actor_plan(cfg, conn, todo)
+    writer, _ = open_scan_output(
+        cfg.output, stream, cfg.stream_format, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
+    )
     if on_start is not None:
         on_start(len(todo), len(names) - len(todo))
     rows = OrderedRows(writer, on_batch)
@@ -274,20 +260,7 @@ def _run(
     if len(rows.providers) > 1:
         log.warning("actors ran on different providers: %s", dict(rows.providers))
     provider = rows.provider(default=model_info["provider"])
-    scan = ScanResult(
-        folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
-        found=len(names),
-        skipped=len(names) - len(todo),
-        predicted=rows.predicted,
-        failed=rows.failed,
-        counts={c: rows.counts.get(c, 0) for c in classes},
-        seconds=seconds,
-        images_per_second=(rows.predicted + rows.failed) / seconds if seconds > 0 else 0.0,
-        provider=provider,
-        model_id=model_id,
-        output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(rows.failures),
-    )
+    scan = _scan_result(cfg, names, todo, rows, classes, model_id, provider, seconds)
     info = {
         **model_info,
         "provider": provider,
@@ -301,4 +274,4 @@ def _run(
     )
 
 
-__all__ = ["READ_MODES", "RayScanConfig", "RayScanResult", "list_inputs", "ray_scan"]
+__all__ = ["READ_MODES", "RayScanConfig", "RayScanResult", "ReadMode", "list_inputs", "ray_scan"]

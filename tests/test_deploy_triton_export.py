@@ -1,6 +1,6 @@
 """`cxr export-triton`: the generated Triton repository checked against the model's real ONNX signature.
 
-The config is parsed back with an independent reader (tests/test_triton_pbtxt.py) and compared with the
+The config is parsed back with an independent reader (tests/test_deploy_triton_pbtxt.py) and compared with the
 graph as ``onnx`` reads it (not with onnxruntime, which the writer uses), for the FP32 fused model, its
 static-QDQ INT8 variant and a single member. No Triton server runs here.
 """
@@ -33,7 +33,7 @@ from cxr.errors import ConfigError, ModelError
 from cxr.labels import NOTICE
 from cxr.spec import META_CARD, META_INPUT, ModelMetadata
 from tests.onnx_factory import make_fused_model
-from tests.test_triton_pbtxt import one, params, parse_pbtxt
+from tests.test_deploy_triton_pbtxt import one, params, parse_pbtxt
 
 TRITON_TYPE = {
     TensorProto.UINT8: "TYPE_UINT8",
@@ -364,7 +364,9 @@ def test_cli_writes_repository(fused_model: Path, tmp_path: Path) -> None:
         app,
         [
             "export-triton",
+            "--model",
             str(fused_model),
+            "--output",
             str(out),
             "--name",
             "cxr_ensemble",
@@ -406,6 +408,29 @@ def test_cli_bad_input_exits_nonzero_with_message(case: str, fused_model: Path, 
         model = tmp_path / "nope.onnx"
     else:
         extra = ["--max-batch-size", "0"]
-    r = CliRunner().invoke(app, ["export-triton", str(model), str(out), *extra])
+    r = CliRunner().invoke(app, ["export-triton", "-m", str(model), "-o", str(out), *extra])
     assert r.exit_code == 2, r.output
     assert want in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{model}", "{out}"],  # the last release's `cxr export-triton MODEL OUT`
+        ["--model", "{model}", "{out}"],
+        ["{model}", "--output", "{out}"],
+    ],
+)
+def test_cli_old_positionals_still_work_with_a_notice(
+    fused_model: Path, tmp_path: Path, args: list[str]
+) -> None:
+    out = tmp_path / "repo"
+    r = CliRunner().invoke(app, ["export-triton", *(a.format(model=fused_model, out=out) for a in args)])
+    assert r.exit_code == 0, r.output
+    assert "as a positional argument of `cxr export-triton` is deprecated" in r.output
+    assert (out / fused_model.stem / "config.pbtxt").is_file()
+
+
+def test_cli_needs_model_and_output(fused_model: Path) -> None:
+    r = CliRunner().invoke(app, ["export-triton", "--model", str(fused_model)])
+    assert r.exit_code == 2 and "needs --output DIR" in r.output, r.output

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _demo_args(run: Path) -> list[str]:
     small = "--per-class 16 --bench-iterations 2 --threads 2".split()
-    return ["demo", "--run-dir", str(run), "--config", str(CONFIG), *small]
+    return ["demo", str(run), "--config", str(CONFIG), *small]
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import pytest
 from cxr.deploy.triton import TritonConfig, write_triton_repository
 from cxr.runtime.predictor import Predictor
 from tests.onnx_factory import write_gray_pngs
-from tests.test_triton_client import client_mod  # noqa: F401  (fixture)
-from tests.test_triton_pbtxt import one, parse_pbtxt
+from tests.test_deploy_triton_client import client_mod  # noqa: F401  (fixture)
+from tests.test_deploy_triton_pbtxt import one, parse_pbtxt
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is optional; pip install 'tritonclient[http]'")
 

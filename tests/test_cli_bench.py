@@ -26,7 +26,7 @@ def two_reports(fused_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     for name, threads in (("a", "1"), ("b", "1,2")):
         path = tmp / f"{name}.json"
         res = runner.invoke(
-            app, ["run", str(fused_model), "-b", "1,2", "-t", threads, "-o", str(path), *FAST]
+            app, ["run", "-m", str(fused_model), "-b", "1,2", "-t", threads, "-o", str(path), *FAST]
         )
         assert res.exit_code == 0, res.output
         out.append(path)
@@ -34,7 +34,7 @@ def two_reports(fused_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_run_prints_table_and_writes_files(fused_model: Path, tmp_path: Path) -> None:
-    args = ["run", str(fused_model), "-b", "2", "-c", "1,2", "--no-pool", "--peak-gflops", "234"]
+    args = ["run", "-m", str(fused_model), "-b", "2", "-c", "1,2", "--no-pool", "--peak-gflops", "234"]
     args += ["-o", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), *FAST]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -48,7 +48,7 @@ def test_run_prints_table_and_writes_files(fused_model: Path, tmp_path: Path) ->
 
 def test_peak_from_environment(fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_PEAK_GFLOPS", "50")
-    res = runner.invoke(app, ["run", str(fused_model), "-o", str(tmp_path / "r.json"), *FAST])
+    res = runner.invoke(app, ["run", "-m", str(fused_model), "-o", str(tmp_path / "r.json"), *FAST])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["machine"]["peak_source"] == "CXR_PEAK_GFLOPS" and doc["rows"][0]["efficiency_pct"] > 0
@@ -56,7 +56,8 @@ def test_peak_from_environment(fused_model: Path, tmp_path: Path, monkeypatch: p
 
 def test_min_seconds_alone(fused_model: Path, tmp_path: Path) -> None:
     res = runner.invoke(
-        app, ["run", str(fused_model), "--min-seconds", "0.05", "--quiet", "-o", str(tmp_path / "r.json")]
+        app,
+        ["run", "-m", str(fused_model), "--min-seconds", "0.05", "--quiet", "-o", str(tmp_path / "r.json")],
     )
     assert res.exit_code == 0, res.output
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
@@ -84,7 +85,7 @@ def test_compare_shows_ratios(two_reports: tuple[Path, Path], tmp_path: Path) ->
     ],
 )
 def test_bad_options_exit_2(fused_model: Path, args: list[str], message: str) -> None:
-    res = runner.invoke(app, ["run", str(fused_model), *FAST, *args])
+    res = runner.invoke(app, ["run", "-m", str(fused_model), *FAST, *args])
     assert res.exit_code == 2, res.output
     assert message in res.output
 
@@ -94,10 +95,11 @@ def test_bad_inputs_exit_2(fused_model: Path, tmp_path: Path) -> None:
     stranger = variant_of(make_fused_model(tmp_path / "other.onnx", seed=9), tmp_path / "other_int8.onnx")
     (tmp_path / "empty").mkdir()
     cases = [
-        (["run", str(fixed), "-b", "1,8"], "takes batch size 1 only"),
-        (["run", str(fused_model), "--variant", str(stranger)], "does not belong to the same model"),
-        (["run", str(fused_model), "--folder", str(tmp_path / "empty")], "holds no image files"),
-        (["run", str(tmp_path / "missing.onnx")], "does not exist"),
+        (["run", "-m", str(fixed), "-b", "1,8"], "takes batch size 1 only"),
+        (["run", "-m", str(fused_model), "--variant", str(stranger)], "does not belong to the same model"),
+        (["run", "-m", str(fused_model), "--folder", str(tmp_path / "empty")], "holds no image files"),
+        (["run", "-m", str(tmp_path / "missing.onnx")], "does not exist"),
+        (["run", "--variant", str(stranger)], "needs --model MODEL"),
         (["compare", str(fused_model), str(fused_model)], "not valid JSON"),
     ]
     for args, message in cases:
@@ -120,7 +122,7 @@ def test_plot_without_matplotlib_fails_before_measuring(
     from cxr.bench import plot as bench_plot
 
     monkeypatch.setattr(bench_plot, "matplotlib_missing", lambda: True)
-    res = runner.invoke(app, ["run", str(fused_model), "--plot", str(tmp_path / "p.png"), *FAST])
+    res = runner.invoke(app, ["run", "-m", str(fused_model), "--plot", str(tmp_path / "p.png"), *FAST])
     assert res.exit_code == 2 and "matplotlib" in res.output and "p50" not in res.output
 
 
@@ -130,7 +132,7 @@ def test_runs_with_torch_unimportable(fused_model: Path, tmp_path: Path) -> None
         "import sys; sys.modules['torch'] = None\n"
         "from typer.testing import CliRunner\n"
         "from cxr.cli.bench import app\n"
-        f"res = CliRunner().invoke(app, ['run', {str(fused_model)!r}, '--torch-run', {str(tmp_path)!r}, "
+        f"res = CliRunner().invoke(app, ['run', '-m', {str(fused_model)!r}, '--torch-run', {str(tmp_path)!r}, "
         "'--warmup', '1', '--iterations', '2'])\n"
         "print(res.output)\n"
         "assert res.exit_code == 0, res.output\n"
@@ -144,3 +146,19 @@ def test_runs_with_torch_unimportable(fused_model: Path, tmp_path: Path) -> None
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo, timeout=120
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_positional_model_still_works_with_a_notice(fused_model: Path, tmp_path: Path) -> None:
+    """`cxr-bench run MODEL` (the last release's spelling): the same report as `--model MODEL`, plus the notice."""
+    for args, name in (
+        (["run", str(fused_model)], "old.json"),
+        (["run", "--model", str(fused_model)], "new.json"),
+    ):
+        res = runner.invoke(app, [*args, "-o", str(tmp_path / name), *FAST])
+        assert res.exit_code == 0, res.output
+        notice = "MODEL as a positional argument of `cxr-bench run` is deprecated"
+        assert (notice in res.output) == (name == "old.json"), res.output
+    old, new = (json.loads((tmp_path / n).read_text()) for n in ("old.json", "new.json"))
+    assert [(r["key"], r["model_sha256"]) for r in old["rows"]] == [
+        (r["key"], r["model_sha256"]) for r in new["rows"]
+    ]

@@ -28,7 +28,7 @@ from cxr.imaging.decode import decode_gray
 from cxr.labels import NOTICE
 from cxr.runtime.predictor import Predictor
 from tests.onnx_factory import write_gray_pngs
-from tests.test_triton_pbtxt import one, parse_pbtxt
+from tests.test_deploy_triton_pbtxt import one, parse_pbtxt
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "triton_client.py"
 

@@ -214,7 +214,7 @@ def test_missing_imagehash_fails_early_with_a_hint(tmp_path: Path, monkeypatch: 
 def test_cli_split_near_dup_options(tmp_path: Path, args: list[str], exit_code: int, needle: str) -> None:
     ds = make_dataset(tmp_path / "ds", counts=COUNTS)
     add_copies(ds)
-    res = runner.invoke(app, ["data", "split", str(ds), "--out", str(tmp_path / "m.csv"), *args])
+    res = runner.invoke(app, ["data", "split", str(ds), "--output", str(tmp_path / "m.csv"), *args])
     assert res.exit_code == exit_code, res.output
     assert needle in res.output and "Traceback" not in res.output
 
@@ -228,7 +228,7 @@ def test_cli_help_states_the_library_default() -> None:
 @needs_imagehash
 def test_cli_says_when_none_are_found(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", counts=COUNTS)
-    res = runner.invoke(app, ["data", "split", str(ds), "--out", str(tmp_path / "m.csv")])
+    res = runner.invoke(app, ["data", "split", str(ds), "--output", str(tmp_path / "m.csv")])
     assert res.exit_code == 0, res.output
     assert f"no near-duplicates found ({nd.HASH_NAME}, threshold {nd.DEFAULT_THRESHOLD} bits)" in res.output
 

@@ -1,0 +1,175 @@
+"""What `cxr-predict` prints: log lines, the scan progress bar, scan summaries (local and Ray) and the
+per-file results of `cxr-predict image`. Every human-readable result ends with ``cxr.labels.NOTICE``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import typer
+
+from cxr.labels import NOTICE
+
+if TYPE_CHECKING:
+    from cxr.progress import Progress
+    from cxr.runtime.predictor import Predictor
+    from cxr.runtime.ray.scan import RayScanResult
+    from cxr.runtime.scan import ScanResult
+    from cxr.runtime.types import Prediction
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``warning: ...`` lines on the current stderr (works under CliRunner too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    """cxr's log records on stderr: warnings and errors, everything with ``verbose``."""
+    logger = logging.getLogger("cxr")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@dataclass
+class ScanHooks:
+    """Where a scan streams its rows, and the progress bar it drives (created once the work is known)."""
+
+    stream: TextIO
+    show_bar: bool
+    bar: Progress | None = None
+
+    def on_start(self, todo: int, skipped: int) -> None:
+        from cxr.progress import Progress
+
+        stderr = typer.get_text_stream("stderr") if todo > 0 and self.show_bar else None
+        self.bar = Progress(todo, "scan", stderr, log_interval=10.0)
+
+    def on_batch(self, preds: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(len(preds))
+
+
+@contextmanager
+def scan_progress(output: Path | None, silent: bool) -> Iterator[ScanHooks]:
+    """Rows go to stdout unless ``output``; no bar when ``silent`` or when the rows fill the terminal."""
+    stdout = typer.get_text_stream("stdout")
+    hooks = ScanHooks(stdout, show_bar=not silent and not (output is None and stdout.isatty()))
+    try:
+        yield hooks
+    finally:
+        if hooks.bar is not None:
+            hooks.bar.close()
+
+
+def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequence[str] = ()) -> str:
+    """The human summary of a scan: files per class, failures, speed, provider, model, the notice."""
+    width = max(len(c) for c in (*classes, "failed", "total"))
+    lines = ["", f"{'class':<{width}}  files"]
+    lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
+    lines.append(f"{'failed':<{width}}  {result.failed:>5}")
+    lines.append(f"{'total':<{width}}  {result.predicted + result.failed:>5}")
+    if result.skipped:
+        lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
+    lines.append(
+        f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s on provider '{result.provider}', "
+        f"model {result.model_id}"
+    )
+    if result.output:
+        lines.append(f"results: {result.output}")
+    for path, err in result.failures[:5]:
+        lines.append(f"failed: {err if err.startswith(path) else f'{path}: {err}'}")
+    if result.failed > 5:
+        lines.append(f"... and {result.failed - 5} more failures (see the error column)")
+    lines += [f"warning: {w}" for w in warnings]
+    lines.append(NOTICE)
+    return "\n".join(lines)
+
+
+def echo_scan_summary(
+    result: ScanResult, model: dict[str, Any], *, output: Path | None, json_out: bool, quiet: bool
+) -> None:
+    """A local scan's end: a JSON summary with ``--json`` (stdout with --output, else stderr), else the
+    human summary on stderr unless ``quiet``. ``model`` is ``Predictor.describe()``."""
+    if json_out:
+        typer.echo(json.dumps({**result.to_dict(), "model": model, "notice": NOTICE}), err=output is None)
+    elif not quiet:
+        typer.echo(
+            summary_text(result, tuple(model["classes"]), model.get("provenance_warnings", ())), err=True
+        )
+
+
+def echo_ray_summary(result: RayScanResult, *, output: Path | None, json_out: bool, quiet: bool) -> None:
+    """A Ray scan's end: the local summary, after a line on the cluster (actors, nodes, first rows)."""
+    if json_out:
+        summary = {**result.to_dict(), "model": result.model, "notice": NOTICE}
+        typer.echo(json.dumps(summary), err=output is None)
+        return
+    if quiet:
+        return
+    gpus = f", {result.gpus_per_actor:g} GPU" if result.gpus_per_actor else ""
+    typer.echo(
+        f"ray: {result.actors} actors ({result.cpus_per_actor:g} CPU{gpus} each) on {result.nodes} node(s) "
+        f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
+        err=True,
+    )
+    typer.echo(
+        summary_text(
+            result.scan, tuple(result.model["classes"]), result.model.get("provenance_warnings", ())
+        ),
+        err=True,
+    )
+
+
+def format_prediction(p: Prediction) -> str:
+    """One file's result: class, confidence, every class probability (and each member's top class)."""
+    if not p.ok:
+        return f"{p.source}\n  error: {p.error}"
+    probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
+    lines = [p.source, f"  predicted: {p.label} ({p.confidence:.3f})", f"  probabilities: {probs}"]
+    for member, mp in (p.member_probabilities or {}).items():
+        top = max(mp, key=lambda c: mp[c])
+        lines.append(f"  member {member}: {top} ({mp[top]:.3f})")
+    return "\n".join(lines)
+
+
+def _echo_provenance_warnings(predictor: Predictor) -> None:
+    """What trained the model (synthetic data, random weights, no provenance), plainly, on stderr."""
+    for w in predictor.describe()["provenance_warnings"]:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+
+
+def echo_image_results(
+    predictor: Predictor, preds: Sequence[Prediction], *, json_out: bool, quiet: bool
+) -> None:
+    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results."""
+    from cxr.runtime.results import json_record
+
+    if json_out:
+        doc = {
+            "model": predictor.describe(),
+            "predictions": [json_record(p, predictor.model_id) for p in preds],
+            "failed": sum(not p.ok for p in preds),
+            "notice": NOTICE,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    elif quiet:
+        for p in preds:
+            typer.echo(f"{p.source}\t{p.label if p.ok else 'ERROR'}")
+        _echo_provenance_warnings(predictor)
+        typer.echo(NOTICE, err=True)
+    else:
+        for p in preds:
+            typer.echo(format_prediction(p))
+        typer.echo(
+            f"provider '{predictor.provider}', model {predictor.model_id} ({predictor.model_path.name})"
+        )
+        _echo_provenance_warnings(predictor)
+        typer.echo(NOTICE)

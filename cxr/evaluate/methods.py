@@ -1,0 +1,86 @@
+"""The methods compared: stacking as it ships (the converted meta-learner), the best member, the baselines.
+
+Takes: a run directory and the members' prediction tables (``MetaData``). Makes: stacking probabilities
+from ``stack/meta.onnx``, the best member chosen on validation, and baseline probabilities from
+``RUN_DIR/baselines/<name>/<split>.csv``, each in the test table's row order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cxr.errors import DataError, ModelError
+from cxr.metrics import classification_metrics
+from cxr.session import cpu_session
+from cxr.stack.features import META_PROP, MetaData, check_member_order, load_split
+from cxr.train.predictions import read_predictions
+
+
+def stacking_probabilities(meta_onnx: Path, data: MetaData) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, K], labels [N]) of the converted meta-learner on ``data``'s features."""
+    if not Path(meta_onnx).is_file():
+        raise ModelError(
+            f"{meta_onnx} does not exist",
+            hint="train the meta-learner first (`cxr stack RUN_DIR`)",
+            path=meta_onnx,
+        )
+    sess = cpu_session(meta_onnx)
+    props = sess.get_modelmeta().custom_metadata_map
+    if META_PROP not in props:
+        raise ModelError(f"{meta_onnx} is not a cxr meta-learner (no {META_PROP})", hint="re-run `cxr stack`")
+    info = json.loads(props[META_PROP])
+    check_member_order(tuple(info.get("member_order", ())), data.members, what=f"evaluating with {meta_onnx}")
+    if tuple(info.get("classes", ())) != data.classes:
+        raise DataError(
+            f"{meta_onnx} was trained with class order {info.get('classes')}, the predictions have {list(data.classes)}",
+            hint="re-run `cxr stack`",
+        )
+    inp = sess.get_inputs()[0]
+    feats = data.features.astype(np.float64 if inp.type == "tensor(double)" else np.float32)
+    label, probs = sess.run(["label", "probabilities"], {inp.name: feats})
+    return np.asarray(probs, dtype=np.float64), np.asarray(label, dtype=np.int64)
+
+
+def choose_best_member(run_dir: Path, members: tuple[str, ...], test: MetaData) -> tuple[str, str, list[str]]:
+    """The best single member by validation accuracy (then macro-F1, then member order)."""
+    notes: list[str] = []
+    try:
+        val = load_split(run_dir, members, "val")
+        source, labels, probs = "validation", val.labels, val.member_probs
+    except DataError as e:
+        notes.append(
+            f"no usable validation predictions ({e.message}): the best member is chosen on the test split itself"
+        )
+        source, labels, probs = "test", test.labels, test.member_probs
+    scores = []
+    for j, name in enumerate(members):
+        m = classification_metrics(labels, probs[:, j], test.classes)
+        scores.append((m.accuracy, m.macro_f1 if m.macro_f1 is not None else -1.0, -j, name))
+    best = max(scores)
+    return best[3], f"highest {source} accuracy ({best[0]:.4f}), ties by macro-F1 then member order", notes
+
+
+BASELINES = "baselines"
+
+
+def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reference methods outside the ensemble (e.g. ``cxr train probe``'s linear probe), in ``data``'s row order.
+
+    Reads ``RUN_DIR/baselines/<name>/<split>.csv`` (prediction tables); one made on another manifest or
+    other images is left out with a note.
+    """
+    found: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for path in sorted((Path(run_dir) / BASELINES).glob(f"*/{split}.csv")):
+        table = read_predictions(path)
+        if table.manifest_digest != data.manifest_digest or set(table.paths) != set(data.paths):
+            notes.append(
+                f"baseline {path.parent.name} left out: it was made on other images or another split"
+            )
+            continue
+        row = {p: i for i, p in enumerate(table.paths)}
+        found[path.parent.name] = table.probs[[row[p] for p in data.paths]]
+    return found, notes

@@ -1,0 +1,123 @@
+"""What the evaluation takes and makes: ``EvalConfig`` in; ``MethodResult``, ``Findings`` and ``EvalResult`` out.
+
+Shared by the evaluation, its reports and its figures, so none of them imports another for a type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.errors import ConfigError
+from cxr.evaluate.stats import Interval, McNemarResult
+from cxr.metrics import Metrics
+
+SOFT, MAJORITY, STACKING = "soft_vote", "majority_vote", "stacking"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    run_dir: Path
+    out_dir: Path | None = None  # default RUN_DIR/eval
+    stack_dir: Path | None = None  # default RUN_DIR/stack
+    split: str = "test"
+    n_bootstrap: int = 2000
+    confidence: float = 0.95
+    alpha: float = 0.05  # significance level of McNemar's test for "stacking helps"
+    exact_below: int = 25  # McNemar: exact binomial test below this many discordant pairs
+    ece_bins: int = 15
+    seed: int = 0
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "test"):
+            raise ConfigError(
+                f"split {self.split!r} cannot be evaluated", hint="use 'test' (or 'val' for a look)"
+            )
+        if self.n_bootstrap < 0:
+            raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
+        if not 0 < self.confidence < 1 or not 0 < self.alpha < 1:
+            raise ConfigError(f"confidence {self.confidence} and alpha {self.alpha} must lie in (0, 1)")
+        if self.ece_bins < 1:
+            raise ConfigError(f"ece_bins must be at least 1, got {self.ece_bins}")
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir is not None else Path(self.run_dir) / "eval"
+
+    @property
+    def meta_dir(self) -> Path:
+        return Path(self.stack_dir) if self.stack_dir is not None else Path(self.run_dir) / "stack"
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    key: str  # "member:<name>", "soft_vote", "majority_vote", "stacking"
+    name: str
+    kind: str  # "member" | "soft_vote" | "majority_vote" | "stacking"
+    metrics: Metrics
+    accuracy_ci: Interval
+    macro_f1_ci: Interval
+    predictions: np.ndarray = field(repr=False)  # int64 [N]
+    confidence: np.ndarray = field(repr=False)  # [N] probability (vote share) of the predicted class
+    correct: np.ndarray = field(repr=False)  # bool [N]
+
+    @property
+    def slug(self) -> str:
+        return self.key.replace("member:", "member_")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            **self.metrics.to_dict(),
+            "accuracy_ci": self.accuracy_ci.to_list(),
+            "macro_f1_ci": self.macro_f1_ci.to_list(),
+        }
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    methods: tuple[MethodResult, ...]
+    best_member: str
+    best_member_rule: str
+    tests: dict[str, McNemarResult]
+    stacking_helps: bool
+    verdict: str
+    table: str
+    classes: tuple[str, ...]
+    undefined_classes: tuple[str, ...]
+    n: int
+    report_md: Path
+    report_json: Path
+    figures: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
+
+    def method(self, key: str) -> MethodResult:
+        for m in self.methods:
+            if m.key == key:
+                return m
+        raise KeyError(key)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the evaluation found on one split, before it is written: the input of every report."""
+
+    methods: tuple[MethodResult, ...]
+    best_member: str
+    best_member_rule: str
+    tests: dict[str, McNemarResult]
+    stacking_helps: bool
+    verdict: str
+    classes: tuple[str, ...]
+    undefined_classes: tuple[str, ...]
+    n: int
+    members: tuple[str, ...]
+    manifest_digest: str
+    meta_json: Mapping[str, Any] = field(repr=False)
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,110 @@
+"""The contract of one member's export: I/O names and opsets, ``ExportConfig`` in, ``ExportResult`` out.
+
+Takes: nothing (constants and dataclasses only, torch-free). Makes: the names every exported member uses
+(``INPUT_NAME``, ``OUTPUT_NAME``, the dynamic ``BATCH_AXIS``), the opset and size limits, the exporter
+choice type, and the config/result pair of ``cxr.export.onnx_export.export_onnx``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cxr.errors import ConfigError
+from cxr.spec import ModelMetadata
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_AXIS = "batch"
+DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+"""Derived from the names above, so names and dynamic axes cannot drift apart."""
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 17  # LayerNormalization is one op from opset 17
+DYNAMO_MIN_OPSET = 18  # torch 2.14's dynamo exporter writes opset >= 18 and cannot convert down reliably
+PROTOBUF_LIMIT = 2 * 1024**3
+EXTERNAL_DATA_MARGIN = 64 * 1024**2
+DEFAULT_EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN
+"""Weights above this many bytes go to ``<name>.onnx.data`` (the margin leaves room for the graph)."""
+
+Exporter = Literal["auto", "torchscript", "dynamo"]
+EXPORTERS: tuple[str, ...] = ("auto", "torchscript", "dynamo")
+
+
+@dataclass(frozen=True)
+class ExporterChoice:
+    exporter: Literal["torchscript", "dynamo"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path
+    metadata: ModelMetadata
+    input_size: tuple[int, int]
+    opset: int = DEFAULT_OPSET
+    exporter: Exporter = "auto"
+    trace_batch: int = 2
+    simplify: bool = True
+    check_batches: tuple[int, ...] = (1, 3, 8)
+    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
+    check_atol: float = 1e-4  # max |p_onnx - p_torch| of the class probabilities in the batch checks
+    timm_name: str | None = None  # picks the exporter in "auto"; default: metadata.card["timm_name"]
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if Path(self.out).suffix != ".onnx":
+            raise ConfigError(
+                f"output {self.out} must end in .onnx", hint="for example onnx/densenet121.onnx"
+            )
+        if tuple(self.input_size) != tuple(self.metadata.preprocess.input_size):
+            raise ConfigError(
+                f"input_size {self.input_size} differs from the metadata's preprocessing input size "
+                f"{self.metadata.preprocess.input_size}",
+                hint="export at the size the model was trained at (the PreprocessSpec's input_size)",
+            )
+        if self.exporter not in EXPORTERS:
+            raise ConfigError(
+                f"unknown exporter {self.exporter!r}", hint=f"use one of {', '.join(EXPORTERS)}"
+            )
+        if self.trace_batch < 2:
+            raise ConfigError(
+                f"trace_batch {self.trace_batch} is too small",
+                hint="trace with batch >= 2: a batch-1 trace can bake the batch size into Reshape/Flatten",
+            )
+        if not self.check_batches or any(b < 1 for b in self.check_batches):
+            raise ConfigError(f"check_batches {self.check_batches} must be positive batch sizes")
+        if self.external_data_threshold < 0:
+            raise ConfigError(f"external_data_threshold {self.external_data_threshold} must be >= 0")
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    batch: int
+    max_abs: float
+    top1_agreement: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    exporter: str
+    exporter_reason: str
+    simplified: bool
+    simplify_reason: str | None  # why the graph was not simplified (None when it was)
+    seconds: float
+    size_bytes: int  # the .onnx file plus its external data, if any
+    flops_per_image: int
+    opset: int
+    ir_version: int
+    external_data: bool
+    sha256: str
+    batch_checks: tuple[BatchCheck, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d

@@ -1,0 +1,188 @@
+"""The images a run's export verifies and calibrates on, loaded once and preprocessed per member.
+
+Takes: a ``RunExportConfig`` (run directory, manifest, image counts, seed). Makes: ``InputPool``, which
+gives float32 [N, C, H, W] inputs for a ``PreprocessSpec``: val-split images (stratified by class, decoded
+and preprocessed as the runtime does) plus noise for FP32 parity, val images alone for variant agreement,
+and train-split images for INT8 calibration; synthetic radiographs stand in when there is no manifest (the
+pool's ``describe()`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.errors import DataError, DecodeError
+from cxr.export.run_types import MEMBERS_DIR, RunExportConfig
+from cxr.spec import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded uint8 grayscale images and where they came from."""
+
+    grays: tuple[np.ndarray, ...]
+    source: str  # "val", "train" or "synthetic"
+    note: str | None = None
+
+    def inputs(self, spec: PreprocessSpec) -> np.ndarray:
+        from cxr.imaging.preprocess import to_model_input
+
+        if not self.grays:
+            return np.zeros((0, spec.channels, *spec.input_size), dtype=np.float32)
+        return to_model_input(list(self.grays), spec, normalized=True).astype(np.float32)
+
+
+class InputPool:
+    """Loads the verification and calibration images once; preprocesses them per PreprocessSpec."""
+
+    def __init__(self, cfg: RunExportConfig) -> None:
+        self._cfg = cfg
+        self._manifest_note: str | None = None
+        self._manifest: Any = _open_manifest(cfg, self)
+        self._val: ImageSet | None = None
+        self._train: ImageSet | None = None
+        self._cache: dict[tuple[str, PreprocessSpec], np.ndarray] = {}
+
+    def note(self, text: str) -> None:
+        self._manifest_note = text
+        log.warning("%s", text)
+
+    def _val_set(self) -> ImageSet:
+        if self._val is None:
+            cfg = self._cfg
+            found = _split_images(self._manifest, "val", cfg.max_val_images, cfg.seed)
+            self._val = found or synthetic_images(cfg.n_synthetic, cfg.seed, self._manifest_note)
+        return self._val
+
+    def _train_set(self) -> ImageSet:
+        if self._train is None:
+            cfg = self._cfg
+            found = _split_images(self._manifest, "train", cfg.max_calib_images, cfg.seed)
+            self._train = found or synthetic_images(
+                max(cfg.max_calib_images, 1), cfg.seed + 7919, self._manifest_note
+            )
+        return self._train
+
+    def _pre(self, key: str, images: ImageSet, spec: PreprocessSpec) -> np.ndarray:
+        if (key, spec) not in self._cache:
+            self._cache[(key, spec)] = images.inputs(spec)
+        return self._cache[(key, spec)]
+
+    def verify_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
+        """Val (or synthetic) images plus noise images, for FP32 parity with PyTorch."""
+        images = self._val_set()
+        real = self._pre("val", images, spec)
+        rng = np.random.default_rng(self._cfg.seed + 1)
+        noise = random_inputs(spec, self._cfg.n_random, rng)
+        return np.concatenate([real, noise]), {images.source: len(real), "random": len(noise)}
+
+    def variant_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
+        """Val (or synthetic) images only: agreement of a variant is measured on images, not noise."""
+        images = self._val_set()
+        return self._pre("val", images, spec), {images.source: len(images.grays)}
+
+    def calibration_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
+        images = self._train_set()
+        return self._pre("train", images, spec), images.source
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"manifest": None if self._manifest is None else str(self._manifest.path)}
+        for key, images in (("verify", self._val), ("calibration", self._train)):
+            if images is not None:
+                out[key] = {"source": images.source, "images": len(images.grays), "note": images.note}
+        if self._manifest_note:
+            out["note"] = self._manifest_note
+        out["random"] = self._cfg.n_random
+        return out
+
+
+def _open_manifest(cfg: RunExportConfig, pool: InputPool) -> Any:
+    from cxr.data.manifest import load_manifest
+
+    candidates = [Path(cfg.manifest)] if cfg.manifest is not None else _manifest_candidates(cfg)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return load_manifest(path)
+            except DataError as e:
+                if cfg.manifest is not None:
+                    raise
+                pool.note(f"manifest {path} is unusable ({e.message}); verifying on synthetic images instead")
+                return None
+    if cfg.manifest is not None:
+        raise DataError(f"manifest {cfg.manifest} does not exist", hint="pass the manifest.csv of the run")
+    pool.note(f"no manifest.csv in {cfg.run_dir}; verifying and calibrating on synthetic images")
+    return None
+
+
+def _manifest_candidates(cfg: RunExportConfig) -> list[Path]:
+    """RUN_DIR/manifest.csv, then the manifest named in any member's training config."""
+    out = [Path(cfg.run_dir) / "manifest.csv"]
+    for meta in sorted((Path(cfg.run_dir) / MEMBERS_DIR).glob(f"*/{cfg.which}.json")):
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8")).get("config", {}).get("data", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(data, dict) and data.get("manifest"):
+            out.append(Path(str(data["manifest"])))
+    return out
+
+
+def _split_images(manifest: Any, split: str, cap: int, seed: int) -> ImageSet | None:
+    """Up to ``cap`` decoded images of ``split``, round-robin over classes (seeded); None if there are none."""
+    from cxr.imaging.decode import decode_gray
+
+    if manifest is None or cap == 0:
+        return None
+    rows = manifest.split(split)
+    if not rows:
+        return None
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[Any]] = {}
+    for r in rows:
+        by_class.setdefault(r.label, []).append(r)
+    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
+    order = [q[i] for i in range(max(len(q) for q in queues)) for q in queues if i < len(q)]
+    grays: list[np.ndarray] = []
+    skipped = 0
+    for row in order:
+        if len(grays) >= cap:
+            break
+        try:
+            grays.append(decode_gray(manifest.abspath(row)))
+        except DecodeError as e:
+            skipped += 1
+            log.warning("skipping %s", e.message)
+    if not grays:
+        return None
+    note = f"{skipped} unreadable image(s) skipped" if skipped else None
+    return ImageSet(tuple(grays), split, note)
+
+
+def synthetic_images(n: int, seed: int, note: str | None = None, size: int = 256) -> ImageSet:
+    """``n`` synthetic radiographs (classes in turn) from ``cxr.data.synth``, seeded."""
+    from cxr.data.synth import render_xray
+    from cxr.labels import CLASSES
+
+    rng = np.random.default_rng(seed)
+    grays = tuple(render_xray(CLASSES[i % len(CLASSES)], rng, size=size) for i in range(n))
+    return ImageSet(grays, "synthetic", note)
+
+
+def random_inputs(spec: PreprocessSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` uniform-noise grayscale images, normalised like real ones (the range the runtime can feed)."""
+    from cxr.imaging.preprocess import normalize
+
+    h, w = spec.input_size
+    if n == 0:
+        return np.zeros((0, spec.channels, h, w), dtype=np.float32)
+    noise = rng.integers(0, 256, size=(n, 1, h, w), dtype=np.uint8)
+    return normalize(noise, spec).astype(np.float32)

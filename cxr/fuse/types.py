@@ -1,0 +1,92 @@
+"""The contract of ``cxr fuse``: ``FuseConfig`` in, one ``FusedFile`` per precision, ``FuseResult`` out.
+
+Takes: nothing (dataclasses only). Makes: the types that ``cxr.fuse.fuse`` fills and ``cxr.fuse.report``
+writes, so neither module needs the other's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxr.errors import ConfigError
+from cxr.fuse.members import VARIANT_SUFFIXES
+from cxr.fuse.verify import EndToEndReport, ParityReport
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    out: Path
+    variants: tuple[str, ...] = ()  # "fp16", "int8": built from <name>.<variant>.onnx beside each member
+    input_size: tuple[int, int] | None = None  # None: the largest member input size
+    simplify: bool = True
+    run_dir: Path | None = None  # given: verify end to end against the PyTorch test predictions
+    e2e_max_images: int | None = None
+    e2e_strict: bool = True
+    batches: tuple[int, ...] = (1, 8)
+    tolerance: float = 1e-5
+    variant_tolerance: float = 1e-3
+    external_data_threshold: int = (
+        1_800_000_000  # bytes of weights above which the graph is saved with external data
+    )
+    benchmark_runs: int = 0  # > 0: measure fused vs separate latency at batch 1
+    threads: int | None = None
+    seed: int = 0
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANT_SUFFIXES]
+        if unknown:
+            raise ConfigError(
+                f"unknown variant(s) {', '.join(unknown)}", hint=f"use any of {', '.join(VARIANT_SUFFIXES)}"
+            )
+        if self.input_size is not None and min(self.input_size) < 8:
+            raise ConfigError(f"input_size {self.input_size} is too small", hint="use at least 8x8")
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"batches {self.batches} must be positive", hint="for example 1 8")
+
+
+@dataclass(frozen=True)
+class FusedFile:
+    precision: str
+    path: Path
+    sha256: str
+    bytes: int
+    external_data: bool
+    simplified: bool
+    simplify_note: str
+    parity: ParityReport
+    drift_vs_fp32: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "external_data": self.external_data,
+            "simplified": self.simplified,
+            "simplify_note": self.simplify_note,
+            "parity_vs_separate": self.parity.to_dict(),
+            "drift_vs_fp32": self.drift_vs_fp32,
+        }
+
+
+@dataclass(frozen=True)
+class FuseResult:
+    path: Path
+    input_size: tuple[int, int]
+    member_order: tuple[str, ...]
+    files: dict[str, FusedFile]  # "fp32", and each built variant
+    skipped_variants: dict[str, str]
+    end_to_end: EndToEndReport | None
+    latency: dict[str, Any] | None
+    resizes: tuple[dict[str, Any], ...]
+    report_json: Path | None = None
+    report_md: Path | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def parity(self) -> ParityReport:
+        return self.files["fp32"].parity

@@ -1,0 +1,153 @@
+"""One epoch of a member: takes a ``MemberRun`` and its phase, trains, validates and records the epoch.
+
+``train_one_epoch`` -> ``EpochStats`` (merged over the processes under torchrun), ``validate`` -> the
+validation metrics (the same on every process), ``record_epoch`` appends the ``metrics.jsonl`` row, sends
+it to the tracker and logs the epoch with the member's ETA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from cxr.metrics import metrics_record
+from cxr.progress import Progress, format_seconds
+from cxr.train.backbones import train_mode
+from cxr.train.dataset import BadImages, make_loader
+from cxr.train.distributed import all_gather_object, on_main, sync_module
+from cxr.train.loop import (
+    EpochStats,
+    PhaseState,
+    Predictions,
+    concat_predictions,
+    merge_epoch_stats,
+    predict_batches,
+    train_epoch,
+)
+from cxr.train.member_run import MemberRun
+from cxr.train.phases import train_loader
+
+log = logging.getLogger(__name__)
+
+
+def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str) -> EpochStats:
+    # frozen BatchNorm keeps ImageNet statistics: random-init members need their batch statistics
+    frozen = run.cfg.train.finetune_frozen_norm and run.member.pretrained is not False
+    train_mode(run.model, phase, frozen_norm=frozen)
+    run.train_set.set_epoch(epoch)
+    loader = train_loader(run, epoch)
+    desc = f"{run.member.name} {phase} {epoch + 1}/{run.train.epochs}"
+    progress = Progress(len(loader), desc, run.progress_stream)
+    tracker = run.tracker
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
+
+    stats = train_epoch(current, loader, run.train_bad, progress, on_step)
+    progress.close()
+    if not run.ctx.enabled:
+        return stats
+    merge_bad(run, run.train_bad)
+    if stats.skipped_steps:
+        log.warning(
+            "%s epoch %d: %d step(s) skipped because a process had no readable image in its share",
+            run.member.name,
+            epoch + 1,
+            stats.skipped_steps,
+        )
+    return merge_epoch_stats(stats, current.all_reduce, run.setup.device)
+
+
+def merge_bad(run: MemberRun, bad: BadImages) -> None:
+    """Every process learns the unreadable images the others met (and all apply the same limit)."""
+    for paths in all_gather_object(run.ctx, dict(bad.paths)):
+        bad.merge(paths)
+
+
+def gather(run: MemberRun, preds: Predictions) -> Predictions:
+    """Every process's predictions, concatenated in rank order."""
+    return concat_predictions(all_gather_object(run.ctx, preds))
+
+
+def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
+    """Validation metrics, the same on every process (computed on rank 0 from all processes' parts)."""
+    sync_module(run.ctx, run.model, buffers_only=True)  # evaluate rank 0's model (the one saved)
+    loader = make_loader(
+        run.val_set,
+        batch_size=run.cfg.train.eval_batch_size,
+        shuffle=False,
+        num_workers=run.cfg.data.num_workers,
+        pin_memory=run.setup.pin_memory,
+        shard=run.shard,
+    )
+    start = time.perf_counter()
+    progress = Progress(len(loader), f"{run.member.name} val {epoch + 1}", run.progress_stream)
+    preds = predict_batches(
+        run.model, loader, run.setup, class_weights=run.weights, bad=run.val_bad, progress=progress
+    )
+    if run.ctx.enabled:
+        preds = gather(run, preds)
+        merge_bad(run, run.val_bad)
+
+    def compute() -> dict[str, Any]:
+        metrics = metrics_record(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
+        metrics["seconds"] = round(time.perf_counter() - start, 3)
+        return metrics
+
+    metrics = on_main(run.ctx, compute)
+    progress.close(loss=metrics["loss"], acc=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    return metrics
+
+
+def record_epoch(
+    run: MemberRun, epoch: int, phase: str, stats: EpochStats, val: dict[str, Any], improved: bool
+) -> None:
+    """The epoch's metrics row (rank 0 writes it), the tracker's copy, and the epoch's log line."""
+    row = {
+        "epoch": epoch,
+        "phase": phase,
+        "lr_start": stats.lr_start,
+        "lr_end": stats.lr_end,
+        "lr_min": stats.lr_min,
+        "train_loss": stats.loss,
+        "train_accuracy": stats.accuracy,
+        "train_images": stats.images,
+        "train_seconds": round(stats.seconds, 3),
+        "train_images_per_s": round(stats.images_per_s, 3),
+        "val": val,
+        "best": improved,
+        "bad_images": len(run.train_bad.paths) + len(run.val_bad.paths),
+    }
+    on_main(run.ctx, partial(run.metrics_log.append, row))
+    run.tracker.log_metrics(
+        {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
+    )
+    run.epoch_seconds.append(stats.seconds + float(val.get("seconds", 0.0)))
+    _log_epoch(run, epoch, phase, stats, val, improved)
+
+
+def _log_epoch(
+    run: MemberRun, epoch: int, phase: str, stats: EpochStats, val: dict[str, Any], improved: bool
+) -> None:
+    remaining = (run.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
+    log.info(
+        "%s epoch %d/%d %s: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.4f | lr %.2e->%.2e "
+        "| %.0f s, %.1f img/s, member ETA %s%s",
+        run.member.name,
+        epoch + 1,
+        run.train.epochs,
+        phase,
+        stats.loss,
+        stats.accuracy,
+        val["loss"],
+        val["accuracy"],
+        val["macro_f1"],
+        stats.lr_start,
+        stats.lr_end,
+        stats.seconds,
+        stats.images_per_s,
+        format_seconds(0 if run.stopped_early else remaining),
+        " *best*" if improved else "",
+    )
