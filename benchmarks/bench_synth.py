@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.synth import SynthConfig, render_xray, synthesize
+from cxr.data.synthetic import SynthConfig, render_xray, synthesize
 from cxr.labels import CLASSES
 
 

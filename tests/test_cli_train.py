@@ -13,7 +13,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cxr.cli.train import app  # noqa: E402
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
-from cxr.data.synth import SynthConfig, synthesize  # noqa: E402
+from cxr.data.synthetic import SynthConfig, synthesize  # noqa: E402
 from cxr.train.checkpoint import read_checkpoint_info  # noqa: E402
 from cxr.train.predictions import align_members, read_predictions  # noqa: E402
 

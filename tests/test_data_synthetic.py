@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cxr.data.synth import (
+from cxr.data.synthetic import (
     DATASET_DIRNAME,
     SynthConfig,
     SynthError,
@@ -181,7 +181,7 @@ def test_synth_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
         "import numpy as np\n"
-        "from cxr.data.synth import render_xray\n"
+        "from cxr.data.synthetic import render_xray\n"
         "assert render_xray('COVID', np.random.default_rng(0), 64).shape == (64, 64)\n"
     )
     root = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def test_warnings_name_synthetic_data_random_weights_and_missing_provenance(
 def test_training_records_data_and_weights(tmp_path: Path) -> None:
     pytest.importorskip("timm")
     from cxr.data.manifest import SplitConfig, build_manifest
-    from cxr.data.synth import SynthConfig, synthesize
+    from cxr.data.synthetic import SynthConfig, synthesize
     from cxr.train.provenance import dataset_provenance, weights_provenance
 
     res = synthesize(SynthConfig(tmp_path / "s", per_class=10, seed=0, size=40))

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
-from cxr.data.synth import SynthConfig, synthesize  # noqa: E402
+from cxr.data.synthetic import SynthConfig, synthesize  # noqa: E402
 from cxr.errors import ConfigError  # noqa: E402
 from cxr.train.checkpoint import load_checkpoint  # noqa: E402
 from cxr.train.config import config_from_dict  # noqa: E402

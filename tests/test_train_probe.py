@@ -13,7 +13,7 @@ timm = pytest.importorskip("timm")
 from safetensors.torch import save_file  # noqa: E402
 
 from cxr.data.manifest import SplitConfig, build_manifest, load_manifest  # noqa: E402
-from cxr.data.synth import SynthConfig, synthesize  # noqa: E402
+from cxr.data.synthetic import SynthConfig, synthesize  # noqa: E402
 from cxr.errors import ConfigError  # noqa: E402
 from cxr.train.predictions import read_predictions  # noqa: E402
 from cxr.train.probe import ProbeConfig, linear_probe  # noqa: E402

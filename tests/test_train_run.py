@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from cxr.data.manifest import SplitConfig, build_manifest, load_manifest  # noqa: E402
-from cxr.data.synth import SynthConfig, synthesize  # noqa: E402
+from cxr.data.synthetic import SynthConfig, synthesize  # noqa: E402
 from cxr.errors import (  # noqa: E402
     CheckpointError,
     DataError,  # noqa: E402

@@ -42,7 +42,7 @@ def synth(
     ] = False,
 ) -> None:
     """Write SYNTHETIC chest X-rays in the Kaggle v4 layout (not real patients, not medical evidence)."""
-    from cxr.data.synth import SynthConfig, synthesize
+    from cxr.data.synthetic import SynthConfig, synthesize
 
     (output,) = legacy_positionals("cxr data synth", ctx.args, (output, "OUT", "--output"))
     out_dir = require(output, "--output DIR", "cxr data synth")

@@ -22,7 +22,7 @@ DEFAULT_THRESHOLD = 24
 """Bits (of 256) two images may differ in and still be one radiograph. Measured on radiography-dev
 (benchmarks/near_duplicates.md): resized, JPEG-re-encoded (q75-95), brightness +-10, contrast and gamma 0.8
 copies differ in at most 22 bits; the closest two distinct real radiographs in 54, distinct synthetic
-ones (cxr.data.synth, much more alike) in 26. pHash-64 has no such gap: distinct radiographs from 6 bits,
+ones (cxr.data.synthetic, much more alike) in 26. pHash-64 has no such gap: distinct radiographs from 6 bits,
 copies up to 8."""
 MAX_THRESHOLD = 64
 """Above this, grouping reaches into the distances of unrelated radiographs (mean 120 of 256 bits)."""

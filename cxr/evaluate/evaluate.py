@@ -91,7 +91,8 @@ def _tests(cfg: EvalConfig, methods: tuple[MethodResult, ...], best: str) -> dic
         ("stacking_vs_best_member", f"member:{best}", best),
         ("stacking_vs_soft_vote", SOFT, "soft voting"),
     ]
-    others += [(f"stacking_vs_{m.key[9:]}", m.key, m.key[9:]) for m in methods if m.kind == "baseline"]
+    baselines = [(m.key, m.key.removeprefix("baseline:")) for m in methods if m.kind == "baseline"]
+    others += [(f"stacking_vs_{name}", key, name) for key, name in baselines]
     return {
         name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
         for name, key, label in others

@@ -168,8 +168,8 @@ def _split_images(manifest: Any, split: str, cap: int, seed: int) -> ImageSet | 
 
 
 def synthetic_images(n: int, seed: int, note: str | None = None, size: int = 256) -> ImageSet:
-    """``n`` synthetic radiographs (classes in turn) from ``cxr.data.synth``, seeded."""
-    from cxr.data.synth import render_xray
+    """``n`` synthetic radiographs (classes in turn) from ``cxr.data.synthetic``, seeded."""
+    from cxr.data.synthetic import render_xray
     from cxr.labels import CLASSES
 
     rng = np.random.default_rng(seed)

@@ -53,7 +53,7 @@ class _Paths:
 
 
 def _stage_data(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
-    from cxr.data.synth import SynthConfig, synthesize
+    from cxr.data.synthetic import SynthConfig, synthesize
 
     if p.synthetic.exists():
         shutil.rmtree(p.synthetic)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.data.manifest import Manifest
-from cxr.data.synth import MARKER_FILE
+from cxr.data.synthetic import MARKER_FILE
 
 
 def dataset_provenance(manifest: Manifest) -> dict[str, Any]:

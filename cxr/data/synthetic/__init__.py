@@ -15,7 +15,7 @@ large enough to survive a 32-64 px downsample and distinct in location, extent a
 * ``Normal``: clear lungs.
 
 Modules: :mod:`.render` (one image), :mod:`.dataset` (a data set in the Kaggle v4 layout, seeded per
-image), :mod:`.sheet` (the contact sheet in ``docs/``). ``cxr.data.synth`` re-exports this API.
+image), :mod:`.sheet` (the contact sheet in ``docs/``).
 """
 
 from __future__ import annotations
