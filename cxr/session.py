@@ -1,9 +1,11 @@
-"""The one way cxr opens an onnxruntime session, and the digests that name model files.
+"""The one way cxr opens an inference session, and the digests that name model files.
 
 Takes: an ONNX path and a ``SessionConfig``. Makes: ``SessionInfo`` (session, providers really used,
-warnings); ``cpu_session`` is the same options on the CPU for checks (export, stacking, fusion, evaluation). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
+precision, warnings); ``cpu_session`` is the same options on the CPU for checks (export, stacking, fusion, evaluation). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
 fallback is detected from ``session.get_providers()`` and reported (a warning, or ``ProviderError`` in strict
 mode). TensorRT engines are cached in a directory keyed by model hash, onnxruntime version and GPU.
+``provider="openvino"`` opens the same file with OpenVINO on the CPU instead (``cxr.openvino_session``: an
+adapter with the part of onnxruntime's session API cxr uses, FP32 or verified BF16).
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from typing import Any, Literal
 import onnxruntime as ort
 
 from cxr.errors import ModelError, ProviderError
+from cxr.openvino_session import PRECISION_NAMES, OpenVinoSession, open_openvino
 
 log = logging.getLogger(__name__)
 
-ProviderName = Literal["auto", "cpu", "cuda", "tensorrt"]
-PROVIDER_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt")
+ProviderName = Literal["auto", "cpu", "cuda", "tensorrt", "openvino"]
+PROVIDER_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+ORT_PRECISION_HINT = (
+    "onnxruntime runs the FP32 file as it is stored (pass the INT8 variant file as the model for INT8); "
+    "use --precision auto/fp32, or --provider openvino for bf16"
+)
 ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -41,27 +48,49 @@ class SessionConfig:
     trt_fp16: bool = False
     trt_cache_dir: Path | None = None
     allow_spinning: bool = False  # spinning threads fight each other when several sessions share cores
+    precision: str = "auto"  # openvino: auto | fp32 | bf16; onnxruntime providers: auto | fp32 only
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_NAMES:
             raise ProviderError(
                 f"unknown provider {self.provider!r}", hint=f"use one of: {', '.join(PROVIDER_NAMES)}"
             )
+        check_precision(self.provider, self.precision)
         if self.threads is not None and self.threads < 1:
             raise ProviderError(f"threads must be >= 1, got {self.threads}", hint="omit it to use all cores")
 
 
+def check_precision(provider: str, precision: str) -> None:
+    """``ProviderError`` for an unknown precision, or one the provider cannot run (bf16 off OpenVINO)."""
+    if precision not in PRECISION_NAMES:
+        raise ProviderError(
+            f"unknown precision {precision!r}", hint=f"use one of: {', '.join(PRECISION_NAMES)}"
+        )
+    if provider != "openvino" and precision not in ("auto", "fp32"):
+        raise ProviderError(
+            f"provider {provider!r} cannot run precision {precision!r}", hint=ORT_PRECISION_HINT
+        )
+
+
 @dataclass(frozen=True)
 class SessionInfo:
-    session: ort.InferenceSession
+    session: ort.InferenceSession | OpenVinoSession
     requested: str
     providers: tuple[str, ...]  # what the session really uses, short names, in priority order
     warnings: tuple[str, ...] = field(default=())
+    precision: str | None = None  # what really runs (openvino: its compiled precision); None: the file's own
+    device: str | None = None  # openvino: the device it compiled for (CPU)
 
     @property
     def provider(self) -> str:
         """The provider that runs the model's main ops (the first one the session really uses)."""
         return self.providers[0] if self.providers else "cpu"
+
+    @property
+    def label(self) -> str:
+        """The provider for one-line reports: ``cpu``, or ``openvino (CPU, bf16)``."""
+        extra = ", ".join(x for x in (self.device, self.precision) if x)
+        return f"{self.provider} ({extra})" if extra else self.provider
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -218,6 +247,8 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
             path=model,
         )
+    if cfg.provider == "openvino":
+        return _openvino_session(model, cfg)
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
     try:
@@ -244,3 +275,11 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         warnings.append(f"{msg}; {hint}")
         log.warning("%s", warnings[-1])
     return SessionInfo(sess, cfg.provider, got, tuple(warnings))
+
+
+def _openvino_session(model: Path, cfg: SessionConfig) -> SessionInfo:
+    """``create_session`` for ``provider="openvino"`` (``open_openvino`` imports openvino, lazily)."""
+    opened = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
+    return SessionInfo(
+        opened.session, cfg.provider, ("openvino",), opened.warnings, opened.precision, opened.device
+    )

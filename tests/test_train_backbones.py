@@ -214,3 +214,41 @@ def test_finetune_can_keep_batchnorm_statistics_frozen(frozen_norm: bool) -> Non
     moved = [not torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True)]
     assert (not any(moved)) if frozen_norm else all(moved)
     assert not torch.equal(weight, norms[0].weight)  # scale and shift still learn
+
+
+@pytest.mark.parametrize(
+    "name, start, frozen_prefixes",
+    [
+        ("test_resnet", "layer3", ("conv1", "bn1", "layer1", "layer2")),
+        ("test_vit", "blocks.1", ("patch_embed",)),
+    ],
+)
+def test_finetune_from_keeps_the_layers_before_it_frozen(
+    name: str, start: str, frozen_prefixes: tuple[str, ...]
+) -> None:
+    size = 32 if name != "test_vit" else 160
+    model = create_backbone(name, 4, seed=0)
+    trainable = set_phase(model, "finetune", finetune_from=start)
+    learns = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert learns and all(not n.startswith(frozen_prefixes) for n in learns)
+    assert any(n.startswith(start + ".") for n in learns)
+    assert {
+        n for n, p in model.named_parameters() if id(p) in {id(q) for q in classifier(model).parameters()}
+    } <= learns
+    train_mode(model, "finetune")
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    for n, m in norms.items():  # frozen layers run in inference mode; the learning ones in training mode
+        assert m.training == any(p.requires_grad for p in m.parameters()), n
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(model, trainable, size)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert moved and moved <= learns
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in learns)
+
+
+def test_finetune_from_an_unknown_module_names_the_real_ones() -> None:
+    model = create_backbone("test_resnet", 4, seed=0)
+    with pytest.raises(ConfigError, match="no module 'layer9'") as e:
+        set_phase(model, "finetune", finetune_from="layer9")
+    assert "layer4" in (e.value.hint or "")
+    assert len(set_phase(model, "adapt", finetune_from="layer9")) == 2  # adaptation ignores it: head only

@@ -415,3 +415,22 @@ def test_a_member_s_own_epochs_override_the_run_s(data: Path, tmp_path: Path) ->
     result = train_member(config_from_dict(raw), "tiny")
     rows = (result.member_dir / "metrics.jsonl").read_text().splitlines()
     assert result.epochs_run == 2 and [json.loads(x)["phase"] for x in rows] == ["adapt", "finetune"]
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(1, 3), (2, 4)])
+def test_patience_counts_fine_tuning_epochs_only(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patience: int, epochs_run: int
+) -> None:
+    """Two adaptation epochs that got worse do not use up fine-tuning's patience; the best stays epoch 0."""
+    real = run_module.validate
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2, 0.1])
+
+    def falling(run: Any, epoch: int) -> dict[str, Any]:
+        return {**real(run, epoch), "macro_f1": next(scores)}
+
+    monkeypatch.setattr(run_module, "validate", falling)
+    cfg = make_cfg(
+        tmp_path, data / "manifest.csv", epochs=6, adapt_epochs=2, early_stopping={"patience": patience}
+    )
+    result = train_member(cfg, "tiny")
+    assert result.stopped_early and result.epochs_run == epochs_run and result.best_epoch == 0

@@ -1,8 +1,9 @@
 """What machine a benchmark ran on, and how much memory each configuration really took.
 
 Takes: nothing but the running process and its OS. Makes: ``MachineInfo`` (CPU model, logical and usable
-cores, memory, GPU via ``nvidia-smi`` when present, onnxruntime version and providers, library versions,
-FP32 peak GFLOP/s when known) and ``PeakMemory`` readings.
+cores, memory, GPU via ``nvidia-smi`` when present, onnxruntime and openvino versions, library versions,
+and the GEMM peak GFLOP/s per precision: measured here by ``cxr.bench.peak`` unless ``--peak-gflops`` /
+``$CXR_PEAK_GFLOPS`` give them) and ``PeakMemory`` readings.
 
 Peak memory: on Linux the kernel's resident high-water mark (``VmHWM`` in /proc/self/status) is reset
 before each configuration by writing ``5`` to /proc/self/clear_refs, so a row's ``peak_rss_mb`` is that
@@ -26,6 +27,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from cxr.bench.peak import DEFAULT_REPEATS, DEFAULT_SIZE, PEAK_PRECISIONS, PeakFigure, measure_peaks
 from cxr.errors import ConfigError
 
 PEAK_ENV = "CXR_PEAK_GFLOPS"
@@ -84,24 +86,61 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def resolve_peak_gflops(value: float | None) -> tuple[float | None, str]:
-    """The FP32 peak to compare against, and where it came from: the option, the env var, or unknown."""
-    if value is not None:
+PEAK_KEYS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+PEAK_HINT = (
+    "give GFLOP/s as one number (the FP32 peak) or per precision, e.g. fp32=180,bf16=400,int8=700; "
+    "`cxr-bench peak` measures this host"
+)
+
+
+def parse_peaks(text: str, what: str = "--peak-gflops") -> dict[str, float]:
+    """``'180'`` -> {fp32: 180}; ``'fp32=180,int8=700'`` -> both; ``ConfigError`` naming ``what`` otherwise."""
+    out: dict[str, float] = {}
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        key, _, raw = token.rpartition("=")
+        key = key.strip().lower() or "fp32"
+        if key not in PEAK_KEYS:
+            raise ConfigError(
+                f"{what}: unknown precision {key!r} in {text!r} (known: {', '.join(PEAK_KEYS)})", hint=PEAK_HINT
+            )
+        try:
+            value = float(raw)
+        except ValueError as e:
+            raise ConfigError(f"{what}: {raw.strip()!r} in {text!r} is not a number", hint=PEAK_HINT) from e
         if value <= 0:
-            raise ConfigError(f"--peak-gflops must be positive, got {value}", hint="e.g. --peak-gflops 234")
-        return float(value), "option"
+            raise ConfigError(f"{what}: peaks must be positive, got {key}={value:g}", hint=PEAK_HINT)
+        out[key] = value
+    if not out:
+        raise ConfigError(f"{what} is empty", hint=PEAK_HINT)
+    return out
+
+
+def resolve_peak_overrides(value: float | str | Mapping[str, float] | None) -> tuple[dict[str, float], str]:
+    """The peaks given instead of measured, and where from: the option, ``$CXR_PEAK_GFLOPS``, or none."""
+    if value is not None:
+        if isinstance(value, Mapping):
+            return parse_peaks(",".join(f"{k}={v}" for k, v in value.items())), "option"
+        return parse_peaks(str(value)), "option"
     raw = os.environ.get(PEAK_ENV, "").strip()
-    if not raw:
-        return None, "unknown"
-    try:
-        env = float(raw)
-    except ValueError as e:
-        raise ConfigError(
-            f"{PEAK_ENV}={raw!r} is not a number", hint=f"set {PEAK_ENV} to GFLOP/s, e.g. 234, or unset it"
-        ) from e
-    if env <= 0:
-        raise ConfigError(f"{PEAK_ENV}={raw!r} must be positive", hint=f"unset {PEAK_ENV} or set e.g. 234")
-    return env, PEAK_ENV
+    return (parse_peaks(raw, PEAK_ENV), PEAK_ENV) if raw else ({}, "none")
+
+
+def resolve_peaks(
+    value: float | str | Mapping[str, float] | None,
+    *,
+    measure: bool = True,
+    size: int = DEFAULT_SIZE,
+    threads: int | None = None,
+    repeats: int = DEFAULT_REPEATS,
+) -> dict[str, PeakFigure]:
+    """Every peak this run compares against: the overrides, then a measurement of the precisions left."""
+    overrides, source = resolve_peak_overrides(value)
+    todo = [p for p in PEAK_PRECISIONS if p not in overrides] if measure else []
+    measured = measure_peaks(todo, size=size, threads=threads or usable_cores(), repeats=repeats) if todo else {}
+    peaks = {k: PeakFigure(k, v, source, None, 0, source) for k, v in overrides.items()}
+    return {**measured, **peaks}
 
 
 @dataclass(frozen=True)
@@ -117,10 +156,12 @@ class MachineInfo:
     onnxruntime_providers: tuple[str, ...]
     numpy: str | None
     torch: str | None  # installed version (read from package metadata; torch is never imported for this)
-    peak_gflops: float | None
-    peak_source: str
+    peak_gflops: float | None  # the FP32 peak (measured or given); per-precision peaks are in ``peaks``
+    peak_source: str  # "measured", "option", "CXR_PEAK_GFLOPS" or "unknown"
     load_average: tuple[float, ...] = ()  # 1, 5, 15-minute load average when the run started (Unix)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    openvino: str | None = None  # installed version (package metadata; openvino is not imported for this)
+    peaks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # precision -> PeakFigure.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,25 +188,52 @@ class MachineInfo:
             peak_source=str(d.get("peak_source", "unknown")),
             load_average=tuple(float(v) for v in d.get("load_average", ())),
             extra=dict(d.get("extra", {})),
+            openvino=d.get("openvino"),
+            peaks={str(k): PeakFigure.from_dict(v).to_dict() for k, v in dict(d.get("peaks", {})).items()},
         )
+
+    def peak(self, precision: str) -> PeakFigure | None:
+        """The peak of one precision; reports without ``peaks`` (older cxr) have their FP32 one only."""
+        if precision in self.peaks:
+            return PeakFigure.from_dict(self.peaks[precision])
+        if precision == "fp32" and not self.peaks and self.peak_gflops:
+            return PeakFigure("fp32", self.peak_gflops, self.peak_source, None, 0, self.peak_source)
+        return None
+
+    def peak_for(self, precision: str, *, gpu: bool = False) -> float | None:
+        """GFLOP/s a row that ran ``precision`` is compared with; a measured (CPU) peak never for a GPU row."""
+        fig = self.peak(precision)
+        if fig is None or (gpu and fig.source == "measured"):
+            return None
+        return fig.gflops
+
+    def peaks_line(self) -> str:
+        """``FP32 201 GFLOP/s (onnxruntime, 2 threads, 2048^3); BF16 ...``, or why there are none."""
+        figs = [f for f in (self.peak(p) for p in (*PEAK_PRECISIONS, "fp16")) if f is not None]
+        return "; ".join(f.describe() for f in figs) if figs else "peak unknown (not measured, none given)"
 
     def summary(self) -> str:
         gpu = "; ".join(self.gpus) if self.gpus else "no GPU"
-        peak = (
-            f"{self.peak_gflops:g} GFLOP/s FP32 peak ({self.peak_source})"
-            if self.peak_gflops
-            else "peak unknown"
-        )
+        ov = f"; openvino {self.openvino}" if self.openvino else ""
         return (
             f"{self.cpu_model}, {self.usable_cores}/{self.logical_cores} cores, "
             f"{self.memory_gib if self.memory_gib is not None else '?'} GiB, {gpu}; "
             f"load avg {self.load_average[0] if self.load_average else '?'} at start; "
-            f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}); {peak}"
+            f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}){ov}; "
+            f"GEMM peaks: {self.peaks_line()}"
         )
 
 
-def machine_info(peak_gflops: float | None = None) -> MachineInfo:
-    peak, source = resolve_peak_gflops(peak_gflops)
+def machine_info(
+    peak_gflops: float | str | Mapping[str, float] | None = None,
+    *,
+    measure_peak: bool = True,
+    peak_size: int = DEFAULT_SIZE,
+    peak_threads: int | None = None,
+) -> MachineInfo:
+    """This host, with its GEMM peaks: ``peak_gflops`` (or ``$CXR_PEAK_GFLOPS``) where given, else measured."""
+    peaks = resolve_peaks(peak_gflops, measure=measure_peak, size=peak_size, threads=peak_threads)
+    fp32 = peaks.get("fp32")
     return MachineInfo(
         cpu_model=cpu_model(),
         logical_cores=os.cpu_count() or 1,
@@ -178,9 +246,11 @@ def machine_info(peak_gflops: float | None = None) -> MachineInfo:
         onnxruntime_providers=tuple(ort.get_available_providers()),
         numpy=_version("numpy"),
         torch=_version("torch"),
-        peak_gflops=peak,
-        peak_source=source,
+        peak_gflops=None if fp32 is None else fp32.gflops,
+        peak_source="unknown" if fp32 is None or fp32.gflops is None else fp32.source,
         load_average=load_average(),
+        openvino=_version("openvino"),
+        peaks={k: v.to_dict() for k, v in peaks.items()},
     )
 
 

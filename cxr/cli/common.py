@@ -35,12 +35,27 @@ V = TypeVar("V")
 
 
 class ProviderChoice(str, Enum):
-    """The onnxruntime providers a command can ask for (`cxr-predict`, `cxr serve`)."""
+    """The providers a command can ask for (`cxr-predict`, `cxr serve`): onnxruntime's, and OpenVINO."""
 
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class PrecisionChoice(str, Enum):
+    """The inference precisions a command can ask for; bf16 only with --provider openvino."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PRECISION_HELP = (
+    "openvino: auto = bf16 where the CPU has it and the model's recorded BF16 check accepted it, else fp32; "
+    "fp32; bf16 (refused without both). onnxruntime providers run the file as stored (auto/fp32)."
+)
 
 
 def echo_error(err: CxrError) -> None:

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import ProviderChoice, handle_errors, model_option, output_option
+from cxr.cli.common import (
+    PRECISION_HELP,
+    PrecisionChoice,
+    ProviderChoice,
+    handle_errors,
+    model_option,
+    output_option,
+)
 from cxr.cli.predict_output import (
     echo_image_results,
     echo_ray_summary,
@@ -55,8 +62,12 @@ class Engine(str, Enum):
 ModelOpt = Annotated[Path | None, model_option(MODEL_HELP)]
 ProviderOpt = Annotated[
     ProviderChoice,
-    typer.Option(help="Execution provider: auto = TensorRT > CUDA > CPU, whichever really works here."),
+    typer.Option(
+        help="Execution provider: auto = TensorRT > CUDA > CPU (onnxruntime), whichever really works here; "
+        "openvino = OpenVINO on the CPU (needs `pip install 'cxr-toolkit\\[openvino]'`)."
+    ),
 ]
+PrecisionOpt = Annotated[PrecisionChoice, typer.Option(help=PRECISION_HELP)]
 ThreadsOpt = Annotated[
     int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")
 ]
@@ -91,6 +102,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (
 
 def _predictor_config(
     provider: ProviderChoice,
+    precision: PrecisionChoice,
     threads: int | None,
     batch_size: int,
     strict_provider: bool,
@@ -108,6 +120,7 @@ def _predictor_config(
     return PredictorConfig(
         session=SessionConfig(
             provider=provider.value,
+            precision=precision.value,
             threads=threads,
             device_id=device_id,
             strict_provider=strict_provider,
@@ -123,6 +136,7 @@ def _predictor_config(
 def _open_predictor(
     model: Path | None,
     provider: ProviderChoice,
+    precision: PrecisionChoice,
     threads: int | None,
     batch_size: int,
     strict_provider: bool,
@@ -137,8 +151,8 @@ def _open_predictor(
     from cxr.runtime.predictor import Predictor
 
     cfg = _predictor_config(
-        provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
-        max_file_mb, max_pixels,
+        provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
+        decode_workers, max_file_mb, max_pixels,
     )  # fmt: skip
     return Predictor.from_path(resolve_model(model), cfg)
 
@@ -189,6 +203,7 @@ def scan(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also scan subfolders.")] = False,
     model: ModelOpt = None,
     provider: ProviderOpt = ProviderChoice.auto,
+    precision: PrecisionOpt = PrecisionChoice.auto,
     batch_size: BatchOpt = 8,
     threads: ThreadsOpt = None,
     output: Annotated[
@@ -262,8 +277,8 @@ def scan(
     )  # fmt: skip
     _check_scan_options(job, engine, address, manifest, split)
     cfg = _predictor_config(
-        provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, decode_workers,
-        max_file_mb, max_pixels,
+        provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
+        decode_workers, max_file_mb, max_pixels,
     )  # fmt: skip
     if engine is Engine.ray:
         raise typer.Exit(code=_scan_with_ray(job, cfg, address, manifest, split, verbose))
@@ -339,6 +354,7 @@ def image(
     files: Annotated[list[Path], typer.Argument(help="Image or DICOM files.", show_default=False)],
     model: ModelOpt = None,
     provider: ProviderOpt = ProviderChoice.auto,
+    precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
     batch_size: BatchOpt = 8,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
@@ -358,8 +374,8 @@ def image(
     """
     setup_logging(verbose)
     predictor = _open_predictor(
-        model, provider, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache, None,
-        max_file_mb, max_pixels,
+        model, provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
+        None, max_file_mb, max_pixels,
     )  # fmt: skip
     preds = predictor.predict([str(f) for f in files])
     echo_image_results(predictor, preds, json_out=json_out, quiet=quiet)

@@ -169,7 +169,7 @@ def echo_image_results(
         for p in preds:
             typer.echo(format_prediction(p))
         typer.echo(
-            f"provider '{predictor.provider}', model {predictor.model_id} ({predictor.model_path.name})"
+            f"provider '{predictor.info.label}', model {predictor.model_id} ({predictor.model_path.name})"
         )
         _echo_provenance_warnings(predictor)
         typer.echo(NOTICE)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import ProviderChoice, handle_errors, setup_logging
+from cxr.cli.common import PRECISION_HELP, PrecisionChoice, ProviderChoice, handle_errors, setup_logging
 from cxr.errors import ConfigError, ModelError
 
 
@@ -44,8 +44,14 @@ def serve(
         Path | None, typer.Option(help="Write the bound port to this file once listening (for --port 0).")
     ] = None,
     provider: Annotated[
-        ProviderChoice, typer.Option(envvar="CXR_PROVIDER", help="onnxruntime provider.")
+        ProviderChoice,
+        typer.Option(
+            envvar="CXR_PROVIDER", help="onnxruntime provider, or openvino (needs the openvino extra)."
+        ),
     ] = ProviderChoice.auto,
+    precision: Annotated[
+        PrecisionChoice, typer.Option(envvar="CXR_PRECISION", help=PRECISION_HELP)
+    ] = PrecisionChoice.auto,
     threads: Annotated[
         int | None,
         typer.Option(envvar="CXR_THREADS", help="onnxruntime intra-op threads (default: all cores)."),
@@ -126,6 +132,7 @@ def serve(
         host=host,
         port=port,
         provider=provider.value,
+        precision=precision.value,
         threads=threads,
         strict_provider=strict_provider,
         max_batch_size=max_batch_size,

@@ -25,13 +25,17 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import ModelError
+from cxr.export.onnx_files import onnx_size_bytes
 from cxr.fuse.fused_file import build_fused_file, drift_vs_fp32
 from cxr.fuse.graph import FusedGraph, ResizeStep
 from cxr.fuse.members import MemberModel, MetaModel, check_compatible, load_member, load_meta, variant_path
 from cxr.fuse.metadata import GRAPH_STEPS, RUNTIME_STEPS
+from cxr.fuse.precision_check import check_openvino_bf16, real_images, write_record
 from cxr.fuse.report import write_fuse_report
 from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
 from cxr.fuse.verify import EndToEndReport, check_end_to_end, measure_latency
+from cxr.openvino_session import BF16_RECORD
+from cxr.session import file_sha256
 from cxr.spec import PreprocessSpec
 
 __all__ = [  # FuseConfig, FusedFile, FuseResult and the step lists were defined here before the split
@@ -60,6 +64,14 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     out = Path(cfg.out)
     fp32, fused, reference = build_fused_file(loaded, meta_model, out, "fp32", cfg, rng, cfg.tolerance)
     warnings = _resize_warnings(fused.resizes)
+    verified: dict[str, dict[str, Any]] = {}
+    run_dir = None if cfg.run_dir is None else Path(cfg.run_dir)
+    if cfg.bf16_check and run_dir is not None and (record := _bf16_record(out, fused, loaded, cfg, run_dir)):
+        write_record(out, record)  # before the variants: they name the FP32 file's final sha256
+        fp32 = replace(fp32, sha256=file_sha256(out), bytes=onnx_size_bytes(out))
+        verified[BF16_RECORD] = record
+        if not record["accepted"]:
+            warnings.append(f"OpenVINO BF16 is not offered for {out.name}: {record['reason']}")
     variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng)
     warnings += [f"{variant} ensemble not built: {why}" for variant, why in skipped.items()]
     e2e = None if cfg.run_dir is None else _end_to_end(out, Path(cfg.run_dir), loaded, meta_model, fused, cfg)
@@ -78,6 +90,7 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         latency=latency,
         resizes=tuple(_resize_row(r) for r in fused.resizes),
         warnings=tuple(warnings),
+        verified_precisions=verified,
     )
     for w in warnings:
         log.warning("%s", w)
@@ -85,6 +98,18 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         js, md = write_fuse_report(result, out.parent, meta_model.info, loaded)
         result = replace(result, report_json=js, report_md=md)
     return result
+
+
+def _bf16_record(
+    out: Path, fused: FusedGraph, loaded: Sequence[MemberModel], cfg: FuseConfig, run_dir: Path
+) -> dict[str, Any] | None:
+    """OpenVINO BF16 vs the FP32 graph on the run's real train/val images (None: no openvino here)."""
+    first = loaded[0].meta.preprocess
+    spec = PreprocessSpec(
+        input_size=fused.input_size, channels=first.channels, mean=first.mean, std=first.std
+    )
+    images = real_images(run_dir, spec, cfg.bf16_check_images, cfg.seed)
+    return check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
 
 
 def _resize_warnings(resizes: Sequence[ResizeStep]) -> list[str]:
@@ -192,6 +217,8 @@ def describe(result: FuseResult) -> str:
         )
     for v, why in result.skipped_variants.items():
         lines.append(f"  {v:5s} not built: {why}")
+    for name, rec in result.verified_precisions.items():
+        lines.append(f"  {name}: {'accepted' if rec['accepted'] else 'refused'} ({rec['reason']})")
     if result.end_to_end is not None:
         e = result.end_to_end
         lines.append(

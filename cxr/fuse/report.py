@@ -53,6 +53,7 @@ def fuse_report_dict(
         },
         "files": {p: f.to_dict() for p, f in result.files.items()},
         "skipped_variants": result.skipped_variants,
+        "verified_precisions": dict(result.verified_precisions),
         "resizes_in_graph": list(result.resizes),
         "end_to_end": None if result.end_to_end is None else result.end_to_end.to_dict(),
         "latency": result.latency,
@@ -65,6 +66,9 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
     lines = [*_summary_lines(d), *_files_table(d)]
     for v, why in d["skipped_variants"].items():
         lines.append(f"\n{v} ensemble not built: {why}.")
+    for name, rec in (d.get("verified_precisions") or {}).items():
+        verdict = "accepted" if rec.get("accepted") else "refused"
+        lines.append(f"\n{name} (the FP32 file run by OpenVINO in BF16): {verdict}: {rec.get('reason')}.")
     lines.append("")
     lines += _end_to_end_lines(d.get("end_to_end"))
     lines += _latency_lines(d.get("latency"))

@@ -34,6 +34,9 @@ class FuseConfig:
     threads: int | None = None
     seed: int = 0
     report: bool = True
+    bf16_check: bool = True  # given run_dir and openvino: verify OpenVINO BF16 on real images, record it
+    min_agreement: float = 0.99  # the BF16 bar: top-1 agreement with FP32 (as INT8's at export)
+    bf16_check_images: int = 200
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANT_SUFFIXES]
@@ -43,6 +46,10 @@ class FuseConfig:
             )
         if self.input_size is not None and min(self.input_size) < 8:
             raise ConfigError(f"input_size {self.input_size} is too small", hint="use at least 8x8")
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ConfigError(
+                f"min_agreement {self.min_agreement} must be in (0, 1]", hint="for example 0.99"
+            )
         if not self.batches or min(self.batches) < 1:
             raise ConfigError(f"batches {self.batches} must be positive", hint="for example 1 8")
 
@@ -83,6 +90,7 @@ class FuseResult:
     end_to_end: EndToEndReport | None
     latency: dict[str, Any] | None
     resizes: tuple[dict[str, Any], ...]
+    verified_precisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "openvino_bf16": record
     report_json: Path | None = None
     report_md: Path | None = None
     warnings: tuple[str, ...] = field(default=())

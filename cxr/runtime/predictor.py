@@ -2,7 +2,8 @@
 
 Takes: a cxr ONNX file (metadata written by ``cxr export`` / ``cxr fuse``) and images (paths, bytes, or
 decoded uint8 grayscale arrays). Makes: ``Prediction`` objects (class, confidence, every class probability,
-member probabilities when the model has them, provider really used, timing, error).
+member probabilities when the model has them, provider really used, timing, error). The session is
+onnxruntime's, or OpenVINO's behind the same API (``provider="openvino"``, see ``cxr.openvino_session``).
 Class list and preprocessing come from the model's metadata; a file without it is refused.
 ``iter_predict`` is the streaming form used by folder scans: a thread pool decodes and resizes batch k+1
 (and k+2) while onnxruntime, which releases the GIL, runs batch k, so a scan runs close to the model's own
@@ -87,7 +88,7 @@ def auto_decode_workers(provider: str, cpus: int | None = None) -> int:
 
 
 class Predictor:
-    """Run a cxr model with onnxruntime. Create with ``Predictor.from_path``."""
+    """Run a cxr model with onnxruntime (or OpenVINO). Create with ``Predictor.from_path``."""
 
     def __init__(self, path: Path, info: SessionInfo, metadata: ModelMetadata, cfg: PredictorConfig) -> None:
         self.model_path = path
@@ -136,6 +137,7 @@ class Predictor:
         strict_provider: bool | None = None,
         trt_fp16: bool | None = None,
         trt_cache_dir: Path | None = None,
+        precision: str | None = None,
         batch_size: int | None = None,
         decode_workers: int | None = None,
     ) -> Predictor:
@@ -150,6 +152,7 @@ class Predictor:
                 "strict_provider": strict_provider,
                 "trt_fp16": trt_fp16,
                 "trt_cache_dir": trt_cache_dir,
+                "precision": precision,
             }.items()
             if v is not None
         }
@@ -198,6 +201,8 @@ class Predictor:
             "provider": self.provider,
             "providers": list(self.info.providers),
             "requested_provider": self.info.requested,
+            "precision": self.info.precision,  # what really runs (openvino); None: the file's own precision
+            "device": self.info.device,
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
             "provenance_warnings": list(provenance_warnings(self.metadata.card)),

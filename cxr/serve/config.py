@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.errors import ConfigError
-from cxr.session import PROVIDER_NAMES
+from cxr.errors import ConfigError, ProviderError
+from cxr.session import PROVIDER_NAMES, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     provider: str = "auto"
+    precision: str = "auto"
+    """openvino: auto (bf16 where the CPU and the model's check allow it), fp32 or bf16; others: auto/fp32."""
     threads: int | None = None
     strict_provider: bool = False
     max_batch_size: int = 8
@@ -65,6 +67,10 @@ class ServeConfig:
             raise ConfigError(
                 f"unknown provider {self.provider!r}", hint=f"use one of: {', '.join(PROVIDER_NAMES)}"
             )
+        try:
+            check_precision(self.provider, self.precision)
+        except ProviderError as e:
+            raise ConfigError(e.message, hint=e.hint) from e
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range", hint="use 0..65535 (0: any free port)")
         positive = {

@@ -139,6 +139,8 @@ def _model_info(state: ServerState) -> ModelInfo:
         warnings=list(provenance_warnings(meta.card)),
         provider=predictor.provider,
         providers=list(predictor.info.providers),
+        precision=predictor.info.precision,
+        device=predictor.info.device,
         provider_warnings=list(predictor.info.warnings),
         serving=ServingLimits(
             max_batch_size=cfg.max_batch_size,
@@ -162,6 +164,8 @@ def _readiness(state: ServerState) -> ReadyOut:
         model_id=predictor.model_id if predictor else None,
         provider=predictor.provider if predictor else None,
         providers=list(predictor.info.providers) if predictor else [],
+        precision=predictor.info.precision if predictor else None,
+        device=predictor.info.device if predictor else None,
         warmup_seconds=state.warmup_seconds,
         message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
     )

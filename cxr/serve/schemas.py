@@ -37,6 +37,11 @@ class Timing(BaseModel):
     batch_size: int = Field(description="Images in that batch (several requests coalesced).")
 
 
+PRECISION_DOC = (
+    "The arithmetic the backend really runs (openvino: fp32 or bf16); null: the file's own (FP32 or INT8)."
+)
+
+
 class PredictionOut(BaseModel):
     source: str = Field(description="The upload's file name (base name only) or 'upload'.")
     label: str = Field(description="The most probable class.")
@@ -46,7 +51,9 @@ class PredictionOut(BaseModel):
         default=None, description="Each ensemble member's class probabilities (null for a single model)."
     )
     model: ModelRef
-    provider: str = Field(description="The onnxruntime execution provider that really ran the model.")
+    provider: str = Field(
+        description="The backend that really ran the model (onnxruntime provider or openvino)."
+    )
     timing: Timing
     notice: str = NOTICE
 
@@ -75,6 +82,8 @@ class ReadyOut(BaseModel):
     model_id: str | None = None
     provider: str | None = None
     providers: list[str] = Field(default_factory=list)
+    precision: str | None = Field(default=None, description=PRECISION_DOC)
+    device: str | None = None
     warmup_seconds: float | None = None
     message: str | None = Field(
         default=None, description="Why the model is not served, or a provider fallback warning."
@@ -107,6 +116,8 @@ class ModelInfo(BaseModel):
     )
     provider: str
     providers: list[str]
+    precision: str | None = Field(default=None, description=PRECISION_DOC)
+    device: str | None = None
     provider_warnings: list[str]
     serving: ServingLimits
     notice: str = NOTICE

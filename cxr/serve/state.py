@@ -37,11 +37,16 @@ ROUTES = ("/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/readyz"
 
 
 def load_predictor(cfg: ServeConfig) -> Predictor:
-    """The default loader: ``Predictor.from_path`` with the server's provider, threads and limits."""
+    """The default loader: ``Predictor.from_path`` with the server's provider, precision, threads, limits."""
     from cxr.runtime.predictor import Predictor, PredictorConfig
     from cxr.session import SessionConfig
 
-    session = SessionConfig(provider=cfg.provider, threads=cfg.threads, strict_provider=cfg.strict_provider)
+    session = SessionConfig(
+        provider=cfg.provider,
+        threads=cfg.threads,
+        strict_provider=cfg.strict_provider,
+        precision=cfg.precision,
+    )
     pcfg = PredictorConfig(
         session=session,
         limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
@@ -122,7 +127,7 @@ class ServerState:
             "model %s (id %s) ready on %s in %.2f s (warm-up %.2f s); dynamic batching: max %d, wait %.1f ms",
             self.cfg.model.name,
             predictor.model_id,
-            predictor.provider,
+            predictor.info.label,
             time.perf_counter() - t0,
             self.warmup_seconds,
             self.cfg.max_batch_size,

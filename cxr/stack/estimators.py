@@ -1,4 +1,4 @@
-"""The meta-learners cxr can train: one explicit table of scikit-learn estimators skl2onnx converts.
+"""The meta-learners cxr can train: a table of scikit-learn estimators cxr.stack.portable_meta writes as ONNX.
 
 Each row: the class, fixed constructor parameters, and the grid searched by cross-validation on the
 meta-training set. The default, ``logistic_regression``, is multinomial logistic regression (scikit-learn's

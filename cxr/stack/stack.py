@@ -2,7 +2,8 @@
 
 Takes: a run directory with ``manifest.csv`` and ``members/<name>/predictions/{val,test}.csv`` (``MetaConfig``).
 Makes: ``RUN_DIR/stack/meta.json`` (everything about the fit), ``meta.npz`` (the fitted arrays, no pickle)
-and ``meta.onnx`` (its skl2onnx conversion, verified against ``predict_proba``) -> ``MetaResult``.
+and ``meta.onnx`` (default-domain ONNX from ``cxr.stack.portable_meta``, verified against
+``predict_proba`` and skl2onnx) -> ``MetaResult``.
 
 Features are the members' class probabilities in a fixed member order (member-major, M x K columns).
 The meta-training set is the validation split (blending), or with ``source="blend"`` a separate blend split
@@ -314,6 +315,7 @@ def _meta_record(
             "ir_version": conv.ir_version,
             "sha256": conv.sha256,
             "max_abs_diff_vs_predict_proba": conv.max_abs_diff,
+            "max_abs_diff_vs_skl2onnx": conv.max_abs_diff_skl2onnx,
         },
         "warnings": notes,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -240,23 +240,42 @@ def head_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     return classifier(model).parameters()
 
 
-def set_phase(model: nn.Module, phase: str) -> list[nn.Parameter]:
+def set_phase(model: nn.Module, phase: str, finetune_from: str | None = None) -> list[nn.Parameter]:
     """Freeze for ``adapt`` (only the head learns) or unfreeze for ``finetune``; return trainable params.
 
     In ``adapt`` the frozen backbone also runs in eval mode (BatchNorm statistics and dropout fixed), as
     Keras does for a frozen base model; call ``train_mode(model, phase)`` before each epoch.
+    ``finetune_from``: in ``finetune``, only the parameters from that module on (in the network's order)
+    and the head learn; the layers before it stay frozen (and cost no backward pass).
     """
     if phase not in ("adapt", "finetune"):
         raise ValueError(f"unknown phase {phase!r}")
     head_ids = {id(p) for p in head_parameters(model)}
-    for p in model.parameters():
-        p.requires_grad_(phase == "finetune" or id(p) in head_ids)
+    first = finetune_start(model, finetune_from) if phase == "finetune" else None
+    for i, p in enumerate(model.parameters()):
+        learns = phase == "finetune" and (first is None or i >= first)
+        p.requires_grad_(learns or id(p) in head_ids)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def finetune_start(model: nn.Module, module_name: str | None) -> int | None:
+    """The index (in ``model.parameters()`` order) of ``module_name``'s first parameter; None: all learn."""
+    if module_name is None:
+        return None
+    for i, (name, _) in enumerate(model.named_parameters()):
+        if name == module_name or name.startswith(module_name + "."):
+            return i
+    children = [n for n, c in model.named_children() if any(True for _ in c.parameters())]
+    raise ConfigError(
+        f"finetune_from: {type(model).__name__} has no module {module_name!r} with parameters",
+        hint=f"name one of its modules, e.g. {', '.join(children[-6:])} (dotted names such as stages.3 work)",
+    )
 
 
 def train_mode(model: nn.Module, phase: str, *, frozen_norm: bool = False) -> None:
     """Put the model in training mode for ``phase`` (frozen backbone in eval mode during ``adapt``).
 
+    BatchNorm layers that do not learn (before a member's ``finetune_from``) stay in inference mode.
     ``frozen_norm``: in ``finetune`` too, keep every BatchNorm layer in inference mode (its ImageNet
     statistics, while its scale and shift still learn), as Keras' transfer-learning guide does when it
     unfreezes a base model. With few images, or weights whose BatchNorm used another epsilon (Keras'
@@ -268,7 +287,9 @@ def train_mode(model: nn.Module, phase: str, *, frozen_norm: bool = False) -> No
         classifier(model).train()
         return
     model.train()
-    if frozen_norm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            frozen_layer = bool(params) and not any(p.requires_grad for p in params)  # before finetune_from
+            if frozen_norm or frozen_layer:
                 module.eval()

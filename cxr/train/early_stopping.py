@@ -37,6 +37,10 @@ class EarlyStopping:
             self.bad_epochs += 1
         return improved
 
+    def restart_patience(self) -> None:
+        """Forget the epochs without improvement so far (a new phase starts); the best is kept."""
+        self.bad_epochs = 0
+
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience

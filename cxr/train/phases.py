@@ -43,7 +43,7 @@ def train_loader(run: MemberRun, epoch: int) -> DataLoader[Any]:
 def enter_phase(run: MemberRun, phase: str) -> PhaseState:
     """Freeze or unfreeze, and give the phase its own optimiser and restarting cosine schedule."""
     settings = run.cfg.train
-    params = set_phase(run.model, phase)
+    params = set_phase(run.model, phase, run.member.finetune_from)
     lr = run.cfg.learning_rate(run.member, phase)
     optimizer = make_optimizer(params, settings, lr)
     scheduler = make_scheduler(optimizer, settings.scheduler, max(1, len(train_loader(run, 0))))

@@ -222,6 +222,8 @@ def _run_epochs(run: MemberRun) -> None:
         epoch = run.next_epoch
         phase = phase_name(run.cfg, epoch)
         current = run.phase if run.phase is not None and phase == run.phase_name else enter_phase(run, phase)
+        if epoch == run.cfg.train.adapt_epochs:  # patience counts fine-tuning epochs (the best may be older)
+            run.stopper.restart_patience()
         stats = train_one_epoch(run, current, epoch, phase)
         val = validate(run, epoch)
         improved = run.stopper.update(float(val[run.stopper.metric]), epoch)

@@ -140,7 +140,8 @@ class MemberConfig:
     """One base model: its member ``name`` (the run directory's folder), backbone and input size (h, w).
 
     ``batch_size``, ``epochs``, ``adapt_lr``, ``finetune_lr`` and ``precision`` override the ``train:``
-    values for this member only; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
+    values for this member only; ``finetune_from`` (a module name such as ``block8`` or ``stages.3``)
+    keeps every layer before that module frozen in fine-tuning, as in adaptation; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
     """
 
     name: str
@@ -152,6 +153,7 @@ class MemberConfig:
     adapt_lr: float | None = None
     finetune_lr: float | None = None
     precision: Precision | None = None  # None: train.precision
+    finetune_from: str | None = None  # None: fine-tuning trains every layer; else from this module on
     mean: tuple[float, float, float] = IMAGENET_MEAN  # filled from timm's pretrained config when not given
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -175,6 +177,11 @@ class MemberConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"models.{self.name}.{key} must be positive, got {value}")
 
+        if self.finetune_from is not None and not self.finetune_from.strip():
+            raise ConfigError(
+                f"models.{self.name}.finetune_from is empty",
+                hint="name a module of the backbone (e.g. block8), or leave it out to fine-tune every layer",
+            )
         if any(v <= 0 for v in self.std):
             raise ConfigError(f"models.{self.name}.std {self.std} must be positive")
 

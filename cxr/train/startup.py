@@ -17,7 +17,8 @@ from torch import nn
 
 from cxr.data.manifest import Manifest
 from cxr.data.weights import class_weights
-from cxr.train.backbones import create_backbone, resolve_timm_name
+from cxr.errors import ConfigError
+from cxr.train.backbones import create_backbone, finetune_start, resolve_timm_name
 from cxr.train.config import MemberConfig, TrainConfig
 from cxr.train.dataset import BadImages, make_dataset, train_counts
 from cxr.train.device import DeviceSetup
@@ -76,6 +77,10 @@ def _place_model(
 ) -> nn.Module:
     """The member's network on its device and memory format, with rank 0's weights in every process."""
     model = _build_model(ctx, m, num_classes, pretrained, seed)
+    try:  # a wrong module name fails now, not after the adaptation epochs
+        finetune_start(model, m.finetune_from)
+    except ConfigError as e:
+        raise ConfigError(f"models.{m.name}.{e.message}", hint=e.hint) from None
     model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
     model.to(setup.device)
     if setup.channels_last:

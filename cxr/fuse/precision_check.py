@@ -1,0 +1,107 @@
+"""OpenVINO BF16 for a fused graph, verified: takes the FP32 file and real images, makes the metadata record.
+
+BF16 is not a separate file: OpenVINO runs the FP32 graph with ``INFERENCE_PRECISION_HINT=bf16``. It is
+offered only after the check INT8 gets at export: top-1 agreement with the FP32 graph (onnxruntime) on
+real radiographs from the run's train and validation splits (agreement needs no labels, and more images
+give a tighter estimate) must reach ``min_agreement`` (99% by default). The verdict is written into the
+FP32 file's metadata under ``cxr.verified_precisions`` (``openvino_bf16``: accepted, agreement, images,
+bar, max |dp|, the OpenVINO version, reason); ``cxr.openvino_session`` reads it back and refuses BF16
+without an accepting record. Where OpenVINO is not installed, nothing is recorded (the runtime then runs
+FP32 and says why); where the fusing CPU has no BF16, the record says the check could not run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from cxr.errors import DataError, DecodeError, ProviderError
+from cxr.fuse.verify import session
+from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, _import_openvino, cpu_has_bf16
+from cxr.spec import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+CHECK_SPLITS = ("train", "val")
+
+
+def real_images(run_dir: Path, spec: PreprocessSpec, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` readable images of the run's train and val splits as the fused graph's uint8 input."""
+    from cxr.data.manifest import load_manifest
+    from cxr.imaging.decode import decode_gray
+    from cxr.imaging.preprocess import to_model_input
+
+    manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=False)
+    rows = [r for r in manifest.rows if r.split in CHECK_SPLITS]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    grays = []
+    for i in order:
+        if len(grays) >= n:
+            break
+        try:
+            grays.append(decode_gray(manifest.abspath(rows[int(i)])))
+        except (DecodeError, OSError) as e:
+            log.warning("BF16 check: skipping %s: %s", rows[int(i)].path, e)
+    if not grays:
+        raise DataError(f"no readable train/val image in {run_dir}/manifest.csv for the BF16 check")
+    return to_model_input(grays, spec, normalized=False)
+
+
+def check_openvino_bf16(
+    fp32: Path, images: np.ndarray, *, min_agreement: float, threads: int | None, batch: int = 16
+) -> dict[str, Any] | None:
+    """The ``openvino_bf16`` record for ``fp32`` on ``images``; None when OpenVINO is not installed."""
+    try:
+        ov = _import_openvino()
+    except ProviderError:
+        log.info("BF16 check skipped: openvino is not installed (pip install 'cxr-toolkit[openvino]')")
+        return None
+    record: dict[str, Any] = {"bar": min_agreement, "openvino": ov.__version__, "images": 0}
+    core = ov.Core()
+    if not cpu_has_bf16(core):
+        reason = (
+            "not checked: the CPU that ran `cxr fuse` has no BF16; re-fuse on a CPU with AVX512-BF16 or AMX"
+        )
+        return {**record, "accepted": False, "agreement": None, "reason": reason}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(str(fp32), "CPU", config)
+    ref = session(fp32, threads)
+    got, want = [], []
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch]
+        want.append(ref.run(["probabilities"], {"image": x})[0])
+        got.append(compiled({"image": x})["probabilities"])
+    a, b = np.concatenate(want), np.concatenate(got)
+    agreement = float(np.mean(a.argmax(1) == b.argmax(1)))
+    accepted = agreement >= min_agreement
+    verdict = "reaches" if accepted else "is below"
+    reason = (
+        f"top-1 agreement with FP32 {agreement:.4f} on {len(a)} real images {verdict} the bar {min_agreement}"
+    )
+    return {
+        **record,
+        "accepted": accepted,
+        "agreement": agreement,
+        "images": len(a),
+        "max_abs_diff_probabilities": float(np.max(np.abs(a - b))),
+        "reason": reason,
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Add (or replace) the ``openvino_bf16`` record in ``path``'s metadata; weights stay where they are."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    records = json.loads(props.get(META_VERIFIED_PRECISIONS, "{}"))
+    records[BF16_RECORD] = record
+    props[META_VERIFIED_PRECISIONS] = json.dumps(records, sort_keys=True)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
