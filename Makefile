@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,serve,dev]"
+	$(BIN)/python -m pip install -q -e ".[cpu,train,serve,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -243,7 +243,14 @@ def build_fused(cfg: PaperConfig, models: PaperModels) -> None:
         [models.members[n] for n in cfg.names],
         models.meta,
         FuseConfig(
-            out=out, variants=variants, simplify=False, batches=(1, 2), threads=cfg.threads, seed=cfg.seed
+            out=out,
+            variants=variants,
+            simplify=False,
+            batches=(1, 2),
+            threads=cfg.threads,
+            seed=cfg.seed,
+            # OpenVINO BF16 is offered only after its agreement check on real radiographs
+            check_images=SHARED_DATA / "radiography-dev" if SHARED_DATA.is_dir() else None,
         ),
     )
     models.fused = res.path

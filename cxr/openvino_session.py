@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -164,11 +164,18 @@ def choose_precision(
     return PrecisionChoice("fp32", f"openvino precision auto -> fp32 for {model_name}: {reason}")
 
 
+def graph_name(names: Iterable[str]) -> str:
+    """The ONNX graph's own name among a port's tensor names: OpenVINO merges the names of tensors it folds
+    into one port (``meta/probabilities`` and ``probabilities`` after an Identity), and ``get_any_name``
+    picks any; the unprefixed (no ``/``), then shortest, name is the one the graph declares."""
+    return min(names, key=lambda n: ("/" in n, len(n), n))
+
+
 def _node(port: Any) -> NodeInfo:
     ps = port.get_partial_shape()
     shape = [] if ps.rank.is_dynamic else [d.get_length() if d.is_static else None for d in ps]
     kind = port.get_element_type().get_type_name()
-    return NodeInfo(port.get_any_name(), shape, ORT_TYPES.get(kind, f"tensor({kind})"))
+    return NodeInfo(graph_name(port.get_names()), shape, ORT_TYPES.get(kind, f"tensor({kind})"))
 
 
 def framework_props(model: Any) -> dict[str, str]:

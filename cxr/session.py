@@ -16,11 +16,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING, Any, Literal
 
 from cxr.errors import ModelError, ProviderError
+from cxr.ort_flavour import onnxruntime
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 from cxr.openvino_session import PRECISION_NAMES, OpenVinoSession, open_openvino
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ def files_sha256(paths: Iterable[Path], chunk: int = 1 << 20) -> str:
 
 def available_providers() -> tuple[str, ...]:
     """Short names of the providers this onnxruntime build offers (not necessarily usable)."""
+    ort = onnxruntime()
     return tuple(SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES)
 
 
@@ -164,6 +168,7 @@ def _safe(s: str) -> str:
 
 def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
     """Engine cache folder keyed by model hash, onnxruntime and TensorRT versions, GPU and precision."""
+    ort = onnxruntime()
     base = cfg.trt_cache_dir or Path(os.environ.get("CXR_TRT_CACHE", Path.home() / ".cache" / "cxr" / "trt"))
     key = "-".join(
         [
@@ -217,6 +222,7 @@ def session_options(
     threads: int | None = None, *, allow_spinning: bool = False, optimize: bool = True
 ) -> ort.SessionOptions:
     """Quiet logs, no spinning threads (unless asked), ``threads`` intra-op threads (None: all cores)."""
+    ort = onnxruntime()
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = threads
@@ -233,6 +239,7 @@ def cpu_session(
     model: Path | str | bytes, threads: int | None = None, *, optimize: bool = True
 ) -> ort.InferenceSession:
     """A CPU session with cxr's options, for checks; onnxruntime's own errors pass through untouched."""
+    ort = onnxruntime()
     source = model if isinstance(model, bytes) else str(model)
     opts = session_options(threads, optimize=optimize)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -249,6 +256,7 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         )
     if cfg.provider == "openvino":
         return _openvino_session(model, cfg)
+    ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
     try:
@@ -267,7 +275,7 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             f"(this onnxruntime offers: {', '.join(available_providers())})"
         )
         hint = (
-            "install onnxruntime-gpu (pip install 'cxr-toolkit[gpu]' after uninstalling onnxruntime) with a "
+            "install onnxruntime-gpu (pip uninstall -y onnxruntime; pip install 'cxr-toolkit[gpu]') with a "
             "matching CUDA/cuDNN, check the GPU driver, or use --provider cpu"
         )
         if cfg.strict_provider:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install cxr's runtime and HTTP API (core + serve extras, never torch) into a fresh virtual environment.
+# Install cxr's runtime and HTTP API (core + cpu|gpu + serve extras, never torch) into a fresh virtual environment.
 # The Dockerfile's build stages run this; scripts/container_smoke.sh runs it in CI, so the image's recipe
 # is exercised on every CI run even where no Docker engine exists.
 #
 # usage: docker/install.sh VENV_DIR [cpu|gpu] [SOURCE_DIR]
-#   cpu: onnxruntime (default)   gpu: onnxruntime-gpu instead (CUDA 12 / cuDNN 9 base image)
+#   cpu: onnxruntime and OpenVINO (default)   gpu: onnxruntime-gpu instead (CUDA 12 / cuDNN 9 base image)
 #   SOURCE_DIR: a folder with pyproject.toml, README.md and cxr/ (default: this checkout)
 #   PYTHON: the interpreter that creates the venv (default: python3)
 set -euo pipefail
@@ -25,11 +25,11 @@ fi
 
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install --quiet "$src[serve]"
-if [ "$flavor" = gpu ]; then
-  # onnxruntime and onnxruntime-gpu share one module: exactly one of them may be installed.
-  "${pip[@]}" uninstall --quiet --yes onnxruntime
-  "${pip[@]}" install --quiet "onnxruntime-gpu>=1.17"
+# exactly one onnxruntime build per image: the cpu or the gpu extra (they share one module)
+if [ "$flavor" = cpu ]; then
+  "${pip[@]}" install --quiet "$src[cpu,serve,openvino]"  # --provider openvino: the fastest CPU backend measured
+else
+  "${pip[@]}" install --quiet "$src[gpu,serve]"
 fi
 
 # The wall: the image runs without torch and the training stack, and the API imports.
@@ -50,6 +50,11 @@ import cxr.serve.app  # noqa: F401,E402
 providers = ort.get_available_providers()
 if flavor == "gpu" and "CUDAExecutionProvider" not in providers:
     sys.exit(f"error: onnxruntime-gpu offers no CUDA provider here: {providers}")
-print(f"cxr serve installed: onnxruntime {ort.__version__} ({', '.join(providers)})")
+extra = ""
+if flavor == "cpu":
+    import openvino  # noqa: E402
+
+    extra = f", openvino {openvino.__version__}"
+print(f"cxr serve installed: onnxruntime {ort.__version__} ({', '.join(providers)}){extra}")
 PY
 "$venv/bin/cxr" serve --help >/dev/null

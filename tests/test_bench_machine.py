@@ -1,4 +1,5 @@
-"""cxr-bench machine info: peak GFLOP/s resolution, per-row peak memory, busy-CPU note, round trip."""
+"""cxr-bench machine info: peak GFLOP/s overrides and lookup per precision, per-row peak memory, busy-CPU
+note, round trip."""
 
 from __future__ import annotations
 
@@ -13,38 +14,89 @@ from cxr.bench.machine import (
     PeakMemoryProbe,
     busy_note,
     machine_info,
-    resolve_peak_gflops,
+    parse_peaks,
+    resolve_peak_overrides,
 )
+from cxr.bench.peak import PeakFigure
 from cxr.errors import ConfigError
 
 
 @pytest.mark.parametrize(
     ("option", "env", "expected"),
     [
-        (None, None, (None, "unknown")),
-        (None, "234", (234.0, "CXR_PEAK_GFLOPS")),
-        (100.0, "234", (100.0, "option")),
+        (None, None, ({}, "none")),
+        (None, "180", ({"fp32": 180.0}, "CXR_PEAK_GFLOPS")),
+        (None, "fp32=180, int8=700", ({"fp32": 180.0, "int8": 700.0}, "CXR_PEAK_GFLOPS")),
+        (100.0, "180", ({"fp32": 100.0}, "option")),
+        ("bf16=400", "180", ({"bf16": 400.0}, "option")),
+        ({"int8": 9.5}, None, ({"int8": 9.5}, "option")),
     ],
 )
-def test_peak_resolution(
-    option: float | None, env: str | None, expected: tuple, monkeypatch: pytest.MonkeyPatch
+def test_peak_overrides(
+    option: object, env: str | None, expected: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[type-arg]
     if env is None:
         monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
     else:
         monkeypatch.setenv("CXR_PEAK_GFLOPS", env)
-    assert resolve_peak_gflops(option) == expected
+    assert resolve_peak_overrides(option) == expected  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("option", "env"), [(0.0, None), (-1.0, None), (None, "fast"), (None, "-3")])
-def test_bad_peak_is_refused(option: float | None, env: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_PEAK_GFLOPS", env or "")
-    with pytest.raises(ConfigError):
-        resolve_peak_gflops(option)
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("0", "positive"),
+        ("-1", "positive"),
+        ("fast", "not a number"),
+        ("fp64=3", "unknown precision"),
+        (",", "empty"),
+    ],
+)
+def test_bad_peak_is_refused(text: str, match: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_peaks(text)
+    monkeypatch.setenv("CXR_PEAK_GFLOPS", text)
+    with pytest.raises(ConfigError, match="CXR_PEAK_GFLOPS"):
+        resolve_peak_overrides(None)
+
+
+def test_overrides_win_and_the_rest_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
+    info = machine_info("fp32=123", peak_size=32)
+    assert (info.peak_gflops, info.peak_source) == (123.0, "option")
+    assert info.peak("fp32") == PeakFigure("fp32", 123.0, "option", None, 0, "option")
+    int8 = info.peak("int8")
+    assert int8 is not None and int8.source == "measured" and int8.size == 32 and int8.gflops
+    assert "fp32 123" in info.summary() and "INT8" in info.peaks_line()
+
+
+@pytest.mark.parametrize(
+    ("precision", "gpu", "expected"),
+    [("fp32", False, 100.0), ("bf16", False, 300.0), ("int8", False, 700.0), ("fp16", False, None)]
+    + [("bf16", True, None), ("int8", True, 50.0)],
+)
+def test_each_precision_has_its_own_peak(precision: str, gpu: bool, expected: float | None) -> None:
+    """A measured (CPU) peak never serves a GPU row; an override does."""
+    base = machine_info(measure_peak=False)
+    peaks = {
+        "fp32": PeakFigure("fp32", 100.0, "onnxruntime", 2, 64).to_dict(),
+        "bf16": PeakFigure("bf16", 300.0, "openvino", 2, 64).to_dict(),
+        "int8": PeakFigure("int8", 700.0 if not gpu else 50.0, "option", None, 0, "option").to_dict(),
+    }
+    info = dataclasses.replace(base, peaks=peaks)
+    assert info.peak_for(precision, gpu=gpu) == expected
+
+
+def test_a_report_of_an_older_cxr_keeps_its_fp32_peak() -> None:
+    old = machine_info(measure_peak=False).to_dict()
+    old.pop("peaks"), old.pop("openvino")
+    old.update(peak_gflops=234.0, peak_source="option")
+    info = MachineInfo.from_dict(old)
+    assert info.peak_for("fp32") == 234.0 and info.peak_for("bf16") is None
 
 
 def test_machine_info_round_trip() -> None:
-    info = machine_info(10.0)
+    info = machine_info(10.0, peak_size=16)
     assert info.logical_cores >= info.usable_cores >= 1
     assert info.onnxruntime and "CPUExecutionProvider" in info.onnxruntime_providers
     assert MachineInfo.from_dict(info.to_dict()) == info
@@ -70,7 +122,7 @@ def test_peak_memory_is_per_row() -> None:
     [((0.1, 0.1, 0.1), 2, False), ((0.6, 1, 1), 2, True), ((3.0, 1, 1), 16, False), ((), 2, False)],
 )
 def test_busy_note(load: tuple[float, ...], cores: int, busy: bool) -> None:
-    info = dataclasses.replace(machine_info(), load_average=load, usable_cores=cores)
+    info = dataclasses.replace(machine_info(measure_peak=False), load_average=load, usable_cores=cores)
     note = busy_note(info)
     assert (note is not None) == busy
     if note:

@@ -14,7 +14,7 @@ from cxr.errors import ConfigError, DataError, ModelError
 from tests.onnx_factory import make_member_model
 from tests.test_bench_support import baked_reshape, variant_of, with_card
 
-FAST = {"warmup": 1, "iterations": 4}
+FAST = {"warmup": 1, "iterations": 4, "peak_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,12 @@ def test_row_values_are_consistent(full_report: BenchReport) -> None:
         assert r.provider == "cpu" and r.provider_ok and r.providers_used[0] == "cpu"
         assert r.peak_rss_mb > 10 and r.rss_scope in ("row", "process")
         assert r.session_create_s is not None and r.session_create_s > 0
-        assert r.efficiency_pct == pytest.approx(100 * r.flops_per_image * r.throughput_ips / 1e9 / 100.0)
+        # efficiency against the peak of the precision the row ran: the option for FP32, measured for INT8
+        assert r.peak_gflops == full_report.machine.peak_for(r.precision)
+        assert r.peak_gflops == 100.0 if r.precision == "fp32" else r.peak_gflops != 100.0
+        assert r.efficiency_pct == pytest.approx(
+            100 * r.flops_per_image * r.throughput_ips / 1e9 / r.peak_gflops
+        )
         assert r.sessions == (r.concurrency if r.mode == "pool" else 2 if r.kind == "members_separate" else 1)
 
 

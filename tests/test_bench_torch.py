@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cxr.bench import torch_best
 from cxr.bench.run import BenchConfig, run_bench
 from cxr.spec import PreprocessSpec
 
@@ -46,14 +47,19 @@ def test_torch_eager_rows(fused_model: Path, tmp_path: Path, monkeypatch: pytest
             warmup=1,
             iterations=3,
             peak_gflops=10.0,
+            peak_size=64,
         )
     )
     assert loaded == [tmp_path / "members" / "alpha", tmp_path / "members" / "beta"]
     rows = [r for r in report.rows if r.kind == "torch_eager"]
-    assert [(r.batch_size, r.threads, r.provider, r.sessions) for r in rows] == [
-        (1, 1, "cpu", 2),
-        (2, 1, "cpu", 2),
+    best = "bf16" if torch_best.best_mode().bf16 else "fp32"
+    assert [(r.mode, r.precision, r.batch_size, r.threads, r.provider, r.sessions) for r in rows] == [
+        ("eager", "fp32", 1, 1, "cpu", 2),
+        ("eager", "fp32", 2, 1, "cpu", 2),
+        ("best", best, 1, 1, "cpu", 2),
+        ("best", best, 2, 1, "cpu", 2),
     ]
+    assert rows[2].label().endswith("torch best") and "channels_last" in rows[2].warnings[0]
     assert all(
         r.latency_ms.count == 3 and r.throughput_ips > 0 and r.efficiency_pct is not None for r in rows
     )
@@ -66,3 +72,64 @@ def test_missing_checkpoints_are_a_note(fused_model: Path, tmp_path: Path) -> No
     report = run_bench(BenchConfig(model=fused_model, torch_run=tmp_path, warmup=0, iterations=1))
     assert [r.kind for r in report.rows] == ["inference"]
     assert any("no checkpoint for beta" in n for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),
+        ("flags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
+        ("model name\t: avx512_bf16 in a name is not a flag\n", False),
+        ("", False),
+    ],
+)
+def test_bf16_needs_the_cpu_flag(cpuinfo: str, native: bool) -> None:
+    assert torch_best.cpu_flags_bf16(cpuinfo) is native
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_best_rows_use_their_precisions_peak_and_report_agreement(
+    fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
+) -> None:
+    from cxr.train import torch_reference
+    from tests.onnx_factory import write_gray_pngs
+
+    for name in ("alpha", "beta"):
+        (tmp_path / "members" / name).mkdir(parents=True)
+    monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint([]))
+    monkeypatch.setattr(torch_best, "best_mode", lambda: torch_best.BestMode(bf16, "PyTorch best: test"))
+    write_gray_pngs(tmp_path / "imgs", 5)
+    cfg = BenchConfig(
+        model=fused_model,
+        threads=(1,),
+        torch_run=tmp_path,
+        agreement_folder=tmp_path / "imgs",
+        warmup=0,
+        iterations=2,
+        peak_gflops="fp32=10,bf16=40",
+        measure_peak=False,
+    )
+    eager, best = (r for r in run_bench(cfg).rows if r.kind == "torch_eager")
+    assert (eager.mode, eager.precision, eager.peak_gflops, eager.agreement) == ("eager", "fp32", 10.0, None)
+    assert (best.mode, best.precision) == ("best", "bf16" if bf16 else "fp32")
+    assert best.peak_gflops == (40.0 if bf16 else 10.0)
+    assert best.efficiency_pct == pytest.approx(100 * best.gflops / best.peak_gflops)  # type: ignore[operator]
+    if bf16:
+        assert best.agreement is not None and best.agreement["images"] == 5
+        assert set(best.agreement["members"]) == {"alpha", "beta"}
+        assert best.agreement["top1"] == min(best.agreement["members"].values())
+    else:
+        assert best.agreement is None  # channels_last FP32 reduces nothing
+
+
+def test_no_torch_best(fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr.train import torch_reference
+
+    for name in ("alpha", "beta"):
+        (tmp_path / "members" / name).mkdir(parents=True)
+    monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint([]))
+    cfg = BenchConfig(
+        model=fused_model, torch_run=tmp_path, torch_best=False, warmup=0, iterations=1, measure_peak=False
+    )
+    assert [r.mode for r in run_bench(cfg).rows if r.kind == "torch_eager"] == ["eager"]

@@ -16,7 +16,7 @@ from tests.onnx_factory import make_fused_model
 from tests.test_bench_support import fixed_batch, variant_of
 
 runner = CliRunner()
-FAST = ["--warmup", "1", "--iterations", "3", "--quiet"]
+FAST = ["--warmup", "1", "--iterations", "3", "--quiet", "--peak-size", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,48 @@ def test_peak_from_environment(fused_model: Path, tmp_path: Path, monkeypatch: p
     assert doc["machine"]["peak_source"] == "CXR_PEAK_GFLOPS" and doc["rows"][0]["efficiency_pct"] > 0
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "peak", "source"),
+    [
+        (["--peak-gflops", "50"], None, 50.0, "option"),
+        (["--peak-gflops", "fp32=60,int8=900"], "70", 60.0, "option"),
+        ([], "fp32=80", 80.0, "CXR_PEAK_GFLOPS"),
+        ([], None, None, "measured"),
+    ],
+)
+def test_a_given_peak_wins_over_the_measured_one(
+    fused_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: str | None,
+    peak: float | None,
+    source: str,
+) -> None:
+    if env is None:
+        monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
+    else:
+        monkeypatch.setenv("CXR_PEAK_GFLOPS", env)
+    res = runner.invoke(app, ["run", "-m", str(fused_model), "-o", str(tmp_path / "r.json"), *FAST, *args])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    (row,) = doc["rows"]
+    fp32 = doc["machine"]["peaks"]["fp32"]
+    assert fp32["source"] == source and doc["machine"]["peak_source"] == source
+    assert row["peak_gflops"] == fp32["gflops"] == (peak if peak is not None else fp32["gflops"]) > 0
+    assert row["efficiency_pct"] == pytest.approx(100 * row["gflops"] / row["peak_gflops"])
+    assert "GEMM peaks: FP32" in res.output
+
+
+def test_without_measuring_efficiency_is_left_out_with_a_note(
+    fused_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
+    res = runner.invoke(app, ["run", "-m", str(fused_model), "--no-measure-peak", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "efficiency % not computed for fp32 rows" in res.output and "--peak-gflops fp32=" in res.output
+
+
 def test_min_seconds_alone(fused_model: Path, tmp_path: Path) -> None:
     res = runner.invoke(
         app,
@@ -82,6 +124,9 @@ def test_compare_shows_ratios(two_reports: tuple[Path, Path], tmp_path: Path) ->
         (["-t", "0"], "thread counts must be >= 1"),
         (["-c", "0"], "concurrency must be >= 1"),
         (["--iterations", "0"], "iterations must be >= 1"),
+        (["--peak-gflops", "fast"], "is not a number"),
+        (["--peak-gflops", "fp64=3"], "unknown precision 'fp64'"),
+        (["-p", "cpu", "--precision", "bf16"], "provider 'cpu' cannot run precision 'bf16'"),
     ],
 )
 def test_bad_options_exit_2(fused_model: Path, args: list[str], message: str) -> None:

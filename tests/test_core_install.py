@@ -1,5 +1,6 @@
-"""The project installs with its core dependencies only (no torch) into a fresh virtual environment, and
-`cxr-predict scan` works there. Slow (~20-60 s: pip resolves numpy, onnxruntime, Pillow, pydicom, typer)."""
+"""The project installs with its core dependencies and the `cpu` extra only (no torch) into a fresh virtual
+environment, and `cxr-predict scan` works there. Slow (~20-60 s: pip resolves numpy, onnxruntime, Pillow,
+pydicom, typer)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_core_only_install_runs_cxr_predict(fused_model: Path, tmp_path: Path) -
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
     proc = subprocess.run(
-        [*pip, "install", "--quiet", "--no-compile", "--disable-pip-version-check", str(src)],
+        [*pip, "install", "--quiet", "--no-compile", "--disable-pip-version-check", f"{src}[cpu]"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -100,3 +100,10 @@ def test_bf16_below_the_bar_is_refused_and_the_runtime_obeys(tmp_path: Path) -> 
         create_session(path, SessionConfig(provider="openvino", precision="bf16"))
     auto = create_session(path, SessionConfig(provider="openvino", precision="auto"))
     assert auto.precision == "fp32" and any("below the bar" in w for w in auto.warnings)
+
+
+def test_a_folder_of_images_can_serve_the_check_without_a_run(tiny_run: Path, tmp_path: Path) -> None:
+    members, meta = run_members(tiny_run)
+    cfg = FuseConfig(tmp_path / "e.onnx", check_images=tiny_run / "data", bf16_check_images=7, report=False)
+    record = fuse(members, meta, cfg).verified_precisions[BF16_RECORD]
+    assert record["images"] == (7 if CPU_BF16 else 0)

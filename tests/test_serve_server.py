@@ -140,10 +140,10 @@ def test_metrics_count_requests_and_batches(client: httpx.Client) -> None:
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(lines['cxr_http_requests_total{method="POST",path="/v1/predict",status="200"}']) >= 1
     assert float(lines['cxr_http_requests_total{method="POST",path="/v1/predict",status="415"}']) >= 1
-    assert float(lines["cxr_batch_size_count"]) >= 1 and lines["cxr_model_ready"] == "1"
+    assert float(lines["cxr_batch_size_count"]) >= 1 and float(lines["cxr_model_ready"]) == 1
     assert (
         "cxr_queue_depth" in lines
-        and 'cxr_http_request_duration_seconds_bucket{path="/v1/predict",le="+Inf"}' in lines
+        and 'cxr_http_request_duration_seconds_bucket{le="+Inf",path="/v1/predict"}' in lines
     )
 
 

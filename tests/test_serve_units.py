@@ -20,7 +20,7 @@ from cxr.serve.auth import _digest, key_matches
 from cxr.serve.batcher import BatcherStopped, DynamicBatcher
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
-from cxr.serve.metrics import Counter, Histogram
+from cxr.serve.metrics import ServeMetrics
 from cxr.serve.uploads import safe_name, sniff
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames
 
@@ -135,17 +135,25 @@ def test_safe_name(given: str | None, expected: str) -> None:
 
 
 def test_metrics_text_format() -> None:
-    c = Counter("cxr_x_total", "help")
-    c.inc(path='/a"b', status="200")
-    c.inc(2, path='/a"b', status="200")
-    h = Histogram("cxr_h", "help", [0.1, 1.0])
+    m = ServeMetrics(["/p"], queue_depth=lambda: 2, in_progress=lambda: 1, ready=lambda: 0, max_batch_size=4)
+    m.rejected.inc(reason='a"b')
+    m.rejected.inc(2, reason='a"b')
     for v in (0.05, 0.5, 0.5, 7.0):
-        h.observe(v, path="/p")
-    text = "\n".join([*c.render(), *h.render()])
-    assert 'cxr_x_total{path="/a\\"b",status="200"} 3' in text
-    assert 'cxr_h_bucket{path="/p",le="0.1"} 1' in text and 'cxr_h_bucket{path="/p",le="1"} 3' in text
-    assert 'cxr_h_bucket{path="/p",le="+Inf"} 4' in text and 'cxr_h_count{path="/p"} 4' in text
-    assert 'cxr_h_sum{path="/p"} 8.05' in text and "# TYPE cxr_h histogram" in text
+        m.observe_batch(3, v)
+    m.observe_request("BREW", "/../etc/passwd", 404, 0.01)
+    text = m.render().decode()
+    assert 'cxr_rejected_requests_total{reason="a\\"b"} 3.0' in text
+    h = "cxr_inference_duration_seconds"
+    assert f'{h}_bucket{{le="0.025"}} 0.0' in text and f'{h}_bucket{{le="0.05"}} 1.0' in text
+    assert f'{h}_bucket{{le="5.0"}} 3.0' in text and f'{h}_bucket{{le="10.0"}} 4.0' in text
+    assert f'{h}_bucket{{le="+Inf"}} 4.0' in text and f"{h}_count 4.0" in text
+    assert f"{h}_sum 8.05" in text and f"# TYPE {h} histogram" in text
+    assert 'cxr_batch_size_bucket{le="2.0"} 0.0' in text and 'cxr_batch_size_bucket{le="4.0"} 4.0' in text
+    assert 'cxr_batch_size_bucket{le="8.0"}' not in text  # buckets stop at max_batch_size
+    # unknown methods and paths collapse to "other": a scanner cannot grow the label set
+    assert 'cxr_http_requests_total{method="other",path="other",status="404"} 1.0' in text
+    assert "cxr_queue_depth 2.0" in text and "cxr_requests_in_progress 1.0" in text
+    assert "# TYPE cxr_model_ready gauge" in text and "cxr_model_ready 0.0" in text
 
 
 # ---- admission gate --------------------------------------------------------------------------------------

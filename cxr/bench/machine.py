@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
 from cxr.bench.peak import DEFAULT_REPEATS, DEFAULT_SIZE, PEAK_PRECISIONS, PeakFigure, measure_peaks
 from cxr.errors import ConfigError
+from cxr.ort_flavour import onnxruntime
 
 PEAK_ENV = "CXR_PEAK_GFLOPS"
 
@@ -88,13 +87,13 @@ def _version(dist: str) -> str | None:
 
 PEAK_KEYS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 PEAK_HINT = (
-    "give GFLOP/s as one number (the FP32 peak) or per precision, e.g. fp32=180,bf16=400,int8=700; "
-    "`cxr-bench peak` measures this host"
+    "give GFLOP/s as one number (the FP32 peak) or per precision as fp32=N,bf16=N,int8=N; "
+    "`cxr-bench peak` measures them on this host"
 )
 
 
 def parse_peaks(text: str, what: str = "--peak-gflops") -> dict[str, float]:
-    """``'180'`` -> {fp32: 180}; ``'fp32=180,int8=700'`` -> both; ``ConfigError`` naming ``what`` otherwise."""
+    """``'N'`` -> {fp32: N}; ``'fp32=N,int8=M'`` -> both; a ``ConfigError`` naming ``what`` otherwise."""
     out: dict[str, float] = {}
     for token in (t.strip() for t in text.split(",")):
         if not token:
@@ -103,7 +102,8 @@ def parse_peaks(text: str, what: str = "--peak-gflops") -> dict[str, float]:
         key = key.strip().lower() or "fp32"
         if key not in PEAK_KEYS:
             raise ConfigError(
-                f"{what}: unknown precision {key!r} in {text!r} (known: {', '.join(PEAK_KEYS)})", hint=PEAK_HINT
+                f"{what}: unknown precision {key!r} in {text!r} (known: {', '.join(PEAK_KEYS)})",
+                hint=PEAK_HINT,
             )
         try:
             value = float(raw)
@@ -138,7 +138,9 @@ def resolve_peaks(
     """Every peak this run compares against: the overrides, then a measurement of the precisions left."""
     overrides, source = resolve_peak_overrides(value)
     todo = [p for p in PEAK_PRECISIONS if p not in overrides] if measure else []
-    measured = measure_peaks(todo, size=size, threads=threads or usable_cores(), repeats=repeats) if todo else {}
+    measured = (
+        measure_peaks(todo, size=size, threads=threads or usable_cores(), repeats=repeats) if todo else {}
+    )
     peaks = {k: PeakFigure(k, v, source, None, 0, source) for k, v in overrides.items()}
     return {**measured, **peaks}
 
@@ -220,8 +222,13 @@ class MachineInfo:
             f"{self.memory_gib if self.memory_gib is not None else '?'} GiB, {gpu}; "
             f"load avg {self.load_average[0] if self.load_average else '?'} at start; "
             f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}){ov}; "
-            f"GEMM peaks: {self.peaks_line()}"
+            f"GEMM peak GFLOP/s: {self.peaks_short()}"
         )
+
+    def peaks_short(self) -> str:
+        """``fp32 201, bf16 395, int8 697`` (``unknown`` without any)."""
+        figs = [f for f in (self.peak(p) for p in (*PEAK_PRECISIONS, "fp16")) if f and f.gflops]
+        return ", ".join(f"{f.precision} {f.gflops:,.0f}" for f in figs if f.gflops) or "unknown"
 
 
 def machine_info(
@@ -234,6 +241,7 @@ def machine_info(
     """This host, with its GEMM peaks: ``peak_gflops`` (or ``$CXR_PEAK_GFLOPS``) where given, else measured."""
     peaks = resolve_peaks(peak_gflops, measure=measure_peak, size=peak_size, threads=peak_threads)
     fp32 = peaks.get("fp32")
+    ort = onnxruntime()
     return MachineInfo(
         cpu_model=cpu_model(),
         logical_cores=os.cpu_count() or 1,

@@ -1,4 +1,9 @@
-"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench."""
+"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench.
+
+A row's precision is what really ran (``effective_precision``), and its efficiency divides the achieved
+GFLOP/s by the machine's peak for that precision (``MachineInfo.peak_for``: FP32 rows by the FP32 peak, BF16
+rows by the BF16 one, INT8 rows by the INT8 one; a CPU peak is never used for a CUDA/TensorRT row).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,16 @@ from cxr.runtime.predictor import Predictor, PredictorConfig
 from cxr.session import SessionConfig
 
 log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = frozenset({"cuda", "tensorrt"})
+
+
+def effective_precision(file_precision: str, session_precision: str | None) -> str:
+    """What really ran: the session's precision (OpenVINO's compiled one), else the file's; an INT8 file
+    stays ``int8`` (its quantized ops run in INT8 whatever precision the rest of the graph gets)."""
+    if session_precision is None or file_precision == "int8":
+        return file_precision
+    return session_precision
 
 
 @dataclass(frozen=True)
@@ -120,13 +135,15 @@ def make_row(
     flops: float | None,
     sha: str | None = None,
     warnings: Sequence[str] = (),
+    precision_requested: str = "auto",
+    agreement: Mapping[str, Any] | None = None,
 ) -> BenchRow:
     """One ``BenchRow`` from a timing: latency stats, throughput, GFLOP/s and efficiency, memory, provider."""
     stats = summarize(timed.call_seconds)
     throughput = batch * timed.calls / timed.wall_seconds if timed.wall_seconds > 0 else 0.0
     gflops = None if flops is None else flops * throughput / 1e9
-    peak = ctx.machine.peak_gflops
     used = providers_used[0] if providers_used else "?"
+    peak = ctx.machine.peak_for(precision, gpu=used in GPU_PROVIDERS)
     stages = (
         {k: v * 1000.0 / timed.calls for k, v in timed.stage_seconds.items()} if timed.stage_seconds else None
     )
@@ -160,12 +177,18 @@ def make_row(
         efficiency_pct=None if gflops is None or not peak else 100.0 * gflops / peak,
         stages_ms=stages,
         warnings=tuple(warnings),
+        precision_requested=precision_requested,
+        peak_gflops=peak,
+        agreement=agreement,
     )
 
 
-def open_predictor(path: Path, provider: str, threads: int | None, strict: bool) -> tuple[Predictor, float]:
-    """A ``Predictor`` on ``path`` and the seconds it took to create."""
-    scfg = SessionConfig(provider=provider, threads=threads, strict_provider=strict)
+def open_predictor(
+    path: Path, provider: str, threads: int | None, strict: bool, precision: str = "auto"
+) -> tuple[Predictor, float]:
+    """A ``Predictor`` on ``path`` (``precision``: auto | fp32 | bf16, see ``SessionConfig``) and the seconds
+    it took to create."""
+    scfg = SessionConfig(provider=provider, threads=threads, strict_provider=strict, precision=precision)
     t0 = time.perf_counter()
     predictor = Predictor.from_path(path, PredictorConfig(session=scfg))
     return predictor, time.perf_counter() - t0

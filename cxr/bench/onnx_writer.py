@@ -11,8 +11,12 @@ accepts the result (tests/test_bench_peak.py checks it). Nothing else in cxr wri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
+
+Port = tuple[str, DTypeLike, Sequence[int]]  # a graph input or output: name, element type, shape
 
 IR_VERSION = 8
 OPSET = 13
@@ -40,7 +44,7 @@ def _bytes(field: int, payload: bytes | str) -> bytes:
     return _varint(field << 3 | 2) + _varint(len(data)) + data
 
 
-def _value_info(name: str, dtype: np.dtype, shape: Sequence[int]) -> bytes:
+def _value_info(name: str, dtype: np.dtype[Any], shape: Sequence[int]) -> bytes:
     dims = b"".join(_bytes(1, _int(1, d)) for d in shape)  # TensorShapeProto.dim{dim_value}
     tensor_type = _int(1, ONNX_TYPES[dtype]) + _bytes(2, dims)  # TypeProto.Tensor{elem_type, shape}
     return _bytes(1, name) + _bytes(2, _bytes(1, tensor_type))  # ValueInfoProto{name, type{tensor_type}}
@@ -52,9 +56,7 @@ def _tensor(name: str, array: np.ndarray) -> bytes:
     return dims + _int(2, ONNX_TYPES[array.dtype]) + _bytes(8, name) + _bytes(9, raw)
 
 
-def gemm_model(
-    op: str, a: tuple[str, np.dtype, Sequence[int]], b: np.ndarray, out: tuple[str, np.dtype, Sequence[int]]
-) -> bytes:
+def gemm_model(op: str, a: Port, b: np.ndarray, out: Port) -> bytes:
     """``out = op(a, B)`` with ``a`` a graph input and ``B`` a constant (``MatMul``, ``MatMulInteger``)."""
     node = _bytes(1, a[0]) + _bytes(1, "B") + _bytes(2, out[0]) + _bytes(3, op.lower()) + _bytes(4, op)
     graph = (

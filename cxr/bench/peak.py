@@ -38,7 +38,7 @@ PEAK_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 DEFAULT_SIZE = 2048
 DEFAULT_REPEATS = 5
 BUDGET_S = 2.0
-OPENVINO_MISSING = "openvino is not installed (pip install 'cxr-toolkit[openvino]')"
+OPENVINO_MISSING = "not installed (pip install 'cxr-toolkit[openvino]')"
 
 GemmCall = Callable[[], object]
 
@@ -92,7 +92,11 @@ class PeakFigure:
             return f"{name} unknown: {self.reason or 'not measured'}"
         if self.source != "measured":
             return f"{name} {self.gflops:,.0f} GFLOP/s ({self.source})"
-        threads = "BLAS default threads" if self.threads is None else f"{self.threads} threads"
+        threads = (
+            "BLAS default threads"
+            if self.threads is None
+            else f"{self.threads} thread{'' if self.threads == 1 else 's'}"
+        )
         return f"{name} {self.gflops:,.0f} GFLOP/s ({self.runtime}, {threads}, {self.size}^3)"
 
 
@@ -148,9 +152,17 @@ def _openvino() -> Any:
 def _ov_compile(ov: Any, outputs: Any, a: Any, hint: str, threads: int, want: str) -> Any:
     """Compile for the CPU and check that the GEMM node really runs ``want`` (OpenVINO's runtime model)."""
     core = ov.Core()
-    if hint == "bf16" and "BF16" not in [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]:
-        raise PeakUnavailable("this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+    if hint == "bf16" and "BF16" not in [
+        str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    ]:
+        raise PeakUnavailable(
+            "this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)"
+        )
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": hint,
+        "INFERENCE_NUM_THREADS": threads,
+    }
     compiled = core.compile_model(ov.Model([outputs], [a], f"cxr_peak_{want}"), "CPU", config)
     ran = {
         str(op.get_rt_info()["runtimePrecision"].astype(str))
@@ -224,7 +236,9 @@ def measure_peak(precision: str, size: int, threads: int, repeats: int = DEFAULT
     if not got:
         return PeakFigure(precision, None, None, threads, size, reason=reason)
     best = max(got, key=lambda k: got[k])
-    return PeakFigure(precision, got[best], best, None if best == "numpy" else threads, size, "measured", got, reason)
+    return PeakFigure(
+        precision, got[best], best, None if best == "numpy" else threads, size, "measured", got, reason
+    )
 
 
 _MEASURED: dict[tuple[str, int, int, int], PeakFigure] = {}

@@ -19,7 +19,11 @@ METHOD = (
     "(numpy 'linear', Hyndman-Fan type 7); std is the sample std; nothing is trimmed: 'outl' counts "
     "calls above Q3 + 1.5 IQR, all of them included in every statistic. img/s = images of all calls / "
     "measured window (all clients). eff % = FLOPs per image (counted from the FP32 graph at export) x img/s / "
-    "machine FP32 peak, so INT8 rows can pass 100%. load s = Predictor.from_path wall time (onnxruntime "
+    "this host's GEMM peak in the precision the row really ran (FP32 rows / FP32 peak, BF16 / BF16, INT8 / "
+    "INT8: the fastest of numpy, onnxruntime and OpenVINO on a square GEMM, measured at the start of the run "
+    "unless --peak-gflops gives it; see 'GEMM peaks' above). agree % = top-1 agreement with the FP32 file "
+    "on onnxruntime over the real images given (reduced-precision rows; PyTorch best: its worst member vs "
+    "FP32 eager). load s = Predictor.from_path wall time (onnxruntime "
     "session with graph optimisation, metadata check, model hash), summed over the sessions a row uses. "
     "Peak RSS scope 'row' = this configuration's own peak (the kernel's high-water mark reset before it), "
     "'process' = process-lifetime maximum."
@@ -40,6 +44,7 @@ COLUMNS: tuple[str, ...] = (
     "ms/img",
     "img/s",
     "eff %",
+    "agree %",
     "RSS MB",
     "load s",
     "outl",
@@ -62,6 +67,14 @@ def provider_cell(row: BenchRow) -> str:
     return f"{row.provider} (asked {row.provider_requested}!)"
 
 
+def agreement_cell(row: BenchRow) -> str:
+    """``99.0 (100)``: top-1 agreement % with FP32 and the number of images, or ``-``."""
+    a = row.agreement
+    if not a or a.get("top1") is None:
+        return "-"
+    return f"{100 * float(a['top1']):.1f} ({a.get('images', '?')})"
+
+
 def row_cells(row: BenchRow) -> list[str]:
     lat, per = row.latency_ms, row.latency_per_image_ms
     clients = str(row.concurrency) + (f" {row.mode}" if row.mode == "pool" else "")
@@ -80,6 +93,7 @@ def row_cells(row: BenchRow) -> list[str]:
         _ms(per.mean),
         _num(row.throughput_ips, 1),
         _num(row.efficiency_pct, 1 if (row.efficiency_pct or 0) < 10 else 0),
+        agreement_cell(row),
         f"{_num(row.peak_rss_mb, 0)}{'' if row.rss_scope == 'row' else '*'}",
         _num(row.session_create_s, 2),
         f"{row.latency_ms.outliers}/{row.latency_ms.count}",
@@ -160,6 +174,7 @@ def format_terminal(report: BenchReport) -> str:
     parts = [
         f"cxr-bench {report.cxr_version}  {report.created}",
         f"machine: {report.machine.summary()}",
+        f"GEMM peaks: {report.machine.peaks_line()}",
         "",
         text_table(COLUMNS, [row_cells(r) for r in report.rows]),
     ]
@@ -183,6 +198,7 @@ def format_markdown(report: BenchReport) -> str:
         f"- date: {report.created}",
         f"- cxr: {report.cxr_version}",
         f"- machine: {report.machine.summary()}",
+        f"- GEMM peaks (eff % denominators): {report.machine.peaks_line()}",
         f"- command: `{report.command}`" if report.command else "- command: (library call)",
         "",
         markdown_table(COLUMNS, [row_cells(r) for r in report.rows]),

@@ -1,29 +1,32 @@
 """cxr-bench's library: measure a cxr model over every configuration asked for, return rows.
 
-Takes: a ``BenchConfig`` (model, precision variants, providers, batch sizes, intra-op threads, client
-concurrency, warm-up and iteration plan, optional image folder for end-to-end runs, member files for the
-separate-sessions reference, a training run for the PyTorch reference). Makes: a ``BenchReport`` (one
-``BenchRow`` per configuration, machine info, notes); ``cxr.bench.report`` persists it.
+Takes: a ``BenchConfig`` (model, precision variants, providers, runtime precisions, batch sizes, intra-op
+threads, client concurrency, warm-up and iteration plan, optional image folder for end-to-end runs, member
+files for the separate-sessions reference, a training run for the PyTorch reference, real images for the
+top-1 agreement of reduced-precision rows). Makes: a ``BenchReport`` (one ``BenchRow`` per configuration,
+machine info with this host's measured GEMM peaks, notes); ``cxr.bench.report`` persists it.
 
-For each model file x provider x threads, one session is created (timed) and reused for every batch size
-and concurrency; with concurrency > 1 the same clients are also run against a pool of one session per
+For each model file x (provider, precision) x threads, one session is created (timed) and reused for every
+batch size and concurrency; with concurrency > 1 the same clients are also run against a pool of one session per
 client. Inputs for pure inference are pre-decoded and pre-resized (the first images of ``folder``, or
 seeded random pixels without one). Everything is checked before the first measurement (see
 ``cxr.bench.inputs``), so bad input fails in seconds with exit code 2, not after minutes.
-torch is never imported here; the PyTorch reference lives in ``cxr.train.torch_reference``.
+torch is never imported here; the PyTorch reference lives in ``cxr.train.torch_reference`` (FP32 eager)
+and ``cxr.bench.torch_best`` (best mode, torch imported inside its functions).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr import __version__
-from cxr.bench.config import BenchConfig
+from cxr.bench.config import BenchConfig, provider_precisions
 from cxr.bench.inputs import (
     ModelFile,
     check_batch_sizes,
@@ -32,17 +35,20 @@ from cxr.bench.inputs import (
     list_images,
     resolve_members,
 )
-from cxr.bench.machine import MachineInfo, PeakMemoryProbe, busy_note, machine_info
+from cxr.bench.machine import PEAK_ENV, MachineInfo, PeakMemoryProbe, busy_note, machine_info
 from cxr.bench.measure import (
     BenchContext,
     BenchInputs,
     cycled,
+    effective_precision,
     guarded,
     load_inputs,
     make_row,
     measure,
     open_predictor,
 )
+from cxr.bench.peers import bench_openvino_defaults
+from cxr.bench.precision import AgreementCheck, Refusals, agreement_check, precision_refusals
 from cxr.bench.references import bench_members, bench_torch
 from cxr.bench.timing import Call
 from cxr.bench.types import BenchReport, BenchRow
@@ -51,7 +57,17 @@ from cxr.runtime.predictor import Predictor
 
 __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
 
+log = logging.getLogger(__name__)
+
 RowMaker = Callable[..., BenchRow]
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What was found before measuring: refused (file, provider, precision) runs, the agreement check."""
+
+    refused: Refusals
+    agree: AgreementCheck | None
 
 
 @dataclass
@@ -70,27 +86,46 @@ class _Sessions:
         return self.pool[:n]
 
 
-def _bench_model(ctx: BenchContext, mf: ModelFile, inputs: BenchInputs, probe: PeakMemoryProbe) -> None:
-    """Every provider x threads for one model file: one session each (plus a pool when asked for)."""
+def _bench_model(
+    ctx: BenchContext,
+    mf: ModelFile,
+    inputs: BenchInputs,
+    probe: PeakMemoryProbe,
+    checks: _Checks,
+) -> None:
+    """Every (provider, precision) x threads for one model file: one session each (plus a pool)."""
     cfg = ctx.cfg
-    for provider in cfg.providers:
+    for provider, precision in cfg.runs:
+        if (mf.path, provider, precision) in checks.refused:
+            continue  # the note was written when the refusal was found
         for threads in cfg.threads:
-            opener = functools.partial(open_predictor, mf.path, provider, threads, cfg.strict_provider)
+            opener = functools.partial(
+                open_predictor, mf.path, provider, threads, cfg.strict_provider, precision
+            )
             predictor, create_s = opener()
+            ran = effective_precision(mf.precision, predictor.info.precision)
+            agreement = (
+                None
+                if checks.agree is None
+                else checks.agree.of((str(mf.path), provider, precision), predictor, ran, mf)
+            )
             row = functools.partial(
                 make_row,
                 ctx,
                 model=mf.name,
                 model_kind=mf.kind,
-                precision=mf.precision,
+                precision=ran,
+                precision_requested=precision,
                 provider_requested=provider,
                 providers_used=predictor.info.providers,
                 threads=threads,
                 flops=mf.flops_per_image,
                 sha=mf.sha256[:16],
                 warnings=predictor.info.warnings,
+                agreement=agreement,
             )
-            sessions = _Sessions(opener, row, f"{mf.name} on {provider}", [(predictor, create_s)])
+            what = f"{mf.name} on {predictor.info.label}"
+            sessions = _Sessions(opener, row, what, [(predictor, create_s)])
             for batch in cfg.batch_sizes:
                 _bench_batch(ctx, sessions, batch, inputs, probe)
             del sessions, predictor
@@ -153,8 +188,9 @@ def prepare(cfg: BenchConfig) -> tuple[ModelFile, tuple[ModelFile, ...], tuple[M
     check_variants(main, variants)
     for mf in (main, *variants):
         check_batch_sizes(mf, cfg.batch_sizes)
-    if cfg.folder is not None:
-        list_images(cfg.folder)
+    for folder in (cfg.folder, cfg.agreement_folder):
+        if folder is not None:
+            list_images(folder)
     members = resolve_members(main, cfg.members) if cfg.members else ()
     for m in members:
         check_batch_sizes(m, cfg.batch_sizes)
@@ -174,9 +210,11 @@ def _run_notes(machine: MachineInfo, rows: Sequence[BenchRow]) -> list[str]:
         notes.append(busy)
     if rows and rows[0].rss_scope == "process":
         notes.append("peak RSS is the process-lifetime maximum (the per-row reset is not available here)")
-    if machine.peak_gflops is None and any(r.gflops is not None for r in rows):
+    unknown = sorted({r.precision for r in rows if r.gflops is not None and r.peak_gflops is None})
+    if unknown:
         notes.append(
-            "efficiency % not computed: machine peak unknown (pass --peak-gflops or set CXR_PEAK_GFLOPS)"
+            f"efficiency % not computed for {', '.join(unknown)} rows: no peak for that precision here "
+            f"({machine.peaks_line()}); pass --peak-gflops {unknown[0]}=GFLOPS or set {PEAK_ENV}"
         )
     return notes
 
@@ -184,17 +222,25 @@ def _run_notes(machine: MachineInfo, rows: Sequence[BenchRow]) -> list[str]:
 def run_bench(cfg: BenchConfig, on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
     """Measure every configuration ``cfg`` asks for; ``on_row`` sees each row as soon as it is measured."""
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    machine = machine_info(cfg.peak_gflops)
     main, variants, members = prepare(cfg)
+    refused, refusal_notes = precision_refusals(cfg, (main, *variants, *members), cfg.runs)
+    machine = machine_info(cfg.peak_gflops, measure_peak=cfg.measure_peak, peak_size=cfg.peak_size)
     ctx = BenchContext(cfg, machine, on_row)
+    ctx.notes.extend(provider_precisions(cfg.providers, cfg.precisions)[1])
+    ctx.notes.extend(refusal_notes)
+    for note in ctx.notes:
+        log.warning("%s", note)
+    checks = _Checks(refused, agreement_check(cfg, (main, *variants), ctx.notes))
     inputs = load_inputs(cfg, main)
     probe = PeakMemoryProbe()
     for mf in (main, *variants):
-        _bench_model(ctx, mf, inputs, probe)
+        _bench_model(ctx, mf, inputs, probe, checks)
     if members:
-        bench_members(ctx, main, members, inputs, probe)
+        bench_members(ctx, main, members, inputs, probe, refused)
+        if cfg.openvino_peer:
+            bench_openvino_defaults(ctx, main, members, inputs, probe)
     if cfg.torch_run is not None:
-        bench_torch(ctx, main, Path(cfg.torch_run), inputs, probe)
+        bench_torch(ctx, main, Path(cfg.torch_run), inputs, probe, checks.agree)
     ctx.notes.extend(_run_notes(machine, ctx.rows))
     return BenchReport(
         created=started,

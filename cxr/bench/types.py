@@ -8,7 +8,15 @@ A row's ``kind``:
 - ``inference``: pure inference on pre-decoded, pre-resized tensors (``Predictor.run``);
 - ``end_to_end``: decode + preprocess + inference on real files (``stages_ms`` splits the time);
 - ``members_separate``: the ensemble's members as separate sessions in sequence (reference);
-- ``torch_eager``: the members as PyTorch eager modules in sequence (reference).
+- ``torch_eager``: the members as PyTorch eager modules in sequence (reference); mode ``eager`` is FP32 as
+  trained, mode ``best`` is PyTorch at its best on this CPU (channels_last, bf16 autocast where the CPU has
+  bf16 in hardware), see ``cxr.bench.torch_best``;
+- ``peer_openvino_defaults``: the members in OpenVINO with its own defaults (BF16 where the CPU has it,
+  unverified), in sequence: the peer a user gets without cxr (``cxr.bench.peers``).
+A row's ``precision`` is what really ran (OpenVINO's compiled precision, else the file's own), and
+``precision_requested`` what was asked (``auto`` for onnxruntime, which runs a file as it is stored);
+``efficiency_pct`` divides the achieved GFLOP/s by ``peak_gflops``, the machine's peak for ``precision``.
+``agreement``: top-1 agreement with the FP32 reference on real images, for reduced-precision rows.
 Latencies are per call (one call = one batch) in ``latency_ms`` and divided by the batch size in
 ``latency_per_image_ms``; ``throughput_ips`` is images per second over the whole measured window, all
 client threads together.
@@ -26,7 +34,13 @@ from cxr.errors import DataError
 
 SCHEMA = "cxr-bench"
 SCHEMA_VERSION = 1
-ROW_KINDS: tuple[str, ...] = ("inference", "end_to_end", "members_separate", "torch_eager")
+ROW_KINDS: tuple[str, ...] = (
+    "inference",
+    "end_to_end",
+    "members_separate",
+    "torch_eager",
+    "peer_openvino_defaults",
+)
 REQUIRED_ROW_KEYS: tuple[str, ...] = (
     "kind",
     "model",
@@ -51,7 +65,7 @@ class BenchRow:
     kind: str
     model: str  # file name (or "torch:<run dir>" for the PyTorch reference)
     model_kind: str  # "ensemble" or "member"
-    precision: str  # "fp32", "fp16", "int8"
+    precision: str  # what really ran: "fp32", "bf16", "fp16", "int8"
     provider_requested: str
     provider: str  # the provider that really ran the model's ops
     provider_ok: bool  # False when the session fell back to another provider
@@ -74,21 +88,44 @@ class BenchRow:
     providers_used: tuple[str, ...] = ()
     flops_per_image: float | None = None
     gflops: float | None = None  # achieved: flops_per_image * throughput
-    efficiency_pct: float | None = None  # gflops / machine peak * 100 (None when the peak is unknown)
+    efficiency_pct: float | None = None  # gflops / peak_gflops * 100 (None when that peak is unknown)
     stages_ms: Mapping[str, float] | None = None  # end_to_end: mean ms per batch of each stage
     warnings: tuple[str, ...] = ()
+    precision_requested: str = "auto"  # openvino: auto | fp32 | bf16; onnxruntime: auto (the file's own)
+    peak_gflops: float | None = None  # the machine's peak for ``precision`` (efficiency's denominator)
+    agreement: Mapping[str, Any] | None = None  # {"top1", "images", "reference"}: vs FP32 on real images
 
     def key(self) -> str:
         """What identifies this configuration across runs (compare matches rows on it)."""
         threads = "default" if self.threads is None else str(self.threads)
+        asked = "" if self.precision_requested == "auto" else f"|asked-{self.precision_requested}"
         return (
             f"{self.kind}|{self.model_kind}|{self.precision}|{self.provider_requested}|b{self.batch_size}"
-            f"|t{threads}|c{self.concurrency}|{self.mode}"
+            f"|t{threads}|c{self.concurrency}|{self.mode}{asked}"
         )
 
+    def precision_label(self) -> str:
+        """``bf16``; ``bf16 (auto)`` when OpenVINO chose it; ``fp32 (asked bf16)`` when it got another;
+        ``int8 (fp32 float ops)`` for an INT8 file asked to run its floating-point ops in fp32."""
+        asked = self.precision_requested
+        if asked == self.precision or (asked == "auto" and self.provider_requested != "openvino"):
+            return self.precision
+        if asked == "auto":
+            return f"{self.precision} (auto)"
+        if self.precision == "int8":  # an INT8 file: the request concerns the ops left in floating point
+            return f"int8 ({asked} float ops)"
+        return f"{self.precision} (asked {asked})"
+
     def label(self) -> str:
-        ref = {"members_separate": "members", "torch_eager": "torch", "end_to_end": "e2e"}.get(self.kind, "")
-        return f"{self.model} {self.precision}{' ' + ref if ref else ''}"
+        ref = {
+            "members_separate": "members",
+            "torch_eager": "torch",
+            "end_to_end": "e2e",
+            "peer_openvino_defaults": "members, OpenVINO defaults (peer)",
+        }.get(self.kind, "")
+        if self.kind == "torch_eager" and self.mode == "best":
+            ref = "torch best"
+        return f"{self.model} {self.precision_label()}{' ' + ref if ref else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +159,9 @@ class BenchRow:
             "efficiency_pct": self.efficiency_pct,
             "stages_ms": None if self.stages_ms is None else dict(self.stages_ms),
             "warnings": list(self.warnings),
+            "precision_requested": self.precision_requested,
+            "peak_gflops": self.peak_gflops,
+            "agreement": None if self.agreement is None else dict(self.agreement),
         }
 
     @classmethod
@@ -156,6 +196,9 @@ class BenchRow:
             efficiency_pct=d.get("efficiency_pct"),
             stages_ms=d.get("stages_ms"),
             warnings=tuple(d.get("warnings", ())),
+            precision_requested=str(d.get("precision_requested", "auto")),
+            peak_gflops=d.get("peak_gflops"),
+            agreement=d.get("agreement"),
         )
 
 

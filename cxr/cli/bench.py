@@ -1,9 +1,10 @@
 """`cxr-bench`: latency, throughput, memory and efficiency of a cxr model, and comparisons of two runs.
 
-`cxr-bench run --model MODEL` measures every combination of providers, precision variants, batch sizes, intra-op
-threads and client concurrency asked for (plus end-to-end and reference rows when asked) and prints a
-table; `--output/--markdown/--plot` persist it. `cxr-bench compare A.json B.json` shows two runs side by
-side with ratios. A thin layer over ``cxr.bench.run``; torch is never imported (the PyTorch
+`cxr-bench run --model MODEL` measures every combination of providers, runtime precisions, precision
+variants, batch sizes, intra-op threads and client concurrency asked for (plus end-to-end and reference rows
+when asked) and prints a table; `--output/--markdown/--plot` persist it. `cxr-bench peak` measures this
+host's GEMM peak per precision (every `run` does too, for its efficiency column). `cxr-bench compare
+A.json B.json` shows two runs side by side with ratios. A thin layer over ``cxr.bench.run``; torch is never imported (the PyTorch
 reference imports it inside its own function, only when it is installed).
 """
 
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="cxr-bench",
-    help="Benchmark a cxr ONNX model (fused ensemble or single member) with onnxruntime: latency "
-    "percentiles, images/s, peak memory, session creation, provider really used, efficiency vs peak.",
+    help="Benchmark a cxr ONNX model (fused ensemble or single member) with onnxruntime or OpenVINO: latency "
+    "percentiles, images/s, peak memory, session creation, provider and precision really used, efficiency "
+    "vs this host's measured GEMM peak.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -86,8 +88,17 @@ def run(
         typer.Option("--variant", help="Another precision of the same model (FP16/INT8 file); repeatable."),
     ] = None,
     provider: Annotated[
-        str, typer.Option("--provider", "-p", help="Comma-separated: cpu, cuda, tensorrt, auto.")
+        str,
+        typer.Option("--provider", "-p", help="Comma-separated: cpu, cuda, tensorrt, openvino, auto."),
     ] = "cpu",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="Comma-separated: auto, fp32, bf16. One row set per provider x precision; onnxruntime runs "
+            "a file as stored (auto = fp32 there), bf16 runs on openvino only (verified models).",
+        ),
+    ] = "auto",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", "-b", help="Comma-separated, e.g. 1,8.")] = "1",
     threads: Annotated[
         str,
@@ -118,6 +129,30 @@ def run(
             "--torch-run", help="Training run with members/<name> checkpoints: PyTorch eager reference."
         ),
     ] = None,
+    torch_best: Annotated[
+        bool,
+        typer.Option(
+            "--torch-best/--no-torch-best",
+            help="With --torch-run, also 'PyTorch best' (channels_last, bf16 autocast where the CPU has it).",
+        ),
+    ] = True,
+    openvino_peer: Annotated[
+        bool,
+        typer.Option(
+            "--openvino-peer",
+            help="With --member-models: also the members in OpenVINO with its own defaults (BF16 where the CPU "
+            "has it, unverified): the peer a user gets without cxr.",
+        ),
+    ] = False,
+    agreement_folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--agreement-folder", help="Real images: top-1 agreement of reduced-precision rows with FP32."
+        ),
+    ] = None,
+    agreement_images: Annotated[
+        int, typer.Option("--agreement-images", help="At most this many of them, spread over the folder.")
+    ] = 100,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before measuring.")] = 3,
     iterations: Annotated[
         int | None,
@@ -128,9 +163,18 @@ def run(
         typer.Option("--min-seconds", help=f"Measure at least this long (and >= {MIN_ITERATIONS} calls)."),
     ] = None,
     peak_gflops: Annotated[
-        float | None,
-        typer.Option("--peak-gflops", help="Machine FP32 peak for efficiency %; default $CXR_PEAK_GFLOPS."),
+        str | None,
+        typer.Option(
+            "--peak-gflops",
+            help="Peak GFLOP/s instead of measuring it: one number (FP32) or fp32=N,bf16=N,int8=N; "
+            "default $CXR_PEAK_GFLOPS, else measured (see `cxr-bench peak`).",
+        ),
     ] = None,
+    measure_peak: Annotated[
+        bool,
+        typer.Option("--measure-peak/--no-measure-peak", help="Measure the GEMM peaks not given (seconds)."),
+    ] = True,
+    peak_size: Annotated[int, typer.Option("--peak-size", help="M = N = K of the peak GEMMs.")] = 2048,
     strict_provider: Annotated[
         bool, typer.Option("--strict-provider", help="Fail instead of reporting a provider fallback.")
     ] = False,
@@ -165,6 +209,7 @@ def run(
         model=model,
         variants=tuple(variant or ()),
         providers=parse_names(provider),
+        precisions=parse_names(precision),
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
         threads=parse_threads(threads),
         concurrency=parse_ints(concurrency, "--concurrency"),
@@ -175,7 +220,13 @@ def run(
         folder=folder,
         members=parse_paths(member_models),
         torch_run=torch_run,
+        torch_best=torch_best,
+        openvino_peer=openvino_peer,
+        agreement_folder=agreement_folder,
+        agreement_images=agreement_images,
         peak_gflops=peak_gflops,
+        measure_peak=measure_peak,
+        peak_size=peak_size,
         strict_provider=strict_provider,
         seed=seed,
         command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -195,6 +246,60 @@ def _progress(row: BenchRow) -> None:
         f"{row.throughput_ips:.1f} img/s",
         err=True,
     )
+
+
+@app.command("peak")
+@handle_errors
+def peak(
+    size: Annotated[int, typer.Option("--size", help="M = N = K of the square GEMMs.")] = 2048,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", "-t", help="onnxruntime/OpenVINO threads; default: usable cores."),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Timed calls after one warm-up; the best counts.")
+    ] = 5,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Measure this host's GEMM peak GFLOP/s in FP32, BF16 and INT8 with the installed runtimes."""
+    import json
+
+    from cxr.bench.machine import busy_note, machine_info, usable_cores
+    from cxr.bench.peak import PEAK_PRECISIONS, measure_peaks
+    from cxr.bench.report import text_table
+
+    n = threads or usable_cores()
+    figs = measure_peaks(PEAK_PRECISIONS, size=size, threads=n, repeats=repeats, fresh=True)
+    machine = machine_info(measure_peak=False)
+    typer.echo(
+        f"{machine.cpu_model}, {machine.usable_cores} usable cores; onnxruntime {machine.onnxruntime}"
+        f"{', openvino ' + machine.openvino if machine.openvino else ''}, numpy {machine.numpy}"
+    )
+    header = ("precision", "GFLOP/s", "runtime", "threads", "size", "every runtime (GFLOP/s)")
+    rows = [
+        [
+            f.precision,
+            "-" if f.gflops is None else f"{f.gflops:,.1f}",
+            f.runtime or "-",
+            "BLAS default" if f.threads is None else str(f.threads),
+            f"{f.size}^3",
+            ", ".join(f"{k} {v:,.1f}" for k, v in f.candidates.items()) or "-",
+        ]
+        for f in figs.values()
+    ]
+    typer.echo(text_table(header, rows))
+    for f in figs.values():
+        if f.reason:
+            typer.echo(f"note: {f.precision}: {f.reason}")
+    if (busy := busy_note(machine)) is not None:
+        typer.echo(f"note: {busy}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"machine": machine.to_dict(), "peaks": {k: v.to_dict() for k, v in figs.items()}}
+        output.write_text(json.dumps(doc, indent=2) + "\n")
+        typer.echo(f"wrote {output}")
 
 
 @app.command("compare")

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from cxr.errors import ConfigError, CxrError
+from cxr.errors import ConfigError, CxrError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 V = TypeVar("V")
@@ -64,8 +68,42 @@ def echo_error(err: CxrError) -> None:
         typer.echo(f"  hint: {err.hint}", err=True)
 
 
+UNEXPECTED_EXIT = 2
+CRASH_DIR_ENV = "CXR_LOG_DIR"
+DEBUG_ENV = "CXR_DEBUG"  # 1: an unexpected error ends in its traceback (what --debug sets)
+
+
+def debug_option(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show the full traceback of an unexpected error (before the command)."),
+    ] = False,
+) -> None:
+    """The apps' callback: ``cxr --debug COMMAND`` lets an unexpected error end in its traceback."""
+    if debug:  # the process's own environment: the command it runs is the only reader
+        os.environ[DEBUG_ENV] = "1"
+
+
+def _debug_requested() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def crash_log(err: BaseException) -> Path:
+    """Write ``err``'s traceback to ``$CXR_LOG_DIR`` (default ~/.cache/cxr/logs) and return the file."""
+    folder = Path(os.environ.get(CRASH_DIR_ENV) or Path.home() / ".cache" / "cxr" / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"cxr-error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    path.write_text(f"cxr command: {' '.join(sys.argv)}\n{text}", encoding="utf-8")
+    return path
+
+
 def handle_errors(fn: F) -> F:
-    """Decorator for commands: CxrError -> message on stderr + ``typer.Exit(err.exit_code)``."""
+    """Decorator for commands: CxrError -> message on stderr + ``typer.Exit(err.exit_code)``; any other
+    exception -> one line naming it and the log file with its traceback, exit code 2 (``--debug``: raise)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -77,6 +115,21 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(code=130) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as err:  # a bug or an unforeseen failure: one clear line, the traceback in a file
+            if _debug_requested():
+                raise
+            where = crash_log(err)
+            typer.secho(
+                f"error: {fn.__name__.replace('_', ' ')} failed unexpectedly: {type(err).__name__}: {first_line(err)}",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            typer.echo(
+                f"  the traceback is in {where}; run with --debug before the command to see it", err=True
+            )
+            raise typer.Exit(code=UNEXPECTED_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,7 +11,7 @@ import typer
 
 from cxr import __version__
 from cxr.cli import bench, data, demo, export, predict, serve, stack, train, triton
-from cxr.cli.common import LEGACY_POSITIONALS, deprecated_alias
+from cxr.cli.common import LEGACY_POSITIONALS, debug_option, deprecated_alias
 from cxr.labels import NOTICE
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     f"{NOTICE}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    callback=debug_option,
 )
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")

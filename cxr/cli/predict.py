@@ -20,6 +20,7 @@ from cxr.cli.common import (
     PRECISION_HELP,
     PrecisionChoice,
     ProviderChoice,
+    debug_option,
     handle_errors,
     model_option,
     output_option,
@@ -51,6 +52,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    callback=debug_option,
 )
 
 

@@ -79,7 +79,8 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
     if result.skipped:
         lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
     lines.append(
-        f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s on provider '{result.provider}', "
+        f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s on provider '{result.provider}'"
+        f"{f' ({result.precision})' if result.precision else ''}, "
         f"model {result.model_id}"
     )
     if result.output:

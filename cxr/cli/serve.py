@@ -166,6 +166,7 @@ def _require_serve_extra() -> None:
     """The serve extra is optional: fail here, with the fix, when it is missing."""
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:

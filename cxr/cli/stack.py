@@ -97,6 +97,20 @@ def fuse(
         int, typer.Option(help="Batch-1 timing runs, fused vs separate sessions (0: skip).")
     ] = 10,
     threads: OrtThreads = None,
+    bf16_check: Annotated[
+        bool,
+        typer.Option(
+            help="Run the graph in OpenVINO BF16 on real train/val images (or --check-images) and record whether "
+            "it agrees with FP32 (needs openvino and a CPU with BF16); the runtime offers BF16 only after it."
+        ),
+    ] = True,
+    check_images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of real chest X-rays for the BF16 check (default: RUN_DIR's train/val)."),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(help="The BF16 bar: top-1 agreement with FP32, as INT8's at export.")
+    ] = 0.99,
     out: OldOut = None,
 ) -> None:
     """Fuse the members and the meta-learner into one verified ONNX graph."""
@@ -114,6 +128,9 @@ def fuse(
         e2e_max_images=e2e_limit,
         benchmark_runs=bench_runs,
         threads=threads,
+        bf16_check=bf16_check,
+        check_images=check_images or Path(run_dir),
+        min_agreement=min_agreement,
     )
     res = fuse_models(members, meta, cfg)
     typer.echo(describe(res))

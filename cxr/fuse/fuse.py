@@ -65,8 +65,12 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     fp32, fused, reference = build_fused_file(loaded, meta_model, out, "fp32", cfg, rng, cfg.tolerance)
     warnings = _resize_warnings(fused.resizes)
     verified: dict[str, dict[str, Any]] = {}
-    run_dir = None if cfg.run_dir is None else Path(cfg.run_dir)
-    if cfg.bf16_check and run_dir is not None and (record := _bf16_record(out, fused, loaded, cfg, run_dir)):
+    source = cfg.check_images or cfg.run_dir
+    if (
+        cfg.bf16_check
+        and source is not None
+        and (record := _bf16_record(out, fused, loaded, cfg, Path(source)))
+    ):
         write_record(out, record)  # before the variants: they name the FP32 file's final sha256
         fp32 = replace(fp32, sha256=file_sha256(out), bytes=onnx_size_bytes(out))
         verified[BF16_RECORD] = record
@@ -101,14 +105,14 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
 
 
 def _bf16_record(
-    out: Path, fused: FusedGraph, loaded: Sequence[MemberModel], cfg: FuseConfig, run_dir: Path
+    out: Path, fused: FusedGraph, loaded: Sequence[MemberModel], cfg: FuseConfig, source: Path
 ) -> dict[str, Any] | None:
-    """OpenVINO BF16 vs the FP32 graph on the run's real train/val images (None: no openvino here)."""
+    """OpenVINO BF16 vs the FP32 graph on real images of ``source`` (None: no openvino here)."""
     first = loaded[0].meta.preprocess
     spec = PreprocessSpec(
         input_size=fused.input_size, channels=first.channels, mean=first.mean, std=first.std
     )
-    images = real_images(run_dir, spec, cfg.bf16_check_images, cfg.seed)
+    images = real_images(source, spec, cfg.bf16_check_images, cfg.seed)
     return check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
 
 

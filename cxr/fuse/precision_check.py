@@ -2,8 +2,8 @@
 
 BF16 is not a separate file: OpenVINO runs the FP32 graph with ``INFERENCE_PRECISION_HINT=bf16``. It is
 offered only after the check INT8 gets at export: top-1 agreement with the FP32 graph (onnxruntime) on
-real radiographs from the run's train and validation splits (agreement needs no labels, and more images
-give a tighter estimate) must reach ``min_agreement`` (99% by default). The verdict is written into the
+real radiographs — the run's train and validation splits, or a folder given (agreement needs no labels,
+and more images give a tighter estimate) — must reach ``min_agreement`` (99% by default). The verdict is written into the
 FP32 file's metadata under ``cxr.verified_precisions`` (``openvino_bf16``: accepted, agreement, images,
 bar, max |dp|, the OpenVINO version, reason); ``cxr.openvino_session`` reads it back and refuses BF16
 without an accepting record. Where OpenVINO is not installed, nothing is recorded (the runtime then runs
@@ -30,25 +30,37 @@ log = logging.getLogger(__name__)
 CHECK_SPLITS = ("train", "val")
 
 
-def real_images(run_dir: Path, spec: PreprocessSpec, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` readable images of the run's train and val splits as the fused graph's uint8 input."""
+def image_files(source: Path) -> list[Path]:
+    """A run directory's train and val images (its ``manifest.csv``), or every image under a folder."""
     from cxr.data.manifest import load_manifest
+    from cxr.imaging.decode import READABLE_SUFFIXES
+
+    source = Path(source)
+    if (source / "manifest.csv").is_file():
+        manifest = load_manifest(source / "manifest.csv", check_files=False)
+        return [manifest.abspath(r) for r in manifest.rows if r.split in CHECK_SPLITS]
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES)
+
+
+def real_images(source: Path, spec: PreprocessSpec, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` readable images of ``source`` (see ``image_files``) as the fused graph's uint8 input."""
     from cxr.imaging.decode import decode_gray
     from cxr.imaging.preprocess import to_model_input
 
-    manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=False)
-    rows = [r for r in manifest.rows if r.split in CHECK_SPLITS]
-    order = np.random.default_rng(seed).permutation(len(rows))
-    grays = []
-    for i in order:
+    files = image_files(source)
+    grays: list[np.ndarray] = []
+    for i in np.random.default_rng(seed).permutation(len(files)):
         if len(grays) >= n:
             break
         try:
-            grays.append(decode_gray(manifest.abspath(rows[int(i)])))
+            grays.append(decode_gray(files[int(i)]))
         except (DecodeError, OSError) as e:
-            log.warning("BF16 check: skipping %s: %s", rows[int(i)].path, e)
+            log.warning("BF16 check: skipping %s: %s", files[int(i)], e)
     if not grays:
-        raise DataError(f"no readable train/val image in {run_dir}/manifest.csv for the BF16 check")
+        raise DataError(
+            f"no readable image in {source} for the BF16 check",
+            hint="give a run directory with a manifest, or a folder of real chest X-rays",
+        )
     return to_model_input(grays, spec, normalized=False)
 
 

@@ -37,6 +37,7 @@ class FuseConfig:
     bf16_check: bool = True  # given run_dir and openvino: verify OpenVINO BF16 on real images, record it
     min_agreement: float = 0.99  # the BF16 bar: top-1 agreement with FP32 (as INT8's at export)
     bf16_check_images: int = 200
+    check_images: Path | None = None  # real images for the BF16 check (a folder or run dir); None: run_dir
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANT_SUFFIXES]

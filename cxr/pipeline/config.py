@@ -7,13 +7,16 @@ from pathlib import Path
 
 from cxr.errors import ConfigError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # cxr/configs: package data of the wheel
 
 
 def default_config(name: str) -> Path:
-    """``configs/<name>.yaml`` from the working directory, else from the source checkout."""
+    """``configs/<name>.yaml`` from the working directory, else the copy installed with cxr.
+
+    The repository's ``configs/`` is a link to ``cxr/configs/``, so a clone and a wheel read the same files.
+    """
     here = Path("configs") / f"{name}.yaml"
-    return here if here.is_file() else REPO_CONFIGS / f"{name}.yaml"
+    return here if here.is_file() else PACKAGED_CONFIGS / f"{name}.yaml"
 
 
 @dataclass(frozen=True)

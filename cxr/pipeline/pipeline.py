@@ -225,6 +225,7 @@ def _stage_bench(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
             iterations=cfg.bench_iterations,
             warmup=2,
             command="cxr demo (bench stage)",
+            peak_size=1024,  # a 1-second peak measurement: the demo's models are tiny
         )
     )
     write_outputs(

@@ -56,6 +56,7 @@ class ScanResult:
     model_id: str
     output: str | None
     failures: tuple[tuple[str, str], ...] = field(default=())  # (path, error), the first few
+    precision: str | None = None  # what the backend really ran (openvino: fp32/bf16); None: the file's own
 
     @property
     def exit_code(self) -> int:
@@ -73,6 +74,7 @@ class ScanResult:
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "provider": self.provider,
+            "precision": self.precision,
             "model_id": self.model_id,
             "output": self.output,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
@@ -210,4 +212,5 @@ def scan_folder(
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
         failures=tuple(tally.failures),
+        precision=predictor.info.precision,
     )

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from cxr import __version__
 from cxr.labels import NOTICE
+from cxr.serve.metrics import CONTENT_TYPE_LATEST
 from cxr.serve.pipeline import Outcome, run_prediction
 from cxr.serve.schemas import (
     ERROR_RESPONSES,
@@ -244,9 +245,7 @@ def _add_info_routes(router: APIRouter, state: ServerState, protected: list[Any]
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus text format: requests by status, latency, queue depth, batch sizes."""
-        return PlainTextResponse(
-            state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/", include_in_schema=False)
     async def root() -> JSONResponse:

@@ -4,14 +4,12 @@ Takes: a YAML file (see ``configs/*.yaml``) and overrides such as ``train.epochs
 ``run_dir=/tmp/run``, ``data.manifest=runs/manifest.csv``, ``models.0.input_size=32`` or
 ``models.*.pretrained=false``. Makes: a ``TrainConfig``. Unknown keys are refused with a did-you-mean,
 values of the wrong type or out of range with the key's dotted name; nothing is evaluated as code.
-The dataclasses live in ``cxr.train.settings`` and the typed mapping in ``cxr.train.typed_mapping``;
-both are re-exported here.
+The pydantic dataclasses live in ``cxr.train.settings``, re-exported here; ``cxr.train.typed_mapping``
+turns pydantic's errors into ``ConfigError``s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from cxr.train.settings import (
     TrainConfig,
     TrainSettings,
 )
-from cxr.train.typed_mapping import build
+from cxr.train.typed_mapping import build, dump
 
 __all__ = [
     "MIN_INPUT",
@@ -76,20 +74,14 @@ def config_from_dict(
         for item in overrides:
             _apply_override(data, item)
             data = _normalize_models(data)
-        return typing.cast(TrainConfig, build(TrainConfig, data, ""))
+        return build(TrainConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e.message}", hint=e.hint) from None
 
 
-def config_to_dict(cfg: Any) -> Any:
-    """The config as plain YAML/JSON values (paths as strings, tuples as lists)."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, Path):
-        return str(cfg)
-    if isinstance(cfg, tuple | list):
-        return [config_to_dict(v) for v in cfg]
-    return cfg
+def config_to_dict(cfg: object) -> Any:
+    """The config (or one of its parts) as plain YAML/JSON values (paths as strings, tuples as lists)."""
+    return dump(cfg)
 
 
 def dump_config(cfg: TrainConfig, path: Path) -> Path:

@@ -1,35 +1,51 @@
-"""Training settings: takes already-typed values, makes the frozen dataclasses a ``TrainConfig`` is made of.
+"""Training settings: takes plain values, makes the frozen, checked dataclasses a ``TrainConfig`` is made of.
 
-Each dataclass checks its own ranges in ``__post_init__`` and names the offending key; reading them from
+Types and ranges are declared on the fields (pydantic checks them, ``cxr.train.typed_mapping`` names the
+dotted key); ``__post_init__`` keeps the checks between fields and those with a hint. Reading them from
 YAML (with ``--set`` overrides) is ``cxr.train.config``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval
 
 from cxr.errors import ConfigError
 from cxr.spec import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from cxr.train.typed_mapping import check, did_you_mean
+from cxr.train.typed_mapping import (
+    NULL_MEANS_DEFAULTS,
+    Bool,
+    ConfigPath,
+    Float,
+    Int,
+    Str,
+    check,
+    configclass,
+    did_you_mean,
+)
 
 Optimizer = Literal["adamw", "sgd", "adam"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MONITORED_METRICS: tuple[str, ...] = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
 MIN_INPUT = 32  # every table backbone downsamples 32x; VGG19 and DenseNet fail below
+Count = Annotated[Int, Ge(1)]  # "must be 1 or more"
+NonNegative = Annotated[Int, Ge(0)]
+Positive = Annotated[Float, Gt(0)]
+Fraction = Annotated[Float, Interval(ge=0, lt=1)]  # "must be in [0, 1)"
 
 
-@dataclass(frozen=True)
+@configclass("data")
 class DataConfig:
     """Where the images are: a manifest from ``cxr data split``, or a data set folder to split here."""
 
-    manifest: Path | None = None
-    data_dir: Path | None = None
-    split_seed: int = 0
-    num_workers: int = 0
-    max_bad_fraction: float = 0.01
+    manifest: ConfigPath | None = None
+    data_dir: ConfigPath | None = None
+    split_seed: Int = 0
+    num_workers: NonNegative = 0
+    max_bad_fraction: Annotated[Float, Interval(ge=0, le=1)] = 0.01
 
     def __post_init__(self) -> None:
         if self.manifest is None and self.data_dir is None:
@@ -38,31 +54,24 @@ class DataConfig:
                 hint="set data.manifest to a manifest CSV from `cxr data split`, or data.data_dir to a data "
                 "set folder (a manifest is then built in the run directory)",
             )
-        check("data.num_workers", self.num_workers >= 0, self.num_workers, "0 or more")
-        check("data.max_bad_fraction", 0 <= self.max_bad_fraction <= 1, self.max_bad_fraction, "in [0, 1]")
 
 
-@dataclass(frozen=True)
+@configclass("train.scheduler")
 class ScheduleConfig:
     """Cosine decay with warm restarts, stepped every iteration; the first cycle lasts ``t0_epochs``."""
 
-    t0_epochs: float = 1.0
-    t_mult: int = 2
-    min_lr_ratio: float = 0.01
-
-    def __post_init__(self) -> None:
-        check("train.scheduler.t0_epochs", self.t0_epochs > 0, self.t0_epochs, "positive")
-        check("train.scheduler.t_mult", self.t_mult >= 1, self.t_mult, "1 or more")
-        check("train.scheduler.min_lr_ratio", 0 <= self.min_lr_ratio < 1, self.min_lr_ratio, "in [0, 1)")
+    t0_epochs: Positive = 1.0
+    t_mult: Count = 2
+    min_lr_ratio: Fraction = 0.01
 
 
-@dataclass(frozen=True)
+@configclass("train.early_stopping")
 class EarlyStoppingConfig:
     """Stop fine-tuning after ``patience`` epochs without an improvement of ``metric`` by ``min_delta``."""
 
-    metric: str = "macro_f1"
-    patience: int = 5
-    min_delta: float = 0.0
+    metric: Str = "macro_f1"
+    patience: Count = 5
+    min_delta: Annotated[Float, Ge(0)] = 0.0
 
     def __post_init__(self) -> None:
         if self.metric not in MONITORED_METRICS:
@@ -70,53 +79,44 @@ class EarlyStoppingConfig:
                 f"train.early_stopping.metric: unknown metric {self.metric!r}",
                 hint=did_you_mean(self.metric, MONITORED_METRICS),
             )
-        check("train.early_stopping.patience", self.patience >= 1, self.patience, "1 or more")
-        check("train.early_stopping.min_delta", self.min_delta >= 0, self.min_delta, "0 or more")
 
     @property
     def mode(self) -> Literal["min", "max"]:
         return "min" if self.metric == "loss" else "max"
 
 
-@dataclass(frozen=True)
+@configclass("train")
 class TrainSettings:
     """The study's two-phase schedule and how to run it."""
 
-    epochs: int = 25
-    adapt_epochs: int = 2
-    batch_size: int = 32
-    eval_batch_size: int = 64
+    epochs: Count = 25
+    adapt_epochs: Int = 2  # in [0, epochs]: checked below
+    batch_size: Count = 32
+    eval_batch_size: Count = 64
     optimizer: Optimizer = "adamw"
-    adapt_lr: float = 1e-3
-    finetune_lr: float = 1e-4
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    scheduler: ScheduleConfig = field(default_factory=ScheduleConfig)
-    class_weights: bool = True
-    class_weight_cap: float | None = None  # None: the study's N / (K * n_k) as is; else min(w_k, cap)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    device: str = "auto"
+    adapt_lr: Positive = 1e-3
+    finetune_lr: Positive = 1e-4
+    weight_decay: Annotated[Float, Ge(0)] = 1e-4
+    momentum: Fraction = 0.9
+    scheduler: Annotated[ScheduleConfig, NULL_MEANS_DEFAULTS] = field(default_factory=ScheduleConfig)
+    class_weights: Bool = True
+    # class_weight_cap None: the study's N / (K * n_k) as is; else min(w_k, cap)
+    class_weight_cap: Annotated[Float, Ge(1)] | None = None
+    early_stopping: Annotated[EarlyStoppingConfig, NULL_MEANS_DEFAULTS] = field(
+        default_factory=EarlyStoppingConfig
+    )
+    device: Str = "auto"
     precision: Precision = "auto"
-    channels_last: bool = True
-    resume: bool = False
-    finetune_frozen_norm: bool = False  # pretrained members: BatchNorm stays in inference mode in fine-tuning
-    sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch
-    dist_timeout_s: float = 3600.0  # under torchrun: how long a process waits for the others
+    channels_last: Bool = True
+    resume: Bool = False
+    finetune_frozen_norm: Bool = False  # pretrained members: BatchNorm stays in inference mode in fine-tuning
+    sync_batchnorm: Bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    dist_timeout_s: Positive = 3600.0  # under torchrun: how long a process waits for the others
 
     def __post_init__(self) -> None:
-        check("train.epochs", self.epochs >= 1, self.epochs, "1 or more")
-        cap = self.class_weight_cap
-        check("train.class_weight_cap", cap is None or cap >= 1, cap, "1 or more (or null)")
         check(
             "train.adapt_epochs", 0 <= self.adapt_epochs <= self.epochs, self.adapt_epochs, "in [0, epochs]"
         )
-        check("train.batch_size", self.batch_size >= 1, self.batch_size, "1 or more")
-        check("train.eval_batch_size", self.eval_batch_size >= 1, self.eval_batch_size, "1 or more")
-        for key in ("adapt_lr", "finetune_lr"):
-            check(f"train.{key}", getattr(self, key) > 0, getattr(self, key), "positive")
-        check("train.weight_decay", self.weight_decay >= 0, self.weight_decay, "0 or more")
-        check("train.momentum", 0 <= self.momentum < 1, self.momentum, "in [0, 1)")
-        check("train.dist_timeout_s", self.dist_timeout_s > 0, self.dist_timeout_s, "positive")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(
                 f"train.device: {self.device!r} is not a device cxr trains on",
@@ -124,38 +124,39 @@ class TrainSettings:
             )
 
 
-@dataclass(frozen=True)
+@configclass("tracking")
 class TrackingConfig:
     """Optional Comet experiment tracking (needs ``pip install comet_ml``; offline mode needs no account)."""
 
-    comet: bool = False
-    comet_project: str = "cxr"
-    comet_workspace: str | None = None
-    comet_offline: bool = True
-    comet_offline_dir: Path | None = None
+    comet: Bool = False
+    comet_project: Str = "cxr"
+    comet_workspace: Str | None = None
+    comet_offline: Bool = True
+    comet_offline_dir: ConfigPath | None = None
 
 
-@dataclass(frozen=True)
+@configclass("models.{name}")
 class MemberConfig:
     """One base model: its member ``name`` (the run directory's folder), backbone and input size (h, w).
 
     ``batch_size``, ``epochs``, ``adapt_lr``, ``finetune_lr`` and ``precision`` override the ``train:``
     values for this member only; ``finetune_from`` (a module name such as ``block8`` or ``stages.3``)
-    keeps every layer before that module frozen in fine-tuning, as in adaptation; ``mean``/``std`` default to the backbone's pretrained config (``backbone_normalization``).
+    keeps every layer before that module frozen in fine-tuning, as in adaptation; ``mean``/``std`` default
+    to the backbone's pretrained config (``backbone_normalization``).
     """
 
-    name: str
-    backbone: str
-    input_size: tuple[int, int]
-    pretrained: bool | Path = False
-    batch_size: int | None = None
-    epochs: int | None = None  # None: train.epochs
-    adapt_lr: float | None = None
-    finetune_lr: float | None = None
+    name: Str
+    backbone: Str
+    input_size: tuple[Int, Int]
+    pretrained: Bool | ConfigPath = False
+    batch_size: Count | None = None  # None: train.batch_size
+    epochs: Count | None = None  # None: train.epochs
+    adapt_lr: Positive | None = None
+    finetune_lr: Positive | None = None
     precision: Precision | None = None  # None: train.precision
-    finetune_from: str | None = None  # None: fine-tuning trains every layer; else from this module on
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # filled from timm's pretrained config when not given
-    std: tuple[float, float, float] = IMAGENET_STD
+    finetune_from: Str | None = None  # None: fine-tuning trains every layer; else from this module on
+    mean: tuple[Float, Float, Float] = IMAGENET_MEAN  # filled from timm's pretrained config when not given
+    std: tuple[Float, Float, Float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\:") or self.name in (".", ".."):
@@ -168,15 +169,6 @@ class MemberConfig:
                 f"models.{self.name}.input_size {self.input_size} is too small",
                 hint=f"use at least {MIN_INPUT} px (the backbones downsample 32x)",
             )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"models.{self.name}.batch_size must be 1 or more, got {self.batch_size}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"models.{self.name}.epochs must be 1 or more, got {self.epochs}")
-        for key in ("adapt_lr", "finetune_lr"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"models.{self.name}.{key} must be positive, got {value}")
-
         if self.finetune_from is not None and not self.finetune_from.strip():
             raise ConfigError(
                 f"models.{self.name}.finetune_from is empty",
@@ -191,16 +183,16 @@ class MemberConfig:
         return PreprocessSpec(input_size=self.input_size, mean=self.mean, std=self.std)
 
 
-@dataclass(frozen=True)
+@configclass("")
 class TrainConfig:
     """Everything ``cxr train base`` needs; ``models`` lists the ensemble's members in order."""
 
-    run_dir: Path
+    run_dir: ConfigPath
     models: tuple[MemberConfig, ...]
-    data: DataConfig
-    seed: int = 0
-    train: TrainSettings = field(default_factory=TrainSettings)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    data: Annotated[DataConfig, NULL_MEANS_DEFAULTS]
+    seed: Int = 0
+    train: Annotated[TrainSettings, NULL_MEANS_DEFAULTS] = field(default_factory=TrainSettings)
+    tracking: Annotated[TrackingConfig, NULL_MEANS_DEFAULTS] = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not self.models:
