@@ -288,13 +288,16 @@ def test_graph_is_wired_by_hand_with_prefixes(fused) -> None:
     assert any(n.startswith("meta/") for n in names)
     assert [i.name for i in model.graph.input] == [IMAGE]
     keys = {p.key for p in model.metadata_props}
-    assert keys - {"cxr.verified_precisions"} == {
-        "cxr.format_version",
-        "cxr.classes",
-        "cxr.preprocess",
-        "cxr.input",
-        "cxr.card",
-    }  # members' stripped; the OpenVINO BF16 record where openvino is installed (tests/test_fuse_bf16_check.py)
+    assert (
+        keys - {"cxr.verified_precisions"}
+        == {
+            "cxr.format_version",
+            "cxr.classes",
+            "cxr.preprocess",
+            "cxr.input",
+            "cxr.card",
+        }
+    )  # members' stripped; the OpenVINO BF16 record where openvino is installed (tests/test_fuse_bf16_check.py)
     assert fused.files["fp32"].simplified
 
 
