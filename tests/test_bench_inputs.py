@@ -36,6 +36,17 @@ def test_header_matches_onnxruntime(which: str, request: pytest.FixtureRequest) 
     assert inp.elem_type == {"tensor(uint8)": "uint8", "tensor(float)": "float"}[sess.get_inputs()[0].type]
 
 
+@pytest.mark.parametrize("location", [None, "weights.bin"])
+def test_header_names_the_external_data_files(fused_model: Path, tmp_path: Path, location: str | None) -> None:
+    path = tmp_path / "m.onnx"
+    model = onnx.load(str(fused_model))
+    if location is None:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, location=location, size_threshold=256)
+    assert read_onnx_header(path).external_data == (() if location is None else (location,))
+
+
 def test_header_skips_initializers_listed_as_inputs(tmp_path: Path) -> None:
     w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
     graph = helper.make_graph(

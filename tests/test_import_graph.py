@@ -1,7 +1,8 @@
 """The house's import graph (read from the source with ``ast``): data flows one way through the stages.
 
 Takes: every module under ``cxr/``. Checks: no package imports one after it in the pipeline order, the
-runtime side (runtime, bench, serve, deploy) imports no training-side package, and no two modules import
+runtime side (runtime, bench, serve, deploy, and the runtime CLI commands) imports no training-side package
+and no torch, timm, sklearn, onnx or skl2onnx even inside a function, and no two modules import
 each other, directly or around a longer circle. The checker itself is tested on small made-up graphs.
 """
 
@@ -33,6 +34,9 @@ ORDER = (
 )
 TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "pipeline"})
 RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "deploy"})
+# the wall's libraries: no import of them anywhere in a runtime-side module, not even inside a function
+BANNED = frozenset({"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim"})
+RUNTIME_CLI = frozenset({"cxr.cli.predict", "cxr.cli.predict_output", "cxr.cli.bench", "cxr.cli.serve"})
 
 
 def module_name(path: Path) -> str:
@@ -67,6 +71,30 @@ def import_graph() -> dict[str, set[str]]:
         # a module's own package __init__ is where it lives, not a dependency
         graph[module] = {t for t in targets if t != module and not module.startswith(t + ".")}
     return graph
+
+
+def external_imports() -> dict[str, set[str]]:
+    """Module -> the top-level non-cxr packages it imports anywhere in its body."""
+    graph: dict[str, set[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        graph[module_name(path)] = names - {"cxr"}
+    return graph
+
+
+def wall_breaches(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    """Runtime-side modules (and the runtime CLI commands) that import a library behind the wall."""
+    return [
+        f"{m} (runtime side) imports {lib}"
+        for m, libs in sorted(graph.items())
+        if stage_of(m) in RUNTIME_SIDE or m in RUNTIME_CLI
+        for lib in sorted(set(libs) & BANNED)
+    ]
 
 
 def upward_imports(graph: Mapping[str, Iterable[str]]) -> list[str]:
@@ -141,6 +169,22 @@ def test_no_package_imports_one_after_it() -> None:
 
 def test_the_runtime_side_imports_no_training_side_package() -> None:
     assert runtime_to_training(import_graph()) == []
+
+
+def test_the_runtime_side_imports_no_library_behind_the_wall() -> None:
+    assert wall_breaches(external_imports()) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "breaches"),
+    [
+        ({"cxr.bench.torch_best": {"numpy", "torch"}}, 1),
+        ({"cxr.cli.predict": {"typer", "onnx"}}, 1),
+        ({"cxr.train.torch_reference": {"torch"}, "cxr.serve.app": {"fastapi"}}, 0),
+    ],
+)
+def test_the_wall_check_catches_a_banned_import(graph: dict[str, set[str]], breaches: int) -> None:
+    assert len(wall_breaches(graph)) == breaches
 
 
 def test_no_import_cycles() -> None:

@@ -1,13 +1,13 @@
 """Read an ONNX file's metadata and graph inputs without onnx and without loading its weights.
 
 Takes: the path of an ONNX file (a serialised ``ModelProto``). Makes: ``OnnxHeader`` (the
-``metadata_props`` map and the graph's real inputs: name, element type, shape with ints for fixed
-dimensions and strings for symbolic ones). The protobuf wire format is walked with seeks, so a 1 GB
+``metadata_props`` map, the graph's real inputs: name, element type, shape with ints for fixed
+dimensions and strings for symbolic ones, and where the weights' external data lives). The protobuf wire format is walked with seeks, so a 1 GB
 ensemble is checked in milliseconds before any onnxruntime session is built: cxr-bench rejects a wrong
 variant file or an impossible batch size before it spends minutes measuring.
 
 Field numbers (onnx.proto3): ModelProto.graph=7, .metadata_props=14; StringStringEntryProto key=1,
-value=2; GraphProto.initializer=5, .input=11; TensorProto.name=8; ValueInfoProto name=1, type=2;
+value=2; GraphProto.initializer=5, .input=11; TensorProto.name=8, .external_data=13; ValueInfoProto name=1, type=2;
 TypeProto.tensor_type=1; Tensor elem_type=1, shape=2; TensorShapeProto.dim=1; Dimension dim_value=1,
 dim_param=2.
 """
@@ -36,6 +36,7 @@ class InputInfo:
 class OnnxHeader:
     metadata: dict[str, str]
     inputs: tuple[InputInfo, ...]
+    external_data: tuple[str, ...] = ()  # relative locations of the weights' external-data files, in order
 
 
 class _WireError(Exception):
@@ -144,25 +145,35 @@ def _value_info(data: bytes) -> InputInfo:
     return InputInfo(name, elem, tuple(shape))
 
 
-def _tensor_name(f: BinaryIO, end: int) -> str:
+def _tensor(f: BinaryIO, end: int) -> tuple[str, str | None]:
+    """(name, external-data location or None) of a TensorProto, its raw data skipped."""
+    name, location = "", None
     for number, wire, n in _fields(f, end):
         if number == 8 and wire == 2:
-            return _read(f, n).decode("utf-8", errors="replace")
-    return ""
+            name = _read(f, n).decode("utf-8", errors="replace")
+        elif number == 13 and wire == 2:
+            key, value = _string_entry(_read(f, n))
+            location = value if key == "location" else location
+    return name, location
 
 
-def _graph_inputs(f: BinaryIO, end: int) -> tuple[InputInfo, ...]:
+def _graph(f: BinaryIO, end: int) -> tuple[tuple[InputInfo, ...], tuple[str, ...]]:
+    """(real graph inputs, external-data locations of the initializers)."""
     inputs: list[InputInfo] = []
     initializers: set[str] = set()
+    locations: list[str] = []
     for number, wire, n in _fields(f, end):
         if wire != 2:
             continue
         if number == 11:
             inputs.append(_value_info(_read(f, n)))
         elif number == 5:
-            initializers.add(_tensor_name(f, f.tell() + n))
+            name, location = _tensor(f, f.tell() + n)
+            initializers.add(name)
+            if location is not None and location not in locations:
+                locations.append(location)
     # graphs from IR < 4 list initializers among the inputs: those are weights, not inputs
-    return tuple(i for i in inputs if i.name not in initializers)
+    return tuple(i for i in inputs if i.name not in initializers), tuple(locations)
 
 
 def read_onnx_header(path: Path | str) -> OnnxHeader:
@@ -172,6 +183,7 @@ def read_onnx_header(path: Path | str) -> OnnxHeader:
         raise ModelError(f"model file {path} does not exist", hint="check the path", path=path)
     metadata: dict[str, str] = {}
     inputs: tuple[InputInfo, ...] = ()
+    external: tuple[str, ...] = ()
     seen_graph = False
     try:
         with path.open("rb") as f:
@@ -179,7 +191,7 @@ def read_onnx_header(path: Path | str) -> OnnxHeader:
             f.seek(0)
             for number, wire, n in _fields(f, end):
                 if number == 7 and wire == 2:
-                    inputs = _graph_inputs(f, f.tell() + n)
+                    inputs, external = _graph(f, f.tell() + n)
                     seen_graph = True
                 elif number == 14 and wire == 2:
                     k, v = _string_entry(_read(f, n))
@@ -190,4 +202,4 @@ def read_onnx_header(path: Path | str) -> OnnxHeader:
         ) from e
     if not seen_graph:
         raise ModelError(f"{path} is not an ONNX model (no graph found)", hint="pass a .onnx file", path=path)
-    return OnnxHeader(metadata, inputs)
+    return OnnxHeader(metadata, inputs, external)

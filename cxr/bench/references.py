@@ -178,14 +178,15 @@ def _torch_best(
     agree: AgreementCheck | None,
 ) -> None:
     """channels_last (+ bf16 autocast where the CPU has it) rows, with their agreement with FP32 eager."""
+    ref = eager.reference()
     mode = torch_best.best_mode()
-    reference = None if agree is None else torch_best.member_top1(members, agree.grays, bf16=False)
-    torch_best.to_channels_last(members)
+    plain = None if agree is None else ref.member_top1(members, agree.grays, channels_last=False, bf16=False)
+    ref.to_channels_last(members)
     agreement = None
-    if agree is not None and reference is not None and mode.bf16:
-        labels = torch_best.member_top1(members, agree.grays, bf16=True)
-        agreement = torch_best.worst_member_agreement(reference, labels, members.names)
-    best = functools.partial(torch_best.best_call, members, mode=mode)
+    if agree is not None and plain is not None and mode.bf16:
+        labels = ref.member_top1(members, agree.grays, channels_last=True, bf16=True)
+        agreement = torch_best.worst_member_agreement(plain, labels, members.names)
+    best = functools.partial(ref.members_call, members, channels_last=True, bf16=mode.bf16)
     precision = "bf16" if mode.bf16 else "fp32"
     _torch_rows(
         ctx,

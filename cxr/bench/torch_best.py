@@ -11,24 +11,23 @@ What "best" is, and why:
   at 64 px, batch 8: inductor took 26 s to compile for 1.6x (3.3 -> 2.0 ms per call, bf16 channels_last).
   The paper members are ~100x larger graphs (minutes of compilation each, again for each new batch size)
   and a cxr-bench row makes ~10 timed calls, so compilation would dominate the run; it does not pay off.
-Only the CPU gets a best row (on CUDA, torch_reference's FP32 row is the reference). torch is imported
-inside the functions; ``cxr.bench.references`` calls them only when ``eager.torch_installed()``.
+Only the CPU gets a best row (on CUDA, torch_reference's FP32 row is the reference). This module imports no
+torch: the modules run in ``cxr.train.torch_reference`` (``members_call``/``member_top1`` with
+``channels_last``/``bf16``), reached by name through ``cxr.bench.eager`` when ``eager.torch_installed()``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxr.imaging.preprocess import to_model_input
+from cxr.bench import eager
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-BATCH = 8  # images per forward pass in the agreement check
 
 
 def cpu_flags_bf16(cpuinfo: str | None = None) -> bool:
@@ -50,75 +49,15 @@ class BestMode:
 
 def best_mode() -> BestMode:
     """channels_last, plus bf16 autocast when this CPU and torch's oneDNN both have bf16."""
-    import torch
-
+    ref = eager.reference()
+    version = ref.torch_version()
     if not cpu_flags_bf16():
         why = "no avx512_bf16 / amx_bf16 CPU flag: torch would emulate bf16, slower than FP32"
-    elif not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    elif not ref.onednn_bf16():
         why = "torch's oneDNN reports no bf16 support"
     else:
-        return BestMode(True, f"PyTorch best: channels_last + bf16 autocast, torch {torch.__version__}")
-    return BestMode(False, f"PyTorch best: channels_last FP32 ({why}), torch {torch.__version__}")
-
-
-def to_channels_last(members: Any) -> None:
-    """Convert the loaded modules to channels_last, in place (after the FP32 rows are measured)."""
-    import torch
-
-    for module in members.modules:
-        module.to(memory_format=torch.channels_last)
-
-
-def _inputs(members: Any, grays: Sequence[np.ndarray]) -> list[Any]:
-    import torch
-
-    return [
-        torch.from_numpy(np.ascontiguousarray(to_model_input(grays, spec, normalized=True)))
-        .to(members.device)
-        .contiguous(memory_format=torch.channels_last)
-        for spec in members.specs
-    ]
-
-
-def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def best_call(
-    members: Any, grays: Sequence[np.ndarray], threads: int | None, mode: BestMode
-) -> tuple[Callable[[], Mapping[str, float] | None], Callable[[], None]]:
-    """A call running softmax(model(x)) for every member in the best mode, and the thread-count restore."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    inputs = _inputs(members, grays)
-
-    def call() -> None:
-        with torch.inference_mode(), _autocast(mode.bf16):
-            for module, x in zip(members.modules, inputs, strict=True):
-                torch.softmax(module(x).float(), dim=1)
-
-    def restore() -> None:
-        torch.set_num_threads(previous)
-
-    return call, restore
-
-
-def member_top1(members: Any, grays: Sequence[np.ndarray], bf16: bool) -> np.ndarray:
-    """Each member's top-1 class of every image, shape [members, images], as the modules are now."""
-    import torch
-
-    out = np.zeros((len(members.modules), len(grays)), np.int64)
-    with torch.inference_mode(), _autocast(bf16):
-        for start in range(0, len(grays), BATCH):
-            xs = _inputs(members, grays[start : start + BATCH])
-            for i, (module, x) in enumerate(zip(members.modules, xs, strict=True)):
-                out[i, start : start + len(x)] = module(x).float().argmax(dim=1).cpu().numpy()
-    return out
+        return BestMode(True, f"PyTorch best: channels_last + bf16 autocast, torch {version}")
+    return BestMode(False, f"PyTorch best: channels_last FP32 ({why}), torch {version}")
 
 
 def worst_member_agreement(reference: np.ndarray, best: np.ndarray, names: Sequence[str]) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 Takes: a training run folder (``RUN_DIR/members/<name>`` checkpoints), the member names in ensemble order,
 and pre-decoded gray images. Makes: a ready-to-time call (softmax(model(x)) for each member in sequence on
-normalised float input) or a reason why the reference cannot run (checkpoints missing, no CUDA).
+normalised float input; channels_last and bf16 autocast for cxr-bench's "PyTorch best") or a reason why the
+reference cannot run (checkpoints missing, no CUDA).
 Training side (torch): ``cxr.bench.run`` reaches it only through ``cxr.bench.eager.reference()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,27 +68,58 @@ def load_members(run_dir: Path, names: Sequence[str], device: str = "cpu") -> To
     )
 
 
+def torch_version() -> str:
+    return str(torch.__version__)
+
+
+def onednn_bf16() -> bool:
+    """Whether torch's oneDNN computes bf16 on this CPU (its own check, beside the CPU flags)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def to_channels_last(members: TorchMembers) -> None:
+    """Convert the loaded modules to channels_last, in place (after the FP32 rows are measured)."""
+    for module in members.modules:
+        module.to(memory_format=torch.channels_last)
+
+
+def _inputs(members: TorchMembers, grays: Sequence[np.ndarray], channels_last: bool) -> list[torch.Tensor]:
+    """Each member's normalised input batch on its device (NHWC in memory with ``channels_last``)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return [
+        torch.from_numpy(np.ascontiguousarray(to_model_input(grays, spec, normalized=True)))
+        .to(members.device)
+        .contiguous(memory_format=layout)
+        for spec in members.specs
+    ]
+
+
+def _autocast(bf16: bool) -> contextlib.AbstractContextManager[object]:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def members_call(
-    members: TorchMembers, grays: Sequence[np.ndarray], threads: int | None
+    members: TorchMembers,
+    grays: Sequence[np.ndarray],
+    threads: int | None,
+    *,
+    channels_last: bool = False,
+    bf16: bool = False,
 ) -> tuple[Callable[[], Mapping[str, float] | None], Callable[[], None]]:
     """A call that runs softmax(model(x)) for every member in sequence, and a function that restores
-    torch's thread count afterwards. Inputs are normalised and moved to the device once, outside the call."""
+    torch's thread count afterwards. Inputs are normalised and moved to the device once, outside the call.
+    ``channels_last`` / ``bf16`` (CPU autocast): cxr-bench's "PyTorch best" (``cxr.bench.torch_best``)."""
 
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    inputs = [
-        torch.from_numpy(np.ascontiguousarray(to_model_input(grays, spec, normalized=True))).to(
-            members.device
-        )
-        for spec in members.specs
-    ]
+    inputs = _inputs(members, grays, channels_last)
     cuda = members.device.startswith("cuda")
 
     def call() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(bf16):
             for module, x in zip(members.modules, inputs, strict=True):
-                torch.softmax(module(x), dim=1)
+                torch.softmax(module(x).float(), dim=1)
             if cuda:
                 torch.cuda.synchronize()
         return None
@@ -95,3 +128,16 @@ def members_call(
         torch.set_num_threads(previous)
 
     return call, restore
+
+
+def member_top1(
+    members: TorchMembers, grays: Sequence[np.ndarray], *, channels_last: bool, bf16: bool, batch: int = 8
+) -> np.ndarray:
+    """Each member's top-1 class of every image, shape [members, images], in the mode given."""
+    out = np.zeros((len(members.modules), len(grays)), np.int64)
+    with torch.inference_mode(), _autocast(bf16):
+        for start in range(0, len(grays), batch):
+            xs = _inputs(members, grays[start : start + batch], channels_last)
+            for i, (module, x) in enumerate(zip(members.modules, xs, strict=True)):
+                out[i, start : start + len(x)] = module(x).float().argmax(dim=1).cpu().numpy()
+    return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr.bench.onnx_header import read_onnx_header
 from cxr.errors import ModelError
 from cxr.spec import REEXPORT_HINT, ModelMetadata
 
@@ -175,17 +176,6 @@ def is_int8(meta: ModelMetadata) -> bool:
 
 
 def external_data_files(path: Path) -> list[str]:
-    """Relative locations of the model's external-data files (empty without onnx or without such files)."""
-    try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-    except ImportError:
-        return []
-    model = onnx.load(str(path), load_external_data=False)
-    found: list[str] = []
-    for t in _get_all_tensors(model):
-        if uses_external_data(t):
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and loc not in found:
-                found.append(loc)
-    return found
+    """Relative locations of the model's external-data files (empty without such files), read from the
+    protobuf without onnx (``cxr.bench.onnx_header``)."""
+    return list(read_onnx_header(path).external_data)
