@@ -93,7 +93,7 @@ def openvino_version() -> str | None:
     return str(ov.__version__)
 
 
-def _import_openvino() -> Any:
+def import_openvino() -> Any:
     try:
         import openvino as ov
     except ImportError as e:
@@ -286,7 +286,7 @@ def _read(ov: Any, model: Path) -> tuple[Any, Any]:
 
 def open_openvino(model: Path, *, threads: int | None, precision: str, strict: bool) -> OpenVinoOpened:
     """Read ``model`` with OpenVINO, choose its precision, compile it for the CPU and check what it got."""
-    ov = _import_openvino()
+    ov = import_openvino()
     core, graph = _read(ov, model)
     props = framework_props(graph)
     choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=model.name)

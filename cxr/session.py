@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cxr.errors import ModelError, ProviderError
+from cxr.errors import ModelError, ProviderError, first_line
 from cxr.ort_flavour import onnxruntime
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         sess = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors for bad or unsupported graphs
         raise ModelError(
-            f"onnxruntime {ort.__version__} cannot load {model}: {str(e).splitlines()[0][:300]}",
+            f"onnxruntime {ort.__version__} cannot load {model}: {first_line(e, 300)}",
             hint="re-export with a supported opset (cxr exports opset 17), or upgrade onnxruntime",
             path=model,
         ) from e

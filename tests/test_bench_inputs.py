@@ -37,7 +37,9 @@ def test_header_matches_onnxruntime(which: str, request: pytest.FixtureRequest) 
 
 
 @pytest.mark.parametrize("location", [None, "weights.bin"])
-def test_header_names_the_external_data_files(fused_model: Path, tmp_path: Path, location: str | None) -> None:
+def test_header_names_the_external_data_files(
+    fused_model: Path, tmp_path: Path, location: str | None
+) -> None:
     path = tmp_path / "m.onnx"
     model = onnx.load(str(fused_model))
     if location is None:

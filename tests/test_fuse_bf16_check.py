@@ -22,7 +22,7 @@ from cxr.errors import ProviderError  # noqa: E402
 from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.precision_check import check_openvino_bf16, write_record  # noqa: E402
 from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, cpu_has_bf16  # noqa: E402
-from cxr.session import SessionConfig, cpu_session, create_session  # noqa: E402
+from cxr.session import SessionConfig, cpu_session, create_session, file_sha256  # noqa: E402
 from tests.test_fuse import build_tiny_run  # noqa: E402
 
 CPU_BF16 = cpu_has_bf16(ov.Core())
@@ -42,7 +42,8 @@ def test_fuse_records_the_bf16_verdict_on_real_images(tiny_run: Path) -> None:
     res = fuse(members, meta, FuseConfig(tiny_run / "ensemble.onnx", run_dir=tiny_run, report=False))
     record = res.verified_precisions[BF16_RECORD]
     stored = json.loads(_props(res.path)[META_VERIFIED_PRECISIONS])[BF16_RECORD]
-    assert stored == record and res.files["fp32"].sha256 != "" and record["bar"] == 0.99
+    assert stored == record and record["bar"] == 0.99
+    assert res.files["fp32"].sha256 == file_sha256(res.path)  # the hash of the file with its record
     if not CPU_BF16:
         assert record["accepted"] is False and "no BF16" in record["reason"]
         return

@@ -17,16 +17,15 @@ import numpy as np
 from cxr.bench.inputs import ModelFile
 from cxr.bench.machine import PeakMemoryProbe
 from cxr.bench.measure import BenchContext, BenchInputs, cycled, guarded, make_row, measure
+from cxr.errors import ProviderError
 from cxr.imaging.preprocess import to_model_input
-from cxr.openvino_session import OV_PRECISIONS
+from cxr.openvino_session import OV_PRECISIONS, import_openvino
 
 KIND = "peer_openvino_defaults"
 
 
 def _compile(members: Sequence[ModelFile], threads: int | None) -> tuple[list[object], str, float]:
-    import openvino as ov
-
-    core = ov.Core()
+    core = import_openvino().Core()
     config = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
     t0 = time.perf_counter()
     compiled = [core.compile_model(str(m.path), "CPU", config) for m in members]
@@ -43,9 +42,9 @@ def bench_openvino_defaults(
 ) -> None:
     """The members in OpenVINO with its defaults, in sequence, at every batch size and thread count."""
     try:
-        import openvino  # noqa: F401
-    except ImportError:
-        ctx.notes.append("no OpenVINO-defaults peer row: openvino is not installed")
+        import_openvino()
+    except ProviderError as e:
+        ctx.notes.append(f"no OpenVINO-defaults peer row: {e.message}")
         return
     flops_each = [m.flops_per_image for m in members]
     flops = sum(f for f in flops_each if f is not None) if all(f is not None for f in flops_each) else None

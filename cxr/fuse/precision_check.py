@@ -22,7 +22,7 @@ import onnx
 
 from cxr.errors import DataError, DecodeError, ProviderError
 from cxr.fuse.verify import session
-from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, _import_openvino, cpu_has_bf16
+from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, cpu_has_bf16, import_openvino
 from cxr.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def check_openvino_bf16(
 ) -> dict[str, Any] | None:
     """The ``openvino_bf16`` record for ``fp32`` on ``images``; None when OpenVINO is not installed."""
     try:
-        ov = _import_openvino()
+        ov = import_openvino()
     except ProviderError:
         log.info("BF16 check skipped: openvino is not installed (pip install 'cxr-toolkit[openvino]')")
         return None
