@@ -9,8 +9,9 @@ different images give different, deterministic probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,6 +42,7 @@ def make_fused_model(
     classes: Sequence[str] = CLASSES,
     seed: int = 0,
     with_metadata: bool = True,
+    card_extra: Mapping[str, Any] | None = None,
 ) -> Path:
     rng = np.random.default_rng(seed)
     k, m, d = len(classes), len(members), size * size
@@ -95,6 +97,7 @@ def make_fused_model(
             "flops_per_image": float(2 * d * k * m),
             "precision": "fp32",
             "seed": seed,
+            **dict(card_extra or {}),
         },
     )
     return _save(model, path, meta if with_metadata else None)

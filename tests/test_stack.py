@@ -85,13 +85,21 @@ def test_tampered_estimator_kind_is_refused(fitted, tmp_path: Path) -> None:
 
 
 def test_onnx_conversion_matches_predict_proba(fitted, run: Path) -> None:
-    est, _ = load_meta_estimator(fitted.stack_dir)
+    from scipy.special import softmax
+
+    est, meta = load_meta_estimator(fitted.stack_dir)
+    t = meta["calibration"]["temperature"]
+    assert (
+        meta["calibration"]["method"] == "temperature" and t != 1.0
+    )  # the fixture's members are over-confident
     x = load_split(run, fitted.members, "test").features
     sess = ort.InferenceSession(str(fitted.onnx_path), providers=["CPUExecutionProvider"])
     label, probs = sess.run(["label", "probabilities"], {"features": x})
     assert probs.dtype == np.float64 and probs.shape == (x.shape[0], K)  # a tensor, not ZipMap dicts
     assert label.dtype == np.int64
-    assert np.max(np.abs(probs - est.predict_proba(x))) <= 1e-6
+    # the graph is predict_proba with the logits divided by the recorded temperature
+    assert np.max(np.abs(probs - softmax(est.decision_function(x) / t, axis=1))) <= 1e-6
+    assert np.max(np.abs(probs - est.predict_proba(x))) > 1e-3  # and the temperature really is in it
     np.testing.assert_array_equal(label, est.predict(x))
     model = onnx.load(str(fitted.onnx_path))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
@@ -108,7 +116,8 @@ def test_every_table_estimator_fits_stores_and_converts(tmp_path: Path, kind: st
     assert res.estimator == kind and type(est) is ESTIMATORS[kind].cls
 
 
-def test_class_missing_from_meta_training_gets_zero_probability(tmp_path: Path) -> None:
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_class_missing_from_meta_training_gets_zero_probability(tmp_path: Path, calibrate: bool) -> None:
     per_class = {
         "COVID": (5, 10, 5),
         "Lung_Opacity": (5, 0, 5),
@@ -116,7 +125,7 @@ def test_class_missing_from_meta_training_gets_zero_probability(tmp_path: Path) 
         "Viral Pneumonia": (5, 10, 5),
     }
     run = write_synthetic_run(SyntheticRun(tmp_path / "run", per_class=per_class))
-    res = fit_meta(MetaConfig(run, cv_folds=3))
+    res = fit_meta(MetaConfig(run, cv_folds=3, calibrate=calibrate))
     assert res.classes_seen == ("COVID", "Normal", "Viral Pneumonia")
     assert any("Lung_Opacity" in w for w in res.warnings)
     est, _ = load_meta_estimator(res.stack_dir)
@@ -125,7 +134,11 @@ def test_class_missing_from_meta_training_gets_zero_probability(tmp_path: Path) 
     label, probs = sess.run(None, {"features": x})
     assert probs.shape == (x.shape[0], K)
     assert np.all(probs[:, 1] == 0) and not np.any(label == 1)
-    np.testing.assert_allclose(probs, full_proba(est, x, K), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    if not calibrate:
+        np.testing.assert_allclose(probs, full_proba(est, x, K), atol=1e-6)
+    else:  # calibrated: same ranking per row, other values
+        np.testing.assert_array_equal(probs.argmax(axis=1), full_proba(est, x, K).argmax(axis=1))
 
 
 def test_unknown_estimator_gets_did_you_mean() -> None:

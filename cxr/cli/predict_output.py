@@ -76,6 +76,11 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
     lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
     lines.append(f"{'failed':<{width}}  {result.failed:>5}")
     lines.append(f"{'total':<{width}}  {result.predicted + result.failed:>5}")
+    gate = dict(result.not_assessable)
+    if gate.get("files"):
+        files = gate.pop("files")
+        why = ", ".join(f"{code} {n}" for code, n in sorted(gate.items()))
+        lines.append(f"not assessable (predicted, marked for review): {files} files ({why})")
     if result.skipped:
         lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
     lines.append(
@@ -135,6 +140,13 @@ def format_prediction(p: Prediction) -> str:
         return f"{p.source}\n  error: {p.error}"
     probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
     lines = [p.source, f"  predicted: {p.label} ({p.confidence:.3f})", f"  probabilities: {probs}"]
+    if p.assessable is False:
+        lines.append(
+            "  NOT ASSESSABLE (review before use): " + "; ".join(f"{r.code}: {r.message}" for r in p.reasons)
+        )
+    if p.above_operating_point is not None:
+        flagged = [c for c, above in p.above_operating_point.items() if above]
+        lines.append(f"  at or above the operating point: {', '.join(flagged) if flagged else 'none'}")
     for member, mp in (p.member_probabilities or {}).items():
         top = max(mp, key=lambda c: mp[c])
         lines.append(f"  member {member}: {top} ({mp[top]:.3f})")

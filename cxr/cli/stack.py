@@ -26,6 +26,25 @@ from cxr.cli.common import (
 from cxr.labels import NOTICE
 
 
+def parse_targets(text: str) -> dict[str, float]:
+    """``"COVID=0.95,Normal=0.9"`` -> {class: sensitivity}, or a ConfigError naming the bad item."""
+    from cxr.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(
+                f"--target-sensitivity item {item!r} is not CLASS=SENSITIVITY",
+                hint="e.g. --target-sensitivity 'COVID=0.95,Viral Pneumonia=0.9'",
+            )
+    return out
+
+
 @handle_errors
 def stack(
     run_dir: Annotated[
@@ -48,6 +67,17 @@ def stack(
     ] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
     opset: Annotated[int, typer.Option(help="ONNX opset of meta.onnx (the members' opset).")] = 17,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Temperature-scale the stacked output (fitted on cross-validated predictions)."),
+    ] = True,
+    target_sensitivity: Annotated[
+        str | None,
+        typer.Option(
+            help="Operating points, CLASS=SENSITIVITY comma-separated, e.g. 'COVID=0.95' (default: 0.95 for "
+            "every class); each threshold is chosen on the cross-validated validation predictions."
+        ),
+    ] = None,
 ) -> None:
     """Train the meta-learner on predictions for images the base models never trained on."""
     from cxr.stack.stack import MetaConfig, fit_meta
@@ -61,6 +91,8 @@ def stack(
             cv_folds=cv_folds,
             seed=seed,
             opset=opset,
+            calibrate=calibrate,
+            target_sensitivity=None if target_sensitivity is None else parse_targets(target_sensitivity),
         )
     )
     typer.echo(f"meta-learner {res.estimator} {json.dumps(res.params)} on {res.n_train} {source} images")
@@ -71,6 +103,19 @@ def stack(
         f"macro-F1 {'undefined' if cv['macro_f1'] is None else format(cv['macro_f1'], '.1%')}"
     )
     typer.echo(f"  ONNX: {res.onnx_path} (max |p - predict_proba| = {res.onnx_max_abs_diff:.2g})")
+    info = json.loads(res.meta_json.read_text(encoding="utf-8"))
+    cal = info.get("calibration") or {}
+    if cal.get("method") == "temperature":
+        typer.echo(
+            f"  calibration: temperature {cal['temperature']:.3f} (validation NLL {cal['nll_before']:.4f} -> "
+            f"{cal['nll_after']:.4f}, fitted on the same cross-validated predictions)"
+        )
+    for name, op in (info.get("operating_points") or {}).items():
+        typer.echo(
+            f"  operating point {name}: p >= {op['threshold']:.4f} for sensitivity {op['target_sensitivity']:.0%} "
+            f"(validation: {op['val_sensitivity']:.1%}, specificity "
+            f"{'n/a' if op['val_specificity'] is None else format(op['val_specificity'], '.1%')})"
+        )
     typer.echo(f"  wrote {res.meta_json} and {res.estimator_path}")
     for w in res.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)

@@ -1,5 +1,6 @@
 """Evaluation of members, voting and stacking on the test split (numpy, onnxruntime and matplotlib only).
 
 ``cxr.evaluate.evaluate.evaluate(EvalConfig) -> EvalResult`` is the stage; ``metrics``, ``calibration``,
-``stats`` and ``voting`` are the plain functions it is built from.
+``stats``, ``voting`` and ``calibrated`` (stacking before/after its temperature, operating points with
+Wilson intervals: scipy where installed, else the closed form) are the plain functions it is built from.
 """

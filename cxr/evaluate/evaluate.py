@@ -12,6 +12,13 @@ for accuracy and macro-F1; McNemar's test of stacking against the best single me
 validation split, so the test split does not pick its own winner) and against soft voting. Baselines from
 ``RUN_DIR/baselines/<name>/`` (the frozen-feature linear probe of ``cxr train probe``) join the table, each
 with a McNemar test against stacking.
+
+Calibration (``cxr.evaluate.calibrated``): when ``meta.onnx`` has a temperature T != 1 built in, its output is
+the calibrated one, and the same output before T (``softmax(log p * T)``) joins the table as a reference
+row (its ECE and reliability diagram; same labels, so no McNemar test and no part in the verdict); the
+report gives ECE and NLL before/after T on validation (the metadata's) and on the split, and each recorded
+operating point's sensitivity and specificity on the split with Wilson intervals. A ``meta.onnx`` without
+these records (older runs) is evaluated as before, without those sections.
 """
 
 from __future__ import annotations
@@ -22,10 +29,29 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.manifest import load_manifest
-from cxr.evaluate.methods import choose_best_member, load_baselines, stacking_probabilities
+from cxr.evaluate.calibrated import (
+    UNCALIBRATED_NAME,
+    CalibrationSummary,
+    OperatingPointResult,
+    calibration_summary,
+    operating_points,
+    temperature_of,
+    uncalibrate,
+)
+from cxr.evaluate.methods import Stacked, choose_best_member, load_baselines, run_stacking
 from cxr.evaluate.report import format_table, write_reports
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
-from cxr.evaluate.types import MAJORITY, SOFT, STACKING, EvalConfig, EvalResult, Findings, MethodResult
+from cxr.evaluate.types import (
+    MAJORITY,
+    REFERENCE,
+    SOFT,
+    STACKING,
+    UNCALIBRATED,
+    EvalConfig,
+    EvalResult,
+    Findings,
+    MethodResult,
+)
 from cxr.evaluate.verdict import verdict
 from cxr.evaluate.voting import majority_vote, soft_vote
 from cxr.metrics import classification_metrics
@@ -38,11 +64,11 @@ log = logging.getLogger(__name__)
 Entry = tuple[str, str, str, np.ndarray, "np.ndarray | None"]  # key, name, kind, scores [N, K], labels
 
 
-def _entries(cfg: EvalConfig, data: MetaData, meta_json: dict, warnings: list[str]) -> list[Entry]:
-    """Every method's scores: each member, soft and majority voting, stacking, then the baselines."""
-    stack_probs, stack_labels = stacking_probabilities(
-        cfg.meta_dir / str(meta_json.get("onnx", {}).get("file", "meta.onnx")), data
-    )
+def _entries(
+    cfg: EvalConfig, data: MetaData, meta_json: dict, stacked: Stacked, warnings: list[str]
+) -> list[Entry]:
+    """Every method's scores: each member, soft and majority voting, stacking (and, with a temperature,
+    stacking before it: same labels, its own ECE), then the baselines."""
     maj_labels, maj_scores = majority_vote(data.member_probs)
     entries: list[Entry] = [
         (f"member:{name}", name, "member", data.member_probs[:, j], None)
@@ -51,8 +77,13 @@ def _entries(cfg: EvalConfig, data: MetaData, meta_json: dict, warnings: list[st
     entries += [
         (SOFT, "soft voting", SOFT, soft_vote(data.member_probs), None),
         (MAJORITY, "majority voting", MAJORITY, maj_scores, maj_labels),
-        (STACKING, f"stacking ({meta_json.get('type')})", STACKING, stack_probs, stack_labels),
+        (STACKING, f"stacking ({meta_json.get('type')})", STACKING, stacked.probs, stacked.labels),
     ]
+    t = temperature_of(stacked.info)
+    if t is not None and t != 1.0:
+        entries.append(
+            (UNCALIBRATED, UNCALIBRATED_NAME, REFERENCE, uncalibrate(stacked.probs, t), stacked.labels)
+        )
     baselines, notes = load_baselines(Path(cfg.run_dir), cfg.split, data)
     warnings += notes
     return entries + [(f"baseline:{n}", f"{n} (baseline)", "baseline", p, None) for n, p in baselines.items()]
@@ -99,6 +130,27 @@ def _tests(cfg: EvalConfig, methods: tuple[MethodResult, ...], best: str) -> dic
     }
 
 
+def _calibration(
+    cfg: EvalConfig, data: MetaData, stacked: Stacked, methods: tuple[MethodResult, ...], warnings: list[str]
+) -> tuple[CalibrationSummary | None, tuple[OperatingPointResult, ...] | None]:
+    """The temperature's before/after figures and the operating points on the split (None: not recorded)."""
+    ece = {m.key: m.metrics.ece for m in methods}
+    after = ece[STACKING]
+    summary = calibration_summary(
+        stacked.info,
+        cfg.split,
+        data.labels,
+        stacked.probs,
+        (ece.get(UNCALIBRATED, after), after),
+        cfg.ece_bins,
+    )
+    points, notes = operating_points(
+        stacked.info, data.classes, cfg.split, data.labels, stacked.probs, cfg.confidence
+    )
+    warnings += notes
+    return summary, points
+
+
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Evaluate every method on ``cfg.split`` and write the report (see the module docstring)."""
     run_dir = Path(cfg.run_dir)
@@ -107,7 +159,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     manifest = load_manifest(run_dir / "manifest.csv", check_files=False)
     data = load_split(run_dir, members, cfg.split, manifest=manifest)
     warnings: list[str] = []
-    methods = _methods(cfg, data, _entries(cfg, data, meta_json, warnings))
+    stacked = run_stacking(cfg.meta_dir / str(meta_json.get("onnx", {}).get("file", "meta.onnx")), data)
+    methods = _methods(cfg, data, _entries(cfg, data, meta_json, stacked, warnings))
+    calibration, points = _calibration(cfg, data, stacked, methods, warnings)
     best, rule, notes = choose_best_member(run_dir, members, data)
     warnings += notes
     tests = _tests(cfg, methods, best)
@@ -132,6 +186,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         data.manifest_digest,
         meta_json,
         tuple(warnings),
+        calibration,
+        points,
     )
     table = format_table(methods, cfg.confidence)
     md, js, figures = write_reports(cfg, findings)
@@ -152,4 +208,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         report_json=js,
         figures=figures,
         warnings=tuple(warnings),
+        calibration=calibration,
+        operating_points=points,
     )

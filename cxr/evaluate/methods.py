@@ -1,14 +1,17 @@
 """The methods compared: stacking as it ships (the converted meta-learner), the best member, the baselines.
 
 Takes: a run directory and the members' prediction tables (``MetaData``). Makes: stacking probabilities
-from ``stack/meta.onnx``, the best member chosen on validation, and baseline probabilities from
-``RUN_DIR/baselines/<name>/<split>.csv``, each in the test table's row order.
+from ``stack/meta.onnx`` with its metadata (calibration, operating points), the best member chosen on
+validation, and baseline probabilities from ``RUN_DIR/baselines/<name>/<split>.csv``, each in the test
+table's row order.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +22,23 @@ from cxr.stack.features import META_PROP, MetaData, check_member_order, load_spl
 from cxr.train.predictions import read_predictions
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """The converted meta-learner's output on a split, and the metadata it carries."""
+
+    probs: np.ndarray = field(repr=False)  # [N, K], calibrated when the metadata records a temperature
+    labels: np.ndarray = field(repr=False)  # int64 [N]
+    info: dict[str, Any] = field(repr=False)  # the ``cxr.meta`` JSON of meta.onnx
+
+
 def stacking_probabilities(meta_onnx: Path, data: MetaData) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, K], labels [N]) of the converted meta-learner on ``data``'s features."""
+    out = run_stacking(meta_onnx, data)
+    return out.probs, out.labels
+
+
+def run_stacking(meta_onnx: Path, data: MetaData) -> Stacked:
+    """The converted meta-learner run on ``data``'s features, with its metadata (checked against ``data``)."""
     if not Path(meta_onnx).is_file():
         raise ModelError(
             f"{meta_onnx} does not exist",
@@ -41,7 +59,7 @@ def stacking_probabilities(meta_onnx: Path, data: MetaData) -> tuple[np.ndarray,
     inp = sess.get_inputs()[0]
     feats = data.features.astype(np.float64 if inp.type == "tensor(double)" else np.float32)
     label, probs = sess.run(["label", "probabilities"], {inp.name: feats})
-    return np.asarray(probs, dtype=np.float64), np.asarray(label, dtype=np.int64)
+    return Stacked(np.asarray(probs, dtype=np.float64), np.asarray(label, dtype=np.int64), dict(info))
 
 
 def choose_best_member(run_dir: Path, members: tuple[str, ...], test: MetaData) -> tuple[str, str, list[str]]:

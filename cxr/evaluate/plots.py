@@ -1,7 +1,7 @@
 """Figures of the evaluation: one confusion matrix and one reliability diagram per method (PNG).
 
-Takes: evaluated methods and the class list. Makes: ``confusion_<method>.png`` and
-``reliability_<method>.png``. Uses matplotlib's object API with the Agg canvas: no pyplot state, no
+Takes: evaluated methods and the class list. Makes: ``confusion_<method>.png`` (not for stacking before
+calibration: its labels are stacking's) and ``reliability_<method>.png``. Uses matplotlib's object API with the Agg canvas: no pyplot state, no
 global rcParams change, no display needed.
 """
 
@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxr.calibration import reliability_bins
-from cxr.evaluate.types import MethodResult
+from cxr.evaluate.types import REFERENCE, MethodResult
 
 
 def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str, path: Path) -> Path:
@@ -87,8 +87,12 @@ def reliability_png(confidence: np.ndarray, correct: np.ndarray, n_bins: int, ti
 def write_figures(
     methods: Sequence[MethodResult], classes: Sequence[str], out: Path, n_bins: int = 15
 ) -> tuple[Path, ...]:
+    """A confusion matrix per method (not for a reference row: stacking before calibration has stacking's
+    labels, so stacking's matrix) and a reliability diagram per method."""
     paths: list[Path] = []
     for m in methods:
+        if m.kind == REFERENCE:
+            continue
         paths.append(
             confusion_png(
                 m.metrics.confusion, classes, f"Confusion: {m.name}", out / f"confusion_{m.slug}.png"

@@ -1,9 +1,11 @@
 """The evaluation report: a comparison table for the terminal, Markdown for people, JSON for machines.
 
 Takes: the evaluated methods, the significance tests and the verdict. Makes: ``format_table`` (rows: each
-member, soft vote, majority vote, stacking; columns: accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE),
-``report.md`` (the verdict first, said plainly, then the tables, per-class results, undefined classes and
-figures) and ``report.json`` (every number; ``null`` where a value is undefined).
+member, soft vote, majority vote, stacking (and stacking before calibration), the baselines; columns:
+accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE), ``report.md`` (the verdict first, said plainly, then
+the tables, calibration and operating points where the meta-learner records them, per-class results,
+undefined classes and figures) and ``report.json`` (every number; ``null`` where a value is undefined;
+``calibration`` and ``operating_points`` only where recorded).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr import __version__
+from cxr.evaluate.calibrated import UNCALIBRATED_NAME
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.evaluate.types import EvalConfig, Findings, MethodResult
 from cxr.labels import NOTICE
@@ -129,6 +132,92 @@ def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[s
     ]
 
 
+def _md_calibration(f: Findings) -> list[str]:
+    """ECE and NLL of stacking before and after its temperature (validation: the metadata's; the split's)."""
+    c = f.calibration
+    if c is None:
+        return []
+    if c.temperature == 1.0:
+        said = (
+            f"No temperature is applied (method: {c.method}, T = 1): the stacked output is the meta-learner's "
+            "own, so before and after are the same."
+        )
+    else:
+        said = (
+            f"Stacking's probabilities are temperature-scaled, p = softmax(log p_raw / T) with T = {c.temperature:.4g}, "
+            f"fitted on {c.val_n if c.val_n is not None else 'the'} {c.fitted_on or 'validation predictions'}. "
+            "The argmax, so every label and accuracy, is unchanged. The stacking row above is the calibrated "
+            f"output (what ships); '{UNCALIBRATED_NAME}' is the same meta-learner without T, shown for its ECE "
+            "and reliability diagram only (not tested, not in the verdict)."
+        )
+    rows = [
+        (
+            f"validation (n={c.val_n}; T fitted on it, so in-sample)",
+            fmt(c.val_ece_before),
+            fmt(c.val_ece_after),
+            fmt(c.val_nll_before),
+            fmt(c.val_nll_after),
+        ),
+        (f"{c.split} (n={c.n})", fmt(c.ece_before), fmt(c.ece_after), fmt(c.nll_before), fmt(c.nll_after)),
+    ]
+    return [
+        "## Calibration",
+        "",
+        said,
+        "",
+        *_md_table(("split", "ECE before", "ECE after", "NLL before", "NLL after"), rows),
+        "",
+        f"ECE on {c.split}: {c.ece_bins} bins of the predicted class's probability; NLL: mean -log p(true class).",
+        "",
+    ]
+
+
+def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
+    """Each recorded threshold: chosen on validation for a target sensitivity, measured on the split."""
+    if f.operating_points is None:
+        return []
+    lines = ["## Operating points", ""]
+    if not f.operating_points:
+        return lines + ["The meta-learner records no operating points.", ""]
+    level = f"{cfg.confidence:.0%}"
+    lines += [
+        "Each class's threshold on its calibrated stacking probability, chosen on validation as the highest "
+        "that reaches the target sensitivity there; a result is above the operating point when "
+        f"p(class) >= threshold. Measured on `{cfg.split}` with {level} Wilson score intervals.",
+        "",
+    ]
+    rows = []
+    for op in f.operating_points:
+        measured: tuple[str, ...]
+        if op.skipped:
+            measured = (f"not measured ({op.skipped})", UNDEFINED, f"{op.tp} / {op.fn} / {op.tn} / {op.fp}")
+        else:
+            measured = (
+                f"{fmt_ci(op.sensitivity, op.sensitivity_ci)} ({op.tp}/{op.tp + op.fn})",
+                f"{fmt_ci(op.specificity, op.specificity_ci)} ({op.tn}/{op.tn + op.fp})",
+                f"{op.tp} / {op.fn} / {op.tn} / {op.fp}",
+            )
+        rows.append(
+            (
+                op.name,
+                f"{op.threshold:.4g}",
+                fmt(op.target_sensitivity, pct=True),
+                f"{fmt(op.val_sensitivity, pct=True)} / {fmt(op.val_specificity, pct=True)}",
+                *measured,
+            )
+        )
+    head = (
+        "class",
+        "threshold",
+        "target sensitivity",
+        "validation sensitivity / specificity",
+        f"{cfg.split} sensitivity [{level} CI]",
+        f"{cfg.split} specificity [{level} CI]",
+        "TP / FN / TN / FP",
+    )
+    return lines + _md_table(head, rows) + [""]
+
+
 def _md_details(f: Findings) -> list[str]:
     """Every average, then precision / recall / F1 / ROC-AUC per class."""
     methods = f.methods
@@ -168,7 +257,8 @@ def markdown(
     cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
 ) -> str:
     """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
-    lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_details(f)
+    lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_calibration(f)
+    lines += _md_operating_points(cfg, f) + _md_details(f)
     if figures:
         lines += ["", "## Figures", ""] + [f"- [{p.name}]({p.name})" for p in figures]
     if f.warnings:
@@ -195,6 +285,12 @@ def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[s
         },
         "methods": {m.key: m.to_dict() for m in f.methods},
         "tests": {k: t.to_dict() for k, t in f.tests.items()},
+        **({} if f.calibration is None else {"calibration": f.calibration.to_dict()}),
+        **(
+            {}
+            if f.operating_points is None
+            else {"operating_points": {op.name: op.to_dict() for op in f.operating_points}}
+        ),
         "config": {
             "n_bootstrap": cfg.n_bootstrap,
             "confidence": cfg.confidence,

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import ConfigError
+from cxr.evaluate.calibrated import CalibrationSummary, OperatingPointResult
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.metrics import Metrics
 
 SOFT, MAJORITY, STACKING = "soft_vote", "majority_vote", "stacking"
+UNCALIBRATED, REFERENCE = "stacking_uncalibrated", "reference"  # stacking before its temperature: no test
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class MethodResult:
-    key: str  # "member:<name>", "soft_vote", "majority_vote", "stacking"
+    key: str  # "member:<name>", "soft_vote", "majority_vote", "stacking", "stacking_uncalibrated", "baseline:<name>"
     name: str
-    kind: str  # "member" | "soft_vote" | "majority_vote" | "stacking"
+    kind: str  # "member" | "soft_vote" | "majority_vote" | "stacking" | "reference" | "baseline"
     metrics: Metrics
     accuracy_ci: Interval
     macro_f1_ci: Interval
@@ -96,6 +98,8 @@ class EvalResult:
     report_json: Path
     figures: tuple[Path, ...]
     warnings: tuple[str, ...] = ()
+    calibration: CalibrationSummary | None = None  # None: the meta-learner records no calibration
+    operating_points: tuple[OperatingPointResult, ...] | None = None  # None: it records none
 
     def method(self, key: str) -> MethodResult:
         for m in self.methods:
@@ -121,3 +125,5 @@ class Findings:
     manifest_digest: str
     meta_json: Mapping[str, Any] = field(repr=False)
     warnings: tuple[str, ...] = ()
+    calibration: CalibrationSummary | None = None
+    operating_points: tuple[OperatingPointResult, ...] | None = None

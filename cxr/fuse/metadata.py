@@ -53,6 +53,8 @@ def ensemble_metadata(
         "dataset": members[0].card.get("dataset"),
         "test_metrics": info.get("test_metrics"),
         "meta": _meta_entry(meta),
+        "calibration": info.get("calibration"),  # the temperature is inside the graph; this records it
+        "operating_points": info.get("operating_points"),  # read by the runtime (cxr.runtime.operating)
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
         "flops_per_image": _flops_per_image(members, len(info["classes"])),

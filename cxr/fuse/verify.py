@@ -212,6 +212,7 @@ def _test_reference(
     """(manifest, the first test paths, the scikit-learn meta's probabilities, the members' PyTorch ones)."""
     from cxr.data.manifest import load_manifest
     from cxr.stack.features import load_split
+    from cxr.stack.calibrate import apply_temperature
     from cxr.stack.stack import full_proba, load_meta_estimator
 
     manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=True)
@@ -226,7 +227,10 @@ def _test_reference(
     if n == 0:
         raise DataError("the test split is empty: nothing to verify end to end", hint="check the manifest")
     k = len(data.classes)
-    ref_probs = full_proba(est, data.features[:n], k)
+    temperature = float((meta_json.get("calibration") or {}).get("temperature", 1.0))
+    ref_probs = apply_temperature(
+        full_proba(est, data.features[:n], k), temperature
+    )  # the graph's calibration
     return manifest, tuple(data.paths[:n]), ref_probs, data.member_probs[:n]
 
 

@@ -28,14 +28,17 @@ from cxr.errors import CxrError, DecodeError, ModelError
 from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_gray
 from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
-from cxr.runtime.types import Prediction
+from cxr.runtime.assess import disagreement_reason, header_reasons, with_reasons
+from cxr.runtime.operating import above_operating_points, operating_thresholds
+from cxr.runtime.types import Prediction, Reason
 from cxr.session import SessionConfig, SessionInfo, create_session, file_sha256
 from cxr.spec import ModelMetadata, provenance_warnings, softmax
 
 log = logging.getLogger(__name__)
 
 Item = Path | str | bytes | np.ndarray
-_Loaded = tuple[np.ndarray | None, str | None]  # (resized image, None) or (None, error message)
+# (resized image, None, gate reasons) or (None, error message, ())
+_Loaded = tuple[np.ndarray | None, str | None, tuple[Reason, ...]]
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Predictor:
             )
         self._members_output = "member_probabilities" if "member_probabilities" in self.output_names else None
         self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
+        self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
 
     @classmethod
     def from_path(
@@ -206,6 +210,8 @@ class Predictor:
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
             "provenance_warnings": list(provenance_warnings(self.metadata.card)),
+            "operating_points": self.metadata.card.get("operating_points") or {},
+            "calibration": self.metadata.card.get("calibration"),
             "notice": NOTICE,
         }
 
@@ -254,17 +260,23 @@ class Predictor:
                     }
                     for j, n in enumerate(names)
                 }
+            probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
+            flags = self.operating_thresholds
             preds.append(
                 Prediction(
                     source=src,
                     label=self.classes[k],
                     confidence=float(p[k]),
-                    probabilities={c: float(v) for c, v in zip(self.classes, p, strict=True)},
+                    probabilities=probabilities,
                     member_probabilities=members,
                     provider=self.provider,
                     seconds=per_image,
+                    above_operating_point=above_operating_points(probabilities, flags) if flags else None,
+                    assessable=True,
                 )
             )
+            if out.member_probabilities is not None:
+                preds[-1] = with_reasons(preds[-1], (disagreement_reason(out.member_probabilities[i], k),))
         return preds
 
     def predict_arrays(
@@ -284,12 +296,13 @@ class Predictor:
 
     def _load_safe(self, item: Item, name: str) -> _Loaded:
         try:
-            return self.load(item), None
+            image = self.load(item)
         except CxrError as e:
-            return None, e.message if not e.hint else f"{e.message} (hint: {e.hint})"
+            return None, e.message if not e.hint else f"{e.message} (hint: {e.hint})", ()
         except Exception as e:  # one unreadable file must never end a scan: it becomes an error row
             log.debug("unexpected error decoding %s", name, exc_info=True)
-            return None, f"{name}: unexpected {type(e).__name__} while decoding: {e}"
+            return None, f"{name}: unexpected {type(e).__name__} while decoding: {e}", ()
+        return image, None, header_reasons(item)
 
     def iter_predict(
         self, items: Iterable[Item], names: Iterable[str] | None = None
@@ -339,15 +352,15 @@ class Predictor:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _predict_loaded(self, loaded: Sequence[tuple[str, _Loaded]]) -> list[Prediction]:
-        good = [(i, arr) for i, (_, (arr, _err)) in enumerate(loaded) if arr is not None]
+        good = [(i, arr) for i, (_, (arr, _err, _why)) in enumerate(loaded) if arr is not None]
         out: list[Prediction] = [
             Prediction(name, None, None, provider=self.provider, error=err or "unknown error")
-            for name, (_, err) in loaded
+            for name, (_, err, _why) in loaded
         ]
         if good:
             preds = self.predict_arrays([a for _, a in good], [loaded[i][0] for i, _ in good])
             for (i, _), pred in zip(good, preds, strict=True):
-                out[i] = pred
+                out[i] = with_reasons(pred, loaded[i][1][2])
         return out
 
     def predict(self, items: Sequence[Item]) -> list[Prediction]:

@@ -2,7 +2,8 @@
 
 Takes: ``Prediction`` objects, the model's classes and id, and an output (a ``.csv`` or ``.jsonl`` path, or
 a text stream). Makes: rows with ``path, predicted_class, confidence, p:<class>..., error, provider,
-model_id, seconds, notice`` (CSV), or the same as JSON objects with nested ``probabilities`` and
+model_id, seconds, above_operating_point, assessable, reasons, notice`` (CSV: the classes at or above their
+operating point, the input gate's verdict and its reason codes; JSONL has the reasons' messages too), or the same as JSON objects with nested ``probabilities`` and
 ``member_probabilities`` (JSONL). Every batch is flushed, so an interrupted scan keeps every finished row;
 a half-written last line is cut off before a resumed scan appends. A file written by another model or for
 another class list is refused on resume.
@@ -46,6 +47,9 @@ def csv_columns(classes: Sequence[str]) -> list[str]:
         "provider",
         "model_id",
         "seconds",
+        "above_operating_point",
+        "assessable",
+        "reasons",
         "notice",
     ]
 
@@ -65,8 +69,17 @@ def csv_row(pred: Prediction, classes: Sequence[str], model_id: str) -> list[str
         pred.provider,
         model_id,
         f"{pred.seconds:.6f}",
+        flagged_classes(pred),
+        "" if pred.assessable is None else str(pred.assessable).lower(),
+        ";".join(r.code for r in pred.reasons),
         pred.notice,
     ]
+
+
+def flagged_classes(pred: Prediction) -> str:
+    """The classes at or above their operating point, ``;``-joined ("" for none or no operating points)."""
+    flags = pred.above_operating_point or {}
+    return ";".join(c for c, above in flags.items() if above)
 
 
 def json_record(pred: Prediction, model_id: str) -> dict[str, Any]:

@@ -57,6 +57,8 @@ class ScanResult:
     output: str | None
     failures: tuple[tuple[str, str], ...] = field(default=())  # (path, error), the first few
     precision: str | None = None  # what the backend really ran (openvino: fp32/bf16); None: the file's own
+    # the input gate: {"files": predicted files marked not assessable, <reason code>: files with it}
+    not_assessable: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -71,6 +73,7 @@ class ScanResult:
             "predicted": self.predicted,
             "failed": self.failed,
             "counts": dict(self.counts),
+            "not_assessable": dict(self.not_assessable),
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "provider": self.provider,
@@ -146,11 +149,15 @@ class _Tally:
     counts: Counter[str] = field(default_factory=Counter)
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    not_assessable: Counter[str] = field(default_factory=Counter)  # reason code -> files
 
     def add(self, batch: Sequence[Prediction]) -> None:
         for p in batch:
             if p.ok and p.label is not None:
                 self.counts[p.label] += 1
+                if p.assessable is False:
+                    self.not_assessable.update({r.code for r in p.reasons} or {"unknown"})
+                    self.not_assessable["files"] += 1
             else:
                 self.failed += 1
                 if len(self.failures) < 20:
@@ -213,4 +220,5 @@ def scan_folder(
         output=None if cfg.output is None else str(cfg.output),
         failures=tuple(tally.failures),
         precision=predictor.info.precision,
+        not_assessable=dict(tally.not_assessable),
     )

@@ -10,6 +10,17 @@ from cxr.labels import NOTICE
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why the input gate marked an image not assessable: a stable code and a sentence for the reader."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One image's result. ``error`` is set (and ``label`` is None) when the image could not be read."""
 
@@ -22,6 +33,12 @@ class Prediction:
     seconds: float = 0.0
     error: str | None = None
     notice: str = NOTICE
+    # per class with an operating point (cxr.runtime.operating): probability >= its threshold; None: no points
+    above_operating_point: Mapping[str, bool] | None = None
+    # the input gate (cxr.runtime.assess): False with reasons when the image is outside what the model is for;
+    # None when nothing was predicted (an error row)
+    assessable: bool | None = None
+    reasons: tuple[Reason, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -39,5 +56,10 @@ class Prediction:
             "provider": self.provider,
             "seconds": self.seconds,
             "error": self.error,
+            "assessable": self.assessable,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "above_operating_point": None
+            if self.above_operating_point is None
+            else dict(self.above_operating_point),
             "notice": self.notice,
         }

@@ -21,6 +21,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
 from cxr.imaging.preprocess import resize_gray
+from cxr.runtime.assess import header_reasons
+from cxr.runtime.types import Reason
 from cxr.serve.batcher import BatcherStopped, BatchResult
 from cxr.serve.errors import ApiError, overloaded
 from cxr.serve.limits import Overloaded
@@ -37,6 +39,7 @@ class Outcome:
     result: BatchResult | None = None
     error: ApiError | None = None
     decode_seconds: float = 0.0
+    reasons: tuple[Reason, ...] = ()  # the input gate's header reasons (cxr.runtime.assess)
 
 
 @dataclass
@@ -91,9 +94,9 @@ async def _decode_all(
 
     spec = predictor.metadata.preprocess
 
-    def decode_and_resize(up: Upload) -> np.ndarray:
+    def decode_and_resize(up: Upload) -> tuple[np.ndarray, tuple[Reason, ...]]:
         # Resizing here, in the decode pool, keeps the per-image work off the single inference thread.
-        return resize_gray(decode_upload(up, predictor.decode, state.limits), spec)
+        return resize_gray(decode_upload(up, predictor.decode, state.limits), spec), header_reasons(up.data)
 
     async def one(up: Upload) -> tuple[Any, float]:
         t0 = time.perf_counter()
@@ -128,15 +131,16 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
         progress.phase = "infer"
         _, batcher, _ = state.require_ready()
 
-        async def infer(up: Upload, gray: Any, seconds: float) -> Outcome:
-            if isinstance(gray, ApiError):
-                return Outcome(up.filename, error=gray, decode_seconds=seconds)
+        async def infer(up: Upload, decoded: Any, seconds: float) -> Outcome:
+            if isinstance(decoded, ApiError):
+                return Outcome(up.filename, error=decoded, decode_seconds=seconds)
+            gray, reasons = decoded
             try:
                 result = await batcher.submit(gray, up.filename)
             except BatcherStopped as e:
                 retry = {"Retry-After": str(state.cfg.retry_after_s)}
                 raise ApiError(503, "not_ready", str(e), headers=retry) from e
-            return Outcome(up.filename, result=result, decode_seconds=seconds)
+            return Outcome(up.filename, result=result, decode_seconds=seconds, reasons=reasons)
 
         return list(
             await asyncio.gather(*(infer(u, g, s) for u, (g, s) in zip(uploads, decoded, strict=True)))

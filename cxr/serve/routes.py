@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from cxr import __version__
 from cxr.labels import NOTICE
+from cxr.runtime.assess import with_reasons
 from cxr.serve.metrics import CONTENT_TYPE_LATEST
 from cxr.serve.pipeline import Outcome, run_prediction
 from cxr.serve.schemas import (
@@ -27,6 +28,7 @@ from cxr.serve.schemas import (
     ModelRef,
     PredictionOut,
     ReadyOut,
+    ReasonOut,
     ServingLimits,
     Timing,
 )
@@ -85,7 +87,7 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
     result = outcome.result
     if result is None:  # callers only pass successful outcomes
         raise ValueError("no result")
-    p = result.prediction
+    p = with_reasons(result.prediction, outcome.reasons)
     if p.label is None or p.confidence is None:
         raise ValueError(f"prediction without a label: {p.error}")
     members = (
@@ -97,6 +99,9 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
         confidence=p.confidence,
         probabilities=dict(p.probabilities),
         member_probabilities=members,
+        above_operating_point=None if p.above_operating_point is None else dict(p.above_operating_point),
+        assessable=bool(p.assessable),
+        reasons=[ReasonOut(code=r.code, message=r.message) for r in p.reasons],
         model=model_ref(state),
         provider=p.provider,
         timing=Timing(

@@ -42,6 +42,11 @@ PRECISION_DOC = (
 )
 
 
+class ReasonOut(BaseModel):
+    code: str = Field(description="Stable reason code, e.g. dicom_view_position or members_disagree.")
+    message: str = Field(description="What was found and what an assessable input looks like.")
+
+
 class PredictionOut(BaseModel):
     source: str = Field(description="The upload's file name (base name only) or 'upload'.")
     label: str = Field(description="The most probable class.")
@@ -50,6 +55,18 @@ class PredictionOut(BaseModel):
     member_probabilities: dict[str, dict[str, float]] | None = Field(
         default=None, description="Each ensemble member's class probabilities (null for a single model)."
     )
+    above_operating_point: dict[str, bool] | None = Field(
+        default=None,
+        description="Per class with an operating point (a threshold chosen on validation for a target "
+        "sensitivity, see /v1/model): whether its probability reaches it. A flag for review, not a diagnosis; "
+        "null when the model has no operating points.",
+    )
+    assessable: bool = Field(
+        default=True,
+        description="False when the input gate found a reason (a non-chest or non-frontal DICOM header, the "
+        "members disagreeing): the probabilities are still given, but the image needs a reader's review first.",
+    )
+    reasons: list[ReasonOut] = Field(default_factory=list, description="Why the image is not assessable.")
     model: ModelRef
     provider: str = Field(
         description="The backend that really ran the model (onnxruntime provider or openvino)."

@@ -17,6 +17,7 @@ The formulas are scikit-learn's, over the C classes the estimator saw (s: its de
   not expanded into ``x^2 @ Q + x @ W`` (that cancels catastrophically when var is tiny, e.g. a saturated
   member); x is replicated per class by a 0/1 MatMul (exact) and the differences taken as scikit-learn does.
 
+A calibration temperature T divides s before the softmax (``softmax(s / T)``, Guo et al. 2017).
 Label = ``classes_[ArgMax(s)]`` (a Gather, when ``classes_`` is not 0..K-1). A class the estimator never
 saw cannot get probability exactly 0 from a logit, so the softmax runs over the C seen classes and a 0/1
 MatMul places its columns into K, leaving an unseen class at exactly 0.
@@ -122,18 +123,27 @@ def _logits(g: _Graph, est: Any, n_features: int) -> str:
     )
 
 
-def portable_meta(est: Any, n_features: int, k: int, opset: int) -> onnx.ModelProto:
-    """The default-domain graph of ``est`` (see the module docstring); unverified, no metadata."""
+def portable_meta(est: Any, n_features: int, k: int, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
+    """The default-domain graph of ``est`` (see the module docstring); unverified, no metadata.
+
+    ``temperature`` != 1 divides the logits before the softmax (``cxr.stack.calibrate``); ArgMax reads the
+    undivided logits, so the label is the estimator's ``predict`` either way.
+    """
     seen = class_indices(est, k)
     g = _Graph([], [])
-    logits = _logits(g, est, n_features)
+    raw = _logits(g, est, n_features)
+    logits = raw
+    if temperature != 1.0:
+        logits = g.op(
+            "Div", [raw, g.const("meta_temperature", np.array(float(temperature)))], "meta_logits_t"
+        )
     widen = seen.size != k or not np.array_equal(seen, np.arange(k))
     probs_seen = g.op("Softmax", [logits], "meta_probabilities_seen" if widen else PROBABILITIES, axis=1)
     if widen:
         embed = np.zeros((seen.size, k), dtype=np.float64)
         embed[np.arange(seen.size), seen] = 1.0
         g.op("MatMul", [probs_seen, g.const("meta_embed", embed)], PROBABILITIES)
-    index = g.op("ArgMax", [logits], "meta_index" if widen else LABEL, axis=1, keepdims=0)
+    index = g.op("ArgMax", [raw], "meta_index" if widen else LABEL, axis=1, keepdims=0)
     if widen:
         g.op("Gather", [g.const("meta_classes", seen), index], LABEL, axis=0)
     graph = helper.make_graph(

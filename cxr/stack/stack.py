@@ -9,7 +9,10 @@ Features are the members' class probabilities in a fixed member order (member-ma
 The meta-training set is the validation split (blending), or with ``source="blend"`` a separate blend split
 (``cxr data split --blend``) that nothing else uses: every row is checked against the manifest, and a
 training- or test-split image is refused (``LeakageError``). The validation split also drives the members'
-early stopping and the choice of the "best member", which the evaluation report says. Hyper-parameters are
+early stopping and the choice of the "best member", which the evaluation report says. Calibration
+(``cxr.stack.calibrate``): a temperature fitted on the cross-validated predictions is built into
+``meta.onnx``, and per-class operating points (threshold for a target sensitivity) are chosen on the same
+cross-validated, calibrated probabilities; both are in ``meta.json`` and the ONNX metadata. Hyper-parameters are
 chosen by stratified K-fold cross-validation on the meta-training set (mean log loss); the cross-validated
 predictions give the meta-learner's validation metrics. The test split's metrics are recorded for the
 model card only. Labels are class indices, so ``classes_`` follows the class-list order; a class absent
@@ -68,6 +71,8 @@ class MetaConfig:
     seed: int = 0
     opset: int = 17
     out_dir: Path | None = None  # default RUN_DIR/stack
+    calibrate: bool = True  # temperature scaling on the cross-validated predictions (cxr.stack.calibrate)
+    target_sensitivity: Mapping[str, float] | None = None  # operating points; None: 95% for every class
 
     def __post_init__(self) -> None:
         from cxr.stack.estimators import resolve_kind
@@ -118,8 +123,10 @@ def _metrics_dict(y: np.ndarray, p: np.ndarray, classes: tuple[str, ...]) -> dic
     }
 
 
-def _test_metrics(cfg: MetaConfig, members: tuple[str, ...], est: Any, k: int) -> dict[str, Any] | None:
-    """The stacked ensemble's test-split metrics, recorded for the model card only (never used to choose).
+def _test_metrics(
+    cfg: MetaConfig, members: tuple[str, ...], est: Any, k: int, temperature: float = 1.0
+) -> dict[str, Any] | None:
+    """The stacked ensemble's (calibrated) test-split metrics, for the model card only (never used to choose).
 
     The fused graph is verified top-1 identical to these predictions at `cxr fuse`, so they hold for it.
     """
@@ -130,7 +137,10 @@ def _test_metrics(cfg: MetaConfig, members: tuple[str, ...], est: Any, k: int) -
         return None
     if test.labels.size == 0:
         return None
-    return _metrics_dict(test.labels, full_proba(est, test.features, k), test.classes)
+    from cxr.stack.calibrate import apply_temperature
+
+    probs = apply_temperature(full_proba(est, test.features, k), temperature)
+    return _metrics_dict(test.labels, probs, test.classes)
 
 
 def load_meta_training_set(cfg: MetaConfig, members: tuple[str, ...]) -> MetaData:
@@ -160,6 +170,7 @@ class _Fit:
     cv_metrics: dict[str, Any]
     train_metrics: dict[str, Any]  # in-sample, for the record only
     notes: list[str]
+    cv_probs: np.ndarray  # cross-validated probabilities of the chosen parameters (the calibration set)
 
 
 def fit_meta(cfg: MetaConfig) -> MetaResult:
@@ -172,10 +183,11 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
     seen, notes = _classes_seen(data)
     fit = _choose_and_fit(cfg, data, x)
     notes += fit.notes
+    temperature, calibration = _calibration(cfg, data, fit)
     out = cfg.stack_dir
     out.mkdir(parents=True, exist_ok=True)
     description = save_estimator(fit.est, out / META_NPZ, x)
-    info = _model_info(cfg, members, data, seen, fit)
+    info = {**_model_info(cfg, members, data, seen, fit, temperature), **calibration}
     conv = convert_meta(
         fit.est,
         n_members=len(members),
@@ -184,6 +196,7 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
         opset=cfg.opset,
         check_features=x,
         info=info,
+        temperature=temperature,
     )
     meta = _meta_record(cfg, members, data, info, fit, description, conv, notes)
     (out / META_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
@@ -248,11 +261,40 @@ def _choose_and_fit(cfg: MetaConfig, data: MetaData, x: np.ndarray) -> _Fit:
         cv_metrics=_metrics_dict(y, cv_probs, classes),
         train_metrics=_metrics_dict(y, full_proba(est, x, k), classes),
         notes=cv_notes,
+        cv_probs=cv_probs,
     )
 
 
+def _calibration(cfg: MetaConfig, data: MetaData, fit: _Fit) -> tuple[float, dict[str, Any]]:
+    """(temperature, the ``calibration`` and ``operating_points`` records), from the cross-validated predictions.
+
+    Cross-fitted: every meta-training image's probabilities come from a fold model that never saw it, so the
+    temperature and the thresholds are not fitted on in-sample scores. The operating points are chosen on
+    the calibrated probabilities, which the graph outputs.
+    """
+    from cxr.stack.calibrate import apply_temperature, default_targets, fit_temperature, operating_points
+
+    y, classes = data.labels, data.classes
+    targets = dict(cfg.target_sensitivity) if cfg.target_sensitivity is not None else default_targets(classes)
+    if cfg.calibrate:
+        t = fit_temperature(y, fit.cv_probs)
+        temperature, record = t.temperature, t.to_dict()
+    else:
+        temperature, record = 1.0, {"method": "none", "temperature": 1.0}
+    points = operating_points(y, apply_temperature(fit.cv_probs, temperature), classes, targets)
+    return temperature, {
+        "calibration": record,
+        "operating_points": {c: op.to_dict() for c, op in points.items()},
+    }
+
+
 def _model_info(
-    cfg: MetaConfig, members: tuple[str, ...], data: MetaData, seen: np.ndarray, fit: _Fit
+    cfg: MetaConfig,
+    members: tuple[str, ...],
+    data: MetaData,
+    seen: np.ndarray,
+    fit: _Fit,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """What the ONNX model's metadata and ``meta.json`` both record about the fit."""
     classes = data.classes
@@ -269,7 +311,7 @@ def _model_info(
         "cv_metric": "log_loss",
         "source": cfg.source,
         "val_metrics": fit.cv_metrics,
-        "test_metrics": _test_metrics(cfg, members, fit.est, len(classes)),
+        "test_metrics": _test_metrics(cfg, members, fit.est, len(classes), temperature),
     }
 
 

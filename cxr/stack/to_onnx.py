@@ -10,7 +10,9 @@ full class list. The meta-learner's description is stored as JSON in the ``cxr.m
 
 Verified on the check features against ``predict_proba`` and against skl2onnx's own conversion (the
 training-side reference, ``ai.onnx.ml``, ``zipmap=False``): max abs diff <= ``tolerance`` (default 1e-6)
-to both, labels identical to ``predict`` and to skl2onnx's; a failure raises ``VerificationError``.
+to both, labels identical to ``predict`` and to skl2onnx's; a failure raises ``VerificationError``. With a
+calibration temperature (``cxr.stack.calibrate``) the graph divides its logits by T, and both references
+are calibrated with the same formula in numpy before the comparison.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from onnx import helper, numpy_helper
 from cxr.errors import ModelError, VerificationError
 from cxr.labels import NOTICE
 from cxr.session import cpu_session
+from cxr.stack.calibrate import apply_temperature
 from cxr.stack.features import META_PROP
 from cxr.stack.portable_meta import FEATURES, LABEL, PROBABILITIES, class_indices, portable_meta
 
@@ -93,9 +96,9 @@ def meta_info(model: onnx.ModelProto, source: str = "meta.onnx") -> dict[str, An
     return dict(json.loads(props[META_PROP]))
 
 
-def to_onnx(est: Any, n_features: int, k: int, opset: int) -> onnx.ModelProto:
+def to_onnx(est: Any, n_features: int, k: int, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
     """The portable (default-domain) graph of ``est``, unverified and without metadata."""
-    return portable_meta(est, n_features, k, opset)
+    return portable_meta(est, n_features, k, opset, temperature)
 
 
 def skl2onnx_reference(est: Any, n_features: int, k: int, opset: int) -> onnx.ModelProto:
@@ -143,12 +146,19 @@ def verify_meta(
     x: np.ndarray,
     k: int,
     tolerance: float = 1e-6,
+    temperature: float = 1.0,
 ) -> MetaCheck:
-    """``model`` on ``x`` vs ``predict_proba``/``predict`` and vs the skl2onnx ``reference``, or raise."""
+    """``model`` on ``x`` vs ``predict_proba``/``predict`` and vs the skl2onnx ``reference``, or raise.
+
+    With a temperature, both references are calibrated by ``apply_temperature`` (numpy) before comparing.
+    """
     label, probs = _run(model, x)
     ref_label, ref_probs = _run(reference, x)
     expected = np.zeros((x.shape[0], k), dtype=np.float64)
     expected[:, class_indices(est, k)] = est.predict_proba(x)
+    if temperature != 1.0:
+        expected = apply_temperature(expected, temperature)
+        ref_probs = apply_temperature(ref_probs, temperature)
     check = MetaCheck(
         max_abs_diff=_max_abs(probs, expected),
         max_abs_diff_skl2onnx=_max_abs(probs, ref_probs),
@@ -178,11 +188,12 @@ def convert_meta(
     info: Mapping[str, Any] | None = None,
     tolerance: float = 1e-6,
     rng: np.random.Generator | None = None,
+    temperature: float = 1.0,
 ) -> MetaOnnxResult:
     """Convert, verify and save ``est`` (see the module docstring)."""
     k = len(classes)
     n_features = n_members * k
-    model = to_onnx(est, n_features, k, opset)
+    model = to_onnx(est, n_features, k, opset, temperature)
     reference = skl2onnx_reference(est, n_features, k, opset)
     meta = {"classes": list(classes), "n_members": n_members, "notice": NOTICE, **dict(info or {})}
     helper.set_model_props(model, {META_PROP: json.dumps(meta, sort_keys=True, default=str)})
@@ -193,7 +204,7 @@ def convert_meta(
     x = np.asarray(check_features, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != n_features:
         raise ModelError(f"check features have shape {x.shape}, expected [N, {n_features}]")
-    check = verify_meta(model, reference, est, x, k, tolerance)
+    check = verify_meta(model, reference, est, x, k, tolerance, temperature)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString()

@@ -1,0 +1,48 @@
+"""Takes a model's metadata card; makes its per-class operating points and each result's flags against them.
+
+``cxr stack`` chooses, on the cross-validated validation predictions, a threshold per class for a target
+sensitivity (``cxr.stack.calibrate``); ``cxr fuse`` copies them into the fused model's card. A result
+says, per class, whether its (calibrated) probability is at or above that class's threshold: a flag for
+the reader's attention at a known sensitivity, never a diagnosis. Models without operating points give none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cxr.errors import ModelError
+
+
+def operating_thresholds(
+    card: Mapping[str, Any], classes: Sequence[str], source: str = "model"
+) -> dict[str, float]:
+    """{class: threshold} from ``card["operating_points"]`` (empty when the model has none), or a ModelError."""
+    points = card.get("operating_points")
+    if not points:
+        return {}
+    if not isinstance(points, Mapping):
+        raise ModelError(
+            f"{source}: operating_points in its metadata is {type(points).__name__}, expected a mapping",
+            hint="re-fuse the model with `cxr fuse`",
+            path=source,
+        )
+    out: dict[str, float] = {}
+    for name, point in points.items():
+        threshold = point.get("threshold") if isinstance(point, Mapping) else None
+        if name not in classes or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+            raise ModelError(
+                f"{source}: operating point {name!r} -> {point!r} is not a class with a finite threshold",
+                hint="re-fuse the model with `cxr fuse`",
+                path=source,
+            )
+        out[str(name)] = float(threshold)
+    return out
+
+
+def above_operating_points(
+    probabilities: Mapping[str, float], thresholds: Mapping[str, float]
+) -> dict[str, bool]:
+    """Per class with an operating point: whether its probability reaches the threshold."""
+    return {c: bool(probabilities[c] >= t) for c, t in thresholds.items()}

@@ -1,0 +1,96 @@
+"""The input gate in results: DICOM header reasons and member disagreement, through the runtime, a scan and the API."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pydicom")
+
+from cxr.runtime.assess import MEMBERS_DISAGREE, disagreement_reason, header_reasons  # noqa: E402
+from cxr.runtime.predictor import Predictor  # noqa: E402
+from tests.onnx_factory import make_fused_model, write_gray_pngs  # noqa: E402
+from tests.test_imaging_dicom import make_dicom  # noqa: E402
+
+
+def chest(**attrs: str) -> bytes:
+    ramp = np.linspace(0, 255, 48 * 48).reshape(48, 48).astype(np.uint8)
+    return make_dicom(ramp, **attrs)
+
+
+@pytest.mark.parametrize(
+    ("tops", "disagree"),
+    [
+        ([0, 1, 1], True),
+        ([0, 0, 1], False),
+        ([0, 1], False),
+        ([1, 1, 1, 0, 2], True),
+        ([0, 0, 1, 1, 2], True),
+        ([0, 0, 0, 1, 2], False),
+    ],
+)
+def test_members_disagree_when_fewer_than_half_agree(tops: list[int], disagree: bool) -> None:
+    member_probs = np.eye(3)[tops]  # each member certain of its top class
+    reason = disagreement_reason(member_probs, label=0)
+    assert (reason is not None and reason.code == MEMBERS_DISAGREE) is disagree
+
+
+@pytest.mark.parametrize(
+    ("attrs", "code"),
+    [
+        ({"ViewPosition": "LL"}, "dicom_view_position"),
+        ({"Modality": "CT"}, "dicom_modality"),
+        ({"BodyPartExamined": "KNEE"}, "dicom_body_part"),
+    ],
+)
+def test_header_reasons_for_files_and_bytes(tmp_path: Path, attrs: dict[str, str], code: str) -> None:
+    data = chest(**attrs)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    assert [r.code for r in header_reasons(data)] == [code]
+    assert [r.code for r in header_reasons(path)] == [code]
+    assert header_reasons(chest(ViewPosition="PA", BodyPartExamined="CHEST")) == ()
+    assert header_reasons(write_gray_pngs(tmp_path / "png", 1)[0]) == ()
+    assert header_reasons(np.zeros((4, 4), np.uint8)) == ()
+
+
+def test_results_carry_the_gate_and_a_scan_counts_it(tmp_path: Path) -> None:
+    from cxr.runtime.scan import ScanConfig, scan_folder
+
+    folder = tmp_path / "in"
+    write_gray_pngs(folder, 3)
+    (folder / "lateral.dcm").write_bytes(chest(ViewPosition="LL"))
+    model = make_fused_model(tmp_path / "m.onnx", members=("a", "b", "c"))
+    predictor = Predictor.from_path(model)
+    preds = {Path(p.source).name: p for p in predictor.predict(sorted(folder.iterdir()))}
+    lateral = preds["lateral.dcm"]
+    assert lateral.ok and lateral.probabilities and lateral.assessable is False  # still predicted, marked
+    assert "dicom_view_position" in [r.code for r in lateral.reasons]
+    for p in preds.values():  # member disagreement, counted from the member probabilities themselves
+        agree = sum(max(mp, key=mp.__getitem__) == p.label for mp in (p.member_probabilities or {}).values())
+        assert (MEMBERS_DISAGREE in [r.code for r in p.reasons]) is (2 * agree < 3)
+    out = tmp_path / "rows.csv"
+    res = scan_folder(predictor, ScanConfig(folder=folder, output=out))
+    assert res.exit_code == 0 and res.predicted == 4  # exit codes stay as they are
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert (
+        rows["lateral.dcm"]["assessable"] == "false"
+        and "dicom_view_position" in rows["lateral.dcm"]["reasons"]
+    )
+    assert res.not_assessable["files"] == sum(r["assessable"] == "false" for r in rows.values())
+    assert res.not_assessable["dicom_view_position"] == 1
+
+
+def test_api_answer_carries_the_gate(fused_model: Path) -> None:
+    from tests.test_serve_app import app_client
+
+    with app_client(fused_model) as client:
+        r = client.post("/v1/predict", content=chest(ViewPosition="LATERAL"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["assessable"] is False
+        assert "dicom_view_position" in [x["code"] for x in body["reasons"]]
+        assert "probabilities" in body and body["notice"]
