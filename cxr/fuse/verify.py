@@ -211,8 +211,8 @@ def _test_reference(
 ) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray]:
     """(manifest, the first test paths, the scikit-learn meta's probabilities, the members' PyTorch ones)."""
     from cxr.data.manifest import load_manifest
-    from cxr.stack.features import load_split
     from cxr.stack.calibrate import apply_temperature
+    from cxr.stack.features import load_split
     from cxr.stack.stack import full_proba, load_meta_estimator
 
     manifest = load_manifest(Path(run_dir) / "manifest.csv", check_files=True)
