@@ -1,51 +1,75 @@
 """Takes a DICOM file's bytes (or a pydicom Dataset); makes the header reasons it is not a frontal chest radiograph.
 
 Rules (each a reason code; an absent or empty attribute never refuses, since many real files leave them out):
-- ``dicom_modality``: Modality is not CR or DX (DICOM PS3.3 C.7.3.1.1.1: CR computed radiography, DX digital
-  radiography; "DR" is no standard code, so it is refused like CT or MR);
-- ``dicom_body_part``: BodyPartExamined is not the chest (CHEST as PS3.16 CID 4031 spells it; THORAX, LUNG,
-  and CHEST_* variants, which real files carry, count as chest);
-- ``dicom_view_position``: ViewPosition is not PA or AP (a lateral LL/RL, a decubitus, an oblique...);
-- ``dicom_description``: Study/Series Description names another body part (TEETH, KNEE, HAND...): the only
-  sign in old files like the dental CR in ../shared/data/dicom, which has no BodyPartExamined.
-Values seen in ../shared/data/dicom: the four chest files are CR or DX with CHEST/PA or nothing; the dental
-file is CR with no body part or view and the series description "MODALITYLUT - TEETH". Only the header is
-read (``stop_before_pixels``); bytes that are not DICOM, or a header pydicom cannot parse, give no reasons
-(decoding reports that file's error on its own).
+- ``dicom_modality``: Modality (0008,0060) is not CR or DX (PS3.3 C.7.3.1.1.1: CR computed radiography, DX
+  digital radiography). "DR" is neither a defined nor a retired term, so it is refused like CT, MR or OT;
+- ``dicom_body_part``: BodyPartExamined (0018,0015) is not the chest: CHEST (PS3.16 CID 4031), or THORAX,
+  TORAX, LUNG, LUNGS, or CHEST followed by a separator ("CHEST_PA", "CHEST PA"), all of which real files
+  carry. CID 4031's CHESTABDOMEN and CHESTABDPELVIS cover more than the chest and are refused;
+- ``dicom_view_position``: ViewPosition (0018,5101) is not PA or AP (lateral LL/RL/LATERAL, decubitus
+  LLD/RLD, obliques LPO/RAO/..., anything else);
+- ``dicom_description``: StudyDescription or SeriesDescription names another body part (TEETH, KNEE, HAND...)
+  and not the chest. Old files like the dental CR in ../shared/data/dicom have no BodyPartExamined, so this is
+  their only sign.
+Not used: PatientOrientation and ImageLaterality, because real chest files leave them empty and they describe
+image directions, not the projection.
+Values seen in ../shared/data/dicom: nih_cxr14 DX, nothing else; siim_acr and txv CR/CHEST/PA (series
+"view: PA"); barre CR/CHEST/PA; the dental one CR with no body part or view, descriptions "MODALITYLUT -
+TEETH". Case and surrounding spaces are ignored. Only the header is read (``stop_before_pixels``). Bytes that
+are not DICOM, or a header pydicom cannot parse, give no reasons (decoding reports that error itself). A value
+pydicom cannot convert counts as absent. Neither function raises.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DICOM_MODALITY = "dicom_modality"
 DICOM_BODY_PART = "dicom_body_part"
 DICOM_VIEW_POSITION = "dicom_view_position"
 DICOM_DESCRIPTION = "dicom_description"
+REASON_CODES = (DICOM_MODALITY, DICOM_BODY_PART, DICOM_VIEW_POSITION, DICOM_DESCRIPTION)
 
 MODALITIES = frozenset({"CR", "DX"})
-CHEST_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS"})
+CHEST_PARTS = frozenset({"CHEST", "THORAX", "TORAX", "LUNG", "LUNGS"})
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
 OTHER_ANATOMY = (
     "TEETH", "TOOTH", "DENTAL", "JAW", "MANDIBLE", "SKULL", "HEAD", "BRAIN", "SPINE", "PELVIS", "HIP", "KNEE",
     "LEG", "FOOT", "ANKLE", "HAND", "WRIST", "ELBOW", "ARM", "SHOULDER", "ABDOMEN", "BREAST", "MAMMO",
 )  # fmt: skip
 _OTHER = re.compile(r"\b(" + "|".join(OTHER_ANATOMY) + r")S?\b")
+_CHEST_WORD = re.compile(r"\b(CHEST|THORAX|TORAX|LUNGS?)\b")
+_CHEST_PART = re.compile(r"CHEST[\s_\-/\\^.,]")
 
 
 @dataclass(frozen=True)
 class GateReason:
+    """One reason a header is not a frontal chest radiograph: a stable ``code`` and a ``message`` for people."""
+
     code: str
     message: str
 
 
 def _text(ds: Any, keyword: str) -> str:
-    value = ds.get(keyword, None)
-    return "" if value is None else str(value).strip().upper()
+    """The attribute as upper-case text; "" when absent, empty, or not convertible (a broken element)."""
+    try:
+        with warnings.catch_warnings():  # pydicom warns while it converts odd raw values
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword, None)
+            return "" if value is None else str(value).strip().upper()
+    except Exception:  # lazy conversion of a corrupt raw element raises assorted pydicom errors
+        return ""
+
+
+def _is_chest_part(part: str) -> bool:
+    return part in CHEST_PARTS or _CHEST_PART.match(part) is not None
 
 
 def dicom_header_reasons(ds: Any) -> tuple[GateReason, ...]:
@@ -57,7 +81,7 @@ def dicom_header_reasons(ds: Any) -> tuple[GateReason, ...]:
             GateReason(DICOM_MODALITY, f"DICOM Modality is {modality!r}; cxr reads radiographs (CR or DX)")
         )
     part = _text(ds, "BodyPartExamined")
-    if part and part not in CHEST_PARTS and not part.startswith("CHEST"):
+    if part and not _is_chest_part(part):
         out.append(
             GateReason(DICOM_BODY_PART, f"DICOM BodyPartExamined is {part!r}; cxr reads the chest (CHEST)")
         )
@@ -70,12 +94,13 @@ def dicom_header_reasons(ds: Any) -> tuple[GateReason, ...]:
             )
         )
     for keyword in ("StudyDescription", "SeriesDescription"):
-        found = _OTHER.search(_text(ds, keyword))
-        if found:
+        text = _text(ds, keyword)
+        found = _OTHER.search(text)
+        if found and not _CHEST_WORD.search(text):
             out.append(
                 GateReason(
                     DICOM_DESCRIPTION,
-                    f"DICOM {keyword} {_text(ds, keyword)!r} names {found.group(1)}, not the chest",
+                    f"DICOM {keyword} {text!r} names {found.group(1)}; cxr reads the chest (CHEST)",
                 )
             )
             break
@@ -86,7 +111,7 @@ def dicom_file_reasons(data: bytes, name: str = "<bytes>") -> tuple[GateReason, 
     """The header reasons of DICOM bytes; () for anything that is not DICOM or cannot be parsed."""
     from cxr.imaging.dicom import might_be_dicom
 
-    if not might_be_dicom(data[:256]):
+    if not might_be_dicom(bytes(data[:256])):
         return ()
     import pydicom
 
@@ -94,6 +119,7 @@ def dicom_file_reasons(data: bytes, name: str = "<bytes>") -> tuple[GateReason, 
         with warnings.catch_warnings():  # a broken header warns before it fails; the result says enough
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:  # pydicom raises many kinds for broken headers; decoding reports the file itself
+            return dicom_header_reasons(ds)
+    except Exception as e:  # pydicom raises many kinds for broken headers; decoding reports the file itself
+        log.debug("%s: DICOM header not checked (%s: %s)", name, type(e).__name__, str(e)[:200])
         return ()
-    return dicom_header_reasons(ds)

@@ -1,0 +1,82 @@
+"""Takes a fused model and the real data in ../shared; makes the input gate's pass/refuse counts per test set.
+
+Sets: the run's test split (real radiographs the model never trained on), ../shared/data/external-dev, the
+real DICOM files, and things that must not pass: generated photographs (colour noise and gradients) and
+drawings (lines on white), the test images inverted, and the test images wrongly windowed (crushed to a
+narrow grey band). Prints one Markdown row per set: files, predicted, assessable, not assessable with reason
+codes, and errors. Uses the runtime and the manifest reader only (no torch).
+
+Usage: python benchmarks/gate_counts.py runs/rehearse/ensemble.onnx runs/rehearse/manifest.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cxr.data.manifest import load_manifest
+from cxr.imaging.decode import decode_gray
+from cxr.runtime.predictor import Predictor
+from cxr.runtime.types import Prediction
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def generated(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(photograph-like, drawing-like) gray images: what a user might feed by mistake."""
+    rng = np.random.default_rng(seed)
+    photos, drawings = [], []
+    yy, xx = np.mgrid[0:299, 0:299]
+    for _ in range(n):
+        base = rng.uniform(40, 200) + 60 * np.sin(xx / rng.uniform(10, 60)) * np.cos(yy / rng.uniform(10, 60))
+        photos.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+        img = np.full((299, 299), 255, np.uint8)
+        for _ in range(12):
+            r = int(rng.integers(0, 299))
+            img[r : r + 3, :] = 0 if rng.random() < 0.5 else img[r : r + 3, :]
+            img[:, r : r + 3] = 0
+        drawings.append(img)
+    return photos, drawings
+
+
+def row(name: str, preds: list[Prediction]) -> str:
+    ok = [p for p in preds if p.ok]
+    refused = [p for p in ok if p.assessable is False]
+    codes = Counter(r.code for p in refused for r in p.reasons)
+    why = ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"
+    return f"| {name} | {len(preds)} | {len(ok)} | {len(ok) - len(refused)} | {len(refused)} ({why}) | {len(preds) - len(ok)} |"
+
+
+def main(argv: list[str]) -> int:
+    model, manifest = Path(argv[0]), Path(argv[1])
+    predictor = Predictor.from_path(model)
+    table = load_manifest(manifest)
+    test = [table.abspath(r) for r in table.split("test")]
+    grays = [decode_gray(p) for p in test]
+    photos, drawings = generated(30)
+    rows = [
+        row("test split (real, unseen)", predictor.predict(test)),
+        row(
+            "external-dev (real, other sources)",
+            predictor.predict(sorted((SHARED / "external-dev").glob("*.*"))),
+        ),
+        row("DICOM (4 chest, 1 dental)", predictor.predict(sorted((SHARED / "dicom").glob("*.dcm")))),
+        row("generated photographs", predictor.predict_arrays(photos)),
+        row("generated drawings", predictor.predict_arrays(drawings)),
+        row("test split inverted", predictor.predict_arrays([255 - g for g in grays])),
+        row(
+            "test split wrongly windowed",
+            predictor.predict_arrays([(118 + g // 16).astype(np.uint8) for g in grays]),
+        ),
+    ]
+    print("| set | files | predicted | assessable | not assessable (reasons) | errors |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
