@@ -94,3 +94,14 @@ def test_api_answer_carries_the_gate(fused_model: Path) -> None:
         assert body["assessable"] is False
         assert "dicom_view_position" in [x["code"] for x in body["reasons"]]
         assert "probabilities" in body and body["notice"]
+
+
+def test_a_prediction_survives_its_json_round_trip(tmp_path: Path) -> None:
+    import json
+
+    from cxr.runtime.ray.actor import prediction_from_json
+
+    (tmp_path / "lateral.dcm").write_bytes(chest(ViewPosition="LL"))
+    pred = Predictor.from_path(make_fused_model(tmp_path / "m.onnx")).predict([tmp_path / "lateral.dcm"])[0]
+    assert pred.reasons  # the Ray path ships predictions as JSON: reasons must come back as Reason objects
+    assert prediction_from_json(json.dumps(pred.to_dict())) == pred

@@ -44,6 +44,13 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Prediction:
+        """The inverse of ``to_dict`` (reasons back as ``Reason`` objects)."""
+        fields = dict(d)
+        fields["reasons"] = tuple(Reason(r["code"], r["message"]) for r in fields.get("reasons") or ())
+        return cls(**fields)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,

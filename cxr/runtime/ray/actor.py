@@ -59,7 +59,7 @@ class PredictorActor:
 def prediction_from_json(text: str) -> Prediction:
     """The inverse of the actor's ``json.dumps(prediction.to_dict())``."""
     d: dict[str, Any] = json.loads(text)
-    return Prediction(**d)
+    return Prediction.from_dict(d)
 
 
 __all__ = ["PredictorActor", "prediction_from_json"]
