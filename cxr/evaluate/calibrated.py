@@ -20,6 +20,7 @@ import numpy as np
 from cxr.errors import ModelError
 from cxr.evaluate.stats import Interval
 from cxr.stack.calibrate import apply_temperature
+from cxr.stack.cross_validation import log_loss
 
 UNCALIBRATED_NAME = "stacking (before calibration)"
 NO_INTERVAL = Interval(None, None)
@@ -51,10 +52,7 @@ def uncalibrate(p_cal: np.ndarray, temperature: float) -> np.ndarray:
 def mean_nll(y: np.ndarray, p: np.ndarray) -> float | None:
     """Mean negative log likelihood of the true class (probabilities clipped at 1e-15); ``None`` for no rows."""
     y = np.asarray(y, dtype=np.int64)
-    if y.size == 0:
-        return None
-    p = np.asarray(p, dtype=np.float64)
-    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-15, 1.0))))
+    return None if y.size == 0 else log_loss(y, np.asarray(p, dtype=np.float64))
 
 
 def _num(x: Any) -> float | None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from cxr.calibration import expected_calibration_error
 from cxr.errors import ConfigError
+from cxr.stack.cross_validation import log_loss
 
 LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: far outside what a sane meta-learner needs
 DEFAULT_TARGET = 0.95
@@ -34,10 +35,6 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     z = z - np.max(z, axis=1, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=1, keepdims=True)
-
-
-def _nll(y: np.ndarray, p: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-15, 1.0))))
 
 
 def _ece(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -72,18 +69,18 @@ def fit_temperature(y: np.ndarray, probs: np.ndarray) -> Temperature:
 
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
-    before = _nll(y, p)
+    before = log_loss(y, p)
     t = 1.0
     if y.size >= 2 and np.unique(y).size >= 2:
         res = minimize_scalar(
-            lambda log_t: _nll(y, apply_temperature(p, math.exp(log_t))),
+            lambda log_t: log_loss(y, apply_temperature(p, math.exp(log_t))),
             bounds=LOG_T_BOUNDS,
             method="bounded",
         )
-        if res.success and _nll(y, apply_temperature(p, math.exp(res.x))) < before:
+        if res.success and log_loss(y, apply_temperature(p, math.exp(res.x))) < before:
             t = float(math.exp(res.x))
     cal = apply_temperature(p, t)
-    return Temperature(t, before, _nll(y, cal), _ece(y, p), _ece(y, cal), int(y.size))
+    return Temperature(t, before, log_loss(y, cal), _ece(y, p), _ece(y, cal), int(y.size))
 
 
 @dataclass(frozen=True)
