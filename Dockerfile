@@ -5,7 +5,11 @@
 #   docker build -t cxr-serve:gpu --target gpu .                    # CUDA image with onnxruntime-gpu
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/runs/demo/ensemble.onnx:/models/ensemble.onnx:ro" cxr-serve
 # The install and start steps live in docker/install.sh and docker/entrypoint.sh, which
-# scripts/container_smoke.sh also runs in CI without Docker. See docker/README.md.
+# scripts/container_smoke.sh also runs in CI without Docker; scripts/container_build.sh builds this file
+# with buildah on a debootstrap Debian base (PYTHON_IMAGE, python3 at /usr/bin) and
+# scripts/container_run.sh runs and probes the image. See docker/README.md.
+# PIP_INDEX_URL, PIP_CERT (build arguments): the package index the build stages install from, and a CA
+# bundle for it (behind a TLS-inspecting proxy: mount it with `buildah bud -v`; empty: the default).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
@@ -13,6 +17,8 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 # ---- CPU build stage: a venv with cxr[serve] in /opt/venv ----
 FROM ${PYTHON_IMAGE} AS cpu-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CERT=
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cxr ./cxr
@@ -25,6 +31,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=nonintera
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CERT=
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cxr ./cxr

@@ -1,9 +1,8 @@
 """Takes a fused model and the real data in ../shared; makes the input gate's pass/refuse counts per test set.
 
 Sets: the run's test split (real radiographs the model never trained on), ../shared/data/external-dev, the
-real DICOM files, and things that must not pass: generated photographs (colour noise and gradients) and
-drawings (lines on white), the test images inverted, and the test images wrongly windowed (crushed to a
-narrow grey band). Prints one Markdown row per set: files, predicted, assessable, not assessable with reason
+real DICOM files, and things that must not pass (``cxr.data.synthetic.not_chest``): generated photographs
+and drawings, the test images inverted, and the test images wrongly windowed (crushed to a narrow grey band). Prints one Markdown row per set: files, predicted, assessable, not assessable with reason
 codes, and errors. Uses the runtime and the manifest reader only (no torch).
 
 Usage: python benchmarks/gate_counts.py runs/rehearse/ensemble.onnx runs/rehearse/manifest.csv
@@ -15,31 +14,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from cxr.data.manifest import load_manifest
+from cxr.data.synthetic.not_chest import drawings as line_drawings
+from cxr.data.synthetic.not_chest import photographs, windowed
 from cxr.imaging.decode import decode_gray
 from cxr.runtime.predictor import Predictor
 from cxr.runtime.types import Prediction
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def generated(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(photograph-like, drawing-like) gray images: what a user might feed by mistake."""
-    rng = np.random.default_rng(seed)
-    photos, drawings = [], []
-    yy, xx = np.mgrid[0:299, 0:299]
-    for _ in range(n):
-        base = rng.uniform(40, 200) + 60 * np.sin(xx / rng.uniform(10, 60)) * np.cos(yy / rng.uniform(10, 60))
-        photos.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
-        img = np.full((299, 299), 255, np.uint8)
-        for _ in range(12):
-            r = int(rng.integers(0, 299))
-            img[r : r + 3, :] = 0 if rng.random() < 0.5 else img[r : r + 3, :]
-            img[:, r : r + 3] = 0
-        drawings.append(img)
-    return photos, drawings
 
 
 def row(name: str, preds: list[Prediction]) -> str:
@@ -56,7 +38,7 @@ def main(argv: list[str]) -> int:
     table = load_manifest(manifest)
     test = [table.abspath(r) for r in table.split("test")]
     grays = [decode_gray(p) for p in test]
-    photos, drawings = generated(30)
+    photos, drawings = photographs(30), line_drawings(30)
     rows = [
         row("test split (real, unseen)", predictor.predict(test)),
         row(
@@ -69,7 +51,7 @@ def main(argv: list[str]) -> int:
         row("test split inverted", predictor.predict_arrays([255 - g for g in grays])),
         row(
             "test split wrongly windowed",
-            predictor.predict_arrays([(118 + g // 16).astype(np.uint8) for g in grays]),
+            predictor.predict_arrays(windowed(grays)),
         ),
     ]
     print("| set | files | predicted | assessable | not assessable (reasons) | errors |")

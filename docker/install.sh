@@ -12,7 +12,11 @@ set -euo pipefail
 venv=${1:?usage: docker/install.sh VENV_DIR [cpu|gpu] [SOURCE_DIR]}
 flavor=${2:-cpu}
 src=${3:-$(cd "$(dirname "$0")/.." && pwd)}
-python=${PYTHON:-python3}
+python=${PYTHON:-python3}  # python3 is in both the official image (/usr/local/bin) and Debian's (/usr/bin)
+# The Dockerfile declares these as build arguments with empty defaults: empty means pip's own default.
+for var in PIP_INDEX_URL PIP_CERT; do
+  if [ -z "${!var:-}" ]; then unset "$var"; fi
+done
 
 case "$flavor" in
   cpu|gpu) ;;

@@ -35,7 +35,7 @@ stage train "$BIN/cxr" train base --config configs/rehearse.yaml --all --set "ru
   --set "data.manifest=$RUN/manifest.csv" --set "models.xception.pretrained=$WEIGHTS" "$@"
 stage export "$BIN/cxr" export "$RUN" --variants int8
 stage stack "$BIN/cxr" stack "$RUN"
-stage fuse "$BIN/cxr" fuse "$RUN" --variants int8
+stage fuse "$BIN/cxr" fuse "$RUN" --variants int8 --heatmaps
 stage probe "$BIN/cxr" train probe "$RUN" --pretrained "$WEIGHTS" --input-size 224
 stage evaluate "$BIN/cxr" evaluate "$RUN"
 stage score "$BIN/python" scripts/score_split.py "$RUN/ensemble.onnx" "$RUN/manifest.csv" test

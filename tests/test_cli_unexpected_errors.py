@@ -26,7 +26,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_unexpected_error_is_one_line_and_a_log_file(
     app: object, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(predict_cli, "_open_predictor", _boom)
+    monkeypatch.setattr(predict_cli, "open_predictor", _boom)
     monkeypatch.setenv("CXR_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("CXR_DEBUG", "0")
     result = CliRunner().invoke(app, argv)  # type: ignore[arg-type]
@@ -48,7 +48,7 @@ def test_unexpected_error_is_one_line_and_a_log_file(
 def test_debug_lets_the_traceback_through(
     app: object, argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(predict_cli, "_open_predictor", _boom)
+    monkeypatch.setattr(predict_cli, "open_predictor", _boom)
     result = CliRunner().invoke(app, argv)  # type: ignore[arg-type]
     assert isinstance(result.exception, RuntimeError) and result.exit_code != 0
 
@@ -57,7 +57,7 @@ def test_cxr_errors_keep_their_own_message_and_code(monkeypatch: pytest.MonkeyPa
     def refuse(*args: object, **kwargs: object) -> None:
         raise ModelError("model m.onnx is not a cxr model", hint="export it with cxr")
 
-    monkeypatch.setattr(predict_cli, "_open_predictor", refuse)
+    monkeypatch.setattr(predict_cli, "open_predictor", refuse)
     result = CliRunner().invoke(predict_cli.app, ["image", "x.png", "--model", "m.onnx"])
     assert result.exit_code == ModelError("x").exit_code
     assert "error: model m.onnx is not a cxr model" in result.output and "unexpectedly" not in result.output

@@ -117,3 +117,6 @@ def test_readme_paper_commands_run_on_real_images(tmp_path: Path) -> None:
         meta = json.loads((run / "members" / member / "predictions" / "test.json").read_text())
         assert meta["precision"] == "fp32"
     assert (run / "eval" / "report.md").is_file() and (run / "ensemble.onnx").is_file()
+    heat = report["heatmaps"]
+    assert heat is not None and heat["max_abs_logit_identity"] < 1e-3 and "vgg19" in heat["excluded"]
+    assert report["ood"] is None or report["ood"]["threshold"] > 0

@@ -88,7 +88,9 @@ def test_the_fused_model_is_self_describing(demo_run: tuple[Path, str]) -> None:
     meta = ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map)
     assert meta.input_format == "uint8_gray"
     assert meta.card["member_order"] == ["convnext", "efficientnet", "resnet"]
-    assert [o.name for o in sess.get_outputs()] == ["probabilities", "label", "member_probabilities"]
+    outputs = ["probabilities", "label", "member_probabilities", "ood_score"]
+    assert [o.name for o in sess.get_outputs()] == outputs
+    assert meta.card["ood"]["threshold"] > 0 and meta.card["ood"]["n_train"] > 0
 
 
 def test_scan_rows_cover_the_test_split(demo_run: tuple[Path, str]) -> None:
@@ -120,3 +122,11 @@ def test_rerun_skips_every_stage_and_force_redoes_from_there(demo_run: tuple[Pat
     assert res.exit_code == 0, res.output
     assert "== scan: running" in res.output and "== bench: running" in res.output
     assert "== evaluate: up to date, skipped" in res.output
+
+
+def test_the_demo_reports_its_heatmaps(demo_run: tuple[Path, str]) -> None:
+    run, output = demo_run
+    assert "heatmaps:" in output
+    grid = run / "heatmaps" / "grid.png"
+    if "heatmaps: not drawn" not in output:
+        assert grid.is_file() and "heatmaps/grid.png" in (run / "README.md").read_text()

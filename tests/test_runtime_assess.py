@@ -105,3 +105,23 @@ def test_a_prediction_survives_its_json_round_trip(tmp_path: Path) -> None:
     pred = Predictor.from_path(make_fused_model(tmp_path / "m.onnx")).predict([tmp_path / "lateral.dcm"])[0]
     assert pred.reasons  # the Ray path ships predictions as JSON: reasons must come back as Reason objects
     assert prediction_from_json(json.dumps(pred.to_dict())) == pred
+
+
+def test_ray_rows_count_not_assessable_files_like_a_local_scan() -> None:
+    from cxr.runtime.ray.rows import OrderedRows
+    from cxr.runtime.types import Prediction, Reason
+
+    class Sink:
+        def write(self, preds: object) -> None:
+            pass
+
+    rows = OrderedRows(Sink())  # type: ignore[arg-type]
+    ok = Prediction("a.png", "COVID", 0.9, {"COVID": 0.9}, assessable=True)
+    odd = Prediction("b.png", "Normal", 0.8, {"Normal": 0.8}, assessable=False,
+                     reasons=(Reason("out_of_distribution", "x"), Reason("members_disagree", "y")))  # fmt: skip
+    bad = Prediction("c.png", None, None, error="unreadable")
+    for i, p in enumerate((ok, odd, bad)):
+        rows.add(i, p)
+    rows.flush()
+    assert dict(rows.not_assessable) == {"files": 1, "out_of_distribution": 1, "members_disagree": 1}
+    assert rows.failed == 1 and rows.predicted == 2

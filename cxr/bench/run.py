@@ -140,11 +140,13 @@ def _bench_batch(
     x = predictor.prepare(cycled(inputs.grays, batch))
     one = {"batch": batch, "mode": "session", "sessions": 1, "create_s": create_s}
     for conc in ctx.cfg.concurrency:
-        shared = guarded(functools.partial(predictor.run, x), what, batch)
+        shared = guarded(functools.partial(predictor.run, x, heatmaps=predictor.has_heatmaps), what, batch)
         _add_timed(ctx, row, probe, [shared] * conc, kind="inference", concurrency=conc, **one)
         if conc > 1 and ctx.cfg.pool:
             pool = sessions.take(conc)
-            calls = [guarded(functools.partial(p.run, x), what, batch) for p, _ in pool]
+            calls = [
+                guarded(functools.partial(p.run, x, heatmaps=p.has_heatmaps), what, batch) for p, _ in pool
+            ]
             pooled = {"batch": batch, "mode": "pool", "sessions": conc, "create_s": sum(s for _, s in pool)}
             _add_timed(ctx, row, probe, calls, kind="inference", concurrency=conc, **pooled)
     if inputs.files:
@@ -174,7 +176,7 @@ def _end_to_end_call(
         t1 = time.perf_counter()
         x = predictor.prepare(grays)
         t2 = time.perf_counter()
-        predictor.run(x)
+        predictor.run(x, heatmaps=predictor.has_heatmaps)  # a heatmap variant is timed with its maps
         t3 = time.perf_counter()
         return {"decode": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2}
 

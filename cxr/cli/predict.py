@@ -26,17 +26,19 @@ from cxr.cli.common import (
     output_option,
 )
 from cxr.cli.predict_output import (
+    echo_heatmaps,
     echo_image_results,
     echo_ray_summary,
     echo_scan_summary,
     scan_progress,
     setup_logging,
 )
+from cxr.cli.predict_setup import open_predictor, predictor_config, with_heatmaps
 from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.runtime.predictor import Predictor, PredictorConfig
+    from cxr.runtime.predictor import PredictorConfig
     from cxr.runtime.results import ResultFormat
 
 MODEL_HELP = (
@@ -102,63 +104,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar a
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (debug level).")]
 
 
-def _predictor_config(
-    provider: ProviderChoice,
-    precision: PrecisionChoice,
-    threads: int | None,
-    batch_size: int,
-    strict_provider: bool,
-    device_id: int,
-    trt_fp16: bool,
-    trt_cache: Path | None,
-    decode_workers: int | None,
-    max_file_mb: float,
-    max_pixels: int,
-) -> PredictorConfig:
-    from cxr.imaging.decode import DecodeLimits
-    from cxr.runtime.predictor import PredictorConfig, auto_decode_workers
-    from cxr.session import SessionConfig
-
-    return PredictorConfig(
-        session=SessionConfig(
-            provider=provider.value,
-            precision=precision.value,
-            threads=threads,
-            device_id=device_id,
-            strict_provider=strict_provider,
-            trt_fp16=trt_fp16,
-            trt_cache_dir=trt_cache,
-        ),
-        limits=DecodeLimits(max_bytes=int(max_file_mb * 1024 * 1024), max_pixels=max_pixels),
-        batch_size=batch_size,
-        decode_workers=decode_workers or auto_decode_workers(provider.value),
-    )
-
-
-def _open_predictor(
-    model: Path | None,
-    provider: ProviderChoice,
-    precision: PrecisionChoice,
-    threads: int | None,
-    batch_size: int,
-    strict_provider: bool,
-    device_id: int,
-    trt_fp16: bool,
-    trt_cache: Path | None,
-    decode_workers: int | None,
-    max_file_mb: float,
-    max_pixels: int,
-) -> Predictor:
-    from cxr.runtime.locate import resolve_model
-    from cxr.runtime.predictor import Predictor
-
-    cfg = _predictor_config(
-        provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
-        decode_workers, max_file_mb, max_pixels,
-    )  # fmt: skip
-    return Predictor.from_path(resolve_model(model), cfg)
-
-
 @dataclass(frozen=True)
 class _ScanJob:
     """What to scan and where the rows go: the options a local and a Ray scan share."""
@@ -173,6 +118,7 @@ class _ScanJob:
     resume: bool
     overwrite: bool
     quiet: bool
+    heatmaps: Path | None = None
 
     @property
     def stream_format(self) -> ResultFormat:
@@ -186,6 +132,10 @@ def _check_scan_options(
         raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
     if job.resume and job.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
+    if engine is Engine.ray and job.heatmaps is not None:
+        raise ConfigError(
+            "--heatmaps runs with the local engine only", hint="drop --engine ray or --heatmaps"
+        )
     if engine is Engine.local and (address or manifest or split):
         given = "--address" if address else "--manifest" if manifest else "--split"
         raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
@@ -266,6 +216,14 @@ def scan(
         str | None,
         typer.Option(help="With --manifest: only this split (train, val, test).", show_default=False),
     ] = None,
+    heatmaps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write an overlay PNG per image into this folder (where the ensemble looked; runs the "
+            "model's <stem>.heatmaps.onnx, built by `cxr fuse --heatmaps`; local engine only).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
 
@@ -275,10 +233,10 @@ def scan(
     setup_logging(verbose)
     job = _ScanJob(
         folder, model, recursive, tuple(include or ()), tuple(exclude or ()), output, json_out, resume,
-        overwrite, quiet,
+        overwrite, quiet, heatmaps,
     )  # fmt: skip
     _check_scan_options(job, engine, address, manifest, split)
-    cfg = _predictor_config(
+    cfg = predictor_config(
         provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
         decode_workers, max_file_mb, max_pixels,
     )  # fmt: skip
@@ -293,7 +251,10 @@ def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
     from cxr.runtime.predictor import Predictor
     from cxr.runtime.scan import ScanConfig, scan_folder
 
-    predictor = Predictor.from_path(resolve_model(job.model), predictor_cfg)
+    model, writer = resolve_model(job.model), None
+    if job.heatmaps is not None:
+        model, predictor_cfg, writer = with_heatmaps(model, predictor_cfg, job.heatmaps, Path(job.folder))
+    predictor = Predictor.from_path(model, predictor_cfg)
     cfg = ScanConfig(
         folder=Path(job.folder),
         recursive=job.recursive,
@@ -309,6 +270,8 @@ def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
             predictor, cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch
         )
     echo_scan_summary(result, predictor.describe(), output=job.output, json_out=job.json_out, quiet=job.quiet)
+    if writer is not None:
+        echo_heatmaps(writer)
     return result.exit_code
 
 
@@ -368,6 +331,14 @@ def image(
     max_file_mb: MaxMbOpt = 256.0,
     max_pixels: MaxPixelsOpt = 100_000_000,
     verbose: VerboseOpt = False,
+    heatmap: Annotated[
+        bool,
+        typer.Option(
+            help="Also write an overlay PNG per file (where the ensemble looked; needs the model's "
+            "<stem>.heatmaps.onnx beside it, built by `cxr fuse --heatmaps`)."
+        ),
+    ] = False,
+    heatmap_dir: Annotated[Path, typer.Option(help="Folder for the --heatmap overlays.")] = Path("."),
 ) -> None:
     """Classify the given files and print each result (class, confidence, every class probability).
 
@@ -375,12 +346,14 @@ def image(
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
     setup_logging(verbose)
-    predictor = _open_predictor(
+    predictor, writer = open_predictor(
         model, provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
-        None, max_file_mb, max_pixels,
+        None, max_file_mb, max_pixels, heatmap_dir if heatmap else None,
     )  # fmt: skip
     preds = predictor.predict([str(f) for f in files])
     echo_image_results(predictor, preds, json_out=json_out, quiet=quiet)
+    if writer is not None:
+        echo_heatmaps(writer)
     raise typer.Exit(code=1 if any(not p.ok for p in preds) else 0)
 
 

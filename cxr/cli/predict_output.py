@@ -17,6 +17,7 @@ from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
     from cxr.progress import Progress
+    from cxr.runtime.overlay import OverlayWriter
     from cxr.runtime.predictor import Predictor
     from cxr.runtime.ray.scan import RayScanResult
     from cxr.runtime.scan import ScanResult
@@ -186,3 +187,10 @@ def echo_image_results(
         )
         _echo_provenance_warnings(predictor)
         typer.echo(NOTICE)
+
+
+def echo_heatmaps(writer: OverlayWriter) -> None:
+    """Where the overlays went (stderr, so stdout stays the results), and any that could not be written."""
+    typer.echo(f"heatmaps: {len(writer.written)} overlay PNG(s) in {writer.folder}", err=True)
+    for source, why in writer.failed.items():
+        typer.secho(f"warning: no overlay for {source}: {why}", fg=typer.colors.YELLOW, err=True)

@@ -119,6 +119,14 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option(envvar="CXR_ACCESS_LOG", help="Log every request.")] = True,
     log_level: Annotated[LogLevel, typer.Option(envvar="CXR_LOG_LEVEL")] = LogLevel.info,
+    heatmaps: Annotated[
+        bool,
+        typer.Option(
+            envvar="CXR_HEATMAPS",
+            help="Also load the model's <stem>.heatmaps.onnx so that POST /v1/predict?heatmap=true returns an "
+            "overlay PNG (one extra inference per such request; plain requests are unchanged).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP inference API: POST /v1/predict, /v1/predict/batch; GET /v1/model, /healthz, /readyz,
     /metrics. Decision support only, not a diagnosis."""
@@ -148,6 +156,7 @@ def serve(
         cors_origins=tuple(o for origin in cors_origin or () for o in origin.split(",") if o.strip()),
         access_log=access_log,
         log_level=log_level.value,
+        heatmaps=heatmaps,
     )
     _require_serve_extra()
     run_server(cfg, port_file=port_file)

@@ -156,6 +156,27 @@ def fuse(
     min_agreement: Annotated[
         float, typer.Option(help="The BF16 bar: top-1 agreement with FP32, as INT8's at export.")
     ] = 0.99,
+    heatmaps: Annotated[
+        bool,
+        typer.Option(
+            help="Also build RUN_DIR/ensemble.heatmaps.onnx: the same graph plus class activation maps "
+            "(outputs heatmap and class_heatmaps), verified; cxr-predict --heatmap(s) uses it."
+        ),
+    ] = False,
+    ood: Annotated[
+        bool,
+        typer.Option(
+            help="Fit the out-of-distribution score on RUN_DIR's train images (threshold: the 99th percentile of "
+            "val) and put it in the graph (output ood_score; the runtime marks images above it not assessable)."
+        ),
+    ] = True,
+    ood_quantile: Annotated[
+        float,
+        typer.Option(
+            help="The out-of-distribution threshold: this quantile of the val images' scores (higher: fewer real "
+            "images refused, more photographs and other non-radiographs let through)."
+        ),
+    ] = 0.99,
     out: OldOut = None,
 ) -> None:
     """Fuse the members and the meta-learner into one verified ONNX graph."""
@@ -176,6 +197,9 @@ def fuse(
         bf16_check=bf16_check,
         check_images=check_images or Path(run_dir),
         min_agreement=min_agreement,
+        heatmaps=heatmaps,
+        ood=ood,
+        ood_quantile=ood_quantile,
     )
     res = fuse_models(members, meta, cfg)
     typer.echo(describe(res))

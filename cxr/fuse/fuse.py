@@ -4,7 +4,9 @@ Takes: member ONNX paths in the meta-learner's member order, ``stack/meta.onnx``
 Makes: ``ensemble.onnx`` (input ``image`` uint8 [N, 1, H, W]; outputs ``probabilities`` [N, K], ``label``
 [N], ``member_probabilities`` [N, M, K]; cxr metadata with ``input_format="uint8_gray"``), optionally
 ``ensemble.fp16.onnx`` / ``ensemble.int8.onnx`` built from the members' variants (only when every member
-has that variant), and ``fuse_report.json`` / ``.md`` beside them -> ``FuseResult``.
+has that variant), with ``--heatmaps`` ``ensemble.heatmaps.onnx`` (``heatmap_file``), and
+``fuse_report.json`` / ``.md`` beside them -> ``FuseResult``. Given ``run_dir``, every graph also outputs
+``ood_score``, the out-of-distribution score fitted on its train images (``ood``).
 
 Order of work: check the parts (``members``); then, per precision (``fused_file``), wire the graph
 (``graph``), simplify with onnxsim (FP32 only, skipped above the protobuf limit), attach metadata
@@ -27,9 +29,11 @@ import numpy as np
 from cxr.errors import ModelError
 from cxr.export.onnx_files import onnx_size_bytes
 from cxr.fuse.fused_file import build_fused_file, drift_vs_fp32
-from cxr.fuse.graph import FusedGraph, ResizeStep
+from cxr.fuse.graph import FusedGraph, ResizeStep, fused_input_size
+from cxr.fuse.heatmap_file import build_heatmap_file
 from cxr.fuse.members import MemberModel, MetaModel, check_compatible, load_member, load_meta, variant_path
 from cxr.fuse.metadata import GRAPH_STEPS, RUNTIME_STEPS
+from cxr.fuse.ood import OodModel, fit_ood
 from cxr.fuse.precision_check import check_openvino_bf16, real_images, write_record
 from cxr.fuse.report import write_fuse_report
 from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
@@ -62,8 +66,11 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     loaded = [load_member(Path(p)) for p in members]
     check_compatible(loaded, meta_model)
     out = Path(cfg.out)
-    fp32, fused, reference = build_fused_file(loaded, meta_model, out, "fp32", cfg, rng, cfg.tolerance)
-    warnings = _resize_warnings(fused.resizes)
+    ood, ood_note = _fit_ood(loaded, cfg)
+    fp32, fused, reference = build_fused_file(
+        loaded, meta_model, out, "fp32", cfg, rng, cfg.tolerance, ood=ood
+    )
+    warnings = _resize_warnings(fused.resizes) + ([ood_note] if ood_note else [])
     verified: dict[str, dict[str, Any]] = {}
     source = cfg.check_images or cfg.run_dir
     if (
@@ -76,8 +83,18 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         verified[BF16_RECORD] = record
         if not record["accepted"]:
             warnings.append(f"OpenVINO BF16 is not offered for {out.name}: {record['reason']}")
-    variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng)
+    variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng, ood)
     warnings += [f"{variant} ensemble not built: {why}" for variant, why in skipped.items()]
+    heatmaps = None
+    if cfg.heatmaps:
+        built = build_heatmap_file(loaded, meta_model, out, fp32.sha256, cfg, reference, rng, ood)
+        if isinstance(built, str):
+            warnings.append(f"heatmap ensemble not built: {built}")
+        else:
+            heatmaps = built
+            warnings += [
+                f"member '{n}' is left out of the heatmaps: {why}" for n, why in built.excluded.items()
+            ]
     e2e = None if cfg.run_dir is None else _end_to_end(out, Path(cfg.run_dir), loaded, meta_model, fused, cfg)
     latency = (
         measure_latency(out, reference, runs=cfg.benchmark_runs, rng=rng, threads=cfg.threads)
@@ -95,6 +112,8 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         resizes=tuple(_resize_row(r) for r in fused.resizes),
         warnings=tuple(warnings),
         verified_precisions=verified,
+        heatmaps=heatmaps,
+        ood=None if fused.ood is None else fused.ood.to_card(),
     )
     for w in warnings:
         log.warning("%s", w)
@@ -114,6 +133,27 @@ def _bf16_record(
     )
     images = real_images(source, spec, cfg.bf16_check_images, cfg.seed)
     return check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
+
+
+def _fit_ood(loaded: Sequence[MemberModel], cfg: FuseConfig) -> tuple[OodModel | None, str | None]:
+    """The out-of-distribution score fitted on ``cfg.run_dir`` (None and why not, when it cannot be)."""
+    if not cfg.ood:
+        return None, None
+    if cfg.run_dir is None:
+        return None, "no out-of-distribution score: it is fitted on a run directory's images (give RUN_DIR)"
+    size = fused_input_size(loaded, cfg.input_size)
+    fitted = fit_ood(
+        loaded,
+        Path(cfg.run_dir),
+        size,
+        max_train=cfg.ood_max_train,
+        quantile=cfg.ood_quantile,
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )
+    if isinstance(fitted, str):
+        return None, f"no out-of-distribution score: {fitted}"
+    return fitted, None
 
 
 def _resize_warnings(resizes: Sequence[ResizeStep]) -> list[str]:
@@ -140,6 +180,7 @@ def _build_variants(
     fused: FusedGraph,
     cfg: FuseConfig,
     rng: np.random.Generator,
+    ood: OodModel | None = None,
 ) -> tuple[dict[str, FusedFile], dict[str, str]]:
     """Each asked-for variant ensemble, built from the members' variants when every member has one.
 
@@ -157,7 +198,7 @@ def _build_variants(
         check_compatible(var_members, meta_model)
         var_out = fp32.path.with_name(fp32.path.name.removesuffix(".onnx") + f".{variant}.onnx")
         built, _, _ = build_fused_file(
-            var_members, meta_model, var_out, variant, cfg, rng, cfg.variant_tolerance, fp32.sha256
+            var_members, meta_model, var_out, variant, cfg, rng, cfg.variant_tolerance, fp32.sha256, ood
         )
         drift = drift_vs_fp32(fp32.path, var_out, fused.input_size, rng, cfg.threads)
         files[variant] = replace(built, drift_vs_fp32=drift)
@@ -221,6 +262,18 @@ def describe(result: FuseResult) -> str:
         )
     for v, why in result.skipped_variants.items():
         lines.append(f"  {v:5s} not built: {why}")
+    if result.ood is not None:
+        o = result.ood
+        lines.append(
+            f"  out-of-distribution score: fitted on {o['n_train']} train images, threshold {o['threshold']:.3g} "
+            f"(the {o['quantile']:g} quantile of {o['n_val']} val images; verified vs numpy)"
+        )
+    if result.heatmaps is not None:
+        hm = result.heatmaps
+        lines.append(
+            f"  heatmaps {hm.path} (members mapped: {', '.join(hm.mapped)}; class-map mean = logits within "
+            f"{hm.max_abs_logit_identity:.2g}; vs numpy rule {hm.max_abs_diff_vs_numpy:.2g}; verified)"
+        )
     for name, rec in result.verified_precisions.items():
         lines.append(f"  {name}: {'accepted' if rec['accepted'] else 'refused'} ({rec['reason']})")
     if result.end_to_end is not None:

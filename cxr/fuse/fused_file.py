@@ -19,6 +19,7 @@ from cxr.export.onnx_files import model_nbytes, onnx_size_bytes, save_onnx
 from cxr.fuse.graph import FusedGraph, build_fused
 from cxr.fuse.members import MemberModel, MetaModel
 from cxr.fuse.metadata import ensemble_metadata
+from cxr.fuse.ood import OodModel, check_ood
 from cxr.fuse.types import FuseConfig, FusedFile
 from cxr.fuse.verify import SeparatePipeline, check_separate, session
 from cxr.labels import NOTICE
@@ -64,9 +65,10 @@ def build_fused_file(
     rng: np.random.Generator,
     tolerance: float,
     fp32_sha256: str | None = None,
+    ood: OodModel | None = None,
 ) -> tuple[FusedFile, FusedGraph, SeparatePipeline]:
     """Build, save and verify one fused file (see the module docstring); ``tolerance`` vs separate."""
-    fused = build_fused(members, meta, cfg.input_size)
+    fused = build_fused(members, meta, cfg.input_size, ood=ood)
     weight_bytes = model_nbytes(fused.model)
     model, simplified, note = (
         fused.model,
@@ -88,6 +90,8 @@ def build_fused_file(
     parity = check_separate(
         out, reference, batches=cfg.batches, tolerance=tolerance, rng=rng, threads=cfg.threads
     )
+    if fused.ood is not None:
+        check_ood(out, fused.ood, 1e-3, cfg.threads, strict=precision == "fp32")
     return (
         FusedFile(precision, out, file_sha256(out), onnx_size_bytes(out), external, simplified, note, parity),
         fused,

@@ -9,12 +9,14 @@ Pillow-exact resize per member input size that differs from the fused one), foll
 probabilities are concatenated (member-major, the meta-learner's feature order) and fed to the prefixed
 meta-learner (``meta/``). FP16 members get Casts around them. IR version: the highest of the parts;
 opsets: the members' default-domain opset (the meta-learner is converted to it when it differs).
+Optional outputs: ``ood_score`` [N] (``cxr.fuse.ood_graph``, when an out-of-distribution score was fitted)
+and, in the heatmap variant, ``class_heatmaps`` [N, K, H, W] and ``heatmap`` [N, H, W] (``cxr.fuse.heatmaps``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,10 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from cxr.errors import ModelError
+from cxr.fuse.heatmaps import HeatmapPlan, heatmap_nodes
 from cxr.fuse.members import MemberModel, MetaModel, opsets_of
+from cxr.fuse.ood import OodModel
+from cxr.fuse.ood_graph import located, ood_nodes
 from cxr.fuse.resize import probe_order, resize_nodes
 
 IMAGE = "image"
@@ -49,6 +54,12 @@ class FusedGraph:
     resizes: tuple[ResizeStep, ...]
     ir_version: int
     opsets: dict[str, int]
+    ood: OodModel | None = None  # the out-of-distribution score placed in the graph (output ood_score)
+
+
+def fused_input_size(members: Sequence[MemberModel], input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The fused graph's input size: the one asked for, else the largest member input."""
+    return input_size or max((m.input_size for m in members), key=lambda s: (s[0] * s[1], s))
 
 
 def _meta_at_opset(meta: MetaModel, opset: int) -> onnx.ModelProto:
@@ -162,12 +173,21 @@ class _Chains:
 
 
 def build_fused(
-    members: Sequence[MemberModel], meta: MetaModel, input_size: tuple[int, int] | None = None
+    members: Sequence[MemberModel],
+    meta: MetaModel,
+    input_size: tuple[int, int] | None = None,
+    heatmaps: HeatmapPlan | None = None,
+    ood: OodModel | None = None,
 ) -> FusedGraph:
-    """Build the fused graph (see the module docstring); metadata is added by the caller."""
+    """Build the fused graph (see the module docstring); metadata is added by the caller.
+
+    Given ``heatmaps``, the mapped members carry their ``class_maps`` and the graph gains the outputs
+    ``class_heatmaps`` and ``heatmap`` (``cxr.fuse.heatmaps``). Given ``ood``, it gains ``ood_score``
+    (``cxr.fuse.ood_graph``), unless a member of these precisions has no pooling to read.
+    """
     k = len(meta.info["classes"])
     _check_member_names(members)
-    fused = input_size or max((m.input_size for m in members), key=lambda s: (s[0] * s[1], s))
+    fused = fused_input_size(members, input_size)
     opset = members[0].opsets.get("", 17)
     meta_model = _meta_at_opset(meta, opset)
     ir_version = max([int(m.model.ir_version) for m in members] + [int(meta_model.ir_version)])
@@ -177,8 +197,23 @@ def build_fused(
         nodes=[helper.make_node("Cast", [IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")]
     )
     chains = _Chains(fused)
-    prob_names = [_add_member(parts, m, _add_preprocess(parts, chains, m)) for m in members]
+    prob_names = [
+        _add_member(parts, _with_maps(m, heatmaps), _add_preprocess(parts, chains, m)) for m in members
+    ]
     _add_meta(parts, meta, meta_model, prob_names, k)
+    extra_outputs: list[onnx.ValueInfoProto] = []
+    if heatmaps is not None:
+        heat_nodes, heat_inits, extra_outputs = heatmap_nodes(
+            heatmaps, [m.name for m in members], fused, k, LABEL, opset
+        )
+        parts.nodes += heat_nodes
+        parts.inits += heat_inits
+    placed = None if ood is None else located(ood, {m.name: m.model for m in members})
+    if placed is not None:
+        ood_n, ood_i, ood_out = ood_nodes(placed, opset)
+        parts.nodes += ood_n
+        parts.inits += ood_i
+        extra_outputs.append(ood_out)
 
     h, w = fused
     graph = helper.make_graph(
@@ -189,6 +224,7 @@ def build_fused(
             helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
             helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
             helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, len(members), k]),
+            *extra_outputs,
         ],
         initializer=parts.inits,
         value_info=parts.value_info,
@@ -200,7 +236,14 @@ def build_fused(
         ir_version=ir_version,
         functions=parts.functions,
     )
-    return FusedGraph(model, (int(h), int(w)), tuple(chains.resizes), ir_version, opsets)
+    return FusedGraph(model, (int(h), int(w)), tuple(chains.resizes), ir_version, opsets, placed)
+
+
+def _with_maps(m: MemberModel, heatmaps: HeatmapPlan | None) -> MemberModel:
+    """``m`` with its class-map graph when the heatmap plan maps it."""
+    if heatmaps is None or m.name not in heatmaps.models:
+        return m
+    return replace(m, model=heatmaps.models[m.name])
 
 
 def _check_member_names(members: Sequence[MemberModel]) -> None:

@@ -66,6 +66,7 @@ def ensemble_metadata(
             for r in fused.resizes
         ],
         "simplified": simplified,
+        "ood": None if fused.ood is None else fused.ood.to_card(),  # read by cxr.runtime.assess
         "notice": NOTICE,
     }
     if fp32_sha256 is not None:  # a variant names the FP32 ensemble it was built beside

@@ -57,6 +57,8 @@ def fuse_report_dict(
         "resizes_in_graph": list(result.resizes),
         "end_to_end": None if result.end_to_end is None else result.end_to_end.to_dict(),
         "latency": result.latency,
+        "heatmaps": None if result.heatmaps is None else result.heatmaps.to_dict(),
+        "ood": result.ood,
         "warnings": list(result.warnings),
     }
 
@@ -69,6 +71,19 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
     for name, rec in (d.get("verified_precisions") or {}).items():
         verdict = "accepted" if rec.get("accepted") else "refused"
         lines.append(f"\n{name} (the FP32 file run by OpenVINO in BF16): {verdict}: {rec.get('reason')}.")
+    if hm := d.get("heatmaps"):
+        left_out = "; ".join(f"{n}: {why}" for n, why in hm["excluded"].items()) or "none"
+        lines.append(
+            f"\nHeatmaps: `{hm['path']}` maps {', '.join(hm['mapped'])} (left out: {left_out}); each class map's "
+            f"spatial mean equals the member's logit within {hm['max_abs_logit_identity']:.2g}, the heatmaps "
+            f"equal the numpy rule within {hm['max_abs_diff_vs_numpy']:.2g}."
+        )
+    if ood := d.get("ood"):
+        lines.append(
+            f"\nOut-of-distribution score (output `ood_score`): fitted on {ood['n_train']} training images, "
+            f"threshold {ood['threshold']:.3g} = the {ood['quantile']:.0%} quantile of {ood['n_val']} validation "
+            f"images ({ood['val_flagged']} of them above it). Rule: {ood['rule']}."
+        )
     lines.append("")
     lines += _end_to_end_lines(d.get("end_to_end"))
     lines += _latency_lines(d.get("latency"))

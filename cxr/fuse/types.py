@@ -38,6 +38,10 @@ class FuseConfig:
     min_agreement: float = 0.99  # the BF16 bar: top-1 agreement with FP32 (as INT8's at export)
     bf16_check_images: int = 200
     check_images: Path | None = None  # real images for the BF16 check (a folder or run dir); None: run_dir
+    heatmaps: bool = False  # also build <stem>.heatmaps.onnx (cxr.fuse.heatmap_file)
+    ood: bool = True  # given run_dir: fit the out-of-distribution score (cxr.fuse.ood), output ood_score
+    ood_max_train: int = 2000  # training images it is fitted on at most (a seeded sample)
+    ood_quantile: float = 0.99  # its threshold: this quantile of the validation images' scores
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANT_SUFFIXES]
@@ -50,6 +54,11 @@ class FuseConfig:
         if not 0.0 < self.min_agreement <= 1.0:
             raise ConfigError(
                 f"min_agreement {self.min_agreement} must be in (0, 1]", hint="for example 0.99"
+            )
+        if not 0.5 <= self.ood_quantile < 1.0:
+            raise ConfigError(
+                f"ood_quantile {self.ood_quantile} must be in [0.5, 1)",
+                hint="for example 0.99 (1 in 100 flagged)",
             )
         if not self.batches or min(self.batches) < 1:
             raise ConfigError(f"batches {self.batches} must be positive", hint="for example 1 8")
@@ -82,6 +91,28 @@ class FusedFile:
 
 
 @dataclass(frozen=True)
+class HeatmapFile:
+    path: Path
+    sha256: str
+    parity: ParityReport
+    mapped: tuple[str, ...]
+    excluded: dict[str, str]
+    max_abs_logit_identity: float  # max |mean(class map) - logit| over mapped members
+    max_abs_diff_vs_numpy: float  # fused heatmaps vs the numpy reference
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "parity_vs_separate": self.parity.to_dict(),
+            "mapped": list(self.mapped),
+            "excluded": dict(self.excluded),
+            "max_abs_logit_identity": self.max_abs_logit_identity,
+            "max_abs_diff_vs_numpy": self.max_abs_diff_vs_numpy,
+        }
+
+
+@dataclass(frozen=True)
 class FuseResult:
     path: Path
     input_size: tuple[int, int]
@@ -95,6 +126,8 @@ class FuseResult:
     report_json: Path | None = None
     report_md: Path | None = None
     warnings: tuple[str, ...] = field(default=())
+    heatmaps: HeatmapFile | None = None
+    ood: dict[str, Any] | None = None  # the out-of-distribution score's card entry, when fitted
 
     @property
     def parity(self) -> ParityReport:

@@ -22,6 +22,8 @@ ARTEFACTS: tuple[tuple[str, str], ...] = (
     ("stack/meta.json", "the meta-learner (parameters, cross-validation, member order)"),
     ("ensemble.onnx", "THE deliverable: one fused graph (uint8 grayscale in, probabilities out)"),
     ("ensemble.int8.onnx", "INT8 (static QDQ) fused variant for CPUs"),
+    ("ensemble.heatmaps.onnx", "the same graph plus class activation maps (`cxr-predict --heatmap(s)`)"),
+    ("heatmaps/grid.png", "heatmap overlays of test images, two per class (where the ensemble looked)"),
     ("fuse_report.md", "fusion parity: fused graph vs separate members + meta-learner, and vs PyTorch"),
     ("eval/report.md", "members vs soft voting vs majority voting vs stacking on the test split"),
     ("predict/results.csv", "`cxr-predict scan` over the test images"),
@@ -100,8 +102,10 @@ def _artefacts(run_dir: Path) -> list[str]:
     lines = ["## Artefacts", ""]
     lines += [f"- [`{rel}`]({rel}): {what}" for rel, what in ARTEFACTS if (run_dir / rel).exists()]
     figures = sorted((run_dir / "eval").glob("*.png")) if (run_dir / "eval").is_dir() else []
+    figures += [g for g in (run_dir / "heatmaps" / "grid.png",) if g.is_file()]
     if figures:
-        lines += ["", "## Figures", ""] + [f"![{f.stem}](eval/{f.name})" for f in figures]
+        lines += ["", "## Figures", ""]
+        lines += [f"![{f.parent.name}-{f.stem}]({f.relative_to(run_dir).as_posix()})" for f in figures]
     return lines
 
 

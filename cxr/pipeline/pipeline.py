@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.pipeline.config import DemoConfig
+from cxr.pipeline.heatmap_grid import heatmap_grid
 from cxr.pipeline.runner import Stage, StageRecord, run_stages
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class _Paths:
         self.scan_input = self.run / "scan-input"
         self.scan_csv = self.run / "predict" / "results.csv"
         self.bench = self.run / "bench"
+        self.heatmaps = self.run / "heatmaps"
 
 
 def _stage_data(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
@@ -137,7 +139,14 @@ def _stage_fuse(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     res = fuse(
         members,
         meta,
-        FuseConfig(out=p.ensemble, variants=cfg.variants, run_dir=p.run, threads=cfg.threads, seed=cfg.seed),
+        FuseConfig(
+            out=p.ensemble,
+            variants=cfg.variants,
+            run_dir=p.run,
+            threads=cfg.threads,
+            seed=cfg.seed,
+            heatmaps=True,
+        ),
     )
     verdicts = fuse_verdicts(res)
     for line in verdicts:
@@ -196,7 +205,10 @@ def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
         f"  scanned {res.found} test images: {res.predicted} predicted, {res.failed} failed, "
         f"{res.images_per_second:.1f} images/s on {res.provider} -> {p.scan_csv}"
     )
+    grid = heatmap_grid(p.ensemble, p.scan_input, p.heatmaps, cfg.threads)
+    echo(f"  heatmaps: {grid}" if isinstance(grid, Path) else f"  heatmaps: not drawn ({grid})")
     return {
+        "heatmap_grid": str(grid),
         "found": res.found,
         "predicted": res.predicted,
         "failed": res.failed,

@@ -102,6 +102,13 @@ def fuse_verdicts(result: FuseResult) -> list[str]:
         )
     for precision, why in result.skipped_variants.items():
         lines.append(f"{INDENT}fused {precision}: not built ({why})")
+    hm = result.heatmaps
+    if hm is not None:
+        left_out = f"; left out: {', '.join(hm.excluded)} (no spatial map)" if hm.excluded else ""
+        lines.append(
+            f"{INDENT}heatmaps ({', '.join(hm.mapped)}{left_out}): class-map mean = member logits within "
+            f"{hm.max_abs_logit_identity:.1e}, ensemble map = numpy rule within {hm.max_abs_diff_vs_numpy:.1e} -> PASS"
+        )
     e = result.end_to_end
     if e is not None:
         top1 = "top-1 identical" if e.top1_identical else f"top-1 differs on {len(e.mismatches)}"

@@ -1,10 +1,16 @@
 """Takes an input item and a result; makes the input gate's verdict: ``assessable`` and the reasons why not.
 
-Two signals, each with a reason code (``cxr.runtime.types.Reason``):
+Four signals, each with a reason code (``cxr.runtime.types.Reason``):
 - DICOM header rules (``cxr.imaging.gate``): modality, body part and view position, read from the header
   of a file that looks like DICOM; a PNG or JPEG has no header to check.
 - ``members_disagree``: fewer than half of the ensemble's members give the ensemble's class as their own
   top class: the image is outside what the members agree on, so a reader should look before trusting it.
+- ``out_of_distribution``: the fused graph's ``ood_score`` (a Mahalanobis distance of the members' pooled
+  features to their training images, ``cxr.fuse.ood``) is above the threshold in the model card (the 99th
+  percentile of the validation radiographs).
+- ``narrow_grey_range``: the decoded image spans fewer than ``MIN_GREY_RANGE`` grey levels between its 1st
+  and 99th percentiles (a wrong DICOM window/level crushes a radiograph into a narrow band; measured: the
+  real radiographs in ../shared span 84 to 227 levels, a 16-times too wide window 15).
 A result with any reason is ``assessable=False``; it keeps its probabilities, clearly marked, and never stops
 a scan. Exit codes do not change.
 """
@@ -74,6 +80,46 @@ def disagreement_reason(member_probabilities: np.ndarray, label: int) -> Reason 
         MEMBERS_DISAGREE,
         f"only {agree} of {m} members give the ensemble's class as their top class: review the image before "
         "relying on the result",
+    )
+
+
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+NARROW_GREY_RANGE = "narrow_grey_range"
+MIN_GREY_RANGE = 48
+
+
+def grey_range_reason(gray: np.ndarray) -> Reason | None:
+    """``narrow_grey_range`` when the 1st-99th percentile spread of ``gray`` is below ``MIN_GREY_RANGE``."""
+    lo, hi = np.percentile(gray, [1, 99])
+    spread = float(hi - lo)
+    if spread >= MIN_GREY_RANGE:
+        return None
+    return Reason(
+        NARROW_GREY_RANGE,
+        f"the image spans only {spread:.0f} grey levels (1st-99th percentile; radiographs span 84 or more): "
+        "likely a wrong window/level or an overexposed or blank image; re-export it with its proper window",
+    )
+
+
+def ood_threshold(card: Any) -> float | None:
+    """The out-of-distribution threshold a model card records, or None (no score in the graph)."""
+    ood = card.get("ood") if hasattr(card, "get") else None
+    try:
+        return float(ood["threshold"]) if ood else None
+    except (KeyError, TypeError, ValueError):
+        log.warning("the model card's out-of-distribution entry has no usable threshold: ignoring it")
+        return None
+
+
+def ood_reason(score: float, threshold: float | None) -> Reason | None:
+    """``out_of_distribution`` when ``score`` is above ``threshold``."""
+    if threshold is None or not score > threshold:
+        return None
+    return Reason(
+        OUT_OF_DISTRIBUTION,
+        f"unlike the images the model was trained on (out-of-distribution score {score:.3g} > {threshold:.3g}, "
+        "the 99th percentile of its validation radiographs): check that this is a frontal chest radiograph, "
+        "correctly windowed and not inverted",
     )
 
 

@@ -1,7 +1,8 @@
 """Find the model file a command should use: ``--model``, else ``$CXR_MODEL``, else the default paths.
 
 Takes: an explicit path (or None) and the environment. Makes: the path of an existing ``.onnx`` file, or a
-``ModelError`` that lists what was tried and says how to build or fetch a model.
+``ModelError`` that lists what was tried and says how to build or fetch a model; ``heatmap_variant``: the
+``<stem>.heatmaps.onnx`` beside a fused model, which ``--heatmap(s)`` runs instead.
 """
 
 from __future__ import annotations
@@ -50,3 +51,22 @@ def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str]
         f"no model given and none found (no --model, no {MODEL_ENV}, none at {tried})",
         hint=HOW_TO_GET_A_MODEL,
     )
+
+
+HEATMAP_SUFFIX = ".heatmaps.onnx"
+
+
+def heatmap_variant(model: Path) -> Path:
+    """The heatmap graph for ``model``: itself if it is one, else ``<stem>.heatmaps.onnx`` beside it."""
+    model = Path(model)
+    if model.name.endswith(HEATMAP_SUFFIX):
+        return model
+    sibling = model.with_name(model.name.removesuffix(".onnx") + HEATMAP_SUFFIX)
+    if not sibling.is_file():
+        raise ModelError(
+            f"no heatmap graph for {model}: {sibling.name} is not beside it",
+            hint="build it with `cxr fuse RUN_DIR --heatmaps` (it writes ensemble.heatmaps.onnx next to "
+            "ensemble.onnx) and copy it with the model, or pass it as --model",
+            path=sibling,
+        )
+    return sibling

@@ -1,7 +1,7 @@
 """The torch-free runtime: one small class that runs a cxr ONNX model (fused ensemble or single member).
 
 Takes: a cxr ONNX file (metadata written by ``cxr export`` / ``cxr fuse``) and images (paths, bytes, or
-decoded uint8 grayscale arrays). Makes: ``Prediction`` objects (class, confidence, every class probability,
+decoded uint8 grayscale arrays) and a ``PredictorConfig`` (``cxr.runtime.predictor_config``). Makes: ``Prediction`` objects (class, confidence, every class probability,
 member probabilities when the model has them, provider really used, timing, error). The session is
 onnxruntime's, or OpenVINO's behind the same API (``provider="openvino"``, see ``cxr.openvino_session``).
 Class list and preprocessing come from the model's metadata; a file without it is refused.
@@ -17,77 +17,46 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxr.errors import CxrError, DecodeError, ModelError
-from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_gray
+from cxr.errors import ConfigError, CxrError, DecodeError, ModelError
+from cxr.imaging.decode import decode_gray
 from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
-from cxr.runtime.assess import disagreement_reason, header_reasons, with_reasons
+from cxr.runtime.assess import (
+    disagreement_reason,
+    grey_range_reason,
+    header_reasons,
+    ood_reason,
+    ood_threshold,
+    with_reasons,
+)
 from cxr.runtime.operating import above_operating_points, operating_thresholds
+from cxr.runtime.predictor_config import (
+    HEATMAP_OUTPUT,
+    OOD_OUTPUT,
+    PredictorConfig,
+    RawOutput,
+    auto_decode_workers,
+)
 from cxr.runtime.types import Prediction, Reason
-from cxr.session import SessionConfig, SessionInfo, create_session, file_sha256
+from cxr.session import SessionInfo, create_session, file_sha256
 from cxr.spec import ModelMetadata, provenance_warnings, softmax
 
 log = logging.getLogger(__name__)
 
 Item = Path | str | bytes | np.ndarray
+
+
 # (resized image, None, gate reasons) or (None, error message, ())
 _Loaded = tuple[np.ndarray | None, str | None, tuple[Reason, ...]]
 
-
-@dataclass(frozen=True)
-class PredictorConfig:
-    session: SessionConfig = field(default_factory=SessionConfig)
-    limits: DecodeLimits = DEFAULT_LIMITS
-    batch_size: int = 8
-    decode_workers: int = 2
-    prefetch_batches: int = 2  # batches decoded ahead of the one running
-    pad_batches: bool | None = None  # pad the last batch to batch_size; None: only on TensorRT (no rebuild)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ModelError(
-                f"batch size must be >= 1, got {self.batch_size}", hint="use e.g. --batch-size 8"
-            )
-        if self.decode_workers < 1:
-            raise ModelError(f"decode workers must be >= 1, got {self.decode_workers}")
-        if self.prefetch_batches < 0:
-            raise ModelError(f"prefetch batches must be >= 0, got {self.prefetch_batches}")
-
-
-@dataclass(frozen=True)
-class RawOutput:
-    """Pure inference output for one batch."""
-
-    probabilities: np.ndarray  # float32 [N, K]
-    member_probabilities: np.ndarray | None  # float32 [N, M, K] for ensembles
-
-
-def auto_decode_workers(provider: str, cpus: int | None = None) -> int:
-    """Decode threads that keep the model fed without taking its cores.
-
-    On the CPU, onnxruntime already uses every core and a real model needs 30+ ms per image against
-    2-5 ms of decoding: one thread (two from 8 cores) keeps up, and more only steal cycles from inference
-    (measured: scan/inference 0.98 with one worker vs 0.93 with two on 2 cores). On a GPU decoding is the
-    bottleneck: use the cores (at most 8).
-    """
-    import os
-
-    from cxr.session import available_providers
-
-    n = cpus or os.cpu_count() or 1
-    gpu = provider in ("cuda", "tensorrt") or (
-        provider == "auto" and any(p in ("cuda", "tensorrt") for p in available_providers())
-    )
-    if gpu:
-        return max(1, min(8, n - 1))
-    return 1 if n < 8 else 2
+__all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "Predictor", "PredictorConfig", "RawOutput", "auto_decode_workers"]
 
 
 class Predictor:
@@ -126,6 +95,14 @@ class Predictor:
                 path=path,
             )
         self._members_output = "member_probabilities" if "member_probabilities" in self.output_names else None
+        self._heatmap_output = HEATMAP_OUTPUT if HEATMAP_OUTPUT in self.output_names else None
+        self.ood_threshold = ood_threshold(metadata.card) if OOD_OUTPUT in self.output_names else None
+        if cfg.heatmap_sink is not None and self._heatmap_output is None:
+            raise ConfigError(
+                f"{path} has no '{HEATMAP_OUTPUT}' output, so it cannot draw heatmaps",
+                hint="use the heatmap variant beside it (ensemble.heatmaps.onnx), built by "
+                "`cxr fuse RUN_DIR --heatmaps`",
+            )
         self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
         self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
 
@@ -212,6 +189,7 @@ class Predictor:
             "provenance_warnings": list(provenance_warnings(self.metadata.card)),
             "operating_points": self.metadata.card.get("operating_points") or {},
             "calibration": self.metadata.card.get("calibration"),
+            "ood_threshold": self.ood_threshold,  # None: the graph has no out-of-distribution score
             "notice": NOTICE,
         }
 
@@ -229,19 +207,33 @@ class Predictor:
         """Decoded gray images -> the model's input batch (resized; normalised for single members)."""
         return to_model_input(grays, self.metadata.preprocess, normalized=self.normalized_input)
 
-    def run(self, batch: np.ndarray) -> RawOutput:
-        """Pure inference on a prepared batch."""
+    def run(self, batch: np.ndarray, heatmaps: bool | None = None) -> RawOutput:
+        """Pure inference on a prepared batch; ``heatmaps`` (None: when a heatmap sink is set) asks for them."""
         n = batch.shape[0]
         if self.pads_batches and 0 < n < self.cfg.batch_size:
             pad = np.zeros((self.cfg.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
         names = [self._prob_output] + ([self._members_output] if self._members_output else [])
+        asked = self.cfg.heatmap_sink is not None if heatmaps is None else heatmaps
+        want_heat = asked and self._heatmap_output is not None
+        want_ood = self.ood_threshold is not None
+        if want_ood:
+            names.append(OOD_OUTPUT)
+        if want_heat:
+            names.append(HEATMAP_OUTPUT)
         outs = self.info.session.run(names, {self.input_name: batch})
         probs = np.asarray(outs[0], dtype=np.float32)[:n]
         if self._apply_softmax:
             probs = softmax(probs.astype(np.float64)).astype(np.float32)
         members = np.asarray(outs[1], dtype=np.float32)[:n] if self._members_output else None
-        return RawOutput(probs, members)
+        heat = np.asarray(outs[-1], dtype=np.float32)[:n] if want_heat else None
+        ood = np.asarray(outs[names.index(OOD_OUTPUT)], dtype=np.float32)[:n] if want_ood else None
+        return RawOutput(probs, members, heat, ood)
+
+    @property
+    def has_heatmaps(self) -> bool:
+        """Whether the graph has the ``heatmap`` output (the heatmap variant of a fused ensemble)."""
+        return self._heatmap_output is not None
 
     def _to_predictions(self, sources: Sequence[str], out: RawOutput, seconds: float) -> list[Prediction]:
         preds = []
@@ -275,8 +267,12 @@ class Predictor:
                     assessable=True,
                 )
             )
+            reasons = []
             if out.member_probabilities is not None:
-                preds[-1] = with_reasons(preds[-1], (disagreement_reason(out.member_probabilities[i], k),))
+                reasons.append(disagreement_reason(out.member_probabilities[i], k))
+            if out.ood_scores is not None:
+                reasons.append(ood_reason(float(out.ood_scores[i]), self.ood_threshold))
+            preds[-1] = with_reasons(preds[-1], reasons)
         return preds
 
     def predict_arrays(
@@ -285,10 +281,28 @@ class Predictor:
         """Predict already-decoded uint8 gray images (one inference batch)."""
         if not grays:
             return []
+        preds, heat = self._predict_raw(grays, sources)
+        self._send_heatmaps(preds, grays, heat)
+        return preds
+
+    def _predict_raw(
+        self, grays: Sequence[np.ndarray], sources: Sequence[str] | None
+    ) -> tuple[list[Prediction], np.ndarray | None]:
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(grays))]
         t0 = time.perf_counter()
         out = self.run(self.prepare(grays))
-        return self._to_predictions(sources, out, time.perf_counter() - t0)
+        preds = self._to_predictions(sources, out, time.perf_counter() - t0)
+        preds = [with_reasons(p, (grey_range_reason(g),)) for p, g in zip(preds, grays, strict=True)]
+        return preds, out.heatmaps
+
+    def _send_heatmaps(
+        self, preds: Sequence[Prediction], grays: Sequence[np.ndarray], heat: np.ndarray | None
+    ) -> None:
+        sink = self.cfg.heatmap_sink
+        if sink is None or heat is None:
+            return
+        for pred, gray, h in zip(preds, grays, heat, strict=True):
+            sink(pred, resize_gray(gray, self.metadata.preprocess), h)
 
     def load(self, item: Item) -> np.ndarray:
         """Decode one item and resize it to the model's input size (the per-image work of a batch)."""
@@ -358,9 +372,12 @@ class Predictor:
             for name, (_, err, _why) in loaded
         ]
         if good:
-            preds = self.predict_arrays([a for _, a in good], [loaded[i][0] for i, _ in good])
+            grays = [a for _, a in good]
+            preds, heat = self._predict_raw(grays, [loaded[i][0] for i, _ in good])
+            preds = [with_reasons(pred, loaded[i][1][2]) for (i, _), pred in zip(good, preds, strict=True)]
+            self._send_heatmaps(preds, grays, heat)
             for (i, _), pred in zip(good, preds, strict=True):
-                out[i] = with_reasons(pred, loaded[i][1][2])
+                out[i] = pred
         return out
 
     def predict(self, items: Sequence[Item]) -> list[Prediction]:

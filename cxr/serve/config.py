@@ -60,6 +60,8 @@ class ServeConfig:
     retry_after_s: int = 1
     access_log: bool = True
     log_level: str = "info"
+    heatmaps: bool = False
+    """Also load ``<stem>.heatmaps.onnx`` beside the model for ``/v1/predict?heatmap=true``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))

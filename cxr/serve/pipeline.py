@@ -40,6 +40,7 @@ class Outcome:
     error: ApiError | None = None
     decode_seconds: float = 0.0
     reasons: tuple[Reason, ...] = ()  # the input gate's header reasons (cxr.runtime.assess)
+    gray: Any = None  # the resized uint8 image the model saw (for a heatmap overlay)
 
 
 @dataclass
@@ -140,7 +141,7 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
             except BatcherStopped as e:
                 retry = {"Retry-After": str(state.cfg.retry_after_s)}
                 raise ApiError(503, "not_ready", str(e), headers=retry) from e
-            return Outcome(up.filename, result=result, decode_seconds=seconds, reasons=reasons)
+            return Outcome(up.filename, result=result, decode_seconds=seconds, reasons=reasons, gray=gray)
 
         return list(
             await asyncio.gather(*(infer(u, g, s) for u, (g, s) in zip(uploads, decoded, strict=True)))

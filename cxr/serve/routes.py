@@ -7,6 +7,8 @@ admission happen before a byte of the body is read; their OpenAPI request body i
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import time
 from typing import Any
 
@@ -16,6 +18,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from cxr import __version__
 from cxr.labels import NOTICE
 from cxr.runtime.assess import with_reasons
+from cxr.serve.errors import ApiError
+from cxr.serve.heatmap import overlay_for
 from cxr.serve.metrics import CONTENT_TYPE_LATEST
 from cxr.serve.pipeline import Outcome, run_prediction
 from cxr.serve.schemas import (
@@ -203,12 +207,28 @@ def _add_predict_routes(router: APIRouter, state: ServerState, protected: list[A
         openapi_extra=PREDICT_BODY,
         summary="Classify one chest X-ray (decision support only)",
     )
-    async def predict(request: Request) -> PredictionOut:
+    async def predict(request: Request, heatmap: bool = False) -> PredictionOut:
+        """``?heatmap=true``: also the overlay PNG (base64) of where the ensemble looked (``cxr serve --heatmaps``)."""
         started = time.perf_counter()
+        if heatmap and state.heatmap_predictor is None:
+            raise ApiError(
+                400,
+                "heatmaps_unavailable",
+                "this server was started without heatmaps",
+                hint="start it with --heatmaps (CXR_HEATMAPS=1) and ensemble.heatmaps.onnx beside the model "
+                "(built by `cxr fuse --heatmaps`), or drop ?heatmap=true",
+            )
         outcome = (await run_prediction(state, request, many=False))[0]
         if outcome.error is not None:
             raise outcome.error
-        return _prediction(state, outcome, started)
+        out = _prediction(state, outcome, started)
+        if heatmap and state.heatmap_predictor is not None and outcome.result is not None:
+            pred = with_reasons(outcome.result.prediction, outcome.reasons)
+            png = await asyncio.get_running_loop().run_in_executor(
+                state.decode_pool, overlay_for, state.heatmap_predictor, outcome.gray, pred
+            )
+            out.heatmap_png = base64.b64encode(png).decode("ascii")
+        return out
 
     @router.post(
         "/v1/predict/batch",

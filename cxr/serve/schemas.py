@@ -72,6 +72,11 @@ class PredictionOut(BaseModel):
         description="The backend that really ran the model (onnxruntime provider or openvino)."
     )
     timing: Timing
+    heatmap_png: str | None = Field(
+        default=None,
+        description="With ?heatmap=true: a base64 PNG overlay of where the ensemble looked for the predicted "
+        "class (the radiograph, the map, its legend, the result and the notice burnt in). Not a finding.",
+    )
     notice: str = NOTICE
 
 

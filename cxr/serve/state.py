@@ -56,6 +56,25 @@ def load_predictor(cfg: ServeConfig) -> Predictor:
     return Predictor.from_path(cfg.model, pcfg)
 
 
+def load_heatmap_predictor(cfg: ServeConfig) -> Predictor:
+    """The heatmap graph beside ``cfg.model`` (``<stem>.heatmaps.onnx``), on the CPU with the same limits."""
+    from cxr.runtime.locate import heatmap_variant
+    from cxr.runtime.predictor import Predictor, PredictorConfig
+    from cxr.session import SessionConfig
+
+    pcfg = PredictorConfig(
+        session=SessionConfig(provider="cpu", threads=cfg.threads),
+        limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
+        batch_size=1,
+    )
+    heat = Predictor.from_path(heatmap_variant(cfg.model), pcfg)
+    if not heat.has_heatmaps:
+        raise CxrError(
+            f"{heat.model_path} has no heatmap output", hint="rebuild it with `cxr fuse --heatmaps`"
+        )
+    return heat
+
+
 def warm_up(predictor: Predictor, max_batch_size: int) -> float:
     """Run the batch sizes the batcher will use first, so the first real request is not the slow one."""
     h, w = predictor.metadata.preprocess.input_size
@@ -75,6 +94,7 @@ class ServerState:
         self.status: Status = "loading"
         self.error: str | None = None
         self.predictor: Predictor | None = None
+        self.heatmap_predictor: Predictor | None = None  # cfg.heatmaps: <stem>.heatmaps.onnx
         self.warmup_seconds: float | None = None
         self.limits = DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels)
         self.gate = AdmissionGate(cfg.max_concurrency, cfg.max_queue)
@@ -103,6 +123,8 @@ class ServerState:
         t0 = time.perf_counter()
         try:
             predictor = await asyncio.to_thread(self.loader, self.cfg)
+            if self.cfg.heatmaps:
+                self.heatmap_predictor = await asyncio.to_thread(load_heatmap_predictor, self.cfg)
             self.warmup_seconds = await asyncio.to_thread(warm_up, predictor, self.cfg.max_batch_size)
         except CxrError as e:
             self._fail(e.message if not e.hint else f"{e.message} (hint: {e.hint})")

@@ -42,6 +42,24 @@ def render_xray(label: str, rng: np.random.Generator, size: int = 299) -> np.nda
     return finish(frame, finish_rng, size)
 
 
+def render_with_finding(
+    label: str, rng: np.random.Generator, size: int = 299
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_xray`'s image and where its finding lies: the finding's density, ``size x size`` float32.
+
+    The same image as :func:`render_xray` with an equal ``rng``; the density is zero for ``Normal`` and
+    wherever the finding adds nothing (what the heatmap tests score localisation against).
+    """
+    check_label(label)
+    check_size(size)
+    anatomy_rng, finding_rng, finish_rng = streams(rng)
+    frame = draw_anatomy(render_res(size), anatomy_rng)
+    density = FINDINGS[label](frame, finding_rng).astype(np.float32)
+    frame.img += density
+    at_size = np.asarray(Image.fromarray(density).resize((size, size), Image.Resampling.BILINEAR))
+    return finish(frame, finish_rng, size), np.clip(at_size, 0.0, None).astype(np.float32)
+
+
 def streams(rng: np.random.Generator) -> tuple[np.random.Generator, ...]:
     """Three independent generators (anatomy, finding, exposure) drawn from ``rng``."""
     entropy = [int(x) for x in rng.integers(0, 2**63, size=2)]

@@ -32,6 +32,7 @@ class OrderedRows:
         self.providers: Counter[str] = Counter()
         self.failed = 0
         self.failures: list[tuple[str, str]] = []
+        self.not_assessable: Counter[str] = Counter()  # reason code -> files, and "files" (as a local scan)
         self.started = time.perf_counter()
         self.first_rows_seconds: float | None = None
 
@@ -57,6 +58,9 @@ class OrderedRows:
             if p.ok and p.label is not None:
                 self.counts[p.label] += 1
                 self.providers[p.provider] += 1
+                if p.assessable is False:
+                    self.not_assessable.update({r.code for r in p.reasons} or {"unknown"})
+                    self.not_assessable["files"] += 1
             else:
                 self.failed += 1
                 if len(self.failures) < MAX_FAILURES_KEPT:

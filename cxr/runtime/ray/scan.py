@@ -226,6 +226,7 @@ def _scan_result(
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
         failures=tuple(rows.failures),
+        not_assessable=dict(rows.not_assessable),
     )
 
 

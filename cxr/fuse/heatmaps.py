@@ -1,0 +1,191 @@
+"""The ensemble heatmap: the members' exact class maps combined by the meta-learner's own weights.
+
+Takes: the checked members, the meta-learner and the fused input size. Makes: a ``HeatmapPlan`` (each
+member's map or why it has none, the combination weights and the rule in words, for the metadata) and the
+nodes that turn the members' ``<name>/class_maps`` into two outputs of the fused graph:
+``class_heatmaps`` float32 [N, K, H, W] and ``heatmap`` float32 [N, H, W] (the predicted class), in [0, 1].
+
+The rule (written into the metadata as ``heatmaps.rule``):
+1. each mapped member's class map (``cxr.fuse.class_maps``: its spatial mean is the member's logit) is
+   min-max scaled to [0, 1] per image and class, then resized to the input size (bilinear, half-pixel);
+2. the maps are summed with weights ``w[m, c]``: how much the meta-learner's logit of class c (its
+   centred log-probability) rises when member m moves probability onto class c, measured on the
+   meta-learner itself (finite difference of 0.1 from the point where every member is undecided, 1/K
+   each; for a linear meta-learner exactly its coefficient), clipped at 0 and normalised over the
+   mapped members (equal weights for a class where all are 0).
+So a member the meta-learner trusts for a class shapes that class's map accordingly; a member it ignores
+adds nothing. Members without an exact map (VGG19) are left out and named, and the weights renormalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cxr.fuse.class_maps import CLASS_MAPS, ClassMapExclusion, ClassMapInfo, with_class_maps
+from cxr.fuse.members import MemberModel, MetaModel
+
+HEATMAP = "heatmap"
+CLASS_HEATMAPS = "class_heatmaps"
+STEP = 0.1
+RULE = (
+    "per mapped member: exact class activation map (spatial mean = the member's logit), min-max scaled to "
+    "[0, 1] per image and class, bilinear (half-pixel) resize to the input size; ensemble map of class c = "
+    "sum over mapped members of w[m][c] * map; w[m][c] = the rise of the meta-learner's class-c logit "
+    "(centred log-probability) "
+    f"when member m moves {STEP} probability onto class c from the undecided point (every member 1/K), "
+    "clipped at 0 and normalised over the mapped members (equal if all 0); 'heatmap' is the predicted class's map"
+)
+
+
+@dataclass(frozen=True)
+class HeatmapPlan:
+    models: dict[str, onnx.ModelProto]  # member name -> its graph with the class_maps output (mapped only)
+    maps: dict[str, ClassMapInfo]
+    excluded: dict[str, str]  # member name -> why it has no map
+    weights: np.ndarray  # [M, K] over the member order; 0 for excluded members
+    meta_sensitivity: np.ndarray  # [M, K] before clipping and normalising
+
+    def to_card(self, member_order: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+        return {
+            "outputs": {HEATMAP: "[N, H, W] predicted class", CLASS_HEATMAPS: "[N, K, H, W] every class"},
+            "range": [0.0, 1.0],
+            "rule": RULE,
+            "members": {
+                name: (
+                    {"mapped": True, "map_size": list(self.maps[name].map_size), "head": self.maps[name].head}
+                    if name in self.maps
+                    else {"mapped": False, "reason": self.excluded[name]}
+                )
+                for name in member_order
+            },
+            "weights": {
+                name: {c: round(float(self.weights[i, j]), 6) for j, c in enumerate(classes)}
+                for i, name in enumerate(member_order)
+            },
+            "meta_sensitivity": {
+                name: {c: round(float(self.meta_sensitivity[i, j]), 6) for j, c in enumerate(classes)}
+                for i, name in enumerate(member_order)
+            },
+        }
+
+
+def plan_heatmaps(members: Sequence[MemberModel], meta: MetaModel, threads: int | None = None) -> HeatmapPlan:
+    """Each member's class map (or why none) and the combination weights (see the module docstring)."""
+    models: dict[str, onnx.ModelProto] = {}
+    maps: dict[str, ClassMapInfo] = {}
+    excluded: dict[str, str] = {}
+    for m in members:
+        model, info = with_class_maps(m.model)
+        if isinstance(info, ClassMapExclusion):
+            excluded[m.name] = info.reason
+        else:
+            models[m.name], maps[m.name] = model, info
+    k = len(meta.info["classes"])
+    sens = meta_sensitivity(meta, len(members), k, threads)
+    mapped = np.array([m.name in maps for m in members])
+    weights = np.where(mapped[:, None], np.clip(sens, 0.0, None), 0.0)
+    for c in range(k):
+        total = weights[:, c].sum()
+        if total > 0:
+            weights[:, c] /= total
+        elif mapped.any():
+            weights[:, c] = mapped / mapped.sum()
+    return HeatmapPlan(models, maps, excluded, weights, sens)
+
+
+def meta_sensitivity(meta: MetaModel, n_members: int, k: int, threads: int | None = None) -> np.ndarray:
+    """[M, K]: d logit_ensemble[c] / d p_member[m, c] by a finite difference from the undecided point.
+
+    The logit is the centred log-probability (log P_c - mean_j log P_j), which does not saturate where
+    the probability does; for a linear meta-learner it is exactly its coefficient (over the temperature).
+    """
+    from cxr.session import cpu_session
+
+    sess = cpu_session(meta.model.SerializeToString(), threads)
+    feed = sess.get_inputs()[0]
+    dtype = np.float64 if "double" in feed.type else np.float32
+    base = np.full((1, n_members * k), 1.0 / k)
+    rows = [base]
+    for m in range(n_members):
+        for c in range(k):
+            x = base.copy()
+            x[0, m * k : (m + 1) * k] -= STEP / (k - 1)
+            x[0, m * k + c] += STEP + STEP / (k - 1)
+            rows.append(x)
+    probs_name = next(o.name for o in sess.get_outputs() if o.name == "probabilities")
+    p = np.asarray(sess.run([probs_name], {feed.name: np.concatenate(rows).astype(dtype)})[0], np.float64)
+    logp = np.log(np.clip(p, 1e-300, None))
+    logits = logp - logp.mean(axis=1, keepdims=True)  # centred log-probabilities: the meta-learner's logits
+    rise = (logits[1:] - logits[0]).reshape(n_members, k, k)  # [member, moved class, output class]
+    return np.stack([np.diagonal(rise[m]) for m in range(n_members)]) / STEP
+
+
+def _reduce(op: str, x: str, out: str, opset: int) -> onnx.NodeProto:
+    """ReduceMin/ReduceMax over the spatial axes, keeping dims (axes an input from opset 18)."""
+    if opset >= 18:
+        return helper.make_node(op, [x, "heat/axes_hw"], [out], keepdims=1, name=out)
+    return helper.make_node(op, [x], [out], axes=[2, 3], keepdims=1, name=out)
+
+
+def heatmap_nodes(
+    plan: HeatmapPlan, member_order: Sequence[str], size: tuple[int, int], k: int, label: str, opset: int
+) -> tuple[list[onnx.NodeProto], list[TensorProto], list[onnx.ValueInfoProto]]:
+    """Nodes from every mapped member's ``<name>/class_maps`` to the two heatmap outputs."""
+    h, w = size
+    nodes: list[onnx.NodeProto] = []
+    inits = [
+        numpy_helper.from_array(np.array([h, w], dtype=np.int64), "heat/size_hw"),
+        numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "heat/eps"),
+    ]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "heat/axes_hw"))
+    weighted: list[str] = []
+    for i, name in enumerate(member_order):
+        if name not in plan.maps:
+            continue
+        t = f"heat/{name}/"
+        src = f"{name}/{CLASS_MAPS}"
+        inits.append(
+            numpy_helper.from_array(plan.weights[i].reshape(1, k, 1, 1).astype(np.float32), f"{t}weight")
+        )
+        nodes += [
+            _reduce("ReduceMin", src, f"{t}min", opset),
+            _reduce("ReduceMax", src, f"{t}max", opset),
+            helper.make_node("Sub", [src, f"{t}min"], [f"{t}shifted"], name=f"{t}shift"),
+            helper.make_node("Sub", [f"{t}max", f"{t}min"], [f"{t}range"], name=f"{t}range"),
+            helper.make_node("Add", [f"{t}range", "heat/eps"], [f"{t}range_eps"], name=f"{t}range_eps"),
+            helper.make_node("Div", [f"{t}shifted", f"{t}range_eps"], [f"{t}unit"], name=f"{t}unit"),
+            helper.make_node("Shape", [f"{t}unit"], [f"{t}shape"], end=2, name=f"{t}shape"),
+            helper.make_node(
+                "Concat", [f"{t}shape", "heat/size_hw"], [f"{t}sizes"], axis=0, name=f"{t}sizes"
+            ),
+            helper.make_node(
+                "Resize",
+                [f"{t}unit", "", "", f"{t}sizes"],
+                [f"{t}up"],
+                mode="linear",
+                coordinate_transformation_mode="half_pixel",
+                name=f"{t}resize",
+            ),
+            helper.make_node("Mul", [f"{t}up", f"{t}weight"], [f"{t}weighted"], name=f"{t}weigh"),
+        ]
+        weighted.append(f"{t}weighted")
+    nodes.append(helper.make_node("Sum", weighted, [CLASS_HEATMAPS], name="heat/sum"))
+    inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "heat/axis1"))
+    nodes += [
+        helper.make_node("Unsqueeze", [label, "heat/axis1"], ["heat/label_col"], name="heat/label_col"),
+        helper.make_node(
+            "GatherND", [CLASS_HEATMAPS, "heat/label_col"], [HEATMAP], batch_dims=1, name="heat/predicted"
+        ),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(CLASS_HEATMAPS, TensorProto.FLOAT, ["batch", k, h, w]),
+        helper.make_tensor_value_info(HEATMAP, TensorProto.FLOAT, ["batch", h, w]),
+    ]
+    return nodes, inits, outputs

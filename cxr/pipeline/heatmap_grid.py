@@ -1,0 +1,68 @@
+"""The demo's heatmap artefact: overlays of a few test images per class, and one grid PNG of them.
+
+Takes: the fused model (its ``<stem>.heatmaps.onnx`` beside it), the demo's scan folder (files named
+``<class>__<file>``) and an output folder. Makes: one overlay PNG per chosen image
+(``cxr.runtime.overlay``) and ``grid.png`` (title line: synthetic images, decision support only) -> its
+path, or a string saying why no grid was drawn (no heatmap graph: no member had a spatial map).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from cxr.errors import ModelError
+from cxr.labels import NOTICE
+
+COLUMNS = 4
+
+
+def _pick(folder: Path, per_class: int) -> list[Path]:
+    chosen: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        cls = f.name.split("__", 1)[0]
+        if len(chosen.setdefault(cls, [])) < per_class:
+            chosen[cls].append(f)
+    return [f for files in chosen.values() for f in files]
+
+
+def heatmap_grid(
+    model: Path, folder: Path, out_dir: Path, threads: int | None, per_class: int = 2
+) -> Path | str:
+    """Overlays and ``out_dir/grid.png`` (see the module docstring)."""
+    from cxr.runtime.locate import heatmap_variant
+    from cxr.runtime.overlay import OverlayWriter
+    from cxr.runtime.predictor import Predictor, PredictorConfig
+    from cxr.session import SessionConfig
+
+    try:
+        variant = heatmap_variant(model)
+    except ModelError as e:
+        return e.message
+    files = _pick(folder, per_class)
+    if not files:
+        return f"no images in {folder}"
+    writer = OverlayWriter(out_dir)
+    cfg = PredictorConfig(session=SessionConfig(threads=threads), heatmap_sink=writer)
+    Predictor.from_path(variant, cfg).predict([str(f) for f in files])
+    tiles = [Image.open(writer.written[str(f)]).convert("RGB") for f in files if str(f) in writer.written]
+    if not tiles:
+        return "no overlay could be written: " + "; ".join(writer.failed.values())
+    w, h = tiles[0].size
+    w, h = w // 2, h // 2
+    rows = -(-len(tiles) // COLUMNS)
+    title_h = 28
+    grid = Image.new("RGB", (COLUMNS * w, rows * h + title_h), (255, 255, 255))
+    ImageDraw.Draw(grid).text(
+        (8, 6),
+        f"SYNTHETIC test images (cxr demo): where the ensemble looked for its class. {NOTICE}",
+        fill=(150, 0, 0),
+    )
+    for i, tile in enumerate(tiles):
+        grid.paste(
+            tile.resize((w, h), Image.Resampling.LANCZOS), ((i % COLUMNS) * w, title_h + (i // COLUMNS) * h)
+        )
+    path = out_dir / "grid.png"
+    grid.save(path)
+    return path

@@ -1,0 +1,163 @@
+"""Heatmaps where people see them: the overlay PNG, `cxr-predict image --heatmap`, `scan --heatmaps`, the API.
+
+One tiny fused ensemble with its heatmap variant (built with torch in the fixture; everything tested here
+runs on onnxruntime, Pillow and numpy only).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("skl2onnx")
+
+from cxr.cli.predict import app  # noqa: E402
+from cxr.runtime.overlay import colormap, overlay_name, render_overlay  # noqa: E402
+from cxr.runtime.types import Prediction, Reason  # noqa: E402
+from tests.onnx_factory import write_gray_pngs  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def heat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cxr.fuse.fuse import FuseConfig, fuse, run_members
+    from tests.test_fuse import build_tiny_run
+
+    run = build_tiny_run(tmp_path_factory.mktemp("heatrun"), {"alpha": 32, "beta": 32})
+    members, meta = run_members(run)
+    cfg = FuseConfig(run / "ensemble.onnx", heatmaps=True, bf16_check=False, report=False)
+    fuse(members, meta, cfg)
+    return run / "ensemble.onnx"
+
+
+def _pred(assessable: bool = True) -> Prediction:
+    reasons = () if assessable else (Reason("dicom_view_position", "lateral view"),)
+    return Prediction("x.png", "COVID", 0.9, {"COVID": 0.9}, assessable=assessable, reasons=reasons)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (224, 224), (300, 200)])
+def test_overlay_is_large_enough_and_shows_the_map_where_it_is_high(size: tuple[int, int]) -> None:
+    gray = np.full(size, 100, dtype=np.uint8)
+    heat = np.zeros(size, dtype=np.float32)
+    heat[: size[0] // 2] = 1.0  # the top half is "where it looked"
+    img = np.asarray(render_overlay(gray, heat, _pred()))
+    assert min(img.shape[:2]) >= 448
+    rows = img.shape[0]
+    top = img[int(rows * 0.25), img.shape[1] // 4]
+    low = img[int(rows * 0.75), img.shape[1] // 4]
+    assert not (top[0] == top[1] == top[2])  # coloured where the map is high
+    assert low[0] == low[1] == low[2]  # the plain radiograph where it is 0
+
+
+def test_not_assessable_overlay_has_a_red_title() -> None:
+    gray = np.full((64, 64), 100, dtype=np.uint8)
+    heat = np.zeros((64, 64), dtype=np.float32)
+
+    def red_in_title(p: Prediction) -> int:
+        title = np.asarray(render_overlay(gray, heat, p))[:20]
+        return int(((title[..., 0] > 150) & (title[..., 1] < 60)).sum())
+
+    assert red_in_title(_pred(assessable=False)) > 0 and red_in_title(_pred()) == 0
+
+
+def test_colormap_runs_dark_to_bright() -> None:
+    ends = colormap(np.array([0.0, 0.5, 1.0, np.nan, 2.0]))
+    assert ends[0].sum() < ends[1].sum() < ends[2].sum() and list(ends[3]) == list(ends[0])
+    assert list(ends[4]) == list(ends[2])
+
+
+@pytest.mark.parametrize(
+    ("source", "root", "name"),
+    [
+        ("/data/COVID/a.png", Path("/data"), "COVID__a.heatmap.png"),
+        ("/data/Normal/a.png", Path("/data"), "Normal__a.heatmap.png"),
+        ("/elsewhere/b c.dcm", Path("/data"), "b_c.heatmap.png"),
+        ("scan.jpg", None, "scan.heatmap.png"),
+    ],
+)
+def test_overlay_names_keep_files_of_equal_names_apart(source: str, root: Path | None, name: str) -> None:
+    assert overlay_name(source, root) == name
+
+
+def test_image_heatmap_writes_one_overlay_per_file(heat_model: Path, tmp_path: Path) -> None:
+    files = write_gray_pngs(tmp_path / "in", 2, size=40)
+    out = tmp_path / "overlays"
+    res = runner.invoke(
+        app, ["image", *map(str, files), "-m", str(heat_model), "--heatmap", "--heatmap-dir", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    written = sorted(out.glob("*.heatmap.png"))
+    assert [p.name for p in written] == sorted(f.stem + ".heatmap.png" for f in files)
+    assert Image.open(written[0]).mode == "RGB"
+    assert "ensemble.heatmaps.onnx" in res.output  # it ran the heatmap variant beside the model
+
+
+def test_scan_heatmaps_keeps_going_past_a_bad_file(heat_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scan"
+    write_gray_pngs(folder, 3, size=36)
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "ov"
+    res = runner.invoke(
+        app,
+        ["scan", str(folder), "-m", str(heat_model), "-o", str(tmp_path / "r.csv"), "--heatmaps", str(out)],
+    )
+    assert res.exit_code == 1  # one file unreadable, as without heatmaps
+    assert len(list(out.glob("*.heatmap.png"))) == 3
+
+
+def test_heatmaps_without_the_variant_say_how_to_build_it(heat_model: Path, tmp_path: Path) -> None:
+    lone = tmp_path / "lone" / "ensemble.onnx"
+    lone.parent.mkdir()
+    lone.write_bytes(heat_model.read_bytes())
+    files = write_gray_pngs(tmp_path / "in", 1, size=40)
+    res = runner.invoke(app, ["image", str(files[0]), "-m", str(lone), "--heatmap"])
+    assert res.exit_code == 2
+    assert "ensemble.heatmaps.onnx" in res.output and "cxr fuse RUN_DIR --heatmaps" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_api_returns_the_overlay_on_request(heat_model: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cxr.serve.app import create_app
+    from cxr.serve.config import ServeConfig
+
+    png = write_gray_pngs(tmp_path, 1, size=48)[0].read_bytes()
+    for heatmaps in (True, False):
+        with TestClient(create_app(ServeConfig(model=heat_model, threads=1, heatmaps=heatmaps))) as client:
+            deadline = time.monotonic() + 20
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            plain = client.post("/v1/predict", content=png)
+            assert plain.status_code == 200 and plain.json()["heatmap_png"] is None
+            asked = client.post("/v1/predict?heatmap=true", content=png)
+            if heatmaps:
+                assert asked.status_code == 200, asked.text
+                overlay = Image.open(io.BytesIO(base64.b64decode(asked.json()["heatmap_png"])))
+                assert overlay.format == "PNG" and min(overlay.size) >= 448
+            else:
+                assert asked.status_code == 400 and asked.json()["error"]["code"] == "heatmaps_unavailable"
+
+
+def test_demo_grid_draws_two_overlays_per_class(heat_model: Path, tmp_path: Path) -> None:
+    from cxr.pipeline.heatmap_grid import COLUMNS, heatmap_grid
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for i, f in enumerate(write_gray_pngs(tmp_path / "src", 6, size=40)):
+        (folder / f"{('COVID', 'Normal')[i % 2]}__{f.name}").write_bytes(f.read_bytes())
+    grid = heatmap_grid(heat_model, folder, tmp_path / "out", threads=1)
+    assert isinstance(grid, Path) and grid.is_file()
+    assert len(list((tmp_path / "out").glob("*.heatmap.png"))) == 4  # two per class
+    tile_w = Image.open(next((tmp_path / "out").glob("*.heatmap.png"))).size[0] // 2
+    assert Image.open(grid).size[0] == COLUMNS * tile_w
+    assert "is not beside it" in str(heatmap_grid(tmp_path / "none.onnx", folder, tmp_path / "o2", threads=1))
