@@ -161,3 +161,33 @@ def test_demo_grid_draws_two_overlays_per_class(heat_model: Path, tmp_path: Path
     tile_w = Image.open(next((tmp_path / "out").glob("*.heatmap.png"))).size[0] // 2
     assert Image.open(grid).size[0] == COLUMNS * tile_w
     assert "is not beside it" in str(heatmap_grid(tmp_path / "none.onnx", folder, tmp_path / "o2", threads=1))
+
+
+def test_heatmaps_run_with_training_libraries_unimportable(heat_model: Path, tmp_path: Path) -> None:
+    """Overlays from cxr-predict and the API on a core-only install: torch, onnx, sklearn... cannot load."""
+    from tests.test_torch_wall import FORBIDDEN, _run
+
+    write_gray_pngs(tmp_path / "imgs", 2, size=40)
+    png = next((tmp_path / "imgs").glob("*.png"))
+    code = f"""
+        import sys, time
+        for name in {FORBIDDEN!r}:
+            sys.modules[name] = None
+        import cxr.cli.predict
+        from typer.testing import CliRunner
+        res = CliRunner().invoke(cxr.cli.predict.app, ["scan", {str(tmp_path / "imgs")!r}, "-m",
+            {str(heat_model)!r}, "-o", {str(tmp_path / "r.csv")!r}, "--heatmaps", {str(tmp_path / "ov")!r}])
+        assert res.exit_code == 0, res.output
+        from fastapi.testclient import TestClient
+        from cxr.serve.app import create_app
+        from cxr.serve.config import ServeConfig
+        with TestClient(create_app(ServeConfig(model={str(heat_model)!r}, threads=1, heatmaps=True))) as c:
+            while c.get("/readyz").status_code != 200:
+                time.sleep(0.05)
+            r = c.post("/v1/predict?heatmap=true", content=open({str(png)!r}, "rb").read())
+            assert r.status_code == 200 and r.json()["heatmap_png"], r.text
+        print("overlays ok")
+    """
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "overlays ok" in proc.stdout and len(list((tmp_path / "ov").glob("*.png"))) == 2
