@@ -346,10 +346,11 @@ def image(
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
     setup_logging(verbose)
-    predictor, writer = open_predictor(
-        model, provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
-        None, max_file_mb, max_pixels, heatmap_dir if heatmap else None,
+    cfg = predictor_config(
+        provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
+        None, max_file_mb, max_pixels,
     )  # fmt: skip
+    predictor, writer = open_predictor(model, cfg, heatmap_dir if heatmap else None)
     preds = predictor.predict([str(f) for f in files])
     echo_image_results(predictor, preds, json_out=json_out, quiet=quiet)
     if writer is not None:

@@ -52,28 +52,12 @@ def predictor_config(
 
 
 def open_predictor(
-    model: Path | None,
-    provider: ProviderChoice,
-    precision: PrecisionChoice,
-    threads: int | None,
-    batch_size: int,
-    strict_provider: bool,
-    device_id: int,
-    trt_fp16: bool,
-    trt_cache: Path | None,
-    decode_workers: int | None,
-    max_file_mb: float,
-    max_pixels: int,
-    heatmap_dir: Path | None = None,
+    model: Path | None, cfg: PredictorConfig, heatmap_dir: Path | None = None
 ) -> tuple[Predictor, OverlayWriter | None]:
     """The predictor for ``model`` (resolved), and the overlay writer when ``heatmap_dir`` is given."""
     from cxr.runtime.locate import resolve_model
     from cxr.runtime.predictor import Predictor
 
-    cfg = predictor_config(
-        provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
-        decode_workers, max_file_mb, max_pixels,
-    )  # fmt: skip
     path = resolve_model(model)
     writer = None
     if heatmap_dir is not None:
