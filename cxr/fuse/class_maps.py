@@ -50,20 +50,16 @@ def with_class_maps(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ClassMapIn
     if len(graph.output) != 1:
         return model, ClassMapExclusion(f"the graph has {len(graph.output)} outputs, expected one (logits)")
     logits = graph.output[0].name
-    inits = {t.name: t for t in graph.initializer}
-    for n in graph.node:  # unsimplified graphs keep some constants as Constant nodes
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            inits[n.output[0]] = n.attribute[0].t
+    inits = _constants(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    pools = [n for n in graph.node if n.op_type in _POOLS and _is_spatial_pool(n, inits)]
-    if not pools:
+    pool = _last_spatial_pool(graph, inits)
+    if pool is None:
         return model, ClassMapExclusion(
             "no global average pooling over the spatial axes before the classifier"
         )
-    pool = pools[-1]
     chain = _chain(pool.output[0], logits, consumers)
     if chain is None:
         return model, ClassMapExclusion("the global pooling does not lead to the logits through one path")
@@ -97,12 +93,22 @@ def with_class_maps(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ClassMapIn
 
 def pooled_source(model: onnx.ModelProto) -> str | None:
     """The tensor the member's last global average pooling reads (its last feature map), or None."""
-    inits = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
+    pool = _last_spatial_pool(model.graph, _constants(model.graph))
+    return None if pool is None else pool.input[0]
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+    """Initializers and Constant-node values by name (unsimplified graphs keep some as Constant nodes)."""
+    consts = {t.name: t for t in graph.initializer}
+    for n in graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            inits[n.output[0]] = n.attribute[0].t
-    pools = [n for n in model.graph.node if n.op_type in _POOLS and _is_spatial_pool(n, inits)]
-    return pools[-1].input[0] if pools else None
+            consts[n.output[0]] = n.attribute[0].t
+    return consts
+
+
+def _last_spatial_pool(graph: onnx.GraphProto, consts: dict[str, TensorProto]) -> onnx.NodeProto | None:
+    pools = [n for n in graph.node if n.op_type in _POOLS and _is_spatial_pool(n, consts)]
+    return pools[-1] if pools else None
 
 
 def _is_spatial_pool(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> bool:
@@ -211,12 +217,19 @@ def _feature_shape(model: onnx.ModelProto, name: str) -> tuple[int, int, int] | 
     return None
 
 
-def _reduce_mean(x: str, axes: list[int], out: str, opset: int) -> tuple[onnx.NodeProto, list[TensorProto]]:
-    """ReduceMean over ``axes`` keeping dims (an attribute before opset 18, an input from 18)."""
-    if opset >= 18:
+def reduce_node(
+    op: str, x: str, axes: list[int], out: str, opset: int, keepdims: int = 1
+) -> tuple[onnx.NodeProto, list[TensorProto]]:
+    """``op`` (ReduceMean/Min/Max/Sum) over ``axes``, and the initializer its axes need: an input from
+    opset 18 (ReduceSum from 13), an attribute before."""
+    if opset >= 18 or (op == "ReduceSum" and opset >= 13):
         axes_t = numpy_helper.from_array(np.array(axes, dtype=np.int64), f"{out}_axes")
-        return helper.make_node("ReduceMean", [x, axes_t.name], [out], keepdims=1, name=out), [axes_t]
-    return helper.make_node("ReduceMean", [x], [out], axes=axes, keepdims=1, name=out), []
+        return helper.make_node(op, [x, axes_t.name], [out], keepdims=keepdims, name=out), [axes_t]
+    return helper.make_node(op, [x], [out], axes=axes, keepdims=keepdims, name=out), []
+
+
+def _reduce_mean(x: str, axes: list[int], out: str, opset: int) -> tuple[onnx.NodeProto, list[TensorProto]]:
+    return reduce_node("ReduceMean", x, axes, out, opset)
 
 
 def _cam_nodes(

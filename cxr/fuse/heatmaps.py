@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cxr.fuse.class_maps import CLASS_MAPS, ClassMapExclusion, ClassMapInfo, with_class_maps
+from cxr.fuse.class_maps import CLASS_MAPS, ClassMapExclusion, ClassMapInfo, reduce_node, with_class_maps
 from cxr.fuse.members import MemberModel, MetaModel
 
 HEATMAP = "heatmap"
@@ -126,13 +126,6 @@ def meta_sensitivity(meta: MetaModel, n_members: int, k: int, threads: int | Non
     return np.stack([np.diagonal(rise[m]) for m in range(n_members)]) / STEP
 
 
-def _reduce(op: str, x: str, out: str, opset: int) -> onnx.NodeProto:
-    """ReduceMin/ReduceMax over the spatial axes, keeping dims (axes an input from opset 18)."""
-    if opset >= 18:
-        return helper.make_node(op, [x, "heat/axes_hw"], [out], keepdims=1, name=out)
-    return helper.make_node(op, [x], [out], axes=[2, 3], keepdims=1, name=out)
-
-
 def heatmap_nodes(
     plan: HeatmapPlan, member_order: Sequence[str], size: tuple[int, int], k: int, label: str, opset: int
 ) -> tuple[list[onnx.NodeProto], list[TensorProto], list[onnx.ValueInfoProto]]:
@@ -143,8 +136,6 @@ def heatmap_nodes(
         numpy_helper.from_array(np.array([h, w], dtype=np.int64), "heat/size_hw"),
         numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "heat/eps"),
     ]
-    if opset >= 18:
-        inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "heat/axes_hw"))
     weighted: list[str] = []
     for i, name in enumerate(member_order):
         if name not in plan.maps:
@@ -154,9 +145,12 @@ def heatmap_nodes(
         inits.append(
             numpy_helper.from_array(plan.weights[i].reshape(1, k, 1, 1).astype(np.float32), f"{t}weight")
         )
+        lo, lo_axes = reduce_node("ReduceMin", src, [2, 3], f"{t}min", opset)
+        hi, hi_axes = reduce_node("ReduceMax", src, [2, 3], f"{t}max", opset)
+        inits += lo_axes + hi_axes
         nodes += [
-            _reduce("ReduceMin", src, f"{t}min", opset),
-            _reduce("ReduceMax", src, f"{t}max", opset),
+            lo,
+            hi,
             helper.make_node("Sub", [src, f"{t}min"], [f"{t}shifted"], name=f"{t}shift"),
             helper.make_node("Sub", [f"{t}max", f"{t}min"], [f"{t}range"], name=f"{t}range"),
             helper.make_node("Add", [f"{t}range", "heat/eps"], [f"{t}range_eps"], name=f"{t}range_eps"),

@@ -12,18 +12,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cxr.fuse.class_maps import reduce_node
 from cxr.fuse.ood import OodModel, pooled_nodes
 
 OOD_SCORE = "ood_score"
 
 
 def _reduce(op: str, x: str, axis: int, out: str, opset: int, inits: list[TensorProto]) -> onnx.NodeProto:
-    """``op`` over one axis without keeping it (ReduceSum takes axes as an input from 13, the others from 18)."""
-    if op == "ReduceSum" or opset >= 18:
-        name = f"{out}_axes"
-        inits.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), name))
-        return helper.make_node(op, [x, name], [out], keepdims=0, name=out)
-    return helper.make_node(op, [x], [out], axes=[axis], keepdims=0, name=out)
+    """``op`` over one axis without keeping it (``cxr.fuse.class_maps.reduce_node``)."""
+    node, axes = reduce_node(op, x, [axis], out, opset, keepdims=0)
+    inits += axes
+    return node
 
 
 def ood_nodes(
