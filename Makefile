@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench rehearse clean
+.PHONY: demo test lint typecheck bench rehearse rehearse-folds clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cxr needs Python >= 3.10, found " + sys.version.split()[0])'
@@ -39,9 +39,13 @@ test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# The paper path on the real sample in ../shared (CPU, ~30 min): runs/rehearse/, see benchmarks/rehearsal.md
+# The paper path on the real sample in ../shared (CPU, ~30 min): runs/rehearse/, see benchmarks/README.md
 rehearse: $(STAMP)
 	BIN=$(BIN) scripts/rehearse.sh
+
+# The rehearsal on 5 cross-validation folds, test splits pooled (~75 min): runs/rehearse-folds/pooled/report.md
+rehearse-folds: $(STAMP)
+	BIN=$(BIN) scripts/rehearse_folds.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_cpu.py

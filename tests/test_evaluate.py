@@ -211,3 +211,15 @@ def test_a_baseline_joins_the_table_with_a_test_against_stacking(
     assert row.metrics.accuracy == (1.0 if agree_with_truth else 0.0)
     assert "stacking_vs_probe" in res.tests and "probe (baseline)" in res.table
     assert "only the test split" in res.report_md.read_text()  # the validation split's three jobs are said
+
+
+def test_every_methods_class_per_image_is_written_for_pooling(result, run: Path) -> None:
+    from cxr.evaluate.method_predictions import read_table, table_path
+    from cxr.stack.features import load_split
+
+    table = read_table(table_path(run / "eval", "test"), result.classes)
+    data = load_split(run, ("alpha", "beta", "delta", "epsilon", "gamma"), "test")
+    assert table.paths == data.paths and np.array_equal(table.labels, data.labels)
+    assert set(table.predictions) == {m.key for m in result.methods}
+    assert np.array_equal(table.predictions["member:beta"], data.member_probs[:, 1].argmax(axis=1))
+    assert np.array_equal(table.predictions["stacking"], result.method("stacking").predictions)

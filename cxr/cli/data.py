@@ -67,7 +67,18 @@ def split(
     ] = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     val: Annotated[float, typer.Option(help="Validation fraction.")] = 0.1,
-    test: Annotated[float, typer.Option(help="Test fraction.")] = 0.1,
+    test: Annotated[
+        float | None,
+        typer.Option(help="Test fraction (default 0.1; 1/K with --folds K).", show_default=False),
+    ] = None,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="Cross-validation: K folds, each image in the test split of exactly one (--fold I); "
+            "fold K-1 is the plain split with --test 1/K. 0: one plain split.",
+        ),
+    ] = 0,
+    fold: Annotated[int, typer.Option(help="Which fold's manifest to write (0..K-1), with --folds.")] = 0,
     blend: Annotated[
         float,
         typer.Option(
@@ -95,6 +106,8 @@ def split(
 
     output = renamed(output, out, old="--out", new="--output") or DEFAULT_MANIFEST
     threshold = _near_dup_threshold(near_dup_threshold, no_near_dups)
+    if test is None:
+        test = 1.0 / folds if folds else 0.1
     res = build_manifest(
         SplitConfig(
             data_dir=data_dir,
@@ -103,6 +116,8 @@ def split(
             fractions=(1 - val - test, val, test),
             blend=blend,
             near_duplicate_threshold=threshold,
+            folds=folds,
+            fold=fold,
         )
     )
     _report_split(res, threshold)

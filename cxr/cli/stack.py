@@ -1,5 +1,5 @@
-"""`cxr stack`, `cxr fuse`, `cxr evaluate` and `cxr train probe`: the meta-learner, the fused graph, the
-study's answer and its linear-probe floor.
+"""`cxr stack`, `cxr fuse`, `cxr evaluate`, `cxr evaluate-folds` and `cxr train probe`: the meta-learner, the
+fused graph, the study's answer (one split, or cross-validation folds pooled) and its linear-probe floor.
 
 Thin commands over ``cxr.stack.stack.fit_meta``, ``cxr.fuse.fuse.fuse``, ``cxr.evaluate.evaluate.evaluate``
 and ``cxr.train.probe.linear_probe``; heavy libraries are imported inside the commands.
@@ -263,4 +263,29 @@ def probe(
         f"{res.seconds:.0f} s): test accuracy {t['accuracy']:.1%}, macro-F1 {macro} on {t['n']} images"
     )
     typer.echo(f"wrote {res.out_dir} (`cxr evaluate` adds it to the comparison as a baseline)")
+    typer.echo(NOTICE)
+
+
+@handle_errors
+def evaluate_folds(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="The run directories of the folds (each after `cxr evaluate`).")
+    ],
+    output: Annotated[Path, output_option("The pooled report folder.")] = Path("runs/folds/pooled"),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Pool the test splits of `cxr data split --folds K` runs: every method on every image, with McNemar."""
+    from cxr.evaluate.pooled import PoolConfig, pool_folds
+    from cxr.evaluate.pooled_report import format_pooled_table, mcnemar_line
+
+    res = pool_folds(PoolConfig(tuple(run_dirs), output, n_bootstrap=bootstrap, seed=seed))
+    typer.echo(f"{len(res.folds)} folds, {res.n} test images pooled")
+    typer.echo(format_pooled_table(res.methods))
+    typer.echo("")
+    for t in res.tests.values():
+        typer.echo(mcnemar_line(t))
+    for w in res.warnings:
+        typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {res.report_md} (+ {res.report_json.name})")
     typer.echo(NOTICE)

@@ -10,7 +10,8 @@ Near-duplicates (resized, re-encoded, slightly brightened copies: perceptual has
 but each group goes to ONE split, so no copy of a radiograph is in train while another is in val or test.
 The split is stratified per class and seeded over groups (a lone image is a group of one); the same inputs
 and seed give the same manifest, and with no near-duplicates it is the split of images as before.
-A rare class fills train first, then val, then test.
+A rare class fills train first, then val, then test. With ``folds`` K the manifest is fold ``fold`` of a
+K-fold cross-validation (``cxr.data.folds``): across the K manifests every image is tested once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data import near_duplicates as nd
+from cxr.data.folds import check_folds, held_out_block
 from cxr.data.layout import DatasetScan, scan_dataset
 from cxr.errors import DataError, DecodeError
 from cxr.imaging.decode import pixel_hash
@@ -51,6 +53,8 @@ class SplitConfig:
     classes: tuple[str, ...] = CLASSES
     blend: float = 0.0  # fraction of each class carved out of train for a separate blend split
     near_duplicate_threshold: int | None = nd.DEFAULT_THRESHOLD  # None: no near-duplicate grouping
+    folds: int = 0  # cross-validation: K folds, test fraction 1/K (cxr.data.folds); 0: one plain split
+    fold: int = 0  # which fold's test split this manifest holds (fold K-1 is the plain split)
 
     def __post_init__(self) -> None:
         nd.check_threshold(self.near_duplicate_threshold)
@@ -68,6 +72,7 @@ class SplitConfig:
                 f"blend fraction {self.blend} must be at least 0 and below the train fraction {self.fractions[0]}",
                 hint="for example --blend 0.1 (taken out of train: 0.7 train, 0.1 blend, 0.1 val, 0.1 test)",
             )
+        check_folds(self.folds, self.fold, self.fractions[2])
 
 
 @dataclass(frozen=True)
@@ -235,12 +240,16 @@ def _assign_splits(by_class: dict[str, list[Unit]], cfg: SplitConfig) -> list[Ma
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, ci]))
         order = rng.permutation(len(units))
         n_total = sum(len(u) for u in units)
-        n_train, n_val, _ = split_sizes(n_total, cfg.fractions)
+        n_train, n_val, n_test = split_sizes(n_total, cfg.fractions)
+        shift = n_total  # plain split: positions as they are; a fold rotates its test block to the end
+        if cfg.folds:
+            lo, shift = held_out_block(n_total, n_test, cfg.folds, cfg.fold)
+            n_train = n_total - n_val - (shift - lo)
         n_blend = min(int(np.floor(n_total * cfg.blend + 1e-9)), max(n_train - 1, 0))
         n_train -= n_blend  # train keeps at least one image of the class
         pos = 0  # images placed before this unit: the unit goes where its first image would go
         for idx in order:
-            split = _split_at(pos, n_train, n_val, n_blend)
+            split = _split_at((pos - shift) % max(n_total, 1), n_train, n_val, n_blend)
             rows.extend(ManifestRow(rel, label, split, sha) for rel, label, sha in units[int(idx)])
             pos += len(units[int(idx)])
     return rows
@@ -292,6 +301,8 @@ def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
         "seed": cfg.seed,
         "fractions": list(cfg.fractions),
         "blend": cfg.blend,
+        "folds": cfg.folds,
+        "fold": cfg.fold,
         "classes": list(m.classes),
         "counts": m.counts(),
         "digest": m.digest(),

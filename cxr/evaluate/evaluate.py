@@ -2,7 +2,8 @@
 
 Takes: a run directory with ``manifest.csv``, ``members/<name>/predictions/{val,test}.csv`` and
 ``stack/meta.json`` + ``stack/meta.onnx`` (``EvalConfig``). Makes: ``RUN_DIR/eval/report.md``,
-``report.json``, ``confusion_<method>.png`` and ``reliability_<method>.png`` -> ``EvalResult``.
+``report.json``, ``predictions_<split>.csv`` (every method's class per image), ``confusion_<method>.png`` and
+``reliability_<method>.png`` -> ``EvalResult``.
 
 Methods: each member, soft voting (mean probabilities), majority voting (ties to the higher mean
 probability) and stacking (the converted meta-learner run by onnxruntime on the members' test
@@ -38,6 +39,7 @@ from cxr.evaluate.calibrated import (
     temperature_of,
     uncalibrate,
 )
+from cxr.evaluate.method_predictions import table_path, write_table
 from cxr.evaluate.methods import Stacked, choose_best_member, load_baselines, run_stacking
 from cxr.evaluate.report import format_table, write_reports
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
@@ -191,6 +193,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     )
     table = format_table(methods, cfg.confidence)
     md, js, figures = write_reports(cfg, findings)
+    write_table(
+        table_path(cfg.eval_dir, cfg.split),
+        data.paths,
+        data.labels,
+        {m.key: m.predictions for m in methods},
+        data.classes,
+    )
     for w in warnings:
         log.warning("%s", w)
     return EvalResult(
