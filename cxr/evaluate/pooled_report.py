@@ -17,7 +17,7 @@ from cxr.evaluate.stats import McNemarResult
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.evaluate.pooled import PoolConfig, PooledMethod
+    from cxr.evaluate.pooled_types import PoolConfig, PooledMethod
 
 TITLE = "Cross-validated comparison: every fold's test split pooled"
 
