@@ -29,10 +29,9 @@ from cxr.fuse.heatmaps import CLASS_HEATMAPS, HEATMAP, HeatmapPlan, plan_heatmap
 from cxr.fuse.members import MemberModel, MetaModel
 from cxr.fuse.metadata import ensemble_metadata
 from cxr.fuse.ood import OodModel
-from cxr.fuse.resize import resize_like_graph
+from cxr.fuse.resize import member_input
 from cxr.fuse.types import FuseConfig, HeatmapFile
 from cxr.fuse.verify import SeparatePipeline, check_separate, session
-from cxr.imaging.preprocess import normalize
 from cxr.labels import NOTICE
 from cxr.session import file_sha256
 
@@ -141,11 +140,10 @@ def _check_against_numpy(
     for i, m in enumerate(reference.members):
         if m.name not in plan.models:
             continue
-        gray = images.astype(np.float32)
-        if m.input_size != (h, w):
-            gray = resize_like_graph(gray, m.input_size, reference.orders.get(m.name, "hv"))
+        order = reference.orders.get(m.name, "hv")
+        x = member_input(images.astype(np.float32), m.input_size, order, m.meta.preprocess)
         msess = session(plan.models[m.name].SerializeToString(), threads)
-        maps.append(msess.run([CLASS_MAPS], {m.input_name: normalize(gray, m.meta.preprocess)})[0])
+        maps.append(msess.run([CLASS_MAPS], {m.input_name: x})[0])
         weights.append(plan.weights[i])
     want = combine_maps(maps, np.asarray(weights), (h, w))
     diff = float(np.max(np.abs(class_heat - want)))

@@ -41,8 +41,7 @@ from onnx import TensorProto, helper
 from cxr.errors import DataError, DecodeError
 from cxr.fuse.class_maps import pooled_source
 from cxr.fuse.members import MemberModel
-from cxr.fuse.resize import probe_order, resize_like_graph
-from cxr.imaging.preprocess import normalize
+from cxr.fuse.resize import member_input, probe_order
 from cxr.session import cpu_session as session
 from cxr.spec import PreprocessSpec
 
@@ -267,13 +266,8 @@ def _features(
         order = "hv" if m.input_size == fused_size else probe_order(fused_size, m.input_size)[0]
         chunks = []
         for i in range(0, len(images), batch):
-            g = images[i : i + batch]
-            if m.input_size != fused_size:
-                g = resize_like_graph(g, m.input_size, order)
-            x = normalize(g, m.meta.preprocess)
             inp = sess.get_inputs()[0]
-            if inp.type == "tensor(float16)":
-                x = x.astype(np.float16)
+            x = member_input(images[i : i + batch], m.input_size, order, m.meta.preprocess, inp.type)
             chunks.append(sess.run([POOLED], {inp.name: x})[0].astype(np.float64))
         feats.append(np.concatenate(chunks))
     return feats, np.array(labels), raw

@@ -7,7 +7,8 @@ float64. Integer arithmetic in float64 is exact here, so the graph reproduces ``
 BILINEAR)`` on "L" images bit for bit, which the ONNX ``Resize`` op (even with antialias) does not
 (it is off by up to one grey level). Which pass Pillow runs first depends on the sizes and on Pillow's
 version (recent versions pick the cheaper order), so ``probe_order`` asks the installed Pillow with noise
-images and the graph follows its answer. ``resize_like_graph`` is the numpy twin used by parity checks.
+images and the graph follows its answer. ``resize_like_graph`` is the numpy twin used by parity checks, and
+``member_input`` the numpy twin of one member's whole input chain (resize, normalise, FP16 cast).
 Used where a fused member needs another input size than the fused graph's input.
 """
 
@@ -18,6 +19,9 @@ from functools import lru_cache
 
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+from cxr.imaging.preprocess import normalize
+from cxr.spec import PreprocessSpec
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 
@@ -79,10 +83,24 @@ def resize_like_graph(batch: np.ndarray, out_hw: tuple[int, int], order: str = "
     return x.astype(np.float32)
 
 
+def member_input(
+    gray: np.ndarray,
+    member_hw: tuple[int, int],
+    order: str,
+    preprocess: PreprocessSpec,
+    input_type: str = "tensor(float)",
+) -> np.ndarray:
+    """What the fused graph feeds one member: [N, 1, H, W] grey levels at the fused size -> the member's
+    input, resized to ``member_hw`` like the graph (skipped at the same size), normalised with the member's
+    ``preprocess``, FP16 when its session's input is ``tensor(float16)``."""
+    g = gray if tuple(gray.shape[-2:]) == tuple(member_hw) else resize_like_graph(gray, member_hw, order)
+    x = normalize(np.asarray(g, dtype=np.float32), preprocess)
+    return x.astype(np.float16) if input_type == "tensor(float16)" else x
+
+
 def probe_order(in_hw: tuple[int, int], out_hw: tuple[int, int], *, seed: int = 0) -> tuple[str, int]:
     """("hv" | "vh", pixels that still differ from Pillow) for resizing ``in_hw`` to ``out_hw``."""
     from cxr.imaging.preprocess import resize_gray
-    from cxr.spec import PreprocessSpec
 
     rng = np.random.default_rng(seed)
     probes = rng.integers(0, 256, size=(2, *in_hw), dtype=np.uint8)

@@ -26,8 +26,7 @@ import onnxruntime as ort
 from cxr.errors import DataError, VerificationError
 from cxr.fuse.graph import IMAGE, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
 from cxr.fuse.members import MemberModel
-from cxr.fuse.resize import resize_like_graph
-from cxr.imaging.preprocess import normalize
+from cxr.fuse.resize import member_input
 from cxr.session import cpu_session as session
 from cxr.spec import PreprocessSpec, softmax
 
@@ -92,16 +91,9 @@ class SeparatePipeline:
         gray = images.astype(np.float32)
         member_probs = []
         for m, sess in zip(self.members, self.sessions, strict=True):
-            size = m.input_size
-            g = (
-                gray
-                if size == self.fused_size
-                else resize_like_graph(gray, size, self.orders.get(m.name, "hv"))
-            )
-            x = normalize(g, m.meta.preprocess)
             inp = sess.get_inputs()[0]
-            if inp.type == "tensor(float16)":
-                x = x.astype(np.float16)
+            order = self.orders.get(m.name, "hv")
+            x = member_input(gray, m.input_size, order, m.meta.preprocess, inp.type)
             logits = sess.run(None, {inp.name: x})[0].astype(np.float32)
             member_probs.append(softmax(logits, np.float32))
         stacked = np.stack(member_probs, axis=1)
