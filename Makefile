@@ -43,7 +43,7 @@ test: $(STAMP) lint typecheck
 rehearse: $(STAMP)
 	BIN=$(BIN) scripts/rehearse.sh
 
-# The rehearsal on 5 cross-validation folds, test splits pooled (~75 min): runs/rehearse-folds/pooled/report.md
+# The rehearsal on 5 cross-validation folds, test splits pooled (~65 min on 2 cores): runs/rehearse-folds/pooled/report.md
 rehearse-folds: $(STAMP)
 	BIN=$(BIN) scripts/rehearse_folds.sh
 

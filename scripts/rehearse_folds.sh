@@ -42,5 +42,5 @@ for i in $FOLDS; do
   stage "fold $i probe" "$BIN/cxr" train probe "$RUN" --pretrained "$WEIGHTS" --input-size 224
   stage "fold $i evaluate" "$BIN/cxr" evaluate "$RUN" --no-plots
 done
-stage pool "$BIN/cxr" evaluate-folds "$ROOT"/fold* --output "$ROOT/pooled"
+stage pool "$BIN/cxr" evaluate-folds "$ROOT"/fold[0-9]*/ --output "$ROOT/pooled"
 echo "== folds done in $(($(date +%s) - start)) s; report: $ROOT/pooled/report.md" | tee -a "$LOG"

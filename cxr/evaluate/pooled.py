@@ -130,11 +130,21 @@ def _tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemar
     others += [
         (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:")) for k in baselines
     ]
-    return {
+    tests = {
         name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
         for name, key, label in others
         if key in correct
     }
+    # Descriptive, not pre-specified: does any single member alone beat the baseline? (It tells whether the
+    # stack adds anything beyond its strongest member; no multiplicity correction, the report says so.)
+    members = [k for k in correct if k.startswith("member:")]
+    for m in members:
+        for base in baselines:
+            name_m, name_b = m.removeprefix("member:"), base.removeprefix("baseline:")
+            tests[f"member_{name_m}_vs_{name_b}"] = mcnemar(
+                correct[m], correct[base], a=name_m, b=name_b, exact_below=cfg.exact_below
+            )
+    return tests
 
 
 def pool_folds(cfg: PoolConfig) -> PooledResult:

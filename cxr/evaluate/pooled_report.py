@@ -68,6 +68,23 @@ def mcnemar_line(t: McNemarResult) -> str:
     )
 
 
+def _member_tests(cfg: PoolConfig, tests: Mapping[str, McNemarResult]) -> list[str]:
+    lines = [
+        f"- {mcnemar_line(t)}{' (p < ' + str(cfg.alpha) + ')' if t.p_value < cfg.alpha else ''}"
+        for k, t in tests.items()
+        if k.startswith("member_")
+    ]
+    if not lines:
+        return []
+    return [
+        "Each member alone against the baseline (descriptive, not pre-specified: one test per member, no "
+        "multiplicity correction; it shows whether the stack adds anything beyond its strongest member):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def write_pooled_report(
     cfg: PoolConfig,
     methods: Sequence[PooledMethod],
@@ -97,8 +114,13 @@ def write_pooled_report(
         "",
         "## Tests",
         "",
-        *(f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}" for t in tests.values()),
+        *(
+            f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}"
+            for k, t in tests.items()
+            if not k.startswith("member_")
+        ),
         "",
+        *_member_tests(cfg, tests),
         "## Folds",
         "",
         "| run | fold | test images | best member (validation) |",
