@@ -143,7 +143,8 @@ def check_split_membership(
         raise LeakageError(
             f"{what}: meta-training rows must come from split(s) {', '.join(sorted(allowed))} only, but {detail}: "
             f"{why}",
-            hint="train the meta-learner on validation predictions (the default) or on out-of-fold predictions",
+            hint="train the meta-learner on validation predictions (the default, `--source val`) or on a "
+            "separate blend split (`cxr data split --blend F`, then `--source blend`)",
         )
 
 
