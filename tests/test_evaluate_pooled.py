@@ -70,14 +70,9 @@ def test_pooled_accuracy_and_mcnemar_match_a_hand_count(runs: tuple[Path, ...], 
     best = res.tests["stacking_vs_best_member"]
     assert (best.a_only, best.b_only) == (1, 1)
     # each member alone vs the probe, counted by hand: b alone right on 3, the probe alone on 1
-    assert (res.tests["member_b_vs_linear_probe"].a_only, res.tests["member_b_vs_linear_probe"].b_only) == (
-        3,
-        1,
-    )
-    assert (res.tests["member_a_vs_linear_probe"].a_only, res.tests["member_a_vs_linear_probe"].b_only) == (
-        2,
-        1,
-    )
+    member_b, member_a = res.tests["member_b_vs_linear_probe"], res.tests["member_a_vs_linear_probe"]
+    assert (member_b.a_only, member_b.b_only) == (3, 1)
+    assert (member_a.a_only, member_a.b_only) == (2, 1)
     assert "Each member alone against the baseline" in res.report_md.read_text()
     lo, hi = res.method("stacking").accuracy_ci.low, res.method("stacking").accuracy_ci.high
     assert lo is not None and hi is not None and lo <= 6 / 7 <= hi
