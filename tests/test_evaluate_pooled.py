@@ -70,7 +70,7 @@ def test_pooled_accuracy_and_mcnemar_match_a_hand_count(runs: tuple[Path, ...], 
     best = res.tests["stacking_vs_best_member"]
     assert (best.a_only, best.b_only) == (1, 1)
     # each member alone vs the probe, counted by hand: b alone right on 3, the probe alone on 1
-    member_b, member_a = res.tests["member_b_vs_linear_probe"], res.tests["member_a_vs_linear_probe"]
+    member_b, member_a = res.member_tests["b_vs_linear_probe"], res.member_tests["a_vs_linear_probe"]
     assert (member_b.a_only, member_b.b_only) == (3, 1)
     assert (member_a.a_only, member_a.b_only) == (2, 1)
     assert "Each member alone against the baseline" in res.report_md.read_text()
@@ -135,6 +135,7 @@ def test_cli_pools_and_prints_the_tests(runs: tuple[Path, ...], tmp_path: Path) 
     assert out.exit_code == 0, out.output
     assert "2 folds, 7 test images pooled" in out.output
     assert "stacking vs linear_probe: stacking alone right on 3, linear_probe alone on 0" in out.output
+    assert "b vs linear_probe: b alone right on 3, linear_probe alone on 1" in out.output
     assert (tmp_path / "p" / "report.md").is_file()
     bad = CliRunner().invoke(app, ["evaluate-folds", str(runs[0]), str(tmp_path / "nowhere")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output

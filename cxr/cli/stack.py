@@ -285,6 +285,10 @@ def evaluate_folds(
     typer.echo("")
     for t in res.tests.values():
         typer.echo(mcnemar_line(t))
+    if res.member_tests:
+        typer.echo("each member alone vs the baseline (descriptive, no multiplicity correction):")
+    for t in res.member_tests.values():
+        typer.echo(f"  {mcnemar_line(t)}")
     for w in res.warnings:
         typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"report: {res.report_md} (+ {res.report_json.name})")

@@ -130,18 +130,21 @@ def _tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemar
     others += [
         (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:")) for k in baselines
     ]
-    tests = {
+    return {
         name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
         for name, key, label in others
         if key in correct
     }
-    # Descriptive, not pre-specified: does any single member alone beat the baseline? (It tells whether the
-    # stack adds anything beyond its strongest member; no multiplicity correction, the report says so.)
-    members = [k for k in correct if k.startswith("member:")]
-    for m in members:
-        for base in baselines:
+
+
+def _member_tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemarResult]:
+    """Each member alone vs each baseline. Descriptive, not pre-specified: it tells whether the stack adds
+    anything beyond its strongest member (no multiplicity correction; the report says so)."""
+    tests = {}
+    for m in (k for k in correct if k.startswith("member:")):
+        for base in (k for k in correct if k.startswith("baseline:")):
             name_m, name_b = m.removeprefix("member:"), base.removeprefix("baseline:")
-            tests[f"member_{name_m}_vs_{name_b}"] = mcnemar(
+            tests[f"{name_m}_vs_{name_b}"] = mcnemar(
                 correct[m], correct[base], a=name_m, b=name_b, exact_below=cfg.exact_below
             )
     return tests
@@ -153,12 +156,19 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     tables, infos = [t for t, _ in loaded], [i for _, i in loaded]
     warnings = _check_folds(tables, infos)
     methods, correct = _pooled_methods(cfg, tables)
-    tests = _tests(cfg, correct)
+    tests, member_tests = _tests(cfg, correct), _member_tests(cfg, correct)
     md, js = write_pooled_report(
-        cfg, methods, tests, infos, warnings, __version__, datetime.now(timezone.utc)
+        cfg, methods, tests, member_tests, infos, warnings, __version__, datetime.now(timezone.utc)
     )
     return PooledResult(
-        methods, tests, int(sum(len(t.paths) for t in tables)), tuple(infos), md, js, tuple(warnings)
+        methods,
+        tests,
+        int(sum(len(t.paths) for t in tables)),
+        tuple(infos),
+        md,
+        js,
+        tuple(warnings),
+        member_tests,
     )
 
 

@@ -68,19 +68,17 @@ def mcnemar_line(t: McNemarResult) -> str:
     )
 
 
-def _member_tests(cfg: PoolConfig, tests: Mapping[str, McNemarResult]) -> list[str]:
-    lines = [
-        f"- {mcnemar_line(t)}{' (p < ' + str(cfg.alpha) + ')' if t.p_value < cfg.alpha else ''}"
-        for k, t in tests.items()
-        if k.startswith("member_")
-    ]
-    if not lines:
+def _member_lines(cfg: PoolConfig, member_tests: Mapping[str, McNemarResult]) -> list[str]:
+    if not member_tests:
         return []
     return [
         "Each member alone against the baseline (descriptive, not pre-specified: one test per member, no "
         "multiplicity correction; it shows whether the stack adds anything beyond its strongest member):",
         "",
-        *lines,
+        *(
+            f"- {mcnemar_line(t)}{f' (p < {cfg.alpha})' if t.p_value < cfg.alpha else ''}"
+            for t in member_tests.values()
+        ),
         "",
     ]
 
@@ -89,6 +87,7 @@ def write_pooled_report(
     cfg: PoolConfig,
     methods: Sequence[PooledMethod],
     tests: Mapping[str, McNemarResult],
+    member_tests: Mapping[str, McNemarResult],
     folds: Sequence[Mapping[str, Any]],
     warnings: Sequence[str],
     version: str,
@@ -114,13 +113,9 @@ def write_pooled_report(
         "",
         "## Tests",
         "",
-        *(
-            f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}"
-            for k, t in tests.items()
-            if not k.startswith("member_")
-        ),
+        *(f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}" for t in tests.values()),
         "",
-        *_member_tests(cfg, tests),
+        *_member_lines(cfg, member_tests),
         "## Folds",
         "",
         "| run | fold | test images | best member (validation) |",
@@ -149,6 +144,7 @@ def write_pooled_report(
             for m in methods
         },
         "tests": {k: t.to_dict() for k, t in tests.items()},
+        "member_tests_descriptive": {k: t.to_dict() for k, t in member_tests.items()},
         "config": {
             "n_bootstrap": cfg.n_bootstrap,
             "confidence": cfg.confidence,

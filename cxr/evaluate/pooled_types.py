@@ -6,7 +6,7 @@ Takes: nothing but the standard library and the statistics types. Makes: the fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ class PooledResult:
     report_md: Path
     report_json: Path
     warnings: tuple[str, ...] = ()
+    # each member alone vs each baseline: descriptive, not pre-specified, no multiplicity correction
+    member_tests: dict[str, McNemarResult] = field(default_factory=dict)
 
     def method(self, key: str) -> PooledMethod:
         return next(m for m in self.methods if m.key == key)

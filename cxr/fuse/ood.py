@@ -265,8 +265,8 @@ def _features(
         sess = session(probe[0].SerializeToString(), threads)
         order = "hv" if m.input_size == fused_size else probe_order(fused_size, m.input_size)[0]
         chunks = []
+        inp = sess.get_inputs()[0]
         for i in range(0, len(images), batch):
-            inp = sess.get_inputs()[0]
             x = member_input(images[i : i + batch], m.input_size, order, m.meta.preprocess, inp.type)
             chunks.append(sess.run([POOLED], {inp.name: x})[0].astype(np.float64))
         feats.append(np.concatenate(chunks))
