@@ -19,7 +19,7 @@ from cxr.data.synthetic.not_chest import drawings as line_drawings
 from cxr.data.synthetic.not_chest import photographs, windowed
 from cxr.imaging.decode import decode_gray
 from cxr.runtime.predictor import Predictor
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

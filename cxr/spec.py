@@ -2,11 +2,13 @@
 
 ``PreprocessSpec`` is the single source of truth for how an image becomes a model input. ``ModelMetadata``
 is what every exported cxr ONNX file carries as JSON in its ``metadata_props``; the runtime reads it back
-and refuses files without it. Torch-free and onnx-free.
+and refuses files without it. ``Prediction`` is the result schema every surface emits. Torch-free and
+onnx-free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cxr.errors import ModelError
+from cxr.errors import DataError, ModelError
 from cxr.labels import CLASSES, NOTICE
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -176,3 +178,157 @@ def softmax(logits: np.ndarray, dtype: type[np.floating[Any]] = np.float64) -> n
     z = np.asarray(logits, dtype=dtype)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+# --- The result schema: one image's result, the same on every surface (CLI --json, CSV, API, Python) ---
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why the input gate marked an image not assessable: a stable code and a sentence for the reader."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. ``error`` is set (and ``label`` is None) when the image could not be read.
+
+    Fields, in the order every surface writes them (``RESULT_FIELDS``; JSON Schema: ``result_json_schema``):
+    ``probability`` is the predicted class's; ``above_operating_point`` maps each class with an operating
+    point to whether it reaches it (None: the model has none); ``assessable`` is the input gate's verdict
+    (None on an error row) with its ``reasons``; ``ood_score`` the out-of-distribution score (None: the model
+    has no gate); ``precision`` the arithmetic the backend really ran (None: the file's own); ``warnings``
+    what trained the model (synthetic data, random weights), shown wherever the result is.
+    """
+
+    source: str
+    label: str | None
+    probability: float | None
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    member_probabilities: Mapping[str, Mapping[str, float]] | None = None
+    above_operating_point: Mapping[str, bool] | None = None
+    assessable: bool | None = None
+    reasons: tuple[Reason, ...] = ()
+    ood_score: float | None = None
+    model_id: str = ""
+    precision: str | None = None
+    provider: str = ""
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    notice: str = NOTICE
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Prediction:
+        """The inverse of ``to_dict`` (reasons back as ``Reason`` objects); unknown keys are refused."""
+        unknown = set(d) - set(RESULT_FIELDS)
+        if unknown:
+            raise DataError(
+                f"result record has unknown fields {sorted(unknown)}; a result has {list(RESULT_FIELDS)}",
+                hint="read results written by this version of cxr",
+            )
+        fields = dict(d)
+        fields["reasons"] = tuple(Reason(r["code"], r["message"]) for r in fields.get("reasons") or ())
+        fields["warnings"] = tuple(fields.get("warnings") or ())
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready values, keys in ``RESULT_FIELDS`` order."""
+        members = self.member_probabilities
+        flags = self.above_operating_point
+        return {
+            "source": self.source,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": dict(self.probabilities),
+            "member_probabilities": None if members is None else {k: dict(v) for k, v in members.items()},
+            "above_operating_point": None if flags is None else dict(flags),
+            "assessable": self.assessable,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "ood_score": self.ood_score,
+            "model_id": self.model_id,
+            "precision": self.precision,
+            "provider": self.provider,
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+            "error": None if self.error is None else " ".join(self.error.split()),
+            "notice": self.notice,
+        }
+
+
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Prediction))
+"""The result's fields, in the order every surface writes them."""
+
+
+def result_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one result record (published as ``docs/result.schema.json``)."""
+    number = {"type": "number"}
+    nullable = {"type": ["number", "null"]}
+    probs = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}
+    props: dict[str, Any] = {
+        "source": {"type": "string", "description": "The input: a path, an upload's file name, array[i]."},
+        "label": {"type": ["string", "null"], "description": "The most probable class; null on an error."},
+        "probability": {**nullable, "description": "The probability of that class."},
+        "probabilities": {**probs, "description": "Every class's probability, in the model's class order."},
+        "member_probabilities": {
+            "type": ["object", "null"],
+            "additionalProperties": probs,
+            "description": "Each ensemble member's class probabilities; null for a single model.",
+        },
+        "above_operating_point": {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "boolean"},
+            "description": "Per class with an operating point (a threshold chosen on validation for a target "
+            "sensitivity): whether its probability reaches it. A flag for review, not a diagnosis.",
+        },
+        "assessable": {
+            "type": ["boolean", "null"],
+            "description": "False when the input gate found a reason to review the image before the result "
+            "is used (not a chest radiograph, unlike the training images, members disagree); null on an error.",
+        },
+        "reasons": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["code", "message"],
+                "additionalProperties": False,
+            },
+            "description": "Why the image is not assessable: stable codes and a sentence each.",
+        },
+        "ood_score": {**nullable, "description": "Out-of-distribution score (higher: less like training)."},
+        "model_id": {"type": "string", "description": "First 16 hex digits of the model file's SHA-256."},
+        "precision": {
+            "type": ["string", "null"],
+            "description": "The arithmetic the backend really ran (fp32, bf16); null: the file's own.",
+        },
+        "provider": {"type": "string", "description": "The backend that really ran the model."},
+        "seconds": {**number, "minimum": 0, "description": "Inference time per image (its batch's share)."},
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "What trained the model (synthetic images, random weights, no provenance).",
+        },
+        "error": {"type": ["string", "null"], "description": "Why the input could not be read; else null."},
+        "notice": {"type": "string", "const": NOTICE},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/cxr-toolkit/cxr/docs/result.schema.json",
+        "title": "cxr result",
+        "description": "One image's result from cxr-predict (--json, JSONL, CSV flattened), the HTTP API and "
+        f"Python's Prediction.to_dict(). {NOTICE}",
+        "type": "object",
+        "properties": props,
+        "required": list(RESULT_FIELDS),
+        "additionalProperties": False,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import pytest
@@ -41,7 +42,7 @@ def test_scan_writes_rows_and_a_summary(images: Path, fused_model: Path, tmp_pat
     res = runner.invoke(app, ["scan", str(images), "--model", str(fused_model), "-o", str(out), "-b", "2"])
     assert res.exit_code == 0, res.output
     rows = _rows(out)
-    assert len(rows) == 5 and all(r["predicted_class"] in CLASSES and not r["error"] for r in rows)
+    assert len(rows) == 5 and all(r["label"] in CLASSES and not r["error"] for r in rows)
     assert "images/s" in res.stderr and "provider 'cpu'" in res.stderr and NOTICE in res.stderr
     assert all(c in res.stderr for c in CLASSES) and "failed" in res.stderr
     assert res.stdout == ""
@@ -55,13 +56,13 @@ def test_scan_with_unreadable_file_exits_1_and_keeps_going(
     out = tmp_path / "r.csv"
     res = runner.invoke(app, ["scan", str(images), "-m", str(fused_model), "-o", str(out)])
     assert res.exit_code == 1, res.output
-    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    rows = {Path(r["source"]).name: r for r in _rows(out)}
     assert (
         len(rows) == 7
         and "empty file" in rows["zero.png"]["error"]
         and "not an image" in rows["text.png"]["error"]
     )
-    assert sum(1 for r in rows.values() if r["predicted_class"]) == 5
+    assert sum(1 for r in rows.values() if r["label"]) == 5
     assert "failed: " in res.stderr
 
 
@@ -69,8 +70,9 @@ def test_scan_rows_on_stdout_without_output(images: Path, fused_model: Path) -> 
     res = runner.invoke(app, ["scan", str(images), "-m", str(fused_model), "--quiet"])
     assert res.exit_code == 0
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("path,predicted_class") and len(lines) == 6
-    assert res.stderr == ""  # --quiet: no progress, no summary
+    assert lines[0].startswith("source,label") and len(lines) == 6
+    # --quiet: no progress, no summary; only the model's warnings (said wherever results are)
+    assert all(line.startswith("warning: ") for line in res.stderr.splitlines())
 
 
 def test_scan_json_summary(images: Path, fused_model: Path, tmp_path: Path) -> None:
@@ -84,6 +86,42 @@ def test_scan_json_summary(images: Path, fused_model: Path, tmp_path: Path) -> N
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 5
 
 
+@pytest.mark.parametrize("fmt", [".csv", ".jsonl"])
+def test_retry_failed_predicts_error_rows_again_and_only_them(
+    images: Path, fused_model: Path, tmp_path: Path, fmt: str
+) -> None:
+    folder = tmp_path / "in"
+    write_gray_pngs(folder, 2)
+    broken = folder / "z_broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / f"r{fmt}"
+    assert runner.invoke(app, ["scan", str(folder), "-m", str(fused_model), "-o", str(out)]).exit_code == 1
+    write_gray_pngs(tmp_path / "fixed", 1)[0].replace(broken)  # the file was fixed
+    plain = runner.invoke(app, ["scan", str(folder), "-m", str(fused_model), "-o", str(out), "--resume"])
+    assert plain.exit_code == 0 and "skipped 3" in plain.stderr  # a plain resume keeps the error row
+    res = runner.invoke(
+        app, ["scan", str(folder), "-m", str(fused_model), "-o", str(out), "--resume", "--retry-failed"]
+    )
+    assert res.exit_code == 0, res.output
+    text = out.read_text().splitlines()
+    records = list(csv.DictReader(text)) if fmt == ".csv" else [json.loads(line) for line in text]
+    assert len(records) == 3 and all(r["label"] and not r["error"] for r in records)
+    assert runner.invoke(app, ["scan", str(folder), "-m", str(fused_model), "--retry-failed"]).exit_code == 2
+
+
+def test_quiet_keeps_not_assessable(fused_model: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 200).save(blank)  # one grey level: the gate's narrow_grey_range
+    good = write_gray_pngs(tmp_path / "in", 1)[0]
+    res = runner.invoke(app, ["image", str(blank), str(good), "-m", str(fused_model), "-q"])
+    assert res.exit_code == 0
+    first, second = res.stdout.splitlines()
+    assert first.split("\t")[2] == "NOT ASSESSABLE (narrow_grey_range)"
+    assert len(second.split("\t")) == 2 or "NOT ASSESSABLE" in second
+
+
 def test_scan_resume(images: Path, fused_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     args = ["scan", str(images), "-m", str(fused_model), "-o", str(out), "--include", "img_00[0-2].png"]
@@ -91,7 +129,7 @@ def test_scan_resume(images: Path, fused_model: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, args[:-2]).exit_code == 2  # exists: needs --resume or --overwrite
     res = runner.invoke(app, [*args[:-2], "--resume"])
     assert res.exit_code == 0 and "skipped 3 files" in res.stderr
-    assert len(_rows(out)) == 5 and len({r["path"] for r in _rows(out)}) == 5
+    assert len(_rows(out)) == 5 and len({r["source"] for r in _rows(out)}) == 5
 
 
 @pytest.mark.parametrize(
@@ -179,10 +217,12 @@ def test_image_json_output(images: Path, fused_model: Path) -> None:
     res = runner.invoke(app, ["image", *files, "-m", str(fused_model), "--json"])
     assert res.exit_code == 0
     doc = json.loads(res.stdout)
-    assert [p["path"] for p in doc["predictions"]] == files and doc["failed"] == 0 and doc["notice"] == NOTICE
+    assert (
+        [p["source"] for p in doc["predictions"]] == files and doc["failed"] == 0 and doc["notice"] == NOTICE
+    )
     p = doc["predictions"][0]
     assert (
-        p["predicted_class"] in CLASSES
+        p["label"] in CLASSES
         and p["provider"] == "cpu"
         and set(p["member_probabilities"]) == {"alpha", "beta"}
     )
@@ -203,7 +243,7 @@ def test_real_dicoms_through_the_cli(shared_data: Path, fused_model: Path) -> No
     folder = shared_data / "dicom"
     res = runner.invoke(app, ["scan", str(folder), "-m", str(fused_model), "--quiet"])
     rows = list(csv.DictReader(res.stdout.splitlines()))
-    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    errors = {Path(r["source"]).name: r["error"] for r in rows if r["error"]}
     lossless_ok = get_decoder("1.2.840.10008.1.2.4.70").is_available
     assert len(rows) == 5 and set(errors) == (
         set() if lossless_ok else {"fodicom_CR-ModalitySequenceLUT_dental.dcm"}
@@ -211,9 +251,26 @@ def test_real_dicoms_through_the_cli(shared_data: Path, fused_model: Path) -> No
     assert res.exit_code == (0 if lossless_ok else 1)
 
 
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda d: (d / "README.md").write_text("# cxr\nmake demo\n") and d / "README.md", "is a text file"),
+        (lambda d: (d / "run").mkdir() or (d / "run" / "ensemble.onnx").write_bytes(b"\x08") and d / "run",
+         "is a folder, not a model file; it holds ensemble.onnx"),
+    ],
+    ids=["readme", "folder"],
+)  # fmt: skip
+def test_wrong_model_path_hints_point_the_right_way(
+    images: Path, tmp_path: Path, make: Any, said: str
+) -> None:
+    res = runner.invoke(app, ["image", str(images / "img_000.png"), "-m", str(make(tmp_path))])
+    assert res.exit_code == 2 and said in res.stderr and "opset" not in res.stderr
+    assert "Traceback" not in res.output
+
+
 def test_model_that_is_not_onnx_exits_2(images: Path, tmp_path: Path, member_model: Path) -> None:
     junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"this is not a protobuf")
+    junk.write_bytes(b"\x00\x01 this is not a protobuf")
     res = runner.invoke(app, ["image", str(images / "img_000.png"), "-m", str(junk)])
     assert res.exit_code == 2 and "cannot load" in res.stderr
     res = runner.invoke(app, ["image", str(images / "img_000.png"), "-m", str(member_model), "--json"])

@@ -83,5 +83,5 @@ def test_core_only_install_runs_cxr_predict(fused_model: Path, tmp_path: Path) -
     assert run.returncode == 1, run.stderr[-3000:]  # one broken file: exit code 1, the rest predicted
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 5 and sum(bool(r["predicted_class"]) for r in rows) == 4
+    assert len(rows) == 5 and sum(bool(r["label"]) for r in rows) == 4
     assert "images/s" in run.stderr and "Decision support only" in run.stderr

@@ -100,7 +100,7 @@ def test_scan_rows_cover_the_test_split(demo_run: tuple[Path, str]) -> None:
     with (run / "predict" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == n_test > 0
-    assert all(r["error"] == "" and r["predicted_class"] for r in rows)
+    assert all(r["error"] == "" and r["label"] for r in rows)
 
 
 def test_index_links_reports_and_says_synthetic(demo_run: tuple[Path, str]) -> None:

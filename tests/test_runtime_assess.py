@@ -75,12 +75,12 @@ def test_results_carry_the_gate_and_a_scan_counts_it(tmp_path: Path) -> None:
     out = tmp_path / "rows.csv"
     res = scan_folder(predictor, ScanConfig(folder=folder, output=out))
     assert res.exit_code == 0 and res.predicted == 4  # exit codes stay as they are
-    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    rows = {Path(r["source"]).name: r for r in csv.DictReader(out.open())}
     assert (
         rows["lateral.dcm"]["assessable"] == "false"
         and "dicom_view_position" in rows["lateral.dcm"]["reasons"]
     )
-    assert res.not_assessable["files"] == sum(r["assessable"] == "false" for r in rows.values())
+    assert res.not_assessable_files == sum(r["assessable"] == "false" for r in rows.values())
     assert res.not_assessable["dicom_view_position"] == 1
 
 
@@ -109,7 +109,7 @@ def test_a_prediction_survives_its_json_round_trip(tmp_path: Path) -> None:
 
 def test_ray_rows_count_not_assessable_files_like_a_local_scan() -> None:
     from cxr.runtime.ray.rows import OrderedRows
-    from cxr.runtime.types import Prediction, Reason
+    from cxr.spec import Prediction, Reason
 
     class Sink:
         def write(self, preds: object) -> None:
@@ -123,5 +123,6 @@ def test_ray_rows_count_not_assessable_files_like_a_local_scan() -> None:
     for i, p in enumerate((ok, odd, bad)):
         rows.add(i, p)
     rows.flush()
-    assert dict(rows.not_assessable) == {"files": 1, "out_of_distribution": 1, "members_disagree": 1}
-    assert rows.failed == 1 and rows.predicted == 2
+    assert rows.tally.not_assessable_files == 1
+    assert dict(rows.tally.not_assessable) == {"out_of_distribution": 1, "members_disagree": 1}
+    assert rows.tally.failed == 1 and rows.tally.predicted == 2

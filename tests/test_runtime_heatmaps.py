@@ -7,6 +7,7 @@ runs on onnxruntime, Pillow and numpy only).
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ pytest.importorskip("skl2onnx")
 
 from cxr.cli.predict import app  # noqa: E402
 from cxr.runtime.overlay import colormap, overlay_name, render_overlay  # noqa: E402
-from cxr.runtime.types import Prediction, Reason  # noqa: E402
+from cxr.spec import Prediction, Reason  # noqa: E402
 from tests.onnx_factory import write_gray_pngs  # noqa: E402
 
 runner = CliRunner()
@@ -44,29 +45,82 @@ def _pred(assessable: bool = True) -> Prediction:
     return Prediction("x.png", "COVID", 0.9, {"COVID": 0.9}, assessable=assessable, reasons=reasons)
 
 
-@pytest.mark.parametrize("size", [(32, 32), (224, 224), (300, 200)])
-def test_overlay_is_large_enough_and_shows_the_map_where_it_is_high(size: tuple[int, int]) -> None:
+def _picture_box(img: np.ndarray, value: int) -> tuple[int, int]:
+    """(width, height) of the block of the radiograph's plain grey ``value`` (anti-aliased caption text that
+    happens to have that grey is too sparse to count)."""
+    plain = (img == value).all(axis=2)
+    rows, cols = plain.sum(axis=1), plain.sum(axis=0)
+    return int((cols > cols.max() / 2).sum()), int((rows > rows.max() / 2).sum())
+
+
+@pytest.mark.parametrize(
+    ("size", "longest"),
+    [((1538, 2493), 1024), ((2493, 1538), 1024), ((64, 64), 768), ((299, 256), 768), ((900, 800), 900)],
+    ids=["landscape-large", "portrait-large", "tiny", "database-size", "mid"],
+)
+def test_overlay_keeps_the_radiographs_aspect_ratio_and_caps_its_side(
+    size: tuple[int, int], longest: int
+) -> None:
     gray = np.full(size, 100, dtype=np.uint8)
-    heat = np.zeros(size, dtype=np.float32)
-    heat[: size[0] // 2] = 1.0  # the top half is "where it looked"
-    img = np.asarray(render_overlay(gray, heat, _pred()))
-    assert min(img.shape[:2]) >= 448
-    rows = img.shape[0]
-    top = img[int(rows * 0.25), img.shape[1] // 4]
-    low = img[int(rows * 0.75), img.shape[1] // 4]
+    img = np.asarray(render_overlay(gray, _pred()))
+    w, h = _picture_box(img, 100)
+    assert max(w, h) == longest
+    assert w / h == pytest.approx(size[1] / size[0], rel=0.01)  # never stretched to a square
+    assert img.shape[1] >= w and img.shape[0] > h  # the caption sits above and below the picture
+
+
+@pytest.mark.parametrize("size", [(40, 40), (300, 200)])
+def test_overlay_shows_the_map_where_it_is_high(size: tuple[int, int]) -> None:
+    gray = np.full(size, 100, dtype=np.uint8)
+    heat = np.zeros((16, 16), dtype=np.float32)  # the map is at the model's size, resampled onto the image
+    heat[:8] = 1.0  # the top half is "where it looked"
+    img = np.asarray(render_overlay(gray, _pred(), heat))
+    plain = (img == 100).all(axis=2)  # the plain radiograph: the bottom half only
+    rows, cols = plain.sum(axis=1), plain.sum(axis=0)
+    ys, xs = np.nonzero(rows > rows.max() / 2)[0], np.nonzero(cols > cols.max() / 2)[0]
+    x_mid, plain_h = (xs.min() + xs.max()) // 2, len(ys)
+    assert len(xs) == pytest.approx(size[1] / max(size) * 768, abs=2)
+    assert plain_h < 0.6 * 768 * size[0] / max(size)  # the top half of the picture is not plain grey
+    top = img[ys.min() - plain_h // 2, x_mid]
     assert not (top[0] == top[1] == top[2])  # coloured where the map is high
-    assert low[0] == low[1] == low[2]  # the plain radiograph where it is 0
 
 
 def test_not_assessable_overlay_has_a_red_title() -> None:
     gray = np.full((64, 64), 100, dtype=np.uint8)
-    heat = np.zeros((64, 64), dtype=np.float32)
 
     def red_in_title(p: Prediction) -> int:
-        title = np.asarray(render_overlay(gray, heat, p))[:20]
+        title = np.asarray(render_overlay(gray, p))[:40]
         return int(((title[..., 0] > 150) & (title[..., 1] < 60)).sum())
 
     assert red_in_title(_pred(assessable=False)) > 0 and red_in_title(_pred()) == 0
+
+
+@pytest.mark.parametrize("width", [120, 300, 800])
+def test_caption_wraps_at_spaces_within_the_width_and_keeps_every_word(width: int) -> None:
+    from cxr.labels import NOTICE
+    from cxr.runtime.overlay import _font, wrap
+
+    font = _font(16)
+    text = f"Warning: a long model warning that must wrap cleanly. {NOTICE}"
+    lines = wrap(text, font, width)
+    assert " ".join(lines).split() == text.split()  # no word lost or glued to the next ("nota finding")
+    assert all(font.getlength(line) <= width or " " not in line for line in lines)
+    assert len(lines) > 1
+
+
+@pytest.mark.parametrize(
+    ("pred", "expected"),
+    [
+        (_pred(), "Model output: COVID 0.90"),
+        (_pred(assessable=False), "NOT ASSESSABLE (dicom_view_position)"),
+        (Prediction("x.png", None, None, error="cannot read"), "NO RESULT: cannot read"),
+    ],
+    ids=["assessable", "not-assessable", "error"],
+)
+def test_headline_says_the_result_or_why_not(pred: Prediction, expected: str) -> None:
+    from cxr.runtime.overlay import headline
+
+    assert headline(pred)[0].startswith(expected)
 
 
 def test_colormap_runs_dark_to_bright() -> None:
@@ -112,6 +166,26 @@ def test_scan_heatmaps_keeps_going_past_a_bad_file(heat_model: Path, tmp_path: P
     )
     assert res.exit_code == 1  # one file unreadable, as without heatmaps
     assert len(list(out.glob("*.heatmap.png"))) == 3
+    # the heatmap twin computes the plain model's results: a resume without --heatmaps continues the file,
+    # and --retry-failed predicts the broken file again (fixed in the meantime), once
+    write_gray_pngs(folder, 4, size=36)[-1].rename(folder / "broken.png")
+    again = runner.invoke(
+        app,
+        [
+            "scan",
+            str(folder),
+            "-m",
+            str(heat_model),
+            "-o",
+            str(tmp_path / "r.csv"),
+            "--resume",
+            "--retry-failed",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
+    assert sorted(Path(r["source"]).name for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert all(r["label"] and not r["error"] for r in rows)
 
 
 def test_heatmaps_without_the_variant_say_how_to_build_it(heat_model: Path, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def test_fused_model_predictions_match_a_direct_onnxruntime_run(
     for i, p in enumerate(out):
         assert p.ok and p.source == str(gray_pngs[i]) and p.provider == "cpu" and p.notice == NOTICE
         np.testing.assert_allclose([p.probabilities[c] for c in CLASSES], probs[i], rtol=1e-6)
-        assert p.label == CLASSES[int(probs[i].argmax())] and p.confidence == pytest.approx(probs[i].max())
+        assert p.label == CLASSES[int(probs[i].argmax())] and p.probability == pytest.approx(probs[i].max())
         assert p.member_probabilities is not None
         np.testing.assert_allclose(list(p.member_probabilities["beta"].values()), members[i, 1], rtol=1e-6)
 
@@ -84,12 +84,41 @@ def test_unreadable_items_become_error_rows_in_place(
 ) -> None:
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    items = [gray_pngs[0], bad, tmp_path / "missing.png", np.zeros((4, 4, 3), np.uint8), gray_pngs[1]]
-    out = Predictor.from_path(fused_model, batch_size=2).predict(items)
-    assert [p.ok for p in out] == [True, False, False, False, True]
+    items = [gray_pngs[0], bad, tmp_path / "missing.png", gray_pngs[1]]
+    predictor = Predictor.from_path(fused_model, batch_size=2)
+    out = predictor.predict(items)
+    assert [p.ok for p in out] == [True, False, False, True]
     assert "not an image" in (out[1].error or "") and "no such file" in (out[2].error or "")
-    assert "uint8 [H, W]" in (out[3].error or "")
-    assert out[1].label is None and out[1].confidence is None and out[1].provider == "cpu"
+    assert out[1].label is None and out[1].probability is None and out[1].provider == "cpu"
+    assert out[1].model_id == predictor.model_id and out[1].warnings == predictor.warnings
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((4, 4), np.float32), np.zeros((4, 4, 2), np.uint8), 3, {"image": "a.png"}, None],
+    ids=["float-array", "two-channel", "int", "dict", "none"],
+)
+def test_inputs_that_are_no_image_raise_type_error(fused_model: Path, bad: object) -> None:
+    with pytest.raises(TypeError, match="predict|array"):
+        Predictor.from_path(fused_model).predict(bad)  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        Predictor.from_path(fused_model).predict([bad])  # type: ignore[list-item]
+
+
+def test_one_input_gives_one_prediction_and_pil_and_rgb_inputs_match_gray(
+    fused_model: Path, gray_pngs: list[Path]
+) -> None:
+    from PIL import Image
+
+    predictor = Predictor.from_path(fused_model)
+    one = predictor.predict(str(gray_pngs[0]))  # a string is one path, not 24 characters
+    assert one.ok and one.source == str(gray_pngs[0])
+    assert predictor.predict(gray_pngs[0]).probabilities == one.probabilities
+    gray = decode_gray(gray_pngs[0])
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    pil = Image.fromarray(rgb, mode="RGB")
+    for item in (rgb, pil, gray):
+        assert predictor.predict(item).probabilities == pytest.approx(one.probabilities, abs=1e-6)
 
 
 def test_iter_predict_yields_batches_in_order(fused_model: Path, gray_pngs: list[Path]) -> None:

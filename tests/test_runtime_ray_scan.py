@@ -164,7 +164,7 @@ def test_cli_engine_ray_writes_the_local_rows(
     assert summary["model"]["provider"] == "cpu" and summary["model"]["classes"]
     stdout_run = runner.invoke(app, [*base, "--engine", "ray", "--quiet"])  # rows on stdout, no summary
     lines = stdout_run.stdout.splitlines()
-    assert stdout_run.exit_code == 1 and lines[0].startswith("path,predicted_class") and len(lines) == 14
+    assert stdout_run.exit_code == 1 and lines[0].startswith("source,label") and len(lines) == 14
 
 
 def test_manifest_split(ray_local: None, model: Path, predictor: Predictor, tmp_path: Path) -> None:
@@ -176,10 +176,10 @@ def test_manifest_split(ray_local: None, model: Path, predictor: Predictor, tmp_
     out = tmp_path / "val.csv"
     res = ray_scan(_ray_cfg(model, data, out, manifest=tmp_path / "manifest.csv", split="val"))
     rows = _rows(out)
-    assert [r["path"] for r in rows] == expected and res.scan.found == len(expected) > 0
+    assert [r["source"] for r in rows] == expected and res.scan.found == len(expected) > 0
     direct = {p.source: p for p in predictor.predict(expected)}
     for r in rows:
-        assert r["p:COVID"] == repr(direct[r["path"]].probabilities["COVID"])
+        assert r["probabilities.COVID"] == repr(direct[r["source"]].probabilities["COVID"])
 
 
 def test_a_different_model_on_a_node_fails_with_its_message(

@@ -85,19 +85,19 @@ def test_csv_rows_one_per_file_with_errors(folder: Path, predictor: Predictor, t
     result = scan_folder(predictor, ScanConfig(folder, output=out))
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == csv_columns(CLASSES)
-    assert [Path(r["path"]).name for r in rows] == _names(find_images(folder), folder)
-    by_name = {Path(r["path"]).name: r for r in rows}
+    assert list(rows[0]) == csv_columns(CLASSES, predictor.member_names)
+    assert [Path(r["source"]).name for r in rows] == _names(find_images(folder), folder)
+    by_name = {Path(r["source"]).name: r for r in rows}
     for name in ("IM000001", "broken.png"):
         assert (
             by_name[name]["error"]
-            and by_name[name]["predicted_class"] == ""
-            and by_name[name]["p:COVID"] == ""
+            and by_name[name]["label"] == ""
+            and by_name[name]["probabilities.COVID"] == ""
         )
     good = by_name["img_000.png"]
-    assert good["error"] == "" and good["predicted_class"] in CLASSES
-    probs = [float(good[f"p:{c}"]) for c in CLASSES]
-    assert sum(probs) == pytest.approx(1.0, abs=1e-5) and float(good["confidence"]) == max(probs)
+    assert good["error"] == "" and good["label"] in CLASSES
+    probs = [float(good[f"probabilities.{c}"]) for c in CLASSES]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5) and float(good["probability"]) == max(probs)
     assert {r["provider"] for r in rows} == {"cpu"} and {r["model_id"] for r in rows} == {predictor.model_id}
     assert {r["notice"] for r in rows} == {NOTICE}
     assert (result.found, result.predicted, result.failed, result.exit_code) == (8, 6, 2, 1)
@@ -110,7 +110,7 @@ def test_jsonl_rows_carry_nested_probabilities(folder: Path, predictor: Predicto
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 5
     r = recs[0]
-    assert r["predicted_class"] in CLASSES and set(r["probabilities"]) == set(CLASSES)
+    assert r["label"] in CLASSES and set(r["probabilities"]) == set(CLASSES)
     assert set(r["member_probabilities"]) == {"alpha", "beta"} and r["error"] is None
     assert r["model_id"] == predictor.model_id and r["provider"] == "cpu" and r["notice"] == NOTICE
 
@@ -119,7 +119,7 @@ def test_rows_go_to_a_stream_without_output(folder: Path, predictor: Predictor) 
     buf = io.StringIO()
     scan_folder(predictor, ScanConfig(folder, include=("img_*",)), stream=buf)
     lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("path,predicted_class,confidence,p:COVID") and len(lines) == 6
+    assert lines[0].startswith("source,label,probability,probabilities.COVID") and len(lines) == 6
 
 
 def test_rows_are_flushed_after_every_batch(folder: Path, predictor: Predictor, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_resume_after_an_interrupted_scan(
     out.write_text("".join(lines[:keep]) + lines[keep][:25])  # killed in the middle of a line
     result = scan_folder(predictor, ScanConfig(folder, output=out, resume=True))
     assert result.skipped == 3 and result.predicted + result.failed == 5
-    prev = read_previous(out, "csv" if suffix == ".csv" else "jsonl", CLASSES, predictor.model_id)
+    prev = read_previous(out, "csv" if suffix == ".csv" else "jsonl", predictor.result_layout)
     assert prev.rows == 8 and len(prev.paths) == 8  # every file exactly once, no half line left
     assert _rows_without_timing(out) == _rows_without_timing(full)
     done = scan_folder(predictor, ScanConfig(folder, output=out, resume=True))

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from cxr.errors import ModelError
 from cxr.runtime.predictor import Predictor
-from cxr.runtime.types import Prediction
 from cxr.serve.app import create_app
 from cxr.serve.config import ServeConfig
+from cxr.spec import Prediction
 from tests.test_serve_support import DICOM_DIR, png_bytes
 
 KEY = "in-process-key-0123456789"

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from cxr.errors import ConfigError
-from cxr.runtime.types import Prediction
 from cxr.serve.auth import _digest, key_matches
 from cxr.serve.batcher import BatcherStopped, DynamicBatcher
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
 from cxr.serve.metrics import ServeMetrics
 from cxr.serve.uploads import safe_name, sniff
+from cxr.spec import Prediction
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames
 
 KEY = "0123456789abcdef-key"
@@ -241,7 +241,7 @@ def test_batcher_coalesces_up_to_max_and_keeps_order(max_batch: int, n: int) -> 
     assert sum(infer.sizes) == n and max(infer.sizes) <= max_batch
     assert len(infer.sizes) == -(-n // max_batch)  # all arrive at once: full batches, fewest possible
     assert [r.prediction.source for r in results] == [f"img{i}" for i in range(n)]
-    assert [round(r.prediction.confidence * 255) for r in results] == list(range(n))
+    assert [round(r.prediction.probability * 255) for r in results] == list(range(n))
     assert all(r.batch_size in infer.sizes for r in results)
 
 

@@ -82,7 +82,7 @@ def test_malformed_operating_points_are_refused(points: object) -> None:
 def test_predictions_and_result_rows_carry_the_flags(tmp_path: Path) -> None:
     from cxr.labels import CLASSES as MODEL_CLASSES
     from cxr.runtime.predictor import Predictor
-    from cxr.runtime.results import csv_columns, csv_row, json_record
+    from cxr.runtime.results import csv_columns, csv_row
 
     first, last = MODEL_CLASSES[0], MODEL_CLASSES[-1]
     points = {first: {"threshold": 0.0}, last: {"threshold": 1.5}}  # always reached / never reached
@@ -90,9 +90,9 @@ def test_predictions_and_result_rows_carry_the_flags(tmp_path: Path) -> None:
     predictor = Predictor.from_path(model)
     preds = predictor.predict(write_gray_pngs(tmp_path / "png", 2))
     assert [p.above_operating_point for p in preds] == [{first: True, last: False}] * 2
-    row = dict(zip(csv_columns(MODEL_CLASSES), csv_row(preds[0], MODEL_CLASSES, "id"), strict=True))
+    row = dict(zip(csv_columns(MODEL_CLASSES), csv_row(preds[0], MODEL_CLASSES), strict=True))
     assert row["above_operating_point"] == first
-    assert json.loads(json.dumps(json_record(preds[0], "id")))["above_operating_point"] == {
+    assert json.loads(json.dumps(preds[0].to_dict()))["above_operating_point"] == {
         first: True,
         last: False,
     }

@@ -119,6 +119,7 @@ class _ScanJob:
     overwrite: bool
     quiet: bool
     heatmaps: Path | None = None
+    retry_failed: bool = False
 
     @property
     def stream_format(self) -> ResultFormat:
@@ -130,6 +131,10 @@ def _check_scan_options(
 ) -> None:
     if job.resume and job.output is None:
         raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
+    if job.retry_failed and not job.resume:
+        raise ConfigError("--retry-failed goes with --resume", hint="add --resume --output FILE")
+    if job.retry_failed and engine is Engine.ray:
+        raise ConfigError("--retry-failed runs with the local engine only", hint="drop --engine ray")
     if job.resume and job.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
     if engine is Engine.ray and job.heatmaps is not None:
@@ -174,6 +179,9 @@ def scan(
         list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Skip files already in --output and append the rest.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="With --resume: predict again the files whose row is an error.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
     quiet: QuietOpt = False,
     json_out: Annotated[
@@ -233,7 +241,7 @@ def scan(
     setup_logging(verbose)
     job = _ScanJob(
         folder, model, recursive, tuple(include or ()), tuple(exclude or ()), output, json_out, resume,
-        overwrite, quiet, heatmaps,
+        overwrite, quiet, heatmaps, retry_failed,
     )  # fmt: skip
     _check_scan_options(job, engine, address, manifest, split)
     cfg = predictor_config(
@@ -264,6 +272,7 @@ def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
         stream_format=job.stream_format,
         resume=job.resume,
         overwrite=job.overwrite,
+        retry_failed=job.retry_failed,
     )
     with scan_progress(job.output, job.quiet or job.json_out) as hooks:
         result = scan_folder(
@@ -323,7 +332,9 @@ def image(
     threads: ThreadsOpt = None,
     batch_size: BatchOpt = 8,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the predicted class per file.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="One line per file: class, and NOT ASSESSABLE with why.")
+    ] = False,
     strict_provider: StrictOpt = False,
     device_id: DeviceOpt = 0,
     trt_fp16: Fp16Opt = False,
@@ -340,7 +351,7 @@ def image(
     ] = False,
     heatmap_dir: Annotated[Path, typer.Option(help="Folder for the --heatmap overlays.")] = Path("."),
 ) -> None:
-    """Classify the given files and print each result (class, confidence, every class probability).
+    """Classify the given files and print each result (class, probability, every class probability).
 
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.

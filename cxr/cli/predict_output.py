@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor
     from cxr.runtime.ray.scan import RayScanResult
     from cxr.runtime.scan import ScanResult
-    from cxr.runtime.types import Prediction
+    from cxr.spec import Prediction
 
 
 class _EchoHandler(logging.Handler):
@@ -77,11 +77,11 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
     lines += [f"{c:<{width}}  {result.counts.get(c, 0):>5}" for c in classes]
     lines.append(f"{'failed':<{width}}  {result.failed:>5}")
     lines.append(f"{'total':<{width}}  {result.predicted + result.failed:>5}")
-    gate = dict(result.not_assessable)
-    if gate.get("files"):
-        files = gate.pop("files")
-        why = ", ".join(f"{code} {n}" for code, n in sorted(gate.items()))
-        lines.append(f"not assessable (predicted, marked for review): {files} files ({why})")
+    if result.not_assessable_files:
+        why = ", ".join(f"{code} {n}" for code, n in sorted(result.not_assessable.items()))
+        lines.append(
+            f"NOT ASSESSABLE (predicted, review before use): {result.not_assessable_files} files; reasons: {why}"
+        )
     if result.skipped:
         lines.append(f"skipped {result.skipped} files already in {result.output} (--resume)")
     lines.append(
@@ -95,7 +95,7 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
         lines.append(f"failed: {err if err.startswith(path) else f'{path}: {err}'}")
     if result.failed > 5:
         lines.append(f"... and {result.failed - 5} more failures (see the error column)")
-    lines += [f"warning: {w}" for w in warnings]
+    lines += [f"warning: {w}" for w in warnings]  # said before the rows too; repeated beside the totals
     lines.append(NOTICE)
     return "\n".join(lines)
 
@@ -136,11 +136,11 @@ def echo_ray_summary(result: RayScanResult, *, output: Path | None, json_out: bo
 
 
 def format_prediction(p: Prediction) -> str:
-    """One file's result: class, confidence, every class probability (and each member's top class)."""
+    """One file's result: class, probability, every class probability (and each member's top class)."""
     if not p.ok:
         return f"{p.source}\n  error: {p.error}"
     probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
-    lines = [p.source, f"  predicted: {p.label} ({p.confidence:.3f})", f"  probabilities: {probs}"]
+    lines = [p.source, f"  predicted: {p.label} ({p.probability:.3f})", f"  probabilities: {probs}"]
     if p.assessable is False:
         lines.append(
             "  NOT ASSESSABLE (review before use): " + "; ".join(f"{r.code}: {r.message}" for r in p.reasons)
@@ -154,30 +154,33 @@ def format_prediction(p: Prediction) -> str:
     return "\n".join(lines)
 
 
-def _echo_provenance_warnings(predictor: Predictor) -> None:
-    """What trained the model (synthetic data, random weights, no provenance), plainly, on stderr."""
-    for w in predictor.describe()["provenance_warnings"]:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+def quiet_line(p: Prediction) -> str:
+    """``file<TAB>class`` (or ERROR), with NOT ASSESSABLE and the reason codes when the gate said so."""
+    if not p.ok:
+        return f"{p.source}\tERROR"
+    if p.assessable is False:
+        return f"{p.source}\t{p.label}\tNOT ASSESSABLE ({','.join(r.code for r in p.reasons)})"
+    return f"{p.source}\t{p.label}"
 
 
 def echo_image_results(
     predictor: Predictor, preds: Sequence[Prediction], *, json_out: bool, quiet: bool
 ) -> None:
-    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results."""
-    from cxr.runtime.results import json_record
+    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results.
 
+    The model's warnings were logged (stderr) when it was opened, before any result."""
     if json_out:
         doc = {
             "model": predictor.describe(),
-            "predictions": [json_record(p, predictor.model_id) for p in preds],
+            "predictions": [p.to_dict() for p in preds],
             "failed": sum(not p.ok for p in preds),
             "notice": NOTICE,
         }
         typer.echo(json.dumps(doc, indent=2))
-    elif quiet:
+        return
+    if quiet:
         for p in preds:
-            typer.echo(f"{p.source}\t{p.label if p.ok else 'ERROR'}")
-        _echo_provenance_warnings(predictor)
+            typer.echo(quiet_line(p))
         typer.echo(NOTICE, err=True)
     else:
         for p in preds:
@@ -185,7 +188,6 @@ def echo_image_results(
         typer.echo(
             f"provider '{predictor.info.label}', model {predictor.model_id} ({predictor.model_path.name})"
         )
-        _echo_provenance_warnings(predictor)
         typer.echo(NOTICE)
 
 

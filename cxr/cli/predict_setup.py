@@ -69,8 +69,13 @@ def with_heatmaps(
     model: Path, cfg: PredictorConfig, folder: Path, root: Path | None = None
 ) -> tuple[Path, PredictorConfig, OverlayWriter]:
     """The heatmap graph for ``model`` and ``cfg`` with an overlay writer into ``folder`` as its sink."""
-    from cxr.runtime.locate import heatmap_variant
+    from cxr.runtime.locate import HEATMAP_SUFFIX, heatmap_variant
     from cxr.runtime.overlay import OverlayWriter
+    from cxr.session import file_sha256
 
     writer = OverlayWriter(folder, root)
-    return heatmap_variant(model), replace(cfg, heatmap_sink=writer), writer
+    twin = heatmap_variant(model)
+    # the twin computes the same results: they carry the plain model's id, so --resume accepts either
+    plain = model.with_name(model.name.removesuffix(HEATMAP_SUFFIX) + ".onnx")
+    model_id = cfg.model_id or file_sha256(plain if plain.is_file() else model)[:16]
+    return twin, replace(cfg, heatmap_sink=writer, model_id=model_id), writer

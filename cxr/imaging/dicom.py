@@ -28,7 +28,10 @@ from cxr.imaging.pixels import DecodeLimits, scale_to_u8
 
 log = logging.getLogger(__name__)
 
-_JPEG_LIBJPEG = "pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0), or pip install python-gdcm"
+_JPEG_LIBJPEG = (
+    "install the dicom extra (pip install -e '.[dicom]' from a clone: python-gdcm, BSD), or "
+    "pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0)"
+)
 _J2K = (
     "pip install pylibjpeg pylibjpeg-openjpeg, or pip install python-gdcm (or a Pillow built with OpenJPEG)"
 )

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor, PredictorConfig, RawOutput
     from cxr.runtime.results import ResultWriter, open_results
     from cxr.runtime.scan import ScanConfig, ScanResult, find_images, scan_folder
-    from cxr.runtime.types import Prediction
     from cxr.session import SessionConfig, SessionInfo, available_providers, create_session
+    from cxr.spec import Prediction
 
 _EXPORTS = {
     "DecodeLimits": "cxr.imaging.decode",
@@ -40,7 +40,7 @@ _EXPORTS = {
     "SessionInfo": "cxr.session",
     "available_providers": "cxr.session",
     "create_session": "cxr.session",
-    "Prediction": "cxr.runtime.types",
+    "Prediction": "cxr.spec",
 }
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Takes an input item and a result; makes the input gate's verdict: ``assessable`` and the reasons why not.
 
-Four signals, each with a reason code (``cxr.runtime.types.Reason``):
+Four signals, each with a reason code (``cxr.spec.Reason``):
 - DICOM header rules (``cxr.imaging.gate``): modality, body part and view position, read from the header
   of a file that looks like DICOM; a PNG or JPEG has no header to check.
 - ``members_disagree``: fewer than half of the ensemble's members give the ensemble's class as their own
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.runtime.types import Prediction, Reason
+from cxr.spec import Prediction, Reason
 
 log = logging.getLogger(__name__)
 

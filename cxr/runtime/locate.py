@@ -29,10 +29,7 @@ def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str]
     """The model path to use (see the module docstring for the order)."""
     env = os.environ if environ is None else environ
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist", hint=HOW_TO_GET_A_MODEL, path=path)
-        return path
+        return check_model_file(Path(explicit).expanduser())
     if env.get(MODEL_ENV):
         path = Path(env[MODEL_ENV]).expanduser()
         if not path.is_file():
@@ -54,6 +51,31 @@ def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str]
 
 
 HEATMAP_SUFFIX = ".heatmaps.onnx"
+
+
+def check_model_file(path: Path) -> Path:
+    """``path`` if it can be an ONNX model; a folder, a missing file or a text file is refused with what to
+    pass instead."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.onnx"))[:5]
+        found = f"; it holds {', '.join(inside)}" if inside else "; it holds no .onnx file"
+        raise ModelError(
+            f"--model {path} is a folder, not a model file{found}",
+            hint="pass the model file itself, e.g. --model RUN_DIR/ensemble.onnx",
+            path=path,
+        )
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist", hint=HOW_TO_GET_A_MODEL, path=path)
+    with path.open("rb") as f:
+        head = f.read(256)
+    # an ONNX file is a protobuf ModelProto: binary, and nearly always opens with field 1 (ir_version)
+    if head and head[0] != 0x08 and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        raise ModelError(
+            f"{path} is a text file, not an ONNX model",
+            hint="pass the .onnx file that `cxr fuse` or `cxr export` wrote (e.g. runs/demo/ensemble.onnx)",
+            path=path,
+        )
+    return path
 
 
 def heatmap_variant(model: Path) -> Path:

@@ -1,26 +1,27 @@
-"""Heatmap overlay PNGs a reader can take in at a glance: the radiograph, where the ensemble looked, the result.
+"""The picture a clinician reads beside the radiograph: the image at its own aspect ratio, the result, the notice.
 
-Takes: the uint8 gray image the model saw [H, W], the ensemble's heatmap for the predicted class [H, W] in
-[0, 1] (``heatmap`` output of ``ensemble.heatmaps.onnx``) and the image's ``Prediction``. Makes: an RGB
-``PIL.Image`` (``render_overlay``) with the map blended over the radiograph (transparent where the map is
-low), a colour bar legend, the class and probability (or "NOT ASSESSABLE" with the reasons) and the
-decision-support notice burnt in; ``overlay_name`` gives each source file a unique overlay file name.
-Numpy and Pillow only (the torch-free runtime); the colour map is matplotlib's "inferno", sampled at nine
-points (matplotlib is not a runtime dependency).
+Takes: the decoded uint8 gray image at its own size [H, W], its ``Prediction`` and, optionally, the ensemble's
+heatmap for the predicted class ([h, w] in [0, 1], the ``heatmap`` output of ``ensemble.heatmaps.onnx`` at the
+model's input size). Makes: an RGB ``PIL.Image`` (``render_overlay``): the radiograph (longest side between
+``MIN_SIDE`` and ``MAX_SIDE``), the map resampled onto it (transparent where low) with a colour-bar legend, and a
+caption laid out with the font's own metrics: the class and probability (or NOT ASSESSABLE and why), the file
+name, model id and date, the model's warnings and the decision-support notice. One renderer for
+``cxr-predict``, the API and DICOM secondary captures. Numpy and Pillow only; the colour map is matplotlib's
+"inferno" sampled at nine points (matplotlib is not a runtime dependency).
 """
 
 from __future__ import annotations
 
 import io
 import re
-import textwrap
-from pathlib import Path
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cxr.labels import NOTICE
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 _INFERNO = np.array(  # matplotlib's inferno at 0, 1/8, ..., 1
     [
@@ -36,8 +37,14 @@ _INFERNO = np.array(  # matplotlib's inferno at 0, 1/8, ..., 1
     ],
     dtype=np.float64,
 )
-MIN_SIDE = 448  # overlays are drawn at least this large so the text stays legible
+MIN_SIDE = 768  # smaller radiographs are enlarged to this longest side so that the caption stays legible
+MAX_SIDE = 1024  # larger ones are reduced to it
 ALPHA = 0.6  # opacity of the map where it is 1 (it fades to 0 where the map is 0)
+_FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+_BOLD_FILES = ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+BLACK, GREY, RED, ORANGE = (0, 0, 0), (70, 70, 70), (170, 0, 0), (160, 80, 0)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -49,67 +56,153 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.round(_INFERNO[lo] * (1 - frac) + _INFERNO[hi] * frac).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _font(size: int, bold: bool = False) -> Font:
+    """DejaVu Sans where the system has it, else Pillow's own scalable default font."""
+    for name in _BOLD_FILES if bold else _FONT_FILES:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one fixed bitmap size
         return ImageFont.load_default()
 
 
-def render_overlay(gray: np.ndarray, heat: np.ndarray, pred: Prediction) -> Image.Image:
-    """The overlay image (see the module docstring)."""
-    h, w = gray.shape
-    scale = max(1, int(np.ceil(MIN_SIDE / max(h, w))))
-    base = Image.fromarray(gray, mode="L").resize((w * scale, h * scale), Image.Resampling.BILINEAR)
-    heat_img = Image.fromarray(np.clip(heat, 0.0, 1.0).astype(np.float32), mode="F")
-    heat_up = np.asarray(heat_img.resize(base.size, Image.Resampling.BILINEAR), dtype=np.float64)
+def wrap(text: str, font: Font, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a longer word alone)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            trial = f"{line} {word}" if line else word
+            if line and font.getlength(trial) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def _display_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(width, height) at the image's own aspect ratio, its longest side within [MIN_SIDE, max_side]."""
+    longest = max(h, w)
+    target = min(max(longest, min(MIN_SIDE, max_side)), max_side)
+    scale = target / longest
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def headline(pred: Prediction) -> tuple[str, tuple[int, int, int]]:
+    """The result in one line, and its colour: class and probability, or NOT ASSESSABLE and why."""
+    if not pred.ok:
+        return f"NO RESULT: {pred.error}", RED
+    label = pred.label or "no result"
+    prob = f"{pred.probability:.2f}" if pred.probability is not None else "-"
+    if pred.assessable is False:
+        why = ", ".join(r.code for r in pred.reasons) or "outside what the model is for"
+        return f"NOT ASSESSABLE ({why}) - review the image; model output {label} {prob}", RED
+    above = (pred.above_operating_point or {}).get(label)
+    point = (
+        "" if above is None else (" - above its operating point" if above else " - below its operating point")
+    )
+    return f"Model output: {label} {prob}{point}", BLACK
+
+
+def render_overlay(
+    image: np.ndarray,
+    pred: Prediction,
+    heat: np.ndarray | None = None,
+    *,
+    when: datetime | None = None,
+    max_side: int = MAX_SIDE,
+) -> Image.Image:
+    """The overlay image (see the module docstring); ``when`` is the date shown (default: now, UTC)."""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise TypeError(
+            f"render_overlay takes a uint8 gray [H, W] image, got {image.dtype} {list(image.shape)}"
+        )
+    h, w = image.shape
+    size = _display_size(h, w, max_side)
+    base = Image.fromarray(image, mode="L").resize(size, Image.Resampling.LANCZOS)
     rgb = np.repeat(np.asarray(base, dtype=np.float64)[..., None], 3, axis=2)
-    alpha = (ALPHA * heat_up)[..., None]
-    blended = (rgb * (1 - alpha) + colormap(heat_up) * alpha).round().astype(np.uint8)
-    img_w, img_h = base.size
-    bar_w, pad, font_px = 18, 10, max(12, img_w // 36)
-    font, small = _font(font_px), _font(max(10, font_px - 3))
-    notice_lines = textwrap.wrap(NOTICE, width=max(40, int(img_w / (font_px * 0.5))))
-    head_h = 2 * (font_px + 6) + pad
-    foot_h = len(notice_lines) * (font_px + 2) + 2 * pad
-    canvas = Image.new("RGB", (img_w + bar_w + 6 * pad, img_h + head_h + foot_h), (255, 255, 255))
-    canvas.paste(Image.fromarray(blended, mode="RGB"), (pad, head_h))
+    if heat is not None:
+        heat_img = Image.fromarray(np.clip(np.nan_to_num(heat), 0.0, 1.0).astype(np.float32), mode="F")
+        heat_up = np.asarray(heat_img.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+        alpha = (ALPHA * heat_up)[..., None]
+        rgb = rgb * (1 - alpha) + colormap(heat_up) * alpha
+    picture = Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
+
+    img_w, img_h = size
+    pad, font_px = 12, max(15, img_w // 48)
+    bar_w = 16 if heat is not None else 0
+    legend_w = bar_w + 8 + int(_font(font_px - 2).getlength("high")) + pad if heat is not None else 0
+    width = pad + img_w + legend_w + pad
+    text_w = width - 2 * pad
+    title_font, font, small = _font(font_px + 2, bold=True), _font(font_px), _font(font_px - 2)
+    title, colour = headline(pred)
+    stamp = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    name = PurePath(pred.source).name or pred.source
+    details = f"{name} | model {pred.model_id or 'unknown'} | {stamp}"
+    blocks: list[tuple[list[str], Font, tuple[int, int, int]]] = [
+        (wrap(title, title_font, text_w), title_font, colour),
+        (wrap(details, small, text_w), small, GREY),
+    ]
+    if heat is not None:
+        blocks.append(
+            (
+                wrap(f"Colour: where the ensemble looked for {pred.label} (not a finding, not a segmentation).",
+                     small, text_w),
+                small,
+                GREY,
+            )
+        )  # fmt: skip
+    footer: list[tuple[list[str], Font, tuple[int, int, int]]] = [
+        (wrap(f"Warning: {w}", small, text_w), small, ORANGE) for w in pred.warnings
+    ]
+    footer.append((wrap(pred.notice, font, text_w), font, RED))
+
+    def height(parts: Sequence[tuple[list[str], Font, tuple[int, int, int]]]) -> int:
+        return sum(len(lines) * _line_height(f) for lines, f, _ in parts) + pad * len(parts)
+
+    head_h, foot_h = pad + height(blocks), height(footer) + pad
+    canvas = Image.new("RGB", (width, head_h + img_h + foot_h), (255, 255, 255))
+    canvas.paste(picture, (pad, head_h))
     draw = ImageDraw.Draw(canvas)
-    title, detail, colour = _headline(pred)
-    draw.text((pad, pad // 2), title, fill=colour, font=font)
-    draw.text((pad, pad // 2 + font_px + 6), detail, fill=(60, 60, 60), font=small)
-    # the legend: a vertical colour bar, high at the top
-    bar = colormap(np.linspace(1.0, 0.0, img_h))[:, None, :].repeat(bar_w, axis=1)
-    x_bar = img_w + 2 * pad
-    canvas.paste(Image.fromarray(bar, mode="RGB"), (x_bar, head_h))
-    draw.text((x_bar + bar_w + 3, head_h), "high", fill=(0, 0, 0), font=small)
-    draw.text((x_bar + bar_w + 3, head_h + img_h - font_px), "low", fill=(0, 0, 0), font=small)
-    y = head_h + img_h + pad
-    for line in notice_lines:
-        draw.text((pad, y), line, fill=(150, 0, 0), font=small)
-        y += font_px + 2
+    _draw_blocks(draw, blocks, pad, pad)
+    _draw_blocks(draw, footer, pad, head_h + img_h + pad)
+    if heat is not None:
+        bar = colormap(np.linspace(1.0, 0.0, img_h))[:, None, :].repeat(bar_w, axis=1)
+        x_bar = pad + img_w + 8
+        canvas.paste(Image.fromarray(bar, mode="RGB"), (x_bar, head_h))
+        draw.text((x_bar + bar_w + 4, head_h), "high", fill=BLACK, font=small)
+        draw.text((x_bar + bar_w + 4, head_h + img_h - _line_height(small)), "low", fill=BLACK, font=small)
     return canvas
 
 
-def _headline(pred: Prediction) -> tuple[str, str, tuple[int, int, int]]:
-    """(title, detail line, title colour) for the prediction."""
-    label = pred.label or "no result"
-    prob = f"{pred.confidence:.2f}" if pred.confidence is not None else "-"
-    detail = "map: where the ensemble looked for this class (not a finding, not a segmentation)"
-    if pred.assessable is False:
-        why = "; ".join(r.code for r in pred.reasons) or "outside what the model is for"
-        return f"NOT ASSESSABLE ({why}) - model output {label} {prob}", detail, (180, 0, 0)
-    above = (pred.above_operating_point or {}).get(label)
-    point = (
-        "" if above is None else (" (above its operating point)" if above else " (below its operating point)")
-    )
-    return f"model output: {label} {prob}{point}", detail, (0, 0, 0)
+def _line_height(font: Font) -> int:
+    top, bottom = font.getbbox("Ag")[1::2]
+    return int(bottom - top) + 6
 
 
-def overlay_png(gray: np.ndarray, heat: np.ndarray, pred: Prediction) -> bytes:
+def _draw_blocks(
+    draw: ImageDraw.ImageDraw,
+    blocks: Sequence[tuple[list[str], Font, tuple[int, int, int]]],
+    x: int,
+    y: int,
+) -> int:
+    for lines, font, colour in blocks:
+        for line in lines:
+            draw.text((x, y), line, fill=colour, font=font)
+            y += _line_height(font)
+        y += 12
+    return y
+
+
+def overlay_png(image: np.ndarray, pred: Prediction, heat: np.ndarray | None = None) -> bytes:
     """``render_overlay`` encoded as PNG bytes (the API's answer)."""
     buf = io.BytesIO()
-    render_overlay(gray, heat, pred).save(buf, format="PNG")
+    render_overlay(image, pred, heat).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -137,11 +230,11 @@ class OverlayWriter:
         self.written: dict[str, Path] = {}
         self.failed: dict[str, str] = {}
 
-    def __call__(self, pred: Prediction, gray: np.ndarray, heat: np.ndarray) -> None:
+    def __call__(self, pred: Prediction, image: np.ndarray, heat: np.ndarray) -> None:
         path = self.folder / overlay_name(pred.source, self.root)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            render_overlay(gray, heat, pred).save(path, format="PNG")
+            render_overlay(image, pred, heat).save(path, format="PNG")
         except OSError as e:
             self.failed[pred.source] = f"cannot write {path}: {e.strerror or e}"
             return

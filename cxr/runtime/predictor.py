@@ -1,8 +1,9 @@
 """The torch-free runtime: one small class that runs a cxr ONNX model (fused ensemble or single member).
 
-Takes: a cxr ONNX file (metadata written by ``cxr export`` / ``cxr fuse``) and images (paths, bytes, or
-decoded uint8 grayscale arrays) and a ``PredictorConfig`` (``cxr.runtime.predictor_config``). Makes: ``Prediction`` objects (class, confidence, every class probability,
-member probabilities when the model has them, provider really used, timing, error). The session is
+Takes: a cxr ONNX file (metadata written by ``cxr export`` / ``cxr fuse``), images (paths, bytes, PIL
+images, uint8 grayscale or RGB arrays) and a ``PredictorConfig`` (``cxr.runtime.predictor_config``).
+Makes: ``Prediction`` objects, the result schema of ``cxr.spec`` (class, probability, every class
+probability, member probabilities, the input gate's verdict, provider really used, timing, warnings, error). The session is
 onnxruntime's, or OpenVINO's behind the same API (``provider="openvino"``, see ``cxr.openvino_session``).
 Class list and preprocessing come from the model's metadata; a file without it is refused.
 ``iter_predict`` is the streaming form used by folder scans: a thread pool decodes and resizes batch k+1
@@ -17,10 +18,11 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import islice
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -44,17 +46,26 @@ from cxr.runtime.predictor_config import (
     RawOutput,
     auto_decode_workers,
 )
-from cxr.runtime.types import Prediction, Reason
+from cxr.runtime.results import ResultLayout
 from cxr.session import SessionInfo, create_session, file_sha256
-from cxr.spec import ModelMetadata, provenance_warnings, softmax
+from cxr.spec import ModelMetadata, Prediction, Reason, provenance_warnings, softmax
 
 log = logging.getLogger(__name__)
 
 Item = Path | str | bytes | np.ndarray
+"""One input: a file path, the file's bytes, or a decoded uint8 gray [H, W] array (PIL images and uint8 RGB
+[H, W, 3] arrays are converted to gray by ``predict``)."""
 
 
-# (resized image, None, gate reasons) or (None, error message, ())
-_Loaded = tuple[np.ndarray | None, str | None, tuple[Reason, ...]]
+@dataclass(frozen=True)
+class _Loaded:
+    """One decoded input: the model-size image (None on error), the original when a sink wants it."""
+
+    image: np.ndarray | None
+    error: str | None = None
+    reasons: tuple[Reason, ...] = ()
+    original: np.ndarray | None = None
+
 
 __all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "Predictor", "PredictorConfig", "RawOutput", "auto_decode_workers"]
 
@@ -67,7 +78,7 @@ class Predictor:
         self.info = info
         self.metadata = metadata
         self.cfg = cfg
-        self.model_id = file_sha256(path)[:16]
+        self.model_id = cfg.model_id or file_sha256(path)[:16]
         sess = info.session
         inputs = sess.get_inputs()
         if len(inputs) != 1:
@@ -105,6 +116,9 @@ class Predictor:
             )
         self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
         self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
+        self.warnings = provenance_warnings(metadata.card)
+        for warning in self.warnings:
+            log.warning("%s: %s", path.name, warning)
 
     @classmethod
     def from_path(
@@ -170,6 +184,12 @@ class Predictor:
             return self.cfg.pad_batches
         return self.provider == "tensorrt"
 
+    @property
+    def result_layout(self) -> ResultLayout:
+        """The classes, members and model id that shape this model's result files."""
+        members = self.member_names if self._members_output else ()
+        return ResultLayout(self.classes, self.model_id, members)
+
     def describe(self) -> dict[str, Any]:
         """What a result file or an API response says about the model and where it runs."""
         return {
@@ -186,7 +206,7 @@ class Predictor:
             "device": self.info.device,
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
-            "provenance_warnings": list(provenance_warnings(self.metadata.card)),
+            "provenance_warnings": list(self.warnings),
             "operating_points": self.metadata.card.get("operating_points") or {},
             "calibration": self.metadata.card.get("calibration"),
             "ood_threshold": self.ood_threshold,  # None: the graph has no out-of-distribution score
@@ -198,7 +218,8 @@ class Predictor:
         if isinstance(item, np.ndarray):
             if item.ndim != 2 or item.dtype != np.uint8:
                 raise DecodeError(
-                    f"array input must be uint8 [H, W] grayscale, got {item.dtype} {item.shape}"
+                    f"array input must be uint8 [H, W] grayscale, got {item.dtype} {item.shape}",
+                    hint="convert it with numpy (e.g. .astype(np.uint8)), or pass the file's path",
                 )
             return item
         return decode_gray(item, self.cfg.limits)
@@ -258,13 +279,17 @@ class Predictor:
                 Prediction(
                     source=src,
                     label=self.classes[k],
-                    confidence=float(p[k]),
+                    probability=float(p[k]),
                     probabilities=probabilities,
                     member_probabilities=members,
-                    provider=self.provider,
-                    seconds=per_image,
                     above_operating_point=above_operating_points(probabilities, flags) if flags else None,
                     assessable=True,
+                    ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
+                    model_id=self.model_id,
+                    precision=self.info.precision,
+                    provider=self.provider,
+                    seconds=per_image,
+                    warnings=self.warnings,
                 )
             )
             reasons = []
@@ -296,27 +321,33 @@ class Predictor:
         return preds, out.heatmaps
 
     def _send_heatmaps(
-        self, preds: Sequence[Prediction], grays: Sequence[np.ndarray], heat: np.ndarray | None
+        self, preds: Sequence[Prediction], originals: Sequence[np.ndarray], heat: np.ndarray | None
     ) -> None:
+        """Hand each image (at its own size) and its heatmap to the sink."""
         sink = self.cfg.heatmap_sink
         if sink is None or heat is None:
             return
-        for pred, gray, h in zip(preds, grays, heat, strict=True):
-            sink(pred, resize_gray(gray, self.metadata.preprocess), h)
+        for pred, original, h in zip(preds, originals, heat, strict=True):
+            sink(pred, original, h)
 
     def load(self, item: Item) -> np.ndarray:
         """Decode one item and resize it to the model's input size (the per-image work of a batch)."""
         return resize_gray(self.decode(item), self.metadata.preprocess)
 
     def _load_safe(self, item: Item, name: str) -> _Loaded:
+        original = None
         try:
-            image = self.load(item)
+            if self.cfg.heatmap_sink is None:
+                image = self.load(item)
+            else:  # the sink draws on the image at its own size
+                original = self.decode(item)
+                image = resize_gray(original, self.metadata.preprocess)
         except CxrError as e:
-            return None, e.message if not e.hint else f"{e.message} (hint: {e.hint})", ()
+            return _Loaded(None, e.message if not e.hint else f"{e.message} (hint: {e.hint})")
         except Exception as e:  # one unreadable file must never end a scan: it becomes an error row
             log.debug("unexpected error decoding %s", name, exc_info=True)
-            return None, f"{name}: unexpected {type(e).__name__} while decoding: {e}", ()
-        return image, None, header_reasons(item)
+            return _Loaded(None, f"{name}: unexpected {type(e).__name__} while decoding: {e}")
+        return _Loaded(image, None, header_reasons(item), original)
 
     def iter_predict(
         self, items: Iterable[Item], names: Iterable[str] | None = None
@@ -365,21 +396,87 @@ class Predictor:
         finally:  # on Ctrl-C or an abandoned generator, drop the decodes not yet started
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _error_row(self, source: str, error: str) -> Prediction:
+        return Prediction(
+            source,
+            None,
+            None,
+            model_id=self.model_id,
+            precision=self.info.precision,
+            provider=self.provider,
+            warnings=self.warnings,
+            error=error,
+        )
+
     def _predict_loaded(self, loaded: Sequence[tuple[str, _Loaded]]) -> list[Prediction]:
-        good = [(i, arr) for i, (_, (arr, _err, _why)) in enumerate(loaded) if arr is not None]
-        out: list[Prediction] = [
-            Prediction(name, None, None, provider=self.provider, error=err or "unknown error")
-            for name, (_, err, _why) in loaded
-        ]
+        out = [self._error_row(name, one.error or "unknown error") for name, one in loaded]
+        good = [(i, one) for i, (_, one) in enumerate(loaded) if one.image is not None]
         if good:
-            grays = [a for _, a in good]
+            grays = [one.image for _, one in good if one.image is not None]
             preds, heat = self._predict_raw(grays, [loaded[i][0] for i, _ in good])
-            preds = [with_reasons(pred, loaded[i][1][2]) for (i, _), pred in zip(good, preds, strict=True)]
-            self._send_heatmaps(preds, grays, heat)
+            preds = [with_reasons(pred, one.reasons) for (_, one), pred in zip(good, preds, strict=True)]
+            originals = [one.original if one.original is not None else one.image for _, one in good]
+            self._send_heatmaps(preds, [o for o in originals if o is not None], heat)
             for (i, _), pred in zip(good, preds, strict=True):
                 out[i] = pred
         return out
 
-    def predict(self, items: Sequence[Item]) -> list[Prediction]:
-        """Decode (in a thread pool) and predict; unreadable items get a Prediction with ``error`` set."""
-        return [p for batch in self.iter_predict(items) for p in batch]
+    @overload
+    def predict(self, items: Item | PathLike[str]) -> Prediction: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def predict(self, items: Sequence[Item | PathLike[str]]) -> list[Prediction]: ...
+
+    def predict(self, items: Any) -> Prediction | list[Prediction]:
+        """Decode (in a thread pool) and predict one input or a sequence of them.
+
+        One input (a path, bytes, a PIL image, a uint8 gray or RGB array) gives one ``Prediction``; a list or
+        tuple gives a list. An input that cannot be read gives a ``Prediction`` with ``error`` set; a value
+        that is no input at all (a number, a float array, a dict) raises ``TypeError``.
+        """
+        if _is_single(items):
+            return self.predict([items])[0]
+        if not isinstance(items, Sequence):
+            raise TypeError(
+                f"predict takes a path, bytes, a PIL image, a uint8 array or a list of them, got "
+                f"{type(items).__name__}"
+            )
+        return [p for batch in self.iter_predict([as_item(i) for i in items]) for p in batch]
+
+
+def _is_single(value: Any) -> bool:
+    return isinstance(value, str | bytes | bytearray | PathLike | np.ndarray) or _is_pil(value)
+
+
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.") and hasattr(value, "convert")
+
+
+def as_item(value: Any) -> Item:
+    """One ``predict`` input as an ``Item``: PIL images and uint8 RGB arrays become uint8 gray arrays.
+
+    Raises ``TypeError`` for a value that is no image input (what was given, what is accepted).
+    """
+    if isinstance(value, str | bytes | Path):
+        return value
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, PathLike):
+        return Path(value)
+    if _is_pil(value):
+        return np.asarray(value.convert("L"), dtype=np.uint8)
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4):
+            from PIL import Image
+
+            return np.asarray(Image.fromarray(value[..., :3], mode="RGB").convert("L"), dtype=np.uint8)
+        if value.dtype == np.uint8 and value.ndim == 2:
+            return value
+        raise TypeError(
+            f"an array input must be uint8 gray [H, W] or uint8 RGB [H, W, 3], got {value.dtype} "
+            f"{list(value.shape)}: scale it to 0..255 and convert with .astype(np.uint8)"
+        )
+    raise TypeError(
+        f"predict cannot read a {type(value).__name__} ({value!r:.60}): pass a path, bytes, a PIL image or a "
+        "uint8 array"
+    )

@@ -13,8 +13,8 @@ import numpy as np
 
 from cxr.errors import ModelError
 from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits
-from cxr.runtime.types import Prediction
 from cxr.session import SessionConfig
+from cxr.spec import Prediction
 
 __all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "PredictorConfig", "RawOutput", "auto_decode_workers"]
 
@@ -31,8 +31,11 @@ class PredictorConfig:
     prefetch_batches: int = 2  # batches decoded ahead of the one running
     pad_batches: bool | None = None  # pad the last batch to batch_size; None: only on TensorRT (no rebuild)
     # given: the model must have the 'heatmap' output (ensemble.heatmaps.onnx); called per predicted image
-    # with (prediction, the gray image the model saw, its heatmap), e.g. to write an overlay
+    # with (prediction, the decoded gray image at its own size, its heatmap [H, W] of the model's input)
     heatmap_sink: Callable[[Prediction, np.ndarray, np.ndarray], None] | None = None
+    # the model id results carry (None: this file's); a heatmap twin carries its plain model's, so that
+    # results of both are one model's for --resume
+    model_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

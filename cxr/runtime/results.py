@@ -1,12 +1,13 @@
 """Result files of a folder scan: one row per input file, written batch by batch, readable for ``--resume``.
 
-Takes: ``Prediction`` objects, the model's classes and id, and an output (a ``.csv`` or ``.jsonl`` path, or
-a text stream). Makes: rows with ``path, predicted_class, confidence, p:<class>..., error, provider,
-model_id, seconds, above_operating_point, assessable, reasons, notice`` (CSV: the classes at or above their
-operating point, the input gate's verdict and its reason codes; JSONL has the reasons' messages too), or the same as JSON objects with nested ``probabilities`` and
-``member_probabilities`` (JSONL). Every batch is flushed, so an interrupted scan keeps every finished row;
-a half-written last line is cut off before a resumed scan appends. A file written by another model or for
-another class list is refused on resume.
+Takes: ``Prediction`` objects, the model's classes, members and id, and an output (a ``.csv`` or ``.jsonl``
+path, or a text stream). Makes: one JSON object per line (JSONL: ``Prediction.to_dict()``, the result
+schema of ``cxr.spec``), or CSV rows with the same fields flattened (``csv_columns``): each class's
+probability as ``probabilities.<class>``, each member's as ``member_probabilities.<member>.<class>``, the
+classes at or above their operating point, the reason codes and the warnings ``;``-joined. Every batch is
+flushed, so an interrupted scan keeps every finished row; a half-written last line is cut off before a
+resumed scan appends. A file written by another model or for another class list is refused on resume;
+``retry_failed`` drops the error rows so their files are predicted again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from cxr.errors import ConfigError, DataError
-from cxr.runtime.types import Prediction
+from cxr.spec import RESULT_FIELDS, Prediction
 
 ResultFormat = Literal["csv", "jsonl"]
 SUFFIX_FORMATS: dict[str, ResultFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -37,43 +38,51 @@ def result_format(path: Path) -> ResultFormat:
     return fmt
 
 
-def csv_columns(classes: Sequence[str]) -> list[str]:
-    return [
-        "path",
-        "predicted_class",
-        "confidence",
-        *[f"p:{c}" for c in classes],
-        "error",
-        "provider",
-        "model_id",
-        "seconds",
-        "above_operating_point",
-        "assessable",
-        "reasons",
-        "notice",
-    ]
+def csv_columns(classes: Sequence[str], members: Sequence[str] = ()) -> list[str]:
+    """The CSV header: ``RESULT_FIELDS`` with the probability maps flattened per class (and member)."""
+    columns: list[str] = []
+    for name in RESULT_FIELDS:
+        if name == "probabilities":
+            columns += [f"probabilities.{c}" for c in classes]
+        elif name == "member_probabilities":
+            columns += [f"member_probabilities.{m}.{c}" for m in members for c in classes]
+        else:
+            columns.append(name)
+    return columns
 
 
-def _one_line(text: str | None) -> str:
-    return "" if not text else " ".join(text.split())
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    return " ".join(str(value).split())
 
 
-def csv_row(pred: Prediction, classes: Sequence[str], model_id: str) -> list[str]:
-    probs = [repr(float(pred.probabilities[c])) if pred.ok else "" for c in classes]
-    return [
-        pred.source,
-        pred.label or "",
-        "" if pred.confidence is None else repr(float(pred.confidence)),
-        *probs,
-        _one_line(pred.error),
-        pred.provider,
-        model_id,
-        f"{pred.seconds:.6f}",
-        flagged_classes(pred),
-        "" if pred.assessable is None else str(pred.assessable).lower(),
-        ";".join(r.code for r in pred.reasons),
-        pred.notice,
-    ]
+def csv_row(pred: Prediction, classes: Sequence[str], members: Sequence[str] = ()) -> list[str]:
+    """``pred`` as one CSV row under ``csv_columns(classes, members)``."""
+    record = pred.to_dict()
+    member_probs = record["member_probabilities"] or {}
+    row: list[str] = []
+    for name in RESULT_FIELDS:
+        value = record[name]
+        if name == "probabilities":
+            row += [_cell(value.get(c)) for c in classes]
+        elif name == "member_probabilities":
+            row += [_cell(member_probs.get(m, {}).get(c)) for m in members for c in classes]
+        elif name == "above_operating_point":
+            row.append(flagged_classes(pred))
+        elif name == "reasons":
+            row.append(";".join(r.code for r in pred.reasons))
+        elif name == "warnings":
+            row.append(";".join(pred.warnings))
+        elif name == "seconds":
+            row.append(f"{pred.seconds:.6f}")
+        else:
+            row.append(_cell(value))
+    return row
 
 
 def flagged_classes(pred: Prediction) -> str:
@@ -82,50 +91,46 @@ def flagged_classes(pred: Prediction) -> str:
     return ";".join(c for c, above in flags.items() if above)
 
 
-def json_record(pred: Prediction, model_id: str) -> dict[str, Any]:
-    d = pred.to_dict()
-    return {
-        "path": d.pop("source"),
-        "predicted_class": d.pop("label"),
-        **d,
-        "error": None if pred.error is None else _one_line(pred.error),
-        "model_id": model_id,
-    }
+@dataclass(frozen=True)
+class ResultLayout:
+    """What shapes a result file and identifies its model: classes, members (CSV columns) and model id."""
+
+    classes: tuple[str, ...]
+    model_id: str
+    members: tuple[str, ...] = ()
 
 
 class ResultWriter:
     """Write prediction rows to a text stream in one format, flushing after every batch."""
 
-    def __init__(
-        self, stream: TextIO, fmt: ResultFormat, classes: Sequence[str], model_id: str, *, header: bool
-    ) -> None:
+    def __init__(self, stream: TextIO, fmt: ResultFormat, layout: ResultLayout, *, header: bool) -> None:
         self.stream = stream
         self.fmt = fmt
-        self.classes = tuple(classes)
-        self.model_id = model_id
+        self.layout = layout
         self.rows = 0
         self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if header and self._csv is not None:
-            self._csv.writerow(csv_columns(self.classes))
+            self._csv.writerow(csv_columns(layout.classes, layout.members))
             stream.flush()
 
     def write(self, preds: Sequence[Prediction]) -> None:
         for p in preds:
             if self._csv is not None:
-                self._csv.writerow(csv_row(p, self.classes, self.model_id))
+                self._csv.writerow(csv_row(p, self.layout.classes, self.layout.members))
             else:
-                self.stream.write(json.dumps(json_record(p, self.model_id), ensure_ascii=False) + "\n")
+                self.stream.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
             self.rows += 1
         self.stream.flush()
 
 
 @dataclass(frozen=True)
 class PreviousResults:
-    """What an existing result file already holds (for ``--resume``)."""
+    """What an existing result file already holds (for ``--resume``): the paths done and the failures."""
 
     paths: frozenset[str]
     rows: int
     failed: int
+    retried: int = 0  # error rows dropped so that their files run again (``retry_failed``)
 
 
 def _cut_partial_last_line(path: Path) -> None:
@@ -150,41 +155,55 @@ def _refuse(path: Path, what: str) -> DataError:
     )
 
 
-def read_previous(path: Path, fmt: ResultFormat, classes: Sequence[str], model_id: str) -> PreviousResults:
-    """Read the paths already in ``path``; refuse a file from another model or class list."""
+def _records(path: Path, fmt: ResultFormat, layout: ResultLayout) -> list[tuple[str, dict[str, Any]]]:
+    """Each row of ``path`` as (its text line, its source/error/model_id); refuse another model's file."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if fmt == "csv":
+        if not lines:
+            return []
+        header = next(csv.reader(lines[:1]))
+        if header != csv_columns(layout.classes, layout.members):
+            raise _refuse(path, f"its columns {header} are not those of this model's results")
+        i_src, i_err, i_model = header.index("source"), header.index("error"), header.index("model_id")
+        rows = [(line, next(csv.reader([line]), [])) for line in lines[1:]]
+        return [
+            (line, {"source": r[i_src], "error": r[i_err], "model_id": r[i_model]}) for line, r in rows if r
+        ]
+    return [(line, json.loads(line)) for line in lines if line.strip()]
+
+
+def read_previous(
+    path: Path, fmt: ResultFormat, layout: ResultLayout, *, retry_failed: bool = False
+) -> PreviousResults:
+    """Read the sources already in ``path``; refuse a file from another model or class list.
+
+    With ``retry_failed``, rows with an error are removed from the file (rewritten atomically) so that
+    their files are predicted again.
+    """
     _cut_partial_last_line(path)
-    paths: set[str] = set()
-    rows = failed = 0
-    with path.open(newline="", encoding="utf-8") as f:
-        if fmt == "csv":
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                return PreviousResults(frozenset(), 0, 0)
-            if header != csv_columns(classes):
+    try:
+        records = _records(path, fmt, layout)
+        for _, rec in records:
+            if rec.get("model_id") != layout.model_id:
                 raise _refuse(
-                    path, f"its columns {header} are not those of this model's classes {list(classes)}"
+                    path, f"it was written by model {rec.get('model_id')!r}, this is {layout.model_id!r}"
                 )
-            i_path, i_err, i_model = header.index("path"), header.index("error"), header.index("model_id")
-            records = ({"path": r[i_path], "error": r[i_err], "model_id": r[i_model]} for r in reader if r)
-        else:
-            records = (json.loads(line) for line in f if line.strip())
-        try:
-            for rec in records:
-                if rec.get("model_id") != model_id:
-                    raise _refuse(
-                        path, f"it was written by model {rec.get('model_id')!r}, this is {model_id!r}"
-                    )
-                paths.add(str(rec["path"]))
-                rows += 1
-                failed += bool(rec.get("error"))
-        except (json.JSONDecodeError, KeyError, IndexError, AttributeError) as e:
-            raise _refuse(path, f"it is not a cxr result file ({type(e).__name__}: {e})") from e
-    return PreviousResults(frozenset(paths), rows, failed)
+        done = [(line, rec) for line, rec in records if not (retry_failed and rec.get("error"))]
+        sources = frozenset(str(rec["source"]) for _, rec in done)
+    except (json.JSONDecodeError, KeyError, IndexError, AttributeError, ValueError, csv.Error) as e:
+        raise _refuse(path, f"it is not a cxr result file ({type(e).__name__}: {e})") from e
+    retried = len(records) - len(done)
+    if retried:
+        head = path.read_text(encoding="utf-8").splitlines(keepends=True)[:1] if fmt == "csv" else []
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join([*head, *(line for line, _ in done)]), encoding="utf-8")
+        os.replace(tmp, path)
+    failed = sum(bool(rec.get("error")) for _, rec in done)
+    return PreviousResults(sources, len(done), failed, retried)
 
 
 def open_results(
-    path: Path, classes: Sequence[str], model_id: str, *, resume: bool, overwrite: bool
+    path: Path, layout: ResultLayout, *, resume: bool, overwrite: bool, retry_failed: bool = False
 ) -> tuple[ResultWriter, PreviousResults]:
     """Open ``path`` for writing (new, overwritten, or appended to on resume) and say what it already holds."""
     fmt = result_format(path)
@@ -196,29 +215,29 @@ def open_results(
             hint="pass --resume to skip the files already in it, --overwrite to replace it, or another --output",
         )
     if exists and resume:
-        previous = read_previous(path, fmt, classes, model_id)
+        previous = read_previous(path, fmt, layout, retry_failed=retry_failed)
     path.parent.mkdir(parents=True, exist_ok=True)
     append = exists and resume
     stream = path.open("a" if append else "w", newline="", encoding="utf-8")
     header = not append or (fmt == "csv" and path.stat().st_size == 0)
-    return ResultWriter(stream, fmt, classes, model_id, header=header), previous
+    return ResultWriter(stream, fmt, layout, header=header), previous
 
 
 def open_scan_output(
     output: Path | None,
     stream: TextIO | None,
     stream_format: ResultFormat,
-    classes: Sequence[str],
-    model_id: str,
+    layout: ResultLayout,
     *,
     resume: bool,
     overwrite: bool,
+    retry_failed: bool = False,
 ) -> tuple[ResultWriter, PreviousResults]:
     """A scan's writer: on ``output`` (see ``open_results``), else on ``stream`` with a header."""
     if output is not None:
-        return open_results(output, classes, model_id, resume=resume, overwrite=overwrite)
+        return open_results(output, layout, resume=resume, overwrite=overwrite, retry_failed=retry_failed)
     if stream is not None:
-        writer = ResultWriter(stream, stream_format, classes, model_id, header=True)
+        writer = ResultWriter(stream, stream_format, layout, header=True)
         return writer, PreviousResults(frozenset(), 0, 0)
     raise DataError("scan needs an output file or a stream to write rows to")
 
@@ -226,9 +245,9 @@ def open_scan_output(
 __all__ = [
     "PreviousResults",
     "ResultFormat",
+    "ResultLayout",
     "ResultWriter",
     "csv_columns",
-    "json_record",
     "open_results",
     "open_scan_output",
     "read_previous",

@@ -27,7 +27,9 @@ from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.imaging.dicom import might_be_dicom
 from cxr.runtime.predictor import Predictor
 from cxr.runtime.results import PreviousResults, ResultFormat, open_scan_output
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
+
+MAX_FAILURES_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ScanConfig:
     stream_format: ResultFormat = "csv"  # the format of rows written to a stream
     resume: bool = False
     overwrite: bool = False
+    retry_failed: bool = False  # with resume: predict again the files whose previous row is an error
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ class ScanResult:
     output: str | None
     failures: tuple[tuple[str, str], ...] = field(default=())  # (path, error), the first few
     precision: str | None = None  # what the backend really ran (openvino: fp32/bf16); None: the file's own
-    # the input gate: {"files": predicted files marked not assessable, <reason code>: files with it}
-    not_assessable: dict[str, int] = field(default_factory=dict)
+    not_assessable_files: int = 0  # predicted files the input gate marked not assessable
+    not_assessable: dict[str, int] = field(default_factory=dict)  # reason code -> files with it
 
     @property
     def exit_code(self) -> int:
@@ -73,6 +76,7 @@ class ScanResult:
             "predicted": self.predicted,
             "failed": self.failed,
             "counts": dict(self.counts),
+            "not_assessable_files": self.not_assessable_files,
             "not_assessable": dict(self.not_assessable),
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
@@ -143,25 +147,32 @@ def _no_images(cfg: ScanConfig) -> DataError:
 
 
 @dataclass
-class _Tally:
-    """Predicted files per class and the failures (the first few kept with their error) of a scan."""
+class ScanTally:
+    """What a scan found so far: files per class, failures (the first few kept), the input gate's counts."""
 
     counts: Counter[str] = field(default_factory=Counter)
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    not_assessable_files: int = 0
     not_assessable: Counter[str] = field(default_factory=Counter)  # reason code -> files
+    providers: Counter[str] = field(default_factory=Counter)
 
     def add(self, batch: Sequence[Prediction]) -> None:
         for p in batch:
             if p.ok and p.label is not None:
                 self.counts[p.label] += 1
+                self.providers[p.provider] += 1
                 if p.assessable is False:
                     self.not_assessable.update({r.code for r in p.reasons} or {"unknown"})
-                    self.not_assessable["files"] += 1
+                    self.not_assessable_files += 1
             else:
                 self.failed += 1
-                if len(self.failures) < 20:
+                if len(self.failures) < MAX_FAILURES_KEPT:
                     self.failures.append((p.source, p.error or ""))
+
+    @property
+    def predicted(self) -> int:
+        return sum(self.counts.values())
 
 
 def _not_done(files: Sequence[Path], previous: PreviousResults) -> list[Path]:
@@ -188,12 +199,18 @@ def scan_folder(
         raise _no_images(cfg)
     classes, model_id = predictor.classes, predictor.model_id
     writer, previous = open_scan_output(
-        cfg.output, stream, cfg.stream_format, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
+        cfg.output,
+        stream,
+        cfg.stream_format,
+        predictor.result_layout,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        retry_failed=cfg.retry_failed,
     )
     todo = _not_done(files, previous)
     if on_start is not None:
         on_start(len(todo), len(files) - len(todo))
-    tally = _Tally()
+    tally = ScanTally()
     t0 = time.perf_counter()
     try:
         for batch in predictor.iter_predict(todo, names=[str(p) for p in todo]):
@@ -220,5 +237,6 @@ def scan_folder(
         output=None if cfg.output is None else str(cfg.output),
         failures=tuple(tally.failures),
         precision=predictor.info.precision,
+        not_assessable_files=tally.not_assessable_files,
         not_assessable=dict(tally.not_assessable),
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 log = logging.getLogger(__name__)
 

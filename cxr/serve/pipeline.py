@@ -22,12 +22,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from cxr.imaging.preprocess import resize_gray
 from cxr.runtime.assess import header_reasons
-from cxr.runtime.types import Reason
 from cxr.serve.batcher import BatcherStopped, BatchResult
 from cxr.serve.errors import ApiError, overloaded
 from cxr.serve.limits import Overloaded
 from cxr.serve.state import ServerState
 from cxr.serve.uploads import Upload, decode_upload, safe_name
+from cxr.spec import Reason
 
 MAX_FORM_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
@@ -40,7 +40,7 @@ class Outcome:
     error: ApiError | None = None
     decode_seconds: float = 0.0
     reasons: tuple[Reason, ...] = ()  # the input gate's header reasons (cxr.runtime.assess)
-    gray: Any = None  # the resized uint8 image the model saw (for a heatmap overlay)
+    image: Any = None  # the decoded uint8 gray image at its own size (for a heatmap overlay)
 
 
 @dataclass
@@ -95,9 +95,10 @@ async def _decode_all(
 
     spec = predictor.metadata.preprocess
 
-    def decode_and_resize(up: Upload) -> tuple[np.ndarray, tuple[Reason, ...]]:
+    def decode_and_resize(up: Upload) -> tuple[np.ndarray, tuple[Reason, ...], np.ndarray]:
         # Resizing here, in the decode pool, keeps the per-image work off the single inference thread.
-        return resize_gray(decode_upload(up, predictor.decode, state.limits), spec), header_reasons(up.data)
+        image = decode_upload(up, predictor.decode, state.limits)
+        return resize_gray(image, spec), header_reasons(up.data), image
 
     async def one(up: Upload) -> tuple[Any, float]:
         t0 = time.perf_counter()
@@ -135,13 +136,13 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
         async def infer(up: Upload, decoded: Any, seconds: float) -> Outcome:
             if isinstance(decoded, ApiError):
                 return Outcome(up.filename, error=decoded, decode_seconds=seconds)
-            gray, reasons = decoded
+            gray, reasons, image = decoded
             try:
                 result = await batcher.submit(gray, up.filename)
             except BatcherStopped as e:
                 retry = {"Retry-After": str(state.cfg.retry_after_s)}
                 raise ApiError(503, "not_ready", str(e), headers=retry) from e
-            return Outcome(up.filename, result=result, decode_seconds=seconds, reasons=reasons, gray=gray)
+            return Outcome(up.filename, result=result, decode_seconds=seconds, reasons=reasons, image=image)
 
         return list(
             await asyncio.gather(*(infer(u, g, s) for u, (g, s) in zip(uploads, decoded, strict=True)))

@@ -32,7 +32,6 @@ from cxr.serve.schemas import (
     ModelRef,
     PredictionOut,
     ReadyOut,
-    ReasonOut,
     ServingLimits,
     Timing,
 )
@@ -92,22 +91,11 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
     if result is None:  # callers only pass successful outcomes
         raise ValueError("no result")
     p = with_reasons(result.prediction, outcome.reasons)
-    if p.label is None or p.confidence is None:
+    if p.label is None or p.probability is None:
         raise ValueError(f"prediction without a label: {p.error}")
-    members = (
-        None if p.member_probabilities is None else {k: dict(v) for k, v in p.member_probabilities.items()}
-    )
     return PredictionOut(
-        source=outcome.source,
-        label=p.label,
-        confidence=p.confidence,
-        probabilities=dict(p.probabilities),
-        member_probabilities=members,
-        above_operating_point=None if p.above_operating_point is None else dict(p.above_operating_point),
-        assessable=bool(p.assessable),
-        reasons=[ReasonOut(code=r.code, message=r.message) for r in p.reasons],
+        **{**p.to_dict(), "source": outcome.source},
         model=model_ref(state),
-        provider=p.provider,
         timing=Timing(
             total_ms=(time.perf_counter() - started) * 1000,
             decode_ms=outcome.decode_seconds * 1000,
@@ -115,7 +103,6 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
             inference_ms=result.inference_seconds * 1000,
             batch_size=result.batch_size,
         ),
-        notice=p.notice,
     )
 
 
@@ -225,7 +212,7 @@ def _add_predict_routes(router: APIRouter, state: ServerState, protected: list[A
         if heatmap and state.heatmap_predictor is not None and outcome.result is not None:
             pred = with_reasons(outcome.result.prediction, outcome.reasons)
             png = await asyncio.get_running_loop().run_in_executor(
-                state.decode_pool, overlay_for, state.heatmap_predictor, outcome.gray, pred
+                state.decode_pool, overlay_for, state.heatmap_predictor, outcome.image, pred
             )
             out.heatmap_png = base64.b64encode(png).decode("ascii")
         return out

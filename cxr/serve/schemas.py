@@ -48,9 +48,12 @@ class ReasonOut(BaseModel):
 
 
 class PredictionOut(BaseModel):
+    """One image's result: the fields of ``cxr.spec.Prediction`` (the result schema every surface emits,
+    ``docs/result.schema.json``) plus the API's own ``model``, ``timing`` and ``heatmap_png``."""
+
     source: str = Field(description="The upload's file name (base name only) or 'upload'.")
     label: str = Field(description="The most probable class.")
-    confidence: float = Field(description="Probability of that class.")
+    probability: float = Field(description="Probability of that class.")
     probabilities: dict[str, float] = Field(description="Every class's probability, in the model's order.")
     member_probabilities: dict[str, dict[str, float]] | None = Field(
         default=None, description="Each ensemble member's class probabilities (null for a single model)."
@@ -67,17 +70,34 @@ class PredictionOut(BaseModel):
         "members disagreeing): the probabilities are still given, but the image needs a reader's review first.",
     )
     reasons: list[ReasonOut] = Field(default_factory=list, description="Why the image is not assessable.")
-    model: ModelRef
+    ood_score: float | None = Field(
+        default=None, description="Out-of-distribution score (higher: less like training); null: no gate."
+    )
+    model_id: str = Field(description="First 16 hex digits of the model file's SHA-256.")
+    precision: str | None = Field(default=None, description=PRECISION_DOC)
     provider: str = Field(
         description="The backend that really ran the model (onnxruntime provider or openvino)."
     )
+    seconds: float = Field(description="Inference time per image (its batch's share).")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What trained the model (synthetic images, random weights, no provenance): shown with "
+        "every result.",
+    )
+    error: str | None = Field(default=None, description="Always null here (errors answer with a 4xx).")
+    notice: str = NOTICE
+    model: ModelRef
     timing: Timing
     heatmap_png: str | None = Field(
         default=None,
         description="With ?heatmap=true: a base64 PNG overlay of where the ensemble looked for the predicted "
-        "class (the radiograph, the map, its legend, the result and the notice burnt in). Not a finding.",
+        "class (the radiograph at its own aspect ratio, the map, its legend, the result, file name, model, "
+        "date and the notice burnt in). Not a finding.",
     )
-    notice: str = NOTICE
+
+
+API_ONLY_FIELDS = ("model", "timing", "heatmap_png")
+"""What ``PredictionOut`` adds to the result schema (a test checks the rest is exactly it)."""
 
 
 class BatchItem(BaseModel):

@@ -24,7 +24,7 @@ import numpy as np
 
 from cxr.errors import ModelError
 from cxr.runtime.predictor import Item, Predictor, PredictorConfig
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 log = logging.getLogger(__name__)
 

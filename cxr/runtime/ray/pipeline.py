@@ -22,7 +22,7 @@ from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
 from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import is_url
 from cxr.runtime.ray.rows import OrderedRows
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 
 def _ray_key(read_path: str, mode: str) -> str:

@@ -3,19 +3,17 @@
 Takes: a ``ResultWriter`` and predictions keyed by their position in the scan's file list (Ray returns
 blocks in whatever order the actors finish them). Makes: rows written as soon as every row before them
 is known (so an interrupted scan keeps a prefix of the local scan's file, which ``--resume`` continues),
-the per-class counts, failures and providers of a ``ScanResult``, and the time of the first rows.
+a ``ScanTally`` (counts, failures, providers), and the time of the first rows.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 from cxr.runtime.results import ResultWriter
-from cxr.runtime.types import Prediction
-
-MAX_FAILURES_KEPT = 20
+from cxr.runtime.scan import ScanTally
+from cxr.spec import Prediction
 
 
 class OrderedRows:
@@ -28,11 +26,7 @@ class OrderedRows:
         self.on_batch = on_batch
         self.next = 0  # index of the first row not yet written
         self.pending: dict[int, Prediction] = {}
-        self.counts: Counter[str] = Counter()
-        self.providers: Counter[str] = Counter()
-        self.failed = 0
-        self.failures: list[tuple[str, str]] = []
-        self.not_assessable: Counter[str] = Counter()  # reason code -> files, and "files" (as a local scan)
+        self.tally = ScanTally()
         self.started = time.perf_counter()
         self.first_rows_seconds: float | None = None
 
@@ -54,27 +48,13 @@ class OrderedRows:
         self.writer.write(ready)
         if self.first_rows_seconds is None:
             self.first_rows_seconds = time.perf_counter() - self.started
-        for p in ready:
-            if p.ok and p.label is not None:
-                self.counts[p.label] += 1
-                self.providers[p.provider] += 1
-                if p.assessable is False:
-                    self.not_assessable.update({r.code for r in p.reasons} or {"unknown"})
-                    self.not_assessable["files"] += 1
-            else:
-                self.failed += 1
-                if len(self.failures) < MAX_FAILURES_KEPT:
-                    self.failures.append((p.source, p.error or ""))
+        self.tally.add(ready)
         if self.on_batch is not None:
             self.on_batch(ready)
 
-    @property
-    def predicted(self) -> int:
-        return sum(self.counts.values())
-
     def provider(self, default: str) -> str:
         """The providers the actors ran, most used first (``cuda,cpu`` when some fell back)."""
-        return ",".join(p for p, _ in self.providers.most_common()) or default
+        return ",".join(p for p, _ in self.tally.providers.most_common()) or default
 
 
 __all__ = ["OrderedRows"]

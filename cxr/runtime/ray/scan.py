@@ -35,14 +35,15 @@ from cxr.runtime.ray.pipeline import stream_rows
 from cxr.runtime.ray.rows import OrderedRows
 from cxr.runtime.results import (
     PreviousResults,
+    ResultLayout,
     open_results,
     open_scan_output,
     read_previous,
     result_format,
 )
 from cxr.runtime.scan import ScanConfig, ScanResult, _no_images
-from cxr.runtime.types import Prediction
 from cxr.session import SessionConfig
+from cxr.spec import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,20 @@ def _model_header(cfg: RayScanConfig) -> tuple[tuple[str, ...], str, dict[str, A
     return predictor.classes, predictor.model_id, predictor.describe()
 
 
-def _previous(cfg: RayScanConfig, classes: Sequence[str], model_id: str) -> PreviousResults:
+def _layout(classes: Sequence[str], model_id: str, model_info: dict[str, Any]) -> ResultLayout:
+    return ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
+
+
+def _previous(cfg: RayScanConfig, layout: ResultLayout) -> PreviousResults:
     """What ``output`` already holds; refuses a bad output now, before Ray starts (nothing is written)."""
     if cfg.output is None:
         return PreviousResults(frozenset(), 0, 0)
     fmt = result_format(cfg.output)
     if cfg.output.is_file() and cfg.output.stat().st_size > 0:
         if not (cfg.resume or cfg.overwrite):
-            open_results(cfg.output, classes, model_id, resume=False, overwrite=False)  # raises "exists"
+            open_results(cfg.output, layout, resume=False, overwrite=False)  # raises "exists"
         if cfg.resume:
-            return read_previous(cfg.output, fmt, classes, model_id)
+            return read_previous(cfg.output, fmt, layout)
     return PreviousResults(frozenset(), 0, 0)
 
 
@@ -170,7 +175,7 @@ def ray_scan(
     classes, model_id, model_info = _model_header(cfg)
     if cfg.output is None and stream is None:
         raise DataError("scan needs an output file or a stream to write rows to")
-    previous = _previous(cfg, classes, model_id)
+    previous = _previous(cfg, _layout(classes, model_id, model_info))
     done = previous.paths | {os.path.abspath(p) for p in previous.paths if not is_url(p)}
     todo = [n for n in names if n not in done and (is_url(n) or os.path.abspath(n) not in done)]
     mode = _read_mode(cfg, names)
@@ -217,16 +222,17 @@ def _scan_result(
         folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
         found=len(names),
         skipped=len(names) - len(todo),
-        predicted=rows.predicted,
-        failed=rows.failed,
-        counts={c: rows.counts.get(c, 0) for c in classes},
+        predicted=rows.tally.predicted,
+        failed=rows.tally.failed,
+        counts={c: rows.tally.counts.get(c, 0) for c in classes},
         seconds=seconds,
-        images_per_second=(rows.predicted + rows.failed) / seconds if seconds > 0 else 0.0,
+        images_per_second=(rows.tally.predicted + rows.tally.failed) / seconds if seconds > 0 else 0.0,
         provider=provider,
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(rows.failures),
-        not_assessable=dict(rows.not_assessable),
+        failures=tuple(rows.tally.failures),
+        not_assessable_files=rows.tally.not_assessable_files,
+        not_assessable=dict(rows.tally.not_assessable),
     )
 
 
@@ -245,8 +251,9 @@ def _run(
     on_batch: Callable[[Sequence[Prediction]], None] | None,
 ) -> RayScanResult:
     gpus, actors, per_block = _actor_plan(cfg, conn, todo)
+    layout = _layout(classes, model_id, model_info)
     writer, _ = open_scan_output(
-        cfg.output, stream, cfg.stream_format, classes, model_id, resume=cfg.resume, overwrite=cfg.overwrite
+        cfg.output, stream, cfg.stream_format, layout, resume=cfg.resume, overwrite=cfg.overwrite
     )
     if on_start is not None:
         on_start(len(todo), len(names) - len(todo))
@@ -258,14 +265,14 @@ def _run(
         if cfg.output is not None:
             writer.stream.close()
     seconds = time.perf_counter() - rows.started
-    if len(rows.providers) > 1:
-        log.warning("actors ran on different providers: %s", dict(rows.providers))
+    if len(rows.tally.providers) > 1:
+        log.warning("actors ran on different providers: %s", dict(rows.tally.providers))
     provider = rows.provider(default=model_info["provider"])
     scan = _scan_result(cfg, names, todo, rows, classes, model_id, provider, seconds)
     info = {
         **model_info,
         "provider": provider,
-        "providers": sorted(rows.providers),
+        "providers": sorted(rows.tally.providers),
         "requested_provider": cfg.predictor.session.provider,
         "provider_warnings": [],
     }
