@@ -238,6 +238,7 @@ def test_written_files_are_named_by_uid_with_a_file_meta_header(tmp_path: Path) 
         back = pydicom.dcmread(path)  # not forced: needs the preamble and the file meta header
         assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert (back.SpecificCharacterSet, str(back.PatientName)) == ("ISO_IR 192", "Müller^Jürgen")
     assert write_dicom_results(out, tmp_path / "out") == (sr_path, sc_path)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([sr_path.name, sc_path.name])
 

@@ -6,8 +6,8 @@ placed in its study nor point at its image).
 Patient and study attributes are copied exactly, with these repairs (docs/dicom.md, "Imperfect sources"):
 - a type 2 attribute the results must carry (``TYPE2``) and the source lacks is written empty;
 - an old ACR-NEMA date "1995.07.20" or time "11:22:07" becomes "19950720" / "112207";
-- a Patient's Age without its unit ("81") is read as years ("081Y"), as the public datasets that write it
-  so define it; any other invalid value is emptied when type 2, else dropped;
+- a Patient's Age without its unit ("81", up to 150) is read as years ("081Y"), the unit of the public chest
+  datasets that write ages so (NIH ChestX-ray14); any other invalid value is emptied when type 2, else dropped;
 - a Patient's Sex outside M, F, O is emptied (type 2; highdicom refuses other values).
 Nothing else is changed; the source dataset itself is never modified.
 """

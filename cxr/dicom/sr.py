@@ -1,7 +1,8 @@
 """Takes the source image's Dataset, its ``Prediction`` and the model; makes a Comprehensive SR (TID 1500).
 
 The document (content tree in docs/dicom.md): an Imaging Measurement Report about the whole image, with
-- the observation context: the model as the device observer (name, cxr version, manufacturer "cxr");
+- the observation context: the model as the device observer (UID from its SHA-256, name and manufacturer
+  "cxr", model name = the model file's name, serial number = its short model id);
 - procedure reported: LOINC 36554-4 "XR Chest Single view" (no image library: highdicom's TID 1603 entry
   needs Patient Orientation and Imager Pixel Spacing, which real chest files leave out);
 - one measurement group (TID 1501) that references the source image, identifies the algorithm (TID 4019:
@@ -96,7 +97,11 @@ def _report(
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.model_id
+            uid=device_uid(model),
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=model.name,
+            serial_number=model.model_id,
         ),
     )
     group = MeasurementsAndQualitativeEvaluations(
