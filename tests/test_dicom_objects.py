@@ -173,6 +173,7 @@ def test_uids_are_unique_across_sources() -> None:
 def test_sr_holds_every_probability_the_evaluations_and_the_notice(result: Prediction) -> None:
     sr = build_sr(read(make_source()), result, MODEL)
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert [i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence] == [SCHEME]
     for label, p in result.probabilities.items():
         (num,) = named(sr, _codes.PROBABILITY_CODES[label])
         value = num.MeasuredValueSequence[0]
@@ -250,8 +251,11 @@ def test_written_files_are_named_by_uid_with_a_file_meta_header(tmp_path: Path) 
         (make_source(PixelData=None), "not an image"),
         (make_source(StudyInstanceUID=None), "StudyInstanceUID"),
         (make_source(file_meta=False, SOPInstanceUID=None), "SOPInstanceUID"),
+        (make_source(Rows=0), "not an image"),
+        (make_source(file_meta=False, SOPClassUID="1.2.3.4"), "SOP Class UID 1.2.3.4 is not"),
+        (make_source(SpecificCharacterSet="ISO_IR 999"), "'ISO_IR 999' is not a DICOM character set"),
     ],
-    ids=["garbage", "no-pixels", "no-study-uid", "no-sop-uid"],
+    ids=["garbage", "no-pixels", "no-study-uid", "no-sop-uid", "no-rows", "unknown-class", "bad-charset"],
 )
 def test_sources_without_image_or_uids_are_refused_naming_the_file(data: bytes, expected: str) -> None:
     with pytest.raises(DecodeError, match=expected) as info:

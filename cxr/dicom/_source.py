@@ -1,8 +1,9 @@
 """Takes the source image's pydicom Dataset; makes the checked, repaired header the results copy identity from.
 
 Refused (``DecodeError``, naming the file and what to do): a dataset with no pixel data or no Rows x Columns
-(not an image), and one without Study, Series or SOP Instance UID or SOP Class UID (a result could not be
-placed in its study nor point at its image).
+(not an image), one without Study, Series or SOP Instance UID or SOP Class UID (a result could not be placed
+in its study nor point at its image), one whose SOP class is no storage class highdicom knows, and one whose
+Specific Character Set is not a defined term (its names could not be copied faithfully).
 Patient and study attributes are copied exactly, with these repairs (docs/dicom.md, "Imperfect sources"):
 - a type 2 attribute the results must carry (``TYPE2``) and the source lacks is written empty;
 - an old ACR-NEMA date "1995.07.20" or time "11:22:07" becomes "19950720" / "112207";
@@ -18,13 +19,15 @@ import copy
 import logging
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import VALIDATORS
 
-from cxr.errors import DecodeError
+from cxr.errors import CxrError, DecodeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,37 @@ def _text(ds: Dataset, keyword: str) -> str:
         return ""
 
 
+def _positive(ds: Dataset, keyword: str) -> bool:
+    try:
+        return int(_text(ds, keyword) or 0) > 0
+    except ValueError:
+        return False
+
+
+def _known_sop_class(uid: str) -> bool:
+    """Whether highdicom knows the IOD of ``uid`` (it copies patient and study modules by IOD)."""
+    try:
+        from highdicom._standard_utils import get_sop_class_iod_map
+    except ImportError:  # a highdicom without this helper: let the build itself report what it cannot do
+        return True
+    return uid in get_sop_class_iod_map()
+
+
+def _charset_ok(ds: Dataset) -> bool:
+    from highdicom.enum import SpecificCharacterSetValues
+
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return True
+    values = [value] if isinstance(value, str) else list(value)
+    known = {v.value for v in SpecificCharacterSetValues}
+    return all(str(v).strip() in known or (i == 0 and not str(v).strip()) for i, v in enumerate(values))
+
+
 def check_source(ds: Dataset, name: str) -> None:
-    """Refuse a dataset that is not an image or lacks the UIDs a result needs."""
-    if "PixelData" not in ds or not _text(ds, "Rows") or not _text(ds, "Columns"):
+    """Refuse a dataset that is not an image, lacks the UIDs a result needs, or whose SOP class or character
+    set cxr cannot write results for."""
+    if "PixelData" not in ds or not _positive(ds, "Rows") or not _positive(ds, "Columns"):
         raise DecodeError(
             f"{name}: the DICOM dataset has no pixel data or no Rows x Columns; it is not an image, so cxr "
             "writes no DICOM results for it",
@@ -75,6 +106,20 @@ def check_source(ds: Dataset, name: str) -> None:
             f"{name}: the DICOM image has no {', '.join(missing)}; a DICOM result must name its study, "
             "series and image",
             hint="re-export the image from the PACS or modality (which assigns these UIDs)",
+            path=name,
+        )
+    sop_class = _text(ds, "SOPClassUID")
+    if not _known_sop_class(sop_class):
+        raise DecodeError(
+            f"{name}: SOP Class UID {sop_class} is not a DICOM storage class cxr writes results for",
+            hint="send the radiograph as a CR, DX or secondary capture image",
+            path=name,
+        )
+    if not _charset_ok(ds):
+        raise DecodeError(
+            f"{name}: Specific Character Set {ds.get('SpecificCharacterSet')!r} is not a DICOM character set, "
+            "so the patient's name cannot be copied faithfully",
+            hint="fix the Specific Character Set (0008,0005) at the source, e.g. ISO_IR 100 or ISO_IR 192",
             path=name,
         )
 
@@ -122,6 +167,21 @@ def _sanitise(header: Dataset, name: str) -> None:
         else:
             del header[elem.tag]
             log.debug("%s: invalid optional %s %r dropped", name, keyword or elem.tag, value)
+
+
+@contextmanager
+def building(name: str, what: str) -> Iterator[None]:
+    """Turn highdicom's errors on an odd source into a ``DecodeError`` that names the file."""
+    try:
+        yield
+    except CxrError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise DecodeError(
+            f"{name}: cannot build the DICOM {what} from this source ({type(e).__name__}: {first_line(e, 200)})",
+            hint="check the source's header with dciodvfy and re-export it from the PACS",
+            path=name,
+        ) from e
 
 
 def source_header(ds: Dataset, name: str) -> Dataset:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr.dicom._identity import ModelIdentity, instance_uid, series_uid
-from cxr.dicom._source import source_header
+from cxr.dicom._source import building, source_header
 from cxr.errors import DataError
 
 MANUFACTURER = "cxr"
@@ -82,7 +82,7 @@ def build_sc(source: Dataset, rgb: np.ndarray, model: ModelIdentity, *, name: st
     name = name or str(getattr(source, "filename", "") or "<dataset>")
     pixels = _rgb(rgb, name)
     header = source_header(source, name)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), building(name, "secondary capture"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
         sc = SCImage.from_ref_dataset(
             ref_dataset=header,

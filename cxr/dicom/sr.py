@@ -12,7 +12,8 @@ The document (content tree in docs/dicom.md): an Imaging Measurement Report abou
 - a Qualitative Evaluations container (TID 1500 row 12) with TEXT items: the disclaimer sentence on its own,
   the full notice, the model's SHA-256, and each reason's explanation.
 It sits in the source's study, in cxr's SR series for that study (UIDs: ``cxr.dicom._identity``), is marked
-COMPLETE, UNVERIFIED and PRELIMINARY (a clinician has not read it), and is encoded Explicit VR Little Endian.
+COMPLETE, UNVERIFIED and PRELIMINARY (a clinician has not read it), describes the private scheme in its Coding
+Scheme Identification Sequence, and is encoded Explicit VR Little Endian.
 A failed prediction (``result.ok`` False) has nothing to report and is refused with a ``DataError``.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     ComprehensiveSR,
@@ -42,7 +44,7 @@ from pydicom.sr.codedict import codes
 
 from cxr.dicom import _codes as c
 from cxr.dicom._identity import ModelIdentity, device_uid, instance_uid, series_uid, tracking_uid
-from cxr.dicom._source import source_header
+from cxr.dicom._source import building, source_header
 from cxr.errors import DataError
 from cxr.runtime.types import Prediction
 
@@ -138,7 +140,7 @@ def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Datas
         )
     header = source_header(source, name)
     sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), building(name, "SR"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
         return ComprehensiveSR(
             evidence=[header],
@@ -154,4 +156,12 @@ def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Datas
             series_description=SR_SERIES_DESCRIPTION,
             manufacturer_model_name=model.name,
             software_versions=model.version,
+            coding_schemes=[
+                CodingSchemeIdentificationItem(
+                    designator=c.SCHEME,
+                    name=c.SCHEME_NAME,
+                    version=c.SCHEME_VERSION,
+                    responsible_organization=MANUFACTURER,
+                )
+            ],
         )
