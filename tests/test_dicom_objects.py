@@ -242,6 +242,9 @@ def test_written_files_are_named_by_uid_with_a_file_meta_header(tmp_path: Path) 
         assert (back.SpecificCharacterSet, str(back.PatientName)) == ("ISO_IR 192", "Müller^Jürgen")
     assert write_dicom_results(out, tmp_path / "out") == (sr_path, sc_path)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([sr_path.name, sc_path.name])
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DataError, match="cannot write DICOM results into .*file"):
+        write_dicom_results(out, tmp_path / "file" / "out")
 
 
 @pytest.mark.parametrize(
