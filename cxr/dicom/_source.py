@@ -189,7 +189,9 @@ def source_header(ds: Dataset, name: str) -> Dataset:
     check_source(ds, name)
     header = Dataset()
     for elem in ds:
-        if elem.tag.group != 0x7FE0 and elem.tag.group >= 0x0008:
+        if (
+            elem.tag.group >= 0x0008 and elem.tag.group != 0x7FE0 and elem.tag.element != 0
+        ):  # no group lengths
             header.add(copy.deepcopy(elem))
     _sanitise(header, name)
     for keyword, vr in TYPE2.items():
