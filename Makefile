@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench rehearse rehearse-folds clean
+.PHONY: demo test lint typecheck bench rehearse rehearse-folds dist clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cxr needs Python >= 3.10, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 
-# make test (and rehearse, bench): everything the tests use; make demo: only what the demo runs
+# make test (and rehearse, bench): everything the tests use; make demo: what the demo runs, and what serves
+# its model afterwards (cxr serve, cxr listen)
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[cpu,train,serve,dev]"
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[cpu,train]"
+	$(BIN)/python -m pip install -q -e ".[cpu,train,serve,dicom]"
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
@@ -50,5 +51,9 @@ rehearse-folds: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_cpu.py
 
+# A wheel of cxr in dist/ (pip install 'dist/cxr_toolkit-0.1.0-py3-none-any.whl[cpu,serve]' on another machine)
+dist: | $(BIN)/python
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs dist .pytest_cache .mypy_cache .ruff_cache

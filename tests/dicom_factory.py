@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 from cxr.dicom import ModelIdentity
-from cxr.runtime.types import Prediction, Reason
+from cxr.spec import Prediction, Reason
 
 MODEL = ModelIdentity("tiny_fused.onnx", "0.1.0", "ab" * 32, "abababababababab")
 RGB = np.random.default_rng(0).integers(0, 256, size=(40, 32, 3), dtype=np.uint8)
@@ -19,7 +19,7 @@ RGB = np.random.default_rng(0).integers(0, 256, size=(40, 32, 3), dtype=np.uint8
 ASSESSABLE = Prediction(
     source="a.dcm",
     label="Normal",
-    confidence=0.7,
+    probability=0.7,
     probabilities={"COVID": 0.05, "Lung_Opacity": 0.15, "Normal": 0.7, "Viral Pneumonia": 0.1},
     above_operating_point={"COVID": False, "Lung_Opacity": True, "Normal": True, "Viral Pneumonia": False},
     assessable=True,
@@ -27,7 +27,7 @@ ASSESSABLE = Prediction(
 NOT_ASSESSABLE = Prediction(
     source="b.dcm",
     label="COVID",
-    confidence=0.4,
+    probability=0.4,
     probabilities={"COVID": 0.4, "Lung_Opacity": 0.3, "Normal": 0.2, "Viral Pneumonia": 0.1},
     above_operating_point=None,
     assessable=False,

@@ -35,7 +35,7 @@ from cxr.errors import DataError, DecodeError
 from cxr.imaging.gate import REASON_CODES
 from cxr.labels import CLASSES, NOTICE
 from cxr.runtime.assess import MEMBERS_DISAGREE, NARROW_GREY_RANGE, OUT_OF_DISTRIBUTION
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import ASSESSABLE, MODEL, NOT_ASSESSABLE, RGB, make_source
 
@@ -289,7 +289,7 @@ def test_sources_without_image_or_uids_are_refused_naming_the_file(data: bytes, 
 
 
 def test_failed_predictions_and_bad_arrays_are_refused() -> None:
-    failed = Prediction(source="c.dcm", label=None, confidence=None, error="truncated pixel data")
+    failed = Prediction(source="c.dcm", label=None, probability=None, error="truncated pixel data")
     with pytest.raises(DataError, match="c.dcm: the prediction failed"):
         build_sr(read(make_source()), failed, MODEL)
     with pytest.raises(DataError, match=r"RGB uint8 \[H, W, 3\]"):

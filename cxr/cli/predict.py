@@ -26,14 +26,14 @@ from cxr.cli.common import (
     output_option,
 )
 from cxr.cli.predict_output import (
-    echo_heatmaps,
     echo_image_results,
     echo_ray_summary,
     echo_scan_summary,
+    echo_written,
     scan_progress,
     setup_logging,
 )
-from cxr.cli.predict_setup import open_predictor, predictor_config, with_heatmaps
+from cxr.cli.predict_setup import open_predictor, predictor_config
 from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
@@ -100,6 +100,14 @@ MaxMbOpt = Annotated[float, typer.Option(min=0.001, help="Refuse files larger th
 MaxPixelsOpt = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")
 ]
+DicomOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write a DICOM SR and a secondary capture (the result burned in) for every DICOM input into "
+        "this folder, in the source's study (needs the dicom extra). Other inputs get none.",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (debug level).")]
 
@@ -120,6 +128,7 @@ class _ScanJob:
     quiet: bool
     heatmaps: Path | None = None
     retry_failed: bool = False
+    dicom_out: Path | None = None
 
     @property
     def stream_format(self) -> ResultFormat:
@@ -137,10 +146,9 @@ def _check_scan_options(
         raise ConfigError("--retry-failed runs with the local engine only", hint="drop --engine ray")
     if job.resume and job.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
-    if engine is Engine.ray and job.heatmaps is not None:
-        raise ConfigError(
-            "--heatmaps runs with the local engine only", hint="drop --engine ray or --heatmaps"
-        )
+    if engine is Engine.ray and (job.heatmaps is not None or job.dicom_out is not None):
+        given = "--heatmaps" if job.heatmaps is not None else "--dicom-out"
+        raise ConfigError(f"{given} runs with the local engine only", hint=f"drop --engine ray or {given}")
     if engine is Engine.local and (address or manifest or split):
         given = "--address" if address else "--manifest" if manifest else "--split"
         raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
@@ -232,6 +240,7 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    dicom_out: DicomOutOpt = None,
 ) -> None:
     """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
 
@@ -241,7 +250,7 @@ def scan(
     setup_logging(verbose)
     job = _ScanJob(
         folder, model, recursive, tuple(include or ()), tuple(exclude or ()), output, json_out, resume,
-        overwrite, quiet, heatmaps, retry_failed,
+        overwrite, quiet, heatmaps, retry_failed, dicom_out,
     )  # fmt: skip
     _check_scan_options(job, engine, address, manifest, split)
     cfg = predictor_config(
@@ -255,14 +264,10 @@ def scan(
 
 def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
     """`scan` in this process (cxr.runtime.scan); returns the exit code."""
-    from cxr.runtime.locate import resolve_model
-    from cxr.runtime.predictor import Predictor
     from cxr.runtime.scan import ScanConfig, scan_folder
 
-    model, writer = resolve_model(job.model), None
-    if job.heatmaps is not None:
-        model, predictor_cfg, writer = with_heatmaps(model, predictor_cfg, job.heatmaps, Path(job.folder))
-    predictor = Predictor.from_path(model, predictor_cfg)
+    opened = open_predictor(job.model, predictor_cfg, job.heatmaps, job.dicom_out, Path(job.folder))
+    predictor = opened.predictor
     cfg = ScanConfig(
         folder=Path(job.folder),
         recursive=job.recursive,
@@ -279,8 +284,7 @@ def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
             predictor, cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch
         )
     echo_scan_summary(result, predictor.describe(), output=job.output, json_out=job.json_out, quiet=job.quiet)
-    if writer is not None:
-        echo_heatmaps(writer)
+    echo_written(opened)
     return result.exit_code
 
 
@@ -350,6 +354,7 @@ def image(
         ),
     ] = False,
     heatmap_dir: Annotated[Path, typer.Option(help="Folder for the --heatmap overlays.")] = Path("."),
+    dicom_out: DicomOutOpt = None,
 ) -> None:
     """Classify the given files and print each result (class, probability, every class probability).
 
@@ -361,11 +366,10 @@ def image(
         provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
         None, max_file_mb, max_pixels,
     )  # fmt: skip
-    predictor, writer = open_predictor(model, cfg, heatmap_dir if heatmap else None)
-    preds = predictor.predict([str(f) for f in files])
-    echo_image_results(predictor, preds, json_out=json_out, quiet=quiet)
-    if writer is not None:
-        echo_heatmaps(writer)
+    opened = open_predictor(model, cfg, heatmap_dir if heatmap else None, dicom_out)
+    preds = opened.predictor.predict([str(f) for f in files])
+    echo_image_results(opened.predictor, preds, json_out=json_out, quiet=quiet)
+    echo_written(opened)
     raise typer.Exit(code=1 if any(not p.ok for p in preds) else 0)
 
 

@@ -16,8 +16,8 @@ import typer
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
+    from cxr.cli.predict_setup import Opened
     from cxr.progress import Progress
-    from cxr.runtime.overlay import OverlayWriter
     from cxr.runtime.predictor import Predictor
     from cxr.runtime.ray.scan import RayScanResult
     from cxr.runtime.scan import ScanResult
@@ -191,8 +191,19 @@ def echo_image_results(
         typer.echo(NOTICE)
 
 
-def echo_heatmaps(writer: OverlayWriter) -> None:
-    """Where the overlays went (stderr, so stdout stays the results), and any that could not be written."""
-    typer.echo(f"heatmaps: {len(writer.written)} overlay PNG(s) in {writer.folder}", err=True)
-    for source, why in writer.failed.items():
-        typer.secho(f"warning: no overlay for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+def echo_written(opened: Opened) -> None:
+    """Where the overlays and DICOM results went (stderr, so stdout stays the results), and what got none."""
+    if opened.overlays is not None:
+        writer = opened.overlays
+        typer.echo(f"heatmaps: {len(writer.written)} overlay PNG(s) in {writer.folder}", err=True)
+        for source, why in writer.failed.items():
+            typer.secho(f"warning: no overlay for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+    if opened.dicom is not None:
+        dicom = opened.dicom
+        typer.echo(
+            f"dicom: {len(dicom.written)} SR + secondary capture pair(s) in {dicom.folder}; "
+            f"{len(dicom.not_dicom)} input(s) not DICOM (no DICOM results for those)",
+            err=True,
+        )
+        for source, why in dicom.failed.items():
+            typer.secho(f"warning: no DICOM results for {source}: {why}", fg=typer.colors.YELLOW, err=True)

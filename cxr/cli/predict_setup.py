@@ -7,15 +7,19 @@ an ``OverlayWriter`` as its heatmap sink). Heavy imports stay inside the functio
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxr.cli.common import PrecisionChoice, ProviderChoice
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from cxr.dicom.output import DicomWriter
     from cxr.runtime.overlay import OverlayWriter
     from cxr.runtime.predictor import Predictor, PredictorConfig
+    from cxr.spec import Prediction
 
 
 def predictor_config(
@@ -51,31 +55,83 @@ def predictor_config(
     )
 
 
+@dataclass(frozen=True)
+class Opened:
+    """The predictor `cxr-predict` runs and the sinks that write beside its results."""
+
+    predictor: Predictor
+    overlays: OverlayWriter | None = None
+    dicom: DicomWriter | None = None
+
+
 def open_predictor(
-    model: Path | None, cfg: PredictorConfig, heatmap_dir: Path | None = None
-) -> tuple[Predictor, OverlayWriter | None]:
-    """The predictor for ``model`` (resolved), and the overlay writer when ``heatmap_dir`` is given."""
+    model: Path | None,
+    cfg: PredictorConfig,
+    heatmap_dir: Path | None = None,
+    dicom_dir: Path | None = None,
+    root: Path | None = None,
+) -> Opened:
+    """The predictor for ``model`` (resolved), with the overlay writer when ``heatmap_dir`` is given and the
+    DICOM results writer when ``dicom_dir`` is (names below ``root`` for a scan)."""
     from cxr.runtime.locate import resolve_model
     from cxr.runtime.predictor import Predictor
 
     path = resolve_model(model)
-    writer = None
+    plain, overlays, dicom = path, None, None
     if heatmap_dir is not None:
-        path, cfg, writer = with_heatmaps(path, cfg, heatmap_dir)
-    return Predictor.from_path(path, cfg), writer
+        path, cfg, overlays = with_heatmaps(path, cfg, heatmap_dir, root)
+    if dicom_dir is not None:
+        path, cfg, dicom = with_dicom_out(
+            path if overlays else plain, cfg, dicom_dir, has_twin=overlays is not None
+        )
+    return Opened(Predictor.from_path(path, cfg), overlays, dicom)
 
 
 def with_heatmaps(
     model: Path, cfg: PredictorConfig, folder: Path, root: Path | None = None
 ) -> tuple[Path, PredictorConfig, OverlayWriter]:
     """The heatmap graph for ``model`` and ``cfg`` with an overlay writer into ``folder`` as its sink."""
-    from cxr.runtime.locate import HEATMAP_SUFFIX, heatmap_variant
     from cxr.runtime.overlay import OverlayWriter
-    from cxr.session import file_sha256
 
     writer = OverlayWriter(folder, root)
-    twin = heatmap_variant(model)
-    # the twin computes the same results: they carry the plain model's id, so --resume accepts either
-    plain = model.with_name(model.name.removesuffix(HEATMAP_SUFFIX) + ".onnx")
-    model_id = cfg.model_id or file_sha256(plain if plain.is_file() else model)[:16]
-    return twin, replace(cfg, heatmap_sink=writer, model_id=model_id), writer
+    twin, cfg = _twin(model, cfg, required=True)
+    return twin, replace(cfg, heatmap_sink=writer), writer
+
+
+def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, PredictorConfig]:
+    """The heatmap twin of ``model`` (when ``required``, or when it is beside it) and ``cfg`` with the plain
+    model's id: the twin computes the same results, so --resume accepts either."""
+    from cxr.errors import ModelError
+    from cxr.runtime.locate import heatmap_variant, plain_model
+    from cxr.session import file_sha256
+
+    try:
+        twin = heatmap_variant(model)
+    except ModelError:
+        if required:
+            raise
+        return model, cfg
+    return twin, replace(cfg, model_id=cfg.model_id or file_sha256(plain_model(model))[:16])
+
+
+def with_dicom_out(
+    model: Path, cfg: PredictorConfig, folder: Path, *, has_twin: bool
+) -> tuple[Path, PredictorConfig, DicomWriter]:
+    """``cfg`` with a sink that writes the SR and SC of every predicted DICOM image into ``folder`` (beside an
+    overlay sink already there); the heatmap twin runs when it is beside the model, so the secondary
+    capture shows where the ensemble looked."""
+    from cxr.dicom import ModelIdentity
+    from cxr.dicom.output import DicomWriter
+
+    writer = DicomWriter(folder, ModelIdentity.of_file(model))
+    if not has_twin:
+        model, cfg = _twin(model, cfg, required=False)
+    before = cfg.heatmap_sink
+    if before is None:
+        return model, replace(cfg, heatmap_sink=writer), writer
+
+    def both(pred: Prediction, image: np.ndarray, heat: np.ndarray | None) -> None:
+        before(pred, image, heat)
+        writer(pred, image, heat)
+
+    return model, replace(cfg, heatmap_sink=both), writer

@@ -34,11 +34,19 @@ class ModelIdentity:
 
     @classmethod
     def from_predictor(cls, predictor: Any) -> ModelIdentity:
-        """The identity of a loaded ``cxr.runtime.Predictor`` (hashes its model file once more)."""
+        """The identity of a loaded ``cxr.runtime.Predictor`` (hashes its model file once more); a heatmap
+        twin is identified as its plain model, whose results it computes."""
+        return cls.of_file(Path(predictor.model_path))
+
+    @classmethod
+    def of_file(cls, model: Path) -> ModelIdentity:
+        """The identity of a model file (a heatmap twin's: its plain model beside it, when there)."""
+        from cxr.runtime.locate import plain_model
         from cxr.session import file_sha256
 
-        path = Path(predictor.model_path)
-        return cls(path.name, cxr.__version__, file_sha256(path), str(predictor.model_id))
+        path = plain_model(Path(model))
+        sha = file_sha256(path)
+        return cls(path.name, cxr.__version__, sha, sha[:16])
 
 
 def _uid(*parts: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from cxr.dicom import _codes as c
 from cxr.errors import DataError
-from cxr.runtime.types import Reason
+from cxr.spec import Reason
 
 
 @dataclass(frozen=True)

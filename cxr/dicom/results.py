@@ -18,7 +18,7 @@ from cxr.dicom.sc import build_sc
 from cxr.dicom.sr import build_sr
 from cxr.errors import DataError, first_line
 from cxr.imaging.dicom import read_dataset
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from cxr.dicom import _codes as c
 from cxr.dicom._identity import ModelIdentity, device_uid, instance_uid, series_uid, tracking_uid
 from cxr.dicom._source import building, source_header
 from cxr.errors import DataError
-from cxr.runtime.types import Prediction
+from cxr.spec import Prediction
 
 MANUFACTURER = "cxr"
 SR_SERIES_NUMBER = 9901

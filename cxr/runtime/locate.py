@@ -53,6 +53,16 @@ def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str]
 HEATMAP_SUFFIX = ".heatmaps.onnx"
 
 
+def plain_model(model: Path) -> Path:
+    """The plain graph of a heatmap twin (``<stem>.onnx`` beside ``<stem>.heatmaps.onnx``) when it is there,
+    else ``model``: the twin computes the same results, so it carries the plain model's identity."""
+    model = Path(model)
+    if not model.name.endswith(HEATMAP_SUFFIX):
+        return model
+    plain = model.with_name(model.name.removesuffix(HEATMAP_SUFFIX) + ".onnx")
+    return plain if plain.is_file() else model
+
+
 def check_model_file(path: Path) -> Path:
     """``path`` if it can be an ONNX model; a folder, a missing file or a text file is refused with what to
     pass instead."""

@@ -230,7 +230,7 @@ class OverlayWriter:
         self.written: dict[str, Path] = {}
         self.failed: dict[str, str] = {}
 
-    def __call__(self, pred: Prediction, image: np.ndarray, heat: np.ndarray) -> None:
+    def __call__(self, pred: Prediction, image: np.ndarray, heat: np.ndarray | None) -> None:
         path = self.folder / overlay_name(pred.source, self.root)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

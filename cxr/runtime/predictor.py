@@ -26,7 +26,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from cxr.errors import ConfigError, CxrError, DecodeError, ModelError
+from cxr.errors import CxrError, DecodeError, ModelError
 from cxr.imaging.decode import decode_gray
 from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
@@ -58,6 +58,16 @@ Item = Path | str | bytes | np.ndarray
 
 
 @dataclass(frozen=True)
+class Explained:
+    """One prediction with what it was made from: the decoded image at its own size and the heatmap of the
+    predicted class (None when the graph has no heatmap output, or the input could not be read)."""
+
+    prediction: Prediction
+    image: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class _Loaded:
     """One decoded input: the model-size image (None on error), the original when a sink wants it."""
 
@@ -67,7 +77,15 @@ class _Loaded:
     original: np.ndarray | None = None
 
 
-__all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "Predictor", "PredictorConfig", "RawOutput", "auto_decode_workers"]
+__all__ = [
+    "HEATMAP_OUTPUT",
+    "OOD_OUTPUT",
+    "Explained",
+    "Predictor",
+    "PredictorConfig",
+    "RawOutput",
+    "auto_decode_workers",
+]
 
 
 class Predictor:
@@ -108,12 +126,6 @@ class Predictor:
         self._members_output = "member_probabilities" if "member_probabilities" in self.output_names else None
         self._heatmap_output = HEATMAP_OUTPUT if HEATMAP_OUTPUT in self.output_names else None
         self.ood_threshold = ood_threshold(metadata.card) if OOD_OUTPUT in self.output_names else None
-        if cfg.heatmap_sink is not None and self._heatmap_output is None:
-            raise ConfigError(
-                f"{path} has no '{HEATMAP_OUTPUT}' output, so it cannot draw heatmaps",
-                hint="use the heatmap variant beside it (ensemble.heatmaps.onnx), built by "
-                "`cxr fuse RUN_DIR --heatmaps`",
-            )
         self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
         self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
         self.warnings = provenance_warnings(metadata.card)
@@ -323,12 +335,36 @@ class Predictor:
     def _send_heatmaps(
         self, preds: Sequence[Prediction], originals: Sequence[np.ndarray], heat: np.ndarray | None
     ) -> None:
-        """Hand each image (at its own size) and its heatmap to the sink."""
+        """Hand each image (at its own size) and its heatmap (None: the graph has none) to the sink."""
         sink = self.cfg.heatmap_sink
-        if sink is None or heat is None:
+        if sink is None:
             return
-        for pred, original, h in zip(preds, originals, heat, strict=True):
-            sink(pred, original, h)
+        for i, (pred, original) in enumerate(zip(preds, originals, strict=True)):
+            sink(pred, original, None if heat is None else heat[i])
+
+    def explain(self, item: Any, name: str | None = None) -> Explained:
+        """One input's prediction with its decoded image at its own size and, when the graph has the output,
+        its heatmap (one inference; what a DICOM secondary capture or a single overlay is drawn from)."""
+        value = as_item(item)
+        name = name or (
+            "<bytes>"
+            if isinstance(value, bytes)
+            else "array[0]"
+            if isinstance(value, np.ndarray)
+            else str(value)
+        )
+        try:
+            original = self.decode(value)
+        except CxrError as e:
+            return Explained(
+                self._error_row(name, e.message if not e.hint else f"{e.message} (hint: {e.hint})")
+            )
+        image = resize_gray(original, self.metadata.preprocess)
+        t0 = time.perf_counter()
+        out = self.run(self.prepare([image]), heatmaps=self.has_heatmaps)
+        pred = self._to_predictions([name], out, time.perf_counter() - t0)[0]
+        pred = with_reasons(pred, (grey_range_reason(image), *header_reasons(value)))
+        return Explained(pred, original, None if out.heatmaps is None else out.heatmaps[0])
 
     def load(self, item: Item) -> np.ndarray:
         """Decode one item and resize it to the model's input size (the per-image work of a batch)."""

@@ -30,9 +30,9 @@ class PredictorConfig:
     decode_workers: int = 2
     prefetch_batches: int = 2  # batches decoded ahead of the one running
     pad_batches: bool | None = None  # pad the last batch to batch_size; None: only on TensorRT (no rebuild)
-    # given: the model must have the 'heatmap' output (ensemble.heatmaps.onnx); called per predicted image
-    # with (prediction, the decoded gray image at its own size, its heatmap [H, W] of the model's input)
-    heatmap_sink: Callable[[Prediction, np.ndarray, np.ndarray], None] | None = None
+    # called per predicted image with (prediction, the decoded gray image at its own size, its heatmap [H, W]
+    # at the model's input size, or None when the graph has no 'heatmap' output: ensemble.heatmaps.onnx has)
+    heatmap_sink: Callable[[Prediction, np.ndarray, np.ndarray | None], None] | None = None
     # the model id results carry (None: this file's); a heatmap twin carries its plain model's, so that
     # results of both are one model's for --resume
     model_id: str | None = None
