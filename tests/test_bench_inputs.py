@@ -17,7 +17,7 @@ from cxr.bench.inputs import (
     list_images,
     resolve_members,
 )
-from cxr.bench.onnx_header import read_onnx_header
+from cxr.onnx_header import read_onnx_header
 from cxr.errors import ConfigError, DataError, ModelError
 from cxr.session import file_sha256
 from tests.onnx_factory import make_fused_model, make_member_model

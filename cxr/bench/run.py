@@ -1,18 +1,14 @@
 """cxr-bench's library: measure a cxr model over every configuration asked for, return rows.
 
-Takes: a ``BenchConfig`` (model, precision variants, providers, runtime precisions, batch sizes, intra-op
-threads, client concurrency, warm-up and iteration plan, optional image folder for end-to-end runs, member
-files for the separate-sessions reference, a training run for the PyTorch reference, real images for the
-top-1 agreement of reduced-precision rows). Makes: a ``BenchReport`` (one ``BenchRow`` per configuration,
-machine info with this host's measured GEMM peaks, notes); ``cxr.bench.report`` persists it.
-
-For each model file x (provider, precision) x threads, one session is created (timed) and reused for every
-batch size and concurrency; with concurrency > 1 the same clients are also run against a pool of one session per
-client. Inputs for pure inference are pre-decoded and pre-resized (the first images of ``folder``, or
-seeded random pixels without one). Everything is checked before the first measurement (see
-``cxr.bench.inputs``), so bad input fails in seconds with exit code 2, not after minutes.
-torch is never imported here; the PyTorch reference lives in ``cxr.train.torch_reference`` (FP32 eager)
-and ``cxr.bench.torch_best`` (best mode, torch imported inside its functions).
+Takes: a ``BenchConfig``. Makes: a ``BenchReport`` (one ``BenchRow`` per configuration, the machine, notes);
+``cxr.bench.report`` persists it. For each model file x (provider, precision) x threads one session is
+created (timed) and reused for every batch size and concurrency; with concurrency > 1 the same clients also
+run against a pool of one session per client. Inputs are pre-decoded and pre-resized (the first images of
+``folder``, or seeded random pixels). Everything is checked before the first measurement, so bad input
+fails in seconds with exit code 2. An OpenVINO ``bf16`` run the runtime would refuse (no BF16 on this CPU,
+no accepting ``cxr.verified_precisions`` record) is skipped with a note (an error with
+``strict_provider``); an ``auto`` run whose choice is also asked for is measured once, as that precision.
+``references`` (used by ``benchmarks/study.py``) add rows after the model files' own.
 """
 
 from __future__ import annotations
@@ -27,14 +23,7 @@ from pathlib import Path
 
 from cxr import __version__
 from cxr.bench.config import BenchConfig, provider_precisions
-from cxr.bench.inputs import (
-    ModelFile,
-    check_batch_sizes,
-    check_variants,
-    inspect_model,
-    list_images,
-    resolve_members,
-)
+from cxr.bench.inputs import ModelFile, check_batch_sizes, check_variants, inspect_model, list_images
 from cxr.bench.machine import PEAK_ENV, MachineInfo, PeakMemoryProbe, busy_note, machine_info
 from cxr.bench.measure import (
     BenchContext,
@@ -47,12 +36,11 @@ from cxr.bench.measure import (
     measure,
     open_predictor,
 )
-from cxr.bench.peers import bench_openvino_defaults
-from cxr.bench.precision import AgreementCheck, Refusals, agreement_check, precision_refusals
-from cxr.bench.references import bench_members, bench_torch
 from cxr.bench.timing import Call
 from cxr.bench.types import BenchReport, BenchRow
-from cxr.errors import ConfigError
+from cxr.errors import ProviderError
+from cxr.onnx_header import read_onnx_header
+from cxr.openvino_session import INSTALL_HINT, choose_precision, cpu_has_bf16, openvino_version
 from cxr.runtime.predictor import Predictor
 
 __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
@@ -60,14 +48,52 @@ __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
 log = logging.getLogger(__name__)
 
 RowMaker = Callable[..., BenchRow]
+Refusals = Mapping[tuple[Path, str, str], str]
+Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], None]
+"""Adds reference rows to a run (``benchmarks/``): the context, the main model file, the inputs, the probe."""
 
 
-@dataclass(frozen=True)
-class _Checks:
-    """What was found before measuring: refused (file, provider, precision) runs, the agreement check."""
+def _cpu_bf16() -> bool:
+    """Whether OpenVINO can run BF16 on this CPU (imports openvino, which must be installed)."""
+    import openvino as ov
 
-    refused: Refusals
-    agree: AgreementCheck | None
+    return cpu_has_bf16(ov.Core())
+
+
+def precision_refusals(
+    files: Sequence[ModelFile], runs: Sequence[tuple[str, str]], strict: bool = False
+) -> tuple[dict[tuple[Path, str, str], str], list[str]]:
+    """(path, provider, precision) -> why that run is not measured, and one note per skip: OpenVINO would
+    refuse its bf16, or its ``auto`` chooses a precision that is measured anyway (no duplicate rows)."""
+    ov_runs = {precision for provider, precision in runs if provider == "openvino"}
+    if not ov_runs:
+        return {}, []
+    if openvino_version() is None:
+        raise ProviderError(
+            "provider 'openvino' needs the openvino package, which cannot be imported here",
+            hint=f"{INSTALL_HINT}, or drop openvino from --provider",
+        )
+    if not ov_runs & {"bf16", "auto"}:
+        return {}, []
+    cpu_bf16 = _cpu_bf16()
+    skipped: dict[tuple[Path, str, str], str] = {}
+    notes: list[str] = []
+    for mf in files:
+        props = read_onnx_header(mf.path).metadata
+        if "bf16" in ov_runs:
+            try:
+                choose_precision("bf16", cpu_bf16=cpu_bf16, props=props, model_name=mf.name)
+            except ProviderError as e:
+                if strict:
+                    raise
+                skipped[(mf.path, "openvino", "bf16")] = e.message
+                notes.append(f"skipped openvino bf16 for {mf.name}: {e.message}")
+        if "auto" in ov_runs:
+            choice = choose_precision("auto", cpu_bf16=cpu_bf16, props=props, model_name=mf.name)
+            if choice.precision in ov_runs and (mf.path, "openvino", choice.precision) not in skipped:
+                skipped[(mf.path, "openvino", "auto")] = f"same as {choice.precision}"
+                notes.append(f"{choice.note}; measured once, as its openvino {choice.precision} rows")
+    return skipped, notes
 
 
 @dataclass
@@ -91,30 +117,22 @@ def _bench_model(
     mf: ModelFile,
     inputs: BenchInputs,
     probe: PeakMemoryProbe,
-    checks: _Checks,
+    refused: Refusals,
 ) -> None:
     """Every (provider, precision) x threads for one model file: one session each (plus a pool)."""
     cfg = ctx.cfg
     for provider, precision in cfg.runs:
-        if (mf.path, provider, precision) in checks.refused:
+        if (mf.path, provider, precision) in refused:
             continue  # the note was written when the refusal was found
         for threads in cfg.threads:
-            opener = functools.partial(
-                open_predictor, mf.path, provider, threads, cfg.strict_provider, precision
-            )
+            opener = functools.partial(open_predictor, mf.path, cfg.session_for(provider, precision, threads))
             predictor, create_s = opener()
-            ran = effective_precision(mf.precision, predictor.info.precision)
-            agreement = (
-                None
-                if checks.agree is None
-                else checks.agree.of((str(mf.path), provider, precision), predictor, ran, mf)
-            )
             row = functools.partial(
                 make_row,
                 ctx,
                 model=mf.name,
                 model_kind=mf.kind,
-                precision=ran,
+                precision=effective_precision(mf.precision, predictor.info.precision),
                 precision_requested=precision,
                 provider_requested=provider,
                 providers_used=predictor.info.providers,
@@ -122,7 +140,6 @@ def _bench_model(
                 flops=mf.flops_per_image,
                 sha=mf.sha256[:16],
                 warnings=predictor.info.warnings,
-                agreement=agreement,
             )
             what = f"{mf.name} on {predictor.info.label}"
             sessions = _Sessions(opener, row, what, [(predictor, create_s)])
@@ -183,25 +200,16 @@ def _end_to_end_call(
     return call
 
 
-def prepare(cfg: BenchConfig) -> tuple[ModelFile, tuple[ModelFile, ...], tuple[ModelFile, ...]]:
-    """Check every input (models, variants, batch sizes, folder, members, run dir) before measuring."""
+def prepare(cfg: BenchConfig) -> tuple[ModelFile, tuple[ModelFile, ...]]:
+    """Check every input (model, variants, batch sizes, folder) before measuring."""
     main = inspect_model(cfg.model)
     variants = tuple(inspect_model(v) for v in cfg.variants)
     check_variants(main, variants)
     for mf in (main, *variants):
         check_batch_sizes(mf, cfg.batch_sizes)
-    for folder in (cfg.folder, cfg.agreement_folder):
-        if folder is not None:
-            list_images(folder)
-    members = resolve_members(main, cfg.members) if cfg.members else ()
-    for m in members:
-        check_batch_sizes(m, cfg.batch_sizes)
-    if cfg.torch_run is not None and not Path(cfg.torch_run).is_dir():
-        raise ConfigError(
-            f"--torch-run {cfg.torch_run} is not a folder",
-            hint="pass the training run folder that holds members/<name> checkpoints, or drop --torch-run",
-        )
-    return main, variants, members
+    if cfg.folder is not None:
+        list_images(cfg.folder)
+    return main, variants
 
 
 def _run_notes(machine: MachineInfo, rows: Sequence[BenchRow]) -> list[str]:
@@ -215,40 +223,39 @@ def _run_notes(machine: MachineInfo, rows: Sequence[BenchRow]) -> list[str]:
     unknown = sorted({r.precision for r in rows if r.gflops is not None and r.peak_gflops is None})
     if unknown:
         notes.append(
-            f"efficiency % not computed for {', '.join(unknown)} rows: no peak for that precision here "
-            f"({machine.peaks_line()}); pass --peak-gflops {unknown[0]}=GFLOPS or set {PEAK_ENV}"
+            f"efficiency % not computed for {', '.join(unknown)} rows: no GEMM peak given for "
+            f"{'them' if len(unknown) > 1 else 'it'}; pass --peak-gflops {unknown[0]}=GFLOPS or set {PEAK_ENV} "
+            "(`python benchmarks/peak.py` measures them)"
         )
     return notes
 
 
-def run_bench(cfg: BenchConfig, on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
+def run_bench(
+    cfg: BenchConfig,
+    on_row: Callable[[BenchRow], None] | None = None,
+    references: Sequence[Reference] = (),
+) -> BenchReport:
     """Measure every configuration ``cfg`` asks for; ``on_row`` sees each row as soon as it is measured."""
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    main, variants, members = prepare(cfg)
-    refused, refusal_notes = precision_refusals(cfg, (main, *variants, *members), cfg.runs)
-    machine = machine_info(cfg.peak_gflops, measure_peak=cfg.measure_peak, peak_size=cfg.peak_size)
-    ctx = BenchContext(cfg, machine, on_row)
+    main, variants = prepare(cfg)
+    refused, refusal_notes = precision_refusals((main, *variants), cfg.runs, cfg.session.strict_provider)
+    ctx = BenchContext(cfg, machine_info(cfg.peak_gflops), on_row)
     ctx.notes.extend(provider_precisions(cfg.providers, cfg.precisions)[1])
     ctx.notes.extend(refusal_notes)
     for note in ctx.notes:
         log.warning("%s", note)
-    checks = _Checks(refused, agreement_check(cfg, (main, *variants), ctx.notes))
     inputs = load_inputs(cfg, main)
     probe = PeakMemoryProbe()
     for mf in (main, *variants):
-        _bench_model(ctx, mf, inputs, probe, checks)
-    if members:
-        bench_members(ctx, main, members, inputs, probe, refused)
-        if cfg.openvino_peer:
-            bench_openvino_defaults(ctx, main, members, inputs, probe)
-    if cfg.torch_run is not None:
-        bench_torch(ctx, main, Path(cfg.torch_run), inputs, probe, checks.agree)
-    ctx.notes.extend(_run_notes(machine, ctx.rows))
+        _bench_model(ctx, mf, inputs, probe, refused)
+    for reference in references:
+        reference(ctx, main, inputs, probe)
+    ctx.notes.extend(_run_notes(ctx.machine, ctx.rows))
     return BenchReport(
         created=started,
         cxr_version=__version__,
         command=cfg.command,
-        machine=machine,
+        machine=ctx.machine,
         config=cfg.to_dict(),
         rows=tuple(ctx.rows),
         notes=tuple(ctx.notes),
