@@ -235,7 +235,7 @@ def measure_peak(precision: str, size: int, threads: int, repeats: int = DEFAULT
     for runtime, build in RUNTIMES[precision]:
         try:
             call = build(size, threads, rng)
-            got[runtime] = round(flops / best_seconds(call, repeats) / 1e9, 1)
+            got[runtime] = flops / best_seconds(call, repeats) / 1e9
         except PeakUnavailable as e:
             failed.append(f"{runtime}: {e}")
         except Exception as e:  # a runtime's own untyped error: that runtime is out, the others still count

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -141,7 +142,7 @@ def study(a: argparse.Namespace, command: str) -> BenchReport:
     if grays is not None:
         report = agreement.add_agreement(report, cfg, files, grays)
     machine = dataclasses.replace(report.machine, peak_source=source, extra={"peak_figures": figs})
-    study_options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+    study_options = json.loads(json.dumps(vars(a), default=str))
     return dataclasses.replace(
         report,
         machine=machine,

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 NO_TORCH = "PyTorch eager reference skipped: torch is not installed (pip install 'cxr-toolkit[train]')"
 REFERENCE_MODULE = "cxr.train.torch_reference"
 
+
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -99,7 +104,7 @@ def bench_torch(
     if not names:
         ctx.notes.append(f"PyTorch eager reference skipped: {main.name} names no members in its metadata")
         return
-    if importlib.util.find_spec("torch") is None:
+    if not torch_installed():
         ctx.notes.append(NO_TORCH)
         log.warning("%s", NO_TORCH)
         return
