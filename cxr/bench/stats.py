@@ -45,9 +45,8 @@ class LatencyStats:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LatencyStats:
-        return cls(
-            **{f.name: (int if f.type == "int" else float)(d[f.name]) for f in dataclasses.fields(cls)}
-        )
+        floats = {f.name: float(d[f.name]) for f in dataclasses.fields(cls) if f.type == "float"}
+        return cls(count=int(d["count"]), outliers=int(d["outliers"]), **floats)
 
 
 def summarize(seconds: Sequence[float]) -> LatencyStats:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr.onnx_header import read_onnx_header
 from cxr.errors import ModelError
+from cxr.onnx_header import read_onnx_header
 from cxr.spec import REEXPORT_HINT, ModelMetadata
 
 ONNX_TO_TRITON: dict[str, str] = {
