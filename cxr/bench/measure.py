@@ -1,9 +1,6 @@
-"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench.
-
-A row's precision is what really ran (``effective_precision``), and its efficiency divides the achieved
-GFLOP/s by the machine's peak for that precision (FP32 rows by the FP32 peak, BF16 by BF16, INT8 by INT8).
-The reference rows of ``benchmarks/`` are made with the same pieces.
-"""
+"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench
+(``benchmarks/`` makes its reference rows with the same pieces). A row's precision is what really ran; its
+efficiency divides the achieved GFLOP/s by the machine's peak for that precision."""
 
 from __future__ import annotations
 
@@ -58,15 +55,12 @@ class BenchContext:
     def add(self, row: BenchRow) -> None:
         self.rows.append(row)
         log.info(
-            "%s %s b%d t%s c%d %s: p50 %.2f ms, %.1f img/s",
-            row.kind,
+            "%s b%d c%d %s: p50 %.2f ms",
             row.label(),
             row.batch_size,
-            row.threads or "default",
             row.concurrency,
             row.mode,
             row.latency_ms.p50,
-            row.throughput_ips,
         )
         if self.on_row is not None:
             self.on_row(row)

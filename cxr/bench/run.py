@@ -1,14 +1,9 @@
-"""cxr-bench's library: measure a cxr model over every configuration asked for, return rows.
+"""cxr-bench's library: takes a ``BenchConfig``; makes a ``BenchReport`` with one row per configuration.
 
-Takes: a ``BenchConfig``. Makes: a ``BenchReport`` (one ``BenchRow`` per configuration, the machine, notes);
-``cxr.bench.report`` persists it. For each model file x (provider, precision) x threads one session is
-created (timed) and reused for every batch size and concurrency; with concurrency > 1 the same clients also
-run against a pool of one session per client. Inputs are pre-decoded and pre-resized (the first images of
-``folder``, or seeded random pixels). Everything is checked before the first measurement, so bad input
-fails in seconds with exit code 2. An OpenVINO ``bf16`` run the runtime would refuse (no BF16 on this CPU,
-no accepting ``cxr.verified_precisions`` record) is skipped with a note (an error with
-``strict_provider``); an ``auto`` run whose choice is also asked for is measured once, as that precision.
-``references`` (used by ``benchmarks/study.py``) add rows after the model files' own.
+Per model file x (provider, precision) x threads, one session is created (timed) and reused for every batch
+size and concurrency (with N > 1 clients, also a pool of N sessions). Every input is checked before the
+first measurement. An OpenVINO run the runtime would refuse (bf16 without BF16 or a verified record) is
+skipped with a note; ``references`` (``benchmarks/study.py``) add rows after the model files' own.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cxr import __version__
@@ -47,7 +41,6 @@ __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
 
 log = logging.getLogger(__name__)
 
-RowMaker = Callable[..., BenchRow]
 Refusals = Mapping[tuple[Path, str, str], str]
 Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], None]
 """Adds reference rows to a run (``benchmarks/``): the context, the main model file, the inputs, the probe."""
@@ -96,37 +89,18 @@ def precision_refusals(
     return skipped, notes
 
 
-@dataclass
-class _Sessions:
-    """One model file on one provider x threads: its first session, then a pool grown on demand."""
-
-    open_one: Callable[[], tuple[Predictor, float]]
-    row: RowMaker  # make_row with this file's, provider's and threads' fields filled in
-    what: str  # names the configuration in errors
-    pool: list[tuple[Predictor, float]]
-
-    def take(self, n: int) -> list[tuple[Predictor, float]]:
-        """The first ``n`` sessions, opening the missing ones."""
-        while len(self.pool) < n:
-            self.pool.append(self.open_one())
-        return self.pool[:n]
-
-
 def _bench_model(
-    ctx: BenchContext,
-    mf: ModelFile,
-    inputs: BenchInputs,
-    probe: PeakMemoryProbe,
-    refused: Refusals,
+    ctx: BenchContext, mf: ModelFile, inputs: BenchInputs, probe: PeakMemoryProbe, refused: Refusals
 ) -> None:
-    """Every (provider, precision) x threads for one model file: one session each (plus a pool)."""
+    """Every (provider, precision) x threads x batch x clients for one model file."""
     cfg = ctx.cfg
     for provider, precision in cfg.runs:
         if (mf.path, provider, precision) in refused:
             continue  # the note was written when the refusal was found
         for threads in cfg.threads:
             opener = functools.partial(open_predictor, mf.path, cfg.session_for(provider, precision, threads))
-            predictor, create_s = opener()
+            sessions = [opener()]
+            predictor = sessions[0][0]
             row = functools.partial(
                 make_row,
                 ctx,
@@ -142,41 +116,43 @@ def _bench_model(
                 warnings=predictor.info.warnings,
             )
             what = f"{mf.name} on {predictor.info.label}"
-            sessions = _Sessions(opener, row, what, [(predictor, create_s)])
+
+            def add(calls: Sequence[Call], **fields: object) -> None:
+                timed, mem = measure(probe, calls, cfg.plan)
+                ctx.add(row(timed=timed, memory=mem, **fields))  # noqa: B023 (called at once)
+
             for batch in cfg.batch_sizes:
-                _bench_batch(ctx, sessions, batch, inputs, probe)
+                x = predictor.prepare(cycled(inputs.grays, batch))
+                for clients in cfg.concurrency:
+                    for mode, n in [("session", 1)] + (
+                        [("pool", clients)] if clients > 1 and cfg.pool else []
+                    ):
+                        sessions += [opener() for _ in range(n - len(sessions))]  # a pool grows on demand
+                        used = sessions[:n]
+                        run = [functools.partial(p.run, x, heatmaps=p.has_heatmaps) for p, _ in used]
+                        calls = [guarded(c, what, batch) for c in run * (clients // n)]
+                        create_s = sum(s for _, s in used)
+                        add(
+                            calls,
+                            kind="inference",
+                            batch=batch,
+                            concurrency=clients,
+                            mode=mode,
+                            sessions=n,
+                            create_s=create_s,
+                        )
+                if inputs.files:
+                    call = guarded(_end_to_end_call(predictor, inputs.files, batch), what, batch)
+                    add(
+                        [call],
+                        kind="end_to_end",
+                        batch=batch,
+                        concurrency=1,
+                        mode="session",
+                        sessions=1,
+                        create_s=sessions[0][1],
+                    )
             del sessions, predictor
-
-
-def _bench_batch(
-    ctx: BenchContext, sessions: _Sessions, batch: int, inputs: BenchInputs, probe: PeakMemoryProbe
-) -> None:
-    """One batch size: each concurrency on the first session, then on a pool, then end to end."""
-    row, what = sessions.row, sessions.what
-    predictor, create_s = sessions.pool[0]
-    x = predictor.prepare(cycled(inputs.grays, batch))
-    one = {"batch": batch, "mode": "session", "sessions": 1, "create_s": create_s}
-    for conc in ctx.cfg.concurrency:
-        shared = guarded(functools.partial(predictor.run, x, heatmaps=predictor.has_heatmaps), what, batch)
-        _add_timed(ctx, row, probe, [shared] * conc, kind="inference", concurrency=conc, **one)
-        if conc > 1 and ctx.cfg.pool:
-            pool = sessions.take(conc)
-            calls = [
-                guarded(functools.partial(p.run, x, heatmaps=p.has_heatmaps), what, batch) for p, _ in pool
-            ]
-            pooled = {"batch": batch, "mode": "pool", "sessions": conc, "create_s": sum(s for _, s in pool)}
-            _add_timed(ctx, row, probe, calls, kind="inference", concurrency=conc, **pooled)
-    if inputs.files:
-        call = guarded(_end_to_end_call(predictor, inputs.files, batch), what, batch)
-        _add_timed(ctx, row, probe, [call], kind="end_to_end", concurrency=1, **one)
-
-
-def _add_timed(
-    ctx: BenchContext, row: RowMaker, probe: PeakMemoryProbe, calls: Sequence[Call], **fields: object
-) -> None:
-    """Measure ``calls`` by the run's plan and add the row ``row(**fields)`` makes of it."""
-    timed, mem = measure(probe, calls, ctx.cfg.plan)
-    ctx.add(row(timed=timed, memory=mem, **fields))
 
 
 def _end_to_end_call(

@@ -1,13 +1,9 @@
-"""Takes measured values; makes ``BenchRow`` (one configuration) and ``BenchReport`` (rows, machine, config,
+"""Takes measured values; makes ``BenchRow`` (one configuration), ``BenchReport`` (rows, machine, config,
 notes), their JSON form (schema ``cxr-bench`` version 2) and ``validate_report``.
 
-A row's ``kind``: ``inference`` (pure inference on pre-decoded, pre-resized tensors), ``end_to_end`` (decode
-+ preprocess + inference on real files; ``stages_ms`` splits the time), or one of the reference kinds that
-``benchmarks/study.py`` adds (members as separate sessions, PyTorch eager/best, the OpenVINO-defaults peer).
-``precision`` is what really ran, ``precision_requested`` what was asked; ``efficiency_pct`` divides the
-achieved GFLOP/s by ``peak_gflops``, the machine's peak for ``precision``. Latencies are per call (one call
-= one batch) in ``latency_ms`` and per image in ``latency_per_image_ms``; ``throughput_ips`` counts the
-images of all client threads over the measured window.
+A row's ``kind``: ``inference`` (pre-decoded, pre-resized tensors), ``end_to_end`` (decode + preprocess +
+inference; ``stages_ms`` splits the time), or a reference kind ``benchmarks/study.py`` adds. ``precision``
+is what really ran, ``precision_requested`` what was asked; latencies are per call (one batch) and per image.
 """
 
 from __future__ import annotations
@@ -162,34 +158,29 @@ class BenchReport:
 
 def validate_report(d: Any, *, source: str = "report") -> None:
     """Raise ``DataError`` naming the first problem when ``d`` is not a cxr-bench report."""
-    hint = "pass a JSON file written by `cxr-bench run --output`"
+    problem = _problem(d)
+    if problem is not None:
+        raise DataError(
+            f"{source}: {problem}", hint="pass a JSON file written by `cxr-bench run --output`", path=source
+        )
+
+
+def _problem(d: Any) -> str | None:
     if not isinstance(d, Mapping):
-        raise DataError(f"{source}: a cxr-bench report is a JSON object, got {type(d).__name__}", hint=hint)
+        return f"a cxr-bench report is a JSON object, got {type(d).__name__}"
     if d.get("schema") != SCHEMA:
-        raise DataError(
-            f"{source}: not a cxr-bench report (schema {d.get('schema')!r})", hint=hint, path=source
-        )
-    version = d.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise DataError(
-            f"{source}: report schema version {version!r}; this cxr reads version {SCHEMA_VERSION}",
-            hint="compare reports written by the same or an older cxr",
-            path=source,
-        )
+        return f"not a cxr-bench report (schema {d.get('schema')!r})"
+    if d.get("schema_version") != SCHEMA_VERSION:
+        return f"report schema version {d.get('schema_version')!r}; this cxr reads version {SCHEMA_VERSION} (re-run it)"
     if not isinstance(d.get("machine"), Mapping):
-        raise DataError(f"{source}: report has no 'machine' object", hint=hint, path=source)
-    rows = d.get("rows")
-    if not isinstance(rows, list):
-        raise DataError(f"{source}: report has no 'rows' list", hint=hint, path=source)
-    for i, row in enumerate(rows):
+        return "report has no 'machine' object"
+    if not isinstance(d.get("rows"), list):
+        return "report has no 'rows' list"
+    for i, row in enumerate(d["rows"]):
         if not isinstance(row, Mapping):
-            raise DataError(f"{source}: row {i} is not an object", hint=hint, path=source)
-        missing = [k for k in REQUIRED_ROW_KEYS if k not in row]
-        if missing:
-            raise DataError(f"{source}: row {i} lacks {', '.join(missing)}", hint=hint, path=source)
+            return f"row {i} is not an object"
+        if missing := [k for k in REQUIRED_ROW_KEYS if k not in row]:
+            return f"row {i} lacks {', '.join(missing)}"
         if row["kind"] not in ROW_KINDS:
-            raise DataError(
-                f"{source}: row {i} has unknown kind {row['kind']!r} (known: {', '.join(ROW_KINDS)})",
-                hint=hint,
-                path=source,
-            )
+            return f"row {i} has unknown kind {row['kind']!r} (known: {', '.join(ROW_KINDS)})"
+    return None
