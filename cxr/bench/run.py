@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cxr import __version__
 from cxr.bench.config import BenchConfig, provider_precisions
@@ -117,7 +118,7 @@ def _bench_model(
             )
             what = f"{mf.name} on {predictor.info.label}"
 
-            def add(calls: Sequence[Call], **fields: object) -> None:
+            def add(calls: Sequence[Call], **fields: Any) -> None:
                 timed, mem = measure(probe, calls, cfg.plan)
                 ctx.add(row(timed=timed, memory=mem, **fields))  # noqa: B023 (called at once)
 
