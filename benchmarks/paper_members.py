@@ -1,15 +1,16 @@
-"""The paper's five members at 224 px (random weights): build, export, quantize, fuse, then cxr-bench them.
+"""The paper's five members at 224 px (random weights): build, export, quantize, fuse, then bench them.
 
 Takes: an output folder (default ``runs/paper``, gitignored), the input size, thread count and providers.
 Makes, with the project's own tools:
 - ``members/<name>/best.*``: random-weight checkpoints (``cxr.train.checkpoint.save_checkpoint``), so
-  cxr-bench's PyTorch eager reference can load them;
+  ``study.py``'s PyTorch eager reference can load them;
 - ``onnx/<name>.onnx`` (``cxr.export.onnx_export.export_onnx``) and ``onnx/<name>.int8.onnx``
   (``cxr.export.quantize.make_int8``, static QDQ calibrated on real or synthetic images);
 - ``stack/meta.onnx``: a logistic-regression meta-learner fitted on synthetic member outputs
   (``cxr.stack.to_onnx.convert_meta``);
 - ``fused/ensemble.onnx`` + ``fused/ensemble.int8.onnx`` (``cxr.fuse.fuse.fuse``);
-- ``bench/*.json|md|png``: cxr-bench runs: fused FP32 vs INT8 at batch 1 and 8, beside the five members as
+- ``bench/*.json|md|png``: ``study.py`` runs (cxr-bench plus references): fused FP32 vs INT8 at batch 1
+  and 8, beside the five members as
   separate sessions and the PyTorch eager ensemble, with efficiency % against the machine's FP32 peak;
   with ``--per-member``, each member's FP32 vs INT8 too.
 Weights are random: the numbers are about speed and memory only (INT8 agreement is not checked).
@@ -267,9 +268,9 @@ def build(cfg: PaperConfig) -> PaperModels:
     return models
 
 
-def cxr_bench() -> list[str]:
-    exe = Path(sys.executable).with_name("cxr-bench")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "cxr.cli.bench"]
+def study() -> list[str]:
+    """The command line of ``study.py``: cxr-bench plus the study's reference rows."""
+    return [sys.executable, str(Path(__file__).resolve().with_name("study.py"))]
 
 
 @dataclass(frozen=True)
@@ -287,11 +288,11 @@ def bench_commands(models: PaperModels, plan: BenchPlan, out: Path) -> list[list
     common = ["-p", plan.providers, "-b", plan.batch_sizes, "-t", plan.threads, "--warmup", str(plan.warmup)]
     common += ["--iterations", str(plan.iterations)]
     if plan.peak_gflops:
-        common += ["--peak-gflops", str(plan.peak_gflops)]
+        common += ["--peak-gflops", str(plan.peak_gflops), "--no-measure-peak"]
     torch_ref = ["--torch-run", str(models.out)] if (models.out / "members").is_dir() else []
     cmds = []
     if models.fused is not None:
-        cmd = [*cxr_bench(), "run", "--model", str(models.fused)]
+        cmd = [*study(), "--model", str(models.fused)]
         if models.fused_int8 is not None:
             cmd += ["--variant", str(models.fused_int8)]
         cmd += ["--member-models", str(models.fused.parent.parent / "onnx"), *torch_ref, *common]
@@ -306,7 +307,7 @@ def bench_commands(models: PaperModels, plan: BenchPlan, out: Path) -> list[list
         cmds.append(cmd)
     if plan.per_member or models.fused is None:
         for name, path in models.members.items():
-            cmd = [*cxr_bench(), "run", "--model", str(path)]
+            cmd = [*study(), "--model", str(path)]
             if name in models.int8_members:
                 cmd += ["--variant", str(models.int8_members[name])]
             cmd += [

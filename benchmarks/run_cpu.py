@@ -1,10 +1,11 @@
-"""`make bench`: the project's published CPU numbers, in ONE cxr-bench run, with the project's own tools.
+"""`make bench`: the project's published CPU numbers, in ONE ``study.py`` run (cxr-bench plus references).
 
 Takes: a fused ensemble (``--model``; default: the paper ensemble, built first by ``paper_members.py``
 under ``runs/paper/`` when missing), its INT8 variant (``--int8``; default ``<stem>.int8.onnx`` beside it),
 optionally its member files and training run, this machine (all usable cores), and the real images in
 ``../shared/data/radiography-dev`` when they exist. Makes: ``<out>/bench/cpu.{json,md,png}`` (one
-cxr-bench report) and ``<out>/bench/summary.md``: README-ready rows with date, machine, GEMM peaks and command.
+cxr-bench report, written by ``study.py``) and ``<out>/bench/summary.md``: README-ready rows with date,
+machine, GEMM peaks and command.
 
 The run has every row issue 18 asks for, at batch 1 and 8: cxr onnxruntime FP32 and INT8 (when the INT8
 variant exists), cxr OpenVINO FP32, BF16 and auto (when openvino is installed; BF16 only where the CPU has it
@@ -38,7 +39,9 @@ REAL_IMAGES = ROOT.parent / "shared" / "data" / "radiography-dev"
 sys.path.insert(0, str(HERE))
 
 import paper_members  # noqa: E402
+from peak import PeakFigure  # noqa: E402
 
+from cxr.bench.machine import MachineInfo  # noqa: E402
 from cxr.bench.report import agreement_cell, load_report, markdown_table  # noqa: E402
 from cxr.bench.types import BenchRow  # noqa: E402
 
@@ -81,9 +84,9 @@ def given_models(a: argparse.Namespace) -> Models:
 
 
 def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]:
-    """The one cxr-bench command line: every provider x precision x batch the issue asks for."""
+    """The one study.py command line: every provider x precision x batch the issue asks for."""
     openvino = importlib.util.find_spec("openvino") is not None
-    cmd = [*paper_members.cxr_bench(), "run", "--model", str(models.fused)]
+    cmd = [*paper_members.study(), "--model", str(models.fused)]
     if models.int8 is not None:
         cmd += ["--variant", str(models.int8)]
     if models.members is not None and not a.no_members:
@@ -145,6 +148,14 @@ def _cells(r: BenchRow) -> list[str]:
     ]
 
 
+def peaks_line(machine: MachineInfo) -> str:
+    """``FP32 365 GFLOP/s (numpy, 2 threads, 2048^3); ...`` from the figures study.py recorded."""
+    figs = machine.extra.get("peak_figures") or {}
+    if not figs:
+        return machine.peaks_line()
+    return "; ".join(PeakFigure.from_dict(f).describe() for f in figs.values())
+
+
 def summary_markdown(bench_dir: Path) -> str:
     """One compact table over every report in ``bench_dir``, with date, machine, peaks and commands."""
     reports = [load_report(p) for p in sorted(bench_dir.glob("*.json"))]
@@ -157,7 +168,7 @@ def summary_markdown(bench_dir: Path) -> str:
     lines = [
         f"- date: {first.created}",
         f"- machine: {first.machine.summary()}",
-        f"- GEMM peaks (measured at the start of the run unless given): {first.machine.peaks_line()}",
+        f"- GEMM peaks (measured at the start of the run unless given): {peaks_line(first.machine)}",
         *(f"- command: `{rep.command}`" for rep in reports),
         "",
         markdown_table(header, rows),

@@ -1,28 +1,22 @@
-"""cxr-bench compare: rows matched on their configuration key, B/A ratios computed and printed."""
+"""benchmarks/compare.py: rows of two cxr-bench reports matched on their configuration key, B/A ratios."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from cxr.bench.compare import compare_reports, comparison_markdown, format_comparison
 from cxr.bench.machine import MachineInfo
 from cxr.bench.stats import summarize
 from cxr.bench.types import BenchReport, BenchRow
+from tests.test_bench_support import benchmark
 
+compare = benchmark("compare")
+compare_reports, comparison_markdown = compare.compare_reports, compare.comparison_markdown
+format_comparison = compare.format_comparison
 MACHINE = MachineInfo(
-    "Test CPU",
-    2,
-    2,
-    8.0,
-    (),
-    "linux",
-    "3.11",
-    "1.32.0",
-    ("CPUExecutionProvider",),
-    None,
-    None,
-    None,
-    "unknown",
+    "Test CPU", 2, 2, 8.0, (), "linux", "3.11", "1.32.0", ("CPUExecutionProvider",), None, None
 )
 
 
@@ -73,3 +67,18 @@ def test_zero_baseline_gives_no_ratio() -> None:
     assert c.pairs[0].throughput_ratio is None
     line = next(ln for ln in format_comparison(c).splitlines() if ln.startswith("m.onnx"))
     assert line.split()[-1] == "-" and "1.00x" in line
+
+
+def test_the_script_compares_two_files_and_refuses_a_json_that_is_no_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b, other = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "x.json"
+    a.write_text(json.dumps(_report(_row(1, 100.0, 10.0)).to_dict()))
+    b.write_text(json.dumps(_report(_row(1, 50.0, 20.0), _row(2, 60.0, 30.0)).to_dict()))
+    other.write_text(json.dumps({"rows": []}))
+    assert compare.main([str(a), str(b), "--markdown", str(tmp_path / "c.md")]) == 0
+    out = capsys.readouterr().out
+    assert "0.50x" in out and out.count("only in B") == 1
+    assert (tmp_path / "c.md").read_text().startswith("# cxr-bench comparison")
+    assert compare.main([str(a), str(other)]) == 2
+    assert "not a cxr-bench report" in capsys.readouterr().err

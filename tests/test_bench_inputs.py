@@ -1,4 +1,4 @@
-"""cxr-bench input checks: ONNX header reader, variants, batch sizes, folders, member files."""
+"""cxr-bench input checks: ONNX header reader, variants, batch sizes, folders."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cxr.bench.inputs import (
-    check_batch_sizes,
-    check_variants,
-    inspect_model,
-    list_images,
-    resolve_members,
-)
-from cxr.bench.onnx_header import read_onnx_header
+from cxr.bench.inputs import check_batch_sizes, check_variants, inspect_model, list_images
 from cxr.errors import ConfigError, DataError, ModelError
+from cxr.onnx_header import read_onnx_header
 from cxr.session import file_sha256
 from tests.onnx_factory import make_fused_model, make_member_model
 from tests.test_bench_support import fixed_batch, variant_of, with_card
@@ -216,45 +210,3 @@ def test_list_images_refuses_empty_folders(tmp_path: Path, make: str) -> None:
         (folder / "readme.txt").write_text("x")
     with pytest.raises(DataError):
         list_images(folder)
-
-
-def _members(tmp_path: Path, names: tuple[str, ...] = ("alpha", "beta")) -> list[Path]:
-    base = make_member_model(tmp_path / "base_member.onnx")
-    out = []
-    for i, n in enumerate(names):
-        out.append(with_card(base, tmp_path / "members" / f"{n}.onnx", name=n, seed=i))
-    base.unlink()
-    return out
-
-
-def test_resolve_members_from_folder_in_ensemble_order(fused_model: Path, tmp_path: Path) -> None:
-    beta, alpha = reversed(_members(tmp_path))
-    (tmp_path / "members" / "junk.onnx").write_bytes(b"nope")  # skipped in a folder
-    got = resolve_members(inspect_model(fused_model), [tmp_path / "members"])
-    assert [m.path for m in got] == [alpha, beta]
-
-
-def test_resolve_members_checks_recorded_hashes(tmp_path: Path) -> None:
-    alpha, beta = _members(tmp_path)
-    fused = make_fused_model(tmp_path / "fused.onnx")
-    good = with_card(
-        fused,
-        tmp_path / "fused_h.onnx",
-        members=[
-            {"name": "alpha", "onnx_sha256": file_sha256(alpha)},
-            {"name": "beta", "onnx_sha256": "0" * 64},
-        ],
-    )
-    with pytest.raises(ModelError, match="hash mismatch"):
-        resolve_members(inspect_model(good), [alpha, beta])
-    with pytest.raises(ModelError, match="beta"):  # in a folder the wrong beta is skipped, so beta is missing
-        resolve_members(inspect_model(good), [tmp_path / "members"])
-
-
-def test_resolve_members_refuses_strangers(fused_model: Path, member_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="not a member"):
-        resolve_members(inspect_model(fused_model), [member_model])  # card name 'tiny'
-    with pytest.raises(ConfigError, match="single member"):
-        resolve_members(inspect_model(member_model), [member_model])
-    with pytest.raises(DataError):
-        resolve_members(inspect_model(fused_model), [tmp_path / "nowhere"])

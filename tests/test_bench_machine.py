@@ -1,5 +1,4 @@
-"""cxr-bench machine info: peak GFLOP/s overrides and lookup per precision, per-row peak memory, busy-CPU
-note, round trip."""
+"""cxr-bench machine info: GEMM peaks given per precision, per-row peak memory, busy-CPU note, round trip."""
 
 from __future__ import annotations
 
@@ -15,9 +14,8 @@ from cxr.bench.machine import (
     busy_note,
     machine_info,
     parse_peaks,
-    resolve_peak_overrides,
+    resolve_peaks,
 )
-from cxr.bench.peak import PeakFigure
 from cxr.errors import ConfigError
 
 
@@ -39,7 +37,7 @@ def test_peak_overrides(
         monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
     else:
         monkeypatch.setenv("CXR_PEAK_GFLOPS", env)
-    assert resolve_peak_overrides(option) == expected  # type: ignore[arg-type]
+    assert resolve_peaks(option) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -57,50 +55,35 @@ def test_bad_peak_is_refused(text: str, match: str, monkeypatch: pytest.MonkeyPa
         parse_peaks(text)
     monkeypatch.setenv("CXR_PEAK_GFLOPS", text)
     with pytest.raises(ConfigError, match="CXR_PEAK_GFLOPS"):
-        resolve_peak_overrides(None)
-
-
-def test_overrides_win_and_the_rest_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
-    info = machine_info("fp32=123", peak_size=32)
-    assert (info.peak_gflops, info.peak_source) == (123.0, "option")
-    assert info.peak("fp32") == PeakFigure("fp32", 123.0, "option", None, 0, "option")
-    int8 = info.peak("int8")
-    assert int8 is not None and int8.source == "measured" and int8.size == 32 and int8.gflops
-    assert "fp32 123" in info.summary() and "INT8" in info.peaks_line()
+        resolve_peaks(None)
 
 
 @pytest.mark.parametrize(
-    ("precision", "gpu", "expected"),
-    [("fp32", False, 100.0), ("bf16", False, 300.0), ("int8", False, 700.0), ("fp16", False, None)]
-    + [("bf16", True, None), ("int8", True, 50.0)],
+    ("given", "precision", "expected"),
+    [("100", "fp32", 100.0), ("fp32=100,bf16=300", "bf16", 300.0), ("fp32=100", "int8", None)],
 )
-def test_each_precision_has_its_own_peak(precision: str, gpu: bool, expected: float | None) -> None:
-    """A measured (CPU) peak never serves a GPU row; an override does."""
-    base = machine_info(measure_peak=False)
-    peaks = {
-        "fp32": PeakFigure("fp32", 100.0, "onnxruntime", 2, 64).to_dict(),
-        "bf16": PeakFigure("bf16", 300.0, "openvino", 2, 64).to_dict(),
-        "int8": PeakFigure("int8", 700.0 if not gpu else 50.0, "option", None, 0, "option").to_dict(),
-    }
-    info = dataclasses.replace(base, peaks=peaks)
-    assert info.peak_for(precision, gpu=gpu) == expected
+def test_each_precision_has_its_own_peak(
+    given: str, precision: str, expected: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
+    info = machine_info(given)
+    assert info.peak_for(precision) == expected and info.peak_source == "option"
+    assert "FP32 100" in info.peaks_line() and "(option)" in info.peaks_line()
 
 
-def test_a_report_of_an_older_cxr_keeps_its_fp32_peak() -> None:
-    old = machine_info(measure_peak=False).to_dict()
-    old.pop("peaks"), old.pop("openvino")
-    old.update(peak_gflops=234.0, peak_source="option")
-    info = MachineInfo.from_dict(old)
-    assert info.peak_for("fp32") == 234.0 and info.peak_for("bf16") is None
+def test_without_peaks_the_line_says_how_to_give_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
+    info = machine_info()
+    assert (info.peaks, info.peak_source, info.peak_for("fp32")) == ({}, "none", None)
+    assert "--peak-gflops" in info.peaks_line()
 
 
 def test_machine_info_round_trip() -> None:
-    info = machine_info(10.0, peak_size=16)
+    info = dataclasses.replace(machine_info(10.0), extra={"peak_figures": {"fp32": {"runtime": "numpy"}}})
     assert info.logical_cores >= info.usable_cores >= 1
     assert info.onnxruntime and "CPUExecutionProvider" in info.onnxruntime_providers
     assert MachineInfo.from_dict(info.to_dict()) == info
-    assert "GFLOP/s" in info.summary()
+    assert info.cpu_model in info.summary() and "GFLOP/s" in info.peaks_line()
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
@@ -122,7 +105,7 @@ def test_peak_memory_is_per_row() -> None:
     [((0.1, 0.1, 0.1), 2, False), ((0.6, 1, 1), 2, True), ((3.0, 1, 1), 16, False), ((), 2, False)],
 )
 def test_busy_note(load: tuple[float, ...], cores: int, busy: bool) -> None:
-    info = dataclasses.replace(machine_info(measure_peak=False), load_average=load, usable_cores=cores)
+    info = dataclasses.replace(machine_info(), load_average=load, usable_cores=cores)
     note = busy_note(info)
     assert (note is not None) == busy
     if note:

@@ -1,5 +1,5 @@
 """This host's GEMM peak: the hand-written ONNX GEMM graphs, positive figures per precision at tiny sizes,
-which runtime won, the missing-OpenVINO path, the per-process cache, `cxr-bench peak`."""
+which runtime won, the missing-OpenVINO path, the per-process cache, `python benchmarks/peak.py`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
 
-from cxr.bench import peak as bench_peak
-from cxr.bench.onnx_writer import gemm_model
-from cxr.bench.peak import PEAK_PRECISIONS, PeakFigure, best_seconds, measure_peaks
-from cxr.cli.bench import app
 from cxr.errors import ConfigError
 from cxr.session import cpu_session
+from tests.test_bench_support import benchmark
+
+bench_peak = benchmark("peak")
+gemm_model = benchmark("onnx_writer").gemm_model
+PEAK_PRECISIONS, PeakFigure = bench_peak.PEAK_PRECISIONS, bench_peak.PeakFigure
+best_seconds, measure_peaks = bench_peak.best_seconds, bench_peak.measure_peaks
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -108,11 +109,14 @@ def test_a_figure_round_trips() -> None:
     assert fig.describe() == "INT8 700 GFLOP/s (openvino, 2 threads, 2048^3)"
 
 
-def test_cli_peak_prints_and_writes_every_precision(tmp_path: Path) -> None:
+def test_the_script_prints_and_writes_every_precision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "peak.json"
-    res = CliRunner().invoke(app, ["peak", "--size", "32", "--repeats", "1", "-t", "1", "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    assert "GFLOP/s" in res.output and all(p in res.output for p in PEAK_PRECISIONS)
+    assert bench_peak.main(["--size", "32", "--repeats", "1", "-t", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "GFLOP/s" in printed and all(p in printed for p in PEAK_PRECISIONS)
+    assert "--peak-gflops fp32=" in printed  # what to give cxr-bench run
     doc = json.loads(out.read_text())
     assert set(doc["peaks"]) == set(PEAK_PRECISIONS) and doc["peaks"]["fp32"]["gflops"] > 0
     assert doc["machine"]["cpu_model"]

@@ -1,6 +1,6 @@
 """cxr-bench's precision axis: which (provider, precision) pairs run, the precision column is what really
 ran (SessionInfo.precision, else the file's), efficiency divides by that precision's peak, OpenVINO BF16
-refusals are notes (errors when strict), top-1 agreement of reduced-precision rows on images."""
+refusals are notes (errors when strict)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from cxr.bench.run import BenchConfig, run_bench
 from cxr.cli.bench import app
 from cxr.errors import ConfigError, ProviderError
 from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS
-from tests.onnx_factory import write_gray_pngs
+from cxr.session import SessionConfig
 from tests.test_bench_support import variant_of
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
-FAST: dict[str, Any] = {"warmup": 1, "iterations": 3, "peak_size": 32, "threads": (1,)}
+FAST: dict[str, Any] = {"warmup": 1, "iterations": 3, "threads": (1,)}
 PEAKS = "fp32=100,bf16=400,int8=800"
 ACCEPTED = {"accepted": True, "agreement": 1.0, "images": 50, "bar": 0.99, "reason": "test record"}
 
@@ -175,7 +175,7 @@ def test_bf16_without_a_record_is_skipped_or_refused(fused_model: Path, strict: 
         model=fused_model,
         providers=("openvino",),
         precisions=("fp32", "bf16"),
-        strict_provider=strict,
+        session=SessionConfig(strict_provider=strict),
         **FAST,
     )
     if strict:
@@ -185,75 +185,3 @@ def test_bf16_without_a_record_is_skipped_or_refused(fused_model: Path, strict: 
     report = run_bench(cfg)
     assert [r.precision_requested for r in report.rows] == ["fp32"]
     assert any("skipped openvino bf16 for tiny_fused.onnx" in n for n in report.notes)
-
-
-@pytest.mark.skipif(not _cpu_bf16(), reason="needs openvino on a CPU with BF16")
-def test_verified_bf16_runs_and_reports_its_agreement(fused_model: Path, tmp_path: Path) -> None:
-    model = with_bf16_record(fused_model, tmp_path / "verified.onnx")
-    write_gray_pngs(tmp_path / "imgs", 6)
-    cfg = BenchConfig(
-        model=model,
-        providers=("openvino",),
-        precisions=("auto", "bf16", "fp32"),
-        agreement_folder=tmp_path / "imgs",
-        agreement_images=5,
-        peak_gflops=PEAKS,
-        **FAST,
-    )
-    report = run_bench(cfg)
-    rows = report.rows
-    assert [(r.precision, r.precision_requested, r.peak_gflops) for r in rows] == [
-        ("bf16", "bf16", 400.0),  # auto chose bf16 too: measured once, with a note
-        ("fp32", "fp32", 100.0),
-    ]
-    assert any("auto -> bf16" in n for n in report.notes)
-    assert rows[0].agreement is not None and rows[0].agreement["images"] == 5
-    assert (
-        0.0 <= rows[0].agreement["top1"] <= 1.0
-        and "fp32 on onnxruntime cpu" in rows[0].agreement["reference"]
-    )
-    assert rows[1].agreement is None
-    (auto,) = run_bench(dataclasses.replace(cfg, precisions=("auto",))).rows
-    assert (auto.precision, auto.label()) == ("bf16", "verified.onnx bf16 (auto)")
-
-
-def test_int8_rows_get_their_agreement_with_fp32(fused_model: Path, tmp_path: Path) -> None:
-    int8 = variant_of(fused_model, tmp_path / "tiny.int8.onnx")  # the same graph: agreement is 100%
-    write_gray_pngs(tmp_path / "imgs", 7)
-    cfg = BenchConfig(
-        model=fused_model, variants=(int8,), agreement_folder=tmp_path / "imgs", agreement_images=4, **FAST
-    )
-    fp32, q = run_bench(cfg).rows
-    assert fp32.agreement is None
-    assert q.agreement == {"top1": 1.0, "images": 4, "reference": "tiny_fused.onnx fp32 on onnxruntime cpu"}
-
-
-def test_a_missing_agreement_folder_fails_before_measuring(fused_model: Path, tmp_path: Path) -> None:
-    from cxr.errors import DataError
-
-    with pytest.raises(DataError, match="does not exist"):
-        run_bench(BenchConfig(model=fused_model, agreement_folder=tmp_path / "nope", **FAST))
-
-
-@pytest.mark.parametrize(("n", "want"), [(3, [0, 3, 6]), (10, list(range(10))), (20, list(range(10)))])
-def test_agreement_images_are_spread_over_the_folder(n: int, want: list[int]) -> None:
-    from cxr.bench.precision import spread
-
-    files = [Path(f"{i}.png") for i in range(10)]
-    assert spread(files, n) == [files[i] for i in want]
-
-
-@pytest.mark.parametrize("images", [1, 4, 5])
-def test_top1_pads_a_fixed_batch(fused_model: Path, tmp_path: Path, images: int) -> None:
-    """A graph that takes batch 2 only still gets every image checked (the last batch is padded)."""
-    import numpy as np
-
-    from cxr.bench.precision import top1
-    from cxr.runtime import Predictor
-    from tests.test_bench_support import fixed_batch
-
-    grays = [np.random.default_rng(i).integers(0, 256, (32, 32), dtype=np.uint8) for i in range(images)]
-    fixed = Predictor.from_path(fixed_batch(fused_model, tmp_path / "b2.onnx", 2), provider="cpu")
-    dynamic = Predictor.from_path(fused_model, provider="cpu")
-    got = top1(fixed, grays, fixed_batch=2)
-    assert got.shape == (images,) and np.array_equal(got, top1(dynamic, grays))

@@ -1,9 +1,13 @@
-"""Helpers (no tests) for the cxr-bench tests: rewrite a tiny model's card, freeze its batch dimension."""
+"""Helpers (no tests) for the cxr-bench tests: rewrite a tiny model's card, freeze its batch dimension, and
+put ``benchmarks/`` on the path (its modules import each other by plain name, as its scripts do)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -12,6 +16,15 @@ from onnx import numpy_helper
 
 from cxr.session import file_sha256
 from cxr.spec import META_CARD
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark(name: str) -> ModuleType:
+    """The module ``benchmarks/<name>.py`` (``benchmarks/`` goes on the path, as its scripts put it)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def with_card(src: Path, dst: Path, drop: tuple[str, ...] = (), **updates: Any) -> Path:

@@ -1,4 +1,5 @@
-"""The PyTorch eager reference row, with a stand-in for the checkpoint loader of cxr.train.torch_reference."""
+"""benchmarks/torch_rows.py: the PyTorch eager and "PyTorch best" rows, with a stand-in for the checkpoint
+loader of cxr.train.torch_reference."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from cxr.bench import torch_best
 from cxr.bench.run import BenchConfig, run_bench
 from cxr.spec import PreprocessSpec
+from tests.test_bench_support import benchmark
 
-torch = pytest.importorskip("torch")
+torch_rows = benchmark("torch_rows")
 
 
 def _fake_load_checkpoint(loaded: list[Path]) -> Any:
+    torch = pytest.importorskip("torch")
+
     def load_checkpoint(path: Path) -> Any:
         loaded.append(Path(path))
         gen = torch.Generator().manual_seed(len(loaded))
@@ -37,22 +41,19 @@ def test_torch_eager_rows(fused_model: Path, tmp_path: Path, monkeypatch: pytest
     from cxr.train import torch_reference
 
     monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint(loaded))
-    threads_before = torch.get_num_threads()
-    report = run_bench(
-        BenchConfig(
-            model=fused_model,
-            batch_sizes=(1, 2),
-            threads=(1,),
-            torch_run=tmp_path,
-            warmup=1,
-            iterations=3,
-            peak_gflops=10.0,
-            peak_size=64,
-        )
+    threads_before = torch_reference.torch.get_num_threads()
+    cfg = BenchConfig(
+        model=fused_model,
+        batch_sizes=(1, 2),
+        threads=(1,),
+        warmup=1,
+        iterations=3,
+        peak_gflops="fp32=10,bf16=40",
     )
+    report = run_bench(cfg, references=[torch_rows.torch_reference(tmp_path)])
     assert loaded == [tmp_path / "members" / "alpha", tmp_path / "members" / "beta"]
     rows = [r for r in report.rows if r.kind == "torch_eager"]
-    best = "bf16" if torch_best.best_mode().bf16 else "fp32"
+    best = "bf16" if torch_rows.best_mode().bf16 else "fp32"
     assert [(r.mode, r.precision, r.batch_size, r.threads, r.provider, r.sessions) for r in rows] == [
         ("eager", "fp32", 1, 1, "cpu", 2),
         ("eager", "fp32", 2, 1, "cpu", 2),
@@ -64,12 +65,14 @@ def test_torch_eager_rows(fused_model: Path, tmp_path: Path, monkeypatch: pytest
         r.latency_ms.count == 3 and r.throughput_ips > 0 and r.efficiency_pct is not None for r in rows
     )
     assert any("torch" in w for w in rows[0].warnings)
-    assert torch.get_num_threads() == threads_before  # restored after the reference ran
+    assert torch_reference.torch.get_num_threads() == threads_before  # restored after the reference ran
 
 
 def test_missing_checkpoints_are_a_note(fused_model: Path, tmp_path: Path) -> None:
     (tmp_path / "members" / "alpha").mkdir(parents=True)
-    report = run_bench(BenchConfig(model=fused_model, torch_run=tmp_path, warmup=0, iterations=1))
+    pytest.importorskip("torch")
+    cfg = BenchConfig(model=fused_model, warmup=0, iterations=1)
+    report = run_bench(cfg, references=[torch_rows.torch_reference(tmp_path)])
     assert [r.kind for r in report.rows] == ["inference"]
     assert any("no checkpoint for beta" in n for n in report.notes)
 
@@ -85,7 +88,7 @@ def test_missing_checkpoints_are_a_note(fused_model: Path, tmp_path: Path) -> No
     ],
 )
 def test_bf16_needs_the_cpu_flag(cpuinfo: str, native: bool) -> None:
-    assert torch_best.cpu_flags_bf16(cpuinfo) is native
+    assert torch_rows.cpu_flags_bf16(cpuinfo) is native
 
 
 @pytest.mark.parametrize("bf16", [True, False])
@@ -93,24 +96,15 @@ def test_best_rows_use_their_precisions_peak_and_report_agreement(
     fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
 ) -> None:
     from cxr.train import torch_reference
-    from tests.onnx_factory import write_gray_pngs
 
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)
     monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint([]))
-    monkeypatch.setattr(torch_best, "best_mode", lambda: torch_best.BestMode(bf16, "PyTorch best: test"))
-    write_gray_pngs(tmp_path / "imgs", 5)
-    cfg = BenchConfig(
-        model=fused_model,
-        threads=(1,),
-        torch_run=tmp_path,
-        agreement_folder=tmp_path / "imgs",
-        warmup=0,
-        iterations=2,
-        peak_gflops="fp32=10,bf16=40",
-        measure_peak=False,
-    )
-    eager, best = (r for r in run_bench(cfg).rows if r.kind == "torch_eager")
+    monkeypatch.setattr(torch_rows, "best_mode", lambda: torch_rows.BestMode(bf16, "PyTorch best: test"))
+    grays = [np.full((32, 32), 20 * i, np.uint8) for i in range(5)]
+    cfg = BenchConfig(model=fused_model, threads=(1,), warmup=0, iterations=2, peak_gflops="fp32=10,bf16=40")
+    rows = run_bench(cfg, references=[torch_rows.torch_reference(tmp_path, grays)]).rows
+    eager, best = (r for r in rows if r.kind == "torch_eager")
     assert (eager.mode, eager.precision, eager.peak_gflops, eager.agreement) == ("eager", "fp32", 10.0, None)
     assert (best.mode, best.precision) == ("best", "bf16" if bf16 else "fp32")
     assert best.peak_gflops == (40.0 if bf16 else 10.0)
@@ -129,7 +123,18 @@ def test_no_torch_best(fused_model: Path, tmp_path: Path, monkeypatch: pytest.Mo
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)
     monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint([]))
-    cfg = BenchConfig(
-        model=fused_model, torch_run=tmp_path, torch_best=False, warmup=0, iterations=1, measure_peak=False
+    cfg = BenchConfig(model=fused_model, warmup=0, iterations=1)
+    rows = run_bench(cfg, references=[torch_rows.torch_reference(tmp_path, best=False)]).rows
+    assert [r.mode for r in rows if r.kind == "torch_eager"] == ["eager"]
+
+
+def test_without_torch_the_reference_is_a_note(
+    fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch_rows, "torch_installed", lambda: False)
+    report = run_bench(
+        BenchConfig(model=fused_model, warmup=1, iterations=2),
+        references=[torch_rows.torch_reference(tmp_path)],
     )
-    assert [r.mode for r in run_bench(cfg).rows if r.kind == "torch_eager"] == ["eager"]
+    assert [r.kind for r in report.rows] == ["inference"]
+    assert any("torch is not installed" in n for n in report.notes)

@@ -1,7 +1,9 @@
-"""`cxr-bench run` / `compare` through Typer's CliRunner: outputs, ratios, exit code 2 on bad input."""
+"""`cxr-bench run` through Typer's CliRunner: the 100-column table and its legend, outputs, peaks given,
+exit code 2 on bad input, one spelling per option."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,26 +13,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cxr.bench.report import format_terminal
+from cxr.bench.run import BenchConfig, run_bench
+from cxr.bench.types import BenchReport
 from cxr.cli.bench import app
 from tests.onnx_factory import make_fused_model
-from tests.test_bench_support import fixed_batch, variant_of
+from tests.test_bench_support import fixed_batch, variant_of, with_card
 
 runner = CliRunner()
-FAST = ["--warmup", "1", "--iterations", "3", "--quiet", "--peak-size", "32"]
-
-
-@pytest.fixture(scope="module")
-def two_reports(fused_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("cli")
-    out = []
-    for name, threads in (("a", "1"), ("b", "1,2")):
-        path = tmp / f"{name}.json"
-        res = runner.invoke(
-            app, ["run", "-m", str(fused_model), "-b", "1,2", "-t", threads, "-o", str(path), *FAST]
-        )
-        assert res.exit_code == 0, res.output
-        out.append(path)
-    return out[0], out[1]
+FAST = ["--warmup", "1", "--iterations", "3", "--quiet"]
 
 
 def test_run_prints_table_and_writes_files(fused_model: Path, tmp_path: Path) -> None:
@@ -41,17 +32,9 @@ def test_run_prints_table_and_writes_files(fused_model: Path, tmp_path: Path) ->
     assert "p50 ms" in res.output and "img/s" in res.output and "eff %" in res.output
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [(r["concurrency"], r["mode"]) for r in doc["rows"]] == [(1, "session"), (2, "session")]
-    assert doc["machine"]["peak_gflops"] == 234.0
+    assert doc["machine"]["peaks"] == {"fp32": 234.0}
     assert "cxr-bench run" in doc["command"] or doc["command"]
     assert (tmp_path / "r.md").read_text().startswith("# cxr-bench results")
-
-
-def test_peak_from_environment(fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_PEAK_GFLOPS", "50")
-    res = runner.invoke(app, ["run", "-m", str(fused_model), "-o", str(tmp_path / "r.json"), *FAST])
-    assert res.exit_code == 0, res.output
-    doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["machine"]["peak_source"] == "CXR_PEAK_GFLOPS" and doc["rows"][0]["efficiency_pct"] > 0
 
 
 @pytest.mark.parametrize(
@@ -60,16 +43,16 @@ def test_peak_from_environment(fused_model: Path, tmp_path: Path, monkeypatch: p
         (["--peak-gflops", "50"], None, 50.0, "option"),
         (["--peak-gflops", "fp32=60,int8=900"], "70", 60.0, "option"),
         ([], "fp32=80", 80.0, "CXR_PEAK_GFLOPS"),
-        ([], None, None, "measured"),
+        ([], "80", 80.0, "CXR_PEAK_GFLOPS"),
     ],
 )
-def test_a_given_peak_wins_over_the_measured_one(
+def test_a_given_peak_is_the_efficiency_denominator(
     fused_model: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     args: list[str],
     env: str | None,
-    peak: float | None,
+    peak: float,
     source: str,
 ) -> None:
     if env is None:
@@ -80,20 +63,20 @@ def test_a_given_peak_wins_over_the_measured_one(
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r.json").read_text())
     (row,) = doc["rows"]
-    fp32 = doc["machine"]["peaks"]["fp32"]
-    assert fp32["source"] == source and doc["machine"]["peak_source"] == source
-    assert row["peak_gflops"] == fp32["gflops"] == (peak if peak is not None else fp32["gflops"]) > 0
-    assert row["efficiency_pct"] == pytest.approx(100 * row["gflops"] / row["peak_gflops"])
-    assert "GEMM peaks: FP32" in res.output
+    assert doc["machine"]["peak_source"] == source and doc["machine"]["peaks"]["fp32"] == peak
+    assert row["peak_gflops"] == peak and row["efficiency_pct"] == pytest.approx(100 * row["gflops"] / peak)
+    assert f"GEMM peaks: FP32 {peak:.0f}" in res.output
 
 
-def test_without_measuring_efficiency_is_left_out_with_a_note(
+def test_without_a_peak_efficiency_is_left_out_with_a_note(
     fused_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CXR_PEAK_GFLOPS", raising=False)
-    res = runner.invoke(app, ["run", "-m", str(fused_model), "--no-measure-peak", *FAST])
+    res = runner.invoke(app, ["run", "-m", str(fused_model), *FAST])
     assert res.exit_code == 0, res.output
-    assert "efficiency % not computed for fp32 rows" in res.output and "--peak-gflops fp32=" in res.output
+    out = " ".join(res.output.split())  # notes are wrapped to 100 columns
+    assert "efficiency % not computed for fp32 rows" in out and "--peak-gflops fp32=" in out
+    assert "benchmarks/peak.py" in out
 
 
 def test_min_seconds_alone(fused_model: Path, tmp_path: Path) -> None:
@@ -104,16 +87,6 @@ def test_min_seconds_alone(fused_model: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert row["seconds"] >= 0.05 and row["iterations"] >= 5
-
-
-def test_compare_shows_ratios(two_reports: tuple[Path, Path], tmp_path: Path) -> None:
-    a, b = two_reports
-    res = runner.invoke(app, ["compare", str(a), str(b), "--markdown", str(tmp_path / "c.md")])
-    assert res.exit_code == 0, res.output
-    assert "B/A" in res.output and "x" in res.output
-    assert res.output.count("only in B") == 2  # b ran threads 2 as well, for batch 1 and 2
-    md = (tmp_path / "c.md").read_text()
-    assert md.startswith("# cxr-bench comparison") and md.count("\n| ") == 1 + 2
 
 
 @pytest.mark.parametrize(
@@ -144,31 +117,13 @@ def test_bad_inputs_exit_2(fused_model: Path, tmp_path: Path) -> None:
         (["run", "-m", str(fused_model), "--variant", str(stranger)], "does not belong to the same model"),
         (["run", "-m", str(fused_model), "--folder", str(tmp_path / "empty")], "holds no image files"),
         (["run", "-m", str(tmp_path / "missing.onnx")], "does not exist"),
-        (["run", "--variant", str(stranger)], "needs --model MODEL"),
-        (["compare", str(fused_model), str(fused_model)], "not valid JSON"),
+        (["run", "--variant", str(stranger)], "Missing option '--model'"),
     ]
     for args, message in cases:
-        res = runner.invoke(app, [*args, *FAST] if args[0] == "run" else args)
+        res = runner.invoke(app, [*args, *FAST])
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output, (args, res.output)
         assert "Traceback" not in res.output
-
-
-def test_compare_refuses_a_json_that_is_not_a_report(tmp_path: Path, two_reports: tuple[Path, Path]) -> None:
-    other = tmp_path / "x.json"
-    other.write_text(json.dumps({"rows": []}))
-    res = runner.invoke(app, ["compare", str(two_reports[0]), str(other)])
-    assert res.exit_code == 2 and "not a cxr-bench report" in res.output
-
-
-def test_plot_without_matplotlib_fails_before_measuring(
-    fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from cxr.bench import plot as bench_plot
-
-    monkeypatch.setattr(bench_plot, "matplotlib_missing", lambda: True)
-    res = runner.invoke(app, ["run", "-m", str(fused_model), "--plot", str(tmp_path / "p.png"), *FAST])
-    assert res.exit_code == 2 and "matplotlib" in res.output and "p50" not in res.output
 
 
 def test_runs_with_torch_unimportable(fused_model: Path, tmp_path: Path) -> None:
@@ -177,11 +132,9 @@ def test_runs_with_torch_unimportable(fused_model: Path, tmp_path: Path) -> None
         "import sys; sys.modules['torch'] = None\n"
         "from typer.testing import CliRunner\n"
         "from cxr.cli.bench import app\n"
-        f"res = CliRunner().invoke(app, ['run', '-m', {str(fused_model)!r}, '--torch-run', {str(tmp_path)!r}, "
-        "'--warmup', '1', '--iterations', '2'])\n"
+        f"res = CliRunner().invoke(app, ['run', '-m', {str(fused_model)!r}, '--warmup', '1', '--iterations', '2'])\n"
         "print(res.output)\n"
         "assert res.exit_code == 0, res.output\n"
-        "assert 'torch is not installed' in res.output, res.output\n"
         "assert sys.modules['torch'] is None\n"
         "assert not any(m in sys.modules for m in ('timm', 'onnx', 'sklearn'))\n"
     )
@@ -193,17 +146,68 @@ def test_runs_with_torch_unimportable(fused_model: Path, tmp_path: Path) -> None
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_the_positional_model_still_works_with_a_notice(fused_model: Path, tmp_path: Path) -> None:
-    """`cxr-bench run MODEL` (the last release's spelling): the same report as `--model MODEL`, plus the notice."""
-    for args, name in (
-        (["run", str(fused_model)], "old.json"),
-        (["run", "--model", str(fused_model)], "new.json"),
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-m", "x.onnx", "y.onnx"], "Got unexpected extra argument"),  # a model is --model only
+        (["run", "-m", "x.onnx", "--members", "m/"], "No such option: --members"),  # it is gone, not hidden
+        (["run", "-m", "x.onnx", "--torch-run", "r/"], "No such option: --torch-run"),  # benchmarks/study.py
+        (["peak"], "No such command 'peak'"),  # python benchmarks/peak.py
+        (["compare", "a.json", "b.json"], "No such command 'compare'"),  # python benchmarks/compare.py
+    ],
+)
+def test_one_spelling_per_option(args: list[str], message: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+def _report_with_long_names(tmp_path: Path, fused_model: Path) -> BenchReport:
+    """A report whose labels and provider cells are as long as real ones get (INT8 file, a fallback)."""
+    model = tmp_path / "ensemble_of_five_members_fused_with_heatmaps_and_ood.onnx"
+    int8 = variant_of(with_card(fused_model, model), tmp_path / f"{model.stem}.int8.onnx")
+    cfg = BenchConfig(
+        model=model,
+        variants=(int8,),
+        providers=("cpu", "cuda"),
+        batch_sizes=(1, 8),
+        concurrency=(1, 2),
+        warmup=0,
+    )
+    return run_bench(dataclasses.replace(cfg, iterations=2, peak_gflops="fp32=365,int8=4407"))
+
+
+def test_the_default_table_fits_100_columns_with_a_legend(fused_model: Path, tmp_path: Path) -> None:
+    report = _report_with_long_names(tmp_path, fused_model)
+    text = format_terminal(report)
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    table = text.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["configuration", "provider", "b", "thr", "cli", "p50", "ms", "p99", "ms"] + [
+        "ms/img", "img/s", "eff", "%", "RSS", "MB"
+    ]  # fmt: skip
+    assert len(table) == 2 + len(report.rows) and "cpu!" in text  # the fallback is marked
+    for column in (
+        "b = images per call",
+        "thr = intra-op threads",
+        "cli = client threads",
+        "eff % = achieved",
     ):
-        res = runner.invoke(app, [*args, "-o", str(tmp_path / name), *FAST])
-        assert res.exit_code == 0, res.output
-        notice = "MODEL as a positional argument of `cxr-bench run` is deprecated"
-        assert (notice in res.output) == (name == "old.json"), res.output
-    old, new = (json.loads((tmp_path / n).read_text()) for n in ("old.json", "new.json"))
-    assert [(r["key"], r["model_sha256"]) for r in old["rows"]] == [
-        (r["key"], r["model_sha256"]) for r in new["rows"]
-    ]
+        assert column in " ".join(text.split()), column
+    assert "--wide: every column" in text
+
+
+def test_wide_prints_every_column_and_explains_each(fused_model: Path, tmp_path: Path) -> None:
+    report = _report_with_long_names(tmp_path, fused_model)
+    wide = format_terminal(report, wide=True)
+    header = wide.split("\n\n")[1].splitlines()[0]
+    for column in ("p90 ms", "p95 ms", "max ms", "mean±std ms", "agree %", "load s", "outl"):
+        assert column in header
+    legend = " ".join(wide.split())
+    assert "outl = calls above Q3 + 1.5 IQR" in legend and "load s = seconds to create" in legend
+    assert "asked cuda!" in wide and max(len(line) for line in wide.splitlines()) > 100
+
+
+def test_cli_wide_flag(fused_model: Path) -> None:
+    narrow = runner.invoke(app, ["run", "-m", str(fused_model), *FAST])
+    wide = runner.invoke(app, ["run", "-m", str(fused_model), "--wide", *FAST])
+    assert narrow.exit_code == wide.exit_code == 0
+    assert "outl" not in narrow.output and "outl" in wide.output

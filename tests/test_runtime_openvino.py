@@ -335,8 +335,9 @@ def test_cxr_bench_opens_openvino_from_a_provider_string(fused: Path) -> None:
     from cxr.bench.config import BenchConfig
     from cxr.bench.measure import open_predictor
 
-    assert BenchConfig(model=fused, providers=("cpu", "openvino")).providers == ("cpu", "openvino")
-    predictor, seconds = open_predictor(fused, "openvino", 1, True)
+    cfg = BenchConfig(model=fused, providers=("cpu", "openvino"))
+    assert cfg.providers == ("cpu", "openvino")
+    predictor, seconds = open_predictor(fused, cfg.session_for("openvino", "auto", 1))
     assert predictor.info.providers == ("openvino",) and predictor.info.precision in ("fp32", "bf16")
     assert seconds > 0
 

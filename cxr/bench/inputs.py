@@ -1,11 +1,8 @@
-"""Check everything cxr-bench is given before it measures anything.
+"""Takes the model and variant paths, batch sizes and an image folder; checks them before anything is measured.
 
-Takes: the model path, precision variant paths, batch sizes, an image folder, member files or folders.
-Makes: ``ModelFile`` descriptions (metadata read from the file header, sha256, precision, kind, the FP32
-file it derives from), the list of image files, and the ensemble's members in the ensemble's order.
-Raises ``ModelError`` / ``ConfigError`` / ``DataError`` (exit code 2) with what was given and how to fix
-it: a variant from another ensemble (metadata hash mismatch), a batch size the graph cannot take, an empty
-folder, a member file that is not one of the ensemble's members.
+Makes ``ModelFile`` descriptions (metadata read from the file header, sha256, precision, kind, the FP32
+file it derives from) and the list of image files; raises ``ModelError`` / ``ConfigError`` /
+``DataError`` (exit code 2) naming what was given and how to fix it.
 
 Variants belong together when either
 - their roots match: an FP16/INT8 member's card carries ``fp32_sha256``, the sha256 of the FP32 file it was
@@ -18,19 +15,16 @@ Anything else is refused as a metadata hash mismatch.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr.bench.onnx_header import InputInfo, read_onnx_header
 from cxr.errors import ConfigError, DataError, ModelError
 from cxr.imaging.decode import READABLE_SUFFIXES
+from cxr.onnx_header import InputInfo, read_onnx_header
 from cxr.session import file_sha256, files_sha256
 from cxr.spec import ModelMetadata
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,107 +193,3 @@ def list_images(folder: Path | str) -> tuple[Path, ...]:
             path=folder,
         )
     return files
-
-
-def _expected_member_hashes(ensemble: ModelFile) -> dict[str, str | None]:
-    out: dict[str, str | None] = {n: None for n in ensemble.member_order}
-    for entry in ensemble.card.get("members", ()) or ():
-        if isinstance(entry, Mapping) and "name" in entry:
-            sha = entry.get("onnx_sha256")
-            out[str(entry["name"])] = None if sha is None else str(sha)
-    return out
-
-
-def resolve_members(ensemble: ModelFile, specs: Sequence[Path]) -> tuple[ModelFile, ...]:
-    """The ensemble's member files, in its ``member_order``, from files and/or folders of ``.onnx``.
-
-    A file named explicitly must be one of the ensemble's members (by card name and, where the ensemble
-    records it, by ``onnx_sha256``); files in a folder that are not are skipped.
-    """
-    if ensemble.kind != "ensemble" or not ensemble.member_order:
-        raise ConfigError(
-            f"--member-models compares a fused ensemble with its members run separately, but {ensemble.path} "
-            "is a single member (no member_order in its metadata)",
-            hint="pass the fused ensemble as --model, or drop --member-models",
-        )
-    expected = _expected_member_hashes(ensemble)
-    found: dict[str, list[ModelFile]] = {}
-    for spec in specs:
-        candidates, explicit = _member_candidates(Path(spec))
-        for path in candidates:
-            mf = _accept_member(ensemble, path, expected, explicit)
-            if mf is not None:
-                found.setdefault(str(mf.member_name), []).append(mf)
-    missing = [n for n in ensemble.member_order if n not in found]
-    if missing:
-        raise ModelError(
-            f"members {', '.join(missing)} of {ensemble.name} were not found in {', '.join(map(str, specs))}",
-            hint="pass the folder holding all exported members (e.g. RUN_DIR/onnx) or every member file",
-        )
-    return tuple(_one_file(ensemble, name, found[name]) for name in ensemble.member_order)
-
-
-def _member_candidates(spec: Path) -> tuple[list[Path], bool]:
-    """The ``.onnx`` files ``spec`` stands for, and whether it named a file explicitly."""
-    if spec.is_dir():
-        return sorted(spec.glob("*.onnx")), False
-    if spec.is_file():
-        return [spec], True
-    raise DataError(f"member path {spec} does not exist", hint="pass member .onnx files or their folder")
-
-
-def _accept_member(
-    ensemble: ModelFile, path: Path, expected: Mapping[str, str | None], explicit: bool
-) -> ModelFile | None:
-    """``path`` as a member of ``ensemble``: a folder's other files are skipped (None), a named one refused."""
-    if path.resolve() == ensemble.path.resolve():
-        return None
-    try:
-        mf = inspect_model(path)
-    except ModelError:
-        if explicit:
-            raise
-        log.info("skipping %s: not a cxr model", path)
-        return None
-    reason = _member_mismatch(ensemble, mf, expected)
-    if reason is None:
-        return mf
-    if explicit:
-        raise ModelError(
-            f"{path} is not a member of {ensemble.name}: {reason}",
-            hint="pass the member files the ensemble was fused from (same export)",
-            path=path,
-        )
-    log.info("skipping %s: %s", path, reason)
-    return None
-
-
-def _one_file(ensemble: ModelFile, name: str, files: list[ModelFile]) -> ModelFile:
-    """The one file for member ``name``: the one of the ensemble's precision when several were found."""
-    if len(files) > 1:
-        same = [f for f in files if f.precision == ensemble.precision]
-        files = same if len(same) == 1 else files
-    if len(files) > 1:
-        raise ModelError(
-            f"several files for member {name}: {', '.join(str(f.path) for f in files)}",
-            hint="pass the member files explicitly",
-        )
-    return files[0]
-
-
-def _member_mismatch(ensemble: ModelFile, mf: ModelFile, expected: Mapping[str, str | None]) -> str | None:
-    if mf.kind != "member":
-        return "it is not a single-member model"
-    if mf.member_name not in expected:
-        return (
-            f"its card names member {mf.member_name!r}, the ensemble has {', '.join(ensemble.member_order)}"
-        )
-    sha = expected[str(mf.member_name)]
-    if sha is not None and sha != mf.sha256:
-        return (
-            f"its sha256 {mf.sha256[:12]} differs from the {sha[:12]} the ensemble records for "
-            f"{mf.member_name} (metadata hash mismatch)"
-        )
-    if mf.metadata.classes != ensemble.metadata.classes:
-        return f"its classes {mf.metadata.classes} differ from the ensemble's {ensemble.metadata.classes}"
-    return None

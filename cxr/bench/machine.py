@@ -1,19 +1,17 @@
-"""What machine a benchmark ran on, and how much memory each configuration really took.
+"""Takes the running process and its OS; makes ``MachineInfo`` (what a benchmark ran on) and ``PeakMemory``.
 
-Takes: nothing but the running process and its OS. Makes: ``MachineInfo`` (CPU model, logical and usable
-cores, memory, GPU via ``nvidia-smi`` when present, onnxruntime and openvino versions, library versions,
-and the GEMM peak GFLOP/s per precision: measured here by ``cxr.bench.peak`` unless ``--peak-gflops`` /
-``$CXR_PEAK_GFLOPS`` give them) and ``PeakMemory`` readings.
+``MachineInfo`` holds the CPU, cores, memory, GPUs (``nvidia-smi``), runtime versions, the load average at
+the start, and the GEMM peak GFLOP/s per precision that efficiency % divides by: given by
+``--peak-gflops`` or ``$CXR_PEAK_GFLOPS`` (``benchmarks/peak.py`` measures them), never guessed.
 
-Peak memory: on Linux the kernel's resident high-water mark (``VmHWM`` in /proc/self/status) is reset
-before each configuration by writing ``5`` to /proc/self/clear_refs, so a row's ``peak_rss_mb`` is that
-configuration's peak (scope ``"row"``). Where the reset is impossible the figure is the process-lifetime
-maximum from ``resource.getrusage`` (scope ``"process"``), which can only grow from row to row; the
-scope is written beside every figure so a reader knows which one they got.
+Peak memory: on Linux the kernel's resident high-water mark (``VmHWM``) is reset before each configuration
+by writing ``5`` to /proc/self/clear_refs, so a row's figure is that configuration's own peak (scope
+``row``); elsewhere it is the process-lifetime maximum (scope ``process``), which only grows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -21,15 +19,19 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr.bench.peak import DEFAULT_REPEATS, DEFAULT_SIZE, PEAK_PRECISIONS, PeakFigure, measure_peaks
 from cxr.errors import ConfigError
 from cxr.ort_flavour import onnxruntime
 
 PEAK_ENV = "CXR_PEAK_GFLOPS"
+PEAK_KEYS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+PEAK_HINT = (
+    "give GFLOP/s as one number (the FP32 peak) or per precision as fp32=N,bf16=N,int8=N; "
+    "`python benchmarks/peak.py` measures them on this host"
+)
 
 
 def _read_text(path: str) -> str:
@@ -65,14 +67,9 @@ def gpus() -> tuple[str, ...]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return ()
+    query = [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=True,
-        ).stdout
+        out = subprocess.run(query, capture_output=True, text=True, timeout=15, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     return tuple(line.strip() for line in out.splitlines() if line.strip())
@@ -85,11 +82,11 @@ def _version(dist: str) -> str | None:
         return None
 
 
-PEAK_KEYS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
-PEAK_HINT = (
-    "give GFLOP/s as one number (the FP32 peak) or per precision as fp32=N,bf16=N,int8=N; "
-    "`cxr-bench peak` measures them on this host"
-)
+def load_average() -> tuple[float, ...]:
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return ()
 
 
 def parse_peaks(text: str, what: str = "--peak-gflops") -> dict[str, float]:
@@ -117,32 +114,13 @@ def parse_peaks(text: str, what: str = "--peak-gflops") -> dict[str, float]:
     return out
 
 
-def resolve_peak_overrides(value: float | str | Mapping[str, float] | None) -> tuple[dict[str, float], str]:
-    """The peaks given instead of measured, and where from: the option, ``$CXR_PEAK_GFLOPS``, or none."""
+def resolve_peaks(value: float | str | Mapping[str, float] | None) -> tuple[dict[str, float], str]:
+    """The peaks to divide by, and where from: the option, ``$CXR_PEAK_GFLOPS``, or ``none``."""
     if value is not None:
-        if isinstance(value, Mapping):
-            return parse_peaks(",".join(f"{k}={v}" for k, v in value.items())), "option"
-        return parse_peaks(str(value)), "option"
+        text = ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, Mapping) else str(value)
+        return parse_peaks(text), "option"
     raw = os.environ.get(PEAK_ENV, "").strip()
     return (parse_peaks(raw, PEAK_ENV), PEAK_ENV) if raw else ({}, "none")
-
-
-def resolve_peaks(
-    value: float | str | Mapping[str, float] | None,
-    *,
-    measure: bool = True,
-    size: int = DEFAULT_SIZE,
-    threads: int | None = None,
-    repeats: int = DEFAULT_REPEATS,
-) -> dict[str, PeakFigure]:
-    """Every peak this run compares against: the overrides, then a measurement of the precisions left."""
-    overrides, source = resolve_peak_overrides(value)
-    todo = [p for p in PEAK_PRECISIONS if p not in overrides] if measure else []
-    measured = (
-        measure_peaks(todo, size=size, threads=threads or usable_cores(), repeats=repeats) if todo else {}
-    )
-    peaks = {k: PeakFigure(k, v, source, None, 0, source) for k, v in overrides.items()}
-    return {**measured, **peaks}
 
 
 @dataclass(frozen=True)
@@ -157,62 +135,33 @@ class MachineInfo:
     onnxruntime: str
     onnxruntime_providers: tuple[str, ...]
     numpy: str | None
-    torch: str | None  # installed version (read from package metadata; torch is never imported for this)
-    peak_gflops: float | None  # the FP32 peak (measured or given); per-precision peaks are in ``peaks``
-    peak_source: str  # "measured", "option", "CXR_PEAK_GFLOPS" or "unknown"
+    openvino: str | None  # installed version (package metadata; openvino is not imported for this)
     load_average: tuple[float, ...] = ()  # 1, 5, 15-minute load average when the run started (Unix)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    openvino: str | None = None  # installed version (package metadata; openvino is not imported for this)
-    peaks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # precision -> PeakFigure.to_dict()
+    peaks: Mapping[str, float] = field(default_factory=dict)  # precision -> GEMM peak GFLOP/s
+    peak_source: str = "none"  # "option", "CXR_PEAK_GFLOPS", "none" (or what benchmarks/ measured)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # anything a caller adds (benchmarks/)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["gpus"] = list(self.gpus)
-        d["onnxruntime_providers"] = list(self.onnxruntime_providers)
-        d["load_average"] = list(self.load_average)
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MachineInfo:
-        return cls(
-            cpu_model=str(d.get("cpu_model", "unknown")),
-            logical_cores=int(d.get("logical_cores", 0)),
-            usable_cores=int(d.get("usable_cores", 0)),
-            memory_gib=d.get("memory_gib"),
-            gpus=tuple(d.get("gpus", ())),
-            platform=str(d.get("platform", "")),
-            python=str(d.get("python", "")),
-            onnxruntime=str(d.get("onnxruntime", "")),
-            onnxruntime_providers=tuple(d.get("onnxruntime_providers", ())),
-            numpy=d.get("numpy"),
-            torch=d.get("torch"),
-            peak_gflops=d.get("peak_gflops"),
-            peak_source=str(d.get("peak_source", "unknown")),
-            load_average=tuple(float(v) for v in d.get("load_average", ())),
-            extra=dict(d.get("extra", {})),
-            openvino=d.get("openvino"),
-            peaks={str(k): PeakFigure.from_dict(v).to_dict() for k, v in dict(d.get("peaks", {})).items()},
-        )
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("gpus", "onnxruntime_providers", "load_average"):
+            kw[k] = tuple(kw.get(k, ()))
+        return cls(**kw)
 
-    def peak(self, precision: str) -> PeakFigure | None:
-        """The peak of one precision; reports without ``peaks`` (older cxr) have their FP32 one only."""
-        if precision in self.peaks:
-            return PeakFigure.from_dict(self.peaks[precision])
-        if precision == "fp32" and not self.peaks and self.peak_gflops:
-            return PeakFigure("fp32", self.peak_gflops, self.peak_source, None, 0, self.peak_source)
-        return None
-
-    def peak_for(self, precision: str, *, gpu: bool = False) -> float | None:
-        """GFLOP/s a row that ran ``precision`` is compared with; a measured (CPU) peak never for a GPU row."""
-        fig = self.peak(precision)
-        if fig is None or (gpu and fig.source == "measured"):
-            return None
-        return fig.gflops
+    def peak_for(self, precision: str) -> float | None:
+        """GFLOP/s a row that ran ``precision`` is compared with (None: no peak for it)."""
+        return self.peaks.get(precision)
 
     def peaks_line(self) -> str:
-        """``FP32 201 GFLOP/s (onnxruntime, 2 threads, 2048^3); BF16 ...``, or why there are none."""
-        figs = [f for f in (self.peak(p) for p in (*PEAK_PRECISIONS, "fp16")) if f is not None]
-        return "; ".join(f.describe() for f in figs) if figs else "peak unknown (not measured, none given)"
+        """``FP32 201, BF16 395 GFLOP/s (option)``, or why there are none."""
+        if not self.peaks:
+            return f"peak unknown (none given: --peak-gflops or ${PEAK_ENV})"
+        figs = ", ".join(f"{k.upper()} {v:,.0f}" for k, v in self.peaks.items())
+        return f"{figs} GFLOP/s ({self.peak_source})"
 
     def summary(self) -> str:
         gpu = "; ".join(self.gpus) if self.gpus else "no GPU"
@@ -221,26 +170,13 @@ class MachineInfo:
             f"{self.cpu_model}, {self.usable_cores}/{self.logical_cores} cores, "
             f"{self.memory_gib if self.memory_gib is not None else '?'} GiB, {gpu}; "
             f"load avg {self.load_average[0] if self.load_average else '?'} at start; "
-            f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}){ov}; "
-            f"GEMM peak GFLOP/s: {self.peaks_short()}"
+            f"onnxruntime {self.onnxruntime} ({', '.join(self.onnxruntime_providers)}){ov}"
         )
 
-    def peaks_short(self) -> str:
-        """``fp32 201, bf16 395, int8 697`` (``unknown`` without any)."""
-        figs = [f for f in (self.peak(p) for p in (*PEAK_PRECISIONS, "fp16")) if f and f.gflops]
-        return ", ".join(f"{f.precision} {f.gflops:,.0f}" for f in figs if f.gflops) or "unknown"
 
-
-def machine_info(
-    peak_gflops: float | str | Mapping[str, float] | None = None,
-    *,
-    measure_peak: bool = True,
-    peak_size: int = DEFAULT_SIZE,
-    peak_threads: int | None = None,
-) -> MachineInfo:
-    """This host, with its GEMM peaks: ``peak_gflops`` (or ``$CXR_PEAK_GFLOPS``) where given, else measured."""
-    peaks = resolve_peaks(peak_gflops, measure=measure_peak, size=peak_size, threads=peak_threads)
-    fp32 = peaks.get("fp32")
+def machine_info(peak_gflops: float | str | Mapping[str, float] | None = None) -> MachineInfo:
+    """This host, with the GEMM peaks ``peak_gflops`` (or ``$CXR_PEAK_GFLOPS``) gives."""
+    peaks, source = resolve_peaks(peak_gflops)
     ort = onnxruntime()
     return MachineInfo(
         cpu_model=cpu_model(),
@@ -253,20 +189,11 @@ def machine_info(
         onnxruntime=ort.__version__,
         onnxruntime_providers=tuple(ort.get_available_providers()),
         numpy=_version("numpy"),
-        torch=_version("torch"),
-        peak_gflops=None if fp32 is None else fp32.gflops,
-        peak_source="unknown" if fp32 is None or fp32.gflops is None else fp32.source,
-        load_average=load_average(),
         openvino=_version("openvino"),
-        peaks={k: v.to_dict() for k, v in peaks.items()},
+        load_average=load_average(),
+        peaks=peaks,
+        peak_source=source,
     )
-
-
-def load_average() -> tuple[float, ...]:
-    try:
-        return tuple(round(v, 2) for v in os.getloadavg())
-    except (AttributeError, OSError):
-        return ()
 
 
 def busy_note(machine: MachineInfo) -> str | None:
@@ -275,14 +202,13 @@ def busy_note(machine: MachineInfo) -> str | None:
         return None
     return (
         f"the CPU was busy when this run started (1-minute load average {machine.load_average[0]:g} on "
-        f"{machine.usable_cores} usable cores): timings are noisy, PyTorch eager's OpenMP threads suffer most; "
-        "re-run on a quiet machine before publishing"
+        f"{machine.usable_cores} usable cores): timings are noisy; re-run on a quiet machine before publishing"
     )
 
 
-def _status_kib(key: str) -> int | None:
+def _vm_hwm_kib() -> int | None:
     for line in _read_text("/proc/self/status").splitlines():
-        if line.startswith(key + ":"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return None
 
@@ -299,8 +225,7 @@ def _reset_high_water_mark() -> bool:
 def _process_max_mib() -> float:
     import resource
 
-    # ru_maxrss: KiB on Linux, bytes on macOS
-    raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return raw / 1024**2 if sys.platform == "darwin" else raw / 1024
 
 
@@ -317,11 +242,10 @@ class PeakMemoryProbe:
         self._row_scope = False
 
     def start(self) -> None:
-        self._row_scope = _reset_high_water_mark() and _status_kib("VmHWM") is not None
+        self._row_scope = _reset_high_water_mark() and _vm_hwm_kib() is not None
 
     def read(self) -> PeakMemory:
-        if self._row_scope:
-            hwm = _status_kib("VmHWM")
-            if hwm is not None:
-                return PeakMemory(round(hwm / 1024, 1), "row")
+        hwm = _vm_hwm_kib() if self._row_scope else None
+        if hwm is not None:
+            return PeakMemory(round(hwm / 1024, 1), "row")
         return PeakMemory(round(_process_max_mib(), 1), "process")

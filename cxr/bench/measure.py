@@ -1,9 +1,6 @@
-"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench.
-
-A row's precision is what really ran (``effective_precision``), and its efficiency divides the achieved
-GFLOP/s by the machine's peak for that precision (``MachineInfo.peak_for``: FP32 rows by the FP32 peak, BF16
-rows by the BF16 one, INT8 rows by the INT8 one; a CPU peak is never used for a CUDA/TensorRT row).
-"""
+"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench
+(``benchmarks/`` makes its reference rows with the same pieces). A row's precision is what really ran; its
+efficiency divides the achieved GFLOP/s by the machine's peak for that precision."""
 
 from __future__ import annotations
 
@@ -27,8 +24,6 @@ from cxr.runtime.predictor import Predictor, PredictorConfig
 from cxr.session import SessionConfig
 
 log = logging.getLogger(__name__)
-
-GPU_PROVIDERS = frozenset({"cuda", "tensorrt"})
 
 
 def effective_precision(file_precision: str, session_precision: str | None) -> str:
@@ -60,15 +55,12 @@ class BenchContext:
     def add(self, row: BenchRow) -> None:
         self.rows.append(row)
         log.info(
-            "%s %s b%d t%s c%d %s: p50 %.2f ms, %.1f img/s",
-            row.kind,
+            "%s b%d c%d %s: p50 %.2f ms",
             row.label(),
             row.batch_size,
-            row.threads or "default",
             row.concurrency,
             row.mode,
             row.latency_ms.p50,
-            row.throughput_ips,
         )
         if self.on_row is not None:
             self.on_row(row)
@@ -143,7 +135,7 @@ def make_row(
     throughput = batch * timed.calls / timed.wall_seconds if timed.wall_seconds > 0 else 0.0
     gflops = None if flops is None else flops * throughput / 1e9
     used = providers_used[0] if providers_used else "?"
-    peak = ctx.machine.peak_for(precision, gpu=used in GPU_PROVIDERS)
+    peak = ctx.machine.peak_for(precision)
     stages = (
         {k: v * 1000.0 / timed.calls for k, v in timed.stage_seconds.items()} if timed.stage_seconds else None
     )
@@ -183,14 +175,10 @@ def make_row(
     )
 
 
-def open_predictor(
-    path: Path, provider: str, threads: int | None, strict: bool, precision: str = "auto"
-) -> tuple[Predictor, float]:
-    """A ``Predictor`` on ``path`` (``precision``: auto | fp32 | bf16, see ``SessionConfig``) and the seconds
-    it took to create."""
-    scfg = SessionConfig(provider=provider, threads=threads, strict_provider=strict, precision=precision)
+def open_predictor(path: Path, session: SessionConfig) -> tuple[Predictor, float]:
+    """A ``Predictor`` on ``path`` with ``session`` and the seconds it took to create."""
     t0 = time.perf_counter()
-    predictor = Predictor.from_path(path, PredictorConfig(session=scfg))
+    predictor = Predictor.from_path(path, PredictorConfig(session=session))
     return predictor, time.perf_counter() - t0
 
 

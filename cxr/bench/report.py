@@ -1,53 +1,25 @@
-"""The one writer of cxr-bench results: terminal table, JSON, Markdown (and PNG via ``cxr.bench.plot``).
+"""The one writer of cxr-bench results: the terminal table, JSON and Markdown, and the JSON reader.
 
-Takes: a ``BenchReport``. Makes: text for the terminal, a JSON file (schema in ``bench_types``), a
-Markdown file with date, machine, command, method and the same table, and reads JSON reports back.
+Takes: a ``BenchReport``. Makes: a terminal table that fits 100 columns with a legend of its columns (every
+column with ``wide``), a JSON file (``cxr.bench.types``) and a Markdown file with the date, machine,
+command, the full table, its legend and the method.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxr.bench.types import BenchReport, BenchRow
 from cxr.errors import DataError
 
+WIDTH = 100  # the default terminal table and its legend fit this many columns
 METHOD = (
     "Method: {warmup} warm-up calls, then at least {iterations} timed calls{min_s} per client "
-    "(time.perf_counter around each call; one call = one batch). Percentiles by linear interpolation "
-    "(numpy 'linear', Hyndman-Fan type 7); std is the sample std; nothing is trimmed: 'outl' counts "
-    "calls above Q3 + 1.5 IQR, all of them included in every statistic. img/s = images of all calls / "
-    "measured window (all clients). eff % = FLOPs per image (counted from the FP32 graph at export) x img/s / "
-    "this host's GEMM peak in the precision the row really ran (FP32 rows / FP32 peak, BF16 / BF16, INT8 / "
-    "INT8: the fastest of numpy, onnxruntime and OpenVINO on a square GEMM, measured at the start of the run "
-    "unless --peak-gflops gives it; see 'GEMM peaks' above). agree % = top-1 agreement with the FP32 file "
-    "on onnxruntime over the real images given (reduced-precision rows; PyTorch best: its worst member vs "
-    "FP32 eager). load s = Predictor.from_path wall time (onnxruntime "
-    "session with graph optimisation, metadata check, model hash), summed over the sessions a row uses. "
-    "Peak RSS scope 'row' = this configuration's own peak (the kernel's high-water mark reset before it), "
-    "'process' = process-lifetime maximum."
-)
-
-COLUMNS: tuple[str, ...] = (
-    "configuration",
-    "provider",
-    "batch",
-    "threads",
-    "clients",
-    "p50 ms",
-    "p90 ms",
-    "p95 ms",
-    "p99 ms",
-    "max ms",
-    "mean±std ms",
-    "ms/img",
-    "img/s",
-    "eff %",
-    "agree %",
-    "RSS MB",
-    "load s",
-    "outl",
+    "(time.perf_counter around each call; one call = one batch); percentiles by numpy's linear "
+    "interpolation (Hyndman-Fan type 7), std is the sample std, nothing is trimmed."
 )
 
 
@@ -61,12 +33,6 @@ def _ms(v: float) -> str:
     return _num(v, 3 if v < 1 else 2 if v < 10 else 1)
 
 
-def provider_cell(row: BenchRow) -> str:
-    if row.provider_ok:
-        return row.provider
-    return f"{row.provider} (asked {row.provider_requested}!)"
-
-
 def agreement_cell(row: BenchRow) -> str:
     """``99.0 (100)``: top-1 agreement % with FP32 and the number of images, or ``-``."""
     a = row.agreement
@@ -75,35 +41,82 @@ def agreement_cell(row: BenchRow) -> str:
     return f"{100 * float(a['top1']):.1f} ({a.get('images', '?')})"
 
 
-def row_cells(row: BenchRow) -> list[str]:
-    lat, per = row.latency_ms, row.latency_per_image_ms
-    clients = str(row.concurrency) + (f" {row.mode}" if row.mode == "pool" else "")
-    return [
-        row.label(),
-        provider_cell(row),
-        str(row.batch_size),
-        "default" if row.threads is None else str(row.threads),
-        clients,
-        _ms(lat.p50),
-        _ms(lat.p90),
-        _ms(lat.p95),
-        _ms(lat.p99),
-        _ms(lat.max),
-        f"{_ms(lat.mean)}±{_ms(lat.std)}",
-        _ms(per.mean),
-        _num(row.throughput_ips, 1),
-        _num(row.efficiency_pct, 1 if (row.efficiency_pct or 0) < 10 else 0),
-        agreement_cell(row),
-        f"{_num(row.peak_rss_mb, 0)}{'' if row.rss_scope == 'row' else '*'}",
-        _num(row.session_create_s, 2),
-        f"{row.latency_ms.outliers}/{row.latency_ms.count}",
-    ]
+def _rss(r: BenchRow) -> str:
+    return f"{_num(r.peak_rss_mb, 0)}{'' if r.rss_scope == 'row' else '*'}"
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+def _eff(r: BenchRow) -> str:
+    return _num(r.efficiency_pct, 1 if (r.efficiency_pct or 0) < 10 else 0)
+
+
+Column = tuple[str, Callable[[BenchRow], str], str]  # header, cell, legend
+FULL: tuple[Column, ...] = (
+    ("configuration", BenchRow.label, "model file, precision that really ran, row kind (e2e: decode + run)"),
+    (
+        "provider",
+        lambda r: r.provider if r.provider_ok else f"{r.provider} (asked {r.provider_requested}!)",
+        "what really ran it",
+    ),
+    ("batch", lambda r: str(r.batch_size), "images per call"),
+    ("threads", lambda r: "default" if r.threads is None else str(r.threads), "intra-op threads"),
+    (
+        "clients",
+        lambda r: f"{r.concurrency}{' pool' if r.mode == 'pool' else ''}",
+        "client threads (pool: a session each)",
+    ),
+    ("p50 ms", lambda r: _ms(r.latency_ms.p50), "latency per call, median"),
+    ("p90 ms", lambda r: _ms(r.latency_ms.p90), "90th percentile"),
+    ("p95 ms", lambda r: _ms(r.latency_ms.p95), "95th percentile"),
+    ("p99 ms", lambda r: _ms(r.latency_ms.p99), "99th percentile"),
+    ("max ms", lambda r: _ms(r.latency_ms.max), "slowest call"),
+    ("mean±std ms", lambda r: f"{_ms(r.latency_ms.mean)}±{_ms(r.latency_ms.std)}", "mean and sample std"),
+    ("ms/img", lambda r: _ms(r.latency_per_image_ms.mean), "mean latency per image"),
+    ("img/s", lambda r: _num(r.throughput_ips, 1), "images per second, all clients together"),
+    ("eff %", _eff, "achieved GFLOP/s / this host's GEMM peak for the precision that ran (--peak-gflops)"),
+    ("agree %", agreement_cell, "top-1 agreement with FP32 (images)"),
+    ("RSS MB", _rss, "peak resident memory of the row (*: of the process)"),
+    ("load s", lambda r: _num(r.session_create_s, 2), "seconds to create the row's sessions"),
+    (
+        "outl",
+        lambda r: f"{r.latency_ms.outliers}/{r.latency_ms.count}",
+        "calls above Q3 + 1.5 IQR / calls (kept)",
+    ),
+)
+COMPACT: tuple[Column, ...] = (
+    FULL[0],
+    ("provider", lambda r: r.provider + ("" if r.provider_ok else "!"), "what ran it (!: a fallback)"),
+    ("b", FULL[2][1], "images per call"),
+    ("thr", lambda r: "-" if r.threads is None else str(r.threads), "intra-op threads (-: onnxruntime's)"),
+    (
+        "cli",
+        lambda r: f"{r.concurrency}{'p' if r.mode == 'pool' else ''}",
+        "client threads (p: a session each)",
+    ),
+    ("p50 ms", FULL[5][1], "latency per call, median"),
+    ("p99 ms", FULL[8][1], "99th percentile"),
+    ("ms/img", FULL[11][1], FULL[11][2]),
+    ("img/s", FULL[12][1], FULL[12][2]),
+    ("eff %", _eff, "achieved GFLOP/s / GEMM peak (--peak-gflops)"),
+    ("RSS MB", _rss, "peak resident memory (*: of the process)"),
+)
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters (file names differ at both ends)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> str:
+    """Columns separated by two spaces, the first left-aligned; with ``width``, the first is cut to fit."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    if width is not None:
+        widths[0] = max(len(header[0]), min(widths[0], width - sum(widths[1:]) - 2 * (len(widths) - 1)))
 
     def line(cells: Sequence[str]) -> str:
+        cells = [_shorten(cells[0], widths[0]), *cells[1:]]
         return "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
@@ -112,86 +125,90 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(c: str) -> str:
-        return c.replace("|", "\\|")
+    def cells(cs: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cs) + " |"
 
-    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    return "\n".join([cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows)])
+
+
+def legend(columns: Sequence[Column], width: int = WIDTH, more: str = "") -> str:
+    """``columns: b = images per call; ...`` (then ``more``) wrapped to ``width``."""
+    text = "columns: " + "; ".join(f"{h} = {doc}" for h, _, doc in columns) + "." + more
+    return textwrap.fill(text, width, subsequent_indent="  ", break_on_hyphens=False)
 
 
 def stage_lines(report: BenchReport) -> list[str]:
     """Where end-to-end time goes: decode / preprocess / inference per batch, beside pure inference."""
     out = []
-    for row in report.rows:
-        if row.kind != "end_to_end" or not row.stages_ms:
-            continue
-        total = sum(row.stages_ms.values()) or 1.0
-        parts = ", ".join(f"{k} {_ms(v)} ms ({100 * v / total:.0f}%)" for k, v in row.stages_ms.items())
+    for row in (r for r in report.rows if r.kind == "end_to_end" and r.stages_ms):
+        stages = row.stages_ms or {}
+        total = sum(stages.values()) or 1.0
+        parts = ", ".join(f"{k} {_ms(v)} ms ({100 * v / total:.0f}%)" for k, v in stages.items())
+        same = (row.model, row.provider_requested, row.batch_size, row.threads)
         pure = next(
             (
                 r
                 for r in report.rows
                 if r.kind == "inference"
-                and r.model == row.model
-                and r.provider_requested == row.provider_requested
-                and r.batch_size == row.batch_size
-                and r.threads == row.threads
                 and r.concurrency == 1
+                and (r.model, r.provider_requested, r.batch_size, r.threads) == same
             ),
             None,
         )
         extra = f"; pure inference on pre-decoded tensors: {_ms(pure.latency_ms.mean)} ms" if pure else ""
         threads = "default" if row.threads is None else row.threads
         out.append(
-            f"{row.label()} {row.provider} b{row.batch_size} t{threads}: mean {_ms(total)} ms per batch = "
-            f"{parts}{extra}"
+            f"{row.label()} {row.provider} b{row.batch_size} t{threads}: {_ms(total)} ms = {parts}{extra}"
         )
     return out
 
 
 def warning_lines(report: BenchReport) -> list[str]:
-    seen: list[str] = []
-    for row in report.rows:
-        if not row.provider_ok:
-            msg = f"{row.model}: asked for {row.provider_requested}, ran on {row.provider}"
-            if msg not in seen:
-                seen.append(msg)
-    return seen
+    lines = [
+        f"{r.model}: asked for {r.provider_requested}, ran on {r.provider}"
+        for r in report.rows
+        if not r.provider_ok
+    ]
+    return list(dict.fromkeys(lines))
 
 
-def _method(report: BenchReport) -> str:
+def _tail(report: BenchReport) -> list[str]:
+    """End-to-end stages, provider fallbacks and notes, as plain lines."""
+    out: list[str] = []
+    if stages := stage_lines(report):
+        out += ["", "end-to-end (decode + preprocess + inference):", *("  " + s for s in stages)]
+    if warns := warning_lines(report):
+        out += ["", "PROVIDER FALLBACK:", *("  " + w for w in warns)]
+    return out + ([""] if report.notes else []) + ["note: " + n for n in report.notes]
+
+
+def format_terminal(report: BenchReport, wide: bool = False) -> str:
+    """The table (every column with ``wide``; else one that fits ``WIDTH`` columns) and its legend."""
+    columns = FULL if wide else COMPACT
+    table = text_table(
+        [h for h, _, _ in columns],
+        [[cell(r) for _, cell, _ in columns] for r in report.rows],
+        None if wide else WIDTH,
+    )
+    head = [
+        f"cxr-bench {report.cxr_version}  {report.created}",
+        *textwrap.wrap(f"machine: {report.machine.summary()}", WIDTH, subsequent_indent="  "),
+        f"GEMM peaks: {report.machine.peaks_line()}",
+        "",
+    ]
+    tail = [w for line in _tail(report) for w in textwrap.wrap(line, WIDTH, subsequent_indent="    ") or [""]]
+    more = "" if wide else " --wide: every column."
+    return "\n".join([*head, table, "", legend(columns, more=more), *tail])
+
+
+def format_markdown(report: BenchReport) -> str:
     cfg = report.config
     min_s = cfg.get("min_seconds") or 0
-    return METHOD.format(
+    method = METHOD.format(
         warmup=cfg.get("warmup", "?"),
         iterations=cfg.get("iterations", "?"),
         min_s=f" and at least {min_s:g} s" if min_s else "",
     )
-
-
-def format_terminal(report: BenchReport) -> str:
-    parts = [
-        f"cxr-bench {report.cxr_version}  {report.created}",
-        f"machine: {report.machine.summary()}",
-        f"GEMM peaks: {report.machine.peaks_line()}",
-        "",
-        text_table(COLUMNS, [row_cells(r) for r in report.rows]),
-    ]
-    if any(r.rss_scope != "row" for r in report.rows):
-        parts.append("* RSS is the process-lifetime maximum")
-    stages = stage_lines(report)
-    if stages:
-        parts += ["", "end-to-end (decode + preprocess + inference):", *("  " + s for s in stages)]
-    warns = warning_lines(report)
-    if warns:
-        parts += ["", "PROVIDER FALLBACK:", *("  " + w for w in warns)]
-    if report.notes:
-        parts += ["", *("note: " + n for n in report.notes)]
-    return "\n".join(parts)
-
-
-def format_markdown(report: BenchReport) -> str:
     parts = [
         "# cxr-bench results",
         "",
@@ -201,57 +218,36 @@ def format_markdown(report: BenchReport) -> str:
         f"- GEMM peaks (eff % denominators): {report.machine.peaks_line()}",
         f"- command: `{report.command}`" if report.command else "- command: (library call)",
         "",
-        markdown_table(COLUMNS, [row_cells(r) for r in report.rows]),
+        markdown_table([h for h, _, _ in FULL], [[cell(r) for _, cell, _ in FULL] for r in report.rows]),
+        "",
+        legend(FULL, width=10_000),
+        *_tail(report),
+        "",
+        method,
         "",
     ]
-    stages = stage_lines(report)
-    if stages:
-        parts += ["End-to-end (decode + preprocess + inference, one thread decoding):", ""]
-        parts += [f"- {s}" for s in stages] + [""]
-    warns = warning_lines(report)
-    if warns:
-        parts += ["**Provider fallback:**", ""] + [f"- {w}" for w in warns] + [""]
-    parts += [f"- note: {n}" for n in report.notes]
-    parts += ["", _method(report), ""]
     return "\n".join(parts)
 
 
-def write_json(report: BenchReport, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n")
-    return path
-
-
-def write_markdown(report: BenchReport, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_markdown(report))
-    return path
-
-
 def write_outputs(
-    report: BenchReport,
-    *,
-    json_path: Path | None = None,
-    markdown: Path | None = None,
-    plot: Path | None = None,
+    report: BenchReport, *, json_path: Path | None = None, markdown: Path | None = None
 ) -> list[Path]:
     """Persist ``report`` to every path given; returns the files written."""
     written = []
-    if json_path is not None:
-        written.append(write_json(report, json_path))
-    if markdown is not None:
-        written.append(write_markdown(report, markdown))
-    if plot is not None:
-        from cxr.bench.plot import write_plot
-
-        written.append(write_plot(report, plot))
+    for path, text in (
+        (json_path, lambda: json.dumps(report.to_dict(), indent=2) + "\n"),
+        (markdown, lambda: format_markdown(report)),
+    ):
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text())
+            written.append(path)
     return written
 
 
 def load_report(path: Path | str) -> BenchReport:
-    """Read a JSON report written by ``write_json``; ``DataError`` naming the file when it is not one."""
+    """Read a JSON report written by ``write_outputs``; ``DataError`` naming the file when it is not one."""
     path = Path(path)
     hint = "pass a JSON file written by `cxr-bench run --output`"
     if not path.is_file():

@@ -1,16 +1,9 @@
-"""The timing loops of cxr-bench: warm-up, then a fixed number of calls and/or a minimum time.
+"""Takes zero-argument calls (one inference each; a call may return stage seconds) and a ``TimingPlan``;
+makes ``Timed``: the wall seconds of every timed call, the measured window, the first warm-up call.
 
-Takes: zero-argument callables (one inference call each; a call may return a mapping of stage seconds)
-and a ``TimingPlan``. Makes: ``Timed`` (wall seconds of every timed call, the measured window, the first
-warm-up call, summed stage seconds).
-
-- ``time_calls``: one client in the calling thread.
-- ``time_concurrent``: N client threads, like Triton's perf_analyzer. Every client warms up, then all
-  start together at a barrier. Calls are handed out from one counter until at least ``clients *
-  iterations`` calls were made and ``min_seconds`` have passed, so the concurrency stays N until the end
-  (each client overshoots by at most one call). Throughput = images of all calls / the window from the
-  barrier to the last completion.
-Clocks: ``time.perf_counter``.
+``time_concurrent`` runs N client threads like Triton's perf_analyzer: every client warms up, all start
+together at a barrier, and calls are handed out from one counter until ``clients * iterations`` calls were
+made and ``min_seconds`` have passed, so the concurrency stays N until the end. Clock: ``perf_counter``.
 """
 
 from __future__ import annotations

@@ -1,29 +1,14 @@
-"""The rows and the report cxr-bench produces, and their JSON form (schema ``cxr-bench`` version 1).
+"""Takes measured values; makes ``BenchRow`` (one configuration), ``BenchReport`` (rows, machine, config,
+notes), their JSON form (schema ``cxr-bench`` version 2) and ``validate_report``.
 
-Takes: measured values from ``cxr.bench.run``. Makes: ``BenchRow`` (one configuration) and
-``BenchReport`` (rows + machine + config + notes), each with ``to_dict`` / ``from_dict``;
-``validate_report`` checks a loaded JSON document and says what is wrong with it.
-
-A row's ``kind``:
-- ``inference``: pure inference on pre-decoded, pre-resized tensors (``Predictor.run``);
-- ``end_to_end``: decode + preprocess + inference on real files (``stages_ms`` splits the time);
-- ``members_separate``: the ensemble's members as separate sessions in sequence (reference);
-- ``torch_eager``: the members as PyTorch eager modules in sequence (reference); mode ``eager`` is FP32 as
-  trained, mode ``best`` is PyTorch at its best on this CPU (channels_last, bf16 autocast where the CPU has
-  bf16 in hardware), see ``cxr.bench.torch_best``;
-- ``peer_openvino_defaults``: the members in OpenVINO with its own defaults (BF16 where the CPU has it,
-  unverified), in sequence: the peer a user gets without cxr (``cxr.bench.peers``).
-A row's ``precision`` is what really ran (OpenVINO's compiled precision, else the file's own), and
-``precision_requested`` what was asked (``auto`` for onnxruntime, which runs a file as it is stored);
-``efficiency_pct`` divides the achieved GFLOP/s by ``peak_gflops``, the machine's peak for ``precision``.
-``agreement``: top-1 agreement with the FP32 reference on real images, for reduced-precision rows.
-Latencies are per call (one call = one batch) in ``latency_ms`` and divided by the batch size in
-``latency_per_image_ms``; ``throughput_ips`` is images per second over the whole measured window, all
-client threads together.
+A row's ``kind``: ``inference`` (pre-decoded, pre-resized tensors), ``end_to_end`` (decode + preprocess +
+inference; ``stages_ms`` splits the time), or a reference kind ``benchmarks/study.py`` adds. ``precision``
+is what really ran, ``precision_requested`` what was asked; latencies are per call (one batch) and per image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +18,7 @@ from cxr.bench.stats import LatencyStats
 from cxr.errors import DataError
 
 SCHEMA = "cxr-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROW_KINDS: tuple[str, ...] = (
     "inference",
     "end_to_end",
@@ -41,29 +26,16 @@ ROW_KINDS: tuple[str, ...] = (
     "torch_eager",
     "peer_openvino_defaults",
 )
-REQUIRED_ROW_KEYS: tuple[str, ...] = (
-    "kind",
-    "model",
-    "precision",
-    "provider_requested",
-    "provider",
-    "provider_ok",
-    "batch_size",
-    "threads",
-    "concurrency",
-    "mode",
-    "latency_ms",
-    "latency_per_image_ms",
-    "throughput_ips",
-    "peak_rss_mb",
-    "rss_scope",
+REQUIRED_ROW_KEYS: tuple[str, ...] = tuple(
+    "kind model precision provider_requested provider provider_ok batch_size threads concurrency mode "
+    "latency_ms latency_per_image_ms throughput_ips peak_rss_mb rss_scope".split()
 )
 
 
 @dataclass(frozen=True)
 class BenchRow:
     kind: str
-    model: str  # file name (or "torch:<run dir>" for the PyTorch reference)
+    model: str  # file name
     model_kind: str  # "ensemble" or "member"
     precision: str  # what really ran: "fp32", "bf16", "fp16", "int8"
     provider_requested: str
@@ -128,78 +100,16 @@ class BenchRow:
         return f"{self.model} {self.precision_label()}{' ' + ref if ref else ''}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key(),
-            "kind": self.kind,
-            "model": self.model,
-            "model_kind": self.model_kind,
-            "precision": self.precision,
-            "model_sha256": self.model_sha256,
-            "provider_requested": self.provider_requested,
-            "provider": self.provider,
-            "provider_ok": self.provider_ok,
-            "providers_used": list(self.providers_used),
-            "batch_size": self.batch_size,
-            "threads": self.threads,
-            "concurrency": self.concurrency,
-            "mode": self.mode,
-            "sessions": self.sessions,
-            "warmup": self.warmup,
-            "iterations": self.iterations,
-            "seconds": self.seconds,
-            "latency_ms": self.latency_ms.to_dict(),
-            "latency_per_image_ms": self.latency_per_image_ms.to_dict(),
-            "throughput_ips": self.throughput_ips,
-            "first_call_ms": self.first_call_ms,
-            "peak_rss_mb": self.peak_rss_mb,
-            "rss_scope": self.rss_scope,
-            "session_create_s": self.session_create_s,
-            "flops_per_image": self.flops_per_image,
-            "gflops": self.gflops,
-            "efficiency_pct": self.efficiency_pct,
-            "stages_ms": None if self.stages_ms is None else dict(self.stages_ms),
-            "warnings": list(self.warnings),
-            "precision_requested": self.precision_requested,
-            "peak_gflops": self.peak_gflops,
-            "agreement": None if self.agreement is None else dict(self.agreement),
-        }
+        return {"key": self.key(), **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchRow:
-        return cls(
-            kind=str(d["kind"]),
-            model=str(d["model"]),
-            model_kind=str(d.get("model_kind", "ensemble")),
-            precision=str(d["precision"]),
-            provider_requested=str(d["provider_requested"]),
-            provider=str(d["provider"]),
-            provider_ok=bool(d["provider_ok"]),
-            batch_size=int(d["batch_size"]),
-            threads=None if d["threads"] is None else int(d["threads"]),
-            concurrency=int(d["concurrency"]),
-            mode=str(d["mode"]),
-            sessions=int(d.get("sessions", 1)),
-            warmup=int(d.get("warmup", 0)),
-            iterations=int(d.get("iterations", d["latency_ms"]["count"])),
-            seconds=float(d.get("seconds", 0.0)),
-            latency_ms=LatencyStats.from_dict(d["latency_ms"]),
-            latency_per_image_ms=LatencyStats.from_dict(d["latency_per_image_ms"]),
-            throughput_ips=float(d["throughput_ips"]),
-            first_call_ms=d.get("first_call_ms"),
-            peak_rss_mb=float(d["peak_rss_mb"]),
-            rss_scope=str(d["rss_scope"]),
-            session_create_s=d.get("session_create_s"),
-            model_sha256=d.get("model_sha256"),
-            providers_used=tuple(d.get("providers_used", ())),
-            flops_per_image=d.get("flops_per_image"),
-            gflops=d.get("gflops"),
-            efficiency_pct=d.get("efficiency_pct"),
-            stages_ms=d.get("stages_ms"),
-            warnings=tuple(d.get("warnings", ())),
-            precision_requested=str(d.get("precision_requested", "auto")),
-            peak_gflops=d.get("peak_gflops"),
-            agreement=d.get("agreement"),
-        )
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        kw["latency_ms"] = LatencyStats.from_dict(d["latency_ms"])
+        kw["latency_per_image_ms"] = LatencyStats.from_dict(d["latency_per_image_ms"])
+        kw["providers_used"] = tuple(d.get("providers_used", ()))
+        kw["warnings"] = tuple(d.get("warnings", ()))
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -248,34 +158,29 @@ class BenchReport:
 
 def validate_report(d: Any, *, source: str = "report") -> None:
     """Raise ``DataError`` naming the first problem when ``d`` is not a cxr-bench report."""
-    hint = "pass a JSON file written by `cxr-bench run --output`"
+    problem = _problem(d)
+    if problem is not None:
+        raise DataError(
+            f"{source}: {problem}", hint="pass a JSON file written by `cxr-bench run --output`", path=source
+        )
+
+
+def _problem(d: Any) -> str | None:
     if not isinstance(d, Mapping):
-        raise DataError(f"{source}: a cxr-bench report is a JSON object, got {type(d).__name__}", hint=hint)
+        return f"a cxr-bench report is a JSON object, got {type(d).__name__}"
     if d.get("schema") != SCHEMA:
-        raise DataError(
-            f"{source}: not a cxr-bench report (schema {d.get('schema')!r})", hint=hint, path=source
-        )
-    version = d.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise DataError(
-            f"{source}: report schema version {version!r}; this cxr reads version {SCHEMA_VERSION}",
-            hint="compare reports written by the same or an older cxr",
-            path=source,
-        )
+        return f"not a cxr-bench report (schema {d.get('schema')!r})"
+    if d.get("schema_version") != SCHEMA_VERSION:
+        return f"report schema version {d.get('schema_version')!r}; this cxr reads version {SCHEMA_VERSION} (re-run it)"
     if not isinstance(d.get("machine"), Mapping):
-        raise DataError(f"{source}: report has no 'machine' object", hint=hint, path=source)
-    rows = d.get("rows")
-    if not isinstance(rows, list):
-        raise DataError(f"{source}: report has no 'rows' list", hint=hint, path=source)
-    for i, row in enumerate(rows):
+        return "report has no 'machine' object"
+    if not isinstance(d.get("rows"), list):
+        return "report has no 'rows' list"
+    for i, row in enumerate(d["rows"]):
         if not isinstance(row, Mapping):
-            raise DataError(f"{source}: row {i} is not an object", hint=hint, path=source)
-        missing = [k for k in REQUIRED_ROW_KEYS if k not in row]
-        if missing:
-            raise DataError(f"{source}: row {i} lacks {', '.join(missing)}", hint=hint, path=source)
+            return f"row {i} is not an object"
+        if missing := [k for k in REQUIRED_ROW_KEYS if k not in row]:
+            return f"row {i} lacks {', '.join(missing)}"
         if row["kind"] not in ROW_KINDS:
-            raise DataError(
-                f"{source}: row {i} has unknown kind {row['kind']!r} (known: {', '.join(ROW_KINDS)})",
-                hint=hint,
-                path=source,
-            )
+            return f"row {i} has unknown kind {row['kind']!r} (known: {', '.join(ROW_KINDS)})"
+    return None

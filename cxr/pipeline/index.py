@@ -27,7 +27,7 @@ ARTEFACTS: tuple[tuple[str, str], ...] = (
     ("fuse_report.md", "fusion parity: fused graph vs separate members + meta-learner, and vs PyTorch"),
     ("eval/report.md", "members vs soft voting vs majority voting vs stacking on the test split"),
     ("predict/results.csv", "`cxr-predict scan` over the test images"),
-    ("bench/bench.md", "`cxr-bench` latency/throughput of the fused model (plot: bench/bench.png)"),
+    ("bench/bench.md", "`cxr-bench` latency/throughput of the fused model"),
 )
 
 

@@ -224,25 +224,19 @@ def _stage_bench(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     from cxr.bench.run import BenchConfig, run_bench
 
     variants = tuple(v for v in (p.ensemble_int8,) if v.exists())
-    members = tuple(sorted(f for f in p.onnx.glob("*.onnx") if f.name.count(".") == 1))
     report = run_bench(
         BenchConfig(
             model=p.ensemble,
             variants=variants,
             batch_sizes=(1, 8),
             threads=(cfg.threads,),
-            members=members,
-            torch_run=p.run,
             folder=p.scan_input,
             iterations=cfg.bench_iterations,
             warmup=2,
             command="cxr demo (bench stage)",
-            peak_size=1024,  # a 1-second peak measurement: the demo's models are tiny
         )
     )
-    write_outputs(
-        report, json_path=p.bench / "bench.json", markdown=p.bench / "bench.md", plot=p.bench / "bench.png"
-    )
+    write_outputs(report, json_path=p.bench / "bench.json", markdown=p.bench / "bench.md")
     echo(format_terminal(report))
     return {"json": str(p.bench / "bench.json"), "markdown": str(p.bench / "bench.md")}
 

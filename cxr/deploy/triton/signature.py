@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr.bench.onnx_header import read_onnx_header
 from cxr.errors import ModelError
+from cxr.onnx_header import read_onnx_header
 from cxr.spec import REEXPORT_HINT, ModelMetadata
 
 ONNX_TO_TRITON: dict[str, str] = {
@@ -177,5 +177,5 @@ def is_int8(meta: ModelMetadata) -> bool:
 
 def external_data_files(path: Path) -> list[str]:
     """Relative locations of the model's external-data files (empty without such files), read from the
-    protobuf without onnx (``cxr.bench.onnx_header``)."""
+    protobuf without onnx (``cxr.onnx_header``)."""
     return list(read_onnx_header(path).external_data)

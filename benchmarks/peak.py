@@ -1,5 +1,7 @@
 """Takes a GEMM size and thread count; makes this host's measured GEMM peak per precision (GFLOP/s).
 
+``python benchmarks/peak.py [--size 2048] [--threads N] [-o peaks.json]`` prints them and the
+``--peak-gflops`` value to give cxr-bench; ``study.py`` (``make bench``) measures them at the start of its run.
 The efficiency column of cxr-bench divides a row's achieved GFLOP/s by what THIS host reaches on a big
 square matrix product in the precision the row really ran, with the runtimes installed here:
 
@@ -11,7 +13,7 @@ square matrix product in the precision the row really ran, with the runtimes ins
   OpenVINO ``FakeQuantize -> MatMul`` (its low-precision pass runs it as a u8 x i8 FullyConnected).
 
 How the graphs are built: onnxruntime needs an ONNX graph and cxr-bench may not import ``onnx``, so a
-one-node model is written as protobuf bytes by ``cxr.bench.onnx_writer``; OpenVINO builds its graphs in
+one-node model is written as protobuf bytes by ``onnx_writer.py``; OpenVINO builds its graphs in
 memory with its own opset API (``openvino.opset13``), no file. The right-hand matrix is a constant in
 every graph (weights are constants in real models, so the runtimes may pre-pack it as they do there).
 Timing: one warm-up call, then the best of ``repeats`` calls (stopping early after ``budget_s`` per
@@ -23,15 +25,21 @@ Results are kept per process and (size, threads, repeats): the host does not cha
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx_writer import gemm_model
 
-from cxr.bench.onnx_writer import gemm_model
+from cxr.bench.machine import busy_note, machine_info, usable_cores
+from cxr.bench.report import text_table
 from cxr.errors import ConfigError, first_line
 
 PEAK_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
@@ -227,7 +235,7 @@ def measure_peak(precision: str, size: int, threads: int, repeats: int = DEFAULT
     for runtime, build in RUNTIMES[precision]:
         try:
             call = build(size, threads, rng)
-            got[runtime] = round(flops / best_seconds(call, repeats) / 1e9, 1)
+            got[runtime] = flops / best_seconds(call, repeats) / 1e9
         except PeakUnavailable as e:
             failed.append(f"{runtime}: {e}")
         except Exception as e:  # a runtime's own untyped error: that runtime is out, the others still count
@@ -266,3 +274,49 @@ def measure_peaks(
             _MEASURED[key] = measure_peak(precision, size, threads, repeats)
         out[precision] = _MEASURED[key]
     return out
+
+
+def peak_option(figs: Mapping[str, PeakFigure]) -> str:
+    """``fp32=365.0,bf16=1722.0``: the ``--peak-gflops`` value of the figures that have one."""
+    return ",".join(f"{k}={f.gflops}" for k, f in figs.items() if f.gflops is not None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Measure this host's GEMM peak GFLOP/s in FP32, BF16 and INT8.")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="M = N = K of the square GEMMs")
+    p.add_argument("--threads", "-t", type=int, default=None, help="default: the usable cores")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls after a warm-up")
+    p.add_argument("--output", "-o", default=None, help="also write the figures as JSON")
+    a = p.parse_args(argv)
+    figs = measure_peaks(PEAK_PRECISIONS, size=a.size, threads=a.threads or usable_cores(), repeats=a.repeats)
+    machine = machine_info()
+    print(machine.summary())
+    header = ("precision", "GFLOP/s", "runtime", "threads", "size", "every runtime (GFLOP/s)")
+    rows = [
+        [
+            f.precision,
+            "-" if f.gflops is None else f"{f.gflops:,.1f}",
+            f.runtime or "-",
+            "BLAS default" if f.threads is None else str(f.threads),
+            f"{f.size}^3",
+            ", ".join(f"{k} {v:,.1f}" for k, v in f.candidates.items()) or "-",
+        ]
+        for f in figs.values()
+    ]
+    print(text_table(header, rows))
+    print(f"cxr-bench run ... --peak-gflops {peak_option(figs)}")
+    for f in figs.values():
+        if f.reason:
+            print(f"note: {f.precision}: {f.reason}")
+    if (busy := busy_note(machine)) is not None:
+        print(f"note: {busy}")
+    if a.output:
+        doc = {"machine": machine.to_dict(), "peaks": {k: v.to_dict() for k, v in figs.items()}}
+        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.output).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

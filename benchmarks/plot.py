@@ -4,7 +4,7 @@ Takes: a ``BenchReport`` and an output path. Makes: a PNG: x = p50 latency per c
 with a bar to p99, y = images/s; one line per series (configuration without batch size and clients),
 each point labelled with its batch size and number of clients.
 matplotlib is imported here only, lazily, with the Agg backend; without it a ``ConfigError`` says how to
-install it (``matplotlib_missing`` lets the CLI check before measuring anything).
+install it (``matplotlib_missing`` lets ``study.py`` check before measuring anything).
 """
 
 from __future__ import annotations

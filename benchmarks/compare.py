@@ -1,4 +1,4 @@
-"""Two cxr-bench reports side by side, with ratios.
+"""Two cxr-bench reports side by side, with ratios: ``python benchmarks/compare.py A.json B.json [--markdown C.md]``.
 
 Takes: two ``BenchReport`` objects (A = baseline, B = candidate). Makes: a ``Comparison``: rows matched
 on ``BenchRow.key()`` (kind, model kind, precision, provider asked, batch, threads, clients, mode), each
@@ -8,11 +8,15 @@ Latency ratio < 1 and throughput ratio > 1 both mean B is faster.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from cxr.bench.report import markdown_table, text_table
+from cxr.bench.report import load_report, markdown_table, text_table
 from cxr.bench.types import BenchReport, BenchRow
+from cxr.errors import CxrError
 
 HEADER: tuple[str, ...] = (
     "configuration",
@@ -149,3 +153,26 @@ def comparison_markdown(c: Comparison) -> str:
             "",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Show two cxr-bench runs side by side with B/A ratios.")
+    p.add_argument("a", type=Path, help="baseline report (JSON from `cxr-bench run --output`)")
+    p.add_argument("b", type=Path, help="candidate report")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the comparison as Markdown")
+    args = p.parse_args(argv)
+    try:
+        comparison = compare_reports(load_report(args.a), load_report(args.b), str(args.a), str(args.b))
+    except CxrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_comparison(comparison))
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(comparison_markdown(comparison))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
