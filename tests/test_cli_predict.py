@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cxr.cli.predict import app
 from cxr.labels import CLASSES, NOTICE
+from cxr.runtime.predictor import Predictor
 from tests.onnx_factory import write_gray_pngs
 
 runner = CliRunner()
@@ -293,3 +294,33 @@ def test_progress_bar_shows_rate_and_eta() -> None:
     bar.close()
     last = buf.getvalue().splitlines()[-1]
     assert last == "scan [====================] 10/10 00:05<00:00 2.0 img/s", buf.getvalue()
+
+
+@pytest.mark.parametrize("command", ["image", "scan"])
+def test_dicom_out_writes_sr_and_sc_for_dicom_inputs_only(
+    fused_model: Path, tmp_path: Path, command: str
+) -> None:
+    import pydicom
+
+    from cxr.dicom import read_sr
+    from tests.dicom_factory import make_source
+
+    folder = tmp_path / "in"
+    write_gray_pngs(folder, 1)
+    (folder / "chest.dcm").write_bytes(make_source())
+    out = tmp_path / "dicom"
+    files = sorted(str(p) for p in folder.iterdir())
+    args = ["image", *files] if command == "image" else ["scan", str(folder), "-o", str(tmp_path / "r.csv")]
+    res = runner.invoke(app, [*args, "-m", str(fused_model), "--dicom-out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "1 SR + secondary capture pair(s)" in res.stderr and "1 input(s) not DICOM" in res.stderr
+    written = [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
+    assert sorted(ds.Modality for ds in written) == ["OT", "SR"]
+    source = pydicom.dcmread(folder / "chest.dcm")
+    assert {ds.StudyInstanceUID for ds in written} == {source.StudyInstanceUID}
+    assert {str(ds.PatientName) for ds in written} == {str(source.PatientName)}
+    sr = next(ds for ds in written if ds.Modality == "SR")
+    content = read_sr(sr)
+    direct = Predictor.from_path(fused_model).predict(folder / "chest.dcm")
+    assert content.label == direct.label
+    assert content.probabilities == pytest.approx(direct.probabilities, abs=1e-6)

@@ -309,16 +309,13 @@ def test_private_codes_cover_every_class_and_reason_under_one_scheme() -> None:
     assert NOTICE.startswith(DISCLAIMER)
 
 
-def test_model_identity_from_a_predictor_hashes_its_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", ["m.onnx", "m.heatmaps.onnx"], ids=["plain", "heatmap-twin"])
+def test_model_identity_hashes_the_plain_model_file(tmp_path: Path, run: str) -> None:
     import hashlib
     from types import SimpleNamespace
 
-    path = tmp_path / "m.onnx"
-    path.write_bytes(b"model bytes")
-    ident = ModelIdentity.from_predictor(SimpleNamespace(model_path=path, model_id="0123456789abcdef"))
-    assert ident == ModelIdentity(
-        "m.onnx",
-        __import__("cxr").__version__,
-        hashlib.sha256(b"model bytes").hexdigest(),
-        "0123456789abcdef",
-    )
+    (tmp_path / "m.onnx").write_bytes(b"model bytes")
+    (tmp_path / "m.heatmaps.onnx").write_bytes(b"twin bytes")
+    ident = ModelIdentity.from_predictor(SimpleNamespace(model_path=tmp_path / run, model_id="ignored"))
+    sha = hashlib.sha256(b"model bytes").hexdigest()  # the twin computes the plain model's results
+    assert ident == ModelIdentity("m.onnx", __import__("cxr").__version__, sha, sha[:16])
