@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
 from cxr.errors import CxrError, ModelError  # noqa: E402
-from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
+from cxr.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.graph import IMAGE  # noqa: E402
 from cxr.fuse.members import load_member  # noqa: E402
 from cxr.imaging.decode import decode_gray  # noqa: E402

@@ -29,10 +29,10 @@ ORDER = (
     "bench",
     "serve",
     "deploy",
-    "pipeline",
+    "demo",
     "cli",
 )
-TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "pipeline"})
+TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "demo"})
 RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "deploy"})
 # the wall's libraries: no import of them anywhere in a runtime-side module, not even inside a function
 BANNED = frozenset({"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim"})

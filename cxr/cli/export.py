@@ -13,16 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import (
-    OldModels,
-    OrtThreads,
-    Verbose,
-    handle_errors,
-    members_option,
-    renamed,
-    run_dir_argument,
-    setup_logging,
-)
+from cxr.cli.common import OrtThreads, Verbose, handle_errors, members_option, run_dir_argument, setup_logging
 
 
 class ExporterName(str, Enum):
@@ -74,14 +65,12 @@ def export(
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
     verbose: Verbose = False,
-    models: OldModels = None,
 ) -> None:
     """Export every trained member to ONNX with cxr metadata, verify it against PyTorch, make variants."""
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
     setup_logging(verbose)
-    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
         models=_split(members),
@@ -113,14 +102,12 @@ def verify(
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
     verbose: Verbose = False,
-    models: OldModels = None,
 ) -> None:
     """Re-verify RUN_DIR/onnx/<name>.onnx against its checkpoint (and its variants against FP32)."""
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, raise_for_failures, verify_run
 
     setup_logging(verbose)
-    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
         models=_split(members),

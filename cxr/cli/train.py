@@ -1,5 +1,4 @@
-"""`cxr train`: train the base models (`base`) and the linear-probe baseline (`probe`, added by
-`cxr.cli.main`, which also keeps the old `cxr train stack` as a hidden alias of `cxr stack`)."""
+"""`cxr train`: train the base models (`base`) and the linear-probe baseline (`probe`)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import Verbose, handle_errors, member_names, members_option, renamed, setup_logging
+from cxr.cli.common import (
+    Verbose,
+    handle_errors,
+    member_names,
+    members_option,
+    run_dir_argument,
+    setup_logging,
+)
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
@@ -42,7 +48,6 @@ def base(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     verbose: Verbose = False,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", hidden=True)] = None,
 ) -> None:
     """Two-phase transfer learning of the base CNNs: head first (frozen backbone), then everything.
 
@@ -57,7 +62,6 @@ def base(
 
     env = context_from_env()
     setup_logging(verbose, rank=env.rank if env.enabled else None, quiet_rank=not verbose)
-    members = renamed(members, ",".join(model) if model else None, old="-m/--model", new="--members")
     if all_members == (members is not None):
         raise ConfigError("pass either --members NAME[,NAME...] or --all", hint="see `cxr train base --help`")
     sets = [*(overrides or []), *(["train.resume=true"] if resume else [])]
@@ -72,6 +76,30 @@ def base(
         ]
     if env.is_main:  # rank 0 reports
         _report(cfg, results)
+
+
+@app.command("probe")
+@handle_errors
+def probe(
+    run_dir: Annotated[Path, run_dir_argument("Run directory with manifest.csv.")],
+    pretrained: Annotated[
+        str, typer.Option(help="ImageNet weights: a weights file or folder, or 'true' for timm's download.")
+    ] = "true",
+    backbone: Annotated[
+        str, typer.Option(help="Frozen backbone (a cxr member name or timm model).")
+    ] = "xception",
+    input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
+) -> None:
+    """The linear probe baseline: logistic regression on a frozen ImageNet backbone's pooled features."""
+    from cxr.train import ProbeConfig, describe_probe, linear_probe
+
+    weights: bool | Path = True if pretrained.lower() == "true" else Path(pretrained)
+    cfg = ProbeConfig(
+        run_dir=run_dir, backbone=backbone, pretrained=weights, input_size=input_size, threads=threads
+    )
+    typer.echo(describe_probe(cfg, linear_probe(cfg)))
+    typer.echo(NOTICE)
 
 
 def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
