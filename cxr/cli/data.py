@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MANIFEST = Path("runs/manifest.csv")
 
-app = typer.Typer(help="Data sets: synthetic X-rays, the split manifest, statistics.", no_args_is_help=True)
+app = typer.Typer(help="Synthetic X-rays, the split manifest and its statistics.", no_args_is_help=True)
 
 
 @app.command("synth")
@@ -30,7 +30,10 @@ def synth(
         bool, typer.Option(help="Follow the real class ratio 3616/6012/10192/1345.")
     ] = False,
 ) -> None:
-    """Write SYNTHETIC chest X-rays in the Kaggle v4 layout (not real patients, not medical evidence)."""
+    """Write SYNTHETIC chest X-rays in the Kaggle v4 layout.
+
+    Not real patients, not medical evidence.
+    """
     from cxr.data.synthetic import SynthConfig, synthesize
 
     res = synthesize(
@@ -86,8 +89,10 @@ def split(
         typer.Option("--no-near-dups", help="Turn near-duplicate grouping off (exact duplicates still go)."),
     ] = False,
 ) -> None:
-    """Deduplicate by pixel hash, keep near-duplicates together, and write a stratified, seeded train/val/test
-    manifest."""
+    """Write a deduplicated, stratified train/val/test manifest.
+
+    Drops exact duplicates (pixel hash), keeps near-duplicates in one split, and splits by a seed.
+    """
     from cxr.data.manifest import SplitConfig, build_manifest
 
     threshold = _near_dup_threshold(near_dup_threshold, no_near_dups)

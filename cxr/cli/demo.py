@@ -51,7 +51,10 @@ def demo(
     bench_iterations: Annotated[int, typer.Option(help="Timed iterations per benchmark row.")] = 10,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
-    """Run the whole study: data, split, train 5 CNNs, export+verify, stack, fuse, evaluate, scan, bench."""
+    """Run the whole study end to end.
+
+    Data, split, train 5 CNNs, export and verify, stack, fuse, evaluate, scan, bench.
+    """
     import time
 
     from cxr.demo.config import DemoConfig

@@ -20,7 +20,10 @@ def evaluate(
     plots: Annotated[bool, typer.Option(help="Write confusion-matrix and reliability PNGs.")] = True,
     output: Annotated[Path | None, output_option("The report folder (default: RUN_DIR/eval).")] = None,
 ) -> None:
-    """Compare each member, soft voting, majority voting and stacking on the test split."""
+    """Compare members, voting and stacking on the test split.
+
+    Each member, soft voting, majority voting and stacking, with bootstrap intervals and McNemar tests.
+    """
     from cxr.evaluate import EvalConfig, describe
     from cxr.evaluate import evaluate as run_evaluation
 
@@ -43,7 +46,10 @@ def evaluate_folds(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
-    """Pool the test splits of `cxr data split --folds K` runs: every method on every image, with McNemar."""
+    """Pool the test splits of cross-validation folds.
+
+    The runs of `cxr data split --folds K`: every method on every image, with McNemar tests.
+    """
     from cxr.evaluate import PoolConfig, describe_pooled, pool_folds
 
     res = pool_folds(PoolConfig(tuple(run_dirs), output, n_bootstrap=bootstrap, seed=seed))

@@ -66,7 +66,10 @@ def export(
     threads: OrtThreads = None,
     verbose: Verbose = False,
 ) -> None:
-    """Export every trained member to ONNX with cxr metadata, verify it against PyTorch, make variants."""
+    """Export every trained member to ONNX and verify it.
+
+    Each member gets cxr metadata, is verified against PyTorch, and gets the --variants asked for.
+    """
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
@@ -103,7 +106,10 @@ def verify(
     threads: OrtThreads = None,
     verbose: Verbose = False,
 ) -> None:
-    """Re-verify RUN_DIR/onnx/<name>.onnx against its checkpoint (and its variants against FP32)."""
+    """Re-verify a run's ONNX members against their checkpoints.
+
+    Checks RUN_DIR/onnx/<name>.onnx against its checkpoint, and its variants against FP32.
+    """
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, raise_for_failures, verify_run
 

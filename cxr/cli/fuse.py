@@ -68,7 +68,7 @@ def fuse(
         ),
     ] = 0.99,
 ) -> None:
-    """Fuse the members and the meta-learner into one verified ONNX graph."""
+    """Fuse members and meta-learner into one verified graph."""
     from cxr.fuse import FuseConfig, describe, run_members
     from cxr.fuse import fuse as fuse_models
 

@@ -16,6 +16,7 @@ app = typer.Typer(
     f"{NOTICE}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help layout: no type column, descriptions keep >= 44 of 80 columns
     callback=debug_option,
 )
 app.add_typer(data.app, name="data")
@@ -26,7 +27,7 @@ app.command("stack")(stack.stack)
 app.command("fuse")(fuse.fuse)
 app.command("evaluate")(evaluate.evaluate)
 app.command("evaluate-folds")(evaluate.evaluate_folds)
-app.command("serve")(serve.serve)
+app.command("serve", short_help="Serve the HTTP inference API.")(serve.serve)
 app.command("export-triton")(triton.export_triton)
 app.command("demo")(demo.demo)
 app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")

@@ -68,7 +68,7 @@ ProviderOpt = Annotated[
     ProviderChoice,
     typer.Option(
         help="Execution provider: auto = TensorRT > CUDA > CPU (onnxruntime), whichever really works here; "
-        "openvino = OpenVINO on the CPU (needs `pip install 'cxr-toolkit\\[openvino]'`)."
+        "openvino = OpenVINO on the CPU (needs cxr's openvino extra)."
     ),
 ]
 PrecisionOpt = Annotated[PrecisionChoice, typer.Option(help=PRECISION_HELP)]
@@ -192,8 +192,7 @@ def scan(
         Engine,
         typer.Option(
             help="local: this process. ray: the same scan as an actor pool of predictors on a Ray cluster "
-            "(one onnxruntime session per actor, one GPU each on GPU providers; needs "
-            "`pip install 'cxr-toolkit\\[ray]'`)."
+            "(one onnxruntime session per actor, one GPU each on GPU providers; needs cxr's ray extra)."
         ),
     ] = Engine.local,
     address: Annotated[
@@ -225,7 +224,9 @@ def scan(
         ),
     ] = None,
 ) -> None:
-    """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
+    """Classify every image in FOLDER, one result row per file.
+
+    A file that cannot be read gets its error.
 
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
@@ -340,7 +341,9 @@ def image(
     ] = False,
     heatmap_dir: Annotated[Path, typer.Option(help="Folder for the --heatmap overlays.")] = Path("."),
 ) -> None:
-    """Classify the given files and print each result (class, confidence, every class probability).
+    """Classify the given files and print each result.
+
+    Each result: class, confidence, every class probability.
 
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.

@@ -63,7 +63,10 @@ def stack(
         ),
     ] = None,
 ) -> None:
-    """Train the meta-learner on predictions for images the base models never trained on."""
+    """Fit the meta-learner on held-out member predictions.
+
+    The predictions are for images the base models never trained on (--source).
+    """
     from cxr.stack import MetaConfig, describe, fit_meta
 
     res = fit_meta(

@@ -49,7 +49,9 @@ def base(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Two-phase transfer learning of the base CNNs: head first (frozen backbone), then everything.
+    """Train the base CNNs: head first, then every layer.
+
+    Two-phase transfer learning: the head on a frozen backbone, then the whole network.
 
     The run directory is the config's `run_dir`. Several GPUs or nodes: start it with torchrun, e.g.
     `torchrun --nproc_per_node=4 -m cxr train base --config CONFIG --all`; train.batch_size stays the
@@ -91,7 +93,10 @@ def probe(
     input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
 ) -> None:
-    """The linear probe baseline: logistic regression on a frozen ImageNet backbone's pooled features."""
+    """Fit the linear-probe baseline on a frozen backbone.
+
+    Logistic regression on a frozen ImageNet backbone's pooled features.
+    """
     from cxr.train import ProbeConfig, describe_probe, linear_probe
 
     weights: bool | Path = True if pretrained.lower() == "true" else Path(pretrained)

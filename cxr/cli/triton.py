@@ -63,7 +63,10 @@ def export_triton(
         str | None, typer.Option(help="storageUri for the KServe manifest (default: a placeholder to edit).")
     ] = None,
 ) -> None:
-    """Write OUTPUT/<name>/config.pbtxt, OUTPUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
+    """Write a Triton model repository and a KServe manifest.
+
+    OUTPUT/<name>/config.pbtxt, OUTPUT/<name>/<version>/model.onnx and a KServe manifest for MODEL.
+    """
     from cxr.deploy.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
 
     cfg = TritonConfig(
