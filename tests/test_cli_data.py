@@ -65,7 +65,9 @@ def test_help_works(script: str) -> None:
 
 @pytest.mark.parametrize("option", ["--output", "-o"])
 def test_synth_writes_where_output_says(tmp_path: Path, option: str) -> None:
-    res = runner.invoke(app, ["data", "synth", option, str(tmp_path / "ds"), "--per-class", "2", "--size", "32"])
+    res = runner.invoke(
+        app, ["data", "synth", option, str(tmp_path / "ds"), "--per-class", "2", "--size", "32"]
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "ds").rglob("*.png"))) == 8
 
