@@ -130,10 +130,10 @@ def test_cli_evaluate(run: Path, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from cxr.cli import stack
+    from cxr.cli import evaluate as evaluate_cli
 
     app = typer.Typer()
-    app.command()(stack.evaluate)
+    app.command()(evaluate_cli.evaluate)
     r = CliRunner().invoke(
         app, [str(run), "--bootstrap", "20", "--no-plots", "--output", str(tmp_path / "ev")]
     )

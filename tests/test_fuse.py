@@ -444,10 +444,10 @@ def test_cli_fuse(tiny_run: Path, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from cxr.cli import stack
+    from cxr.cli import fuse as fuse_cli
 
     app = typer.Typer()
-    app.command()(stack.fuse)
+    app.command()(fuse_cli.fuse)
     out = tmp_path / "cli.onnx"
     r = CliRunner().invoke(app, [str(tiny_run), "--output", str(out), "--bench-runs", "0", "--no-simplify"])
     assert r.exit_code == 0, r.output
