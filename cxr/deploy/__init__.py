@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.deploy.triton import TritonConfig, TritonExportResult, write_triton_repository
 
-_EXPORTS = {
-    "TritonConfig": "cxr.deploy.triton",
-    "TritonExportResult": "cxr.deploy.triton",
-    "write_triton_repository": "cxr.deploy.triton",
-}
-
 __all__ = ["TritonConfig", "TritonExportResult", "write_triton_repository"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: each module loads on first use
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"cxr.deploy.triton": ["TritonConfig", "TritonExportResult", "write_triton_repository"]}
+)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.evaluate._evaluate import describe, evaluate
@@ -11,17 +12,6 @@ if TYPE_CHECKING:
     from cxr.evaluate.pooled_report import describe_pooled
     from cxr.evaluate.pooled_types import PoolConfig, PooledResult
     from cxr.evaluate.types import EvalConfig, EvalResult
-
-_EXPORTS = {
-    "EvalConfig": "cxr.evaluate.types",
-    "EvalResult": "cxr.evaluate.types",
-    "describe": "cxr.evaluate._evaluate",
-    "evaluate": "cxr.evaluate._evaluate",
-    "PoolConfig": "cxr.evaluate.pooled_types",
-    "PooledResult": "cxr.evaluate.pooled_types",
-    "pool_folds": "cxr.evaluate.pooled",
-    "describe_pooled": "cxr.evaluate.pooled_report",
-}
 
 __all__ = [
     "EvalConfig",
@@ -33,14 +23,13 @@ __all__ = [
     "evaluate",
     "pool_folds",
 ]
-
-
-def __getattr__(name: str) -> Any:  # lazy: each module loads on first use
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.evaluate.types": ["EvalConfig", "EvalResult"],
+        "cxr.evaluate._evaluate": ["describe", "evaluate"],
+        "cxr.evaluate.pooled_types": ["PoolConfig", "PooledResult"],
+        "cxr.evaluate.pooled": ["pool_folds"],
+        "cxr.evaluate.pooled_report": ["describe_pooled"],
+    },
+)

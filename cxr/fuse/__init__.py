@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.fuse._fuse import describe, fuse, run_members
     from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
 
-_EXPORTS = {
-    "FuseConfig": "cxr.fuse.types",
-    "FuseResult": "cxr.fuse.types",
-    "FusedFile": "cxr.fuse.types",
-    "describe": "cxr.fuse._fuse",
-    "fuse": "cxr.fuse._fuse",
-    "run_members": "cxr.fuse._fuse",
-}
-
-__all__ = [
-    "FuseConfig",
-    "FuseResult",
-    "FusedFile",
-    "describe",
-    "fuse",
-    "run_members",
-]
-
-
-def __getattr__(name: str) -> Any:  # lazy: each module loads on first use
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__all__ = ["FuseConfig", "FuseResult", "FusedFile", "describe", "fuse", "run_members"]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.fuse.types": ["FuseConfig", "FuseResult", "FusedFile"],
+        "cxr.fuse._fuse": ["describe", "fuse", "run_members"],
+    },
+)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.train.config import TrainConfig, load_config
     from cxr.train.probe import ProbeConfig, ProbeResult, describe_probe, linear_probe
     from cxr.train.run import TrainResult, train_all, train_member
-
-_EXPORTS = {
-    "TrainConfig": "cxr.train.config",
-    "load_config": "cxr.train.config",
-    "TrainResult": "cxr.train.run",
-    "train_all": "cxr.train.run",
-    "train_member": "cxr.train.run",
-    "ProbeConfig": "cxr.train.probe",
-    "ProbeResult": "cxr.train.probe",
-    "describe_probe": "cxr.train.probe",
-    "linear_probe": "cxr.train.probe",
-}
 
 __all__ = [
     "ProbeConfig",
@@ -33,14 +22,11 @@ __all__ = [
     "train_all",
     "train_member",
 ]
-
-
-def __getattr__(name: str) -> Any:  # lazy: each module loads on first use
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.train.config": ["TrainConfig", "load_config"],
+        "cxr.train.run": ["TrainResult", "train_all", "train_member"],
+        "cxr.train.probe": ["ProbeConfig", "ProbeResult", "describe_probe", "linear_probe"],
+    },
+)
