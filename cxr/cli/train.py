@@ -121,16 +121,15 @@ def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext)
 
 
 def _report(cfg: TrainConfig, results: list[TrainResult]) -> None:
+    from cxr.train import describe
+
     typer.echo(f"run directory: {cfg.run_dir}")
-    typer.echo(f"{'member':<18}{'best epoch':>11}{'epochs':>8}{'val acc':>9}{'macro-F1':>10}{'seconds':>9}")
+    typer.echo(describe(results))
     for r in results:
-        typer.echo(
-            f"{r.name:<18}{r.best_epoch + 1:>11}{r.epochs_run:>8}{r.metrics['accuracy']:>9.4f}"
-            f"{r.metrics['macro_f1']:>10.4f}{r.seconds:>9.0f}"
-            + ("  (stopped early)" if r.stopped_early else "")
-        )
         if r.bad_images:
             typer.secho(
-                f"  {len(r.bad_images)} unreadable image(s) skipped, see the log", fg="yellow", err=True
+                f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log",
+                fg="yellow",
+                err=True,
             )
     typer.echo(NOTICE)
