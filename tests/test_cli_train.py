@@ -82,3 +82,33 @@ def test_bad_input_gives_a_message_and_exit_code_2(
     code, out = invoke(*base, *args)
     assert code == 2, out
     assert message in out and "Traceback" not in out
+
+
+def test_probe_prints_what_the_library_describes(manifest: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(manifest, run_dir / "manifest.csv")
+    shutil.copy(manifest.with_suffix(".json"), run_dir / "manifest.json")
+    weights = tmp_path / "test_resnet.safetensors"
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    args = [
+        "probe",
+        str(run_dir),
+        "--backbone",
+        "test_resnet",
+        "--pretrained",
+        str(weights),
+        "--input-size",
+        "32",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("linear probe (test_resnet, frozen, 32 px, C=") and "test accuracy" in first
+    assert f"wrote {run_dir / 'baselines' / 'linear_probe'} (" in result.output
