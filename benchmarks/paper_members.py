@@ -8,7 +8,7 @@ Makes, with the project's own tools:
   (``cxr.export.quantize.make_int8``, static QDQ calibrated on real or synthetic images);
 - ``stack/meta.onnx``: a logistic-regression meta-learner fitted on synthetic member outputs
   (``cxr.stack.to_onnx.convert_meta``);
-- ``fused/ensemble.onnx`` + ``fused/ensemble.int8.onnx`` (``cxr.fuse.fuse.fuse``);
+- ``fused/ensemble.onnx`` + ``fused/ensemble.int8.onnx`` (``cxr.fuse.fuse``);
 - ``bench/*.json|md|png``: ``study.py`` runs (cxr-bench plus references): fused FP32 vs INT8 at batch 1
   and 8, beside the five members as
   separate sessions and the PyTorch eager ensemble, with efficiency % against the machine's FP32 peak;
@@ -43,7 +43,7 @@ TOOLS = {
     "export": "cxr.export.onnx_export",
     "quantize": "cxr.export.quantize",
     "meta": "cxr.stack.to_onnx",
-    "fuse": "cxr.fuse.fuse",
+    "fuse": "cxr.fuse._fuse",
 }
 
 
@@ -234,9 +234,9 @@ def build_fused(cfg: PaperConfig, models: PaperModels) -> None:
         models.fused_int8 = int8_out if int8_out.is_file() else None
         return
     if models.meta is None or len(models.members) != len(cfg.names) or not available("fuse"):
-        models.skipped.append("fuse: members, meta-learner or cxr.fuse.fuse missing")
+        models.skipped.append("fuse: members, meta-learner or cxr.fuse missing")
         return
-    from cxr.fuse.fuse import FuseConfig, fuse
+    from cxr.fuse import FuseConfig, fuse
 
     t0 = time.perf_counter()
     variants = ("int8",) if len(models.int8_members) == len(cfg.names) else ()

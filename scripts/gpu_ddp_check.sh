@@ -13,7 +13,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
 if [[ "$NGPU" -lt 1 ]]; then echo "no CUDA GPU visible to torch" >&2; exit 2; fi
 NPROC=${NPROC:-$NGPU}
-"$PY" -m cxr data synth "$OUT/data" --per-class 40 --seed 0 --size 64 >/dev/null
+"$PY" -m cxr data synth --output "$OUT/data" --per-class 40 --seed 0 --size 64 >/dev/null
 "$PY" -m cxr data split "$OUT/data/COVID-19_Radiography_Dataset" --output "$OUT/manifest.csv" >/dev/null
 cat >"$OUT/ddp.yaml" <<YAML
 run_dir: $OUT/single

@@ -61,3 +61,26 @@ def test_help_works(script: str) -> None:
     res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "Usage" in res.stdout
+
+
+@pytest.mark.parametrize("option", ["--output", "-o"])
+def test_synth_writes_where_output_says(tmp_path: Path, option: str) -> None:
+    res = runner.invoke(
+        app, ["data", "synth", option, str(tmp_path / "ds"), "--per-class", "2", "--size", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "ds").rglob("*.png"))) == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["data", "synth", "--per-class", "2"], "Missing option '--output'"),
+        (["data", "synth", "{tmp}/ds"], "Missing option '--output'"),  # not a positional
+        (["data", "split", "{tmp}", "--out", "{tmp}/m.csv"], "No such option: --out"),
+    ],
+)
+def test_one_spelling_per_idea(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "m.csv").exists()

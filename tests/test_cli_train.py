@@ -66,8 +66,7 @@ def test_train_all_with_the_ci_config(manifest: Path, tmp_path: Path) -> None:
         (["--all", "--members", "vgg19"], "pass either --members"),
         (["--members", "vgg19,vgg91"], "did you mean vgg19"),
         (["--members", ","], "names no member"),
-        (["-m", "vgg91"], "did you mean vgg19"),  # the old spelling still works (with a notice)
-        (["--model", "vgg19", "--members", "vgg19"], "were both given"),
+        (["-m", "vgg19"], "No such option: -m"),  # one spelling: --members
         (["--all", "--set", "train.epochs=many"], "train.epochs: expected an integer"),
         (
             ["--all", "--set", "data.manifest=/nonexistent/m.csv"],
@@ -85,9 +84,31 @@ def test_bad_input_gives_a_message_and_exit_code_2(
     assert message in out and "Traceback" not in out
 
 
-def test_the_old_model_option_prints_the_notice(manifest: Path, tmp_path: Path) -> None:
-    base = ["--config", str(CI), "--set", f"run_dir={tmp_path}", "--set", f"data.manifest={manifest}"]
-    code, out = invoke(*base, "-m", "vgg91", "--model", "xception")
-    assert code == 2 and "did you mean vgg19" in out, out
-    assert "`-m/--model` is deprecated and will be removed in the next release; use `--members`" in out
-    assert "deprecated" not in invoke(*base, "--members", "vgg91")[1]
+def test_probe_prints_what_the_library_describes(manifest: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(manifest, run_dir / "manifest.csv")
+    shutil.copy(manifest.with_suffix(".json"), run_dir / "manifest.json")
+    weights = tmp_path / "test_resnet.safetensors"
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    args = [
+        "probe",
+        str(run_dir),
+        "--backbone",
+        "test_resnet",
+        "--pretrained",
+        str(weights),
+        "--input-size",
+        "32",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("linear probe (test_resnet, frozen, 32 px, C=") and "test accuracy" in first
+    assert f"wrote {run_dir / 'baselines' / 'linear_probe'} (" in result.output

@@ -413,24 +413,14 @@ def test_cli_bad_input_exits_nonzero_with_message(case: str, fused_model: Path, 
     assert want in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["{model}", "{out}"],  # the last release's `cxr export-triton MODEL OUT`
-        ["--model", "{model}", "{out}"],
-        ["{model}", "--output", "{out}"],
-    ],
-)
-def test_cli_old_positionals_still_work_with_a_notice(
-    fused_model: Path, tmp_path: Path, args: list[str]
-) -> None:
+@pytest.mark.parametrize("args", [["{model}", "{out}"], ["--model", "{model}", "{out}"]])
+def test_cli_takes_options_not_positionals(fused_model: Path, tmp_path: Path, args: list[str]) -> None:
     out = tmp_path / "repo"
     r = CliRunner().invoke(app, ["export-triton", *(a.format(model=fused_model, out=out) for a in args)])
-    assert r.exit_code == 0, r.output
-    assert "as a positional argument of `cxr export-triton` is deprecated" in r.output
-    assert (out / fused_model.stem / "config.pbtxt").is_file()
+    assert r.exit_code == 2 and "Missing option" in r.output, r.output
+    assert not out.exists()
 
 
 def test_cli_needs_model_and_output(fused_model: Path) -> None:
     r = CliRunner().invoke(app, ["export-triton", "--model", str(fused_model)])
-    assert r.exit_code == 2 and "needs --output DIR" in r.output, r.output
+    assert r.exit_code == 2 and "Missing option '--output'" in r.output, r.output

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("skl2onnx")
 
 from cxr.errors import DataError  # noqa: E402
-from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
+from cxr.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.labels import NOTICE  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
 from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
@@ -130,10 +130,10 @@ def test_cli_evaluate(run: Path, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from cxr.cli import stack
+    from cxr.cli import evaluate as evaluate_cli
 
     app = typer.Typer()
-    app.command()(stack.evaluate)
+    app.command()(evaluate_cli.evaluate)
     r = CliRunner().invoke(
         app, [str(run), "--bootstrap", "20", "--no-plots", "--output", str(tmp_path / "ev")]
     )
@@ -175,7 +175,7 @@ def test_evaluation_needs_neither_torch_nor_scikit_learn(run: Path, tmp_path: Pa
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Absent())\n"
         "from pathlib import Path\n"
-        "from cxr.evaluate.evaluate import EvalConfig, evaluate\n"
+        "from cxr.evaluate import EvalConfig, evaluate\n"
         f"res = evaluate(EvalConfig(Path({str(run)!r}), out_dir=Path({str(tmp_path)!r}), n_bootstrap=10, plots=False))\n"
         "assert res.calibration is not None and res.operating_points\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'onnx')]\n"

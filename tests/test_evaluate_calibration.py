@@ -14,13 +14,13 @@ pytest.importorskip("skl2onnx")
 
 from cxr.calibration import expected_calibration_error  # noqa: E402
 from cxr.errors import ModelError  # noqa: E402
+from cxr.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.evaluate.calibrated import (  # noqa: E402
     operating_point,
     operating_points,
     temperature_of,
     wilson_interval,
 )
-from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.stack.features import META_PROP, load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator  # noqa: E402
 from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402

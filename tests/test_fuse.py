@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
 from cxr.errors import CxrError, ModelError  # noqa: E402
-from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
+from cxr.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.graph import IMAGE  # noqa: E402
 from cxr.fuse.members import load_member  # noqa: E402
 from cxr.imaging.decode import decode_gray  # noqa: E402
@@ -444,10 +444,10 @@ def test_cli_fuse(tiny_run: Path, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from cxr.cli import stack
+    from cxr.cli import fuse as fuse_cli
 
     app = typer.Typer()
-    app.command()(stack.fuse)
+    app.command()(fuse_cli.fuse)
     out = tmp_path / "cli.onnx"
     r = CliRunner().invoke(app, [str(tiny_run), "--output", str(out), "--bench-runs", "0", "--no-simplify"])
     assert r.exit_code == 0, r.output

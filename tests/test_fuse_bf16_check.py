@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cxr.errors import ProviderError  # noqa: E402
-from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
+from cxr.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.precision_check import check_openvino_bf16, write_record  # noqa: E402
 from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, cpu_has_bf16  # noqa: E402
 from cxr.session import SessionConfig, cpu_session, create_session, file_sha256  # noqa: E402

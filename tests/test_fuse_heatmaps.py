@@ -25,8 +25,8 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from cxr.data.synthetic.render import render_with_finding  # noqa: E402
+from cxr.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.class_maps import CLASS_MAPS, ClassMapExclusion, ClassMapInfo, with_class_maps  # noqa: E402
-from cxr.fuse.fuse import FuseConfig, fuse, run_members  # noqa: E402
 from cxr.fuse.heatmap_file import bilinear_matrix, heatmap_path  # noqa: E402
 from cxr.imaging.preprocess import normalize  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402

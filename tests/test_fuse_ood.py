@@ -68,7 +68,7 @@ def test_fused_graph_computes_the_score_it_was_fitted_with(tmp_path: Path) -> No
     pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from cxr.fuse.fuse import FuseConfig, fuse, run_members
+    from cxr.fuse import FuseConfig, fuse, run_members
     from cxr.fuse.members import load_member
     from cxr.fuse.ood import fit_ood
     from cxr.spec import ModelMetadata
@@ -118,7 +118,7 @@ def test_runtime_marks_images_above_the_threshold(
 @pytest.fixture(scope="module")
 def fused_model_with_ood(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from cxr.fuse.fuse import FuseConfig, fuse, run_members
+    from cxr.fuse import FuseConfig, fuse, run_members
     from tests.test_fuse import build_tiny_run
 
     run = build_tiny_run(tmp_path_factory.mktemp("oodrun"), {"alpha": 32, "beta": 32})

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("skl2onnx")
 
-from cxr.fuse.fuse import FuseConfig, fuse  # noqa: E402
+from cxr.fuse import FuseConfig, fuse  # noqa: E402
 from cxr.fuse.graph import IMAGE, LABEL, PROBABILITIES  # noqa: E402
 from cxr.session import cpu_session  # noqa: E402
 from cxr.stack.estimators import ESTIMATORS  # noqa: E402

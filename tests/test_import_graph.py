@@ -4,11 +4,15 @@ Takes: every module under ``cxr/``. Checks: no package imports one after it in t
 runtime side (runtime, bench, serve, deploy, and the runtime CLI commands) imports no training-side package
 and no torch, timm, sklearn, onnx or skl2onnx even inside a function, and no two modules import
 each other, directly or around a longer circle. The checker itself is tested on small made-up graphs.
+Each stage package names its entry points in ``__all__`` and loads them only when first used.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -30,10 +34,10 @@ ORDER = (
     "serve",
     "dicom",
     "deploy",
-    "pipeline",
+    "demo",
     "cli",
 )
-TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "pipeline"})
+TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "demo"})
 RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "dicom", "deploy"})
 # the wall's libraries: no import of them anywhere in a runtime-side module, not even inside a function
 BANNED = frozenset({"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim"})
@@ -216,3 +220,45 @@ def test_the_checks_catch_what_they_are_for(
 ) -> None:
     found = (len(upward_imports(graph)), len(runtime_to_training(graph)), len(cycles(graph)))
     assert found == (upward, wall, circles)
+
+
+# Each stage's public surface: its package's __all__, loaded lazily (``import cxr.fuse`` stays free).
+STAGES = ("data", "train", "export", "stack", "fuse", "evaluate", "deploy", "demo")
+ENTRY_POINTS = {
+    "data": "build_manifest",
+    "train": "train_all",
+    "export": "export_run",
+    "stack": "fit_meta",
+    "fuse": "fuse",
+    "evaluate": "evaluate",
+    "deploy": "write_triton_repository",
+    "demo": "run_demo",
+}
+
+
+def test_importing_the_stage_packages_loads_no_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules)\n"
+        + "".join(f"import cxr.{s}\n" for s in STAGES)
+        + "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - {'cxr', 'typing', '_typing', "
+        "'collections'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_package_exports_its_entry_point(stage: str) -> None:
+    for lib in ("torch", "timm", "sklearn", "onnx", "skl2onnx"):
+        pytest.importorskip(lib)
+    package = importlib.import_module(f"cxr.{stage}")
+    assert ENTRY_POINTS[stage] in package.__all__
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert value.__module__.startswith(f"cxr.{stage}."), (name, value.__module__)
+        assert callable(value), name
+    assert sorted(package.__all__) == sorted(set(package.__all__))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        package.nope  # noqa: B018

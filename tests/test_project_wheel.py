@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.pipeline.config import PACKAGED_CONFIGS, default_config
+from cxr.demo.config import PACKAGED_CONFIGS, default_config
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("demo", "paper", "ci", "rehearse")

@@ -30,7 +30,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def heat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cxr.fuse.fuse import FuseConfig, fuse, run_members
+    from cxr.fuse import FuseConfig, fuse, run_members
     from tests.test_fuse import build_tiny_run
 
     run = build_tiny_run(tmp_path_factory.mktemp("heatrun"), {"alpha": 32, "beta": 32})
@@ -223,7 +223,7 @@ def test_api_returns_the_overlay_on_request(heat_model: Path, tmp_path: Path) ->
 
 
 def test_demo_grid_draws_two_overlays_per_class(heat_model: Path, tmp_path: Path) -> None:
-    from cxr.pipeline.heatmap_grid import COLUMNS, heatmap_grid
+    from cxr.demo.heatmap_grid import COLUMNS, heatmap_grid
 
     folder = tmp_path / "scan"
     folder.mkdir()

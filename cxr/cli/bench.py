@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from cxr.bench.types import BenchRow
 
 app = typer.Typer(
+    rich_markup_mode=None,  # click's layout: descriptions keep their width at 80 columns
     name="cxr-bench",
     help="Benchmark a cxr ONNX model (fused ensemble or single member) with onnxruntime or OpenVINO: latency "
     "percentiles, images/s, peak memory, session creation, provider and precision really used, efficiency "

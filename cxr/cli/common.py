@@ -1,20 +1,5 @@
-"""Shared CLI plumbing: errors become a message and an exit code (never a traceback), the option spellings
-every command shares, and the deprecation notices of the old spellings.
-
-One name per idea, in every command:
-
-- ``RUN_DIR`` (positional): the run directory a stage reads and writes (`cxr train base` takes it from its
-  config's ``run_dir``);
-- ``--members a,b``: a subset of a run's members, by name, comma-separated;
-- ``--model/-m PATH``: the model file a command runs;
-- ``--output/-o PATH``: what a command writes;
-- ``--member-models FILES|DIR`` (`cxr-bench run`): member model files, not names, so not ``--members``.
-
-The old spellings (``--out``, ``--models``, ``cxr train base -m NAME``, the positional MODEL of
-`cxr-bench run` and MODEL OUT of `cxr export-triton`, `cxr data synth OUT`, ``cxr demo --run-dir``,
-``cxr-bench run --members``, ``cxr train stack``) still work for one release, hidden from ``--help``, and print
-a notice on stderr (``deprecated``); behaviour and exit codes are otherwise the same.
-"""
+"""Shared CLI plumbing: errors become a message and an exit code (never a traceback), and the option
+spellings every command shares (``RUN_DIR``, ``--members a,b``, ``--model/-m``, ``--output/-o``)."""
 
 from __future__ import annotations
 
@@ -25,7 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -35,7 +20,6 @@ import typer
 from cxr.errors import ConfigError, CxrError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
-V = TypeVar("V")
 
 
 class ProviderChoice(str, Enum):
@@ -172,10 +156,6 @@ def model_option(help: str, **kwargs: Any) -> Any:
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 OrtThreads = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")]
 
-# The deprecated spellings: hidden from --help, each read once through ``renamed`` or ``legacy_positionals``.
-OldOut = Annotated[Path | None, typer.Option("--out", hidden=True)]
-OldModels = Annotated[str | None, typer.Option("--models", hidden=True)]
-
 
 def member_names(value: str | None, option: str = "--members") -> tuple[str, ...] | None:
     """``'a, b'`` -> ``('a', 'b')``; None (every member) when not given; a value naming nobody is an error."""
@@ -187,68 +167,3 @@ def member_names(value: str | None, option: str = "--members") -> tuple[str, ...
             f"{option} {value!r} names no member", hint=f"for example {option} densenet121,vgg19"
         )
     return names
-
-
-# --------------------------------------------------------------------------- deprecations
-
-
-def deprecated(old: str, new: str) -> None:
-    """The notice for an old spelling, on stderr: ``cxr: `--out` is deprecated ...; use `--output```."""
-    typer.secho(
-        f"cxr: {old} is deprecated and will be removed in the next release; use {new}",
-        fg=typer.colors.YELLOW,
-        err=True,
-    )
-
-
-def renamed(value: V | None, old_value: V | None, *, old: str, new: str) -> V | None:
-    """The value of option ``new``, else that of its deprecated spelling ``old`` (with the notice)."""
-    if old_value is None:
-        return value
-    deprecated(f"`{old}`", f"`{new}`")
-    if value is not None:
-        raise ConfigError(f"{new} and {old} (its old spelling) were both given", hint=f"pass {new} only")
-    return old_value
-
-
-LEGACY_POSITIONALS: dict[str, Any] = {"allow_extra_args": True}
-"""``context_settings`` of a command whose old positional arguments became options: they arrive, unlisted in
-``--help``, in ``ctx.args`` (unknown options are still refused) for ``legacy_positionals``."""
-
-
-def legacy_positionals(
-    command: str, args: Sequence[str], *slots: tuple[Path | None, str, str]
-) -> list[Path | None]:
-    """Positional arguments of an older release, for the options that replaced them.
-
-    Each ``(value, NAME, --option)`` in ``slots`` keeps ``value`` when the option was given; otherwise it
-    takes the next of ``args`` (with the notice). Arguments left over are a usage error.
-    """
-    out: list[Path | None] = []
-    pending = list(args)
-    for value, name, option in slots:
-        if value is None and pending:
-            value = Path(pending.pop(0))
-            deprecated(f"{name} as a positional argument of `{command}`", f"`{option} {name}`")
-        out.append(value)
-    if pending:
-        raise ConfigError(f"unexpected argument(s): {' '.join(pending)}", hint=f"see `{command} --help`")
-    return out
-
-
-def require(value: V | None, option: str, command: str) -> V:
-    """An option that replaced a required positional: required by hand (the positional may stand in)."""
-    if value is None:
-        raise ConfigError(f"`{command}` needs {option}", hint=f"see `{command} --help`")
-    return value
-
-
-def deprecated_alias(fn: F, old: str, new: str) -> F:
-    """``fn`` under an old command name: the same options and behaviour, after the notice."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        deprecated(f"`{old}`", f"`{new}`")
-        return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]

@@ -7,31 +7,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import (
-    LEGACY_POSITIONALS,
-    OldOut,
-    handle_errors,
-    legacy_positionals,
-    output_option,
-    renamed,
-    require,
-)
+from cxr.cli.common import handle_errors, output_option
 
 if TYPE_CHECKING:
     from cxr.data.manifest import ManifestResult
 
 DEFAULT_MANIFEST = Path("runs/manifest.csv")
 
-app = typer.Typer(help="Data sets: synthetic X-rays, the split manifest, statistics.", no_args_is_help=True)
+app = typer.Typer(help="Synthetic X-rays, the split manifest and its statistics.", no_args_is_help=True)
 
 
-@app.command("synth", context_settings=LEGACY_POSITIONALS)
+@app.command("synth")
 @handle_errors
 def synth(
-    ctx: typer.Context,
-    output: Annotated[
-        Path | None, output_option("Folder to write COVID-19_Radiography_Dataset/ into (required).")
-    ] = None,
+    output: Annotated[Path, output_option("Folder to write COVID-19_Radiography_Dataset/ into.")],
     per_class: Annotated[
         int, typer.Option(help="Images per class (the largest class with --imbalance).")
     ] = 50,
@@ -41,13 +30,14 @@ def synth(
         bool, typer.Option(help="Follow the real class ratio 3616/6012/10192/1345.")
     ] = False,
 ) -> None:
-    """Write SYNTHETIC chest X-rays in the Kaggle v4 layout (not real patients, not medical evidence)."""
+    """Write SYNTHETIC chest X-rays in the Kaggle v4 layout.
+
+    Not real patients, not medical evidence.
+    """
     from cxr.data.synthetic import SynthConfig, synthesize
 
-    (output,) = legacy_positionals("cxr data synth", ctx.args, (output, "OUT", "--output"))
-    out_dir = require(output, "--output DIR", "cxr data synth")
     res = synthesize(
-        SynthConfig(out_dir=out_dir, per_class=per_class, seed=seed, size=size, imbalance=imbalance)
+        SynthConfig(out_dir=output, per_class=per_class, seed=seed, size=size, imbalance=imbalance)
     )
     total = sum(res.counts.values())
     typer.echo(f"wrote {total} synthetic images to {res.root} in {res.seconds:.1f} s")
@@ -98,20 +88,20 @@ def split(
         bool,
         typer.Option("--no-near-dups", help="Turn near-duplicate grouping off (exact duplicates still go)."),
     ] = False,
-    out: OldOut = None,
 ) -> None:
-    """Deduplicate by pixel hash, keep near-duplicates together, and write a stratified, seeded train/val/test
-    manifest."""
+    """Write a deduplicated, stratified train/val/test manifest.
+
+    Drops exact duplicates (pixel hash), keeps near-duplicates in one split, and splits by a seed.
+    """
     from cxr.data.manifest import SplitConfig, build_manifest
 
-    output = renamed(output, out, old="--out", new="--output") or DEFAULT_MANIFEST
     threshold = _near_dup_threshold(near_dup_threshold, no_near_dups)
     if test is None:
         test = 1.0 / folds if folds else 0.1
     res = build_manifest(
         SplitConfig(
             data_dir=data_dir,
-            out=output,
+            out=output or DEFAULT_MANIFEST,
             seed=seed,
             fractions=(1 - val - test, val, test),
             blend=blend,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, renamed, setup_logging
+from cxr.cli.common import handle_errors, setup_logging
 from cxr.labels import NOTICE
 
 DEFAULT_RUN_DIR = Path("runs/demo")
@@ -50,18 +50,19 @@ def demo(
     ] = None,
     bench_iterations: Annotated[int, typer.Option(help="Timed iterations per benchmark row.")] = 10,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
-    old_run_dir: Annotated[Path | None, typer.Option("--run-dir", hidden=True)] = None,
 ) -> None:
-    """Run the whole study: data, split, train 5 CNNs, export+verify, stack, fuse, evaluate, scan, bench."""
+    """Run the whole study end to end.
+
+    Data, split, train 5 CNNs, export and verify, stack, fuse, evaluate, scan, bench.
+    """
     import time
 
-    from cxr.pipeline.config import DemoConfig
-    from cxr.pipeline.pipeline import run_demo
+    from cxr.demo.config import DemoConfig
+    from cxr.demo.pipeline import run_demo
 
     setup_logging(verbose)
-    run_dir = renamed(run_dir, old_run_dir, old="--run-dir", new="cxr demo RUN_DIR") or DEFAULT_RUN_DIR
     cfg = DemoConfig(
-        run_dir=run_dir,
+        run_dir=run_dir or DEFAULT_RUN_DIR,
         data=data,
         train_config=config,
         per_class=per_class,

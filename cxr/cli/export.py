@@ -13,16 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import (
-    OldModels,
-    OrtThreads,
-    Verbose,
-    handle_errors,
-    members_option,
-    renamed,
-    run_dir_argument,
-    setup_logging,
-)
+from cxr.cli.common import OrtThreads, Verbose, handle_errors, members_option, run_dir_argument, setup_logging
 
 
 class ExporterName(str, Enum):
@@ -74,14 +65,15 @@ def export(
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
     verbose: Verbose = False,
-    models: OldModels = None,
 ) -> None:
-    """Export every trained member to ONNX with cxr metadata, verify it against PyTorch, make variants."""
+    """Export every trained member to ONNX and verify it.
+
+    Each member gets cxr metadata, is verified against PyTorch, and gets the --variants asked for.
+    """
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
     setup_logging(verbose)
-    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
         models=_split(members),
@@ -113,14 +105,15 @@ def verify(
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
     verbose: Verbose = False,
-    models: OldModels = None,
 ) -> None:
-    """Re-verify RUN_DIR/onnx/<name>.onnx against its checkpoint (and its variants against FP32)."""
+    """Re-verify a run's ONNX members against their checkpoints.
+
+    Checks RUN_DIR/onnx/<name>.onnx against its checkpoint, and its variants against FP32.
+    """
     from cxr.export.report import format_table
     from cxr.export.run_export import RunExportConfig, raise_for_failures, verify_run
 
     setup_logging(verbose)
-    members = renamed(members, models, old="--models", new="--members")
     cfg = RunExportConfig(
         run_dir=run_dir,
         models=_split(members),

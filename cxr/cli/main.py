@@ -1,17 +1,13 @@
-"""`cxr`: the umbrella command (data, train, export, verify, stack, fuse, evaluate, serve, export-triton, demo,
-predict, bench).
-
-Each group lives in its own file; heavy libraries (torch, timm, onnx, sklearn) are imported inside the
-commands, so `cxr --help` works with only the core dependencies installed.
-"""
+"""`cxr`: the umbrella command; each command lives in its own file and imports heavy libraries (torch, timm,
+onnx, sklearn) inside its body, so `cxr --help` needs only the core dependencies."""
 
 from __future__ import annotations
 
 import typer
 
 from cxr import __version__
-from cxr.cli import bench, data, demo, export, predict, serve, stack, train, triton
-from cxr.cli.common import LEGACY_POSITIONALS, debug_option, deprecated_alias
+from cxr.cli import bench, data, demo, evaluate, export, fuse, predict, serve, stack, train, triton
+from cxr.cli.common import debug_option
 from cxr.labels import NOTICE
 
 app = typer.Typer(
@@ -20,20 +16,19 @@ app = typer.Typer(
     f"{NOTICE}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help layout: no type column, descriptions keep >= 44 of 80 columns
     callback=debug_option,
 )
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
-train.app.command("probe")(stack.probe)
-train.app.command("stack", hidden=True)(deprecated_alias(stack.stack, "cxr train stack", "cxr stack"))
 app.command("export")(export.export)
 app.command("verify")(export.verify)
 app.command("stack")(stack.stack)
-app.command("fuse")(stack.fuse)
-app.command("evaluate")(stack.evaluate)
-app.command("evaluate-folds")(stack.evaluate_folds)
-app.command("serve")(serve.serve)
-app.command("export-triton", context_settings=LEGACY_POSITIONALS)(triton.export_triton)
+app.command("fuse")(fuse.fuse)
+app.command("evaluate")(evaluate.evaluate)
+app.command("evaluate-folds")(evaluate.evaluate_folds)
+app.command("serve", short_help="Serve the HTTP inference API.")(serve.serve)
+app.command("export-triton")(triton.export_triton)
 app.command("demo")(demo.demo)
 app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")
 app.add_typer(bench.app, name="bench", help="Same as `cxr-bench`.")

@@ -47,6 +47,7 @@ MODEL_HELP = (
 )
 
 app = typer.Typer(
+    rich_markup_mode=None,  # click's layout: descriptions keep their width at 80 columns
     name="cxr-predict",
     help=f"Classify chest X-rays (PNG, JPEG, BMP, TIFF, WebP, DICOM) with a cxr ONNX model on onnxruntime. "
     f"Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly). "
@@ -68,7 +69,7 @@ ProviderOpt = Annotated[
     ProviderChoice,
     typer.Option(
         help="Execution provider: auto = TensorRT > CUDA > CPU (onnxruntime), whichever really works here; "
-        "openvino = OpenVINO on the CPU (needs `pip install 'cxr-toolkit\\[openvino]'`)."
+        "openvino = OpenVINO on the CPU (needs cxr's openvino extra)."
     ),
 ]
 PrecisionOpt = Annotated[PrecisionChoice, typer.Option(help=PRECISION_HELP)]
@@ -208,8 +209,7 @@ def scan(
         Engine,
         typer.Option(
             help="local: this process. ray: the same scan as an actor pool of predictors on a Ray cluster "
-            "(one onnxruntime session per actor, one GPU each on GPU providers; needs "
-            "`pip install 'cxr-toolkit\\[ray]'`)."
+            "(one onnxruntime session per actor, one GPU each on GPU providers; needs cxr's ray extra)."
         ),
     ] = Engine.local,
     address: Annotated[
@@ -242,7 +242,9 @@ def scan(
     ] = None,
     dicom_out: DicomOutOpt = None,
 ) -> None:
-    """Classify every image in FOLDER; one result row per file (a file that cannot be read gets its error).
+    """Classify every image in FOLDER, one result row per file.
+
+    A file that cannot be read gets its error.
 
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
@@ -356,7 +358,9 @@ def image(
     heatmap_dir: Annotated[Path, typer.Option(help="Folder for the --heatmap overlays.")] = Path("."),
     dicom_out: DicomOutOpt = None,
 ) -> None:
-    """Classify the given files and print each result (class, probability, every class probability).
+    """Classify the given files and print each result.
+
+    Each result: class, probability, every class probability; NOT ASSESSABLE and why.
 
     Model: --model, else $CXR_MODEL, else ~/.cache/cxr/ensemble.onnx (never the demo model implicitly).
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.

@@ -1,5 +1,4 @@
-"""`cxr train`: train the base models (`base`) and the linear-probe baseline (`probe`, added by
-`cxr.cli.main`, which also keeps the old `cxr train stack` as a hidden alias of `cxr stack`)."""
+"""`cxr train`: train the base models (`base`) and the linear-probe baseline (`probe`)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import Verbose, handle_errors, member_names, members_option, renamed, setup_logging
+from cxr.cli.common import (
+    Verbose,
+    handle_errors,
+    member_names,
+    members_option,
+    run_dir_argument,
+    setup_logging,
+)
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
@@ -42,9 +48,10 @@ def base(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     verbose: Verbose = False,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", hidden=True)] = None,
 ) -> None:
-    """Two-phase transfer learning of the base CNNs: head first (frozen backbone), then everything.
+    """Train the base CNNs: head first, then every layer.
+
+    Two-phase transfer learning: the head on a frozen backbone, then the whole network.
 
     The run directory is the config's `run_dir`. Several GPUs or nodes: start it with torchrun, e.g.
     `torchrun --nproc_per_node=4 -m cxr train base --config CONFIG --all`; train.batch_size stays the
@@ -57,7 +64,6 @@ def base(
 
     env = context_from_env()
     setup_logging(verbose, rank=env.rank if env.enabled else None, quiet_rank=not verbose)
-    members = renamed(members, ",".join(model) if model else None, old="-m/--model", new="--members")
     if all_members == (members is not None):
         raise ConfigError("pass either --members NAME[,NAME...] or --all", hint="see `cxr train base --help`")
     sets = [*(overrides or []), *(["train.resume=true"] if resume else [])]
@@ -74,6 +80,33 @@ def base(
         _report(cfg, results)
 
 
+@app.command("probe")
+@handle_errors
+def probe(
+    run_dir: Annotated[Path, run_dir_argument("Run directory with manifest.csv.")],
+    pretrained: Annotated[
+        str, typer.Option(help="ImageNet weights: a weights file or folder, or 'true' for timm's download.")
+    ] = "true",
+    backbone: Annotated[
+        str, typer.Option(help="Frozen backbone (a cxr member name or timm model).")
+    ] = "xception",
+    input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
+) -> None:
+    """Fit the linear-probe baseline on a frozen backbone.
+
+    Logistic regression on a frozen ImageNet backbone's pooled features.
+    """
+    from cxr.train import ProbeConfig, describe_probe, linear_probe
+
+    weights: bool | Path = True if pretrained.lower() == "true" else Path(pretrained)
+    cfg = ProbeConfig(
+        run_dir=run_dir, backbone=backbone, pretrained=weights, input_size=input_size, threads=threads
+    )
+    typer.echo(describe_probe(cfg, linear_probe(cfg)))
+    typer.echo(NOTICE)
+
+
 def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
     """Unknown member names (with a did-you-mean), a batch N processes can't share and a device that is not
     there all fail here, before any training."""
@@ -88,16 +121,15 @@ def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext)
 
 
 def _report(cfg: TrainConfig, results: list[TrainResult]) -> None:
+    from cxr.train import describe
+
     typer.echo(f"run directory: {cfg.run_dir}")
-    typer.echo(f"{'member':<18}{'best epoch':>11}{'epochs':>8}{'val acc':>9}{'macro-F1':>10}{'seconds':>9}")
+    typer.echo(describe(results))
     for r in results:
-        typer.echo(
-            f"{r.name:<18}{r.best_epoch + 1:>11}{r.epochs_run:>8}{r.metrics['accuracy']:>9.4f}"
-            f"{r.metrics['macro_f1']:>10.4f}{r.seconds:>9.0f}"
-            + ("  (stopped early)" if r.stopped_early else "")
-        )
         if r.bad_images:
             typer.secho(
-                f"  {len(r.bad_images)} unreadable image(s) skipped, see the log", fg="yellow", err=True
+                f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log",
+                fg="yellow",
+                err=True,
             )
     typer.echo(NOTICE)

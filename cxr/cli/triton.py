@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors
+from cxr.cli.common import handle_errors, model_option, output_option
 from cxr.labels import NOTICE
 
 
@@ -22,25 +22,11 @@ class TrtPrecisionChoice(str, Enum):
 
 @handle_errors
 def export_triton(
-    ctx: typer.Context,
     model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A cxr ONNX model (the fused ensemble, its INT8 variant, a member); required.",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="The Triton model repository folder to write into; required.",
-            show_default=False,
-        ),
-    ] = None,
+        Path,
+        model_option("A cxr ONNX model (the fused ensemble, its INT8 variant, a member)."),
+    ],
+    output: Annotated[Path, output_option("The Triton model repository folder to write into.")],
     name: Annotated[
         str | None, typer.Option(help="Model folder name in the repository (default: the file's stem).")
     ] = None,
@@ -77,16 +63,12 @@ def export_triton(
         str | None, typer.Option(help="storageUri for the KServe manifest (default: a placeholder to edit).")
     ] = None,
 ) -> None:
-    """Write OUTPUT/<name>/config.pbtxt, OUTPUT/<name>/<version>/model.onnx and a KServe manifest for MODEL."""
-    from cxr.cli.common import legacy_positionals, require
+    """Write a Triton model repository and a KServe manifest.
+
+    OUTPUT/<name>/config.pbtxt, OUTPUT/<name>/<version>/model.onnx and a KServe manifest for MODEL.
+    """
     from cxr.deploy.triton import STORAGE_URI_PLACEHOLDER, TritonConfig, write_triton_repository
 
-    command = "cxr export-triton"
-    model, output = legacy_positionals(
-        command, ctx.args, (model, "MODEL", "--model"), (output, "OUT", "--output")
-    )
-    model = require(model, "--model MODEL", command)
-    repository = require(output, "--output DIR", command)
     cfg = TritonConfig(
         model_name=name,
         version=version,
@@ -105,7 +87,7 @@ def export_triton(
         kserve=kserve,
         storage_uri=storage_uri or STORAGE_URI_PLACEHOLDER,
     )
-    res = write_triton_repository(model, repository, cfg)
+    res = write_triton_repository(model, output, cfg)
     for line in _describe(res, placeholder=cfg.storage_uri == STORAGE_URI_PLACEHOLDER):
         typer.echo(line)
     for w in res.warnings:

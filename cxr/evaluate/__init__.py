@@ -1,6 +1,35 @@
-"""Evaluation of members, voting and stacking on the test split (numpy, onnxruntime and matplotlib only).
+"""The evaluation stage: members, voting and stacking on the test split, one split or folds pooled."""
 
-``cxr.evaluate.evaluate.evaluate(EvalConfig) -> EvalResult`` is the stage; ``metrics``, ``calibration``,
-``stats``, ``voting`` and ``calibrated`` (stacking before/after its temperature, operating points with
-Wilson intervals: scipy where installed, else the closed form) are the plain functions it is built from.
-"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from cxr.evaluate._evaluate import describe, evaluate
+    from cxr.evaluate.pooled import pool_folds
+    from cxr.evaluate.pooled_report import describe_pooled
+    from cxr.evaluate.pooled_types import PoolConfig, PooledResult
+    from cxr.evaluate.types import EvalConfig, EvalResult
+
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "PoolConfig",
+    "PooledResult",
+    "describe",
+    "describe_pooled",
+    "evaluate",
+    "pool_folds",
+]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.evaluate.types": ["EvalConfig", "EvalResult"],
+        "cxr.evaluate._evaluate": ["describe", "evaluate"],
+        "cxr.evaluate.pooled_types": ["PoolConfig", "PooledResult"],
+        "cxr.evaluate.pooled": ["pool_folds"],
+        "cxr.evaluate.pooled_report": ["describe_pooled"],
+    },
+)

@@ -17,7 +17,7 @@ from cxr.evaluate.stats import McNemarResult
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.evaluate.pooled_types import PoolConfig, PooledMethod
+    from cxr.evaluate.pooled_types import PoolConfig, PooledMethod, PooledResult
 
 TITLE = "Cross-validated comparison: every fold's test split pooled"
 
@@ -160,3 +160,13 @@ def write_pooled_report(
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
     js_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return md_path, js_path
+
+
+def describe_pooled(res: PooledResult) -> str:
+    """What `cxr evaluate-folds` prints: the pooled table and the McNemar tests."""
+    lines = [f"{len(res.folds)} folds, {res.n} test images pooled", format_pooled_table(res.methods), ""]
+    lines += [mcnemar_line(t) for t in res.tests.values()]
+    if res.member_tests:
+        lines.append("each member alone vs the baseline (descriptive, no multiplicity correction):")
+        lines += [f"  {mcnemar_line(t)}" for t in res.member_tests.values()]
+    return "\n".join(lines)

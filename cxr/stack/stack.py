@@ -372,3 +372,30 @@ def load_meta_estimator(stack_dir: Path) -> tuple[Any, dict[str, Any]]:
     return load_estimator(
         meta["estimator"], Path(stack_dir) / str(meta["estimator"].get("file", META_NPZ))
     ), meta
+
+
+def describe(res: MetaResult) -> str:
+    """What `cxr stack` prints: the fit, its cross-validated metrics, calibration and operating points."""
+    cv = res.cv_metrics
+    macro = "undefined" if cv["macro_f1"] is None else format(cv["macro_f1"], ".1%")
+    info = read_meta_json(res.stack_dir)
+    lines = [
+        f"meta-learner {res.estimator} {json.dumps(res.params)} on {res.n_train} {info['source']} images",
+        f"  members (feature order): {', '.join(res.members)}",
+        f"  cross-validated: log loss {cv['log_loss']:.4f}, accuracy {cv['accuracy']:.1%}, macro-F1 {macro}",
+        f"  ONNX: {res.onnx_path} (max |p - predict_proba| = {res.onnx_max_abs_diff:.2g})",
+    ]
+    cal = info.get("calibration") or {}
+    if cal.get("method") == "temperature":
+        lines.append(
+            f"  calibration: temperature {cal['temperature']:.3f} (validation NLL {cal['nll_before']:.4f} -> "
+            f"{cal['nll_after']:.4f}, fitted on the same cross-validated predictions)"
+        )
+    for name, op in (info.get("operating_points") or {}).items():
+        spec = "n/a" if op["val_specificity"] is None else format(op["val_specificity"], ".1%")
+        lines.append(
+            f"  operating point {name}: p >= {op['threshold']:.4f} for sensitivity {op['target_sensitivity']:.0%} "
+            f"(validation: {op['val_sensitivity']:.1%}, specificity {spec})"
+        )
+    lines.append(f"  wrote {res.meta_json} and {res.estimator_path}")
+    return "\n".join(lines)

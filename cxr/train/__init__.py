@@ -1,10 +1,33 @@
-"""cxr.train: the training stage (torch, timm): base models with two-phase transfer learning, predictions.
+"""The training stage (torch, timm): base models by two-phase transfer learning, and the linear probe."""
 
-Modules: ``backbones`` (the table of timm backbones), ``config`` (YAML -> frozen dataclasses, which live
-in ``settings``; ``typed_mapping`` checks the values), ``transforms``/``dataset`` (images -> tensors),
-``loop``/``schedule``/``early_stopping``/``metrics`` (one epoch, the LR schedule, stopping, validation),
-``checkpoint`` (safetensors + JSON), ``run`` (``train_member``/``train_all``) with its parts
-``member_run`` (a member's state), ``startup`` (building it), ``resume``, ``phases`` and ``epoch``,
-``predict`` (``predict_split``), ``predictions`` (file format).
-Nothing is imported here, so ``import cxr.train.predictions`` stays light.
-"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from cxr.train.config import TrainConfig, load_config
+    from cxr.train.probe import ProbeConfig, ProbeResult, describe_probe, linear_probe
+    from cxr.train.run import TrainResult, describe, train_all, train_member
+
+__all__ = [
+    "ProbeConfig",
+    "ProbeResult",
+    "TrainConfig",
+    "TrainResult",
+    "describe",
+    "describe_probe",
+    "linear_probe",
+    "load_config",
+    "train_all",
+    "train_member",
+]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.train.config": ["TrainConfig", "load_config"],
+        "cxr.train.run": ["TrainResult", "describe", "train_all", "train_member"],
+        "cxr.train.probe": ["ProbeConfig", "ProbeResult", "describe_probe", "linear_probe"],
+    },
+)

@@ -156,3 +156,14 @@ def linear_probe(cfg: ProbeConfig) -> ProbeResult:
     (out / "probe.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     log.info("linear probe (%s, C=%g): test accuracy %.3f", timm_name, best_c, metrics["test"]["accuracy"])
     return ProbeResult(out, best_c, metrics["val"], metrics["test"], seconds, int(data["train"][1].size))
+
+
+def describe_probe(cfg: ProbeConfig, res: ProbeResult) -> str:
+    """What `cxr train probe` prints: the probe and its test accuracy and macro-F1."""
+    t = res.test_metrics
+    macro = "undefined" if t["macro_f1"] is None else format(t["macro_f1"], ".1%")
+    return (
+        f"linear probe ({cfg.backbone}, frozen, {cfg.input_size} px, C={res.c:g}, {res.n_train} training images, "
+        f"{res.seconds:.0f} s): test accuracy {t['accuracy']:.1%}, macro-F1 {macro} on {t['n']} images\n"
+        f"wrote {res.out_dir} (`cxr evaluate` adds it to the comparison as a baseline)"
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -347,3 +348,14 @@ def _load_best(run: MemberRun) -> CheckpointInfo:
         path = run.member_dir / "best.safetensors"
         load_state(run.model, load_weights(run.member_dir, "best", info), path)
     return info
+
+
+def describe(results: Sequence[TrainResult]) -> str:
+    """What `cxr train base` prints: a row per member (best epoch, epochs, validation metrics, seconds)."""
+    lines = [f"{'member':<18}{'best epoch':>11}{'epochs':>8}{'val acc':>9}{'macro-F1':>10}{'seconds':>9}"]
+    lines += [
+        f"{r.name:<18}{r.best_epoch + 1:>11}{r.epochs_run:>8}{r.metrics['accuracy']:>9.4f}"
+        f"{r.metrics['macro_f1']:>10.4f}{r.seconds:>9.0f}" + ("  (stopped early)" if r.stopped_early else "")
+        for r in results
+    ]
+    return "\n".join(lines)

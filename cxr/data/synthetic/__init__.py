@@ -13,9 +13,6 @@ large enough to survive a 32-64 px downsample and distinct in location, extent a
 * ``Lung_Opacity``: a dense lobar consolidation of one lung;
 * ``Viral Pneumonia``: bilateral, diffuse perihilar interstitial streaks;
 * ``Normal``: clear lungs.
-
-Modules: :mod:`.render` (one image), :mod:`.dataset` (a data set in the Kaggle v4 layout, seeded per
-image), :mod:`.sheet` (the contact sheet in ``docs/``).
 """
 
 from __future__ import annotations

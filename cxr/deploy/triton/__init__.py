@@ -15,9 +15,6 @@ inputs and outputs, exactly what Triton's ONNX Runtime backend sees); nothing ab
 hard-coded. The copy in the version folder is reopened and its signature compared with the source before
 the repository is moved into place. Needs onnxruntime; uses onnx (when installed) only to list
 external-data files. No Triton, tritonclient or protobuf dependency: the config is written as text.
-
-Modules: ``config`` (``TritonConfig`` and the file names), ``signature`` (reading and checking the model),
-``pbtxt`` (config.pbtxt), ``kserve`` (the manifest), ``repository`` (writing the folder).
 """
 
 from cxr.deploy.triton.config import (

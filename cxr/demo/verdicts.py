@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cxr.export.run_export import MemberReport, RunExportResult
     from cxr.export.verify import VerifyReport
-    from cxr.fuse.fuse import FuseResult
+    from cxr.fuse import FuseResult
 
 INDENT = "  "
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr import __version__
+from cxr.demo.runner import StageRecord
 from cxr.labels import NOTICE
-from cxr.pipeline.runner import StageRecord
 
 ARTEFACTS: tuple[tuple[str, str], ...] = (
     ("manifest.csv", "split manifest (path, class, split, pixel hash); details in manifest.json"),

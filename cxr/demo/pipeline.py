@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr.pipeline.config import DemoConfig
-from cxr.pipeline.heatmap_grid import heatmap_grid
-from cxr.pipeline.runner import Stage, StageRecord, run_stages
+from cxr.demo.config import DemoConfig
+from cxr.demo.heatmap_grid import heatmap_grid
+from cxr.demo.runner import Stage, StageRecord, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ def _stage_train(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
 
 
 def _stage_export(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
+    from cxr.demo.verdicts import export_verdicts
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
-    from cxr.pipeline.verdicts import export_verdicts
 
     res = export_run(RunExportConfig(run_dir=p.run, variants=cfg.variants, threads=cfg.threads, strict=False))
     verdicts = export_verdicts(res)
@@ -132,8 +132,8 @@ def _stage_stack(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
 
 
 def _stage_fuse(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
-    from cxr.fuse.fuse import FuseConfig, fuse, run_members
-    from cxr.pipeline.verdicts import fuse_verdicts
+    from cxr.demo.verdicts import fuse_verdicts
+    from cxr.fuse import FuseConfig, fuse, run_members
 
     members, meta = run_members(p.run)
     res = fuse(
@@ -165,7 +165,7 @@ def _stage_fuse(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
 
 
 def _stage_evaluate(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
-    from cxr.evaluate.evaluate import EvalConfig, evaluate
+    from cxr.evaluate import EvalConfig, evaluate
 
     res = evaluate(EvalConfig(run_dir=p.run, seed=cfg.seed))
     echo(res.table)
@@ -301,7 +301,7 @@ def build_stages(cfg: DemoConfig, echo: Echo) -> list[Stage]:
 
 def run_demo(cfg: DemoConfig, echo: Echo = lambda s: None) -> DemoResult:
     """Run (or resume) every stage; write the index; return where everything is."""
-    from cxr.pipeline.index import write_index
+    from cxr.demo.index import write_index
 
     p = _Paths(cfg)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from cxr.demo.runner import Stage, run_stages
 from cxr.errors import ConfigError
-from cxr.pipeline.runner import Stage, run_stages
 
 
 def _pipeline(tmp_path: Path, calls: list[str], param: int = 1) -> list[Stage]:
@@ -72,7 +72,7 @@ def test_force(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Verification verdicts on the demo's console (cxr.pipeline.verdicts) and their replay when a stage is skipped
+# Verification verdicts on the demo's console (cxr.demo.verdicts) and their replay when a stage is skipped
 # ------------------------------------------------------------------------------------------------
 
 
@@ -92,9 +92,9 @@ def _verify_report(name: str, agreement: float, max_abs: float, min_top1: float,
 def test_export_verdicts_name_parity_and_each_int8_decision(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
+    from cxr.demo.verdicts import export_verdicts
     from cxr.export.quantize import VariantResult
     from cxr.export.run_export import MemberReport, RunExportResult
-    from cxr.pipeline.verdicts import export_verdicts
 
     def member(name: str, int8_agreement: float) -> MemberReport:
         int8 = _verify_report(f"{name} int8", int8_agreement, 0.02, 0.99, None)
@@ -126,9 +126,9 @@ def test_export_verdicts_name_parity_and_each_int8_decision(tmp_path: Path) -> N
 
 def test_fuse_verdicts_name_both_parity_checks(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
-    from cxr.fuse.fuse import FusedFile, FuseResult
+    from cxr.demo.verdicts import fuse_verdicts
+    from cxr.fuse import FusedFile, FuseResult
     from cxr.fuse.verify import EndToEndReport, ParityReport
-    from cxr.pipeline.verdicts import fuse_verdicts
 
     parity = ParityReport((1, 8), 2e-7, 4e-7, True, 1e-5)
     fp32 = FusedFile("fp32", tmp_path / "ensemble.onnx", "sha", 10, False, True, "", parity)
@@ -156,8 +156,8 @@ def test_fuse_verdicts_name_both_parity_checks(tmp_path: Path) -> None:
 def test_demo_echoes_verdicts_when_a_stage_runs_and_replays_them_when_it_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cxr.pipeline.pipeline as pipeline
-    from cxr.pipeline.config import DemoConfig
+    import cxr.demo.pipeline as pipeline
+    from cxr.demo.config import DemoConfig
 
     out = tmp_path / "artefact.txt"
 

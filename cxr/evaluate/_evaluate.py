@@ -220,3 +220,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         calibration=calibration,
         operating_points=points,
     )
+
+
+def describe(res: EvalResult) -> str:
+    """What `cxr evaluate` prints: the split, the comparison table and the verdict."""
+    return "\n".join(
+        [
+            f"test split: {res.n} images; best single member (validation): {res.best_member}",
+            res.table,
+            "",
+            res.verdict,
+        ]
+    )

@@ -1,1 +1,0 @@
-"""`cxr demo`: the whole study end to end (data -> train -> export -> stack/fuse -> evaluate -> scan -> bench)."""
