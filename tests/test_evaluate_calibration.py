@@ -21,7 +21,8 @@ from cxr.evaluate.calibrated import (  # noqa: E402
     wilson_interval,
 )
 from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
-from cxr.stack.features import META_PROP, load_split  # noqa: E402
+from cxr.spec import META_STACK  # noqa: E402
+from cxr.stack.features import load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator  # noqa: E402
 from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
 
@@ -205,7 +206,7 @@ def test_an_older_meta_onnx_without_the_records_evaluates_as_before(
     shutil.copytree(uncalibrated_run / "stack", stack)
     model = onnx.load(str(stack / "meta.onnx"))
     for prop in model.metadata_props:
-        if prop.key == META_PROP:
+        if prop.key == META_STACK:
             info = json.loads(prop.value)
             del info["calibration"], info["operating_points"]
             prop.value = json.dumps(info)

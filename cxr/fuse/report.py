@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr import __version__
 from cxr.labels import NOTICE
+from cxr.spec import INPUT_IMAGE, OUTPUT_LABEL, OUTPUT_MEMBER_PROBABILITIES, OUTPUT_PROBABILITIES
 
 if TYPE_CHECKING:
     from cxr.fuse.members import MemberModel
@@ -34,8 +35,12 @@ def fuse_report_dict(
         "notice": NOTICE,
         "cxr_version": __version__,
         "ensemble": str(result.path),
-        "input": {"name": "image", "dtype": "uint8", "shape": ["N", 1, *result.input_size]},
-        "outputs": {"probabilities": ["N", "K"], "label": ["N"], "member_probabilities": ["N", "M", "K"]},
+        "input": {"name": INPUT_IMAGE, "dtype": "uint8", "shape": ["N", 1, *result.input_size]},
+        "outputs": {
+            OUTPUT_PROBABILITIES: ["N", "K"],
+            OUTPUT_LABEL: ["N"],
+            OUTPUT_MEMBER_PROBABILITIES: ["N", "M", "K"],
+        },
         "member_order": list(result.member_order),
         "members": [
             {

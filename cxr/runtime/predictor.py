@@ -37,16 +37,22 @@ from cxr.runtime.assess import (
     with_reasons,
 )
 from cxr.runtime.operating import above_operating_points, operating_thresholds
-from cxr.runtime.predictor_config import (
-    HEATMAP_OUTPUT,
-    OOD_OUTPUT,
-    PredictorConfig,
-    RawOutput,
-    auto_decode_workers,
-)
+from cxr.runtime.predictor_config import PredictorConfig, RawOutput, auto_decode_workers
 from cxr.runtime.types import Prediction, Reason
 from cxr.session import SessionInfo, create_session, file_sha256
-from cxr.spec import ModelMetadata, provenance_warnings, softmax
+from cxr.spec import (
+    CARD_CALIBRATION,
+    CARD_MEMBER_ORDER,
+    CARD_OPERATING_POINTS,
+    OUTPUT_HEATMAP,
+    OUTPUT_LOGITS,
+    OUTPUT_MEMBER_PROBABILITIES,
+    OUTPUT_OOD_SCORE,
+    OUTPUT_PROBABILITIES,
+    ModelMetadata,
+    provenance_warnings,
+    softmax,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ Item = Path | str | bytes | np.ndarray
 # (resized image, None, gate reasons) or (None, error message, ())
 _Loaded = tuple[np.ndarray | None, str | None, tuple[Reason, ...]]
 
-__all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "Predictor", "PredictorConfig", "RawOutput", "auto_decode_workers"]
+__all__ = ["Predictor", "PredictorConfig", "RawOutput", "auto_decode_workers"]
 
 
 class Predictor:
@@ -82,28 +88,31 @@ class Predictor:
                 hint="re-export the model with cxr",
                 path=path,
             )
-        if "probabilities" in self.output_names:
-            self._prob_output = "probabilities"
+        if OUTPUT_PROBABILITIES in self.output_names:
+            self._prob_output = OUTPUT_PROBABILITIES
             self._apply_softmax = False
-        elif "logits" in self.output_names:
-            self._prob_output = "logits"
+        elif OUTPUT_LOGITS in self.output_names:
+            self._prob_output = OUTPUT_LOGITS
             self._apply_softmax = True
         else:
             raise ModelError(
-                f"{path}: outputs {self.output_names} include neither 'probabilities' nor 'logits'",
+                f"{path}: outputs {self.output_names} include neither "
+                f"{OUTPUT_PROBABILITIES!r} nor {OUTPUT_LOGITS!r}",
                 hint="re-export the model with cxr",
                 path=path,
             )
-        self._members_output = "member_probabilities" if "member_probabilities" in self.output_names else None
-        self._heatmap_output = HEATMAP_OUTPUT if HEATMAP_OUTPUT in self.output_names else None
-        self.ood_threshold = ood_threshold(metadata.card) if OOD_OUTPUT in self.output_names else None
+        self._members_output = (
+            OUTPUT_MEMBER_PROBABILITIES if OUTPUT_MEMBER_PROBABILITIES in self.output_names else None
+        )
+        self._heatmap_output = OUTPUT_HEATMAP if OUTPUT_HEATMAP in self.output_names else None
+        self.ood_threshold = ood_threshold(metadata.card) if OUTPUT_OOD_SCORE in self.output_names else None
         if cfg.heatmap_sink is not None and self._heatmap_output is None:
             raise ConfigError(
-                f"{path} has no '{HEATMAP_OUTPUT}' output, so it cannot draw heatmaps",
+                f"{path} has no '{OUTPUT_HEATMAP}' output, so it cannot draw heatmaps",
                 hint="use the heatmap variant beside it (ensemble.heatmaps.onnx), built by "
                 "`cxr fuse RUN_DIR --heatmaps`",
             )
-        self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
+        self.member_names: tuple[str, ...] = tuple(metadata.card.get(CARD_MEMBER_ORDER, ()))
         self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
 
     @classmethod
@@ -187,8 +196,8 @@ class Predictor:
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
             "provenance_warnings": list(provenance_warnings(self.metadata.card)),
-            "operating_points": self.metadata.card.get("operating_points") or {},
-            "calibration": self.metadata.card.get("calibration"),
+            "operating_points": self.metadata.card.get(CARD_OPERATING_POINTS) or {},
+            "calibration": self.metadata.card.get(CARD_CALIBRATION),
             "ood_threshold": self.ood_threshold,  # None: the graph has no out-of-distribution score
             "notice": NOTICE,
         }
@@ -218,16 +227,16 @@ class Predictor:
         want_heat = asked and self._heatmap_output is not None
         want_ood = self.ood_threshold is not None
         if want_ood:
-            names.append(OOD_OUTPUT)
+            names.append(OUTPUT_OOD_SCORE)
         if want_heat:
-            names.append(HEATMAP_OUTPUT)
+            names.append(OUTPUT_HEATMAP)
         outs = self.info.session.run(names, {self.input_name: batch})
         probs = np.asarray(outs[0], dtype=np.float32)[:n]
         if self._apply_softmax:
             probs = softmax(probs.astype(np.float64)).astype(np.float32)
         members = np.asarray(outs[1], dtype=np.float32)[:n] if self._members_output else None
         heat = np.asarray(outs[-1], dtype=np.float32)[:n] if want_heat else None
-        ood = np.asarray(outs[names.index(OOD_OUTPUT)], dtype=np.float32)[:n] if want_ood else None
+        ood = np.asarray(outs[names.index(OUTPUT_OOD_SCORE)], dtype=np.float32)[:n] if want_ood else None
         return RawOutput(probs, members, heat, ood)
 
     @property
