@@ -34,7 +34,8 @@ from cxr.spec import (  # noqa: E402
     ModelMetadata,
     PreprocessSpec,
 )
-from cxr.stack.features import MemberOrderError  # noqa: E402
+from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS  # noqa: E402
+from cxr.stack.features import MemberOrderError, load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
 from cxr.train.predictions import PredictionTable, write_predictions  # noqa: E402
 
@@ -322,6 +323,21 @@ def test_reports_and_latency(fused, tiny_run: Path) -> None:
     assert NOTICE in (tiny_run / "fuse_report.md").read_text()
     lat = fused.latency
     assert lat is not None and lat["fused_ms_median"] > 0 and lat["separate_ms_median"] > 0
+
+
+def test_calibration_skipped_below_the_minimum_is_said_in_report_card_and_warnings(
+    fused, tiny_run: Path
+) -> None:
+    """The tiny run's validation split is far below the minimum: T = 1, and every place says why."""
+    n_val = len(load_split(tiny_run, MEMBERS, "val").labels)
+    assert n_val < MIN_CALIBRATION_PREDICTIONS
+    why = f"calibration skipped: {n_val} validation predictions < minimum {MIN_CALIBRATION_PREDICTIONS}"
+    report = json.loads((tiny_run / "fuse_report.json").read_text())
+    assert report["calibration"]["skipped"] == why and report["calibration"]["temperature"] == 1.0
+    assert f"- Calibration: {why}; T = 1" in (tiny_run / "fuse_report.md").read_text()
+    card = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(fused.path)).metadata_props}).card
+    assert card["calibration"]["skipped"] == why and card["calibration"]["method"] == "none"
+    assert any(why in w for w in fused.warnings)
 
 
 def test_missing_variant_is_skipped_and_external_data_is_used(tiny_run: Path, tmp_path: Path) -> None:

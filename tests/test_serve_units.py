@@ -20,7 +20,7 @@ from cxr.serve.auth import _digest, key_matches
 from cxr.serve.batcher import BatcherStopped, DynamicBatcher
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
-from cxr.serve.metrics import ServeMetrics
+from cxr.serve.prometheus import ServeMetrics
 from cxr.serve.uploads import safe_name, sniff
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames
 

@@ -20,7 +20,7 @@ import onnx
 
 from cxr.errors import ModelError
 from cxr.session import file_sha256
-from cxr.spec import OUTPUT_LOGITS, ModelMetadata
+from cxr.spec import CARD_MEMBER_ORDER, OUTPUT_LOGITS, ModelMetadata
 from cxr.stack.features import check_member_order
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class MetaModel:
 
     @property
     def member_order(self) -> tuple[str, ...]:
-        return tuple(self.info.get("member_order", ()))
+        return tuple(self.info.get(CARD_MEMBER_ORDER, ()))
 
 
 def opsets_of(model: onnx.ModelProto) -> dict[str, int]:

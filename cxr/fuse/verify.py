@@ -214,8 +214,8 @@ def _test_reference(
     run_dir: Path, meta_dir: Path, member_order: Sequence[str], max_images: int | None
 ) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray]:
     """(manifest, the first test paths, the scikit-learn meta's probabilities, the members' PyTorch ones)."""
+    from cxr.calibration import apply_temperature
     from cxr.data.manifest import load_manifest
-    from cxr.stack.calibrate import apply_temperature
     from cxr.stack.features import load_split
     from cxr.stack.stack import full_proba, load_meta_estimator
 

@@ -25,7 +25,7 @@ from cxr.serve.auth import auth_dependencies
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import STATUS_CODES, ApiError, error_body
 from cxr.serve.limits import BodyLimitMiddleware, BodyTooLarge, too_large_body
-from cxr.serve.metrics import MetricsMiddleware
+from cxr.serve.prometheus import MetricsMiddleware
 from cxr.serve.routes import build_router
 from cxr.serve.state import Loader, ServerState
 

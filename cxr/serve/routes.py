@@ -20,8 +20,8 @@ from cxr.labels import NOTICE
 from cxr.runtime.assess import with_reasons
 from cxr.serve.errors import ApiError
 from cxr.serve.heatmap import overlay_for
-from cxr.serve.metrics import CONTENT_TYPE_LATEST
 from cxr.serve.pipeline import Outcome, run_prediction
+from cxr.serve.prometheus import CONTENT_TYPE_LATEST
 from cxr.serve.schemas import (
     ERROR_RESPONSES,
     BatchItem,

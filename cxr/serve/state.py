@@ -24,7 +24,7 @@ from cxr.serve.batcher import DynamicBatcher
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import ApiError
 from cxr.serve.limits import AdmissionGate
-from cxr.serve.metrics import ServeMetrics
+from cxr.serve.prometheus import ServeMetrics
 
 if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor

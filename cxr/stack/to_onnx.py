@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cxr.calibration import apply_temperature
 from cxr.errors import ModelError, VerificationError
 from cxr.labels import NOTICE
 from cxr.session import cpu_session
 from cxr.spec import INPUT_FEATURES, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
-from cxr.stack.calibrate import apply_temperature
 from cxr.stack.portable_meta import class_indices, portable_meta
 
 ML_OPSET = 3  # the ai.onnx.ml opset of the skl2onnx reference only; meta.onnx does not import that domain
