@@ -14,10 +14,10 @@ pytest.importorskip("skl2onnx")
 
 from cxr.calibration import expected_calibration_error  # noqa: E402
 from cxr.errors import ModelError  # noqa: E402
-from cxr.labels import CLASSES  # noqa: E402
 from cxr.evaluate.calibration_check import operating_point, operating_points, temperature_of  # noqa: E402
 from cxr.evaluate.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.evaluate.stats import wilson_interval  # noqa: E402
+from cxr.labels import CLASSES  # noqa: E402
 from cxr.spec import META_STACK  # noqa: E402
 from cxr.stack.features import load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator  # noqa: E402
