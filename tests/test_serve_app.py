@@ -21,6 +21,7 @@ from cxr.runtime.predictor import Predictor
 from cxr.runtime.types import Prediction
 from cxr.serve.app import create_app
 from cxr.serve.config import ServeConfig
+from cxr.session import SessionConfig
 from tests.test_serve_support import DICOM_DIR, png_bytes
 
 KEY = "in-process-key-0123456789"
@@ -67,7 +68,7 @@ def wait_ready(client: TestClient, timeout: float = 20) -> None:
 def app_client(
     model: Path, loader: Callable[[ServeConfig], Any] | None = None, wait: bool = True, **cfg: Any
 ) -> Iterator[TestClient]:
-    app = create_app(ServeConfig(model=model, threads=1, **cfg), loader=loader)
+    app = create_app(ServeConfig(model=model, session=SessionConfig(threads=1), **cfg), loader=loader)
     with TestClient(app, raise_server_exceptions=False) as client:
         if wait:
             wait_ready(client)
@@ -196,7 +197,11 @@ def test_concurrent_requests_are_coalesced(
         return wrapped[0]
 
     cfg = ServeConfig(
-        model=fused_model, threads=1, max_batch_size=max_batch, max_wait_ms=20, max_concurrency=32
+        model=fused_model,
+        session=SessionConfig(threads=1),
+        max_batch_size=max_batch,
+        max_wait_ms=20,
+        max_concurrency=32,
     )
     app = create_app(cfg, loader=loader)
     n = 16

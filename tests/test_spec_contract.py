@@ -30,6 +30,7 @@ HOMONYMS: dict[tuple[str, str], str] = {
     ("train/predictions.py", "label"): "a column of the predictions CSV",
     ("evaluate/method_predictions.py", "label"): "a column of the predictions CSV",
     ("train/typed_mapping.py", "input"): "the key of a pydantic validation error",
+    ("serve/config.py", "input"): "the key of a pydantic validation error",
     ("deploy/triton/pbtxt.py", "input"): "the Triton config.pbtxt block keyword",
     ("fuse/report.py", "input"): "a key of the fuse report",
     ("deploy/triton/config.py", "cxr.json"): "a file name in the Triton repository",

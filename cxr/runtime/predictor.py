@@ -123,37 +123,12 @@ class Predictor:
         *,
         provider: str | None = None,
         threads: int | None = None,
-        device_id: int | None = None,
-        strict_provider: bool | None = None,
-        trt_fp16: bool | None = None,
-        trt_cache_dir: Path | None = None,
-        precision: str | None = None,
-        batch_size: int | None = None,
-        decode_workers: int | None = None,
     ) -> Predictor:
-        """Open a cxr ONNX model. Keyword arguments override the matching fields of ``cfg``."""
+        """Open a cxr ONNX model; ``provider`` and ``threads`` override those of ``cfg.session``."""
         cfg = cfg or PredictorConfig()
-        session_overrides: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "provider": provider,
-                "threads": threads,
-                "device_id": device_id,
-                "strict_provider": strict_provider,
-                "trt_fp16": trt_fp16,
-                "trt_cache_dir": trt_cache_dir,
-                "precision": precision,
-            }.items()
-            if v is not None
-        }
-        overrides: dict[str, Any] = {
-            k: v
-            for k, v in {"batch_size": batch_size, "decode_workers": decode_workers}.items()
-            if v is not None
-        }
-        if session_overrides:
-            overrides["session"] = replace(cfg.session, **session_overrides)
-        cfg = replace(cfg, **overrides) if overrides else cfg
+        given = {k: v for k, v in {"provider": provider, "threads": threads}.items() if v is not None}
+        if given:
+            cfg = replace(cfg, session=replace(cfg.session, **given))
         path = Path(model)
         info = create_session(path, cfg.session)
         meta_map = info.session.get_modelmeta().custom_metadata_map
