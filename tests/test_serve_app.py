@@ -295,3 +295,17 @@ def test_real_chest_pngs(fused_model: Path, shared_data: Path) -> None:
             "/v1/predict/batch", files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files]
         )
     assert resp.status_code == 200 and resp.json()["succeeded"] == len(files) > 0
+
+
+def test_two_apps_in_one_process_keep_their_own_model_and_auth(fused_model: Path, tmp_path: Path) -> None:
+    """The routers are module-level: each app reaches its own state and its own auth, never another's."""
+    from tests.onnx_factory import make_fused_model
+
+    other = make_fused_model(tmp_path / "other.onnx", seed=5)
+    with app_client(fused_model, api_key=KEY) as locked, app_client(other) as open_:
+        ids = Predictor.from_path(fused_model).model_id, Predictor.from_path(other).model_id
+        assert ids[0] != ids[1]
+        assert locked.get("/v1/model").status_code == 401
+        assert locked.get("/v1/model", headers={"X-API-Key": KEY}).json()["model"]["id"] == ids[0]
+        assert open_.get("/v1/model").json()["model"]["id"] == ids[1]
+        assert locked.get("/healthz").status_code == 200 and open_.get("/metrics").status_code == 200

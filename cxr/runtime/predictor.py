@@ -126,9 +126,10 @@ class Predictor:
     ) -> Predictor:
         """Open a cxr ONNX model; ``provider`` and ``threads`` override those of ``cfg.session``."""
         cfg = cfg or PredictorConfig()
-        given = {k: v for k, v in {"provider": provider, "threads": threads}.items() if v is not None}
-        if given:
-            cfg = replace(cfg, session=replace(cfg.session, **given))
+        if provider is not None:
+            cfg = replace(cfg, session=replace(cfg.session, provider=provider))
+        if threads is not None:
+            cfg = replace(cfg, session=replace(cfg.session, threads=threads))
         path = Path(model)
         info = create_session(path, cfg.session)
         meta_map = info.session.get_modelmeta().custom_metadata_map

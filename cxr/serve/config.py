@@ -16,7 +16,6 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -168,12 +167,6 @@ class ServeConfig(BaseSettings):
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
-
-    def describe(self) -> dict[str, Any]:
-        """The settings without the API key, for logs."""
-        out = self.model_dump(exclude={"api_key"})
-        out["session"] = asdict(self.session)
-        return out
 
 
 def _config_error(e: ValidationError) -> CxrError:
