@@ -325,7 +325,9 @@ def test_the_api_serves_on_openvino_and_says_which_precision(fused: Path) -> Non
     from cxr.serve.config import ServeConfig
     from tests.test_serve_app import wait_ready
 
-    with TestClient(create_app(ServeConfig(model=fused, session=SessionConfig("openvino", threads=1)))) as client:
+    with TestClient(
+        create_app(ServeConfig(model=fused, session=SessionConfig("openvino", threads=1)))
+    ) as client:
         wait_ready(client)
         info, ready = client.get("/v1/model").json(), client.get("/readyz").json()
     assert info["provider"] == "openvino" and info["providers"] == ["openvino"]
