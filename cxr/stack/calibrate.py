@@ -57,7 +57,9 @@ class Temperature:
             "method": "none" if self.skipped else "temperature",
             **({"skipped": self.skipped} if self.skipped else {}),
             "temperature": self.temperature,
-            "fitted_on": "cross-validated meta-learner probabilities on the meta-training split",
+            "fitted_on": None
+            if self.skipped
+            else "cross-validated meta-learner probabilities on the meta-training split",
             "n": self.n,
             "nll_before": self.nll_before,
             "nll_after": self.nll_after,
