@@ -1,6 +1,8 @@
-"""Calibration: expected calibration error and the bins of a reliability diagram.
+"""Calibration, the shared math: the temperature applied to probabilities, its error and reliability bins.
 
-Takes: the confidence of each prediction (probability of the predicted class) and whether it was right.
+``apply_temperature`` (Guo et al. 2017: ``softmax(log p / T)``) is what the stacked graph does with the
+temperature ``cxr.stack.calibrate`` fits; ``uncalibrate`` undoes it for the evaluation. For the error, takes:
+the confidence of each prediction (probability of the predicted class) and whether it was right.
 Makes: ECE (Guo et al. 2017: sum over equal-width confidence bins of |accuracy - mean confidence| weighted by
 the bin's share of examples) and the per-bin table the reliability diagram draws. Bins are right-closed,
 (i/B, (i+1)/B], with the first one closed on the left too, so a confidence of exactly 1 lands in the last.
@@ -12,6 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)`` row-wise; a probability of exactly 0 (an unseen class) stays 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        z = np.log(p) / float(temperature)
+    z = z - np.max(z, axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=1, keepdims=True)
+
+
+def uncalibrate(p_cal: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities before a temperature was applied: ``softmax(log p_cal * T)``."""
+    return apply_temperature(p_cal, 1.0 / temperature)
 
 
 @dataclass(frozen=True)

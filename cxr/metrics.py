@@ -228,3 +228,8 @@ def macro_f1_from_labels(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> floa
     cm = confusion_matrix(y_true, y_pred, k)
     _, _, f1 = per_class_prf(cm)
     return macro_weighted(f1, cm.sum(axis=1), undefined_as_zero=False)[0]
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log likelihood of the true class, probabilities clipped at 1e-15."""
+    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-15, 1.0))))

@@ -23,13 +23,12 @@ from typing import Any, Literal
 import numpy as np
 
 from cxr.errors import ModelError, ProviderError, first_line
+from cxr.spec import META_VERIFIED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16")
-META_VERIFIED_PRECISIONS = "cxr.verified_precisions"
-"""Metadata key: JSON object of verification records, one per (backend, precision), written by `cxr fuse`."""
 BF16_RECORD = "openvino_bf16"
 DEVICE = "CPU"
 INSTALL_HINT = "pip install 'cxr-toolkit[openvino]'"

@@ -30,6 +30,39 @@ META_CLASSES = "cxr.classes"
 META_PREPROCESS = "cxr.preprocess"
 META_INPUT = "cxr.input"
 META_CARD = "cxr.card"
+META_STACK = "cxr.meta"  # the meta-learner graph's description (member order, calibration, operating points)
+META_VERIFIED_PRECISIONS = "cxr.verified_precisions"  # {record: verification}, one per (backend, precision)
+
+# The graph contract: tensor names every cxr graph uses. Fuse writes them, the runtime, Triton and the
+# evaluation read them; nothing outside this module types them again (tests/test_spec_contract.py).
+INPUT_IMAGE = "image"  # the fused ensemble's input: uint8 [N, 1, H, W]
+INPUT_MEMBER = "input"  # an exported member's input: float32 [N, C, H, W], normalised
+INPUT_FEATURES = "features"  # the meta-learner graph's input: float64 [N, M * K]
+OUTPUT_PROBABILITIES = "probabilities"  # [N, K]
+OUTPUT_LABEL = "label"  # int64 [N], the predicted class index
+OUTPUT_MEMBER_PROBABILITIES = "member_probabilities"  # float32 [N, M, K]
+OUTPUT_LOGITS = "logits"  # an exported member's output: [N, K]
+OUTPUT_HEATMAP = "heatmap"  # the heatmap variant: float32 [N, H, W] of the predicted class
+OUTPUT_CLASS_HEATMAPS = "class_heatmaps"  # the heatmap variant: float32 [N, K, H, W]
+OUTPUT_OOD_SCORE = "ood_score"  # float32 [N], where an out-of-distribution score was fitted
+GRAPH_NAMES = (
+    INPUT_IMAGE,
+    INPUT_MEMBER,
+    INPUT_FEATURES,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_LABEL,
+    OUTPUT_MEMBER_PROBABILITIES,
+    OUTPUT_LOGITS,
+    OUTPUT_HEATMAP,
+    OUTPUT_CLASS_HEATMAPS,
+    OUTPUT_OOD_SCORE,
+)
+
+# Keys of the model card (``META_CARD``) and the meta-learner description (``META_STACK``) that code reads.
+CARD_MEMBER_ORDER = "member_order"  # the members in the meta-learner's feature order
+CARD_CALIBRATION = "calibration"  # the temperature built into the graph and how it was fitted
+CARD_OPERATING_POINTS = "operating_points"  # {class: {threshold, ...}}, read by cxr.runtime.operating
+CARD_OOD = "ood"  # the out-of-distribution score's threshold and fit, read by cxr.runtime.assess
 
 InputFormat = Literal["uint8_gray", "float_normalized"]
 """``uint8_gray``: the graph takes uint8 [N, 1, H, W] grayscale and normalises inside (fused ensembles).

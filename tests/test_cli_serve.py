@@ -68,7 +68,7 @@ def test_options_and_environment_reach_the_config(
     assert result.exit_code == 0, result.output
     cfg = captured[0]
     assert cfg.model == fused_model and cfg.max_batch_size == 3 and cfg.max_body_bytes == 1234567
-    assert cfg.max_queue == 7 and cfg.request_timeout_s == 9.5 and cfg.provider == "cpu"
+    assert cfg.max_queue == 7 and cfg.request_timeout_s == 9.5 and cfg.session.provider == "cpu"
     assert cfg.api_key == KEY and cfg.cors_origins == ("https://a.example.org", "https://b.example.org")
     assert cfg.host == "127.0.0.1"
 
@@ -135,9 +135,10 @@ def test_api_runs_with_torch_and_the_training_stack_blocked(fused_model: Path) -
         from pathlib import Path
         from fastapi.testclient import TestClient
         from cxr.serve import ServeConfig, create_app
+        from cxr.session import SessionConfig
         from tests.test_serve_support import png_bytes
 
-        with TestClient(create_app(ServeConfig(model=Path({str(fused_model)!r}), threads=1))) as client:
+        with TestClient(create_app(ServeConfig(model=Path({str(fused_model)!r}), session=SessionConfig(threads=1)))) as client:
             for _ in range(500):
                 if client.get("/readyz").status_code == 200:
                     break

@@ -15,13 +15,11 @@ pytest.importorskip("skl2onnx")
 from cxr.calibration import expected_calibration_error  # noqa: E402
 from cxr.errors import ModelError  # noqa: E402
 from cxr.evaluate import EvalConfig, evaluate  # noqa: E402
-from cxr.evaluate.calibrated import (  # noqa: E402
-    operating_point,
-    operating_points,
-    temperature_of,
-    wilson_interval,
-)
-from cxr.stack.features import META_PROP, load_split  # noqa: E402
+from cxr.evaluate.calibration_check import operating_point, operating_points, temperature_of  # noqa: E402
+from cxr.evaluate.stats import wilson_interval  # noqa: E402
+from cxr.labels import CLASSES  # noqa: E402
+from cxr.spec import META_STACK  # noqa: E402
+from cxr.stack.features import load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator  # noqa: E402
 from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
 
@@ -38,7 +36,8 @@ def _softmax_log(p: np.ndarray, t: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory):
-    run = write_synthetic_run(SyntheticRun(tmp_path_factory.mktemp("cal") / "run"))
+    per_class = {c: (12, 25, 10) for c in CLASSES}  # 100 validation predictions: the minimum to fit T on
+    run = write_synthetic_run(SyntheticRun(tmp_path_factory.mktemp("cal") / "run", per_class=per_class))
     fit_meta(MetaConfig(run, cv_folds=3, grid={"C": (10.0,)}))
     meta = json.loads((run / "stack" / "meta.json").read_text())
     assert meta["calibration"]["method"] == "temperature"
@@ -205,7 +204,7 @@ def test_an_older_meta_onnx_without_the_records_evaluates_as_before(
     shutil.copytree(uncalibrated_run / "stack", stack)
     model = onnx.load(str(stack / "meta.onnx"))
     for prop in model.metadata_props:
-        if prop.key == META_PROP:
+        if prop.key == META_STACK:
             info = json.loads(prop.value)
             del info["calibration"], info["operating_points"]
             prop.value = json.dumps(info)

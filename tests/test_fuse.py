@@ -25,13 +25,17 @@ from torch import nn  # noqa: E402
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
 from cxr.errors import CxrError, ModelError  # noqa: E402
 from cxr.fuse import FuseConfig, fuse, run_members  # noqa: E402
-from cxr.fuse.graph import IMAGE  # noqa: E402
 from cxr.fuse.members import load_member  # noqa: E402
 from cxr.imaging.decode import decode_gray  # noqa: E402
 from cxr.imaging.preprocess import to_model_input  # noqa: E402
 from cxr.labels import CLASSES, NOTICE  # noqa: E402
-from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
-from cxr.stack.features import MemberOrderError  # noqa: E402
+from cxr.spec import (  # noqa: E402
+    INPUT_IMAGE,  # noqa: E402
+    ModelMetadata,
+    PreprocessSpec,
+)
+from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS  # noqa: E402
+from cxr.stack.features import MemberOrderError, load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
 from cxr.train.predictions import PredictionTable, write_predictions  # noqa: E402
 
@@ -234,9 +238,9 @@ def test_fused_equals_separate_members_and_meta(fused) -> None:
 def test_output_shapes_and_types(fused, batch: int) -> None:
     sess = ort.InferenceSession(str(fused.path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    assert (inp.name, inp.type, inp.shape[1:]) == (IMAGE, "tensor(uint8)", [1, 32, 32])
+    assert (inp.name, inp.type, inp.shape[1:]) == (INPUT_IMAGE, "tensor(uint8)", [1, 32, 32])
     images = np.random.default_rng(batch).integers(0, 256, size=(batch, 1, 32, 32), dtype=np.uint8)
-    probs, label, member = sess.run(["probabilities", "label", "member_probabilities"], {IMAGE: images})
+    probs, label, member = sess.run(["probabilities", "label", "member_probabilities"], {INPUT_IMAGE: images})
     assert probs.shape == (batch, K) and probs.dtype == np.float32
     assert label.shape == (batch,) and label.dtype == np.int64
     assert member.shape == (batch, len(MEMBERS), K)
@@ -286,7 +290,7 @@ def test_graph_is_wired_by_hand_with_prefixes(fused) -> None:
     for member in MEMBERS:
         assert any(n.startswith(f"{member}/") for n in names)
     assert any(n.startswith("meta/") for n in names)
-    assert [i.name for i in model.graph.input] == [IMAGE]
+    assert [i.name for i in model.graph.input] == [INPUT_IMAGE]
     keys = {p.key for p in model.metadata_props}
     assert (
         keys - {"cxr.verified_precisions"}
@@ -319,6 +323,21 @@ def test_reports_and_latency(fused, tiny_run: Path) -> None:
     assert NOTICE in (tiny_run / "fuse_report.md").read_text()
     lat = fused.latency
     assert lat is not None and lat["fused_ms_median"] > 0 and lat["separate_ms_median"] > 0
+
+
+def test_calibration_skipped_below_the_minimum_is_said_in_report_card_and_warnings(
+    fused, tiny_run: Path
+) -> None:
+    """The tiny run's validation split is far below the minimum: T = 1, and every place says why."""
+    n_val = len(load_split(tiny_run, MEMBERS, "val").labels)
+    assert n_val < MIN_CALIBRATION_PREDICTIONS
+    why = f"calibration skipped: {n_val} validation predictions < minimum {MIN_CALIBRATION_PREDICTIONS}"
+    report = json.loads((tiny_run / "fuse_report.json").read_text())
+    assert report["calibration"]["skipped"] == why and report["calibration"]["temperature"] == 1.0
+    assert f"- Calibration: {why}; T = 1" in (tiny_run / "fuse_report.md").read_text()
+    card = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(fused.path)).metadata_props}).card
+    assert card["calibration"]["skipped"] == why and card["calibration"]["method"] == "none"
+    assert any(why in w for w in fused.warnings)
 
 
 def test_missing_variant_is_skipped_and_external_data_is_used(tiny_run: Path, tmp_path: Path) -> None:
@@ -399,7 +418,7 @@ def test_members_with_their_own_normalisation_get_their_own_chain(tiny_run: Path
     rng = np.random.default_rng(3)
     grays = [rng.integers(0, 256, size=(32, 32), dtype=np.uint8) for _ in range(4)]
     fused = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
-    member = fused.run(["member_probabilities"], {IMAGE: np.stack(grays)[:, None]})[0][:, -1]
+    member = fused.run(["member_probabilities"], {INPUT_IMAGE: np.stack(grays)[:, None]})[0][:, -1]
     alone = ort.InferenceSession(str(paths[-1]), providers=["CPUExecutionProvider"])
 
     def probs(spec: PreprocessSpec) -> np.ndarray:

@@ -17,8 +17,8 @@ pytest.importorskip("torch")
 pytest.importorskip("skl2onnx")
 
 from cxr.fuse import FuseConfig, fuse  # noqa: E402
-from cxr.fuse.graph import IMAGE, LABEL, PROBABILITIES  # noqa: E402
 from cxr.session import cpu_session  # noqa: E402
+from cxr.spec import INPUT_IMAGE, OUTPUT_LABEL, OUTPUT_PROBABILITIES  # noqa: E402
 from cxr.stack.estimators import ESTIMATORS  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
 from tests.test_fuse import build_tiny_run  # noqa: E402
@@ -60,15 +60,17 @@ def images() -> np.ndarray:
 
 
 def _onnxruntime(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    probs, label = cpu_session(path, threads=1).run([PROBABILITIES, LABEL], {IMAGE: images})
+    probs, label = cpu_session(path, threads=1).run(
+        [OUTPUT_PROBABILITIES, OUTPUT_LABEL], {INPUT_IMAGE: images}
+    )
     return probs, label
 
 
 def _openvino(path: Path, images: np.ndarray, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     ov = pytest.importorskip("openvino")
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, **config})
-    out = compiled({IMAGE: images})
-    return out[compiled.output(PROBABILITIES)], out[compiled.output(LABEL)]
+    out = compiled({INPUT_IMAGE: images})
+    return out[compiled.output(OUTPUT_PROBABILITIES)], out[compiled.output(OUTPUT_LABEL)]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cxr.errors import ConfigError, ModelError, ProviderError
 from cxr.labels import CLASSES
 from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, choose_precision, cpu_has_bf16
-from cxr.runtime import Predictor
+from cxr.runtime import Predictor, PredictorConfig
 from cxr.session import SessionConfig, cpu_session, create_session
 from cxr.spec import ModelMetadata, PreprocessSpec
 from tests.onnx_factory import make_fused_model
@@ -249,8 +249,9 @@ def test_the_api_config_refuses_them_too(models: dict[str, Path]) -> None:
     from cxr.serve.config import ServeConfig
 
     with pytest.raises(ConfigError, match="cannot run precision 'bf16'"):
-        ServeConfig(model=models["none"], provider="cpu", precision="bf16")
-    assert ServeConfig(model=models["none"], provider="openvino", precision="bf16").precision == "bf16"
+        ServeConfig(model=models["none"], session={"provider": "cpu", "precision": "bf16"})
+    on_openvino = ServeConfig(model=models["none"], session=SessionConfig("openvino", precision="bf16"))
+    assert on_openvino.session.precision == "bf16"
 
 
 def test_without_openvino_the_error_says_how_to_install_it(
@@ -268,8 +269,9 @@ def fused(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_predictor_on_openvino_matches_onnxruntime(fused: Path, gray_pngs: list[Path]) -> None:
-    ov_pred = Predictor.from_path(fused, provider="openvino", precision="fp32", threads=1, batch_size=4)
-    ort_pred = Predictor.from_path(fused, provider="cpu", threads=1, batch_size=4)
+    ov_cfg = PredictorConfig(session=SessionConfig("openvino", threads=1, precision="fp32"), batch_size=4)
+    ov_pred = Predictor.from_path(fused, ov_cfg)
+    ort_pred = Predictor.from_path(fused, PredictorConfig(batch_size=4), provider="cpu", threads=1)
     described = ov_pred.describe()
     assert (described["provider"], described["providers"], described["precision"], described["device"]) == (
         "openvino",
@@ -323,7 +325,9 @@ def test_the_api_serves_on_openvino_and_says_which_precision(fused: Path) -> Non
     from cxr.serve.config import ServeConfig
     from tests.test_serve_app import wait_ready
 
-    with TestClient(create_app(ServeConfig(model=fused, provider="openvino", threads=1))) as client:
+    with TestClient(
+        create_app(ServeConfig(model=fused, session=SessionConfig("openvino", threads=1)))
+    ) as client:
         wait_ready(client)
         info, ready = client.get("/v1/model").json(), client.get("/readyz").json()
     assert info["provider"] == "openvino" and info["providers"] == ["openvino"]
@@ -348,8 +352,9 @@ def test_the_openvino_path_needs_no_training_library(fused: Path, tmp_path: Path
         for name in ("torch", "timm", "sklearn", "onnx", "skl2onnx", "torchvision"):
             sys.modules[name] = None  # any import of these now raises ImportError
         import numpy as np
-        from cxr.runtime import Predictor
-        p = Predictor.from_path({str(fused)!r}, provider="openvino", precision="fp32", threads=1)
+        from cxr.runtime import Predictor, PredictorConfig, SessionConfig
+        session = SessionConfig("openvino", threads=1, precision="fp32")
+        p = Predictor.from_path({str(fused)!r}, PredictorConfig(session=session))
         print(p.predict_arrays([np.full((32, 32), 9, np.uint8)])[0].provider, p.info.precision)
     """
     repo = Path(__file__).resolve().parents[1]

@@ -62,8 +62,9 @@ def test_member_model_logits_become_probabilities(member_model: Path, gray_pngs:
 def test_results_do_not_depend_on_batching(
     fused_model: Path, gray_pngs: list[Path], batch_size: int, workers: int
 ) -> None:
-    ref = Predictor.from_path(fused_model, batch_size=8).predict(gray_pngs)
-    out = Predictor.from_path(fused_model, batch_size=batch_size, decode_workers=workers).predict(gray_pngs)
+    ref = Predictor.from_path(fused_model, PredictorConfig(batch_size=8)).predict(gray_pngs)
+    cfg = PredictorConfig(batch_size=batch_size, decode_workers=workers)
+    out = Predictor.from_path(fused_model, cfg).predict(gray_pngs)
     assert [p.source for p in out] == [p.source for p in ref]
     for a, b in zip(out, ref, strict=True):
         assert a.probabilities == pytest.approx(b.probabilities, rel=1e-5)
@@ -85,7 +86,7 @@ def test_unreadable_items_become_error_rows_in_place(
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     items = [gray_pngs[0], bad, tmp_path / "missing.png", gray_pngs[1]]
-    predictor = Predictor.from_path(fused_model, batch_size=2)
+    predictor = Predictor.from_path(fused_model, PredictorConfig(batch_size=2))
     out = predictor.predict(items)
     assert [p.ok for p in out] == [True, False, False, True]
     assert "not an image" in (out[1].error or "") and "no such file" in (out[2].error or "")
@@ -122,7 +123,7 @@ def test_one_input_gives_one_prediction_and_pil_and_rgb_inputs_match_gray(
 
 
 def test_iter_predict_yields_batches_in_order(fused_model: Path, gray_pngs: list[Path]) -> None:
-    pred = Predictor.from_path(fused_model, batch_size=4)
+    pred = Predictor.from_path(fused_model, PredictorConfig(batch_size=4))
     batches = list(pred.iter_predict(gray_pngs, names=[f"n{i}" for i in range(len(gray_pngs))]))
     assert [len(b) for b in batches] == [4, 2]
     assert [p.source for b in batches for p in b] == [f"n{i}" for i in range(6)]
@@ -166,7 +167,7 @@ def test_fallback_from_cuda_to_cpu_is_reported(fused_model: Path) -> None:
     assert len(pred.info.warnings) == 1 and "asked for provider 'cuda'" in pred.info.warnings[0]
     assert pred.describe()["provider_warnings"] == list(pred.info.warnings)
     with pytest.raises(ProviderError, match="'cuda'.*'cpu'"):
-        Predictor.from_path(fused_model, provider="cuda", strict_provider=True)
+        Predictor.from_path(fused_model, PredictorConfig(session=SessionConfig("cuda", strict_provider=True)))
 
 
 def test_auto_provider_gives_no_warning_on_cpu(fused_model: Path) -> None:
@@ -218,11 +219,12 @@ def test_tensorrt_cache_dir_is_keyed_by_model_versions_gpu_and_precision(
 
 
 def test_from_path_keywords_override_the_config(fused_model: Path) -> None:
-    base = PredictorConfig(session=SessionConfig(provider="auto", threads=None), batch_size=8)
-    pred = Predictor.from_path(fused_model, base, provider="cpu", threads=1, batch_size=3, decode_workers=1)
-    assert pred.cfg.session.provider == "cpu" and pred.cfg.session.threads == 1
-    assert pred.cfg.batch_size == 3 and pred.cfg.decode_workers == 1
-    assert base.batch_size == 8  # the caller's config is untouched (frozen)
+    base = PredictorConfig(session=SessionConfig(provider="auto", threads=None, device_id=0), batch_size=3)
+    pred = Predictor.from_path(fused_model, base, provider="cpu", threads=1)
+    assert pred.cfg.session == SessionConfig(provider="cpu", threads=1, device_id=0)
+    assert pred.cfg.batch_size == 3 and base.session.provider == "auto"  # the caller's config is untouched
+    with pytest.raises(TypeError):
+        Predictor.from_path(fused_model, batch_size=3)  # type: ignore[call-arg]  # runs go in PredictorConfig
 
 
 @pytest.mark.parametrize(

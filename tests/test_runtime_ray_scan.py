@@ -62,7 +62,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(model: Path) -> Predictor:
-    return Predictor.from_path(model, batch_size=BATCH)
+    return Predictor.from_path(model, PredictorConfig(batch_size=BATCH))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxr.errors import ConfigError, DataError
 from cxr.labels import CLASSES, NOTICE
-from cxr.runtime import Predictor, ScanConfig, find_images, scan_folder
+from cxr.runtime import Predictor, PredictorConfig, ScanConfig, find_images, scan_folder
 from cxr.runtime.results import csv_columns, read_previous
 from tests.onnx_factory import make_fused_model, write_gray_pngs
 
@@ -35,7 +35,9 @@ def folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
-    return Predictor.from_path(make_fused_model(tmp_path_factory.mktemp("m") / "f.onnx"), batch_size=3)
+    return Predictor.from_path(
+        make_fused_model(tmp_path_factory.mktemp("m") / "f.onnx"), PredictorConfig(batch_size=3)
+    )
 
 
 def _names(paths: list[Path], root: Path) -> list[str]:

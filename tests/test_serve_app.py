@@ -20,6 +20,7 @@ from cxr.errors import ModelError
 from cxr.runtime.predictor import Predictor
 from cxr.serve.app import create_app
 from cxr.serve.config import ServeConfig
+from cxr.session import SessionConfig
 from cxr.spec import Prediction
 from tests.test_serve_support import DICOM_DIR, png_bytes
 
@@ -67,7 +68,7 @@ def wait_ready(client: TestClient, timeout: float = 20) -> None:
 def app_client(
     model: Path, loader: Callable[[ServeConfig], Any] | None = None, wait: bool = True, **cfg: Any
 ) -> Iterator[TestClient]:
-    app = create_app(ServeConfig(model=model, threads=1, **cfg), loader=loader)
+    app = create_app(ServeConfig(model=model, session=SessionConfig(threads=1), **cfg), loader=loader)
     with TestClient(app, raise_server_exceptions=False) as client:
         if wait:
             wait_ready(client)
@@ -196,7 +197,11 @@ def test_concurrent_requests_are_coalesced(
         return wrapped[0]
 
     cfg = ServeConfig(
-        model=fused_model, threads=1, max_batch_size=max_batch, max_wait_ms=20, max_concurrency=32
+        model=fused_model,
+        session=SessionConfig(threads=1),
+        max_batch_size=max_batch,
+        max_wait_ms=20,
+        max_concurrency=32,
     )
     app = create_app(cfg, loader=loader)
     n = 16
@@ -290,3 +295,17 @@ def test_real_chest_pngs(fused_model: Path, shared_data: Path) -> None:
             "/v1/predict/batch", files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files]
         )
     assert resp.status_code == 200 and resp.json()["succeeded"] == len(files) > 0
+
+
+def test_two_apps_in_one_process_keep_their_own_model_and_auth(fused_model: Path, tmp_path: Path) -> None:
+    """The routers are module-level: each app reaches its own state and its own auth, never another's."""
+    from tests.onnx_factory import make_fused_model
+
+    other = make_fused_model(tmp_path / "other.onnx", seed=5)
+    with app_client(fused_model, api_key=KEY) as locked, app_client(other) as open_:
+        ids = Predictor.from_path(fused_model).model_id, Predictor.from_path(other).model_id
+        assert ids[0] != ids[1]
+        assert locked.get("/v1/model").status_code == 401
+        assert locked.get("/v1/model", headers={"X-API-Key": KEY}).json()["model"]["id"] == ids[0]
+        assert open_.get("/v1/model").json()["model"]["id"] == ids[1]
+        assert locked.get("/healthz").status_code == 200 and open_.get("/metrics").status_code == 200

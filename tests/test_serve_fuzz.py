@@ -17,6 +17,7 @@ import pytest
 
 from cxr.serve.app import create_app
 from cxr.serve.config import ServeConfig
+from cxr.session import SessionConfig
 from tests.onnx_factory import make_fused_model
 from tests.test_serve_support import png_bytes
 
@@ -34,7 +35,7 @@ def _app(tmp: Path, api_key: str | None) -> Any:
     model = make_fused_model(tmp / f"fuzz_{'auth' if api_key else 'open'}.onnx")
     cfg = ServeConfig(
         model=model,
-        threads=1,
+        session=SessionConfig(threads=1),
         max_body_bytes=256 * 1024,
         max_pixels=512 * 512,
         request_timeout_s=10,

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cxr.serve.app import create_app
 from cxr.serve.config import ServeConfig
+from cxr.session import SessionConfig
 from tests.test_serve_support import png_bytes
 
 PREDICT_200 = {"method": "POST", "path": "/v1/predict", "status": "200"}
@@ -32,7 +33,7 @@ FAMILIES = {  # parser names: a counter's family drops its _total
 
 @contextmanager
 def serving(model: Path, **cfg: Any) -> Iterator[TestClient]:
-    app = create_app(ServeConfig(model=model, threads=1, **cfg))
+    app = create_app(ServeConfig(model=model, session=SessionConfig(threads=1), **cfg))
     with TestClient(app, raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 20
         while client.get("/readyz").status_code != 200:

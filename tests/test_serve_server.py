@@ -456,3 +456,43 @@ def test_sigterm_shuts_down_gracefully(auth_server: ServerProcess) -> None:
     status = auth_server.stop()
     assert status in (0, -15), auth_server.log()[-2000:]
     assert "Application shutdown complete" in auth_server.log()
+
+
+def test_uvicorn_run_by_hand_reads_the_same_environment(fused_model: Path, tmp_path: Path) -> None:
+    """`uvicorn --factory cxr.serve:create_app` with the CXR_* variables serves the API `cxr serve` would."""
+    import subprocess
+    import sys
+
+    from tests.test_serve_support import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "CXR_MODEL": str(fused_model),
+        "CXR_THREADS": "1",
+        "CXR_MAX_BATCH_FILES": "3",
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "cxr.serve:create_app", "--port", str(port)]
+    cmd += ["--no-server-header", "--no-proxy-headers", "--no-access-log"]
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        resp = httpx.get(f"{server.url}/v1/model", timeout=10)
+        assert resp.status_code == 200 and resp.json()["serving"]["max_batch_files"] == 3
+        assert "server" not in resp.headers
+    finally:
+        assert server.stop() in (0, -15)

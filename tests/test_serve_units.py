@@ -19,8 +19,9 @@ from cxr.serve.auth import _digest, key_matches
 from cxr.serve.batcher import BatcherStopped, DynamicBatcher
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
-from cxr.serve.metrics import ServeMetrics
+from cxr.serve.prometheus import ServeMetrics
 from cxr.serve.uploads import safe_name, sniff
+from cxr.session import SessionConfig
 from cxr.spec import Prediction
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames
 
@@ -32,7 +33,8 @@ KEY = "0123456789abcdef-key"
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"provider": "gpu"},
+        {"session": {"provider": "gpu"}},
+        {"session": {"provider": "cpu", "precision": "bf16"}},
         {"port": 70000},
         {"max_batch_size": 0},
         {"max_body_bytes": 0},
@@ -42,7 +44,9 @@ KEY = "0123456789abcdef-key"
         {"max_wait_ms": -1},
         {"max_wait_ms": 5000},
         {"request_timeout_s": 0},
-        {"threads": 0},
+        {"session": {"threads": 0}},
+        {"threads": 1},  # a session setting, given flat
+        {"max_queue": "many"},
         {"api_key": "short"},
         {"api_key": "has a space in it, sixteen+"},
         {"cors_origins": ("",)},
@@ -59,6 +63,74 @@ def test_config_defaults_are_safe() -> None:
     assert cfg.host == "127.0.0.1" and cfg.max_body_bytes == 64 * 1024 * 1024 and cfg.cors_origins == ()
     assert cfg.batching and not ServeConfig(model=Path("m"), max_batch_size=1).batching
     assert KEY not in repr(cfg)
+
+
+SERVE_ENV = {
+    "CXR_MODEL": "from-env.onnx",
+    "CXR_MAX_QUEUE": "7",
+    "CXR_REQUEST_TIMEOUT": "9.5",
+    "CXR_CORS_ORIGINS": "https://a.example.org,https://b.example.org",
+    "CXR_PROVIDER": "cpu",
+    "CXR_THREADS": "2",
+    "CXR_STRICT_PROVIDER": "true",
+    "CXR_API_KEY": KEY,
+}
+
+
+def test_config_reads_the_cxr_environment_and_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SERVE_ENV.items():
+        monkeypatch.setenv(name, value)
+    cfg = ServeConfig()
+    assert cfg.model == Path("from-env.onnx") and cfg.max_queue == 7 and cfg.request_timeout_s == 9.5
+    assert cfg.cors_origins == ("https://a.example.org", "https://b.example.org") and cfg.api_key == KEY
+    assert cfg.session == SessionConfig(provider="cpu", threads=2, strict_provider=True)
+    given = ServeConfig(model=Path("m.onnx"), max_queue=3, session=SessionConfig(threads=1))
+    assert (
+        given.model == Path("m.onnx") and given.max_queue == 3 and given.session == SessionConfig(threads=1)
+    )
+    monkeypatch.setenv("CXR_THREADS", "0")
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        ServeConfig()
+
+
+def test_config_without_a_model_says_which_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_MODEL", raising=False)
+    with pytest.raises(ConfigError, match="no model given") as err:
+        ServeConfig()
+    assert "CXR_MODEL" in (err.value.hint or "")
+
+
+def test_key_file_wins_over_the_key_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n")
+    monkeypatch.setenv("CXR_API_KEY", "another-key-0123456789")
+    monkeypatch.setenv("CXR_API_KEY_FILE", str(key_file))
+    assert ServeConfig(model=Path("m.onnx")).api_key == KEY
+    monkeypatch.setenv("CXR_API_KEY_FILE", "")
+    monkeypatch.setenv("CXR_API_KEY", "")
+    assert ServeConfig(model=Path("m.onnx")).api_key is None  # empty: authentication off
+
+
+def test_create_app_without_a_config_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    from cxr.serve import create_app
+
+    for name, value in SERVE_ENV.items():
+        monkeypatch.setenv(name, value)
+    state = create_app().state.cxr
+    assert state.cfg == ServeConfig() and state.cfg.max_queue == 7 and state.cfg.session.threads == 2
+
+
+def test_uvicorn_options_keep_the_hardening() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    from cxr.serve import uvicorn_options
+
+    cfg = ServeConfig(model=Path("m.onnx"), max_concurrency=10, max_queue=20, request_timeout_s=60)
+    opts = uvicorn_options(cfg)
+    assert opts["server_header"] is False and opts["proxy_headers"] is False
+    assert opts["limit_concurrency"] == 10 + 20 + 64 and opts["timeout_graceful_shutdown"] == 60
+    uv = uvicorn.Config(lambda scope, receive, send: None, **opts)  # every key is one uvicorn takes
+    assert uv.server_header is False and uv.proxy_headers is False and uv.limit_concurrency == 94
 
 
 def test_api_key_from_file_env_or_none(tmp_path: Path) -> None:

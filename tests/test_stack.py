@@ -26,7 +26,9 @@ K = len(CLASSES)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_run(SyntheticRun(tmp_path_factory.mktemp("meta") / "run"))
+    # 25 validation images per class: 100 predictions, the minimum a temperature is fitted on
+    per_class = {c: (12, 25, 10) for c in CLASSES}
+    return write_synthetic_run(SyntheticRun(tmp_path_factory.mktemp("meta") / "run", per_class=per_class))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def fitted(run: Path):
 def test_features_are_member_major_in_a_fixed_order(run: Path) -> None:
     data = load_split(run, ("beta", "alpha"), "val")
     x = data.features
-    assert x.shape == (40, 2 * K)
+    assert x.shape == (100, 2 * K)
     np.testing.assert_array_equal(x[:, :K], data.member_probs[:, 0])
     np.testing.assert_array_equal(x[:, K:], data.member_probs[:, 1])
     assert data.members == ("beta", "alpha")
@@ -72,7 +74,7 @@ def test_estimator_follows_scikit_learn_conventions_and_reloads_without_pickle(f
         assert {"coef_", "intercept_", "classes_"} <= set(arrays.files)
     x = load_split(run, fitted.members, "val").features
     probs = est.predict_proba(x)
-    assert probs.shape == (40, K)
+    assert probs.shape == (100, K)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
 

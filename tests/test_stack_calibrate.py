@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from cxr.calibration import apply_temperature
 from cxr.errors import ConfigError, ModelError
 from cxr.runtime.operating import above_operating_points, operating_thresholds
-from cxr.stack.calibrate import apply_temperature, check_targets, fit_temperature, operating_points
+from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS, check_targets, fit_temperature, operating_points
 from tests.onnx_factory import make_fused_model, write_gray_pngs
 
 CLASSES = ("a", "b", "c")
@@ -36,8 +37,8 @@ def test_fit_recovers_the_temperature_that_miscalibrated_the_scores(true_t: floa
 
 
 def test_nothing_to_fit_keeps_temperature_one() -> None:
-    t = fit_temperature(np.zeros(5, dtype=np.int64), np.full((5, 3), 1 / 3))
-    assert t.temperature == 1.0
+    t = fit_temperature(np.zeros(5, dtype=np.int64), np.full((5, 3), 1 / 3), minimum=2)  # one class
+    assert t.temperature == 1.0 and t.skipped is None
 
 
 def test_operating_point_is_the_highest_threshold_reaching_the_target() -> None:
@@ -128,9 +129,10 @@ def test_cxr_stack_fits_and_reports_calibration_and_operating_points(tmp_path: P
     from typer.testing import CliRunner
 
     from cxr.cli.main import app
+    from cxr.labels import CLASSES
     from cxr.stack.synthetic import SyntheticRun, write_synthetic_run
 
-    run = write_synthetic_run(SyntheticRun(tmp_path / "run"))
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run", per_class={c: (12, 25, 10) for c in CLASSES}))
     res = CliRunner().invoke(app, ["stack", str(run), "--target-sensitivity", "COVID=0.9"])
     assert res.exit_code == 0, res.output
     assert "calibration: temperature" in res.output and "operating point COVID: p >= " in res.output
@@ -139,3 +141,41 @@ def test_cxr_stack_fits_and_reports_calibration_and_operating_points(tmp_path: P
     assert meta["operating_points"]["COVID"]["val_sensitivity"] >= 0.9
     bad = CliRunner().invoke(app, ["stack", str(run), "--target-sensitivity", "Knee=0.9"])
     assert bad.exit_code != 0 and "unknown class 'Knee'" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("n", "fitted"), [(MIN_CALIBRATION_PREDICTIONS - 1, False), (MIN_CALIBRATION_PREDICTIONS, True)]
+)
+def test_temperature_is_not_fitted_below_the_minimum(n: int, fitted: bool) -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 3
+    z = rng.normal(size=(n, 3))
+    z[np.arange(n), y] += 1.0
+    t = fit_temperature(y, softmax(z * 4.0, axis=1))  # over-confident: the fit would lower the confidence
+    assert (t.temperature != 1.0) is fitted and (t.skipped is None) is fitted
+    record = t.to_dict()
+    if fitted:
+        assert record["method"] == "temperature" and "skipped" not in record and t.nll_after < t.nll_before
+    else:
+        assert record == {**record, "method": "none", "temperature": 1.0, "n": n}
+        assert record["skipped"] == f"calibration skipped: {n} validation predictions < minimum 100"
+        assert t.nll_after == t.nll_before
+
+
+def test_stack_below_the_minimum_keeps_t_1_and_says_why(tmp_path: Path) -> None:
+    pytest.importorskip("skl2onnx")
+    from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator
+    from cxr.stack.synthetic import SyntheticRun, write_synthetic_run
+
+    run = write_synthetic_run(SyntheticRun(tmp_path / "run"))  # 4 classes x 10 validation images
+    res = fit_meta(MetaConfig(run, cv_folds=3))
+    why = f"calibration skipped: 40 validation predictions < minimum {MIN_CALIBRATION_PREDICTIONS}"
+    _, meta = load_meta_estimator(res.stack_dir)
+    assert meta["calibration"]["skipped"] == why and meta["calibration"]["temperature"] == 1.0
+    assert why in res.warnings
+    lowered = fit_meta(
+        MetaConfig(run, cv_folds=3, out_dir=tmp_path / "lowered", min_calibration_predictions=40)
+    )
+    assert json.loads(lowered.meta_json.read_text())["calibration"]["method"] == "temperature"
+    with pytest.raises(ConfigError, match="min_calibration_predictions"):
+        MetaConfig(run, min_calibration_predictions=1)

@@ -1,8 +1,9 @@
 """`cxr serve`: the HTTP inference API (FastAPI + uvicorn + onnxruntime; needs the `serve` extra, no torch).
 
 Every option can also come from a `CXR_*` environment variable (shown in --help), which is how the Docker
-image is configured. The API key is read from `--api-key-file` or `$CXR_API_KEY`, never from a command-line
-value. fastapi and uvicorn are imported inside the command, so `cxr --help` works without them.
+image is configured; `cxr.serve.create_app()` reads the same variables through `ServeConfig`. The API key
+is read from `--api-key-file` or `$CXR_API_KEY`, never from a command-line value. fastapi and uvicorn are
+imported inside the command, so `cxr --help` works without them.
 """
 
 from __future__ import annotations
@@ -130,19 +131,24 @@ def serve(
 ) -> None:
     """Serve the HTTP inference API: POST /v1/predict, /v1/predict/batch; GET /v1/model, /healthz, /readyz,
     /metrics. Decision support only, not a diagnosis."""
-    from cxr.serve.config import ServeConfig, load_api_key
-    from cxr.serve.server import run_server
-
     _require_model(model)
     setup_logging(log_level == LogLevel.debug)
-    cfg = ServeConfig(
+    _require_serve_extra()
+    from cxr.serve.config import ServeConfig
+    from cxr.serve.server import run_server
+
+    # the session's fields (cxr.session.SessionConfig), checked by ServeConfig like every other setting
+    session = {
+        "provider": provider.value,
+        "precision": precision.value,
+        "threads": threads,
+        "strict_provider": strict_provider,
+    }
+    cfg = ServeConfig(  # the API key itself comes from $CXR_API_KEY, read by ServeConfig
         model=model,
         host=host,
         port=port,
-        provider=provider.value,
-        precision=precision.value,
-        threads=threads,
-        strict_provider=strict_provider,
+        session=session,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         max_body_bytes=max_body_bytes,
@@ -152,13 +158,12 @@ def serve(
         max_queue=max_queue,
         max_batch_files=max_batch_files,
         decode_workers=decode_workers,
-        api_key=load_api_key(api_key_file),
+        api_key_file=api_key_file,
         cors_origins=tuple(o for origin in cors_origin or () for o in origin.split(",") if o.strip()),
         access_log=access_log,
         log_level=log_level.value,
         heatmaps=heatmaps,
     )
-    _require_serve_extra()
     run_server(cfg, port_file=port_file)
 
 
@@ -176,6 +181,7 @@ def _require_serve_extra() -> None:
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
+        import pydantic_settings  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:

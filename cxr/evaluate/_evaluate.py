@@ -14,7 +14,7 @@ validation split, so the test split does not pick its own winner) and against so
 ``RUN_DIR/baselines/<name>/`` (the frozen-feature linear probe of ``cxr train probe``) join the table, each
 with a McNemar test against stacking.
 
-Calibration (``cxr.evaluate.calibrated``): when ``meta.onnx`` has a temperature T != 1 built in, its output is
+Calibration (``cxr.evaluate.calibration_check``): when ``meta.onnx`` has a temperature T != 1 built in, its output is
 the calibrated one, and the same output before T (``softmax(log p * T)``) joins the table as a reference
 row (its ECE and reliability diagram; same labels, so no McNemar test and no part in the verdict); the
 report gives ECE and NLL before/after T on validation (the metadata's) and on the split, and each recorded
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.calibration import uncalibrate
 from cxr.data.manifest import load_manifest
-from cxr.evaluate.calibrated import (
+from cxr.evaluate.calibration_check import (
     UNCALIBRATED_NAME,
     CalibrationSummary,
     OperatingPointResult,
     calibration_summary,
     operating_points,
     temperature_of,
-    uncalibrate,
 )
 from cxr.evaluate.method_predictions import table_path, write_table
 from cxr.evaluate.methods import Stacked, choose_best_member, load_baselines, run_stacking

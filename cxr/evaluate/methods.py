@@ -18,7 +18,8 @@ import numpy as np
 from cxr.errors import DataError, ModelError
 from cxr.metrics import classification_metrics
 from cxr.session import cpu_session
-from cxr.stack.features import META_PROP, MetaData, check_member_order, load_split
+from cxr.spec import CARD_MEMBER_ORDER, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from cxr.stack.features import MetaData, check_member_order, load_split
 from cxr.train.predictions import read_predictions
 
 
@@ -47,10 +48,14 @@ def run_stacking(meta_onnx: Path, data: MetaData) -> Stacked:
         )
     sess = cpu_session(meta_onnx)
     props = sess.get_modelmeta().custom_metadata_map
-    if META_PROP not in props:
-        raise ModelError(f"{meta_onnx} is not a cxr meta-learner (no {META_PROP})", hint="re-run `cxr stack`")
-    info = json.loads(props[META_PROP])
-    check_member_order(tuple(info.get("member_order", ())), data.members, what=f"evaluating with {meta_onnx}")
+    if META_STACK not in props:
+        raise ModelError(
+            f"{meta_onnx} is not a cxr meta-learner (no {META_STACK})", hint="re-run `cxr stack`"
+        )
+    info = json.loads(props[META_STACK])
+    check_member_order(
+        tuple(info.get(CARD_MEMBER_ORDER, ())), data.members, what=f"evaluating with {meta_onnx}"
+    )
     if tuple(info.get("classes", ())) != data.classes:
         raise DataError(
             f"{meta_onnx} was trained with class order {info.get('classes')}, the predictions have {list(data.classes)}",
@@ -58,7 +63,7 @@ def run_stacking(meta_onnx: Path, data: MetaData) -> Stacked:
         )
     inp = sess.get_inputs()[0]
     feats = data.features.astype(np.float64 if inp.type == "tensor(double)" else np.float32)
-    label, probs = sess.run(["label", "probabilities"], {inp.name: feats})
+    label, probs = sess.run([OUTPUT_LABEL, OUTPUT_PROBABILITIES], {inp.name: feats})
     return Stacked(np.asarray(probs, dtype=np.float64), np.asarray(label, dtype=np.int64), dict(info))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr import __version__
-from cxr.evaluate.calibrated import UNCALIBRATED_NAME
+from cxr.evaluate.calibration_check import UNCALIBRATED_NAME
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.evaluate.types import EvalConfig, Findings, MethodResult
 from cxr.labels import NOTICE

@@ -1,10 +1,11 @@
-"""Uncertainty and significance: paired bootstrap confidence intervals and McNemar's test.
+"""Uncertainty and significance: paired bootstrap intervals, McNemar's test and Wilson score intervals.
 
 Takes: true labels and each method's predicted labels on the same images. Makes: percentile bootstrap
 intervals for accuracy and macro-F1 (every method resampled with the same indices, seeded
 ``np.random.Generator``), and McNemar's test of two methods on their discordant pairs: exact two-sided
 binomial when there are fewer than ``exact_below`` discordant pairs, else chi-square with Edwards'
-continuity correction (1 degree of freedom). numpy and the standard library only.
+continuity correction (1 degree of freedom); the Wilson score interval of a proportion (scipy's
+``binomtest`` where installed, else the closed form).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class McNemarResult:
             "statistic": self.statistic,
             "p_value": self.p_value,
         }
+
+
+NO_INTERVAL = Interval(None, None)
 
 
 def binomial_two_sided(k: int, n: int) -> float:
@@ -117,3 +121,21 @@ def bootstrap_intervals(
             if value is not None:
                 f1[m].append(value)
     return {m: {"accuracy": _percentile(acc[m], level), "macro_f1": _percentile(f1[m], level)} for m in preds}
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> Interval:
+    """Wilson score interval of the proportion k/n (no continuity correction); no interval for n = 0."""
+    if n <= 0:
+        return NO_INTERVAL
+    try:
+        from scipy.stats import binomtest
+    except ImportError:  # the stdlib closed form, where scipy (a scikit-learn dependency) is absent
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        p, z2 = k / n, z * z
+        mid = (p + z2 / (2 * n)) / (1 + z2 / n)
+        half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return Interval(max(0.0, mid - half), min(1.0, mid + half))
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return Interval(float(ci.low), float(ci.high))

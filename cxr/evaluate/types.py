@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import ConfigError
-from cxr.evaluate.calibrated import CalibrationSummary, OperatingPointResult
+from cxr.evaluate.calibration_check import CalibrationSummary, OperatingPointResult
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.metrics import Metrics
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cxr.errors import ConfigError
-from cxr.spec import ModelMetadata
+from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS, ModelMetadata
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+INPUT_NAME = INPUT_MEMBER  # the graph names are cxr.spec's; these aliases name their role in an export
+OUTPUT_NAME = OUTPUT_LOGITS
 BATCH_AXIS = "batch"
 DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
 """Derived from the names above, so names and dynamic axes cannot drift apart."""

@@ -59,7 +59,7 @@ def write_member_metadata(
         "export_versions": export_versions(),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "output_kind": "logits",
+        "output_kind": OUTPUT_NAME,
     }
     set_metadata(proto, replace(cfg.metadata, card=card))
     proto.producer_name = "cxr"

@@ -40,7 +40,7 @@ from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
 from cxr.fuse.verify import EndToEndReport, check_end_to_end, measure_latency
 from cxr.openvino_session import BF16_RECORD
 from cxr.session import file_sha256
-from cxr.spec import PreprocessSpec
+from cxr.spec import CARD_CALIBRATION, PreprocessSpec
 
 __all__ = [  # FuseConfig, FusedFile, FuseResult and the step lists were defined here before the split
     "GRAPH_STEPS",
@@ -71,6 +71,8 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         loaded, meta_model, out, "fp32", cfg, rng, cfg.tolerance, ood=ood
     )
     warnings = _resize_warnings(fused.resizes) + ([ood_note] if ood_note else [])
+    if skipped := (meta_model.info.get(CARD_CALIBRATION) or {}).get("skipped"):
+        warnings.append(f"the meta-learner's {skipped}: its probabilities are not temperature-scaled")
     verified: dict[str, dict[str, Any]] = {}
     source = cfg.check_images or cfg.run_dir
     if (

@@ -24,6 +24,7 @@ from cxr.fuse.types import FuseConfig, FusedFile
 from cxr.fuse.verify import SeparatePipeline, check_separate, session
 from cxr.labels import NOTICE
 from cxr.session import file_sha256
+from cxr.spec import INPUT_IMAGE, OUTPUT_PROBABILITIES
 
 
 def _simplify(model: onnx.ModelProto, weight_bytes: int) -> tuple[onnx.ModelProto, bool, str]:
@@ -104,8 +105,8 @@ def drift_vs_fp32(
 ) -> dict[str, float]:
     """Probabilities of a variant ensemble vs the FP32 one on 8 seeded random images."""
     images = rng.integers(0, 256, size=(8, 1, *size), dtype=np.uint8)
-    a = session(fp32, threads).run(["probabilities"], {"image": images})[0]
-    b = session(variant, threads).run(["probabilities"], {"image": images})[0]
+    a = session(fp32, threads).run([OUTPUT_PROBABILITIES], {INPUT_IMAGE: images})[0]
+    b = session(variant, threads).run([OUTPUT_PROBABILITIES], {INPUT_IMAGE: images})[0]
     return {
         "max_abs_diff_probabilities": float(np.max(np.abs(a - b))),
         "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),

@@ -29,11 +29,8 @@ from cxr.fuse.members import MemberModel, MetaModel, opsets_of
 from cxr.fuse.ood import OodModel
 from cxr.fuse.ood_graph import located, ood_nodes
 from cxr.fuse.resize import probe_order, resize_nodes
+from cxr.spec import INPUT_IMAGE, OUTPUT_LABEL, OUTPUT_MEMBER_PROBABILITIES, OUTPUT_PROBABILITIES
 
-IMAGE = "image"
-PROBABILITIES = "probabilities"
-LABEL = "label"
-MEMBER_PROBABILITIES = "member_probabilities"
 BATCH = "batch"
 RESERVED = ("pre", "meta", "ensemble", "out")
 
@@ -194,7 +191,9 @@ def build_fused(
     opsets = _merged_opsets([*(m.model for m in members), meta_model], opset)
 
     parts = _Parts(
-        nodes=[helper.make_node("Cast", [IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")]
+        nodes=[
+            helper.make_node("Cast", [INPUT_IMAGE], ["pre/gray_f32"], to=TensorProto.FLOAT, name="pre/cast")
+        ]
     )
     chains = _Chains(fused)
     prob_names = [
@@ -204,7 +203,7 @@ def build_fused(
     extra_outputs: list[onnx.ValueInfoProto] = []
     if heatmaps is not None:
         heat_nodes, heat_inits, extra_outputs = heatmap_nodes(
-            heatmaps, [m.name for m in members], fused, k, LABEL, opset
+            heatmaps, [m.name for m in members], fused, k, OUTPUT_LABEL, opset
         )
         parts.nodes += heat_nodes
         parts.inits += heat_inits
@@ -217,13 +216,15 @@ def build_fused(
 
     h, w = fused
     graph = helper.make_graph(
-        topological_order(parts.nodes, {IMAGE, *(t.name for t in parts.inits)}),
+        topological_order(parts.nodes, {INPUT_IMAGE, *(t.name for t in parts.inits)}),
         "cxr_ensemble",
-        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
+        [helper.make_tensor_value_info(INPUT_IMAGE, TensorProto.UINT8, [BATCH, 1, h, w])],
         [
-            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
-            helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
-            helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, len(members), k]),
+            helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.FLOAT, [BATCH, k]),
+            helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [BATCH]),
+            helper.make_tensor_value_info(
+                OUTPUT_MEMBER_PROBABILITIES, TensorProto.FLOAT, [BATCH, len(members), k]
+            ),
             *extra_outputs,
         ],
         initializer=parts.inits,
@@ -334,7 +335,7 @@ def _add_meta(
         helper.make_node(
             "Reshape",
             ["ensemble/features", "ensemble/member_shape"],
-            [MEMBER_PROBABILITIES],
+            [OUTPUT_MEMBER_PROBABILITIES],
             name="ensemble/reshape",
         )
     )
@@ -358,12 +359,12 @@ def _add_meta(
     parts.nodes.append(
         _cast_or_identity(
             "meta/probabilities",
-            PROBABILITIES,
+            OUTPUT_PROBABILITIES,
             None if keep_float else TensorProto.FLOAT,
             "out/probabilities",
         )
     )
-    parts.nodes.append(helper.make_node("Identity", ["meta/label"], [LABEL], name="out/label"))
+    parts.nodes.append(helper.make_node("Identity", ["meta/label"], [OUTPUT_LABEL], name="out/label"))
 
 
 def _cast_or_identity(src: str, dst: str, to: int | None, name: str) -> onnx.NodeProto:

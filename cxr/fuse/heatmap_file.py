@@ -24,8 +24,8 @@ import onnx
 
 from cxr.errors import VerificationError
 from cxr.fuse.class_maps import CLASS_MAPS
-from cxr.fuse.graph import IMAGE, LABEL, PROBABILITIES, build_fused
-from cxr.fuse.heatmaps import CLASS_HEATMAPS, HEATMAP, HeatmapPlan, plan_heatmaps
+from cxr.fuse.graph import build_fused
+from cxr.fuse.heatmaps import HeatmapPlan, plan_heatmaps
 from cxr.fuse.members import MemberModel, MetaModel
 from cxr.fuse.metadata import ensemble_metadata
 from cxr.fuse.ood import OodModel
@@ -34,6 +34,7 @@ from cxr.fuse.types import FuseConfig, HeatmapFile
 from cxr.fuse.verify import SeparatePipeline, check_separate, session
 from cxr.labels import NOTICE
 from cxr.session import file_sha256
+from cxr.spec import INPUT_IMAGE, OUTPUT_CLASS_HEATMAPS, OUTPUT_HEATMAP, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
 MAP_TOLERANCE = 1e-4  # class maps vs logits, and heatmaps vs numpy, relative to the values' scale
 
@@ -134,7 +135,7 @@ def _check_against_numpy(
     images = rng.integers(0, 256, size=(3, 1, h, w), dtype=np.uint8)
     sess = session(path, threads)
     heat, class_heat, label, probs = sess.run(
-        [HEATMAP, CLASS_HEATMAPS, LABEL, PROBABILITIES], {IMAGE: images}
+        [OUTPUT_HEATMAP, OUTPUT_CLASS_HEATMAPS, OUTPUT_LABEL, OUTPUT_PROBABILITIES], {INPUT_IMAGE: images}
     )
     maps, weights = [], []
     for i, m in enumerate(reference.members):

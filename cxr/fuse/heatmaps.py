@@ -29,9 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cxr.fuse.class_maps import CLASS_MAPS, ClassMapExclusion, ClassMapInfo, reduce_node, with_class_maps
 from cxr.fuse.members import MemberModel, MetaModel
+from cxr.spec import OUTPUT_CLASS_HEATMAPS, OUTPUT_HEATMAP, OUTPUT_PROBABILITIES
 
-HEATMAP = "heatmap"
-CLASS_HEATMAPS = "class_heatmaps"
 STEP = 0.1
 RULE = (
     "per mapped member: exact class activation map (spatial mean = the member's logit), min-max scaled to "
@@ -53,7 +52,10 @@ class HeatmapPlan:
 
     def to_card(self, member_order: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
         return {
-            "outputs": {HEATMAP: "[N, H, W] predicted class", CLASS_HEATMAPS: "[N, K, H, W] every class"},
+            "outputs": {
+                OUTPUT_HEATMAP: "[N, H, W] predicted class",
+                OUTPUT_CLASS_HEATMAPS: "[N, K, H, W] every class",
+            },
             "range": [0.0, 1.0],
             "rule": RULE,
             "members": {
@@ -118,7 +120,7 @@ def meta_sensitivity(meta: MetaModel, n_members: int, k: int, threads: int | Non
             x[0, m * k : (m + 1) * k] -= STEP / (k - 1)
             x[0, m * k + c] += STEP + STEP / (k - 1)
             rows.append(x)
-    probs_name = next(o.name for o in sess.get_outputs() if o.name == "probabilities")
+    probs_name = next(o.name for o in sess.get_outputs() if o.name == OUTPUT_PROBABILITIES)
     p = np.asarray(sess.run([probs_name], {feed.name: np.concatenate(rows).astype(dtype)})[0], np.float64)
     logp = np.log(np.clip(p, 1e-300, None))
     logits = logp - logp.mean(axis=1, keepdims=True)  # centred log-probabilities: the meta-learner's logits
@@ -170,16 +172,20 @@ def heatmap_nodes(
             helper.make_node("Mul", [f"{t}up", f"{t}weight"], [f"{t}weighted"], name=f"{t}weigh"),
         ]
         weighted.append(f"{t}weighted")
-    nodes.append(helper.make_node("Sum", weighted, [CLASS_HEATMAPS], name="heat/sum"))
+    nodes.append(helper.make_node("Sum", weighted, [OUTPUT_CLASS_HEATMAPS], name="heat/sum"))
     inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "heat/axis1"))
     nodes += [
         helper.make_node("Unsqueeze", [label, "heat/axis1"], ["heat/label_col"], name="heat/label_col"),
         helper.make_node(
-            "GatherND", [CLASS_HEATMAPS, "heat/label_col"], [HEATMAP], batch_dims=1, name="heat/predicted"
+            "GatherND",
+            [OUTPUT_CLASS_HEATMAPS, "heat/label_col"],
+            [OUTPUT_HEATMAP],
+            batch_dims=1,
+            name="heat/predicted",
         ),
     ]
     outputs = [
-        helper.make_tensor_value_info(CLASS_HEATMAPS, TensorProto.FLOAT, ["batch", k, h, w]),
-        helper.make_tensor_value_info(HEATMAP, TensorProto.FLOAT, ["batch", h, w]),
+        helper.make_tensor_value_info(OUTPUT_CLASS_HEATMAPS, TensorProto.FLOAT, ["batch", k, h, w]),
+        helper.make_tensor_value_info(OUTPUT_HEATMAP, TensorProto.FLOAT, ["batch", h, w]),
     ]
     return nodes, inits, outputs

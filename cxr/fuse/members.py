@@ -20,7 +20,7 @@ import onnx
 
 from cxr.errors import ModelError
 from cxr.session import file_sha256
-from cxr.spec import ModelMetadata
+from cxr.spec import CARD_MEMBER_ORDER, OUTPUT_LOGITS, ModelMetadata
 from cxr.stack.features import check_member_order
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class MetaModel:
 
     @property
     def member_order(self) -> tuple[str, ...]:
-        return tuple(self.info.get("member_order", ()))
+        return tuple(self.info.get(CARD_MEMBER_ORDER, ()))
 
 
 def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
@@ -147,7 +147,7 @@ def _image_input_and_logits(
             path=path,
         )
     outputs = {o.name: o for o in model.graph.output}
-    return inputs[0], outputs.get("logits", model.graph.output[0])
+    return inputs[0], outputs.get(OUTPUT_LOGITS, model.graph.output[0])
 
 
 def _check_input_shape(data_input: onnx.ValueInfoProto, meta: ModelMetadata, path: Path) -> None:

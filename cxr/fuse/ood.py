@@ -43,7 +43,7 @@ from cxr.fuse.class_maps import pooled_source
 from cxr.fuse.members import MemberModel
 from cxr.fuse.resize import member_input, probe_order
 from cxr.session import cpu_session as session
-from cxr.spec import PreprocessSpec
+from cxr.spec import INPUT_IMAGE, OUTPUT_OOD_SCORE, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class OodModel:
 
     def to_card(self) -> dict[str, Any]:
         return {
-            "output": "ood_score",
+            "output": OUTPUT_OOD_SCORE,
             "threshold": self.threshold,
             "quantile": self.quantile,
             "rule": RULE,
@@ -202,7 +202,7 @@ def check_ood(
 
     if ood.check_images is None or ood.check_scores is None:
         return 0.0
-    got = session(fused, threads).run(["ood_score"], {"image": ood.check_images})[0]
+    got = session(fused, threads).run([OUTPUT_OOD_SCORE], {INPUT_IMAGE: ood.check_images})[0]
     rel = float(np.max(np.abs(got - ood.check_scores) / np.maximum(1.0, np.abs(ood.check_scores))))
     if rel > tolerance and not strict:
         log.warning(

@@ -14,8 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cxr.fuse.class_maps import reduce_node
 from cxr.fuse.ood import OodModel, pooled_nodes
-
-OOD_SCORE = "ood_score"
+from cxr.spec import OUTPUT_OOD_SCORE
 
 
 def _reduce(op: str, x: str, axis: int, out: str, opset: int, inits: list[TensorProto]) -> onnx.NodeProto:
@@ -70,8 +69,8 @@ def ood_nodes(
             mk("Max", [f"{t}in", f"{t}off"], [f"{t}score"], name=f"{t}score"),
         ]
         scores.append(f"{t}score")
-    nodes.append(helper.make_node("Mean", scores, [OOD_SCORE], name="ood/mean"))
-    return nodes, inits, helper.make_tensor_value_info(OOD_SCORE, TensorProto.FLOAT, ["batch"])
+    nodes.append(helper.make_node("Mean", scores, [OUTPUT_OOD_SCORE], name="ood/mean"))
+    return nodes, inits, helper.make_tensor_value_info(OUTPUT_OOD_SCORE, TensorProto.FLOAT, ["batch"])
 
 
 def located(ood: OodModel, models: dict[str, onnx.ModelProto]) -> OodModel | None:

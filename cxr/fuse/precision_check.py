@@ -22,8 +22,8 @@ import onnx
 
 from cxr.errors import DataError, DecodeError, ProviderError
 from cxr.fuse.verify import session
-from cxr.openvino_session import BF16_RECORD, META_VERIFIED_PRECISIONS, cpu_has_bf16, import_openvino
-from cxr.spec import PreprocessSpec
+from cxr.openvino_session import BF16_RECORD, cpu_has_bf16, import_openvino
+from cxr.spec import INPUT_IMAGE, META_VERIFIED_PRECISIONS, OUTPUT_PROBABILITIES, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def check_openvino_bf16(
     got, want = [], []
     for start in range(0, len(images), batch):
         x = images[start : start + batch]
-        want.append(ref.run(["probabilities"], {"image": x})[0])
-        got.append(compiled({"image": x})["probabilities"])
+        want.append(ref.run([OUTPUT_PROBABILITIES], {INPUT_IMAGE: x})[0])
+        got.append(compiled({INPUT_IMAGE: x})[OUTPUT_PROBABILITIES])
     a, b = np.concatenate(want), np.concatenate(got)
     agreement = float(np.mean(a.argmax(1) == b.argmax(1)))
     accepted = agreement >= min_agreement

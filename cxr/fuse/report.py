@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from cxr import __version__
 from cxr.labels import NOTICE
+from cxr.spec import (
+    CARD_CALIBRATION,
+    INPUT_IMAGE,
+    OUTPUT_LABEL,
+    OUTPUT_MEMBER_PROBABILITIES,
+    OUTPUT_PROBABILITIES,
+)
 
 if TYPE_CHECKING:
     from cxr.fuse.members import MemberModel
@@ -34,8 +41,12 @@ def fuse_report_dict(
         "notice": NOTICE,
         "cxr_version": __version__,
         "ensemble": str(result.path),
-        "input": {"name": "image", "dtype": "uint8", "shape": ["N", 1, *result.input_size]},
-        "outputs": {"probabilities": ["N", "K"], "label": ["N"], "member_probabilities": ["N", "M", "K"]},
+        "input": {"name": INPUT_IMAGE, "dtype": "uint8", "shape": ["N", 1, *result.input_size]},
+        "outputs": {
+            OUTPUT_PROBABILITIES: ["N", "K"],
+            OUTPUT_LABEL: ["N"],
+            OUTPUT_MEMBER_PROBABILITIES: ["N", "M", "K"],
+        },
         "member_order": list(result.member_order),
         "members": [
             {
@@ -51,6 +62,7 @@ def fuse_report_dict(
         "meta": {
             k: meta_info.get(k) for k in ("type", "params", "cv_score", "cv_metric", "val_metrics", "source")
         },
+        "calibration": meta_info.get(CARD_CALIBRATION),
         "files": {p: f.to_dict() for p, f in result.files.items()},
         "skipped_variants": result.skipped_variants,
         "verified_precisions": dict(result.verified_precisions),
@@ -109,8 +121,20 @@ def _summary_lines(d: Mapping[str, Any]) -> list[str]:
         f"- Members (feature order): {', '.join(d['member_order'])}",
         f"- Meta-learner: {d['meta'].get('type')} {json.dumps(d['meta'].get('params'))}, "
         f"cross-validated {d['meta'].get('cv_metric')} {_fmt(d['meta'].get('cv_score'))}",
+        f"- Calibration: {_calibration_line(d.get('calibration'))}",
         "",
     ]
+
+
+def _calibration_line(cal: Any) -> str:
+    """The temperature built into the graph and what it was fitted on, or why there is none."""
+    if not isinstance(cal, Mapping):
+        return "not recorded (a meta-learner made before cxr recorded calibration)"
+    if cal.get("skipped"):
+        return f"{cal['skipped']}; T = 1"
+    if cal.get("method") != "temperature":
+        return "none (T = 1)"
+    return f"temperature T = {_fmt(cal.get('temperature'))} fitted on {cal.get('n')} validation predictions"
 
 
 def _files_table(d: Mapping[str, Any]) -> list[str]:

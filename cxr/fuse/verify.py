@@ -24,11 +24,17 @@ import numpy as np
 import onnxruntime as ort
 
 from cxr.errors import DataError, VerificationError
-from cxr.fuse.graph import IMAGE, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
 from cxr.fuse.members import MemberModel
 from cxr.fuse.resize import member_input
 from cxr.session import cpu_session as session
-from cxr.spec import PreprocessSpec, softmax
+from cxr.spec import (
+    INPUT_IMAGE,
+    OUTPUT_LABEL,
+    OUTPUT_MEMBER_PROBABILITIES,
+    OUTPUT_PROBABILITIES,
+    PreprocessSpec,
+    softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,14 @@ class SeparatePipeline:
         feats = stacked.reshape(n, -1)
         meta_in = self.meta.get_inputs()[0]
         feats = feats.astype(np.float64 if meta_in.type == "tensor(double)" else np.float32)
-        label, probs = self.meta.run(["label", "probabilities"], {meta_in.name: feats})
+        label, probs = self.meta.run([OUTPUT_LABEL, OUTPUT_PROBABILITIES], {meta_in.name: feats})
         return probs.astype(np.float32), label, stacked
 
 
 def _run_fused(sess: ort.InferenceSession, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    probs, label, member = sess.run([PROBABILITIES, LABEL, MEMBER_PROBABILITIES], {IMAGE: images})
+    probs, label, member = sess.run(
+        [OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_MEMBER_PROBABILITIES], {INPUT_IMAGE: images}
+    )
     return probs, label, member
 
 
@@ -131,11 +139,15 @@ def check_separate(
         images = rng.integers(0, 256, size=(b, 1, h, w), dtype=np.uint8)
         probs, label, member = _run_fused(sess, images)
         shapes[b] = {
-            PROBABILITIES: list(probs.shape),
-            LABEL: list(label.shape),
-            MEMBER_PROBABILITIES: list(member.shape),
+            OUTPUT_PROBABILITIES: list(probs.shape),
+            OUTPUT_LABEL: list(label.shape),
+            OUTPUT_MEMBER_PROBABILITIES: list(member.shape),
         }
-        want = {PROBABILITIES: [b, k], LABEL: [b], MEMBER_PROBABILITIES: [b, n_members, k]}
+        want = {
+            OUTPUT_PROBABILITIES: [b, k],
+            OUTPUT_LABEL: [b],
+            OUTPUT_MEMBER_PROBABILITIES: [b, n_members, k],
+        }
         if shapes[b] != want:
             raise VerificationError(
                 f"fused graph output shapes at batch {b} are {shapes[b]}, expected {want}"
@@ -202,8 +214,8 @@ def _test_reference(
     run_dir: Path, meta_dir: Path, member_order: Sequence[str], max_images: int | None
 ) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray]:
     """(manifest, the first test paths, the scikit-learn meta's probabilities, the members' PyTorch ones)."""
+    from cxr.calibration import apply_temperature
     from cxr.data.manifest import load_manifest
-    from cxr.stack.calibrate import apply_temperature
     from cxr.stack.features import load_split
     from cxr.stack.stack import full_proba, load_meta_estimator
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.spec import Prediction, Reason
+from cxr.spec import CARD_OOD, Prediction, Reason
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def grey_range_reason(gray: np.ndarray) -> Reason | None:
 
 def ood_threshold(card: Any) -> float | None:
     """The out-of-distribution threshold a model card records, or None (no score in the graph)."""
-    ood = card.get("ood") if hasattr(card, "get") else None
+    ood = card.get(CARD_OOD) if hasattr(card, "get") else None
     try:
         return float(ood["threshold"]) if ood else None
     except (KeyError, TypeError, ValueError):

@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cxr.errors import ModelError
+from cxr.spec import CARD_OPERATING_POINTS
 
 
 def operating_thresholds(
     card: Mapping[str, Any], classes: Sequence[str], source: str = "model"
 ) -> dict[str, float]:
     """{class: threshold} from ``card["operating_points"]`` (empty when the model has none), or a ModelError."""
-    points = card.get("operating_points")
+    points = card.get(CARD_OPERATING_POINTS)
     if not points:
         return {}
     if not isinstance(points, Mapping):

@@ -39,16 +39,24 @@ from cxr.runtime.assess import (
     with_reasons,
 )
 from cxr.runtime.operating import above_operating_points, operating_thresholds
-from cxr.runtime.predictor_config import (
-    HEATMAP_OUTPUT,
-    OOD_OUTPUT,
-    PredictorConfig,
-    RawOutput,
-    auto_decode_workers,
-)
+from cxr.runtime.predictor_config import PredictorConfig, RawOutput, auto_decode_workers
 from cxr.runtime.results import ResultLayout
 from cxr.session import SessionInfo, create_session, file_sha256
-from cxr.spec import ModelMetadata, Prediction, Reason, provenance_warnings, softmax
+from cxr.spec import (
+    CARD_CALIBRATION,
+    CARD_MEMBER_ORDER,
+    CARD_OPERATING_POINTS,
+    OUTPUT_HEATMAP,
+    OUTPUT_LOGITS,
+    OUTPUT_MEMBER_PROBABILITIES,
+    OUTPUT_OOD_SCORE,
+    OUTPUT_PROBABILITIES,
+    ModelMetadata,
+    Prediction,
+    Reason,
+    provenance_warnings,
+    softmax,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +86,6 @@ class _Loaded:
 
 
 __all__ = [
-    "HEATMAP_OUTPUT",
-    "OOD_OUTPUT",
     "Explained",
     "Predictor",
     "PredictorConfig",
@@ -111,22 +117,25 @@ class Predictor:
                 hint="re-export the model with cxr",
                 path=path,
             )
-        if "probabilities" in self.output_names:
-            self._prob_output = "probabilities"
+        if OUTPUT_PROBABILITIES in self.output_names:
+            self._prob_output = OUTPUT_PROBABILITIES
             self._apply_softmax = False
-        elif "logits" in self.output_names:
-            self._prob_output = "logits"
+        elif OUTPUT_LOGITS in self.output_names:
+            self._prob_output = OUTPUT_LOGITS
             self._apply_softmax = True
         else:
             raise ModelError(
-                f"{path}: outputs {self.output_names} include neither 'probabilities' nor 'logits'",
+                f"{path}: outputs {self.output_names} include neither "
+                f"{OUTPUT_PROBABILITIES!r} nor {OUTPUT_LOGITS!r}",
                 hint="re-export the model with cxr",
                 path=path,
             )
-        self._members_output = "member_probabilities" if "member_probabilities" in self.output_names else None
-        self._heatmap_output = HEATMAP_OUTPUT if HEATMAP_OUTPUT in self.output_names else None
-        self.ood_threshold = ood_threshold(metadata.card) if OOD_OUTPUT in self.output_names else None
-        self.member_names: tuple[str, ...] = tuple(metadata.card.get("member_order", ()))
+        self._members_output = (
+            OUTPUT_MEMBER_PROBABILITIES if OUTPUT_MEMBER_PROBABILITIES in self.output_names else None
+        )
+        self._heatmap_output = OUTPUT_HEATMAP if OUTPUT_HEATMAP in self.output_names else None
+        self.ood_threshold = ood_threshold(metadata.card) if OUTPUT_OOD_SCORE in self.output_names else None
+        self.member_names: tuple[str, ...] = tuple(metadata.card.get(CARD_MEMBER_ORDER, ()))
         self.operating_thresholds = operating_thresholds(metadata.card, metadata.classes, str(path))
         self.warnings = provenance_warnings(metadata.card)
         for warning in self.warnings:
@@ -140,37 +149,13 @@ class Predictor:
         *,
         provider: str | None = None,
         threads: int | None = None,
-        device_id: int | None = None,
-        strict_provider: bool | None = None,
-        trt_fp16: bool | None = None,
-        trt_cache_dir: Path | None = None,
-        precision: str | None = None,
-        batch_size: int | None = None,
-        decode_workers: int | None = None,
     ) -> Predictor:
-        """Open a cxr ONNX model. Keyword arguments override the matching fields of ``cfg``."""
+        """Open a cxr ONNX model; ``provider`` and ``threads`` override those of ``cfg.session``."""
         cfg = cfg or PredictorConfig()
-        session_overrides: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "provider": provider,
-                "threads": threads,
-                "device_id": device_id,
-                "strict_provider": strict_provider,
-                "trt_fp16": trt_fp16,
-                "trt_cache_dir": trt_cache_dir,
-                "precision": precision,
-            }.items()
-            if v is not None
-        }
-        overrides: dict[str, Any] = {
-            k: v
-            for k, v in {"batch_size": batch_size, "decode_workers": decode_workers}.items()
-            if v is not None
-        }
-        if session_overrides:
-            overrides["session"] = replace(cfg.session, **session_overrides)
-        cfg = replace(cfg, **overrides) if overrides else cfg
+        if provider is not None:
+            cfg = replace(cfg, session=replace(cfg.session, provider=provider))
+        if threads is not None:
+            cfg = replace(cfg, session=replace(cfg.session, threads=threads))
         path = Path(model)
         info = create_session(path, cfg.session)
         meta_map = info.session.get_modelmeta().custom_metadata_map
@@ -219,8 +204,8 @@ class Predictor:
             "provider_warnings": list(self.info.warnings),
             "batch_size": self.cfg.batch_size,
             "provenance_warnings": list(self.warnings),
-            "operating_points": self.metadata.card.get("operating_points") or {},
-            "calibration": self.metadata.card.get("calibration"),
+            "operating_points": self.metadata.card.get(CARD_OPERATING_POINTS) or {},
+            "calibration": self.metadata.card.get(CARD_CALIBRATION),
             "ood_threshold": self.ood_threshold,  # None: the graph has no out-of-distribution score
             "notice": NOTICE,
         }
@@ -251,16 +236,16 @@ class Predictor:
         want_heat = asked and self._heatmap_output is not None
         want_ood = self.ood_threshold is not None
         if want_ood:
-            names.append(OOD_OUTPUT)
+            names.append(OUTPUT_OOD_SCORE)
         if want_heat:
-            names.append(HEATMAP_OUTPUT)
+            names.append(OUTPUT_HEATMAP)
         outs = self.info.session.run(names, {self.input_name: batch})
         probs = np.asarray(outs[0], dtype=np.float32)[:n]
         if self._apply_softmax:
             probs = softmax(probs.astype(np.float64)).astype(np.float32)
         members = np.asarray(outs[1], dtype=np.float32)[:n] if self._members_output else None
         heat = np.asarray(outs[-1], dtype=np.float32)[:n] if want_heat else None
-        ood = np.asarray(outs[names.index(OOD_OUTPUT)], dtype=np.float32)[:n] if want_ood else None
+        ood = np.asarray(outs[names.index(OUTPUT_OOD_SCORE)], dtype=np.float32)[:n] if want_ood else None
         return RawOutput(probs, members, heat, ood)
 
     @property

@@ -16,10 +16,7 @@ from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from cxr.session import SessionConfig
 from cxr.spec import Prediction
 
-__all__ = ["HEATMAP_OUTPUT", "OOD_OUTPUT", "PredictorConfig", "RawOutput", "auto_decode_workers"]
-
-HEATMAP_OUTPUT = "heatmap"  # the heatmap variant's output (cxr.fuse.heatmaps.HEATMAP)
-OOD_OUTPUT = "ood_score"  # the fused graph's out-of-distribution score (cxr.fuse.ood_graph.OOD_SCORE)
+__all__ = ["PredictorConfig", "RawOutput", "auto_decode_workers"]
 
 
 @dataclass(frozen=True)

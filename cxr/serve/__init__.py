@@ -1,27 +1,31 @@
 """cxr.serve: the HTTP inference API (FastAPI on uvicorn, onnxruntime behind a dynamic batcher; no torch).
 
-Modules: ``config`` (ServeConfig, API key loading), ``app`` (``create_app`` factory), ``routes`` (endpoints),
-``pipeline`` (one request: admit, read, decode, batch), ``batcher`` (dynamic batching), ``limits`` (body
-cap, admission gate), ``uploads`` (content sniffing and decoding), ``auth``, ``metrics``, ``state`` (the
-lifespan-managed model), ``server`` (uvicorn runner). ``ServeConfig`` and ``create_app`` are importable from
-here; fastapi is imported only when ``create_app`` is first used.
+``create_app(ServeConfig | None)`` builds the app (with no argument it reads the ``CXR_*`` environment
+variables, as ``cxr serve`` does); ``uvicorn_options(cfg)`` holds the uvicorn settings ``cxr serve`` runs
+with, for anyone running uvicorn themselves. Everything is imported on first use, so ``import cxr.serve``
+works without the serve extra.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cxr.serve.config import ServeConfig
-
 if TYPE_CHECKING:
     from cxr.serve.app import create_app
+    from cxr.serve.config import ServeConfig
+    from cxr.serve.server import uvicorn_options
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app", "uvicorn_options"]
+_HOMES = {
+    "ServeConfig": "cxr.serve.config",
+    "create_app": "cxr.serve.app",
+    "uvicorn_options": "cxr.serve.server",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from cxr.serve.app import create_app
+    if name in _HOMES:
+        import importlib
 
-        return create_app
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'cxr.serve' has no attribute {name!r}")

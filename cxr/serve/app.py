@@ -1,8 +1,8 @@
 """The app factory: ``create_app(config)`` builds the FastAPI app; its lifespan loads the model once.
 
-Takes: a ``ServeConfig`` (and, for tests, an optional model loader). Makes: a FastAPI app with the routes of
-``cxr.serve.routes``, the body-size cap, optional CORS (off unless origins are configured), Prometheus
-metrics, and exception handlers that turn every failure into ``{"error": {code, message, hint}}`` with the
+Takes: a ``ServeConfig`` (none: read from the ``CXR_*`` environment variables) and, for tests, an optional
+model loader. Makes: a FastAPI app with the routers of ``cxr.serve.routes``, the body-size cap, optional
+CORS (off unless origins are configured), Prometheus metrics, and exception handlers that turn every failure into ``{"error": {code, message, hint}}`` with the
 right status — never a stack trace or a server-side path (a 500 says only "internal server error"; the
 details go to the server log). Nothing is loaded when this module is imported or the app is built.
 """
@@ -25,8 +25,8 @@ from cxr.serve.auth import auth_dependencies
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import STATUS_CODES, ApiError, error_body
 from cxr.serve.limits import BodyLimitMiddleware, BodyTooLarge, too_large_body
-from cxr.serve.metrics import MetricsMiddleware
-from cxr.serve.routes import build_router
+from cxr.serve.prometheus import MetricsMiddleware
+from cxr.serve.routes import api, probes
 from cxr.serve.state import Loader, ServerState
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,13 @@ def _install_handlers(app: FastAPI, state: ServerState) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-def create_app(config: ServeConfig, *, loader: Loader | None = None) -> FastAPI:
-    """Build the app; the model is loaded by the lifespan (in the background, see ``/readyz``)."""
+def create_app(config: ServeConfig | None = None, *, loader: Loader | None = None) -> FastAPI:
+    """Build the app; the model is loaded by the lifespan (in the background, see ``/readyz``).
+
+    Without ``config`` the settings come from the ``CXR_*`` environment variables, as in ``cxr serve``
+    (so ``uvicorn --factory cxr.serve:create_app`` serves the same API).
+    """
+    config = config if config is not None else ServeConfig()
     state = ServerState(config, loader)
 
     @asynccontextmanager
@@ -88,7 +93,8 @@ def create_app(config: ServeConfig, *, loader: Loader | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.cxr = state
-    app.include_router(build_router(state, auth_dependencies(config.api_key, state.metrics)))
+    app.include_router(api, dependencies=auth_dependencies(config.api_key, state.metrics))
+    app.include_router(probes)
     _install_handlers(app, state)
     app.add_middleware(
         BodyLimitMiddleware,

@@ -17,7 +17,7 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from cxr.serve.errors import ApiError
-from cxr.serve.metrics import ServeMetrics
+from cxr.serve.prometheus import ServeMetrics
 
 API_KEY_HEADER = "X-API-Key"
 

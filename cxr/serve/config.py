@@ -1,9 +1,13 @@
-"""The HTTP API's settings as one frozen dataclass, checked when it is built (fastapi-free).
+"""The HTTP API's settings: one pydantic-settings ``ServeConfig`` read from arguments and ``CXR_*`` variables.
 
-Takes: values from `cxr serve` options / environment variables (or a test). Makes: ``ServeConfig``, which
-``cxr.serve.app.create_app`` and ``cxr.serve.server.run_server`` consume. ``load_api_key`` reads the
-optional API key from a file or an environment variable (never from a command-line value, which other users
-of the machine could read in the process list).
+Takes: keyword arguments (``cxr serve``'s options, a test) and the environment: every field ``name`` also
+comes from ``CXR_NAME`` (``CXR_MODEL``, ``CXR_MAX_QUEUE``, ...; ``CXR_REQUEST_TIMEOUT`` for
+``request_timeout_s``, ``CXR_CORS_ORIGINS`` comma-separated) and the session from ``CXR_PROVIDER``,
+``CXR_PRECISION``, ``CXR_THREADS`` and ``CXR_STRICT_PROVIDER``; arguments win over the environment. Makes:
+``ServeConfig``, checked when built (a bad value is a ``ConfigError`` naming it), which
+``cxr.serve.app.create_app`` reads by itself when given none. The API key comes from ``CXR_API_KEY_FILE``
+(the file wins) or ``CXR_API_KEY``, never from a command-line value, which other users of the machine could
+read in the process list.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
-from cxr.errors import ConfigError, ProviderError
-from cxr.session import PROVIDER_NAMES, check_precision
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cxr.errors import ConfigError, CxrError
+from cxr.session import SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -25,70 +33,122 @@ DEFAULT_MAX_BODY_BYTES = 64 * MIB
 """Like Triton's ``--http-max-input-size`` default."""
 DEFAULT_MAX_PIXELS = 50_000_000
 """Decoded pixels per image: a 7000x7000 radiograph passes, a decompression bomb does not."""
+ENV_PREFIX = "CXR_"
 API_KEY_ENV = "CXR_API_KEY"
+SESSION_ENV = {
+    "provider": "CXR_PROVIDER",
+    "precision": "CXR_PRECISION",
+    "threads": "CXR_THREADS",
+    "strict_provider": "CXR_STRICT_PROVIDER",
+}
+"""The session's fields and the variables that set them (the names ``cxr serve`` has always read)."""
 MIN_API_KEY_CHARS = 16
 KEY_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+POSITIVE = (
+    "max_batch_size",
+    "max_body_bytes",
+    "max_pixels",
+    "max_concurrency",
+    "max_batch_files",
+    "decode_workers",
+    "retry_after_s",
+)
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+class _SessionEnv(PydanticBaseSettingsSource):
+    """``CXR_PROVIDER``, ``CXR_THREADS``, ... as the nested ``session`` (below the arguments and ``CXR_*``)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {
+            name: os.environ[var] for name, var in SESSION_ENV.items() if os.environ.get(var, "").strip()
+        }
+        return {"session": found} if found else {}
+
+
+class ServeConfig(BaseSettings):
     """Everything the server needs; every limit is enforced per request (see docker/README.md)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
+    )
 
     model: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    provider: str = "auto"
-    precision: str = "auto"
-    """openvino: auto (bf16 where the CPU and the model's check allow it), fp32 or bf16; others: auto/fp32."""
-    threads: int | None = None
-    strict_provider: bool = False
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    """Provider, precision, threads: the one ``cxr.session.SessionConfig`` every runtime caller uses."""
     max_batch_size: int = 8
     """Largest inference batch the dynamic batcher forms; 1 turns dynamic batching off."""
     max_wait_ms: float = 2.0
     """How long the batcher waits for more requests once it holds one (0: take only what is queued)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
-    request_timeout_s: float = 30.0
+    request_timeout_s: float = Field(
+        default=30.0, validation_alias=AliasChoices("request_timeout_s", "CXR_REQUEST_TIMEOUT")
+    )
     max_concurrency: int = 16
     """Requests admitted at once (reading, decoding, queued for or in inference)."""
     max_queue: int = 64
     """Requests allowed to wait for an admission slot; one more gets 503 with Retry-After."""
     max_batch_files: int = 16
     decode_workers: int = 2
-    api_key: str | None = field(default=None, repr=False)
-    cors_origins: tuple[str, ...] = ()
+    api_key: str | None = Field(default=None, repr=False)
+    api_key_file: Path | None = None
+    """The key's file (first line); it wins over ``api_key``."""
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     retry_after_s: int = 1
     access_log: bool = True
     log_level: str = "info"
     heatmaps: bool = False
     """Also load ``<stem>.heatmaps.onnx`` beside the model for ``/v1/predict?heatmap=true``."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", Path(self.model))
-        if self.provider not in PROVIDER_NAMES:
-            raise ConfigError(
-                f"unknown provider {self.provider!r}", hint=f"use one of: {', '.join(PROVIDER_NAMES)}"
-            )
+    def __init__(self, **values: Any) -> None:
         try:
-            check_precision(self.provider, self.precision)
-        except ProviderError as e:
-            raise ConfigError(e.message, hint=e.hint) from e
+            super().__init__(**values)
+        except ValidationError as e:
+            raise _config_error(e) from None
+        except CxrError as e:  # the session's own check (an unknown provider, bf16 off OpenVINO)
+            raise ConfigError(e.message, hint=e.hint) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _SessionEnv(settings_cls)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # CXR_CORS_ORIGINS=https://a,https://b
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            if data.get("api_key_file"):
+                data["api_key"] = load_api_key(Path(data["api_key_file"]))
+            elif isinstance(data.get("api_key"), str) and not data["api_key"].strip():
+                data["api_key"] = None  # CXR_API_KEY= (empty): no authentication
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range", hint="use 0..65535 (0: any free port)")
-        positive = {
-            "max_batch_size": self.max_batch_size,
-            "max_body_bytes": self.max_body_bytes,
-            "max_pixels": self.max_pixels,
-            "max_concurrency": self.max_concurrency,
-            "max_batch_files": self.max_batch_files,
-            "decode_workers": self.decode_workers,
-            "retry_after_s": self.retry_after_s,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}", hint="omit it to use all cores")
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
         if not 0 <= self.max_wait_ms <= 1000:
@@ -102,10 +162,33 @@ class ServeConfig:
                 f"invalid CORS origin in {self.cors_origins!r}",
                 hint="give full origins like https://viewer.example.org (or * for any)",
             )
+        return self
 
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
+
+
+def _config_error(e: ValidationError) -> CxrError:
+    """The first problem of ``e`` as a ``ConfigError`` (the original one when a check raised it)."""
+    first = e.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, CxrError):
+        return cause
+    field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    if first.get("type") == "missing":
+        return ConfigError(f"no {field} given", hint=f"pass {field}=... or set {ENV_PREFIX}{field.upper()}")
+    if first.get("type") == "extra_forbidden":
+        return ConfigError(
+            f"ServeConfig has no setting {field!r}",
+            hint="provider, precision, threads and strict_provider go in session=cxr.session.SessionConfig(...)"
+            if field in SESSION_ENV
+            else f"use one of: {', '.join(ServeConfig.model_fields)}",
+        )
+    return ConfigError(
+        f"{field}: {first.get('msg')} (got {first.get('input')!r})",
+        hint=f"fix the option or the {ENV_PREFIX}{field.split('.')[0].upper()} environment variable",
+    )
 
 
 def check_api_key(key: str, *, source: str) -> str:

@@ -1,6 +1,8 @@
 """The API's endpoints: predict (one file or several), model metadata, health, readiness and metrics.
 
-Takes: the ``ServerState`` and the auth dependencies. Makes: an ``APIRouter``. The predict endpoints read
+Takes: the app's ``ServerState`` (through ``Depends(get_state)``). Makes: two module-level routers, ``api``
+(the model's endpoints, which ``create_app`` puts behind the auth dependencies) and ``probes`` (health,
+readiness, the root: always open). The predict endpoints read
 their body themselves (multipart ``file`` or a raw image body, sniffed by content), so authentication and
 admission happen before a byte of the body is read; their OpenAPI request body is declared explicitly.
 """
@@ -10,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from cxr import __version__
@@ -20,8 +22,8 @@ from cxr.labels import NOTICE
 from cxr.runtime.assess import with_reasons
 from cxr.serve.errors import ApiError
 from cxr.serve.heatmap import overlay_for
-from cxr.serve.metrics import CONTENT_TYPE_LATEST
 from cxr.serve.pipeline import Outcome, run_prediction
+from cxr.serve.prometheus import CONTENT_TYPE_LATEST
 from cxr.serve.schemas import (
     ERROR_RESPONSES,
     BatchItem,
@@ -177,90 +179,95 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_router(state: ServerState, protected: list[Any]) -> APIRouter:
-    """Every endpoint of the API on one router; ``protected`` holds the auth dependencies."""
-    router = APIRouter()
-    _add_predict_routes(router, state, protected)
-    _add_info_routes(router, state, protected)
-    return router
+def get_state(request: Request) -> ServerState:
+    """The app's ``ServerState`` (set by ``create_app``), for ``Depends``."""
+    state: ServerState = request.app.state.cxr
+    return state
 
 
-def _add_predict_routes(router: APIRouter, state: ServerState, protected: list[Any]) -> None:
-    @router.post(
-        "/v1/predict",
-        response_model=PredictionOut,
-        responses=ERROR_RESPONSES,
-        dependencies=protected,
-        openapi_extra=PREDICT_BODY,
-        summary="Classify one chest X-ray (decision support only)",
-    )
-    async def predict(request: Request, heatmap: bool = False) -> PredictionOut:
-        """``?heatmap=true``: also the overlay PNG (base64) of where the ensemble looked (``cxr serve --heatmaps``)."""
-        started = time.perf_counter()
-        if heatmap and state.heatmap_predictor is None:
-            raise ApiError(
-                400,
-                "heatmaps_unavailable",
-                "this server was started without heatmaps",
-                hint="start it with --heatmaps (CXR_HEATMAPS=1) and ensemble.heatmaps.onnx beside the model "
-                "(built by `cxr fuse --heatmaps`), or drop ?heatmap=true",
-            )
-        outcome = (await run_prediction(state, request, many=False))[0]
-        if outcome.error is not None:
-            raise outcome.error
-        out = _prediction(state, outcome, started)
-        if heatmap and state.heatmap_predictor is not None and outcome.result is not None:
-            pred = with_reasons(outcome.result.prediction, outcome.reasons)
-            png = await asyncio.get_running_loop().run_in_executor(
-                state.decode_pool, overlay_for, state.heatmap_predictor, outcome.image, pred
-            )
-            out.heatmap_png = base64.b64encode(png).decode("ascii")
-        return out
+State = Annotated[ServerState, Depends(get_state)]
 
-    @router.post(
-        "/v1/predict/batch",
-        response_model=BatchResponse,
-        responses=ERROR_RESPONSES,
-        dependencies=protected,
-        openapi_extra=BATCH_BODY,
-        summary="Classify several chest X-rays; each file gets its own result or error",
-    )
-    async def predict_batch(request: Request) -> BatchResponse:
-        started = time.perf_counter()
-        outcomes = await run_prediction(state, request, many=True)
-        return _batch_response(state, outcomes, started)
+api = APIRouter()
+"""The model's endpoints (``/v1/*``, ``/metrics``): ``create_app`` includes it behind the auth dependencies."""
+probes = APIRouter()
+"""Liveness, readiness and the root: always open, for load balancers and orchestrators."""
 
 
-def _add_info_routes(router: APIRouter, state: ServerState, protected: list[Any]) -> None:
-    @router.get("/v1/model", response_model=ModelInfo, responses=ERROR_RESPONSES, dependencies=protected)
-    async def model_info() -> ModelInfo:
-        return _model_info(state)
-
-    @router.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}})
-    async def healthz() -> Any:
-        """The process is alive (503 only when the model failed to load and never will be served)."""
-        if state.status == "failed":
-            return JSONResponse({"status": "failed"}, status_code=503)
-        return HealthOut(status="ok")
-
-    @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
-    async def readyz() -> Any:
-        """Ready: model loaded, provider confirmed, warm-up done. 503 before that (or after a failure)."""
-        body = _readiness(state)
-        if state.status != "ready":
-            headers = {"Retry-After": str(state.cfg.retry_after_s)} if state.status == "loading" else {}
-            return JSONResponse(body.model_dump(), status_code=503, headers=headers)
-        return body
-
-    @router.get(
-        "/metrics", response_class=PlainTextResponse, dependencies=protected, responses=METRICS_RESPONSES
-    )
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format: requests by status, latency, queue depth, batch sizes."""
-        return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @router.get("/", include_in_schema=False)
-    async def root() -> JSONResponse:
-        return JSONResponse(
-            {"service": "cxr", "version": __version__, "docs": "/docs", "notice": NOTICE}, status_code=200
+@api.post(
+    "/v1/predict",
+    response_model=PredictionOut,
+    responses=ERROR_RESPONSES,
+    openapi_extra=PREDICT_BODY,
+    summary="Classify one chest X-ray (decision support only)",
+)
+async def predict(request: Request, state: State, heatmap: bool = False) -> PredictionOut:
+    """``?heatmap=true``: also the overlay PNG (base64) of where the ensemble looked (``cxr serve --heatmaps``)."""
+    started = time.perf_counter()
+    if heatmap and state.heatmap_predictor is None:
+        raise ApiError(
+            400,
+            "heatmaps_unavailable",
+            "this server was started without heatmaps",
+            hint="start it with --heatmaps (CXR_HEATMAPS=1) and ensemble.heatmaps.onnx beside the model "
+            "(built by `cxr fuse --heatmaps`), or drop ?heatmap=true",
         )
+    outcome = (await run_prediction(state, request, many=False))[0]
+    if outcome.error is not None:
+        raise outcome.error
+    out = _prediction(state, outcome, started)
+    if heatmap and state.heatmap_predictor is not None and outcome.result is not None:
+        pred = with_reasons(outcome.result.prediction, outcome.reasons)
+        png = await asyncio.get_running_loop().run_in_executor(
+            state.decode_pool, overlay_for, state.heatmap_predictor, outcome.image, pred
+        )
+        out.heatmap_png = base64.b64encode(png).decode("ascii")
+    return out
+
+
+@api.post(
+    "/v1/predict/batch",
+    response_model=BatchResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=BATCH_BODY,
+    summary="Classify several chest X-rays; each file gets its own result or error",
+)
+async def predict_batch(request: Request, state: State) -> BatchResponse:
+    started = time.perf_counter()
+    outcomes = await run_prediction(state, request, many=True)
+    return _batch_response(state, outcomes, started)
+
+
+@api.get("/v1/model", response_model=ModelInfo, responses=ERROR_RESPONSES)
+async def model_info(state: State) -> ModelInfo:
+    return _model_info(state)
+
+
+@api.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
+async def metrics(state: State) -> PlainTextResponse:
+    """Prometheus text format: requests by status, latency, queue depth, batch sizes."""
+    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@probes.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut}})
+async def healthz(state: State) -> Any:
+    """The process is alive (503 only when the model failed to load and never will be served)."""
+    if state.status == "failed":
+        return JSONResponse({"status": "failed"}, status_code=503)
+    return HealthOut(status="ok")
+
+
+@probes.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+async def readyz(state: State) -> Any:
+    """Ready: model loaded, provider confirmed, warm-up done. 503 before that (or after a failure)."""
+    body = _readiness(state)
+    if state.status != "ready":
+        headers = {"Retry-After": str(state.cfg.retry_after_s)} if state.status == "loading" else {}
+        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+    return body
+
+
+@probes.get("/", include_in_schema=False)
+async def root() -> JSONResponse:
+    return JSONResponse(
+        {"service": "cxr", "version": __version__, "docs": "/docs", "notice": NOTICE}, status_code=200
+    )

@@ -1,8 +1,14 @@
 """Run the app with uvicorn on a socket bound here (so ``--port 0`` works and the real port is known).
 
 Takes: a ``ServeConfig`` and an optional file to write the bound port into. Makes: a running server until
-SIGINT/SIGTERM (graceful: in-flight requests finish, the lifespan releases the model). No ``Server`` header,
-no proxy-header trust, and uvicorn's own connection cap as a backstop above the API's admission limits.
+SIGINT/SIGTERM (graceful: in-flight requests finish, the lifespan releases the model). ``uvicorn_options``
+holds the hardening ``cxr serve`` runs with — no ``Server`` header, no proxy-header trust, uvicorn's own
+connection cap as a backstop above the API's admission limits — for anyone who runs uvicorn themselves::
+
+    uvicorn.run(cxr.serve.create_app(cfg), host=..., port=..., **cxr.serve.uvicorn_options(cfg))
+
+(on the command line: ``uvicorn --factory cxr.serve:create_app --no-server-header --no-proxy-headers
+--limit-concurrency 144``, the settings coming from the ``CXR_*`` variables).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 from cxr.errors import ConfigError
 from cxr.serve.config import ServeConfig
@@ -39,6 +46,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that keep the API's hardening."""
+    return {
+        "log_level": cfg.log_level,
+        "access_log": cfg.access_log,
+        "server_header": False,
+        "proxy_headers": False,
+        "limit_concurrency": cfg.max_concurrency + cfg.max_queue + 64,  # a backstop above admission
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": max(5, int(cfg.request_timeout_s)),
+    }
+
+
 def run_server(cfg: ServeConfig, *, port_file: Path | None = None) -> None:
     """Serve ``cfg`` until interrupted (see the module docstring)."""
     import uvicorn
@@ -52,18 +72,7 @@ def run_server(cfg: ServeConfig, *, port_file: Path | None = None) -> None:
         tmp.write_text(f"{port}\n", encoding="utf-8")
         tmp.replace(port_file)  # atomic: a reader never sees a half-written port
     app = create_app(cfg)
-    backstop = cfg.max_concurrency + cfg.max_queue + 64
-    uv_cfg = uvicorn.Config(
-        app,
-        log_level=cfg.log_level,
-        access_log=cfg.access_log,
-        server_header=False,
-        proxy_headers=False,
-        limit_concurrency=backstop,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=max(5, int(cfg.request_timeout_s)),
-    )
-    server = uvicorn.Server(uv_cfg)
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(cfg)))
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(
         "cxr serving %s on http://%s:%d (auth %s)",

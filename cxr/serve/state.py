@@ -24,7 +24,7 @@ from cxr.serve.batcher import DynamicBatcher
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import ApiError
 from cxr.serve.limits import AdmissionGate
-from cxr.serve.metrics import ServeMetrics
+from cxr.serve.prometheus import ServeMetrics
 
 if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor
@@ -37,18 +37,11 @@ ROUTES = ("/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/readyz"
 
 
 def load_predictor(cfg: ServeConfig) -> Predictor:
-    """The default loader: ``Predictor.from_path`` with the server's provider, precision, threads, limits."""
+    """The default loader: ``Predictor.from_path`` with the server's session and limits."""
     from cxr.runtime.predictor import Predictor, PredictorConfig
-    from cxr.session import SessionConfig
 
-    session = SessionConfig(
-        provider=cfg.provider,
-        threads=cfg.threads,
-        strict_provider=cfg.strict_provider,
-        precision=cfg.precision,
-    )
     pcfg = PredictorConfig(
-        session=session,
+        session=cfg.session,
         limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
         batch_size=cfg.max_batch_size,
         decode_workers=cfg.decode_workers,
@@ -63,7 +56,7 @@ def load_heatmap_predictor(cfg: ServeConfig) -> Predictor:
     from cxr.session import SessionConfig
 
     pcfg = PredictorConfig(
-        session=SessionConfig(provider="cpu", threads=cfg.threads),
+        session=SessionConfig(provider="cpu", threads=cfg.session.threads),
         limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
         batch_size=1,
     )

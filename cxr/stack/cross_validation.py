@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DataError
+from cxr.metrics import log_loss
 
 
 def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
@@ -22,10 +23,6 @@ def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros((p.shape[0], k), dtype=np.float64)
     out[:, np.asarray(est.classes_, dtype=np.int64)] = p
     return out
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-15, 1.0))))
 
 
 def _candidates(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -33,10 +33,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cxr.errors import ModelError
+from cxr.spec import INPUT_FEATURES, OUTPUT_LABEL, OUTPUT_PROBABILITIES
 
-FEATURES = "features"
-LABEL = "label"
-PROBABILITIES = "probabilities"
 BATCH = "N"
 OPS = ("MatMul", "Add", "Sub", "Mul", "Div", "Softmax", "ArgMax", "Gather")
 
@@ -76,7 +74,7 @@ def _linear_logits(g: _Graph, est: Any, n_features: int) -> str:
         w = np.concatenate([np.zeros_like(w), w], axis=1)
         b = np.concatenate([np.zeros(1), b])
     _check_shape(est, w.shape[0], n_features)
-    xw = g.op("MatMul", [FEATURES, g.const("meta_W", w)], "meta_xW")
+    xw = g.op("MatMul", [INPUT_FEATURES, g.const("meta_W", w)], "meta_xW")
     return g.op("Add", [xw, g.const("meta_b", b)], "meta_logits")
 
 
@@ -91,7 +89,7 @@ def _gaussian_nb_logits(g: _Graph, est: Any, n_features: int) -> str:
     )
     replicate = np.tile(np.eye(f), (1, c))  # [F, C*F]: x copied once per class, exactly
     block_sum = np.kron(np.eye(c), np.full((f, 1), -0.5))  # [C*F, C]: -0.5 * the sum within each class
-    rep = g.op("MatMul", [FEATURES, g.const("meta_replicate", replicate)], "meta_x_per_class")
+    rep = g.op("MatMul", [INPUT_FEATURES, g.const("meta_replicate", replicate)], "meta_x_per_class")
     diff = g.op("Sub", [rep, g.const("meta_theta", theta.reshape(-1))], "meta_diff")
     sq = g.op("Mul", [diff, diff], "meta_diff_sq")
     scaled = g.op("Div", [sq, g.const("meta_var", var.reshape(-1))], "meta_scaled")
@@ -138,21 +136,23 @@ def portable_meta(est: Any, n_features: int, k: int, opset: int, temperature: fl
             "Div", [raw, g.const("meta_temperature", np.array(float(temperature)))], "meta_logits_t"
         )
     widen = seen.size != k or not np.array_equal(seen, np.arange(k))
-    probs_seen = g.op("Softmax", [logits], "meta_probabilities_seen" if widen else PROBABILITIES, axis=1)
+    probs_seen = g.op(
+        "Softmax", [logits], "meta_probabilities_seen" if widen else OUTPUT_PROBABILITIES, axis=1
+    )
     if widen:
         embed = np.zeros((seen.size, k), dtype=np.float64)
         embed[np.arange(seen.size), seen] = 1.0
-        g.op("MatMul", [probs_seen, g.const("meta_embed", embed)], PROBABILITIES)
-    index = g.op("ArgMax", [raw], "meta_index" if widen else LABEL, axis=1, keepdims=0)
+        g.op("MatMul", [probs_seen, g.const("meta_embed", embed)], OUTPUT_PROBABILITIES)
+    index = g.op("ArgMax", [raw], "meta_index" if widen else OUTPUT_LABEL, axis=1, keepdims=0)
     if widen:
-        g.op("Gather", [g.const("meta_classes", seen), index], LABEL, axis=0)
+        g.op("Gather", [g.const("meta_classes", seen), index], OUTPUT_LABEL, axis=0)
     graph = helper.make_graph(
         g.nodes,
         "cxr_meta",
-        [helper.make_tensor_value_info(FEATURES, TensorProto.DOUBLE, [BATCH, n_features])],
+        [helper.make_tensor_value_info(INPUT_FEATURES, TensorProto.DOUBLE, [BATCH, n_features])],
         [
-            helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH]),
-            helper.make_tensor_value_info(PROBABILITIES, TensorProto.DOUBLE, [BATCH, k]),
+            helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [BATCH]),
+            helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.DOUBLE, [BATCH, k]),
         ],
         initializer=g.inits,
     )

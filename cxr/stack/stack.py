@@ -34,8 +34,9 @@ import numpy as np
 from cxr import __version__
 from cxr.data.manifest import load_manifest
 from cxr.errors import ConfigError, DataError
-from cxr.metrics import classification_metrics
-from cxr.stack.cross_validation import cross_validate, fit_quietly, full_proba, log_loss
+from cxr.metrics import classification_metrics, log_loss
+from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS
+from cxr.stack.cross_validation import cross_validate, fit_quietly, full_proba
 from cxr.stack.features import (
     FEATURE_LAYOUT,
     META_JSON,
@@ -72,6 +73,7 @@ class MetaConfig:
     opset: int = 17
     out_dir: Path | None = None  # default RUN_DIR/stack
     calibrate: bool = True  # temperature scaling on the cross-validated predictions (cxr.stack.calibrate)
+    min_calibration_predictions: int = MIN_CALIBRATION_PREDICTIONS  # fewer: T = 1, and the record says why
     target_sensitivity: Mapping[str, float] | None = None  # operating points; None: 95% for every class
 
     def __post_init__(self) -> None:
@@ -83,6 +85,11 @@ class MetaConfig:
                 f"meta-training source {self.source!r} is not allowed",
                 hint="use val (blending on the validation split) or blend (a separate blend split, "
                 "`cxr data split --blend`), never train or test",
+            )
+        if self.min_calibration_predictions < 2:
+            raise ConfigError(
+                f"min_calibration_predictions must be at least 2, got {self.min_calibration_predictions}",
+                hint=f"keep the default ({MIN_CALIBRATION_PREDICTIONS})",
             )
         if self.cv_folds < 2:
             raise ConfigError(f"cv_folds must be at least 2, got {self.cv_folds}")
@@ -137,7 +144,7 @@ def _test_metrics(
         return None
     if test.labels.size == 0:
         return None
-    from cxr.stack.calibrate import apply_temperature
+    from cxr.calibration import apply_temperature
 
     probs = apply_temperature(full_proba(est, test.features, k), temperature)
     return _metrics_dict(test.labels, probs, test.classes)
@@ -184,6 +191,8 @@ def fit_meta(cfg: MetaConfig) -> MetaResult:
     fit = _choose_and_fit(cfg, data, x)
     notes += fit.notes
     temperature, calibration = _calibration(cfg, data, fit)
+    if skipped := calibration["calibration"].get("skipped"):
+        notes.append(skipped)
     out = cfg.stack_dir
     out.mkdir(parents=True, exist_ok=True)
     description = save_estimator(fit.est, out / META_NPZ, x)
@@ -272,12 +281,13 @@ def _calibration(cfg: MetaConfig, data: MetaData, fit: _Fit) -> tuple[float, dic
     temperature and the thresholds are not fitted on in-sample scores. The operating points are chosen on
     the calibrated probabilities, which the graph outputs.
     """
-    from cxr.stack.calibrate import apply_temperature, default_targets, fit_temperature, operating_points
+    from cxr.calibration import apply_temperature
+    from cxr.stack.calibrate import default_targets, fit_temperature, operating_points
 
     y, classes = data.labels, data.classes
     targets = dict(cfg.target_sensitivity) if cfg.target_sensitivity is not None else default_targets(classes)
     if cfg.calibrate:
-        t = fit_temperature(y, fit.cv_probs)
+        t = fit_temperature(y, fit.cv_probs, cfg.min_calibration_predictions)
         temperature, record = t.temperature, t.to_dict()
     else:
         temperature, record = 1.0, {"method": "none", "temperature": 1.0}

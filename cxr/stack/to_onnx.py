@@ -28,12 +28,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cxr.calibration import apply_temperature
 from cxr.errors import ModelError, VerificationError
 from cxr.labels import NOTICE
 from cxr.session import cpu_session
-from cxr.stack.calibrate import apply_temperature
-from cxr.stack.features import META_PROP
-from cxr.stack.portable_meta import FEATURES, LABEL, PROBABILITIES, class_indices, portable_meta
+from cxr.spec import INPUT_FEATURES, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
+from cxr.stack.portable_meta import class_indices, portable_meta
 
 ML_OPSET = 3  # the ai.onnx.ml opset of the skl2onnx reference only; meta.onnx does not import that domain
 
@@ -71,29 +71,31 @@ def _widen(model: onnx.ModelProto, seen: np.ndarray, k: int) -> None:
     narrow = "probabilities_seen"
     for node in g.node:
         for i, name in enumerate(node.output):
-            if name == PROBABILITIES:
+            if name == OUTPUT_PROBABILITIES:
                 node.output[i] = narrow
     embed = np.zeros((seen.size, k), dtype=np.float64)
     embed[np.arange(seen.size), seen] = 1.0
     g.initializer.append(numpy_helper.from_array(embed, "probabilities_embed"))
     g.node.append(
-        helper.make_node("MatMul", [narrow, "probabilities_embed"], [PROBABILITIES], name="widen_classes")
+        helper.make_node(
+            "MatMul", [narrow, "probabilities_embed"], [OUTPUT_PROBABILITIES], name="widen_classes"
+        )
     )
     for out in g.output:
-        if out.name == PROBABILITIES:
+        if out.name == OUTPUT_PROBABILITIES:
             out.type.tensor_type.shape.dim[1].dim_value = k
 
 
 def meta_info(model: onnx.ModelProto, source: str = "meta.onnx") -> dict[str, Any]:
     """The ``cxr.meta`` description stored in a converted meta-learner."""
     props = {p.key: p.value for p in model.metadata_props}
-    if META_PROP not in props:
+    if META_STACK not in props:
         raise ModelError(
-            f"{source} has no cxr meta-learner description ({META_PROP})",
+            f"{source} has no cxr meta-learner description ({META_STACK})",
             hint="convert it with cxr (`cxr stack RUN_DIR` writes stack/meta.onnx)",
             path=source,
         )
-    return dict(json.loads(props[META_PROP]))
+    return dict(json.loads(props[META_STACK]))
 
 
 def to_onnx(est: Any, n_features: int, k: int, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
@@ -110,7 +112,7 @@ def skl2onnx_reference(est: Any, n_features: int, k: int, opset: int) -> onnx.Mo
     try:
         model = convert_sklearn(
             est,
-            initial_types=[(FEATURES, DoubleTensorType([None, n_features]))],
+            initial_types=[(INPUT_FEATURES, DoubleTensorType([None, n_features]))],
             target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
             options={id(est): {"zipmap": False}},
         )
@@ -121,7 +123,7 @@ def skl2onnx_reference(est: Any, n_features: int, k: int, opset: int) -> onnx.Mo
         ) from e
     dedupe_opsets(model)
     outs = [o.name for o in model.graph.output]
-    if outs != [LABEL, PROBABILITIES]:
+    if outs != [OUTPUT_LABEL, OUTPUT_PROBABILITIES]:
         raise ModelError(f"unexpected skl2onnx outputs {outs}", hint="use skl2onnx >= 1.17")
     if seen.size != k or not np.array_equal(seen, np.arange(k)):
         _widen(model, seen, k)
@@ -129,7 +131,9 @@ def skl2onnx_reference(est: Any, n_features: int, k: int, opset: int) -> onnx.Mo
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    label, probs = cpu_session(model.SerializeToString()).run([LABEL, PROBABILITIES], {FEATURES: x})
+    label, probs = cpu_session(model.SerializeToString()).run(
+        [OUTPUT_LABEL, OUTPUT_PROBABILITIES], {INPUT_FEATURES: x}
+    )
     return np.asarray(label), np.asarray(probs, dtype=np.float64)
 
 
@@ -196,7 +200,7 @@ def convert_meta(
     model = to_onnx(est, n_features, k, opset, temperature)
     reference = skl2onnx_reference(est, n_features, k, opset)
     meta = {"classes": list(classes), "n_members": n_members, "notice": NOTICE, **dict(info or {})}
-    helper.set_model_props(model, {META_PROP: json.dumps(meta, sort_keys=True, default=str)})
+    helper.set_model_props(model, {META_STACK: json.dumps(meta, sort_keys=True, default=str)})
     onnx.checker.check_model(model, full_check=True)
     if check_features is None:
         gen = rng if rng is not None else np.random.default_rng(0)

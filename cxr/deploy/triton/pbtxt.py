@@ -10,7 +10,7 @@ from cxr.deploy.triton.config import LABELS_FILE, MODEL_FILE, TritonConfig
 from cxr.deploy.triton.signature import ModelSignature, TensorSpec, is_int8
 from cxr.errors import ModelError
 from cxr.labels import NOTICE
-from cxr.spec import ModelMetadata
+from cxr.spec import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, ModelMetadata
 
 
 def _q(s: str) -> str:
@@ -44,7 +44,7 @@ def _list_block(key: str, blocks: list[list[str]]) -> list[str]:
 
 
 def _labelled_output(t: TensorSpec, meta: ModelMetadata, batched: bool) -> bool:
-    return t.name in ("probabilities", "logits") and t.dims(batched) == (len(meta.classes),)
+    return t.name in (OUTPUT_PROBABILITIES, OUTPUT_LOGITS) and t.dims(batched) == (len(meta.classes),)
 
 
 def resolve_trt_precision(cfg: TritonConfig, meta: ModelMetadata) -> str:

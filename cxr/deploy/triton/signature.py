@@ -8,7 +8,7 @@ from typing import Any
 
 from cxr.errors import ModelError
 from cxr.onnx_header import read_onnx_header
-from cxr.spec import REEXPORT_HINT, ModelMetadata
+from cxr.spec import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, REEXPORT_HINT, ModelMetadata
 
 ONNX_TO_TRITON: dict[str, str] = {
     "tensor(bool)": "TYPE_BOOL",
@@ -163,9 +163,9 @@ def check_contract(sig: ModelSignature, meta: ModelMetadata, path: Path) -> None
             path=path,
         )
     names = [o.name for o in sig.outputs]
-    if "probabilities" not in names and "logits" not in names:
+    if OUTPUT_PROBABILITIES not in names and OUTPUT_LOGITS not in names:
         raise ModelError(
-            f"{path}: outputs {names} include neither 'probabilities' nor 'logits'",
+            f"{path}: outputs {names} include neither {OUTPUT_PROBABILITIES!r} nor {OUTPUT_LOGITS!r}",
             hint=REEXPORT_HINT,
             path=path,
         )

@@ -2,10 +2,10 @@
 
 Takes: the meta-learner's ONNX metadata (``calibration``, ``operating_points``; older files have neither),
 the calibrated stacked probabilities on the evaluated split and its labels. Makes: the temperature built
-into ``meta.onnx`` (``temperature_of``), the uncalibrated output ``softmax(log p_cal * T)`` (``uncalibrate``),
+into ``meta.onnx`` (``temperature_of``), the uncalibrated output (``cxr.calibration.uncalibrate``),
 ``CalibrationSummary`` (validation ECE/NLL before and after from the metadata, the split's computed here) and
 one ``OperatingPointResult`` per class: the counts at the validation threshold (above = ``p_cal >= t``),
-sensitivity and specificity with Wilson score intervals (scipy's ``binomtest``).
+sensitivity and specificity with Wilson score intervals (``cxr.evaluate.stats``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from cxr.calibration import uncalibrate
 from cxr.errors import ModelError
-from cxr.evaluate.stats import Interval
-from cxr.stack.calibrate import apply_temperature
-from cxr.stack.cross_validation import log_loss
+from cxr.evaluate.stats import NO_INTERVAL, Interval, wilson_interval
+from cxr.metrics import log_loss
 
 UNCALIBRATED_NAME = "stacking (before calibration)"
-NO_INTERVAL = Interval(None, None)
 
 
 def temperature_of(info: Mapping[str, Any]) -> float | None:
@@ -42,11 +41,6 @@ def temperature_of(info: Mapping[str, Any]) -> float | None:
             hint="re-run `cxr stack`",
         )
     return t
-
-
-def uncalibrate(p_cal: np.ndarray, temperature: float) -> np.ndarray:
-    """The meta-learner's probabilities before its temperature: ``softmax(log p_cal * T)``."""
-    return apply_temperature(p_cal, 1.0 / temperature)
 
 
 def mean_nll(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -129,24 +123,6 @@ def calibration_summary(
         nll_after=mean_nll(y, p_cal),
         ece_bins=ece_bins,
     )
-
-
-def wilson_interval(k: int, n: int, level: float = 0.95) -> Interval:
-    """Wilson score interval of the proportion k/n (no continuity correction); no interval for n = 0."""
-    if n <= 0:
-        return NO_INTERVAL
-    try:
-        from scipy.stats import binomtest
-    except ImportError:  # the stdlib closed form, where scipy (a scikit-learn dependency) is absent
-        from statistics import NormalDist
-
-        z = NormalDist().inv_cdf(0.5 + level / 2)
-        p, z2 = k / n, z * z
-        mid = (p + z2 / (2 * n)) / (1 + z2 / n)
-        half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-        return Interval(max(0.0, mid - half), min(1.0, mid + half))
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return Interval(float(ci.low), float(ci.high))
 
 
 @dataclass(frozen=True)
