@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from cxr import __version__
-from cxr.cli import bench, data, demo, export, predict, serve, stack, train, triton
+from cxr.cli import bench, data, demo, export, listen, predict, serve, stack, train, triton
 from cxr.cli.common import LEGACY_POSITIONALS, debug_option, deprecated_alias
 from cxr.labels import NOTICE
 
@@ -33,6 +33,7 @@ app.command("fuse")(stack.fuse)
 app.command("evaluate")(stack.evaluate)
 app.command("evaluate-folds")(stack.evaluate_folds)
 app.command("serve")(serve.serve)
+app.command("listen")(listen.listen)
 app.command("export-triton", context_settings=LEGACY_POSITIONALS)(triton.export_triton)
 app.command("demo")(demo.demo)
 app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")
