@@ -57,7 +57,9 @@ class Orthanc:
         self.folder = Path(folder)
         self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
         self.folder.mkdir(parents=True, exist_ok=True)
-        plugins = [str(PLUGINS / "libOrthancDicomWeb.so")] if (PLUGINS / "libOrthancDicomWeb.so").exists() else []
+        plugins = (
+            [str(PLUGINS / "libOrthancDicomWeb.so")] if (PLUGINS / "libOrthancDicomWeb.so").exists() else []
+        )
         config = {
             "Name": "cxr-test-pacs",
             "StorageDirectory": str(self.folder / "db"),
@@ -196,12 +198,16 @@ def storescu(
     failure. ``background``: one storescu for all files, returned running (uncompressed files only)."""
     base = [str(TOOLS["storescu"]), "-nh", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
     if background:
-        return subprocess.Popen([*base, *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [*base, *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     groups: dict[str, list[str]] = {}
     for f in files:
         groups.setdefault(STORESCU_PROPOSE.get(transfer_syntax(f), ""), []).append(str(f))
     return [
-        subprocess.run([*base, *([flag] if flag else []), *names], capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [*base, *([flag] if flag else []), *names], capture_output=True, text=True, timeout=120
+        )
         for flag, names in groups.items()
     ]
 
@@ -216,7 +222,9 @@ def chest_dx(path: Path, seed: int, size: int = 64, study: str | None = None) ->
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["cxr-dx", str(seed)])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=["cxr-dx", str(seed)]
+    )
     ds.StudyInstanceUID = study or generate_uid(entropy_srcs=["cxr-dx-study", str(seed)])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=["cxr-dx-series", str(seed)])
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Test^Dx{seed}", f"DX{seed}", "", "O"

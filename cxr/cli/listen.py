@@ -38,7 +38,8 @@ def listen(
     forward_url: Annotated[
         str | None,
         typer.Option(
-            envvar="CXR_FORWARD_URL", help="Or by DICOMweb STOW-RS to this base URL (e.g. http://pacs/dicom-web)."
+            envvar="CXR_FORWARD_URL",
+            help="Or by DICOMweb STOW-RS to this base URL (e.g. http://pacs/dicom-web).",
         ),
     ] = None,
     port: Annotated[int, typer.Option(envvar="CXR_PORT", help="DICOM port (0: any free port).")] = 11112,
@@ -58,7 +59,9 @@ def listen(
     ] = 8,
     max_pdu: Annotated[
         int,
-        typer.Option(envvar="CXR_MAX_PDU", rich_help_panel=LIMITS, help="Largest PDU received, bytes (0: any)."),
+        typer.Option(
+            envvar="CXR_MAX_PDU", rich_help_panel=LIMITS, help="Largest PDU received, bytes (0: any)."
+        ),
     ] = 262_144,
     max_instance_mb: Annotated[
         float,
@@ -131,6 +134,8 @@ def listen(
     typer.echo(f"cxr listen: {cfg.ae_title}@{cfg.host}:{node.port} -> {dest} (spool {spool})", err=True)
     try:
         node.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server, exit 0
+        typer.echo("cxr listen: stopping (what is not sent yet stays in the spool)", err=True)
     finally:
         node.stop()
 

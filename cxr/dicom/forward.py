@@ -171,9 +171,13 @@ def stow_rs(datasets: Sequence[Any], base_url: str, *, timeout_s: float = 30.0) 
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
             if resp.status == 200:
                 return
-            raise ForwardError(f"{base_url}: STOW-RS answered {resp.status} (some objects not stored)", transient=False)
+            raise ForwardError(
+                f"{base_url}: STOW-RS answered {resp.status} (some objects not stored)", transient=False
+            )
     except urllib.error.HTTPError as e:
         transient = e.code in (408, 429) or e.code >= 500
-        raise ForwardError(f"{base_url}: STOW-RS answered HTTP {e.code} {e.reason}", transient=transient) from e
+        raise ForwardError(
+            f"{base_url}: STOW-RS answered HTTP {e.code} {e.reason}", transient=transient
+        ) from e
     except (urllib.error.URLError, OSError) as e:
         raise ForwardError(f"{base_url}: STOW-RS failed: {getattr(e, 'reason', e)}", transient=True) from e

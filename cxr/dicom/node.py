@@ -131,7 +131,9 @@ def open_predictor(cfg: NodeConfig) -> tuple[Any, _HeatmapCatch | None]:
         return predictor, None
     catch = _HeatmapCatch()
     pcfg = PredictorConfig(heatmap_sink=catch)
-    return Predictor.from_path(cfg.model, pcfg, provider=cfg.provider, threads=cfg.threads, batch_size=1), catch
+    return Predictor.from_path(
+        cfg.model, pcfg, provider=cfg.provider, threads=cfg.threads, batch_size=1
+    ), catch
 
 
 class DicomNode:
@@ -230,7 +232,9 @@ class DicomNode:
     def _on_rejected(self, event: Any) -> None:
         who = event.assoc.requestor
         audit_log.info(
-            audit_line("rejected", calling_ae=who.ae_title, peer=f"{who.address}:{who.port}", reason="association")
+            audit_line(
+                "rejected", calling_ae=who.ae_title, peer=f"{who.address}:{who.port}", reason="association"
+            )
         )
 
     def _on_store(self, event: Any) -> Any:
@@ -266,7 +270,10 @@ class DicomNode:
         """(status, why) for one C-STORE: checks, then the spool."""
         size = len(event.request.DataSet.getbuffer())
         if size > self.cfg.max_instance_bytes:
-            return OUT_OF_RESOURCES, f"instance of {size} bytes is over the {self.cfg.max_instance_bytes} limit"
+            return (
+                OUT_OF_RESOURCES,
+                f"instance of {size} bytes is over the {self.cfg.max_instance_bytes} limit",
+            )
         if not valid_uid(uid):
             return NOT_MATCHING, "Affected SOP Instance UID is not a valid UID"
         try:

@@ -108,7 +108,9 @@ class Worker:
         self._to_send: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"),
+            threading.Thread(
+                target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
+            ),
             threading.Thread(target=self._loop, args=(self._to_send, self._send_one), name="cxr-send"),
         ]
         self.counts = {"sent": 0, "failed": 0}
