@@ -28,12 +28,13 @@ ORDER = (
     "runtime",
     "bench",
     "serve",
+    "dicom",
     "deploy",
     "pipeline",
     "cli",
 )
 TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "pipeline"})
-RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "deploy"})
+RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "dicom", "deploy"})
 # the wall's libraries: no import of them anywhere in a runtime-side module, not even inside a function
 BANNED = frozenset({"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim"})
 RUNTIME_CLI = frozenset({"cxr.cli.predict", "cxr.cli.predict_output", "cxr.cli.bench", "cxr.cli.serve"})

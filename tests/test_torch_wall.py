@@ -13,7 +13,7 @@ from tests.onnx_factory import write_gray_pngs
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "timm", "sklearn", "onnx", "skl2onnx", "torchvision")
-TORCH_FREE_PACKAGES = ("cxr.runtime", "cxr.imaging", "cxr.serve", "cxr.data")
+TORCH_FREE_PACKAGES = ("cxr.runtime", "cxr.imaging", "cxr.serve", "cxr.data", "cxr.dicom")
 TORCH_FREE_MODULES = ("cxr.cli.predict", "cxr.cli.bench", "cxr.labels", "cxr.spec", "cxr.errors")
 
 
@@ -80,3 +80,18 @@ def test_importing_every_torch_free_module_loads_no_training_library(tmp_path: P
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "cxr.runtime.predictor" in report["loaded"] and "cxr.cli.predict" in report["loaded"]
     assert report["bad"] == [], f"torch-free modules imported {report['bad']}"
+
+
+def test_dicom_results_are_built_with_training_libraries_unimportable(tmp_path: Path) -> None:
+    code = f"""
+        import sys
+        for name in {FORBIDDEN!r}:
+            sys.modules[name] = None
+        from tests.dicom_factory import ASSESSABLE, MODEL, RGB, make_source
+        from cxr.dicom import dicom_results, write_dicom_results
+        sr, sc = write_dicom_results(dicom_results(make_source(), ASSESSABLE, RGB, MODEL), {str(tmp_path)!r})
+        print("wrote", sr.name, sc.name)
+    """
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("wrote 2.25.")
