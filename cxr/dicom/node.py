@@ -98,7 +98,7 @@ def accepted_transfer_syntaxes() -> list[str]:
 
 def cxr_responder(predictor: Any) -> Responder:
     """The default responder: ``cxr.dicom``'s highdicom SR and secondary capture."""
-    from cxr.dicom import ModelIdentity, dicom_results  # type: ignore[attr-defined]
+    from cxr.dicom import ModelIdentity, dicom_results
 
     model = ModelIdentity.from_predictor(predictor)
 
