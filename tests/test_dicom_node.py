@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from tests.dicom_harness import (
+    PLUGINS,
     ListenProcess,
     Orthanc,
     chest_dx,
@@ -34,6 +35,7 @@ from tests.dicom_harness import (
 from tests.dicom_standin import real_builders_present, standin_responder
 
 pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
 pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"not installed: {', '.join(missing_tools())}")
 
 DICOM_DIR = Path(os.environ.get("CXR_SHARED_DATA") or SHARED_DATA) / "dicom"
@@ -304,6 +306,7 @@ def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives
     assert counts == {"received": 0, "predicted": len(dx_files), "sent": 0, "failed": 0}
 
 
+@pytest.mark.skipif(not (PLUGINS / "libOrthancDicomWeb.so").exists(), reason="orthanc-dicomweb not installed")
 def test_stow_rs_forwarding(
     pacs: Any, fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path
 ) -> None:
@@ -381,3 +384,34 @@ def test_spool_steps_are_idempotent_and_replayable(tmp_path: Path) -> None:
     assert reopened.pending() == ([], [])
     reopened.close()
     shutil.rmtree(tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CXR_ROLE": "listen"}, "listen port=11112 spool=/spool"),
+        (
+            {"CXR_ROLE": "listen", "CXR_DICOM_PORT": "104", "CXR_SPOOL": "/data/s"},
+            "listen port=104 spool=/data/s",
+        ),
+        ({}, "serve port=8000 spool="),
+    ],
+)
+def test_container_entrypoint_runs_the_node_with_cxr_role_listen(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    """docker/entrypoint.sh with a stand-in `cxr` that prints what it was started as."""
+    import subprocess
+
+    cxr = tmp_path / "venv" / "bin" / "cxr"
+    cxr.parent.mkdir(parents=True)
+    cxr.write_text('#!/bin/sh\necho "$1 port=$CXR_PORT spool=${CXR_SPOOL:-}"\n')
+    cxr.chmod(0o755)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    run_env = {**base, "CXR_VENV": str(tmp_path / "venv"), "CXR_MODEL": str(model), **env}
+    entry = Path(__file__).resolve().parents[1] / "docker" / "entrypoint.sh"
+    proc = subprocess.run(["sh", str(entry)], env=run_env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
