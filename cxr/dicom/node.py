@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr.dicom.forward import Backoff, Destination
+from cxr.dicom.sc import MANUFACTURER as SC_MANUFACTURER
 from cxr.dicom.spool import Spool, valid_uid
 from cxr.dicom.worker import Responder, Worker, audit_line, now
 from cxr.errors import ConfigError, first_line
@@ -41,6 +42,7 @@ UNCOMPRESSED = (
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
 )
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _MIB = 1024 * 1024
 
@@ -257,9 +259,9 @@ class DicomNode:
             return 0x0000
         if code != 0x0000:
             log.warning("C-STORE %s from %s refused (0x%04X): %s", uid, meta["calling_ae"], code, why)
-        event_name = "duplicate" if code == 0x0000 else "refused"
+        event_name = "refused" if code != 0x0000 else "ignored" if "cxr result" in why else "duplicate"
         fields = {**meta, "sop_instance_uid": uid[:64], "model_sha256": self.model_sha256}
-        audit_log.info(audit_line(event_name, status=f"0x{code:04X}", error=why, **fields))
+        audit_log.info(audit_line(event_name, status=f"0x{code:04X}", detail=why, **fields))
         status = Dataset()
         status.Status = code
         if why and code != 0x0000:
@@ -291,6 +293,8 @@ class DicomNode:
         short = _pixels_short(ds, event.context.transfer_syntax)
         if short:
             return NOT_MATCHING, short
+        if ds_class == SECONDARY_CAPTURE and str(ds.get("Manufacturer", "")) == SC_MANUFACTURER:
+            return 0x0000, "a cxr result sent back (routing loop?): acknowledged, not predicted"
         if self.worker is None:  # a late association while stopping
             return OUT_OF_RESOURCES, "node is stopping"
         data = event.encoded_dataset(include_meta=True)
