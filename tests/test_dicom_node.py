@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -229,10 +230,11 @@ def test_node_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(
 
 
 def test_calling_ae_outside_the_allow_list_is_rejected(
-    fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path
+    fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from cxr.dicom.forward import parse_destination
 
+    caplog.set_level(logging.INFO, logger="cxr.audit")
     dest = parse_destination(f"PACS@127.0.0.1:{free_port()}")
     node = in_process_node(fused_model, tmp_path / "spool", dest, responder, allow_ae=("MOD",))
     try:
@@ -243,6 +245,8 @@ def test_calling_ae_outside_the_allow_list_is_rejected(
     finally:
         node.stop()
     assert spool_counts(tmp_path / "spool") == {"received": 0, "predicted": 0, "sent": 0, "failed": 0}
+    audit = [r.getMessage() for r in caplog.records if r.name == "cxr.audit"]
+    assert any("event=rejected" in a and "calling_ae=INTRUDER" in a for a in audit), audit
 
 
 def _send_raw(port: int, path: Path, sop_class: str, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -291,9 +295,11 @@ def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # the file itself cut short
     dest = parse_destination(f"PACS@127.0.0.1:{free_port()}")  # nobody there: results stay in predicted/
-    node = in_process_node(fused_model, tmp_path / "spool", dest, responder)
+    big = chest_dx(tmp_path / "big.dcm", seed=9, size=256)  # 64 KiB of pixels, over the limit below
+    node = in_process_node(fused_model, tmp_path / "spool", dest, responder, max_instance_bytes=32_768)
     try:
         dx = "1.2.840.10008.5.1.4.1.1.1.1"
+        assert _send_raw(node.port, big, dx, monkeypatch) == 0xA700
         assert _send_raw(node.port, truncated, dx, monkeypatch) == 0xA900
         assert _send_raw(node.port, garbage, dx, monkeypatch) == 0xC000
         assert _send_raw(node.port, cut, dx, monkeypatch) == 0xA900  # its pixel data ends early
@@ -418,3 +424,25 @@ def test_container_entrypoint_runs_the_node_with_cxr_role_listen(
     proc = subprocess.run(["sh", str(entry)], env=run_env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ([], {}, "exactly one destination"),
+        (["--forward", "P@h:1", "--forward-url", "http://x"], {}, "exactly one destination"),
+        ([], {"CXR_FORWARD": "no-at-sign:4242"}, "is not AET@HOST:PORT"),  # read from the environment
+        (["--forward-url", "ftp://pacs"], {}, "not an http(s) URL"),
+        (["--forward", "P@h:1", "--ae-title", "A_TITLE_FAR_TOO_LONG"], {}, "1-16 characters"),
+    ],
+)
+def test_listen_refuses_bad_configuration_with_a_message(
+    fused_model: Path, tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from cxr.cli.main import app
+
+    argv = ["listen", "--model", str(fused_model), "--spool", str(tmp_path / "spool"), *args]
+    result = CliRunner().invoke(app, argv, env=env)
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -6,6 +6,7 @@ pynetdicom is imported inside the command (the `dicom` extra), so `cxr --help` w
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,6 +107,7 @@ def listen(
         )
     dest: Destination = parse_destination(forward) if forward else Destination.stow(str(forward_url))
     setup_logging(debug)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)  # a line per PDU
     _require_dicom_extra()
     from cxr.dicom.node import DicomNode, NodeConfig
 
