@@ -187,7 +187,7 @@ class DicomNode:
             for sop_class in IMAGE_STORAGE:
                 ae.add_supported_context(sop_class, syntaxes)
             ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED[:2]))
-            handlers = [
+            handlers: list[Any] = [
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_C_ECHO, lambda event: 0x0000),
                 (evt.EVT_REJECTED, self._on_rejected),
@@ -259,7 +259,9 @@ class DicomNode:
             return 0x0000
         if code != 0x0000:
             log.warning("C-STORE %s from %s refused (0x%04X): %s", uid, meta["calling_ae"], code, why)
-        event_name = "refused" if code != 0x0000 else "ignored" if "cxr result" in why else "duplicate"
+        event_name = (
+            "refused" if code != 0x0000 else "ignored" if "cxr result" in (why or "") else "duplicate"
+        )
         fields = {**meta, "sop_instance_uid": uid[:64], "model_sha256": self.model_sha256}
         audit_log.info(audit_line(event_name, status=f"0x{code:04X}", detail=why, **fields))
         status = Dataset()
