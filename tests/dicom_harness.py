@@ -2,8 +2,8 @@
 
 ``Orthanc``: Debian's Orthanc (with the DICOMweb plugin) from a temporary JSON config, storage in a folder,
 remote access and authentication off; ``start``/``stop``/``restart`` on the same storage, REST helpers.
-``ListenProcess``: `cxr listen` as a subprocess (through ``tests.dicom_standin``, which uses the real
-``cxr.dicom`` builders when they are installed). ``storescu``/``echoscu``: dcmtk's modality tools.
+``ListenProcess``: `cxr listen` as a subprocess (``python -m cxr listen``). ``storescu``/``echoscu``: dcmtk's
+modality tools.
 ``chest_dx``: a tiny uncompressed DX chest radiograph, so something runs without ../shared.
 """
 
@@ -136,7 +136,7 @@ class ListenProcess:
     def __init__(self, model: Path, spool: Path, forward: str, *extra: str, port: int | None = None) -> None:
         self.port = port or free_port()
         self.args = [
-            sys.executable, "-m", "tests.dicom_standin", "listen", "--model", str(model), "--spool", str(spool),
+            sys.executable, "-m", "cxr", "listen", "--model", str(model), "--spool", str(spool),
             "--port", str(self.port), *(["--forward-url", forward] if forward.startswith("http") else ["--forward", forward]),
             "--retry-initial", "0.2", "--retry-max", "1", *extra,
         ]  # fmt: skip

@@ -33,7 +33,6 @@ from tests.dicom_harness import (
     storescu,
     wait_for,
 )
-from tests.dicom_standin import real_builders_present, standin_responder
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
@@ -104,16 +103,6 @@ def sr_strings(data: bytes) -> str:
 
 
 @pytest.fixture()
-def responder(fused_model: Path) -> Any:
-    """The real cxr.dicom builders when present, else the stand-in (see tests/dicom_standin.py)."""
-    if real_builders_present():
-        return None
-    from cxr.session import file_sha256
-
-    return standin_responder(file_sha256(fused_model))
-
-
-@pytest.fixture()
 def dx_files(tmp_path: Path) -> list[Path]:
     return [chest_dx(tmp_path / "dx" / f"dx{i}.dcm", seed=i) for i in range(2)]
 
@@ -126,13 +115,13 @@ def pacs(tmp_path: Path) -> Any:
     server.stop()
 
 
-def in_process_node(model: Path, spool: Path, forward: Any, responder: Any, **kw: Any) -> Any:
+def in_process_node(model: Path, spool: Path, forward: Any, **kw: Any) -> Any:
     from cxr.dicom.forward import Backoff
     from cxr.dicom.node import DicomNode, NodeConfig
     from cxr.runtime import Predictor
 
     cfg = NodeConfig(model=model, forward=forward, spool=spool, port=0, backoff=Backoff(0.2, 1.0, 30.0), **kw)
-    return DicomNode(cfg, predictor=Predictor.from_path(model, batch_size=1), responder=responder).start()
+    return DicomNode(cfg, predictor=Predictor.from_path(model, batch_size=1)).start()
 
 
 # ---------------------------------------------------------------------------------------- the full path
@@ -235,13 +224,13 @@ def test_node_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(
 
 
 def test_calling_ae_outside_the_allow_list_is_rejected(
-    fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fused_model: Path, dx_files: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from cxr.dicom.forward import parse_destination
 
     caplog.set_level(logging.INFO, logger="cxr.audit")
     dest = parse_destination(f"PACS@127.0.0.1:{free_port()}")
-    node = in_process_node(fused_model, tmp_path / "spool", dest, responder, allow_ae=("MOD",))
+    node = in_process_node(fused_model, tmp_path / "spool", dest, allow_ae=("MOD",))
     try:
         assert echoscu(node.port, calling="INTRUDER").returncode != 0
         runs = storescu(node.port, dx_files, calling="INTRUDER")
@@ -285,7 +274,7 @@ def _with_body(path: Path, src: Path, body: bytes) -> Path:
 
 
 def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives(
-    fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fused_model: Path, dx_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pydicom
 
@@ -301,7 +290,7 @@ def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives
     cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # the file itself cut short
     dest = parse_destination(f"PACS@127.0.0.1:{free_port()}")  # nobody there: results stay in predicted/
     big = chest_dx(tmp_path / "big.dcm", seed=9, size=256)  # 64 KiB of pixels, over the limit below
-    node = in_process_node(fused_model, tmp_path / "spool", dest, responder, max_instance_bytes=32_768)
+    node = in_process_node(fused_model, tmp_path / "spool", dest, max_instance_bytes=32_768)
     try:
         dx = "1.2.840.10008.5.1.4.1.1.1.1"
         assert _send_raw(node.port, big, dx, monkeypatch) == 0xA700
@@ -311,9 +300,8 @@ def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives
         assert echoscu(node.port).returncode == 0  # alive
         assert all(r.returncode == 0 for r in storescu(node.port, dx_files))  # and still working
         wait_for(lambda: spool_counts(tmp_path / "spool")["predicted"] == len(dx_files), 30, "predicted")
-        if responder is None:  # the real builders: our own SC sent back (a routing loop) is not predicted
-            own_sc = next((tmp_path / "spool" / "predicted").glob("*/sc.dcm"))
-            assert all(r.returncode == 0 for r in storescu(node.port, [own_sc]))
+        own_sc = next((tmp_path / "spool" / "predicted").glob("*/sc.dcm"))  # our SC sent back: a routing loop
+        assert all(r.returncode == 0 for r in storescu(node.port, [own_sc]))  # acknowledged, not predicted
     finally:
         node.stop()
     counts = spool_counts(tmp_path / "spool")
@@ -321,13 +309,11 @@ def test_truncated_and_garbage_instances_get_failure_statuses_and_the_node_lives
 
 
 @pytest.mark.skipif(not (PLUGINS / "libOrthancDicomWeb.so").exists(), reason="orthanc-dicomweb not installed")
-def test_stow_rs_forwarding(
-    pacs: Any, fused_model: Path, responder: Any, dx_files: list[Path], tmp_path: Path
-) -> None:
+def test_stow_rs_forwarding(pacs: Any, fused_model: Path, dx_files: list[Path], tmp_path: Path) -> None:
     from cxr.dicom.forward import Destination
 
     orthanc, _ = pacs
-    node = in_process_node(fused_model, tmp_path / "spool", Destination.stow(orthanc.dicomweb), responder)
+    node = in_process_node(fused_model, tmp_path / "spool", Destination.stow(orthanc.dicomweb))
     try:
         assert all(r.returncode == 0 for r in storescu(node.port, dx_files))
         wait_for(lambda: spool_counts(tmp_path / "spool")["sent"] == len(dx_files), 30, "sent by STOW-RS")

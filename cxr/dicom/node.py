@@ -139,12 +139,11 @@ def open_predictor(cfg: NodeConfig) -> tuple[Any, _HeatmapCatch | None]:
 
 
 class DicomNode:
-    """The running node (see the module docstring). ``predictor``/``responder`` are for tests and benchmarks."""
+    """The running node (see the module docstring). ``predictor``: an open one (the benchmark shares its own)."""
 
-    def __init__(self, cfg: NodeConfig, *, predictor: Any = None, responder: Responder | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, *, predictor: Any = None) -> None:
         self.cfg = cfg
         self._predictor = predictor
-        self._responder = responder
         self.spool = Spool(cfg.spool)
         self.worker: Worker | None = None
         self._server: Any = None
@@ -165,7 +164,7 @@ class DicomNode:
             if self._predictor is None:
                 self._predictor, heat = open_predictor(self.cfg)
             self.model_sha256 = file_sha256(self.cfg.model)
-            responder = self._responder or cxr_responder(self._predictor)
+            responder = cxr_responder(self._predictor)
             self.worker = Worker(
                 self.spool,
                 self._predictor,
