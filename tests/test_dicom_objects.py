@@ -27,6 +27,7 @@ from cxr.dicom import (
     build_sc,
     build_sr,
     dicom_results,
+    read_sr,
     write_dicom_results,
 )
 from cxr.dicom._source import TYPE2
@@ -196,6 +197,23 @@ def test_sr_holds_every_probability_the_evaluations_and_the_notice(result: Predi
     assert DISCLAIMER in texts and NOTICE in texts and MODEL.sha256 in texts
     assert f"sha256={MODEL.sha256}" in texts and MODEL.name in texts and MODEL.version in texts
     assert all(f"{r.code}: {r.message}" in texts for r in result.reasons)
+
+
+@pytest.mark.parametrize("result", [ASSESSABLE, NOT_ASSESSABLE], ids=["assessable", "not-assessable"])
+def test_the_sr_reads_back_as_the_prediction_it_was_made_from(result: Prediction) -> None:
+    written = pydicom.dcmread(io.BytesIO(_to_bytes(build_sr(read(make_source()), result, MODEL))))
+    back = read_sr(written)
+    assert (back.label, dict(back.probabilities), back.assessable) == (
+        result.label,
+        dict(result.probabilities),
+        result.assessable,
+    )
+    assert back.above_operating_point == tuple(
+        k for k, v in (result.above_operating_point or {}).items() if v
+    )
+    assert (back.reasons, back.model_sha256, back.disclaimer) == (result.reasons, MODEL.sha256, DISCLAIMER)
+    with pytest.raises(DataError, match="carries no cxr result"):
+        read_sr(read(make_source()))
 
 
 @pytest.mark.parametrize("key", SOURCES)

@@ -12,6 +12,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
 
 from cxr.dicom._codes import DISCLAIMER, SCHEME
 from cxr.dicom._identity import ModelIdentity
+from cxr.dicom.read import SrContent, read_sr
 from cxr.dicom.results import DicomResults, dicom_results, write_dicom_results
 from cxr.dicom.sc import build_sc
 from cxr.dicom.sr import build_sr
@@ -21,8 +22,10 @@ __all__ = [
     "SCHEME",
     "DicomResults",
     "ModelIdentity",
+    "SrContent",
     "build_sc",
     "build_sr",
     "dicom_results",
+    "read_sr",
     "write_dicom_results",
 ]
