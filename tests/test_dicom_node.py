@@ -85,21 +85,13 @@ def tally(orthanc: Orthanc, sources: list[Path], spool: Path) -> dict[str, Any]:
     return {"lost": lost, "duplicated": duplicated, "pairs": pairs, "results": len(results)}
 
 
-def sr_strings(data: bytes) -> str:
-    """Every text value and code meaning in an SR's content tree, joined."""
+def sr_content(data: bytes) -> Any:
+    """What the SR that reached the PACS says (``cxr.dicom.read_sr``)."""
     import pydicom
 
-    out: list[str] = []
+    from cxr.dicom import read_sr
 
-    def walk(items: Any) -> None:
-        for it in items or ():
-            out.extend(str(it.get(k, "")) for k in ("TextValue",))
-            for seq in ("ConceptCodeSequence", "ConceptNameCodeSequence"):
-                out.extend(str(c.get("CodeMeaning", "")) for c in it.get(seq, ()))
-            walk(it.get("ContentSequence"))
-
-    walk([pydicom.dcmread(io.BytesIO(data))])
-    return " | ".join(out)
+    return read_sr(pydicom.dcmread(io.BytesIO(data)))
 
 
 @pytest.fixture()
@@ -130,6 +122,7 @@ def test_each_chest_image_gets_one_sr_and_one_sc_in_its_study(
     pacs: Any, fused_model: Path, dx_files: list[Path], tmp_path: Path
 ) -> None:
     from cxr.runtime import Predictor
+    from cxr.session import file_sha256
 
     orthanc, node_port = pacs
     files = [*real_files(), *dx_files]
@@ -152,11 +145,17 @@ def test_each_chest_image_gets_one_sr_and_one_sc_in_its_study(
         "failed": 0,
     }
     predictor = Predictor.from_path(fused_model)
+    sha = file_sha256(fused_model)
     for path, pred in zip(files, predictor.predict(files), strict=True):
         sr, sc, rec = got["pairs"][sop_uid(path)[0]]
         assert rec["prediction"]["probabilities"] == pytest.approx(pred.probabilities, abs=1e-6)
         assert rec["prediction"]["assessable"] == pred.assessable
-        assert pred.label in sr_strings(orthanc.file(sr["_id"])), path.name
+        said = sr_content(orthanc.file(sr["_id"]))  # the SR in the PACS says what cxr-predict says
+        assert (said.label, said.assessable, said.model_sha256) == (pred.label, pred.assessable, sha), (
+            path.name
+        )
+        assert [r.code for r in said.reasons] == [r.code for r in pred.reasons], path.name
+        assert said.probabilities == pytest.approx(pred.probabilities, abs=1e-6), path.name
         study = orthanc.get(f"/studies/{sr['_study']}")
         assert len(study["Series"]) >= 3, path.name  # the image's series, the SR's, the SC's
         tags = orthanc.get(f"/instances/{sc['_id']}/tags?simplify")
