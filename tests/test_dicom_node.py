@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA
@@ -436,3 +437,35 @@ def test_listen_refuses_bad_configuration_with_a_message(
     argv = ["listen", "--model", str(fused_model), "--spool", str(tmp_path / "spool"), *args]
     result = CliRunner().invoke(app, argv, env=env)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.slow
+def test_a_heatmap_model_puts_its_map_into_the_secondary_capture(
+    tmp_path: Path, dx_files: list[Path]
+) -> None:
+    """The node opens the heatmap variant itself (a heatmap sink) and the SC shows the map in colour."""
+    pytest.importorskip("torch")
+    pytest.importorskip("skl2onnx")
+    import pydicom
+
+    from cxr.dicom.forward import parse_destination
+    from cxr.dicom.node import DicomNode, NodeConfig
+    from cxr.fuse.fuse import FuseConfig, fuse, run_members
+    from tests.test_fuse import build_tiny_run
+
+    run = build_tiny_run(tmp_path / "run", {"alpha": 32, "beta": 32})
+    members, meta = run_members(run)
+    fuse(members, meta, FuseConfig(run / "ensemble.onnx", heatmaps=True, bf16_check=False, report=False))
+    dest = parse_destination(f"PACS@127.0.0.1:{free_port()}")  # nobody there: results stay in predicted/
+    cfg = NodeConfig(model=run / "ensemble.heatmaps.onnx", forward=dest, spool=tmp_path / "spool", port=0)
+    node = DicomNode(cfg).start()
+    try:
+        assert all(r.returncode == 0 for r in storescu(node.port, dx_files[:1]))
+        wait_for(lambda: spool_counts(tmp_path / "spool")["predicted"] == 1, 60, "predicted")
+    finally:
+        node.stop()
+    sc = pydicom.dcmread(next((tmp_path / "spool" / "predicted").glob("*/sc.dcm"))).pixel_array.astype(int)
+    h, w = sc.shape[:2]
+    middle = sc[h // 3 : 2 * h // 3, : int(w * 0.6)]  # inside the radiograph: no text, no colour bar
+    coloured = (np.abs(middle[..., 0] - middle[..., 1]) + np.abs(middle[..., 1] - middle[..., 2])) > 30
+    assert coloured.mean() > 0.05, coloured.mean()  # gray there without a map
