@@ -475,3 +475,49 @@ def test_a_heatmap_model_puts_its_map_into_the_secondary_capture(
     middle = sc[h // 3 : 2 * h // 3, : int(w * 0.6)]  # inside the radiograph: no text, no colour bar
     coloured = (np.abs(middle[..., 0] - middle[..., 1]) + np.abs(middle[..., 1] - middle[..., 2])) > 30
     assert coloured.mean() > 0.05, coloured.mean()  # gray there without a map
+
+
+@pytest.mark.parametrize(
+    ("transient", "tries_at_least", "reason"),
+    [(False, 1, "status 0xA900"), (True, 2, "gave up after")],
+)
+def test_results_the_pacs_keeps_refusing_end_in_failed_with_the_reason(
+    fused_model: Path,
+    dx_files: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    transient: bool,
+    tries_at_least: int,
+    reason: str,
+) -> None:
+    """A refusal a retry cannot cure goes to failed/ at once; a transient one when the budget is spent."""
+    import cxr.dicom.worker as worker
+    from cxr.dicom.forward import Backoff, ForwardError, parse_destination
+    from cxr.dicom.node import DicomNode, NodeConfig
+    from cxr.runtime import Predictor
+
+    calls: list[int] = []
+
+    def refuse(datasets: Any, dest: Any, **kw: Any) -> None:
+        calls.append(len(datasets))
+        raise ForwardError(f"{dest}: C-STORE of x failed with status 0xA900", transient=transient)
+
+    monkeypatch.setattr(worker, "send", refuse)
+    cfg = NodeConfig(
+        model=fused_model,
+        forward=parse_destination("PACS@127.0.0.1:9"),
+        spool=tmp_path / "spool",
+        port=0,
+        backoff=Backoff(0.1, 0.2, 0.5),
+    )
+    node = DicomNode(cfg, predictor=Predictor.from_path(fused_model, batch_size=1)).start()
+    try:
+        assert all(r.returncode == 0 for r in storescu(node.port, dx_files[:1]))
+        wait_for(lambda: spool_counts(tmp_path / "spool")["failed"] == 1, 30, "failed/")
+    finally:
+        node.stop()
+    folder = next((tmp_path / "spool" / "failed").iterdir())
+    record = json.loads((folder / "record.json").read_text())
+    assert record["stage"] == "send" and reason in record["reason"] and record["tries"] >= tries_at_least
+    assert (folder / "sr.dcm").exists() and (folder / "sc.dcm").exists()  # kept: nothing is lost
+    assert len(calls) == record["tries"] and calls[0] == 2  # the SR and the SC together

@@ -113,7 +113,6 @@ class Worker:
             ),
             threading.Thread(target=self._loop, args=(self._to_send, self._send_one), name="cxr-send"),
         ]
-        self.counts = {"sent": 0, "failed": 0}
 
     def start(self) -> None:
         for t in self._threads:
@@ -142,9 +141,6 @@ class Worker:
         if received or predicted:
             log.info("spool replay: %d to predict, %d to send", len(received), len(predicted))
         return len(received), len(predicted)
-
-    def idle(self) -> bool:
-        return self._to_predict.unfinished_tasks == 0 and self._to_send.unfinished_tasks == 0
 
     def _loop(self, q: queue.Queue[str], step: Callable[[str], None]) -> None:
         while not self._stop.is_set():
@@ -228,7 +224,6 @@ class Worker:
         self._finish("failed", uid, record, result=record.get("result"), error=reason)
 
     def _finish(self, event: str, uid: str, meta: Mapping[str, Any], **fields: Any) -> None:
-        self.counts[event] += 1
         audit_log.info(
             audit_line(
                 event,
