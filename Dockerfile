@@ -4,6 +4,9 @@
 #   docker build -t cxr-serve --build-arg MODEL=runs/demo/ensemble.onnx .   # with a model copied in
 #   docker build -t cxr-serve:gpu --target gpu .                    # CUDA image with onnxruntime-gpu
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/runs/demo/ensemble.onnx:/models/ensemble.onnx:ro" cxr-serve
+# The same image runs the DICOM node (`cxr listen`, docs/dicom-node.md) with CXR_ROLE=listen:
+#   docker run --rm -p 11112:11112 -e CXR_ROLE=listen -e CXR_FORWARD=PACS@10.0.0.5:104 -v cxr-spool:/spool \
+#     -v "$PWD/runs/demo/ensemble.onnx:/models/ensemble.onnx:ro" cxr-serve
 # The install and start steps live in docker/install.sh and docker/entrypoint.sh, which
 # scripts/container_smoke.sh also runs in CI without Docker; scripts/container_build.sh builds this file
 # with buildah on a debootstrap Debian base (PYTHON_IMAGE, python3 at /usr/bin) and
@@ -47,7 +50,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cxr \
- && mkdir -p /models /opt/cxr/trt-cache && chown cxr /opt/cxr/trt-cache
+ && mkdir -p /models /spool /opt/cxr/trt-cache && chown cxr /spool /opt/cxr/trt-cache
 COPY --from=gpu-build /opt/venv /opt/venv
 COPY docker/entrypoint.sh /opt/cxr/entrypoint.sh
 COPY docker/healthcheck.py /opt/cxr/healthcheck.py
@@ -55,7 +58,7 @@ COPY ${MODEL} /opt/cxr/models/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     CXR_HOST=0.0.0.0 CXR_PORT=8000 CXR_PROVIDER=cuda CXR_TRT_CACHE=/opt/cxr/trt-cache
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 11112
 VOLUME ["/models"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["/opt/venv/bin/python", "/opt/cxr/healthcheck.py"]
@@ -65,7 +68,7 @@ ENTRYPOINT ["/opt/cxr/entrypoint.sh"]
 FROM ${PYTHON_IMAGE} AS cpu
 ARG MODEL=docker/models
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cxr \
- && mkdir -p /models
+ && mkdir -p /models /spool && chown cxr /spool
 COPY --from=cpu-build /opt/venv /opt/venv
 COPY docker/entrypoint.sh /opt/cxr/entrypoint.sh
 COPY docker/healthcheck.py /opt/cxr/healthcheck.py
@@ -73,7 +76,7 @@ COPY ${MODEL} /opt/cxr/models/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     CXR_HOST=0.0.0.0 CXR_PORT=8000 CXR_PROVIDER=cpu
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 11112
 VOLUME ["/models"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["/opt/venv/bin/python", "/opt/cxr/healthcheck.py"]

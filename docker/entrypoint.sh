@@ -4,10 +4,19 @@
 # Model: $CXR_MODEL, else the only *.onnx in /models (a mounted volume), else the only *.onnx in
 # /opt/cxr/models (copied in at build time with --build-arg MODEL=...).
 # scripts/container_smoke.sh runs this same file outside Docker (CXR_VENV points at its venv).
+# CXR_ROLE=listen runs the DICOM node instead (`cxr listen`, docs/dicom-node.md): its DICOM port is
+# $CXR_DICOM_PORT (default 11112, EXPOSEd), because the image's CXR_PORT is the HTTP API's; set CXR_FORWARD
+# (or CXR_FORWARD_URL) and CXR_SPOOL (default /spool: mount a volume there so the spool survives the container).
 set -eu
 
 venv=${CXR_VENV:-/opt/venv}
 export CXR_HOST="${CXR_HOST:-0.0.0.0}"
+role=serve
+if [ "${CXR_ROLE:-serve}" = listen ]; then
+  role=listen
+  export CXR_PORT="${CXR_DICOM_PORT:-11112}"
+  export CXR_SPOOL="${CXR_SPOOL:-/spool}"
+fi
 export CXR_PORT="${CXR_PORT:-8000}"
 
 if [ -z "${CXR_MODEL:-}" ]; then
@@ -29,4 +38,4 @@ if [ -z "${CXR_MODEL:-}" ]; then
   exit 2
 fi
 export CXR_MODEL
-exec "$venv/bin/cxr" serve "$@"
+exec "$venv/bin/cxr" "$role" "$@"

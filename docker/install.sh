@@ -31,9 +31,9 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # exactly one onnxruntime build per image: the cpu or the gpu extra (they share one module)
 if [ "$flavor" = cpu ]; then
-  "${pip[@]}" install --quiet "$src[cpu,serve,openvino]"  # --provider openvino: the fastest CPU backend measured
+  "${pip[@]}" install --quiet "$src[cpu,serve,openvino,dicom]"  # --provider openvino: the fastest CPU backend measured
 else
-  "${pip[@]}" install --quiet "$src[gpu,serve]"
+  "${pip[@]}" install --quiet "$src[gpu,serve,dicom]"
 fi
 
 # The wall: the image runs without torch and the training stack, and the API imports.

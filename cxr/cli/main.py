@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from cxr import __version__
-from cxr.cli import bench, data, demo, evaluate, export, fuse, predict, serve, stack, train, triton
+from cxr.cli import bench, data, demo, evaluate, export, fuse, listen, predict, serve, stack, train, triton
 from cxr.cli.common import debug_option
 from cxr.labels import NOTICE
 
@@ -28,6 +28,7 @@ app.command("fuse")(fuse.fuse)
 app.command("evaluate")(evaluate.evaluate)
 app.command("evaluate-folds")(evaluate.evaluate_folds)
 app.command("serve", short_help="Serve the HTTP inference API.")(serve.serve)
+app.command("listen", short_help="Run the DICOM node: receive, predict, send SR + SC.")(listen.listen)
 app.command("export-triton")(triton.export_triton)
 app.command("demo")(demo.demo)
 app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")

@@ -1,0 +1,153 @@
+"""`cxr listen`: the DICOM node (receives radiographs by C-STORE, sends SR + secondary capture to the PACS).
+
+Every option can also come from a `CXR_*` environment variable (shown in --help), like `cxr serve`.
+pynetdicom is imported inside the command (the `dicom` extra), so `cxr --help` works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxr.cli.common import ProviderChoice, handle_errors, setup_logging
+from cxr.errors import ConfigError, ModelError
+
+LIMITS = "Limits"
+RETRY = "Retries"
+
+
+@handle_errors
+def listen(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", envvar="CXR_MODEL", help="The cxr ONNX model (fused ensemble).")
+    ],
+    spool: Annotated[
+        Path,
+        typer.Option(
+            envvar="CXR_SPOOL",
+            help="Durable spool folder (received -> predicted -> sent | failed); replayed on start.",
+        ),
+    ],
+    forward: Annotated[
+        str | None,
+        typer.Option(envvar="CXR_FORWARD", help="Send the SR and SC by C-STORE to AET@HOST:PORT (the PACS)."),
+    ] = None,
+    forward_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CXR_FORWARD_URL",
+            help="Or by DICOMweb STOW-RS to this base URL (e.g. http://pacs/dicom-web).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(envvar="CXR_PORT", help="DICOM port (0: any free port).")] = 11112,
+    host: Annotated[
+        str, typer.Option(envvar="CXR_HOST", help="Address to bind; 0.0.0.0 exposes the node to the network.")
+    ] = "127.0.0.1",
+    ae_title: Annotated[str, typer.Option(envvar="CXR_AE_TITLE", help="This node's AE title.")] = "CXR",
+    allow_ae: Annotated[
+        str,
+        typer.Option(
+            envvar="CXR_ALLOW_AE", help="Calling AE titles allowed, comma-separated (empty: any is accepted)."
+        ),
+    ] = "",
+    max_associations: Annotated[
+        int,
+        typer.Option(envvar="CXR_MAX_ASSOCIATIONS", rich_help_panel=LIMITS, help="Concurrent associations."),
+    ] = 8,
+    max_pdu: Annotated[
+        int,
+        typer.Option(
+            envvar="CXR_MAX_PDU", rich_help_panel=LIMITS, help="Largest PDU received, bytes (0: any)."
+        ),
+    ] = 262_144,
+    max_instance_mb: Annotated[
+        float,
+        typer.Option(
+            envvar="CXR_MAX_INSTANCE_MB", rich_help_panel=LIMITS, help="Larger instances get 0xA700."
+        ),
+    ] = 256.0,
+    retry_initial: Annotated[
+        float, typer.Option(envvar="CXR_RETRY_INITIAL", rich_help_panel=RETRY, help="First retry delay, s.")
+    ] = 1.0,
+    retry_max: Annotated[
+        float, typer.Option(envvar="CXR_RETRY_MAX", rich_help_panel=RETRY, help="Longest retry delay, s.")
+    ] = 60.0,
+    retry_budget: Annotated[
+        float,
+        typer.Option(
+            envvar="CXR_RETRY_BUDGET", rich_help_panel=RETRY, help="Seconds of retries before failed/."
+        ),
+    ] = 3600.0,
+    provider: Annotated[
+        ProviderChoice, typer.Option(envvar="CXR_PROVIDER", help="onnxruntime provider, or openvino.")
+    ] = ProviderChoice.auto,
+    threads: Annotated[
+        int | None, typer.Option(envvar="CXR_THREADS", help="Inference threads (default: all cores).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", envvar="CXR_DEBUG_LOG", help="Debug logging.")] = False,
+) -> None:
+    """Run the DICOM node: a Storage SCP (CR, DX, Secondary Capture; C-ECHO) that predicts every image and
+    sends its structured report and secondary capture to the PACS. Decision support only, not a diagnosis."""
+    from cxr.dicom.forward import Backoff, Destination, parse_destination
+
+    if not model.is_file():
+        raise ModelError(
+            f"model file {model} does not exist",
+            hint="pass --model (or CXR_MODEL) a fused cxr model such as runs/demo/ensemble.onnx",
+            path=model,
+        )
+    if (forward is None) == (forward_url is None):
+        raise ConfigError(
+            "give exactly one destination: --forward AET@HOST:PORT or --forward-url URL",
+            hint="e.g. --forward ORTHANC@127.0.0.1:4242 (or CXR_FORWARD)",
+        )
+    dest: Destination = parse_destination(forward) if forward else Destination.stow(str(forward_url))
+    setup_logging(debug)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)  # a line per PDU
+    _require_dicom_extra()
+    from cxr.dicom.node import DicomNode, NodeConfig
+
+    cfg = NodeConfig(
+        model=model,
+        forward=dest,
+        spool=spool,
+        port=port,
+        host=host,
+        ae_title=ae_title,
+        allow_ae=tuple(a.strip() for a in allow_ae.split(",") if a.strip()),
+        max_pdu=max_pdu,
+        max_associations=max_associations,
+        max_instance_bytes=int(max_instance_mb * 1024 * 1024),
+        backoff=Backoff(retry_initial, retry_max, retry_budget),
+        provider=provider.value,
+        threads=threads,
+    )
+    node = DicomNode(cfg)
+
+    def _terminate(signum: int, frame: Any) -> None:  # SIGTERM (docker stop) ends like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    node.start()
+    typer.echo(f"cxr listen: {cfg.ae_title}@{cfg.host}:{node.port} -> {dest} (spool {spool})", err=True)
+    try:
+        node.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server, exit 0
+        typer.echo("cxr listen: stopping (what is not sent yet stays in the spool)", err=True)
+    finally:
+        node.stop()
+
+
+def _require_dicom_extra() -> None:
+    try:
+        import pydicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"`cxr listen` needs the dicom extra ({e.name or e} is missing)",
+            hint="pip install 'cxr-toolkit[dicom]'",
+        ) from e

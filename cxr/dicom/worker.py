@@ -1,0 +1,239 @@
+"""The node's two worker threads: spooled instance -> prediction -> SR + SC in the spool -> sent to the PACS.
+
+Takes: an open ``Spool``, a ``Predictor``, a ``Responder`` (prediction -> SR and SC datasets; by default the
+highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes: ``Worker`` whose
+``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
+One thread predicts (the model runs one image at a time, in arrival order); another sends, retrying with
+backoff while the destination is down, so predictions go on spooling during an outage. A failure of one
+instance moves it to failed/ with the reason and never stops either thread. One audit line per instance
+(logger ``cxr.audit``, ``audit_line``) when it reaches sent/ or failed/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+
+from cxr.dicom.forward import Backoff, Destination, ForwardError, send
+from cxr.dicom.spool import Spool
+from cxr.errors import first_line
+from cxr.spec import Prediction
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("cxr.audit")
+_STOP = ""
+
+
+class Responder(Protocol):
+    """Makes the two result objects (SR, SC) of one predicted instance."""
+
+    def __call__(self, source: bytes, pred: Prediction, rgb: np.ndarray) -> tuple[Any, Any]: ...
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def audit_line(event: str, **fields: Any) -> str:
+    """``event=... key=value ...``: values with spaces or quotes are JSON-quoted; never pixels or names."""
+
+    def fmt(v: Any) -> str:
+        s = "-" if v is None or v == "" else str(v)
+        return json.dumps(s) if any(c in s for c in ' "=\n') else s
+
+    return " ".join([f"time={fmt(now())}", f"event={event}", *(f"{k}={fmt(v)}" for k, v in fields.items())])
+
+
+def result_text(pred: Prediction) -> str:
+    """The result column of the audit line: the class, or not_assessable:CLASS:reasons, or the error."""
+    if pred.error is not None:
+        return f"error:{first_line(Exception(pred.error), 160)}"
+    if pred.assessable is False:
+        return f"not_assessable:{pred.label}:{','.join(r.code for r in pred.reasons)}"
+    return f"{pred.label}"
+
+
+def secondary_capture_picture(image: np.ndarray, heat: np.ndarray | None, pred: Prediction) -> np.ndarray:
+    """The secondary capture's RGB pixels: the one place the node draws (``cxr.runtime.overlay``)."""
+    from cxr.runtime.overlay import render_overlay
+
+    return np.asarray(render_overlay(image, pred, heat).convert("RGB"), dtype=np.uint8)
+
+
+def part10(ds: Any) -> bytes:
+    """A dataset as DICOM file bytes (preamble, file meta), as the spool keeps it."""
+    from pydicom import dcmwrite
+
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class Worker:
+    """The predict and send threads of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        predictor: Any,
+        responder: Responder,
+        dest: Destination,
+        *,
+        calling_ae: str,
+        backoff: Backoff,
+        model_sha256: str,
+        send_timeout_s: float = 30.0,
+    ) -> None:
+        self.spool = spool
+        self.predictor = predictor
+        self.responder = responder
+        self.dest = dest
+        self.calling_ae = calling_ae
+        self.backoff = backoff
+        self.model_sha256 = model_sha256
+        self.send_timeout_s = send_timeout_s
+        self._to_predict: queue.Queue[str] = queue.Queue()
+        self._to_send: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
+            ),
+            threading.Thread(target=self._loop, args=(self._to_send, self._send_one), name="cxr-send"),
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the instance in hand; what is still queued stays in the spool for the next start."""
+        self._stop.set()
+        self._to_predict.put(_STOP)
+        self._to_send.put(_STOP)
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout_s)
+
+    def submit(self, uid: str) -> None:
+        self._to_predict.put(uid)
+
+    def replay(self) -> tuple[int, int]:
+        """Queue what the spool holds from before (received -> predict, predicted -> send)."""
+        received, predicted = self.spool.pending()
+        for uid in predicted:
+            self._to_send.put(uid)
+        for uid in received:
+            self._to_predict.put(uid)
+        if received or predicted:
+            log.info("spool replay: %d to predict, %d to send", len(received), len(predicted))
+        return len(received), len(predicted)
+
+    def _loop(self, q: queue.Queue[str], step: Callable[[str], None]) -> None:
+        while not self._stop.is_set():
+            uid = q.get()
+            try:
+                if uid != _STOP and not self._stop.is_set():
+                    step(uid)
+            except Exception:  # one instance must never stop the node: log it; it stays in the spool
+                log.exception("unexpected error on %s; it stays in the spool for the next start", uid)
+            finally:
+                q.task_done()
+
+    # ------------------------------------------------------------------ received -> predicted
+    def _predict_one(self, uid: str) -> None:
+        if self.spool.state(uid) != "received":
+            return  # already handled (a resend queued twice)
+        meta = self.spool.received_meta(uid)
+        path = self.spool.source(uid)
+        try:
+            data = path.read_bytes()
+            one = self.predictor.explain(data, str(path))  # one decode, one run (with the heatmap if any)
+            pred = one.prediction
+            if pred.error is not None or one.image is None:
+                raise _NotPredicted(pred.error or "not decoded")
+            rgb = secondary_capture_picture(one.image, one.heatmap, pred)
+            sr, sc = self.responder(data, pred, rgb)
+            files = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
+        except Exception as e:  # undecodable after all, or a builder failure: failed/, with the source
+            reason = str(e) if isinstance(e, _NotPredicted) else f"{type(e).__name__}: {first_line(e)}"
+            if not isinstance(e, _NotPredicted):
+                log.warning("%s: could not make its results", uid, exc_info=True)
+            self.spool.mark_failed_received(
+                uid, {**meta, "stage": "predict", "reason": reason, "failed_at": now()}
+            )
+            self._finish("failed", uid, meta, result=f"error:{first_line(Exception(reason), 160)}")
+            return
+        record = {
+            **meta,
+            "sop_instance_uid": uid,
+            "model_sha256": self.model_sha256,
+            "prediction": {k: v for k, v in pred.to_dict().items() if k != "source"},
+            "result": result_text(pred),
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "sc_sop_instance_uid": str(sc.SOPInstanceUID),
+            "predicted_at": now(),
+        }
+        self.spool.mark_predicted(uid, files, record)
+        self._to_send.put(uid)
+
+    # ------------------------------------------------------------------ predicted -> sent
+    def _send_one(self, uid: str) -> None:
+        import pydicom
+
+        if self.spool.state(uid) != "predicted":
+            return
+        folder = self.spool.folder("predicted", uid)
+        datasets = [pydicom.dcmread(folder / name) for name in ("sr.dcm", "sc.dcm")]
+        started, tries = time.monotonic(), 0
+        for delay in self.backoff.delays():
+            tries += 1
+            try:
+                send(datasets, self.dest, calling_ae=self.calling_ae, timeout_s=self.send_timeout_s)
+            except ForwardError as e:
+                spent = time.monotonic() - started
+                if not e.transient or spent + delay > self.backoff.budget_s:
+                    why = e.message if not e.transient else f"{e.message} (gave up after {tries} tries)"
+                    self._give_up(uid, why, tries)
+                    return
+                log.warning("%s: %s; retry %d in %.1f s", uid, e.message, tries, delay)
+                if self._stop.wait(delay):
+                    return  # stopping: it stays in predicted/ and is sent after the next start
+                continue
+            record = self.spool.record("predicted", uid)
+            self.spool.move(uid, "sent", {"sent_to": str(self.dest), "sent_at": now(), "tries": tries})
+            self._finish("sent", uid, record, result=record.get("result"), sent_to=str(self.dest))
+            return
+
+    def _give_up(self, uid: str, reason: str, tries: int) -> None:
+        record = self.spool.record("predicted", uid)
+        update = {"stage": "send", "reason": reason, "tries": tries, "failed_at": now()}
+        self.spool.move(uid, "failed", update)
+        self._finish("failed", uid, record, result=record.get("result"), error=reason)
+
+    def _finish(self, event: str, uid: str, meta: Mapping[str, Any], **fields: Any) -> None:
+        audit_log.info(
+            audit_line(
+                event,
+                calling_ae=meta.get("calling_ae"),
+                peer=meta.get("peer"),
+                sop_instance_uid=uid,
+                model_sha256=self.model_sha256,
+                received_at=meta.get("received_at"),
+                **fields,
+            )
+        )
+
+
+class _NotPredicted(Exception):
+    """The predictor returned an error row for the instance (it could not be decoded)."""
