@@ -98,6 +98,8 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     model = make_fused_model(d / "ensemble.onnx")
     png = write_gray_pngs(d / "xrays", 2)[0]
     (d / "study.dcm").write_bytes(make_source())
+    (d / "dicom-in").mkdir()
+    (d / "dicom-in" / "IM0001").write_bytes(make_source())
     return {
         "ensemble.onnx": str(model),
         "runs/demo/ensemble.onnx": str(model),
@@ -107,6 +109,8 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "results.csv": str(d / "results.csv"),
         "overlays/": str(d / "overlays"),
         "dicom/": str(d / "dicom"),
+        "/data/dicom": str(d / "dicom-in"),
+        "results/": str(d / "dicom-results"),
     }
 
 
