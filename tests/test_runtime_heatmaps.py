@@ -204,10 +204,13 @@ def test_api_returns_the_overlay_on_request(heat_model: Path, tmp_path: Path) ->
 
     from cxr.serve.app import create_app
     from cxr.serve.config import ServeConfig
+    from cxr.session import SessionConfig
 
     png = write_gray_pngs(tmp_path, 1, size=48)[0].read_bytes()
     for heatmaps in (True, False):
-        with TestClient(create_app(ServeConfig(model=heat_model, threads=1, heatmaps=heatmaps))) as client:
+        with TestClient(
+            create_app(ServeConfig(model=heat_model, session=SessionConfig(threads=1), heatmaps=heatmaps))
+        ) as client:
             deadline = time.monotonic() + 20
             while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -255,7 +258,9 @@ def test_heatmaps_run_with_training_libraries_unimportable(heat_model: Path, tmp
         from fastapi.testclient import TestClient
         from cxr.serve.app import create_app
         from cxr.serve.config import ServeConfig
-        with TestClient(create_app(ServeConfig(model={str(heat_model)!r}, threads=1, heatmaps=True))) as c:
+        from cxr.session import SessionConfig
+        cfg = ServeConfig(model={str(heat_model)!r}, session=SessionConfig(threads=1), heatmaps=True)
+        with TestClient(create_app(cfg)) as c:
             while c.get("/readyz").status_code != 200:
                 time.sleep(0.05)
             r = c.post("/v1/predict?heatmap=true", content=open({str(png)!r}, "rb").read())
