@@ -125,3 +125,21 @@ def test_from_dict_refuses_unknown_fields() -> None:
     assert Prediction.from_dict(
         Prediction("a", "COVID", 0.9, reasons=(Reason("x", "y"),), warnings=("w",)).to_dict()
     ).reasons == (Reason("x", "y"),)
+
+
+def test_warnings_are_logged_when_the_model_opens_and_drawn_on_overlays(
+    model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import numpy as np
+
+    from cxr.runtime.overlay import render_overlay
+
+    with caplog.at_level(logging.WARNING, logger="cxr"):
+        predictor = Predictor.from_path(model)  # cxr serve and cxr listen open their model this way
+    assert any("SYNTHETIC" in r.getMessage() for r in caplog.records)
+    result = predictor.predict(np.full((40, 40), 90, dtype=np.uint8))
+    plain = render_overlay(np.zeros((40, 40), np.uint8), Prediction("a.png", "COVID", 0.5))
+    warned = render_overlay(np.zeros((40, 40), np.uint8), result)
+    assert warned.height > plain.height  # the warning lines sit above the notice
