@@ -1,10 +1,8 @@
-"""The images a run's export verifies and calibrates on, loaded once and preprocessed per member.
+"""The images a run's export verifies and calibrates on: takes a ``RunExportConfig``, makes ``InputPool``.
 
-Takes: a ``RunExportConfig`` (run directory, manifest, image counts, seed). Makes: ``InputPool``, which
-gives float32 [N, C, H, W] inputs for a ``PreprocessSpec``: val-split images (stratified by class, decoded
-and preprocessed as the runtime does) plus noise for FP32 parity, val images alone for variant agreement,
-and train-split images for INT8 calibration; synthetic radiographs stand in when there is no manifest (the
-pool's ``describe()`` says so).
+The pool gives float32 [N, C, H, W] per ``PreprocessSpec``: val images (stratified by class) plus noise for
+FP32 parity, val images alone for variants, train images for INT8 calibration; synthetic radiographs stand
+in when there is no manifest (``describe()`` says so).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DataError, DecodeError
-from cxr.export.run_types import MEMBERS_DIR, RunExportConfig
+from cxr.export.report import MEMBERS_DIR, RunExportConfig
 from cxr.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
