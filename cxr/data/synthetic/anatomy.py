@@ -1,10 +1,6 @@
-"""Normal chest anatomy of a synthetic PA radiograph, on a float canvas (internal to cxr.data.synthetic).
-
-Everything is drawn at about 40 % of the output resolution on float32 grids in [-1, 1] (radiographs are
-smooth, and this keeps the generator fast); :mod:`cxr.data.synthetic.render` upsamples at the end.
-Image left is the patient's right (PA view): the heart bulges to the image right. :func:`draw_anatomy`
-returns a :class:`Frame`: the canvas plus the patient geometry the class findings are placed with.
-"""
+"""Normal chest anatomy of a synthetic PA radiograph on a float canvas in [-1, 1] (about 40 % of the output
+size); ``draw_anatomy`` returns a ``Frame``: the canvas and the geometry findings are placed with. Image left
+is the patient's right."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Inputs that are NOT frontal chest radiographs, for testing the input gate (numpy and Pillow only).
-
-Takes: a count, a seed and a size (or real radiographs to spoil). Makes: uint8 gray images a user might
-feed by mistake: ``photographs`` (scenes of lit, textured shapes over a sky-to-ground gradient, as a phone
-photo of anything looks in gray), ``drawings`` (dark strokes and shapes on white paper), and spoiled
-radiographs: ``inverted`` (MONOCHROME1 shown as MONOCHROME2) and ``windowed`` (a wrong VOI window that
-crushes the image into a narrow grey band).
-"""
+"""Inputs that are NOT frontal chest radiographs, for testing the input gate: gray ``photographs`` and
+``drawings`` (count, seed, size), and spoiled radiographs: ``inverted`` and ``windowed`` (a wrong VOI window)."""
 
 from __future__ import annotations
 
