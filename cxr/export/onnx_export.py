@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,36 +105,12 @@ def export_onnx(model: torch.nn.Module, cfg: ExportConfig) -> ExportResult:
             move_into_place(tmp / out.name, out)
     finally:
         model.train(was_training)
-    result = ExportResult(
-        path=out,
-        exporter=choice.exporter,
-        exporter_reason=choice.reason,
-        simplified=shipped.simplified,
-        simplify_reason=shipped.reason,
-        seconds=time.perf_counter() - t0,
-        size_bytes=onnx_size_bytes(out),
-        flops_per_image=shipped.flops,
-        opset=shipped.opset,
-        ir_version=shipped.ir_version,
-        external_data=shipped.external,
-        sha256=onnx_sha256(out),
-        batch_checks=shipped.checks,
-    )
+    seconds = time.perf_counter() - t0
+    result = replace(shipped, seconds=seconds, size_bytes=onnx_size_bytes(out), sha256=onnx_sha256(out))
     log.info(
         "exported %s (%s, %.1f s, %.1f MiB)", out, choice.exporter, result.seconds, result.size_bytes / 2**20
     )
     return result
-
-
-@dataclass(frozen=True)
-class _Shipped:
-    simplified: bool
-    reason: str | None
-    flops: int
-    opset: int
-    ir_version: int
-    external: bool
-    checks: tuple[BatchCheck, ...]
 
 
 class _Rejected(Exception):
@@ -147,7 +123,7 @@ def _simplify_and_check(
     cfg: ExportConfig,
     choice: ExporterChoice,
     staged: Path,
-) -> _Shipped:
+) -> ExportResult:
     """Write to ``staged`` the simplified graph if it passes every check, else the raw one if it does."""
     reason: str | None = "simplification not asked for (--no-simplify)"
     if cfg.simplify:
@@ -176,7 +152,7 @@ def _stage(
     cfg: ExportConfig,
     choice: ExporterChoice,
     staged: Path,
-) -> _Shipped:
+) -> ExportResult:
     what = "the simplified graph" if simplified else "the graph"
     flops = count_flops(proto).flops_per_image
     _write_member_metadata(proto, cfg, choice, flops, simplified, reason)
@@ -194,7 +170,22 @@ def _stage(
         raise _Rejected(
             f"{what} differs from PyTorch ({describe_failures(checks)}, tolerance {cfg.check_atol:g})"
         )
-    return _Shipped(simplified, reason, flops, opset, ir_version, external, checks)
+    path, exporter = Path(cfg.out), choice.exporter  # seconds, size and hash are filled in once it is moved
+    return ExportResult(
+        path,
+        exporter,
+        choice.reason,
+        simplified,
+        reason,
+        0.0,
+        0,
+        flops,
+        opset,
+        ir_version,
+        external,
+        "",
+        checks,
+    )
 
 
 def _try_simplify(raw: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ConfigError, CxrError, DataError, ModelError, VerificationError
-from cxr.export.export_types import (
-    ExportConfig,
-)
-from cxr.export.inputs import InputPool, random_inputs, synthetic_images
+from cxr.export.export_types import ExportConfig
+from cxr.export.inputs import InputPool
 from cxr.export.onnx_export import check_opset, export_onnx
 from cxr.export.onnx_files import external_data_path, onnx_sha256, read_metadata
 from cxr.export.quantize import (
@@ -44,17 +42,6 @@ from cxr.export.report import (
 )
 from cxr.export.verify import VerifyConfig, verify_against_onnx, verify_onnx
 from cxr.spec import ModelMetadata, PreprocessSpec
-
-__all__ = [
-    "MemberReport",
-    "RunExportConfig",
-    "RunExportResult",
-    "export_run",
-    "random_inputs",
-    "raise_for_failures",
-    "synthetic_images",
-    "verify_run",
-]
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +189,7 @@ def _export_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx
         _reject(out)
         return MemberReport(name, info.timm_name, None, error=e.message)
     inputs, sources = pool.verify_inputs(info.preprocess)
-    parity = verify_onnx(
-        ck.model, out, inputs, _fp32_verify_cfg(name, cfg), sources=sources
-    )  # strict=False: judged below
+    parity = verify_onnx(ck.model, out, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
     if not parity.passed:
         _reject(out)
         error = f"onnx fp32 differs from pytorch: {'; '.join(parity.reasons)}"
@@ -221,13 +206,11 @@ def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx
     meta = read_metadata(path)
     recorded = meta.card.get("checkpoint_sha256")
     if recorded != ck.info.sha256:
-        return MemberReport(
-            name,
-            ck.info.timm_name,
-            path,
-            error=f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
-            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`",
+        error = (
+            f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
+            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`"
         )
+        return MemberReport(name, ck.info.timm_name, path, error=error)
     inputs, sources = pool.verify_inputs(ck.info.preprocess)
     parity = verify_onnx(ck.model, path, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
     error = None if parity.passed else f"onnx fp32 differs from pytorch: {'; '.join(parity.reasons)}"
@@ -284,16 +267,8 @@ def _verify_variant(
     vcfg = variant_verify_config(src.stem, precision, cfg.min_agreement, cfg.threads)
     report = verify_against_onnx(src, vpath, inputs, vcfg, candidate=f"onnx {precision}", sources=sources)
     why = None if report.passed else f"not usable: {'; '.join(report.reasons)}"
-    return VariantResult(
-        precision,
-        vpath,
-        report.passed,
-        why,
-        time.perf_counter() - t0,
-        vpath.stat().st_size,
-        fp32_sha,
-        report,
-    )
+    seconds, size = time.perf_counter() - t0, vpath.stat().st_size
+    return VariantResult(precision, vpath, report.passed, why, seconds, size, fp32_sha, report)
 
 
 def _reject(out: Path) -> None:
