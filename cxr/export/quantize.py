@@ -130,15 +130,13 @@ def make_fp16(src: Path, cfg: Fp16Config) -> VariantResult:
     """Convert ``src`` to FP16 (FP32 I/O, sensitive ops FP32), verify against it, write if it agrees."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    src = Path(src)
-    meta = _fp32_metadata(src)
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.keep_fp32_ops))
     settings = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "fp32_ops": block}
 
     def build(tmp: Path) -> onnx.ModelProto:
         return convert_float_to_float16(str(src), keep_io_types=True, op_block_list=block)
 
-    return _make_variant(src, "fp16", meta, build, cfg.verify_inputs, cfg, settings)
+    return _make_variant(Path(src), "fp16", build, cfg, settings)
 
 
 def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
@@ -147,7 +145,6 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = Path(src)
-    meta = _fp32_metadata(src)
     qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -194,19 +191,14 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
         )
         return onnx.load(str(quant))
 
-    return _make_variant(src, "int8", meta, build, cfg.verify_inputs, cfg, settings)
+    return _make_variant(src, "int8", build, cfg, settings)
 
 
 def _make_variant(
-    src: Path,
-    precision: str,
-    meta: ModelMetadata,
-    build: Any,
-    verify_inputs: np.ndarray,
-    cfg: Fp16Config | Int8Config,
-    settings: dict[str, Any],
+    src: Path, precision: str, build: Any, cfg: Fp16Config | Int8Config, settings: dict[str, Any]
 ) -> VariantResult:
     """Build the variant in a scratch folder, verify it against ``src``, and move it into place if it agrees."""
+    meta = _fp32_metadata(src)
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else variant_path(src, precision)
     fp32_sha = onnx_sha256(src)
@@ -233,7 +225,7 @@ def _make_variant(
         save_onnx(proto, staged, cfg.external_data_threshold)
         try:
             report = verify_against_onnx(
-                src, staged, verify_inputs, vcfg, candidate=f"onnx {precision}", sources=cfg.sources
+                src, staged, cfg.verify_inputs, vcfg, candidate=f"onnx {precision}", sources=cfg.sources
             )
         except ModelError as e:
             return reject(f"onnxruntime cannot run the {precision} graph: {e.message}")

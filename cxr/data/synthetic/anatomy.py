@@ -254,19 +254,7 @@ def draw_anatomy(n: int, rng: np.random.Generator) -> Frame:
     vessels, radius, angle = _hila_and_markings(b, warp, rng)
     _granuloma(b, rng)
     h = b.h
+    dia = (h.dia_l, h.dia_r)
     return Frame(
-        img=b.img,
-        u=u,
-        v=v,
-        lung=b.lung,
-        depth=b.depth,
-        lateral=b.lateral,
-        vessels=vessels,
-        hilar_radius=radius,
-        hilar_angle=angle,
-        warp=warp,
-        top=h.top,
-        dia=(h.dia_l, h.dia_r),
-        centre=h.centre,
-        half=h.half,
+        b.img, u, v, b.lung, b.depth, b.lateral, vessels, radius, angle, warp, h.top, dia, h.centre, h.half
     )
