@@ -277,13 +277,8 @@ def export_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out: dict[str, str] = {"torch": torch.__version__, "onnx": onnx.__version__}
-    for dist, key in (
-        ("onnxruntime", "onnxruntime"),
-        ("timm", "timm"),
-        ("onnxsim", "onnxsim"),
-        ("onnxscript", "onnxscript"),
-        ("cxr-toolkit", "cxr"),
-    ):
+    for dist in ("onnxruntime", "timm", "onnxsim", "onnxscript", "cxr-toolkit"):
+        key = "cxr" if dist == "cxr-toolkit" else dist
         try:
             out[key] = md.version(dist)
         except md.PackageNotFoundError:

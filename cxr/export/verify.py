@@ -1,11 +1,8 @@
 """Verify an exported graph against its reference (PyTorch or an FP32 ONNX file) on the same inputs.
 
-Takes: float32 inputs [N, C, H, W] normalised as the runtime does, the two models and a ``VerifyConfig``.
-Makes: ``VerifyReport``: max abs and max rel difference of the class probabilities, top-1 agreement and a
-verdict (all finite, ``max_abs <= atol`` when set, top-1 agreement >= ``min_top1``; a disagreement on a
-reference tie within ``tie_margin`` is counted in ``n_ties``, not held against the candidate; ``max_rel``,
-``|p - p_ref| / max(p_ref, REL_FLOOR)``, is never judged). With ``strict`` a failure raises
-``VerificationError``. numpy and onnxruntime only; ``torch_logits`` imports torch.
+Takes: normalised float32 inputs [N, C, H, W], the two models and a ``VerifyConfig``. Makes: ``VerifyReport``
+(probability differences, top-1 agreement; reference ties within ``tie_margin`` are not held against the
+candidate; ``max_rel`` is never judged). With ``strict`` a failure raises ``VerificationError``.
 """
 
 from __future__ import annotations
