@@ -206,11 +206,11 @@ def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx
     meta = read_metadata(path)
     recorded = meta.card.get("checkpoint_sha256")
     if recorded != ck.info.sha256:
-        error = (
+        stale = (
             f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
             f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`"
         )
-        return MemberReport(name, ck.info.timm_name, path, error=error)
+        return MemberReport(name, ck.info.timm_name, path, error=stale)
     inputs, sources = pool.verify_inputs(ck.info.preprocess)
     parity = verify_onnx(ck.model, path, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
     error = None if parity.passed else f"onnx fp32 differs from pytorch: {'; '.join(parity.reasons)}"
