@@ -209,8 +209,7 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
 def _hash_images(
     scan: DatasetScan, threshold: int | None, progress: Callable[[int, int], None] | None
 ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray], list[tuple[str, str]]]:
-    """(relpath, class, pixel sha256) per readable image, the perceptual hashes (with a threshold) and
-    the (path, reason) of every image that failed to decode."""
+    """(relpath, class, pixel sha) per image, perceptual hashes (with a threshold), unreadable (path, why)."""
     hashed: list[tuple[str, str, str]] = []
     phashes: dict[str, np.ndarray] = {}
     unreadable: list[tuple[str, str]] = []
@@ -233,8 +232,7 @@ def _hash_images(
 def _deduplicate(
     hashed: list[tuple[str, str, str]], classes: tuple[str, ...]
 ) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(per class the kept (relpath, sha), the (dropped copy, kept original) pairs, the label conflicts):
-    one copy of identical pixels within a class is kept, identical pixels under two classes are excluded."""
+    """Kept (relpath, sha) per class, (dropped copy, original) pairs, and cross-class label conflicts."""
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for rel, label, sha in hashed:
         by_hash[sha].append((rel, label))
@@ -278,8 +276,7 @@ def _assign_splits(by_class: dict[str, list[Unit]], cfg: SplitConfig) -> list[Ma
 def _units(
     keep: dict[str, list[tuple[str, str]]], groups: tuple[tuple[str, ...], ...], classes: tuple[str, ...]
 ) -> dict[str, list[Unit]]:
-    """Per class, the units to split, sorted by first path: a near-duplicate group (under its first path's
-    class) or a lone image. Without groups this is the per-class sorted image list of earlier versions."""
+    """Per class, the units to split sorted by first path: a near-duplicate group or a lone image."""
     label_sha = {rel: (c, sha) for c, items in keep.items() for rel, sha in items}
     units: dict[str, list[Unit]] = {c: [] for c in classes}
     for g in groups:
@@ -301,10 +298,6 @@ def _mixed_group_warnings(manifest: Manifest, groups: tuple[tuple[str, ...], ...
                 f"in split '{row[g[0]].split}'; check their labels ({', '.join(g)})"
             )
     return out
-
-
-def _meta_path(csv_path: Path) -> Path:
-    return csv_path.with_suffix(".json")
 
 
 def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
@@ -334,7 +327,7 @@ def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
         "near_duplicate_threshold": cfg.near_duplicate_threshold,
         "near_duplicate_groups": [list(g) for g in result.near_duplicate_groups],
     }
-    _meta_path(out).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def load_manifest(path: Path, *, check_files: bool = True, root: Path | None = None) -> Manifest:
@@ -344,7 +337,7 @@ def load_manifest(path: Path, *, check_files: bool = True, root: Path | None = N
         raise DataError(
             f"manifest {path} does not exist", hint="create it with `cxr data split DATA_DIR`", path=path
         )
-    meta_file = _meta_path(path)
+    meta_file = path.with_suffix(".json")
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     classes = tuple(meta.get("classes", CLASSES))
     base = Path(root) if root is not None else Path(meta.get("root", path.parent))

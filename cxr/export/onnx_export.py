@@ -167,9 +167,11 @@ def _stage(
     except ModelError as e:
         raise _Rejected(f"onnxruntime cannot run {what}: {e.message}") from e
     if not all(c.passed for c in checks):
-        raise _Rejected(
-            f"{what} differs from PyTorch ({describe_failures(checks)}, tolerance {cfg.check_atol:g})"
+        bad = [c for c in checks if not c.passed]
+        why = ", ".join(
+            f"batch {c.batch}: max abs {c.max_abs:.2e}, top-1 {c.top1_agreement:.0%}" for c in bad
         )
+        raise _Rejected(f"{what} differs from PyTorch ({why}, tolerance {cfg.check_atol:g})")
     path, exporter = Path(cfg.out), choice.exporter  # seconds, size and hash are filled in once it is moved
     return ExportResult(
         path,
@@ -264,12 +266,6 @@ def batch_checks(path: Path, refs: References, cfg: ExportConfig) -> tuple[Batch
         rep = compare_logits(ref, got, vcfg, reference="pytorch", candidate=f"onnx batch {b}")
         checks.append(BatchCheck(b, rep.max_abs, rep.top1_agreement, rep.passed))
     return tuple(checks)
-
-
-def describe_failures(checks: tuple[BatchCheck, ...]) -> str:
-    """The failed batch checks (all of them when none failed) in one line."""
-    bad = [c for c in checks if not c.passed] or list(checks)
-    return ", ".join(f"batch {c.batch}: max abs {c.max_abs:.2e}, top-1 {c.top1_agreement:.0%}" for c in bad)
 
 
 def export_versions() -> dict[str, str]:

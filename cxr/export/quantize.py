@@ -69,7 +69,7 @@ class Fp16Config:
     sources: dict[str, int] | None = field(default=None, compare=False)  # where verify_inputs came from
 
     def __post_init__(self) -> None:
-        _check_common(self.verify_inputs, self.min_agreement)
+        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Int8Config:
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
 
     def __post_init__(self) -> None:
-        _check_common(self.verify_inputs, self.min_agreement)
+        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
         _check_inputs(self.calibration, "calibration")
         if self.calibrate_method not in CALIBRATION_METHODS:
             raise ConfigError(
@@ -283,19 +283,15 @@ def _fp32_metadata(src: Path) -> ModelMetadata:
     return meta
 
 
-def _check_common(inputs: np.ndarray, min_agreement: float) -> None:
-    _check_inputs(inputs, "verify_inputs")
-    if not 0.0 < min_agreement <= 1.0:
-        raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
-
-
-def _check_inputs(inputs: np.ndarray, what: str) -> None:
+def _check_inputs(inputs: np.ndarray, what: str, min_agreement: float | None = None) -> None:
     arr = np.asarray(inputs)
     if arr.ndim != 4 or len(arr) == 0 or arr.dtype != np.float32:
         raise ConfigError(
             f"{what} must be a non-empty float32 array [N, C, H, W], got {arr.dtype} {arr.shape}",
             hint="preprocess images with cxr.imaging.preprocess.to_model_input(..., normalized=True)",
         )
+    if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
+        raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
 
 
 class _OnnxruntimeChatter(logging.Filter):

@@ -47,12 +47,8 @@ def drawings(n: int, seed: int = 0, size: int = 299) -> list[np.ndarray]:
             if kind < 0.5:
                 draw.line(pts, fill=int(rng.integers(0, 80)), width=width)
             else:
-                box = (
-                    min(pts[0][0], pts[1][0]),
-                    min(pts[0][1], pts[1][1]),
-                    max(pts[0][0], pts[1][0]),
-                    max(pts[0][1], pts[1][1]),
-                )
+                (x0, x1), (y0, y1) = sorted((pts[0][0], pts[1][0])), sorted((pts[0][1], pts[1][1]))
+                box = (x0, y0, x1, y1)
                 (draw.ellipse if kind < 0.75 else draw.rectangle)(
                     box, outline=int(rng.integers(0, 80)), width=width
                 )
