@@ -47,7 +47,7 @@ def load_images(n_calib: int, n_verify: int, seed: int) -> tuple[list[np.ndarray
         picked = [files[i] for i in rng.permutation(len(files))[: n_calib + n_verify]]
         grays = [decode_gray(p) for p in picked]
         return grays[:n_calib], grays[n_calib:], f"real ({SHARED})"
-    from cxr.export.run_export import synthetic_images
+    from cxr.export.inputs import synthetic_images
 
     calib = synthetic_images(n_calib, seed).grays
     verify = synthetic_images(n_verify, seed + 1).grays
@@ -84,9 +84,9 @@ def bench_arch(
     import timm
     import torch
 
+    from cxr.export.inputs import random_inputs
     from cxr.export.onnx_export import ExportConfig, export_onnx
     from cxr.export.quantize import Int8Config, make_int8
-    from cxr.export.run_export import random_inputs
     from cxr.export.verify import VerifyConfig, compare_logits, onnx_logits, open_session, verify_onnx
     from cxr.imaging.preprocess import to_model_input
     from cxr.labels import CLASSES

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.data.folds import held_out_block
-from cxr.data.manifest import SplitConfig, build_manifest
+from cxr.data.manifest import SplitConfig, build_manifest, held_out_block
 from cxr.errors import DataError
 from tests.dataset_factory import make_dataset
 

@@ -15,15 +15,11 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 onnx = pytest.importorskip("onnx")
 
-from cxr.export.onnx_export import (  # noqa: E402
-    BATCH_AXIS,
-    EXPORTER_CHOICES,
-    INPUT_NAME,
-    ExportConfig,
-    export_onnx,
-    read_metadata,
-)
-from cxr.export.run_export import random_inputs, synthetic_images  # noqa: E402
+from cxr.export.export_types import BATCH_AXIS, INPUT_NAME  # noqa: E402
+from cxr.export.exporters import EXPORTER_CHOICES  # noqa: E402
+from cxr.export.inputs import random_inputs, synthetic_images  # noqa: E402
+from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from cxr.export.onnx_files import read_metadata  # noqa: E402
 from cxr.export.verify import VerifyConfig, verify_onnx  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402
 from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402

@@ -15,19 +15,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import onnx_export  # noqa: E402
-from cxr.export.onnx_export import (  # noqa: E402
-    BATCH_AXIS,
-    DEFAULT_OPSET,
-    EXPORTER_CHOICES,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ExportConfig,
-    adaptive_pool_matrix,
-    choose_exporter,
-    export_onnx,
-    onnx_sha256,
-    read_metadata,
-)
+from cxr.export.export_types import BATCH_AXIS, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from cxr.export.exporters import EXPORTER_CHOICES, adaptive_pool_matrix, choose_exporter  # noqa: E402
+from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from cxr.export.onnx_files import onnx_sha256, read_metadata  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402
 from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
 

@@ -15,16 +15,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import quantize  # noqa: E402
-from cxr.export.onnx_export import (  # noqa: E402
-    INPUT_NAME,
-    ExportConfig,
-    export_onnx,
-    onnx_sha256,
-    read_metadata,
-    set_metadata,
-)
+from cxr.export.export_types import INPUT_NAME  # noqa: E402
+from cxr.export.inputs import synthetic_images  # noqa: E402
+from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from cxr.export.onnx_files import onnx_sha256, read_metadata, set_metadata  # noqa: E402
 from cxr.export.quantize import Fp16Config, Int8Config, make_fp16, make_int8, variant_path  # noqa: E402
-from cxr.export.run_export import synthetic_images  # noqa: E402
 from cxr.export.verify import VerifyReport  # noqa: E402
 from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
 

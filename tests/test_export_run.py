@@ -18,7 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 from cxr.cli.main import app  # noqa: E402
 from cxr.data.manifest import SplitConfig, build_manifest  # noqa: E402
 from cxr.data.synthetic import SynthConfig, synthesize  # noqa: E402
-from cxr.export.onnx_export import onnx_sha256, read_metadata  # noqa: E402
+from cxr.export.onnx_files import onnx_sha256, read_metadata  # noqa: E402
 from cxr.labels import CLASSES, NOTICE  # noqa: E402
 from cxr.spec import PreprocessSpec  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402

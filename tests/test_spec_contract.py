@@ -33,6 +33,8 @@ HOMONYMS: dict[tuple[str, str], str] = {
     ("fuse/report.py", "input"): "a key of the fuse report",
     ("deploy/triton/config.py", "cxr.json"): "a file name in the Triton repository",
     ("train/checkpoint.py", "cxr.checkpoint"): "the torch checkpoint's format tag, not ONNX metadata",
+    ("dicom/node.py", "cxr.audit"): "the DICOM node's audit logger",
+    ("dicom/worker.py", "cxr.audit"): "the DICOM node's audit logger",
 }
 
 

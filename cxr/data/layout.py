@@ -1,10 +1,6 @@
-"""Find the images of a COVID-19 Radiography Database folder, in either layout Kaggle has shipped.
-
-Takes: a folder. Makes: ``DatasetScan`` (one ``ImageRecord`` per candidate image, with its class).
-Layouts: v4 ``<root>/<Class>/images/*.png`` (``masks/`` and ``<Class>.metadata.xlsx`` ignored) and the older
-flat ``<root>/<Class>/*.png``; ``<root>`` may also be the folder holding ``COVID-19_Radiography_Dataset``.
-Files whose suffix is not an image suffix are listed as skipped with the reason, never silently dropped.
-"""
+"""Find the images of a COVID-19 Radiography Database folder in either Kaggle layout: v4
+``<root>/<Class>/images/*.png`` or flat ``<root>/<Class>/*.png`` (``<root>`` may be its parent folder).
+Makes ``DatasetScan``; non-image files are listed as skipped with the reason."""
 
 from __future__ import annotations
 

@@ -1,17 +1,11 @@
-"""The split manifest: which image is in train, val or test, decided once and reused by every stage.
+"""The split manifest: which image is in train, val, blend or test, decided once and reused by every stage.
 
 Takes: a data set folder (``SplitConfig``). Makes: ``manifest.csv`` (path relative to the data root, class,
-split, sha256 of the decoded pixels) and ``manifest.json`` beside it (root, seed, fractions, counts,
-duplicates, label conflicts, near-duplicate groups, skipped files). Exact duplicates (same pixels) are found
-by hash before splitting: within a class one copy is kept, across classes all copies are excluded as label
-conflicts.
-Near-duplicates (resized, re-encoded, slightly brightened copies: perceptual hashes within
-``SplitConfig.near_duplicate_threshold`` bits, see ``cxr.data.near_duplicates``) are then grouped and KEPT,
-but each group goes to ONE split, so no copy of a radiograph is in train while another is in val or test.
-The split is stratified per class and seeded over groups (a lone image is a group of one); the same inputs
-and seed give the same manifest, and with no near-duplicates it is the split of images as before.
-A rare class fills train first, then val, then test. With ``folds`` K the manifest is fold ``fold`` of a
-K-fold cross-validation (``cxr.data.folds``): across the K manifests every image is tested once.
+split, sha256 of the decoded pixels) and ``manifest.json`` beside it. Exact duplicates are found by pixel
+hash (one copy kept within a class; across classes all are excluded as label conflicts); near-duplicates
+(``cxr.data.near_duplicates``) are kept but each group goes to ONE split. The split is stratified per class
+and seeded over groups; a rare class fills train first, then val, then test. With ``folds`` K the manifest
+is fold ``fold`` of a K-fold cross-validation: across the K manifests every image is tested once.
 """
 
 from __future__ import annotations
@@ -27,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data import near_duplicates as nd
-from cxr.data.folds import check_folds, held_out_block
 from cxr.data.layout import DatasetScan, scan_dataset
 from cxr.errors import DataError, DecodeError
 from cxr.imaging.decode import pixel_hash
@@ -36,9 +29,7 @@ from cxr.labels import CLASSES
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BLEND = "blend"
-"""The optional fourth split (``SplitConfig.blend``): images only the meta-learner sees, so that the
-validation split keeps to early stopping and the choice of the best member."""
+BLEND = "blend"  # optional: images only the meta-learner sees (val keeps to early stopping)
 ALL_SPLITS: tuple[str, ...] = ("train", "val", BLEND, "test")
 COLUMNS = ("path", "class", "split", "sha256")
 Unit = list[tuple[str, str, str]]  # (relpath, class, sha) of images that go to one split together
@@ -53,7 +44,7 @@ class SplitConfig:
     classes: tuple[str, ...] = CLASSES
     blend: float = 0.0  # fraction of each class carved out of train for a separate blend split
     near_duplicate_threshold: int | None = nd.DEFAULT_THRESHOLD  # None: no near-duplicate grouping
-    folds: int = 0  # cross-validation: K folds, test fraction 1/K (cxr.data.folds); 0: one plain split
+    folds: int = 0  # cross-validation: K folds, test fraction 1/K; 0: one plain split
     fold: int = 0  # which fold's test split this manifest holds (fold K-1 is the plain split)
 
     def __post_init__(self) -> None:
@@ -134,6 +125,38 @@ class ManifestResult:
     near_duplicate_groups: tuple[tuple[str, ...], ...] = field(default=())  # kept, each in one split
 
 
+def check_folds(folds: int, fold: int, test_fraction: float) -> None:
+    """Refuse a fold setting that cannot be cut (``folds`` 0 means no cross-validation)."""
+    if folds == 0:
+        if fold != 0:
+            raise DataError(f"fold {fold} was given without folds", hint="pass --folds K with --fold I")
+        return
+    if folds < 2:
+        raise DataError(
+            f"folds must be 2 or more (or 0 for no folds), got {folds}", hint="for example --folds 5"
+        )
+    if not 0 <= fold < folds:
+        raise DataError(f"fold {fold} is not one of 0..{folds - 1}", hint=f"pass --fold 0 to {folds - 1}")
+    if abs(test_fraction - 1.0 / folds) > 1e-6:
+        raise DataError(
+            f"with {folds} folds the test fraction is 1/{folds}, not {test_fraction}",
+            hint="leave --test out when you pass --folds",
+        )
+
+
+def held_out_block(n: int, n_test: int, folds: int, fold: int) -> tuple[int, int]:
+    """Positions ``[lo, hi)`` of a class's shuffled order that are fold ``fold``'s test split.
+
+    The last fold takes the last ``n_test`` (= floor(n / folds)) positions, where the plain split puts test,
+    so fold K-1 is the plain split; the others cut ``[0, n - n_test)`` evenly."""
+    if n_test == 0:
+        return n, n
+    if fold == folds - 1:
+        return n - n_test, n
+    rest = n - n_test
+    return fold * rest // (folds - 1), (fold + 1) * rest // (folds - 1)
+
+
 def _split_at(pos: int, n_train: int, n_val: int, n_blend: int) -> str:
     """The split of the image placed at ``pos`` in a class's shuffled order: train, blend, val, test."""
     if pos < n_train:
@@ -151,13 +174,10 @@ def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int
 
 
 def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None = None) -> ManifestResult:
-    """Scan, hash, deduplicate, group near-duplicates, split and write the manifest (see the module docstring).
+    """Scan, hash, deduplicate, group near-duplicates, split and write the manifest.
 
-    A near-duplicate group is split as one unit under the class of its representative (its first path);
-    every image keeps its own label. A group whose images carry different labels is KEPT, in one split,
-    with a warning, unlike exact cross-class duplicates (excluded): identical pixels under two labels are
-    certainly a label error, a perceptual match is strong evidence but not proof, and excluding on it
-    would drop distinct radiographs that merely look alike, while one split already closes the leakage.
+    A near-duplicate group is split as one unit under its first path's class; a group whose labels differ
+    is kept, in one split, with a warning (a perceptual match is evidence of a label error, not proof).
     """
     threshold = cfg.near_duplicate_threshold
     if threshold is not None:
@@ -189,8 +209,7 @@ def build_manifest(cfg: SplitConfig, progress: Callable[[int, int], None] | None
 def _hash_images(
     scan: DatasetScan, threshold: int | None, progress: Callable[[int, int], None] | None
 ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray], list[tuple[str, str]]]:
-    """(relpath, class, pixel sha256) per readable image, the perceptual hashes (with a threshold) and
-    the (path, reason) of every image that failed to decode."""
+    """(relpath, class, pixel sha) per image, perceptual hashes (with a threshold), unreadable (path, why)."""
     hashed: list[tuple[str, str, str]] = []
     phashes: dict[str, np.ndarray] = {}
     unreadable: list[tuple[str, str]] = []
@@ -213,8 +232,7 @@ def _hash_images(
 def _deduplicate(
     hashed: list[tuple[str, str, str]], classes: tuple[str, ...]
 ) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(per class the kept (relpath, sha), the (dropped copy, kept original) pairs, the label conflicts):
-    one copy of identical pixels within a class is kept, identical pixels under two classes are excluded."""
+    """Kept (relpath, sha) per class, (dropped copy, original) pairs, and cross-class label conflicts."""
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for rel, label, sha in hashed:
         by_hash[sha].append((rel, label))
@@ -258,8 +276,7 @@ def _assign_splits(by_class: dict[str, list[Unit]], cfg: SplitConfig) -> list[Ma
 def _units(
     keep: dict[str, list[tuple[str, str]]], groups: tuple[tuple[str, ...], ...], classes: tuple[str, ...]
 ) -> dict[str, list[Unit]]:
-    """Per class, the units to split, sorted by first path: a near-duplicate group (under its first path's
-    class) or a lone image. Without groups this is the per-class sorted image list of earlier versions."""
+    """Per class, the units to split sorted by first path: a near-duplicate group or a lone image."""
     label_sha = {rel: (c, sha) for c, items in keep.items() for rel, sha in items}
     units: dict[str, list[Unit]] = {c: [] for c in classes}
     for g in groups:
@@ -281,10 +298,6 @@ def _mixed_group_warnings(manifest: Manifest, groups: tuple[tuple[str, ...], ...
                 f"in split '{row[g[0]].split}'; check their labels ({', '.join(g)})"
             )
     return out
-
-
-def _meta_path(csv_path: Path) -> Path:
-    return csv_path.with_suffix(".json")
 
 
 def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
@@ -314,7 +327,7 @@ def write_manifest(result: ManifestResult, cfg: SplitConfig) -> None:
         "near_duplicate_threshold": cfg.near_duplicate_threshold,
         "near_duplicate_groups": [list(g) for g in result.near_duplicate_groups],
     }
-    _meta_path(out).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def load_manifest(path: Path, *, check_files: bool = True, root: Path | None = None) -> Manifest:
@@ -324,7 +337,7 @@ def load_manifest(path: Path, *, check_files: bool = True, root: Path | None = N
         raise DataError(
             f"manifest {path} does not exist", hint="create it with `cxr data split DATA_DIR`", path=path
         )
-    meta_file = _meta_path(path)
+    meta_file = path.with_suffix(".json")
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     classes = tuple(meta.get("classes", CLASSES))
     base = Path(root) if root is not None else Path(meta.get("root", path.parent))

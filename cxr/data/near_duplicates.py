@@ -13,29 +13,22 @@ import numpy as np
 from cxr.errors import ConfigError, DataError
 from cxr.imaging.decode import decode_gray
 
-HASH_SIZE = 16
-"""``imagehash.phash(hash_size=16)``: the DCT's 16x16 lowest frequencies of a 64x64 thumbnail, one bit each."""
+HASH_SIZE = 16  # imagehash.phash: the 16x16 lowest DCT frequencies of a 64x64 thumbnail, one bit each
 HASH_BITS = HASH_SIZE * HASH_SIZE
 HASH_WORDS = HASH_BITS // 64
 HASH_NAME = f"imagehash.phash/{HASH_BITS}"
-DEFAULT_THRESHOLD = 24
-"""Bits (of 256) two images may differ in and still be one radiograph. Measured on radiography-dev
-(benchmarks/near_duplicates.md): resized, JPEG-re-encoded (q75-95), brightness +-10, contrast and gamma 0.8
-copies differ in at most 22 bits; the closest two distinct real radiographs in 54, distinct synthetic
-ones (cxr.data.synthetic, much more alike) in 26. pHash-64 has no such gap: distinct radiographs from 6 bits,
-copies up to 8."""
-MAX_THRESHOLD = 64
-"""Above this, grouping reaches into the distances of unrelated radiographs (mean 120 of 256 bits)."""
-BLOCK = 256
-"""Rows compared per step: for 21k images about 11 MB of uint16 distances and 43 MB of uint64 XOR at a time."""
+DEFAULT_THRESHOLD = (
+    24  # bits (of 256) two copies of one radiograph may differ in (benchmarks/near_duplicates.md)
+)
+MAX_THRESHOLD = 64  # above this, grouping reaches into the distances of unrelated radiographs
+BLOCK = 256  # rows compared per step
 
 _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
 class NearDuplicates:
-    """Indices into the hashed sequence: ``groups`` are the connected components (size >= 2, sorted, by
-    first index) of the graph whose edges are ``pairs`` ``(i, j, distance)``, i < j, distance <= threshold."""
+    """``groups``: connected components (2+ indices, sorted) of the ``pairs`` (i < j, distance) graph."""
 
     threshold: int
     groups: tuple[tuple[int, ...], ...]
@@ -107,11 +100,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def close_pairs(hashes: np.ndarray, threshold: int, block: int = BLOCK) -> np.ndarray:
-    """All (i, j, distance) with i < j and distance <= threshold, as an int64 [k, 3] array sorted by (i, j).
-
-    Block-wise over rows: each step compares ``block`` hashes with every later one in numpy, so 21k images
-    (220 M pairs) need no Python loop over pairs and at most a [block, n] distance array in memory.
-    """
+    """All (i, j, distance) with i < j and distance <= threshold, int64 [k, 3] sorted by (i, j); block-wise."""
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
     found: list[np.ndarray] = []
@@ -126,8 +115,7 @@ def close_pairs(hashes: np.ndarray, threshold: int, block: int = BLOCK) -> np.nd
 
 
 def connected_groups(n: int, pairs: Sequence[Sequence[Any]] | np.ndarray) -> tuple[tuple[int, ...], ...]:
-    """Union-find over ``n`` items joined by ``pairs`` (i, j, ...): components of 2+ items, each sorted,
-    ordered by their smallest index (the root is always the smallest index, so the result is deterministic)."""
+    """Union-find over ``n`` items joined by ``pairs`` (i, j, ...): components of 2+ items, sorted, by first index."""
     parent = list(range(n))
 
     def find(x: int) -> int:

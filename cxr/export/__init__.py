@@ -7,14 +7,24 @@ from typing import TYPE_CHECKING
 from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from cxr.export.run_export import export_run, raise_for_failures, verify_run
-    from cxr.export.run_types import RunExportConfig, RunExportResult
+    from cxr.export.run_export import (
+        RunExportConfig,
+        RunExportResult,
+        export_run,
+        raise_for_failures,
+        verify_run,
+    )
 
 __all__ = ["RunExportConfig", "RunExportResult", "export_run", "raise_for_failures", "verify_run"]
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "cxr.export.run_types": ["RunExportConfig", "RunExportResult"],
-        "cxr.export.run_export": ["export_run", "raise_for_failures", "verify_run"],
+        "cxr.export.run_export": [
+            "RunExportConfig",
+            "RunExportResult",
+            "export_run",
+            "raise_for_failures",
+            "verify_run",
+        ],
     },
 )

@@ -1,9 +1,4 @@
-"""The contract of one member's export: I/O names and opsets, ``ExportConfig`` in, ``ExportResult`` out.
-
-Takes: nothing (constants and dataclasses only, torch-free). Makes: the names every exported member uses
-(``INPUT_NAME``, ``OUTPUT_NAME``, the dynamic ``BATCH_AXIS``), the opset and size limits, the exporter
-choice type, and the config/result pair of ``cxr.export.onnx_export.export_onnx``.
-"""
+"""One member's export contract: I/O names, opsets and size limits, ``ExportConfig`` in, ``ExportResult`` out."""
 
 from __future__ import annotations
 
@@ -18,15 +13,12 @@ INPUT_NAME = INPUT_MEMBER  # the graph names are cxr.spec's; these aliases name 
 OUTPUT_NAME = OUTPUT_LOGITS
 BATCH_AXIS = "batch"
 DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
-"""Derived from the names above, so names and dynamic axes cannot drift apart."""
-
 DEFAULT_OPSET = 17
-MIN_OPSET = 17  # LayerNormalization is one op from opset 17
+MIN_OPSET = 17  # LayerNorm is one LayerNormalization op from opset 17
 DYNAMO_MIN_OPSET = 18  # torch 2.14's dynamo exporter writes opset >= 18 and cannot convert down reliably
 PROTOBUF_LIMIT = 2 * 1024**3
 EXTERNAL_DATA_MARGIN = 64 * 1024**2
-DEFAULT_EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN
-"""Weights above this many bytes go to ``<name>.onnx.data`` (the margin leaves room for the graph)."""
+DEFAULT_EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN  # weights above: <name>.onnx.data
 
 Exporter = Literal["auto", "torchscript", "dynamo"]
 EXPORTERS: tuple[str, ...] = ("auto", "torchscript", "dynamo")
@@ -105,6 +97,4 @@ class ExportResult:
     batch_checks: tuple[BatchCheck, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
+        return {**asdict(self), "path": str(self.path)}

@@ -1,23 +1,24 @@
-"""Pick the torch.onnx exporter for an architecture from a small table, and run it.
+"""Pick the torch.onnx exporter for an architecture from a small table, and trace the model with it.
 
-Takes: a timm name and the requested exporter (``choose_exporter``), then an ``nn.Module`` in eval mode
-and an ``ExportConfig`` (``run_exporter``). Makes: an ``ExporterChoice`` with its reason, and the raw,
-unchecked ``onnx.ModelProto`` traced at ``cfg.trace_batch`` with a dynamic batch axis. An exporter
-failure becomes a ``ModelError`` that names the other exporter to try.
+Takes: a timm name and the requested exporter, then an ``nn.Module`` and an ``ExportConfig``. Makes: an
+``ExporterChoice`` with its reason and the raw ``onnx.ModelProto`` traced at ``cfg.trace_batch`` with a
+dynamic batch axis; a failure is a ``ModelError`` naming the other exporter to try.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
 from cxr.errors import ConfigError, ModelError, first_line
-from cxr.export.adaptive_pool import adaptive_pool_symbolic
 from cxr.export.export_types import (
     BATCH_AXIS,
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
@@ -30,7 +31,6 @@ from cxr.export.export_types import (
     Exporter,
     ExporterChoice,
 )
-from cxr.export.metadata import card_str
 
 _TS_REASON = (
     "TorchScript exporter: writes the pinned opset 17 (torch 2.14's dynamo exporter writes >= 18 and its "
@@ -93,7 +93,7 @@ def run_exporter(
         other = "dynamo --opset 18" if choice.exporter == "torchscript" else "torchscript"
         raise ModelError(
             f"torch.onnx ({choice.exporter} exporter, opset {cfg.opset}) cannot export "
-            f"{card_str(cfg.metadata, 'timm_name') or type(model).__name__}: {first_line(e)}",
+            f"{cfg.metadata.card.get('timm_name') or type(model).__name__}: {first_line(e)}",
             hint=f"try --exporter {other}, or a newer --opset; an operator no exporter supports must be "
             "replaced in the model",
         ) from e
@@ -137,3 +137,50 @@ def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelPr
 
 def _param_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+@contextmanager
+def adaptive_pool_symbolic(opset: int) -> Iterator[None]:
+    """Scoped: adaptive average pooling to a size that does not divide the input as ``P_h @ x @ P_w^T``.
+
+    timm's VGG head pools a map under 7x7 (inputs below 224 px) *up* to 7x7, which TorchScript refuses;
+    with static sizes the pooling is linear and these MatMuls are exact. Other cases use the default.
+    """
+    from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
+    from torch.onnx._internal.torchscript_exporter import registration, symbolic_helper
+
+    name = "aten::adaptive_avg_pool2d"
+    group = registration.registry.get_function_group(name)
+    default = group.get(opset) if group is not None else None
+
+    def symbolic(g: Any, x: Any, output_size: Any) -> Any:
+        sizes = symbolic_helper._get_tensor_sizes(x)
+        try:
+            out_hw = symbolic_helper._parse_arg(output_size, "is")
+        except Exception:  # not a constant: leave it to the default (which reports it)
+            out_hw = None
+        if sizes is None or len(sizes) != 4 or out_hw is None or any(s is None for s in sizes[2:]):
+            return default(g, x, output_size) if default is not None else None
+        h, w = int(sizes[2]), int(sizes[3])
+        oh, ow = int(out_hw[0]), int(out_hw[1])
+        if (h % oh == 0 and w % ow == 0) or (oh, ow) == (1, 1):
+            return default(g, x, output_size) if default is not None else None
+        ph = g.op("Constant", value_t=torch.from_numpy(adaptive_pool_matrix(h, oh)))
+        pw = g.op("Constant", value_t=torch.from_numpy(adaptive_pool_matrix(w, ow).T.copy()))
+        return g.op("MatMul", g.op("MatMul", ph, x), pw)
+
+    register_custom_op_symbolic(name, symbolic, opset)
+    try:
+        yield
+    finally:
+        unregister_custom_op_symbolic(name, opset)
+
+
+def adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] float32 averaging matrix with PyTorch's adaptive pooling bins."""
+    mat = np.zeros((size_out, size_in), dtype=np.float32)
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)  # ceil
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat

@@ -1,13 +1,8 @@
-"""Count the floating-point operations one image costs in an ONNX graph.
+"""FLOPs per image of an ONNX graph: takes a ``ModelProto`` or path, makes ``FlopsResult`` (per op type too).
 
-Takes: an ONNX ``ModelProto`` (or a path) whose first input has a batch axis. Makes: ``FlopsResult`` with
-FLOPs per image and a per-op-type breakdown. The batch axis is fixed to 1 and shapes come from ONNX shape
-inference, run on a weight-free copy of the graph so that models of any size (even over protobuf's 2 GB)
-are cheap to analyse.
-
-Convention: one multiply-add is 2 FLOPs (so a 15.4 GMAC ConvNeXt-base is ~30.8 GFLOP). Counted ops:
-Conv, ConvTranspose, Gemm, MatMul (the ~99% of a CNN's arithmetic); every other node type counts 0 and
-is listed in ``uncounted``. Bias additions are not counted.
+One multiply-add is 2 FLOPs; Conv, ConvTranspose, Gemm and MatMul are counted (other op types are listed
+in ``uncounted``, bias additions are not counted). Shapes come from shape inference at batch 1 on a
+weight-free copy, so models over protobuf's 2 GB are cheap to analyse.
 """
 
 from __future__ import annotations
@@ -21,10 +16,10 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, shape_inference
 
 from cxr.errors import ModelError
+from cxr.export.onnx_files import tensor_bytes
 
 COUNTED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-SMALL_TENSOR_BYTES = 4096
-"""Initializers up to this size keep their values in the weight-free copy (shape tensors, axes...)."""
+SMALL_TENSOR_BYTES = 4096  # initializers up to this size keep their values (shape tensors, axes...)
 
 
 @dataclass(frozen=True)
@@ -34,13 +29,9 @@ class FlopsResult:
     uncounted: tuple[str, ...] = ()  # op types present in the graph that are not counted
     unknown_shapes: tuple[str, ...] = ()  # counted nodes whose shapes shape inference could not resolve
 
-    @property
-    def gflops(self) -> float:
-        return self.flops_per_image / 1e9
-
 
 def count_flops(model: ModelProto | Path | str) -> FlopsResult:
-    """FLOPs per image (batch 1) of ``model``; see the module docstring for what is counted."""
+    """FLOPs per image (batch 1) of ``model``."""
     proto = onnx.load(str(model), load_external_data=False) if isinstance(model, Path | str) else model
     light = _weight_free_copy(proto)
     _set_batch(light, 1)
@@ -78,23 +69,11 @@ def _weight_free_copy(proto: ModelProto) -> ModelProto:
 
 
 def _strip(t: TensorProto) -> TensorProto:
-    if t.data_location == TensorProto.EXTERNAL or _tensor_bytes(t) > SMALL_TENSOR_BYTES:
+    if t.data_location == TensorProto.EXTERNAL or tensor_bytes(t) > SMALL_TENSOR_BYTES:
         out = TensorProto(name=t.name, data_type=t.data_type)
         out.dims.extend(t.dims)
         return out
     return t
-
-
-def _tensor_bytes(t: TensorProto) -> int:
-    """Bytes of a tensor's data, from its dims and type (reading ``raw_data`` would copy it)."""
-    if t.data_type == TensorProto.STRING:
-        return int(t.ByteSize())
-    n = int(np.prod(t.dims)) if len(t.dims) else 1
-    try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 4
-    return n * itemsize
 
 
 def _set_batch(proto: ModelProto, batch: int) -> None:

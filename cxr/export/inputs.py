@@ -1,10 +1,8 @@
-"""The images a run's export verifies and calibrates on, loaded once and preprocessed per member.
+"""The images a run's export verifies and calibrates on: takes a ``RunExportConfig``, makes ``InputPool``.
 
-Takes: a ``RunExportConfig`` (run directory, manifest, image counts, seed). Makes: ``InputPool``, which
-gives float32 [N, C, H, W] inputs for a ``PreprocessSpec``: val-split images (stratified by class, decoded
-and preprocessed as the runtime does) plus noise for FP32 parity, val images alone for variant agreement,
-and train-split images for INT8 calibration; synthetic radiographs stand in when there is no manifest (the
-pool's ``describe()`` says so).
+The pool gives float32 [N, C, H, W] per ``PreprocessSpec``: val images (stratified by class) plus noise for
+FP32 parity, val images alone for variants, train images for INT8 calibration; synthetic radiographs stand
+in when there is no manifest (``describe()`` says so).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DataError, DecodeError
-from cxr.export.run_types import MEMBERS_DIR, RunExportConfig
+from cxr.export.report import MEMBERS_DIR, RunExportConfig
 from cxr.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -41,62 +39,52 @@ class ImageSet:
 
 
 class InputPool:
-    """Loads the verification and calibration images once; preprocesses them per PreprocessSpec."""
+    """Loads the verification (val) and calibration (train) images once; preprocesses them per spec."""
 
     def __init__(self, cfg: RunExportConfig) -> None:
         self._cfg = cfg
         self._manifest_note: str | None = None
         self._manifest: Any = _open_manifest(cfg, self)
-        self._val: ImageSet | None = None
-        self._train: ImageSet | None = None
+        self._sets: dict[str, ImageSet] = {}
         self._cache: dict[tuple[str, PreprocessSpec], np.ndarray] = {}
 
     def note(self, text: str) -> None:
         self._manifest_note = text
         log.warning("%s", text)
 
-    def _val_set(self) -> ImageSet:
-        if self._val is None:
-            cfg = self._cfg
-            found = _split_images(self._manifest, "val", cfg.max_val_images, cfg.seed)
-            self._val = found or synthetic_images(cfg.n_synthetic, cfg.seed, self._manifest_note)
-        return self._val
-
-    def _train_set(self) -> ImageSet:
-        if self._train is None:
-            cfg = self._cfg
-            found = _split_images(self._manifest, "train", cfg.max_calib_images, cfg.seed)
-            self._train = found or synthetic_images(
-                max(cfg.max_calib_images, 1), cfg.seed + 7919, self._manifest_note
+    def _pre(self, split: str, spec: PreprocessSpec) -> tuple[np.ndarray, ImageSet]:
+        cfg = self._cfg
+        if split not in self._sets:
+            cap, n, seed = (
+                (cfg.max_val_images, cfg.n_synthetic, cfg.seed)
+                if split == "val"
+                else (cfg.max_calib_images, max(cfg.max_calib_images, 1), cfg.seed + 7919)
             )
-        return self._train
-
-    def _pre(self, key: str, images: ImageSet, spec: PreprocessSpec) -> np.ndarray:
-        if (key, spec) not in self._cache:
-            self._cache[(key, spec)] = images.inputs(spec)
-        return self._cache[(key, spec)]
+            found = _split_images(self._manifest, split, cap, cfg.seed)
+            self._sets[split] = found or synthetic_images(n, seed, self._manifest_note)
+        if (split, spec) not in self._cache:
+            self._cache[(split, spec)] = self._sets[split].inputs(spec)
+        return self._cache[(split, spec)], self._sets[split]
 
     def verify_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
         """Val (or synthetic) images plus noise images, for FP32 parity with PyTorch."""
-        images = self._val_set()
-        real = self._pre("val", images, spec)
-        rng = np.random.default_rng(self._cfg.seed + 1)
-        noise = random_inputs(spec, self._cfg.n_random, rng)
+        real, images = self._pre("val", spec)
+        noise = random_inputs(spec, self._cfg.n_random, np.random.default_rng(self._cfg.seed + 1))
         return np.concatenate([real, noise]), {images.source: len(real), "random": len(noise)}
 
     def variant_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, dict[str, int]]:
         """Val (or synthetic) images only: agreement of a variant is measured on images, not noise."""
-        images = self._val_set()
-        return self._pre("val", images, spec), {images.source: len(images.grays)}
+        real, images = self._pre("val", spec)
+        return real, {images.source: len(images.grays)}
 
     def calibration_inputs(self, spec: PreprocessSpec) -> tuple[np.ndarray, str]:
-        images = self._train_set()
-        return self._pre("train", images, spec), images.source
+        real, images = self._pre("train", spec)
+        return real, images.source
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"manifest": None if self._manifest is None else str(self._manifest.path)}
-        for key, images in (("verify", self._val), ("calibration", self._train)):
-            if images is not None:
+        for key, split in (("verify", "val"), ("calibration", "train")):
+            if (images := self._sets.get(split)) is not None:
                 out[key] = {"source": images.source, "images": len(images.grays), "note": images.note}
         if self._manifest_note:
             out["note"] = self._manifest_note

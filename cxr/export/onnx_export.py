@@ -1,19 +1,10 @@
 """Export one trained PyTorch classifier to an ONNX file that a torch-free runtime can trust.
 
-Takes: an ``nn.Module`` (eval mode, CPU) and an ``ExportConfig`` (output path, cxr metadata, input size,
-opset, exporter). Makes: ``ExportResult`` and the file ``cfg.out`` with
-- one input ``INPUT_NAME`` float32 [batch, C, H, W] (normalised) and one output ``OUTPUT_NAME`` float32
-  [batch, K] (raw logits), the batch axis dynamic and named ``BATCH_AXIS``;
-- a pinned opset (``DEFAULT_OPSET`` = 17, so LayerNorm is one ``LayerNormalization`` op);
-- cxr metadata (``ModelMetadata.to_props()``) whose card records exporter, opset, versions and FLOPs;
-- ONNX external data when the weights exceed ``external_data_threshold``.
-
-Steps: trace at ``trace_batch`` (>= 2: a batch-1 trace can bake the batch into Reshape/Flatten), run
-``onnx.checker.check_model(full_check=True)``, compare onnxruntime with PyTorch at every batch size in
-``check_batches``, simplify with onnxsim and keep the simplified graph only if it passes the same checks
-(otherwise the unsimplified graph is written and the reason recorded). A graph that fails is never written.
-The parts: ``export_types`` (names, config, result), ``exporters`` (which exporter, the trace), ``checks``
-(I/O contract, batch parity), ``metadata`` (the card) and ``onnx_files`` (saving, moving into place).
+Takes: an ``nn.Module`` and an ``ExportConfig``. Makes: ``cfg.out`` and an ``ExportResult``. The graph has
+one input ``INPUT_NAME`` [batch, C, H, W] (normalised float32) and one output ``OUTPUT_NAME`` [batch, K]
+(logits), a dynamic batch axis, the pinned opset and cxr metadata. It is traced at ``trace_batch`` >= 2,
+checked with ``onnx.checker`` (full check) and against PyTorch at every batch in ``check_batches``, then
+simplified with onnxsim, kept only if it passes the same checks. A graph that fails is never written.
 """
 
 from __future__ import annotations
@@ -21,86 +12,41 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from cxr.errors import ConfigError, ModelError, VerificationError, first_line
-from cxr.export.adaptive_pool import adaptive_pool_matrix
-from cxr.export.checks import References, batch_checks, check_io, describe_failures, reference_logits
 from cxr.export.export_types import (
     BATCH_AXIS,
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
-    DEFAULT_OPSET,
-    DYNAMIC_AXES,
-    DYNAMO_MIN_OPSET,
-    EXPORTERS,
-    EXTERNAL_DATA_MARGIN,
     INPUT_NAME,
     MIN_OPSET,
     OUTPUT_NAME,
-    PROTOBUF_LIMIT,
     BatchCheck,
     ExportConfig,
-    Exporter,
     ExporterChoice,
     ExportResult,
 )
-from cxr.export.exporters import DEFAULT_CHOICE, EXPORTER_CHOICES, choose_exporter, run_exporter
+from cxr.export.exporters import choose_exporter, run_exporter
 from cxr.export.flops import count_flops
-from cxr.export.metadata import (
-    card_str,
-    export_versions,
-    opset_of,
-    read_metadata,
-    set_metadata,
-    write_member_metadata,
-)
 from cxr.export.onnx_files import (
-    external_data_path,
     model_nbytes,
     move_into_place,
     onnx_sha256,
     onnx_size_bytes,
+    opset_of,
     save_onnx,
+    set_metadata,
 )
-
-__all__ = [  # the names importable from here before the export was split by responsibility
-    "BATCH_AXIS",
-    "DEFAULT_CHOICE",
-    "DEFAULT_EXTERNAL_DATA_THRESHOLD",
-    "DEFAULT_OPSET",
-    "DYNAMIC_AXES",
-    "DYNAMO_MIN_OPSET",
-    "EXPORTERS",
-    "EXPORTER_CHOICES",
-    "EXTERNAL_DATA_MARGIN",
-    "INPUT_NAME",
-    "MIN_OPSET",
-    "OUTPUT_NAME",
-    "PROTOBUF_LIMIT",
-    "BatchCheck",
-    "ExportConfig",
-    "ExportResult",
-    "Exporter",
-    "ExporterChoice",
-    "adaptive_pool_matrix",
-    "check_opset",
-    "choose_exporter",
-    "export_onnx",
-    "export_versions",
-    "external_data_path",
-    "model_nbytes",
-    "onnx_sha256",
-    "onnx_size_bytes",
-    "read_metadata",
-    "save_onnx",
-    "set_metadata",
-]
+from cxr.export.verify import VerifyConfig, compare_logits, onnx_logits, open_session, torch_logits
 
 log = logging.getLogger(__name__)
+
+References = dict[int, tuple[np.ndarray, np.ndarray]]  # batch size -> (inputs, PyTorch logits)
 
 
 def check_opset(opset: int) -> None:
@@ -139,10 +85,11 @@ def _ort_runs_opset(opset: int) -> bool:
 
 
 def export_onnx(model: torch.nn.Module, cfg: ExportConfig) -> ExportResult:
-    """Export, check, simplify and write ``model`` as described in the module docstring."""
+    """Export, check, simplify and write ``model`` (see the module docstring)."""
     t0 = time.perf_counter()
     check_opset(cfg.opset)
-    timm_name = cfg.timm_name or card_str(cfg.metadata, "timm_name")
+    card_name = cfg.metadata.card.get("timm_name")
+    timm_name = cfg.timm_name or (None if card_name is None else str(card_name))
     choice = choose_exporter(timm_name, cfg.exporter, cfg.opset)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,36 +105,12 @@ def export_onnx(model: torch.nn.Module, cfg: ExportConfig) -> ExportResult:
             move_into_place(tmp / out.name, out)
     finally:
         model.train(was_training)
-    result = ExportResult(
-        path=out,
-        exporter=choice.exporter,
-        exporter_reason=choice.reason,
-        simplified=shipped.simplified,
-        simplify_reason=shipped.reason,
-        seconds=time.perf_counter() - t0,
-        size_bytes=onnx_size_bytes(out),
-        flops_per_image=shipped.flops,
-        opset=shipped.opset,
-        ir_version=shipped.ir_version,
-        external_data=shipped.external,
-        sha256=onnx_sha256(out),
-        batch_checks=shipped.checks,
-    )
+    seconds = time.perf_counter() - t0
+    result = replace(shipped, seconds=seconds, size_bytes=onnx_size_bytes(out), sha256=onnx_sha256(out))
     log.info(
         "exported %s (%s, %.1f s, %.1f MiB)", out, choice.exporter, result.seconds, result.size_bytes / 2**20
     )
     return result
-
-
-@dataclass(frozen=True)
-class _Shipped:
-    simplified: bool
-    reason: str | None
-    flops: int
-    opset: int
-    ir_version: int
-    external: bool
-    checks: tuple[BatchCheck, ...]
 
 
 class _Rejected(Exception):
@@ -200,12 +123,8 @@ def _simplify_and_check(
     cfg: ExportConfig,
     choice: ExporterChoice,
     staged: Path,
-) -> _Shipped:
-    """Write to ``staged`` the graph to ship: simplified if it passes every check, else the raw one if it does.
-
-    Each candidate gets its metadata, is written once, then checked from the file: ``check_model`` with
-    ``full_check`` and onnxruntime against PyTorch at every batch size.
-    """
+) -> ExportResult:
+    """Write to ``staged`` the simplified graph if it passes every check, else the raw one if it does."""
     reason: str | None = "simplification not asked for (--no-simplify)"
     if cfg.simplify:
         simplified, reason = _try_simplify(raw)
@@ -233,10 +152,10 @@ def _stage(
     cfg: ExportConfig,
     choice: ExporterChoice,
     staged: Path,
-) -> _Shipped:
+) -> ExportResult:
     what = "the simplified graph" if simplified else "the graph"
     flops = count_flops(proto).flops_per_image
-    write_member_metadata(proto, cfg, choice, flops, simplified, reason)
+    _write_member_metadata(proto, cfg, choice, flops, simplified, reason)
     opset, ir_version = opset_of(proto), int(proto.ir_version)
     external = save_onnx(proto, staged, cfg.external_data_threshold)  # moves external weights out of proto
     try:
@@ -248,10 +167,27 @@ def _stage(
     except ModelError as e:
         raise _Rejected(f"onnxruntime cannot run {what}: {e.message}") from e
     if not all(c.passed for c in checks):
-        raise _Rejected(
-            f"{what} differs from PyTorch ({describe_failures(checks)}, tolerance {cfg.check_atol:g})"
+        bad = [c for c in checks if not c.passed]
+        why = ", ".join(
+            f"batch {c.batch}: max abs {c.max_abs:.2e}, top-1 {c.top1_agreement:.0%}" for c in bad
         )
-    return _Shipped(simplified, reason, flops, opset, ir_version, external, checks)
+        raise _Rejected(f"{what} differs from PyTorch ({why}, tolerance {cfg.check_atol:g})")
+    path, exporter = Path(cfg.out), choice.exporter  # seconds, size and hash are filled in once it is moved
+    return ExportResult(
+        path,
+        exporter,
+        choice.reason,
+        simplified,
+        reason,
+        0.0,
+        0,
+        flops,
+        opset,
+        ir_version,
+        external,
+        "",
+        checks,
+    )
 
 
 def _try_simplify(raw: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
@@ -274,3 +210,104 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
+
+
+def check_io(proto: onnx.ModelProto, cfg: ExportConfig) -> None:
+    """Exactly one input ``INPUT_NAME`` [batch, C, H, W] and one output ``OUTPUT_NAME`` [batch, K]."""
+    init = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in init]
+    outputs = list(proto.graph.output)
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+        raise ModelError(
+            f"exported graph has inputs {[i.name for i in inputs]} and outputs {[o.name for o in outputs]}, "
+            f"expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]",
+            hint="export a classifier whose forward takes one image tensor and returns one logits tensor",
+        )
+    k = len(cfg.metadata.classes)
+    out_dims = _dims(outputs[0])
+    if len(out_dims) != 2 or out_dims[1] != k:
+        raise ModelError(
+            f"the model outputs shape {out_dims}, but the metadata lists {k} classes "
+            f"({', '.join(cfg.metadata.classes)})",
+            hint="build the model with num_classes equal to the class list, or fix the class list",
+        )
+    for value in (inputs[0], outputs[0]):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        if dim0.HasField("dim_value"):
+            raise ModelError(
+                f"the batch axis of {value.name!r} was exported as the fixed size {dim0.dim_value}",
+                hint="report this: cxr exports a dynamic batch axis",
+            )
+        dim0.dim_param = BATCH_AXIS
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def reference_logits(model: torch.nn.Module, cfg: ExportConfig) -> References:
+    """Inputs and PyTorch logits for every batch size in ``check_batches`` (seeded)."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    c = cfg.metadata.preprocess.channels
+    refs: References = {}
+    for b in cfg.check_batches:
+        x = rng.standard_normal((b, c, *cfg.input_size), dtype=np.float32)
+        refs[b] = (x, torch_logits(model, x, batch_size=b))
+    return refs
+
+
+def batch_checks(path: Path, refs: References, cfg: ExportConfig) -> tuple[BatchCheck, ...]:
+    """onnxruntime on the file at ``path`` vs the PyTorch references, one check per batch size."""
+    session = open_session(path, threads=cfg.threads)
+    checks = []
+    vcfg = VerifyConfig(name=path.name, atol=cfg.check_atol, strict=False)
+    for b, (x, ref) in refs.items():
+        got = onnx_logits(session, x, batch_size=b)
+        rep = compare_logits(ref, got, vcfg, reference="pytorch", candidate=f"onnx batch {b}")
+        checks.append(BatchCheck(b, rep.max_abs, rep.top1_agreement, rep.passed))
+    return tuple(checks)
+
+
+def export_versions() -> dict[str, str]:
+    """Versions of the packages that shaped an exported file."""
+    import importlib.metadata as md
+
+    out: dict[str, str] = {"torch": torch.__version__, "onnx": onnx.__version__}
+    for dist in ("onnxruntime", "timm", "onnxsim", "onnxscript", "cxr-toolkit"):
+        key = "cxr" if dist == "cxr-toolkit" else dist
+        try:
+            out[key] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+def _write_member_metadata(
+    proto: onnx.ModelProto,
+    cfg: ExportConfig,
+    choice: ExporterChoice,
+    flops: int,
+    simplified: bool,
+    reason: str | None,
+) -> None:
+    """The FP32 member's metadata: ``cfg.metadata`` plus what the export did, and its doc string."""
+    card = {
+        **dict(cfg.metadata.card),
+        "precision": "fp32",
+        "exporter": choice.exporter,
+        "exporter_reason": choice.reason,
+        "opset": opset_of(proto),
+        "ir_version": int(proto.ir_version),
+        "flops_per_image": flops,
+        "simplified": simplified,
+        "simplify_note": reason,
+        "export_versions": export_versions(),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "output_kind": OUTPUT_NAME,
+    }
+    set_metadata(proto, replace(cfg.metadata, card=card))
+    proto.producer_name = "cxr"
+    proto.doc_string = (
+        "cxr member classifier: input normalised float32 [batch, C, H, W], output logits [batch, K]"
+    )

@@ -1,9 +1,8 @@
-"""ONNX files on disk: size, saving with external data, moving into place, and the hash that names a file.
+"""ONNX files on disk: saving with external data, moving into place, size, SHA-256, and cxr metadata.
 
-Takes: an ``onnx.ModelProto`` or a path. Makes: ``<name>.onnx`` (with ``<name>.onnx.data`` beside it when
-the weights are large), its approximate size and its SHA-256; ``move_into_place`` moves a staged file and
-its data file to their final name. Torch-free: export (PyTorch members) and fusion (ONNX only) save through
-the same function.
+Takes: an ``onnx.ModelProto`` or a path. Makes: ``<name>.onnx`` (``<name>.onnx.data`` beside it when the
+weights are large), its size and hash, and its ``ModelMetadata`` (read without loading the weights).
+Torch-free: export and fusion save through the same function.
 """
 
 from __future__ import annotations
@@ -11,28 +10,38 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from cxr.errors import ModelError, first_line
 from cxr.session import files_sha256
+from cxr.spec import ModelMetadata
+
+
+def tensor_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type (reading ``raw_data`` would copy it)."""
+    if t.data_type == onnx.TensorProto.STRING:
+        return int(t.ByteSize())
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 4
+    return n * itemsize
 
 
 def model_nbytes(proto: onnx.ModelProto) -> int:
     """Approximate serialized size: initializer bytes (the weights dominate every CNN)."""
-    from cxr.export.flops import _tensor_bytes
-
-    total = sum(_tensor_bytes(t) for t in proto.graph.initializer)
+    total = sum(tensor_bytes(t) for t in proto.graph.initializer)
     for node in proto.graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                total += _tensor_bytes(a.t)
+        total += sum(tensor_bytes(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
     return total
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path, threshold: int) -> bool:
-    """Write ``proto`` to ``path``; weights go to ``<name>.data`` when they exceed ``threshold`` bytes.
+    """Write ``proto``; weights go to ``<name>.data`` above ``threshold`` bytes (moved out of ``proto``).
 
-    Returns whether external data was used. Saving with external data moves the weights out of ``proto``,
-    so pass a copy if you still need the weights in memory.
+    Returns whether external data was used.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = external_data_path(path)
@@ -74,8 +83,27 @@ def onnx_size_bytes(path: Path) -> int:
 
 
 def onnx_sha256(path: Path) -> str:
-    """SHA-256 of the .onnx file, followed by its external data file when it has one.
-
-    Without external data (every paper member) this equals ``sha256sum model.onnx``.
-    """
+    """SHA-256 of the .onnx file, then its external data file if any (without: ``sha256sum model.onnx``)."""
     return files_sha256(p for p in (path, external_data_path(path)) if p.exists())
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Replace ``proto``'s metadata_props with cxr's metadata (JSON values)."""
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata.to_props())
+
+
+def read_metadata(path: Path) -> ModelMetadata:
+    """The cxr metadata of an ONNX file (weights are not loaded)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError as e:
+        raise ModelError(f"{path} does not exist", hint="run `cxr export RUN_DIR` first", path=path) from e
+    except Exception as e:  # onnx raises DecodeError and others on garbage
+        raise ModelError(f"{path} is not a readable ONNX file: {first_line(e)}", path=path) from e
+    return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, source=str(path))
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    """The default-domain opset of ``proto`` (0 when it imports none)."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)

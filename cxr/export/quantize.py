@@ -1,24 +1,13 @@
 """Edge variants of an exported FP32 member: FP16 for GPUs, static INT8 (QDQ) for CPUs.
 
-Takes: ``<name>.onnx`` written by ``export_onnx`` (with cxr metadata) and an ``Fp16Config`` or
-``Int8Config`` (verification inputs, and for INT8 calibration inputs, all float32 [N, C, H, W] preprocessed
-exactly as the runtime does). Makes: ``<name>.fp16.onnx`` / ``<name>.int8.onnx`` beside it and a
-``VariantResult``.
-
-- FP16: onnxruntime's float16 converter, inputs and outputs kept FP32, numerically sensitive ops kept FP32
-  (``FP16_KEEP_FP32_OPS``: ConvNeXt's LayerNormalization overflows in FP16, and reductions/powers).
-- INT8: ``quant_pre_process`` then ``quantize_static`` in QDQ format, per-channel INT8 weights, UINT8
-  activations (U8S8, the fast path on x86 with VNNI), MinMax calibration on the given images. Dynamic
-  quantization is not offered: it was 1.7-6x slower than FP32 for these CNNs and is known to hurt accuracy.
-
-Each variant is compared with the FP32 file on onnxruntime (CPU) over the verification inputs: top-1
-agreement and max probability drift. Below ``min_agreement`` (default 99%) the variant is not written (a
-stale file of that name is removed) and the reason is returned. A variant's metadata is the FP32 one plus
-card keys ``precision``, ``fp32_sha256``, ``top1_agreement_vs_fp32``, ``max_prob_drift_vs_fp32``,
-``agreement_n`` and ``variant_settings``.
-FP16 verified on the CPU is honest but not the whole story: onnxruntime's CPU provider runs FP16 ops that
-lack a CPU kernel in FP32 (it inserts casts), so GPU numerics can drift a little more; ``verified_on`` says
-where it was measured. Re-run ``cxr verify`` on a GPU machine to measure there.
+Takes: ``<name>.onnx`` written by ``export_onnx`` and an ``Fp16Config`` or ``Int8Config`` (float32
+[N, C, H, W] inputs preprocessed as the runtime does). Makes: ``<name>.fp16.onnx`` / ``<name>.int8.onnx``
+and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP32_OPS`` kept FP32 (ConvNeXt's
+LayerNorm overflows in FP16). INT8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8
+weights, U8 activations, MinMax calibration); no dynamic quantization (it hurts these CNNs' accuracy).
+A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
+written; a written one carries the FP32 metadata plus its precision, ``fp32_sha256`` and agreement. FP16
+verified on the CPU runs some ops in FP32; ``verified_on`` says where, ``cxr verify`` on a GPU re-measures.
 """
 
 from __future__ import annotations
@@ -26,24 +15,27 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
-from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
-from cxr.export.metadata import read_metadata, set_metadata
+from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, INPUT_NAME
 from cxr.export.onnx_files import (
     external_data_path,
     move_into_place,
     onnx_sha256,
     onnx_size_bytes,
+    read_metadata,
     save_onnx,
+    set_metadata,
 )
-from cxr.export.ort_tools import CalibrationReader, quiet_onnxruntime
 from cxr.export.verify import VerifyConfig, VerifyReport, verify_against_onnx
 from cxr.spec import ModelMetadata
 
@@ -77,7 +69,7 @@ class Fp16Config:
     sources: dict[str, int] | None = field(default=None, compare=False)  # where verify_inputs came from
 
     def __post_init__(self) -> None:
-        _check_common(self.verify_inputs, self.min_agreement, "verify_inputs")
+        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,7 @@ class Int8Config:
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
 
     def __post_init__(self) -> None:
-        _check_common(self.verify_inputs, self.min_agreement, "verify_inputs")
+        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
         _check_inputs(self.calibration, "calibration")
         if self.calibrate_method not in CALIBRATION_METHODS:
             raise ConfigError(
@@ -138,15 +130,13 @@ def make_fp16(src: Path, cfg: Fp16Config) -> VariantResult:
     """Convert ``src`` to FP16 (FP32 I/O, sensitive ops FP32), verify against it, write if it agrees."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    src = Path(src)
-    meta = _fp32_metadata(src)
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.keep_fp32_ops))
     settings = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "fp32_ops": block}
 
     def build(tmp: Path) -> onnx.ModelProto:
         return convert_float_to_float16(str(src), keep_io_types=True, op_block_list=block)
 
-    return _make_variant(src, "fp16", meta, build, cfg.verify_inputs, cfg, settings)
+    return _make_variant(Path(src), "fp16", build, cfg, settings)
 
 
 def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
@@ -155,7 +145,6 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = Path(src)
-    meta = _fp32_metadata(src)
     qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -173,7 +162,7 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
         "calibration_source": cfg.calibration_source,
         "pre_process": "onnxruntime.quantization.quant_pre_process",
     }
-    large = _external(src)
+    large = external_data_path(src).exists()
 
     def build(tmp: Path) -> onnx.ModelProto:
         pre, quant = tmp / "pre.onnx", tmp / "int8.onnx"
@@ -202,124 +191,79 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
         )
         return onnx.load(str(quant))
 
-    return _make_variant(src, "int8", meta, build, cfg.verify_inputs, cfg, settings)
+    return _make_variant(src, "int8", build, cfg, settings)
 
 
 def _make_variant(
-    src: Path,
-    precision: str,
-    meta: ModelMetadata,
-    build: Any,
-    verify_inputs: np.ndarray,
-    cfg: Fp16Config | Int8Config,
-    settings: dict[str, Any],
+    src: Path, precision: str, build: Any, cfg: Fp16Config | Int8Config, settings: dict[str, Any]
 ) -> VariantResult:
     """Build the variant in a scratch folder, verify it against ``src``, and move it into place if it agrees."""
+    meta = _fp32_metadata(src)
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else variant_path(src, precision)
     fp32_sha = onnx_sha256(src)
-    vcfg = _variant_verify_config(meta, src, precision, cfg)
+    name = str(meta.card.get("member") or src.stem)
+    vcfg = variant_verify_config(name, precision, cfg.min_agreement, cfg.threads, cfg.batch_size)
+
+    def reject(reason: str, report: VerifyReport | None = None) -> VariantResult:
+        for stale in (out, external_data_path(out)):
+            if stale.exists():
+                stale.unlink()
+        log.warning("%s variant %s rejected: %s", precision, out.name, reason)
+        seconds = time.perf_counter() - t0
+        return VariantResult(precision, None, False, reason, seconds, 0, fp32_sha, report, settings=settings)
+
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}-", dir=out.parent) as tmp_dir:
-        tmp = Path(tmp_dir)
         try:
             with quiet_onnxruntime():
-                proto = build(tmp)
+                proto = build(Path(tmp_dir))
         except CxrError:
             raise
         except Exception as e:  # converters and quantizers raise assorted errors on unsupported graphs
-            return _rejected(
-                out, precision, f"{precision} conversion failed: {first_line(e)}", t0, fp32_sha, settings
-            )
-        staged = tmp / "staged" / out.name
+            return reject(f"{precision} conversion failed: {first_line(e)}")
+        staged = Path(tmp_dir) / "staged" / out.name
         save_onnx(proto, staged, cfg.external_data_threshold)
         try:
             report = verify_against_onnx(
-                src, staged, verify_inputs, vcfg, candidate=f"onnx {precision}", sources=cfg.sources
+                src, staged, cfg.verify_inputs, vcfg, candidate=f"onnx {precision}", sources=cfg.sources
             )
         except ModelError as e:
-            return _rejected(
-                out,
-                precision,
-                f"onnxruntime cannot run the {precision} graph: {e.message}",
-                t0,
-                fp32_sha,
-                settings,
-            )
+            return reject(f"onnxruntime cannot run the {precision} graph: {e.message}")
         if not report.passed:
-            reason = f"not usable: {'; '.join(report.reasons)}"
-            return _rejected(out, precision, reason, t0, fp32_sha, settings, report)
-        _write_variant_metadata(staged, meta, precision, fp32_sha, report, settings, cfg)
+            return reject(f"not usable: {'; '.join(report.reasons)}", report)
+        proto = onnx.load(str(staged))  # rewritten with the FP32 metadata plus the variant's card keys
+        card = {
+            **dict(meta.card),
+            "precision": precision,
+            "fp32_sha256": fp32_sha,
+            "top1_agreement_vs_fp32": report.top1_agreement,
+            "max_prob_drift_vs_fp32": report.max_abs,
+            "agreement_n": report.n,
+            "variant_settings": settings,
+        }
+        set_metadata(proto, replace(meta, card=card))
+        save_onnx(proto, staged, cfg.external_data_threshold)
         move_into_place(staged, out)
+    seconds = time.perf_counter() - t0
     result = VariantResult(
-        precision=precision,
-        path=out,
-        usable=True,
-        reason=None,
-        seconds=time.perf_counter() - t0,
-        size_bytes=onnx_size_bytes(out),
-        fp32_sha256=fp32_sha,
-        report=report,
-        settings=settings,
+        precision, out, True, None, seconds, onnx_size_bytes(out), fp32_sha, report, settings=settings
     )
     log.info("%s: %s", out, report.summary())
     return result
 
 
-def _variant_verify_config(
-    meta: ModelMetadata, src: Path, precision: str, cfg: Fp16Config | Int8Config
+def variant_verify_config(
+    name: str, precision: str, min_agreement: float, threads: int | None, batch_size: int = 8
 ) -> VerifyConfig:
     """Top-1 agreement with the FP32 file is the bar; no absolute tolerance, ties not excused."""
-    name = str(meta.card.get("member") or src.stem)
     return VerifyConfig(
         name=f"{name} {precision}",
         atol=None,
-        min_top1=cfg.min_agreement,
+        min_top1=min_agreement,
         tie_margin=0.0,
         strict=False,
-        batch_size=cfg.batch_size,
-        threads=cfg.threads,
-    )
-
-
-def _write_variant_metadata(
-    staged: Path,
-    meta: ModelMetadata,
-    precision: str,
-    fp32_sha: str,
-    report: VerifyReport,
-    settings: dict[str, Any],
-    cfg: Fp16Config | Int8Config,
-) -> None:
-    """Rewrite ``staged`` with the FP32 metadata plus the variant's card keys (precision, agreement...)."""
-    proto = onnx.load(str(staged))
-    card = {
-        **dict(meta.card),
-        "precision": precision,
-        "fp32_sha256": fp32_sha,
-        "top1_agreement_vs_fp32": report.top1_agreement,
-        "max_prob_drift_vs_fp32": report.max_abs,
-        "agreement_n": report.n,
-        "variant_settings": settings,
-    }
-    set_metadata(proto, replace(meta, card=card))
-    save_onnx(proto, staged, cfg.external_data_threshold)
-
-
-def _rejected(
-    out: Path,
-    precision: str,
-    reason: str,
-    t0: float,
-    fp32_sha: str,
-    settings: dict[str, Any],
-    report: VerifyReport | None = None,
-) -> VariantResult:
-    for stale in (out, external_data_path(out)):
-        if stale.exists():
-            stale.unlink()
-    log.warning("%s variant %s rejected: %s", precision, out.name, reason)
-    return VariantResult(
-        precision, None, False, reason, time.perf_counter() - t0, 0, fp32_sha, report, settings=settings
+        batch_size=batch_size,
+        threads=threads,
     )
 
 
@@ -339,20 +283,50 @@ def _fp32_metadata(src: Path) -> ModelMetadata:
     return meta
 
 
-def _external(src: Path) -> bool:
-    return external_data_path(src).exists()
-
-
-def _check_common(inputs: np.ndarray, min_agreement: float, what: str) -> None:
-    _check_inputs(inputs, what)
-    if not 0.0 < min_agreement <= 1.0:
-        raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
-
-
-def _check_inputs(inputs: np.ndarray, what: str) -> None:
+def _check_inputs(inputs: np.ndarray, what: str, min_agreement: float | None = None) -> None:
     arr = np.asarray(inputs)
     if arr.ndim != 4 or len(arr) == 0 or arr.dtype != np.float32:
         raise ConfigError(
             f"{what} must be a non-empty float32 array [N, C, H, W], got {arr.dtype} {arr.shape}",
             hint="preprocess images with cxr.imaging.preprocess.to_model_input(..., normalized=True)",
         )
+    if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
+        raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
+
+
+class _OnnxruntimeChatter(logging.Filter):
+    """Drops onnxruntime's converter/quantizer INFO records (it logs whole node protos at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
+@contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Scoped: onnxruntime's tools log on the root logger and their module loggers."""
+    flt = _OnnxruntimeChatter()
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")),
+    ]
+    for lg in loggers:
+        lg.addFilter(flt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(flt)
+
+
+class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
+    """onnxruntime ``CalibrationDataReader`` over a preprocessed array, in batches."""
+
+    def __init__(self, data: np.ndarray, batch: int) -> None:
+        super().__init__()
+        self._batches: Iterator[np.ndarray] = iter(
+            [np.ascontiguousarray(data[i : i + batch], dtype=np.float32) for i in range(0, len(data), batch)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}

@@ -1,36 +1,26 @@
 """`cxr export RUN_DIR` and `cxr verify RUN_DIR`: export, verify and derive variants for every trained member.
 
-Takes: a run directory with ``members/<name>/`` checkpoints (``cxr.train.checkpoint``) and, when present,
-the split manifest (``RUN_DIR/manifest.csv`` or the one named in the member's training config), and a
-``RunExportConfig``. Makes, in ``RUN_DIR/onnx/``: ``<name>.onnx`` (+ ``<name>.fp16.onnx`` /
-``<name>.int8.onnx``), ``export_report.json`` and ``export_report.md`` (``verify_report.*`` for a
-verification run), and returns ``RunExportResult``.
-
-Verification inputs: up to ``max_val_images`` val-split images (stratified by class), decoded and
-preprocessed exactly as the runtime does (``decode_gray`` + ``to_model_input(normalized=True)``), else
-``n_synthetic`` synthetic radiographs, plus ``n_random`` noise images. INT8 calibration: up to
-``max_calib_images`` train-split images (synthetic ones when there is no manifest; the report says so).
-A member whose FP32 graph fails verification is renamed ``<name>.onnx.rejected`` and, with ``strict``, the
-run ends with ``VerificationError`` (exit code 1) naming it, after the report is written.
-The parts: ``run_types`` (config, reports, result), ``members`` (folders, checkpoints, metadata),
-``inputs`` (verification and calibration images) and ``report`` (JSON and Markdown).
+Takes: a ``RunExportConfig`` (``RUN_DIR/members/<name>/`` checkpoints and, when found, the split manifest).
+Makes, in ``RUN_DIR/onnx/``: ``<name>.onnx`` (+ ``.fp16.onnx`` / ``.int8.onnx``) and
+``export_report.{json,md}`` (``verify_report.*`` for a verification run), and a ``RunExportResult``. A member
+whose FP32 graph fails verification is renamed ``<name>.onnx.rejected``; with ``strict`` the run then ends
+in ``VerificationError`` naming it, after the report is written.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr.errors import ModelError, VerificationError
+from cxr.errors import ConfigError, CxrError, DataError, ModelError, VerificationError
 from cxr.export.export_types import ExportConfig
-from cxr.export.inputs import ImageSet, InputPool, random_inputs, synthetic_images
-from cxr.export.members import load_member, member_metadata, select_members
-from cxr.export.metadata import read_metadata
+from cxr.export.inputs import InputPool
 from cxr.export.onnx_export import check_opset, export_onnx
-from cxr.export.onnx_files import external_data_path, onnx_sha256
+from cxr.export.onnx_files import external_data_path, onnx_sha256, read_metadata
 from cxr.export.quantize import (
     VARIANTS,
     Fp16Config,
@@ -39,49 +29,108 @@ from cxr.export.quantize import (
     make_fp16,
     make_int8,
     variant_path,
+    variant_verify_config,
 )
-from cxr.export.report import write_run_report
-from cxr.export.run_types import (
+from cxr.export.report import (
     MEMBERS_DIR,
     ONNX_DIR,
     REJECTED_SUFFIX,
     MemberReport,
     RunExportConfig,
     RunExportResult,
+    write_run_report,
 )
 from cxr.export.verify import VerifyConfig, verify_against_onnx, verify_onnx
-from cxr.spec import PreprocessSpec
-
-__all__ = [  # the names importable from here before the run export was split by responsibility
-    "MEMBERS_DIR",
-    "ONNX_DIR",
-    "REJECTED_SUFFIX",
-    "ImageSet",
-    "MemberReport",
-    "RunExportConfig",
-    "RunExportResult",
-    "export_run",
-    "load_member",
-    "member_metadata",
-    "random_inputs",
-    "raise_for_failures",
-    "select_members",
-    "synthetic_images",
-    "verify_run",
-]
+from cxr.spec import ModelMetadata, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Entry points
-# ---------------------------------------------------------------------------------------------------------
+def _select_members(run_dir: Path, models: Sequence[str] | None) -> list[Path]:
+    """The member folders of ``run_dir`` (all, or those named), with a did-you-mean for unknown names."""
+    members = Path(run_dir) / MEMBERS_DIR
+    if not Path(run_dir).is_dir():
+        raise DataError(f"run directory {run_dir} does not exist", hint="pass the RUN_DIR of `cxr train`")
+    available = sorted(p for p in members.iterdir() if p.is_dir()) if members.is_dir() else []
+    if not available:
+        raise DataError(
+            f"no trained members in {members}",
+            hint="train them first (`cxr train base --config CONFIG --all`), then export the run directory",
+            path=members,
+        )
+    if models is None:
+        return available
+    by_name = {p.name: p for p in available}
+    unknown = [m for m in models if m not in by_name]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(by_name), n=3)
+        raise ConfigError(
+            f"unknown member(s) {', '.join(unknown)} in {members}",
+            hint=(f"did you mean {', '.join(close)}? " if close else "") + f"available: {', '.join(by_name)}",
+        )
+    return [by_name[m] for m in dict.fromkeys(models)]
+
+
+def _load_member(member_dir: Path, which: str = "best") -> Any:
+    """``cxr.train.checkpoint.load_checkpoint`` with errors that say what to do."""
+    try:
+        from cxr.train.checkpoint import load_checkpoint
+    except ImportError as e:
+        raise ModelError(
+            f"cannot load checkpoints: {e}",
+            hint="install the training extra: pip install 'cxr-toolkit[train]'",
+        ) from e
+    try:
+        return load_checkpoint(member_dir, which)
+    except CxrError:
+        raise
+    except Exception as e:  # timm/torch/safetensors errors on a foreign or damaged checkpoint
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "re-train the member with this cxr, or install the cxr version that wrote the checkpoint"
+        if "Unknown model" in text:
+            hint = f"the checkpoint names an architecture this timm ({_timm_version()}) does not know; {hint}"
+        raise ModelError(
+            f"cannot load the checkpoint in {member_dir}: {text}", hint=hint, path=member_dir
+        ) from e
+
+
+def _member_metadata(info: Any, name: str) -> ModelMetadata:
+    """The metadata every exported member carries, from a checkpoint's ``info``."""
+    extra = dict(getattr(info, "extra", {}) or {})
+    return ModelMetadata(
+        classes=tuple(info.classes),
+        preprocess=info.preprocess,
+        input_format="float_normalized",
+        card={
+            "kind": "member",
+            "name": name,
+            "member": name,
+            "timm_name": info.timm_name,
+            "backbone": getattr(info, "backbone", "") or name,
+            "checkpoint_sha256": info.sha256,
+            "checkpoint_epoch": info.epoch,
+            "val_metrics": dict(info.metrics),
+            "train_versions": dict(info.versions),
+            "manifest_digest": extra.get("manifest_digest"),
+            "pretrained": extra.get("pretrained"),
+            "dataset": extra.get("dataset"),
+        },
+    )
+
+
+def _timm_version() -> str:
+    try:
+        import timm
+
+        return str(timm.__version__)
+    except ImportError:
+        return "not installed"
 
 
 def export_run(cfg: RunExportConfig) -> RunExportResult:
-    """Export, verify and make variants for the selected members; write the report (see the docstring)."""
+    """Export, verify and make variants for the selected members; write the report."""
     check_opset(cfg.opset)
-    member_dirs = select_members(cfg.run_dir, cfg.models)
+    member_dirs = _select_members(cfg.run_dir, cfg.models)
     onnx_dir = Path(cfg.run_dir) / ONNX_DIR
     onnx_dir.mkdir(parents=True, exist_ok=True)
     pool = InputPool(cfg)
@@ -91,7 +140,7 @@ def export_run(cfg: RunExportConfig) -> RunExportResult:
 
 def verify_run(cfg: RunExportConfig) -> RunExportResult:
     """Re-verify the existing files in RUN_DIR/onnx against their checkpoints (and variants against FP32)."""
-    member_dirs = select_members(cfg.run_dir, cfg.models)
+    member_dirs = _select_members(cfg.run_dir, cfg.models)
     onnx_dir = Path(cfg.run_dir) / ONNX_DIR
     exported = [d for d in member_dirs if (onnx_dir / f"{d.name}.onnx").is_file()]
     if not exported:
@@ -112,17 +161,12 @@ def verify_run(cfg: RunExportConfig) -> RunExportResult:
     return _finish("verify", reports, cfg, pool, onnx_dir)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# One member
-# ---------------------------------------------------------------------------------------------------------
-
-
 def _export_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx_dir: Path) -> MemberReport:
-    ck = load_member(member_dir, cfg.which)
+    ck = _load_member(member_dir, cfg.which)
     info = ck.info
     name = member_dir.name
     out = onnx_dir / f"{name}.onnx"
-    metadata = member_metadata(info, name)
+    metadata = _member_metadata(info, name)
     log.info("exporting %s (%s)", name, info.timm_name)
     try:
         result = export_onnx(
@@ -145,9 +189,7 @@ def _export_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx
         _reject(out)
         return MemberReport(name, info.timm_name, None, error=e.message)
     inputs, sources = pool.verify_inputs(info.preprocess)
-    parity = verify_onnx(
-        ck.model, out, inputs, _fp32_verify_cfg(name, cfg), sources=sources
-    )  # strict=False: judged below
+    parity = verify_onnx(ck.model, out, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
     if not parity.passed:
         _reject(out)
         error = f"onnx fp32 differs from pytorch: {'; '.join(parity.reasons)}"
@@ -160,17 +202,15 @@ def _export_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx
 def _verify_member(member_dir: Path, cfg: RunExportConfig, pool: InputPool, onnx_dir: Path) -> MemberReport:
     name = member_dir.name
     path = onnx_dir / f"{name}.onnx"
-    ck = load_member(member_dir, cfg.which)
+    ck = _load_member(member_dir, cfg.which)
     meta = read_metadata(path)
     recorded = meta.card.get("checkpoint_sha256")
     if recorded != ck.info.sha256:
-        return MemberReport(
-            name,
-            ck.info.timm_name,
-            path,
-            error=f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
-            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`",
+        stale = (
+            f"{path.name} was exported from checkpoint {str(recorded)[:12]}..., but {member_dir} now "
+            f"holds {ck.info.sha256[:12]}...: re-run `cxr export {cfg.run_dir} --members {name}`"
         )
+        return MemberReport(name, ck.info.timm_name, path, error=stale)
     inputs, sources = pool.verify_inputs(ck.info.preprocess)
     parity = verify_onnx(ck.model, path, inputs, _fp32_verify_cfg(name, cfg), sources=sources)
     error = None if parity.passed else f"onnx fp32 differs from pytorch: {'; '.join(parity.reasons)}"
@@ -224,26 +264,11 @@ def _verify_variant(
         reason = f"{vpath.name} was made from another {src.name} (stale): re-run `cxr export --variants {precision}`"
         return VariantResult(precision, vpath, False, reason, 0.0, vpath.stat().st_size, fp32_sha, None)
     inputs, sources = pool.variant_inputs(spec)
-    vcfg = VerifyConfig(
-        name=f"{src.stem} {precision}",
-        atol=None,
-        min_top1=cfg.min_agreement,
-        tie_margin=0.0,
-        strict=False,
-        threads=cfg.threads,
-    )
+    vcfg = variant_verify_config(src.stem, precision, cfg.min_agreement, cfg.threads)
     report = verify_against_onnx(src, vpath, inputs, vcfg, candidate=f"onnx {precision}", sources=sources)
     why = None if report.passed else f"not usable: {'; '.join(report.reasons)}"
-    return VariantResult(
-        precision,
-        vpath,
-        report.passed,
-        why,
-        time.perf_counter() - t0,
-        vpath.stat().st_size,
-        fp32_sha,
-        report,
-    )
+    seconds, size = time.perf_counter() - t0, vpath.stat().st_size
+    return VariantResult(precision, vpath, report.passed, why, seconds, size, fp32_sha, report)
 
 
 def _reject(out: Path) -> None:

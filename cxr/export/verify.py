@@ -1,16 +1,8 @@
-"""Verify an exported graph against its reference on the same preprocessed inputs.
+"""Verify an exported graph against its reference (PyTorch or an FP32 ONNX file) on the same inputs.
 
-Takes: a reference (the PyTorch model in eval mode, or an FP32 ONNX file), the candidate ONNX file, float32
-inputs [N, C, H, W] normalised exactly as the runtime does, and a ``VerifyConfig``. Makes: ``VerifyReport``
-with the max absolute and max relative difference of the class probabilities (softmax of the logits),
-top-1 agreement and a verdict; with ``strict`` a failed verdict raises ``VerificationError`` (exit code 1)
-naming the model.
-
-Verdict: every output finite, ``max_abs <= atol`` (when ``atol`` is set) and top-1 agreement at least
-``min_top1``. A top-1 disagreement on an exact tie (the reference's probabilities of the two classes within
-``tie_margin``) is reported in ``n_ties`` and not held against the candidate.
-``max_rel`` is ``|p - p_ref| / max(p_ref, REL_FLOOR)``: reported, never judged (it explodes on tiny
-probabilities). This module needs numpy and onnxruntime only; torch is imported by ``torch_logits``.
+Takes: normalised float32 inputs [N, C, H, W], the two models and a ``VerifyConfig``. Makes: ``VerifyReport``
+(probability differences, top-1 agreement; reference ties within ``tie_margin`` are not held against the
+candidate; ``max_rel`` is never judged). With ``strict`` a failure raises ``VerificationError``.
 """
 
 from __future__ import annotations
@@ -89,7 +81,7 @@ def compare_logits(
     candidate: str,
     inputs: Mapping[str, int] | None = None,
 ) -> VerifyReport:
-    """Compare two logits arrays [N, K] through their softmax probabilities (see the module docstring)."""
+    """Compare two logits arrays [N, K] through their softmax probabilities."""
     ref = np.asarray(ref_logits)
     cand = np.asarray(cand_logits)
     if ref.shape != cand.shape or ref.ndim != 2:
@@ -138,16 +130,6 @@ def compare_logits(
     )
 
 
-def raise_if_failed(report: VerifyReport) -> None:
-    if not report.passed:
-        raise VerificationError(
-            f"verification failed for {report.name}: {report.candidate} vs {report.reference}: "
-            f"{'; '.join(report.reasons)}",
-            hint="re-export with the other exporter (--exporter) or without simplification (--no-simplify); "
-            "if it persists, the graph is wrong and must not be deployed",
-        )
-
-
 def open_session(path: Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session for ``path`` (errors become ``ModelError`` with the fix)."""
     from cxr.session import SessionConfig, create_session
@@ -186,18 +168,9 @@ def verify_onnx(
     *,
     sources: Mapping[str, int] | None = None,
 ) -> VerifyReport:
-    """PyTorch (eval) vs onnxruntime (CPU) on ``inputs``; raises ``VerificationError`` if strict and failed.
-
-    ``sources`` says where the inputs came from (e.g. ``{"val": 64, "random": 8}``), for the report.
-    """
+    """PyTorch (eval) vs onnxruntime (CPU) on ``inputs``; ``sources`` says where they came from."""
     ref = torch_logits(model, inputs, cfg.batch_size)
-    got = onnx_logits(open_session(Path(onnx_path), cfg.threads), inputs, cfg.batch_size)
-    report = compare_logits(
-        ref, got, cfg, reference="pytorch fp32", candidate="onnx fp32", inputs=sources or _count(inputs)
-    )
-    if cfg.strict:
-        raise_if_failed(report)
-    return report
+    return _judge(ref, onnx_path, inputs, cfg, "pytorch fp32", "onnx fp32", sources)
 
 
 def verify_against_onnx(
@@ -211,14 +184,26 @@ def verify_against_onnx(
 ) -> VerifyReport:
     """Two ONNX files (e.g. FP32 and INT8) on onnxruntime CPU, same inputs."""
     ref = onnx_logits(open_session(Path(ref_path), cfg.threads), inputs, cfg.batch_size)
+    return _judge(ref, cand_path, inputs, cfg, "onnx fp32", candidate, sources)
+
+
+def _judge(
+    ref: np.ndarray,
+    cand_path: Path,
+    inputs: np.ndarray,
+    cfg: VerifyConfig,
+    reference: str,
+    candidate: str,
+    sources: Mapping[str, int] | None,
+) -> VerifyReport:
     got = onnx_logits(open_session(Path(cand_path), cfg.threads), inputs, cfg.batch_size)
-    report = compare_logits(
-        ref, got, cfg, reference="onnx fp32", candidate=candidate, inputs=sources or _count(inputs)
-    )
-    if cfg.strict:
-        raise_if_failed(report)
+    where = sources or {"total": int(len(inputs))}
+    report = compare_logits(ref, got, cfg, reference=reference, candidate=candidate, inputs=where)
+    if cfg.strict and not report.passed:
+        raise VerificationError(
+            f"verification failed for {report.name}: {report.candidate} vs {report.reference}: "
+            f"{'; '.join(report.reasons)}",
+            hint="re-export with the other exporter (--exporter) or without simplification (--no-simplify); "
+            "if it persists, the graph is wrong and must not be deployed",
+        )
     return report
-
-
-def _count(inputs: np.ndarray) -> dict[str, int]:
-    return {"total": int(len(inputs))}

@@ -1,20 +1,10 @@
-"""Decode an image file (or bytes) into one 8-bit grayscale array, the models' common currency.
+"""Decode an image file (or bytes) into one 8-bit grayscale array, the same at training and run time.
 
-Takes: a path or raw bytes of a PNG, JPEG, BMP, TIFF, WebP or DICOM file. Makes: ``uint8`` [H, W].
-Rules (the same at training time and at run time):
-- EXIF orientation is applied.
-- 8-bit modes (L, LA, RGB, RGBA, P, PA, CMYK, 1) go through Pillow's ``convert("L")`` (ITU-R 601-2 luma);
-  alpha is dropped, not composited.
-- 16-bit and 32-bit integer or float images (I;16, I;16B, I, F) are scaled linearly from their own
-  min..max to 0..255 and rounded: never clipped. A constant image becomes all zeros.
-- Only these formats are opened (Pillow's other plugins are never tried); animated PNG/WebP and MPO give
-  their first frame, multi-page TIFF is refused.
-- DICOM goes through ``cxr.imaging.dicom`` (rescale, VOI, MONOCHROME1 inversion), recognised by its
-  preamble, its suffix, or its content (old files without either).
-Guards: a maximum file size and a maximum pixel count (decompression bombs), both configurable; the pixel
-count is checked from the header before any pixel is decoded. Pillow's own bomb check (an error above
-about 179 M pixels) still applies on top of ``DecodeLimits.max_pixels``.
-Every failure is a ``DecodeError`` that names the file: a hostile or broken file never crashes a scan.
+Takes: a path or the bytes of a PNG, JPEG, BMP, TIFF, WebP or DICOM file. Makes: uint8 [H, W]. EXIF
+orientation applied; 8-bit modes through Pillow's ``convert("L")`` (alpha dropped); 16/32-bit and float
+scaled from their own min..max (never clipped); only these formats are opened (first frame of animated
+PNG/WebP/MPO, multi-page TIFF refused); DICOM through ``cxr.imaging.dicom``. File size and pixel count
+(from the header) are limited by ``DecodeLimits``. Every failure is a ``DecodeError`` naming the file.
 """
 
 from __future__ import annotations
@@ -32,13 +22,10 @@ from cxr.imaging.dicom import decode_dicom, is_dicom_image
 from cxr.imaging.pixels import DEFAULT_LIMITS, DecodeLimits, scale_to_u8  # also imported from here
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
-PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (phone photos)
-"""What Pillow may open (no other plugin is tried: fewer surprises, a smaller attack surface)."""
-PILLOW_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
-"""Leading bytes of those formats: a .dcm file that starts with one of them is decoded as an image."""
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # the only plugins tried; JPEG includes MPO
+PILLOW_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")  # .dcm but an image
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp"})
-READABLE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
-"""Every file name cxr reads as an image, everywhere (data layouts, scans, benchmarks): one list."""
+READABLE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES  # every file name cxr reads as an image
 
 
 def _read(source: Path | str | bytes, limits: DecodeLimits) -> tuple[bytes, str]:
@@ -68,13 +55,6 @@ def _read(source: Path | str | bytes, limits: DecodeLimits) -> tuple[bytes, str]
     if len(data) > limits.max_bytes:
         raise DecodeError(f"{name}: {len(data)} bytes is over the {limits.max_bytes}-byte limit", path=name)
     return data, name
-
-
-def looks_like_dicom(data: bytes, name: str = "") -> bool:
-    """True for a DICOM Part 10 file (``DICM`` at 128) or a DICOM-suffixed file without the preamble."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return True
-    return Path(name).suffix.lower() in DICOM_SUFFIXES
 
 
 def pil_to_gray(img: Image.Image, name: str = "<image>") -> np.ndarray:
@@ -156,15 +136,11 @@ def _decode_pillow(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
 
 
 def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode ``source`` to uint8 [H, W]; raise ``DecodeError`` naming the file and the fix on failure.
-
-    DICOM is recognised by its ``DICM`` preamble, by a .dcm/.dicom/.dic suffix, or, for old files without
-    preamble and suffix, by content: bytes that no image decoder recognises are parsed as DICOM and
-    accepted when they hold pixel data.
-    """
+    """Decode ``source`` to uint8 [H, W]; DICOM by preamble, suffix, or (old files) content; else ``DecodeError``."""
     data, name = _read(source, limits)
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
-    if has_preamble or (looks_like_dicom(data, name) and not data.startswith(PILLOW_MAGIC)):
+    dicom_suffix = Path(name).suffix.lower() in DICOM_SUFFIXES
+    if has_preamble or (dicom_suffix and not data.startswith(PILLOW_MAGIC)):
         return decode_dicom(data, name=name, limits=limits)
     try:
         return _decode_pillow(data, name, limits)

@@ -1,17 +1,9 @@
-"""Decode a DICOM radiograph into the same 8-bit grayscale array that ``decode_gray`` makes for PNGs.
+"""Decode a DICOM radiograph into the same uint8 [H, W] that ``decode_gray`` makes for PNGs.
 
-Takes: the raw bytes of a DICOM file (Part 10 with the ``DICM`` preamble, or an old file without it) and
-``DecodeLimits``. Makes: ``uint8`` [H, W].
-Order of operations (PS3.3 C.11, as display stations do it):
-1. modality transform: Modality LUT Sequence, else Rescale Slope/Intercept;
-2. VOI transform: the first VOI LUT, else the first Window Center/Width (LINEAR, LINEAR_EXACT, SIGMOID);
-3. MONOCHROME1 inversion (white is low);
-4. to 8 bits: the VOI output range (window or LUT) maps linearly onto 0..255; without a VOI transform, data
-   that already is 8-bit is kept as it is and anything else is scaled from its own min..max (never clipped).
-Colour images (RGB, YBR, PALETTE COLOR) become gray with the ITU-R 601-2 luma that Pillow uses for PNGs.
-Refused with a ``DecodeError`` that says why and what to do: no pixel data, multi-frame, more pixels than
-the limit (checked from Rows x Columns before any pixel is decoded), truncated pixel data, and compressed
-transfer syntaxes whose decoder package is not installed (the message names the package to install).
+Order (PS3.3 C.11): modality LUT or rescale, then the first VOI LUT or window, then MONOCHROME1 inversion,
+then the VOI output range to 0..255 (without VOI: 8-bit data kept, else min..max). Colour becomes luma as
+for PNGs. No pixel data, multi-frame, too many pixels (from Rows x Columns), truncated data and compressed
+syntaxes without an installed decoder are refused with a ``DecodeError`` that says what to install or do.
 """
 
 from __future__ import annotations

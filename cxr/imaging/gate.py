@@ -1,23 +1,10 @@
 """Takes a DICOM file's bytes (or a pydicom Dataset); makes the header reasons it is not a frontal chest radiograph.
 
-Rules (each a reason code; an absent or empty attribute never refuses, since many real files leave them out):
-- ``dicom_modality``: Modality (0008,0060) is not CR or DX (PS3.3 C.7.3.1.1.1: CR computed radiography, DX
-  digital radiography). "DR" is neither a defined nor a retired term, so it is refused like CT, MR or OT;
-- ``dicom_body_part``: BodyPartExamined (0018,0015) is not the chest: CHEST (PS3.16 CID 4031), or THORAX,
-  TORAX, LUNG, LUNGS, or CHEST followed by a separator ("CHEST_PA", "CHEST PA"), all of which real files
-  carry. CID 4031's CHESTABDOMEN and CHESTABDPELVIS cover more than the chest and are refused;
-- ``dicom_view_position``: ViewPosition (0018,5101) is not PA or AP (lateral LL/RL/LATERAL, decubitus
-  LLD/RLD, obliques LPO/RAO/..., anything else);
-- ``dicom_description``: StudyDescription or SeriesDescription names another body part (TEETH, KNEE, HAND...)
-  and not the chest. Old files like the dental CR in ../shared/data/dicom have no BodyPartExamined, so this is
-  their only sign.
-Not used: PatientOrientation and ImageLaterality, because real chest files leave them empty and they describe
-image directions, not the projection.
-Values seen in ../shared/data/dicom: nih_cxr14 DX, nothing else; siim_acr and txv CR/CHEST/PA (series
-"view: PA"); barre CR/CHEST/PA; the dental one CR with no body part or view, descriptions "MODALITYLUT -
-TEETH". Case and surrounding spaces are ignored. Only the header is read (``stop_before_pixels``). Bytes that
-are not DICOM, or a header pydicom cannot parse, give no reasons (decoding reports that error itself). A value
-pydicom cannot convert counts as absent. Neither function raises.
+Reason codes (an absent, empty or unconvertible attribute never refuses): ``dicom_modality`` (not CR or DX),
+``dicom_body_part`` (BodyPartExamined not CHEST, THORAX, TORAX, LUNG(S) or CHEST plus a separator such as
+"CHEST_PA"), ``dicom_view_position`` (not PA or AP) and ``dicom_description`` (Study/SeriesDescription names
+another body part and not the chest). Only the header is read; bytes that are not DICOM or cannot be parsed
+give no reasons. Neither function raises.
 """
 
 from __future__ import annotations

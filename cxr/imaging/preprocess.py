@@ -1,9 +1,8 @@
 """Turn decoded grayscale images into model inputs exactly as training does, without torch.
 
-Takes: uint8 [H, W] arrays from ``cxr.imaging.decode`` and a ``PreprocessSpec``. Makes: uint8 [N, 1, h, w]
-(resized, what a fused graph takes) or float32 [N, C, h, w] (normalised, what a single member takes).
-The resize is Pillow's antialiased bilinear resize, which is what torchvision's ``Resize`` does on PIL
-images during training; ``tests/test_imaging_preprocess_parity.py`` proves the two paths equal.
+Takes: uint8 [H, W] arrays and a ``PreprocessSpec``. Makes: uint8 [N, 1, h, w] (what a fused graph takes) or
+normalised float32 [N, C, h, w] (what a member takes). The resize is Pillow's antialiased bilinear, as
+torchvision's ``Resize`` on PIL images (``tests/test_imaging_preprocess_parity.py``).
 """
 
 from __future__ import annotations

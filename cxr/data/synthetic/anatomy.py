@@ -1,10 +1,6 @@
-"""Normal chest anatomy of a synthetic PA radiograph, on a float canvas (internal to cxr.data.synthetic).
-
-Everything is drawn at about 40 % of the output resolution on float32 grids in [-1, 1] (radiographs are
-smooth, and this keeps the generator fast); :mod:`cxr.data.synthetic.render` upsamples at the end.
-Image left is the patient's right (PA view): the heart bulges to the image right. :func:`draw_anatomy`
-returns a :class:`Frame`: the canvas plus the patient geometry the class findings are placed with.
-"""
+"""Normal chest anatomy of a synthetic PA radiograph on a float canvas in [-1, 1] (about 40 % of the output
+size); ``draw_anatomy`` returns a ``Frame``: the canvas and the geometry findings are placed with. Image left
+is the patient's right."""
 
 from __future__ import annotations
 
@@ -258,19 +254,7 @@ def draw_anatomy(n: int, rng: np.random.Generator) -> Frame:
     vessels, radius, angle = _hila_and_markings(b, warp, rng)
     _granuloma(b, rng)
     h = b.h
+    dia = (h.dia_l, h.dia_r)
     return Frame(
-        img=b.img,
-        u=u,
-        v=v,
-        lung=b.lung,
-        depth=b.depth,
-        lateral=b.lateral,
-        vessels=vessels,
-        hilar_radius=radius,
-        hilar_angle=angle,
-        warp=warp,
-        top=h.top,
-        dia=(h.dia_l, h.dia_r),
-        centre=h.centre,
-        half=h.half,
+        b.img, u, v, b.lung, b.depth, b.lateral, vessels, radius, angle, warp, h.top, dia, h.centre, h.half
     )

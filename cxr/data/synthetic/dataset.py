@@ -1,15 +1,6 @@
-"""Writing a synthetic data set in the Kaggle v4 layout (part of cxr.data.synthetic; numpy and Pillow only).
-
-:func:`synthesize` writes::
-
-    out_dir/COVID-19_Radiography_Dataset/<Class>/images/<Class>-<i>.png   (i from 1)
-    out_dir/COVID-19_Radiography_Dataset/<Class>/masks/                  (empty)
-    out_dir/COVID-19_Radiography_Dataset/SYNTHETIC.txt                   (provenance note)
-
-Image ``i`` of class ``label`` is
-``render_xray(label, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(CLASSES.index(label), i))))``,
-so an image does not depend on how many images are drawn, which classes, or in which order.
-"""
+"""Write a synthetic data set in the Kaggle v4 layout: ``<out>/COVID-19_Radiography_Dataset/<Class>/images/
+<Class>-<i>.png`` (i from 1), empty ``masks/`` and ``SYNTHETIC.txt``. Image i of a class has its own
+generator (``image_rng``), so it does not depend on how many images or classes are drawn, or their order."""
 
 from __future__ import annotations
 
@@ -27,21 +18,13 @@ import numpy as np
 from cxr.data.synthetic.render import SynthError, check_label, check_size, render_xray
 from cxr.labels import CLASSES, REAL_COUNTS
 
-DATASET_DIRNAME = "COVID-19_Radiography_Dataset"
-"""Name of the data set folder, as in the Kaggle v4 archive."""
-
-MARKER_FILE = "SYNTHETIC.txt"
-"""Written beside the class folders so nobody mistakes the data set for real patients."""
+DATASET_DIRNAME = "COVID-19_Radiography_Dataset"  # as in the Kaggle v4 archive
+MARKER_FILE = "SYNTHETIC.txt"  # so nobody mistakes the data set for real patients
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to synthesize and where.
-
-    ``per_class`` is the number of images per class. With ``imbalance`` the total stays
-    ``per_class * len(classes)`` but is split in proportion to the real class counts
-    (:data:`cxr.labels.REAL_COUNTS`), each class getting at least one image.
-    """
+    """``imbalance``: the same total, split in proportion to ``REAL_COUNTS`` (each class at least 1)."""
 
     out_dir: Path
     per_class: int = 50
@@ -53,23 +36,13 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class SynthResult:
-    """Where the data set was written, how many images per class, and how long it took."""
-
     root: Path
     counts: dict[str, int]
     seconds: float
 
 
 def synthesize(cfg: SynthConfig) -> SynthResult:
-    """Write a synthetic data set in the Kaggle v4 layout under ``cfg.out_dir``.
-
-    The folder is built under a temporary name inside ``out_dir`` and renamed at the end, so an
-    interrupted run leaves no half-written data set behind.
-
-    Raises:
-        SynthError: ``per_class < 1``, ``size < 32``, ``seed < 0``, an unknown class name, or an
-            ``out_dir`` that already holds a non-empty ``COVID-19_Radiography_Dataset``.
-    """
+    """Write the data set under ``cfg.out_dir`` (staged, then renamed); ``SynthError`` on a bad config."""
     start = time.perf_counter()
     counts = plan_counts(cfg)
     out_dir = Path(cfg.out_dir)
@@ -106,14 +79,7 @@ def synthesize(cfg: SynthConfig) -> SynthResult:
 
 
 def plan_counts(cfg: SynthConfig) -> dict[str, int]:
-    """Images per class that :func:`synthesize` writes for ``cfg``; checks the config first.
-
-    Balanced: ``per_class`` each. Imbalanced: ``per_class * len(classes)`` in total, split in
-    proportion to the real class counts by largest remainder, each class at least 1.
-
-    Raises:
-        SynthError: ``per_class < 1``, ``size < 32``, ``seed < 0``, or bad ``classes``.
-    """
+    """Images per class ``synthesize`` writes (imbalanced: by largest remainder); checks the config."""
     check_config(cfg)
     if not cfg.imbalance:
         return {label: cfg.per_class for label in cfg.classes}
@@ -153,12 +119,7 @@ def image_rng(seed: int, class_idx: int, index: int) -> np.random.Generator:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode a 2-D uint8 array as an 8-bit grayscale PNG.
-
-    A plain encoder: the "Up" filter on every row, then run-length deflate. The residuals of a
-    noisy radiograph are noise-like, so string matching gains little: the files are as small as
-    Pillow's and written 2-3x faster (Pillow tries every filter on every row).
-    """
+    """Encode a 2-D uint8 array as an 8-bit grayscale PNG: the "Up" filter on every row, run-length deflate."""
     h, w = pixels.shape
     rows = np.empty((h, w + 1), dtype=np.uint8)
     rows[:, 0] = 2  # filter type Up: byte minus the byte above, modulo 256

@@ -1,21 +1,5 @@
-"""Class findings of the synthetic radiographs (internal to cxr.data.synthetic).
-
-Each finding returns a density map (``n x n`` float32, >= 0, zero outside the lung fields) that
-:func:`cxr.data.synthetic.render.render_xray` adds to the canvas of :func:`draw_anatomy`. The findings
-are sized to survive the demo's 32-64 px training resolution: each covers a large part of a lung zone,
-and the classes differ in where the density lies, on how many sides, and how dense it is:
-
-* ``COVID``: bilateral ground-glass haze in the peripheral (lateral) lower zones, patchy; the markings
-  stay visible through it;
-* ``Lung_Opacity``: a dense lobar consolidation of ONE lung (its upper or its lower lobe), homogeneous,
-  with a sharp fissure edge and air bronchograms;
-* ``Viral Pneumonia``: bilateral perihilar interstitial streaks radiating from the hila into the
-  central mid zones;
-* ``Normal``: none (normal variants such as breast shadows and granulomas occur in every class).
-
-Severity varies (:func:`severity`): most findings are clear, a few are subtle, so the task is learnable
-but not trivial. :data:`FINDING_ZONES` states where each finding lies, in words, for reports and tests.
-"""
+"""Class findings of the synthetic radiographs: each returns a density (n x n float32, >= 0, zero outside
+the lungs) that ``render_xray`` adds to the anatomy; ``FINDING_ZONES`` says where each lies, in words."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Inputs that are NOT frontal chest radiographs, for testing the input gate (numpy and Pillow only).
-
-Takes: a count, a seed and a size (or real radiographs to spoil). Makes: uint8 gray images a user might
-feed by mistake: ``photographs`` (scenes of lit, textured shapes over a sky-to-ground gradient, as a phone
-photo of anything looks in gray), ``drawings`` (dark strokes and shapes on white paper), and spoiled
-radiographs: ``inverted`` (MONOCHROME1 shown as MONOCHROME2) and ``windowed`` (a wrong VOI window that
-crushes the image into a narrow grey band).
-"""
+"""Inputs that are NOT frontal chest radiographs, for testing the input gate: gray ``photographs`` and
+``drawings`` (count, seed, size), and spoiled radiographs: ``inverted`` and ``windowed`` (a wrong VOI window)."""
 
 from __future__ import annotations
 
@@ -53,12 +47,8 @@ def drawings(n: int, seed: int = 0, size: int = 299) -> list[np.ndarray]:
             if kind < 0.5:
                 draw.line(pts, fill=int(rng.integers(0, 80)), width=width)
             else:
-                box = (
-                    min(pts[0][0], pts[1][0]),
-                    min(pts[0][1], pts[1][1]),
-                    max(pts[0][0], pts[1][0]),
-                    max(pts[0][1], pts[1][1]),
-                )
+                (x0, x1), (y0, y1) = sorted((pts[0][0], pts[1][0])), sorted((pts[0][1], pts[1][1]))
+                box = (x0, y0, x1, y1)
                 (draw.ellipse if kind < 0.75 else draw.rectangle)(
                     box, outline=int(rng.integers(0, 80)), width=width
                 )

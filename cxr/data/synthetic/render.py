@@ -1,10 +1,5 @@
-"""One synthetic radiograph: anatomy, the class finding, exposure and grain (internal to cxr.data.synthetic).
-
-:func:`render_xray` splits the generator it is given into three independent streams (anatomy, finding,
-exposure), so two classes rendered from equal generators show the same patient under the same exposure
-and differ only by the finding: that is how the tests check that each finding lies where
-:data:`~cxr.data.synthetic.findings.FINDING_ZONES` says.
-"""
+"""One synthetic radiograph: anatomy, the class finding, exposure and grain, each from its own stream of the
+generator given, so equal generators give the same patient and exposure for every class."""
 
 from __future__ import annotations
 
@@ -18,8 +13,7 @@ from cxr.data.synthetic.findings import FINDINGS
 from cxr.errors import ConfigError
 from cxr.labels import CLASSES
 
-MIN_SIZE = 32
-"""Smallest image side :func:`render_xray` draws."""
+MIN_SIZE = 32  # smallest image side render_xray draws
 
 
 class SynthError(ConfigError):
@@ -27,13 +21,7 @@ class SynthError(ConfigError):
 
 
 def render_xray(label: str, rng: np.random.Generator, size: int = 299) -> np.ndarray:
-    """Draw one synthetic PA chest radiograph of class ``label`` as a ``size x size`` uint8 array.
-
-    The image depends only on ``label``, ``size`` and the state of ``rng`` (which it advances).
-
-    Raises:
-        SynthError: unknown ``label`` or ``size < 32``.
-    """
+    """One synthetic PA chest radiograph of ``label``, uint8 ``size x size``, from ``rng`` (advanced)."""
     check_label(label)
     check_size(size)
     anatomy_rng, finding_rng, finish_rng = streams(rng)
@@ -45,11 +33,7 @@ def render_xray(label: str, rng: np.random.Generator, size: int = 299) -> np.nda
 def render_with_finding(
     label: str, rng: np.random.Generator, size: int = 299
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`render_xray`'s image and where its finding lies: the finding's density, ``size x size`` float32.
-
-    The same image as :func:`render_xray` with an equal ``rng``; the density is zero for ``Normal`` and
-    wherever the finding adds nothing (what the heatmap tests score localisation against).
-    """
+    """``render_xray``'s image (equal ``rng``) and its finding's density, ``size x size`` float32."""
     check_label(label)
     check_size(size)
     anatomy_rng, finding_rng, finish_rng = streams(rng)

@@ -1,10 +1,7 @@
 """A contact sheet of synthetic radiographs, one row per class, captioned as synthetic.
 
-``docs/synthetic_contact_sheet.png`` (shown in the README) is made with::
-
-    python -m cxr.data.synthetic docs/synthetic_contact_sheet.png
-
-which draws images 1-4 of every class exactly as ``cxr demo`` writes them (seed 0, 299 px).
+``python -m cxr.data.synthetic docs/synthetic_contact_sheet.png`` draws images 1-4 of every class as
+``cxr demo`` writes them (seed 0, 299 px).
 """
 
 from __future__ import annotations
@@ -24,13 +21,7 @@ SHEET_CAPTION = "SYNTHETIC - not real patients"
 
 
 def contact_sheet(images_by_class: dict[str, list[np.ndarray]], path: Path) -> Path:
-    """Save a PNG grid, one row per class (name as row label), captioned as synthetic.
-
-    Tiles are resized to 160 px. Returns ``path``.
-
-    Raises:
-        SynthError: no images, or an image that is not a 2-D uint8 array.
-    """
+    """Save a PNG grid of 160 px tiles, one labelled row per class; returns ``path``."""
     rows = [(label, imgs) for label, imgs in images_by_class.items() if len(imgs)]
     if not rows:
         raise SynthError("contact_sheet got no images", hint="pass at least one image for at least one class")
