@@ -214,7 +214,7 @@ def test_a_baseline_joins_the_table_with_a_test_against_stacking(
 
 
 def test_every_methods_class_per_image_is_written_for_pooling(result, run: Path) -> None:
-    from cxr.evaluate.method_predictions import read_table, table_path
+    from cxr.evaluate.methods import read_table, table_path
     from cxr.stack.features import load_split
 
     table = read_table(table_path(run / "eval", "test"), result.classes)

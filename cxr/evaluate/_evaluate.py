@@ -1,25 +1,7 @@
-"""`cxr evaluate`: does stacking beat the best single model? Members, voting and stacking on the test split.
+"""`cxr evaluate`: does stacking beat the best single model? Every method on one split, reported.
 
-Takes: a run directory with ``manifest.csv``, ``members/<name>/predictions/{val,test}.csv`` and
-``stack/meta.json`` + ``stack/meta.onnx`` (``EvalConfig``). Makes: ``RUN_DIR/eval/report.md``,
-``report.json``, ``predictions_<split>.csv`` (every method's class per image), ``confusion_<method>.png`` and
-``reliability_<method>.png`` -> ``EvalResult``.
-
-Methods: each member, soft voting (mean probabilities), majority voting (ties to the higher mean
-probability) and stacking (the converted meta-learner run by onnxruntime on the members' test
-probabilities, the graph that ships). Metrics per method: accuracy, macro/weighted precision/recall/F1,
-per-class precision/recall/F1, one-vs-rest ROC-AUC, ECE, confusion matrix; paired bootstrap 95% intervals
-for accuracy and macro-F1; McNemar's test of stacking against the best single member (chosen on the
-validation split, so the test split does not pick its own winner) and against soft voting. Baselines from
-``RUN_DIR/baselines/<name>/`` (the frozen-feature linear probe of ``cxr train probe``) join the table, each
-with a McNemar test against stacking.
-
-Calibration (``cxr.evaluate.calibration_check``): when ``meta.onnx`` has a temperature T != 1 built in, its output is
-the calibrated one, and the same output before T (``softmax(log p * T)``) joins the table as a reference
-row (its ECE and reliability diagram; same labels, so no McNemar test and no part in the verdict); the
-report gives ECE and NLL before/after T on validation (the metadata's) and on the split, and each recorded
-operating point's sensitivity and specificity on the split with Wilson intervals. A ``meta.onnx`` without
-these records (older runs) is evaluated as before, without those sections.
+Takes: a run directory with member predictions and ``stack/`` (``EvalConfig``). Makes: ``eval/report.md``,
+``report.json``, ``predictions_<split>.csv`` and the figures -> ``EvalResult``.
 """
 
 from __future__ import annotations
@@ -39,8 +21,16 @@ from cxr.evaluate.calibration_check import (
     operating_points,
     temperature_of,
 )
-from cxr.evaluate.method_predictions import table_path, write_table
-from cxr.evaluate.methods import Stacked, choose_best_member, load_baselines, run_stacking
+from cxr.evaluate.methods import (
+    Stacked,
+    choose_best_member,
+    load_baselines,
+    majority_vote,
+    run_stacking,
+    soft_vote,
+    table_path,
+    write_table,
+)
 from cxr.evaluate.report import format_table, write_reports
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
 from cxr.evaluate.types import (
@@ -54,12 +44,8 @@ from cxr.evaluate.types import (
     Findings,
     MethodResult,
 )
-from cxr.evaluate.verdict import verdict
-from cxr.evaluate.voting import majority_vote, soft_vote
 from cxr.metrics import classification_metrics
 from cxr.stack.features import MetaData, load_split, read_meta_json
-
-__all__ = ["EvalConfig", "EvalResult", "MethodResult", "evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +137,50 @@ def _calibration(
     )
     warnings += notes
     return summary, points
+
+
+def _pp(d: float) -> str:
+    return f"{abs(d) * 100:.1f} percentage points"
+
+
+def verdict(
+    result_by_key: dict[str, MethodResult], best: str, tests: dict[str, McNemarResult], alpha: float
+) -> tuple[bool, str]:
+    """(stacking helps, plain-language verdict). Helps = more accurate than the best member and p < alpha."""
+    st = result_by_key[STACKING].metrics
+    bm = result_by_key[f"member:{best}"].metrics
+    sv = result_by_key[SOFT].metrics
+    t_best, t_soft = tests["stacking_vs_best_member"], tests["stacking_vs_soft_vote"]
+    d_best = st.accuracy - bm.accuracy
+    helps = d_best > 0 and t_best.p_value < alpha
+    accs = f"{st.accuracy:.1%} vs {bm.accuracy:.1%}; McNemar p = {t_best.p_value:.3g}"
+    if helps:
+        first = (
+            f"Stacking helps: it is {_pp(d_best)} more accurate than the best single member, {best} ({accs})."
+        )
+    elif d_best > 0:
+        first = (
+            f"Stacking does not significantly help: it is {_pp(d_best)} more accurate than the best single member, "
+            f"{best} ({accs} >= {alpha:g}), a difference within chance."
+        )
+    elif d_best == 0:
+        first = (
+            f"Stacking does not help: it is exactly as accurate as the best single member, {best} ({accs})."
+        )
+    else:
+        first = f"Stacking does not help: it is {_pp(d_best)} less accurate than the best single member, {best} ({accs})."
+    d_soft = st.accuracy - sv.accuracy
+    p_soft = f"McNemar p = {t_soft.p_value:.3g}"
+    if d_soft > 0:
+        second = f"Against soft voting it is {_pp(d_soft)} better ({p_soft}{'' if t_soft.p_value < alpha else ', not significant'})."
+    elif d_soft == 0:
+        second = f"Soft voting, which needs no training, is exactly as accurate ({p_soft})."
+    else:
+        second = (
+            f"Soft voting, which needs no training, is {_pp(d_soft)} more accurate ({p_soft}"
+            f"{'' if t_soft.p_value < alpha else ', not significant'})."
+        )
+    return helps, f"{first} {second}"
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:

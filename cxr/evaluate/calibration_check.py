@@ -1,11 +1,7 @@
-"""Calibration and operating points in the evaluation: the stacked output before/after T, thresholds on test.
+"""The stacked output before and after its temperature, and the recorded operating points measured on a split.
 
-Takes: the meta-learner's ONNX metadata (``calibration``, ``operating_points``; older files have neither),
-the calibrated stacked probabilities on the evaluated split and its labels. Makes: the temperature built
-into ``meta.onnx`` (``temperature_of``), the uncalibrated output (``cxr.calibration.uncalibrate``),
-``CalibrationSummary`` (validation ECE/NLL before and after from the metadata, the split's computed here) and
-one ``OperatingPointResult`` per class: the counts at the validation threshold (above = ``p_cal >= t``),
-sensitivity and specificity with Wilson score intervals (``cxr.evaluate.stats``).
+Takes: the meta-learner's metadata, the calibrated stacked probabilities and the labels. Makes:
+``CalibrationSummary`` and one ``OperatingPointResult`` per class (Wilson intervals).
 """
 
 from __future__ import annotations

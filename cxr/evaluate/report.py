@@ -1,11 +1,7 @@
-"""The evaluation report: a comparison table for the terminal, Markdown for people, JSON for machines.
+"""The evaluation report: the comparison table for the terminal, ``report.md`` and ``report.json``.
 
-Takes: the evaluated methods, the significance tests and the verdict. Makes: ``format_table`` (rows: each
-member, soft vote, majority vote, stacking (and stacking before calibration), the baselines; columns:
-accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE), ``report.md`` (the verdict first, said plainly, then
-the tables, calibration and operating points where the meta-learner records them, per-class results,
-undefined classes and figures) and ``report.json`` (every number; ``null`` where a value is undefined;
-``calibration`` and ``operating_points`` only where recorded).
+Takes: the findings of ``cxr.evaluate.evaluate``. Makes: the table text and the two files (``null`` in the
+JSON where a value is undefined; calibration and operating points only where the meta-learner records them).
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ from cxr.evaluate.calibration_check import UNCALIBRATED_NAME
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.evaluate.types import EvalConfig, Findings, MethodResult
 from cxr.labels import NOTICE
+from cxr.markdown import table
 
 UNDEFINED = "undefined"
 
@@ -70,14 +67,6 @@ def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> s
     return "\n".join(out)
 
 
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def _test_line(t: McNemarResult) -> str:
     stat = "" if t.statistic is None else f", chi2 = {t.statistic:.3f}"
     return (
@@ -119,7 +108,7 @@ def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
 def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]]) -> list[str]:
     """The comparison table with its intervals, and the significance tests."""
     head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
-    lines = ["## Comparison", "", *_md_table((*head, "macro ROC-AUC", "ECE"), table_rows)]
+    lines = ["## Comparison", "", *table((*head, "macro ROC-AUC", "ECE"), table_rows)]
     return lines + [
         "",
         f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
@@ -165,7 +154,7 @@ def _md_calibration(f: Findings) -> list[str]:
         "",
         said,
         "",
-        *_md_table(("split", "ECE before", "ECE after", "NLL before", "NLL after"), rows),
+        *table(("split", "ECE before", "ECE after", "NLL before", "NLL after"), rows),
         "",
         f"ECE on {c.split}: {c.ece_bins} bins of the predicted class's probability; NLL: mean -log p(true class).",
         "",
@@ -215,14 +204,14 @@ def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
         f"{cfg.split} specificity [{level} CI]",
         "TP / FN / TN / FP",
     )
-    return lines + _md_table(head, rows) + [""]
+    return lines + table(head, rows) + [""]
 
 
 def _md_details(f: Findings) -> list[str]:
     """Every average, then precision / recall / F1 / ROC-AUC per class."""
     methods = f.methods
     lines = ["## All averages", ""]
-    lines += _md_table(
+    lines += table(
         ("method", "macro P", "macro R", "macro F1", "weighted P", "weighted R", "weighted F1"),
         [
             (
@@ -238,7 +227,7 @@ def _md_details(f: Findings) -> list[str]:
         ],
     )
     lines += ["", "## Per class (precision / recall / F1 / ROC-AUC)", ""]
-    return lines + _md_table(
+    return lines + table(
         ("method", *(f"{c} (n={methods[0].metrics.per_class[i].support})" for i, c in enumerate(f.classes))),
         [
             (

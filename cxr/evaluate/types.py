@@ -1,7 +1,4 @@
-"""What the evaluation takes and makes: ``EvalConfig`` in; ``MethodResult``, ``Findings`` and ``EvalResult`` out.
-
-Shared by the evaluation, its reports and its figures, so none of them imports another for a type.
-"""
+"""``EvalConfig`` in; ``MethodResult``, ``Findings`` and ``EvalResult`` out."""
 
 from __future__ import annotations
 
