@@ -14,7 +14,7 @@ from cxr.errors import DataError  # noqa: E402
 from cxr.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.labels import NOTICE  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
-from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
+from tests.run_factory import SyntheticRun, write_synthetic_run  # noqa: E402
 
 NO_LUNG_OPACITY_TEST = {  # 100 validation predictions: the minimum a temperature is fitted on
     "COVID": (4, 25, 20),

@@ -41,7 +41,6 @@ from cxr.evaluate.types import (
     UNCALIBRATED,
     EvalConfig,
     EvalResult,
-    Findings,
     MethodResult,
 )
 from cxr.metrics import classification_metrics
@@ -204,52 +203,34 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "the macro averages"
         for c in undefined
     ]
-    findings = Findings(
-        methods,
-        best,
-        rule,
-        tests,
-        helps,
-        said,
-        data.classes,
-        undefined,
-        int(data.labels.size),
-        data.members,
-        data.manifest_digest,
-        meta_json,
-        tuple(warnings),
-        calibration,
-        points,
-    )
-    table = format_table(methods, cfg.confidence)
-    md, js, figures = write_reports(cfg, findings)
-    write_table(
-        table_path(cfg.eval_dir, cfg.split),
-        data.paths,
-        data.labels,
-        {m.key: m.predictions for m in methods},
-        data.classes,
-    )
-    for w in warnings:
-        log.warning("%s", w)
-    return EvalResult(
+    out = cfg.eval_dir
+    result = EvalResult(
         methods=methods,
         best_member=best,
         best_member_rule=rule,
         tests=tests,
         stacking_helps=helps,
         verdict=said,
-        table=table,
+        table=format_table(methods, cfg.confidence),
         classes=data.classes,
         undefined_classes=undefined,
         n=int(data.labels.size),
-        report_md=md,
-        report_json=js,
-        figures=figures,
+        report_md=out / "report.md",
+        report_json=out / "report.json",
+        figures=(),
         warnings=tuple(warnings),
         calibration=calibration,
         operating_points=points,
+        members=data.members,
+        manifest_digest=data.manifest_digest,
+        meta_json=meta_json,
     )
+    result = write_reports(cfg, result)
+    predictions = {m.key: m.predictions for m in methods}
+    write_table(table_path(out, cfg.split), data.paths, data.labels, predictions, data.classes)
+    for w in warnings:
+        log.warning("%s", w)
+    return result
 
 
 def describe(res: EvalResult) -> str:

@@ -1,6 +1,6 @@
 """The evaluation report: the comparison table for the terminal, ``report.md`` and ``report.json``.
 
-Takes: the findings of ``cxr.evaluate.evaluate``. Makes: the table text and the two files (``null`` in the
+Takes: an ``EvalResult``. Makes: the table text and the two files (``null`` in the
 JSON where a value is undefined; calibration and operating points only where the meta-learner records them).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from cxr import __version__
 from cxr.evaluate.calibration_check import UNCALIBRATED_NAME
 from cxr.evaluate.stats import Interval, McNemarResult
-from cxr.evaluate.types import EvalConfig, Findings, MethodResult
+from cxr.evaluate.types import EvalConfig, EvalResult, MethodResult
 from cxr.labels import NOTICE
 from cxr.markdown import table
 
@@ -75,7 +76,7 @@ def _test_line(t: McNemarResult) -> str:
     )
 
 
-def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
+def _md_head(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """The verdict first, then what was compared on which images, and the classes nothing says about."""
     meta = f.meta_json
     lines = [
@@ -105,7 +106,7 @@ def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
     return lines
 
 
-def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]]) -> list[str]:
+def _md_comparison(cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]]) -> list[str]:
     """The comparison table with its intervals, and the significance tests."""
     head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
     lines = ["## Comparison", "", *table((*head, "macro ROC-AUC", "ECE"), table_rows)]
@@ -121,7 +122,7 @@ def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[s
     ]
 
 
-def _md_calibration(f: Findings) -> list[str]:
+def _md_calibration(f: EvalResult) -> list[str]:
     """ECE and NLL of stacking before and after its temperature (validation: the metadata's; the split's)."""
     c = f.calibration
     if c is None:
@@ -161,7 +162,7 @@ def _md_calibration(f: Findings) -> list[str]:
     ]
 
 
-def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
+def _md_operating_points(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """Each recorded threshold: chosen on validation for a target sensitivity, measured on the split."""
     if f.operating_points is None:
         return []
@@ -207,7 +208,7 @@ def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
     return lines + table(head, rows) + [""]
 
 
-def _md_details(f: Findings) -> list[str]:
+def _md_details(f: EvalResult) -> list[str]:
     """Every average, then precision / recall / F1 / ROC-AUC per class."""
     methods = f.methods
     lines = ["## All averages", ""]
@@ -243,7 +244,7 @@ def _md_details(f: Findings) -> list[str]:
 
 
 def markdown(
-    cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
+    cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
 ) -> str:
     """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
     lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_calibration(f)
@@ -255,7 +256,7 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[str, Any]:
+def report_json(cfg: EvalConfig, f: EvalResult, figures: Sequence[Path]) -> dict[str, Any]:
     """``report.json``: every number (``null`` where undefined), the config and the verdict."""
     return {
         "notice": NOTICE,
@@ -295,16 +296,13 @@ def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[s
     }
 
 
-def write_reports(cfg: EvalConfig, f: Findings) -> tuple[Path, Path, tuple[Path, ...]]:
-    """Write ``report.md``, ``report.json`` and (with ``cfg.plots``) the figures into ``cfg.eval_dir``."""
-    out = cfg.eval_dir
-    out.mkdir(parents=True, exist_ok=True)
-    figures: tuple[Path, ...] = ()
+def write_reports(cfg: EvalConfig, f: EvalResult) -> EvalResult:
+    """Write ``f.report_md``, ``f.report_json`` and (with ``cfg.plots``) the figures; ``f`` with the figures."""
+    cfg.eval_dir.mkdir(parents=True, exist_ok=True)
     if cfg.plots:
         from cxr.evaluate.plots import write_figures  # matplotlib only when figures are asked for
 
-        figures = write_figures(f.methods, f.classes, out, cfg.ece_bins)
-    md_path, js_path = out / "report.md", out / "report.json"
-    md_path.write_text(markdown(cfg, f, summary_rows(f.methods), figures), encoding="utf-8")
-    js_path.write_text(json.dumps(report_json(cfg, f, figures), indent=2), encoding="utf-8")
-    return md_path, js_path, figures
+        f = replace(f, figures=write_figures(f.methods, f.classes, cfg.eval_dir, cfg.ece_bins))
+    f.report_md.write_text(markdown(cfg, f, summary_rows(f.methods), f.figures), encoding="utf-8")
+    f.report_json.write_text(json.dumps(report_json(cfg, f, f.figures), indent=2), encoding="utf-8")
+    return f

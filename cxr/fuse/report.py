@@ -1,8 +1,4 @@
-"""Write what ``cxr fuse`` built and how it was verified: ``fuse_report.json`` and ``fuse_report.md``.
-
-Takes: a ``FuseResult``, the meta-learner's description and the members. Makes: the two files in the
-output folder (the JSON for machines, the Markdown for people, with the decision-support notice).
-"""
+"""``fuse_report.json`` and ``fuse_report.md``: what `cxr fuse` built and how it was verified."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
-"""Pillow's antialiased bilinear resize of 8-bit images, as two matrix products inside an ONNX graph.
+"""Pillow's antialiased bilinear resize of 8-bit images, bit for bit, as matrix products in an ONNX graph.
 
-Takes: an input size and an output size. Makes: the resampling matrices Pillow itself uses (triangle filter
-widened by the scale factor, coefficients normalised and rounded to 22-bit fixed point, horizontal pass
-and vertical pass, each rounded half-up and clipped to 0..255) and the ONNX nodes that apply them in
-float64. Integer arithmetic in float64 is exact here, so the graph reproduces ``PIL.Image.resize(...,
-BILINEAR)`` on "L" images bit for bit, which the ONNX ``Resize`` op (even with antialias) does not
-(it is off by up to one grey level). Which pass Pillow runs first depends on the sizes and on Pillow's
-version (recent versions pick the cheaper order), so ``probe_order`` asks the installed Pillow with noise
-images and the graph follows its answer. ``resize_like_graph`` is the numpy twin used by parity checks, and
-``member_input`` the numpy twin of one member's whole input chain (resize, normalise, FP16 cast).
-Used where a fused member needs another input size than the fused graph's input.
+Takes: an input and an output size. Makes: Pillow's fixed-point resampling matrices, the ONNX nodes that
+apply them in float64 (exact; ONNX ``Resize`` is off by up to one grey level), ``probe_order`` (which pass
+the installed Pillow runs first) and the numpy twins ``resize_like_graph`` and ``member_input``.
 """
 
 from __future__ import annotations
