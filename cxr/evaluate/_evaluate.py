@@ -28,11 +28,12 @@ from cxr.evaluate.methods import (
     majority_vote,
     run_stacking,
     soft_vote,
+    stacking_tests,
     table_path,
     write_table,
 )
 from cxr.evaluate.report import format_table, write_reports
-from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
+from cxr.evaluate.stats import McNemarResult, bootstrap_intervals
 from cxr.evaluate.types import (
     MAJORITY,
     REFERENCE,
@@ -81,11 +82,7 @@ def _methods(cfg: EvalConfig, data: MetaData, entries: list[Entry]) -> tuple[Met
     y, k = data.labels, len(data.classes)
     preds = {key: (np.argmax(p, axis=1) if lab is None else lab) for key, _, _, p, lab in entries}
     rng = np.random.default_rng(cfg.seed)
-    cis = (
-        bootstrap_intervals(y, preds, k, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
-        if cfg.n_bootstrap > 0
-        else {key: {"accuracy": Interval(None, None), "macro_f1": Interval(None, None)} for key in preds}
-    )
+    cis = bootstrap_intervals(y, preds, k, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
     return tuple(
         MethodResult(
             key=key,
@@ -100,21 +97,6 @@ def _methods(cfg: EvalConfig, data: MetaData, entries: list[Entry]) -> tuple[Met
         )
         for key, name, kind, p, _ in entries
     )
-
-
-def _tests(cfg: EvalConfig, methods: tuple[MethodResult, ...], best: str) -> dict[str, McNemarResult]:
-    """McNemar's test of stacking against the best member, soft voting and every baseline."""
-    correct = {m.key: m.correct for m in methods}
-    others = [
-        ("stacking_vs_best_member", f"member:{best}", best),
-        ("stacking_vs_soft_vote", SOFT, "soft voting"),
-    ]
-    baselines = [(m.key, m.key.removeprefix("baseline:")) for m in methods if m.kind == "baseline"]
-    others += [(f"stacking_vs_{name}", key, name) for key, name in baselines]
-    return {
-        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
-        for name, key, label in others
-    }
 
 
 def _calibration(
@@ -195,7 +177,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     calibration, points = _calibration(cfg, data, stacked, methods, warnings)
     best, rule, notes = choose_best_member(run_dir, members, data)
     warnings += notes
-    tests = _tests(cfg, methods, best)
+    correct = {m.key: m.correct for m in methods}
+    tests = stacking_tests(correct, f"member:{best}", best, cfg.exact_below)
     helps, said = verdict({m.key: m for m in methods}, best, tests, cfg.alpha)
     undefined = methods[0].metrics.undefined_classes
     warnings += [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,7 @@ class CalibrationSummary:
     val_ece_after: float | None
     val_nll_before: float | None
     val_nll_after: float | None
+    val_in_sample: bool = field(default=True, init=False)  # T was fitted on the validation figures
     split: str
     n: int
     ece_before: float | None  # on ``split``, computed here
@@ -68,24 +69,7 @@ class CalibrationSummary:
     ece_bins: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "temperature": self.temperature,
-            "fitted_on": self.fitted_on,
-            "val_n": self.val_n,
-            "val_ece_before": self.val_ece_before,
-            "val_ece_after": self.val_ece_after,
-            "val_nll_before": self.val_nll_before,
-            "val_nll_after": self.val_nll_after,
-            "val_in_sample": True,
-            "split": self.split,
-            "n": self.n,
-            "ece_before": self.ece_before,
-            "ece_after": self.ece_after,
-            "nll_before": self.nll_before,
-            "nll_after": self.nll_after,
-            "ece_bins": self.ece_bins,
-        }
+        return asdict(self)
 
 
 def calibration_summary(

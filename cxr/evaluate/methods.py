@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DataError, ModelError
+from cxr.evaluate.stats import McNemarResult, mcnemar
+from cxr.evaluate.types import SOFT, STACKING
 from cxr.metrics import classification_metrics
 from cxr.session import cpu_session
 from cxr.spec import CARD_MEMBER_ORDER, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
@@ -101,6 +103,25 @@ def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str,
         row = {p: i for i, p in enumerate(table.paths)}
         found[path.parent.name] = table.probs[[row[p] for p in data.paths]]
     return found, notes
+
+
+def stacking_tests(
+    correct: Mapping[str, np.ndarray], best: str, best_label: str, exact_below: int
+) -> dict[str, McNemarResult]:
+    """McNemar's test of stacking against the best member (key ``best``), soft voting and every baseline."""
+    if STACKING not in correct:
+        return {}
+    others = [("stacking_vs_best_member", best, best_label), ("stacking_vs_soft_vote", SOFT, "soft voting")]
+    others += [
+        (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:"))
+        for k in correct
+        if k.startswith("baseline:")
+    ]
+    return {
+        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=exact_below)
+        for name, key, label in others
+        if key in correct
+    }
 
 
 def soft_vote(member_probs: np.ndarray) -> np.ndarray:

@@ -18,10 +18,9 @@ import numpy as np
 
 from cxr import __version__
 from cxr.errors import ConfigError, DataError
-from cxr.evaluate.methods import MethodPredictions, read_table, table_path
+from cxr.evaluate.methods import MethodPredictions, read_table, stacking_tests, table_path
 from cxr.evaluate.report import fmt, fmt_ci
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
-from cxr.evaluate.types import SOFT, STACKING
 from cxr.labels import CLASSES, NOTICE
 from cxr.markdown import table
 from cxr.metrics import macro_f1_from_labels
@@ -148,12 +147,7 @@ def _pooled_methods(
     preds = {k: np.concatenate([t.predictions[k] for t in tables]) for k in keys}
     k_classes = len(tables[0].classes)
     rng = np.random.default_rng(cfg.seed)
-    none = {"accuracy": Interval(None, None), "macro_f1": Interval(None, None)}
-    cis = (
-        bootstrap_intervals(y, preds, k_classes, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
-        if cfg.n_bootstrap
-        else {k: none for k in keys}
-    )
+    cis = bootstrap_intervals(y, preds, k_classes, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
     methods = tuple(
         PooledMethod(
             key=k,
@@ -167,24 +161,6 @@ def _pooled_methods(
         for k in keys
     )
     return methods, {k: preds[k] == y for k in keys}
-
-
-def _tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemarResult]:
-    if STACKING not in correct:
-        return {}
-    others = [
-        ("stacking_vs_best_member", BEST, "best member (per fold)"),
-        ("stacking_vs_soft_vote", SOFT, "soft voting"),
-    ]
-    baselines = [k for k in correct if k.startswith("baseline:")]
-    others += [
-        (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:")) for k in baselines
-    ]
-    return {
-        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
-        for name, key, label in others
-        if key in correct
-    }
 
 
 def _member_tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemarResult]:
@@ -206,7 +182,8 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     tables, infos = [t for t, _ in loaded], [i for _, i in loaded]
     warnings = _check_folds(tables, infos)
     methods, correct = _pooled_methods(cfg, tables)
-    tests, member_tests = _tests(cfg, correct), _member_tests(cfg, correct)
+    tests = stacking_tests(correct, BEST, "best member (per fold)", cfg.exact_below)
+    member_tests = _member_tests(cfg, correct)
     md, js = write_pooled_report(
         cfg, methods, tests, member_tests, infos, warnings, __version__, datetime.now(timezone.utc)
     )
