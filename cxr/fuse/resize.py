@@ -120,25 +120,16 @@ def resize_nodes(
         numpy_helper.from_array(np.array(255.0, dtype=np.float64), hi),
     ]
     for axis, mat, left in _passes(in_hw, out_hw, order):
-        name = f"{prefix}coef_{axis}"
+        name, t = f"{prefix}coef_{axis}", f"{prefix}{{}}_{axis}"  # t.format(step): this pass's tensor names
         inits.append(numpy_helper.from_array(np.ascontiguousarray(mat), name))
-        prod = f"{prefix}mm_{axis}"
-        nodes.append(
+        nodes += [
             helper.make_node(
-                "MatMul", [name, cur] if left else [cur, name], [prod], name=f"{prefix}matmul_{axis}"
-            )
-        )
-        nodes.append(
-            helper.make_node("Add", [prod, half], [f"{prefix}add_{axis}"], name=f"{prefix}add_{axis}")
-        )
-        nodes.append(
-            helper.make_node(
-                "Floor", [f"{prefix}add_{axis}"], [f"{prefix}floor_{axis}"], name=f"{prefix}floor_{axis}"
-            )
-        )
-        cur = f"{prefix}clip_{axis}"
-        nodes.append(
-            helper.make_node("Clip", [f"{prefix}floor_{axis}", lo, hi], [cur], name=f"{prefix}clip_{axis}")
-        )
+                "MatMul", [name, cur] if left else [cur, name], [t.format("mm")], name=t.format("matmul")
+            ),
+            helper.make_node("Add", [t.format("mm"), half], [t.format("add")], name=t.format("add")),
+            helper.make_node("Floor", [t.format("add")], [t.format("floor")], name=t.format("floor")),
+            helper.make_node("Clip", [t.format("floor"), lo, hi], [t.format("clip")], name=t.format("clip")),
+        ]
+        cur = t.format("clip")
     nodes.append(helper.make_node("Cast", [cur], [dst], to=TensorProto.FLOAT, name=f"{prefix}cast_f32"))
     return nodes, inits

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,8 @@ class ParityReport:
     shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": list(self.batches),
-            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
-            "max_abs_diff_member_probabilities": self.max_abs_diff_member_probabilities,
-            "labels_equal": self.labels_equal,
-            "tolerance": self.tolerance,
-            "shapes": {str(b): s for b, s in self.shapes.items()},
-        }
+        shapes = {str(b): s for b, s in self.shapes.items()}
+        return {**asdict(self), "batches": list(self.batches), "shapes": shapes}
 
 
 @dataclass(frozen=True)
@@ -59,13 +53,7 @@ class EndToEndReport:
     member_top1_agreement: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "top1_identical": self.top1_identical,
-            "mismatches": list(self.mismatches),
-            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
-            "member_top1_agreement": self.member_top1_agreement,
-        }
+        return {**asdict(self), "mismatches": list(self.mismatches)}
 
 
 class SeparatePipeline:
