@@ -21,7 +21,7 @@ def invoke(*args: str) -> tuple[int, str]:
 @pytest.fixture()
 def synthetic_run(tmp_path: Path) -> Path:
     pytest.importorskip("skl2onnx")
-    from cxr.stack.synthetic import SyntheticRun, write_synthetic_run
+    from tests.run_factory import SyntheticRun, write_synthetic_run
 
     return write_synthetic_run(SyntheticRun(tmp_path / "run"))
 

@@ -14,7 +14,7 @@ from cxr.errors import DataError  # noqa: E402
 from cxr.evaluate import EvalConfig, evaluate  # noqa: E402
 from cxr.labels import NOTICE  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
-from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
+from tests.run_factory import SyntheticRun, write_synthetic_run  # noqa: E402
 
 NO_LUNG_OPACITY_TEST = {  # 100 validation predictions: the minimum a temperature is fitted on
     "COVID": (4, 25, 20),
@@ -214,7 +214,7 @@ def test_a_baseline_joins_the_table_with_a_test_against_stacking(
 
 
 def test_every_methods_class_per_image_is_written_for_pooling(result, run: Path) -> None:
-    from cxr.evaluate.method_predictions import read_table, table_path
+    from cxr.evaluate.methods import read_table, table_path
     from cxr.stack.features import load_split
 
     table = read_table(table_path(run / "eval", "test"), result.classes)

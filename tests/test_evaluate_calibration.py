@@ -21,7 +21,7 @@ from cxr.labels import CLASSES  # noqa: E402
 from cxr.spec import META_STACK  # noqa: E402
 from cxr.stack.features import load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator  # noqa: E402
-from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
+from tests.run_factory import SyntheticRun, write_synthetic_run  # noqa: E402
 
 MEMBERS = ("alpha", "beta", "delta", "epsilon", "gamma")  # the synthetic run's members, sorted
 Z95 = 1.959963984540054  # the 97.5% normal quantile

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cxr.cli.main import app
 from cxr.errors import ConfigError, DataError
-from cxr.evaluate.method_predictions import read_table, table_path, write_table
+from cxr.evaluate.methods import read_table, table_path, write_table
 from cxr.evaluate.pooled import PoolConfig, pool_folds
 from cxr.labels import CLASSES, NOTICE
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from cxr.evaluate.methods import majority_vote, soft_vote
 from cxr.evaluate.stats import binomial_two_sided, bootstrap_intervals, mcnemar
-from cxr.evaluate.voting import majority_vote, soft_vote
 
 
 def _pairs(a_only: int, b_only: int, both: int = 5) -> tuple[np.ndarray, np.ndarray]:

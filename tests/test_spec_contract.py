@@ -26,7 +26,7 @@ HOMONYMS: dict[tuple[str, str], str] = {
     ("runtime/results.py", "probabilities"): "a result field (cxr.spec.RESULT_FIELDS) flattened for the CSV",
     ("runtime/results.py", "member_probabilities"): "a result field flattened for the CSV",
     ("train/predictions.py", "label"): "a column of the predictions CSV",
-    ("evaluate/method_predictions.py", "label"): "a column of the predictions CSV",
+    ("evaluate/methods.py", "label"): "a column of the predictions CSV",
     ("train/typed_mapping.py", "input"): "the key of a pydantic validation error",
     ("serve/config.py", "input"): "the key of a pydantic validation error",
     ("deploy/triton/pbtxt.py", "input"): "the Triton config.pbtxt block keyword",

@@ -14,12 +14,14 @@ pytest.importorskip("skl2onnx")
 
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402
-from cxr.stack.estimators import ESTIMATORS  # noqa: E402
+from cxr.stack.estimators import (
+    ESTIMATORS,  # noqa: E402
+    estimator_state,  # noqa: E402
+)
 from cxr.stack.features import load_split  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta, full_proba, load_meta_estimator  # noqa: E402
-from cxr.stack.store import estimator_state  # noqa: E402
-from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
 from cxr.stack.to_onnx import convert_meta, meta_info  # noqa: E402
+from tests.run_factory import SyntheticRun, write_synthetic_run  # noqa: E402
 
 K = len(CLASSES)
 
@@ -79,7 +81,7 @@ def test_estimator_follows_scikit_learn_conventions_and_reloads_without_pickle(f
 
 
 def test_tampered_estimator_kind_is_refused(fitted, tmp_path: Path) -> None:
-    from cxr.stack.store import load_estimator
+    from cxr.stack.estimators import load_estimator
 
     desc = json.loads(fitted.meta_json.read_text())["estimator"]
     with pytest.raises(ModelError, match="is not one cxr knows"):

@@ -130,7 +130,7 @@ def test_cxr_stack_fits_and_reports_calibration_and_operating_points(tmp_path: P
 
     from cxr.cli.main import app
     from cxr.labels import CLASSES
-    from cxr.stack.synthetic import SyntheticRun, write_synthetic_run
+    from tests.run_factory import SyntheticRun, write_synthetic_run
 
     run = write_synthetic_run(SyntheticRun(tmp_path / "run", per_class={c: (12, 25, 10) for c in CLASSES}))
     res = CliRunner().invoke(app, ["stack", str(run), "--target-sensitivity", "COVID=0.9"])
@@ -165,7 +165,7 @@ def test_temperature_is_not_fitted_below_the_minimum(n: int, fitted: bool) -> No
 def test_stack_below_the_minimum_keeps_t_1_and_says_why(tmp_path: Path) -> None:
     pytest.importorskip("skl2onnx")
     from cxr.stack.stack import MetaConfig, fit_meta, load_meta_estimator
-    from cxr.stack.synthetic import SyntheticRun, write_synthetic_run
+    from tests.run_factory import SyntheticRun, write_synthetic_run
 
     run = write_synthetic_run(SyntheticRun(tmp_path / "run"))  # 4 classes x 10 validation images
     res = fit_meta(MetaConfig(run, cv_folds=3))

@@ -18,8 +18,8 @@ from cxr.data.manifest import load_manifest  # noqa: E402
 from cxr.errors import ConfigError, DataError  # noqa: E402
 from cxr.stack.features import LeakageError, MemberOrderError, check_member_order  # noqa: E402
 from cxr.stack.stack import MetaConfig, fit_meta  # noqa: E402
-from cxr.stack.synthetic import SyntheticRun, write_synthetic_run  # noqa: E402
 from cxr.train.predictions import read_predictions, write_predictions  # noqa: E402
+from tests.run_factory import SyntheticRun, write_synthetic_run  # noqa: E402
 
 MEMBERS = {"alpha": 2.0, "beta": 1.0, "gamma": 1.5}
 

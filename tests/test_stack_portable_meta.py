@@ -18,8 +18,7 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier  # noqa: E4
 from sklearn.naive_bayes import GaussianNB  # noqa: E402
 
 from cxr.errors import ModelError, VerificationError  # noqa: E402
-from cxr.stack.portable_meta import OPS, portable_meta  # noqa: E402
-from cxr.stack.to_onnx import convert_meta, meta_info, skl2onnx_reference, verify_meta  # noqa: E402
+from cxr.stack.to_onnx import OPS, convert_meta, meta_info, portable_meta, skl2onnx_reference, verify_meta  # noqa: E402
 
 M = 3  # members
 ESTIMATORS: dict[str, Callable[[], Any]] = {

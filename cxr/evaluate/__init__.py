@@ -8,9 +8,7 @@ from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.evaluate._evaluate import describe, evaluate
-    from cxr.evaluate.pooled import pool_folds
-    from cxr.evaluate.pooled_report import describe_pooled
-    from cxr.evaluate.pooled_types import PoolConfig, PooledResult
+    from cxr.evaluate.pooled import PoolConfig, PooledResult, describe_pooled, pool_folds
     from cxr.evaluate.types import EvalConfig, EvalResult
 
 __all__ = [
@@ -28,8 +26,6 @@ __getattr__, __dir__ = lazy_exports(
     {
         "cxr.evaluate.types": ["EvalConfig", "EvalResult"],
         "cxr.evaluate._evaluate": ["describe", "evaluate"],
-        "cxr.evaluate.pooled_types": ["PoolConfig", "PooledResult"],
-        "cxr.evaluate.pooled": ["pool_folds"],
-        "cxr.evaluate.pooled_report": ["describe_pooled"],
+        "cxr.evaluate.pooled": ["PoolConfig", "PooledResult", "describe_pooled", "pool_folds"],
     },
 )

@@ -1,25 +1,7 @@
-"""`cxr evaluate`: does stacking beat the best single model? Members, voting and stacking on the test split.
+"""`cxr evaluate`: does stacking beat the best single model? Every method on one split, reported.
 
-Takes: a run directory with ``manifest.csv``, ``members/<name>/predictions/{val,test}.csv`` and
-``stack/meta.json`` + ``stack/meta.onnx`` (``EvalConfig``). Makes: ``RUN_DIR/eval/report.md``,
-``report.json``, ``predictions_<split>.csv`` (every method's class per image), ``confusion_<method>.png`` and
-``reliability_<method>.png`` -> ``EvalResult``.
-
-Methods: each member, soft voting (mean probabilities), majority voting (ties to the higher mean
-probability) and stacking (the converted meta-learner run by onnxruntime on the members' test
-probabilities, the graph that ships). Metrics per method: accuracy, macro/weighted precision/recall/F1,
-per-class precision/recall/F1, one-vs-rest ROC-AUC, ECE, confusion matrix; paired bootstrap 95% intervals
-for accuracy and macro-F1; McNemar's test of stacking against the best single member (chosen on the
-validation split, so the test split does not pick its own winner) and against soft voting. Baselines from
-``RUN_DIR/baselines/<name>/`` (the frozen-feature linear probe of ``cxr train probe``) join the table, each
-with a McNemar test against stacking.
-
-Calibration (``cxr.evaluate.calibration_check``): when ``meta.onnx`` has a temperature T != 1 built in, its output is
-the calibrated one, and the same output before T (``softmax(log p * T)``) joins the table as a reference
-row (its ECE and reliability diagram; same labels, so no McNemar test and no part in the verdict); the
-report gives ECE and NLL before/after T on validation (the metadata's) and on the split, and each recorded
-operating point's sensitivity and specificity on the split with Wilson intervals. A ``meta.onnx`` without
-these records (older runs) is evaluated as before, without those sections.
+Takes: a run directory with member predictions and ``stack/`` (``EvalConfig``). Makes: ``eval/report.md``,
+``report.json``, ``predictions_<split>.csv`` and the figures -> ``EvalResult``.
 """
 
 from __future__ import annotations
@@ -39,10 +21,19 @@ from cxr.evaluate.calibration_check import (
     operating_points,
     temperature_of,
 )
-from cxr.evaluate.method_predictions import table_path, write_table
-from cxr.evaluate.methods import Stacked, choose_best_member, load_baselines, run_stacking
+from cxr.evaluate.methods import (
+    Stacked,
+    choose_best_member,
+    load_baselines,
+    majority_vote,
+    run_stacking,
+    soft_vote,
+    stacking_tests,
+    table_path,
+    write_table,
+)
 from cxr.evaluate.report import format_table, write_reports
-from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
+from cxr.evaluate.stats import McNemarResult, bootstrap_intervals
 from cxr.evaluate.types import (
     MAJORITY,
     REFERENCE,
@@ -51,15 +42,10 @@ from cxr.evaluate.types import (
     UNCALIBRATED,
     EvalConfig,
     EvalResult,
-    Findings,
     MethodResult,
 )
-from cxr.evaluate.verdict import verdict
-from cxr.evaluate.voting import majority_vote, soft_vote
 from cxr.metrics import classification_metrics
 from cxr.stack.features import MetaData, load_split, read_meta_json
-
-__all__ = ["EvalConfig", "EvalResult", "MethodResult", "evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +82,7 @@ def _methods(cfg: EvalConfig, data: MetaData, entries: list[Entry]) -> tuple[Met
     y, k = data.labels, len(data.classes)
     preds = {key: (np.argmax(p, axis=1) if lab is None else lab) for key, _, _, p, lab in entries}
     rng = np.random.default_rng(cfg.seed)
-    cis = (
-        bootstrap_intervals(y, preds, k, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
-        if cfg.n_bootstrap > 0
-        else {key: {"accuracy": Interval(None, None), "macro_f1": Interval(None, None)} for key in preds}
-    )
+    cis = bootstrap_intervals(y, preds, k, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
     return tuple(
         MethodResult(
             key=key,
@@ -115,21 +97,6 @@ def _methods(cfg: EvalConfig, data: MetaData, entries: list[Entry]) -> tuple[Met
         )
         for key, name, kind, p, _ in entries
     )
-
-
-def _tests(cfg: EvalConfig, methods: tuple[MethodResult, ...], best: str) -> dict[str, McNemarResult]:
-    """McNemar's test of stacking against the best member, soft voting and every baseline."""
-    correct = {m.key: m.correct for m in methods}
-    others = [
-        ("stacking_vs_best_member", f"member:{best}", best),
-        ("stacking_vs_soft_vote", SOFT, "soft voting"),
-    ]
-    baselines = [(m.key, m.key.removeprefix("baseline:")) for m in methods if m.kind == "baseline"]
-    others += [(f"stacking_vs_{name}", key, name) for key, name in baselines]
-    return {
-        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
-        for name, key, label in others
-    }
 
 
 def _calibration(
@@ -153,6 +120,50 @@ def _calibration(
     return summary, points
 
 
+def _pp(d: float) -> str:
+    return f"{abs(d) * 100:.1f} percentage points"
+
+
+def verdict(
+    result_by_key: dict[str, MethodResult], best: str, tests: dict[str, McNemarResult], alpha: float
+) -> tuple[bool, str]:
+    """(stacking helps, plain-language verdict). Helps = more accurate than the best member and p < alpha."""
+    st = result_by_key[STACKING].metrics
+    bm = result_by_key[f"member:{best}"].metrics
+    sv = result_by_key[SOFT].metrics
+    t_best, t_soft = tests["stacking_vs_best_member"], tests["stacking_vs_soft_vote"]
+    d_best = st.accuracy - bm.accuracy
+    helps = d_best > 0 and t_best.p_value < alpha
+    accs = f"{st.accuracy:.1%} vs {bm.accuracy:.1%}; McNemar p = {t_best.p_value:.3g}"
+    if helps:
+        first = (
+            f"Stacking helps: it is {_pp(d_best)} more accurate than the best single member, {best} ({accs})."
+        )
+    elif d_best > 0:
+        first = (
+            f"Stacking does not significantly help: it is {_pp(d_best)} more accurate than the best single member, "
+            f"{best} ({accs} >= {alpha:g}), a difference within chance."
+        )
+    elif d_best == 0:
+        first = (
+            f"Stacking does not help: it is exactly as accurate as the best single member, {best} ({accs})."
+        )
+    else:
+        first = f"Stacking does not help: it is {_pp(d_best)} less accurate than the best single member, {best} ({accs})."
+    d_soft = st.accuracy - sv.accuracy
+    p_soft = f"McNemar p = {t_soft.p_value:.3g}"
+    if d_soft > 0:
+        second = f"Against soft voting it is {_pp(d_soft)} better ({p_soft}{'' if t_soft.p_value < alpha else ', not significant'})."
+    elif d_soft == 0:
+        second = f"Soft voting, which needs no training, is exactly as accurate ({p_soft})."
+    else:
+        second = (
+            f"Soft voting, which needs no training, is {_pp(d_soft)} more accurate ({p_soft}"
+            f"{'' if t_soft.p_value < alpha else ', not significant'})."
+        )
+    return helps, f"{first} {second}"
+
+
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Evaluate every method on ``cfg.split`` and write the report (see the module docstring)."""
     run_dir = Path(cfg.run_dir)
@@ -166,7 +177,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     calibration, points = _calibration(cfg, data, stacked, methods, warnings)
     best, rule, notes = choose_best_member(run_dir, members, data)
     warnings += notes
-    tests = _tests(cfg, methods, best)
+    correct = {m.key: m.correct for m in methods}
+    tests = stacking_tests(correct, f"member:{best}", best, cfg.exact_below)
     helps, said = verdict({m.key: m for m in methods}, best, tests, cfg.alpha)
     undefined = methods[0].metrics.undefined_classes
     warnings += [
@@ -174,52 +186,34 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "the macro averages"
         for c in undefined
     ]
-    findings = Findings(
-        methods,
-        best,
-        rule,
-        tests,
-        helps,
-        said,
-        data.classes,
-        undefined,
-        int(data.labels.size),
-        data.members,
-        data.manifest_digest,
-        meta_json,
-        tuple(warnings),
-        calibration,
-        points,
-    )
-    table = format_table(methods, cfg.confidence)
-    md, js, figures = write_reports(cfg, findings)
-    write_table(
-        table_path(cfg.eval_dir, cfg.split),
-        data.paths,
-        data.labels,
-        {m.key: m.predictions for m in methods},
-        data.classes,
-    )
-    for w in warnings:
-        log.warning("%s", w)
-    return EvalResult(
+    out = cfg.eval_dir
+    result = EvalResult(
         methods=methods,
         best_member=best,
         best_member_rule=rule,
         tests=tests,
         stacking_helps=helps,
         verdict=said,
-        table=table,
+        table=format_table(methods, cfg.confidence),
         classes=data.classes,
         undefined_classes=undefined,
         n=int(data.labels.size),
-        report_md=md,
-        report_json=js,
-        figures=figures,
+        report_md=out / "report.md",
+        report_json=out / "report.json",
+        figures=(),
         warnings=tuple(warnings),
         calibration=calibration,
         operating_points=points,
+        members=data.members,
+        manifest_digest=data.manifest_digest,
+        meta_json=meta_json,
     )
+    result = write_reports(cfg, result)
+    predictions = {m.key: m.predictions for m in methods}
+    write_table(table_path(out, cfg.split), data.paths, data.labels, predictions, data.classes)
+    for w in warnings:
+        log.warning("%s", w)
+    return result
 
 
 def describe(res: EvalResult) -> str:

@@ -1,18 +1,14 @@
-"""Calibration and operating points in the evaluation: the stacked output before/after T, thresholds on test.
+"""The stacked output before and after its temperature, and the recorded operating points measured on a split.
 
-Takes: the meta-learner's ONNX metadata (``calibration``, ``operating_points``; older files have neither),
-the calibrated stacked probabilities on the evaluated split and its labels. Makes: the temperature built
-into ``meta.onnx`` (``temperature_of``), the uncalibrated output (``cxr.calibration.uncalibrate``),
-``CalibrationSummary`` (validation ECE/NLL before and after from the metadata, the split's computed here) and
-one ``OperatingPointResult`` per class: the counts at the validation threshold (above = ``p_cal >= t``),
-sensitivity and specificity with Wilson score intervals (``cxr.evaluate.stats``).
+Takes: the meta-learner's metadata, the calibrated stacked probabilities and the labels. Makes:
+``CalibrationSummary`` and one ``OperatingPointResult`` per class (Wilson intervals).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,6 +59,7 @@ class CalibrationSummary:
     val_ece_after: float | None
     val_nll_before: float | None
     val_nll_after: float | None
+    val_in_sample: bool = field(default=True, init=False)  # T was fitted on the validation figures
     split: str
     n: int
     ece_before: float | None  # on ``split``, computed here
@@ -72,24 +69,7 @@ class CalibrationSummary:
     ece_bins: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "temperature": self.temperature,
-            "fitted_on": self.fitted_on,
-            "val_n": self.val_n,
-            "val_ece_before": self.val_ece_before,
-            "val_ece_after": self.val_ece_after,
-            "val_nll_before": self.val_nll_before,
-            "val_nll_after": self.val_nll_after,
-            "val_in_sample": True,
-            "split": self.split,
-            "n": self.n,
-            "ece_before": self.ece_before,
-            "ece_after": self.ece_after,
-            "nll_before": self.nll_before,
-            "nll_after": self.nll_after,
-            "ece_bins": self.ece_bins,
-        }
+        return asdict(self)
 
 
 def calibration_summary(

@@ -1,14 +1,14 @@
-"""The methods compared: stacking as it ships (the converted meta-learner), the best member, the baselines.
+"""The methods compared and their predictions: stacking as it ships, voting, the best member, baselines.
 
-Takes: a run directory and the members' prediction tables (``MetaData``). Makes: stacking probabilities
-from ``stack/meta.onnx`` with its metadata (calibration, operating points), the best member chosen on
-validation, and baseline probabilities from ``RUN_DIR/baselines/<name>/<split>.csv``, each in the test
-table's row order.
+Takes: a run directory and the members' predictions (``MetaData``). Makes: each method's scores in the
+split's row order, and ``eval/predictions_<split>.csv`` (every method's class per image) written and read.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import DataError, ModelError
+from cxr.evaluate.stats import McNemarResult, mcnemar
+from cxr.evaluate.types import SOFT, STACKING
 from cxr.metrics import classification_metrics
 from cxr.session import cpu_session
 from cxr.spec import CARD_MEMBER_ORDER, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
@@ -30,12 +32,6 @@ class Stacked:
     probs: np.ndarray = field(repr=False)  # [N, K], calibrated when the metadata records a temperature
     labels: np.ndarray = field(repr=False)  # int64 [N]
     info: dict[str, Any] = field(repr=False)  # the ``cxr.meta`` JSON of meta.onnx
-
-
-def stacking_probabilities(meta_onnx: Path, data: MetaData) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, K], labels [N]) of the converted meta-learner on ``data``'s features."""
-    out = run_stacking(meta_onnx, data)
-    return out.probs, out.labels
 
 
 def run_stacking(meta_onnx: Path, data: MetaData) -> Stacked:
@@ -107,3 +103,102 @@ def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str,
         row = {p: i for i, p in enumerate(table.paths)}
         found[path.parent.name] = table.probs[[row[p] for p in data.paths]]
     return found, notes
+
+
+def stacking_tests(
+    correct: Mapping[str, np.ndarray], best: str, best_label: str, exact_below: int
+) -> dict[str, McNemarResult]:
+    """McNemar's test of stacking against the best member (key ``best``), soft voting and every baseline."""
+    if STACKING not in correct:
+        return {}
+    others = [("stacking_vs_best_member", best, best_label), ("stacking_vs_soft_vote", SOFT, "soft voting")]
+    others += [
+        (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:"))
+        for k in correct
+        if k.startswith("baseline:")
+    ]
+    return {
+        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=exact_below)
+        for name, key, label in others
+        if key in correct
+    }
+
+
+def soft_vote(member_probs: np.ndarray) -> np.ndarray:
+    """Mean of the members' probabilities: [N, M, K] -> [N, K]."""
+    return np.asarray(member_probs, dtype=np.float64).mean(axis=1)
+
+
+def majority_vote(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [N], vote shares [N, K]); ties broken by soft-vote probability, then class order."""
+    p = np.asarray(member_probs, dtype=np.float64)
+    n, m, k = p.shape
+    votes = np.zeros((n, k), dtype=np.int64)
+    np.add.at(votes, (np.repeat(np.arange(n), m), np.argmax(p, axis=2).ravel()), 1)
+    mean = p.mean(axis=1)
+    top = votes == votes.max(axis=1, keepdims=True)
+    labels = np.argmax(np.where(top, mean, -np.inf), axis=1)
+    return labels, votes / float(m)
+
+
+FIXED = ("path", "label")
+
+
+def table_path(eval_dir: Path, split: str) -> Path:
+    return Path(eval_dir) / f"predictions_{split}.csv"
+
+
+@dataclass(frozen=True)
+class MethodPredictions:
+    paths: tuple[str, ...]
+    labels: np.ndarray  # int64 [N], indices into ``classes``
+    predictions: dict[str, np.ndarray]  # method key -> int64 [N]
+    classes: tuple[str, ...]
+
+
+def write_table(
+    path: Path,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+) -> Path:
+    """Write the table (class names, not indices, so a reader needs no other file)."""
+    keys = list(predictions)
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*FIXED, *keys])
+        for i, p in enumerate(paths):
+            w.writerow([p, classes[int(labels[i])], *(classes[int(predictions[k][i])] for k in keys)])
+    return Path(path)
+
+
+def read_table(path: Path, classes: Sequence[str]) -> MethodPredictions:
+    """Read a table written by ``write_table``; a missing file or an unknown class is a ``DataError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"no prediction table at {path}",
+            hint="run `cxr evaluate RUN_DIR` (cxr 0.1 writes eval/predictions_test.csv) and try again",
+            path=path,
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0][:2]) != FIXED:
+        raise DataError(f"{path} is not a cxr prediction table (header {rows[0] if rows else []})", path=path)
+    keys = rows[0][2:]
+    try:
+        coded = np.array([[index[v] for v in r[1:]] for r in rows[1:]], dtype=np.int64).reshape(
+            -1, len(keys) + 1
+        )
+    except KeyError as e:
+        raise DataError(
+            f"{path} names class {e.args[0]!r}, not one of {', '.join(classes)}", path=path
+        ) from e
+    return MethodPredictions(
+        paths=tuple(r[0] for r in rows[1:]),
+        labels=coded[:, 0],
+        predictions={k: coded[:, j + 1] for j, k in enumerate(keys)},
+        classes=tuple(classes),
+    )

@@ -1,8 +1,6 @@
-"""Figures of the evaluation: one confusion matrix and one reliability diagram per method (PNG).
+"""Per method a confusion matrix (not for the reference row) and a reliability diagram, as PNG.
 
-Takes: evaluated methods and the class list. Makes: ``confusion_<method>.png`` (not for stacking before
-calibration: its labels are stacking's) and ``reliability_<method>.png``. Uses matplotlib's object API with the Agg canvas: no pyplot state, no
-global rcParams change, no display needed.
+matplotlib's object API with the Agg canvas: no pyplot state, no rcParams change, no display.
 """
 
 from __future__ import annotations

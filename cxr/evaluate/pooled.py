@@ -1,17 +1,15 @@
 """`cxr evaluate-folds`: the test splits of K cross-validation folds pooled into one comparison.
 
-Takes: the run directories of the folds of one `cxr data split --folds K` (each evaluated by `cxr evaluate`:
-``eval/predictions_test.csv``, ``eval/report.json``, ``manifest.json``) (``PoolConfig``). Makes:
-``OUT/report.md`` and ``report.json`` -> ``PooledResult``: every method's accuracy and macro-F1 on all pooled
-test images (each predicted by the fold's ensemble that never trained on it) with paired bootstrap intervals,
-per fold as well, and McNemar's test of stacking against the best member (each fold's own, chosen on its
-validation split), soft voting and every baseline on the pooled images. The folds' test splits must be
-disjoint and come from one data set; a fold that is missing is named in the warnings.
+Takes: the run directories of one `cxr data split --folds K`, each evaluated (``PoolConfig``). Makes:
+``OUT/report.md`` and ``report.json`` -> ``PooledResult``: every method on all pooled test images with
+paired bootstrap intervals, per fold too, and McNemar's tests of stacking.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,65 @@ from typing import Any
 import numpy as np
 
 from cxr import __version__
-from cxr.errors import DataError
-from cxr.evaluate.method_predictions import MethodPredictions, read_table, table_path
-from cxr.evaluate.pooled_report import write_pooled_report
-from cxr.evaluate.pooled_types import BEST, PoolConfig, PooledMethod, PooledResult
+from cxr.errors import ConfigError, DataError
+from cxr.evaluate.methods import MethodPredictions, read_table, stacking_tests, table_path
+from cxr.evaluate.report import fmt, fmt_ci
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
-from cxr.evaluate.types import SOFT, STACKING
 from cxr.labels import CLASSES, NOTICE
+from cxr.markdown import table
 from cxr.metrics import macro_f1_from_labels
+
+BEST = "best_member"  # each fold's best member (validation), pooled
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    run_dirs: tuple[Path, ...]
+    out_dir: Path
+    n_bootstrap: int = 2000
+    confidence: float = 0.95
+    alpha: float = 0.05
+    exact_below: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.run_dirs) < 2:
+            raise ConfigError(
+                f"pooling needs the run directories of at least 2 folds, got {len(self.run_dirs)}",
+                hint="pass every fold's run directory, e.g. runs/folds/fold0 ... runs/folds/fold4",
+            )
+        if self.n_bootstrap < 0 or not 0 < self.confidence < 1 or not 0 < self.alpha < 1:
+            raise ConfigError(
+                f"n_bootstrap {self.n_bootstrap} must be >= 0, confidence {self.confidence} and alpha "
+                f"{self.alpha} in (0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class PooledMethod:
+    key: str
+    n: int
+    accuracy: float
+    macro_f1: float | None
+    accuracy_ci: Interval
+    macro_f1_ci: Interval
+    per_fold_accuracy: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PooledResult:
+    methods: tuple[PooledMethod, ...]
+    tests: dict[str, McNemarResult]
+    n: int
+    folds: tuple[dict[str, Any], ...]  # per run: run_dir, fold, folds, n, best member
+    report_md: Path
+    report_json: Path
+    warnings: tuple[str, ...] = ()
+    # each member alone vs each baseline: descriptive, not pre-specified, no multiplicity correction
+    member_tests: dict[str, McNemarResult] = field(default_factory=dict)
+
+    def method(self, key: str) -> PooledMethod:
+        return next(m for m in self.methods if m.key == key)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -98,12 +147,7 @@ def _pooled_methods(
     preds = {k: np.concatenate([t.predictions[k] for t in tables]) for k in keys}
     k_classes = len(tables[0].classes)
     rng = np.random.default_rng(cfg.seed)
-    none = {"accuracy": Interval(None, None), "macro_f1": Interval(None, None)}
-    cis = (
-        bootstrap_intervals(y, preds, k_classes, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
-        if cfg.n_bootstrap
-        else {k: none for k in keys}
-    )
+    cis = bootstrap_intervals(y, preds, k_classes, n_boot=cfg.n_bootstrap, level=cfg.confidence, rng=rng)
     methods = tuple(
         PooledMethod(
             key=k,
@@ -117,24 +161,6 @@ def _pooled_methods(
         for k in keys
     )
     return methods, {k: preds[k] == y for k in keys}
-
-
-def _tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemarResult]:
-    if STACKING not in correct:
-        return {}
-    others = [
-        ("stacking_vs_best_member", BEST, "best member (per fold)"),
-        ("stacking_vs_soft_vote", SOFT, "soft voting"),
-    ]
-    baselines = [k for k in correct if k.startswith("baseline:")]
-    others += [
-        (f"stacking_vs_{k.removeprefix('baseline:')}", k, k.removeprefix("baseline:")) for k in baselines
-    ]
-    return {
-        name: mcnemar(correct[STACKING], correct[key], a="stacking", b=label, exact_below=cfg.exact_below)
-        for name, key, label in others
-        if key in correct
-    }
 
 
 def _member_tests(cfg: PoolConfig, correct: dict[str, np.ndarray]) -> dict[str, McNemarResult]:
@@ -156,7 +182,8 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     tables, infos = [t for t, _ in loaded], [i for _, i in loaded]
     warnings = _check_folds(tables, infos)
     methods, correct = _pooled_methods(cfg, tables)
-    tests, member_tests = _tests(cfg, correct), _member_tests(cfg, correct)
+    tests = stacking_tests(correct, BEST, "best member (per fold)", cfg.exact_below)
+    member_tests = _member_tests(cfg, correct)
     md, js = write_pooled_report(
         cfg, methods, tests, member_tests, infos, warnings, __version__, datetime.now(timezone.utc)
     )
@@ -172,4 +199,153 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     )
 
 
-__all__ = ["BEST", "NOTICE", "PoolConfig", "PooledMethod", "PooledResult", "pool_folds"]
+TITLE = "Cross-validated comparison: every fold's test split pooled"
+
+
+def method_name(key: str) -> str:
+    """A readable name for a method key (``member:x`` -> ``x``, ``baseline:x`` -> ``x (baseline)``)."""
+    if key.startswith("member:"):
+        return key.removeprefix("member:")
+    if key.startswith("baseline:"):
+        return f"{key.removeprefix('baseline:')} (baseline)"
+    return {
+        "soft_vote": "soft voting",
+        "majority_vote": "majority voting",
+        "best_member": "best member (per fold)",
+        "stacking_uncalibrated": "stacking (before calibration)",
+    }.get(key, key)
+
+
+def _rows(methods: Sequence[PooledMethod]) -> list[list[str]]:
+    return [
+        [
+            method_name(m.key),
+            fmt_ci(m.accuracy, m.accuracy_ci),
+            fmt_ci(m.macro_f1, m.macro_f1_ci),
+            " / ".join(fmt(a, pct=True) for a in m.per_fold_accuracy),
+        ]
+        for m in methods
+    ]
+
+
+def format_pooled_table(methods: Sequence[PooledMethod], confidence: float = 0.95) -> str:
+    """The plain-text table: method, accuracy [CI], macro-F1 [CI], accuracy per fold."""
+    head = [
+        "method",
+        f"accuracy [{confidence:.0%} CI]",
+        f"macro-F1 [{confidence:.0%} CI]",
+        "accuracy per fold",
+    ]
+    rows = [head, *_rows(methods)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def mcnemar_line(t: McNemarResult) -> str:
+    return (
+        f"{t.a} vs {t.b}: {t.a} alone right on {t.a_only}, {t.b} alone on {t.b_only}; {t.method}, "
+        f"p = {t.p_value:.3g}"
+    )
+
+
+def _member_lines(cfg: PoolConfig, member_tests: Mapping[str, McNemarResult]) -> list[str]:
+    if not member_tests:
+        return []
+    return [
+        "Each member alone against the baseline (descriptive, not pre-specified: one test per member, no "
+        "multiplicity correction; it shows whether the stack adds anything beyond its strongest member):",
+        "",
+        *(
+            f"- {mcnemar_line(t)}{f' (p < {cfg.alpha})' if t.p_value < cfg.alpha else ''}"
+            for t in member_tests.values()
+        ),
+        "",
+    ]
+
+
+def write_pooled_report(
+    cfg: PoolConfig,
+    methods: Sequence[PooledMethod],
+    tests: Mapping[str, McNemarResult],
+    member_tests: Mapping[str, McNemarResult],
+    folds: Sequence[Mapping[str, Any]],
+    warnings: Sequence[str],
+    version: str,
+    created: datetime,
+) -> tuple[Path, Path]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = methods[0].n if methods else 0
+    md = [
+        f"# {TITLE}",
+        "",
+        f"> {NOTICE}",
+        "",
+        f"{len(folds)} folds, {n} test images in all; each image is predicted by the ensemble of the fold that "
+        "held it out (its members, meta-learner and baselines never trained on it). Intervals: paired "
+        f"percentile bootstrap over the pooled images, {cfg.n_bootstrap} resamples. McNemar's test on the "
+        "pooled images (exact binomial below "
+        f"{cfg.exact_below} discordant pairs), significance level {cfg.alpha}.",
+        "",
+        *table(("method", "accuracy", "macro-F1", "accuracy per fold"), _rows(methods)),
+        "",
+        "## Tests",
+        "",
+        *(f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}" for t in tests.values()),
+        "",
+        *_member_lines(cfg, member_tests),
+        "## Folds",
+        "",
+        *table(
+            ("run", "fold", "test images", "best member (validation)"),
+            (
+                [f"`{f['run_dir']}`", f"{f['fold']} of {f['folds']}", str(f["n"]), str(f["best_member"])]
+                for f in folds
+            ),
+        ),
+    ]
+    if warnings:
+        md += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
+    report = {
+        "notice": NOTICE,
+        "n": n,
+        "folds": list(folds),
+        "methods": {
+            m.key: {
+                "name": method_name(m.key),
+                "n": m.n,
+                "accuracy": m.accuracy,
+                "accuracy_ci": m.accuracy_ci.to_list(),
+                "macro_f1": m.macro_f1,
+                "macro_f1_ci": m.macro_f1_ci.to_list(),
+                "per_fold_accuracy": list(m.per_fold_accuracy),
+            }
+            for m in methods
+        },
+        "tests": {k: t.to_dict() for k, t in tests.items()},
+        "member_tests_descriptive": {k: t.to_dict() for k, t in member_tests.items()},
+        "config": {
+            "n_bootstrap": cfg.n_bootstrap,
+            "confidence": cfg.confidence,
+            "alpha": cfg.alpha,
+            "exact_below": cfg.exact_below,
+            "seed": cfg.seed,
+        },
+        "warnings": list(warnings),
+        "created": created.isoformat(timespec="seconds"),
+        "cxr_version": version,
+    }
+    md_path, js_path = out / "report.md", out / "report.json"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    js_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return md_path, js_path
+
+
+def describe_pooled(res: PooledResult) -> str:
+    """What `cxr evaluate-folds` prints: the pooled table and the McNemar tests."""
+    lines = [f"{len(res.folds)} folds, {res.n} test images pooled", format_pooled_table(res.methods), ""]
+    lines += [mcnemar_line(t) for t in res.tests.values()]
+    if res.member_tests:
+        lines.append("each member alone vs the baseline (descriptive, no multiplicity correction):")
+        lines += [f"  {mcnemar_line(t)}" for t in res.member_tests.values()]
+    return "\n".join(lines)

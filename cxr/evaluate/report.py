@@ -1,17 +1,14 @@
-"""The evaluation report: a comparison table for the terminal, Markdown for people, JSON for machines.
+"""The evaluation report: the comparison table for the terminal, ``report.md`` and ``report.json``.
 
-Takes: the evaluated methods, the significance tests and the verdict. Makes: ``format_table`` (rows: each
-member, soft vote, majority vote, stacking (and stacking before calibration), the baselines; columns:
-accuracy [CI], macro-F1 [CI], macro ROC-AUC, ECE), ``report.md`` (the verdict first, said plainly, then
-the tables, calibration and operating points where the meta-learner records them, per-class results,
-undefined classes and figures) and ``report.json`` (every number; ``null`` where a value is undefined;
-``calibration`` and ``operating_points`` only where recorded).
+Takes: an ``EvalResult``. Makes: the table text and the two files (``null`` in the
+JSON where a value is undefined; calibration and operating points only where the meta-learner records them).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,9 @@ from typing import Any
 from cxr import __version__
 from cxr.evaluate.calibration_check import UNCALIBRATED_NAME
 from cxr.evaluate.stats import Interval, McNemarResult
-from cxr.evaluate.types import EvalConfig, Findings, MethodResult
+from cxr.evaluate.types import EvalConfig, EvalResult, MethodResult
 from cxr.labels import NOTICE
+from cxr.markdown import table
 
 UNDEFINED = "undefined"
 
@@ -70,14 +68,6 @@ def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> s
     return "\n".join(out)
 
 
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def _test_line(t: McNemarResult) -> str:
     stat = "" if t.statistic is None else f", chi2 = {t.statistic:.3f}"
     return (
@@ -86,7 +76,7 @@ def _test_line(t: McNemarResult) -> str:
     )
 
 
-def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
+def _md_head(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """The verdict first, then what was compared on which images, and the classes nothing says about."""
     meta = f.meta_json
     lines = [
@@ -116,10 +106,10 @@ def _md_head(cfg: EvalConfig, f: Findings) -> list[str]:
     return lines
 
 
-def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]]) -> list[str]:
+def _md_comparison(cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]]) -> list[str]:
     """The comparison table with its intervals, and the significance tests."""
     head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
-    lines = ["## Comparison", "", *_md_table((*head, "macro ROC-AUC", "ECE"), table_rows)]
+    lines = ["## Comparison", "", *table((*head, "macro ROC-AUC", "ECE"), table_rows)]
     return lines + [
         "",
         f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
@@ -132,7 +122,7 @@ def _md_comparison(cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[s
     ]
 
 
-def _md_calibration(f: Findings) -> list[str]:
+def _md_calibration(f: EvalResult) -> list[str]:
     """ECE and NLL of stacking before and after its temperature (validation: the metadata's; the split's)."""
     c = f.calibration
     if c is None:
@@ -165,14 +155,14 @@ def _md_calibration(f: Findings) -> list[str]:
         "",
         said,
         "",
-        *_md_table(("split", "ECE before", "ECE after", "NLL before", "NLL after"), rows),
+        *table(("split", "ECE before", "ECE after", "NLL before", "NLL after"), rows),
         "",
         f"ECE on {c.split}: {c.ece_bins} bins of the predicted class's probability; NLL: mean -log p(true class).",
         "",
     ]
 
 
-def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
+def _md_operating_points(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """Each recorded threshold: chosen on validation for a target sensitivity, measured on the split."""
     if f.operating_points is None:
         return []
@@ -215,14 +205,14 @@ def _md_operating_points(cfg: EvalConfig, f: Findings) -> list[str]:
         f"{cfg.split} specificity [{level} CI]",
         "TP / FN / TN / FP",
     )
-    return lines + _md_table(head, rows) + [""]
+    return lines + table(head, rows) + [""]
 
 
-def _md_details(f: Findings) -> list[str]:
+def _md_details(f: EvalResult) -> list[str]:
     """Every average, then precision / recall / F1 / ROC-AUC per class."""
     methods = f.methods
     lines = ["## All averages", ""]
-    lines += _md_table(
+    lines += table(
         ("method", "macro P", "macro R", "macro F1", "weighted P", "weighted R", "weighted F1"),
         [
             (
@@ -238,7 +228,7 @@ def _md_details(f: Findings) -> list[str]:
         ],
     )
     lines += ["", "## Per class (precision / recall / F1 / ROC-AUC)", ""]
-    return lines + _md_table(
+    return lines + table(
         ("method", *(f"{c} (n={methods[0].metrics.per_class[i].support})" for i, c in enumerate(f.classes))),
         [
             (
@@ -254,7 +244,7 @@ def _md_details(f: Findings) -> list[str]:
 
 
 def markdown(
-    cfg: EvalConfig, f: Findings, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
+    cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
 ) -> str:
     """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
     lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_calibration(f)
@@ -266,7 +256,7 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[str, Any]:
+def report_json(cfg: EvalConfig, f: EvalResult, figures: Sequence[Path]) -> dict[str, Any]:
     """``report.json``: every number (``null`` where undefined), the config and the verdict."""
     return {
         "notice": NOTICE,
@@ -306,16 +296,13 @@ def report_json(cfg: EvalConfig, f: Findings, figures: Sequence[Path]) -> dict[s
     }
 
 
-def write_reports(cfg: EvalConfig, f: Findings) -> tuple[Path, Path, tuple[Path, ...]]:
-    """Write ``report.md``, ``report.json`` and (with ``cfg.plots``) the figures into ``cfg.eval_dir``."""
-    out = cfg.eval_dir
-    out.mkdir(parents=True, exist_ok=True)
-    figures: tuple[Path, ...] = ()
+def write_reports(cfg: EvalConfig, f: EvalResult) -> EvalResult:
+    """Write ``f.report_md``, ``f.report_json`` and (with ``cfg.plots``) the figures; ``f`` with the figures."""
+    cfg.eval_dir.mkdir(parents=True, exist_ok=True)
     if cfg.plots:
         from cxr.evaluate.plots import write_figures  # matplotlib only when figures are asked for
 
-        figures = write_figures(f.methods, f.classes, out, cfg.ece_bins)
-    md_path, js_path = out / "report.md", out / "report.json"
-    md_path.write_text(markdown(cfg, f, summary_rows(f.methods), figures), encoding="utf-8")
-    js_path.write_text(json.dumps(report_json(cfg, f, figures), indent=2), encoding="utf-8")
-    return md_path, js_path, figures
+        f = replace(f, figures=write_figures(f.methods, f.classes, cfg.eval_dir, cfg.ece_bins))
+    f.report_md.write_text(markdown(cfg, f, summary_rows(f.methods), f.figures), encoding="utf-8")
+    f.report_json.write_text(json.dumps(report_json(cfg, f, f.figures), indent=2), encoding="utf-8")
+    return f

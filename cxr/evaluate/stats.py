@@ -1,11 +1,5 @@
-"""Uncertainty and significance: paired bootstrap intervals, McNemar's test and Wilson score intervals.
-
-Takes: true labels and each method's predicted labels on the same images. Makes: percentile bootstrap
-intervals for accuracy and macro-F1 (every method resampled with the same indices, seeded
-``np.random.Generator``), and McNemar's test of two methods on their discordant pairs: exact two-sided
-binomial when there are fewer than ``exact_below`` discordant pairs, else chi-square with Edwards'
-continuity correction (1 degree of freedom); the Wilson score interval of a proportion (scipy's
-``binomtest`` where installed, else the closed form).
+"""Paired bootstrap intervals, McNemar's test (exact below ``exact_below`` discordant pairs, else
+continuity-corrected chi-square) and Wilson score intervals.
 """
 
 from __future__ import annotations

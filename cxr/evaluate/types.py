@@ -1,7 +1,4 @@
-"""What the evaluation takes and makes: ``EvalConfig`` in; ``MethodResult``, ``Findings`` and ``EvalResult`` out.
-
-Shared by the evaluation, its reports and its figures, so none of them imports another for a type.
-"""
+"""``EvalConfig`` in; ``MethodResult`` per method and ``EvalResult`` out."""
 
 from __future__ import annotations
 
@@ -100,30 +97,12 @@ class EvalResult:
     warnings: tuple[str, ...] = ()
     calibration: CalibrationSummary | None = None  # None: the meta-learner records no calibration
     operating_points: tuple[OperatingPointResult, ...] | None = None  # None: it records none
+    members: tuple[str, ...] = ()
+    manifest_digest: str = ""
+    meta_json: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def method(self, key: str) -> MethodResult:
         for m in self.methods:
             if m.key == key:
                 return m
         raise KeyError(key)
-
-
-@dataclass(frozen=True)
-class Findings:
-    """What the evaluation found on one split, before it is written: the input of every report."""
-
-    methods: tuple[MethodResult, ...]
-    best_member: str
-    best_member_rule: str
-    tests: dict[str, McNemarResult]
-    stacking_helps: bool
-    verdict: str
-    classes: tuple[str, ...]
-    undefined_classes: tuple[str, ...]
-    n: int
-    members: tuple[str, ...]
-    manifest_digest: str
-    meta_json: Mapping[str, Any] = field(repr=False)
-    warnings: tuple[str, ...] = ()
-    calibration: CalibrationSummary | None = None
-    operating_points: tuple[OperatingPointResult, ...] | None = None

@@ -1,18 +1,10 @@
-"""`cxr fuse`: the five members and the meta-learner as ONE verified ONNX graph.
+"""`cxr fuse`: the members and the meta-learner as ONE verified ONNX graph, with its variants and report.
 
-Takes: member ONNX paths in the meta-learner's member order, ``stack/meta.onnx`` and a ``FuseConfig``.
-Makes: ``ensemble.onnx`` (input ``image`` uint8 [N, 1, H, W]; outputs ``probabilities`` [N, K], ``label``
-[N], ``member_probabilities`` [N, M, K]; cxr metadata with ``input_format="uint8_gray"``), optionally
-``ensemble.fp16.onnx`` / ``ensemble.int8.onnx`` built from the members' variants (only when every member
-has that variant), with ``--heatmaps`` ``ensemble.heatmaps.onnx`` (``heatmap_file``), and
-``fuse_report.json`` / ``.md`` beside them -> ``FuseResult``. Given ``run_dir``, every graph also outputs
-``ood_score``, the out-of-distribution score fitted on its train images (``ood``).
-
-Order of work: check the parts (``members``); then, per precision (``fused_file``), wire the graph
-(``graph``), simplify with onnxsim (FP32 only, skipped above the protobuf limit), attach metadata
-(``metadata``), save (external data near the 2 GB protobuf limit), check with ``onnx.checker`` and verify
-(``verify``): equal to the separate members + meta within ``tolerance`` at batch 1 and 8; finally, given
-``run_dir``, top-1 identical to PyTorch + scikit-learn on the test split. Types: ``types``.
+Takes: member ONNX paths in the meta-learner's order, ``stack/meta.onnx`` and a ``FuseConfig``. Makes:
+``ensemble.onnx`` (uint8 ``image`` in; ``probabilities``, ``label``, ``member_probabilities`` and, given
+``run_dir``, ``ood_score`` out), the asked-for ``.fp16``/``.int8`` variants, optionally
+``ensemble.heatmaps.onnx``, and ``fuse_report.json``/``.md`` -> ``FuseResult``. Every file is verified
+against the separate members + meta-learner; given ``run_dir``, top-1 against PyTorch + scikit-learn too.
 """
 
 from __future__ import annotations
@@ -31,32 +23,25 @@ from cxr.export.onnx_files import onnx_size_bytes
 from cxr.fuse.fused_file import build_fused_file, drift_vs_fp32
 from cxr.fuse.graph import FusedGraph, ResizeStep, fused_input_size
 from cxr.fuse.heatmap_file import build_heatmap_file
-from cxr.fuse.members import MemberModel, MetaModel, check_compatible, load_member, load_meta, variant_path
-from cxr.fuse.metadata import GRAPH_STEPS, RUNTIME_STEPS
+from cxr.fuse.members import (
+    MemberModel,
+    MetaModel,
+    check_compatible,
+    graph_spec,
+    load_member,
+    load_meta,
+    variant_path,
+)
 from cxr.fuse.ood import OodModel, fit_ood
 from cxr.fuse.precision_check import check_openvino_bf16, real_images, write_record
 from cxr.fuse.report import write_fuse_report
 from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
-from cxr.fuse.verify import EndToEndReport, check_end_to_end, measure_latency
+from cxr.fuse.verify import check_end_to_end, measure_latency
 from cxr.openvino_session import BF16_RECORD
 from cxr.session import file_sha256
-from cxr.spec import CARD_CALIBRATION, PreprocessSpec
-
-__all__ = [  # FuseConfig, FusedFile, FuseResult and the step lists were defined here before the split
-    "GRAPH_STEPS",
-    "PROTOBUF_LIMIT",
-    "RUNTIME_STEPS",
-    "FuseConfig",
-    "FusedFile",
-    "FuseResult",
-    "describe",
-    "fuse",
-    "run_members",
-]
+from cxr.spec import CARD_CALIBRATION
 
 log = logging.getLogger(__name__)
-
-PROTOBUF_LIMIT = 2**31 - 1
 
 
 def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
@@ -78,7 +63,16 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     if (
         cfg.bf16_check
         and source is not None
-        and (record := _bf16_record(out, fused, loaded, cfg, Path(source)))
+        and (
+            record := check_openvino_bf16(
+                out,
+                real_images(
+                    Path(source), graph_spec(loaded, fused.input_size), cfg.bf16_check_images, cfg.seed
+                ),
+                min_agreement=cfg.min_agreement,
+                threads=cfg.threads,
+            )
+        )
     ):
         write_record(out, record)  # before the variants: they name the FP32 file's final sha256
         fp32 = replace(fp32, sha256=file_sha256(out), bytes=onnx_size_bytes(out))
@@ -97,7 +91,19 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             warnings += [
                 f"member '{n}' is left out of the heatmaps: {why}" for n, why in built.excluded.items()
             ]
-    e2e = None if cfg.run_dir is None else _end_to_end(out, Path(cfg.run_dir), loaded, meta_model, fused, cfg)
+    e2e = None
+    if cfg.run_dir is not None:  # vs the members' PyTorch test predictions + the scikit-learn meta-learner
+        e2e = check_end_to_end(
+            out,
+            Path(cfg.run_dir),
+            meta_model.path.parent,
+            [m.name for m in loaded],
+            graph_spec(loaded, fused.input_size),
+            max_images=cfg.e2e_max_images,
+            threads=cfg.threads,
+            strict=cfg.e2e_strict,
+            resized=[r.member for r in fused.resizes],
+        )
     latency = (
         measure_latency(out, reference, runs=cfg.benchmark_runs, rng=rng, threads=cfg.threads)
         if cfg.benchmark_runs > 0
@@ -123,18 +129,6 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
         js, md = write_fuse_report(result, out.parent, meta_model.info, loaded)
         result = replace(result, report_json=js, report_md=md)
     return result
-
-
-def _bf16_record(
-    out: Path, fused: FusedGraph, loaded: Sequence[MemberModel], cfg: FuseConfig, source: Path
-) -> dict[str, Any] | None:
-    """OpenVINO BF16 vs the FP32 graph on real images of ``source`` (None: no openvino here)."""
-    first = loaded[0].meta.preprocess
-    spec = PreprocessSpec(
-        input_size=fused.input_size, channels=first.channels, mean=first.mean, std=first.std
-    )
-    images = real_images(source, spec, cfg.bf16_check_images, cfg.seed)
-    return check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
 
 
 def _fit_ood(loaded: Sequence[MemberModel], cfg: FuseConfig) -> tuple[OodModel | None, str | None]:
@@ -205,29 +199,6 @@ def _build_variants(
         drift = drift_vs_fp32(fp32.path, var_out, fused.input_size, rng, cfg.threads)
         files[variant] = replace(built, drift_vs_fp32=drift)
     return files, skipped
-
-
-def _end_to_end(
-    out: Path,
-    run_dir: Path,
-    loaded: Sequence[MemberModel],
-    meta_model: MetaModel,
-    fused: FusedGraph,
-    cfg: FuseConfig,
-) -> EndToEndReport:
-    """The fused graph on ``run_dir``'s test images vs its PyTorch predictions + the scikit-learn meta."""
-    first = loaded[0].meta.preprocess
-    return check_end_to_end(
-        out,
-        run_dir,
-        meta_model.path.parent,
-        [m.name for m in loaded],
-        PreprocessSpec(input_size=fused.input_size, channels=first.channels, mean=first.mean, std=first.std),
-        max_images=cfg.e2e_max_images,
-        threads=cfg.threads,
-        strict=cfg.e2e_strict,
-        resized=[r.member for r in fused.resizes],
-    )
 
 
 def _resize_row(r: ResizeStep) -> dict[str, Any]:

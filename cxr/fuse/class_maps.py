@@ -1,18 +1,9 @@
 """Exact class activation maps inside one member's ONNX graph, found from the graph itself.
 
-Takes: a member ``onnx.ModelProto`` as `cxr export` writes it (input ``input``, output ``logits``). Makes:
-``with_class_maps``: a copy with a second output ``class_maps`` float32 [N, K, h, w] (the member's last
-feature map scored by its own classifier, per location), or ``ClassMapExclusion`` saying why this member
-has no exact map. No torch: the head is read from the graph's last global pooling node forwards.
-
-The map is exact in the sense that its spatial mean IS the member's logit (CAM, Zhou et al. 2016):
-- pooling -> [Flatten/Reshape/Squeeze] -> Gemm / Conv 1x1 / MatMul (+Add) (DenseNet-121, Xception,
-  ResNetV2-50): ``class_maps[c] = W[c] . F(x, y) + b[c]``; affine heads commute with the spatial mean.
-- pooling -> LayerNorm over channels -> affine (ConvNeXt's head): the norm's statistics are taken from the
-  pooled vector p (one scale per image), ``class_maps[c] = W[c] . (gamma * (F(x, y) - mean_C F(x, y)) /
-  sigma(p) + beta) + b[c]``; averaging over (x, y) gives ``W[c] . LayerNorm(p) + b[c]`` exactly.
-- a 1x1 last feature map (VGG19, whose head is a dense 7x7 convolution over the whole 512x7x7 map before
-  pooling; or an input too small for the network's stride) has no spatial map: excluded, with the reason.
+Takes: a member ``ModelProto`` (input ``input``, output ``logits``). Makes: a copy with output ``class_maps``
+[N, K, h, w] whose spatial mean IS the logit (CAM): affine heads after global pooling commute with the mean;
+a LayerNorm head (ConvNeXt) takes its statistics from the pooled vector. Or ``ClassMapExclusion``: why not
+(e.g. a 1x1 last feature map, as VGG19's).
 """
 
 from __future__ import annotations
@@ -228,14 +219,11 @@ def reduce_node(
     return helper.make_node(op, [x], [out], axes=axes, keepdims=keepdims, name=out), []
 
 
-def _reduce_mean(x: str, axes: list[int], out: str, opset: int) -> tuple[onnx.NodeProto, list[TensorProto]]:
-    return reduce_node("ReduceMean", x, axes, out, opset)
-
-
 def _cam_nodes(
     feature: str, weight: np.ndarray, bias: np.ndarray, norm: _Norm | None, opset: int
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Nodes from the feature map [N, C, h, w] to ``class_maps`` [N, K, h, w] (see the module docstring)."""
+    """Nodes from the feature map [N, C, h, w] to ``class_maps`` [N, K, h, w]: ``W[c] . F(x, y) + b[c]``, with
+    a LayerNorm head ``F`` normalised per pixel over C with the pooled vector's sigma (one per image)."""
     k, c = weight.shape
     inits = [
         numpy_helper.from_array(weight.reshape(k, c, 1, 1).astype(np.float32), f"{_TAG}weight"),
@@ -251,9 +239,9 @@ def _cam_nodes(
             numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{_TAG}eps"),
         ]
         steps = [
-            _reduce_mean(feature, [2, 3], f"{_TAG}pooled", opset),  # p [N, C, 1, 1]
-            _reduce_mean(f"{_TAG}pooled", [1], f"{_TAG}pooled_mean", opset),
-            _reduce_mean(feature, [1], f"{_TAG}pixel_mean", opset),  # mean over C at each (x, y)
+            reduce_node("ReduceMean", feature, [2, 3], f"{_TAG}pooled", opset),  # p [N, C, 1, 1]
+            reduce_node("ReduceMean", f"{_TAG}pooled", [1], f"{_TAG}pooled_mean", opset),
+            reduce_node("ReduceMean", feature, [1], f"{_TAG}pixel_mean", opset),  # mean over C at each (x, y)
         ]
         for node, extra in steps:
             nodes.append(node)
@@ -262,7 +250,7 @@ def _cam_nodes(
             helper.make_node("Sub", [f"{_TAG}pooled", f"{_TAG}pooled_mean"], [f"{_TAG}pooled_c"]),
             helper.make_node("Mul", [f"{_TAG}pooled_c", f"{_TAG}pooled_c"], [f"{_TAG}pooled_sq"]),
         ]
-        var, extra = _reduce_mean(f"{_TAG}pooled_sq", [1], f"{_TAG}pooled_var", opset)
+        var, extra = reduce_node("ReduceMean", f"{_TAG}pooled_sq", [1], f"{_TAG}pooled_var", opset)
         nodes.append(var)
         inits += extra
         nodes += [

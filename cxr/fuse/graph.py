@@ -1,16 +1,9 @@
-"""Wire the members and the meta-learner into one ONNX graph, by hand.
+"""Wire the members and the meta-learner into one ONNX graph, by hand (``compose.merge_models`` only chains).
 
-Takes: checked ``MemberModel``s, the ``MetaModel`` and the fused input size. Makes: a ``ModelProto`` with
-input ``image`` uint8 [N, 1, H, W] and outputs ``probabilities`` float32 [N, K], ``label`` int64 [N] and
-``member_probabilities`` float32 [N, M, K]. ``onnx.compose.merge_models`` only chains two graphs in
-series, so the parallel members are joined here: each member is name-prefixed (``<name>/``), fed from a
-shared preprocessing chain (Cast -> /255 -> replicate to C channels -> (x - mean) / std, plus a
-Pillow-exact resize per member input size that differs from the fused one), followed by Softmax; the
-probabilities are concatenated (member-major, the meta-learner's feature order) and fed to the prefixed
-meta-learner (``meta/``). FP16 members get Casts around them. IR version: the highest of the parts;
-opsets: the members' default-domain opset (the meta-learner is converted to it when it differs).
-Optional outputs: ``ood_score`` [N] (``cxr.fuse.ood_graph``, when an out-of-distribution score was fitted)
-and, in the heatmap variant, ``class_heatmaps`` [N, K, H, W] and ``heatmap`` [N, H, W] (``cxr.fuse.heatmaps``).
+Takes: checked members, the meta-learner and the fused input size. Makes: input ``image`` uint8 [N, 1, H, W]
+-> shared preprocessing per distinct (size, mean, std) -> each ``<name>/``-prefixed member -> softmax ->
+concat (member-major) -> ``meta/`` -> ``probabilities``, ``label``, ``member_probabilities``; optionally
+``ood_score`` and the heatmap outputs.
 """
 
 from __future__ import annotations
@@ -26,8 +19,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 from cxr.errors import ModelError
 from cxr.fuse.heatmaps import HeatmapPlan, heatmap_nodes
 from cxr.fuse.members import MemberModel, MetaModel, opsets_of
-from cxr.fuse.ood import OodModel
-from cxr.fuse.ood_graph import located, ood_nodes
+from cxr.fuse.ood import OodModel, located, ood_nodes
 from cxr.fuse.resize import probe_order, resize_nodes
 from cxr.spec import INPUT_IMAGE, OUTPUT_LABEL, OUTPUT_MEMBER_PROBABILITIES, OUTPUT_PROBABILITIES
 
@@ -114,12 +106,8 @@ def _preprocess_chain(
 
 
 def topological_order(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """The nodes in an order where every input is made before it is used (ONNX requires it).
-
-    Converters do not always keep that order (onnxconverter-common's FP16 conversion appends the input
-    casts it inserts after the nodes that read them); onnxruntime tolerates it, ``onnx.checker`` does not.
-    Stable: nodes already in order keep it. A node whose input nobody makes is reported, not dropped.
-    """
+    """The nodes, stably reordered so every input is made before it is used (``onnx.checker`` requires it;
+    FP16 conversion appends its input casts after their readers); an input nobody makes is an error."""
     made = set(available) | {""}  # "" marks an omitted optional input
     pending = list(nodes)
     ordered: list[onnx.NodeProto] = []
@@ -176,12 +164,8 @@ def build_fused(
     heatmaps: HeatmapPlan | None = None,
     ood: OodModel | None = None,
 ) -> FusedGraph:
-    """Build the fused graph (see the module docstring); metadata is added by the caller.
-
-    Given ``heatmaps``, the mapped members carry their ``class_maps`` and the graph gains the outputs
-    ``class_heatmaps`` and ``heatmap`` (``cxr.fuse.heatmaps``). Given ``ood``, it gains ``ood_score``
-    (``cxr.fuse.ood_graph``), unless a member of these precisions has no pooling to read.
-    """
+    """The fused graph without metadata; with ``heatmaps`` the heatmap outputs, with ``ood`` ``ood_score``
+    (unless a member of these precisions has no pooling to read)."""
     k = len(meta.info["classes"])
     _check_member_names(members)
     fused = fused_input_size(members, input_size)

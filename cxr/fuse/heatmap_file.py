@@ -1,16 +1,8 @@
-"""The heatmap variant of the fused ensemble: built, saved and verified beside the plain FP32 graph.
+"""The heatmap variant of the fused ensemble, ``<stem>.heatmaps.onnx``, built and verified beside the FP32 one.
 
-Takes: the checked FP32 members, the meta-learner, the plain file's path and sha256, the ``FuseConfig``
-and the plain graph's ``SeparatePipeline``. Makes: ``<stem>.heatmaps.onnx`` (the plain graph's outputs
-plus ``class_heatmaps`` [N, K, H, W] and ``heatmap`` [N, H, W]; its metadata card carries ``heatmaps``:
-the rule, the weights, which members are mapped and why the others are not) -> a ``HeatmapFile``.
-
-Verified three ways, each failure a ``VerificationError``: (1) probabilities, labels and member
-probabilities equal the members run separately (as the plain graph); (2) every mapped member's class map
-is exact: its spatial mean equals the member's logits; (3) the heatmaps equal an independent numpy
-computation of the rule from the separate members' class maps (min-max, bilinear half-pixel resize,
-meta-learner weights), and ``heatmap`` is the predicted class's map. The PyTorch reference (timm's
-``forward_features`` + the same formula) is in the tests, where torch is.
+Takes: the checked FP32 members, the meta-learner, the plain file's path and sha256, the ``FuseConfig`` and
+its ``SeparatePipeline``. Makes: a ``HeatmapFile``, verified three ways (parity with the separate members;
+each class map's spatial mean equals its logits; the heatmaps equal the rule computed in numpy).
 """
 
 from __future__ import annotations
@@ -24,10 +16,10 @@ import onnx
 
 from cxr.errors import VerificationError
 from cxr.fuse.class_maps import CLASS_MAPS
+from cxr.fuse.fused_file import ensemble_metadata
 from cxr.fuse.graph import build_fused
 from cxr.fuse.heatmaps import HeatmapPlan, plan_heatmaps
 from cxr.fuse.members import MemberModel, MetaModel
-from cxr.fuse.metadata import ensemble_metadata
 from cxr.fuse.ood import OodModel
 from cxr.fuse.resize import member_input
 from cxr.fuse.types import FuseConfig, HeatmapFile

@@ -1,20 +1,8 @@
 """The ensemble heatmap: the members' exact class maps combined by the meta-learner's own weights.
 
-Takes: the checked members, the meta-learner and the fused input size. Makes: a ``HeatmapPlan`` (each
-member's map or why it has none, the combination weights and the rule in words, for the metadata) and the
-nodes that turn the members' ``<name>/class_maps`` into two outputs of the fused graph:
-``class_heatmaps`` float32 [N, K, H, W] and ``heatmap`` float32 [N, H, W] (the predicted class), in [0, 1].
-
-The rule (written into the metadata as ``heatmaps.rule``):
-1. each mapped member's class map (``cxr.fuse.class_maps``: its spatial mean is the member's logit) is
-   min-max scaled to [0, 1] per image and class, then resized to the input size (bilinear, half-pixel);
-2. the maps are summed with weights ``w[m, c]``: how much the meta-learner's logit of class c (its
-   centred log-probability) rises when member m moves probability onto class c, measured on the
-   meta-learner itself (finite difference of 0.1 from the point where every member is undecided, 1/K
-   each; for a linear meta-learner exactly its coefficient), clipped at 0 and normalised over the
-   mapped members (equal weights for a class where all are 0).
-So a member the meta-learner trusts for a class shapes that class's map accordingly; a member it ignores
-adds nothing. Members without an exact map (VGG19) are left out and named, and the weights renormalised.
+Takes: the checked members and the meta-learner. Makes: a ``HeatmapPlan`` (each member's map or why none,
+the weights, the rule for the metadata) and the nodes giving ``class_heatmaps`` [N, K, H, W] and
+``heatmap`` [N, H, W] (the predicted class's), in [0, 1]. The rule is ``RULE``.
 """
 
 from __future__ import annotations
@@ -78,7 +66,7 @@ class HeatmapPlan:
 
 
 def plan_heatmaps(members: Sequence[MemberModel], meta: MetaModel, threads: int | None = None) -> HeatmapPlan:
-    """Each member's class map (or why none) and the combination weights (see the module docstring)."""
+    """Each member's class map (or why none) and the combination weights (``RULE``)."""
     models: dict[str, onnx.ModelProto] = {}
     maps: dict[str, ClassMapInfo] = {}
     excluded: dict[str, str] = {}
@@ -102,11 +90,8 @@ def plan_heatmaps(members: Sequence[MemberModel], meta: MetaModel, threads: int 
 
 
 def meta_sensitivity(meta: MetaModel, n_members: int, k: int, threads: int | None = None) -> np.ndarray:
-    """[M, K]: d logit_ensemble[c] / d p_member[m, c] by a finite difference from the undecided point.
-
-    The logit is the centred log-probability (log P_c - mean_j log P_j), which does not saturate where
-    the probability does; for a linear meta-learner it is exactly its coefficient (over the temperature).
-    """
+    """[M, K]: d logit_ensemble[c] / d p_member[m, c] (the logit: the centred log-probability, which does
+    not saturate) by a finite difference from the undecided point."""
     from cxr.session import cpu_session
 
     sess = cpu_session(meta.model.SerializeToString(), threads)

@@ -1,11 +1,7 @@
 """Load the members and the meta-learner to fuse, and refuse any combination that cannot be fused.
 
 Takes: member ONNX paths (``RUN_DIR/onnx/<name>[.fp16|.int8].onnx``) and ``stack/meta.onnx``. Makes:
-``MemberModel`` per member (graph, cxr metadata, input/output names and types, opsets, hashes) and
-``MetaModel``. Checks, each failure naming the member and the fix: cxr metadata present and for a
-``float_normalized`` member; the same class list everywhere (input sizes and
-normalisations may differ: the fused graph preprocesses per member); a static input size equal to the metadata's; one default-domain
-opset; the meta-learner's member order and checkpoint hashes.
+``MemberModel`` per member and ``MetaModel``; each refusal names the member and the fix.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import onnx
 
 from cxr.errors import ModelError
 from cxr.session import file_sha256
-from cxr.spec import CARD_MEMBER_ORDER, OUTPUT_LOGITS, ModelMetadata
+from cxr.spec import CARD_MEMBER_ORDER, OUTPUT_LOGITS, ModelMetadata, PreprocessSpec
 from cxr.stack.features import check_member_order
 
 log = logging.getLogger(__name__)
@@ -65,6 +61,12 @@ class MetaModel:
     @property
     def member_order(self) -> tuple[str, ...]:
         return tuple(self.info.get(CARD_MEMBER_ORDER, ()))
+
+
+def graph_spec(members: Sequence[MemberModel], size: tuple[int, int]) -> PreprocessSpec:
+    """The fused graph's preprocessing: the first member's channels, mean and std at the fused ``size``."""
+    first = members[0].meta.preprocess
+    return PreprocessSpec(input_size=size, channels=first.channels, mean=first.mean, std=first.std)
 
 
 def opsets_of(model: onnx.ModelProto) -> dict[str, int]:

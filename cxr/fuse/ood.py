@@ -1,29 +1,11 @@
-"""A learned out-of-distribution score from the members' pooled features, fitted at fuse time.
+"""A learned out-of-distribution score from the members' pooled features, fitted at fuse time, and its graph.
 
-Takes: the checked members, the run directory (its manifest's train and val images) and the fused input
-size. Makes: an ``OodModel``: per member the parameters of a class-conditional Mahalanobis distance
-(Lee et al., 2018) in a PCA subspace of its pooled features plus the off-subspace residual, and the
-threshold chosen on the validation split; ``score`` computes it in numpy (the reference the in-graph
-version, ``cxr.fuse.ood_graph``, is verified against).
-
-Per member m, with x its pooled last feature map (the global average pooling's output, C values):
-  z = (x - mean) P                         P: the top k principal directions of the training features
-  d2 = min over classes c of (z - mu_c)^T S^-1 (z - mu_c)   S: the within-class covariance of z
-                                                          (Ledoit-Wolf shrinkage, scikit-learn)
-  a = d2 / k                               how far inside the subspace the training images span
-  b = |x - mean - z P^T|^2 / rho           how far off it (rho: the residual's mean on the training images)
-  s_m = max(a / median_val(a), b / median_val(b))   about 1 for images like the validation ones
-Two tests in one: an image can be unusual within the span of the training features (a) or outside it (b);
-on real radiographs with ImageNet Xception features, photographs and drawings differ mostly in b,
-inverted radiographs in both (measured, benchmarks/README.md). The ensemble's score is the mean of s_m
-over the members. k = min(32, n_train // 4, C).
-Threshold (the rule written into the metadata): the 99th percentile (``quantile``) of the validation images'
-scores (linear interpolation), so about 1 in 100 radiographs like the validation ones is flagged; an image
-above it is marked not assessable (``out_of_distribution``), its probabilities still given. A small
-validation split estimates that percentile poorly (of 45 images it is about the largest): the rehearsal's
-test split had 13 of 90 radiographs above it (benchmarks/README.md); ``cxr fuse --ood-quantile`` trades
-refusals of real images against missed photographs.
-Training images: at most ``max_train`` (seeded sample), validation at most ``max_val``.
+Takes: the checked members, the run directory (train and val images) and the fused input size. Makes: an
+``OodModel`` and ``ood_nodes``, the fused graph's ``ood_score`` [N], verified against ``OodModel.score``.
+Per member, on its pooled last feature map x (k = min(32, n_train // 4, C) principal directions P):
+a = class-conditional Mahalanobis distance of z = (x - mean) P (Ledoit-Wolf within-class covariance) / k,
+b = the off-subspace residual |x - mean - z P^T|^2 / its training mean; s_m = max(a, b), each over its
+validation median. The score is the mean of s_m; the threshold the ``quantile`` of the validation scores.
 """
 
 from __future__ import annotations
@@ -36,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from cxr.errors import DataError, DecodeError
-from cxr.fuse.class_maps import pooled_source
-from cxr.fuse.members import MemberModel
+from cxr.fuse.class_maps import pooled_source, reduce_node
+from cxr.fuse.members import MemberModel, graph_spec
 from cxr.fuse.resize import member_input, probe_order
 from cxr.session import cpu_session as session
-from cxr.spec import INPUT_IMAGE, OUTPUT_OOD_SCORE, PreprocessSpec
+from cxr.spec import INPUT_IMAGE, OUTPUT_OOD_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +68,7 @@ class MemberOod:
         return d2 / self.k, r2
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """[N] s_m (see the module docstring)."""
+        """[N] s_m: the larger of the two distances, each over its validation median."""
         a, b = self.parts(x)
         return np.maximum(a / self.scale_in, b / self.scale_off)
 
@@ -254,9 +236,7 @@ def _features(
         raise DataError(
             "no readable image to fit the out-of-distribution score on", hint="check the manifest"
         )
-    first = members[0].meta.preprocess
-    spec = PreprocessSpec(input_size=fused_size, channels=first.channels, mean=first.mean, std=first.std)
-    raw = to_model_input(grays, spec, normalized=False)
+    raw = to_model_input(grays, graph_spec(members, fused_size), normalized=False)
     images = raw.astype(np.float32)
     feats: list[np.ndarray] = []
     for m, probe in zip(members, probes, strict=True):
@@ -292,3 +272,71 @@ def _fit_member(name: str, feature: str, x: np.ndarray, y: np.ndarray) -> Member
     residual = ((xc - z @ components.T) ** 2).sum(axis=1)
     rho = float(residual.mean()) if residual.mean() > 1e-12 else 1.0
     return MemberOod(name, feature, mean, components, whiten, centres, rho)
+
+
+def _reduce(op: str, x: str, axis: int, out: str, opset: int, inits: list[TensorProto]) -> onnx.NodeProto:
+    """``op`` over one axis without keeping it (``cxr.fuse.class_maps.reduce_node``)."""
+    node, axes = reduce_node(op, x, [axis], out, opset, keepdims=0)
+    inits += axes
+    return node
+
+
+def ood_nodes(
+    ood: OodModel, opset: int
+) -> tuple[list[onnx.NodeProto], list[TensorProto], onnx.ValueInfoProto]:
+    """Nodes from the members' feature maps to ``ood_score`` (see the module docstring)."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    scores: list[str] = []
+    for m in ood.members:
+        t = f"ood/{m.name}/"
+
+        def const(name: str, value: np.ndarray, t: str = t) -> str:
+            inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), f"{t}{name}"))
+            return f"{t}{name}"
+
+        nodes += pooled_nodes(f"{m.name}/{m.feature}", f"{t}pooled", t)
+        axis1 = f"{t}axis1"
+        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), axis1))
+        mk = helper.make_node
+        nodes += [
+            mk("Sub", [f"{t}pooled", const("mean", m.mean)], [f"{t}xc"], name=f"{t}centre"),
+            mk("MatMul", [f"{t}xc", const("components", m.components)], [f"{t}z"], name=f"{t}project"),
+            mk("MatMul", [f"{t}z", const("whiten", m.whiten)], [f"{t}u"], name=f"{t}whiten"),
+            mk("Unsqueeze", [f"{t}u", axis1], [f"{t}u3"], name=f"{t}u3"),
+            mk("Sub", [f"{t}u3", const("centres", m.centres @ m.whiten)], [f"{t}diff"], name=f"{t}diff"),
+            mk("Mul", [f"{t}diff", f"{t}diff"], [f"{t}diff2"], name=f"{t}diff2"),
+        ]
+        nodes.append(_reduce("ReduceSum", f"{t}diff2", 2, f"{t}d2_classes", opset, inits))
+        nodes.append(_reduce("ReduceMin", f"{t}d2_classes", 1, f"{t}d2", opset, inits))
+        nodes += [
+            mk("MatMul", [f"{t}z", const("components_t", m.components.T)], [f"{t}back"], name=f"{t}back"),
+            mk("Sub", [f"{t}xc", f"{t}back"], [f"{t}resid"], name=f"{t}resid"),
+            mk("Mul", [f"{t}resid", f"{t}resid"], [f"{t}resid2"], name=f"{t}resid2"),
+        ]
+        nodes.append(_reduce("ReduceSum", f"{t}resid2", 1, f"{t}r2_raw", opset, inits))
+        nodes += [
+            mk(
+                "Div",
+                [f"{t}r2_raw", const("off_scale", np.array(m.residual_scale * m.scale_off))],
+                [f"{t}off"],
+                name=f"{t}off",
+            ),  # fmt: skip
+            mk("Div", [f"{t}d2", const("in_scale", np.array(m.k * m.scale_in))], [f"{t}in"], name=f"{t}in"),
+            mk("Max", [f"{t}in", f"{t}off"], [f"{t}score"], name=f"{t}score"),
+        ]
+        scores.append(f"{t}score")
+    nodes.append(helper.make_node("Mean", scores, [OUTPUT_OOD_SCORE], name="ood/mean"))
+    return nodes, inits, helper.make_tensor_value_info(OUTPUT_OOD_SCORE, TensorProto.FLOAT, ["batch"])
+
+
+def located(ood: OodModel, models: dict[str, onnx.ModelProto]) -> OodModel | None:
+    """``ood`` with each member's feature tensor as named in ``models`` (a variant may rename it); None:
+    a member of ``ood`` is missing or has no pooling there."""
+    members = []
+    for m in ood.members:
+        feature = pooled_source(models[m.name]) if m.name in models else None
+        if feature is None:
+            return None
+        members.append(replace(m, feature=feature))
+    return replace(ood, members=tuple(members))

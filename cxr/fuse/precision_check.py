@@ -1,13 +1,8 @@
 """OpenVINO BF16 for a fused graph, verified: takes the FP32 file and real images, makes the metadata record.
 
-BF16 is not a separate file: OpenVINO runs the FP32 graph with ``INFERENCE_PRECISION_HINT=bf16``. It is
-offered only after the check INT8 gets at export: top-1 agreement with the FP32 graph (onnxruntime) on
-real radiographs — the run's train and validation splits, or a folder given (agreement needs no labels,
-and more images give a tighter estimate) — must reach ``min_agreement`` (99% by default). The verdict is written into the
-FP32 file's metadata under ``cxr.verified_precisions`` (``openvino_bf16``: accepted, agreement, images,
-bar, max |dp|, the OpenVINO version, reason); ``cxr.openvino_session`` reads it back and refuses BF16
-without an accepting record. Where OpenVINO is not installed, nothing is recorded (the runtime then runs
-FP32 and says why); where the fusing CPU has no BF16, the record says the check could not run.
+BF16 runs the FP32 file with ``INFERENCE_PRECISION_HINT=bf16``; it is offered only when its top-1 agrees with
+onnxruntime FP32 on real images (the run's train and val splits, or a folder) at ``min_agreement``. The
+record goes under ``cxr.verified_precisions``; without OpenVINO nothing is recorded.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Write what ``cxr fuse`` built and how it was verified: ``fuse_report.json`` and ``fuse_report.md``.
-
-Takes: a ``FuseResult``, the meta-learner's description and the members. Makes: the two files in the
-output folder (the JSON for machines, the Markdown for people, with the decision-support notice).
-"""
+"""``fuse_report.json`` and ``fuse_report.md``: what `cxr fuse` built and how it was verified."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr import __version__
 from cxr.labels import NOTICE
+from cxr.markdown import table
 from cxr.spec import (
     CARD_CALIBRATION,
     INPUT_IMAGE,
@@ -139,24 +136,31 @@ def _calibration_line(cal: Any) -> str:
 
 def _files_table(d: Mapping[str, Any]) -> list[str]:
     """One row per fused file: size, simplification, parity with the separate pipeline, drift vs FP32."""
-    lines = [
-        "| file | precision | MiB | external data | simplified | max abs diff vs separate | labels equal | drift vs FP32 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for f in d["files"].values():
-        par = f["parity_vs_separate"]
+        par, drift = f["parity_vs_separate"], f["drift_vs_fp32"]
         diff = max(par["max_abs_diff_probabilities"], par["max_abs_diff_member_probabilities"])
-        drift = f["drift_vs_fp32"]
         drift_s = (
-            "-"
-            if not drift
-            else f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
+            f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
+            if drift
+            else "-"
         )
-        lines.append(
-            f"| `{Path(f['path']).name}` | {f['precision']} | {f['bytes'] / 2**20:.1f} | {f['external_data']} | "
-            f"{f['simplify_note']} | {_fmt(diff)} (tol {par['tolerance']:g}) | {par['labels_equal']} | {drift_s} |"
+        rows.append(
+            [
+                f"`{Path(f['path']).name}`",
+                f["precision"],
+                f"{f['bytes'] / 2**20:.1f}",
+                str(f["external_data"]),
+            ]
+            + [
+                f["simplify_note"],
+                f"{_fmt(diff)} (tol {par['tolerance']:g})",
+                str(par["labels_equal"]),
+                drift_s,
+            ]
         )
-    return lines
+    head = ("file", "precision", "MiB", "external data", "simplified", "max abs diff vs separate")
+    return table((*head, "labels equal", "drift vs FP32"), rows)
 
 
 def _end_to_end_lines(e2e: Mapping[str, Any] | None) -> list[str]:
@@ -168,12 +172,9 @@ def _end_to_end_lines(e2e: Mapping[str, Any] | None) -> list[str]:
         f"{'identical' if e2e['top1_identical'] else 'differs on ' + str(len(e2e['mismatches'])) + ' images'}; "
         f"max abs probability difference {_fmt(e2e['max_abs_diff_probabilities'])}.",
         "",
-        "| member | top-1 agreement with PyTorch |",
-        "|---|---|",
     ]
-    for name, agree in e2e["member_top1_agreement"].items():
-        lines.append(f"| {name} | {agree:.1%} |")
-    return lines
+    agreement = [(name, f"{a:.1%}") for name, a in e2e["member_top1_agreement"].items()]
+    return lines + table(("member", "top-1 agreement with PyTorch"), agreement)
 
 
 def _latency_lines(lat: Mapping[str, Any] | None) -> list[str]:

@@ -1,15 +1,8 @@
-"""Pillow's antialiased bilinear resize of 8-bit images, as two matrix products inside an ONNX graph.
+"""Pillow's antialiased bilinear resize of 8-bit images, bit for bit, as matrix products in an ONNX graph.
 
-Takes: an input size and an output size. Makes: the resampling matrices Pillow itself uses (triangle filter
-widened by the scale factor, coefficients normalised and rounded to 22-bit fixed point, horizontal pass
-and vertical pass, each rounded half-up and clipped to 0..255) and the ONNX nodes that apply them in
-float64. Integer arithmetic in float64 is exact here, so the graph reproduces ``PIL.Image.resize(...,
-BILINEAR)`` on "L" images bit for bit, which the ONNX ``Resize`` op (even with antialias) does not
-(it is off by up to one grey level). Which pass Pillow runs first depends on the sizes and on Pillow's
-version (recent versions pick the cheaper order), so ``probe_order`` asks the installed Pillow with noise
-images and the graph follows its answer. ``resize_like_graph`` is the numpy twin used by parity checks, and
-``member_input`` the numpy twin of one member's whole input chain (resize, normalise, FP16 cast).
-Used where a fused member needs another input size than the fused graph's input.
+Takes: an input and an output size. Makes: Pillow's fixed-point resampling matrices, the ONNX nodes that
+apply them in float64 (exact; ONNX ``Resize`` is off by up to one grey level), ``probe_order`` (which pass
+the installed Pillow runs first) and the numpy twins ``resize_like_graph`` and ``member_input``.
 """
 
 from __future__ import annotations
@@ -127,25 +120,16 @@ def resize_nodes(
         numpy_helper.from_array(np.array(255.0, dtype=np.float64), hi),
     ]
     for axis, mat, left in _passes(in_hw, out_hw, order):
-        name = f"{prefix}coef_{axis}"
+        name, t = f"{prefix}coef_{axis}", f"{prefix}{{}}_{axis}"  # t.format(step): this pass's tensor names
         inits.append(numpy_helper.from_array(np.ascontiguousarray(mat), name))
-        prod = f"{prefix}mm_{axis}"
-        nodes.append(
+        nodes += [
             helper.make_node(
-                "MatMul", [name, cur] if left else [cur, name], [prod], name=f"{prefix}matmul_{axis}"
-            )
-        )
-        nodes.append(
-            helper.make_node("Add", [prod, half], [f"{prefix}add_{axis}"], name=f"{prefix}add_{axis}")
-        )
-        nodes.append(
-            helper.make_node(
-                "Floor", [f"{prefix}add_{axis}"], [f"{prefix}floor_{axis}"], name=f"{prefix}floor_{axis}"
-            )
-        )
-        cur = f"{prefix}clip_{axis}"
-        nodes.append(
-            helper.make_node("Clip", [f"{prefix}floor_{axis}", lo, hi], [cur], name=f"{prefix}clip_{axis}")
-        )
+                "MatMul", [name, cur] if left else [cur, name], [t.format("mm")], name=t.format("matmul")
+            ),
+            helper.make_node("Add", [t.format("mm"), half], [t.format("add")], name=t.format("add")),
+            helper.make_node("Floor", [t.format("add")], [t.format("floor")], name=t.format("floor")),
+            helper.make_node("Clip", [t.format("floor"), lo, hi], [t.format("clip")], name=t.format("clip")),
+        ]
+        cur = t.format("clip")
     nodes.append(helper.make_node("Cast", [cur], [dst], to=TensorProto.FLOAT, name=f"{prefix}cast_f32"))
     return nodes, inits

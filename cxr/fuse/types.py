@@ -1,8 +1,4 @@
-"""The contract of ``cxr fuse``: ``FuseConfig`` in, one ``FusedFile`` per precision, ``FuseResult`` out.
-
-Takes: nothing (dataclasses only). Makes: the types that ``cxr.fuse.fuse()`` fills and ``cxr.fuse.report``
-writes, so neither module needs the other's.
-"""
+"""``FuseConfig`` in, one ``FusedFile`` per precision, ``FuseResult`` out."""
 
 from __future__ import annotations
 

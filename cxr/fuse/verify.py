@@ -1,22 +1,15 @@
 """Prove the fused graph right: against the separate pipeline, and end to end against PyTorch.
 
-Takes: the fused ONNX path, the member paths, the meta-learner path. Makes:
-- ``check_separate``: ``ParityReport`` comparing the fused graph with the members run in their own
-  onnxruntime sessions + the converted meta-learner in its own (same preprocessing, computed in numpy with
-  the graph's Pillow-exact resize), on seeded random images at each batch size; output shapes are checked
-  at every batch size too.
-- ``check_end_to_end``: ``EndToEndReport`` comparing the fused graph run on the test images (decoded and
-  resized by ``cxr.imaging``) with the members' PyTorch test predictions fed to the scikit-learn
-  meta-learner: top-1 must be identical.
-- ``measure_latency``: median batch-1 latency of the fused graph vs the separate sessions.
-A failed parity raises ``VerificationError`` naming the numbers.
+Takes: the fused ONNX path and the parts. Makes: ``ParityReport`` (vs the members and the meta-learner in
+their own sessions, seeded random images, each batch size), ``EndToEndReport`` (top-1 vs the PyTorch test
+predictions + scikit-learn) and the batch-1 latency; a failed check raises ``VerificationError``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +40,8 @@ class ParityReport:
     shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": list(self.batches),
-            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
-            "max_abs_diff_member_probabilities": self.max_abs_diff_member_probabilities,
-            "labels_equal": self.labels_equal,
-            "tolerance": self.tolerance,
-            "shapes": {str(b): s for b, s in self.shapes.items()},
-        }
+        shapes = {str(b): s for b, s in self.shapes.items()}
+        return {**asdict(self), "batches": list(self.batches), "shapes": shapes}
 
 
 @dataclass(frozen=True)
@@ -66,13 +53,7 @@ class EndToEndReport:
     member_top1_agreement: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "top1_identical": self.top1_identical,
-            "mismatches": list(self.mismatches),
-            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
-            "member_top1_agreement": self.member_top1_agreement,
-        }
+        return {**asdict(self), "mismatches": list(self.mismatches)}
 
 
 class SeparatePipeline:

@@ -1,15 +1,8 @@
-"""Calibrated confidence: a temperature for the stacked output and per-class operating points.
+"""A temperature for the stacked output (Guo et al. 2017) and per-class operating points.
 
-Takes: the meta-learner's cross-validated probabilities on its meta-training split (each row predicted by a
-fold model that never saw it: cross-fitted) and their labels. Makes: ``Temperature`` (Guo et al. 2017,
-one scalar T > 0 on the meta-learner's logits, ``p_cal = softmax(log p / T)``: the argmax never changes,
-so the verified top-1 does not either; T minimises the negative log likelihood, found by scipy's bounded
-scalar minimiser on log T) and ``OperatingPoint`` per class: the highest threshold on the calibrated
-probability of that class whose sensitivity on the same split reaches the target (the rule: sort the
-class's positives by score, take the ceil(target * n)-th highest), with the sensitivity and specificity
-it reaches there. The runtime reads both back from the model's metadata; nothing here is torch.
-No temperature is fitted on fewer than ``MIN_CALIBRATION_PREDICTIONS`` predictions: T = 1 and the record
-says why.
+Takes: cross-validated meta-learner probabilities and their labels. Makes: ``Temperature`` (T minimising
+the NLL of ``softmax(log p / T)``; argmax unchanged; T = 1 below ``MIN_CALIBRATION_PREDICTIONS``) and per
+class the ``OperatingPoint``: the highest threshold whose sensitivity reaches the target.
 """
 
 from __future__ import annotations
@@ -27,15 +20,7 @@ from cxr.metrics import log_loss
 
 LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: far outside what a sane meta-learner needs
 DEFAULT_TARGET = 0.95
-MIN_CALIBRATION_PREDICTIONS = 100
-"""The fewest cross-validated predictions a temperature is fitted on; below it T = 1 and the record says why.
-
-T is one scalar, but its NLL optimum on a few dozen predictions is decided by the few confident errors, or
-by their absence: on the demo's 32 validation images, which the meta-learner separates without an error,
-the optimum ran to the lower bound (T = 0.05) and nearly every answer read 1.000. At 100 each of the ECE's
-15 bins holds about 7 predictions on average, so the error a temperature is judged by means something;
-it is a floor against that failure, not a guarantee (Guo et al. 2017 fit T on thousands of images).
-"""
+MIN_CALIBRATION_PREDICTIONS = 100  # fewer cross-validated predictions: T = 1, and the record says why
 
 
 def _ece(y: np.ndarray, p: np.ndarray) -> float | None:

@@ -1,22 +1,10 @@
 """`cxr stack`: fit the meta-learner on predictions for images the base models never trained on.
 
-Takes: a run directory with ``manifest.csv`` and ``members/<name>/predictions/{val,test}.csv`` (``MetaConfig``).
-Makes: ``RUN_DIR/stack/meta.json`` (everything about the fit), ``meta.npz`` (the fitted arrays, no pickle)
-and ``meta.onnx`` (default-domain ONNX from ``cxr.stack.portable_meta``, verified against
-``predict_proba`` and skl2onnx) -> ``MetaResult``.
-
-Features are the members' class probabilities in a fixed member order (member-major, M x K columns).
-The meta-training set is the validation split (blending), or with ``source="blend"`` a separate blend split
-(``cxr data split --blend``) that nothing else uses: every row is checked against the manifest, and a
-training- or test-split image is refused (``LeakageError``). The validation split also drives the members'
-early stopping and the choice of the "best member", which the evaluation report says. Calibration
-(``cxr.stack.calibrate``): a temperature fitted on the cross-validated predictions is built into
-``meta.onnx``, and per-class operating points (threshold for a target sensitivity) are chosen on the same
-cross-validated, calibrated probabilities; both are in ``meta.json`` and the ONNX metadata. Hyper-parameters are
-chosen by stratified K-fold cross-validation on the meta-training set (mean log loss); the cross-validated
-predictions give the meta-learner's validation metrics. The test split's metrics are recorded for the
-model card only. Labels are class indices, so ``classes_`` follows the class-list order; a class absent
-from the meta-training set gets probability 0 (and a warning).
+Takes: a run directory with member predictions (``MetaConfig``). Makes: ``stack/meta.json`` (the fit),
+``meta.npz`` (fitted arrays, no pickle) and ``meta.onnx`` (verified, with its temperature built in) ->
+``MetaResult``. Features: member probabilities, member-major. Rows: the val (or blend) split only, checked
+against the manifest (``LeakageError``); parameters by stratified K-fold log loss; temperature and
+operating points on the cross-validated probabilities.
 """
 
 from __future__ import annotations
@@ -36,7 +24,15 @@ from cxr.data.manifest import load_manifest
 from cxr.errors import ConfigError, DataError
 from cxr.metrics import classification_metrics, log_loss
 from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS
-from cxr.stack.cross_validation import cross_validate, fit_quietly, full_proba
+from cxr.stack.estimators import (
+    EstimatorKind,
+    cross_validate,
+    fit_quietly,
+    full_proba,
+    load_estimator,
+    resolve_kind,
+    save_estimator,
+)
 from cxr.stack.features import (
     FEATURE_LAYOUT,
     META_JSON,
@@ -49,10 +45,8 @@ from cxr.stack.features import (
     read_best,
     read_meta_json,
 )
-from cxr.stack.store import load_estimator, save_estimator
 
 if TYPE_CHECKING:
-    from cxr.stack.estimators import EstimatorKind
     from cxr.stack.to_onnx import MetaOnnxResult
 
 log = logging.getLogger(__name__)
@@ -77,8 +71,6 @@ class MetaConfig:
     target_sensitivity: Mapping[str, float] | None = None  # operating points; None: 95% for every class
 
     def __post_init__(self) -> None:
-        from cxr.stack.estimators import resolve_kind
-
         resolve_kind(self.estimator)
         if self.source not in ("val", "blend"):
             raise ConfigError(
@@ -133,10 +125,7 @@ def _metrics_dict(y: np.ndarray, p: np.ndarray, classes: tuple[str, ...]) -> dic
 def _test_metrics(
     cfg: MetaConfig, members: tuple[str, ...], est: Any, k: int, temperature: float = 1.0
 ) -> dict[str, Any] | None:
-    """The stacked ensemble's (calibrated) test-split metrics, for the model card only (never used to choose).
-
-    The fused graph is verified top-1 identical to these predictions at `cxr fuse`, so they hold for it.
-    """
+    """The stacked ensemble's (calibrated) test-split metrics, for the model card only (never used to choose)."""
     try:
         test = load_split(cfg.run_dir, members, "test")
     except DataError as e:
@@ -249,8 +238,6 @@ def _classes_seen(data: MetaData) -> tuple[np.ndarray, list[str]]:
 
 def _choose_and_fit(cfg: MetaConfig, data: MetaData, x: np.ndarray) -> _Fit:
     """Choose the parameters by cross-validation on ``x``, then refit on all of it."""
-    from cxr.stack.estimators import resolve_kind
-
     y, classes, k = data.labels, data.classes, len(data.classes)
     kind = resolve_kind(cfg.estimator)
     fixed = {**kind.fixed, **dict(cfg.params)}
@@ -275,12 +262,8 @@ def _choose_and_fit(cfg: MetaConfig, data: MetaData, x: np.ndarray) -> _Fit:
 
 
 def _calibration(cfg: MetaConfig, data: MetaData, fit: _Fit) -> tuple[float, dict[str, Any]]:
-    """(temperature, the ``calibration`` and ``operating_points`` records), from the cross-validated predictions.
-
-    Cross-fitted: every meta-training image's probabilities come from a fold model that never saw it, so the
-    temperature and the thresholds are not fitted on in-sample scores. The operating points are chosen on
-    the calibrated probabilities, which the graph outputs.
-    """
+    """(temperature, the ``calibration`` and ``operating_points`` records) from the cross-fitted predictions;
+    the operating points on the calibrated probabilities, which the graph outputs."""
     from cxr.calibration import apply_temperature
     from cxr.stack.calibrate import default_targets, fit_temperature, operating_points
 

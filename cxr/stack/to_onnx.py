@@ -1,18 +1,9 @@
-"""Convert the fitted meta-learner to a portable ONNX graph and prove it right against two references.
+"""The meta-learner as portable ONNX, verified against ``predict_proba`` and skl2onnx.
 
-Takes: a fitted estimator from ``cxr.stack.estimators`` (labels are class indices), the member count
-and the class list. Makes: ``meta.onnx`` with input ``features`` float64 [N, M*K] and outputs ``label``
-int64 [N] and ``probabilities`` float64 [N, K], written by ``cxr.stack.portable_meta`` in default-domain
-ONNX operators only (no ``ai.onnx.ml``: OpenVINO and TensorRT's parser refuse that domain), at the opset
-asked for. It computes in float64 like scikit-learn; the fused graph casts its float32 features up and the
-probabilities back down. A class the estimator never saw gets a column of exact zeros, so K is always the
-full class list. The meta-learner's description is stored as JSON in the ``cxr.meta`` metadata property.
-
-Verified on the check features against ``predict_proba`` and against skl2onnx's own conversion (the
-training-side reference, ``ai.onnx.ml``, ``zipmap=False``): max abs diff <= ``tolerance`` (default 1e-6)
-to both, labels identical to ``predict`` and to skl2onnx's; a failure raises ``VerificationError``. With a
-calibration temperature (``cxr.stack.calibrate``) the graph divides its logits by T, and both references
-are calibrated with the same formula in numpy before the comparison.
+Takes: a fitted estimator of ``cxr.stack.estimators`` (labels are class indices), the member count and the
+class list. Makes: ``meta.onnx``: input ``features`` float64 [N, M*K], outputs ``label`` int64 [N] and
+``probabilities`` float64 [N, K], in default-domain operators only (``OPS``; OpenVINO and TensorRT refuse
+``ai.onnx.ml``), with its description as JSON in the ``cxr.meta`` metadata property.
 """
 
 from __future__ import annotations
@@ -26,14 +17,144 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from cxr.calibration import apply_temperature
 from cxr.errors import ModelError, VerificationError
 from cxr.labels import NOTICE
 from cxr.session import cpu_session
 from cxr.spec import INPUT_FEATURES, META_STACK, OUTPUT_LABEL, OUTPUT_PROBABILITIES
-from cxr.stack.portable_meta import class_indices, portable_meta
+
+BATCH = "N"
+OPS = ("MatMul", "Add", "Sub", "Mul", "Div", "Softmax", "ArgMax", "Gather")
+
+
+@dataclass
+class _Graph:
+    """Nodes and initializers being assembled (float64 constants unless the array says otherwise)."""
+
+    nodes: list[onnx.NodeProto]
+    inits: list[TensorProto]
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+
+def class_indices(est: Any, k: int) -> np.ndarray:
+    """``est.classes_`` as int64 class indices into the K-class list, or a ModelError."""
+    classes_ = np.asarray(getattr(est, "classes_", np.array([], dtype=object)))
+    if classes_.size == 0 or classes_.dtype.kind not in "iu" or classes_.min() < 0 or classes_.max() >= k:
+        raise ModelError(
+            f"the meta-learner's classes_ {classes_.tolist()} are not class indices 0..{k - 1}",
+            hint="fit it with cxr.stack.stack.fit_meta, which uses class indices as labels",
+        )
+    return classes_.astype(np.int64)
+
+
+def _linear_logits(g: _Graph, est: Any, n_features: int) -> str:
+    """``x @ W + b`` with W = coef_.T, b = intercept_; binary: a zero column first (softmax([0, s]))."""
+    w = np.asarray(est.coef_, dtype=np.float64).T
+    b = np.asarray(est.intercept_, dtype=np.float64).reshape(-1)
+    if w.shape[1] == 1:
+        w = np.concatenate([np.zeros_like(w), w], axis=1)
+        b = np.concatenate([np.zeros(1), b])
+    _check_shape(est, w.shape[0], n_features)
+    xw = g.op("MatMul", [INPUT_FEATURES, g.const("meta_W", w)], "meta_xW")
+    return g.op("Add", [xw, g.const("meta_b", b)], "meta_logits")
+
+
+def _gaussian_nb_logits(g: _Graph, est: Any, n_features: int) -> str:
+    """GaussianNB's joint log likelihood per class, term by term as scikit-learn computes it."""
+    theta = np.asarray(est.theta_, dtype=np.float64)
+    var = np.asarray(est.var_, dtype=np.float64)
+    c, f = theta.shape
+    _check_shape(est, f, n_features)
+    const = np.log(np.asarray(est.class_prior_, dtype=np.float64)) - 0.5 * np.sum(
+        np.log(2.0 * np.pi * var), axis=1
+    )
+    replicate = np.tile(np.eye(f), (1, c))  # [F, C*F]: x copied once per class, exactly
+    block_sum = np.kron(np.eye(c), np.full((f, 1), -0.5))  # [C*F, C]: -0.5 * the sum within each class
+    rep = g.op("MatMul", [INPUT_FEATURES, g.const("meta_replicate", replicate)], "meta_x_per_class")
+    diff = g.op("Sub", [rep, g.const("meta_theta", theta.reshape(-1))], "meta_diff")
+    sq = g.op("Mul", [diff, diff], "meta_diff_sq")
+    scaled = g.op("Div", [sq, g.const("meta_var", var.reshape(-1))], "meta_scaled")
+    quad = g.op("MatMul", [scaled, g.const("meta_block_sum", block_sum)], "meta_quadratic")
+    return g.op("Add", [quad, g.const("meta_log_norm", const)], "meta_logits")
+
+
+def _check_shape(est: Any, got: int, n_features: int) -> None:
+    if got != n_features:
+        raise ModelError(
+            f"the {type(est).__name__} meta-learner was fitted on {got} features, expected {n_features} "
+            "(members x classes)",
+            hint="refit it with `cxr stack RUN_DIR` on this run's members",
+        )
+
+
+def _logits(g: _Graph, est: Any, n_features: int) -> str:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+
+    if type(est) in (LogisticRegression, LinearDiscriminantAnalysis):
+        return _linear_logits(g, est, n_features)
+    if type(est) is GaussianNB:
+        return _gaussian_nb_logits(g, est, n_features)
+    raise ModelError(
+        f"cxr cannot write a {type(est).__name__} meta-learner as portable ONNX",
+        hint="choose a meta-learner from cxr.stack.estimators.ESTIMATORS",
+    )
+
+
+def portable_meta(est: Any, n_features: int, k: int, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
+    """The default-domain graph of ``est``, unverified and without metadata.
+
+    The formulas are scikit-learn's over the C classes it saw (logits s); probabilities softmax(s / T)
+    (binary linear models: softmax([0, s])), label argmax(s) (not divided by T, so ``predict`` either way),
+    placed into K columns by a 0/1 MatMul so an unseen class gets exactly 0.
+    """
+    seen = class_indices(est, k)
+    g = _Graph([], [])
+    raw = _logits(g, est, n_features)
+    logits = raw
+    if temperature != 1.0:
+        logits = g.op(
+            "Div", [raw, g.const("meta_temperature", np.array(float(temperature)))], "meta_logits_t"
+        )
+    widen = seen.size != k or not np.array_equal(seen, np.arange(k))
+    probs_seen = g.op(
+        "Softmax", [logits], "meta_probabilities_seen" if widen else OUTPUT_PROBABILITIES, axis=1
+    )
+    if widen:
+        embed = np.zeros((seen.size, k), dtype=np.float64)
+        embed[np.arange(seen.size), seen] = 1.0
+        g.op("MatMul", [probs_seen, g.const("meta_embed", embed)], OUTPUT_PROBABILITIES)
+    index = g.op("ArgMax", [raw], "meta_index" if widen else OUTPUT_LABEL, axis=1, keepdims=0)
+    if widen:
+        g.op("Gather", [g.const("meta_classes", seen), index], OUTPUT_LABEL, axis=0)
+    graph = helper.make_graph(
+        g.nodes,
+        "cxr_meta",
+        [helper.make_tensor_value_info(INPUT_FEATURES, TensorProto.DOUBLE, [BATCH, n_features])],
+        [
+            helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [BATCH]),
+            helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.DOUBLE, [BATCH, k]),
+        ],
+        initializer=g.inits,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="cxr",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+
 
 ML_OPSET = 3  # the ai.onnx.ml opset of the skl2onnx reference only; meta.onnx does not import that domain
 
@@ -96,11 +217,6 @@ def meta_info(model: onnx.ModelProto, source: str = "meta.onnx") -> dict[str, An
             path=source,
         )
     return dict(json.loads(props[META_STACK]))
-
-
-def to_onnx(est: Any, n_features: int, k: int, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
-    """The portable (default-domain) graph of ``est``, unverified and without metadata."""
-    return portable_meta(est, n_features, k, opset, temperature)
 
 
 def skl2onnx_reference(est: Any, n_features: int, k: int, opset: int) -> onnx.ModelProto:
@@ -176,7 +292,7 @@ def verify_meta(
             f"labels identical to predict and skl2onnx: {check.labels_equal}, output shape {probs.shape} "
             f"(expected {expected.shape})",
             hint="choose another meta-learner (`--estimator logistic_regression`) and report this as a cxr bug "
-            "(cxr.stack.portable_meta) with stack/meta.npz",
+            "(cxr.stack.to_onnx) with stack/meta.npz",
         )
     return check
 
@@ -197,7 +313,7 @@ def convert_meta(
     """Convert, verify and save ``est`` (see the module docstring)."""
     k = len(classes)
     n_features = n_members * k
-    model = to_onnx(est, n_features, k, opset, temperature)
+    model = portable_meta(est, n_features, k, opset, temperature)
     reference = skl2onnx_reference(est, n_features, k, opset)
     meta = {"classes": list(classes), "n_members": n_members, "notice": NOTICE, **dict(info or {})}
     helper.set_model_props(model, {META_STACK: json.dumps(meta, sort_keys=True, default=str)})

@@ -1,4 +1,4 @@
-"""Synthetic runs for tests and dry runs of the stacking stage: no images, no training.
+"""Synthetic runs for the stacking, fusion and evaluation tests: no images, no training.
 
 Takes: class counts per split, member names and how informative each member is (``SyntheticRun``).
 Makes: ``RUN_DIR/manifest.csv`` (+ .json), ``members/<name>/predictions/{val,test}.csv`` (+ .json) and
