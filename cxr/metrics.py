@@ -1,17 +1,5 @@
-"""Classification metrics that say "undefined" instead of dividing by zero: the one implementation.
-
-Used alike by training (each epoch's validation record, early stopping), stacking, the linear probe and
-the evaluation, so a member's validation macro-F1 and the report's macro-F1 are the same number.
-
-Takes: integer labels [N] and class probabilities [N, K] (or predicted labels). Makes: ``Metrics`` with
-accuracy, per-class and macro/weighted precision, recall and F1, one-vs-rest ROC-AUC, ECE and the
-confusion matrix. ``None`` marks a value that is undefined, never a silent 0 or a crash:
-- recall, F1 and ROC-AUC of a class with no true examples (no support) are undefined;
-- precision of a class that is never predicted is undefined (it counts as 0 in the averages when the
-  class has support: a model that never predicts a present class gets no credit for it);
-- ROC-AUC is also undefined when every example belongs to the class (no negatives).
-Macro averages run over the classes with support; weighted averages weight by support.
-"""
+"""Takes labels and probabilities; makes classification ``Metrics`` where ``None`` marks an undefined
+value."""
 
 from __future__ import annotations
 

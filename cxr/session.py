@@ -1,12 +1,5 @@
-"""The one way cxr opens an inference session, and the digests that name model files.
-
-Takes: an ONNX path and a ``SessionConfig``. Makes: ``SessionInfo`` (session, providers really used,
-precision, warnings); ``cpu_session`` is the same options on the CPU for checks (export, stacking, fusion, evaluation). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
-fallback is detected from ``session.get_providers()`` and reported (a warning, or ``ProviderError`` in strict
-mode). TensorRT engines are cached in a directory keyed by model hash, onnxruntime version and GPU.
-``provider="openvino"`` opens the same file with OpenVINO on the CPU instead (``cxr.openvino_session``: an
-adapter with the part of onnxruntime's session API cxr uses, FP32 or verified BF16).
-"""
+"""Takes an ONNX path and a ``SessionConfig``; makes ``SessionInfo`` (session, providers really used,
+warnings)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Takes cxr-bench's options; makes a checked ``BenchConfig`` (what to measure, where, and how long).
-
-One ``SessionConfig`` holds the options every measured session shares (strict provider, device, TensorRT
-settings, ...); each run of the sweep replaces its provider, precision and threads.
-
-``provider_precisions`` turns the providers x precisions asked for into the runs to measure: onnxruntime
-runs a file as it is stored (``auto`` and ``fp32`` are one run there; ``bf16`` is refused), OpenVINO runs
-``auto``, ``fp32`` or ``bf16``. A pair no provider can run is skipped with a note; a precision no asked
-provider can run, or a provider left with no precision, is a ``ConfigError`` (exit 2) before measuring.
-"""
+"""Takes cxr-bench's options; makes a checked ``BenchConfig`` and the (provider, precision) runs to
+measure."""
 
 from __future__ import annotations
 

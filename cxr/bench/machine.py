@@ -1,13 +1,5 @@
-"""Takes the running process and its OS; makes ``MachineInfo`` (what a benchmark ran on) and ``PeakMemory``.
-
-``MachineInfo`` holds the CPU, cores, memory, GPUs (``nvidia-smi``), runtime versions, the load average at
-the start, and the GEMM peak GFLOP/s per precision that efficiency % divides by: given by
-``--peak-gflops`` or ``$CXR_PEAK_GFLOPS`` (``benchmarks/peak.py`` measures them), never guessed.
-
-Peak memory: on Linux the kernel's resident high-water mark (``VmHWM``) is reset before each configuration
-by writing ``5`` to /proc/self/clear_refs, so a row's figure is that configuration's own peak (scope
-``row``); elsewhere it is the process-lifetime maximum (scope ``process``), which only grows.
-"""
+"""Takes the running process and its OS; makes ``MachineInfo`` (CPU, GPUs, versions, GEMM peaks) and
+``PeakMemory``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a bench
-(``benchmarks/`` makes its reference rows with the same pieces). A row's precision is what really ran; its
-efficiency divides the achieved GFLOP/s by the machine's peak for that precision."""
+"""Takes a ``BenchConfig`` and timed calls; makes the inputs, sessions, memory readings and rows of a
+bench."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""cxr-bench's library: takes a ``BenchConfig``; makes a ``BenchReport`` with one row per configuration.
-
-Per model file x (provider, precision) x threads, one session is created (timed) and reused for every batch
-size and concurrency (with N > 1 clients, also a pool of N sessions). Every input is checked before the
-first measurement. An OpenVINO run the runtime would refuse (bf16 without BF16 or a verified record) is
-skipped with a note; ``references`` (``benchmarks/study.py``) add rows after the model files' own.
-"""
+"""cxr-bench's library: takes a ``BenchConfig``; makes a ``BenchReport`` with one row per configuration."""
 
 from __future__ import annotations
 

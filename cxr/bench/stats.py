@@ -1,9 +1,5 @@
-"""Takes the wall-clock seconds of timed calls; makes ``LatencyStats`` in milliseconds.
-
-Percentiles are ``numpy.percentile`` with its default linear interpolation (Hyndman-Fan type 7); ``std``
-is the sample standard deviation (0 for one sample). Nothing is trimmed: the slow outliers (above Tukey's
-upper fence, Q3 + 1.5 IQR) are counted and stay in every statistic.
-"""
+"""Takes the wall seconds of timed calls; makes ``LatencyStats`` in ms (numpy percentiles, outliers counted,
+kept)."""
 
 from __future__ import annotations
 

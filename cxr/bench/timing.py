@@ -1,10 +1,5 @@
-"""Takes zero-argument calls (one inference each; a call may return stage seconds) and a ``TimingPlan``;
-makes ``Timed``: the wall seconds of every timed call, the measured window, the first warm-up call.
-
-``time_concurrent`` runs N client threads like Triton's perf_analyzer: every client warms up, all start
-together at a barrier, and calls are handed out from one counter until ``clients * iterations`` calls were
-made and ``min_seconds`` have passed, so the concurrency stays N until the end. Clock: ``perf_counter``.
-"""
+"""Takes zero-argument calls and a ``TimingPlan``; makes ``Timed`` (one client, or N threads like
+perf_analyzer)."""
 
 from __future__ import annotations
 
@@ -138,7 +133,7 @@ class _Clients:
 
 
 def time_concurrent(calls: Sequence[Call], plan: TimingPlan) -> Timed:
-    """``len(calls)`` client threads, client i repeatedly making ``calls[i]`` (see the module doc)."""
+    """``len(calls)`` client threads, client i repeatedly making ``calls[i]``, started together at a barrier."""
     clients = len(calls)
     if clients < 1:
         raise ConfigError("concurrency must be >= 1")

@@ -1,10 +1,5 @@
-"""Takes measured values; makes ``BenchRow`` (one configuration), ``BenchReport`` (rows, machine, config,
-notes), their JSON form (schema ``cxr-bench`` version 2) and ``validate_report``.
-
-A row's ``kind``: ``inference`` (pre-decoded, pre-resized tensors), ``end_to_end`` (decode + preprocess +
-inference; ``stages_ms`` splits the time), or a reference kind ``benchmarks/study.py`` adds. ``precision``
-is what really ran, ``precision_requested`` what was asked; latencies are per call (one batch) and per image.
-"""
+"""Takes measured values; makes ``BenchRow``, ``BenchReport``, their JSON form (schema ``cxr-bench`` v2), a
+validator."""
 
 from __future__ import annotations
 

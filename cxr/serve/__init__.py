@@ -1,10 +1,4 @@
-"""cxr.serve: the HTTP inference API (FastAPI on uvicorn, onnxruntime behind a dynamic batcher; no torch).
-
-``create_app(ServeConfig | None)`` builds the app (with no argument it reads the ``CXR_*`` environment
-variables, as ``cxr serve`` does); ``uvicorn_options(cfg)`` holds the uvicorn settings ``cxr serve`` runs
-with, for anyone running uvicorn themselves. Everything is imported on first use, so ``import cxr.serve``
-works without the serve extra.
-"""
+"""cxr.serve: the HTTP inference API (FastAPI; no torch), imported on first use."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The app factory: ``create_app(config)`` builds the FastAPI app; its lifespan loads the model once.
-
-Takes: a ``ServeConfig`` (none: read from the ``CXR_*`` environment variables) and, for tests, an optional
-model loader. Makes: a FastAPI app with the routers of ``cxr.serve.routes``, the body-size cap, optional
-CORS (off unless origins are configured), Prometheus metrics, and exception handlers that turn every failure into ``{"error": {code, message, hint}}`` with the
-right status — never a stack trace or a server-side path (a 500 says only "internal server error"; the
-details go to the server log). Nothing is loaded when this module is imported or the app is built.
-"""
+"""Takes a ``ServeConfig`` (none: the ``CXR_*`` environment); makes the FastAPI app, its handlers and
+middleware."""
 
 from __future__ import annotations
 

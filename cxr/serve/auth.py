@@ -1,11 +1,5 @@
-"""Optional API-key authentication, compared in constant time.
-
-Takes: the key from ``ServeConfig.api_key`` (loaded by ``cxr.serve.config.load_api_key``). Makes: the
-FastAPI dependencies that guard ``/v1/*`` and ``/metrics``: none when no key is set, otherwise one that
-accepts ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` and answers 401 with ``WWW-Authenticate``
-to anything else. Keys are compared as SHA-256 digests with ``hmac.compare_digest``, so neither their
-content nor their length leaks through timing. ``/healthz`` and ``/readyz`` stay open for probes.
-"""
+"""Takes the configured API key; makes the dependencies that guard ``/v1/*`` and ``/metrics`` (constant
+time)."""
 
 from __future__ import annotations
 

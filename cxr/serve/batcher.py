@@ -1,14 +1,5 @@
-"""Dynamic batching: coalesce concurrent requests into one inference batch, like Triton's dynamic batcher.
-
-Takes: decoded grayscale images submitted one at a time from concurrent requests, and an ``infer`` function
-that runs ONE batch (``Predictor.predict_arrays``). Makes: each submitter's own ``Prediction``.
-A batch closes when it holds ``max_batch_size`` images or ``max_wait_ms`` after its first image arrived,
-whichever comes first; with ``max_wait_ms=0`` it takes only what is already queued. When the caller says
-how many requests are in flight (``in_flight``), it stops waiting as soon as all of them are in the batch,
-so a lone request pays no batching delay. Batches run one at a
-time on a dedicated thread (onnxruntime parallelises inside a batch), so the event loop never blocks.
-Requests that gave up (timeout, disconnect) before their batch ran are skipped. The fastapi-free core.
-"""
+"""Takes images from concurrent requests and a batch ``infer``; makes each its ``Prediction`` (Triton-style
+batching)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""The overlay PNG for ``/v1/predict?heatmap=true``: one run of the heatmap graph, drawn on the upload.
-
-Takes: the server's heatmap ``Predictor`` (``<stem>.heatmaps.onnx``), the decoded uint8 gray image at its own
-size and the request's ``Prediction`` (from the plain graph, with the gate's reasons). Makes: PNG bytes
-(``cxr.runtime.overlay.overlay_png``) with the map of the class ``pred`` names. Run in the decode pool: it is
-CPU work, off the event loop.
-"""
+"""Takes the heatmap ``Predictor``, the upload and its ``Prediction``; makes the overlay PNG."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Request limits: the body-size cap enforced while reading, and bounded admission with a bounded queue.
-
-Takes: ASGI traffic and the limits from ``ServeConfig``. Makes:
-- ``BodyLimitMiddleware`` (pure ASGI, fastapi-free): a declared ``Content-Length`` above the cap is answered
-  413 before one byte of the body is read; a chunked body is counted as it arrives and stopped with 413 the
-  moment it passes the cap, before any parser sees it (Starlette has no such limit of its own).
-- ``AdmissionGate``: at most ``max_active`` requests are processed at once and at most ``max_waiting`` wait
-  for a slot; one more is refused at once (the caller answers 503 with ``Retry-After``) — never an unbounded
-  pile-up. A slot held by work that is still running in a thread is released only when that work ends.
-"""
+"""Takes ASGI traffic and the limits; makes the body-size cap (``BodyLimitMiddleware``) and
+``AdmissionGate``."""
 
 from __future__ import annotations
 
@@ -55,7 +47,7 @@ async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict
 
 
 class BodyLimitMiddleware:
-    """Cap every HTTP request body at ``max_bytes`` (see the module docstring)."""
+    """Cap every request body at ``max_bytes``: 413 on a declared or counted overrun, before any parser."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
         self.app = app
@@ -110,7 +102,7 @@ class BodyLimitMiddleware:
 
 
 class AdmissionGate:
-    """Bounded concurrency with a bounded wait queue (see the module docstring)."""
+    """At most ``max_active`` requests at once and ``max_waiting`` waiting; one more gets ``Overloaded``."""
 
     def __init__(self, max_active: int, max_waiting: int) -> None:
         self.max_active = max_active

@@ -1,12 +1,4 @@
-"""One prediction request from arrival to result: admit, read, decode, batch, all under one timeout.
-
-Takes: a Starlette request (multipart with ``file``/``files`` fields, or a raw image body) and the
-``ServerState``. Makes: per-file ``Outcome`` objects (a ``BatchResult`` or an ``ApiError``).
-Order: wait for an admission slot (503 + Retry-After when the wait queue is full) -> read the body (the
-size cap is enforced by ``BodyLimitMiddleware`` while reading) -> sniff, decode and resize to the model's
-input size in the decode pool -> submit to the dynamic batcher. The request timeout covers all of it;
-running out of time while queued gives 503, while reading the body 408, afterwards 504.
-"""
+"""Takes a prediction request; admits, reads, decodes and batches it under one timeout; makes ``Outcome``s."""
 
 from __future__ import annotations
 
@@ -152,7 +144,7 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
 
 
 async def run_prediction(state: ServerState, request: Request, *, many: bool) -> list[Outcome]:
-    """Everything in the module docstring; raises ``ApiError`` for request-level failures."""
+    """The request's outcomes; ``ApiError`` for request-level failures (timeout: 503 queued, 408 reading, else 504)."""
     progress = _Progress()
     timeout = state.cfg.request_timeout_s
     try:

@@ -1,22 +1,4 @@
-"""The API's Prometheus metrics, kept by prometheus-client on one registry per app (fastapi-free).
-
-Takes: request outcomes (from ``MetricsMiddleware``), batch sizes and inference times (from the batcher),
-refusals by reason, queue depth (read when scraped). Makes: the ``/metrics`` body (``render``, served as
-``CONTENT_TYPE_LATEST``): ``cxr_http_requests_total{method,path,status}``,
-``cxr_http_request_duration_seconds{path}`` (histogram), ``cxr_queue_depth``, ``cxr_requests_in_progress``,
-``cxr_batch_size`` (histogram), ``cxr_inference_duration_seconds`` (histogram),
-``cxr_rejected_requests_total{reason}``, ``cxr_model_ready`` — plus prometheus-client's ``*_created``
-series (set ``PROMETHEUS_DISABLE_CREATED_SERIES=True`` to drop them). Each ``ServeMetrics`` has its own
-``CollectorRegistry``, never the global default one, so apps in one process do not share counts. Paths
-outside the API's own routes are counted as ``other`` so a scanner cannot blow up the label set.
-
-Multiprocess: ``cxr serve`` runs one uvicorn process (``server.run_server`` has no workers option), so a
-plain registry is right. To serve from several workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
-directory before they start, scrape a fresh ``CollectorRegistry`` fed by
-``prometheus_client.multiprocess.MultiProcessCollector``, give the three gauges a ``multiprocess_mode``
-(``livesum``/``max``) and ``set()`` them on change instead of ``set_function``, and call
-``multiprocess.mark_process_dead(pid)`` when a worker exits.
-"""
+"""Takes request outcomes, batches and refusals; makes the ``/metrics`` body (one registry per app)."""
 
 from __future__ import annotations
 

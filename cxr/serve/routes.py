@@ -1,11 +1,4 @@
-"""The API's endpoints: predict (one file or several), model metadata, health, readiness and metrics.
-
-Takes: the app's ``ServerState`` (through ``Depends(get_state)``). Makes: two module-level routers, ``api``
-(the model's endpoints, which ``create_app`` puts behind the auth dependencies) and ``probes`` (health,
-readiness, the root: always open). The predict endpoints read
-their body themselves (multipart ``file`` or a raw image body, sniffed by content), so authentication and
-admission happen before a byte of the body is read; their OpenAPI request body is declared explicitly.
-"""
+"""The API's endpoints: ``api`` (predict, model, metrics; behind auth) and ``probes`` (health, readiness)."""
 
 from __future__ import annotations
 

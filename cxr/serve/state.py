@@ -1,11 +1,5 @@
-"""The server's lifespan-managed state: the model (loaded once, off the event loop), batcher, gate, pools.
-
-Takes: a ``ServeConfig`` and a loader (``Predictor.from_path`` by default). Makes: ``ServerState``. On
-``start()`` the model is loaded and warmed up in a background thread while ``/healthz`` already answers;
-``status`` goes ``loading`` -> ``ready`` (model loaded, provider confirmed, warm-up batches of size 1 and
-``max_batch_size`` done) or ``failed`` (the error is kept, logged and shown by ``/readyz``).
-Nothing is loaded at import or when the app object is built.
-"""
+"""Takes a ``ServeConfig`` and a loader; makes ``ServerState``: the model loaded off the event loop, batcher,
+gate."""
 
 from __future__ import annotations
 

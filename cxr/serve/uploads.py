@@ -1,13 +1,4 @@
-"""Check an uploaded file by its content, then decode it to uint8 grayscale (fastapi-free; runs in a thread).
-
-Takes: the raw bytes of one upload, the client's file name and declared content type (hints only, never
-trusted) and the server's limits. Makes: ``uint8`` [H, W], or an ``ApiError`` that says what was wrong:
-- 415 ``unsupported_media_type``: the bytes are not PNG, JPEG, BMP, TIFF, WebP or DICOM (sniffed from the
-  content: magic numbers, the ``DICM`` marker, or a DICOM data set without its 128-byte preamble);
-- 413 ``image_too_large``: the header declares more pixels than ``max_pixels`` (checked before decoding);
-- 422 ``multi_frame`` / ``corrupt_image`` / ``undecodable``: several frames, a truncated or malformed file.
-The client's file name is reduced to a short base name and used only as a label: it is never opened.
-"""
+"""Takes an upload's bytes and the limits; makes uint8 grayscale, or an ``ApiError`` saying what was wrong."""
 
 from __future__ import annotations
 
@@ -147,7 +138,7 @@ def _decode_bare_dicom(data: bytes, name: str, limits: DecodeLimits) -> np.ndarr
 
 
 def decode_upload(upload: Upload, decode: Decoder, limits: DecodeLimits) -> np.ndarray:
-    """Sniff, check the declared size, decode (see the module docstring); ``ApiError`` on bad input."""
+    """Sniff, check the declared size, decode (the content decides, never the name); ``ApiError`` on bad input."""
     name = safe_name(upload.filename)
     data = upload.data
     if not data:

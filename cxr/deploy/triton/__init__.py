@@ -1,21 +1,4 @@
-"""Write a Triton Inference Server model repository (and a KServe manifest) for a cxr ONNX model.
-
-Takes: a cxr ONNX file (fused ensemble, its INT8 variant, or a single member) and a ``TritonConfig``.
-Makes, under the repository folder ``OUT``::
-
-    OUT/<name>/config.pbtxt        ONNX Runtime backend config written from the graph's real signature
-    OUT/<name>/<version>/model.onnx  the model (copied or hard-linked; external-data files beside it)
-    OUT/<name>/labels.txt          class names in output order (Triton's classification extension)
-    OUT/<name>/cxr.json            the model's cxr metadata, signature, sha256 and the notice
-    OUT/<name>/README.md           what the folder is and how to query it
-    OUT/kserve-inferenceservice.yaml  a KServe InferenceService that serves the repository with Triton
-
-Every name, data type and dimension in ``config.pbtxt`` comes from the graph (onnxruntime's view of its
-inputs and outputs, exactly what Triton's ONNX Runtime backend sees); nothing about the model is
-hard-coded. The copy in the version folder is reopened and its signature compared with the source before
-the repository is moved into place. Needs onnxruntime; uses onnx (when installed) only to list
-external-data files. No Triton, tritonclient or protobuf dependency: the config is written as text.
-"""
+"""Write a Triton model repository (and a KServe manifest) for a cxr ONNX model, from its real signature."""
 
 from cxr.deploy.triton.config import (
     CXR_JSON,

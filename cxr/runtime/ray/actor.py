@@ -1,16 +1,5 @@
-"""The Ray Data actor of a cluster scan: one ``Predictor`` (one onnxruntime session) per actor.
-
-Takes (per call, from ``Dataset.map_batches``): a batch of rows, either ``path`` (a file every node can
-open: local disk or NFS) or ``path`` + ``bytes`` (read by Ray from object storage). Makes: the same rows
-back as ``path`` + ``prediction`` (a ``Prediction`` as JSON, floats exact), computed by
-``Predictor.iter_predict``: decoding overlaps inference inside the actor, inference batches are
-``batch_size`` consecutive rows, and an unreadable file becomes an error row, exactly as in a local scan.
-
-The actor refuses to start when its model file differs from the driver's (another file at the same path
-on some node would give rows of another model under this model's id). On a GPU actor Ray sets
-``CUDA_VISIBLE_DEVICES`` to the GPU it assigned, so the session uses device 0 of what it sees.
-Nothing here imports Ray.
-"""
+"""The Ray Data actor of a cluster scan: takes batches of paths or bytes; makes prediction rows (no Ray
+import)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The Ray Data pipeline of a cluster scan: build the dataset, run it, hand back rows named as locally.
-
-Takes: the scan's ``RayScanConfig``, the files still to do (in scan order), the read mode and the actor pool
-plan. Makes: rows in an ``OrderedRows`` (scan order, written as soon as they are complete), with each
-row's ``path`` and error text naming the file exactly as the local scan does (actors open absolute paths,
-or decode bytes named ``<upload>``), or one ``RayJobError`` that says what failed (e.g. an actor's
-``ModelError``) and how many rows were kept.
-"""
+"""Takes the files to do and the actor plan; runs the Ray Data pipeline and writes rows in scan order."""
 
 from __future__ import annotations
 

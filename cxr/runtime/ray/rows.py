@@ -1,10 +1,5 @@
-"""Write the rows of a Ray scan in scan order, as they arrive out of order, and count them.
-
-Takes: a ``ResultWriter`` and predictions keyed by their position in the scan's file list (Ray returns
-blocks in whatever order the actors finish them). Makes: rows written as soon as every row before them
-is known (so an interrupted scan keeps a prefix of the local scan's file, which ``--resume`` continues),
-a ``ScanTally`` (counts, failures, providers), and the time of the first rows.
-"""
+"""Takes predictions out of order; writes them in scan order as soon as a prefix is complete, and counts
+them."""
 
 from __future__ import annotations
 

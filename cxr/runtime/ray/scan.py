@@ -1,19 +1,5 @@
-"""Scan a folder (or a manifest's files) across a Ray cluster: the local scan's rows, many machines' speed.
-
-Takes: a ``RayScanConfig`` (model, a local/NFS folder or an object-storage folder URL, or a cxr manifest
-and split; the local scan's globs, output and resume options; the cluster address and actor pool).
-Makes: a ``RayScanResult`` (the ``ScanResult`` a local scan returns, plus the address, actors, nodes and
-read mode) and the same rows ``scan_folder`` writes: same columns, same probabilities to the last digit,
-same order, error rows for unreadable files, flushed as results arrive; ``resume`` works the same way.
-
-The pipeline is ``Dataset.map_batches`` over an actor pool of ``PredictorActor`` (one onnxruntime session
-per actor, ``gpus_per_actor`` GPUs each when the provider runs on GPUs). Inputs are read one of two ways:
-``path``: blocks of file paths that every node opens itself (local disk, NFS); the blocks hold whole
-inference batches, so the batches are exactly those of a local scan. ``bytes``: Ray reads the files
-(``read_binary_files``, any filesystem Ray supports: s3://, gs://, abfs://...), and the actor decodes the
-bytes. ``auto`` picks ``bytes`` for URLs. Results come back unordered and are written in scan order.
-Ray is imported only inside the functions; install it with ``pip install 'cxr-toolkit[ray]'``.
-"""
+"""Takes a ``RayScanConfig``; scans its files across a Ray cluster and makes the rows and result a local scan
+would."""
 
 from __future__ import annotations
 
