@@ -144,17 +144,3 @@ def quiet_ray_data(enabled: bool) -> Iterator[None]:
     finally:
         ctx.enable_progress_bars = bars
         logger.setLevel(level)
-
-
-__all__ = [
-    "INSTALL_HINT",
-    "RayConnectError",
-    "RayConnection",
-    "RayJobError",
-    "RayUnavailableError",
-    "connect",
-    "disconnect",
-    "import_ray",
-    "probe",
-    "quiet_ray_data",
-]

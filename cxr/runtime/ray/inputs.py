@@ -107,6 +107,3 @@ def manifest_inputs(manifest: Path, root: str | Path | None = None, split: str |
     if url_root:  # object storage: the listed files are checked when they are read
         return [f"{str(root).rstrip('/')}/{r.path}" for r in rows]
     return [str(m.abspath(r)) for r in rows]
-
-
-__all__ = ["find_images_at_url", "find_inputs", "is_url", "manifest_inputs"]
