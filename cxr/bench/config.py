@@ -10,12 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr.bench.timing import TimingPlan
 from cxr.errors import ConfigError, ProviderError
 from cxr.openvino_session import PRECISION_NAMES
 from cxr.session import PROVIDER_NAMES, SessionConfig, check_precision
 
-ORT_SAME = ("auto", "fp32")  # what onnxruntime providers accept: both run the file as it is stored
+
+@dataclass(frozen=True)
+class TimingPlan:
+    warmup: int = 3
+    iterations: int = 20  # at least this many timed calls (per client)
+    min_seconds: float = 0.0  # and at least this long
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise ConfigError(f"warm-up runs must be >= 0, got {self.warmup}", hint="e.g. --warmup 3")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}", hint="e.g. --iterations 20")
+        if self.min_seconds < 0:
+            raise ConfigError(
+                f"minimum seconds must be >= 0, got {self.min_seconds}", hint="e.g. --min-seconds 10"
+            )
 
 
 def provider_precisions(

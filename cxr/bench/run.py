@@ -17,6 +17,7 @@ from cxr.bench.machine import PEAK_ENV, MachineInfo, PeakMemoryProbe, busy_note,
 from cxr.bench.measure import (
     BenchContext,
     BenchInputs,
+    Call,
     cycled,
     effective_precision,
     guarded,
@@ -25,7 +26,6 @@ from cxr.bench.measure import (
     measure,
     open_predictor,
 )
-from cxr.bench.timing import Call
 from cxr.bench.types import BenchReport, BenchRow
 from cxr.errors import ProviderError
 from cxr.onnx_header import read_onnx_header
@@ -39,13 +39,6 @@ log = logging.getLogger(__name__)
 Refusals = Mapping[tuple[Path, str, str], str]
 Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], None]
 """Adds reference rows to a run (``benchmarks/``): the context, the main model file, the inputs, the probe."""
-
-
-def _cpu_bf16() -> bool:
-    """Whether OpenVINO can run BF16 on this CPU (imports openvino, which must be installed)."""
-    import openvino as ov
-
-    return cpu_has_bf16(ov.Core())
 
 
 def precision_refusals(
@@ -63,7 +56,9 @@ def precision_refusals(
         )
     if not ov_runs & {"bf16", "auto"}:
         return {}, []
-    cpu_bf16 = _cpu_bf16()
+    import openvino as ov
+
+    cpu_bf16 = cpu_has_bf16(ov.Core())
     skipped: dict[tuple[Path, str, str], str] = {}
     notes: list[str] = []
     for mf in files:

@@ -3,27 +3,67 @@ middleware."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxr import __version__
 from cxr.labels import NOTICE
-from cxr.serve.auth import auth_dependencies
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import STATUS_CODES, ApiError, error_body
 from cxr.serve.limits import BodyLimitMiddleware, BodyTooLarge, too_large_body
-from cxr.serve.prometheus import MetricsMiddleware
+from cxr.serve.prometheus import MetricsMiddleware, ServeMetrics
 from cxr.serve.routes import api, probes
 from cxr.serve.state import Loader, ServerState
 
 log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_matches(given: str | None, expected_digest: bytes) -> bool:
+    """Constant-time comparison of ``given`` against the digest of the configured key."""
+    return given is not None and hmac.compare_digest(_digest(given), expected_digest)
+
+
+def auth_dependencies(api_key: str | None, metrics: ServeMetrics) -> list[Any]:
+    """``dependencies=`` for the protected routes (empty when authentication is off)."""
+    if api_key is None:
+        return []
+    expected = _digest(api_key)
+    header_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The server's API key.")
+    bearer_scheme = HTTPBearer(auto_error=False, description="The server's API key as a bearer token.")
+
+    async def require_api_key(
+        header_key: str | None = Security(header_scheme),
+        bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+    ) -> None:
+        given = header_key if header_key is not None else (bearer.credentials if bearer else None)
+        if not key_matches(given, expected):
+            metrics.rejected.labels(reason="unauthorized").inc()
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong API key",
+                hint=f"send it as 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return [Depends(require_api_key)]
 
 
 def _install_handlers(app: FastAPI, state: ServerState) -> None:
@@ -47,7 +87,7 @@ def _install_handlers(app: FastAPI, state: ServerState) -> None:
 
     async def body_too_large(_: Request, exc: Exception) -> JSONResponse:
         limit = exc.limit if isinstance(exc, BodyTooLarge) else state.cfg.max_body_bytes
-        state.metrics.rejected.inc(reason="body_too_large")
+        state.metrics.rejected.labels(reason="body_too_large").inc()
         return JSONResponse(too_large_body(limit), status_code=413, headers={"Connection": "close"})
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -93,7 +133,7 @@ def create_app(config: ServeConfig | None = None, *, loader: Loader | None = Non
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=config.max_body_bytes,
-        on_reject=lambda: state.metrics.rejected.inc(reason="body_too_large"),
+        on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
     if config.cors_origins:
         app.add_middleware(

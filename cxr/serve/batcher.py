@@ -141,9 +141,7 @@ class DynamicBatcher:
                     if not it.future.done():
                         it.future.set_exception(BatcherStopped("the server is shutting down"))
                 raise
-            except (
-                Exception
-            ) as e:  # inference failed: every waiting request gets the error, the loop lives on
+            except Exception as e:  # every waiting request gets the error; the loop lives on
                 log.exception("inference failed for a batch of %d", len(batch))
                 for it in batch:
                     if not it.future.done():

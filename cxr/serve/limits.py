@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from cxr.serve.errors import error_body
 
@@ -38,14 +39,6 @@ def too_large_body(limit: int) -> dict[str, Any]:
     )
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class BodyLimitMiddleware:
     """Cap every request body at ``max_bytes``: 413 on a declared or counted overrun, before any parser."""
 
@@ -66,12 +59,14 @@ class BodyLimitMiddleware:
                 size = -1
             if size < 0:
                 body = error_body("bad_request", "invalid Content-Length header", hint="send a byte count")
-                await send_json(send, 400, body, {"connection": "close"})
+                await JSONResponse(body, 400, {"connection": "close"})(scope, receive, send)
                 return
             if size > self.max_bytes:
                 if self.on_reject is not None:
                     self.on_reject()
-                await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+                await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(
+                    scope, receive, send
+                )
                 return
         received = 0
         started = False
@@ -98,7 +93,9 @@ class BodyLimitMiddleware:
                 raise
             if self.on_reject is not None:
                 self.on_reject()
-            await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+            await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(
+                scope, receive, send
+            )
 
 
 class AdmissionGate:

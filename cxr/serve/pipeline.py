@@ -43,14 +43,6 @@ class _Progress:
 
 async def read_uploads(request: Request, *, many: bool, max_files: int) -> list[Upload]:
     """The uploaded files: multipart ``file`` (single) / ``files`` or ``file`` (batch), or the raw body."""
-    try:
-        return await _read_uploads(request, many=many, max_files=max_files)
-    except ClientDisconnect:
-        # Nobody will read the answer; a 4xx (not a logged 500) keeps the metrics and the log honest.
-        raise ApiError(400, "client_disconnected", "the client closed the connection mid-upload") from None
-
-
-async def _read_uploads(request: Request, *, many: bool, max_files: int) -> list[Upload]:
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         async with request.form(
@@ -109,7 +101,7 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
     try:
         await state.gate.acquire()
     except Overloaded:
-        state.metrics.rejected.inc(reason="queue_full")
+        state.metrics.rejected.labels(reason="queue_full").inc()
         raise overloaded(
             f"the server is at capacity ({state.cfg.max_concurrency} requests in progress, "
             f"{state.cfg.max_queue} waiting)",
@@ -117,7 +109,12 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
         ) from None
     try:
         progress.phase = "read"
-        uploads = await read_uploads(request, many=many, max_files=state.cfg.max_batch_files)
+        try:
+            uploads = await read_uploads(request, many=many, max_files=state.cfg.max_batch_files)
+        except ClientDisconnect:  # nobody reads the answer; a 4xx, not a logged 500, keeps metrics honest
+            raise ApiError(
+                400, "client_disconnected", "the client closed the connection mid-upload"
+            ) from None
         progress.phase = "decode"
         decoded = await _decode_all(state, uploads, progress)
         if not many and isinstance(decoded[0][0], ApiError):
@@ -150,7 +147,7 @@ async def run_prediction(state: ServerState, request: Request, *, many: bool) ->
     try:
         return await asyncio.wait_for(_run(state, request, many, progress), timeout)
     except asyncio.TimeoutError:
-        state.metrics.rejected.inc(reason=f"timeout_{progress.phase}")
+        state.metrics.rejected.labels(reason=f"timeout_{progress.phase}").inc()
         if progress.phase == "queue":
             raise overloaded(
                 f"no capacity freed up within the {timeout:g} s request timeout", state.cfg.retry_after_s

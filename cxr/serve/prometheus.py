@@ -24,16 +24,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class LabelledCounter:
-    """A prometheus-client counter whose ``inc`` takes the label values as keywords: ``inc(reason="x")``."""
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self.counter.labels(**labels).inc(amount)
-
-
 class ServeMetrics:
     """All of the server's metrics; ``queue_depth``/``in_progress``/``ready`` are read at scrape time."""
 
@@ -73,13 +63,11 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.rejected = LabelledCounter(
-            Counter(
-                "cxr_rejected_requests_total",
-                "Requests refused by a limit, by reason.",
-                ("reason",),
-                registry=reg,
-            )
+        self.rejected = Counter(
+            "cxr_rejected_requests_total",
+            "Requests refused by a limit, by reason.",
+            ("reason",),
+            registry=reg,
         )
         gauges = (
             ("cxr_queue_depth", "Requests waiting for a slot plus images waiting for a batch.", queue_depth),
@@ -89,17 +77,10 @@ class ServeMetrics:
         for name, help_text, read in gauges:
             Gauge(name, help_text, registry=reg).set_function(read)
 
-    def route_label(self, path: str) -> str:
-        return path if path in self.routes else "other"
-
-    @staticmethod
-    def method_label(method: str) -> str:
-        return method if method in HTTP_METHODS else "other"
-
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
         """One finished HTTP exchange; ``method`` and ``path`` are bounded to known values here."""
-        path = self.route_label(path)
-        self.requests.labels(self.method_label(method), path, str(status)).inc()
+        path = path if path in self.routes else "other"
+        self.requests.labels(method if method in HTTP_METHODS else "other", path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:

@@ -30,31 +30,26 @@ Loader = Callable[[ServeConfig], "Predictor"]
 ROUTES = ("/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/readyz", "/metrics")
 
 
-def load_predictor(cfg: ServeConfig) -> Predictor:
-    """The default loader: ``Predictor.from_path`` with the server's session and limits."""
-    from cxr.runtime.predictor import Predictor, PredictorConfig
-
-    pcfg = PredictorConfig(
-        session=cfg.session,
-        limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
-        batch_size=cfg.max_batch_size,
-        decode_workers=cfg.decode_workers,
-    )
-    return Predictor.from_path(cfg.model, pcfg)
-
-
-def load_heatmap_predictor(cfg: ServeConfig) -> Predictor:
-    """The heatmap graph beside ``cfg.model`` (``<stem>.heatmaps.onnx``), on the CPU with the same limits."""
+def load_predictor(cfg: ServeConfig, heatmaps: bool = False) -> Predictor:
+    """The default loader: ``Predictor.from_path`` with the server's session and limits; ``heatmaps``: the
+    heatmap graph beside ``cfg.model`` (``<stem>.heatmaps.onnx``), one image at a time on the CPU."""
     from cxr.runtime.locate import heatmap_variant
     from cxr.runtime.predictor import Predictor, PredictorConfig
     from cxr.session import SessionConfig
 
-    pcfg = PredictorConfig(
-        session=SessionConfig(provider="cpu", threads=cfg.session.threads),
-        limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
-        batch_size=1,
+    limits = DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels)
+    if not heatmaps:
+        pcfg = PredictorConfig(
+            session=cfg.session,
+            limits=limits,
+            batch_size=cfg.max_batch_size,
+            decode_workers=cfg.decode_workers,
+        )
+        return Predictor.from_path(cfg.model, pcfg)
+    session = SessionConfig(provider="cpu", threads=cfg.session.threads)
+    heat = Predictor.from_path(
+        heatmap_variant(cfg.model), PredictorConfig(session=session, limits=limits, batch_size=1)
     )
-    heat = Predictor.from_path(heatmap_variant(cfg.model), pcfg)
     if not heat.has_heatmaps:
         raise CxrError(
             f"{heat.model_path} has no heatmap output", hint="rebuild it with `cxr fuse --heatmaps`"
@@ -111,7 +106,7 @@ class ServerState:
         try:
             predictor = await asyncio.to_thread(self.loader, self.cfg)
             if self.cfg.heatmaps:
-                self.heatmap_predictor = await asyncio.to_thread(load_heatmap_predictor, self.cfg)
+                self.heatmap_predictor = await asyncio.to_thread(load_predictor, self.cfg, True)
             self.warmup_seconds = await asyncio.to_thread(warm_up, predictor, self.cfg.max_batch_size)
         except CxrError as e:
             self._fail(e.message if not e.hint else f"{e.message} (hint: {e.hint})")
@@ -179,6 +174,6 @@ class ServerState:
             "failed": "the model failed to load; see /readyz",
             "stopped": "the server is shutting down",
         }.get(self.status, "the model is not ready")
-        self.metrics.rejected.inc(reason="not_ready")
+        self.metrics.rejected.labels(reason="not_ready").inc()
         retry = str(self.cfg.retry_after_s)
         raise ApiError(503, "not_ready", message, headers={"Retry-After": retry})

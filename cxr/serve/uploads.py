@@ -131,12 +131,6 @@ def _check_dicom(data: bytes, name: str, max_pixels: int) -> None:
         raise _too_many_pixels(name, cols, rows, max_pixels)
 
 
-def _decode_bare_dicom(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
-    from cxr.imaging.dicom import decode_dicom
-
-    return decode_dicom(data, name=name, limits=limits)
-
-
 def decode_upload(upload: Upload, decode: Decoder, limits: DecodeLimits) -> np.ndarray:
     """Sniff, check the declared size, decode (the content decides, never the name); ``ApiError`` on bad input."""
     name = safe_name(upload.filename)
@@ -158,7 +152,9 @@ def decode_upload(upload: Upload, decode: Decoder, limits: DecodeLimits) -> np.n
         _check_raster(data, name, limits.max_pixels)
     try:
         if fmt == "dicom" and data[128:132] != b"DICM":
-            gray = _decode_bare_dicom(data, name, limits)
+            from cxr.imaging.dicom import decode_dicom
+
+            gray = decode_dicom(data, name=name, limits=limits)
         else:
             gray = decode(data)
     except CxrError as e:
