@@ -16,11 +16,11 @@ import pytest
 
 from cxr.errors import ConfigError
 from cxr.serve.app import _digest, key_matches
-from cxr.serve.batcher import BatcherStopped, DynamicBatcher
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
+from cxr.serve.pipeline import safe_name, sniff
 from cxr.serve.prometheus import ServeMetrics
-from cxr.serve.uploads import safe_name, sniff
+from cxr.serve.state import BatcherStopped, DynamicBatcher
 from cxr.session import SessionConfig
 from cxr.spec import Prediction
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames

@@ -67,38 +67,33 @@ def auth_dependencies(api_key: str | None, metrics: ServeMetrics) -> list[Any]:
 
 
 def _install_handlers(app: FastAPI, state: ServerState) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, ApiError):  # registered for ApiError only
-            raise exc
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, StarletteHTTPException):
-            raise exc
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]]
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
+        ]
         message = "invalid request: " + ("; ".join(parts) or "validation failed")
         return JSONResponse(error_body("validation_error", message[:1000]), status_code=422)
 
-    async def body_too_large(_: Request, exc: Exception) -> JSONResponse:
-        limit = exc.limit if isinstance(exc, BodyTooLarge) else state.cfg.max_body_bytes
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         state.metrics.rejected.labels(reason="body_too_large").inc()
-        return JSONResponse(too_large_body(limit), status_code=413, headers={"Connection": "close"})
+        return JSONResponse(too_large_body(exc.limit), status_code=413, headers={"Connection": "close"})
 
+    @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body("internal", "internal server error"), status_code=500)
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(BodyTooLarge, body_too_large)
-    app.add_exception_handler(Exception, internal_error)
 
 
 def create_app(config: ServeConfig | None = None, *, loader: Loader | None = None) -> FastAPI:

@@ -272,30 +272,24 @@ def _cxr_info(src: _Source, cfg: TritonConfig, max_batch: int) -> dict[str, Any]
     }
 
 
-def _write_model_folder(
-    folder: Path, name: str, src: _Source, cfg: TritonConfig, max_batch: int
-) -> tuple[bool, int]:
-    """Fill ``folder``: the model (checked), config.pbtxt, labels, cxr.json, README; returns (linked, bytes)."""
-    linked, model_bytes = _copy_model(src.path, folder / str(cfg.version), cfg.link)
-    _check_copy(folder / str(cfg.version) / MODEL_FILE, src.sig)
-    config = render_config(name, src.sig, src.meta, cfg, src.sha256, str(src.path))
-    (folder / "config.pbtxt").write_text(config, encoding="utf-8")
-    (folder / LABELS_FILE).write_text("\n".join(src.meta.classes) + "\n", encoding="utf-8")
-    info = _cxr_info(src, cfg, max_batch)
-    (folder / CXR_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    readme = _model_readme(name, src.sig, src.meta, cfg, max_batch)
-    (folder / "README.md").write_text(readme, encoding="utf-8")
-    return linked, model_bytes
-
-
 def _install_model_folder(
     repo: Path, model_dir: Path, src: _Source, cfg: TritonConfig, max_batch: int
 ) -> tuple[bool, int]:
-    """Write the model folder in a staging folder under ``repo``, then move it into place as ``model_dir``."""
+    """Write the model (checked), config.pbtxt, labels, cxr.json and README in a staging folder under
+    ``repo``, then move it into place as ``model_dir``; returns (linked, model bytes)."""
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=repo))
+    name = model_dir.name
     try:
-        linked, model_bytes = _write_model_folder(staging, model_dir.name, src, cfg, max_batch)
+        linked, model_bytes = _copy_model(src.path, staging / str(cfg.version), cfg.link)
+        _check_copy(staging / str(cfg.version) / MODEL_FILE, src.sig)
+        for file, text in (
+            ("config.pbtxt", render_config(name, src.sig, src.meta, cfg, src.sha256, str(src.path))),
+            (LABELS_FILE, "\n".join(src.meta.classes) + "\n"),
+            (CXR_JSON, json.dumps(_cxr_info(src, cfg, max_batch), indent=2, sort_keys=True) + "\n"),
+            ("README.md", _model_readme(name, src.sig, src.meta, cfg, max_batch)),
+        ):
+            (staging / file).write_text(text, encoding="utf-8")
         if model_dir.exists():
             shutil.rmtree(model_dir)
         staging.rename(model_dir)

@@ -62,16 +62,15 @@ class ModelSignature:
 
     def to_dict(self) -> dict[str, Any]:
         def one(t: TensorSpec) -> dict[str, Any]:
+            dims, model_dims = list(t.config_dims(self.batched)), list(t.dims(self.batched))
             return {
                 "name": t.name,
                 "onnx_type": t.onnx_type,
                 "shape": list(t.shape),
                 "data_type": t.data_type,
                 "datatype": t.wire_type,
-                "dims": list(t.config_dims(self.batched)),
-                "reshape": list(t.dims(self.batched))
-                if t.config_dims(self.batched) != t.dims(self.batched)
-                else None,
+                "dims": dims,
+                "reshape": model_dims if dims != model_dims else None,
             }
 
         return {
