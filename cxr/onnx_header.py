@@ -11,6 +11,9 @@ from typing import BinaryIO
 
 from cxr.errors import ModelError
 
+# Field numbers (onnx.proto3): ModelProto.graph=7, .metadata_props=14; StringStringEntryProto key=1, value=2;
+# GraphProto.initializer=5, .input=11; TensorProto.name=8, .external_data=13; ValueInfoProto name=1, type=2;
+# TypeProto.tensor_type=1; Tensor elem_type=1, shape=2; TensorShapeProto.dim=1; Dimension value=1, param=2.
 ELEM_TYPES = {1: "float", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "double"}
 
 

@@ -247,8 +247,9 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
             path=model,
         )
-    if cfg.provider == "openvino":
-        return _openvino_session(model, cfg)
+    if cfg.provider == "openvino":  # open_openvino imports openvino, lazily
+        ov = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
+        return SessionInfo(ov.session, cfg.provider, ("openvino",), ov.warnings, ov.precision, ov.device)
     ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
@@ -276,11 +277,3 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         warnings.append(f"{msg}; {hint}")
         log.warning("%s", warnings[-1])
     return SessionInfo(sess, cfg.provider, got, tuple(warnings))
-
-
-def _openvino_session(model: Path, cfg: SessionConfig) -> SessionInfo:
-    """``create_session`` for ``provider="openvino"`` (``open_openvino`` imports openvino, lazily)."""
-    opened = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
-    return SessionInfo(
-        opened.session, cfg.provider, ("openvino",), opened.warnings, opened.precision, opened.device
-    )

@@ -106,16 +106,9 @@ def inspect_model(path: Path | str) -> ModelFile:
     return ModelFile(path, sha, metadata, header.inputs[0], content)
 
 
-def same_model(a: ModelFile, b: ModelFile) -> bool:
-    """True when ``a`` and ``b`` are precisions of one model: same FP32 root or same trained weights."""
-    if a.root_sha256 & b.root_sha256:
-        return True
-    ia, ib = a.weights_identity, b.weights_identity
-    return ia is not None and ia == ib
-
-
 def check_variants(main: ModelFile, variants: Sequence[ModelFile]) -> None:
-    """All files must be precisions of the same model: same root hash, classes, input and members."""
+    """All files must be precisions of the same model (same FP32 root or same trained weights), with the same
+    classes, input and members."""
     seen = {main.sha256: main.path}
     for v in variants:
         if v.sha256 in seen:
@@ -124,7 +117,8 @@ def check_variants(main: ModelFile, variants: Sequence[ModelFile]) -> None:
                 hint="pass each precision variant once",
             )
         seen[v.sha256] = v.path
-        if not same_model(main, v):
+        same_weights = v.weights_identity is not None and v.weights_identity == main.weights_identity
+        if not (main.root_sha256 & v.root_sha256 or same_weights):
             raise ModelError(
                 f"variant {v.path} ({v.precision}) does not belong to the same model as {main.path} "
                 f"({main.precision}): it derives from the FP32 file with sha256 {_short(v.root_sha256)}, "

@@ -20,7 +20,6 @@ from cxr.deploy.triton.pbtxt import render_config, resolve_trt_precision
 from cxr.deploy.triton.signature import (
     ModelSignature,
     check_contract,
-    external_data_files,
     is_int8,
     open_session,
     read_model,
@@ -28,6 +27,7 @@ from cxr.deploy.triton.signature import (
 )
 from cxr.errors import ModelError
 from cxr.labels import NOTICE
+from cxr.onnx_header import read_onnx_header
 from cxr.session import file_sha256
 from cxr.spec import ModelMetadata
 
@@ -210,7 +210,7 @@ def _copy_model(model: Path, version_dir: Path, link: bool) -> tuple[bool, int]:
     """Place the model and its external-data files; returns (linked, total bytes)."""
     linked = _place(model, version_dir / MODEL_FILE, link)
     total = model.stat().st_size
-    for loc in external_data_files(model):
+    for loc in read_onnx_header(model).external_data:  # read from the protobuf, without onnx
         rel = Path(loc)
         if rel.is_absolute() or ".." in rel.parts:
             raise ModelError(

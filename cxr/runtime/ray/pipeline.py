@@ -229,16 +229,8 @@ def stream_rows(
         raise RayJobError(f"Ray returned no row for {len(missing)} files (first: {todo[missing[0]]})")
     provider = rows.provider(default=default_provider).split(",")[0]
     for i in missing:  # bytes mode: files that vanished before Ray read them, as a local scan reports them
-        rows.add(
-            i,
-            Prediction(
-                todo[i],
-                None,
-                None,
-                provider=provider,
-                error=f"{todo[i]}: no such file (hint: check the path)",
-            ),
-        )
+        error = f"{todo[i]}: no such file (hint: check the path)"
+        rows.add(i, Prediction(todo[i], None, None, provider=provider, error=error))
     rows.flush()
 
 

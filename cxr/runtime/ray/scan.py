@@ -139,10 +139,6 @@ def _model_header(cfg: RayScanConfig) -> tuple[tuple[str, ...], str, dict[str, A
     return predictor.classes, predictor.model_id, predictor.describe()
 
 
-def _layout(classes: Sequence[str], model_id: str, model_info: dict[str, Any]) -> ResultLayout:
-    return ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
-
-
 def _previous(cfg: RayScanConfig, layout: ResultLayout) -> PreviousResults:
     """What ``output`` already holds; refuses a bad output now, before Ray starts (nothing is written)."""
     if cfg.output is None:
@@ -201,7 +197,7 @@ def ray_scan(
     classes, model_id, model_info = _model_header(cfg)
     if cfg.output is None and stream is None:
         raise DataError("scan needs an output file or a stream to write rows to")
-    layout = _layout(classes, model_id, model_info)
+    layout = ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
     previous = _previous(cfg, layout)
     done = previous.paths | {os.path.abspath(p) for p in previous.paths if not is_url(p)}
     todo = [n for n in names if n not in done and (is_url(n) or os.path.abspath(n) not in done)]
