@@ -12,20 +12,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from cxr.errors import CxrError, ModelError
 from cxr.runtime.predictor import Item, Predictor, PredictorConfig
 from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
+from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import is_url
 from cxr.runtime.results import ResultWriter
 from cxr.runtime.scan import ScanTally
 from cxr.spec import Prediction
-
-if TYPE_CHECKING:
-    from cxr.runtime.ray.scan import RayScanConfig
 
 log = logging.getLogger(__name__)
 
