@@ -62,11 +62,7 @@ class BodyLimitMiddleware:
                 await JSONResponse(body, 400, {"connection": "close"})(scope, receive, send)
                 return
             if size > self.max_bytes:
-                if self.on_reject is not None:
-                    self.on_reject()
-                await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(
-                    scope, receive, send
-                )
+                await self._refuse(scope, receive, send)
                 return
         received = 0
         started = False
@@ -91,11 +87,12 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            if self.on_reject is not None:
-                self.on_reject()
-            await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(
-                scope, receive, send
-            )
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
+        await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(scope, receive, send)
 
 
 class AdmissionGate:

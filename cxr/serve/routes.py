@@ -38,7 +38,14 @@ from cxr.spec import Prediction, provenance_warnings
 if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {"type": "string", "format": "binary"}
+
+
+def _form(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI multipart body with the one required ``field``."""
+    return {"schema": {"type": "object", "required": [field], "properties": {field: schema}}}
+
+
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -46,17 +53,11 @@ PREDICT_BODY: dict[str, Any] = {
         "The format is sniffed from the content (PNG, JPEG, BMP, TIFF, WebP, DICOM); the declared type is "
         "only a hint.",
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            "application/octet-stream": _BINARY,
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "application/dicom": _BINARY,
+            "multipart/form-data": _form("file", _FILE),
+            **dict.fromkeys(
+                ("application/octet-stream", "image/png", "image/jpeg", "application/dicom"),
+                {"schema": _FILE},
+            ),
         },
     }
 }
@@ -64,17 +65,7 @@ BATCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "Several images as multipart parts named 'files' (or 'file').",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
+        "content": {"multipart/form-data": _form("files", {"type": "array", "items": _FILE})},
     }
 }
 

@@ -37,7 +37,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that keep the API's hardening."""
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that keep the API's hardening (no Server header,
+    no proxy headers, a connection cap above admission); on the command line: ``uvicorn --factory
+    cxr.serve:create_app --no-server-header --no-proxy-headers --limit-concurrency 144``."""
     return {
         "log_level": cfg.log_level,
         "access_log": cfg.access_log,
