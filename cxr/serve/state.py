@@ -246,7 +246,7 @@ class ServerState:
         try:
             predictor = await asyncio.to_thread(self.loader, self.cfg)
             if self.cfg.heatmaps:
-                self.heatmap_predictor = await asyncio.to_thread(load_predictor, self.cfg, True)
+                self.heatmap_predictor = await asyncio.to_thread(load_predictor, self.cfg, heatmaps=True)
             self.warmup_seconds = await asyncio.to_thread(warm_up, predictor, self.cfg.max_batch_size)
         except CxrError as e:
             self._fail(e.message if not e.hint else f"{e.message} (hint: {e.hint})")
