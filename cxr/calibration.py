@@ -1,12 +1,5 @@
-"""Calibration, the shared math: the temperature applied to probabilities, its error and reliability bins.
-
-``apply_temperature`` (Guo et al. 2017: ``softmax(log p / T)``) is what the stacked graph does with the
-temperature ``cxr.stack.calibrate`` fits; ``uncalibrate`` undoes it for the evaluation. For the error, takes:
-the confidence of each prediction (probability of the predicted class) and whether it was right.
-Makes: ECE (Guo et al. 2017: sum over equal-width confidence bins of |accuracy - mean confidence| weighted by
-the bin's share of examples) and the per-bin table the reliability diagram draws. Bins are right-closed,
-(i/B, (i+1)/B], with the first one closed on the left too, so a confidence of exactly 1 lands in the last.
-"""
+"""Calibration math: takes probabilities (or confidences and hits); makes tempered probabilities, ECE,
+bins."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Exceptions that say what was given and how to fix it.
-
-Every error cxr raises on bad user input is a ``CxrError``: the CLI prints its message and hint and exits
-with ``exit_code`` (2: usage, data or model error), the API maps it to a 4xx response.
-"""
+"""Exceptions that say what was given and how to fix it (the CLI exits with ``exit_code``; the API answers
+4xx)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
-"""Classification metrics that say "undefined" instead of dividing by zero: the one implementation.
-
-Used alike by training (each epoch's validation record, early stopping), stacking, the linear probe and
-the evaluation, so a member's validation macro-F1 and the report's macro-F1 are the same number.
-
-Takes: integer labels [N] and class probabilities [N, K] (or predicted labels). Makes: ``Metrics`` with
-accuracy, per-class and macro/weighted precision, recall and F1, one-vs-rest ROC-AUC, ECE and the
-confusion matrix. ``None`` marks a value that is undefined, never a silent 0 or a crash:
-- recall, F1 and ROC-AUC of a class with no true examples (no support) are undefined;
-- precision of a class that is never predicted is undefined (it counts as 0 in the averages when the
-  class has support: a model that never predicts a present class gets no credit for it);
-- ROC-AUC is also undefined when every example belongs to the class (no negatives).
-Macro averages run over the classes with support; weighted averages weight by support.
-"""
+"""Takes labels and probabilities; makes classification ``Metrics`` where ``None`` marks an undefined
+value."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +24,7 @@ class ClassMetrics:
     roc_auc: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "support": self.support,
-            "predicted": self.predicted,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "roc_auc": self.roc_auc,
-        }
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
 @dataclass(frozen=True)
@@ -62,17 +44,9 @@ class Metrics:
     undefined_classes: tuple[str, ...]  # classes without support: excluded from the macro averages
 
     def to_dict(self) -> dict[str, Any]:
+        scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[:10]}  # n ... ece
         return {
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "macro_precision": self.macro_precision,
-            "macro_recall": self.macro_recall,
-            "macro_f1": self.macro_f1,
-            "weighted_precision": self.weighted_precision,
-            "weighted_recall": self.weighted_recall,
-            "weighted_f1": self.weighted_f1,
-            "macro_roc_auc": self.macro_roc_auc,
-            "ece": self.ece,
+            **scalars,
             "per_class": {c.name: c.to_dict() for c in self.per_class},
             "confusion_matrix": self.confusion.tolist(),
             "undefined_classes": list(self.undefined_classes),
@@ -109,11 +83,8 @@ def per_class_prf(cm: np.ndarray) -> tuple[list[float | None], list[float | None
 def macro_weighted(
     values: Sequence[float | None], support: np.ndarray, *, undefined_as_zero: bool
 ) -> tuple[float | None, float | None]:
-    """Macro and support-weighted means over classes with support.
-
-    A ``None`` value of a supported class counts as 0 when ``undefined_as_zero`` (precision of a class the
-    model never predicts), else the class is left out.
-    """
+    """Macro and support-weighted means over classes with support; a supported class's ``None`` counts as 0
+    when ``undefined_as_zero`` (precision of a class never predicted), else it is left out."""
     vals: list[float] = []
     weights: list[float] = []
     for v, s in zip(values, support, strict=True):

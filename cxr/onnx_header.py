@@ -1,16 +1,5 @@
-"""Read an ONNX file's metadata and graph inputs without onnx and without loading its weights.
-
-Takes: the path of an ONNX file (a serialised ``ModelProto``). Makes: ``OnnxHeader`` (the
-``metadata_props`` map, the graph's real inputs: name, element type, shape with ints for fixed
-dimensions and strings for symbolic ones, and where the weights' external data lives). The protobuf wire format is walked with seeks, so a 1 GB
-ensemble is checked in milliseconds before any onnxruntime session is built: cxr-bench rejects a wrong
-variant file or an impossible batch size before it spends minutes measuring.
-
-Field numbers (onnx.proto3): ModelProto.graph=7, .metadata_props=14; StringStringEntryProto key=1,
-value=2; GraphProto.initializer=5, .input=11; TensorProto.name=8, .external_data=13; ValueInfoProto name=1, type=2;
-TypeProto.tensor_type=1; Tensor elem_type=1, shape=2; TensorShapeProto.dim=1; Dimension dim_value=1,
-dim_param=2.
-"""
+"""Takes an ONNX path; makes its metadata, graph inputs and external-data files, read without onnx or the
+weights."""
 
 from __future__ import annotations
 
@@ -22,6 +11,9 @@ from typing import BinaryIO
 
 from cxr.errors import ModelError
 
+# Field numbers (onnx.proto3): ModelProto.graph=7, .metadata_props=14; StringStringEntryProto key=1, value=2;
+# GraphProto.initializer=5, .input=11; TensorProto.name=8, .external_data=13; ValueInfoProto name=1, type=2;
+# TypeProto.tensor_type=1; Tensor elem_type=1, shape=2; TensorShapeProto.dim=1; Dimension value=1, param=2.
 ELEM_TYPES = {1: "float", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "double"}
 
 

@@ -1,14 +1,5 @@
-"""Takes an ONNX path, threads and a precision request; makes an OpenVINO CPU session with onnxruntime's API.
-
-``open_openvino`` reads the ONNX graph with OpenVINO (no conversion step, no onnx package), chooses the
-inference precision (``choose_precision``: FP32, or BF16 only where the CPU has it AND the model's metadata
-carries an accepting ``cxr.verified_precisions`` record) and compiles it for the CPU with the LATENCY hint.
-``OpenVinoSession`` wraps the compiled model in the subset of ``onnxruntime.InferenceSession`` cxr uses:
-``run(output_names, feeds)``, ``get_inputs()`` / ``get_outputs()`` (``.name``, ``.shape``, ``.type``),
-``get_modelmeta().custom_metadata_map`` and ``get_providers()``. ``openvino`` is imported inside functions,
-so an onnxruntime-only install imports this module for free; this module imports nothing from cxr but
-``cxr.errors`` (``cxr.session`` builds its ``SessionInfo`` from ``OpenVinoOpened``).
-"""
+"""Takes an ONNX path, threads and a precision; makes an OpenVINO CPU session with onnxruntime's session
+API."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Which onnxruntime this install has: takes the installed distributions, makes the module or a clear error.
-
-onnxruntime, onnxruntime-gpu and the other builds all install ONE module, ``onnxruntime``: with two of them
-installed, whichever pip wrote last silently wins (typically a CPU-only build on a GPU machine). cxr's core
-install therefore names no onnxruntime; the ``cpu`` and ``gpu`` extras each bring exactly one, and the first
-session cxr opens checks that exactly one is installed, with the command that fixes it otherwise.
-"""
+"""Takes the installed distributions; makes the one ``onnxruntime`` module, or an error when several builds
+clash."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""The one progress display (training epochs, scans): bar, count, elapsed<ETA, rate and live metrics.
-
-Takes: a total, a label, a text stream (``None`` shows nothing) and updates. Makes: on a terminal, a Rich
-progress bar on that stream (never stdout unless given it), redrawn at most every ``min_interval``
-seconds; elsewhere (CI logs, files, dumb terminals) a plain line at most every ``log_interval`` seconds,
-and a final line at ``close``. Needs only Rich (a dependency of Typer), so the runtime can use it.
-"""
+"""Takes a total, a label, a stream and updates; makes a Rich bar on a terminal, plain lines elsewhere."""
 
 from __future__ import annotations
 

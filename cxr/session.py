@@ -1,12 +1,5 @@
-"""The one way cxr opens an inference session, and the digests that name model files.
-
-Takes: an ONNX path and a ``SessionConfig``. Makes: ``SessionInfo`` (session, providers really used,
-precision, warnings); ``cpu_session`` is the same options on the CPU for checks (export, stacking, fusion, evaluation). onnxruntime-gpu falls back to the CPU silently when CUDA or TensorRT cannot be loaded; here the
-fallback is detected from ``session.get_providers()`` and reported (a warning, or ``ProviderError`` in strict
-mode). TensorRT engines are cached in a directory keyed by model hash, onnxruntime version and GPU.
-``provider="openvino"`` opens the same file with OpenVINO on the CPU instead (``cxr.openvino_session``: an
-adapter with the part of onnxruntime's session API cxr uses, FP32 or verified BF16).
-"""
+"""Takes an ONNX path and a ``SessionConfig``; makes ``SessionInfo`` (session, providers really used,
+warnings)."""
 
 from __future__ import annotations
 
@@ -254,8 +247,9 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
             path=model,
         )
-    if cfg.provider == "openvino":
-        return _openvino_session(model, cfg)
+    if cfg.provider == "openvino":  # open_openvino imports openvino, lazily
+        ov = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
+        return SessionInfo(ov.session, cfg.provider, ("openvino",), ov.warnings, ov.precision, ov.device)
     ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
@@ -283,11 +277,3 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         warnings.append(f"{msg}; {hint}")
         log.warning("%s", warnings[-1])
     return SessionInfo(sess, cfg.provider, got, tuple(warnings))
-
-
-def _openvino_session(model: Path, cfg: SessionConfig) -> SessionInfo:
-    """``create_session`` for ``provider="openvino"`` (``open_openvino`` imports openvino, lazily)."""
-    opened = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
-    return SessionInfo(
-        opened.session, cfg.provider, ("openvino",), opened.warnings, opened.precision, opened.device
-    )

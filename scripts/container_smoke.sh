@@ -97,7 +97,7 @@ with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=5) as r
 if body["label"] not in classes or abs(sum(body["probabilities"].values()) - 1) > 1e-4 or not body["notice"]:
     sys.exit(f"error: unexpected prediction: {body}")
 (work / "port_number").write_text(str(port))
-print(f"predicted {body['label']} ({body['confidence']:.3f}) with model {body['model']['id']} on {body['provider']}")
+print(f"predicted {body['label']} ({body['probability']:.3f}) with model {body['model']['id']} on {body['provider']}")
 PY
 
 # 7. The image's HEALTHCHECK command.

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxr.bench.machine import MachineInfo
-from cxr.bench.stats import summarize
-from cxr.bench.types import BenchReport, BenchRow
+from cxr.bench.types import BenchReport, BenchRow, summarize
 from tests.test_bench_support import benchmark
 
 compare = benchmark("compare")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cxr.bench.stats import LatencyStats, summarize
+from cxr.bench.types import LatencyStats, summarize
 from cxr.errors import ConfigError
 
 # sorted: 15, 20, 35, 40, 50 ms; h = (n - 1) * q / 100 = 4q/100, p = x[floor h] + frac(h) * next gap

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cxr.bench.timing import TimingPlan, time_calls, time_concurrent
+from cxr.bench.config import TimingPlan
+from cxr.bench.measure import time_calls, time_concurrent
 from cxr.errors import ConfigError
 
 

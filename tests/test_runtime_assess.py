@@ -99,7 +99,7 @@ def test_api_answer_carries_the_gate(fused_model: Path) -> None:
 def test_a_prediction_survives_its_json_round_trip(tmp_path: Path) -> None:
     import json
 
-    from cxr.runtime.ray.actor import prediction_from_json
+    from cxr.runtime.ray.pipeline import prediction_from_json
 
     (tmp_path / "lateral.dcm").write_bytes(chest(ViewPosition="LL"))
     pred = Predictor.from_path(make_fused_model(tmp_path / "m.onnx")).predict([tmp_path / "lateral.dcm"])[0]
@@ -108,7 +108,7 @@ def test_a_prediction_survives_its_json_round_trip(tmp_path: Path) -> None:
 
 
 def test_ray_rows_count_not_assessable_files_like_a_local_scan() -> None:
-    from cxr.runtime.ray.rows import OrderedRows
+    from cxr.runtime.ray.pipeline import OrderedRows
     from cxr.spec import Prediction, Reason
 
     class Sink:

@@ -298,7 +298,7 @@ def test_importing_the_ray_engine_does_not_import_ray(tmp_path: Path) -> None:
     code = """
         import sys
         import cxr.runtime, cxr.cli.predict
-        import cxr.runtime.ray.scan, cxr.runtime.ray.actor, cxr.runtime.ray.cluster, cxr.runtime.ray.inputs
+        import cxr.runtime.ray.scan, cxr.runtime.ray.pipeline, cxr.runtime.ray.cluster, cxr.runtime.ray.inputs
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "pyarrow", "pandas")))
     """
     proc = subprocess.run(

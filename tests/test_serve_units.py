@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from cxr.errors import ConfigError
-from cxr.serve.auth import _digest, key_matches
-from cxr.serve.batcher import BatcherStopped, DynamicBatcher
+from cxr.serve.app import _digest, key_matches
 from cxr.serve.config import ServeConfig, load_api_key
 from cxr.serve.limits import AdmissionGate, BodyLimitMiddleware, Overloaded
+from cxr.serve.pipeline import safe_name, sniff
 from cxr.serve.prometheus import ServeMetrics
-from cxr.serve.uploads import safe_name, sniff
+from cxr.serve.state import BatcherStopped, DynamicBatcher
 from cxr.session import SessionConfig
 from cxr.spec import Prediction
 from tests.test_serve_support import bomb_png, dicom_bytes, png_bytes, tiff_frames
@@ -208,8 +208,8 @@ def test_safe_name(given: str | None, expected: str) -> None:
 
 def test_metrics_text_format() -> None:
     m = ServeMetrics(["/p"], queue_depth=lambda: 2, in_progress=lambda: 1, ready=lambda: 0, max_batch_size=4)
-    m.rejected.inc(reason='a"b')
-    m.rejected.inc(2, reason='a"b')
+    m.rejected.labels(reason='a"b').inc()
+    m.rejected.labels(reason='a"b').inc(2)
     for v in (0.05, 0.5, 0.5, 7.0):
         m.observe_batch(3, v)
     m.observe_request("BREW", "/../etc/passwd", 404, 0.01)

@@ -1,13 +1,5 @@
-"""Takes cxr-bench's options; makes a checked ``BenchConfig`` (what to measure, where, and how long).
-
-One ``SessionConfig`` holds the options every measured session shares (strict provider, device, TensorRT
-settings, ...); each run of the sweep replaces its provider, precision and threads.
-
-``provider_precisions`` turns the providers x precisions asked for into the runs to measure: onnxruntime
-runs a file as it is stored (``auto`` and ``fp32`` are one run there; ``bf16`` is refused), OpenVINO runs
-``auto``, ``fp32`` or ``bf16``. A pair no provider can run is skipped with a note; a precision no asked
-provider can run, or a provider left with no precision, is a ``ConfigError`` (exit 2) before measuring.
-"""
+"""Takes cxr-bench's options; makes a checked ``BenchConfig`` and the (provider, precision) runs to
+measure."""
 
 from __future__ import annotations
 
@@ -18,12 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr.bench.timing import TimingPlan
 from cxr.errors import ConfigError, ProviderError
 from cxr.openvino_session import PRECISION_NAMES
 from cxr.session import PROVIDER_NAMES, SessionConfig, check_precision
 
-ORT_SAME = ("auto", "fp32")  # what onnxruntime providers accept: both run the file as it is stored
+
+@dataclass(frozen=True)
+class TimingPlan:
+    warmup: int = 3
+    iterations: int = 20  # at least this many timed calls (per client)
+    min_seconds: float = 0.0  # and at least this long
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise ConfigError(f"warm-up runs must be >= 0, got {self.warmup}", hint="e.g. --warmup 3")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}", hint="e.g. --iterations 20")
+        if self.min_seconds < 0:
+            raise ConfigError(
+                f"minimum seconds must be >= 0, got {self.min_seconds}", hint="e.g. --min-seconds 10"
+            )
 
 
 def provider_precisions(

@@ -1,17 +1,8 @@
-"""Takes the model and variant paths, batch sizes and an image folder; checks them before anything is measured.
+"""Takes the model, variant paths, batch sizes and image folder; makes ``ModelFile``s, checked before
+measuring.
 
-Makes ``ModelFile`` descriptions (metadata read from the file header, sha256, precision, kind, the FP32
-file it derives from) and the list of image files; raises ``ModelError`` / ``ConfigError`` /
-``DataError`` (exit code 2) naming what was given and how to fix it.
-
-Variants belong together when either
-- their roots match: an FP16/INT8 member's card carries ``fp32_sha256``, the sha256 of the FP32 file it was
-  converted from (the .onnx, then its external ``.onnx.data`` when it has one); an FP32 file is its own root;
-- or they were built from the same trained weights: equal ``checkpoint_sha256`` (members), or the same
-  member order, member checkpoints and meta-learner (fused ensembles, whose variants are fused from the
-  members' variants and carry no ``fp32_sha256``).
-Anything else is refused as a metadata hash mismatch.
-"""
+Variants belong together when their ``fp32_sha256`` roots match or their cards name the same trained
+weights."""
 
 from __future__ import annotations
 
@@ -115,16 +106,9 @@ def inspect_model(path: Path | str) -> ModelFile:
     return ModelFile(path, sha, metadata, header.inputs[0], content)
 
 
-def same_model(a: ModelFile, b: ModelFile) -> bool:
-    """True when ``a`` and ``b`` are precisions of one model (see the module docstring)."""
-    if a.root_sha256 & b.root_sha256:
-        return True
-    ia, ib = a.weights_identity, b.weights_identity
-    return ia is not None and ia == ib
-
-
 def check_variants(main: ModelFile, variants: Sequence[ModelFile]) -> None:
-    """All files must be precisions of the same model: same root hash, classes, input and members."""
+    """All files must be precisions of the same model (same FP32 root or same trained weights), with the same
+    classes, input and members."""
     seen = {main.sha256: main.path}
     for v in variants:
         if v.sha256 in seen:
@@ -133,7 +117,8 @@ def check_variants(main: ModelFile, variants: Sequence[ModelFile]) -> None:
                 hint="pass each precision variant once",
             )
         seen[v.sha256] = v.path
-        if not same_model(main, v):
+        same_weights = v.weights_identity is not None and v.weights_identity == main.weights_identity
+        if not (main.root_sha256 & v.root_sha256 or same_weights):
             raise ModelError(
                 f"variant {v.path} ({v.precision}) does not belong to the same model as {main.path} "
                 f"({main.precision}): it derives from the FP32 file with sha256 {_short(v.root_sha256)}, "

@@ -1,13 +1,5 @@
-"""Takes the running process and its OS; makes ``MachineInfo`` (what a benchmark ran on) and ``PeakMemory``.
-
-``MachineInfo`` holds the CPU, cores, memory, GPUs (``nvidia-smi``), runtime versions, the load average at
-the start, and the GEMM peak GFLOP/s per precision that efficiency % divides by: given by
-``--peak-gflops`` or ``$CXR_PEAK_GFLOPS`` (``benchmarks/peak.py`` measures them), never guessed.
-
-Peak memory: on Linux the kernel's resident high-water mark (``VmHWM``) is reset before each configuration
-by writing ``5`` to /proc/self/clear_refs, so a row's figure is that configuration's own peak (scope
-``row``); elsewhere it is the process-lifetime maximum (scope ``process``), which only grows.
-"""
+"""Takes the running process and its OS; makes ``MachineInfo`` (CPU, GPUs, versions, GEMM peaks) and
+``PeakMemory``."""
 
 from __future__ import annotations
 
@@ -34,25 +26,24 @@ PEAK_HINT = (
 )
 
 
-def _read_text(path: str) -> str:
+def _proc_field(path: str, key: str) -> str | None:
+    """The value after ``key:`` in a /proc file (first match, case-insensitive key), or None."""
     try:
-        return Path(path).read_text(errors="replace")
+        lines = Path(path).read_text(errors="replace").splitlines()
     except OSError:
-        return ""
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith(key.lower())), None)
 
 
 def cpu_model() -> str:
-    for line in _read_text("/proc/cpuinfo").splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
+    return (
+        _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine() or "unknown"
+    )
 
 
 def memory_total_gib() -> float | None:
-    for line in _read_text("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 1024**2, 1)
-    return None
+    total = _proc_field("/proc/meminfo", "MemTotal:")
+    return None if total is None else round(int(total.split()[0]) / 1024**2, 1)
 
 
 def usable_cores() -> int:
@@ -207,10 +198,8 @@ def busy_note(machine: MachineInfo) -> str | None:
 
 
 def _vm_hwm_kib() -> int | None:
-    for line in _read_text("/proc/self/status").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return None
+    hwm = _proc_field("/proc/self/status", "VmHWM:")
+    return None if hwm is None else int(hwm.split()[0])
 
 
 def _reset_high_water_mark() -> bool:

@@ -1,9 +1,4 @@
-"""The one writer of cxr-bench results: the terminal table, JSON and Markdown, and the JSON reader.
-
-Takes: a ``BenchReport``. Makes: a terminal table that fits 100 columns with a legend of its columns (every
-column with ``wide``), a JSON file (``cxr.bench.types``) and a Markdown file with the date, machine,
-command, the full table, its legend and the method.
-"""
+"""Takes a ``BenchReport``; makes the terminal table, the JSON and Markdown files, and reads the JSON back."""
 
 from __future__ import annotations
 

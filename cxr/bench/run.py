@@ -1,10 +1,4 @@
-"""cxr-bench's library: takes a ``BenchConfig``; makes a ``BenchReport`` with one row per configuration.
-
-Per model file x (provider, precision) x threads, one session is created (timed) and reused for every batch
-size and concurrency (with N > 1 clients, also a pool of N sessions). Every input is checked before the
-first measurement. An OpenVINO run the runtime would refuse (bf16 without BF16 or a verified record) is
-skipped with a note; ``references`` (``benchmarks/study.py``) add rows after the model files' own.
-"""
+"""cxr-bench's library: takes a ``BenchConfig``; makes a ``BenchReport`` with one row per configuration."""
 
 from __future__ import annotations
 
@@ -23,6 +17,7 @@ from cxr.bench.machine import PEAK_ENV, MachineInfo, PeakMemoryProbe, busy_note,
 from cxr.bench.measure import (
     BenchContext,
     BenchInputs,
+    Call,
     cycled,
     effective_precision,
     guarded,
@@ -31,7 +26,6 @@ from cxr.bench.measure import (
     measure,
     open_predictor,
 )
-from cxr.bench.timing import Call
 from cxr.bench.types import BenchReport, BenchRow
 from cxr.errors import ProviderError
 from cxr.onnx_header import read_onnx_header
@@ -45,13 +39,6 @@ log = logging.getLogger(__name__)
 Refusals = Mapping[tuple[Path, str, str], str]
 Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], None]
 """Adds reference rows to a run (``benchmarks/``): the context, the main model file, the inputs, the probe."""
-
-
-def _cpu_bf16() -> bool:
-    """Whether OpenVINO can run BF16 on this CPU (imports openvino, which must be installed)."""
-    import openvino as ov
-
-    return cpu_has_bf16(ov.Core())
 
 
 def precision_refusals(
@@ -69,7 +56,9 @@ def precision_refusals(
         )
     if not ov_runs & {"bf16", "auto"}:
         return {}, []
-    cpu_bf16 = _cpu_bf16()
+    import openvino as ov
+
+    cpu_bf16 = cpu_has_bf16(ov.Core())
     skipped: dict[tuple[Path, str, str], str] = {}
     notes: list[str] = []
     for mf in files:

@@ -1,21 +1,17 @@
-"""Takes measured values; makes ``BenchRow`` (one configuration), ``BenchReport`` (rows, machine, config,
-notes), their JSON form (schema ``cxr-bench`` version 2) and ``validate_report``.
-
-A row's ``kind``: ``inference`` (pre-decoded, pre-resized tensors), ``end_to_end`` (decode + preprocess +
-inference; ``stages_ms`` splits the time), or a reference kind ``benchmarks/study.py`` adds. ``precision``
-is what really ran, ``precision_requested`` what was asked; latencies are per call (one batch) and per image.
-"""
+"""Takes measured values; makes ``LatencyStats`` (numpy percentiles, slow outliers counted and kept), ``BenchRow``,
+``BenchReport``, their JSON form (schema ``cxr-bench`` v2) and a validator."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cxr.bench.machine import MachineInfo
-from cxr.bench.stats import LatencyStats
-from cxr.errors import DataError
+from cxr.errors import ConfigError, DataError
 
 SCHEMA = "cxr-bench"
 SCHEMA_VERSION = 2
@@ -30,6 +26,60 @@ REQUIRED_ROW_KEYS: tuple[str, ...] = tuple(
     "kind model precision provider_requested provider provider_ok batch_size threads concurrency mode "
     "latency_ms latency_per_image_ms throughput_ips peak_rss_mb rss_scope".split()
 )
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per call (or per image, see ``scaled``) over ``count`` timed calls."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    outliers: int  # samples above Tukey's upper fence (still included in every statistic above)
+    outlier_fence: float  # Q3 + 1.5 * IQR, in the same unit
+
+    def scaled(self, factor: float) -> LatencyStats:
+        """The same statistics multiplied by ``factor`` (e.g. 1 / batch size for per-image figures)."""
+        times = {
+            f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.type == "float"
+        }
+        return dataclasses.replace(self, **times)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LatencyStats:
+        floats = {f.name: float(d[f.name]) for f in dataclasses.fields(cls) if f.type == "float"}
+        return cls(count=int(d["count"]), outliers=int(d["outliers"]), **floats)
+
+
+def summarize(seconds: Sequence[float]) -> LatencyStats:
+    """Statistics in milliseconds of per-call wall times given in seconds."""
+    if len(seconds) == 0:
+        raise ConfigError("no timed samples to summarise", hint="measure at least one iteration")
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    q1, p50, q3, p90, p95, p99 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90, 95, 99]))
+    fence = q3 + 1.5 * (q3 - q1)
+    return LatencyStats(
+        count=int(ms.size),
+        mean=float(ms.mean()),
+        std=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        min=float(ms.min()),
+        p50=p50,
+        p90=p90,
+        p95=p95,
+        p99=p99,
+        max=float(ms.max()),
+        outliers=int((ms > fence).sum()),
+        outlier_fence=fence,
+    )
 
 
 @dataclass(frozen=True)

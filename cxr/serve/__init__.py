@@ -1,14 +1,10 @@
-"""cxr.serve: the HTTP inference API (FastAPI on uvicorn, onnxruntime behind a dynamic batcher; no torch).
-
-``create_app(ServeConfig | None)`` builds the app (with no argument it reads the ``CXR_*`` environment
-variables, as ``cxr serve`` does); ``uvicorn_options(cfg)`` holds the uvicorn settings ``cxr serve`` runs
-with, for anyone running uvicorn themselves. Everything is imported on first use, so ``import cxr.serve``
-works without the serve extra.
-"""
+"""cxr.serve: the HTTP inference API (FastAPI; no torch), imported on first use."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxr._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cxr.serve.app import create_app
@@ -16,16 +12,11 @@ if TYPE_CHECKING:
     from cxr.serve.server import uvicorn_options
 
 __all__ = ["ServeConfig", "create_app", "uvicorn_options"]
-_HOMES = {
-    "ServeConfig": "cxr.serve.config",
-    "create_app": "cxr.serve.app",
-    "uvicorn_options": "cxr.serve.server",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'cxr.serve' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cxr.serve.config": ["ServeConfig"],
+        "cxr.serve.app": ["create_app"],
+        "cxr.serve.server": ["uvicorn_options"],
+    },
+)

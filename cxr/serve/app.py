@@ -1,70 +1,99 @@
-"""The app factory: ``create_app(config)`` builds the FastAPI app; its lifespan loads the model once.
-
-Takes: a ``ServeConfig`` (none: read from the ``CXR_*`` environment variables) and, for tests, an optional
-model loader. Makes: a FastAPI app with the routers of ``cxr.serve.routes``, the body-size cap, optional
-CORS (off unless origins are configured), Prometheus metrics, and exception handlers that turn every failure into ``{"error": {code, message, hint}}`` with the
-right status — never a stack trace or a server-side path (a 500 says only "internal server error"; the
-details go to the server log). Nothing is loaded when this module is imported or the app is built.
-"""
+"""Takes a ``ServeConfig`` (none: the ``CXR_*`` environment); makes the FastAPI app, its handlers and
+middleware."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxr import __version__
 from cxr.labels import NOTICE
-from cxr.serve.auth import auth_dependencies
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import STATUS_CODES, ApiError, error_body
 from cxr.serve.limits import BodyLimitMiddleware, BodyTooLarge, too_large_body
-from cxr.serve.prometheus import MetricsMiddleware
+from cxr.serve.prometheus import MetricsMiddleware, ServeMetrics
 from cxr.serve.routes import api, probes
 from cxr.serve.state import Loader, ServerState
 
 log = logging.getLogger(__name__)
 
+API_KEY_HEADER = "X-API-Key"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_matches(given: str | None, expected_digest: bytes) -> bool:
+    """Constant-time comparison of ``given`` against the digest of the configured key."""
+    return given is not None and hmac.compare_digest(_digest(given), expected_digest)
+
+
+def auth_dependencies(api_key: str | None, metrics: ServeMetrics) -> list[Any]:
+    """``dependencies=`` for the protected routes (empty when authentication is off)."""
+    if api_key is None:
+        return []
+    expected = _digest(api_key)
+    header_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The server's API key.")
+    bearer_scheme = HTTPBearer(auto_error=False, description="The server's API key as a bearer token.")
+
+    async def require_api_key(
+        header_key: str | None = Security(header_scheme),
+        bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+    ) -> None:
+        given = header_key if header_key is not None else (bearer.credentials if bearer else None)
+        if not key_matches(given, expected):
+            metrics.rejected.labels(reason="unauthorized").inc()
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong API key",
+                hint=f"send it as 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return [Depends(require_api_key)]
+
 
 def _install_handlers(app: FastAPI, state: ServerState) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, ApiError):  # registered for ApiError only
-            raise exc
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, StarletteHTTPException):
-            raise exc
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]]
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
+        ]
         message = "invalid request: " + ("; ".join(parts) or "validation failed")
         return JSONResponse(error_body("validation_error", message[:1000]), status_code=422)
 
-    async def body_too_large(_: Request, exc: Exception) -> JSONResponse:
-        limit = exc.limit if isinstance(exc, BodyTooLarge) else state.cfg.max_body_bytes
-        state.metrics.rejected.inc(reason="body_too_large")
-        return JSONResponse(too_large_body(limit), status_code=413, headers={"Connection": "close"})
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        state.metrics.rejected.labels(reason="body_too_large").inc()
+        return JSONResponse(too_large_body(exc.limit), status_code=413, headers={"Connection": "close"})
 
+    @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body("internal", "internal server error"), status_code=500)
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(BodyTooLarge, body_too_large)
-    app.add_exception_handler(Exception, internal_error)
 
 
 def create_app(config: ServeConfig | None = None, *, loader: Loader | None = None) -> FastAPI:
@@ -99,7 +128,7 @@ def create_app(config: ServeConfig | None = None, *, loader: Loader | None = Non
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=config.max_body_bytes,
-        on_reject=lambda: state.metrics.rejected.inc(reason="body_too_large"),
+        on_reject=lambda: state.metrics.rejected.labels(reason="body_too_large").inc(),
     )
     if config.cors_origins:
         app.add_middleware(

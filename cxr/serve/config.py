@@ -1,14 +1,4 @@
-"""The HTTP API's settings: one pydantic-settings ``ServeConfig`` read from arguments and ``CXR_*`` variables.
-
-Takes: keyword arguments (``cxr serve``'s options, a test) and the environment: every field ``name`` also
-comes from ``CXR_NAME`` (``CXR_MODEL``, ``CXR_MAX_QUEUE``, ...; ``CXR_REQUEST_TIMEOUT`` for
-``request_timeout_s``, ``CXR_CORS_ORIGINS`` comma-separated) and the session from ``CXR_PROVIDER``,
-``CXR_PRECISION``, ``CXR_THREADS`` and ``CXR_STRICT_PROVIDER``; arguments win over the environment. Makes:
-``ServeConfig``, checked when built (a bad value is a ``ConfigError`` naming it), which
-``cxr.serve.app.create_app`` reads by itself when given none. The API key comes from ``CXR_API_KEY_FILE``
-(the file wins) or ``CXR_API_KEY``, never from a command-line value, which other users of the machine could
-read in the process list.
-"""
+"""Takes arguments and ``CXR_*`` variables (arguments win); makes the checked ``ServeConfig``."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""API errors: one exception type that carries its HTTP status, a stable code and a message (fastapi-free).
-
-Takes: what went wrong in a request. Makes: ``ApiError`` and the JSON body every error response has,
-``{"error": {"code": ..., "message": ..., "hint": ...}}``. Messages say what was wrong with the request;
-they never contain stack traces or server-side paths.
-"""
+"""Takes what went wrong in a request; makes ``ApiError`` and the ``{"error": {code, message, hint}}``
+body."""
 
 from __future__ import annotations
 

@@ -1,21 +1,14 @@
-"""Request limits: the body-size cap enforced while reading, and bounded admission with a bounded queue.
-
-Takes: ASGI traffic and the limits from ``ServeConfig``. Makes:
-- ``BodyLimitMiddleware`` (pure ASGI, fastapi-free): a declared ``Content-Length`` above the cap is answered
-  413 before one byte of the body is read; a chunked body is counted as it arrives and stopped with 413 the
-  moment it passes the cap, before any parser sees it (Starlette has no such limit of its own).
-- ``AdmissionGate``: at most ``max_active`` requests are processed at once and at most ``max_waiting`` wait
-  for a slot; one more is refused at once (the caller answers 503 with ``Retry-After``) — never an unbounded
-  pile-up. A slot held by work that is still running in a thread is released only when that work ends.
-"""
+"""Takes ASGI traffic and the limits; makes the body-size cap (``BodyLimitMiddleware``) and
+``AdmissionGate``."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from cxr.serve.errors import error_body
 
@@ -46,16 +39,8 @@ def too_large_body(limit: int) -> dict[str, Any]:
     )
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class BodyLimitMiddleware:
-    """Cap every HTTP request body at ``max_bytes`` (see the module docstring)."""
+    """Cap every request body at ``max_bytes``: 413 on a declared or counted overrun, before any parser."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
         self.app = app
@@ -74,12 +59,10 @@ class BodyLimitMiddleware:
                 size = -1
             if size < 0:
                 body = error_body("bad_request", "invalid Content-Length header", hint="send a byte count")
-                await send_json(send, 400, body, {"connection": "close"})
+                await JSONResponse(body, 400, {"connection": "close"})(scope, receive, send)
                 return
             if size > self.max_bytes:
-                if self.on_reject is not None:
-                    self.on_reject()
-                await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+                await self._refuse(scope, receive, send)
                 return
         received = 0
         started = False
@@ -104,13 +87,16 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            if self.on_reject is not None:
-                self.on_reject()
-            await send_json(send, 413, too_large_body(self.max_bytes), {"connection": "close"})
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
+        await JSONResponse(too_large_body(self.max_bytes), 413, {"connection": "close"})(scope, receive, send)
 
 
 class AdmissionGate:
-    """Bounded concurrency with a bounded wait queue (see the module docstring)."""
+    """At most ``max_active`` requests at once and ``max_waiting`` waiting; one more gets ``Overloaded``."""
 
     def __init__(self, max_active: int, max_waiting: int) -> None:
         self.max_active = max_active

@@ -1,33 +1,183 @@
-"""One prediction request from arrival to result: admit, read, decode, batch, all under one timeout.
-
-Takes: a Starlette request (multipart with ``file``/``files`` fields, or a raw image body) and the
-``ServerState``. Makes: per-file ``Outcome`` objects (a ``BatchResult`` or an ``ApiError``).
-Order: wait for an admission slot (503 + Retry-After when the wait queue is full) -> read the body (the
-size cap is enforced by ``BodyLimitMiddleware`` while reading) -> sniff, decode and resize to the model's
-input size in the decode pool -> submit to the dynamic batcher. The request timeout covers all of it;
-running out of time while queued gives 503, while reading the body 408, afterwards 504.
-"""
+"""Takes a prediction request; admits it, reads it, checks each upload by its content, decodes and batches
+it under one timeout; makes ``Outcome``s (or an ``ApiError`` saying what was wrong)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
+import logging
+import re
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
+from cxr.errors import CxrError
+from cxr.imaging.decode import DecodeLimits
 from cxr.imaging.preprocess import resize_gray
 from cxr.runtime.assess import header_reasons
-from cxr.serve.batcher import BatcherStopped, BatchResult
 from cxr.serve.errors import ApiError, overloaded
 from cxr.serve.limits import Overloaded
-from cxr.serve.state import ServerState
-from cxr.serve.uploads import Upload, decode_upload, safe_name
+from cxr.serve.state import BatcherStopped, BatchResult, ServerState
 from cxr.spec import Reason
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = "PNG, JPEG, BMP, TIFF, WebP or DICOM"
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+DICOM_TYPES = frozenset({"application/dicom", "application/dicom+binary"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_CHARS = 200
+
+Decoder = Callable[[bytes], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its bytes and the client's (untrusted) name and declared type."""
+
+    data: bytes
+    filename: str = "upload"
+    declared_type: str | None = None
+
+
+def safe_name(name: str | None) -> str:
+    """A label for the client's file name: base name only, no control characters, at most 200 chars."""
+    if not name:
+        return "upload"
+    base = PurePosixPath(name.replace("\\", "/")).name
+    base = _CONTROL.sub("", base).strip()[:MAX_NAME_CHARS]
+    return base or "upload"
+
+
+def _bare_dicom(data: bytes) -> bool:
+    """A DICOM data set without preamble starts with a little-endian tag of group 0x0002 or 0x0008."""
+    return len(data) >= 8 and data[0:2] in (b"\x02\x00", b"\x08\x00") and data[3] == 0
+
+
+def sniff(data: bytes, declared_type: str | None = None, filename: str = "") -> str | None:
+    """The format the bytes really have (png, jpeg, bmp, tiff, webp, dicom), or None."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    hinted = (declared_type or "").split(";")[0].strip().lower() in DICOM_TYPES or filename.lower().endswith(
+        (".dcm", ".dicom")
+    )
+    if _bare_dicom(data) or (hinted and len(data) >= 8 and data[:4] != b"\x00\x00\x00\x00"):
+        return "dicom"
+    return None
+
+
+def _too_many_pixels(name: str, w: int, h: int, max_pixels: int) -> ApiError:
+    return ApiError(
+        413,
+        "image_too_large",
+        f"{name}: {w}x{h} = {w * h} pixels is over the server's {max_pixels}-pixel limit",
+        hint="downscale the image before sending it",
+    )
+
+
+def _multi_frame(name: str, frames: int) -> ApiError:
+    return ApiError(
+        422,
+        "multi_frame",
+        f"{name}: has {frames} frames; cxr classifies single-frame images",
+        hint="send the frame to classify as its own file",
+    )
+
+
+def _check_raster(data: bytes, name: str, max_pixels: int) -> None:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+        except Image.DecompressionBombError as e:
+            raise ApiError(413, "image_too_large", f"{name}: declared image size is implausibly large") from e
+        except Exception as e:  # Pillow raises many types for hostile headers; all mean "cannot open"
+            raise ApiError(
+                422, "corrupt_image", f"{name}: the image header is corrupt or truncated", hint="re-export it"
+            ) from e
+        with img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _too_many_pixels(name, w, h, max_pixels)
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1 and img.format not in ("PNG", "WEBP", "MPO"):  # animations, phone photos: frame 1
+                raise _multi_frame(name, frames)
+
+
+def _check_dicom(data: bytes, name: str, max_pixels: int) -> None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as e:  # pydicom raises many types for malformed data sets
+        raise ApiError(
+            422, "corrupt_image", f"{name}: malformed DICOM data set", hint="re-export the DICOM file"
+        ) from e
+    if rows <= 0 or cols <= 0:
+        raise ApiError(422, "corrupt_image", f"{name}: DICOM file without an image (no Rows/Columns)")
+    if frames > 1:
+        raise _multi_frame(name, frames)
+    if rows * cols > max_pixels:
+        raise _too_many_pixels(name, cols, rows, max_pixels)
+
+
+def decode_upload(upload: Upload, decode: Decoder, limits: DecodeLimits) -> np.ndarray:
+    """Sniff, check the declared size, decode (the content decides, never the name); ``ApiError`` on bad input."""
+    name = safe_name(upload.filename)
+    data = upload.data
+    if not data:
+        raise ApiError(400, "empty_file", f"{name}: the upload is empty (0 bytes)", hint="attach the image")
+    fmt = sniff(data, upload.declared_type, name)
+    if fmt is None:
+        declared = upload.declared_type or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"{name}: not an image cxr can read (declared type: {declared[:80]}); cxr reads {SUPPORTED}",
+            hint="convert the image to PNG",
+        )
+    if fmt == "dicom":
+        _check_dicom(data, name, limits.max_pixels)
+    else:
+        _check_raster(data, name, limits.max_pixels)
+    try:
+        if fmt == "dicom" and data[128:132] != b"DICM":
+            from cxr.imaging.dicom import decode_dicom
+
+            gray = decode_dicom(data, name=name, limits=limits)
+        else:
+            gray = decode(data)
+    except CxrError as e:
+        raise ApiError(422, "undecodable", e.message.replace("<upload>", name), hint=e.hint) from e
+    except Exception as e:  # a decoder bug on hostile input must not become a 500 (nor kill the server)
+        log.warning("decoding %s failed unexpectedly: %r", name, e)
+        raise ApiError(422, "undecodable", f"{name}: the {fmt} image cannot be decoded") from e
+    if gray.ndim != 2 or gray.dtype != np.uint8 or gray.size == 0:
+        raise ApiError(422, "undecodable", f"{name}: decoded to an unusable array {gray.dtype} {gray.shape}")
+    return gray
+
 
 MAX_FORM_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
@@ -51,14 +201,6 @@ class _Progress:
 
 async def read_uploads(request: Request, *, many: bool, max_files: int) -> list[Upload]:
     """The uploaded files: multipart ``file`` (single) / ``files`` or ``file`` (batch), or the raw body."""
-    try:
-        return await _read_uploads(request, many=many, max_files=max_files)
-    except ClientDisconnect:
-        # Nobody will read the answer; a 4xx (not a logged 500) keeps the metrics and the log honest.
-        raise ApiError(400, "client_disconnected", "the client closed the connection mid-upload") from None
-
-
-async def _read_uploads(request: Request, *, many: bool, max_files: int) -> list[Upload]:
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         async with request.form(
@@ -117,7 +259,7 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
     try:
         await state.gate.acquire()
     except Overloaded:
-        state.metrics.rejected.inc(reason="queue_full")
+        state.metrics.rejected.labels(reason="queue_full").inc()
         raise overloaded(
             f"the server is at capacity ({state.cfg.max_concurrency} requests in progress, "
             f"{state.cfg.max_queue} waiting)",
@@ -125,7 +267,12 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
         ) from None
     try:
         progress.phase = "read"
-        uploads = await read_uploads(request, many=many, max_files=state.cfg.max_batch_files)
+        try:
+            uploads = await read_uploads(request, many=many, max_files=state.cfg.max_batch_files)
+        except ClientDisconnect:  # nobody reads the answer; a 4xx, not a logged 500, keeps metrics honest
+            raise ApiError(
+                400, "client_disconnected", "the client closed the connection mid-upload"
+            ) from None
         progress.phase = "decode"
         decoded = await _decode_all(state, uploads, progress)
         if not many and isinstance(decoded[0][0], ApiError):
@@ -152,13 +299,13 @@ async def _run(state: ServerState, request: Request, many: bool, progress: _Prog
 
 
 async def run_prediction(state: ServerState, request: Request, *, many: bool) -> list[Outcome]:
-    """Everything in the module docstring; raises ``ApiError`` for request-level failures."""
+    """The request's outcomes; ``ApiError`` for request-level failures (timeout: 503 queued, 408 reading, else 504)."""
     progress = _Progress()
     timeout = state.cfg.request_timeout_s
     try:
         return await asyncio.wait_for(_run(state, request, many, progress), timeout)
     except asyncio.TimeoutError:
-        state.metrics.rejected.inc(reason=f"timeout_{progress.phase}")
+        state.metrics.rejected.labels(reason=f"timeout_{progress.phase}").inc()
         if progress.phase == "queue":
             raise overloaded(
                 f"no capacity freed up within the {timeout:g} s request timeout", state.cfg.retry_after_s

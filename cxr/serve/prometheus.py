@@ -1,22 +1,4 @@
-"""The API's Prometheus metrics, kept by prometheus-client on one registry per app (fastapi-free).
-
-Takes: request outcomes (from ``MetricsMiddleware``), batch sizes and inference times (from the batcher),
-refusals by reason, queue depth (read when scraped). Makes: the ``/metrics`` body (``render``, served as
-``CONTENT_TYPE_LATEST``): ``cxr_http_requests_total{method,path,status}``,
-``cxr_http_request_duration_seconds{path}`` (histogram), ``cxr_queue_depth``, ``cxr_requests_in_progress``,
-``cxr_batch_size`` (histogram), ``cxr_inference_duration_seconds`` (histogram),
-``cxr_rejected_requests_total{reason}``, ``cxr_model_ready`` — plus prometheus-client's ``*_created``
-series (set ``PROMETHEUS_DISABLE_CREATED_SERIES=True`` to drop them). Each ``ServeMetrics`` has its own
-``CollectorRegistry``, never the global default one, so apps in one process do not share counts. Paths
-outside the API's own routes are counted as ``other`` so a scanner cannot blow up the label set.
-
-Multiprocess: ``cxr serve`` runs one uvicorn process (``server.run_server`` has no workers option), so a
-plain registry is right. To serve from several workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
-directory before they start, scrape a fresh ``CollectorRegistry`` fed by
-``prometheus_client.multiprocess.MultiProcessCollector``, give the three gauges a ``multiprocess_mode``
-(``livesum``/``max``) and ``set()`` them on change instead of ``set_function``, and call
-``multiprocess.mark_process_dead(pid)`` when a worker exits.
-"""
+"""Takes request outcomes, batches and refusals; makes the ``/metrics`` body (one registry per app)."""
 
 from __future__ import annotations
 
@@ -40,16 +22,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class LabelledCounter:
-    """A prometheus-client counter whose ``inc`` takes the label values as keywords: ``inc(reason="x")``."""
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self.counter.labels(**labels).inc(amount)
 
 
 class ServeMetrics:
@@ -91,13 +63,11 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.rejected = LabelledCounter(
-            Counter(
-                "cxr_rejected_requests_total",
-                "Requests refused by a limit, by reason.",
-                ("reason",),
-                registry=reg,
-            )
+        self.rejected = Counter(
+            "cxr_rejected_requests_total",
+            "Requests refused by a limit, by reason.",
+            ("reason",),
+            registry=reg,
         )
         gauges = (
             ("cxr_queue_depth", "Requests waiting for a slot plus images waiting for a batch.", queue_depth),
@@ -107,17 +77,10 @@ class ServeMetrics:
         for name, help_text, read in gauges:
             Gauge(name, help_text, registry=reg).set_function(read)
 
-    def route_label(self, path: str) -> str:
-        return path if path in self.routes else "other"
-
-    @staticmethod
-    def method_label(method: str) -> str:
-        return method if method in HTTP_METHODS else "other"
-
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
         """One finished HTTP exchange; ``method`` and ``path`` are bounded to known values here."""
-        path = self.route_label(path)
-        self.requests.labels(self.method_label(method), path, str(status)).inc()
+        path = path if path in self.routes else "other"
+        self.requests.labels(method if method in HTTP_METHODS else "other", path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 
     def observe_batch(self, size: int, seconds: float) -> None:

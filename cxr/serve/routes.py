@@ -1,27 +1,22 @@
-"""The API's endpoints: predict (one file or several), model metadata, health, readiness and metrics.
-
-Takes: the app's ``ServerState`` (through ``Depends(get_state)``). Makes: two module-level routers, ``api``
-(the model's endpoints, which ``create_app`` puts behind the auth dependencies) and ``probes`` (health,
-readiness, the root: always open). The predict endpoints read
-their body themselves (multipart ``file`` or a raw image body, sniffed by content), so authentication and
-admission happen before a byte of the body is read; their OpenAPI request body is declared explicitly.
-"""
+"""The API's endpoints: ``api`` (predict, model, metrics; behind auth) and ``probes`` (health, readiness)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from cxr import __version__
+from cxr.errors import CxrError
 from cxr.labels import NOTICE
 from cxr.runtime.assess import with_reasons
+from cxr.runtime.overlay import overlay_png
 from cxr.serve.errors import ApiError
-from cxr.serve.heatmap import overlay_for
 from cxr.serve.pipeline import Outcome, run_prediction
 from cxr.serve.prometheus import CONTENT_TYPE_LATEST
 from cxr.serve.schemas import (
@@ -38,9 +33,19 @@ from cxr.serve.schemas import (
     Timing,
 )
 from cxr.serve.state import ServerState
-from cxr.spec import provenance_warnings
+from cxr.spec import Prediction, provenance_warnings
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+if TYPE_CHECKING:
+    from cxr.runtime.predictor import Predictor
+
+_FILE = {"type": "string", "format": "binary"}
+
+
+def _form(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI multipart body with the one required ``field``."""
+    return {"schema": {"type": "object", "required": [field], "properties": {field: schema}}}
+
+
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -48,17 +53,11 @@ PREDICT_BODY: dict[str, Any] = {
         "The format is sniffed from the content (PNG, JPEG, BMP, TIFF, WebP, DICOM); the declared type is "
         "only a hint.",
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            "application/octet-stream": _BINARY,
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "application/dicom": _BINARY,
+            "multipart/form-data": _form("file", _FILE),
+            **dict.fromkeys(
+                ("application/octet-stream", "image/png", "image/jpeg", "application/dicom"),
+                {"schema": _FILE},
+            ),
         },
     }
 }
@@ -66,17 +65,7 @@ BATCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "Several images as multipart parts named 'files' (or 'file').",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
+        "content": {"multipart/form-data": _form("files", {"type": "array", "items": _FILE})},
     }
 }
 
@@ -108,68 +97,6 @@ def _prediction(state: ServerState, outcome: Outcome, started: float) -> Predict
     )
 
 
-def _batch_response(state: ServerState, outcomes: list[Outcome], started: float) -> BatchResponse:
-    """Each file's result or error, and the counts."""
-    items = []
-    for o in outcomes:
-        if o.error is not None:
-            err = ErrorDetail(code=o.error.code, message=o.error.message, hint=o.error.hint)
-            items.append(BatchItem(source=o.source, status=o.error.status, error=err))
-        else:
-            items.append(BatchItem(source=o.source, status=200, prediction=_prediction(state, o, started)))
-    failed = sum(1 for i in items if i.error is not None)
-    return BatchResponse(results=items, succeeded=len(items) - failed, failed=failed, model=model_ref(state))
-
-
-def _model_info(state: ServerState) -> ModelInfo:
-    """The served model: its id, classes, preprocessing, card, providers and the serving limits."""
-    predictor, _, _ = state.require_ready()
-    cfg = state.cfg
-    meta = predictor.metadata
-    return ModelInfo(
-        model=model_ref(state),
-        sha256_prefix=predictor.model_id,
-        file_name=cfg.model.name,
-        classes=list(predictor.classes),
-        members=list(predictor.member_names),
-        input_format=meta.input_format,
-        preprocess=meta.preprocess.to_dict(),
-        card=dict(meta.card),
-        warnings=list(provenance_warnings(meta.card)),
-        provider=predictor.provider,
-        providers=list(predictor.info.providers),
-        precision=predictor.info.precision,
-        device=predictor.info.device,
-        provider_warnings=list(predictor.info.warnings),
-        serving=ServingLimits(
-            max_batch_size=cfg.max_batch_size,
-            max_wait_ms=cfg.max_wait_ms,
-            max_body_bytes=cfg.max_body_bytes,
-            max_pixels=cfg.max_pixels,
-            max_batch_files=cfg.max_batch_files,
-            request_timeout_s=cfg.request_timeout_s,
-            max_concurrency=cfg.max_concurrency,
-            max_queue=cfg.max_queue,
-        ),
-        notice=NOTICE,
-    )
-
-
-def _readiness(state: ServerState) -> ReadyOut:
-    """What ``/readyz`` says: status, model id, providers, warm-up time, and any error or warning."""
-    predictor = state.predictor
-    return ReadyOut(
-        status=state.status,
-        model_id=predictor.model_id if predictor else None,
-        provider=predictor.provider if predictor else None,
-        providers=list(predictor.info.providers) if predictor else [],
-        precision=predictor.info.precision if predictor else None,
-        device=predictor.info.device if predictor else None,
-        warmup_seconds=state.warmup_seconds,
-        message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
-    )
-
-
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
     401: {  # the route's class is text/plain; its errors are JSON like everywhere else
@@ -177,6 +104,16 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     },
 }
+
+
+def overlay_for(predictor: Predictor, image: np.ndarray, pred: Prediction) -> bytes:
+    """The overlay of ``image`` for ``pred`` (the heatmap of the class ``pred`` names)."""
+    raw = predictor.run(predictor.prepare([image]), heatmaps=True)
+    if raw.heatmaps is None:
+        raise CxrError(
+            f"{predictor.model_path} returned no heatmap", hint="rebuild it with `cxr fuse --heatmaps`"
+        )
+    return overlay_png(image, pred, raw.heatmaps[0])
 
 
 def get_state(request: Request) -> ServerState:
@@ -234,12 +171,40 @@ async def predict(request: Request, state: State, heatmap: bool = False) -> Pred
 async def predict_batch(request: Request, state: State) -> BatchResponse:
     started = time.perf_counter()
     outcomes = await run_prediction(state, request, many=True)
-    return _batch_response(state, outcomes, started)
+    items = []
+    for o in outcomes:
+        if o.error is not None:
+            err = ErrorDetail(code=o.error.code, message=o.error.message, hint=o.error.hint)
+            items.append(BatchItem(source=o.source, status=o.error.status, error=err))
+        else:
+            items.append(BatchItem(source=o.source, status=200, prediction=_prediction(state, o, started)))
+    failed = sum(1 for i in items if i.error is not None)
+    return BatchResponse(results=items, succeeded=len(items) - failed, failed=failed, model=model_ref(state))
 
 
 @api.get("/v1/model", response_model=ModelInfo, responses=ERROR_RESPONSES)
 async def model_info(state: State) -> ModelInfo:
-    return _model_info(state)
+    predictor, _, _ = state.require_ready()
+    cfg = state.cfg
+    meta = predictor.metadata
+    return ModelInfo(
+        model=model_ref(state),
+        sha256_prefix=predictor.model_id,
+        file_name=cfg.model.name,
+        classes=list(predictor.classes),
+        members=list(predictor.member_names),
+        input_format=meta.input_format,
+        preprocess=meta.preprocess.to_dict(),
+        card=dict(meta.card),
+        warnings=list(provenance_warnings(meta.card)),
+        provider=predictor.provider,
+        providers=list(predictor.info.providers),
+        precision=predictor.info.precision,
+        device=predictor.info.device,
+        provider_warnings=list(predictor.info.warnings),
+        serving=ServingLimits(**{f: getattr(cfg, f) for f in ServingLimits.model_fields}),
+        notice=NOTICE,
+    )
 
 
 @api.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
@@ -259,7 +224,17 @@ async def healthz(state: State) -> Any:
 @probes.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
 async def readyz(state: State) -> Any:
     """Ready: model loaded, provider confirmed, warm-up done. 503 before that (or after a failure)."""
-    body = _readiness(state)
+    predictor = state.predictor
+    body = ReadyOut(
+        status=state.status,
+        model_id=predictor.model_id if predictor else None,
+        provider=predictor.provider if predictor else None,
+        providers=list(predictor.info.providers) if predictor else [],
+        precision=predictor.info.precision if predictor else None,
+        device=predictor.info.device if predictor else None,
+        warmup_seconds=state.warmup_seconds,
+        message=state.error or ("; ".join(predictor.info.warnings) if predictor else None) or None,
+    )
     if state.status != "ready":
         headers = {"Retry-After": str(state.cfg.retry_after_s)} if state.status == "loading" else {}
         return JSONResponse(body.model_dump(), status_code=503, headers=headers)

@@ -1,8 +1,4 @@
-"""The API's response bodies as pydantic models: they are the OpenAPI schema the fuzzing tests run against.
-
-Takes: runtime ``Prediction`` objects and the model's metadata. Makes: JSON-ready models for
-``/v1/predict``, ``/v1/predict/batch``, ``/v1/model``, ``/healthz``, ``/readyz`` and every error.
-"""
+"""The API's response bodies as pydantic models (the OpenAPI schema)."""
 
 from __future__ import annotations
 

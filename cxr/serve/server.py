@@ -1,15 +1,5 @@
-"""Run the app with uvicorn on a socket bound here (so ``--port 0`` works and the real port is known).
-
-Takes: a ``ServeConfig`` and an optional file to write the bound port into. Makes: a running server until
-SIGINT/SIGTERM (graceful: in-flight requests finish, the lifespan releases the model). ``uvicorn_options``
-holds the hardening ``cxr serve`` runs with — no ``Server`` header, no proxy-header trust, uvicorn's own
-connection cap as a backstop above the API's admission limits — for anyone who runs uvicorn themselves::
-
-    uvicorn.run(cxr.serve.create_app(cfg), host=..., port=..., **cxr.serve.uvicorn_options(cfg))
-
-(on the command line: ``uvicorn --factory cxr.serve:create_app --no-server-header --no-proxy-headers
---limit-concurrency 144``, the settings coming from the ``CXR_*`` variables).
-"""
+"""Takes a ``ServeConfig``; runs uvicorn with the API's hardening on a socket bound here (``--port 0``
+works)."""
 
 from __future__ import annotations
 
@@ -47,7 +37,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that keep the API's hardening."""
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that keep the API's hardening (no Server header,
+    no proxy headers, a connection cap above admission); on the command line: ``uvicorn --factory
+    cxr.serve:create_app --no-server-header --no-proxy-headers --limit-concurrency 144``."""
     return {
         "log_level": cfg.log_level,
         "access_log": cfg.access_log,
@@ -60,7 +52,7 @@ def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
 
 
 def run_server(cfg: ServeConfig, *, port_file: Path | None = None) -> None:
-    """Serve ``cfg`` until interrupted (see the module docstring)."""
+    """Serve ``cfg`` until SIGINT/SIGTERM (in-flight requests finish); the bound port goes to ``port_file``."""
     import uvicorn
 
     from cxr.serve.app import create_app

@@ -1,11 +1,5 @@
-"""The server's lifespan-managed state: the model (loaded once, off the event loop), batcher, gate, pools.
-
-Takes: a ``ServeConfig`` and a loader (``Predictor.from_path`` by default). Makes: ``ServerState``. On
-``start()`` the model is loaded and warmed up in a background thread while ``/healthz`` already answers;
-``status`` goes ``loading`` -> ``ready`` (model loaded, provider confirmed, warm-up batches of size 1 and
-``max_batch_size`` done) or ``failed`` (the error is kept, logged and shown by ``/readyz``).
-Nothing is loaded at import or when the app object is built.
-"""
+"""Takes a ``ServeConfig`` and a loader; makes ``ServerState``: the model loaded off the event loop, the gate,
+and the ``DynamicBatcher`` that coalesces concurrent requests into batches like Triton's."""
 
 from __future__ import annotations
 
@@ -13,18 +7,19 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from cxr.errors import CxrError
 from cxr.imaging.decode import DecodeLimits
-from cxr.serve.batcher import DynamicBatcher
 from cxr.serve.config import ServeConfig
 from cxr.serve.errors import ApiError
 from cxr.serve.limits import AdmissionGate
 from cxr.serve.prometheus import ServeMetrics
+from cxr.spec import Prediction
 
 if TYPE_CHECKING:
     from cxr.runtime.predictor import Predictor
@@ -36,31 +31,165 @@ Loader = Callable[[ServeConfig], "Predictor"]
 ROUTES = ("/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/readyz", "/metrics")
 
 
-def load_predictor(cfg: ServeConfig) -> Predictor:
-    """The default loader: ``Predictor.from_path`` with the server's session and limits."""
-    from cxr.runtime.predictor import Predictor, PredictorConfig
-
-    pcfg = PredictorConfig(
-        session=cfg.session,
-        limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
-        batch_size=cfg.max_batch_size,
-        decode_workers=cfg.decode_workers,
-    )
-    return Predictor.from_path(cfg.model, pcfg)
+InferFn = Callable[[Sequence[np.ndarray], Sequence[str]], list[Prediction]]
+BatchObserver = Callable[[int, float], None]
+"""Called on the event loop after every batch with (batch size, inference seconds)."""
 
 
-def load_heatmap_predictor(cfg: ServeConfig) -> Predictor:
-    """The heatmap graph beside ``cfg.model`` (``<stem>.heatmaps.onnx``), on the CPU with the same limits."""
+class BatcherStopped(Exception):
+    """The batcher is not running (server starting up or shutting down)."""
+
+
+@dataclass
+class _Item:
+    gray: np.ndarray
+    source: str
+    future: asyncio.Future[BatchResult]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    prediction: Prediction
+    batch_size: int
+    queue_seconds: float
+    inference_seconds: float
+
+
+class DynamicBatcher:
+    """Start with ``start()`` inside a running event loop, ``submit`` images, ``stop()`` at shutdown."""
+
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        observer: BatchObserver | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.observer = observer
+        self.in_flight = in_flight
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def pending(self) -> int:
+        """Images queued for a batch that has not started yet."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cxr-infer")
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(self._queue, self._pool), name="cxr-batcher"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._queue is not None:
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(BatcherStopped("the server is shutting down"))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def submit(self, gray: np.ndarray, source: str) -> BatchResult:
+        """Queue one image and wait for its result (cancel-safe: a cancelled wait drops the image)."""
+        if not self.running or self._queue is None:
+            raise BatcherStopped("the model is not serving yet")
+        fut: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(gray, source, fut))
+        return await fut
+
+    async def _collect(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
+        batch = [await queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            if self.in_flight is not None and len(batch) >= self.in_flight():
+                break  # every admitted request is already in this batch: waiting cannot fill it
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return [it for it in batch if not it.future.done()]
+
+    async def _loop(self, queue: asyncio.Queue[_Item], pool: concurrent.futures.Executor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect(queue)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            grays = [it.gray for it in batch]
+            sources = [it.source for it in batch]
+            try:
+                preds = await loop.run_in_executor(pool, self.infer, grays, sources)
+            except asyncio.CancelledError:
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(BatcherStopped("the server is shutting down"))
+                raise
+            except Exception as e:  # every waiting request gets the error; the loop lives on
+                log.exception("inference failed for a batch of %d", len(batch))
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+                continue
+            seconds = time.perf_counter() - started
+            if self.observer is not None:
+                self.observer(len(batch), seconds)
+            for it, pred in zip(batch, preds, strict=True):
+                if not it.future.done():
+                    it.future.set_result(BatchResult(pred, len(batch), started - it.queued_at, seconds))
+
+
+def load_predictor(cfg: ServeConfig, heatmaps: bool = False) -> Predictor:
+    """The default loader: ``Predictor.from_path`` with the server's session and limits; ``heatmaps``: the
+    heatmap graph beside ``cfg.model`` (``<stem>.heatmaps.onnx``), one image at a time on the CPU."""
     from cxr.runtime.locate import heatmap_variant
     from cxr.runtime.predictor import Predictor, PredictorConfig
     from cxr.session import SessionConfig
 
-    pcfg = PredictorConfig(
-        session=SessionConfig(provider="cpu", threads=cfg.session.threads),
-        limits=DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels),
-        batch_size=1,
+    limits = DecodeLimits(max_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels)
+    if not heatmaps:
+        pcfg = PredictorConfig(
+            session=cfg.session,
+            limits=limits,
+            batch_size=cfg.max_batch_size,
+            decode_workers=cfg.decode_workers,
+        )
+        return Predictor.from_path(cfg.model, pcfg)
+    session = SessionConfig(provider="cpu", threads=cfg.session.threads)
+    heat = Predictor.from_path(
+        heatmap_variant(cfg.model), PredictorConfig(session=session, limits=limits, batch_size=1)
     )
-    heat = Predictor.from_path(heatmap_variant(cfg.model), pcfg)
     if not heat.has_heatmaps:
         raise CxrError(
             f"{heat.model_path} has no heatmap output", hint="rebuild it with `cxr fuse --heatmaps`"
@@ -117,7 +246,7 @@ class ServerState:
         try:
             predictor = await asyncio.to_thread(self.loader, self.cfg)
             if self.cfg.heatmaps:
-                self.heatmap_predictor = await asyncio.to_thread(load_heatmap_predictor, self.cfg)
+                self.heatmap_predictor = await asyncio.to_thread(load_predictor, self.cfg, heatmaps=True)
             self.warmup_seconds = await asyncio.to_thread(warm_up, predictor, self.cfg.max_batch_size)
         except CxrError as e:
             self._fail(e.message if not e.hint else f"{e.message} (hint: {e.hint})")
@@ -157,12 +286,6 @@ class ServerState:
         self.error = message
         log.error("model not served: %s", message)
 
-    async def wait_until_settled(self) -> Status:
-        """Wait for the load to finish (tests and the CLI's startup log)."""
-        if self._load_task is not None:
-            await asyncio.shield(self._load_task)
-        return self.status
-
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
@@ -185,6 +308,6 @@ class ServerState:
             "failed": "the model failed to load; see /readyz",
             "stopped": "the server is shutting down",
         }.get(self.status, "the model is not ready")
-        self.metrics.rejected.inc(reason="not_ready")
+        self.metrics.rejected.labels(reason="not_ready").inc()
         retry = str(self.cfg.retry_after_s)
         raise ApiError(503, "not_ready", message, headers={"Retry-After": retry})

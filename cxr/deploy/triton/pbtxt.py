@@ -90,15 +90,8 @@ def render_config(
             g.append(f"    gpus: {_dims(cfg.gpus)}")
         groups.append(g + ["  }"])
     if cfg.cpu_instances:
-        groups.append(
-            [
-                "  {",
-                f"    name: {_q(name + '_cpu')}",
-                f"    count: {cfg.cpu_instances}",
-                "    kind: KIND_CPU",
-                "  }",
-            ]
-        )
+        cpu = [f"    name: {_q(name + '_cpu')}", f"    count: {cfg.cpu_instances}", "    kind: KIND_CPU"]
+        groups.append(["  {", *cpu, "  }"])
     lines += _list_block("instance_group", groups)
     if cfg.tensorrt:
         lines += _trt_block(name, sig, meta, cfg, sha256)

@@ -1,9 +1,11 @@
-"""Takes a cxr ONNX file, a folder and a ``TritonConfig``; makes the Triton model folder and KServe file."""
+"""Takes a cxr ONNX file, a folder and a ``TritonConfig``; makes the Triton model folder and a KServe
+InferenceService that serves it with Triton."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -14,12 +16,10 @@ from typing import Any
 
 from cxr import __version__
 from cxr.deploy.triton.config import CXR_JSON, KSERVE_FILE, LABELS_FILE, MODEL_FILE, TritonConfig
-from cxr.deploy.triton.kserve import render_kserve
 from cxr.deploy.triton.pbtxt import render_config, resolve_trt_precision
 from cxr.deploy.triton.signature import (
     ModelSignature,
     check_contract,
-    external_data_files,
     is_int8,
     open_session,
     read_model,
@@ -27,10 +27,65 @@ from cxr.deploy.triton.signature import (
 )
 from cxr.errors import ModelError
 from cxr.labels import NOTICE
+from cxr.onnx_header import read_onnx_header
 from cxr.session import file_sha256
 from cxr.spec import ModelMetadata
 
 log = logging.getLogger(__name__)
+
+
+def _dns_name(name: str) -> str:
+    """A DNS-1035 label for Kubernetes: lowercase letters, digits and '-', starting with a letter."""
+    s = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not s.startswith("cxr"):
+        s = f"cxr-{s}".rstrip("-")
+    return s[:45].rstrip("-")
+
+
+def kserve_resources(model_bytes: int, cfg: TritonConfig) -> dict[str, dict[str, str]]:
+    """A starting point: every instance holds the weights once; ONNX Runtime needs about as much again."""
+    instances = cfg.gpu_instances * max(len(cfg.gpus), 1) + cfg.cpu_instances
+    gib = model_bytes / 2**30
+    limit = max(2, math.ceil(2 + 2 * gib * instances))
+    cpus = max(2, (cfg.cpu_threads or 2) * max(cfg.cpu_instances, 1))
+    limits = {"cpu": str(cpus), "memory": f"{limit}Gi"}
+    requests = {"cpu": str(max(1, cpus // 2)), "memory": f"{max(1, limit // 2)}Gi"}
+    if cfg.gpu_instances:
+        limits["nvidia.com/gpu"] = str(max(len(cfg.gpus), 1))
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"]
+    return {"limits": limits, "requests": requests}
+
+
+def render_kserve(name: str, model_bytes: int, cfg: TritonConfig) -> str:
+    """A KServe ``InferenceService`` (serving.kserve.io/v1beta1) that serves the repository with Triton."""
+    res = kserve_resources(model_bytes, cfg)
+    j = json.dumps
+
+    def block(key: str, d: dict[str, str]) -> list[str]:
+        return [f"        {key}:"] + [f"          {j(k)}: {j(v)}" for k, v in d.items()]
+
+    lines = [
+        f"# Written by cxr {__version__} (`cxr export-triton`) for the Triton model repository beside it.",
+        f"# {NOTICE}",
+        "# Upload this folder (the repository root, which holds the model folder) to object storage and",
+        "# set storageUri to it; KServe downloads it to /mnt/models and starts Triton on it.",
+        "# Resources are a starting point sized from the model file: measure and adjust.",
+        "apiVersion: serving.kserve.io/v1beta1",
+        "kind: InferenceService",
+        "metadata:",
+        f"  name: {j(_dns_name(name))}",
+        "  annotations:",
+        f"    cxr/model-name: {j(name)}",
+        f"    cxr/notice: {j(NOTICE)}",
+        "spec:",
+        "  predictor:",
+        "    triton:",
+        f"      storageUri: {j(cfg.storage_uri)}",
+        '      protocolVersion: "v2"',
+        "      resources:",
+    ]
+    lines += block("requests", res["requests"]) + block("limits", res["limits"])
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -155,7 +210,7 @@ def _copy_model(model: Path, version_dir: Path, link: bool) -> tuple[bool, int]:
     """Place the model and its external-data files; returns (linked, total bytes)."""
     linked = _place(model, version_dir / MODEL_FILE, link)
     total = model.stat().st_size
-    for loc in external_data_files(model):
+    for loc in read_onnx_header(model).external_data:  # read from the protobuf, without onnx
         rel = Path(loc)
         if rel.is_absolute() or ".." in rel.parts:
             raise ModelError(
@@ -217,30 +272,24 @@ def _cxr_info(src: _Source, cfg: TritonConfig, max_batch: int) -> dict[str, Any]
     }
 
 
-def _write_model_folder(
-    folder: Path, name: str, src: _Source, cfg: TritonConfig, max_batch: int
-) -> tuple[bool, int]:
-    """Fill ``folder``: the model (checked), config.pbtxt, labels, cxr.json, README; returns (linked, bytes)."""
-    linked, model_bytes = _copy_model(src.path, folder / str(cfg.version), cfg.link)
-    _check_copy(folder / str(cfg.version) / MODEL_FILE, src.sig)
-    config = render_config(name, src.sig, src.meta, cfg, src.sha256, str(src.path))
-    (folder / "config.pbtxt").write_text(config, encoding="utf-8")
-    (folder / LABELS_FILE).write_text("\n".join(src.meta.classes) + "\n", encoding="utf-8")
-    info = _cxr_info(src, cfg, max_batch)
-    (folder / CXR_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    readme = _model_readme(name, src.sig, src.meta, cfg, max_batch)
-    (folder / "README.md").write_text(readme, encoding="utf-8")
-    return linked, model_bytes
-
-
 def _install_model_folder(
     repo: Path, model_dir: Path, src: _Source, cfg: TritonConfig, max_batch: int
 ) -> tuple[bool, int]:
-    """Write the model folder in a staging folder under ``repo``, then move it into place as ``model_dir``."""
+    """Write the model (checked), config.pbtxt, labels, cxr.json and README in a staging folder under
+    ``repo``, then move it into place as ``model_dir``; returns (linked, model bytes)."""
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=repo))
+    name = model_dir.name
     try:
-        linked, model_bytes = _write_model_folder(staging, model_dir.name, src, cfg, max_batch)
+        linked, model_bytes = _copy_model(src.path, staging / str(cfg.version), cfg.link)
+        _check_copy(staging / str(cfg.version) / MODEL_FILE, src.sig)
+        for file, text in (
+            ("config.pbtxt", render_config(name, src.sig, src.meta, cfg, src.sha256, str(src.path))),
+            (LABELS_FILE, "\n".join(src.meta.classes) + "\n"),
+            (CXR_JSON, json.dumps(_cxr_info(src, cfg, max_batch), indent=2, sort_keys=True) + "\n"),
+            ("README.md", _model_readme(name, src.sig, src.meta, cfg, max_batch)),
+        ):
+            (staging / file).write_text(text, encoding="utf-8")
         if model_dir.exists():
             shutil.rmtree(model_dir)
         staging.rename(model_dir)

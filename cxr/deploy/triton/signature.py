@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ModelError
-from cxr.onnx_header import read_onnx_header
 from cxr.spec import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, REEXPORT_HINT, ModelMetadata
 
 ONNX_TO_TRITON: dict[str, str] = {
@@ -62,16 +61,15 @@ class ModelSignature:
 
     def to_dict(self) -> dict[str, Any]:
         def one(t: TensorSpec) -> dict[str, Any]:
+            dims, model_dims = list(t.config_dims(self.batched)), list(t.dims(self.batched))
             return {
                 "name": t.name,
                 "onnx_type": t.onnx_type,
                 "shape": list(t.shape),
                 "data_type": t.data_type,
                 "datatype": t.wire_type,
-                "dims": list(t.config_dims(self.batched)),
-                "reshape": list(t.dims(self.batched))
-                if t.config_dims(self.batched) != t.dims(self.batched)
-                else None,
+                "dims": dims,
+                "reshape": model_dims if dims != model_dims else None,
             }
 
         return {
@@ -173,9 +171,3 @@ def check_contract(sig: ModelSignature, meta: ModelMetadata, path: Path) -> None
 
 def is_int8(meta: ModelMetadata) -> bool:
     return str(meta.card.get("precision", "fp32")).lower() == "int8"
-
-
-def external_data_files(path: Path) -> list[str]:
-    """Relative locations of the model's external-data files (empty without such files), read from the
-    protobuf without onnx (``cxr.onnx_header``)."""
-    return list(read_onnx_header(path).external_data)

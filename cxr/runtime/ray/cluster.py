@@ -1,14 +1,5 @@
-"""Join (or start) a Ray cluster for a scan, with clear errors when Ray is missing or unreachable.
-
-Takes: an address (None: start a local Ray instance, or join ``$RAY_ADDRESS``; ``auto``: the cluster this
-machine belongs to; ``HOST:PORT``: a head node's GCS; ``ray://HOST:PORT``: Ray Client). Makes: a
-``RayConnection`` (whether this call started Ray, so it also shuts it down; the cluster's CPUs, GPUs and
-nodes) or a ``RayUnavailableError`` / ``RayConnectError`` (exit code 2). Ray is imported only inside these
-functions: importing this module never imports Ray.
-
-A ``HOST:PORT`` that nobody listens on makes ``ray.init`` retry for minutes; it is probed with a plain TCP
-connection first (``connect_timeout_s``) so a wrong address fails in seconds.
-"""
+"""Takes a Ray address; makes a ``RayConnection`` (or a clear error); Ray is imported only inside
+functions."""
 
 from __future__ import annotations
 
@@ -153,17 +144,3 @@ def quiet_ray_data(enabled: bool) -> Iterator[None]:
     finally:
         ctx.enable_progress_bars = bars
         logger.setLevel(level)
-
-
-__all__ = [
-    "INSTALL_HINT",
-    "RayConnectError",
-    "RayConnection",
-    "RayJobError",
-    "RayUnavailableError",
-    "connect",
-    "disconnect",
-    "import_ray",
-    "probe",
-    "quiet_ray_data",
-]

@@ -1,15 +1,4 @@
-"""Which files a Ray scan reads: a local/NFS folder, an object-storage folder URL, or a cxr manifest.
-
-Takes: a source (folder path or URL such as ``s3://bucket/xrays``), the same recursion and include/exclude
-globs as ``cxr.runtime.scan.find_images``, or a manifest and split. Makes: the file names in the order
-the single-machine scan uses, which are also the ``path`` column of the result rows.
-
-A local folder is listed by ``find_images`` itself, so the selection and order are the local scan's. An
-object-storage folder is listed through ``pyarrow.fs`` (Ray's own filesystem layer, so every scheme Ray
-reads works here) with the same rules: image/DICOM suffixes or the include globs, exclude globs, hidden
-names skipped, files of a folder before its subfolders, names sorted. A manifest lists paths relative to
-a data root (the source), in manifest order. Nothing here imports Ray; pyarrow only for URLs.
-"""
+"""Takes a folder, a storage URL or a manifest; makes the file names a Ray scan reads, in local-scan order."""
 
 from __future__ import annotations
 
@@ -118,6 +107,3 @@ def manifest_inputs(manifest: Path, root: str | Path | None = None, split: str |
     if url_root:  # object storage: the listed files are checked when they are read
         return [f"{str(root).rstrip('/')}/{r.path}" for r in rows]
     return [str(m.abspath(r)) for r in rows]
-
-
-__all__ = ["find_images_at_url", "find_inputs", "is_url", "manifest_inputs"]

@@ -1,28 +1,105 @@
-"""The Ray Data pipeline of a cluster scan: build the dataset, run it, hand back rows named as locally.
-
-Takes: the scan's ``RayScanConfig``, the files still to do (in scan order), the read mode and the actor pool
-plan. Makes: rows in an ``OrderedRows`` (scan order, written as soon as they are complete), with each
-row's ``path`` and error text naming the file exactly as the local scan does (actors open absolute paths,
-or decode bytes named ``<upload>``), or one ``RayJobError`` that says what failed (e.g. an actor's
-``ModelError``) and how many rows were kept.
-"""
+"""The Ray Data pipeline of a cluster scan: ``PredictorActor`` (one session per actor), the dataset, and
+``OrderedRows`` writing what comes back in scan order. Nothing here imports Ray at import time."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cxr.errors import CxrError
+import numpy as np
+
+from cxr.errors import CxrError, ModelError
+from cxr.runtime.predictor import Item, Predictor, PredictorConfig
 from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
 from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import is_url
-from cxr.runtime.ray.rows import OrderedRows
+from cxr.runtime.results import ResultWriter
+from cxr.runtime.scan import ScanTally
 from cxr.spec import Prediction
+
+log = logging.getLogger(__name__)
+
+
+class PredictorActor:
+    """Callable class for ``map_batches``: ``actor(batch) -> {"path": ..., "prediction": ...}``."""
+
+    def __init__(self, model: str, cfg: PredictorConfig, model_id: str, gpu: bool = False) -> None:
+        if gpu:
+            cfg = replace(cfg, session=replace(cfg.session, device_id=0))
+        self.predictor = Predictor.from_path(Path(model), cfg)
+        if self.predictor.model_id != model_id:
+            raise ModelError(
+                f"the model at {model} on this node has id {self.predictor.model_id}, the driver's has "
+                f"{model_id}",
+                hint="put the same model file at the same path on every node (a shared volume, or the image)",
+                path=model,
+            )
+        for warning in self.predictor.info.warnings:
+            log.warning("%s", warning)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        items: list[Item] = [bytes(b) for b in batch["bytes"]] if "bytes" in batch else list(paths)
+        preds = [p for chunk in self.predictor.iter_predict(items, names=paths) for p in chunk]
+        return {
+            "path": np.asarray(paths, dtype=object),
+            "prediction": np.asarray([json.dumps(p.to_dict()) for p in preds], dtype=object),
+        }
+
+
+def prediction_from_json(text: str) -> Prediction:
+    """The inverse of the actor's ``json.dumps(prediction.to_dict())``."""
+    d: dict[str, Any] = json.loads(text)
+    return Prediction.from_dict(d)
+
+
+class OrderedRows:
+    """Buffer predictions by index; ``flush`` writes the longest complete prefix."""
+
+    def __init__(
+        self, writer: ResultWriter, on_batch: Callable[[Sequence[Prediction]], None] | None = None
+    ) -> None:
+        self.writer = writer
+        self.on_batch = on_batch
+        self.next = 0  # index of the first row not yet written
+        self.pending: dict[int, Prediction] = {}
+        self.tally = ScanTally()
+        self.started = time.perf_counter()
+        self.first_rows_seconds: float | None = None
+
+    def add(self, index: int, pred: Prediction) -> None:
+        """Keep ``pred`` for its place; a row seen before (a retried block) is ignored."""
+        if index >= self.next and index not in self.pending:
+            self.pending[index] = pred
+
+    def has(self, index: int) -> bool:
+        return index < self.next or index in self.pending
+
+    def flush(self) -> None:
+        ready: list[Prediction] = []
+        while self.next in self.pending:
+            ready.append(self.pending.pop(self.next))
+            self.next += 1
+        if not ready:
+            return
+        self.writer.write(ready)
+        if self.first_rows_seconds is None:
+            self.first_rows_seconds = time.perf_counter() - self.started
+        self.tally.add(ready)
+        if self.on_batch is not None:
+            self.on_batch(ready)
+
+    def provider(self, default: str) -> str:
+        """The providers the actors ran, most used first (``cuda,cpu`` when some fell back)."""
+        return ",".join(p for p, _ in self.tally.providers.most_common()) or default
 
 
 def _ray_key(read_path: str, mode: str) -> str:
@@ -52,8 +129,6 @@ def _build_dataset(
     actors: int,
     gpus: float,
 ) -> Any:
-    from cxr.runtime.ray.actor import PredictorActor
-
     if mode == "path":
         import pyarrow as pa
 
@@ -130,7 +205,6 @@ def stream_rows(
     default_provider: str,
 ) -> None:
     """Run the Ray pipeline and hand its rows, renamed as the local scan names them, to ``rows``."""
-    from cxr.runtime.ray.actor import prediction_from_json
     from cxr.runtime.ray.cluster import import_ray
 
     ray = import_ray()
@@ -153,16 +227,8 @@ def stream_rows(
         raise RayJobError(f"Ray returned no row for {len(missing)} files (first: {todo[missing[0]]})")
     provider = rows.provider(default=default_provider).split(",")[0]
     for i in missing:  # bytes mode: files that vanished before Ray read them, as a local scan reports them
-        rows.add(
-            i,
-            Prediction(
-                todo[i],
-                None,
-                None,
-                provider=provider,
-                error=f"{todo[i]}: no such file (hint: check the path)",
-            ),
-        )
+        error = f"{todo[i]}: no such file (hint: check the path)"
+        rows.add(i, Prediction(todo[i], None, None, provider=provider, error=error))
     rows.flush()
 
 
@@ -173,6 +239,3 @@ def _lookup(index: dict[str, int], key: str) -> int:
     if i is None:
         raise RayJobError(f"Ray returned a row for {key!r}, which this scan did not ask for")
     return i
-
-
-__all__ = ["stream_rows"]

@@ -1,19 +1,5 @@
-"""Scan a folder (or a manifest's files) across a Ray cluster: the local scan's rows, many machines' speed.
-
-Takes: a ``RayScanConfig`` (model, a local/NFS folder or an object-storage folder URL, or a cxr manifest
-and split; the local scan's globs, output and resume options; the cluster address and actor pool).
-Makes: a ``RayScanResult`` (the ``ScanResult`` a local scan returns, plus the address, actors, nodes and
-read mode) and the same rows ``scan_folder`` writes: same columns, same probabilities to the last digit,
-same order, error rows for unreadable files, flushed as results arrive; ``resume`` works the same way.
-
-The pipeline is ``Dataset.map_batches`` over an actor pool of ``PredictorActor`` (one onnxruntime session
-per actor, ``gpus_per_actor`` GPUs each when the provider runs on GPUs). Inputs are read one of two ways:
-``path``: blocks of file paths that every node opens itself (local disk, NFS); the blocks hold whole
-inference batches, so the batches are exactly those of a local scan. ``bytes``: Ray reads the files
-(``read_binary_files``, any filesystem Ray supports: s3://, gs://, abfs://...), and the actor decodes the
-bytes. ``auto`` picks ``bytes`` for URLs. Results come back unordered and are written in scan order.
-Ray is imported only inside the functions; install it with ``pip install 'cxr-toolkit[ray]'``.
-"""
+"""Takes a ``RayScanConfig``; scans its files across a Ray cluster and makes the rows and result a local scan
+would."""
 
 from __future__ import annotations
 
@@ -29,10 +15,9 @@ from typing import Any, TextIO
 from cxr.errors import ConfigError, DataError
 from cxr.runtime.predictor import Predictor
 from cxr.runtime.ray.cluster import RayConnection, connect, disconnect
-from cxr.runtime.ray.config import READ_MODES, RayScanConfig, ReadMode
+from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import find_inputs, is_url, manifest_inputs
-from cxr.runtime.ray.pipeline import stream_rows
-from cxr.runtime.ray.rows import OrderedRows
+from cxr.runtime.ray.pipeline import OrderedRows, stream_rows
 from cxr.runtime.results import (
     PreviousResults,
     ResultLayout,
@@ -110,10 +95,6 @@ def _model_header(cfg: RayScanConfig) -> tuple[tuple[str, ...], str, dict[str, A
     return predictor.classes, predictor.model_id, predictor.describe()
 
 
-def _layout(classes: Sequence[str], model_id: str, model_info: dict[str, Any]) -> ResultLayout:
-    return ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
-
-
 def _previous(cfg: RayScanConfig, layout: ResultLayout) -> PreviousResults:
     """What ``output`` already holds; refuses a bad output now, before Ray starts (nothing is written)."""
     if cfg.output is None:
@@ -167,15 +148,13 @@ def ray_scan(
     on_batch: Callable[[Sequence[Prediction]], None] | None = None,
 ) -> RayScanResult:
     """Predict every selected file on a Ray cluster; rows go to ``cfg.output`` (or ``stream``), in scan order.
-
-    ``on_start(to_do, skipped)`` is called once the file list is known, ``on_batch(preds)`` after each group
-    of rows has been written (progress bars hang on these).
-    """
+    ``on_start(to_do, skipped)`` runs once the file list is known, ``on_batch(preds)`` after each write."""
     names = list_inputs(cfg)
     classes, model_id, model_info = _model_header(cfg)
     if cfg.output is None and stream is None:
         raise DataError("scan needs an output file or a stream to write rows to")
-    previous = _previous(cfg, _layout(classes, model_id, model_info))
+    layout = ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
+    previous = _previous(cfg, layout)
     done = previous.paths | {os.path.abspath(p) for p in previous.paths if not is_url(p)}
     todo = [n for n in names if n not in done and (is_url(n) or os.path.abspath(n) not in done)]
     mode = _read_mode(cfg, names)
@@ -192,87 +171,49 @@ def ray_scan(
         conn = RayConnection(address="", started=False, cpus=0.0, gpus=0.0, nodes=0)
     startup = time.perf_counter() - t0
     try:
-        return _run(
-            cfg, conn, names, todo, mode, classes, model_id, model_info, startup, stream, on_start, on_batch
+        gpus = _gpus_per_actor(cfg, conn) if todo else 0.0
+        actors = _actor_count(cfg, conn, gpus) if todo else 0
+        per_block = _rows_per_block(cfg, len(todo), max(actors, 1))
+        actors = min(actors, math.ceil(len(todo) / per_block))
+        writer, _ = open_scan_output(
+            cfg.output, stream, cfg.stream_format, layout, resume=cfg.resume, overwrite=cfg.overwrite
         )
+        if on_start is not None:
+            on_start(len(todo), len(names) - len(todo))
+        rows = OrderedRows(writer, on_batch)
+        try:
+            if todo:
+                stream_rows(cfg, todo, mode, model_id, per_block, actors, gpus, rows, model_info["provider"])
+        finally:
+            if cfg.output is not None:
+                writer.stream.close()
+        seconds = time.perf_counter() - rows.started
     finally:
         disconnect(conn)
-
-
-def _actor_plan(cfg: RayScanConfig, conn: RayConnection, todo: Sequence[str]) -> tuple[float, int, int]:
-    """GPUs per actor, actors, and rows per Ray block for ``todo`` (no actors when nothing is left to do)."""
-    gpus = _gpus_per_actor(cfg, conn) if todo else 0.0
-    actors = _actor_count(cfg, conn, gpus) if todo else 0
-    per_block = _rows_per_block(cfg, len(todo), max(actors, 1))
-    return gpus, min(actors, math.ceil(len(todo) / per_block)), per_block
-
-
-def _scan_result(
-    cfg: RayScanConfig,
-    names: Sequence[str],
-    todo: Sequence[str],
-    rows: OrderedRows,
-    classes: Sequence[str],
-    model_id: str,
-    provider: str,
-    seconds: float,
-) -> ScanResult:
-    """The ``ScanResult`` a local scan of the same files would return."""
-    return ScanResult(
+    tally = rows.tally
+    if len(tally.providers) > 1:
+        log.warning("actors ran on different providers: %s", dict(tally.providers))
+    provider = rows.provider(default=model_info["provider"])
+    scan = ScanResult(  # what a local scan of the same files would return
         folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
         found=len(names),
         skipped=len(names) - len(todo),
-        predicted=rows.tally.predicted,
-        failed=rows.tally.failed,
-        counts={c: rows.tally.counts.get(c, 0) for c in classes},
+        predicted=tally.predicted,
+        failed=tally.failed,
+        counts={c: tally.counts.get(c, 0) for c in classes},
         seconds=seconds,
-        images_per_second=(rows.tally.predicted + rows.tally.failed) / seconds if seconds > 0 else 0.0,
+        images_per_second=(tally.predicted + tally.failed) / seconds if seconds > 0 else 0.0,
         provider=provider,
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(rows.tally.failures),
-        not_assessable_files=rows.tally.not_assessable_files,
-        not_assessable=dict(rows.tally.not_assessable),
+        failures=tuple(tally.failures),
+        not_assessable_files=tally.not_assessable_files,
+        not_assessable=dict(tally.not_assessable),
     )
-
-
-def _run(
-    cfg: RayScanConfig,
-    conn: RayConnection,
-    names: list[str],
-    todo: list[str],
-    mode: str,
-    classes: tuple[str, ...],
-    model_id: str,
-    model_info: dict[str, Any],
-    startup: float,
-    stream: TextIO | None,
-    on_start: Callable[[int, int], None] | None,
-    on_batch: Callable[[Sequence[Prediction]], None] | None,
-) -> RayScanResult:
-    gpus, actors, per_block = _actor_plan(cfg, conn, todo)
-    layout = _layout(classes, model_id, model_info)
-    writer, _ = open_scan_output(
-        cfg.output, stream, cfg.stream_format, layout, resume=cfg.resume, overwrite=cfg.overwrite
-    )
-    if on_start is not None:
-        on_start(len(todo), len(names) - len(todo))
-    rows = OrderedRows(writer, on_batch)
-    try:
-        if todo:
-            stream_rows(cfg, todo, mode, model_id, per_block, actors, gpus, rows, model_info["provider"])
-    finally:
-        if cfg.output is not None:
-            writer.stream.close()
-    seconds = time.perf_counter() - rows.started
-    if len(rows.tally.providers) > 1:
-        log.warning("actors ran on different providers: %s", dict(rows.tally.providers))
-    provider = rows.provider(default=model_info["provider"])
-    scan = _scan_result(cfg, names, todo, rows, classes, model_id, provider, seconds)
     info = {
         **model_info,
         "provider": provider,
-        "providers": sorted(rows.tally.providers),
+        "providers": sorted(tally.providers),
         "requested_provider": cfg.predictor.session.provider,
         "provider_warnings": [],
     }
@@ -280,6 +221,3 @@ def _run(
     return RayScanResult(
         scan, info, conn.address, actors, cfg.cpus_per_actor, gpus, mode, conn.nodes, round(startup, 3), first
     )
-
-
-__all__ = ["READ_MODES", "RayScanConfig", "RayScanResult", "ReadMode", "list_inputs", "ray_scan"]
