@@ -18,7 +18,7 @@ from cxr.imaging.preprocess import to_model_input
 from cxr.spec import PreprocessSpec
 
 torch = pytest.importorskip("torch")
-transforms_mod = pytest.importorskip("cxr.train.transforms")
+transforms_mod = pytest.importorskip("cxr.train.dataset")
 
 
 def _torch_eval(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -1,16 +1,9 @@
-"""The PyTorch side of the data: manifest -> Dataset -> DataLoader, with unreadable images counted.
+"""The PyTorch side of the data: manifest -> transforms -> Dataset -> DataLoader, unreadable images counted.
 
-Takes: a ``Manifest`` (one split of it), a ``PreprocessSpec`` and loader settings. Makes: batches of
-``Batch(x [N, 3, h, w], y [N], index [N], bad)``. An image that cannot be decoded is skipped, its path is
-logged and counted (``BadImages``); training stops once more than ``max_bad_fraction`` of a split fails.
-Augmentation is repeatable: each image's random rotation is drawn from torch's RNG forked and seeded from
-``(seed, epoch, index)``, so results do not depend on the worker count or the global RNG, which is left
-untouched. Shuffling uses an explicit ``torch.Generator``. Under DDP (``Shard``) every process draws
-the same permutation, cuts it into the same global batches and takes its own contiguous share of each,
-so N processes see exactly the batches one process would (see below); evaluation splits a split into N contiguous
-parts. The one difference: a final partial global batch too small to give every process 2 images is
-dropped (one process drops only a final batch of 1 image), so with N processes an epoch can be one
-step shorter when ``len(train) % batch_size`` is between 2 and 2N-1.
+An image that cannot be decoded is skipped, logged and counted (``BadImages``); training stops past
+``data.max_bad_fraction``. Augmentation is repeatable: each image's rotation draws from torch's RNG forked
+and seeded from ``(seed, epoch, index)``. Under DDP (``Shard``) every process draws the same permutation,
+cuts it into the same global batches and takes its own contiguous share of each.
 """
 
 from __future__ import annotations
@@ -25,17 +18,50 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
 
 from cxr.data.manifest import Manifest, ManifestRow, SplitConfig, build_manifest, load_manifest
 from cxr.errors import DataError, DecodeError, TrainError
+from cxr.imaging.decode import decode_gray
 from cxr.spec import PreprocessSpec
 from cxr.train.config import DataConfig
-from cxr.train.transforms import eval_transform, load_rgb, train_transform
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor | None, int, int, str]  # (image or None, label index, row index, error)
+
+
+ROTATION_DEGREES = 10.0
+BILINEAR = T.InterpolationMode.BILINEAR
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Decode any supported image the way the runtime does, as a 3-channel PIL image."""
+    return Image.fromarray(decode_gray(path), "L").convert("RGB")
+
+
+def _tail(spec: PreprocessSpec) -> list[object]:
+    h, w = spec.input_size
+    return [T.Resize((h, w), interpolation=BILINEAR), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+
+
+def eval_transform(spec: PreprocessSpec, via: tuple[int, int] | None = None) -> T.Compose:
+    """Resize -> ToTensor -> Normalize, equal to the runtime's ``to_model_input(..., normalized=True)``.
+
+    ``via`` (h, w): resize to that size first, as the fused graph's runtime does before the graph resizes
+    again for a member of a smaller input size.
+    """
+    first = (
+        [] if via is None or tuple(via) == spec.input_size else [T.Resize(tuple(via), interpolation=BILINEAR)]
+    )
+    return T.Compose([*first, *_tail(spec)])
+
+
+def train_transform(spec: PreprocessSpec, degrees: float = ROTATION_DEGREES) -> T.Compose:
+    """RandomRotation(degrees) -> Resize -> ToTensor -> Normalize (the study's augmentation)."""
+    return T.Compose([T.RandomRotation(degrees, interpolation=T.InterpolationMode.NEAREST), *_tail(spec)])
 
 
 def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
@@ -322,7 +348,3 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
     return g
-
-
-def train_counts(manifest: Manifest) -> dict[str, int]:
-    return manifest.counts()["train"]

@@ -1,22 +1,10 @@
 """Train the ensemble's base models with the study's two-phase transfer learning.
 
 Takes: a ``TrainConfig`` and a member name (or all members). Makes, per member, in
-``RUN_DIR/members/<name>/``: ``best``/``last`` checkpoints (``cxr.train.checkpoint``), the resume state,
-``metrics.jsonl``/``metrics.csv`` (one row per epoch) and ``predictions/{val,test}.csv|.json`` (the
-best model's class probabilities, which the stacking stage consumes); ``RUN_DIR/config.yaml`` holds the
-resolved config. Phase 1 (``adapt``, ``train.adapt_epochs``) trains only the new head at
-``train.adapt_lr`` with the backbone frozen; phase 2 (``finetune``) trains everything at
-``train.finetune_lr``; both use cosine decay with warm restarts stepped per iteration. Validation runs
-every epoch; the best epoch by ``train.early_stopping.metric`` is kept and fine-tuning stops after
-``patience`` epochs without improvement.
-
-Under ``torchrun`` (``cxr.train.distributed``) the same functions run in every process: each trains on
-its share of every global batch (DDP averages the gradients), validation and prediction are split over
-the processes and gathered, rank 0 alone writes the run directory and decides what all must agree on.
-
-This module holds the member's course (start, the epoch loop, saving each epoch, the final predictions);
-its parts live in ``member_run`` (the state), ``startup`` (building it, fresh or resumed), ``resume``,
-``phases`` and ``epoch`` (training, validating and recording one epoch).
+``RUN_DIR/members/<name>/``: ``best``/``last`` checkpoints, the resume state, ``metrics.jsonl``/``.csv``
+and ``predictions/{val,blend,test}.csv|.json`` (the best model's probabilities, the stacking stage's
+input); ``RUN_DIR/config.yaml`` holds the resolved config. Under ``torchrun`` every process runs the same
+functions on its share of each global batch; rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -57,29 +45,21 @@ from cxr.train.distributed import (
     rank_seed,
     sync_module,
 )
-from cxr.train.epoch import gather, record_epoch, train_one_epoch, validate
+from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate
 from cxr.train.loop import PhaseState
-from cxr.train.member_run import MemberRun, member_dir, member_params, member_seed
-from cxr.train.phases import enter_phase, phase_name
-from cxr.train.predict import predict_split
+from cxr.train.member import (
+    MemberRun,
+    enter_phase,
+    member_dir,
+    member_params,
+    member_seed,
+    phase_name,
+    rng_state,
+    start_run,
+)
 from cxr.train.predictions import write_predictions
-from cxr.train.resume import ResumeBook, rng_state
-from cxr.train.startup import MEMBER_FILES, start_run
 
-__all__ = [
-    "MEMBER_FILES",
-    "PREDICTED_SPLITS",
-    "MemberRun",
-    "ResumeBook",
-    "TrainResult",
-    "batch_key",
-    "member_dir",
-    "member_params",
-    "member_seed",
-    "prepare_data",
-    "train_all",
-    "train_member",
-]
+__all__ = ["TrainResult", "batch_key", "describe", "member_dir", "prepare_data", "train_all", "train_member"]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +80,7 @@ class TrainResult:
 
 
 def prepare_data(cfg: TrainConfig, dist: DistContext | None = None) -> Manifest:
-    """Load or build the manifest, check it can train, and save the resolved config in the run dir
-    (on rank 0 under torchrun; the other processes receive the manifest)."""
+    """Load or build the manifest, check it and save the resolved config (rank 0; the others receive it)."""
 
     def prepare() -> Manifest:
         manifest = adopt_manifest(resolve_manifest(cfg.data, Path(cfg.run_dir)), Path(cfg.run_dir))
@@ -142,8 +121,7 @@ def train_member(
 ) -> TrainResult:
     """Train one member (resuming from its ``last`` checkpoint when ``train.resume``) and predict.
 
-    ``dist``: this process's place under torchrun (default: the initialised process group, else one
-    process); every process of the group must call this with the same arguments.
+    ``dist``: this process's place under torchrun (default: the initialised group, else one process).
     """
     start = time.perf_counter()
     ctx = dist if dist is not None else current_context()
@@ -212,11 +190,6 @@ def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> Train
     )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The epochs
-# ---------------------------------------------------------------------------------------------------------
-
-
 def _run_epochs(run: MemberRun) -> None:
     total = run.train.epochs
     while run.next_epoch < total and not run.stopped_early:
@@ -224,7 +197,7 @@ def _run_epochs(run: MemberRun) -> None:
         phase = phase_name(run.cfg, epoch)
         current = run.phase if run.phase is not None and phase == run.phase_name else enter_phase(run, phase)
         if epoch == run.cfg.train.adapt_epochs:  # patience counts fine-tuning epochs (the best may be older)
-            run.stopper.restart_patience()
+            run.stopper.bad_epochs = 0
         stats = train_one_epoch(run, current, epoch, phase)
         val = validate(run, epoch)
         improved = run.stopper.update(float(val[run.stopper.metric]), epoch)
@@ -298,11 +271,6 @@ def _save_epoch(
     best = on_main(run.ctx, write)
     if best is not None:
         run.best_info = best
-
-
-# ---------------------------------------------------------------------------------------------------------
-# After training
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
