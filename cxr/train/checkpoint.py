@@ -1,13 +1,8 @@
 """Checkpoints that never execute code on load: weights in safetensors, everything else in JSON.
 
-Takes: a trained model and what describes it. Makes, in a member's folder, ``<which>.safetensors`` (the
-weights) and ``<which>.json`` (format version, member and timm name, class list, ``PreprocessSpec``,
-metrics, epoch, the resolved config, library versions and the SHA-256 of the weights file), with
-``which`` = ``best`` or ``last``; for resuming an interrupted run, ``last.state.pt`` holds the optimiser,
-scheduler and RNG state (tensors and plain values only, read with ``torch.load(weights_only=True)``); it
-is deleted once the member has finished, since Adam's moments take twice the weights' size.
-``load_checkpoint`` rebuilds the architecture from the backbones table (random init, no download),
-checks the hash and loads the weights strictly.
+Makes, in a member's folder, ``<which>.safetensors`` and ``<which>.json`` (``which``: best or last; the
+JSON holds the weights' SHA-256) and, while a run is unfinished, ``last.state.pt`` (optimiser, scheduler
+and RNG state, read with ``weights_only=True``). ``load_checkpoint`` rebuilds the model and checks the hash.
 """
 
 from __future__ import annotations
@@ -58,21 +53,10 @@ class CheckpointInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "name": self.name,
-            "backbone": self.backbone,
-            "timm_name": self.timm_name,
-            "classes": list(self.classes),
-            "preprocess": self.preprocess.to_dict(),
-            "metrics": self.metrics,
-            "sha256": self.sha256,
-            "epoch": self.epoch,
-            "config": self.config,
-            "versions": self.versions,
-            "extra": self.extra,
-        }
+        keys = ("name", "backbone", "timm_name", "classes", "preprocess", "metrics", "sha256", "epoch")
+        plain = {k: getattr(self, k) for k in (*keys, "config", "versions", "extra")}
+        plain.update(classes=list(self.classes), preprocess=self.preprocess.to_dict())  # keeps the key order
+        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **plain}
 
 
 @dataclass(frozen=True)
@@ -99,13 +83,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def _check_which(which: str) -> None:
+def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
     if which not in WHICH:
         raise CheckpointError(f"unknown checkpoint {which!r}", hint=f"use one of {', '.join(WHICH)}")
-
-
-def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
-    _check_which(which)
     return Path(member_dir) / f"{which}.safetensors", Path(member_dir) / f"{which}.json"
 
 
@@ -150,11 +130,7 @@ def _write_error(path: Path, err: BaseException) -> CheckpointError:
 
 
 def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
-    """Make ``target`` the same checkpoint as ``source`` without writing the weights again.
-
-    A hard link where the file system allows it (safe: every save replaces files atomically, so a later
-    ``source`` save leaves ``target`` pointing at the old weights), else a copy.
-    """
+    """Make ``target`` the same checkpoint as ``source``: a hard link (saves replace files atomically), else a copy."""
     src, _ = paths(member_dir, source)
     dst, meta = paths(member_dir, target)
     tmp = dst.with_name(dst.name + ".tmp")

@@ -1,22 +1,24 @@
-"""Where and how to compute: CUDA with mixed precision, channels-last and pinned memory, or the CPU.
+"""Where and how to compute: takes ``TrainSettings``, makes a ``DeviceSetup``; its RNG streams.
 
-Takes: ``TrainSettings.device`` / ``precision`` / ``channels_last``. Makes: a ``DeviceSetup``. ``auto``
-picks CUDA when present, bf16 autocast where the GPU supports it (else fp16 with a gradient scaler); on
-the CPU bf16 autocast where the CPU has bf16 in hardware (AVX512-BF16, AMX), else fp32. Whatever trains,
-predictions for stacking and evaluation are always computed in FP32 (``cxr.train.run``). ConvNeXt's LayerNorm stays FP32 under autocast (layer_norm is on autocast's FP32 list).
+``auto``: CUDA when present with bf16 autocast where supported (else fp16 with a gradient scaler); on the
+CPU bf16 where the CPU has it in hardware (AVX512-BF16, AMX), else fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from cxr.errors import ConfigError
 from cxr.train.config import TrainSettings
 from cxr.train.distributed import SINGLE, DistContext, check_local_gpu
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,7 @@ class DeviceSetup:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast pays off.
-
-    Elsewhere torch emulates bf16 on the CPU, which is slower than FP32, so ``auto`` keeps FP32.
-    """
+    """Whether this CPU computes bf16 in hardware (elsewhere torch emulates it, slower than FP32)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
@@ -77,9 +76,8 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
             )
         check_local_gpu(ctx)
         device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(
-            device
-        )  # before any query: bf16 support, pinned memory, NCCL's object transfers
+        # before any query: bf16 support, pinned memory, NCCL's object transfers
+        torch.cuda.set_device(device)
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":
@@ -101,3 +99,31 @@ def forked_rng(setup: DeviceSetup, seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=setup.rng_devices()):
         torch.manual_seed(seed)
         yield
+
+
+def rng_state(setup: DeviceSetup) -> dict[str, torch.Tensor | None]:
+    """This process's RNG states: the CPU's and, on a GPU, the CUDA device's (GPU dropout draws there)."""
+    cuda = setup.device.type == "cuda"
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(setup.device) if cuda else None}
+
+
+def restore_rng(setup: DeviceSetup, ctx: DistContext, state: dict[str, Any], name: str) -> None:
+    """Each process continues its own dropout RNG streams (saved per process) of member ``name``."""
+    per_rank = state.get("rng_ranks")
+    if isinstance(per_rank, list | tuple) and len(per_rank) == ctx.world_size:
+        mine = per_rank[ctx.rank]
+    elif ctx.is_main:
+        mine = {"cpu": state["rng"], "cuda": state.get("cuda_rng")}
+        if per_rank is not None:
+            log.warning(
+                "%s was trained by %d processes and resumes with %d: the global batches and their order "
+                "stay the same, the other processes' dropout masks do not",
+                name,
+                len(per_rank),
+                ctx.world_size,
+            )
+    else:
+        return
+    torch.set_rng_state(mine["cpu"])
+    if mine.get("cuda") is not None and setup.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], setup.device)

@@ -1,16 +1,8 @@
-"""Training on several processes: PyTorch DDP under ``torchrun`` (one GPU per process, one or many nodes).
+"""Training on several processes: PyTorch DDP under ``torchrun``; every collective is a no-op for one.
 
-Takes: the environment ``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``)
-and ``TrainSettings.device``. Makes: a ``DistContext`` (rank, world size, local rank) and the few
-collectives training needs, all of them no-ops for a single process, so that one code path serves both.
-
-The rules: ``train.batch_size`` is the *global* batch, each process takes ``batch_size / world_size`` of
-it; the gradient of the global batch's weighted mean loss is averaged by DDP. Rank 0 owns the run
-directory: it alone reads and writes files (manifest, config, checkpoints, metrics, predictions) and
-sends the others what they need over the process group, so nodes need no shared disk for the run
-directory (only the images, at the manifest's paths). Every decision that must agree (resume or not,
-the validation metrics that drive early stopping) is made once on rank 0 and broadcast. A ``CxrError``
-raised on rank 0 inside ``on_main`` is raised on every rank, so all processes stop with the same message.
+Takes: the environment ``torchrun`` sets and ``TrainSettings``. Makes: a ``DistContext`` and the few
+collectives training needs. ``train.batch_size`` is the global batch. Rank 0 alone reads and writes the run
+directory and decides what all must agree on (``on_main``), so nodes share only the images.
 """
 
 from __future__ import annotations
@@ -58,16 +50,12 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> str:
-        return f"rank {self.rank}/{self.world_size}" if self.enabled else "single process"
-
 
 SINGLE = DistContext()
 
 
 def _env_int(name: str) -> int | None:
-    text = os.environ.get(name)
-    if text is None or text == "":
+    if not (text := os.environ.get(name)):
         return None
     try:
         return int(text)
@@ -127,12 +115,7 @@ def check_local_gpu(ctx: DistContext) -> None:
 
 @contextlib.contextmanager
 def distributed(settings: TrainSettings) -> Iterator[DistContext]:
-    """Join the process group torchrun describes for the block (a no-op for a single process).
-
-    A group that is already initialised (by the caller) is used as it is and left open (the caller has
-    then chosen each process's GPU). A collective waits up to ``train.dist_timeout_s`` for the others,
-    which covers rank 0's own work in between (building the manifest, downloading ImageNet weights).
-    """
+    """Join the process group torchrun describes for the block (one the caller opened stays open)."""
     if dist.is_available() and dist.is_initialized():
         yield current_context()
         return
@@ -185,16 +168,6 @@ def rank_seed(seed: int, ctx: DistContext) -> int:
     return int(np.random.SeedSequence([seed, ctx.rank]).generate_state(1)[0])
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Collectives (no-ops for a single process)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
 def broadcast_object(ctx: DistContext, obj: T | None) -> T:
     """Rank 0's ``obj`` on every rank (pickled; keep tensors in it on the CPU)."""
     if not ctx.enabled:
@@ -214,16 +187,10 @@ def all_gather_object(ctx: DistContext, obj: T) -> list[T]:
 
 
 def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum over ranks (in place; returned for convenience)."""
+    """The element-wise sum over ranks (in place)."""
     if ctx.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: CxrError | None
-    text: str
 
 
 def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
@@ -234,33 +201,27 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
         try:
             result = fn()
         except CxrError as e:
-            broadcast_object(ctx, ("error", _Failed(e, str(e))))
+            broadcast_object(ctx, ("error", e))
             raise
         except BaseException as e:
-            broadcast_object(ctx, ("error", _Failed(None, f"{type(e).__name__}: {e}")))
+            broadcast_object(ctx, ("failed", f"{type(e).__name__}: {e}"))
             raise
         try:  # the result is pickled before anything is sent: a failure here still reaches the others
             broadcast_object(ctx, ("ok", result))
         except (pickle.PicklingError, TypeError, AttributeError) as e:
-            broadcast_object(ctx, ("error", _Failed(None, f"cannot send {type(result).__name__}: {e}")))
+            broadcast_object(ctx, ("failed", f"cannot send {type(result).__name__}: {e}"))
             raise
         return result
-    received: tuple[str, Any] = broadcast_object(ctx, None)
-    status, value = received
+    status, value = broadcast_object(ctx, None)
     if status == "ok":
         return value  # type: ignore[no-any-return]
-    if value.error is not None:
-        raise value.error
-    raise TrainError(f"rank 0 failed: {value.text}", hint="see rank 0's log for the traceback")
+    if status == "error":
+        raise value
+    raise TrainError(f"rank 0 failed: {value}", hint="see rank 0's log for the traceback")
 
 
 def sync_module(ctx: DistContext, model: nn.Module, *, buffers_only: bool = False) -> None:
-    """Make every rank's ``model`` equal rank 0's (all parameters and buffers, or the buffers only).
-
-    BatchNorm running statistics drift apart between ranks in training mode (each normalises its own
-    share of the batch); syncing the buffers before validation makes every rank evaluate rank 0's model,
-    the one that is saved.
-    """
+    """Make every rank's ``model`` equal rank 0's (all parameters and buffers, or the buffers only)."""
     if not ctx.enabled:
         return
     with torch.no_grad():
@@ -270,10 +231,7 @@ def sync_module(ctx: DistContext, model: nn.Module, *, buffers_only: bool = Fals
 
 
 def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Module:
-    """The model that training steps call: DDP around ``model`` (or ``model`` itself for one process).
-
-    Call it again whenever the set of trainable parameters changes (DDP registers them when wrapping).
-    """
+    """DDP around ``model`` (``model`` itself for one process); wrap again when the trainable set changes."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -286,12 +244,7 @@ def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Mod
 def convert_sync_batchnorm(
     ctx: DistContext, model: nn.Module, device: torch.device, wanted: bool
 ) -> nn.Module:
-    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``.
-
-    timm's converter, not torch's: torch's turns timm's ``BatchNormAct2d`` (BatchNorm with its activation
-    inside, used by DenseNet and ResNetV2) into a plain SyncBatchNorm and silently drops the activation.
-    On CPUs torch has no SyncBatchNorm, so each process normalises its own share of the batch.
-    """
+    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``."""
     if not ctx.enabled or not wanted:
         return model
     if device.type != "cuda":
@@ -302,7 +255,7 @@ def convert_sync_batchnorm(
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` with every BatchNorm (timm's norm-act layers included, activation kept) synchronised."""
+    """Every BatchNorm synchronised; timm's converter, since torch's drops ``BatchNormAct2d``'s activation."""
     from timm.layers import convert_sync_batchnorm as timm_convert
 
     return timm_convert(model)  # type: ignore[no-any-return]

@@ -31,7 +31,7 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict
 from cxr.train.dataset import BadImages, ManifestDataset, Shard, epoch_generator, make_dataset, make_loader
-from cxr.train.device import DeviceSetup
+from cxr.train.device import DeviceSetup, restore_rng
 from cxr.train.distributed import (
     SINGLE,
     DistContext,
@@ -376,7 +376,7 @@ def apply_resume(run: MemberRun, book: ResumeBook) -> None:
             book.epoch + 1,
         )
         return
-    _restore_rng(run, state)
+    restore_rng(run.setup, run.ctx, state, run.member.name)
     phase = phase_name(run.cfg, run.next_epoch)
     if phase == state["phase"]:  # re-enter the interrupted phase; a new phase starts fresh
         current = enter_phase(run, phase)
@@ -386,34 +386,3 @@ def apply_resume(run: MemberRun, book: ResumeBook) -> None:
         if current.scaler is not None and state.get("scaler"):
             current.scaler.load_state_dict(state["scaler"])
     log.info("resuming %s after epoch %d", run.member.name, book.epoch + 1)
-
-
-def rng_state(run: MemberRun) -> dict[str, torch.Tensor | None]:
-    """This process's RNG states: the CPU's and, on a GPU, the CUDA device's (GPU dropout draws there)."""
-    cuda = run.setup.device.type == "cuda"
-    return {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(run.setup.device) if cuda else None,
-    }
-
-
-def _restore_rng(run: MemberRun, state: dict[str, Any]) -> None:
-    """Each process continues its own dropout RNG streams (saved per process)."""
-    per_rank = state.get("rng_ranks")
-    if isinstance(per_rank, list | tuple) and len(per_rank) == run.ctx.world_size:
-        mine = per_rank[run.ctx.rank]
-    elif run.ctx.is_main:
-        mine = {"cpu": state["rng"], "cuda": state.get("cuda_rng")}
-        if per_rank is not None:
-            log.warning(
-                "%s was trained by %d processes and resumes with %d: the global batches and their order "
-                "stay the same, the other processes' dropout masks do not",
-                run.member.name,
-                len(per_rank),
-                run.ctx.world_size,
-            )
-    else:
-        return
-    torch.set_rng_state(mine["cpu"])
-    if mine.get("cuda") is not None and run.setup.device.type == "cuda":
-        torch.cuda.set_rng_state(mine["cuda"], run.setup.device)

@@ -1,18 +1,13 @@
-"""What trained a member, as data: the data set it saw and the weights it started from.
-
-Takes: a ``Manifest`` and a member's ``pretrained`` setting. Makes: two JSON-able dicts that go into every
-checkpoint (``extra``), every exported member's card and the fused ensemble's card, so that the runtime can
-say "trained on synthetic images" or "started from random weights" wherever a result is shown.
-"""
+"""What trained a member, as JSON-able data (for checkpoints and model cards): its data set and start weights."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from cxr.data.manifest import Manifest
 from cxr.data.synthetic import MARKER_FILE
+from cxr.session import file_sha256
 
 
 def dataset_provenance(manifest: Manifest) -> dict[str, Any]:
@@ -28,14 +23,6 @@ def dataset_provenance(manifest: Manifest) -> dict[str, Any]:
         "images_per_split": {s: sum(v.values()) for s, v in counts.items()},
         "synthetic": synthetic,
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[str, Any]:
@@ -55,4 +42,4 @@ def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[st
         if not files:
             return {"source": "folder", "path": str(path)}
         path = files[0]
-    return {"source": "file", "file": path.name, "path": str(path), "sha256": _sha256(path)}
+    return {"source": "file", "file": path.name, "path": str(path), "sha256": file_sha256(path)}

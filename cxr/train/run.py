@@ -35,7 +35,7 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, dump_config
 from cxr.train.dataset import adopt_manifest, check_manifest, resolve_manifest
-from cxr.train.device import DeviceSetup, forked_rng, resolve_device
+from cxr.train.device import DeviceSetup, forked_rng, resolve_device, rng_state
 from cxr.train.distributed import (
     DistContext,
     all_gather_object,
@@ -50,16 +50,14 @@ from cxr.train.loop import PhaseState
 from cxr.train.member import (
     MemberRun,
     enter_phase,
-    member_dir,
     member_params,
     member_seed,
     phase_name,
-    rng_state,
     start_run,
 )
 from cxr.train.predictions import write_predictions
 
-__all__ = ["TrainResult", "batch_key", "describe", "member_dir", "prepare_data", "train_all", "train_member"]
+__all__ = ["TrainResult", "batch_key", "describe", "prepare_data", "train_all", "train_member"]
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +242,7 @@ def _save_epoch(
     run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
 ) -> None:
     info = _checkpoint_info(run, current, epoch, phase, val)
-    rng_ranks = all_gather_object(run.ctx, rng_state(run)) if run.ctx.enabled else None
+    rng_ranks = all_gather_object(run.ctx, rng_state(run.setup)) if run.ctx.enabled else None
 
     def write() -> CheckpointInfo | None:
         best = None
@@ -261,7 +259,7 @@ def _save_epoch(
             "scheduler": current.scheduler.state_dict(),
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
-            "cuda_rng": rng_state(run)["cuda"],
+            "cuda_rng": rng_state(run.setup)["cuda"],
         }
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks

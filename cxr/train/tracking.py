@@ -1,10 +1,5 @@
-"""Where a member's training history goes: ``metrics.jsonl`` and ``metrics.csv`` always, Comet optionally.
-
-Takes: one row of metrics per epoch (and the learning rate per iteration, for Comet). Makes: the two log
-files in the member's folder (the CSV holds the scalar columns; the JSONL also the per-class metrics and
-the confusion matrix) and, with ``tracking.comet: true``, a Comet experiment (offline by default: an
-archive under ``RUN_DIR/comet`` that ``comet upload`` sends later; no account needed to train).
-"""
+"""A member's training history: ``metrics.jsonl`` (every value) and ``metrics.csv`` (the scalars) always,
+a Comet experiment with ``tracking.comet`` (offline by default: ``comet upload`` sends it later)."""
 
 from __future__ import annotations
 
@@ -95,16 +90,10 @@ class CometTracker:
                 "tracking.comet is true but comet_ml is not installed",
                 hint="pip install comet_ml (offline mode needs no account), or set tracking.comet: false",
             ) from e
-        quiet: dict[str, Any] = {
-            "auto_metric_logging": False,
-            "auto_param_logging": False,
-            "auto_output_logging": False,
-            "log_code": False,
-            "log_graph": False,
-            "log_git_metadata": False,
-            "log_git_patch": False,
-            "display_summary_level": 0,
-        }
+        off = ("metric", "param", "output")
+        quiet: dict[str, Any] = {f"auto_{k}_logging": False for k in off}
+        quiet |= {f"log_{k}": False for k in ("code", "graph", "git_metadata", "git_patch")}
+        quiet["display_summary_level"] = 0
         self.experiment: Any
         try:
             if cfg.comet_offline:
