@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 MEMBER_FILES = (
     "best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.pt",
     "metrics.jsonl", "metrics.csv", "predictions/val.csv", "predictions/val.json",
-    "predictions/test.csv", "predictions/test.json", "predictions/blend.csv", "predictions/blend.json",
+    "predictions/test.csv", "predictions/test.json", "predictions/blend.csv", "predictions/blend.json"
 )  # fmt: skip
 FRESH_START_HINT = "use another run_dir, or --set train.resume=false to train from scratch"
 

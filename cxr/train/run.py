@@ -47,14 +47,7 @@ from cxr.train.distributed import (
 )
 from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate
 from cxr.train.loop import PhaseState
-from cxr.train.member import (
-    MemberRun,
-    enter_phase,
-    member_params,
-    member_seed,
-    phase_name,
-    start_run,
-)
+from cxr.train.member import MemberRun, enter_phase, member_params, member_seed, phase_name, start_run
 from cxr.train.predictions import write_predictions
 
 __all__ = ["TrainResult", "batch_key", "describe", "prepare_data", "train_all", "train_member"]
