@@ -2,7 +2,8 @@
 
 Makes, in a member's folder, ``<which>.safetensors`` and ``<which>.json`` (``which``: best or last; the
 JSON holds the weights' SHA-256) and, while a run is unfinished, ``last.state.pt`` (optimiser, scheduler
-and RNG state, read with ``weights_only=True``). ``load_checkpoint`` rebuilds the model and checks the hash.
+and RNG state, read with ``weights_only=True``). ``load_checkpoint`` rebuilds the model and checks the hash;
+``*_provenance`` say what trained a member (its data set and starting weights) for checkpoints and cards.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cxr
+from cxr.data.manifest import Manifest
+from cxr.data.synthetic import MARKER_FILE
 from cxr.errors import CheckpointError, ModelError
 from cxr.session import file_sha256
 from cxr.spec import PreprocessSpec
@@ -253,3 +256,38 @@ def load_resume_state(member_dir: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot resume: {path} holds no training state", path=path)
     return state
+
+
+def dataset_provenance(manifest: Manifest) -> dict[str, Any]:
+    """Name, digest, images per class and split, and whether the images are synthetic."""
+    root = Path(manifest.root)
+    synthetic = any((d / MARKER_FILE).is_file() for d in (root, *root.parents[:1]))
+    counts = manifest.counts()
+    return {
+        "name": root.name,
+        "root": str(root),
+        "manifest_digest": manifest.digest(),
+        "images_per_class": {c: sum(counts[s][c] for s in counts) for c in manifest.classes},
+        "images_per_split": {s: sum(v.values()) for s, v in counts.items()},
+        "synthetic": synthetic,
+    }
+
+
+def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[str, Any]:
+    """Where the member's starting weights came from: ``random``, ``timm`` (with its tag) or ``file``."""
+    if pretrained is False:
+        return {"source": "random"}
+    if pretrained is True:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(timm_name)
+        tag = getattr(cfg, "tag", None) if cfg is not None else None
+        return {"source": "timm", "tag": f"{timm_name}.{tag}" if tag else timm_name}
+    path = Path(pretrained)
+    if path.is_dir():
+        found = [path / f"{timm_name}{s}" for s in (".safetensors", ".pth", ".pt", ".bin")]
+        files = [p for p in found if p.is_file()]
+        if not files:
+            return {"source": "folder", "path": str(path)}
+        path = files[0]
+    return {"source": "file", "file": path.name, "path": str(path), "sha256": file_sha256(path)}

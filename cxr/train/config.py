@@ -26,7 +26,6 @@ from cxr.train.typed_mapping import (
     Int,
     Str,
     build,
-    check,
     configclass,
     did_you_mean,
 )
@@ -118,9 +117,8 @@ class TrainSettings:
     dist_timeout_s: Positive = 3600.0  # under torchrun: how long a process waits for the others
 
     def __post_init__(self) -> None:
-        check(
-            "train.adapt_epochs", 0 <= self.adapt_epochs <= self.epochs, self.adapt_epochs, "in [0, epochs]"
-        )
+        if not 0 <= self.adapt_epochs <= self.epochs:
+            raise ConfigError(f"train.adapt_epochs must be in [0, epochs], got {self.adapt_epochs!r}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(
                 f"train.device: {self.device!r} is not a device cxr trains on",
@@ -338,10 +336,9 @@ def _set_path(node: Any, parts: list[str], value: Any, key: str) -> None:
     if not rest:
         node[head] = value
         return
-    child = node.setdefault(head, {})
-    if child is None:
-        child = node[head] = {}
-    _set_path(child, rest, value, key)
+    if node.get(head) is None:
+        node[head] = {}
+    _set_path(node[head], rest, value, key)
 
 
 def _index(text: str, items: list[Any], key: str) -> int:

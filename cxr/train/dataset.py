@@ -87,11 +87,8 @@ def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
 
 
 def adopt_manifest(manifest: Manifest, run_dir: Path) -> Manifest:
-    """Make ``RUN_DIR/manifest.csv`` the run's manifest: every later stage (stack, fuse, evaluate) reads it.
-
-    A manifest kept elsewhere (``data.manifest``) is copied there with its ``.json`` (which holds the data
-    root, so paths still resolve); a different manifest already there is refused rather than overwritten.
-    """
+    """Make ``RUN_DIR/manifest.csv`` (which every later stage reads) the run's manifest, copied with its
+    ``.json`` (the data root); a different manifest already there is refused rather than overwritten."""
     target = Path(run_dir) / "manifest.csv"
     if manifest.path is None or Path(manifest.path).resolve() == target.resolve():
         return manifest
@@ -160,9 +157,6 @@ class ManifestDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def path(self, index: int) -> str:
-        return self.rows[index].path
-
     def __getitem__(self, index: int) -> Sample:
         row = self.rows[index]
         label = self.manifest.classes.index(row.label)
@@ -195,31 +189,24 @@ def collate(samples: Sequence[Sample]) -> Batch:
     bad = [(s[2], s[3]) for s in samples if s[0] is None]
     if not good:
         return Batch(None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
-    x = torch.stack([_present(s[0]) for s in good])
+    x = torch.stack([s[0] for s in good if s[0] is not None])
     y = torch.tensor([s[1] for s in good], dtype=torch.long)
     idx = torch.tensor([s[2] for s in good], dtype=torch.long)
     return Batch(x, y, idx, bad)
-
-
-def _present(x: torch.Tensor | None) -> torch.Tensor:
-    if x is None:  # filtered out by the caller
-        raise TypeError("missing image")
-    return x
 
 
 class BadImages:
     """Unreadable images met in one split; raises ``TrainError`` past ``max_fraction`` of the split."""
 
     def __init__(self, dataset: ManifestDataset, max_fraction: float, *, defer_check: bool = False) -> None:
-        """``defer_check``: under DDP only ``merge`` (all processes' images, on every process) checks."""
-        self.dataset = dataset
+        self.dataset = dataset  # defer_check: under DDP only ``merge`` (all processes' images) checks
         self.max_fraction = max_fraction
         self.defer_check = defer_check
         self.paths: dict[str, str] = {}
 
     def add(self, bad: Sequence[tuple[int, str]]) -> None:
         for index, message in bad:
-            path = self.dataset.path(index)
+            path = self.dataset.rows[index].path
             if path not in self.paths:
                 self.paths[path] = message
                 log.warning("skipping unreadable image %s: %s", path, message)
@@ -267,15 +254,9 @@ class Shard:
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
-    """Batches of this process's share of the data.
-
-    Training (``shuffle``): a permutation drawn from ``generator`` when iteration starts, cut into global
-    batches of ``batch_size`` (the last may be smaller; it is dropped when some process would get fewer
-    than 2 images: BatchNorm cannot normalise a single image at 1x1 resolution), each split into
-    ``world_size`` contiguous parts; this process yields part ``rank``. Every process yields the same
-    number of batches. Evaluation: the split is cut into ``world_size`` contiguous parts and this
-    process batches its own in order.
-    """
+    """Batches of this process's share: in training, part ``rank`` of each global batch of a permutation
+    (a last batch giving some process fewer than 2 images is dropped, for BatchNorm); in evaluation, its
+    contiguous part of the split in order."""
 
     def __init__(
         self,
@@ -327,8 +308,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     shard: Shard = Shard(),
 ) -> DataLoader[Sample]:
-    """Shuffle (with ``generator``) for training only. With ``shuffle``, ``batch_size`` is the global
-    batch shared by ``shard.world_size`` processes; without, it is this process's evaluation batch."""
+    """``shuffle`` (training): ``batch_size`` is the global batch; else this process's evaluation batch."""
     sampler = GlobalBatchSampler(
         len(dataset), batch_size, shuffle=shuffle, generator=generator if shuffle else None, shard=shard
     )

@@ -134,12 +134,6 @@ def record_epoch(
         {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
     )
     run.epoch_seconds.append(stats.seconds + float(val.get("seconds", 0.0)))
-    _log_epoch(run, epoch, phase, stats, val, improved)
-
-
-def _log_epoch(
-    run: MemberRun, epoch: int, phase: str, stats: EpochStats, val: dict[str, Any], improved: bool
-) -> None:
     remaining = (run.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
     log.info(
         "%s epoch %d/%d %s: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.4f | lr %.2e->%.2e "

@@ -24,10 +24,12 @@ from cxr.train.backbones import create_backbone, finetune_start, resolve_timm_na
 from cxr.train.checkpoint import (
     RESUME_STATE,
     CheckpointInfo,
+    dataset_provenance,
     load_resume_state,
     load_state,
     load_weights,
     read_checkpoint_info,
+    weights_provenance,
 )
 from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict
 from cxr.train.dataset import BadImages, ManifestDataset, Shard, epoch_generator, make_dataset, make_loader
@@ -42,7 +44,6 @@ from cxr.train.distributed import (
     wrap_ddp,
 )
 from cxr.train.loop import EarlyStopping, PhaseState, make_optimizer, make_scheduler
-from cxr.train.provenance import dataset_provenance, weights_provenance
 from cxr.train.tracking import MetricsLog, NullTracker, Tracker, make_tracker
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, dump_config
 from cxr.train.dataset import adopt_manifest, check_manifest, resolve_manifest
-from cxr.train.device import DeviceSetup, forked_rng, resolve_device, rng_state
+from cxr.train.device import forked_rng, resolve_device, rng_state
 from cxr.train.distributed import (
     DistContext,
     all_gather_object,
@@ -124,14 +124,6 @@ def train_member(
     else:
         check_manifest(manifest)
     seed = member_seed(cfg, m.name)
-    _log_start(cfg, m, setup, ctx)
-    with forked_rng(setup, rank_seed(seed, ctx)):
-        run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
-        predictions = _train_and_predict(run)
-    return _finish(run, predictions, start)
-
-
-def _log_start(cfg: TrainConfig, m: MemberConfig, setup: DeviceSetup, ctx: DistContext) -> None:
     log.info(
         "training %s (%s, %dx%d px, pretrained=%s) on %s, precision %s%s",
         m.name,
@@ -142,6 +134,10 @@ def _log_start(cfg: TrainConfig, m: MemberConfig, setup: DeviceSetup, ctx: DistC
         setup.precision,
         f", {ctx.world_size} processes x {cfg.batch_size(m) // ctx.world_size} images" if ctx.enabled else "",
     )
+    with forked_rng(setup, rank_seed(seed, ctx)):
+        run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
+        predictions = _train_and_predict(run)
+    return _finish(run, predictions, start)
 
 
 def _train_and_predict(run: MemberRun) -> dict[str, Path]:

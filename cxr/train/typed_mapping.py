@@ -194,9 +194,3 @@ def _nullable(tp: Any) -> bool:
 def did_you_mean(name: str, options: Sequence[str]) -> str | None:
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}?" if close else None
-
-
-def check(key: str, ok: bool, value: Any, expected: str) -> None:
-    """Refuse ``value`` at ``key`` unless ``ok``, saying what was ``expected``."""
-    if not ok:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
