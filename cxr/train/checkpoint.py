@@ -66,7 +66,6 @@ class CheckpointInfo:
 class LoadedCheckpoint:
     model: nn.Module  # eval mode, on the CPU
     info: CheckpointInfo
-    weights_path: Path
 
 
 def versions() -> dict[str, str]:
@@ -75,14 +74,9 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    return {
-        "cxr": cxr.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "safetensors": safetensors.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
+    libs = {"cxr": cxr, "torch": torch, "torchvision": torchvision, "timm": timm, "safetensors": safetensors}
+    return {k: str(v.__version__) for k, v in {**libs, "numpy": numpy}.items()} | {
+        "python": platform.python_version()
     }
 
 
@@ -215,7 +209,7 @@ def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
     model = create_backbone(info.timm_name, len(info.classes), pretrained=False, seed=0)
     load_state(model, state, Path(member_dir) / f"{which}.safetensors")
     model.eval()
-    return LoadedCheckpoint(model=model, info=info, weights_path=paths(member_dir, which)[0])
+    return LoadedCheckpoint(model=model, info=info)
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

@@ -2,7 +2,7 @@
 
 An image that cannot be decoded is skipped, logged and counted (``BadImages``); training stops past
 ``data.max_bad_fraction``. Augmentation is repeatable: each image's rotation draws from torch's RNG forked
-and seeded from ``(seed, epoch, index)``. Under DDP (``Shard``) every process draws the same permutation,
+and seeded from ``(seed, epoch, index)``. Under DDP every process draws the same permutation,
 cuts it into the same global batches and takes its own contiguous share of each.
 """
 
@@ -27,6 +27,7 @@ from cxr.errors import DataError, DecodeError, TrainError
 from cxr.imaging.decode import decode_gray
 from cxr.spec import PreprocessSpec
 from cxr.train.config import DataConfig
+from cxr.train.distributed import SINGLE, DistContext
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +246,6 @@ def make_dataset(
     return ManifestDataset(manifest, split, transform, seed=seed if train else None)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's place among ``world_size`` training processes (0 of 1: a single process)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-
 class GlobalBatchSampler(Sampler[list[int]]):
     """Batches of this process's share: in training, part ``rank`` of each global batch of a permutation
     (a last batch giving some process fewer than 2 images is dropped, for BatchNorm); in evaluation, its
@@ -265,7 +258,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         *,
         shuffle: bool,
         generator: torch.Generator | None = None,
-        shard: Shard = Shard(),
+        shard: DistContext = SINGLE,
     ) -> None:
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.generator, self.shard = generator, shard
@@ -306,7 +299,7 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     generator: torch.Generator | None = None,
-    shard: Shard = Shard(),
+    shard: DistContext = SINGLE,
 ) -> DataLoader[Sample]:
     """``shuffle`` (training): ``batch_size`` is the global batch; else this process's evaluation batch."""
     sampler = GlobalBatchSampler(

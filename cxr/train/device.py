@@ -45,12 +45,6 @@ class DeviceSetup:
         x = x.to(self.device, non_blocking=self.pin_memory)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def rng_devices(self) -> list[int]:
-        """CUDA devices whose RNG is forked (and restored) around training."""
-        if self.device.type != "cuda":
-            return []
-        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (elsewhere torch emulates it, slower than FP32)."""
@@ -96,7 +90,9 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
 @contextlib.contextmanager
 def forked_rng(setup: DeviceSetup, seed: int) -> Iterator[None]:
     """Seed torch's RNG for the block (dropout, init) and restore the caller's RNG state afterwards."""
-    with torch.random.fork_rng(devices=setup.rng_devices()):
+    dev = setup.device
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 

@@ -23,9 +23,9 @@ from cxr.metrics import metrics_record
 from cxr.progress import Progress, format_seconds
 from cxr.spec import PreprocessSpec
 from cxr.train.backbones import train_mode
-from cxr.train.dataset import BadImages, Shard, make_dataset, make_loader
+from cxr.train.dataset import BadImages, make_dataset, make_loader
 from cxr.train.device import DeviceSetup
-from cxr.train.distributed import all_gather_object, on_main, sync_module
+from cxr.train.distributed import SINGLE, DistContext, all_gather_object, on_main, sync_module
 from cxr.train.loop import (
     EpochStats,
     PhaseState,
@@ -89,7 +89,7 @@ def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
         shuffle=False,
         num_workers=run.cfg.data.num_workers,
         pin_memory=run.setup.pin_memory,
-        shard=run.shard,
+        shard=run.ctx,
     )
     start = time.perf_counter()
     progress = Progress(len(loader), f"{run.member.name} val {epoch + 1}", run.progress_stream)
@@ -175,7 +175,7 @@ def predict_split(
     checkpoint_sha256: str = "",
     num_workers: int = 0,
     max_bad_fraction: float = 1.0,
-    shard: Shard = Shard(),
+    shard: DistContext = SINGLE,
     gather: Callable[[Predictions], Predictions] | None = None,
     via: tuple[int, int] | None = None,
 ) -> PredictionTable:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -52,16 +52,22 @@ class PhaseState:
 
 @dataclass(frozen=True)
 class EpochStats:
-    loss: float
-    accuracy: float
     images: int
     seconds: float
     lr_start: float
     lr_end: float
     lr_min: float
-    loss_sum: float = 0.0  # sum over steps of (global step loss x global step images), this process's share
-    correct: int = 0
+    loss_sum: float  # sum over steps of (global step loss x global step images), this process's share
+    correct: int
     skipped_steps: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.images if self.images else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.images if self.images else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -206,16 +212,10 @@ def train_epoch(
         if on_step is not None:
             # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
             on_step(state.step, r.loss * state.world_size, lr)
-    lrs = (lr_start, current_lr(state.optimizer), lr_min)
-    return _stats(loss_sum, correct, images, time.perf_counter() - start, lrs, skipped)
-
-
-def _stats(
-    loss_sum: float, correct: int, images: int, seconds: float, lrs: tuple[float, float, float], skipped: int
-) -> EpochStats:
-    loss = loss_sum / images if images else float("nan")
-    accuracy = correct / images if images else 0.0
-    return EpochStats(loss, accuracy, images, seconds, *lrs, loss_sum, correct, skipped)
+    seconds = time.perf_counter() - start
+    return EpochStats(
+        images, seconds, lr_start, current_lr(state.optimizer), lr_min, loss_sum, correct, skipped
+    )
 
 
 def merge_epoch_stats(stats: EpochStats, reduce: Reduce, device: torch.device) -> EpochStats:
@@ -226,8 +226,7 @@ def merge_epoch_stats(stats: EpochStats, reduce: Reduce, device: torch.device) -
     loss_sum, correct, images = float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
     if not math.isfinite(loss_sum):  # the same sum on every process: all stop together
         raise nonfinite_error((loss_sum, -1))
-    lrs = (stats.lr_start, stats.lr_end, stats.lr_min)
-    return _stats(loss_sum, correct, images, stats.seconds, lrs, stats.skipped_steps)
+    return replace(stats, loss_sum=loss_sum, correct=correct, images=images)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from cxr.train.checkpoint import (
     weights_provenance,
 )
 from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict
-from cxr.train.dataset import BadImages, ManifestDataset, Shard, epoch_generator, make_dataset, make_loader
+from cxr.train.dataset import BadImages, ManifestDataset, epoch_generator, make_dataset, make_loader
 from cxr.train.device import DeviceSetup, restore_rng
 from cxr.train.distributed import (
     SINGLE,
@@ -87,10 +87,6 @@ class MemberRun:
     provenance: dict[str, Any] = field(default_factory=dict)  # "pretrained" and "dataset"
 
     @property
-    def shard(self) -> Shard:
-        return Shard(self.ctx.rank, self.ctx.world_size)
-
-    @property
     def train(self) -> TrainSettings:
         """``train:`` as it applies to this member (its own epochs and precision, where it has them)."""
         return self.cfg.settings(self.member)
@@ -133,8 +129,7 @@ def start_run(
         return cfg.train.resume and (mdir / "last.json").is_file()
 
     resume = on_main(ctx, look)
-    model = _place_model(ctx, cfg, m, setup, len(manifest.classes), False if resume else m.pretrained, seed)
-    run = _new_run(cfg, m, manifest, setup, model, progress_stream, seed, ctx)
+    run = _new_run(cfg, m, manifest, setup, progress_stream, seed, ctx, False if resume else m.pretrained)
     if resume:
         book = on_main(ctx, partial(read_resume, run))
         sync_module(ctx, run.model)
@@ -159,33 +154,6 @@ def _on_main_or(ctx: DistContext, make: Any, other: Any) -> Any:
     return made[0] if made else other()
 
 
-def _place_model(
-    ctx: DistContext,
-    cfg: TrainConfig,
-    m: MemberConfig,
-    setup: DeviceSetup,
-    num_classes: int,
-    pretrained: bool | str | Path,
-    seed: int,
-) -> nn.Module:
-    """The member's network on its device and memory format, with rank 0's weights in every process."""
-    model: nn.Module = _on_main_or(
-        ctx,
-        lambda: create_backbone(m.backbone, num_classes, pretrained, seed=seed),
-        lambda: create_backbone(m.backbone, num_classes, False, seed=seed),
-    )
-    try:  # a wrong module name fails now, not after the adaptation epochs
-        finetune_start(model, m.finetune_from)
-    except ConfigError as e:
-        raise ConfigError(f"models.{m.name}.{e.message}", hint=e.hint) from None
-    model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
-    model.to(setup.device)
-    if setup.channels_last:
-        model.to(memory_format=torch.channels_last)
-    sync_module(ctx, model)  # rank 0's weights (ImageNet or resumed) everywhere
-    return model
-
-
 def _loss_weights(cfg: TrainConfig, manifest: Manifest, setup: DeviceSetup) -> torch.Tensor | None:
     """The loss's class weights from the train split's counts (None when ``train.class_weights`` is off)."""
     if not cfg.train.class_weights:
@@ -203,12 +171,28 @@ def _new_run(
     m: MemberConfig,
     manifest: Manifest,
     setup: DeviceSetup,
-    model: nn.Module,
     progress_stream: TextIO | None,
     seed: int,
     ctx: DistContext,
+    pretrained: bool | str | Path,
 ) -> MemberRun:
-    """A run at epoch 0: class weights, data sets, early stopping, metrics log, tracker, provenance."""
+    """A run at epoch 0: the network on its device (rank 0's weights everywhere), class weights, data sets,
+    early stopping, metrics log, tracker, provenance."""
+    num_classes = len(manifest.classes)
+    model: nn.Module = _on_main_or(
+        ctx,
+        lambda: create_backbone(m.backbone, num_classes, pretrained, seed=seed),
+        lambda: create_backbone(m.backbone, num_classes, False, seed=seed),
+    )
+    try:  # a wrong module name fails now, not after the adaptation epochs
+        finetune_start(model, m.finetune_from)
+    except ConfigError as e:
+        raise ConfigError(f"models.{m.name}.{e.message}", hint=e.hint) from None
+    model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
+    model.to(setup.device)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    sync_module(ctx, model)  # rank 0's weights (ImageNet or resumed) everywhere
     mdir = member_dir(cfg, m.name)
     es = cfg.train.early_stopping
     weights = _loss_weights(cfg, manifest, setup)
@@ -258,7 +242,7 @@ def train_loader(run: MemberRun, epoch: int) -> DataLoader[Any]:
         num_workers=run.cfg.data.num_workers,
         pin_memory=run.setup.pin_memory,
         generator=epoch_generator(run.seed, epoch),
-        shard=run.shard,
+        shard=run.ctx,
     )
 
 

@@ -201,10 +201,10 @@ def _run_epochs(run: MemberRun) -> None:
     on_main(run.ctx, check)
 
 
-def _checkpoint_info(
-    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any]
-) -> CheckpointInfo:
-    return CheckpointInfo(
+def _save_epoch(
+    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
+) -> None:
+    info = CheckpointInfo(
         name=run.member.name,
         backbone=run.member.backbone,
         timm_name=resolve_timm_name(run.member.backbone),
@@ -225,12 +225,6 @@ def _checkpoint_info(
             **run.provenance,
         },
     )
-
-
-def _save_epoch(
-    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
-) -> None:
-    info = _checkpoint_info(run, current, epoch, phase, val)
     rng_ranks = all_gather_object(run.ctx, rng_state(run.setup)) if run.ctx.enabled else None
 
     def write() -> CheckpointInfo | None:
@@ -282,7 +276,7 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
             member=run.member.name,
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
-            shard=run.shard,
+            shard=run.ctx,
             gather=partial(gather, run) if run.ctx.enabled else None,
             via=via,
         )
