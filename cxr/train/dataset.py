@@ -67,18 +67,15 @@ def train_transform(spec: PreprocessSpec, degrees: float = ROTATION_DEGREES) -> 
 
 def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
     """Load ``data.manifest``; or build ``RUN_DIR/manifest.csv`` from ``data.data_dir`` once and reuse it."""
-    if data.manifest is not None:
-        if not Path(data.manifest).is_file() and data.data_dir is None:
-            raise DataError(
-                f"manifest {data.manifest} does not exist",
-                hint="create it with `cxr data split DATA_DIR --output MANIFEST`, or set data.data_dir "
-                "instead to split a data set folder here",
-                path=data.manifest,
-            )
-        if Path(data.manifest).is_file():
-            return load_manifest(Path(data.manifest))
-    if data.data_dir is None:  # unreachable: DataConfig requires one of the two
-        raise DataError("no manifest and no data set folder configured")
+    if data.manifest is not None and Path(data.manifest).is_file():
+        return load_manifest(Path(data.manifest))
+    if data.data_dir is None:  # DataConfig requires one of the two: the manifest is missing
+        raise DataError(
+            f"manifest {data.manifest} does not exist",
+            hint="create it with `cxr data split DATA_DIR --output MANIFEST`, or set data.data_dir "
+            "instead to split a data set folder here",
+            path=data.manifest,
+        )
     out = Path(data.manifest) if data.manifest is not None else Path(run_dir) / "manifest.csv"
     if out.is_file():
         log.info("reusing manifest %s", out)

@@ -24,8 +24,7 @@ from cxr.progress import Progress, format_seconds
 from cxr.spec import PreprocessSpec
 from cxr.train.backbones import train_mode
 from cxr.train.dataset import BadImages, make_dataset, make_loader
-from cxr.train.device import DeviceSetup
-from cxr.train.distributed import SINGLE, DistContext, all_gather_object, on_main, sync_module
+from cxr.train.distributed import SINGLE, DeviceSetup, DistContext, all_gather_object, on_main, sync_module
 from cxr.train.loop import (
     EpochStats,
     PhaseState,

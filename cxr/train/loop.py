@@ -24,7 +24,7 @@ from cxr.errors import TrainError
 from cxr.progress import Progress
 from cxr.train.config import ScheduleConfig, TrainSettings
 from cxr.train.dataset import BadImages, Batch
-from cxr.train.device import DeviceSetup
+from cxr.train.distributed import DeviceSetup
 
 StepHook = Callable[[int, float, float], None]  # (global step, loss, lr)
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sum over processes

@@ -33,18 +33,19 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict
 from cxr.train.dataset import BadImages, ManifestDataset, epoch_generator, make_dataset, make_loader
-from cxr.train.device import DeviceSetup, restore_rng
 from cxr.train.distributed import (
     SINGLE,
+    DeviceSetup,
     DistContext,
     all_reduce_sum,
     convert_sync_batchnorm,
     on_main,
+    restore_rng,
     sync_module,
     wrap_ddp,
 )
 from cxr.train.loop import EarlyStopping, PhaseState, make_optimizer, make_scheduler
-from cxr.train.tracking import MetricsLog, NullTracker, Tracker, make_tracker
+from cxr.train.tracking import CometTracker, MetricsLog, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,13 @@ def _on_main_or(ctx: DistContext, make: Any, other: Any) -> Any:
     return made[0] if made else other()
 
 
+def _tracker(cfg: TrainConfig, m: MemberConfig) -> Tracker:
+    """Rank 0's tracker: Comet when configured (the other processes log nothing)."""
+    if not cfg.tracking.comet:
+        return Tracker()
+    return CometTracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m))
+
+
 def _loss_weights(cfg: TrainConfig, manifest: Manifest, setup: DeviceSetup) -> torch.Tensor | None:
     """The loss's class weights from the train split's counts (None when ``train.class_weights`` is off)."""
     if not cfg.train.class_weights:
@@ -208,11 +216,7 @@ def _new_run(
         weights=weights,
         stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
         metrics_log=MetricsLog(mdir),
-        tracker=_on_main_or(
-            ctx,
-            lambda: make_tracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m)),
-            NullTracker,
-        ),
+        tracker=_on_main_or(ctx, partial(_tracker, cfg, m), Tracker),
         train_set=train_set,
         val_set=val_set,
         train_bad=BadImages(train_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),

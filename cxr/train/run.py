@@ -35,14 +35,16 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, dump_config
 from cxr.train.dataset import adopt_manifest, check_manifest, resolve_manifest
-from cxr.train.device import forked_rng, resolve_device, rng_state
 from cxr.train.distributed import (
     DistContext,
     all_gather_object,
     check_global_batch,
     current_context,
+    forked_rng,
     on_main,
     rank_seed,
+    resolve_device,
+    rng_state,
     sync_module,
 )
 from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cxr.errors import ConfigError
 from cxr.train.config import TrackingConfig
@@ -65,13 +65,9 @@ def flatten(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Tracker(Protocol):
-    def log_metrics(self, metrics: Mapping[str, Any], step: int, epoch: int) -> None: ...
+class Tracker:
+    """Where the metrics go besides the log files: nowhere (this class) or Comet (``CometTracker``)."""
 
-    def end(self) -> None: ...
-
-
-class NullTracker:
     def log_metrics(self, metrics: Mapping[str, Any], step: int, epoch: int) -> None:
         return None
 
@@ -79,7 +75,7 @@ class NullTracker:
         return None
 
 
-class CometTracker:
+class CometTracker(Tracker):
     """One Comet experiment per member; auto-logging is off, cxr logs what it computes."""
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path, member: str, params: Mapping[str, Any]) -> None:
@@ -123,9 +119,3 @@ class CometTracker:
 
     def end(self) -> None:
         self.experiment.end()
-
-
-def make_tracker(cfg: TrackingConfig, run_dir: Path, member: str, params: Mapping[str, Any]) -> Tracker:
-    if not cfg.comet:
-        return NullTracker()
-    return CometTracker(cfg, run_dir, member, params)
