@@ -155,6 +155,9 @@ class ManifestDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def path(self, index: int) -> str:
+        return self.rows[index].path
+
     def __getitem__(self, index: int) -> Sample:
         row = self.rows[index]
         label = self.manifest.classes.index(row.label)
@@ -204,7 +207,7 @@ class BadImages:
 
     def add(self, bad: Sequence[tuple[int, str]]) -> None:
         for index, message in bad:
-            path = self.dataset.rows[index].path
+            path = self.dataset.path(index)
             if path not in self.paths:
                 self.paths[path] = message
                 log.warning("skipping unreadable image %s: %s", path, message)

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 LAUNCH_HINT = (
     "start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m cxr train base --config CONFIG --all`"
 )

@@ -132,9 +132,9 @@ def start_run(
     resume = on_main(ctx, look)
     run = _new_run(cfg, m, manifest, setup, progress_stream, seed, ctx, False if resume else m.pretrained)
     if resume:
-        book = on_main(ctx, partial(read_resume, run))
+        info, state = on_main(ctx, partial(read_resume, run))
         sync_module(ctx, run.model)
-        apply_resume(run, book)
+        apply_resume(run, info, state)
         return run
     if cfg.train.resume:
         log.info("%s: no checkpoint in %s to resume from; training from scratch", m.name, mdir)
@@ -277,47 +277,26 @@ def enter_phase(run: MemberRun, phase: str) -> PhaseState:
     return run.phase
 
 
-# Resuming: rank 0 reads the ``last`` checkpoint (``ResumeBook``), every process continues after its epoch.
+# Resuming: rank 0 reads the ``last`` checkpoint and resume state, every process continues after its epoch.
 
 
-@dataclass(frozen=True)
-class ResumeBook:
-    """What rank 0 reads from a member's folder to continue it (sent to the other processes)."""
-
-    epoch: int  # the last completed epoch
-    stopped_early: bool
-    step: int
-    early_stopping: dict[str, Any]
-    bad_train: tuple[str, ...]
-    state: dict[str, Any] | None  # optimiser / scheduler / RNG; None once the member finished
-
-
-def read_resume(run: MemberRun) -> ResumeBook:
-    """Check the ``last`` checkpoint fits the config, load its weights into the model, read the state."""
+def read_resume(run: MemberRun) -> tuple[CheckpointInfo, dict[str, Any] | None]:
+    """Check the ``last`` checkpoint fits the config, load its weights into the model, read the state
+    (optimiser, scheduler, RNG; None once the member finished)."""
     info = read_checkpoint_info(run.member_dir, "last")
     _check_resumable(run, info)
     load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
-    book = info.extra
-    if "early_stopping" not in book:
+    if "early_stopping" not in info.extra:
         raise CheckpointError(
             f"cannot resume {run.member.name}: {run.member_dir / 'last.json'} lacks the training state",
             hint=FRESH_START_HINT,
             path=run.member_dir,
         )
     run.metrics_log.reset(keep_through_epoch=info.epoch)
-    stopped = bool(book.get("stopped_early", False))
-    finished = info.epoch + 1 >= run.train.epochs or stopped
-    state = None
+    finished = info.epoch + 1 >= run.train.epochs or bool(info.extra.get("stopped_early", False))
     if not finished and (run.member_dir / RESUME_STATE).is_file():
-        state = load_resume_state(run.member_dir)
-    return ResumeBook(
-        epoch=info.epoch,
-        stopped_early=stopped,
-        step=int(book.get("step", 0)),
-        early_stopping=dict(book["early_stopping"]),
-        bad_train=tuple(str(p) for p in book.get("bad_train", [])),
-        state=state,
-    )
+        return info, load_resume_state(run.member_dir)
+    return info, None
 
 
 def _check_resumable(run: MemberRun, info: CheckpointInfo) -> None:
@@ -341,28 +320,27 @@ def _check_resumable(run: MemberRun, info: CheckpointInfo) -> None:
         )
 
 
-def apply_resume(run: MemberRun, book: ResumeBook) -> None:
+def apply_resume(run: MemberRun, info: CheckpointInfo, state: dict[str, Any] | None) -> None:
     """Continue after the last completed epoch: early stopping, optimiser, scheduler, RNG (every process)."""
-    run.next_epoch = book.epoch + 1
-    run.stopped_early = book.stopped_early
-    run.resumed_step = book.step
-    run.stopper = EarlyStopping(**book.early_stopping)
-    for path in book.bad_train:
-        run.train_bad.paths[path] = "unreadable (before resume)"
+    run.next_epoch = info.epoch + 1
+    run.stopped_early = bool(info.extra.get("stopped_early", False))
+    run.resumed_step = int(info.extra.get("step", 0))
+    run.stopper = EarlyStopping(**info.extra["early_stopping"])
+    for path in info.extra.get("bad_train", []):
+        run.train_bad.paths[str(path)] = "unreadable (before resume)"
     if run.next_epoch >= run.train.epochs or run.stopped_early:
         log.info(
             "%s finished training earlier (epoch %d); writing its predictions",
             run.member.name,
-            book.epoch + 1,
+            info.epoch + 1,
         )
         return
-    state = book.state
     if state is None:
         log.warning(
             "%s: no optimiser state (it is dropped when a member finishes); continuing after epoch %d with a "
             "fresh optimiser and schedule",
             run.member.name,
-            book.epoch + 1,
+            info.epoch + 1,
         )
         return
     restore_rng(run.setup, run.ctx, state, run.member.name)
@@ -374,4 +352,4 @@ def apply_resume(run: MemberRun, book: ResumeBook) -> None:
         current.step = int(state["step"])
         if current.scaler is not None and state.get("scaler"):
             current.scaler.load_state_dict(state["scaler"])
-    log.info("resuming %s after epoch %d", run.member.name, book.epoch + 1)
+    log.info("resuming %s after epoch %d", run.member.name, info.epoch + 1)
