@@ -1,7 +1,4 @@
-"""The base models: one table of timm backbones and one factory (a ``BACKBONES`` key or any timm name).
-
-Weights that were asked for but cannot be had stop with a ``TrainError``; never a silent random init.
-"""
+"""The base models: one table of timm backbones and one factory; wanted weights never fall back to random."""
 
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ BACKBONES: dict[str, Backbone] = {  # the study's five, keyed by the member name
     "densenet121": Backbone("densenet121", 224),
     "vgg19": Backbone("vgg19", 224),
     "resnetv2_50": Backbone("resnetv2_50", 224),
-    # timm's original Xception, static padding (exports with a dynamic batch); trained at 224 px as in the study
+    # timm's original Xception: static padding (a dynamic batch in ONNX); 224 px as in the study
     "xception": Backbone("legacy_xception", 224),
 }
 

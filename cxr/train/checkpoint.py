@@ -1,10 +1,5 @@
-"""Checkpoints that never execute code on load: weights in safetensors, everything else in JSON.
-
-Makes, in a member's folder, ``<which>.safetensors`` and ``<which>.json`` (``which``: best or last; the
-JSON holds the weights' SHA-256) and, while a run is unfinished, ``last.state.pt`` (optimiser, scheduler
-and RNG state, read with ``weights_only=True``). ``load_checkpoint`` rebuilds the model and checks the hash;
-``*_provenance`` say what trained a member (its data set and starting weights) for checkpoints and cards.
-"""
+"""Checkpoints that never execute code on load: ``<which>.safetensors`` + ``<which>.json`` (with the
+weights' SHA-256), ``last.state.pt`` while a run is unfinished, and the provenance they carry."""
 
 from __future__ import annotations
 
@@ -127,7 +122,7 @@ def _write_error(path: Path, err: BaseException) -> CheckpointError:
 
 
 def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
-    """Make ``target`` the same checkpoint as ``source``: a hard link (saves replace files atomically), else a copy."""
+    """``target`` becomes ``source``: a hard link (saves replace files atomically), else a copy."""
     src, _ = paths(member_dir, source)
     dst, meta = paths(member_dir, target)
     tmp = dst.with_name(dst.name + ".tmp")

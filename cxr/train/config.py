@@ -1,8 +1,4 @@
-"""Training configuration: a YAML file and ``--set key=value`` overrides -> a frozen, checked ``TrainConfig``.
-
-Types and ranges are declared on the fields (``cxr.train.typed_mapping`` names the dotted key of an error);
-``__post_init__`` holds the checks between fields. Nothing is evaluated as code.
-"""
+"""Training configuration: a YAML file and ``--set key=value`` overrides -> a frozen, checked TrainConfig."""
 
 from __future__ import annotations
 

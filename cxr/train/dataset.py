@@ -1,9 +1,7 @@
-"""The PyTorch side of the data: manifest -> transforms -> Dataset -> DataLoader, unreadable images counted.
+"""Manifest -> transforms -> Dataset -> DataLoader, unreadable images counted (``BadImages``).
 
-An image that cannot be decoded is skipped, logged and counted (``BadImages``); training stops past
-``data.max_bad_fraction``. Augmentation is repeatable: each image's rotation draws from torch's RNG forked
-and seeded from ``(seed, epoch, index)``. Under DDP every process draws the same permutation,
-cuts it into the same global batches and takes its own contiguous share of each.
+Augmentation draws from torch's RNG forked and seeded per ``(seed, epoch, index)``; under DDP every process
+cuts the same permutation into the same global batches and takes its own contiguous share of each.
 """
 
 from __future__ import annotations

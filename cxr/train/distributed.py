@@ -1,9 +1,7 @@
-"""Where each training process computes: its place under ``torchrun`` (DDP), its device and its RNG streams.
+"""Where each training process computes: its place under ``torchrun`` (DDP), its device and RNG streams.
 
-Takes: the environment ``torchrun`` sets and ``TrainSettings``. Makes: a ``DistContext``, a ``DeviceSetup``
-(``auto``: CUDA with bf16 autocast where supported, else fp16 with a scaler; on the CPU bf16 where the CPU
-has it in hardware, else fp32) and the few collectives training needs (no-ops for one process). ``train.batch_size`` is the global batch. Rank 0 alone reads and writes the run
-directory and decides what all must agree on (``on_main``), so nodes share only the images.
+``train.batch_size`` is the global batch. Rank 0 alone reads and writes the run directory and decides what
+all must agree on (``on_main``); every collective is a no-op for one process.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""One epoch of training and one pass of evaluation, the optimiser, its schedule and early stopping.
+"""The training step and epoch, evaluation batches, the optimiser, its schedule and early stopping.
 
-Under DDP each process holds a share of the global batch; before the forward pass the processes sum their
-class-weight totals (``PhaseState.all_reduce``) and each back-propagates ``world_size * sum(w_i * loss_i) /
-global weight total``, so DDP's gradient average is the gradient of the global batch's weighted mean loss.
-A step where some process has no readable image is skipped by all of them.
+Under DDP each process back-propagates ``world_size * sum(w_i * loss_i) / global weight total``, so DDP's
+gradient average is the gradient of the global batch's weighted mean loss.
 """
 
 from __future__ import annotations
@@ -234,9 +232,12 @@ class Predictions:
     index: np.ndarray  # int64 [N] dataset row indices (unreadable images left out)
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float64 [N, K]
-    loss: float  # class-weighted mean cross-entropy (nan without weights given)
-    loss_sum: float = 0.0  # the weighted sum behind ``loss``...
-    weight_sum: float = 0.0  # ...and its weight total (to combine the parts of several processes)
+    loss_sum: float  # the class-weighted cross-entropy sum...
+    weight_sum: float  # ...and its weight total (to combine the parts of several processes)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.weight_sum if self.weight_sum else float("nan")
 
 
 @torch.no_grad()
@@ -285,7 +286,6 @@ def predict_batches(
         index=np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64),
         labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
         probs=np.concatenate(probs) if probs else np.zeros((0, k), dtype=np.float64),
-        loss=loss_sum / weight_sum if weight_sum else float("nan"),
         loss_sum=loss_sum,
         weight_sum=weight_sum,
     )
@@ -298,15 +298,12 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
         return parts[0]
     index = np.concatenate([p.index for p in parts])
     order = np.argsort(index, kind="stable")
-    loss_sum = sum(p.loss_sum for p in parts)
-    weight_sum = sum(p.weight_sum for p in parts)
     return Predictions(
         index=index[order],
         labels=np.concatenate([p.labels for p in parts])[order],
         probs=np.concatenate([p.probs for p in parts])[order],
-        loss=loss_sum / weight_sum if weight_sum else float("nan"),
-        loss_sum=loss_sum,
-        weight_sum=weight_sum,
+        loss_sum=sum(p.loss_sum for p in parts),
+        weight_sum=sum(p.weight_sum for p in parts),
     )
 
 

@@ -1,8 +1,5 @@
-"""Prediction files (numpy only): one model's class probabilities for every image of one split.
-
-``<dir>/<split>.csv`` (``path, label, p:<class>...``) and a ``.json`` beside it (member, split, manifest
-digest, class order, checkpoint hash), so that files that do not belong together are refused.
-"""
+"""Prediction files (numpy only): ``<split>.csv`` (``path, label, p:<class>...``) and a ``.json`` beside it
+(member, split, manifest digest, class order, checkpoint hash), so that mismatched files are refused."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The floor every transfer-learning result must beat: a linear probe on frozen ImageNet features.
+"""The floor every transfer-learning result must beat: a logistic regression on frozen ImageNet features.
 
-Takes: a run directory with ``manifest.csv`` and a ``ProbeConfig``. Makes:
-``RUN_DIR/baselines/linear_probe/{val,test}.csv`` (``cxr evaluate`` adds them as a baseline) and
-``probe.json`` -> ``ProbeResult``: a logistic regression on the frozen pooled features, ``C`` by val log loss.
+Makes ``RUN_DIR/baselines/linear_probe/{val,test}.csv`` (``cxr evaluate`` adds them) and ``probe.json``.
 """
 
 from __future__ import annotations

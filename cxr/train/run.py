@@ -1,11 +1,5 @@
-"""Train the ensemble's base models with the study's two-phase transfer learning.
-
-Takes: a ``TrainConfig`` and a member name (or all members). Makes, per member, in
-``RUN_DIR/members/<name>/``: ``best``/``last`` checkpoints, the resume state, ``metrics.jsonl``/``.csv``
-and ``predictions/{val,blend,test}.csv|.json`` (the best model's probabilities, the stacking stage's
-input); ``RUN_DIR/config.yaml`` holds the resolved config. Under ``torchrun`` every process runs the same
-functions on its share of each global batch; rank 0 alone writes the run directory.
-"""
+"""Train the base models with two-phase transfer learning: per member, ``RUN_DIR/members/<name>/`` holds
+checkpoints, ``metrics.jsonl``/``.csv`` and ``predictions/{val,blend,test}`` (the stacking stage's input)."""
 
 from __future__ import annotations
 

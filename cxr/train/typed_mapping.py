@@ -1,7 +1,4 @@
-"""Frozen pydantic config dataclasses whose errors are ``ConfigError``s naming the dotted key.
-
-``Int``, ``Float``, ``Bool``, ``Str`` and ``ConfigPath`` are strict: no ``"3"`` for 3, no ``yes`` for true.
-"""
+"""Frozen, strict pydantic config dataclasses whose errors are ``ConfigError``s naming the dotted key."""
 
 from __future__ import annotations
 
