@@ -1,6 +1,6 @@
 """Training-time (torchvision) and run-time (numpy + Pillow) preprocessing give the same tensors.
 
-The run-time path is ``cxr.imaging``; the training path is ``cxr.train.transforms.eval_transform`` on the
+The run-time path is ``cxr.imaging``; the training path is ``cxr.train.dataset.eval_transform`` on the
 same decoded image. Both are checked on synthetic images of every awkward mode and on the real sample.
 """
 
