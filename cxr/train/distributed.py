@@ -95,14 +95,6 @@ def current_context() -> DistContext:
     return SINGLE
 
 
-def backend_for(settings: TrainSettings) -> str:
-    """NCCL where the processes train on CUDA GPUs, gloo on CPUs."""
-    wants_cuda = settings.device.startswith("cuda") or (
-        settings.device == "auto" and torch.cuda.is_available()
-    )
-    return "nccl" if wants_cuda and dist.is_nccl_available() else "gloo"
-
-
 def check_local_gpu(ctx: DistContext) -> None:
     if ctx.local_rank >= torch.cuda.device_count():
         raise ConfigError(
@@ -126,7 +118,9 @@ def distributed(settings: TrainSettings) -> Iterator[DistContext]:
             f"torchrun started {ctx.world_size} processes but this torch build has no torch.distributed",
             hint="install a torch build with distributed support, or train with one process",
         )
-    backend = backend_for(settings)
+    # NCCL where the processes train on CUDA GPUs, gloo on CPUs
+    cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         check_local_gpu(ctx)
         torch.cuda.set_device(ctx.local_rank)
