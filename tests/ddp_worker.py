@@ -39,7 +39,7 @@ def run_rank(
     from cxr.errors import CxrError
     from cxr.train import run as run_module
     from cxr.train.config import config_from_dict
-    from cxr.train.epoch import MetricsLog
+    from cxr.train.tracking import MetricsLog
 
     torch.set_num_threads(1)
     # a short timeout: a regression that desynchronises the processes fails the test instead of hanging CI

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from cxr.data.manifest import Manifest
 from cxr.data.weights import class_weights
@@ -28,7 +29,7 @@ from cxr.train.checkpoint import (
     weights_provenance,
 )
 from cxr.train.config import MemberConfig, TrainConfig, TrainSettings, config_to_dict
-from cxr.train.dataset import BadImages, ManifestDataset, make_dataset
+from cxr.train.dataset import BadImages, ManifestDataset, epoch_generator, make_dataset, make_loader
 from cxr.train.distributed import (
     SINGLE,
     DeviceSetup,
@@ -40,8 +41,8 @@ from cxr.train.distributed import (
     sync_module,
     wrap_ddp,
 )
-from cxr.train.epoch import CometTracker, MetricsLog, Tracker, train_loader
 from cxr.train.loop import EarlyStopping, PhaseState, make_optimizer, make_scheduler
+from cxr.train.tracking import CometTracker, MetricsLog, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,18 @@ def _new_run(
 
 def phase_name(cfg: TrainConfig, epoch: int) -> str:
     return "adapt" if epoch < cfg.train.adapt_epochs else "finetune"
+
+
+def train_loader(run: MemberRun, epoch: int) -> DataLoader[Any]:
+    return make_loader(
+        run.train_set,
+        batch_size=run.cfg.batch_size(run.member),
+        shuffle=True,
+        num_workers=run.cfg.data.num_workers,
+        pin_memory=run.setup.pin_memory,
+        generator=epoch_generator(run.seed, epoch),
+        shard=run.ctx,
+    )
 
 
 def enter_phase(run: MemberRun, phase: str) -> PhaseState:
