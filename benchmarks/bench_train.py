@@ -34,9 +34,8 @@ import torch
 
 from cxr.train.backbones import BACKBONES, create_backbone, resolve_timm_name, set_phase, train_mode
 from cxr.train.config import TrainSettings
-from cxr.train.device import DeviceSetup, cpu_has_native_bf16
-from cxr.train.loop import PhaseState, train_step
-from cxr.train.schedule import make_optimizer, make_scheduler
+from cxr.train.distributed import DeviceSetup, cpu_has_native_bf16
+from cxr.train.loop import PhaseState, make_optimizer, make_scheduler, train_step
 
 PHASES = ("finetune", "adapt", "eval")
 MODES = {  # name -> (autocast dtype, channels_last)

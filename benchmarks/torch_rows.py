@@ -13,7 +13,7 @@ What "best" is, and why:
   The paper members are ~100x larger graphs (minutes of compilation each, again for each new batch size)
   and a cxr-bench row makes ~10 timed calls, so compilation would dominate the run; it does not pay off.
 Only the CPU gets a best row (on CUDA, the FP32 row is the reference). The modules run in
-``cxr.train.torch_reference``, imported only when torch is installed (a note says when it is not).
+``torch_reference`` (beside it), imported only when torch is installed (a note says when it is not).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cxr.bench.types import BenchRow
 log = logging.getLogger(__name__)
 
 NO_TORCH = "PyTorch eager reference skipped: torch is not installed (pip install 'cxr-toolkit[train]')"
-REFERENCE_MODULE = "cxr.train.torch_reference"
+REFERENCE_MODULE = "torch_reference"
 
 
 def torch_installed() -> bool:

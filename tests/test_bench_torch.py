@@ -1,5 +1,5 @@
 """benchmarks/torch_rows.py: the PyTorch eager and "PyTorch best" rows, with a stand-in for the checkpoint
-loader of cxr.train.torch_reference."""
+loader of benchmarks/torch_reference.py."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_torch_eager_rows(fused_model: Path, tmp_path: Path, monkeypatch: pytest
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)
     loaded: list[Path] = []
-    from cxr.train import torch_reference
+    torch_reference = benchmark("torch_reference")
 
     monkeypatch.setattr(torch_reference, "load_checkpoint", _fake_load_checkpoint(loaded))
     threads_before = torch_reference.torch.get_num_threads()
@@ -95,7 +95,7 @@ def test_bf16_needs_the_cpu_flag(cpuinfo: str, native: bool) -> None:
 def test_best_rows_use_their_precisions_peak_and_report_agreement(
     fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
 ) -> None:
-    from cxr.train import torch_reference
+    torch_reference = benchmark("torch_reference")
 
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)
@@ -118,7 +118,7 @@ def test_best_rows_use_their_precisions_peak_and_report_agreement(
 
 
 def test_no_torch_best(fused_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxr.train import torch_reference
+    torch_reference = benchmark("torch_reference")
 
     for name in ("alpha", "beta"):
         (tmp_path / "members" / name).mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Training-time (torchvision) and run-time (numpy + Pillow) preprocessing give the same tensors.
 
-The run-time path is ``cxr.imaging``; the training path is ``cxr.train.transforms.eval_transform`` on the
+The run-time path is ``cxr.imaging``; the training path is ``cxr.train.dataset.eval_transform`` on the
 same decoded image. Both are checked on synthetic images of every awkward mode and on the real sample.
 """
 
@@ -18,7 +18,7 @@ from cxr.imaging.preprocess import to_model_input
 from cxr.spec import PreprocessSpec
 
 torch = pytest.importorskip("torch")
-transforms_mod = pytest.importorskip("cxr.train.transforms")
+transforms_mod = pytest.importorskip("cxr.train.dataset")
 
 
 def _torch_eval(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -43,7 +43,7 @@ def test_training_records_data_and_weights(tmp_path: Path) -> None:
     pytest.importorskip("timm")
     from cxr.data.manifest import SplitConfig, build_manifest
     from cxr.data.synthetic import SynthConfig, synthesize
-    from cxr.train.provenance import dataset_provenance, weights_provenance
+    from cxr.train.checkpoint import dataset_provenance, weights_provenance
 
     res = synthesize(SynthConfig(tmp_path / "s", per_class=10, seed=0, size=40))
     manifest = build_manifest(SplitConfig(res.root, tmp_path / "m.csv", seed=0)).manifest

@@ -173,7 +173,7 @@ def test_auto_precision_on_the_cpu_uses_bf16_only_in_hardware(
 ) -> None:
     import torch
 
-    from cxr.train import device
+    from cxr.train import distributed as device
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

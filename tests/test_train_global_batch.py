@@ -17,8 +17,7 @@ from torch import nn  # noqa: E402
 
 from cxr.errors import TrainError  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
-from cxr.train.device import DeviceSetup  # noqa: E402
-from cxr.train.distributed import sync_batchnorm  # noqa: E402
+from cxr.train.distributed import DeviceSetup, sync_batchnorm  # noqa: E402
 from cxr.train.loop import PhaseState, train_step  # noqa: E402
 
 CPU = DeviceSetup(device=torch.device("cpu"), amp_dtype=None, channels_last=False, pin_memory=False)

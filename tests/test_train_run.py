@@ -25,15 +25,15 @@ from cxr.errors import (  # noqa: E402
 )
 from cxr.imaging.decode import decode_gray  # noqa: E402
 from cxr.imaging.preprocess import to_model_input  # noqa: E402
+from cxr.train import member as startup  # noqa: E402
 from cxr.train import run as run_module  # noqa: E402
-from cxr.train import startup  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.checkpoint import load_checkpoint, read_checkpoint_info  # noqa: E402
 from cxr.train.config import TrainConfig, config_from_dict, load_config  # noqa: E402
-from cxr.train.predict import predict_split  # noqa: E402
+from cxr.train.dataset import eval_transform, load_rgb  # noqa: E402
+from cxr.train.epoch import predict_split  # noqa: E402
 from cxr.train.predictions import read_predictions  # noqa: E402
 from cxr.train.run import train_member  # noqa: E402
-from cxr.train.transforms import eval_transform, load_rgb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -378,8 +378,7 @@ def test_loaders_shuffle_train_only_and_augment_repeatably(data: Path) -> None:
     from torchvision import transforms as T
 
     from cxr.spec import PreprocessSpec
-    from cxr.train.dataset import epoch_generator, make_dataset, make_loader
-    from cxr.train.transforms import train_transform
+    from cxr.train.dataset import epoch_generator, make_dataset, make_loader, train_transform
 
     spec = PreprocessSpec(input_size=(32, 32))
     first = train_transform(spec).transforms[0]

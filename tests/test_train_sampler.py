@@ -9,10 +9,13 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
-from cxr.train.dataset import GlobalBatchSampler, Shard, epoch_generator  # noqa: E402
+from cxr.train.dataset import GlobalBatchSampler, epoch_generator  # noqa: E402
+from cxr.train.distributed import DistContext  # noqa: E402
 
 
-def batches(n: int, batch: int, shard: Shard = Shard(), *, shuffle: bool = True) -> list[list[int]]:
+def batches(
+    n: int, batch: int, shard: DistContext = DistContext(), *, shuffle: bool = True
+) -> list[list[int]]:
     g = epoch_generator(5, 2)
     sampler = GlobalBatchSampler(n, batch, shuffle=shuffle, generator=g, shard=shard)
     loader = DataLoader(list(range(n)), batch_sampler=sampler, generator=g, collate_fn=list)
@@ -42,7 +45,7 @@ def test_one_process_keeps_the_torch_random_sampler_order(n: int, batch: int) ->
 )
 def test_processes_share_every_global_batch(n: int, batch: int, world: int) -> None:
     single = batches(n, batch)
-    parts = [batches(n, batch, Shard(r, world)) for r in range(world)]
+    parts = [batches(n, batch, DistContext(r, world)) for r in range(world)]
     assert len({len(p) for p in parts}) == 1  # same number of steps everywhere (DDP needs it)
     for step, whole in enumerate(single[: len(parts[0])]):
         shares = [p[step] for p in parts]
@@ -56,11 +59,11 @@ def test_processes_share_every_global_batch(n: int, batch: int, world: int) -> N
     ("n", "batch", "world", "steps"), [(34, 8, 2, 4), (36, 8, 2, 5), (33, 8, 1, 4), (34, 8, 1, 5)]
 )
 def test_a_last_batch_too_small_to_share_is_dropped(n: int, batch: int, world: int, steps: int) -> None:
-    assert all(len(batches(n, batch, Shard(r, world))) == steps for r in range(world))
+    assert all(len(batches(n, batch, DistContext(r, world))) == steps for r in range(world))
 
 
 @pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 3), (2, 4), (17, 2)])
 def test_evaluation_parts_cover_the_split_in_order(n: int, world: int) -> None:
-    parts = [batches(n, 3, Shard(r, world), shuffle=False) for r in range(world)]
+    parts = [batches(n, 3, DistContext(r, world), shuffle=False) for r in range(world)]
     assert [i for p in parts for b in p for i in b] == list(range(n))
     assert all(len(b) <= 3 for p in parts for b in p)

@@ -11,9 +11,7 @@ torch = pytest.importorskip("torch")
 from cxr.data.weights import class_weights  # noqa: E402
 from cxr.errors import DataError  # noqa: E402
 from cxr.train.config import ScheduleConfig, TrainSettings  # noqa: E402
-from cxr.train.early_stopping import EarlyStopping  # noqa: E402
-from cxr.train.loop import weighted_ce  # noqa: E402
-from cxr.train.schedule import make_optimizer, make_scheduler  # noqa: E402
+from cxr.train.loop import EarlyStopping, make_optimizer, make_scheduler, weighted_ce  # noqa: E402
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 
@@ -106,7 +104,7 @@ def test_early_stopping(
             break
     assert stopped == stop_at
     assert es.best_epoch == best_epoch
-    again = EarlyStopping.from_state(es.state_dict())
+    again = EarlyStopping(**es.state_dict())
     assert again == es
 
 

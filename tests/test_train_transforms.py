@@ -11,7 +11,7 @@ from PIL import Image  # noqa: E402
 
 from cxr.fuse.resize import probe_order, resize_like_graph  # noqa: E402
 from cxr.spec import PreprocessSpec  # noqa: E402
-from cxr.train.transforms import eval_transform  # noqa: E402
+from cxr.train.dataset import eval_transform  # noqa: E402
 
 
 @pytest.mark.parametrize(("original", "fused", "member"), [(256, 128, 64), (299, 48, 32), (100, 64, 64)])

@@ -110,8 +110,7 @@ def probe(
 def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
     """Unknown member names (with a did-you-mean), a batch N processes can't share and a device that is not
     there all fail here, before any training."""
-    from cxr.train.device import resolve_device
-    from cxr.train.distributed import check_global_batch
+    from cxr.train.distributed import check_global_batch, resolve_device
     from cxr.train.run import batch_key
 
     for name in names:

@@ -1,17 +1,10 @@
-"""The base models of the ensemble: one explicit table of timm backbones and one factory.
-
-Takes: a backbone name (a key of ``BACKBONES`` or any timm model name), the number of classes and where
-the ImageNet weights come from. Makes: a ``torch.nn.Module`` whose classifier head has ``num_classes``
-outputs. Weights that were asked for but cannot be had stop with a ``TrainError`` that says how to provide
-them; there is never a silent fallback to random initialisation.
-"""
+"""The base models: one table of timm backbones and one factory; wanted weights never fall back to random."""
 
 from __future__ import annotations
 
 import difflib
 import logging
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,36 +20,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backbone:
-    """One row of the table: the timm model name, the study's input size and what to know about it."""
-
     timm_name: str
-    input_size: int
-    notes: str
+    input_size: int  # the study's
 
 
-BACKBONES: dict[str, Backbone] = {
-    "convnext_base": Backbone(
-        "convnext_base",
-        224,
-        "87.6M params, 30.7 GFLOP at 224 px; LayerNorm must stay FP32 under fp16 (autocast keeps it).",
-    ),
-    "densenet121": Backbone("densenet121", 224, "7.0M params, 5.7 GFLOP; pre-activation BatchNorm."),
-    "vgg19": Backbone(
-        "vgg19",
-        224,
-        "139.6M params, 39.3 GFLOP; no BatchNorm; its 7x7 conv 'pre_logits' (4096 wide) pools any input "
-        "smaller than 224 px up to 7x7, so it costs the same at every input size.",
-    ),
-    "resnetv2_50": Backbone("resnetv2_50", 224, "23.5M params, 8.2 GFLOP; pre-activation ResNet."),
-    "xception": Backbone(
-        "legacy_xception",
-        224,
-        "timm 1.0.31's Xception (the original architecture) is 'legacy_xception': default 299 px, trained "
-        "here at 224 px as in the study; plain static padding (no TF 'same' padding), so it exports to "
-        "ONNX with a dynamic batch and works from 16 px up.",
-    ),
+BACKBONES: dict[str, Backbone] = {  # the study's five, keyed by the member name in configs and run dirs
+    "convnext_base": Backbone("convnext_base", 224),
+    "densenet121": Backbone("densenet121", 224),
+    "vgg19": Backbone("vgg19", 224),
+    "resnetv2_50": Backbone("resnetv2_50", 224),
+    # timm's original Xception: static padding (a dynamic batch in ONNX); 224 px as in the study
+    "xception": Backbone("legacy_xception", 224),
 }
-"""The study's five backbones, keyed by the member name used in configs and run directories."""
 
 HEAD_HINT = "use a timm model with a classifier head (every model from `timm.list_models()` has one)"
 
@@ -86,11 +61,7 @@ def default_input_size(name: str) -> int:
 
 
 def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the backbone's ImageNet weights expect, from timm's pretrained config.
-
-    ``timm.data.resolve_data_config`` on the default pretrained tag: ImageNet's for most models, 0.5/0.5
-    for ``legacy_xception`` (Keras/TF weights scaled to [-1, 1]). A member config's ``mean``/``std`` override it.
-    """
+    """(mean, std) the backbone's ImageNet weights expect (timm's ``resolve_data_config``)."""
     from timm.data import resolve_data_config
 
     cfg = timm.get_pretrained_cfg(resolve_timm_name(name))
@@ -138,13 +109,7 @@ def _weights_file(timm_name: str, location: Path) -> tuple[str, Path]:
 
 
 def _create(timm_name: str, num_classes: int, pretrained: bool | str | Path) -> nn.Module:
-    """Random init, or ImageNet weights loaded so that nothing but the classifier head may be missing.
-
-    Through timm (``True``, or a hub-style folder) the model is built with the pretrained class count, so
-    timm loads every tensor strictly, and then gets a new head. A weights file is loaded here: a file with
-    or without its classifier (headless backbones are common) is accepted, any other missing or unexpected
-    tensor is refused, so a wrong file can never pass as random initialisation.
-    """
+    """Random init, or ImageNet weights loaded so that nothing but the classifier head may be missing."""
     if pretrained is False:
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
     if pretrained is not True:
@@ -193,10 +158,8 @@ def _from_file(timm_name: str, num_classes: int, path: Path) -> nn.Module:
 def create_backbone(
     name: str, num_classes: int, pretrained: bool | str | Path = False, *, seed: int | None = None
 ) -> nn.Module:
-    """Build ``name`` with a fresh ``num_classes`` head.
+    """Build ``name`` with a fresh ``num_classes`` head; ``pretrained``: False, True (timm) or a path.
 
-    ``pretrained``: ``False`` random init; ``True`` ImageNet weights through timm (Hugging Face hub or
-    torch hub cache); a path: a weights file, or a folder holding ``<timm_name>.safetensors``.
     ``seed`` makes the random initialisation repeatable without touching the global RNG.
     """
     if num_classes < 2:
@@ -236,21 +199,12 @@ def check_head(model: nn.Module, num_classes: int, timm_name: str) -> None:
         raise TrainError(f"{timm_name}: head has {out} outputs, expected {num_classes}", hint=HEAD_HINT)
 
 
-def head_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    return classifier(model).parameters()
-
-
 def set_phase(model: nn.Module, phase: str, finetune_from: str | None = None) -> list[nn.Parameter]:
-    """Freeze for ``adapt`` (only the head learns) or unfreeze for ``finetune``; return trainable params.
-
-    In ``adapt`` the frozen backbone also runs in eval mode (BatchNorm statistics and dropout fixed), as
-    Keras does for a frozen base model; call ``train_mode(model, phase)`` before each epoch.
-    ``finetune_from``: in ``finetune``, only the parameters from that module on (in the network's order)
-    and the head learn; the layers before it stay frozen (and cost no backward pass).
-    """
+    """Freeze for ``adapt`` (only the head learns) or unfreeze for ``finetune`` (from ``finetune_from`` on,
+    when given); return the trainable parameters."""
     if phase not in ("adapt", "finetune"):
         raise ValueError(f"unknown phase {phase!r}")
-    head_ids = {id(p) for p in head_parameters(model)}
+    head_ids = {id(p) for p in classifier(model).parameters()}
     first = finetune_start(model, finetune_from) if phase == "finetune" else None
     for i, p in enumerate(model.parameters()):
         learns = phase == "finetune" and (first is None or i >= first)
@@ -273,14 +227,9 @@ def finetune_start(model: nn.Module, module_name: str | None) -> int | None:
 
 
 def train_mode(model: nn.Module, phase: str, *, frozen_norm: bool = False) -> None:
-    """Put the model in training mode for ``phase`` (frozen backbone in eval mode during ``adapt``).
+    """Training mode for ``phase``: the frozen backbone, and BatchNorm that does not learn, in eval mode.
 
-    BatchNorm layers that do not learn (before a member's ``finetune_from``) stay in inference mode.
-    ``frozen_norm``: in ``finetune`` too, keep every BatchNorm layer in inference mode (its ImageNet
-    statistics, while its scale and shift still learn), as Keras' transfer-learning guide does when it
-    unfreezes a base model. With few images, or weights whose BatchNorm used another epsilon (Keras'
-    Xception: 1e-3, folded into ``running_var`` for timm's 1e-5, which only holds in inference mode), batch
-    statistics shift every feature the adapted head was trained on.
+    ``frozen_norm``: in ``finetune`` too, every BatchNorm keeps its ImageNet statistics (Keras' guide).
     """
     if phase == "adapt":
         model.eval()

@@ -1,14 +1,5 @@
-"""Checkpoints that never execute code on load: weights in safetensors, everything else in JSON.
-
-Takes: a trained model and what describes it. Makes, in a member's folder, ``<which>.safetensors`` (the
-weights) and ``<which>.json`` (format version, member and timm name, class list, ``PreprocessSpec``,
-metrics, epoch, the resolved config, library versions and the SHA-256 of the weights file), with
-``which`` = ``best`` or ``last``; for resuming an interrupted run, ``last.state.pt`` holds the optimiser,
-scheduler and RNG state (tensors and plain values only, read with ``torch.load(weights_only=True)``); it
-is deleted once the member has finished, since Adam's moments take twice the weights' size.
-``load_checkpoint`` rebuilds the architecture from the backbones table (random init, no download),
-checks the hash and loads the weights strictly.
-"""
+"""Checkpoints that never execute code on load: ``<which>.safetensors`` + ``<which>.json`` (with the
+weights' SHA-256), ``last.state.pt`` while a run is unfinished, and the provenance they carry."""
 
 from __future__ import annotations
 
@@ -29,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import cxr
+from cxr.data.manifest import Manifest
+from cxr.data.synthetic import MARKER_FILE
 from cxr.errors import CheckpointError, ModelError
 from cxr.session import file_sha256
 from cxr.spec import PreprocessSpec
@@ -58,28 +51,16 @@ class CheckpointInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "name": self.name,
-            "backbone": self.backbone,
-            "timm_name": self.timm_name,
-            "classes": list(self.classes),
-            "preprocess": self.preprocess.to_dict(),
-            "metrics": self.metrics,
-            "sha256": self.sha256,
-            "epoch": self.epoch,
-            "config": self.config,
-            "versions": self.versions,
-            "extra": self.extra,
-        }
+        keys = ("name", "backbone", "timm_name", "classes", "preprocess", "metrics", "sha256", "epoch")
+        plain = {k: getattr(self, k) for k in (*keys, "config", "versions", "extra")}
+        plain.update(classes=list(self.classes), preprocess=self.preprocess.to_dict())  # keeps the key order
+        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **plain}
 
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     model: nn.Module  # eval mode, on the CPU
     info: CheckpointInfo
-    weights_path: Path
 
 
 def versions() -> dict[str, str]:
@@ -88,24 +69,15 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    return {
-        "cxr": cxr.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "safetensors": safetensors.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
+    libs = {"cxr": cxr, "torch": torch, "torchvision": torchvision, "timm": timm, "safetensors": safetensors}
+    return {k: str(v.__version__) for k, v in {**libs, "numpy": numpy}.items()} | {
+        "python": platform.python_version()
     }
 
 
-def _check_which(which: str) -> None:
+def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
     if which not in WHICH:
         raise CheckpointError(f"unknown checkpoint {which!r}", hint=f"use one of {', '.join(WHICH)}")
-
-
-def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
-    _check_which(which)
     return Path(member_dir) / f"{which}.safetensors", Path(member_dir) / f"{which}.json"
 
 
@@ -150,11 +122,7 @@ def _write_error(path: Path, err: BaseException) -> CheckpointError:
 
 
 def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
-    """Make ``target`` the same checkpoint as ``source`` without writing the weights again.
-
-    A hard link where the file system allows it (safe: every save replaces files atomically, so a later
-    ``source`` save leaves ``target`` pointing at the old weights), else a copy.
-    """
+    """``target`` becomes ``source``: a hard link (saves replace files atomically), else a copy."""
     src, _ = paths(member_dir, source)
     dst, meta = paths(member_dir, target)
     tmp = dst.with_name(dst.name + ".tmp")
@@ -236,7 +204,7 @@ def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
     model = create_backbone(info.timm_name, len(info.classes), pretrained=False, seed=0)
     load_state(model, state, Path(member_dir) / f"{which}.safetensors")
     model.eval()
-    return LoadedCheckpoint(model=model, info=info, weights_path=paths(member_dir, which)[0])
+    return LoadedCheckpoint(model=model, info=info)
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
@@ -277,3 +245,38 @@ def load_resume_state(member_dir: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot resume: {path} holds no training state", path=path)
     return state
+
+
+def dataset_provenance(manifest: Manifest) -> dict[str, Any]:
+    """Name, digest, images per class and split, and whether the images are synthetic."""
+    root = Path(manifest.root)
+    synthetic = any((d / MARKER_FILE).is_file() for d in (root, *root.parents[:1]))
+    counts = manifest.counts()
+    return {
+        "name": root.name,
+        "root": str(root),
+        "manifest_digest": manifest.digest(),
+        "images_per_class": {c: sum(counts[s][c] for s in counts) for c in manifest.classes},
+        "images_per_split": {s: sum(v.values()) for s, v in counts.items()},
+        "synthetic": synthetic,
+    }
+
+
+def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[str, Any]:
+    """Where the member's starting weights came from: ``random``, ``timm`` (with its tag) or ``file``."""
+    if pretrained is False:
+        return {"source": "random"}
+    if pretrained is True:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(timm_name)
+        tag = getattr(cfg, "tag", None) if cfg is not None else None
+        return {"source": "timm", "tag": f"{timm_name}.{tag}" if tag else timm_name}
+    path = Path(pretrained)
+    if path.is_dir():
+        found = [path / f"{timm_name}{s}" for s in (".safetensors", ".pth", ".pt", ".bin")]
+        files = [p for p in found if p.is_file()]
+        if not files:
+            return {"source": "folder", "path": str(path)}
+        path = files[0]
+    return {"source": "file", "file": path.name, "path": str(path), "sha256": file_sha256(path)}

@@ -1,16 +1,7 @@
-"""The PyTorch side of the data: manifest -> Dataset -> DataLoader, with unreadable images counted.
+"""Manifest -> transforms -> Dataset -> DataLoader, unreadable images counted (``BadImages``).
 
-Takes: a ``Manifest`` (one split of it), a ``PreprocessSpec`` and loader settings. Makes: batches of
-``Batch(x [N, 3, h, w], y [N], index [N], bad)``. An image that cannot be decoded is skipped, its path is
-logged and counted (``BadImages``); training stops once more than ``max_bad_fraction`` of a split fails.
-Augmentation is repeatable: each image's random rotation is drawn from torch's RNG forked and seeded from
-``(seed, epoch, index)``, so results do not depend on the worker count or the global RNG, which is left
-untouched. Shuffling uses an explicit ``torch.Generator``. Under DDP (``Shard``) every process draws
-the same permutation, cuts it into the same global batches and takes its own contiguous share of each,
-so N processes see exactly the batches one process would (see below); evaluation splits a split into N contiguous
-parts. The one difference: a final partial global batch too small to give every process 2 images is
-dropped (one process drops only a final batch of 1 image), so with N processes an epoch can be one
-step shorter when ``len(train) % batch_size`` is between 2 and 2N-1.
+Augmentation draws from torch's RNG forked and seeded per ``(seed, epoch, index)``; under DDP every process
+cuts the same permutation into the same global batches and takes its own contiguous share of each.
 """
 
 from __future__ import annotations
@@ -25,33 +16,64 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
 
 from cxr.data.manifest import Manifest, ManifestRow, SplitConfig, build_manifest, load_manifest
 from cxr.errors import DataError, DecodeError, TrainError
+from cxr.imaging.decode import decode_gray
 from cxr.spec import PreprocessSpec
 from cxr.train.config import DataConfig
-from cxr.train.transforms import eval_transform, load_rgb, train_transform
+from cxr.train.distributed import SINGLE, DistContext
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor | None, int, int, str]  # (image or None, label index, row index, error)
 
 
+ROTATION_DEGREES = 10.0
+BILINEAR = T.InterpolationMode.BILINEAR
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Decode any supported image the way the runtime does, as a 3-channel PIL image."""
+    return Image.fromarray(decode_gray(path), "L").convert("RGB")
+
+
+def _tail(spec: PreprocessSpec) -> list[object]:
+    h, w = spec.input_size
+    return [T.Resize((h, w), interpolation=BILINEAR), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+
+
+def eval_transform(spec: PreprocessSpec, via: tuple[int, int] | None = None) -> T.Compose:
+    """Resize -> ToTensor -> Normalize, equal to the runtime's ``to_model_input(..., normalized=True)``.
+
+    ``via`` (h, w): resize to that size first, as the fused graph's runtime does before the graph resizes
+    again for a member of a smaller input size.
+    """
+    first = (
+        [] if via is None or tuple(via) == spec.input_size else [T.Resize(tuple(via), interpolation=BILINEAR)]
+    )
+    return T.Compose([*first, *_tail(spec)])
+
+
+def train_transform(spec: PreprocessSpec, degrees: float = ROTATION_DEGREES) -> T.Compose:
+    """RandomRotation(degrees) -> Resize -> ToTensor -> Normalize (the study's augmentation)."""
+    return T.Compose([T.RandomRotation(degrees, interpolation=T.InterpolationMode.NEAREST), *_tail(spec)])
+
+
 def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
     """Load ``data.manifest``; or build ``RUN_DIR/manifest.csv`` from ``data.data_dir`` once and reuse it."""
-    if data.manifest is not None:
-        if not Path(data.manifest).is_file() and data.data_dir is None:
-            raise DataError(
-                f"manifest {data.manifest} does not exist",
-                hint="create it with `cxr data split DATA_DIR --output MANIFEST`, or set data.data_dir "
-                "instead to split a data set folder here",
-                path=data.manifest,
-            )
-        if Path(data.manifest).is_file():
-            return load_manifest(Path(data.manifest))
-    if data.data_dir is None:  # unreachable: DataConfig requires one of the two
-        raise DataError("no manifest and no data set folder configured")
+    if data.manifest is not None and Path(data.manifest).is_file():
+        return load_manifest(Path(data.manifest))
+    if data.data_dir is None:  # DataConfig requires one of the two: the manifest is missing
+        raise DataError(
+            f"manifest {data.manifest} does not exist",
+            hint="create it with `cxr data split DATA_DIR --output MANIFEST`, or set data.data_dir "
+            "instead to split a data set folder here",
+            path=data.manifest,
+        )
     out = Path(data.manifest) if data.manifest is not None else Path(run_dir) / "manifest.csv"
     if out.is_file():
         log.info("reusing manifest %s", out)
@@ -61,11 +83,8 @@ def resolve_manifest(data: DataConfig, run_dir: Path) -> Manifest:
 
 
 def adopt_manifest(manifest: Manifest, run_dir: Path) -> Manifest:
-    """Make ``RUN_DIR/manifest.csv`` the run's manifest: every later stage (stack, fuse, evaluate) reads it.
-
-    A manifest kept elsewhere (``data.manifest``) is copied there with its ``.json`` (which holds the data
-    root, so paths still resolve); a different manifest already there is refused rather than overwritten.
-    """
+    """Make ``RUN_DIR/manifest.csv`` (which every later stage reads) the run's manifest, copied with its
+    ``.json`` (the data root); a different manifest already there is refused rather than overwritten."""
     target = Path(run_dir) / "manifest.csv"
     if manifest.path is None or Path(manifest.path).resolve() == target.resolve():
         return manifest
@@ -169,24 +188,17 @@ def collate(samples: Sequence[Sample]) -> Batch:
     bad = [(s[2], s[3]) for s in samples if s[0] is None]
     if not good:
         return Batch(None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
-    x = torch.stack([_present(s[0]) for s in good])
+    x = torch.stack([s[0] for s in good if s[0] is not None])
     y = torch.tensor([s[1] for s in good], dtype=torch.long)
     idx = torch.tensor([s[2] for s in good], dtype=torch.long)
     return Batch(x, y, idx, bad)
-
-
-def _present(x: torch.Tensor | None) -> torch.Tensor:
-    if x is None:  # filtered out by the caller
-        raise TypeError("missing image")
-    return x
 
 
 class BadImages:
     """Unreadable images met in one split; raises ``TrainError`` past ``max_fraction`` of the split."""
 
     def __init__(self, dataset: ManifestDataset, max_fraction: float, *, defer_check: bool = False) -> None:
-        """``defer_check``: under DDP only ``merge`` (all processes' images, on every process) checks."""
-        self.dataset = dataset
+        self.dataset = dataset  # defer_check: under DDP only ``merge`` (all processes' images) checks
         self.max_fraction = max_fraction
         self.defer_check = defer_check
         self.paths: dict[str, str] = {}
@@ -232,24 +244,10 @@ def make_dataset(
     return ManifestDataset(manifest, split, transform, seed=seed if train else None)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's place among ``world_size`` training processes (0 of 1: a single process)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-
 class GlobalBatchSampler(Sampler[list[int]]):
-    """Batches of this process's share of the data.
-
-    Training (``shuffle``): a permutation drawn from ``generator`` when iteration starts, cut into global
-    batches of ``batch_size`` (the last may be smaller; it is dropped when some process would get fewer
-    than 2 images: BatchNorm cannot normalise a single image at 1x1 resolution), each split into
-    ``world_size`` contiguous parts; this process yields part ``rank``. Every process yields the same
-    number of batches. Evaluation: the split is cut into ``world_size`` contiguous parts and this
-    process batches its own in order.
-    """
+    """Batches of this process's share: in training, part ``rank`` of each global batch of a permutation
+    (a last batch giving some process fewer than 2 images is dropped, for BatchNorm); in evaluation, its
+    contiguous part of the split in order."""
 
     def __init__(
         self,
@@ -258,7 +256,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         *,
         shuffle: bool,
         generator: torch.Generator | None = None,
-        shard: Shard = Shard(),
+        shard: DistContext = SINGLE,
     ) -> None:
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.generator, self.shard = generator, shard
@@ -299,10 +297,9 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     generator: torch.Generator | None = None,
-    shard: Shard = Shard(),
+    shard: DistContext = SINGLE,
 ) -> DataLoader[Sample]:
-    """Shuffle (with ``generator``) for training only. With ``shuffle``, ``batch_size`` is the global
-    batch shared by ``shard.world_size`` processes; without, it is this process's evaluation batch."""
+    """``shuffle`` (training): ``batch_size`` is the global batch; else this process's evaluation batch."""
     sampler = GlobalBatchSampler(
         len(dataset), batch_size, shuffle=shuffle, generator=generator if shuffle else None, shard=shard
     )
@@ -322,7 +319,3 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
     return g
-
-
-def train_counts(manifest: Manifest) -> dict[str, int]:
-    return manifest.counts()["train"]

@@ -1,16 +1,7 @@
-"""Training on several processes: PyTorch DDP under ``torchrun`` (one GPU per process, one or many nodes).
+"""Where each training process computes: its place under ``torchrun`` (DDP), its device and RNG streams.
 
-Takes: the environment ``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``)
-and ``TrainSettings.device``. Makes: a ``DistContext`` (rank, world size, local rank) and the few
-collectives training needs, all of them no-ops for a single process, so that one code path serves both.
-
-The rules: ``train.batch_size`` is the *global* batch, each process takes ``batch_size / world_size`` of
-it; the gradient of the global batch's weighted mean loss is averaged by DDP. Rank 0 owns the run
-directory: it alone reads and writes files (manifest, config, checkpoints, metrics, predictions) and
-sends the others what they need over the process group, so nodes need no shared disk for the run
-directory (only the images, at the manifest's paths). Every decision that must agree (resume or not,
-the validation metrics that drive early stopping) is made once on rank 0 and broadcast. A ``CxrError``
-raised on rank 0 inside ``on_main`` is raised on every rank, so all processes stop with the same message.
+``train.batch_size`` is the global batch. Rank 0 alone reads and writes the run directory and decides what
+all must agree on (``on_main``); every collective is a no-op for one process.
 """
 
 from __future__ import annotations
@@ -36,7 +27,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 LAUNCH_HINT = (
     "start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m cxr train base --config CONFIG --all`"
 )
@@ -58,16 +48,12 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> str:
-        return f"rank {self.rank}/{self.world_size}" if self.enabled else "single process"
-
 
 SINGLE = DistContext()
 
 
 def _env_int(name: str) -> int | None:
-    text = os.environ.get(name)
-    if text is None or text == "":
+    if not (text := os.environ.get(name)):
         return None
     try:
         return int(text)
@@ -109,14 +95,6 @@ def current_context() -> DistContext:
     return SINGLE
 
 
-def backend_for(settings: TrainSettings) -> str:
-    """NCCL where the processes train on CUDA GPUs, gloo on CPUs."""
-    wants_cuda = settings.device.startswith("cuda") or (
-        settings.device == "auto" and torch.cuda.is_available()
-    )
-    return "nccl" if wants_cuda and dist.is_nccl_available() else "gloo"
-
-
 def check_local_gpu(ctx: DistContext) -> None:
     if ctx.local_rank >= torch.cuda.device_count():
         raise ConfigError(
@@ -127,12 +105,7 @@ def check_local_gpu(ctx: DistContext) -> None:
 
 @contextlib.contextmanager
 def distributed(settings: TrainSettings) -> Iterator[DistContext]:
-    """Join the process group torchrun describes for the block (a no-op for a single process).
-
-    A group that is already initialised (by the caller) is used as it is and left open (the caller has
-    then chosen each process's GPU). A collective waits up to ``train.dist_timeout_s`` for the others,
-    which covers rank 0's own work in between (building the manifest, downloading ImageNet weights).
-    """
+    """Join the process group torchrun describes for the block (one the caller opened stays open)."""
     if dist.is_available() and dist.is_initialized():
         yield current_context()
         return
@@ -145,7 +118,9 @@ def distributed(settings: TrainSettings) -> Iterator[DistContext]:
             f"torchrun started {ctx.world_size} processes but this torch build has no torch.distributed",
             hint="install a torch build with distributed support, or train with one process",
         )
-    backend = backend_for(settings)
+    # NCCL where the processes train on CUDA GPUs, gloo on CPUs
+    cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         check_local_gpu(ctx)
         torch.cuda.set_device(ctx.local_rank)
@@ -185,16 +160,6 @@ def rank_seed(seed: int, ctx: DistContext) -> int:
     return int(np.random.SeedSequence([seed, ctx.rank]).generate_state(1)[0])
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Collectives (no-ops for a single process)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
 def broadcast_object(ctx: DistContext, obj: T | None) -> T:
     """Rank 0's ``obj`` on every rank (pickled; keep tensors in it on the CPU)."""
     if not ctx.enabled:
@@ -214,16 +179,10 @@ def all_gather_object(ctx: DistContext, obj: T) -> list[T]:
 
 
 def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum over ranks (in place; returned for convenience)."""
+    """The element-wise sum over ranks (in place)."""
     if ctx.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: CxrError | None
-    text: str
 
 
 def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
@@ -234,33 +193,27 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
         try:
             result = fn()
         except CxrError as e:
-            broadcast_object(ctx, ("error", _Failed(e, str(e))))
+            broadcast_object(ctx, ("error", e))
             raise
         except BaseException as e:
-            broadcast_object(ctx, ("error", _Failed(None, f"{type(e).__name__}: {e}")))
+            broadcast_object(ctx, ("failed", f"{type(e).__name__}: {e}"))
             raise
         try:  # the result is pickled before anything is sent: a failure here still reaches the others
             broadcast_object(ctx, ("ok", result))
         except (pickle.PicklingError, TypeError, AttributeError) as e:
-            broadcast_object(ctx, ("error", _Failed(None, f"cannot send {type(result).__name__}: {e}")))
+            broadcast_object(ctx, ("failed", f"cannot send {type(result).__name__}: {e}"))
             raise
         return result
-    received: tuple[str, Any] = broadcast_object(ctx, None)
-    status, value = received
+    status, value = broadcast_object(ctx, None)
     if status == "ok":
         return value  # type: ignore[no-any-return]
-    if value.error is not None:
-        raise value.error
-    raise TrainError(f"rank 0 failed: {value.text}", hint="see rank 0's log for the traceback")
+    if status == "error":
+        raise value
+    raise TrainError(f"rank 0 failed: {value}", hint="see rank 0's log for the traceback")
 
 
 def sync_module(ctx: DistContext, model: nn.Module, *, buffers_only: bool = False) -> None:
-    """Make every rank's ``model`` equal rank 0's (all parameters and buffers, or the buffers only).
-
-    BatchNorm running statistics drift apart between ranks in training mode (each normalises its own
-    share of the batch); syncing the buffers before validation makes every rank evaluate rank 0's model,
-    the one that is saved.
-    """
+    """Make every rank's ``model`` equal rank 0's (all parameters and buffers, or the buffers only)."""
     if not ctx.enabled:
         return
     with torch.no_grad():
@@ -270,10 +223,7 @@ def sync_module(ctx: DistContext, model: nn.Module, *, buffers_only: bool = Fals
 
 
 def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Module:
-    """The model that training steps call: DDP around ``model`` (or ``model`` itself for one process).
-
-    Call it again whenever the set of trainable parameters changes (DDP registers them when wrapping).
-    """
+    """DDP around ``model`` (``model`` itself for one process); wrap again when the trainable set changes."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -286,12 +236,7 @@ def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Mod
 def convert_sync_batchnorm(
     ctx: DistContext, model: nn.Module, device: torch.device, wanted: bool
 ) -> nn.Module:
-    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``.
-
-    timm's converter, not torch's: torch's turns timm's ``BatchNormAct2d`` (BatchNorm with its activation
-    inside, used by DenseNet and ResNetV2) into a plain SyncBatchNorm and silently drops the activation.
-    On CPUs torch has no SyncBatchNorm, so each process normalises its own share of the batch.
-    """
+    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``."""
     if not ctx.enabled or not wanted:
         return model
     if device.type != "cuda":
@@ -302,7 +247,111 @@ def convert_sync_batchnorm(
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` with every BatchNorm (timm's norm-act layers included, activation kept) synchronised."""
+    """Every BatchNorm synchronised; timm's converter, since torch's drops ``BatchNormAct2d``'s activation."""
     from timm.layers import convert_sync_batchnorm as timm_convert
 
     return timm_convert(model)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+    pin_memory: bool
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.device.type == "cuda" and self.amp_dtype == torch.float16
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.pin_memory)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (elsewhere torch emulates it, slower than FP32)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> DeviceSetup:
+    """The device of this process: under torchrun, a CUDA run uses GPU ``LOCAL_RANK`` of its node."""
+    wanted = settings.device
+    has_cuda = torch.cuda.is_available()
+    if wanted.startswith("cuda") and not has_cuda:
+        raise ConfigError(
+            f"train.device is {wanted!r} but no CUDA GPU is usable here (torch {torch.__version__})",
+            hint="use --set train.device=cpu (or auto), or install a CUDA build of torch",
+        )
+    device = torch.device("cuda" if wanted == "auto" and has_cuda else "cpu" if wanted == "auto" else wanted)
+    if ctx.enabled and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"train.device is {wanted!r}, but under torchrun each process uses the GPU of its LOCAL_RANK",
+                hint="use --set train.device=cuda (or auto); choose GPUs with CUDA_VISIBLE_DEVICES",
+            )
+        check_local_gpu(ctx)
+        device = torch.device("cuda", ctx.local_rank)
+        # before any query: bf16 support, pinned memory, NCCL's object transfers
+        torch.cuda.set_device(device)
+    cuda = device.type == "cuda"
+    precision = settings.precision
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("train.precision fp16 needs a CUDA GPU", hint="use fp32 (or bf16) on the CPU")
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return DeviceSetup(
+        device=device, amp_dtype=amp, channels_last=cuda and settings.channels_last, pin_memory=cuda
+    )
+
+
+@contextlib.contextmanager
+def forked_rng(setup: DeviceSetup, seed: int) -> Iterator[None]:
+    """Seed torch's RNG for the block (dropout, init) and restore the caller's RNG state afterwards."""
+    dev = setup.device
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+def rng_state(setup: DeviceSetup) -> dict[str, torch.Tensor | None]:
+    """This process's RNG states: the CPU's and, on a GPU, the CUDA device's (GPU dropout draws there)."""
+    cuda = setup.device.type == "cuda"
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(setup.device) if cuda else None}
+
+
+def restore_rng(setup: DeviceSetup, ctx: DistContext, state: dict[str, Any], name: str) -> None:
+    """Each process continues its own dropout RNG streams (saved per process) of member ``name``."""
+    per_rank = state.get("rng_ranks")
+    if isinstance(per_rank, list | tuple) and len(per_rank) == ctx.world_size:
+        mine = per_rank[ctx.rank]
+    elif ctx.is_main:
+        mine = {"cpu": state["rng"], "cuda": state.get("cuda_rng")}
+        if per_rank is not None:
+            log.warning(
+                "%s was trained by %d processes and resumes with %d: the global batches and their order "
+                "stay the same, the other processes' dropout masks do not",
+                name,
+                len(per_rank),
+                ctx.world_size,
+            )
+    else:
+        return
+    torch.set_rng_state(mine["cpu"])
+    if mine.get("cuda") is not None and setup.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], setup.device)

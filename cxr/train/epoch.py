@@ -1,22 +1,25 @@
-"""One epoch of a member: takes a ``MemberRun`` and its phase, trains, validates and records the epoch.
-
-``train_one_epoch`` -> ``EpochStats`` (merged over the processes under torchrun), ``validate`` -> the
-validation metrics (the same on every process), ``record_epoch`` appends the ``metrics.jsonl`` row, sends
-it to the tracker and logs the epoch with the member's ETA.
-"""
+"""One epoch of a member (train, validate, record its row and log line) and ``predict_split``."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from cxr.data.manifest import Manifest
+from cxr.errors import TrainError
 from cxr.metrics import metrics_record
 from cxr.progress import Progress, format_seconds
+from cxr.spec import PreprocessSpec
 from cxr.train.backbones import train_mode
-from cxr.train.dataset import BadImages, make_loader
-from cxr.train.distributed import all_gather_object, on_main, sync_module
+from cxr.train.dataset import BadImages, make_dataset, make_loader
+from cxr.train.distributed import SINGLE, DeviceSetup, DistContext, all_gather_object, on_main, sync_module
 from cxr.train.loop import (
     EpochStats,
     PhaseState,
@@ -26,8 +29,8 @@ from cxr.train.loop import (
     predict_batches,
     train_epoch,
 )
-from cxr.train.member_run import MemberRun
-from cxr.train.phases import train_loader
+from cxr.train.member import MemberRun, train_loader
+from cxr.train.predictions import PredictionTable
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
         shuffle=False,
         num_workers=run.cfg.data.num_workers,
         pin_memory=run.setup.pin_memory,
-        shard=run.shard,
+        shard=run.ctx,
     )
     start = time.perf_counter()
     progress = Progress(len(loader), f"{run.member.name} val {epoch + 1}", run.progress_stream)
@@ -125,12 +128,6 @@ def record_epoch(
         {k: v for k, v in row.items() if k != "phase"}, step=run.phase.step if run.phase else 0, epoch=epoch
     )
     run.epoch_seconds.append(stats.seconds + float(val.get("seconds", 0.0)))
-    _log_epoch(run, epoch, phase, stats, val, improved)
-
-
-def _log_epoch(
-    run: MemberRun, epoch: int, phase: str, stats: EpochStats, val: dict[str, Any], improved: bool
-) -> None:
     remaining = (run.train.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
     log.info(
         "%s epoch %d/%d %s: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.4f | lr %.2e->%.2e "
@@ -150,4 +147,70 @@ def _log_epoch(
         stats.images_per_s,
         format_seconds(0 if run.stopped_early else remaining),
         " *best*" if improved else "",
+    )
+
+
+def as_setup(device: str | torch.device | DeviceSetup) -> DeviceSetup:
+    if isinstance(device, DeviceSetup):
+        return device
+    dev = torch.device(device)
+    return DeviceSetup(device=dev, amp_dtype=None, channels_last=False, pin_memory=dev.type == "cuda")
+
+
+def predict_split(
+    model: nn.Module,
+    manifest: Manifest,
+    split: str,
+    spec: PreprocessSpec,
+    batch_size: int,
+    device: str | torch.device | DeviceSetup = "cpu",
+    *,
+    member: str = "",
+    checkpoint_sha256: str = "",
+    num_workers: int = 0,
+    max_bad_fraction: float = 1.0,
+    shard: DistContext = SINGLE,
+    gather: Callable[[Predictions], Predictions] | None = None,
+    via: tuple[int, int] | None = None,
+) -> PredictionTable:
+    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``.
+
+    ``via``: resize to the ensemble's input size first, as the fused graph does (see ``eval_transform``);
+    under DDP each process predicts its ``shard`` and ``gather`` joins the parts (in order).
+    """
+    setup = as_setup(device)
+    model.to(setup.device)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    dataset = make_dataset(manifest, split, spec, train=False, via=via)
+    loader = make_loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=setup.pin_memory,
+        shard=shard,
+    )
+    preds = predict_batches(model, loader, setup, bad=BadImages(dataset, max_bad_fraction))
+    if gather is not None:
+        preds = gather(preds)
+    rows = [dataset.rows[int(i)] for i in preds.index]
+    k = len(manifest.classes)
+    probs = preds.probs if len(rows) else np.zeros((0, k), dtype=np.float64)
+    if probs.shape != (len(rows), k):
+        raise TrainError(
+            f"the model gives {probs.shape[1]} outputs but the manifest has {k} classes",
+            hint="use a checkpoint trained on this manifest's classes",
+        )
+    return PredictionTable(
+        member=member,
+        split=split,
+        manifest_digest=manifest.digest(),
+        classes=tuple(manifest.classes),
+        paths=tuple(r.path for r in rows),
+        labels=tuple(r.label for r in rows),
+        probs=probs,
+        checkpoint_sha256=checkpoint_sha256,
+        precision=setup.precision,
+        via=(int(via[0]), int(via[1])) if via is not None and tuple(via) != spec.input_size else None,
     )

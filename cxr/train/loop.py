@@ -1,15 +1,7 @@
-"""One epoch of training and one pass of evaluation, as small functions.
+"""The training step and epoch, evaluation batches, the optimiser, its schedule and early stopping.
 
-Takes: a model, a loader of ``Batch`` objects, the loss, the phase's optimiser and scheduler, and the
-``DeviceSetup``. Makes: ``EpochStats`` (mean loss, accuracy, images, seconds, learning rates) or the
-probabilities of a split. The scheduler is stepped after every optimiser step. Running out of memory on
-a batch becomes a ``TrainError`` that names the batch size to try instead.
-
-Under DDP (``PhaseState.world_size > 1``) each process holds a share of the global batch. Before the
-forward pass the processes sum their class-weight totals and image counts (``PhaseState.all_reduce``);
-each then back-propagates ``world_size * sum(w_i * loss_i) / global weight total``, so DDP's gradient
-average is exactly the gradient of the global batch's weighted mean loss, as one process computes it.
-A step where some process has no readable image is skipped by all of them.
+Under DDP each process back-propagates ``world_size * sum(w_i * loss_i) / global weight total``, so DDP's
+gradient average is the gradient of the global batch's weighted mean loss.
 """
 
 from __future__ import annotations
@@ -17,18 +9,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 
 from cxr.errors import TrainError
 from cxr.progress import Progress
+from cxr.train.config import ScheduleConfig, TrainSettings
 from cxr.train.dataset import BadImages, Batch
-from cxr.train.device import DeviceSetup
-from cxr.train.schedule import current_lr
+from cxr.train.distributed import DeviceSetup
 
 StepHook = Callable[[int, float, float], None]  # (global step, loss, lr)
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sum over processes
@@ -56,16 +50,22 @@ class PhaseState:
 
 @dataclass(frozen=True)
 class EpochStats:
-    loss: float
-    accuracy: float
     images: int
     seconds: float
     lr_start: float
     lr_end: float
     lr_min: float
-    loss_sum: float = 0.0  # sum over steps of (global step loss x global step images), this process's share
-    correct: int = 0
+    loss_sum: float  # sum over steps of (global step loss x global step images), this process's share
+    correct: int
     skipped_steps: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.images if self.images else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.images if self.images else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -80,8 +80,7 @@ def is_oom(err: BaseException) -> bool:
 
 
 def oom_error(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> TrainError:
-    """``batch_size``: the global batch in training (shared by ``world_size`` processes), else this
-    process's evaluation batch."""
+    """``batch_size``: the global batch in training, else this process's evaluation batch."""
     smaller = (
         max(world_size, batch_size // 2 // world_size * world_size) if training else max(1, batch_size // 2)
     )
@@ -109,8 +108,8 @@ class StepResult:
 
 
 def _global_totals(state: PhaseState, y: torch.Tensor | None) -> tuple[float, int, bool]:
-    """(class-weight total, images, whether some process has none) over all processes; raises on every
-    process when one of them met a non-finite loss in the step before."""
+    """(class-weight total, images, whether some process has none) over all processes; raises everywhere
+    when one of them met a non-finite loss in the step before."""
     setup = state.setup
     bad = 1.0 if state.nonfinite is not None else 0.0
     if y is None or y.numel() == 0:
@@ -191,8 +190,7 @@ def train_epoch(
     progress: Progress,
     on_step: StepHook | None = None,
 ) -> EpochStats:
-    """One pass over this process's batches. ``loss`` and ``accuracy`` are this process's view; under DDP
-    ``merge_epoch_stats`` turns the sums of all processes into the global figures."""
+    """One pass over this process's batches (under DDP ``merge_epoch_stats`` makes the global figures)."""
     start = time.perf_counter()
     lr_start = lr_min = current_lr(state.optimizer)
     loss_sum, correct, images, skipped = 0.0, 0, 0, 0
@@ -214,16 +212,7 @@ def train_epoch(
             on_step(state.step, r.loss * state.world_size, lr)
     seconds = time.perf_counter() - start
     return EpochStats(
-        loss=loss_sum / images if images else float("nan"),
-        accuracy=correct / images if images else 0.0,
-        images=images,
-        seconds=seconds,
-        lr_start=lr_start,
-        lr_end=current_lr(state.optimizer),
-        lr_min=lr_min,
-        loss_sum=loss_sum,
-        correct=correct,
-        skipped_steps=skipped,
+        images, seconds, lr_start, current_lr(state.optimizer), lr_min, loss_sum, correct, skipped
     )
 
 
@@ -235,18 +224,7 @@ def merge_epoch_stats(stats: EpochStats, reduce: Reduce, device: torch.device) -
     loss_sum, correct, images = float(t[0]), int(round(float(t[1]))), int(round(float(t[2])))
     if not math.isfinite(loss_sum):  # the same sum on every process: all stop together
         raise nonfinite_error((loss_sum, -1))
-    return EpochStats(
-        loss=loss_sum / images if images else float("nan"),
-        accuracy=correct / images if images else 0.0,
-        images=images,
-        seconds=stats.seconds,
-        lr_start=stats.lr_start,
-        lr_end=stats.lr_end,
-        lr_min=stats.lr_min,
-        loss_sum=loss_sum,
-        correct=correct,
-        skipped_steps=stats.skipped_steps,
-    )
+    return replace(stats, loss_sum=loss_sum, correct=correct, images=images)
 
 
 @dataclass(frozen=True)
@@ -254,9 +232,12 @@ class Predictions:
     index: np.ndarray  # int64 [N] dataset row indices (unreadable images left out)
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float64 [N, K]
-    loss: float  # class-weighted mean cross-entropy (nan without weights given)
-    loss_sum: float = 0.0  # the weighted sum behind ``loss``...
-    weight_sum: float = 0.0  # ...and its weight total (to combine the parts of several processes)
+    loss_sum: float  # the class-weighted cross-entropy sum...
+    weight_sum: float  # ...and its weight total (to combine the parts of several processes)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.weight_sum if self.weight_sum else float("nan")
 
 
 @torch.no_grad()
@@ -300,12 +281,11 @@ def predict_batches(
             labels.append(batch.y.numpy())
         if progress is not None:
             progress.update(1, items=len(batch))
-    k = _num_outputs(model)
+    k = int(getattr(model, "num_classes", 0) or 0)
     return Predictions(
         index=np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64),
         labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
         probs=np.concatenate(probs) if probs else np.zeros((0, k), dtype=np.float64),
-        loss=loss_sum / weight_sum if weight_sum else float("nan"),
         loss_sum=loss_sum,
         weight_sum=weight_sum,
     )
@@ -318,17 +298,77 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
         return parts[0]
     index = np.concatenate([p.index for p in parts])
     order = np.argsort(index, kind="stable")
-    loss_sum = sum(p.loss_sum for p in parts)
-    weight_sum = sum(p.weight_sum for p in parts)
     return Predictions(
         index=index[order],
         labels=np.concatenate([p.labels for p in parts])[order],
         probs=np.concatenate([p.probs for p in parts])[order],
-        loss=loss_sum / weight_sum if weight_sum else float("nan"),
-        loss_sum=loss_sum,
-        weight_sum=weight_sum,
+        loss_sum=sum(p.loss_sum for p in parts),
+        weight_sum=sum(p.weight_sum for p in parts),
     )
 
 
-def _num_outputs(model: nn.Module) -> int:
-    return int(getattr(model, "num_classes", 0) or 0)
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], settings: TrainSettings, lr: float
+) -> torch.optim.Optimizer:
+    """AdamW / Adam with the fused kernel where torch has one for the parameters' device, or SGD."""
+    params = list(params)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    try:
+        return cls(params, lr=lr, weight_decay=settings.weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype/torch version
+        return cls(params, lr=lr, weight_decay=settings.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, sched: ScheduleConfig, iters_per_epoch: int
+) -> CosineAnnealingWarmRestarts:
+    """Cosine decay to ``base * min_lr_ratio`` with warm restarts, counted in iterations (step every one)."""
+    base = optimizer.param_groups[0]["lr"]
+    return CosineAnnealingWarmRestarts(
+        optimizer,
+        T_0=max(1, round(sched.t0_epochs * iters_per_epoch)),
+        T_mult=sched.t_mult,
+        eta_min=base * sched.min_lr_ratio,
+    )
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class EarlyStopping:
+    """Patience on one validation metric; remembers the best epoch; its state is plain JSON."""
+
+    metric: str
+    mode: Literal["min", "max"]
+    patience: int
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record ``value`` for ``epoch``; True when it is the new best."""
+        if math.isnan(value):
+            improved = False
+        elif self.best is None:
+            improved = True
+        elif self.mode == "max":
+            improved = value > self.best + self.min_delta
+        else:
+            improved = value < self.best - self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)

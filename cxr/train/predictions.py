@@ -1,10 +1,5 @@
-"""Prediction files: one base model's class probabilities for every image of one split.
-
-Written after training (``write_predictions``), read by the stacking stage (``read_predictions``).
-Format: ``<dir>/<split>.csv`` with columns ``path, label, p:<class>...`` (paths as in the manifest) and
-``<dir>/<split>.json`` beside it with the member name, split, manifest digest, class order and checkpoint
-hash, so that files from different splits, manifests or class orders can be refused. numpy only.
-"""
+"""Prediction files (numpy only): ``<split>.csv`` (``path, label, p:<class>...``) and a ``.json`` beside it
+(member, split, manifest digest, class order, checkpoint hash), so that mismatched files are refused."""
 
 from __future__ import annotations
 
@@ -112,11 +107,8 @@ def read_predictions(csv_path: Path) -> PredictionTable:
 
 
 def align_members(tables: Sequence[PredictionTable]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """Check that member tables describe the same images of the same split, manifest and class order.
-
-    Returns (paths, labels as indices [N], stacked probabilities [N, M, K]) in the first table's row
-    order. Raises ``DataError`` naming the member that does not match.
-    """
+    """(paths, label indices [N], probabilities [N, M, K]) in the first table's order, after checking that
+    the tables hold the same images of the same split, manifest and class order."""
     if not tables:
         raise DataError("no prediction tables given", hint="train the base models first")
     ref = tables[0]

@@ -1,11 +1,6 @@
-"""The floor every transfer-learning result must beat: a linear probe on frozen ImageNet features.
+"""The floor every transfer-learning result must beat: a logistic regression on frozen ImageNet features.
 
-Takes: a run directory with ``manifest.csv`` and a ``ProbeConfig`` (backbone, its ImageNet weights, input
-size). Makes: ``RUN_DIR/baselines/linear_probe/{val,test}.csv`` (prediction tables that ``cxr evaluate``
-puts beside the members, voting and stacking, with a McNemar test against stacking) and
-``probe.json`` -> ``ProbeResult``. The backbone is never trained: its pooled features (timm's
-``forward_head(..., pre_logits=True)``) feed a multinomial logistic regression fit on the training split,
-its regularisation ``C`` chosen by log loss on the validation split.
+Makes ``RUN_DIR/baselines/linear_probe/{val,test}.csv`` (``cxr evaluate`` adds them) and ``probe.json``.
 """
 
 from __future__ import annotations
@@ -25,9 +20,9 @@ from cxr.errors import ConfigError, DataError
 from cxr.metrics import classification_metrics
 from cxr.spec import PreprocessSpec
 from cxr.train.backbones import backbone_normalization, create_backbone, resolve_timm_name
+from cxr.train.checkpoint import weights_provenance
 from cxr.train.dataset import BadImages, make_dataset, make_loader
 from cxr.train.predictions import PredictionTable, write_predictions
-from cxr.train.provenance import weights_provenance
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,5 @@
-"""Train the ensemble's base models with the study's two-phase transfer learning.
-
-Takes: a ``TrainConfig`` and a member name (or all members). Makes, per member, in
-``RUN_DIR/members/<name>/``: ``best``/``last`` checkpoints (``cxr.train.checkpoint``), the resume state,
-``metrics.jsonl``/``metrics.csv`` (one row per epoch) and ``predictions/{val,test}.csv|.json`` (the
-best model's class probabilities, which the stacking stage consumes); ``RUN_DIR/config.yaml`` holds the
-resolved config. Phase 1 (``adapt``, ``train.adapt_epochs``) trains only the new head at
-``train.adapt_lr`` with the backbone frozen; phase 2 (``finetune``) trains everything at
-``train.finetune_lr``; both use cosine decay with warm restarts stepped per iteration. Validation runs
-every epoch; the best epoch by ``train.early_stopping.metric`` is kept and fine-tuning stops after
-``patience`` epochs without improvement.
-
-Under ``torchrun`` (``cxr.train.distributed``) the same functions run in every process: each trains on
-its share of every global batch (DDP averages the gradients), validation and prediction are split over
-the processes and gathered, rank 0 alone writes the run directory and decides what all must agree on.
-
-This module holds the member's course (start, the epoch loop, saving each epoch, the final predictions);
-its parts live in ``member_run`` (the state), ``startup`` (building it, fresh or resumed), ``resume``,
-``phases`` and ``epoch`` (training, validating and recording one epoch).
-"""
+"""Train the base models with two-phase transfer learning: per member, ``RUN_DIR/members/<name>/`` holds
+checkpoints, ``metrics.jsonl``/``.csv`` and ``predictions/{val,blend,test}`` (the stacking stage's input)."""
 
 from __future__ import annotations
 
@@ -47,39 +29,24 @@ from cxr.train.checkpoint import (
 )
 from cxr.train.config import MemberConfig, TrainConfig, dump_config
 from cxr.train.dataset import adopt_manifest, check_manifest, resolve_manifest
-from cxr.train.device import DeviceSetup, forked_rng, resolve_device
 from cxr.train.distributed import (
     DistContext,
     all_gather_object,
     check_global_batch,
     current_context,
+    forked_rng,
     on_main,
     rank_seed,
+    resolve_device,
+    rng_state,
     sync_module,
 )
-from cxr.train.epoch import gather, record_epoch, train_one_epoch, validate
+from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate
 from cxr.train.loop import PhaseState
-from cxr.train.member_run import MemberRun, member_dir, member_params, member_seed
-from cxr.train.phases import enter_phase, phase_name
-from cxr.train.predict import predict_split
+from cxr.train.member import MemberRun, enter_phase, member_params, member_seed, phase_name, start_run
 from cxr.train.predictions import write_predictions
-from cxr.train.resume import ResumeBook, rng_state
-from cxr.train.startup import MEMBER_FILES, start_run
 
-__all__ = [
-    "MEMBER_FILES",
-    "PREDICTED_SPLITS",
-    "MemberRun",
-    "ResumeBook",
-    "TrainResult",
-    "batch_key",
-    "member_dir",
-    "member_params",
-    "member_seed",
-    "prepare_data",
-    "train_all",
-    "train_member",
-]
+__all__ = ["TrainResult", "batch_key", "describe", "prepare_data", "train_all", "train_member"]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +67,7 @@ class TrainResult:
 
 
 def prepare_data(cfg: TrainConfig, dist: DistContext | None = None) -> Manifest:
-    """Load or build the manifest, check it can train, and save the resolved config in the run dir
-    (on rank 0 under torchrun; the other processes receive the manifest)."""
+    """Load or build the manifest, check it and save the resolved config (rank 0; the others receive it)."""
 
     def prepare() -> Manifest:
         manifest = adopt_manifest(resolve_manifest(cfg.data, Path(cfg.run_dir)), Path(cfg.run_dir))
@@ -142,8 +108,7 @@ def train_member(
 ) -> TrainResult:
     """Train one member (resuming from its ``last`` checkpoint when ``train.resume``) and predict.
 
-    ``dist``: this process's place under torchrun (default: the initialised process group, else one
-    process); every process of the group must call this with the same arguments.
+    ``dist``: this process's place under torchrun (default: the initialised group, else one process).
     """
     start = time.perf_counter()
     ctx = dist if dist is not None else current_context()
@@ -155,14 +120,6 @@ def train_member(
     else:
         check_manifest(manifest)
     seed = member_seed(cfg, m.name)
-    _log_start(cfg, m, setup, ctx)
-    with forked_rng(setup, rank_seed(seed, ctx)):
-        run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
-        predictions = _train_and_predict(run)
-    return _finish(run, predictions, start)
-
-
-def _log_start(cfg: TrainConfig, m: MemberConfig, setup: DeviceSetup, ctx: DistContext) -> None:
     log.info(
         "training %s (%s, %dx%d px, pretrained=%s) on %s, precision %s%s",
         m.name,
@@ -173,6 +130,10 @@ def _log_start(cfg: TrainConfig, m: MemberConfig, setup: DeviceSetup, ctx: DistC
         setup.precision,
         f", {ctx.world_size} processes x {cfg.batch_size(m) // ctx.world_size} images" if ctx.enabled else "",
     )
+    with forked_rng(setup, rank_seed(seed, ctx)):
+        run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
+        predictions = _train_and_predict(run)
+    return _finish(run, predictions, start)
 
 
 def _train_and_predict(run: MemberRun) -> dict[str, Path]:
@@ -212,11 +173,6 @@ def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> Train
     )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The epochs
-# ---------------------------------------------------------------------------------------------------------
-
-
 def _run_epochs(run: MemberRun) -> None:
     total = run.train.epochs
     while run.next_epoch < total and not run.stopped_early:
@@ -224,7 +180,7 @@ def _run_epochs(run: MemberRun) -> None:
         phase = phase_name(run.cfg, epoch)
         current = run.phase if run.phase is not None and phase == run.phase_name else enter_phase(run, phase)
         if epoch == run.cfg.train.adapt_epochs:  # patience counts fine-tuning epochs (the best may be older)
-            run.stopper.restart_patience()
+            run.stopper.bad_epochs = 0
         stats = train_one_epoch(run, current, epoch, phase)
         val = validate(run, epoch)
         improved = run.stopper.update(float(val[run.stopper.metric]), epoch)
@@ -241,10 +197,10 @@ def _run_epochs(run: MemberRun) -> None:
     on_main(run.ctx, check)
 
 
-def _checkpoint_info(
-    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any]
-) -> CheckpointInfo:
-    return CheckpointInfo(
+def _save_epoch(
+    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
+) -> None:
+    info = CheckpointInfo(
         name=run.member.name,
         backbone=run.member.backbone,
         timm_name=resolve_timm_name(run.member.backbone),
@@ -265,13 +221,7 @@ def _checkpoint_info(
             **run.provenance,
         },
     )
-
-
-def _save_epoch(
-    run: MemberRun, current: PhaseState, epoch: int, phase: str, val: dict[str, Any], improved: bool
-) -> None:
-    info = _checkpoint_info(run, current, epoch, phase, val)
-    rng_ranks = all_gather_object(run.ctx, rng_state(run)) if run.ctx.enabled else None
+    rng_ranks = all_gather_object(run.ctx, rng_state(run.setup)) if run.ctx.enabled else None
 
     def write() -> CheckpointInfo | None:
         best = None
@@ -288,7 +238,7 @@ def _save_epoch(
             "scheduler": current.scheduler.state_dict(),
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
-            "cuda_rng": rng_state(run)["cuda"],
+            "cuda_rng": rng_state(run.setup)["cuda"],
         }
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
@@ -298,11 +248,6 @@ def _save_epoch(
     best = on_main(run.ctx, write)
     if best is not None:
         run.best_info = best
-
-
-# ---------------------------------------------------------------------------------------------------------
-# After training
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
@@ -327,7 +272,7 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
             member=run.member.name,
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
-            shard=run.shard,
+            shard=run.ctx,
             gather=partial(gather, run) if run.ctx.enabled else None,
             via=via,
         )

@@ -1,10 +1,5 @@
-"""Where a member's training history goes: ``metrics.jsonl`` and ``metrics.csv`` always, Comet optionally.
-
-Takes: one row of metrics per epoch (and the learning rate per iteration, for Comet). Makes: the two log
-files in the member's folder (the CSV holds the scalar columns; the JSONL also the per-class metrics and
-the confusion matrix) and, with ``tracking.comet: true``, a Comet experiment (offline by default: an
-archive under ``RUN_DIR/comet`` that ``comet upload`` sends later; no account needed to train).
-"""
+"""A member's training history: ``metrics.jsonl`` (every value) and ``metrics.csv`` (the scalars) always,
+a Comet experiment with ``tracking.comet`` (offline by default: ``comet upload`` sends it later)."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cxr.errors import ConfigError
 from cxr.train.config import TrackingConfig
@@ -70,13 +65,9 @@ def flatten(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Tracker(Protocol):
-    def log_metrics(self, metrics: Mapping[str, Any], step: int, epoch: int) -> None: ...
+class Tracker:
+    """Where the metrics go besides the log files: nowhere (this class) or Comet (``CometTracker``)."""
 
-    def end(self) -> None: ...
-
-
-class NullTracker:
     def log_metrics(self, metrics: Mapping[str, Any], step: int, epoch: int) -> None:
         return None
 
@@ -84,7 +75,7 @@ class NullTracker:
         return None
 
 
-class CometTracker:
+class CometTracker(Tracker):
     """One Comet experiment per member; auto-logging is off, cxr logs what it computes."""
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path, member: str, params: Mapping[str, Any]) -> None:
@@ -95,16 +86,10 @@ class CometTracker:
                 "tracking.comet is true but comet_ml is not installed",
                 hint="pip install comet_ml (offline mode needs no account), or set tracking.comet: false",
             ) from e
-        quiet: dict[str, Any] = {
-            "auto_metric_logging": False,
-            "auto_param_logging": False,
-            "auto_output_logging": False,
-            "log_code": False,
-            "log_graph": False,
-            "log_git_metadata": False,
-            "log_git_patch": False,
-            "display_summary_level": 0,
-        }
+        off = ("metric", "param", "output")
+        quiet: dict[str, Any] = {f"auto_{k}_logging": False for k in off}
+        quiet |= {f"log_{k}": False for k in ("code", "graph", "git_metadata", "git_patch")}
+        quiet["display_summary_level"] = 0
         self.experiment: Any
         try:
             if cfg.comet_offline:
@@ -134,9 +119,3 @@ class CometTracker:
 
     def end(self) -> None:
         self.experiment.end()
-
-
-def make_tracker(cfg: TrackingConfig, run_dir: Path, member: str, params: Mapping[str, Any]) -> Tracker:
-    if not cfg.comet:
-        return NullTracker()
-    return CometTracker(cfg, run_dir, member, params)

@@ -1,10 +1,4 @@
-"""Typed mapping: takes plain YAML values and a pydantic dataclass type, makes the checked, frozen instance.
-
-``configclass`` makes a frozen pydantic dataclass that refuses unknown keys; ``build`` (and the class's own
-constructor) turn pydantic's ``ValidationError`` into a ``ConfigError`` naming the dotted key (a member's
-name, not its index, under ``models``), with a did-you-mean for unknown keys and values. ``Int``, ``Float``,
-``Bool``, ``Str`` and ``ConfigPath`` take YAML's types as they are: no ``"3"`` for 3, no ``yes`` for true.
-"""
+"""Frozen, strict pydantic config dataclasses whose errors are ``ConfigError``s naming the dotted key."""
 
 from __future__ import annotations
 
@@ -83,11 +77,6 @@ def build(cls: type[T], raw: Any, where: str = "") -> T:
         return typing.cast(T, TypeAdapter(cls).validate_python(raw))
     except ValidationError as e:
         raise config_error(e, cls, raw, where) from None
-
-
-def dump(cfg: object) -> Any:
-    """A config instance as plain YAML/JSON values (paths as strings, tuples as lists)."""
-    return TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
 
 
 def config_error(err: ValidationError, cls: type, raw: Any, where: str = "") -> ConfigError:
@@ -202,9 +191,3 @@ def _nullable(tp: Any) -> bool:
 def did_you_mean(name: str, options: Sequence[str]) -> str | None:
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}?" if close else None
-
-
-def check(key: str, ok: bool, value: Any, expected: str) -> None:
-    """Refuse ``value`` at ``key`` unless ``ok``, saying what was ``expected``."""
-    if not ok:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")

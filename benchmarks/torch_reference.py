@@ -3,8 +3,7 @@
 Takes: a training run folder (``RUN_DIR/members/<name>`` checkpoints), the member names in ensemble order,
 and pre-decoded gray images. Makes: a ready-to-time call (softmax(model(x)) for each member in sequence on
 normalised float input; channels_last and bf16 autocast for cxr-bench's "PyTorch best") or a reason why the
-reference cannot run (checkpoints missing, no CUDA).
-Training side (torch): ``cxr.bench.run`` reaches it only through ``cxr.bench.eager.reference()``.
+reference cannot run (checkpoints missing, no CUDA). ``torch_rows`` imports it only when torch is installed.
 """
 
 from __future__ import annotations
