@@ -204,7 +204,8 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
             broadcast_object(ctx, ("failed", f"cannot send {type(result).__name__}: {e}"))
             raise
         return result
-    status, value = broadcast_object(ctx, None)
+    reply: tuple[str, Any] = broadcast_object(ctx, None)
+    status, value = reply
     if status == "ok":
         return value  # type: ignore[no-any-return]
     if status == "error":
