@@ -22,7 +22,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16")
 BF16_RECORD = "openvino_bf16"
 DEVICE = "CPU"
-INSTALL_HINT = "pip install 'cxr-toolkit[openvino]'"
+INSTALL_HINT = "pip install -e '.[openvino]' in a clone of cxr"
 REFUSE_HINT = (
     "re-fuse the model with its OpenVINO BF16 check (`cxr fuse RUN_DIR` records cxr.verified_precisions), "
     "or use --precision fp32 (or auto)"

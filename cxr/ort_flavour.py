@@ -20,7 +20,7 @@ FLAVOURS = (
     "ort-nightly",
     "ort-nightly-gpu",
 )
-INSTALL_HINT = "pip install 'cxr-toolkit[cpu]' (or 'cxr-toolkit[gpu]' on a machine with CUDA)"
+INSTALL_HINT = "pip install -e '.[cpu]' in a clone of cxr (or '.[gpu]' on a machine with CUDA)"
 
 
 def _normalise(name: str) -> str:
@@ -49,7 +49,7 @@ def check_flavours(flavours: tuple[tuple[str, str], ...]) -> None:
         raise ProviderError(
             f"{len(flavours)} onnxruntime builds are installed ({listed}); they share one module, so which one "
             "runs is an accident of install order",
-            hint=f"pip uninstall -y {' '.join(names)} && pip install 'cxr-toolkit[{want}]'",
+            hint=f"pip uninstall -y {' '.join(names)} && pip install -e '.[{want}]' in a clone of cxr",
         )
 
 

@@ -269,7 +269,7 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             f"(this onnxruntime offers: {', '.join(available_providers())})"
         )
         hint = (
-            "install onnxruntime-gpu (pip uninstall -y onnxruntime; pip install 'cxr-toolkit[gpu]') with a "
+            "install onnxruntime-gpu (pip uninstall -y onnxruntime; pip install -e '.[gpu]' in a clone of cxr) with a "
             "matching CUDA/cuDNN, check the GPU driver, or use --provider cpu"
         )
         if cfg.strict_provider:

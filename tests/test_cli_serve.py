@@ -123,7 +123,7 @@ def test_cli_help_and_serve_hint_without_fastapi(fused_model: Path) -> None:
         """
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("2 ") and "pip install 'cxr-toolkit[serve]'" in proc.stdout
+    assert proc.stdout.startswith("2 ") and "pip install -e '.[serve]'" in proc.stdout
 
 
 def test_api_runs_with_torch_and_the_training_stack_blocked(fused_model: Path) -> None:

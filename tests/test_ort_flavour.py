@@ -27,11 +27,11 @@ def test_no_build_is_refused_with_the_install_command() -> None:
     [
         (
             (("onnxruntime", "1.22.0"), ("onnxruntime-gpu", "1.22.0")),
-            "onnxruntime onnxruntime-gpu && pip install 'cxr-toolkit[gpu]'",
+            "onnxruntime onnxruntime-gpu && pip install -e '.[gpu]' in a clone of cxr",
         ),
         (
             (("onnxruntime", "1.22.0"), ("onnxruntime-openvino", "1.21.0")),
-            "onnxruntime onnxruntime-openvino && pip install 'cxr-toolkit[cpu]'",
+            "onnxruntime onnxruntime-openvino && pip install -e '.[cpu]' in a clone of cxr",
         ),
     ],
 )

@@ -260,7 +260,7 @@ def test_without_openvino_the_error_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "openvino", None)  # any import of openvino now raises ImportError
     with pytest.raises(ProviderError) as err:
         _openvino(models["none"])
-    assert "openvino" in err.value.message and "pip install 'cxr-toolkit[openvino]'" in (err.value.hint or "")
+    assert "openvino" in err.value.message and "pip install -e '.[openvino]'" in (err.value.hint or "")
 
 
 @pytest.fixture(scope="module")

@@ -284,7 +284,7 @@ def test_ray_not_installed_exits_2_naming_the_extra(model: Path, folder: Path, t
     args = ["scan", str(folder), "-m", str(model), "--engine", "ray", "-o", str(tmp_path / "r.csv")]
     proc = _cli(args, tmp_path, prelude="sys.modules['ray'] = None")
     assert proc.returncode == 2 and "Ray is not installed" in proc.stderr
-    assert "pip install 'cxr-toolkit[ray]'" in proc.stderr
+    assert "pip install -e '.[ray]'" in proc.stderr
 
 
 def test_local_engine_refuses_ray_options(model: Path, folder: Path) -> None:

@@ -149,5 +149,5 @@ def _require_dicom_extra() -> None:
     except ImportError as e:
         raise ConfigError(
             f"`cxr listen` needs the dicom extra ({e.name or e} is missing)",
-            hint="pip install 'cxr-toolkit[dicom]'",
+            hint="pip install -e '.[dicom]' in a clone of cxr",
         ) from e

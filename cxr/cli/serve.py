@@ -187,5 +187,5 @@ def _require_serve_extra() -> None:
     except ImportError as e:
         raise ConfigError(
             f"`cxr serve` needs the serve extra ({e.name or e} is missing)",
-            hint="pip install 'cxr-toolkit[serve]'",
+            hint="pip install -e '.[serve]' in a clone of cxr",
         ) from e

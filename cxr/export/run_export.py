@@ -78,7 +78,7 @@ def _load_member(member_dir: Path, which: str = "best") -> Any:
     except ImportError as e:
         raise ModelError(
             f"cannot load checkpoints: {e}",
-            hint="install the training extra: pip install 'cxr-toolkit[train]'",
+            hint="install the training extra: pip install -e '.[train]' in a clone of cxr",
         ) from e
     try:
         return load_checkpoint(member_dir, which)

@@ -66,7 +66,9 @@ def check_openvino_bf16(
     try:
         ov = import_openvino()
     except ProviderError:
-        log.info("BF16 check skipped: openvino is not installed (pip install 'cxr-toolkit[openvino]')")
+        log.info(
+            "BF16 check skipped: openvino is not installed (pip install -e '.[openvino]' in a clone of cxr)"
+        )
         return None
     record: dict[str, Any] = {"bar": min_agreement, "openvino": ov.__version__, "images": 0}
     core = ov.Core()

@@ -16,7 +16,7 @@ from cxr.errors import ConfigError, CxrError
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'cxr-toolkit[ray]'"
+INSTALL_HINT = "pip install -e '.[ray]' in a clone of cxr"
 ADDRESS_HINT = (
     "start a cluster with `ray start --head` and pass its address (HOST:6379, ray://HOST:10001 or auto), "
     "or leave --address out to start a local Ray instance"

@@ -36,7 +36,7 @@ def find_images_at_url(
 
         raise RayUnavailableError(
             f"reading {url} needs pyarrow (part of Ray Data), which is not installed",
-            hint="pip install 'cxr-toolkit[ray]'",
+            hint="pip install -e '.[ray]' in a clone of cxr",
         ) from e
     try:
         filesystem, base = pafs.FileSystem.from_uri(url)
