@@ -1,11 +1,4 @@
-"""`cxr-bench`: latency, throughput, memory and efficiency of a cxr model on this machine.
-
-`cxr-bench run --model MODEL` measures every combination of providers, runtime precisions, precision
-variants, batch sizes, intra-op threads and client concurrency asked for (plus end-to-end rows with
-`--folder`), prints a table that fits 100 columns with a legend (`--wide`: every column) and persists it
-with `--output/--markdown`. A thin layer over ``cxr.bench.run``; torch is never imported. The study's
-reference rows, GEMM peak measurement, comparisons and plots are scripts in ``benchmarks/``.
-"""
+"""`cxr-bench`: latency, throughput, memory and efficiency of a cxr model on this machine (over ``cxr.bench.run``)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch).
-
-`cxr-predict scan FOLDER` writes one row per file (CSV or JSONL, flushed per batch, `--resume` skips the
-files already written) and ends with a summary; `--engine ray` runs the same scan on a Ray cluster
-(`cxr.runtime.ray.scan`, optional extra `ray`); `cxr-predict image FILE...` prints each file's result.
-Exit codes: 0 every file predicted, 1 some files could not be read, 2 usage or model error.
-Decision support only: every human-readable result carries ``cxr.labels.NOTICE``.
-"""
+"""`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch)."""
 
 from __future__ import annotations
 

@@ -166,9 +166,7 @@ def quiet_line(p: Prediction) -> str:
 def echo_image_results(
     predictor: Predictor, preds: Sequence[Prediction], *, json_out: bool, quiet: bool
 ) -> None:
-    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results.
-
-    The model's warnings were logged (stderr) when it was opened, before any result."""
+    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results."""
     if json_out:
         doc = {
             "model": predictor.describe(),

@@ -1,9 +1,4 @@
-"""Open the predictor `cxr-predict` runs: its config from the command's options, the model, the heatmap graph.
-
-Takes: the options `scan` and `image` share. Makes: a ``PredictorConfig`` and a ``Predictor`` (the model
-from ``--model``/``$CXR_MODEL``/the default path; with heatmaps, its ``<stem>.heatmaps.onnx`` variant and
-an ``OverlayWriter`` as its heatmap sink). Heavy imports stay inside the functions.
-"""
+"""Takes the options `cxr-predict scan` and `image` share; makes their ``PredictorConfig`` and ``Predictor``."""
 
 from __future__ import annotations
 
@@ -117,9 +112,7 @@ def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, P
 def with_dicom_out(
     model: Path, cfg: PredictorConfig, folder: Path, *, has_twin: bool
 ) -> tuple[Path, PredictorConfig, DicomWriter]:
-    """``cfg`` with a sink that writes the SR and SC of every predicted DICOM image into ``folder`` (beside an
-    overlay sink already there); the heatmap twin runs when it is beside the model, so the secondary
-    capture shows where the ensemble looked."""
+    """``cfg`` with a sink writing the SR and SC of every DICOM image into ``folder`` (beside any overlay sink)."""
     from cxr.dicom import ModelIdentity
     from cxr.dicom.output import DicomWriter
 

@@ -1,10 +1,4 @@
-"""`cxr demo`: the whole study, stage by stage, in one run directory, resumable.
-
-Takes: a ``DemoConfig`` (synthetic data by default, or the real COVID-19 Radiography Database with
-``data``). Makes: in ``run_dir`` every artefact of the study (manifest, members, ONNX files and reports,
-meta-learner, fused ensemble, evaluation report, scan results, benchmark) and ``README.md``, an index.
-Stages: data -> split -> train -> export -> stack -> fuse -> evaluate -> scan -> bench -> index.
-"""
+"""`cxr demo`: takes a ``DemoConfig``; makes every artefact of the study in one run directory, resumable."""
 
 from __future__ import annotations
 

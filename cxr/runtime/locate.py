@@ -1,9 +1,4 @@
-"""Find the model file a command should use: ``--model``, else ``$CXR_MODEL``, else the default paths.
-
-Takes: an explicit path (or None) and the environment. Makes: the path of an existing ``.onnx`` file, or a
-``ModelError`` that lists what was tried and says how to build or fetch a model; ``heatmap_variant``: the
-``<stem>.heatmaps.onnx`` beside a fused model, which ``--heatmap(s)`` runs instead.
-"""
+"""The model file a command uses: ``--model``, else ``$CXR_MODEL``, else the default paths."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""The picture a clinician reads beside the radiograph: the image at its own aspect ratio, the result, the notice.
-
-Takes: the decoded uint8 gray image at its own size [H, W], its ``Prediction`` and, optionally, the ensemble's
-heatmap for the predicted class ([h, w] in [0, 1], the ``heatmap`` output of ``ensemble.heatmaps.onnx`` at the
-model's input size). Makes: an RGB ``PIL.Image`` (``render_overlay``): the radiograph (longest side between
-``MIN_SIDE`` and ``MAX_SIDE``), the map resampled onto it (transparent where low) with a colour-bar legend, and a
-caption laid out with the font's own metrics: the class and probability (or NOT ASSESSABLE and why), the file
-name, model id and date, the model's warnings and the decision-support notice. One renderer for
-``cxr-predict``, the API and DICOM secondary captures. Numpy and Pillow only; the colour map is matplotlib's
-"inferno" sampled at nine points (matplotlib is not a runtime dependency).
-"""
+"""Takes a decoded radiograph, its ``Prediction`` and a heatmap; makes the overlay image a clinician reads."""
 
 from __future__ import annotations
 
@@ -226,11 +216,7 @@ def overlay_name(source: str, root: Path | None = None) -> str:
 
 
 class OverlayWriter:
-    """A ``PredictorConfig.heatmap_sink`` that saves one overlay PNG per image into ``folder``.
-
-    Names come from ``overlay_name`` (relative to ``root`` when given); ``written`` maps each source to its
-    overlay. A file that cannot be written is logged in ``failed`` and never stops the scan.
-    """
+    """A ``heatmap_sink`` saving one overlay PNG per image into ``folder``; failures go to ``failed``."""
 
     def __init__(self, folder: Path, root: Path | None = None) -> None:
         self.folder = Path(folder)

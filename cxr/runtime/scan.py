@@ -1,15 +1,4 @@
-"""Scan a folder of chest X-rays with a ``Predictor``: find the files, predict them batch by batch, write rows.
-
-Takes: a ``Predictor`` and a ``ScanConfig`` (folder, recursion, include/exclude globs, output file or
-stream, resume/overwrite). Makes: a ``ScanResult`` (files found, skipped, predicted, failed, counts per
-class, elapsed time, images/s, provider, model id) and one result row per file, flushed per batch.
-A file that cannot be read becomes a row with its error; the scan goes on.
-
-Which files: by default every file whose suffix is an image or DICOM suffix (case-insensitive), plus
-files without a suffix that look like DICOM (old PACS exports name files ``IM0001``). ``include`` globs
-replace that default; ``exclude`` globs remove files. A glob matches the file name or its path relative to
-the folder (``*.png``, ``COVID/*``), case-insensitively. Hidden files and folders (``.name``) are skipped.
-"""
+"""Takes a ``Predictor`` and a ``ScanConfig``; predicts a folder batch by batch and makes a ``ScanResult``."""
 
 from __future__ import annotations
 
@@ -189,11 +178,7 @@ def scan_folder(
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[Sequence[Prediction]], None] | None = None,
 ) -> ScanResult:
-    """Predict every selected file of ``cfg.folder``; rows go to ``cfg.output`` (or ``stream``).
-
-    ``on_start(to_do, skipped)`` is called once the file list is known, ``on_batch(preds)`` after every
-    batch has been written (progress bars hang on these).
-    """
+    """Predict every selected file of ``cfg.folder`` into ``cfg.output`` (or ``stream``); hooks for progress."""
     files = find_images(cfg.folder, recursive=cfg.recursive, include=cfg.include, exclude=cfg.exclude)
     if not files:
         raise _no_images(cfg)
