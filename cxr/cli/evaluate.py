@@ -1,5 +1,4 @@
-"""`cxr evaluate RUN_DIR` (one split) and `cxr evaluate-folds RUN_DIR...` (cross-validation folds pooled):
-does stacking beat the best single member? Over ``cxr.evaluate.evaluate`` and ``cxr.evaluate.pool_folds``."""
+"""`cxr evaluate RUN_DIR` and `cxr evaluate-folds RUN_DIR...`, over ``cxr.evaluate``: does stacking help?"""
 
 from __future__ import annotations
 

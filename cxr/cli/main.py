@@ -1,5 +1,4 @@
-"""`cxr`: the umbrella command; each command lives in its own file and imports heavy libraries (torch, timm,
-onnx, sklearn) inside its body, so `cxr --help` needs only the core dependencies."""
+"""`cxr`: the umbrella command; each command imports its heavy libraries inside its body."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What `cxr-predict` prints: log lines, the scan progress bar, scan summaries (local and Ray) and the
-per-file results of `cxr-predict image`. Every human-readable result ends with ``cxr.labels.NOTICE``."""
+"""What `cxr-predict` prints: log lines, the scan progress bar, scan summaries and `image` results."""
 
 from __future__ import annotations
 
@@ -103,8 +102,7 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
 def echo_scan_summary(
     result: ScanResult, model: dict[str, Any], *, output: Path | None, json_out: bool, quiet: bool
 ) -> None:
-    """A local scan's end: a JSON summary with ``--json`` (stdout with --output, else stderr), else the
-    human summary on stderr unless ``quiet``. ``model`` is ``Predictor.describe()``."""
+    """A local scan's end: JSON with ``--json`` (stdout with --output, else stderr), else the human summary."""
     if json_out:
         typer.echo(json.dumps({**result.to_dict(), "model": model, "notice": NOTICE}), err=output is None)
     elif not quiet:

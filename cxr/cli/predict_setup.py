@@ -66,8 +66,7 @@ def open_predictor(
     dicom_dir: Path | None = None,
     root: Path | None = None,
 ) -> Opened:
-    """The predictor for ``model`` (resolved), with the overlay writer when ``heatmap_dir`` is given and the
-    DICOM results writer when ``dicom_dir`` is (names below ``root`` for a scan)."""
+    """The predictor for ``model``, with an overlay writer (``heatmap_dir``) and a DICOM writer (``dicom_dir``)."""
     from cxr.runtime.locate import resolve_model
     from cxr.runtime.predictor import Predictor
 
@@ -94,8 +93,7 @@ def with_heatmaps(
 
 
 def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, PredictorConfig]:
-    """The heatmap twin of ``model`` (when ``required``, or when it is beside it) and ``cfg`` with the plain
-    model's id: the twin computes the same results, so --resume accepts either."""
+    """The heatmap twin of ``model`` (if ``required`` or present) and ``cfg`` with the plain model's id."""
     from cxr.errors import ModelError
     from cxr.runtime.locate import heatmap_variant, plain_model
     from cxr.session import file_sha256

@@ -108,8 +108,7 @@ def probe(
 
 
 def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
-    """Unknown member names (with a did-you-mean), a batch N processes can't share and a device that is not
-    there all fail here, before any training."""
+    """Unknown members, a batch the processes can't share and a missing device fail before any training."""
     from cxr.train.distributed import check_global_batch, resolve_device
     from cxr.train.run import batch_key
 

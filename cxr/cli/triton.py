@@ -1,5 +1,4 @@
-"""`cxr export-triton --model MODEL --output DIR`: a Triton model repository (and a KServe manifest) for a cxr
-ONNX model."""
+"""`cxr export-triton --model MODEL --output DIR`: a Triton model repository and a KServe manifest."""
 
 from __future__ import annotations
 
@@ -97,8 +96,7 @@ def export_triton(
 
 
 def _describe(res, *, placeholder: bool) -> list[str]:
-    """What ``write_triton_repository`` wrote (``res``, its TritonExportResult): the files, the tensors
-    Triton will see and the KServe manifest."""
+    """What ``write_triton_repository`` wrote: the files, the tensors Triton will see, the KServe manifest."""
     sig = res.signature
     lines = [
         f"Triton model '{res.model_name}' written to {res.model_dir}",

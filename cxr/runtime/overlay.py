@@ -14,19 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from cxr.spec import Prediction
 
 _INFERNO = np.array(  # matplotlib's inferno at 0, 1/8, ..., 1
-    [
-        [0, 0, 4],
-        [31, 12, 72],
-        [85, 15, 109],
-        [136, 34, 106],
-        [186, 54, 85],
-        [227, 89, 51],
-        [249, 140, 10],
-        [249, 201, 50],
-        [252, 255, 164],
-    ],
+    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85], [227, 89, 51], [249, 140, 10],
+     [249, 201, 50], [252, 255, 164]],
     dtype=np.float64,
-)
+)  # fmt: skip
 _PALETTE = bytes(  # the colour map at 256 levels, for Pillow's palette lookup
     np.round(
         [np.interp(i / 255 * 8, np.arange(9), _INFERNO[:, c]) for i in range(256) for c in range(3)]

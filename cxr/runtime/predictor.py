@@ -56,8 +56,7 @@ Item = Path | str | bytes | np.ndarray
 
 @dataclass(frozen=True)
 class Explained:
-    """One prediction with what it was made from: the decoded image at its own size and the heatmap of the
-    predicted class (None when the graph has no heatmap output, or the input could not be read)."""
+    """One prediction, its decoded image at its own size and its class's heatmap (None when there is none)."""
 
     prediction: Prediction
     image: np.ndarray | None = None
@@ -317,8 +316,7 @@ class Predictor:
             sink(pred, original, None if heat is None else heat[i])
 
     def explain(self, item: Any, name: str | None = None) -> Explained:
-        """One input's prediction with its decoded image at its own size and, when the graph has the output,
-        its heatmap (one inference; what a DICOM secondary capture or a single overlay is drawn from)."""
+        """One input's prediction with its decoded image and, when the graph has the output, its heatmap."""
         value = as_item(item)
         name = name or (
             "<bytes>"

@@ -94,7 +94,8 @@ def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
 def find_images(
     folder: Path, *, recursive: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Path]:
-    """The files a scan of ``folder`` reads, sorted (rules in the module docstring)."""
+    """The files a scan reads, sorted: image/DICOM suffixes (and suffix-less DICOM) or the ``include`` globs,
+    less ``exclude`` and hidden files; a glob matches the name or relative path, case-insensitively."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(
@@ -207,7 +208,7 @@ def scan_folder(
         if cfg.output is not None:
             writer.stream.close()
     seconds = time.perf_counter() - t0
-    predicted = sum(tally.counts.values())
+    predicted = tally.predicted
     return ScanResult(
         folder=str(cfg.folder),
         found=len(files),
