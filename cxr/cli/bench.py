@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import handle_errors, setup_logging, version
 from cxr.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -174,12 +174,7 @@ def _progress(row: BenchRow) -> None:
     )
 
 
-@app.command("version")
-def version() -> None:
-    """Print the cxr version."""
-    from cxr import __version__
-
-    typer.echo(__version__)
+app.command("version")(version)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,18 @@ PRECISION_HELP = (
 )
 
 
+def version() -> None:
+    """Print the cxr version."""
+    from cxr import __version__
+
+    typer.echo(__version__)
+
+
+def warn(text: str) -> None:
+    """``text`` in yellow on stderr."""
+    typer.secho(text, fg=typer.colors.YELLOW, err=True)
+
+
 def echo_error(err: CxrError) -> None:
     typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
     if err.hint:

@@ -17,6 +17,7 @@ from cxr.cli.common import (
     handle_errors,
     model_option,
     output_option,
+    version,
 )
 from cxr.cli.predict_output import (
     echo_image_results,
@@ -370,12 +371,7 @@ def image(
     raise typer.Exit(code=1 if any(not p.ok for p in preds) else 0)
 
 
-@app.command("version")
-def version() -> None:
-    """Print the cxr version."""
-    from cxr import __version__
-
-    typer.echo(__version__)
+app.command("version")(version)
 
 
 def main() -> None:  # pragma: no cover - console-script convenience

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
+from cxr.cli.common import warn
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def echo_written(opened: Opened) -> None:
         writer = opened.overlays
         typer.echo(f"heatmaps: {len(writer.written)} overlay PNG(s) in {writer.folder}", err=True)
         for source, why in writer.failed.items():
-            typer.secho(f"warning: no overlay for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+            warn(f"warning: no overlay for {source}: {why}")
     if opened.dicom is not None:
         dicom = opened.dicom
         typer.echo(
@@ -202,4 +203,4 @@ def echo_written(opened: Opened) -> None:
             err=True,
         )
         for source, why in dicom.failed.items():
-            typer.secho(f"warning: no DICOM results for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+            warn(f"warning: no DICOM results for {source}: {why}")

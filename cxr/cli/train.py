@@ -15,6 +15,7 @@ from cxr.cli.common import (
     members_option,
     run_dir_argument,
     setup_logging,
+    warn,
 )
 from cxr.labels import NOTICE
 
@@ -125,9 +126,5 @@ def _report(cfg: TrainConfig, results: list[TrainResult]) -> None:
     typer.echo(describe(results))
     for r in results:
         if r.bad_images:
-            typer.secho(
-                f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log",
-                fg="yellow",
-                err=True,
-            )
+            warn(f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log")
     typer.echo(NOTICE)

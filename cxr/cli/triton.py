@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, model_option, output_option
+from cxr.cli.common import handle_errors, model_option, output_option, warn
 from cxr.labels import NOTICE
 
 
@@ -90,7 +90,7 @@ def export_triton(
     for line in _describe(res, placeholder=cfg.storage_uri == STORAGE_URI_PLACEHOLDER):
         typer.echo(line)
     for w in res.warnings:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"warning: {w}")
     typer.echo(f"run: tritonserver --model-repository={res.repository.resolve()}")
     typer.echo(NOTICE)
 
