@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 MEMBERS_DISAGREE = "members_disagree"
 HEAD_BYTES = 256
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-DISAGREEMENT_RULE = "fewer than half of the members give the ensemble's class as their top class"
 
 
 def _dicom_bytes(item: Any) -> tuple[bytes, str] | None:
