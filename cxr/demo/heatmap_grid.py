@@ -24,7 +24,7 @@ def _pick(folder: Path, per_class: int) -> list[Path]:
 def heatmap_grid(
     model: Path, folder: Path, out_dir: Path, threads: int | None, per_class: int = 2
 ) -> Path | str:
-    """Overlays and ``out_dir/grid.png`` (see the module docstring)."""
+    """Overlays of ``per_class`` images per class (``<class>__<file>``) and ``out_dir/grid.png``, or why not."""
     from cxr.runtime.locate import heatmap_variant
     from cxr.runtime.overlay import OverlayWriter
     from cxr.runtime.predictor import Predictor, PredictorConfig

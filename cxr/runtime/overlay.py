@@ -103,7 +103,8 @@ def render_overlay(
     when: datetime | None = None,
     max_side: int = MAX_SIDE,
 ) -> Image.Image:
-    """The overlay image (see the module docstring); ``when`` is the date shown (default: now, UTC)."""
+    """The RGB radiograph at a legible size, the map (when given) with its legend, and the caption: class and
+    probability (or NOT ASSESSABLE and why), file, model, date ``when`` (default now, UTC), warnings, notice."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise TypeError(
             f"render_overlay takes a uint8 gray [H, W] image, got {image.dtype} {list(image.shape)}"
