@@ -1,11 +1,4 @@
-"""`cxr-bench`: latency, throughput, memory and efficiency of a cxr model on this machine.
-
-`cxr-bench run --model MODEL` measures every combination of providers, runtime precisions, precision
-variants, batch sizes, intra-op threads and client concurrency asked for (plus end-to-end rows with
-`--folder`), prints a table that fits 100 columns with a legend (`--wide`: every column) and persists it
-with `--output/--markdown`. A thin layer over ``cxr.bench.run``; torch is never imported. The study's
-reference rows, GEMM peak measurement, comparisons and plots are scripts in ``benchmarks/``.
-"""
+"""`cxr-bench`: latency, throughput, memory and efficiency of a cxr model on this machine (over ``cxr.bench.run``)."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, setup_logging
+from cxr.cli.common import handle_errors, setup_logging, version
 from cxr.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -181,12 +174,7 @@ def _progress(row: BenchRow) -> None:
     )
 
 
-@app.command("version")
-def version() -> None:
-    """Print the cxr version."""
-    from cxr import __version__
-
-    typer.echo(__version__)
+app.command("version")(version)
 
 
 if __name__ == "__main__":

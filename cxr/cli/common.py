@@ -1,5 +1,4 @@
-"""Shared CLI plumbing: errors become a message and an exit code (never a traceback), and the option
-spellings every command shares (``RUN_DIR``, ``--members a,b``, ``--model/-m``, ``--output/-o``)."""
+"""Shared CLI plumbing: errors become a message and an exit code, and the option spellings commands share."""
 
 from __future__ import annotations
 
@@ -46,6 +45,18 @@ PRECISION_HELP = (
 )
 
 
+def version() -> None:
+    """Print the cxr version."""
+    from cxr import __version__
+
+    typer.echo(__version__)
+
+
+def warn(text: str) -> None:
+    """``text`` in yellow on stderr."""
+    typer.secho(text, fg=typer.colors.YELLOW, err=True)
+
+
 def echo_error(err: CxrError) -> None:
     typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
     if err.hint:
@@ -86,8 +97,7 @@ def crash_log(err: BaseException) -> Path:
 
 
 def handle_errors(fn: F) -> F:
-    """Decorator for commands: CxrError -> message on stderr + ``typer.Exit(err.exit_code)``; any other
-    exception -> one line naming it and the log file with its traceback, exit code 2 (``--debug``: raise)."""
+    """Commands' decorator: CxrError -> message + its exit code; anything else -> one line, log file, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -119,8 +129,7 @@ def handle_errors(fn: F) -> F:
 
 
 def setup_logging(verbose: bool = False, *, rank: int | None = None, quiet_rank: bool = True) -> None:
-    """Log to stderr. Under torchrun (``rank`` given) each line names its process, and processes other
-    than rank 0 log only warnings and errors unless ``quiet_rank`` is false."""
+    """Log to stderr; under torchrun each line names its ``rank``, and ranks > 0 only warn (``quiet_rank``)."""
     level = logging.DEBUG if verbose else logging.INFO
     prefix = ""
     if rank is not None:

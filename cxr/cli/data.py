@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, output_option
+from cxr.cli.common import handle_errors, output_option, warn
 
 if TYPE_CHECKING:
     from cxr.data.manifest import ManifestResult
@@ -152,9 +152,9 @@ def _report_split(res: ManifestResult, threshold: int | None) -> None:
             fg=typer.colors.YELLOW,
         )
     for path, why in res.skipped:
-        typer.secho(f"skipped {path}: {why}", fg=typer.colors.YELLOW, err=True)
+        warn(f"skipped {path}: {why}")
     for w in res.warnings:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"warning: {w}")
 
 
 @app.command("stats")
@@ -169,6 +169,4 @@ def stats(
     typer.echo(format_counts(m))
     for split_name, missing in m.missing_classes().items():
         for c in missing:
-            typer.secho(
-                f"warning: split '{split_name}' has no image of class '{c}'", fg=typer.colors.YELLOW, err=True
-            )
+            warn(f"warning: split '{split_name}' has no image of class '{c}'")

@@ -1,5 +1,4 @@
-"""`cxr evaluate RUN_DIR` (one split) and `cxr evaluate-folds RUN_DIR...` (cross-validation folds pooled):
-does stacking beat the best single member? Over ``cxr.evaluate.evaluate`` and ``cxr.evaluate.pool_folds``."""
+"""`cxr evaluate RUN_DIR` and `cxr evaluate-folds RUN_DIR...`, over ``cxr.evaluate``: does stacking help?"""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, output_option, run_dir_argument
+from cxr.cli.common import handle_errors, output_option, run_dir_argument, warn
 from cxr.labels import NOTICE
 
 
@@ -32,7 +31,7 @@ def evaluate(
     )
     typer.echo(describe(res))
     for w in res.warnings:
-        typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"note: {w}")
     typer.echo(f"report: {res.report_md} (+ {res.report_json.name}, {len(res.figures)} figures)")
     typer.echo(NOTICE)
 
@@ -55,6 +54,6 @@ def evaluate_folds(
     res = pool_folds(PoolConfig(tuple(run_dirs), output, n_bootstrap=bootstrap, seed=seed))
     typer.echo(describe_pooled(res))
     for w in res.warnings:
-        typer.secho(f"note: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"note: {w}")
     typer.echo(f"report: {res.report_md} (+ {res.report_json.name})")
     typer.echo(NOTICE)

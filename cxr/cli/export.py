@@ -1,9 +1,4 @@
-"""`cxr export RUN_DIR` and `cxr verify RUN_DIR`: thin commands over ``cxr.export.run_export``.
-
-Export writes ``RUN_DIR/onnx/<name>.onnx`` (+ ``.fp16`` / ``.int8`` variants) with cxr metadata and verifies
-each against PyTorch; verify re-checks existing files. Both exit 1 naming the model when verification
-fails (``VerificationError``) and 2 on a usage, data or model error.
-"""
+"""`cxr export RUN_DIR` and `cxr verify RUN_DIR`: thin commands over ``cxr.export.run_export``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`cxr`: the umbrella command; each command lives in its own file and imports heavy libraries (torch, timm,
-onnx, sklearn) inside its body, so `cxr --help` needs only the core dependencies."""
+"""`cxr`: the umbrella command; each command imports its heavy libraries inside its body."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import typer
 
 from cxr import __version__
 from cxr.cli import bench, data, demo, evaluate, export, fuse, listen, predict, serve, stack, train, triton
-from cxr.cli.common import debug_option
+from cxr.cli.common import debug_option, version
 from cxr.labels import NOTICE
 
 app = typer.Typer(
@@ -35,10 +34,7 @@ app.add_typer(predict.app, name="predict", help="Same as `cxr-predict`.")
 app.add_typer(bench.app, name="bench", help="Same as `cxr-bench`.")
 
 
-@app.command("version")
-def version() -> None:
-    """Print the cxr version."""
-    typer.echo(__version__)
+app.command("version")(version)
 
 
 if __name__ == "__main__":

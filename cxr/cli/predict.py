@@ -1,11 +1,4 @@
-"""`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch).
-
-`cxr-predict scan FOLDER` writes one row per file (CSV or JSONL, flushed per batch, `--resume` skips the
-files already written) and ends with a summary; `--engine ray` runs the same scan on a Ray cluster
-(`cxr.runtime.ray.scan`, optional extra `ray`); `cxr-predict image FILE...` prints each file's result.
-Exit codes: 0 every file predicted, 1 some files could not be read, 2 usage or model error.
-Decision support only: every human-readable result carries ``cxr.labels.NOTICE``.
-"""
+"""`cxr-predict`: classify chest X-rays with a cxr ONNX model, on onnxruntime only (no torch)."""
 
 from __future__ import annotations
 
@@ -24,6 +17,7 @@ from cxr.cli.common import (
     handle_errors,
     model_option,
     output_option,
+    version,
 )
 from cxr.cli.predict_output import (
     echo_image_results,
@@ -377,12 +371,7 @@ def image(
     raise typer.Exit(code=1 if any(not p.ok for p in preds) else 0)
 
 
-@app.command("version")
-def version() -> None:
-    """Print the cxr version."""
-    from cxr import __version__
-
-    typer.echo(__version__)
+app.command("version")(version)
 
 
 def main() -> None:  # pragma: no cover - console-script convenience

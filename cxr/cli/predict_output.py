@@ -1,5 +1,4 @@
-"""What `cxr-predict` prints: log lines, the scan progress bar, scan summaries (local and Ray) and the
-per-file results of `cxr-predict image`. Every human-readable result ends with ``cxr.labels.NOTICE``."""
+"""What `cxr-predict` prints: log lines, the scan progress bar, scan summaries and `image` results."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
+from cxr.cli.common import warn
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
@@ -103,8 +103,7 @@ def summary_text(result: ScanResult, classes: tuple[str, ...], warnings: Sequenc
 def echo_scan_summary(
     result: ScanResult, model: dict[str, Any], *, output: Path | None, json_out: bool, quiet: bool
 ) -> None:
-    """A local scan's end: a JSON summary with ``--json`` (stdout with --output, else stderr), else the
-    human summary on stderr unless ``quiet``. ``model`` is ``Predictor.describe()``."""
+    """A local scan's end: JSON with ``--json`` (stdout with --output, else stderr), else the human summary."""
     if json_out:
         typer.echo(json.dumps({**result.to_dict(), "model": model, "notice": NOTICE}), err=output is None)
     elif not quiet:
@@ -166,9 +165,7 @@ def quiet_line(p: Prediction) -> str:
 def echo_image_results(
     predictor: Predictor, preds: Sequence[Prediction], *, json_out: bool, quiet: bool
 ) -> None:
-    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results.
-
-    The model's warnings were logged (stderr) when it was opened, before any result."""
+    """`cxr-predict image`: one JSON document, one ``file<TAB>class`` line per file, or the full results."""
     if json_out:
         doc = {
             "model": predictor.describe(),
@@ -197,7 +194,7 @@ def echo_written(opened: Opened) -> None:
         writer = opened.overlays
         typer.echo(f"heatmaps: {len(writer.written)} overlay PNG(s) in {writer.folder}", err=True)
         for source, why in writer.failed.items():
-            typer.secho(f"warning: no overlay for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+            warn(f"warning: no overlay for {source}: {why}")
     if opened.dicom is not None:
         dicom = opened.dicom
         typer.echo(
@@ -206,4 +203,4 @@ def echo_written(opened: Opened) -> None:
             err=True,
         )
         for source, why in dicom.failed.items():
-            typer.secho(f"warning: no DICOM results for {source}: {why}", fg=typer.colors.YELLOW, err=True)
+            warn(f"warning: no DICOM results for {source}: {why}")

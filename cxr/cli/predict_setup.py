@@ -1,9 +1,4 @@
-"""Open the predictor `cxr-predict` runs: its config from the command's options, the model, the heatmap graph.
-
-Takes: the options `scan` and `image` share. Makes: a ``PredictorConfig`` and a ``Predictor`` (the model
-from ``--model``/``$CXR_MODEL``/the default path; with heatmaps, its ``<stem>.heatmaps.onnx`` variant and
-an ``OverlayWriter`` as its heatmap sink). Heavy imports stay inside the functions.
-"""
+"""Takes the options `cxr-predict scan` and `image` share; makes their ``PredictorConfig`` and ``Predictor``."""
 
 from __future__ import annotations
 
@@ -71,8 +66,7 @@ def open_predictor(
     dicom_dir: Path | None = None,
     root: Path | None = None,
 ) -> Opened:
-    """The predictor for ``model`` (resolved), with the overlay writer when ``heatmap_dir`` is given and the
-    DICOM results writer when ``dicom_dir`` is (names below ``root`` for a scan)."""
+    """The predictor for ``model``, with an overlay writer (``heatmap_dir``) and a DICOM writer (``dicom_dir``)."""
     from cxr.runtime.locate import resolve_model
     from cxr.runtime.predictor import Predictor
 
@@ -99,8 +93,7 @@ def with_heatmaps(
 
 
 def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, PredictorConfig]:
-    """The heatmap twin of ``model`` (when ``required``, or when it is beside it) and ``cfg`` with the plain
-    model's id: the twin computes the same results, so --resume accepts either."""
+    """The heatmap twin of ``model`` (if ``required`` or present) and ``cfg`` with the plain model's id."""
     from cxr.errors import ModelError
     from cxr.runtime.locate import heatmap_variant, plain_model
     from cxr.session import file_sha256
@@ -117,9 +110,7 @@ def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, P
 def with_dicom_out(
     model: Path, cfg: PredictorConfig, folder: Path, *, has_twin: bool
 ) -> tuple[Path, PredictorConfig, DicomWriter]:
-    """``cfg`` with a sink that writes the SR and SC of every predicted DICOM image into ``folder`` (beside an
-    overlay sink already there); the heatmap twin runs when it is beside the model, so the secondary
-    capture shows where the ensemble looked."""
+    """``cfg`` with a sink writing the SR and SC of every DICOM image into ``folder`` (beside any overlay sink)."""
     from cxr.dicom import ModelIdentity
     from cxr.dicom.output import DicomWriter
 

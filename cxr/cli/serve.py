@@ -1,10 +1,4 @@
-"""`cxr serve`: the HTTP inference API (FastAPI + uvicorn + onnxruntime; needs the `serve` extra, no torch).
-
-Every option can also come from a `CXR_*` environment variable (shown in --help), which is how the Docker
-image is configured; `cxr.serve.create_app()` reads the same variables through `ServeConfig`. The API key
-is read from `--api-key-file` or `$CXR_API_KEY`, never from a command-line value. fastapi and uvicorn are
-imported inside the command, so `cxr --help` works without them.
-"""
+"""`cxr serve`: the HTTP inference API; every option also reads a `CXR_*` environment variable."""
 
 from __future__ import annotations
 

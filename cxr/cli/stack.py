@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, member_names, members_option, run_dir_argument
+from cxr.cli.common import handle_errors, member_names, members_option, run_dir_argument, warn
 
 
 def parse_targets(text: str) -> dict[str, float]:
@@ -84,4 +84,4 @@ def stack(
     )
     typer.echo(describe(res))
     for w in res.warnings:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"warning: {w}")

@@ -15,6 +15,7 @@ from cxr.cli.common import (
     members_option,
     run_dir_argument,
     setup_logging,
+    warn,
 )
 from cxr.labels import NOTICE
 
@@ -108,8 +109,7 @@ def probe(
 
 
 def _check_before_training(cfg: TrainConfig, names: list[str], env: DistContext) -> None:
-    """Unknown member names (with a did-you-mean), a batch N processes can't share and a device that is not
-    there all fail here, before any training."""
+    """Unknown members, a batch the processes can't share and a missing device fail before any training."""
     from cxr.train.distributed import check_global_batch, resolve_device
     from cxr.train.run import batch_key
 
@@ -126,9 +126,5 @@ def _report(cfg: TrainConfig, results: list[TrainResult]) -> None:
     typer.echo(describe(results))
     for r in results:
         if r.bad_images:
-            typer.secho(
-                f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log",
-                fg="yellow",
-                err=True,
-            )
+            warn(f"{r.name}: {len(r.bad_images)} unreadable image(s) skipped, see the log")
     typer.echo(NOTICE)

@@ -1,5 +1,4 @@
-"""`cxr export-triton --model MODEL --output DIR`: a Triton model repository (and a KServe manifest) for a cxr
-ONNX model."""
+"""`cxr export-triton --model MODEL --output DIR`: a Triton model repository and a KServe manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import handle_errors, model_option, output_option
+from cxr.cli.common import handle_errors, model_option, output_option, warn
 from cxr.labels import NOTICE
 
 
@@ -91,14 +90,13 @@ def export_triton(
     for line in _describe(res, placeholder=cfg.storage_uri == STORAGE_URI_PLACEHOLDER):
         typer.echo(line)
     for w in res.warnings:
-        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+        warn(f"warning: {w}")
     typer.echo(f"run: tritonserver --model-repository={res.repository.resolve()}")
     typer.echo(NOTICE)
 
 
 def _describe(res, *, placeholder: bool) -> list[str]:
-    """What ``write_triton_repository`` wrote (``res``, its TritonExportResult): the files, the tensors
-    Triton will see and the KServe manifest."""
+    """What ``write_triton_repository`` wrote: the files, the tensors Triton will see, the KServe manifest."""
     sig = res.signature
     lines = [
         f"Triton model '{res.model_name}' written to {res.model_dir}",

@@ -11,10 +11,7 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # cxr/config
 
 
 def default_config(name: str) -> Path:
-    """``configs/<name>.yaml`` from the working directory, else the copy installed with cxr.
-
-    The repository's ``configs/`` is a link to ``cxr/configs/``, so a clone and a wheel read the same files.
-    """
+    """``configs/<name>.yaml`` from the working directory, else the copy installed with cxr."""
     here = Path("configs") / f"{name}.yaml"
     return here if here.is_file() else PACKAGED_CONFIGS / f"{name}.yaml"
 

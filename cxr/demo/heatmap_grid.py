@@ -1,10 +1,4 @@
-"""The demo's heatmap artefact: overlays of a few test images per class, and one grid PNG of them.
-
-Takes: the fused model (its ``<stem>.heatmaps.onnx`` beside it), the demo's scan folder (files named
-``<class>__<file>``) and an output folder. Makes: one overlay PNG per chosen image
-(``cxr.runtime.overlay``) and ``grid.png`` (title line: synthetic images, decision support only) -> its
-path, or a string saying why no grid was drawn (no heatmap graph: no member had a spatial map).
-"""
+"""Takes the fused model and the demo's scan folder; makes overlays of a few test images per class and ``grid.png``."""
 
 from __future__ import annotations
 
@@ -30,7 +24,7 @@ def _pick(folder: Path, per_class: int) -> list[Path]:
 def heatmap_grid(
     model: Path, folder: Path, out_dir: Path, threads: int | None, per_class: int = 2
 ) -> Path | str:
-    """Overlays and ``out_dir/grid.png`` (see the module docstring)."""
+    """Overlays of ``per_class`` images per class (``<class>__<file>``) and ``out_dir/grid.png``, or why not."""
     from cxr.runtime.locate import heatmap_variant
     from cxr.runtime.overlay import OverlayWriter
     from cxr.runtime.predictor import Predictor, PredictorConfig

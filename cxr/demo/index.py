@@ -10,6 +10,7 @@ from typing import Any
 from cxr import __version__
 from cxr.demo.runner import StageRecord
 from cxr.labels import NOTICE
+from cxr.markdown import table
 
 ARTEFACTS: tuple[tuple[str, str], ...] = (
     ("manifest.csv", "split manifest (path, class, split, pixel hash); details in manifest.json"),
@@ -46,32 +47,26 @@ def _head(synthetic: bool) -> list[str]:
 
 
 def _stages(records: Sequence[StageRecord], state: dict[str, Any]) -> list[str]:
-    lines = ["## Stages", "", "| stage | this invocation | wall time when it last ran |", "|---|---|---|"]
-    for r in records:
-        secs = state.get(r.name, {}).get("seconds", r.seconds)
-        lines.append(f"| {r.name} | {'ran' if r.ran else 'skipped (up to date)'} | {secs:.1f} s |")
-    total = sum(state.get(r.name, {}).get("seconds", r.seconds) for r in records)
-    return lines + [f"| **total** | | {total:.1f} s |", ""]
+    secs = [state.get(r.name, {}).get("seconds", r.seconds) for r in records]
+    rows = [
+        [r.name, "ran" if r.ran else "skipped (up to date)", f"{t:.1f} s"]
+        for r, t in zip(records, secs, strict=True)
+    ]
+    header = ["stage", "this invocation", "wall time when it last ran"]
+    return ["## Stages", "", *table(header, rows), f"| **total** | | {sum(secs):.1f} s |", ""]
 
 
 def _members(state: dict[str, Any]) -> list[str]:
     train = state.get("train", {}).get("summary", {})
     if not train:
         return []
-    lines = [
-        "## Base models (validation)",
-        "",
-        "| member | val macro-F1 | val accuracy | epochs |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for name, m in train.items():
         f1, acc = m.get("val_macro_f1"), m.get("val_accuracy")
-        lines.append(
-            f"| {name} | {f1:.3f} | {acc:.3f} | {m.get('epochs')} |"
-            if f1 is not None and acc is not None
-            else f"| {name} | ? | ? | {m.get('epochs')} |"
-        )
-    return lines + [""]
+        scores = [f"{f1:.3f}", f"{acc:.3f}"] if f1 is not None and acc is not None else ["?", "?"]
+        rows.append([name, *scores, str(m.get("epochs"))])
+    header = ["member", "val macro-F1", "val accuracy", "epochs"]
+    return ["## Base models (validation)", "", *table(header, rows), ""]
 
 
 def _verification_and_comparison(state: dict[str, Any]) -> list[str]:

@@ -1,10 +1,4 @@
-"""`cxr demo`: the whole study, stage by stage, in one run directory, resumable.
-
-Takes: a ``DemoConfig`` (synthetic data by default, or the real COVID-19 Radiography Database with
-``data``). Makes: in ``run_dir`` every artefact of the study (manifest, members, ONNX files and reports,
-meta-learner, fused ensemble, evaluation report, scan results, benchmark) and ``README.md``, an index.
-Stages: data -> split -> train -> export -> stack -> fuse -> evaluate -> scan -> bench -> index.
-"""
+"""`cxr demo`: takes a ``DemoConfig``; makes every artefact of the study in one run directory, resumable."""
 
 from __future__ import annotations
 
@@ -77,19 +71,14 @@ def _stage_split(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
     }
 
 
-def _train_cfg(cfg: DemoConfig, p: _Paths) -> Any:
-    from cxr.train.config import load_config
-
-    overrides = [f"run_dir={p.run}", f"data.manifest={p.manifest}", f"seed={cfg.seed}", *cfg.overrides]
-    return load_config(cfg.training_config, overrides)
-
-
 def _stage_train(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     import sys
 
+    from cxr.train.config import load_config
     from cxr.train.run import train_all
 
-    results = train_all(_train_cfg(cfg, p), progress_stream=sys.stderr)
+    overrides = [f"run_dir={p.run}", f"data.manifest={p.manifest}", f"seed={cfg.seed}", *cfg.overrides]
+    results = train_all(load_config(cfg.training_config, overrides), progress_stream=sys.stderr)
     out = {}
     for r in results:
         out[r.name] = {
@@ -178,15 +167,8 @@ def _stage_evaluate(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     }
 
 
-def _test_images(p: _Paths, limit: int | None) -> list[Path]:
-    from cxr.data.manifest import load_manifest
-
-    m = load_manifest(p.manifest)
-    rows = m.split("test")
-    return [m.abspath(r) for r in (rows[:limit] if limit else rows)]
-
-
 def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
+    from cxr.data.manifest import load_manifest
     from cxr.runtime.predictor import Predictor, PredictorConfig
     from cxr.runtime.scan import ScanConfig, scan_folder
     from cxr.session import SessionConfig
@@ -194,7 +176,9 @@ def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     if p.scan_input.exists():
         shutil.rmtree(p.scan_input)
     p.scan_input.mkdir(parents=True)
-    for f in _test_images(p, cfg.max_scan_images):
+    m = load_manifest(p.manifest)
+    rows = m.split("test")
+    for f in (m.abspath(r) for r in (rows[: cfg.max_scan_images] if cfg.max_scan_images else rows)):
         target = (
             p.scan_input / f"{f.parent.parent.name if f.parent.name == 'images' else f.parent.name}__{f.name}"
         )
@@ -243,7 +227,6 @@ def _stage_bench(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
 
 def build_stages(cfg: DemoConfig, echo: Echo) -> list[Stage]:
     p = _Paths(cfg)
-    train_cfg_path = cfg.training_config
     stages: list[Stage] = []
     if cfg.data is None:
         stages.append(
@@ -265,8 +248,8 @@ def build_stages(cfg: DemoConfig, echo: Echo) -> list[Stage]:
         Stage(
             "train",
             lambda: _stage_train(cfg, p, echo),
-            params={"config": str(train_cfg_path), "overrides": list(cfg.overrides)},
-            inputs=lambda: [train_cfg_path, p.manifest],
+            params={"config": str(cfg.training_config), "overrides": list(cfg.overrides)},
+            inputs=lambda: [cfg.training_config, p.manifest],
             outputs=lambda: [p.members],
         ),
         Stage(

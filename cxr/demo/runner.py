@@ -1,11 +1,4 @@
-"""Resumable stages: a stage is skipped when its inputs and parameters have not changed.
-
-Takes: an ordered list of ``Stage`` (name, parameters, the files it reads and writes, a function). Makes:
-``StageRecord`` per stage (ran or skipped, seconds, key) and ``RUN_DIR/stages.json``, the cache.
-A stage's key hashes its parameters, the key of the stage before it and the content of the files it
-declares as inputs, so editing a config, a checkpoint or a data file reruns exactly what depends on it.
-``force`` reruns the named stages (and therefore everything after them).
-"""
+"""Resumable stages: a stage is skipped when its parameters, the key before it and its input files are unchanged."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""One console line per verification of the demo, as it happens: what was compared, the numbers, the verdict.
-
-Takes: the results the export and fuse stages return (``RunExportResult``, ``FuseResult``). Makes: short
-lines for the demo's console and its stage summaries (``stages.json``, the run's ``README.md``):
-
-* per member, its ONNX FP32 graph vs PyTorch (max |dp| of the class probabilities, top-1 agreement, PASS/FAIL);
-* per member and variant (INT8, FP16), accepted or refused, with its top-1 agreement vs FP32 and the bar;
-* the fused graph vs the separate members + meta-learner (per precision), and vs PyTorch + scikit-learn.
-
-Pure formatting: nothing here prints; the demo passes the lines to its ``echo``.
-"""
+"""Takes the export and fuse stages' results; makes one console line per verification (numbers and verdict)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,4 @@
-"""Takes an input item and a result; makes the input gate's verdict: ``assessable`` and the reasons why not.
-
-Four signals, each with a reason code (``cxr.spec.Reason``):
-- DICOM header rules (``cxr.imaging.gate``): modality, body part and view position, read from the header
-  of a file that looks like DICOM; a PNG or JPEG has no header to check.
-- ``members_disagree``: fewer than half of the ensemble's members give the ensemble's class as their own
-  top class: the image is outside what the members agree on, so a reader should look before trusting it.
-- ``out_of_distribution``: the fused graph's ``ood_score`` (a Mahalanobis distance of the members' pooled
-  features to their training images, ``cxr.fuse.ood``) is above the threshold in the model card (the 99th
-  percentile of the validation radiographs).
-- ``narrow_grey_range``: the decoded image spans fewer than ``MIN_GREY_RANGE`` grey levels between its 1st
-  and 99th percentiles (a wrong DICOM window/level crushes a radiograph into a narrow band; measured: the
-  real radiographs in ../shared span 84 to 227 levels, a 16-times too wide window 15).
-A result with any reason is ``assessable=False``; it keeps its probabilities, clearly marked, and never stops
-a scan. Exit codes do not change.
-"""
+"""Takes an input item and a result; makes the input gate's verdict: ``assessable`` and the reasons why not."""
 
 from __future__ import annotations
 
@@ -32,7 +17,6 @@ log = logging.getLogger(__name__)
 MEMBERS_DISAGREE = "members_disagree"
 HEAD_BYTES = 256
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-DISAGREEMENT_RULE = "fewer than half of the members give the ensemble's class as their top class"
 
 
 def _dicom_bytes(item: Any) -> tuple[bytes, str] | None:

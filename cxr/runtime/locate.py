@@ -1,9 +1,4 @@
-"""Find the model file a command should use: ``--model``, else ``$CXR_MODEL``, else the default paths.
-
-Takes: an explicit path (or None) and the environment. Makes: the path of an existing ``.onnx`` file, or a
-``ModelError`` that lists what was tried and says how to build or fetch a model; ``heatmap_variant``: the
-``<stem>.heatmaps.onnx`` beside a fused model, which ``--heatmap(s)`` runs instead.
-"""
+"""The model file a command uses: ``--model``, else ``$CXR_MODEL``, else the default paths."""
 
 from __future__ import annotations
 
@@ -15,9 +10,7 @@ from cxr.errors import ModelError
 
 MODEL_ENV = "CXR_MODEL"
 DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("~/.cache/cxr/ensemble.onnx"),)
-"""Tried when neither --model nor $CXR_MODEL is given: a model the user installed there on purpose. The
-demo's output (``runs/demo/ensemble.onnx``, trained on synthetic images) is never picked implicitly: on a
-clinic PC that default would be a trap."""
+"""Tried without --model and $CXR_MODEL; the demo's synthetic-data model is never picked implicitly."""
 
 HOW_TO_GET_A_MODEL = (
     "pass --model PATH or set CXR_MODEL to the ensemble.onnx you deploy (or copy it to ~/.cache/cxr/ensemble.onnx); "
@@ -26,7 +19,7 @@ HOW_TO_GET_A_MODEL = (
 
 
 def resolve_model(explicit: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
-    """The model path to use (see the module docstring for the order)."""
+    """The model path to use: ``explicit``, else ``$CXR_MODEL``, else the first default path that exists."""
     env = os.environ if environ is None else environ
     if explicit is not None:
         return check_model_file(Path(explicit).expanduser())
@@ -54,8 +47,7 @@ HEATMAP_SUFFIX = ".heatmaps.onnx"
 
 
 def plain_model(model: Path) -> Path:
-    """The plain graph of a heatmap twin (``<stem>.onnx`` beside ``<stem>.heatmaps.onnx``) when it is there,
-    else ``model``: the twin computes the same results, so it carries the plain model's identity."""
+    """The plain ``<stem>.onnx`` beside a heatmap twin ``<stem>.heatmaps.onnx`` when it is there, else ``model``."""
     model = Path(model)
     if not model.name.endswith(HEATMAP_SUFFIX):
         return model
@@ -64,8 +56,7 @@ def plain_model(model: Path) -> Path:
 
 
 def check_model_file(path: Path) -> Path:
-    """``path`` if it can be an ONNX model; a folder, a missing file or a text file is refused with what to
-    pass instead."""
+    """``path`` if it can be an ONNX model; a folder, a missing file or a text file is refused."""
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.onnx"))[:5]
         found = f"; it holds {', '.join(inside)}" if inside else "; it holds no .onnx file"

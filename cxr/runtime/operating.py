@@ -1,10 +1,4 @@
-"""Takes a model's metadata card; makes its per-class operating points and each result's flags against them.
-
-``cxr stack`` chooses, on the cross-validated validation predictions, a threshold per class for a target
-sensitivity (``cxr.stack.calibrate``); ``cxr fuse`` copies them into the fused model's card. A result
-says, per class, whether its (calibrated) probability is at or above that class's threshold: a flag for
-the reader's attention at a known sensitivity, never a diagnosis. Models without operating points give none.
-"""
+"""Takes a model's metadata card; makes its per-class operating points and each result's flags against them."""
 
 from __future__ import annotations
 

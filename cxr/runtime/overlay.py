@@ -1,14 +1,4 @@
-"""The picture a clinician reads beside the radiograph: the image at its own aspect ratio, the result, the notice.
-
-Takes: the decoded uint8 gray image at its own size [H, W], its ``Prediction`` and, optionally, the ensemble's
-heatmap for the predicted class ([h, w] in [0, 1], the ``heatmap`` output of ``ensemble.heatmaps.onnx`` at the
-model's input size). Makes: an RGB ``PIL.Image`` (``render_overlay``): the radiograph (longest side between
-``MIN_SIDE`` and ``MAX_SIDE``), the map resampled onto it (transparent where low) with a colour-bar legend, and a
-caption laid out with the font's own metrics: the class and probability (or NOT ASSESSABLE and why), the file
-name, model id and date, the model's warnings and the decision-support notice. One renderer for
-``cxr-predict``, the API and DICOM secondary captures. Numpy and Pillow only; the colour map is matplotlib's
-"inferno" sampled at nine points (matplotlib is not a runtime dependency).
-"""
+"""Takes a decoded radiograph, its ``Prediction`` and a heatmap; makes the overlay image a clinician reads."""
 
 from __future__ import annotations
 
@@ -24,19 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from cxr.spec import Prediction
 
 _INFERNO = np.array(  # matplotlib's inferno at 0, 1/8, ..., 1
-    [
-        [0, 0, 4],
-        [31, 12, 72],
-        [85, 15, 109],
-        [136, 34, 106],
-        [186, 54, 85],
-        [227, 89, 51],
-        [249, 140, 10],
-        [249, 201, 50],
-        [252, 255, 164],
-    ],
+    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85], [227, 89, 51], [249, 140, 10],
+     [249, 201, 50], [252, 255, 164]],
     dtype=np.float64,
-)
+)  # fmt: skip
 _PALETTE = bytes(  # the colour map at 256 levels, for Pillow's palette lookup
     np.round(
         [np.interp(i / 255 * 8, np.arange(9), _INFERNO[:, c]) for i in range(256) for c in range(3)]
@@ -122,7 +103,8 @@ def render_overlay(
     when: datetime | None = None,
     max_side: int = MAX_SIDE,
 ) -> Image.Image:
-    """The overlay image (see the module docstring); ``when`` is the date shown (default: now, UTC)."""
+    """The RGB radiograph at a legible size, the map (when given) with its legend, and the caption: class and
+    probability (or NOT ASSESSABLE and why), file, model, date ``when`` (default now, UTC), warnings, notice."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise TypeError(
             f"render_overlay takes a uint8 gray [H, W] image, got {image.dtype} {list(image.shape)}"
@@ -226,11 +208,7 @@ def overlay_name(source: str, root: Path | None = None) -> str:
 
 
 class OverlayWriter:
-    """A ``PredictorConfig.heatmap_sink`` that saves one overlay PNG per image into ``folder``.
-
-    Names come from ``overlay_name`` (relative to ``root`` when given); ``written`` maps each source to its
-    overlay. A file that cannot be written is logged in ``failed`` and never stops the scan.
-    """
+    """A ``heatmap_sink`` saving one overlay PNG per image into ``folder``; failures go to ``failed``."""
 
     def __init__(self, folder: Path, root: Path | None = None) -> None:
         self.folder = Path(folder)

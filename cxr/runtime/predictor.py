@@ -1,15 +1,4 @@
-"""The torch-free runtime: one small class that runs a cxr ONNX model (fused ensemble or single member).
-
-Takes: a cxr ONNX file (metadata written by ``cxr export`` / ``cxr fuse``), images (paths, bytes, PIL
-images, uint8 grayscale or RGB arrays) and a ``PredictorConfig`` (``cxr.runtime.predictor_config``).
-Makes: ``Prediction`` objects, the result schema of ``cxr.spec`` (class, probability, every class
-probability, member probabilities, the input gate's verdict, provider really used, timing, warnings, error). The session is
-onnxruntime's, or OpenVINO's behind the same API (``provider="openvino"``, see ``cxr.openvino_session``).
-Class list and preprocessing come from the model's metadata; a file without it is refused.
-``iter_predict`` is the streaming form used by folder scans: a thread pool decodes and resizes batch k+1
-(and k+2) while onnxruntime, which releases the GIL, runs batch k, so a scan runs close to the model's own
-throughput.
-"""
+"""Takes a cxr ONNX file and images; makes ``Prediction`` objects (``cxr.spec``), torch-free."""
 
 from __future__ import annotations
 
@@ -67,8 +56,7 @@ Item = Path | str | bytes | np.ndarray
 
 @dataclass(frozen=True)
 class Explained:
-    """One prediction with what it was made from: the decoded image at its own size and the heatmap of the
-    predicted class (None when the graph has no heatmap output, or the input could not be read)."""
+    """One prediction, its decoded image at its own size and its class's heatmap (None when there is none)."""
 
     prediction: Prediction
     image: np.ndarray | None = None
@@ -328,8 +316,7 @@ class Predictor:
             sink(pred, original, None if heat is None else heat[i])
 
     def explain(self, item: Any, name: str | None = None) -> Explained:
-        """One input's prediction with its decoded image at its own size and, when the graph has the output,
-        its heatmap (one inference; what a DICOM secondary capture or a single overlay is drawn from)."""
+        """One input's prediction with its decoded image and, when the graph has the output, its heatmap."""
         value = as_item(item)
         name = name or (
             "<bytes>"
@@ -373,11 +360,7 @@ class Predictor:
     def iter_predict(
         self, items: Iterable[Item], names: Iterable[str] | None = None
     ) -> Iterator[list[Prediction]]:
-        """Yield one list of predictions per batch of ``batch_size`` items, in input order.
-
-        Items that cannot be read get a ``Prediction`` with ``error`` set, in their place. Decoding runs in
-        ``decode_workers`` threads, ``prefetch_batches`` batches ahead of inference.
-        """
+        """One list of predictions per batch, in input order; decoding runs ``prefetch_batches`` ahead."""
         bs = self.cfg.batch_size
         source = iter(items)
         name_iter = iter(names) if names is not None else None
@@ -449,12 +432,7 @@ class Predictor:
     def predict(self, items: Sequence[Item | PathLike[str]]) -> list[Prediction]: ...
 
     def predict(self, items: Any) -> Prediction | list[Prediction]:
-        """Decode (in a thread pool) and predict one input or a sequence of them.
-
-        One input (a path, bytes, a PIL image, a uint8 gray or RGB array) gives one ``Prediction``; a list or
-        tuple gives a list. An input that cannot be read gives a ``Prediction`` with ``error`` set; a value
-        that is no input at all (a number, a float array, a dict) raises ``TypeError``.
-        """
+        """One input gives one ``Prediction``, a list or tuple a list; unreadable inputs get ``error`` set."""
         if _is_single(items):
             return self.predict([items])[0]
         if not isinstance(items, Sequence):
@@ -474,10 +452,7 @@ def _is_pil(value: Any) -> bool:
 
 
 def as_item(value: Any) -> Item:
-    """One ``predict`` input as an ``Item``: PIL images and uint8 RGB arrays become uint8 gray arrays.
-
-    Raises ``TypeError`` for a value that is no image input (what was given, what is accepted).
-    """
+    """One ``predict`` input as an ``Item`` (gray uint8); ``TypeError`` for a value that is no image."""
     if isinstance(value, str | bytes | Path):
         return value
     if isinstance(value, bytearray):

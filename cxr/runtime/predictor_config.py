@@ -1,8 +1,4 @@
-"""How a ``Predictor`` runs, and what one inference batch returns: ``PredictorConfig`` and ``RawOutput``.
-
-Takes: nothing (types, the graph's optional output names, and the decode-thread rule). Makes: the config the
-runtime, ``cxr-predict``, ``cxr-bench`` and the API build a ``cxr.runtime.predictor.Predictor`` with.
-"""
+"""How a ``Predictor`` runs (``PredictorConfig``) and what one inference batch returns (``RawOutput``)."""
 
 from __future__ import annotations
 
@@ -56,13 +52,7 @@ class RawOutput:
 
 
 def auto_decode_workers(provider: str, cpus: int | None = None) -> int:
-    """Decode threads that keep the model fed without taking its cores.
-
-    On the CPU, onnxruntime already uses every core and a real model needs 30+ ms per image against
-    2-5 ms of decoding: one thread (two from 8 cores) keeps up, and more only steal cycles from inference
-    (measured: scan/inference 0.98 with one worker vs 0.93 with two on 2 cores). On a GPU decoding is the
-    bottleneck: use the cores (at most 8).
-    """
+    """Decode threads: 1 on a CPU (2 from 8 cores), which onnxruntime already fills; on a GPU up to 8."""
     import os
 
     from cxr.session import available_providers

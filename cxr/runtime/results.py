@@ -1,14 +1,4 @@
-"""Result files of a folder scan: one row per input file, written batch by batch, readable for ``--resume``.
-
-Takes: ``Prediction`` objects, the model's classes, members and id, and an output (a ``.csv`` or ``.jsonl``
-path, or a text stream). Makes: one JSON object per line (JSONL: ``Prediction.to_dict()``, the result
-schema of ``cxr.spec``), or CSV rows with the same fields flattened (``csv_columns``): each class's
-probability as ``probabilities.<class>``, each member's as ``member_probabilities.<member>.<class>``, the
-classes at or above their operating point, the reason codes and the warnings ``;``-joined. Every batch is
-flushed, so an interrupted scan keeps every finished row; a half-written last line is cut off before a
-resumed scan appends. A file written by another model or for another class list is refused on resume;
-``retry_failed`` drops the error rows so their files are predicted again.
-"""
+"""Result files of a folder scan (CSV or JSONL), one row per input file, flushed per batch, resumable."""
 
 from __future__ import annotations
 
@@ -175,11 +165,7 @@ def _records(path: Path, fmt: ResultFormat, layout: ResultLayout) -> list[tuple[
 def read_previous(
     path: Path, fmt: ResultFormat, layout: ResultLayout, *, retry_failed: bool = False
 ) -> PreviousResults:
-    """Read the sources already in ``path``; refuse a file from another model or class list.
-
-    With ``retry_failed``, rows with an error are removed from the file (rewritten atomically) so that
-    their files are predicted again.
-    """
+    """The sources already in ``path`` (``retry_failed``: error rows removed); refuses another model's file."""
     _cut_partial_last_line(path)
     try:
         records = _records(path, fmt, layout)

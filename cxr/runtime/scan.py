@@ -1,15 +1,4 @@
-"""Scan a folder of chest X-rays with a ``Predictor``: find the files, predict them batch by batch, write rows.
-
-Takes: a ``Predictor`` and a ``ScanConfig`` (folder, recursion, include/exclude globs, output file or
-stream, resume/overwrite). Makes: a ``ScanResult`` (files found, skipped, predicted, failed, counts per
-class, elapsed time, images/s, provider, model id) and one result row per file, flushed per batch.
-A file that cannot be read becomes a row with its error; the scan goes on.
-
-Which files: by default every file whose suffix is an image or DICOM suffix (case-insensitive), plus
-files without a suffix that look like DICOM (old PACS exports name files ``IM0001``). ``include`` globs
-replace that default; ``exclude`` globs remove files. A glob matches the file name or its path relative to
-the folder (``*.png``, ``COVID/*``), case-insensitively. Hidden files and folders (``.name``) are skipped.
-"""
+"""Takes a ``Predictor`` and a ``ScanConfig``; predicts a folder batch by batch and makes a ``ScanResult``."""
 
 from __future__ import annotations
 
@@ -105,7 +94,8 @@ def _matches(rel: str, name: str, patterns: Sequence[str]) -> bool:
 def find_images(
     folder: Path, *, recursive: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Path]:
-    """The files a scan of ``folder`` reads, sorted (rules in the module docstring)."""
+    """The files a scan reads, sorted: image/DICOM suffixes (and suffix-less DICOM) or the ``include`` globs,
+    less ``exclude`` and hidden files; a glob matches the name or relative path, case-insensitively."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(
@@ -189,11 +179,7 @@ def scan_folder(
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[Sequence[Prediction]], None] | None = None,
 ) -> ScanResult:
-    """Predict every selected file of ``cfg.folder``; rows go to ``cfg.output`` (or ``stream``).
-
-    ``on_start(to_do, skipped)`` is called once the file list is known, ``on_batch(preds)`` after every
-    batch has been written (progress bars hang on these).
-    """
+    """Predict every selected file of ``cfg.folder`` into ``cfg.output`` (or ``stream``); hooks for progress."""
     files = find_images(cfg.folder, recursive=cfg.recursive, include=cfg.include, exclude=cfg.exclude)
     if not files:
         raise _no_images(cfg)
@@ -222,7 +208,7 @@ def scan_folder(
         if cfg.output is not None:
             writer.stream.close()
     seconds = time.perf_counter() - t0
-    predicted = sum(tally.counts.values())
+    predicted = tally.predicted
     return ScanResult(
         folder=str(cfg.folder),
         found=len(files),
