@@ -133,3 +133,17 @@ def test_the_python_example_runs(stand_ins: dict[str, str], capsys: pytest.Captu
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example, on stand-in files
     out = capsys.readouterr().out
     assert "Decision support only" in out
+
+
+def test_make_demo_installs_what_serves_its_model_afterwards() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    demo_install = next(
+        line for line in makefile.splitlines() if "DEMO_STAMP" not in line and "cpu,train" in line
+    )
+    assert "serve" in demo_install and "dicom" in demo_install  # cxr serve / cxr listen on the demo model
+
+
+def test_the_jpeg_lossless_hint_names_the_dicom_extra() -> None:
+    from cxr.imaging.dicom import DECODER_HINTS
+
+    assert "'.[dicom]'" in DECODER_HINTS["1.2.840.10008.1.2.4.70"]

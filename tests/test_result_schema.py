@@ -143,3 +143,10 @@ def test_warnings_are_logged_when_the_model_opens_and_drawn_on_overlays(
     plain = render_overlay(np.zeros((40, 40), np.uint8), Prediction("a.png", "COVID", 0.5))
     warned = render_overlay(np.zeros((40, 40), np.uint8), result)
     assert warned.height > plain.height  # the warning lines sit above the notice
+
+
+def test_cli_says_the_warnings_before_the_first_result(model: Path, folder: Path) -> None:
+    png = next(p for p in sorted(folder.iterdir()) if p.name != "broken.png")
+    res = runner.invoke(app, ["image", str(png), "-m", str(model)])
+    assert res.exit_code == 0
+    assert 0 <= res.output.index("SYNTHETIC") < res.output.index(str(png))
