@@ -116,7 +116,7 @@ def to_rows(
         row: dict[str, Any] = {
             "source": src,
             "label": classes[k],
-            "confidence": float(probs[i, k]),
+            "probability": float(probs[i, k]),
             "probabilities": {c: float(v) for c, v in zip(classes, probs[i], strict=True)},
         }
         if members is not None:

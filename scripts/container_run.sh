@@ -171,7 +171,7 @@ if status != 200:
 pred = json.loads(body)
 if pred["label"] not in classes or abs(sum(pred["probabilities"].values()) - 1) > 1e-4 or not pred["notice"]:
     fail(f"unexpected prediction: {pred}")
-out["prediction"] = {k: pred[k] for k in ("source", "label", "confidence", "provider", "notice")}
+out["prediction"] = {k: pred[k] for k in ("source", "label", "probability", "provider", "notice")}
 out["prediction"]["model_id"] = pred["model"]["id"]
 
 status, body = call("POST", "/v1/predict", image, {"Content-Type": "application/octet-stream"})
@@ -217,7 +217,7 @@ out["latency_ms"] = {
 }
 (work / "probe.json").write_text(json.dumps(out))
 lat = out["latency_ms"]
-print(f"ready after {out['ready_s']} s; predicted {pred['label']} ({pred['confidence']:.3f}) on {pred['provider']}; "
+print(f"ready after {out['ready_s']} s; predicted {pred['label']} ({pred['probability']:.3f}) on {pred['provider']}; "
       f"413 for {max_body + 1} declared bytes and for {8000 * 8000} pixels; "
       f"latency over {n} POSTs of {radiograph.name} ({len(image)} bytes): p50 {lat['p50']} ms, p90 {lat['p90']} ms "
       f"(server total p50 {lat['server_total_p50']} ms)")
