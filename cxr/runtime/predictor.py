@@ -27,6 +27,7 @@ from cxr.runtime.assess import (
     ood_threshold,
     with_reasons,
 )
+from cxr.runtime.items import Item, as_item, is_single
 from cxr.runtime.operating import above_operating_points, operating_thresholds
 from cxr.runtime.predictor_config import PredictorConfig, RawOutput, auto_decode_workers
 from cxr.runtime.results import ResultLayout
@@ -48,10 +49,6 @@ from cxr.spec import (
 )
 
 log = logging.getLogger(__name__)
-
-Item = Path | str | bytes | np.ndarray
-"""One input: a file path, the file's bytes, or a decoded uint8 gray [H, W] array (PIL images and uint8 RGB
-[H, W, 3] arrays are converted to gray by ``predict``)."""
 
 
 @dataclass(frozen=True)
@@ -433,7 +430,7 @@ class Predictor:
 
     def predict(self, items: Any) -> Prediction | list[Prediction]:
         """One input gives one ``Prediction``, a list or tuple a list; unreadable inputs get ``error`` set."""
-        if _is_single(items):
+        if is_single(items):
             return self.predict([items])[0]
         if not isinstance(items, Sequence):
             raise TypeError(
@@ -441,38 +438,3 @@ class Predictor:
                 f"{type(items).__name__}"
             )
         return [p for batch in self.iter_predict([as_item(i) for i in items]) for p in batch]
-
-
-def _is_single(value: Any) -> bool:
-    return isinstance(value, str | bytes | bytearray | PathLike | np.ndarray) or _is_pil(value)
-
-
-def _is_pil(value: Any) -> bool:
-    return type(value).__module__.startswith("PIL.") and hasattr(value, "convert")
-
-
-def as_item(value: Any) -> Item:
-    """One ``predict`` input as an ``Item`` (gray uint8); ``TypeError`` for a value that is no image."""
-    if isinstance(value, str | bytes | Path):
-        return value
-    if isinstance(value, bytearray):
-        return bytes(value)
-    if isinstance(value, PathLike):
-        return Path(value)
-    if _is_pil(value):
-        return np.asarray(value.convert("L"), dtype=np.uint8)
-    if isinstance(value, np.ndarray):
-        if value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4):
-            from PIL import Image
-
-            return np.asarray(Image.fromarray(value[..., :3], mode="RGB").convert("L"), dtype=np.uint8)
-        if value.dtype == np.uint8 and value.ndim == 2:
-            return value
-        raise TypeError(
-            f"an array input must be uint8 gray [H, W] or uint8 RGB [H, W, 3], got {value.dtype} "
-            f"{list(value.shape)}: scale it to 0..255 and convert with .astype(np.uint8)"
-        )
-    raise TypeError(
-        f"predict cannot read a {type(value).__name__} ({value!r:.60}): pass a path, bytes, a PIL image or a "
-        "uint8 array"
-    )

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import CxrError, ModelError
-from cxr.runtime.predictor import Item, Predictor, PredictorConfig
+from cxr.runtime.items import Item
+from cxr.runtime.predictor import Predictor, PredictorConfig
 from cxr.runtime.ray.cluster import RayJobError, quiet_ray_data
 from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import is_url
