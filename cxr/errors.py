@@ -17,6 +17,11 @@ class CxrError(Exception):
         self.path = None if path is None else str(path)
         super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
 
+    @property
+    def one_line(self) -> str:
+        """``message (hint: hint)`` on one line: what a result row or a status field carries."""
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
 
 class ConfigError(CxrError, ValueError):
     """A configuration value or option is wrong (unknown key, wrong type, out of range)."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from cxr.cli.common import ProviderChoice, handle_errors, setup_logging
-from cxr.errors import ConfigError, ModelError
+from cxr.errors import ConfigError
 
 LIMITS = "Limits"
 RETRY = "Retries"
@@ -93,13 +93,9 @@ def listen(
     """Run the DICOM node: a Storage SCP (CR, DX, Secondary Capture; C-ECHO) that predicts every image and
     sends its structured report and secondary capture to the PACS. Decision support only, not a diagnosis."""
     from cxr.dicom.forward import Backoff, Destination, parse_destination
+    from cxr.runtime.locate import check_model_file
 
-    if not model.is_file():
-        raise ModelError(
-            f"model file {model} does not exist",
-            hint="pass --model (or CXR_MODEL) a fused cxr model such as runs/demo/ensemble.onnx",
-            path=model,
-        )
+    check_model_file(model)
     if (forward is None) == (forward_url is None):
         raise ConfigError(
             "give exactly one destination: --forward AET@HOST:PORT or --forward-url URL",

@@ -85,26 +85,12 @@ def with_heatmaps(
     model: Path, cfg: PredictorConfig, folder: Path, root: Path | None = None
 ) -> tuple[Path, PredictorConfig, OverlayWriter]:
     """The heatmap graph for ``model`` and ``cfg`` with an overlay writer into ``folder`` as its sink."""
+    from cxr.runtime.locate import with_heatmap_twin
     from cxr.runtime.overlay import OverlayWriter
 
     writer = OverlayWriter(folder, root)
-    twin, cfg = _twin(model, cfg, required=True)
+    twin, cfg = with_heatmap_twin(model, cfg, required=True)
     return twin, replace(cfg, heatmap_sink=writer), writer
-
-
-def _twin(model: Path, cfg: PredictorConfig, *, required: bool) -> tuple[Path, PredictorConfig]:
-    """The heatmap twin of ``model`` (if ``required`` or present) and ``cfg`` with the plain model's id."""
-    from cxr.errors import ModelError
-    from cxr.runtime.locate import heatmap_variant, plain_model
-    from cxr.session import file_sha256
-
-    try:
-        twin = heatmap_variant(model)
-    except ModelError:
-        if required:
-            raise
-        return model, cfg
-    return twin, replace(cfg, model_id=cfg.model_id or file_sha256(plain_model(model))[:16])
 
 
 def with_dicom_out(
@@ -113,10 +99,11 @@ def with_dicom_out(
     """``cfg`` with a sink writing the SR and SC of every DICOM image into ``folder`` (beside any overlay sink)."""
     from cxr.dicom import ModelIdentity
     from cxr.dicom.output import DicomWriter
+    from cxr.runtime.locate import with_heatmap_twin
 
     writer = DicomWriter(folder, ModelIdentity.of_file(model))
     if not has_twin:
-        model, cfg = _twin(model, cfg, required=False)
+        model, cfg = with_heatmap_twin(model, cfg)
     before = cfg.heatmap_sink
     if before is None:
         return model, replace(cfg, heatmap_sink=writer), writer

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cxr.cli.common import PRECISION_HELP, PrecisionChoice, ProviderChoice, handle_errors, setup_logging
-from cxr.errors import ConfigError, ModelError
+from cxr.errors import ConfigError
 
 
 class LogLevel(str, Enum):
@@ -162,12 +162,9 @@ def serve(
 
 
 def _require_model(model: Path) -> None:
-    if not model.is_file():
-        raise ModelError(
-            f"model file {model} does not exist",
-            hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
-            path=model,
-        )
+    from cxr.runtime.locate import check_model_file
+
+    check_model_file(model)
 
 
 def _require_serve_extra() -> None:

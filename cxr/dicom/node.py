@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from cxr.dicom.sc import MANUFACTURER as SC_MANUFACTURER
 from cxr.dicom.spool import Spool, valid_uid
 from cxr.dicom.worker import Responder, Worker, audit_line, now
 from cxr.errors import ConfigError, first_line
-from cxr.session import file_sha256
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("cxr.audit")
@@ -114,16 +113,11 @@ def cxr_responder(predictor: Any) -> tuple[Responder, str]:
 def open_predictor(cfg: NodeConfig) -> Any:
     """The model, one image at a time; its heatmap twin when it is beside it (the secondary capture then
     shows where the ensemble looked), carrying the plain model's identity."""
-    from cxr.errors import ModelError
     from cxr.runtime import Predictor, PredictorConfig, SessionConfig
-    from cxr.runtime.locate import heatmap_variant, plain_model
+    from cxr.runtime.locate import with_heatmap_twin
 
     pcfg = PredictorConfig(session=SessionConfig(provider=cfg.provider, threads=cfg.threads), batch_size=1)
-    try:
-        model = heatmap_variant(cfg.model)
-    except ModelError:
-        model = cfg.model
-    return Predictor.from_path(model, replace(pcfg, model_id=file_sha256(plain_model(model))[:16]))
+    return Predictor.from_path(*with_heatmap_twin(cfg.model, pcfg))
 
 
 class DicomNode:

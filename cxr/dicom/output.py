@@ -74,4 +74,4 @@ class DicomWriter:
                 build_results(data, pred, image, heat, self.model), self.folder
             )
         except CxrError as e:
-            self.failed[pred.source] = e.message if not e.hint else f"{e.message} (hint: {e.hint})"
+            self.failed[pred.source] = e.one_line

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr.errors import ModelError
+
+if TYPE_CHECKING:
+    from cxr.runtime.predictor_config import PredictorConfig
 
 MODEL_ENV = "CXR_MODEL"
 DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("~/.cache/cxr/ensemble.onnx"),)
@@ -93,3 +98,19 @@ def heatmap_variant(model: Path) -> Path:
             path=sibling,
         )
     return sibling
+
+
+def with_heatmap_twin(
+    model: Path, cfg: PredictorConfig, *, required: bool = False
+) -> tuple[Path, PredictorConfig]:
+    """The heatmap twin of ``model`` (when ``required``, or when it is beside it; else ``model``) and ``cfg``
+    carrying the plain model's id: the twin computes the same results, so they are one model's."""
+    from cxr.session import file_sha256
+
+    try:
+        twin = heatmap_variant(model)
+    except ModelError:
+        if required:
+            raise
+        return model, cfg
+    return twin, replace(cfg, model_id=cfg.model_id or file_sha256(plain_model(model))[:16])

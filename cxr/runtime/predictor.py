@@ -325,9 +325,7 @@ class Predictor:
         try:
             original = self.decode(value)
         except CxrError as e:
-            return Explained(
-                self._error_row(name, e.message if not e.hint else f"{e.message} (hint: {e.hint})")
-            )
+            return Explained(self._error_row(name, e.one_line))
         image = resize_gray(original, self.metadata.preprocess)
         t0 = time.perf_counter()
         out = self.run(self.prepare([image]), heatmaps=self.has_heatmaps)
@@ -348,7 +346,7 @@ class Predictor:
                 original = self.decode(item)
                 image = resize_gray(original, self.metadata.preprocess)
         except CxrError as e:
-            return _Loaded(None, e.message if not e.hint else f"{e.message} (hint: {e.hint})")
+            return _Loaded(None, e.one_line)
         except Exception as e:  # one unreadable file must never end a scan: it becomes an error row
             log.debug("unexpected error decoding %s", name, exc_info=True)
             return _Loaded(None, f"{name}: unexpected {type(e).__name__} while decoding: {e}")

@@ -249,7 +249,7 @@ class ServerState:
                 self.heatmap_predictor = await asyncio.to_thread(load_predictor, self.cfg, heatmaps=True)
             self.warmup_seconds = await asyncio.to_thread(warm_up, predictor, self.cfg.max_batch_size)
         except CxrError as e:
-            self._fail(e.message if not e.hint else f"{e.message} (hint: {e.hint})")
+            self._fail(e.one_line)
             return
         except Exception as e:  # any loader failure must surface in /readyz, not kill the process silently
             log.exception("loading the model failed")
