@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.runtime.assess import grey_range_reason, header_reasons
+from cxr.imaging.gate import grey_range_reason
+from cxr.runtime.assess import header_reasons
 from cxr.session import cpu_session
 
 

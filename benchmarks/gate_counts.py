@@ -3,7 +3,7 @@
 Sets: the run's test split (real radiographs the model never trained on), ../shared/data/external-dev, the
 real DICOM files, and things that must not pass (``cxr.data.synthetic.not_chest``): generated photographs
 and drawings, the test images inverted, and the test images wrongly windowed (crushed to a narrow grey band). Prints one Markdown row per set: files, predicted, assessable, not assessable with reason
-codes, and errors. Uses the runtime and the manifest reader only (no torch).
+codes, the refused share with its Wilson 95% interval, and errors. Uses the runtime and the manifest reader only (no torch).
 
 Usage: python benchmarks/gate_counts.py runs/rehearse/ensemble.onnx runs/rehearse/manifest.csv
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from cxr.data.manifest import load_manifest
 from cxr.data.synthetic.not_chest import drawings as line_drawings
 from cxr.data.synthetic.not_chest import photographs, windowed
+from cxr.evaluate.stats import wilson_interval
 from cxr.imaging.decode import decode_gray
 from cxr.runtime.predictor import Predictor
 from cxr.spec import Prediction
@@ -29,7 +30,12 @@ def row(name: str, preds: list[Prediction]) -> str:
     refused = [p for p in ok if p.assessable is False]
     codes = Counter(r.code for p in refused for r in p.reasons)
     why = ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"
-    return f"| {name} | {len(preds)} | {len(ok)} | {len(ok) - len(refused)} | {len(refused)} ({why}) | {len(preds) - len(ok)} |"
+    ci = wilson_interval(len(refused), len(ok))
+    share = f"{len(refused) / len(ok):.1%} [{ci.low:.1%}, {ci.high:.1%}]" if ok else "-"
+    return (
+        f"| {name} | {len(preds)} | {len(ok)} | {len(ok) - len(refused)} | {len(refused)} ({why}) | {share} "
+        f"| {len(preds) - len(ok)} |"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -54,8 +60,8 @@ def main(argv: list[str]) -> int:
             predictor.predict_arrays(windowed(grays)),
         ),
     ]
-    print("| set | files | predicted | assessable | not assessable (reasons) | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| set | files | predicted | assessable | not assessable (reasons) | refused [95% CI] | errors |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

@@ -32,9 +32,8 @@ from cxr.dicom import (
 )
 from cxr.dicom._source import TYPE2
 from cxr.errors import DataError, DecodeError
-from cxr.imaging.gate import REASON_CODES
+from cxr.imaging.gate import NARROW_GREY_RANGE, OUT_OF_DISTRIBUTION, REASON_CODES
 from cxr.labels import CLASSES, NOTICE
-from cxr.runtime.assess import MEMBERS_DISAGREE, NARROW_GREY_RANGE, OUT_OF_DISTRIBUTION
 from cxr.spec import Prediction
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import ASSESSABLE, MODEL, NOT_ASSESSABLE, RGB, make_source
@@ -297,7 +296,7 @@ def test_failed_predictions_and_bad_arrays_are_refused() -> None:
 
 
 def test_private_codes_cover_every_class_and_reason_under_one_scheme() -> None:
-    known = (*REASON_CODES, MEMBERS_DISAGREE, OUT_OF_DISTRIBUTION, NARROW_GREY_RANGE)
+    known = (*REASON_CODES, OUT_OF_DISTRIBUTION, NARROW_GREY_RANGE)
     assert set(_codes.REASON_CODES) == set(known)
     assert set(_codes.CLASS_CODES) == set(_codes.PROBABILITY_CODES) == set(CLASSES)
     own = [

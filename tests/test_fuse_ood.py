@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("sklearn")
 
 from cxr.data.synthetic.not_chest import drawings, inverted, photographs, windowed  # noqa: E402
-from cxr.fuse.ood import MemberOod, OodModel, _fit_member  # noqa: E402
-from cxr.runtime.assess import MIN_GREY_RANGE, grey_range_reason  # noqa: E402
+from cxr.fuse.ood import MemberOod, OodModel, _fit_member, fit_scores  # noqa: E402
+from cxr.imaging.gate import MIN_GREY_RANGE, grey_range_reason  # noqa: E402
 
 WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared" / "weights" / "legacy_xception-imagenet-keras.safetensors"
@@ -64,6 +64,27 @@ def test_score_flags_what_differs_from_the_training_features(kind: str, flagged_
         assert flagged >= flagged_at_least
 
 
+@pytest.mark.parametrize("quantile", [0.9, 0.97])
+def test_cross_fitted_threshold_refuses_the_target_share_of_new_images(quantile: float) -> None:
+    """Train, val and new images from one known distribution: the threshold, fitted on cross-fitted held-out
+    train scores and val, refuses about 1 - quantile of new images, and the card's estimate says so."""
+    x, y = _gaussian_features(600, 0)
+    x_val, _ = _gaussian_features(100, 1)
+    fresh, _ = _gaussian_features(4000, 2)
+    named = [("a", "fa"), ("b", "fb")]
+    twice = [x, 2.0 * x]  # two members: the same images seen through two feature scales
+    ood = fit_scores(named, twice, y, [x_val, 2.0 * x_val], quantile=quantile, folds=5,
+                     rng=np.random.default_rng(0))  # fmt: skip
+    refused = float((ood.score([fresh, 2.0 * fresh]) > ood.threshold).mean())
+    assert abs(refused - (1 - quantile)) < 0.02
+    card = ood.to_card()["false_refusal"]
+    assert card["of"] == 700 and ood.folds == 5
+    assert card["ci95"][0] <= 1 - quantile <= card["ci95"][1]
+    # the old rule: a quantile of the scores of images the statistics were fitted on refuses more new images
+    in_sample = float(np.quantile(ood.score(twice), quantile))
+    assert float((ood.score([fresh, 2.0 * fresh]) > in_sample).mean()) >= refused
+
+
 def test_fused_graph_computes_the_score_it_was_fitted_with(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     import onnxruntime as ort
@@ -81,7 +102,12 @@ def test_fused_graph_computes_the_score_it_was_fitted_with(tmp_path: Path) -> No
     card = ModelMetadata.from_props(
         {p.key: p.value for p in onnx.load(str(run / "ensemble.onnx")).metadata_props}
     ).card
-    assert card["ood"]["quantile"] == 0.99 and set(card["ood"]["members"]) == {"alpha", "beta"}
+    assert card["ood"]["quantile"] == 0.97 and set(card["ood"]["members"]) == {"alpha", "beta"}
+    fr = card["ood"]["false_refusal"]  # estimated on held-out scores: cross-fitted train folds + val
+    assert (
+        fr["of"] == card["ood"]["n_train"] + card["ood"]["n_val"]
+        and fr["ci95"][0] <= fr["estimate"] <= fr["ci95"][1]
+    )
     ood = fit_ood([load_member(p) for p in members], run, (32, 32))  # the same fit, again
     assert isinstance(ood, OodModel) and ood.threshold == pytest.approx(card["ood"]["threshold"])
     assert ood.check_images is not None and ood.check_scores is not None
@@ -89,6 +115,12 @@ def test_fused_graph_computes_the_score_it_was_fitted_with(tmp_path: Path) -> No
     assert np.allclose(got, ood.check_scores, rtol=1e-4, atol=1e-5)
     report = json.loads((run / "fuse_report.json").read_text())
     assert "ood" not in report or report["ood"] is None or report["ood"]["threshold"] > 0
+    from cxr.evaluate import EvalConfig, evaluate
+
+    ev = evaluate(EvalConfig(run_dir=run, plots=False, n_bootstrap=0))  # the gate's point, from this graph
+    assert ev.selective is not None and ev.selective.gate is not None
+    assert ev.selective.gate.n == ev.n and 0 < ev.selective.gate.kept <= ev.n
+    assert "## Selective prediction" in ev.report_md.read_text()
 
 
 @pytest.mark.parametrize(("threshold", "flagged"), [(-1.0, True), (1e9, False)])

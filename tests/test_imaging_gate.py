@@ -18,10 +18,10 @@ from cxr.imaging.gate import (  # noqa: E402
     DICOM_DESCRIPTION,
     DICOM_MODALITY,
     DICOM_VIEW_POSITION,
-    GateReason,
     dicom_file_reasons,
     dicom_header_reasons,
 )
+from cxr.spec import Reason  # noqa: E402
 from tests.test_imaging_dicom import make_dicom  # noqa: E402
 
 DICOM_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
@@ -42,7 +42,7 @@ def real(name: str) -> bytes:
     return path.read_bytes()
 
 
-def codes(reasons: tuple[GateReason, ...]) -> list[str]:
+def codes(reasons: tuple[Reason, ...]) -> list[str]:
     return [r.code for r in reasons]
 
 

@@ -18,16 +18,23 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write confusion-matrix and reliability PNGs.")] = True,
     output: Annotated[Path | None, output_option("The report folder (default: RUN_DIR/eval).")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="The fused graph whose input gate is evaluated (default: RUN_DIR/ensemble.onnx)."),
+    ] = None,
 ) -> None:
     """Compare members, voting and stacking on the test split.
 
-    Each member, soft voting, majority voting and stacking, with bootstrap intervals and McNemar tests.
+    Each member, soft voting, majority voting and stacking, with bootstrap intervals and McNemar tests;
+    the risk-coverage curve and the input gate's point on it.
     """
     from cxr.evaluate import EvalConfig, describe
     from cxr.evaluate import evaluate as run_evaluation
 
     res = run_evaluation(
-        EvalConfig(run_dir=run_dir, out_dir=output, n_bootstrap=bootstrap, seed=seed, plots=plots)
+        EvalConfig(
+            run_dir=run_dir, out_dir=output, n_bootstrap=bootstrap, seed=seed, plots=plots, fused_model=model
+        )
     )
     typer.echo(describe(res))
     for w in res.warnings:

@@ -63,10 +63,10 @@ def fuse(
     ood_quantile: Annotated[
         float,
         typer.Option(
-            help="The out-of-distribution threshold: this quantile of the val images' scores (higher: fewer real "
-            "images refused, more photographs and other non-radiographs let through)."
+            help="The out-of-distribution threshold: this quantile of held-out images' scores (cross-fitted "
+            "train + val; higher: fewer real images refused, more non-radiographs let through)."
         ),
-    ] = 0.99,
+    ] = 0.97,
 ) -> None:
     """Fuse members and meta-learner into one verified graph."""
     from cxr.fuse import FuseConfig, describe, run_members

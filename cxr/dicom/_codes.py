@@ -10,8 +10,14 @@ from __future__ import annotations
 from pydicom.sr.coding import Code
 
 from cxr.errors import DataError
-from cxr.imaging.gate import DICOM_BODY_PART, DICOM_DESCRIPTION, DICOM_MODALITY, DICOM_VIEW_POSITION
-from cxr.runtime.assess import MEMBERS_DISAGREE, NARROW_GREY_RANGE, OUT_OF_DISTRIBUTION
+from cxr.imaging.gate import (
+    DICOM_BODY_PART,
+    DICOM_DESCRIPTION,
+    DICOM_MODALITY,
+    DICOM_VIEW_POSITION,
+    NARROW_GREY_RANGE,
+    OUT_OF_DISTRIBUTION,
+)
 
 SCHEME = "99CXR"
 SCHEME_NAME = "cxr chest X-ray decision support"
@@ -56,13 +62,12 @@ PROBABILITY_CODES: dict[str, Code] = {
     "Viral Pneumonia": _own("CXR-P-VIRAL-PNA", "Probability of class Viral Pneumonia"),
 }
 
-# ---- the input gate's reason codes (cxr.imaging.gate, cxr.runtime.assess) ----
+# ---- the input gate's reason codes (cxr.imaging.gate) ----
 REASON_CODES: dict[str, Code] = {
     DICOM_MODALITY: _own("CXR-R-MODALITY", "Modality is not CR or DX"),
     DICOM_BODY_PART: _own("CXR-R-BODY-PART", "Body part is not the chest"),
     DICOM_VIEW_POSITION: _own("CXR-R-VIEW", "View is not frontal (PA or AP)"),
     DICOM_DESCRIPTION: _own("CXR-R-DESCR", "Description names another body part"),
-    MEMBERS_DISAGREE: _own("CXR-R-DISAGREE", "Ensemble members disagree"),
     OUT_OF_DISTRIBUTION: _own("CXR-R-OOD", "Unlike the training images"),
     NARROW_GREY_RANGE: _own("CXR-R-GREY-RANGE", "Narrow grey range"),
 }

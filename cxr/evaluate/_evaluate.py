@@ -33,6 +33,7 @@ from cxr.evaluate.methods import (
     write_table,
 )
 from cxr.evaluate.report import format_table, write_reports
+from cxr.evaluate.selective import selective_report
 from cxr.evaluate.stats import McNemarResult, bootstrap_intervals
 from cxr.evaluate.types import (
     MAJORITY,
@@ -186,6 +187,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "the macro averages"
         for c in undefined
     ]
+    by_key = {m.key: m for m in methods}
+    fused = cfg.fused_model if cfg.fused_model is not None else run_dir / "ensemble.onnx"
+    rows = {r.path: r for r in manifest.rows}
+    selective = selective_report(
+        by_key[STACKING].correct, by_key[STACKING].confidence, fused,
+        [manifest.abspath(rows[p]) for p in data.paths], cfg.confidence,
+    )  # fmt: skip
     out = cfg.eval_dir
     result = EvalResult(
         methods=methods,
@@ -207,6 +215,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         members=data.members,
         manifest_digest=data.manifest_digest,
         meta_json=meta_json,
+        selective=selective,
     )
     result = write_reports(cfg, result)
     predictions = {m.key: m.predictions for m in methods}
@@ -224,5 +233,17 @@ def describe(res: EvalResult) -> str:
             res.table,
             "",
             res.verdict,
+            *([] if res.selective is None else [_gate_line(res)]),
         ]
+    )
+
+
+def _gate_line(res: EvalResult) -> str:
+    s = res.selective
+    if s is None or s.gate is None:
+        return f"input gate: {s.note if s else 'not evaluated'}"
+    g, every = s.gate, s.curve[0]
+    return (
+        f"input gate: keeps {g.kept} of {g.n} ({g.coverage:.1%}); accuracy on those {g.accuracy:.1%} vs "
+        f"{every.accuracy:.1%} on all (risk-coverage curve in the report)"
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from cxr import __version__
 from cxr.evaluate.calibration_check import UNCALIBRATED_NAME
+from cxr.evaluate.selective import selective_markdown
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.evaluate.types import EvalConfig, EvalResult, MethodResult
 from cxr.labels import NOTICE
@@ -248,7 +249,9 @@ def markdown(
 ) -> str:
     """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
     lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_calibration(f)
-    lines += _md_operating_points(cfg, f) + _md_details(f)
+    lines += _md_operating_points(cfg, f)
+    lines += [] if f.selective is None else selective_markdown(f.selective, cfg.split)
+    lines += _md_details(f)
     if figures:
         lines += ["", "## Figures", ""] + [f"- [{p.name}]({p.name})" for p in figures]
     if f.warnings:
@@ -276,6 +279,7 @@ def report_json(cfg: EvalConfig, f: EvalResult, figures: Sequence[Path]) -> dict
         "methods": {m.key: m.to_dict() for m in f.methods},
         "tests": {k: t.to_dict() for k, t in f.tests.items()},
         **({} if f.calibration is None else {"calibration": f.calibration.to_dict()}),
+        **({} if f.selective is None else {"selective": f.selective.to_dict()}),
         **(
             {}
             if f.operating_points is None

@@ -11,6 +11,7 @@ import numpy as np
 
 from cxr.errors import ConfigError
 from cxr.evaluate.calibration_check import CalibrationSummary, OperatingPointResult
+from cxr.evaluate.selective import SelectiveReport
 from cxr.evaluate.stats import Interval, McNemarResult
 from cxr.metrics import Metrics
 
@@ -31,6 +32,9 @@ class EvalConfig:
     ece_bins: int = 15
     seed: int = 0
     plots: bool = True
+    fused_model: Path | None = (
+        None  # the input gate's point in the selective report; default RUN_DIR/ensemble.onnx
+    )
 
     def __post_init__(self) -> None:
         if self.split not in ("val", "test"):
@@ -100,6 +104,7 @@ class EvalResult:
     members: tuple[str, ...] = ()
     manifest_digest: str = ""
     meta_json: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    selective: SelectiveReport | None = None  # the risk-coverage curve and the input gate's point on it
 
     def method(self, key: str) -> MethodResult:
         for m in self.methods:

@@ -34,7 +34,7 @@ from cxr.fuse.members import (
 )
 from cxr.fuse.ood import OodModel, fit_ood
 from cxr.fuse.precision_check import check_openvino_bf16, real_images, write_record
-from cxr.fuse.report import write_fuse_report
+from cxr.fuse.report import false_refusal_text, write_fuse_report
 from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
 from cxr.fuse.verify import check_end_to_end, measure_latency
 from cxr.openvino_session import BF16_RECORD
@@ -239,7 +239,7 @@ def describe(result: FuseResult) -> str:
         o = result.ood
         lines.append(
             f"  out-of-distribution score: fitted on {o['n_train']} train images, threshold {o['threshold']:.3g} "
-            f"(the {o['quantile']:g} quantile of {o['n_val']} val images; verified vs numpy)"
+            f"(the {o['quantile']:g} quantile of held-out scores; {false_refusal_text(o)}; verified vs numpy)"
         )
     if result.heatmaps is not None:
         hm = result.heatmaps

@@ -5,7 +5,8 @@ Takes: the checked members, the run directory (train and val images) and the fus
 Per member, on its pooled last feature map x (k = min(32, n_train // 4, C) principal directions P):
 a = class-conditional Mahalanobis distance of z = (x - mean) P (Ledoit-Wolf within-class covariance) / k,
 b = the off-subspace residual |x - mean - z P^T|^2 / its training mean; s_m = max(a, b), each over its
-validation median. The score is the mean of s_m; the threshold the ``quantile`` of the validation scores.
+median on held-out train images. The score is the mean of s_m; the threshold the ``quantile`` of held-out
+scores (cross-fitted train folds + val: images the statistics that scored them did not see).
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from cxr.spec import INPUT_IMAGE, OUTPUT_OOD_SCORE
 log = logging.getLogger(__name__)
 
 POOLED = "pooled_features"
-QUANTILE = 0.99
+QUANTILE = 0.97  # of held-out scores: about 3 in 100 ordinary radiographs refused (benchmarks/README.md)
+FOLDS = 5
 MAX_COMPONENTS = 32
 RULE = (  # the quantile is in the card beside it
     "per member: a = class-conditional Mahalanobis distance (Ledoit-Wolf within-class covariance) in the top-k "
     "PCA subspace of its pooled training features, over k; b = the off-subspace residual over its training "
-    "mean; member score = max(a / median of a on val, b / median of b on val); ensemble score = mean over "
-    "members; threshold = the given quantile (default 0.99) of the validation images' scores; above it: not "
-    "assessable (out_of_distribution)"
+    "mean; member score = max(a / median of a, b / median of b), medians on held-out train images; "
+    "ensemble score = mean over members; threshold = the given quantile (default 0.97, split-conformal) of "
+    "held-out scores: each train image scored by statistics fitted on the other folds, each val image by the "
+    "final ones; above it: not assessable (out_of_distribution)"
 )
 
 
@@ -81,6 +84,10 @@ class OodModel:
     n_val: int
     val_flagged: int
     quantile: float = QUANTILE
+    folds: int = 0  # train folds the held-out scores came from (0: none recorded)
+    n_held_out: int = 0  # held-out scores the threshold is a quantile of: cross-fitted train + val
+    held_out_refused: int = 0  # of them above the threshold
+    false_refusal_ci: tuple[float, float] = (0.0, 1.0)  # Wilson 95% interval of held_out_refused / n_held_out
     check_images: np.ndarray | None = None  # a few validation images (the fused graph's uint8 input)
     check_scores: np.ndarray | None = None  # their scores computed here, in numpy
 
@@ -97,6 +104,13 @@ class OodModel:
             "n_train": self.n_train,
             "n_val": self.n_val,
             "val_flagged": self.val_flagged,
+            "folds": self.folds,
+            "false_refusal": {
+                "estimate": self.held_out_refused / self.n_held_out if self.n_held_out else None,
+                "ci95": list(self.false_refusal_ci),
+                "refused": self.held_out_refused,
+                "of": self.n_held_out,
+            },
             "members": {
                 m.name: {"components": m.k, "classes": int(m.centres.shape[0])} for m in self.members
             },
@@ -134,10 +148,11 @@ def fit_ood(
     max_train: int = 2000,
     max_val: int = 2000,
     quantile: float = QUANTILE,
+    folds: int = FOLDS,
     seed: int = 0,
     threads: int | None = None,
 ) -> OodModel | str:
-    """Fit the score on ``run_dir``'s train images and its threshold on the val images; a string: why not."""
+    """Fit the score on ``run_dir``'s train images and its threshold on held-out scores; a string: why not."""
     from cxr.data.manifest import load_manifest
 
     probes = [with_pooled_output(m.model) for m in members]
@@ -153,24 +168,66 @@ def fit_ood(
     classes = list(members[0].meta.classes)
     x_train, y_train, _ = _features(members, probes, train, fused_size, threads, classes)
     x_val, _, val_images = _features(members, probes, val, fused_size, threads, classes)
-    fitted = tuple(
-        _fit_member(m.name, probe[1], x, y_train)
-        for m, probe, x in zip(members, probes, x_train, strict=True)
-        if probe is not None
+    named = [(m.name, probe[1]) for m, probe in zip(members, probes, strict=True) if probe is not None]
+    ood = fit_scores(named, x_train, y_train, x_val, quantile=quantile, folds=folds, rng=rng)
+    n_check = min(8, len(x_val[0]))
+    return replace(
+        ood, check_images=val_images[:n_check], check_scores=ood.score([x[:n_check] for x in x_val])
     )
-    scaled = []
-    for m, x in zip(fitted, x_val, strict=True):
-        a, b = m.parts(x)
-        scaled.append(replace(m, scale_in=_positive(np.median(a)), scale_off=_positive(np.median(b))))
-    fitted = tuple(scaled)
-    val_scores = OodModel(fitted, 0.0, len(y_train), len(x_val[0]), 0).score(x_val)
-    threshold = float(np.quantile(val_scores, quantile))
-    flagged = int((val_scores > threshold).sum())
-    n_check = min(8, len(val_scores))
+
+
+def fit_scores(
+    named: Sequence[tuple[str, str]],
+    x_train: Sequence[np.ndarray],
+    y_train: np.ndarray,
+    x_val: Sequence[np.ndarray],
+    *,
+    quantile: float = QUANTILE,
+    folds: int = FOLDS,
+    rng: np.random.Generator,
+) -> OodModel:
+    """The score fitted on all of ``x_train`` (per member: [N, C] features, ``named`` (name, feature)), its
+    threshold the conformal ``quantile`` of held-out scores: each train image scored by the statistics of
+    the ``folds`` - 1 other folds, and every val image by the final ones, with the false-refusal rate this
+    threshold gives on them and its Wilson interval."""
+    fold = rng.permutation(len(y_train)) % max(2, min(folds, len(y_train) // 4))
+    held_a = [np.empty(len(y_train)) for _ in named]
+    held_b = [np.empty(len(y_train)) for _ in named]
+    for k in np.unique(fold):
+        fit_on, held = fold != k, fold == k
+        for i, ((name, feature), x) in enumerate(zip(named, x_train, strict=True)):
+            held_a[i][held], held_b[i][held] = _fit_member(name, feature, x[fit_on], y_train[fit_on]).parts(
+                x[held]
+            )
+    final = tuple(
+        replace(
+            _fit_member(name, feature, x, y_train),
+            scale_in=_positive(np.median(a)),
+            scale_off=_positive(np.median(b)),
+        )
+        for (name, feature), x, a, b in zip(named, x_train, held_a, held_b, strict=True)
+    )
+    train_scores = np.mean(
+        [np.maximum(a / m.scale_in, b / m.scale_off) for m, a, b in zip(final, held_a, held_b, strict=True)],
+        axis=0,
+    )
+    val_scores = np.mean([m.score(x) for m, x in zip(final, x_val, strict=True)], axis=0)
+    held_out = np.concatenate([train_scores, val_scores])
+    rank = min(len(held_out), int(np.ceil((len(held_out) + 1) * quantile)))  # split-conformal order statistic
+    threshold = float(np.sort(held_out)[rank - 1])
+    refused = int((held_out > threshold).sum())
     return OodModel(
-        fitted, threshold, len(y_train), len(val_scores), flagged, quantile, val_images[:n_check],
-        val_scores[:n_check],
+        final, threshold, len(y_train), len(val_scores), int((val_scores > threshold).sum()), quantile,
+        folds=int(fold.max()) + 1, n_held_out=len(held_out), held_out_refused=refused,
+        false_refusal_ci=_wilson(refused, len(held_out)),
     )  # fmt: skip
+
+
+def _wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def check_ood(

@@ -23,6 +23,18 @@ if TYPE_CHECKING:
     from cxr.fuse.types import FuseResult
 
 
+def false_refusal_text(card: dict[str, Any]) -> str:
+    """How many held-out radiographs a card's threshold refuses, with the 95% interval, in words."""
+    fr = card.get("false_refusal") or {}
+    if not fr.get("of"):
+        return "false-refusal rate not estimated"
+    lo, hi = fr["ci95"]
+    return (
+        f"refuses {fr['refused']} of {fr['of']} held-out radiographs, {fr['estimate']:.1%} "
+        f"(95% CI {lo:.1%}-{hi:.1%})"
+    )
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "n/a"
@@ -90,8 +102,9 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
     if ood := d.get("ood"):
         lines.append(
             f"\nOut-of-distribution score (output `ood_score`): fitted on {ood['n_train']} training images, "
-            f"threshold {ood['threshold']:.3g} = the {ood['quantile']:.0%} quantile of {ood['n_val']} validation "
-            f"images ({ood['val_flagged']} of them above it). Rule: {ood['rule']}."
+            f"threshold {ood['threshold']:.3g} = the {ood['quantile']:.0%} quantile of held-out scores "
+            f"({false_refusal_text(ood)}; {ood['val_flagged']} of {ood['n_val']} validation images above it). "
+            f"Rule: {ood['rule']}."
         )
     lines.append("")
     lines += _end_to_end_lines(d.get("end_to_end"))

@@ -8,13 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cxr.spec import CARD_OOD, Prediction, Reason
+from cxr.spec import Prediction, Reason
 
 log = logging.getLogger(__name__)
 
-MEMBERS_DISAGREE = "members_disagree"
 HEAD_BYTES = 256
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
@@ -46,65 +43,12 @@ def header_reasons(item: Any) -> tuple[Reason, ...]:
         found = _dicom_bytes(item)
         if found is None:
             return ()
-        return tuple(Reason(r.code, r.message) for r in dicom_file_reasons(*found))
+        return dicom_file_reasons(*found)
     except Exception:  # the gate must never cost a result: decoding already checked what matters
         log.debug(
             "could not check the DICOM header of %r", item if not isinstance(item, bytes) else "<bytes>"
         )
         return ()
-
-
-def disagreement_reason(member_probabilities: np.ndarray, label: int) -> Reason | None:
-    """``members_disagree`` when fewer than half of the M members' top classes equal ``label``."""
-    tops = np.asarray(member_probabilities).argmax(axis=-1)
-    agree, m = int(np.sum(tops == label)), int(tops.size)
-    if m == 0 or 2 * agree >= m:
-        return None
-    return Reason(
-        MEMBERS_DISAGREE,
-        f"only {agree} of {m} members give the ensemble's class as their top class: review the image before "
-        "relying on the result",
-    )
-
-
-OUT_OF_DISTRIBUTION = "out_of_distribution"
-NARROW_GREY_RANGE = "narrow_grey_range"
-MIN_GREY_RANGE = 48
-
-
-def grey_range_reason(gray: np.ndarray) -> Reason | None:
-    """``narrow_grey_range`` when the 1st-99th percentile spread of ``gray`` is below ``MIN_GREY_RANGE``."""
-    lo, hi = np.percentile(gray, [1, 99])
-    spread = float(hi - lo)
-    if spread >= MIN_GREY_RANGE:
-        return None
-    return Reason(
-        NARROW_GREY_RANGE,
-        f"the image spans only {spread:.0f} grey levels (1st-99th percentile; radiographs span 84 or more): "
-        "likely a wrong window/level or an overexposed or blank image; re-export it with its proper window",
-    )
-
-
-def ood_threshold(card: Any) -> float | None:
-    """The out-of-distribution threshold a model card records, or None (no score in the graph)."""
-    ood = card.get(CARD_OOD) if hasattr(card, "get") else None
-    try:
-        return float(ood["threshold"]) if ood else None
-    except (KeyError, TypeError, ValueError):
-        log.warning("the model card's out-of-distribution entry has no usable threshold: ignoring it")
-        return None
-
-
-def ood_reason(score: float, threshold: float | None) -> Reason | None:
-    """``out_of_distribution`` when ``score`` is above ``threshold``."""
-    if threshold is None or not score > threshold:
-        return None
-    return Reason(
-        OUT_OF_DISTRIBUTION,
-        f"unlike the images the model was trained on (out-of-distribution score {score:.3g} > {threshold:.3g}, "
-        "the 99th percentile of its validation radiographs): check that this is a frontal chest radiograph, "
-        "correctly windowed and not inverted",
-    )
 
 
 def with_reasons(pred: Prediction, reasons: Sequence[Reason | None]) -> Prediction:

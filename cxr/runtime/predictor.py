@@ -17,16 +17,10 @@ import numpy as np
 
 from cxr.errors import CxrError, DecodeError, ModelError
 from cxr.imaging.decode import decode_gray
+from cxr.imaging.gate import grey_range_reason, ood_reason, ood_threshold
 from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
-from cxr.runtime.assess import (
-    disagreement_reason,
-    grey_range_reason,
-    header_reasons,
-    ood_reason,
-    ood_threshold,
-    with_reasons,
-)
+from cxr.runtime.assess import header_reasons, with_reasons
 from cxr.runtime.items import Item, as_item, is_single
 from cxr.runtime.operating import above_operating_points, operating_thresholds
 from cxr.runtime.predictor_config import PredictorConfig, RawOutput, auto_decode_workers
@@ -274,12 +268,10 @@ class Predictor:
                     warnings=self.warnings,
                 )
             )
-            reasons = []
-            if out.member_probabilities is not None:
-                reasons.append(disagreement_reason(out.member_probabilities[i], k))
             if out.ood_scores is not None:
-                reasons.append(ood_reason(float(out.ood_scores[i]), self.ood_threshold))
-            preds[-1] = with_reasons(preds[-1], reasons)
+                preds[-1] = with_reasons(
+                    preds[-1], (ood_reason(float(out.ood_scores[i]), self.ood_threshold),)
+                )
         return preds
 
     def predict_arrays(
