@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from cxr.errors import ConfigError
 from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS, ModelMetadata
@@ -95,6 +95,3 @@ class ExportResult:
     external_data: bool
     sha256: str
     batch_checks: tuple[BatchCheck, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path)}

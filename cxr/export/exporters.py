@@ -24,7 +24,6 @@ from cxr.export.export_types import (
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     DYNAMIC_AXES,
     DYNAMO_MIN_OPSET,
-    EXPORTERS,
     INPUT_NAME,
     OUTPUT_NAME,
     ExportConfig,
@@ -61,10 +60,8 @@ def choose_exporter(timm_name: str | None, requested: Exporter, opset: int) -> E
     """The exporter for ``timm_name``: the table's choice in ``auto``, else the one asked for."""
     if requested == "auto":
         choice = EXPORTER_CHOICES.get(timm_name or "", DEFAULT_CHOICE)
-    elif requested in ("torchscript", "dynamo"):
-        choice = ExporterChoice(requested, f"{requested} exporter asked for explicitly")
     else:
-        raise ConfigError(f"unknown exporter {requested!r}", hint=f"use one of {', '.join(EXPORTERS)}")
+        choice = ExporterChoice(requested, f"{requested} exporter asked for explicitly")
     if choice.exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ConfigError(
             f"the dynamo exporter of torch {torch.__version__} writes opset >= {DYNAMO_MIN_OPSET}, "

@@ -169,8 +169,5 @@ def random_inputs(spec: PreprocessSpec, n: int, rng: np.random.Generator) -> np.
     """``n`` uniform-noise grayscale images, normalised like real ones (the range the runtime can feed)."""
     from cxr.imaging.preprocess import normalize
 
-    h, w = spec.input_size
-    if n == 0:
-        return np.zeros((0, spec.channels, h, w), dtype=np.float32)
-    noise = rng.integers(0, 256, size=(n, 1, h, w), dtype=np.uint8)
+    noise = rng.integers(0, 256, size=(n, 1, *spec.input_size), dtype=np.uint8)
     return normalize(noise, spec).astype(np.float32)

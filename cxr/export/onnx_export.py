@@ -9,6 +9,7 @@ simplified with onnxsim, kept only if it passes the same checks. A graph that fa
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -198,18 +199,12 @@ def _try_simplify(raw: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | N
     except ImportError:
         return None, "onnxsim is not installed (pip install onnxsim); kept the unsimplified graph"
     try:
-        simplified, ok = onnxsim.simplify(_copy(raw), check_n=0)
+        simplified, ok = onnxsim.simplify(copy.deepcopy(raw), check_n=0)
     except Exception as e:  # onnxsim raises RuntimeError and friends from its C++ core
         return None, f"onnxsim failed ({first_line(e)}); kept the unsimplified graph"
     if not ok:
         return None, "onnxsim could not validate its result; kept the unsimplified graph"
     return simplified, None
-
-
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
 
 
 def check_io(proto: onnx.ModelProto, cfg: ExportConfig) -> None:

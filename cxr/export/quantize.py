@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,12 +113,6 @@ class VariantResult:
     report: VerifyReport | None
     verified_on: str = "onnxruntime CPUExecutionProvider"
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = None if self.path is None else str(self.path)
-        d["report"] = None if self.report is None else self.report.to_dict()
-        return d
 
 
 def variant_path(src: Path, precision: str) -> Path:
@@ -294,17 +288,15 @@ def _check_inputs(inputs: np.ndarray, what: str, min_agreement: float | None = N
         raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
 
 
-class _OnnxruntimeChatter(logging.Filter):
+def _not_onnxruntime_chatter(record: logging.LogRecord) -> bool:
     """Drops onnxruntime's converter/quantizer INFO records (it logs whole node protos at INFO)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+    return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
 
 
 @contextmanager
 def quiet_onnxruntime() -> Iterator[None]:
     """Scoped: onnxruntime's tools log on the root logger and their module loggers."""
-    flt = _OnnxruntimeChatter()
+    flt = _not_onnxruntime_chatter
     loggers = [
         logging.getLogger(),
         *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")),
