@@ -51,8 +51,7 @@ class _Paths:
 def _stage_data(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
     from cxr.data.synthetic import SynthConfig, synthesize
 
-    if p.synthetic.exists():
-        shutil.rmtree(p.synthetic)
+    shutil.rmtree(p.synthetic, ignore_errors=True)
     res = synthesize(SynthConfig(out_dir=p.synthetic, per_class=cfg.per_class, seed=cfg.seed))
     return {"images": sum(res.counts.values()), "root": str(res.root), "synthetic": True}
 
@@ -173,8 +172,7 @@ def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     from cxr.runtime.scan import ScanConfig, scan_folder
     from cxr.session import SessionConfig
 
-    if p.scan_input.exists():
-        shutil.rmtree(p.scan_input)
+    shutil.rmtree(p.scan_input, ignore_errors=True)
     p.scan_input.mkdir(parents=True)
     m = load_manifest(p.manifest)
     rows = m.split("test")

@@ -204,8 +204,7 @@ def _make_variant(
 
     def reject(reason: str, report: VerifyReport | None = None) -> VariantResult:
         for stale in (out, external_data_path(out)):
-            if stale.exists():
-                stale.unlink()
+            stale.unlink(missing_ok=True)
         log.warning("%s variant %s rejected: %s", precision, out.name, reason)
         seconds = time.perf_counter() - t0
         return VariantResult(precision, None, False, reason, seconds, 0, fp32_sha, report, settings=settings)

@@ -307,7 +307,6 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         generator=generator,
-        persistent_workers=False,
     )
 
 
