@@ -102,13 +102,6 @@ def _shape_table(proto: ModelProto) -> dict[str, tuple[int, ...]]:
     return table
 
 
-def _attr(node: NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(helper.get_attribute_value(a))
-    return default
-
-
 def _node_flops(node: NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     ins = [shapes.get(n) for n in node.input[:2]]
     out = shapes.get(node.output[0])
@@ -123,7 +116,8 @@ def _node_flops(node: NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int |
         # weight [Cin, Cout/group, k...]
         return 2 * int(np.prod(a)) * int(np.prod(b[1:]))
     if node.op_type == "Gemm":
-        k = a[0] if _attr(node, "transA", 0) else a[-1]
+        trans_a = any(at.name == "transA" and helper.get_attribute_value(at) for at in node.attribute)
+        k = a[0] if trans_a else a[-1]
         return 2 * int(np.prod(out)) * int(k)
     if node.op_type == "MatMul":
         k = a[-1] if len(a) >= 1 else 1
