@@ -296,18 +296,17 @@ def _not_onnxruntime_chatter(record: logging.LogRecord) -> bool:
 @contextmanager
 def quiet_onnxruntime() -> Iterator[None]:
     """Scoped: onnxruntime's tools log on the root logger and their module loggers."""
-    flt = _not_onnxruntime_chatter
     loggers = [
         logging.getLogger(),
         *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")),
     ]
     for lg in loggers:
-        lg.addFilter(flt)
+        lg.addFilter(_not_onnxruntime_chatter)
     try:
         yield
     finally:
         for lg in loggers:
-            lg.removeFilter(flt)
+            lg.removeFilter(_not_onnxruntime_chatter)
 
 
 class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
