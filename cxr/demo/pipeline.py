@@ -51,7 +51,8 @@ class _Paths:
 def _stage_data(cfg: DemoConfig, p: _Paths) -> dict[str, Any]:
     from cxr.data.synthetic import SynthConfig, synthesize
 
-    shutil.rmtree(p.synthetic, ignore_errors=True)
+    if p.synthetic.exists():
+        shutil.rmtree(p.synthetic)
     res = synthesize(SynthConfig(out_dir=p.synthetic, per_class=cfg.per_class, seed=cfg.seed))
     return {"images": sum(res.counts.values()), "root": str(res.root), "synthetic": True}
 
@@ -172,12 +173,14 @@ def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     from cxr.runtime.scan import ScanConfig, scan_folder
     from cxr.session import SessionConfig
 
-    shutil.rmtree(p.scan_input, ignore_errors=True)
+    if p.scan_input.exists():
+        shutil.rmtree(p.scan_input)
     p.scan_input.mkdir(parents=True)
     m = load_manifest(p.manifest)
     rows = m.split("test")
-    for r in rows[: cfg.max_scan_images] if cfg.max_scan_images else rows:  # <class>__<file>
-        (p.scan_input / f"{r.label}__{m.abspath(r).name}").symlink_to(m.abspath(r).resolve())
+    for r in rows[: cfg.max_scan_images] if cfg.max_scan_images else rows:
+        f = m.abspath(r)
+        (p.scan_input / f"{r.label}__{f.name}").symlink_to(f.resolve())  # <class>__<file>
     predictor = Predictor.from_path(p.ensemble, PredictorConfig(session=SessionConfig(threads=cfg.threads)))
     res = scan_folder(predictor, ScanConfig(folder=p.scan_input, output=p.scan_csv, overwrite=True))
     echo(
