@@ -9,10 +9,8 @@ from typing import Literal
 from cxr.errors import ConfigError
 from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS, ModelMetadata
 
-INPUT_NAME = INPUT_MEMBER  # the graph names are cxr.spec's; these aliases name their role in an export
-OUTPUT_NAME = OUTPUT_LOGITS
 BATCH_AXIS = "batch"
-DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_MEMBER: {0: BATCH_AXIS}, OUTPUT_LOGITS: {0: BATCH_AXIS}}
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNorm is one LayerNormalization op from opset 17
 DYNAMO_MIN_OPSET = 18  # torch 2.14's dynamo exporter writes opset >= 18 and cannot convert down reliably

@@ -24,12 +24,11 @@ from cxr.export.export_types import (
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     DYNAMIC_AXES,
     DYNAMO_MIN_OPSET,
-    INPUT_NAME,
-    OUTPUT_NAME,
     ExportConfig,
     Exporter,
     ExporterChoice,
 )
+from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS
 
 _TS_REASON = (
     "TorchScript exporter: writes the pinned opset 17 (torch 2.14's dynamo exporter writes >= 18 and its "
@@ -99,8 +98,8 @@ def run_exporter(
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, opset: int, tmp: Path) -> onnx.ModelProto:
     kwargs: dict[str, Any] = dict(
         dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[INPUT_MEMBER],
+        output_names=[OUTPUT_LOGITS],
         dynamic_axes=DYNAMIC_AXES,
         opset_version=opset,
         do_constant_folding=True,
@@ -120,8 +119,8 @@ def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelPr
         model,
         (x,),
         dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[INPUT_MEMBER],
+        output_names=[OUTPUT_LOGITS],
         dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS, min=1)},),
         opset_version=opset,
         optimize=True,

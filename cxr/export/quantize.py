@@ -26,7 +26,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
-from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, INPUT_NAME
+from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
 from cxr.export.onnx_files import (
     external_data_path,
     move_into_place,
@@ -37,7 +37,7 @@ from cxr.export.onnx_files import (
     set_metadata,
 )
 from cxr.export.verify import VerifyConfig, VerifyReport, verify_against_onnx
-from cxr.spec import ModelMetadata
+from cxr.spec import INPUT_MEMBER, ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -320,4 +320,4 @@ class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+        return None if batch is None else {INPUT_MEMBER: batch}

@@ -88,7 +88,8 @@ def _load_member(member_dir: Path, which: str = "best") -> Any:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         hint = "re-train the member with this cxr, or install the cxr version that wrote the checkpoint"
         if "Unknown model" in text:
-            hint = f"the checkpoint names an architecture this timm ({export_versions()['timm']}) does not know; {hint}"
+            timm = export_versions()["timm"]
+            hint = f"the checkpoint names an architecture this timm ({timm}) does not know; {hint}"
         raise ModelError(
             f"cannot load the checkpoint in {member_dir}: {text}", hint=hint, path=member_dir
         ) from e
