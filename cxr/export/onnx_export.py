@@ -1,8 +1,8 @@
 """Export one trained PyTorch classifier to an ONNX file that a torch-free runtime can trust.
 
-Takes: an ``nn.Module`` and an ``ExportConfig``. Makes: ``cfg.out`` and an ``ExportResult``. The graph
-has one input ``INPUT_MEMBER`` [batch, C, H, W] (normalised float32) and one output ``OUTPUT_LOGITS``
-[batch, K] (logits), a dynamic batch axis, the pinned opset and cxr metadata. It is traced at ``trace_batch`` >= 2,
+Takes: an ``nn.Module`` and an ``ExportConfig``. Makes: ``cfg.out`` and an ``ExportResult``. The graph has one
+input ``INPUT_MEMBER`` [batch, C, H, W] (normalised float32) and one output ``OUTPUT_LOGITS`` [batch, K]
+(logits), a dynamic batch axis, the pinned opset and cxr metadata. It is traced at ``trace_batch`` >= 2,
 checked with ``onnx.checker`` (full check) and against PyTorch at every batch in ``check_batches``, then
 simplified with onnxsim, kept only if it passes the same checks. A graph that fails is never written.
 """
