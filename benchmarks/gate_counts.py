@@ -1,7 +1,7 @@
 """Takes a fused model and the real data in ../shared; makes the input gate's pass/refuse counts per test set.
 
 Sets: the run's test split (real radiographs the model never trained on), ../shared/data/external-dev, the
-real DICOM files, and things that must not pass (``cxr.data.synthetic.not_chest``): generated photographs
+real DICOM files, and things that must not pass (``tests/not_chest_factory.py``): generated photographs
 and drawings, the test images inverted, and the test images wrongly windowed (crushed to a narrow grey band). Prints one Markdown row per set: files, predicted, assessable, not assessable with reason
 codes, the refused share with its Wilson 95% interval, and errors. Uses the runtime and the manifest reader only (no torch).
 
@@ -14,15 +14,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cxr.data.manifest import load_manifest
-from cxr.data.synthetic.not_chest import drawings as line_drawings
-from cxr.data.synthetic.not_chest import photographs, windowed
-from cxr.evaluate.stats import wilson_interval
-from cxr.imaging.decode import decode_gray
-from cxr.runtime.predictor import Predictor
-from cxr.spec import Prediction
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from cxr.data.manifest import load_manifest  # noqa: E402
+from cxr.evaluate.stats import wilson_interval  # noqa: E402
+from cxr.imaging.decode import decode_gray  # noqa: E402
+from cxr.runtime.predictor import Predictor  # noqa: E402
+from cxr.spec import Prediction  # noqa: E402
+from tests.not_chest_factory import drawings as line_drawings  # noqa: E402
+from tests.not_chest_factory import photographs, windowed  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
 
 
 def row(name: str, preds: list[Prediction]) -> str:

@@ -15,14 +15,14 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 onnx = pytest.importorskip("onnx")
 
-from cxr.export.export_types import BATCH_AXIS, INPUT_NAME  # noqa: E402
+from cxr.export.export_types import BATCH_AXIS  # noqa: E402
 from cxr.export.exporters import EXPORTER_CHOICES  # noqa: E402
 from cxr.export.inputs import random_inputs, synthetic_images  # noqa: E402
 from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from cxr.export.onnx_files import read_metadata  # noqa: E402
 from cxr.export.verify import VerifyConfig, verify_onnx  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402
-from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
+from cxr.spec import INPUT_MEMBER, ModelMetadata, PreprocessSpec  # noqa: E402
 
 SIZE = 32
 PAPER = ("convnext_base", "densenet121", "vgg19", "resnetv2_50", "legacy_xception")
@@ -43,7 +43,7 @@ def test_paper_architecture_exports_and_verifies(timm_name: str, tmp_path: Path)
         assert [(c.batch, c.passed) for c in result.batch_checks] == [(1, True), (3, True), (8, True)]
         assert result.simplified, result.simplify_reason
         graph_input = onnx.load(str(out), load_external_data=False).graph.input[0]
-        assert graph_input.name == INPUT_NAME
+        assert graph_input.name == INPUT_MEMBER
         assert graph_input.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS
         assert read_metadata(out).card["flops_per_image"] == result.flops_per_image > 0
 

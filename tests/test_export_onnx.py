@@ -15,12 +15,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import onnx_export  # noqa: E402
-from cxr.export.export_types import BATCH_AXIS, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from cxr.export.export_types import BATCH_AXIS, DEFAULT_OPSET  # noqa: E402
 from cxr.export.exporters import EXPORTER_CHOICES, adaptive_pool_matrix, choose_exporter  # noqa: E402
 from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from cxr.export.onnx_files import onnx_sha256, read_metadata  # noqa: E402
 from cxr.labels import CLASSES  # noqa: E402
-from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
+from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS, ModelMetadata, PreprocessSpec  # noqa: E402
 
 SIZE = 32
 PAPER = ("convnext_base", "densenet121", "vgg19", "resnetv2_50", "legacy_xception")
@@ -56,7 +56,7 @@ def test_io_contract_and_dynamic_batch(exported: tuple) -> None:
     proto = onnx.load(str(result.path))
     (inp,) = proto.graph.input
     (out,) = proto.graph.output
-    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    assert (inp.name, out.name) == (INPUT_MEMBER, OUTPUT_LOGITS)
     assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == [BATCH_AXIS, 3, SIZE, SIZE]
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == [BATCH_AXIS, len(CLASSES)]
     assert result.opset == DEFAULT_OPSET == next(o.version for o in proto.opset_import if o.domain == "")
@@ -66,7 +66,7 @@ def test_io_contract_and_dynamic_batch(exported: tuple) -> None:
     rng = np.random.default_rng(3)
     for batch in (1, 3, 8):
         x = rng.standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32)
-        got = sess.run(None, {INPUT_NAME: x})[0]
+        got = sess.run(None, {INPUT_MEMBER: x})[0]
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).numpy()
         assert got.shape == (batch, len(CLASSES))
@@ -94,7 +94,7 @@ def test_external_data_above_threshold(tmp_path: Path) -> None:
     assert result.size_bytes == out.stat().st_size + data.stat().st_size
     assert read_metadata(out).card["member"] == "m"
     x = np.zeros((2, 3, SIZE, SIZE), dtype=np.float32)
-    assert ort.InferenceSession(str(out)).run(None, {INPUT_NAME: x})[0].shape == (2, 4)
+    assert ort.InferenceSession(str(out)).run(None, {INPUT_MEMBER: x})[0].shape == (2, 4)
     again = export_onnx(tiny(), cfg(out, check_batches=(1,)))  # default threshold: one file, stale data gone
     assert not again.external_data and not data.exists()
 

@@ -15,13 +15,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import quantize  # noqa: E402
-from cxr.export.export_types import INPUT_NAME  # noqa: E402
 from cxr.export.inputs import synthetic_images  # noqa: E402
 from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from cxr.export.onnx_files import onnx_sha256, read_metadata, set_metadata  # noqa: E402
 from cxr.export.quantize import Fp16Config, Int8Config, make_fp16, make_int8, variant_path  # noqa: E402
 from cxr.export.verify import VerifyReport  # noqa: E402
-from cxr.spec import ModelMetadata, PreprocessSpec  # noqa: E402
+from cxr.spec import INPUT_MEMBER, ModelMetadata, PreprocessSpec  # noqa: E402
 
 SIZE = 32
 SPEC = PreprocessSpec.square(SIZE)
@@ -102,7 +101,7 @@ def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.nd
     assert res.settings["per_channel"] and res.settings["calibration_images"] == 8
     _check_variant_metadata(res.path, fp32, "int8", bar=0.9)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
-    assert sess.run(None, {INPUT_NAME: images[1][:3]})[0].shape == (3, 4)
+    assert sess.run(None, {INPUT_MEMBER: images[1][:3]})[0].shape == (3, 4)
 
 
 def test_variant_below_agreement_is_not_written(

@@ -22,7 +22,7 @@ def test_identical_outputs_pass() -> None:
     ref = logits()
     rep = compare_logits(ref, ref.copy(), CFG, reference="a", candidate="b", inputs={"val": 16})
     assert rep.passed and rep.max_abs == 0.0 and rep.top1_agreement == 1.0 and rep.n == 16
-    assert rep.to_dict()["inputs"] == {"val": 16}
+    assert rep.inputs == {"val": 16}
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from cxr.data.synthetic.not_chest import drawings, inverted, photographs, windowed  # noqa: E402
 from cxr.fuse.ood import MemberOod, OodModel, _fit_member, fit_scores  # noqa: E402
 from cxr.imaging.gate import MIN_GREY_RANGE, grey_range_reason  # noqa: E402
+from tests.not_chest_factory import drawings, inverted, photographs, windowed  # noqa: E402
 
 WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared" / "weights" / "legacy_xception-imagenet-keras.safetensors"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -101,12 +102,10 @@ def test_unreadable_images_are_checked_over_all_processes() -> None:
 
     class Split:
         split = "train"
+        rows = [SimpleNamespace(path=f"img{i}.png") for i in range(10)]
 
         def __len__(self) -> int:
             return 10
-
-        def path(self, index: int) -> str:
-            return f"img{index}.png"
 
     bad = BadImages(Split(), 0.1, defer_check=True)  # type: ignore[arg-type]
     bad.add([(1, "truncated"), (2, "truncated")])  # 20% of the split, but only this process's view

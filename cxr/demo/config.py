@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.errors import ConfigError
@@ -29,7 +29,6 @@ class DemoConfig:
     bench_iterations: int = 10
     max_scan_images: int | None = None
     threads: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.per_class < 10:

@@ -43,8 +43,7 @@ def heatmap_grid(
     tiles = [Image.open(writer.written[str(f)]).convert("RGB") for f in files if str(f) in writer.written]
     if not tiles:
         return "no overlay could be written: " + "; ".join(writer.failed.values())
-    w, h = tiles[0].size
-    w, h = w // 2, h // 2
+    w, h = (side // 2 for side in tiles[0].size)  # tiles at half size
     rows = -(-len(tiles) // COLUMNS)
     title_h = 28
     grid = Image.new("RGB", (COLUMNS * w, rows * h + title_h), (255, 255, 255))

@@ -178,11 +178,9 @@ def _stage_scan(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     p.scan_input.mkdir(parents=True)
     m = load_manifest(p.manifest)
     rows = m.split("test")
-    for f in (m.abspath(r) for r in (rows[: cfg.max_scan_images] if cfg.max_scan_images else rows)):
-        target = (
-            p.scan_input / f"{f.parent.parent.name if f.parent.name == 'images' else f.parent.name}__{f.name}"
-        )
-        target.symlink_to(f.resolve())
+    for r in rows[: cfg.max_scan_images] if cfg.max_scan_images else rows:
+        f = m.abspath(r)
+        (p.scan_input / f"{r.label}__{f.name}").symlink_to(f.resolve())  # <class>__<file>
     predictor = Predictor.from_path(p.ensemble, PredictorConfig(session=SessionConfig(threads=cfg.threads)))
     res = scan_folder(predictor, ScanConfig(folder=p.scan_input, output=p.scan_csv, overwrite=True))
     echo(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from cxr.errors import ConfigError
 from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS, ModelMetadata
 
-INPUT_NAME = INPUT_MEMBER  # the graph names are cxr.spec's; these aliases name their role in an export
-OUTPUT_NAME = OUTPUT_LOGITS
 BATCH_AXIS = "batch"
-DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+DYNAMIC_AXES: dict[str, dict[int, str]] = {INPUT_MEMBER: {0: BATCH_AXIS}, OUTPUT_LOGITS: {0: BATCH_AXIS}}
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNorm is one LayerNormalization op from opset 17
 DYNAMO_MIN_OPSET = 18  # torch 2.14's dynamo exporter writes opset >= 18 and cannot convert down reliably
@@ -95,6 +93,3 @@ class ExportResult:
     external_data: bool
     sha256: str
     batch_checks: tuple[BatchCheck, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path)}

@@ -24,13 +24,11 @@ from cxr.export.export_types import (
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     DYNAMIC_AXES,
     DYNAMO_MIN_OPSET,
-    EXPORTERS,
-    INPUT_NAME,
-    OUTPUT_NAME,
     ExportConfig,
     Exporter,
     ExporterChoice,
 )
+from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS
 
 _TS_REASON = (
     "TorchScript exporter: writes the pinned opset 17 (torch 2.14's dynamo exporter writes >= 18 and its "
@@ -61,10 +59,8 @@ def choose_exporter(timm_name: str | None, requested: Exporter, opset: int) -> E
     """The exporter for ``timm_name``: the table's choice in ``auto``, else the one asked for."""
     if requested == "auto":
         choice = EXPORTER_CHOICES.get(timm_name or "", DEFAULT_CHOICE)
-    elif requested in ("torchscript", "dynamo"):
-        choice = ExporterChoice(requested, f"{requested} exporter asked for explicitly")
     else:
-        raise ConfigError(f"unknown exporter {requested!r}", hint=f"use one of {', '.join(EXPORTERS)}")
+        choice = ExporterChoice(requested, f"{requested} exporter asked for explicitly")
     if choice.exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ConfigError(
             f"the dynamo exporter of torch {torch.__version__} writes opset >= {DYNAMO_MIN_OPSET}, "
@@ -102,8 +98,8 @@ def run_exporter(
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, opset: int, tmp: Path) -> onnx.ModelProto:
     kwargs: dict[str, Any] = dict(
         dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[INPUT_MEMBER],
+        output_names=[OUTPUT_LOGITS],
         dynamic_axes=DYNAMIC_AXES,
         opset_version=opset,
         do_constant_folding=True,
@@ -123,8 +119,8 @@ def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelPr
         model,
         (x,),
         dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        input_names=[INPUT_MEMBER],
+        output_names=[OUTPUT_LOGITS],
         dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS, min=1)},),
         opset_version=opset,
         optimize=True,

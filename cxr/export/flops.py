@@ -90,34 +90,21 @@ def _set_batch(proto: ModelProto, batch: int) -> None:
             dims[0].ClearField("dim_param")
 
 
-def _shape_table(proto: ModelProto) -> dict[str, tuple[int | None, ...]]:
-    table: dict[str, tuple[int | None, ...]] = {}
+def _shape_table(proto: ModelProto) -> dict[str, tuple[int, ...]]:
+    """The fully known shapes of the graph's values (a value with an unknown dimension is left out)."""
+    table: dict[str, tuple[int, ...]] = {}
     for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
         tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        table[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            table[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
     for t in proto.graph.initializer:
         table[t.name] = tuple(int(d) for d in t.dims)
     return table
 
 
-def _known(shape: tuple[int | None, ...] | None) -> tuple[int, ...] | None:
-    if shape is None or any(d is None for d in shape):
-        return None
-    return tuple(int(d) for d in shape if d is not None)
-
-
-def _attr(node: NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(helper.get_attribute_value(a))
-    return default
-
-
-def _node_flops(node: NodeProto, shapes: Mapping[str, tuple[int | None, ...]]) -> int | None:
-    ins = [_known(shapes.get(n)) for n in node.input[:2]]
-    out = _known(shapes.get(node.output[0]))
+def _node_flops(node: NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    ins = [shapes.get(n) for n in node.input[:2]]
+    out = shapes.get(node.output[0])
     if len(ins) < 2 or ins[0] is None or ins[1] is None or out is None:
         return None
     a, b = ins[0], ins[1]
@@ -129,7 +116,8 @@ def _node_flops(node: NodeProto, shapes: Mapping[str, tuple[int | None, ...]]) -
         # weight [Cin, Cout/group, k...]
         return 2 * int(np.prod(a)) * int(np.prod(b[1:]))
     if node.op_type == "Gemm":
-        k = a[0] if _attr(node, "transA", 0) else a[-1]
+        trans_a = any(at.name == "transA" and helper.get_attribute_value(at) for at in node.attribute)
+        k = a[0] if trans_a else a[-1]
         return 2 * int(np.prod(out)) * int(k)
     if node.op_type == "MatMul":
         k = a[-1] if len(a) >= 1 else 1

@@ -43,14 +43,11 @@ class InputPool:
 
     def __init__(self, cfg: RunExportConfig) -> None:
         self._cfg = cfg
-        self._manifest_note: str | None = None
-        self._manifest: Any = _open_manifest(cfg, self)
+        self._manifest, self._manifest_note = _open_manifest(cfg)
+        if self._manifest_note:
+            log.warning("%s", self._manifest_note)
         self._sets: dict[str, ImageSet] = {}
         self._cache: dict[tuple[str, PreprocessSpec], np.ndarray] = {}
-
-    def note(self, text: str) -> None:
-        self._manifest_note = text
-        log.warning("%s", text)
 
     def _pre(self, split: str, spec: PreprocessSpec) -> tuple[np.ndarray, ImageSet]:
         cfg = self._cfg
@@ -92,23 +89,25 @@ class InputPool:
         return out
 
 
-def _open_manifest(cfg: RunExportConfig, pool: InputPool) -> Any:
+def _open_manifest(cfg: RunExportConfig) -> tuple[Any, str | None]:
+    """The run's manifest, or None and why the images will be synthetic."""
     from cxr.data.manifest import load_manifest
 
     candidates = [Path(cfg.manifest)] if cfg.manifest is not None else _manifest_candidates(cfg)
     for path in candidates:
         if path.is_file():
             try:
-                return load_manifest(path)
+                return load_manifest(path), None
             except DataError as e:
                 if cfg.manifest is not None:
                     raise
-                pool.note(f"manifest {path} is unusable ({e.message}); verifying on synthetic images instead")
-                return None
+                return (
+                    None,
+                    f"manifest {path} is unusable ({e.message}); verifying on synthetic images instead",
+                )
     if cfg.manifest is not None:
         raise DataError(f"manifest {cfg.manifest} does not exist", hint="pass the manifest.csv of the run")
-    pool.note(f"no manifest.csv in {cfg.run_dir}; verifying and calibrating on synthetic images")
-    return None
+    return None, f"no manifest.csv in {cfg.run_dir}; verifying and calibrating on synthetic images"
 
 
 def _manifest_candidates(cfg: RunExportConfig) -> list[Path]:
@@ -169,8 +168,5 @@ def random_inputs(spec: PreprocessSpec, n: int, rng: np.random.Generator) -> np.
     """``n`` uniform-noise grayscale images, normalised like real ones (the range the runtime can feed)."""
     from cxr.imaging.preprocess import normalize
 
-    h, w = spec.input_size
-    if n == 0:
-        return np.zeros((0, spec.channels, h, w), dtype=np.float32)
-    noise = rng.integers(0, 256, size=(n, 1, h, w), dtype=np.uint8)
+    noise = rng.integers(0, 256, size=(n, 1, *spec.input_size), dtype=np.uint8)
     return normalize(noise, spec).astype(np.float32)

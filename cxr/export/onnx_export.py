@@ -1,7 +1,7 @@
 """Export one trained PyTorch classifier to an ONNX file that a torch-free runtime can trust.
 
-Takes: an ``nn.Module`` and an ``ExportConfig``. Makes: ``cfg.out`` and an ``ExportResult``. The graph has
-one input ``INPUT_NAME`` [batch, C, H, W] (normalised float32) and one output ``OUTPUT_NAME`` [batch, K]
+Takes: an ``nn.Module`` and an ``ExportConfig``. Makes: ``cfg.out`` and an ``ExportResult``. The graph has one
+input ``INPUT_MEMBER`` [batch, C, H, W] (normalised float32) and one output ``OUTPUT_LOGITS`` [batch, K]
 (logits), a dynamic batch axis, the pinned opset and cxr metadata. It is traced at ``trace_batch`` >= 2,
 checked with ``onnx.checker`` (full check) and against PyTorch at every batch in ``check_batches``, then
 simplified with onnxsim, kept only if it passes the same checks. A graph that fails is never written.
@@ -9,6 +9,7 @@ simplified with onnxsim, kept only if it passes the same checks. A graph that fa
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -23,9 +24,7 @@ from cxr.errors import ConfigError, ModelError, VerificationError, first_line
 from cxr.export.export_types import (
     BATCH_AXIS,
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
-    INPUT_NAME,
     MIN_OPSET,
-    OUTPUT_NAME,
     BatchCheck,
     ExportConfig,
     ExporterChoice,
@@ -43,6 +42,7 @@ from cxr.export.onnx_files import (
     set_metadata,
 )
 from cxr.export.verify import VerifyConfig, compare_logits, onnx_logits, open_session, torch_logits
+from cxr.spec import INPUT_MEMBER, OUTPUT_LOGITS
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _try_simplify(raw: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | N
     except ImportError:
         return None, "onnxsim is not installed (pip install onnxsim); kept the unsimplified graph"
     try:
-        simplified, ok = onnxsim.simplify(_copy(raw), check_n=0)
+        simplified, ok = onnxsim.simplify(copy.deepcopy(raw), check_n=0)
     except Exception as e:  # onnxsim raises RuntimeError and friends from its C++ core
         return None, f"onnxsim failed ({first_line(e)}); kept the unsimplified graph"
     if not ok:
@@ -206,21 +206,15 @@ def _try_simplify(raw: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | N
     return simplified, None
 
 
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
-
-
 def check_io(proto: onnx.ModelProto, cfg: ExportConfig) -> None:
-    """Exactly one input ``INPUT_NAME`` [batch, C, H, W] and one output ``OUTPUT_NAME`` [batch, K]."""
+    """Exactly one input ``INPUT_MEMBER`` [batch, C, H, W] and one output ``OUTPUT_LOGITS`` [batch, K]."""
     init = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init]
     outputs = list(proto.graph.output)
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+    if [i.name for i in inputs] != [INPUT_MEMBER] or [o.name for o in outputs] != [OUTPUT_LOGITS]:
         raise ModelError(
             f"exported graph has inputs {[i.name for i in inputs]} and outputs {[o.name for o in outputs]}, "
-            f"expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]",
+            f"expected [{INPUT_MEMBER!r}] and [{OUTPUT_LOGITS!r}]",
             hint="export a classifier whose forward takes one image tensor and returns one logits tensor",
         )
     k = len(cfg.metadata.classes)
@@ -302,9 +296,9 @@ def _write_member_metadata(
         "simplified": simplified,
         "simplify_note": reason,
         "export_versions": export_versions(),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "output_kind": OUTPUT_NAME,
+        "input_name": INPUT_MEMBER,
+        "output_name": OUTPUT_LOGITS,
+        "output_kind": OUTPUT_LOGITS,
     }
     set_metadata(proto, replace(cfg.metadata, card=card))
     proto.producer_name = "cxr"

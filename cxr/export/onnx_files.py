@@ -45,8 +45,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path, threshold: int) -> bool:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = external_data_path(path)
-    if data.exists():
-        data.unlink()
+    data.unlink(missing_ok=True)
     external = model_nbytes(proto) > threshold
     if external:
         onnx.save_model(
@@ -65,8 +64,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path, threshold: int) -> bool:
 def move_into_place(staged: Path, out: Path) -> None:
     """Move a staged file (and its external data) to ``out``, removing a stale data file there."""
     data_src, data_dst = external_data_path(staged), external_data_path(out)
-    if data_dst.exists():
-        data_dst.unlink()
+    data_dst.unlink(missing_ok=True)
     if data_src.exists():
         shutil.move(str(data_src), str(data_dst))
     staged.replace(out)

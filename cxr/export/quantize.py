@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
-from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, INPUT_NAME
+from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
 from cxr.export.onnx_files import (
     external_data_path,
     move_into_place,
@@ -37,7 +37,7 @@ from cxr.export.onnx_files import (
     set_metadata,
 )
 from cxr.export.verify import VerifyConfig, VerifyReport, verify_against_onnx
-from cxr.spec import ModelMetadata
+from cxr.spec import INPUT_MEMBER, ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +57,34 @@ FP16_KEEP_FP32_OPS: tuple[str, ...] = (
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 
 
-@dataclass(frozen=True)
-class Fp16Config:
+@dataclass(frozen=True, kw_only=True)
+class VariantConfig:
+    """What every variant takes: the inputs it is verified on, the bar, and where it is written."""
+
     verify_inputs: np.ndarray = field(repr=False, compare=False)
     min_agreement: float = DEFAULT_MIN_AGREEMENT
-    keep_fp32_ops: tuple[str, ...] = FP16_KEEP_FP32_OPS
-    out: Path | None = None  # default: <name>.fp16.onnx beside the source
+    out: Path | None = None  # default: <name>.<precision>.onnx beside the source
     threads: int | None = None
     batch_size: int = 8
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     sources: dict[str, int] | None = field(default=None, compare=False)  # where verify_inputs came from
 
     def __post_init__(self) -> None:
-        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
+        _check_inputs(self.verify_inputs, "verify_inputs")
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ConfigError(
+                f"min_agreement {self.min_agreement} must be in (0, 1]", hint="for example 0.99"
+            )
 
 
-@dataclass(frozen=True)
-class Int8Config:
+@dataclass(frozen=True, kw_only=True)
+class Fp16Config(VariantConfig):
+    keep_fp32_ops: tuple[str, ...] = FP16_KEEP_FP32_OPS
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int8Config(VariantConfig):
     calibration: np.ndarray = field(repr=False, compare=False)
-    verify_inputs: np.ndarray = field(repr=False, compare=False)
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
@@ -84,15 +92,10 @@ class Int8Config:
     reduce_range: bool = False  # True on CPUs without VNNI, where U8S8 can saturate
     calibration_batch: int = 8
     exclude_op_types: tuple[str, ...] = ("LayerNormalization",)  # sensitive: stays FP32
-    out: Path | None = None  # default: <name>.int8.onnx beside the source
-    threads: int | None = None
-    batch_size: int = 8
-    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
-    sources: dict[str, int] | None = field(default=None, compare=False)
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
 
     def __post_init__(self) -> None:
-        _check_inputs(self.verify_inputs, "verify_inputs", self.min_agreement)
+        super().__post_init__()
         _check_inputs(self.calibration, "calibration")
         if self.calibrate_method not in CALIBRATION_METHODS:
             raise ConfigError(
@@ -113,12 +116,6 @@ class VariantResult:
     report: VerifyReport | None
     verified_on: str = "onnxruntime CPUExecutionProvider"
     settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = None if self.path is None else str(self.path)
-        d["report"] = None if self.report is None else self.report.to_dict()
-        return d
 
 
 def variant_path(src: Path, precision: str) -> Path:
@@ -195,7 +192,7 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
 
 
 def _make_variant(
-    src: Path, precision: str, build: Any, cfg: Fp16Config | Int8Config, settings: dict[str, Any]
+    src: Path, precision: str, build: Any, cfg: VariantConfig, settings: dict[str, Any]
 ) -> VariantResult:
     """Build the variant in a scratch folder, verify it against ``src``, and move it into place if it agrees."""
     meta = _fp32_metadata(src)
@@ -207,8 +204,7 @@ def _make_variant(
 
     def reject(reason: str, report: VerifyReport | None = None) -> VariantResult:
         for stale in (out, external_data_path(out)):
-            if stale.exists():
-                stale.unlink()
+            stale.unlink(missing_ok=True)
         log.warning("%s variant %s rejected: %s", precision, out.name, reason)
         seconds = time.perf_counter() - t0
         return VariantResult(precision, None, False, reason, seconds, 0, fp32_sha, report, settings=settings)
@@ -283,39 +279,34 @@ def _fp32_metadata(src: Path) -> ModelMetadata:
     return meta
 
 
-def _check_inputs(inputs: np.ndarray, what: str, min_agreement: float | None = None) -> None:
+def _check_inputs(inputs: np.ndarray, what: str) -> None:
     arr = np.asarray(inputs)
     if arr.ndim != 4 or len(arr) == 0 or arr.dtype != np.float32:
         raise ConfigError(
             f"{what} must be a non-empty float32 array [N, C, H, W], got {arr.dtype} {arr.shape}",
             hint="preprocess images with cxr.imaging.preprocess.to_model_input(..., normalized=True)",
         )
-    if min_agreement is not None and not 0.0 < min_agreement <= 1.0:
-        raise ConfigError(f"min_agreement {min_agreement} must be in (0, 1]", hint="for example 0.99")
 
 
-class _OnnxruntimeChatter(logging.Filter):
+def _not_onnxruntime_chatter(record: logging.LogRecord) -> bool:
     """Drops onnxruntime's converter/quantizer INFO records (it logs whole node protos at INFO)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+    return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
 
 
 @contextmanager
 def quiet_onnxruntime() -> Iterator[None]:
     """Scoped: onnxruntime's tools log on the root logger and their module loggers."""
-    flt = _OnnxruntimeChatter()
     loggers = [
         logging.getLogger(),
         *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")),
     ]
     for lg in loggers:
-        lg.addFilter(flt)
+        lg.addFilter(_not_onnxruntime_chatter)
     try:
         yield
     finally:
         for lg in loggers:
-            lg.removeFilter(flt)
+            lg.removeFilter(_not_onnxruntime_chatter)
 
 
 class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
@@ -329,4 +320,4 @@ class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+        return None if batch is None else {INPUT_MEMBER: batch}

@@ -19,6 +19,7 @@ from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPS
 from cxr.export.quantize import DEFAULT_MIN_AGREEMENT, VARIANTS
 from cxr.export.verify import FP32_ATOL
 from cxr.labels import NOTICE
+from cxr.markdown import table
 
 if TYPE_CHECKING:
     from cxr.export.export_types import ExportResult
@@ -81,18 +82,8 @@ class MemberReport:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "timm_name": self.timm_name,
-            "path": None if self.path is None else str(self.path),
-            "passed": self.passed,
-            "error": self.error,
-            "export": None if self.export is None else self.export.to_dict(),
-            "parity": None if self.parity is None else self.parity.to_dict(),
-            "variants": [v.to_dict() for v in self.variants],
-            "notes": list(self.notes),
-            **({"card": dict(self.card)} if self.card else {}),
-        }
+        """Every field (the export, parity and variant reports too) and the verdict, as plain values."""
+        return {**asdict(self), "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -203,9 +194,7 @@ def format_table(result: RunExportResult) -> str:
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(table(header, ([cell.replace("|", "/") for cell in row] for row in rows)))
 
 
 def format_markdown(result: RunExportResult) -> str:

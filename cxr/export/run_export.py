@@ -19,7 +19,7 @@ from typing import Any
 from cxr.errors import ConfigError, CxrError, DataError, ModelError, VerificationError
 from cxr.export.export_types import ExportConfig
 from cxr.export.inputs import InputPool
-from cxr.export.onnx_export import check_opset, export_onnx
+from cxr.export.onnx_export import check_opset, export_onnx, export_versions
 from cxr.export.onnx_files import external_data_path, onnx_sha256, read_metadata
 from cxr.export.quantize import (
     VARIANTS,
@@ -88,7 +88,8 @@ def _load_member(member_dir: Path, which: str = "best") -> Any:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         hint = "re-train the member with this cxr, or install the cxr version that wrote the checkpoint"
         if "Unknown model" in text:
-            hint = f"the checkpoint names an architecture this timm ({_timm_version()}) does not know; {hint}"
+            timm = export_versions()["timm"]
+            hint = f"the checkpoint names an architecture this timm ({timm}) does not know; {hint}"
         raise ModelError(
             f"cannot load the checkpoint in {member_dir}: {text}", hint=hint, path=member_dir
         ) from e
@@ -116,15 +117,6 @@ def _member_metadata(info: Any, name: str) -> ModelMetadata:
             "dataset": extra.get("dataset"),
         },
     )
-
-
-def _timm_version() -> str:
-    try:
-        import timm
-
-        return str(timm.__version__)
-    except ImportError:
-        return "not installed"
 
 
 def export_run(cfg: RunExportConfig) -> RunExportResult:

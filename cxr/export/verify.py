@@ -8,7 +8,7 @@ candidate; ``max_rel`` is never judged). With ``strict`` a failure raises ``Veri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,6 @@ class VerifyReport:
     atol: float | None = FP32_ATOL
     min_top1: float = 1.0
     inputs: Mapping[str, int] = field(default_factory=dict)  # where the inputs came from: {"val": 64, ...}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["inputs"] = dict(self.inputs)
-        d["reasons"] = list(self.reasons)
-        return d
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"

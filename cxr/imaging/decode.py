@@ -76,14 +76,6 @@ def pil_to_gray(img: Image.Image, name: str = "<image>") -> np.ndarray:
         raise DecodeError(f"{name}: cannot convert {mode} image to grayscale ({e})", path=name) from e
 
 
-def _not_an_image(name: str) -> DecodeError:
-    return DecodeError(
-        f"{name}: not an image cxr can read (not PNG, JPEG, BMP, TIFF, WebP or DICOM)",
-        hint="remove it from the folder or convert it to PNG",
-        path=name,
-    )
-
-
 def _decode_pillow(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
     with warnings.catch_warnings():
         # Pillow warns above its own global pixel limit; ours (limits.max_pixels) is checked below instead.
@@ -91,7 +83,11 @@ def _decode_pillow(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
         try:
             img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
         except UnidentifiedImageError as e:
-            raise _not_an_image(name) from e
+            raise DecodeError(
+                f"{name}: not an image cxr can read (not PNG, JPEG, BMP, TIFF, WebP or DICOM)",
+                hint="remove it from the folder or convert it to PNG",
+                path=name,
+            ) from e
         except Image.DecompressionBombError as e:
             raise DecodeError(
                 f"{name}: declared image size is implausibly large ({e})",
@@ -145,11 +141,7 @@ def decode_gray(source: Path | str | bytes, limits: DecodeLimits = DEFAULT_LIMIT
     try:
         return _decode_pillow(data, name, limits)
     except DecodeError as e:
-        if (
-            e.__cause__ is not None
-            and isinstance(e.__cause__, UnidentifiedImageError)
-            and is_dicom_image(data)
-        ):
+        if isinstance(e.__cause__, UnidentifiedImageError) and is_dicom_image(data):
             return decode_dicom(data, name=name, limits=limits)
         raise
 

@@ -52,10 +52,6 @@ def _text(ds: Any, keyword: str) -> str:
         return ""
 
 
-def _is_chest_part(part: str) -> bool:
-    return part in CHEST_PARTS or _CHEST_PART.match(part) is not None
-
-
 def dicom_header_reasons(ds: Any) -> tuple[Reason, ...]:
     """The reasons (see the module docstring) a pydicom Dataset's header gives; () for a frontal chest."""
     out: list[Reason] = []
@@ -65,7 +61,7 @@ def dicom_header_reasons(ds: Any) -> tuple[Reason, ...]:
             Reason(DICOM_MODALITY, f"DICOM Modality is {modality!r}; cxr reads radiographs (CR or DX)")
         )
     part = _text(ds, "BodyPartExamined")
-    if part and not _is_chest_part(part):
+    if part and part not in CHEST_PARTS and not _CHEST_PART.match(part):
         out.append(
             Reason(DICOM_BODY_PART, f"DICOM BodyPartExamined is {part!r}; cxr reads the chest (CHEST)")
         )

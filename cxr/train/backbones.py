@@ -179,7 +179,10 @@ def create_backbone(
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
             hint=weights_hint(timm_name),
         ) from e
-    check_head(model, num_classes, timm_name)
+    head = classifier(model)
+    out = getattr(head, "out_features", getattr(head, "out_channels", None))
+    if out != num_classes:
+        raise TrainError(f"{timm_name}: head has {out} outputs, expected {num_classes}", hint=HEAD_HINT)
     return model
 
 
@@ -190,13 +193,6 @@ def classifier(model: nn.Module) -> nn.Module:
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         raise TrainError(f"{type(model).__name__} exposes no trainable classifier head", hint=HEAD_HINT)
     return head
-
-
-def check_head(model: nn.Module, num_classes: int, timm_name: str) -> None:
-    head = classifier(model)
-    out = getattr(head, "out_features", getattr(head, "out_channels", None))
-    if out != num_classes:
-        raise TrainError(f"{timm_name}: head has {out} outputs, expected {num_classes}", hint=HEAD_HINT)
 
 
 def set_phase(model: nn.Module, phase: str, finetune_from: str | None = None) -> list[nn.Parameter]:

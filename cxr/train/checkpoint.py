@@ -86,12 +86,9 @@ def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
+def _write_info(path: Path, info: CheckpointInfo) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
+    tmp.write_text(json.dumps(info.to_json(), indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -104,7 +101,7 @@ def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: Checkp
         save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
         os.replace(tmp, weights)
         info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
-        _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+        _write_info(meta, info)
         log.debug("wrote checkpoint %s", weights)
     except (OSError, SafetensorError) as e:
         tmp.unlink(missing_ok=True)
@@ -132,7 +129,7 @@ def link_checkpoint(member_dir: Path, source: str, target: str, info: Checkpoint
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    _write_atomic(meta, json.dumps(info.to_json(), indent=2, default=str))
+    _write_info(meta, info)
     log.debug("wrote checkpoint %s (same weights as %s)", dst, src)
     return info
 

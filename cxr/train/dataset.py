@@ -153,9 +153,6 @@ class ManifestDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def path(self, index: int) -> str:
-        return self.rows[index].path
-
     def __getitem__(self, index: int) -> Sample:
         row = self.rows[index]
         label = self.manifest.classes.index(row.label)
@@ -205,7 +202,7 @@ class BadImages:
 
     def add(self, bad: Sequence[tuple[int, str]]) -> None:
         for index, message in bad:
-            path = self.dataset.path(index)
+            path = self.dataset.rows[index].path
             if path not in self.paths:
                 self.paths[path] = message
                 log.warning("skipping unreadable image %s: %s", path, message)
@@ -310,7 +307,6 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         generator=generator,
-        persistent_workers=False,
     )
 
 

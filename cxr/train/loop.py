@@ -81,13 +81,11 @@ def is_oom(err: BaseException) -> bool:
 
 def oom_error(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> TrainError:
     """``batch_size``: the global batch in training, else this process's evaluation batch."""
-    smaller = (
-        max(world_size, batch_size // 2 // world_size * world_size) if training else max(1, batch_size // 2)
-    )
     if training:
+        smaller = max(world_size, batch_size // 2 // world_size * world_size)
         fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
     else:
-        fix = f"--set train.eval_batch_size={smaller}"
+        fix = f"--set train.eval_batch_size={max(1, batch_size // 2)}"
     return TrainError(
         f"ran out of {'GPU' if setup.device.type == 'cuda' else 'host'} memory "
         f"{'training on' if training else 'evaluating'} a batch of {batch_size} images on {setup.device}",

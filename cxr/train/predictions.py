@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +48,9 @@ def write_predictions(table: PredictionTable, directory: Path) -> Path:
         for p, lab, row in zip(table.paths, table.labels, table.probs, strict=True):
             w.writerow([p, lab, *[repr(float(v)) for v in row]])
     meta = {
-        "member": table.member,
-        "split": table.split,
-        "manifest_digest": table.manifest_digest,
-        "classes": list(table.classes),
-        "checkpoint_sha256": table.checkpoint_sha256,
-        "precision": table.precision,
-        "via": list(table.via) if table.via is not None else None,
-        "n": n,
+        f.name: getattr(table, f.name) for f in fields(table) if f.name not in ("paths", "labels", "probs")
     }
+    meta["n"] = n
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 

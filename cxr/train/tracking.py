@@ -44,11 +44,8 @@ class MetricsLog:
 
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
         flat = [flatten(r) for r in rows]
-        columns: list[str] = []
-        for r in flat:
-            columns.extend(k for k in r if k not in columns)
         with self.csv.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
             w.writeheader()
             w.writerows(flat)
 
@@ -86,25 +83,16 @@ class CometTracker(Tracker):
                 "tracking.comet is true but comet_ml is not installed",
                 hint="pip install comet_ml (offline mode needs no account), or set tracking.comet: false",
             ) from e
-        off = ("metric", "param", "output")
-        quiet: dict[str, Any] = {f"auto_{k}_logging": False for k in off}
+        quiet: dict[str, Any] = {f"auto_{k}_logging": False for k in ("metric", "param", "output")}
         quiet |= {f"log_{k}": False for k in ("code", "graph", "git_metadata", "git_patch")}
         quiet["display_summary_level"] = 0
-        self.experiment: Any
         try:
+            kind: Any = comet_ml.Experiment
             if cfg.comet_offline:
                 out = Path(cfg.comet_offline_dir or Path(run_dir) / "comet")
                 out.mkdir(parents=True, exist_ok=True)
-                self.experiment = comet_ml.OfflineExperiment(
-                    project_name=cfg.comet_project,
-                    workspace=cfg.comet_workspace,
-                    offline_directory=str(out),
-                    **quiet,
-                )
-            else:
-                self.experiment = comet_ml.Experiment(
-                    project_name=cfg.comet_project, workspace=cfg.comet_workspace, **quiet
-                )
+                kind, quiet["offline_directory"] = comet_ml.OfflineExperiment, str(out)
+            self.experiment = kind(project_name=cfg.comet_project, workspace=cfg.comet_workspace, **quiet)
         except Exception as e:  # comet raises its own types for missing keys, network errors...
             raise ConfigError(
                 f"cannot start a Comet experiment: {type(e).__name__}: {e}",

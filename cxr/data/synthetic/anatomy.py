@@ -5,7 +5,6 @@ is the patient's right."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -47,11 +46,6 @@ class Frame:
     vessels: np.ndarray  # 0..1 bronchovascular markings pattern
     hilar_radius: np.ndarray  # distance from the nearer hilum
     hilar_angle: np.ndarray  # direction from the nearer hilum (radians, 0 = lateral)
-    warp: np.ndarray  # smooth unit-scale field that keeps ribs and markings irregular
-    top: float
-    dia: tuple[float, float]  # dome height of image-left and image-right hemidiaphragm
-    centre: Callable[[float], float]  # lung centre line |u| at height v
-    half: Callable[[float], float]  # lung half width at height v
 
 
 @dataclass
@@ -253,8 +247,4 @@ def draw_anatomy(n: int, rng: np.random.Generator) -> Frame:
     _breasts_and_gastric_bubble(b, rng)
     vessels, radius, angle = _hila_and_markings(b, warp, rng)
     _granuloma(b, rng)
-    h = b.h
-    dia = (h.dia_l, h.dia_r)
-    return Frame(
-        b.img, u, v, b.lung, b.depth, b.lateral, vessels, radius, angle, warp, h.top, dia, h.centre, h.half
-    )
+    return Frame(b.img, u, v, b.lung, b.depth, b.lateral, vessels, radius, angle)

@@ -1,5 +1,6 @@
-"""Inputs that are NOT frontal chest radiographs, for testing the input gate: gray ``photographs`` and
-``drawings`` (count, seed, size), and spoiled radiographs: ``inverted`` and ``windowed`` (a wrong VOI window)."""
+"""Inputs that are NOT frontal chest radiographs, for the input gate's tests and
+``benchmarks/gate_counts.py``: gray ``photographs`` and ``drawings`` (count, seed, size), and spoiled
+radiographs: ``inverted`` and ``windowed`` (a wrong VOI window)."""
 
 from __future__ import annotations
 
