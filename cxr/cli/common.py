@@ -162,6 +162,25 @@ def model_option(help: str, **kwargs: Any) -> Any:
     return typer.Option("--model", "-m", help=help, show_default=False, **kwargs)
 
 
+def env_option(envvar: str, help: str | None = None, panel: str | None = None) -> Any:
+    """An option a server command also reads from ``envvar`` (shown in --help), in the help ``panel``."""
+    return typer.Option(envvar=envvar, help=help, rich_help_panel=panel)
+
+
+def require_extra(command: str, extra: str, *modules: str) -> None:
+    """``ConfigError`` with the install fix when one of ``modules`` (an optional extra of cxr) is missing."""
+    import importlib
+
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"`{command}` needs the {extra} extra ({e.name or e} is missing)",
+            hint=f"pip install -e '.[{extra}]' in a clone of cxr",
+        ) from e
+
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 OrtThreads = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads.")]
 
