@@ -178,37 +178,23 @@ def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
 
 
 def _provider_list(cfg: SessionConfig, model: Path) -> list[Any]:
+    """onnxruntime's providers for ``cfg.provider``, best first, those this build offers; the CPU last."""
     offered = available_providers()
-    wanted = {
-        "auto": ["tensorrt", "cuda", "cpu"],
-        "cpu": ["cpu"],
-        "cuda": ["cuda", "cpu"],
-        "tensorrt": ["tensorrt", "cuda", "cpu"],
-    }[cfg.provider]
+    gpu = {"auto": ("tensorrt", "cuda"), "cpu": (), "cuda": ("cuda",), "tensorrt": ("tensorrt", "cuda")}
     out: list[Any] = []
-    for name in wanted:
-        if name != "cpu" and name not in offered:
-            continue
-        if name == "cuda":
-            out.append((ORT_NAMES[name], {"device_id": cfg.device_id}))
-        elif name == "tensorrt":
-            cache = trt_cache_dir(cfg, model)
-            out.append(
-                (
-                    ORT_NAMES[name],
-                    {
-                        "device_id": cfg.device_id,
-                        "trt_fp16_enable": cfg.trt_fp16,
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": str(cache),
-                        "trt_timing_cache_enable": True,
-                        "trt_timing_cache_path": str(cache),
-                    },
-                )
+    for name in (n for n in gpu[cfg.provider] if n in offered):
+        options: dict[str, Any] = {"device_id": cfg.device_id}
+        if name == "tensorrt":
+            cache = str(trt_cache_dir(cfg, model))
+            options.update(
+                trt_fp16_enable=cfg.trt_fp16,
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=cache,
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=cache,
             )
-        else:
-            out.append(ORT_NAMES[name])
-    return out
+        out.append((ORT_NAMES[name], options))
+    return [*out, ORT_NAMES["cpu"]]
 
 
 def session_options(
@@ -248,8 +234,10 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             path=model,
         )
     if cfg.provider == "openvino":  # open_openvino imports openvino, lazily
-        ov = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
-        return SessionInfo(ov.session, cfg.provider, ("openvino",), ov.warnings, ov.precision, ov.device)
+        ov, warned = open_openvino(
+            model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider
+        )
+        return SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device)
     ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
