@@ -79,6 +79,13 @@ __all__ = [
 ]
 
 
+def _default_name(item: Item, index: int) -> str:
+    """What a result calls an input given without a name: its path, ``<bytes>`` or ``array[index]``."""
+    if isinstance(item, np.ndarray):
+        return f"array[{index}]"
+    return "<bytes>" if isinstance(item, bytes | bytearray) else str(item)
+
+
 class Predictor:
     """Run a cxr model with onnxruntime (or OpenVINO). Create with ``Predictor.from_path``."""
 
@@ -102,19 +109,16 @@ class Predictor:
                 hint="re-export the model with cxr",
                 path=path,
             )
-        if OUTPUT_PROBABILITIES in self.output_names:
-            self._prob_output = OUTPUT_PROBABILITIES
-            self._apply_softmax = False
-        elif OUTPUT_LOGITS in self.output_names:
-            self._prob_output = OUTPUT_LOGITS
-            self._apply_softmax = True
-        else:
+        found = [o for o in (OUTPUT_PROBABILITIES, OUTPUT_LOGITS) if o in self.output_names]
+        if not found:
             raise ModelError(
                 f"{path}: outputs {self.output_names} include neither "
                 f"{OUTPUT_PROBABILITIES!r} nor {OUTPUT_LOGITS!r}",
                 hint="re-export the model with cxr",
                 path=path,
             )
+        self._prob_output = found[0]
+        self._apply_softmax = found[0] == OUTPUT_LOGITS  # a single member's graph ends in logits
         self._members_output = (
             OUTPUT_MEMBER_PROBABILITIES if OUTPUT_MEMBER_PROBABILITIES in self.output_names else None
         )
@@ -315,13 +319,7 @@ class Predictor:
     def explain(self, item: Any, name: str | None = None) -> Explained:
         """One input's prediction with its decoded image and, when the graph has the output, its heatmap."""
         value = as_item(item)
-        name = name or (
-            "<bytes>"
-            if isinstance(value, bytes)
-            else "array[0]"
-            if isinstance(value, np.ndarray)
-            else str(value)
-        )
+        name = name or _default_name(value, 0)
         try:
             original = self.decode(value)
         except CxrError as e:
@@ -357,27 +355,15 @@ class Predictor:
     ) -> Iterator[list[Prediction]]:
         """One list of predictions per batch, in input order; decoding runs ``prefetch_batches`` ahead."""
         bs = self.cfg.batch_size
-        source = iter(items)
-        name_iter = iter(names) if names is not None else None
-        counter = 0
-
-        def _name(item: Item) -> str:
-            nonlocal counter
-            counter += 1
-            if name_iter is not None:
-                return next(name_iter)
-            if isinstance(item, np.ndarray):
-                return f"array[{counter - 1}]"
-            return "<bytes>" if isinstance(item, bytes | bytearray) else str(item)
-
+        named = (  # an iterator: each batch takes the next ``batch_size`` of it
+            zip(names, items, strict=True)
+            if names is not None
+            else ((_default_name(it, i), it) for i, it in enumerate(items))
+        )
         pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="cxr-decode")
 
         def submit_next() -> list[tuple[str, Future[_Loaded]]]:
-            batch = []
-            for it in islice(source, bs):
-                name = _name(it)
-                batch.append((name, pool.submit(self._load_safe, it, name)))
-            return batch
+            return [(name, pool.submit(self._load_safe, it, name)) for name, it in islice(named, bs)]
 
         try:
             queue: deque[list[tuple[str, Future[_Loaded]]]] = deque()
@@ -388,8 +374,7 @@ class Predictor:
                 queue.append(nxt)
             while queue:
                 batch = queue.popleft()
-                nxt = submit_next()
-                if nxt:
+                if nxt := submit_next():
                     queue.append(nxt)
                 yield self._predict_loaded([(name, fut.result()) for name, fut in batch])
         finally:  # on Ctrl-C or an abandoned generator, drop the decodes not yet started
