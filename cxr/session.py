@@ -131,28 +131,27 @@ def tensorrt_version() -> str:
     return "none"
 
 
-def gpu_name(device_id: int = 0) -> str:
-    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
+def nvidia_smi(*args: str) -> list[str]:
+    """The non-empty lines ``nvidia-smi ARGS`` prints (none when it is absent or fails)."""
     import shutil
     import subprocess
 
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def gpu_name(device_id: int = 0) -> str:
+    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
     if name := os.environ.get("CXR_GPU_NAME"):
         return name
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name", "--format=csv,noheader", "-i", str(device_id)],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        if out:
-            return out.splitlines()[0]
-    return f"dev{device_id}"
+    names = nvidia_smi("--query-gpu=name", "--format=csv,noheader", "-i", str(device_id))
+    return names[0] if names else f"dev{device_id}"
 
 
 def _safe(s: str) -> str:

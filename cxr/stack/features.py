@@ -24,7 +24,6 @@ from cxr.train.predictions import PredictionTable, align_members, read_predictio
 
 log = logging.getLogger(__name__)
 
-"""Metadata property of a converted meta-learner (``stack/meta.onnx``): its description as JSON."""
 META_JSON = "meta.json"
 META_NPZ = "meta.npz"
 META_ONNX = "meta.onnx"
