@@ -107,12 +107,6 @@ def roc_auc_binary(positive: np.ndarray, score: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def roc_auc_ovr(y_true: np.ndarray, scores: np.ndarray) -> list[float | None]:
-    """One-vs-rest ROC-AUC per class (``None`` for a class without positives or without negatives)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    return [roc_auc_binary(y_true == c, scores[:, c]) for c in range(scores.shape[1])]
-
-
 def classification_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -134,7 +128,7 @@ def classification_metrics(
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
     precision, recall, f1 = per_class_prf(cm)
-    aucs = roc_auc_ovr(y_true, probs)
+    aucs = [roc_auc_binary(y_true == c, probs[:, c]) for c in range(k)]  # one-vs-rest
     per_class = tuple(
         ClassMetrics(
             name=classes[i],

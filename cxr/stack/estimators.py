@@ -66,16 +66,6 @@ def resolve_kind(name: str) -> EstimatorKind:
     )
 
 
-def kind_of(est: Any) -> str:
-    for name, kind in ESTIMATORS.items():
-        if type(est) is kind.cls:
-            return name
-    raise ConfigError(
-        f"{type(est).__name__} is not a meta-learner cxr can store and convert",
-        hint=f"choose one of {', '.join(ESTIMATORS)}",
-    )
-
-
 def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
     """``predict_proba`` widened to all K classes (0 for a class the estimator never saw)."""
     p = est.predict_proba(features)
@@ -180,7 +170,12 @@ def _plain(value: Any) -> Any:
 
 def estimator_state(est: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(description, arrays) of a fitted estimator; refuse state that cannot be stored safely."""
-    kind = kind_of(est)
+    kind = next((name for name, k in ESTIMATORS.items() if type(est) is k.cls), None)
+    if kind is None:
+        raise ConfigError(
+            f"{type(est).__name__} is not a meta-learner cxr can store and convert",
+            hint=f"choose one of {', '.join(ESTIMATORS)}",
+        )
     params = {k: _plain(v) for k, v in est.get_params(deep=False).items()}
     bad = [k for k, v in params.items() if not _jsonable(v)]
     if bad:
