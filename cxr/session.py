@@ -154,10 +154,6 @@ def gpu_name(device_id: int = 0) -> str:
     return names[0] if names else f"dev{device_id}"
 
 
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)
-
-
 def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
     """Engine cache folder keyed by model hash, onnxruntime and TensorRT versions, GPU and precision."""
     ort = onnxruntime()
@@ -167,7 +163,7 @@ def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
             file_sha256(model)[:16],
             f"ort{ort.__version__}",
             f"trt{tensorrt_version()}",
-            _safe(gpu_name(cfg.device_id)),
+            "".join(c if c.isalnum() or c in ".-_" else "_" for c in gpu_name(cfg.device_id)),
             "fp16" if cfg.trt_fp16 else "fp32",
         ]
     )

@@ -154,21 +154,15 @@ def stage_lines(report: BenchReport) -> list[str]:
     return out
 
 
-def warning_lines(report: BenchReport) -> list[str]:
-    lines = [
-        f"{r.model}: asked for {r.provider_requested}, ran on {r.provider}"
-        for r in report.rows
-        if not r.provider_ok
-    ]
-    return list(dict.fromkeys(lines))
-
-
 def _tail(report: BenchReport) -> list[str]:
     """End-to-end stages, provider fallbacks and notes, as plain lines."""
     out: list[str] = []
     if stages := stage_lines(report):
         out += ["", "end-to-end (decode + preprocess + inference):", *("  " + s for s in stages)]
-    if warns := warning_lines(report):
+    fallbacks = [r for r in report.rows if not r.provider_ok]
+    if warns := dict.fromkeys(
+        f"{r.model}: asked for {r.provider_requested}, ran on {r.provider}" for r in fallbacks
+    ):
         out += ["", "PROVIDER FALLBACK:", *("  " + w for w in warns)]
     return out + ([""] if report.notes else []) + ["note: " + n for n in report.notes]
 

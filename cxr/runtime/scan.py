@@ -15,7 +15,7 @@ from cxr.errors import DataError
 from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.imaging.dicom import might_be_dicom
 from cxr.runtime.predictor import Predictor
-from cxr.runtime.results import PreviousResults, ResultFormat, open_scan_output
+from cxr.runtime.results import ResultFormat, open_scan_output
 from cxr.spec import Prediction
 
 MAX_FAILURES_KEPT = 20
@@ -165,12 +165,6 @@ class ScanTally:
         return sum(self.counts.values())
 
 
-def _not_done(files: Sequence[Path], previous: PreviousResults) -> list[Path]:
-    """The files whose path (as given or absolute) is not among the rows a previous run wrote."""
-    done = previous.paths | {os.path.abspath(p) for p in previous.paths}
-    return [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
-
-
 def scan_folder(
     predictor: Predictor,
     cfg: ScanConfig,
@@ -193,7 +187,8 @@ def scan_folder(
         overwrite=cfg.overwrite,
         retry_failed=cfg.retry_failed,
     )
-    todo = _not_done(files, previous)
+    done = previous.paths | {os.path.abspath(p) for p in previous.paths}  # as given or absolute
+    todo = [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
     if on_start is not None:
         on_start(len(todo), len(files) - len(todo))
     tally = ScanTally()

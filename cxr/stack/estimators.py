@@ -9,6 +9,7 @@ reloaded estimator to reproduce ``predict_proba``; ``load_estimator`` only insta
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import warnings
 from collections.abc import Mapping
@@ -74,13 +75,6 @@ def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _candidates(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
-    from itertools import product
-
-    keys = sorted(grid)
-    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))]
-
-
 def _cv_splits(y: np.ndarray, folds: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -135,9 +129,11 @@ def cross_validate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray, list[str]]:
     """(best params, score per candidate, cross-validated probabilities of the best, notes)."""
     splits, notes = _cv_splits(y, folds, seed)
+    keys = sorted(grid)
+    candidates = [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[k] for k in keys))]
     scores: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], np.ndarray] | None = None
-    for cand in _candidates(grid) or [{}]:
+    for cand in candidates or [{}]:
         params = {**fixed, **cand}
         oof = np.zeros((y.size, k), dtype=np.float64)
         for train_idx, held_idx in splits:
