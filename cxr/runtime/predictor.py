@@ -245,45 +245,36 @@ class Predictor:
     def _to_predictions(self, sources: Sequence[str], out: RawOutput, seconds: float) -> list[Prediction]:
         preds = []
         per_image = seconds / max(len(sources), 1)
+        mp, flags = out.member_probabilities, self.operating_thresholds
+        members = self.member_names or tuple(f"member_{j}" for j in range(0 if mp is None else mp.shape[1]))
         for i, src in enumerate(sources):
             p = out.probabilities[i]
             k = int(np.argmax(p))
-            members = None
-            if out.member_probabilities is not None:
-                names = self.member_names or tuple(
-                    f"member_{j}" for j in range(out.member_probabilities.shape[1])
-                )
-                members = {
-                    n: {
-                        c: float(v) for c, v in zip(self.classes, out.member_probabilities[i, j], strict=True)
-                    }
-                    for j, n in enumerate(names)
-                }
             probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-            flags = self.operating_thresholds
-            preds.append(
-                Prediction(
-                    source=src,
-                    label=self.classes[k],
-                    probability=float(p[k]),
-                    probabilities=probabilities,
-                    member_probabilities=members,
-                    above_operating_point=above_operating_points(probabilities, flags) if flags else None,
-                    assessable=True,
-                    ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
-                    model_id=self.model_id,
-                    precision=self.info.precision,
-                    provider=self.provider,
-                    seconds=per_image,
-                    warnings=self.warnings,
-                )
+            member_probs = None
+            if mp is not None:  # member -> class -> probability
+                member_probs = {
+                    n: dict(zip(self.classes, mp[i, j].tolist(), strict=True)) for j, n in enumerate(members)
+                }
+            pred = Prediction(
+                source=src,
+                label=self.classes[k],
+                probability=float(p[k]),
+                probabilities=probabilities,
+                member_probabilities=member_probs,
+                above_operating_point=above_operating_points(probabilities, flags) if flags else None,
+                assessable=True,
+                ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
+                model_id=self.model_id,
+                precision=self.info.precision,
+                provider=self.provider,
+                seconds=per_image,
+                warnings=self.warnings,
             )
-            reasons = []
-            if out.member_probabilities is not None:
-                reasons.append(disagreement_reason(out.member_probabilities[i], k))
+            reasons = [] if mp is None else [disagreement_reason(mp[i], k)]
             if out.ood_scores is not None:
                 reasons.append(ood_reason(float(out.ood_scores[i]), self.ood_threshold))
-            preds[-1] = with_reasons(preds[-1], reasons)
+            preds.append(with_reasons(pred, reasons))
         return preds
 
     def predict_arrays(
