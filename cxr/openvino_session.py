@@ -130,8 +130,8 @@ def record_verdict(record: Mapping[str, Any] | None) -> tuple[bool, str]:
 def choose_precision(
     requested: str, *, cpu_bf16: bool, props: Mapping[str, str], model_name: str
 ) -> PrecisionChoice:
-    """fp32 as asked; bf16 only with CPU support and an accepting record (else ProviderError); auto: the
-    faster of the two that is allowed, with a note saying which and why."""
+    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; bf16 only with CPU support and an
+    accepting record (else ProviderError); auto: the faster one allowed, with a note saying which and why."""
     if requested == "fp32":
         return PrecisionChoice("fp32")
     accepted, why = record_verdict(bf16_record(props, model_name))
