@@ -288,11 +288,11 @@ class Predictor:
         return preds
 
     def _predict_raw(
-        self, grays: Sequence[np.ndarray], sources: Sequence[str] | None
+        self, grays: Sequence[np.ndarray], sources: Sequence[str] | None, heatmaps: bool | None = None
     ) -> tuple[list[Prediction], np.ndarray | None]:
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(grays))]
         t0 = time.perf_counter()
-        out = self.run(self.prepare(grays))
+        out = self.run(self.prepare(grays), heatmaps=heatmaps)
         preds = self._to_predictions(sources, out, time.perf_counter() - t0)
         preds = [with_reasons(p, (grey_range_reason(g),)) for p, g in zip(preds, grays, strict=True)]
         return preds, out.heatmaps
@@ -316,11 +316,9 @@ class Predictor:
         except CxrError as e:
             return Explained(self._error_row(name, e.one_line))
         image = resize_gray(original, self.metadata.preprocess)
-        t0 = time.perf_counter()
-        out = self.run(self.prepare([image]), heatmaps=self.has_heatmaps)
-        pred = self._to_predictions([name], out, time.perf_counter() - t0)[0]
-        pred = with_reasons(pred, (grey_range_reason(image), *header_reasons(value)))
-        return Explained(pred, original, None if out.heatmaps is None else out.heatmaps[0])
+        preds, heat = self._predict_raw([image], [name], heatmaps=self.has_heatmaps)
+        pred = with_reasons(preds[0], header_reasons(value))
+        return Explained(pred, original, None if heat is None else heat[0])
 
     def load(self, item: Item) -> np.ndarray:
         """Decode one item and resize it to the model's input size (the per-image work of a batch)."""
