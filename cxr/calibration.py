@@ -3,6 +3,7 @@ bins."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,7 @@ class ReliabilityBin:
     accuracy: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "lower": self.lower,
-            "upper": self.upper,
-            "count": self.count,
-            "confidence": self.confidence,
-            "accuracy": self.accuracy,
-        }
+        return dataclasses.asdict(self)
 
 
 def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:

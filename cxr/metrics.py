@@ -69,14 +69,10 @@ def per_class_prf(cm: np.ndarray) -> tuple[list[float | None], list[float | None
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
-    precision = [_ratio(tp[i], predicted[i]) for i in range(len(tp))]
-    recall = [_ratio(tp[i], support[i]) for i in range(len(tp))]
-    f1 = [
-        None
-        if support[i] == 0
-        else _ratio(2 * tp[i], 2 * tp[i] + (predicted[i] - tp[i]) + (support[i] - tp[i]))
-        for i in range(len(tp))
-    ]
+    precision = [_ratio(t, p) for t, p in zip(tp, predicted, strict=True)]
+    recall = [_ratio(t, s) for t, s in zip(tp, support, strict=True)]
+    # F1 = 2 TP / (2 TP + FP + FN), and 2 TP + FP + FN = predicted + support
+    f1 = [None if s == 0 else _ratio(2 * t, p + s) for t, p, s in zip(tp, predicted, support, strict=True)]
     return precision, recall, f1
 
 
@@ -85,20 +81,14 @@ def macro_weighted(
 ) -> tuple[float | None, float | None]:
     """Macro and support-weighted means over classes with support; a supported class's ``None`` counts as 0
     when ``undefined_as_zero`` (precision of a class never predicted), else it is left out."""
-    vals: list[float] = []
-    weights: list[float] = []
-    for v, s in zip(values, support, strict=True):
-        if s == 0:
-            continue
-        if v is None:
-            if not undefined_as_zero:
-                continue
-            v = 0.0
-        vals.append(v)
-        weights.append(float(s))
-    if not vals:
+    kept = [
+        (0.0 if v is None else v, float(s))
+        for v, s in zip(values, support, strict=True)
+        if s != 0 and (v is not None or undefined_as_zero)
+    ]
+    if not kept:
         return None, None
-    w = np.asarray(weights)
+    vals, w = np.asarray(kept).T.copy()  # contiguous rows: the same sums as from lists
     return float(np.mean(vals)), float(np.dot(vals, w) / w.sum())
 
 
@@ -109,24 +99,12 @@ def roc_auc_binary(positive: np.ndarray, score: np.ndarray) -> float | None:
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(score, kind="mergesort")
-    sorted_scores = score[order]
-    ranks = np.empty(score.size, dtype=np.float64)
-    # average rank (1-based) over each run of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [score.size]))
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0
+    _, tie_group, ties = np.unique(
+        np.asarray(score, dtype=np.float64), return_inverse=True, return_counts=True
+    )
+    ranks = (np.cumsum(ties) - (ties - 1) / 2.0)[tie_group]  # average rank (1-based) of each run of ties
     u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
-
-
-def roc_auc_ovr(y_true: np.ndarray, scores: np.ndarray) -> list[float | None]:
-    """One-vs-rest ROC-AUC per class (``None`` for a class without positives or without negatives)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    return [roc_auc_binary(y_true == c, scores[:, c]) for c in range(scores.shape[1])]
 
 
 def classification_metrics(
@@ -150,7 +128,7 @@ def classification_metrics(
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
     precision, recall, f1 = per_class_prf(cm)
-    aucs = roc_auc_ovr(y_true, probs)
+    aucs = [roc_auc_binary(y_true == c, probs[:, c]) for c in range(k)]  # one-vs-rest
     per_class = tuple(
         ClassMetrics(
             name=classes[i],

@@ -7,7 +7,7 @@ import json
 import logging
 import queue
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,12 +130,8 @@ def record_verdict(record: Mapping[str, Any] | None) -> tuple[bool, str]:
 def choose_precision(
     requested: str, *, cpu_bf16: bool, props: Mapping[str, str], model_name: str
 ) -> PrecisionChoice:
-    """fp32 as asked; bf16 only with CPU support and an accepting record (else ProviderError); auto: the
-    faster of the two that is allowed, with a note saying which and why."""
-    if requested not in PRECISION_NAMES:
-        raise ProviderError(
-            f"unknown precision {requested!r}", hint=f"use one of: {', '.join(PRECISION_NAMES)}"
-        )
+    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; bf16 only with CPU support and an
+    accepting record (else ProviderError); auto: the faster one allowed, with a note saying which and why."""
     if requested == "fp32":
         return PrecisionChoice("fp32")
     accepted, why = record_verdict(bf16_record(props, model_name))
@@ -247,21 +243,17 @@ class OpenVinoSession:
         return [np.asarray(results[self._out_index[n]]) for n in names]
 
 
-@dataclass(frozen=True)
-class OpenVinoOpened:
-    session: OpenVinoSession
-    precision: str  # what the compiled model really runs (its INFERENCE_PRECISION_HINT)
-    device: str
-    warnings: tuple[str, ...] = field(default=())
-
-
 def cpu_has_bf16(core: Any) -> bool:
     """Whether OpenVINO can run BF16 natively on this CPU (AVX512-BF16 or AMX: BF16 in its capabilities)."""
     return "BF16" in [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
 
 
-def _read(ov: Any, model: Path) -> tuple[Any, Any]:
-    """An OpenVINO ``Core`` and the graph of ``model`` (ModelError when its ONNX reader refuses it)."""
+def open_openvino(
+    model: Path, *, threads: int | None, precision: str, strict: bool
+) -> tuple[OpenVinoSession, tuple[str, ...]]:
+    """Read ``model`` with OpenVINO, choose its precision, compile it for the CPU and check what it got:
+    the session (its ``precision`` and ``device`` are what really runs) and the warnings."""
+    ov = import_openvino()
     core = ov.Core()
     try:
         graph = core.read_model(str(model))
@@ -271,13 +263,6 @@ def _read(ov: Any, model: Path) -> tuple[Any, Any]:
             hint="use --provider cpu (onnxruntime), or upgrade openvino",
             path=model,
         ) from e
-    return core, graph
-
-
-def open_openvino(model: Path, *, threads: int | None, precision: str, strict: bool) -> OpenVinoOpened:
-    """Read ``model`` with OpenVINO, choose its precision, compile it for the CPU and check what it got."""
-    ov = import_openvino()
-    core, graph = _read(ov, model)
     props = framework_props(graph)
     choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=model.name)
     config: dict[str, Any] = {
@@ -306,5 +291,4 @@ def open_openvino(model: Path, *, threads: int | None, precision: str, strict: b
             raise ProviderError(msg, hint="use --precision fp32, or drop --strict-provider")
         warnings.append(msg)
         log.warning("%s", msg)
-    session = OpenVinoSession(compiled, props, device=device, precision=got)
-    return OpenVinoOpened(session, got, device, tuple(warnings))
+    return OpenVinoSession(compiled, props, device=device, precision=got), tuple(warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from collections.abc import Callable
@@ -85,10 +86,8 @@ def _rich_bar(console: Console, clock: Callable[[], float]) -> RichProgress:
 
 def _stop_quietly(bar: RichProgress) -> None:
     """End the live display: a last redraw, a newline and the cursor shown; a closed stream is let be."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # the stream went away first (interpreter exit)
         bar.stop()
-    except (OSError, ValueError):  # the stream went away first (interpreter exit)
-        pass
 
 
 class Progress:

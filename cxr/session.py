@@ -131,32 +131,27 @@ def tensorrt_version() -> str:
     return "none"
 
 
-def gpu_name(device_id: int = 0) -> str:
-    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
+def nvidia_smi(*args: str) -> list[str]:
+    """The non-empty lines ``nvidia-smi ARGS`` prints (none when it is absent or fails)."""
     import shutil
     import subprocess
 
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def gpu_name(device_id: int = 0) -> str:
+    """The GPU's product name from nvidia-smi (``CXR_GPU_NAME`` overrides; ``dev<N>`` when unknown)."""
     if name := os.environ.get("CXR_GPU_NAME"):
         return name
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name", "--format=csv,noheader", "-i", str(device_id)],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        if out:
-            return out.splitlines()[0]
-    return f"dev{device_id}"
-
-
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in s)
+    names = nvidia_smi("--query-gpu=name", "--format=csv,noheader", "-i", str(device_id))
+    return names[0] if names else f"dev{device_id}"
 
 
 def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
@@ -168,7 +163,7 @@ def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
             file_sha256(model)[:16],
             f"ort{ort.__version__}",
             f"trt{tensorrt_version()}",
-            _safe(gpu_name(cfg.device_id)),
+            "".join(c if c.isalnum() or c in ".-_" else "_" for c in gpu_name(cfg.device_id)),
             "fp16" if cfg.trt_fp16 else "fp32",
         ]
     )
@@ -178,37 +173,23 @@ def trt_cache_dir(cfg: SessionConfig, model: Path) -> Path:
 
 
 def _provider_list(cfg: SessionConfig, model: Path) -> list[Any]:
+    """onnxruntime's providers for ``cfg.provider``, best first, those this build offers; the CPU last."""
     offered = available_providers()
-    wanted = {
-        "auto": ["tensorrt", "cuda", "cpu"],
-        "cpu": ["cpu"],
-        "cuda": ["cuda", "cpu"],
-        "tensorrt": ["tensorrt", "cuda", "cpu"],
-    }[cfg.provider]
+    gpu = {"auto": ("tensorrt", "cuda"), "cpu": (), "cuda": ("cuda",), "tensorrt": ("tensorrt", "cuda")}
     out: list[Any] = []
-    for name in wanted:
-        if name != "cpu" and name not in offered:
-            continue
-        if name == "cuda":
-            out.append((ORT_NAMES[name], {"device_id": cfg.device_id}))
-        elif name == "tensorrt":
-            cache = trt_cache_dir(cfg, model)
-            out.append(
-                (
-                    ORT_NAMES[name],
-                    {
-                        "device_id": cfg.device_id,
-                        "trt_fp16_enable": cfg.trt_fp16,
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": str(cache),
-                        "trt_timing_cache_enable": True,
-                        "trt_timing_cache_path": str(cache),
-                    },
-                )
+    for name in (n for n in gpu[cfg.provider] if n in offered):
+        options: dict[str, Any] = {"device_id": cfg.device_id}
+        if name == "tensorrt":
+            cache = str(trt_cache_dir(cfg, model))
+            options.update(
+                trt_fp16_enable=cfg.trt_fp16,
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=cache,
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=cache,
             )
-        else:
-            out.append(ORT_NAMES[name])
-    return out
+        out.append((ORT_NAMES[name], options))
+    return [*out, ORT_NAMES["cpu"]]
 
 
 def session_options(
@@ -248,8 +229,10 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             path=model,
         )
     if cfg.provider == "openvino":  # open_openvino imports openvino, lazily
-        ov = open_openvino(model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider)
-        return SessionInfo(ov.session, cfg.provider, ("openvino",), ov.warnings, ov.precision, ov.device)
+        ov, warned = open_openvino(
+            model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider
+        )
+        return SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device)
     ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)

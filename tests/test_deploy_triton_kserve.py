@@ -7,7 +7,6 @@ No cluster is involved.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,13 @@ def test_cxr_serve_manifest_uses_real_settings_and_routes() -> None:
     assert 1 <= pred["minReplicas"] <= pred["maxReplicas"]
     (c,) = pred["containers"]
     assert c["name"] == "kserve-container" and c["command"] == ["cxr", "serve"]
-    serve_src = (ROOT / "cxr" / "cli" / "serve.py").read_text()
-    known = set(re.findall(r'envvar="(CXR_\w+)"', serve_src)) | {API_KEY_ENV}
+    import typer
+
+    from cxr.cli.serve import serve
+
+    app = typer.Typer()
+    app.command()(serve)
+    known = {p.envvar for p in typer.main.get_command(app).params if p.envvar} | {API_KEY_ENV}
     env = {e["name"]: e.get("value") for e in c["env"]}
     unknown = {k for k in env if k.startswith("CXR_")} - known
     assert not unknown, f"cxr serve does not read {sorted(unknown)}"

@@ -143,12 +143,12 @@ def test_decoding_of_the_next_batch_overlaps_inference(fused_model: Path, gray_p
             events.append(("load", time.perf_counter()))
         return real_load(item)  # type: ignore[arg-type]
 
-    def slow_run(batch: np.ndarray) -> RawOutput:
+    def slow_run(batch: np.ndarray, heatmaps: bool | None = None) -> RawOutput:
         start = time.perf_counter()
         time.sleep(0.15)
         with lock:
             events.append(("run", start))
-        return real_run(batch)
+        return real_run(batch, heatmaps)
 
     pred.load = slow_load  # type: ignore[method-assign]
     pred.run = slow_run  # type: ignore[method-assign]

@@ -75,9 +75,8 @@ class BenchConfig:
     variants: tuple[Path, ...] = ()  # other precisions of the same model (FP16/INT8 files)
     session: SessionConfig = field(default_factory=SessionConfig)  # shared options; the sweep sets the rest
     providers: tuple[str, ...] = ("cpu",)
-    precisions: tuple[str, ...] = (
-        "auto",
-    )  # openvino: auto | fp32 | bf16; onnxruntime runs the file as stored
+    # openvino: auto | fp32 | bf16; onnxruntime runs the file as stored
+    precisions: tuple[str, ...] = ("auto",)
     threads: tuple[int | None, ...] = (None,)  # None: onnxruntime's default
     batch_sizes: tuple[int, ...] = (1,)
     concurrency: tuple[int, ...] = (1,)

@@ -7,8 +7,6 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any
 
 from cxr.errors import ConfigError
 from cxr.ort_flavour import onnxruntime
+from cxr.session import nvidia_smi
 
 PEAK_ENV = "CXR_PEAK_GFLOPS"
 PEAK_KEYS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
@@ -55,15 +54,7 @@ def usable_cores() -> int:
 
 def gpus() -> tuple[str, ...]:
     """One 'name, driver, memory' line per NVIDIA GPU, or nothing when nvidia-smi is absent or fails."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return ()
-    query = [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(query, capture_output=True, text=True, timeout=15, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(line.strip() for line in out.splitlines() if line.strip())
+    return tuple(nvidia_smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"))
 
 
 def _version(dist: str) -> str | None:

@@ -39,12 +39,6 @@ class Timed:
         return len(self.call_seconds)
 
 
-def _add(acc: dict[str, float], stages: Mapping[str, float] | None) -> None:
-    if stages:
-        for k, v in stages.items():
-            acc[k] = acc.get(k, 0.0) + float(v)
-
-
 def time_calls(call: Call, plan: TimingPlan) -> Timed:
     """Warm up, then time ``call`` until ``plan.iterations`` calls and ``plan.min_seconds`` are done."""
     first: float | None = None
@@ -59,7 +53,8 @@ def time_calls(call: Call, plan: TimingPlan) -> Timed:
     now = start
     while len(samples) < plan.iterations or now - start < plan.min_seconds:
         t0 = time.perf_counter()
-        _add(stages, call())
+        for k, v in (call() or {}).items():
+            stages[k] = stages.get(k, 0.0) + float(v)
         now = time.perf_counter()
         samples.append(now - t0)
     return Timed(tuple(samples), now - start, first, stages)

@@ -134,22 +134,18 @@ def legend(columns: Sequence[Column], width: int = WIDTH, more: str = "") -> str
 
 def stage_lines(report: BenchReport) -> list[str]:
     """Where end-to-end time goes: decode / preprocess / inference per batch, beside pure inference."""
+
+    def same(r: BenchRow) -> tuple[object, ...]:
+        return (r.model, r.provider_requested, r.batch_size, r.threads)
+
+    # the first single-client inference row of each configuration (reversed: the first one wins)
+    inference = {same(r): r for r in reversed(report.rows) if r.kind == "inference" and r.concurrency == 1}
     out = []
     for row in (r for r in report.rows if r.kind == "end_to_end" and r.stages_ms):
         stages = row.stages_ms or {}
         total = sum(stages.values()) or 1.0
         parts = ", ".join(f"{k} {_ms(v)} ms ({100 * v / total:.0f}%)" for k, v in stages.items())
-        same = (row.model, row.provider_requested, row.batch_size, row.threads)
-        pure = next(
-            (
-                r
-                for r in report.rows
-                if r.kind == "inference"
-                and r.concurrency == 1
-                and (r.model, r.provider_requested, r.batch_size, r.threads) == same
-            ),
-            None,
-        )
+        pure = inference.get(same(row))
         extra = f"; pure inference on pre-decoded tensors: {_ms(pure.latency_ms.mean)} ms" if pure else ""
         threads = "default" if row.threads is None else row.threads
         out.append(
@@ -158,21 +154,15 @@ def stage_lines(report: BenchReport) -> list[str]:
     return out
 
 
-def warning_lines(report: BenchReport) -> list[str]:
-    lines = [
-        f"{r.model}: asked for {r.provider_requested}, ran on {r.provider}"
-        for r in report.rows
-        if not r.provider_ok
-    ]
-    return list(dict.fromkeys(lines))
-
-
 def _tail(report: BenchReport) -> list[str]:
     """End-to-end stages, provider fallbacks and notes, as plain lines."""
     out: list[str] = []
     if stages := stage_lines(report):
         out += ["", "end-to-end (decode + preprocess + inference):", *("  " + s for s in stages)]
-    if warns := warning_lines(report):
+    fallbacks = [r for r in report.rows if not r.provider_ok]
+    if warns := dict.fromkeys(
+        f"{r.model}: asked for {r.provider_requested}, ran on {r.provider}" for r in fallbacks
+    ):
         out += ["", "PROVIDER FALLBACK:", *("  " + w for w in warns)]
     return out + ([""] if report.notes else []) + ["note: " + n for n in report.notes]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -149,11 +150,10 @@ def _end_to_end_call(
     predictor: Predictor, files: Sequence[Path], batch: int
 ) -> Callable[[], Mapping[str, float]]:
     """Each call decodes the next ``batch`` files (cycling), prepares and runs them; returns stage seconds."""
-    state = {"offset": 0}
+    offsets = itertools.count(0, batch)
 
     def call() -> Mapping[str, float]:
-        chunk = cycled(files, batch, state["offset"])
-        state["offset"] = (state["offset"] + batch) % len(files)
+        chunk = cycled(files, batch, next(offsets) % len(files))
         t0 = time.perf_counter()
         grays = [predictor.decode(f) for f in chunk]
         t1 = time.perf_counter()

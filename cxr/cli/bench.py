@@ -45,11 +45,8 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 def parse_threads(text: str) -> tuple[int | None, ...]:
     """'1,2,default' -> (1, 2, None): 'default' leaves onnxruntime's choice (all physical cores)."""
-    out: list[int | None] = []
-    for token in (t.strip() for t in text.split(",")):
-        if not token:
-            continue
-        out.append(None if token.lower() in ("default", "auto") else parse_ints(token, "--threads")[0])
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    out = [None if t.lower() in ("default", "auto") else parse_ints(t, "--threads")[0] for t in tokens]
     if not out:
         raise ConfigError("--threads is empty", hint="e.g. --threads 1,2 or --threads default")
     return tuple(out)

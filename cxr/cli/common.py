@@ -57,12 +57,6 @@ def warn(text: str) -> None:
     typer.secho(text, fg=typer.colors.YELLOW, err=True)
 
 
-def echo_error(err: CxrError) -> None:
-    typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
-    if err.hint:
-        typer.echo(f"  hint: {err.hint}", err=True)
-
-
 UNEXPECTED_EXIT = 2
 CRASH_DIR_ENV = "CXR_LOG_DIR"
 DEBUG_ENV = "CXR_DEBUG"  # 1: an unexpected error ends in its traceback (what --debug sets)
@@ -77,10 +71,6 @@ def debug_option(
     """The apps' callback: ``cxr --debug COMMAND`` lets an unexpected error end in its traceback."""
     if debug:  # the process's own environment: the command it runs is the only reader
         os.environ[DEBUG_ENV] = "1"
-
-
-def _debug_requested() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def crash_log(err: BaseException) -> Path:
@@ -104,7 +94,9 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CxrError as err:
-            echo_error(err)
+            typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
+            if err.hint:
+                typer.echo(f"  hint: {err.hint}", err=True)
             raise typer.Exit(code=err.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -112,7 +104,7 @@ def handle_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as err:  # a bug or an unforeseen failure: one clear line, the traceback in a file
-            if _debug_requested():
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
             where = crash_log(err)
             typer.secho(
@@ -160,6 +152,25 @@ def members_option(help: str = "Comma-separated member names (default: every mem
 def model_option(help: str, **kwargs: Any) -> Any:
     """``--model/-m PATH``: the model file the command runs."""
     return typer.Option("--model", "-m", help=help, show_default=False, **kwargs)
+
+
+def env_option(envvar: str, help: str | None = None, panel: str | None = None) -> Any:
+    """An option a server command also reads from ``envvar`` (shown in --help), in the help ``panel``."""
+    return typer.Option(envvar=envvar, help=help, rich_help_panel=panel)
+
+
+def require_extra(command: str, extra: str, *modules: str) -> None:
+    """``ConfigError`` with the install fix when one of ``modules`` (an optional extra of cxr) is missing."""
+    import importlib
+
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"`{command}` needs the {extra} extra ({e.name or e} is missing)",
+            hint=f"pip install -e '.[{extra}]' in a clone of cxr",
+        ) from e
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]

@@ -117,21 +117,14 @@ def echo_ray_summary(result: RayScanResult, *, output: Path | None, json_out: bo
     if json_out:
         summary = {**result.to_dict(), "model": result.model, "notice": NOTICE}
         typer.echo(json.dumps(summary), err=output is None)
-        return
-    if quiet:
-        return
-    gpus = f", {result.gpus_per_actor:g} GPU" if result.gpus_per_actor else ""
-    typer.echo(
-        f"ray: {result.actors} actors ({result.cpus_per_actor:g} CPU{gpus} each) on {result.nodes} node(s) "
-        f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
-        err=True,
-    )
-    typer.echo(
-        summary_text(
-            result.scan, tuple(result.model["classes"]), result.model.get("provenance_warnings", ())
-        ),
-        err=True,
-    )
+    elif not quiet:
+        gpus = f", {result.gpus_per_actor:g} GPU" if result.gpus_per_actor else ""
+        typer.echo(
+            f"ray: {result.actors} actors ({result.cpus_per_actor:g} CPU{gpus} each) on {result.nodes} node(s) "
+            f"at {result.address}, {result.read} reads; first rows after {result.first_rows_seconds:.1f} s",
+            err=True,
+        )
+        echo_scan_summary(result.scan, result.model, output=output, json_out=False, quiet=False)
 
 
 def format_prediction(p: Prediction) -> str:

@@ -67,30 +67,20 @@ def open_predictor(
     root: Path | None = None,
 ) -> Opened:
     """The predictor for ``model``, with an overlay writer (``heatmap_dir``) and a DICOM writer (``dicom_dir``)."""
-    from cxr.runtime.locate import resolve_model
+    from cxr.runtime.locate import resolve_model, with_heatmap_twin
     from cxr.runtime.predictor import Predictor
 
     path = resolve_model(model)
-    plain, overlays, dicom = path, None, None
-    if heatmap_dir is not None:
-        path, cfg, overlays = with_heatmaps(path, cfg, heatmap_dir, root)
+    overlays, dicom = None, None
+    if heatmap_dir is not None:  # the heatmap graph, with an overlay writer into heatmap_dir as its sink
+        from cxr.runtime.overlay import OverlayWriter
+
+        overlays = OverlayWriter(heatmap_dir, root)
+        path, cfg = with_heatmap_twin(path, cfg, required=True)
+        cfg = replace(cfg, heatmap_sink=overlays)
     if dicom_dir is not None:
-        path, cfg, dicom = with_dicom_out(
-            path if overlays else plain, cfg, dicom_dir, has_twin=overlays is not None
-        )
+        path, cfg, dicom = with_dicom_out(path, cfg, dicom_dir, has_twin=overlays is not None)
     return Opened(Predictor.from_path(path, cfg), overlays, dicom)
-
-
-def with_heatmaps(
-    model: Path, cfg: PredictorConfig, folder: Path, root: Path | None = None
-) -> tuple[Path, PredictorConfig, OverlayWriter]:
-    """The heatmap graph for ``model`` and ``cfg`` with an overlay writer into ``folder`` as its sink."""
-    from cxr.runtime.locate import with_heatmap_twin
-    from cxr.runtime.overlay import OverlayWriter
-
-    writer = OverlayWriter(folder, root)
-    twin, cfg = with_heatmap_twin(model, cfg, required=True)
-    return twin, replace(cfg, heatmap_sink=writer), writer
 
 
 def with_dicom_out(

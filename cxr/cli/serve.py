@@ -8,8 +8,15 @@ from typing import Annotated
 
 import typer
 
-from cxr.cli.common import PRECISION_HELP, PrecisionChoice, ProviderChoice, handle_errors, setup_logging
-from cxr.errors import ConfigError
+from cxr.cli.common import (
+    PRECISION_HELP,
+    PrecisionChoice,
+    ProviderChoice,
+    env_option,
+    handle_errors,
+    require_extra,
+    setup_logging,
+)
 
 
 class LogLevel(str, Enum):
@@ -32,102 +39,78 @@ def serve(
         ),
     ],
     host: Annotated[
-        str, typer.Option(envvar="CXR_HOST", help="Address to bind; 0.0.0.0 exposes the API to the network.")
+        str, env_option("CXR_HOST", "Address to bind; 0.0.0.0 exposes the API to the network.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="CXR_PORT", help="TCP port (0: any free port).")] = 8000,
+    port: Annotated[int, env_option("CXR_PORT", "TCP port (0: any free port).")] = 8000,
     port_file: Annotated[
         Path | None, typer.Option(help="Write the bound port to this file once listening (for --port 0).")
     ] = None,
     provider: Annotated[
         ProviderChoice,
-        typer.Option(
-            envvar="CXR_PROVIDER", help="onnxruntime provider, or openvino (needs the openvino extra)."
-        ),
+        env_option("CXR_PROVIDER", "onnxruntime provider, or openvino (needs the openvino extra)."),
     ] = ProviderChoice.auto,
-    precision: Annotated[
-        PrecisionChoice, typer.Option(envvar="CXR_PRECISION", help=PRECISION_HELP)
-    ] = PrecisionChoice.auto,
+    precision: Annotated[PrecisionChoice, env_option("CXR_PRECISION", PRECISION_HELP)] = PrecisionChoice.auto,
     threads: Annotated[
-        int | None,
-        typer.Option(envvar="CXR_THREADS", help="onnxruntime intra-op threads (default: all cores)."),
+        int | None, env_option("CXR_THREADS", "onnxruntime intra-op threads (default: all cores).")
     ] = None,
     strict_provider: Annotated[
-        bool,
-        typer.Option(
-            envvar="CXR_STRICT_PROVIDER", help="Fail instead of warning if the provider falls back."
-        ),
+        bool, env_option("CXR_STRICT_PROVIDER", "Fail instead of warning if the provider falls back.")
     ] = False,
     max_batch_size: Annotated[
-        int,
-        typer.Option(
-            envvar="CXR_MAX_BATCH_SIZE", rich_help_panel=BATCHING, help="Largest batch; 1 = no batching."
-        ),
+        int, env_option("CXR_MAX_BATCH_SIZE", "Largest batch; 1 = no batching.", BATCHING)
     ] = 8,
     max_wait_ms: Annotated[
-        float,
-        typer.Option(
-            envvar="CXR_MAX_WAIT_MS", rich_help_panel=BATCHING, help="Longest wait to fill a batch."
-        ),
+        float, env_option("CXR_MAX_WAIT_MS", "Longest wait to fill a batch.", BATCHING)
     ] = 2.0,
     max_body_bytes: Annotated[
-        int,
-        typer.Option(
-            envvar="CXR_MAX_BODY_BYTES", rich_help_panel=LIMITS, help="Request body cap (413 above)."
-        ),
+        int, env_option("CXR_MAX_BODY_BYTES", "Request body cap (413 above).", LIMITS)
     ] = 64 * 1024 * 1024,
     max_pixels: Annotated[
-        int,
-        typer.Option(envvar="CXR_MAX_PIXELS", rich_help_panel=LIMITS, help="Decoded pixels per image (413)."),
+        int, env_option("CXR_MAX_PIXELS", "Decoded pixels per image (413).", LIMITS)
     ] = 50_000_000,
-    timeout: Annotated[
-        float,
-        typer.Option(envvar="CXR_REQUEST_TIMEOUT", rich_help_panel=LIMITS, help="Request timeout, seconds."),
-    ] = 30.0,
+    timeout: Annotated[float, env_option("CXR_REQUEST_TIMEOUT", "Request timeout, seconds.", LIMITS)] = 30.0,
     max_concurrency: Annotated[
-        int,
-        typer.Option(
-            envvar="CXR_MAX_CONCURRENCY", rich_help_panel=LIMITS, help="Requests processed at once."
-        ),
+        int, env_option("CXR_MAX_CONCURRENCY", "Requests processed at once.", LIMITS)
     ] = 16,
-    max_queue: Annotated[
-        int,
-        typer.Option(envvar="CXR_MAX_QUEUE", rich_help_panel=LIMITS, help="Requests waiting; more get 503."),
-    ] = 64,
+    max_queue: Annotated[int, env_option("CXR_MAX_QUEUE", "Requests waiting; more get 503.", LIMITS)] = 64,
     max_batch_files: Annotated[
-        int,
-        typer.Option(envvar="CXR_MAX_BATCH_FILES", rich_help_panel=LIMITS, help="Files per batch request."),
+        int, env_option("CXR_MAX_BATCH_FILES", "Files per batch request.", LIMITS)
     ] = 16,
-    decode_workers: Annotated[
-        int, typer.Option(envvar="CXR_DECODE_WORKERS", help="Image decoding threads.")
-    ] = 2,
+    decode_workers: Annotated[int, env_option("CXR_DECODE_WORKERS", "Image decoding threads.")] = 2,
     api_key_file: Annotated[
         Path | None,
-        typer.Option(
-            envvar="CXR_API_KEY_FILE", help="File holding the API key (else $CXR_API_KEY; none: no auth)."
-        ),
+        env_option("CXR_API_KEY_FILE", "File holding the API key (else $CXR_API_KEY; none: no auth)."),
     ] = None,
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option(
-            envvar="CXR_CORS_ORIGINS", help="Allowed browser origin (repeatable). CORS is off without it."
-        ),
+        env_option("CXR_CORS_ORIGINS", "Allowed browser origin (repeatable). CORS is off without it."),
     ] = None,
-    access_log: Annotated[bool, typer.Option(envvar="CXR_ACCESS_LOG", help="Log every request.")] = True,
-    log_level: Annotated[LogLevel, typer.Option(envvar="CXR_LOG_LEVEL")] = LogLevel.info,
+    access_log: Annotated[bool, env_option("CXR_ACCESS_LOG", "Log every request.")] = True,
+    log_level: Annotated[LogLevel, env_option("CXR_LOG_LEVEL")] = LogLevel.info,
     heatmaps: Annotated[
         bool,
-        typer.Option(
-            envvar="CXR_HEATMAPS",
-            help="Also load the model's <stem>.heatmaps.onnx so that POST /v1/predict?heatmap=true returns an "
+        env_option(
+            "CXR_HEATMAPS",
+            "Also load the model's <stem>.heatmaps.onnx so that POST /v1/predict?heatmap=true returns an "
             "overlay PNG (one extra inference per such request; plain requests are unchanged).",
         ),
     ] = False,
 ) -> None:
     """Serve the HTTP inference API: POST /v1/predict, /v1/predict/batch; GET /v1/model, /healthz, /readyz,
     /metrics. Decision support only, not a diagnosis."""
-    _require_model(model)
+    from cxr.runtime.locate import check_model_file
+
+    check_model_file(model)
     setup_logging(log_level == LogLevel.debug)
-    _require_serve_extra()
+    require_extra(
+        "cxr serve",
+        "serve",
+        "fastapi",
+        "prometheus_client",
+        "pydantic_settings",
+        "python_multipart",
+        "uvicorn",
+    )
     from cxr.serve.config import ServeConfig
     from cxr.serve.server import run_server
 
@@ -159,24 +142,3 @@ def serve(
         heatmaps=heatmaps,
     )
     run_server(cfg, port_file=port_file)
-
-
-def _require_model(model: Path) -> None:
-    from cxr.runtime.locate import check_model_file
-
-    check_model_file(model)
-
-
-def _require_serve_extra() -> None:
-    """The serve extra is optional: fail here, with the fix, when it is missing."""
-    try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import pydantic_settings  # noqa: F401
-        import python_multipart  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(
-            f"`cxr serve` needs the serve extra ({e.name or e} is missing)",
-            hint="pip install -e '.[serve]' in a clone of cxr",
-        ) from e

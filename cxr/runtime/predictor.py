@@ -73,6 +73,13 @@ __all__ = [
 ]
 
 
+def _default_name(item: Item, index: int) -> str:
+    """What a result calls an input given without a name: its path, ``<bytes>`` or ``array[index]``."""
+    if isinstance(item, np.ndarray):
+        return f"array[{index}]"
+    return "<bytes>" if isinstance(item, bytes | bytearray) else str(item)
+
+
 class Predictor:
     """Run a cxr model with onnxruntime (or OpenVINO). Create with ``Predictor.from_path``."""
 
@@ -96,19 +103,16 @@ class Predictor:
                 hint="re-export the model with cxr",
                 path=path,
             )
-        if OUTPUT_PROBABILITIES in self.output_names:
-            self._prob_output = OUTPUT_PROBABILITIES
-            self._apply_softmax = False
-        elif OUTPUT_LOGITS in self.output_names:
-            self._prob_output = OUTPUT_LOGITS
-            self._apply_softmax = True
-        else:
+        found = [o for o in (OUTPUT_PROBABILITIES, OUTPUT_LOGITS) if o in self.output_names]
+        if not found:
             raise ModelError(
                 f"{path}: outputs {self.output_names} include neither "
                 f"{OUTPUT_PROBABILITIES!r} nor {OUTPUT_LOGITS!r}",
                 hint="re-export the model with cxr",
                 path=path,
             )
+        self._prob_output = found[0]
+        self._apply_softmax = found[0] == OUTPUT_LOGITS  # a single member's graph ends in logits
         self._members_output = (
             OUTPUT_MEMBER_PROBABILITIES if OUTPUT_MEMBER_PROBABILITIES in self.output_names else None
         )
@@ -235,43 +239,35 @@ class Predictor:
     def _to_predictions(self, sources: Sequence[str], out: RawOutput, seconds: float) -> list[Prediction]:
         preds = []
         per_image = seconds / max(len(sources), 1)
+        mp, flags = out.member_probabilities, self.operating_thresholds
+        members = self.member_names or tuple(f"member_{j}" for j in range(0 if mp is None else mp.shape[1]))
         for i, src in enumerate(sources):
             p = out.probabilities[i]
             k = int(np.argmax(p))
-            members = None
-            if out.member_probabilities is not None:
-                names = self.member_names or tuple(
-                    f"member_{j}" for j in range(out.member_probabilities.shape[1])
-                )
-                members = {
-                    n: {
-                        c: float(v) for c, v in zip(self.classes, out.member_probabilities[i, j], strict=True)
-                    }
-                    for j, n in enumerate(names)
-                }
             probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-            flags = self.operating_thresholds
-            preds.append(
-                Prediction(
-                    source=src,
-                    label=self.classes[k],
-                    probability=float(p[k]),
-                    probabilities=probabilities,
-                    member_probabilities=members,
-                    above_operating_point=above_operating_points(probabilities, flags) if flags else None,
-                    assessable=True,
-                    ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
-                    model_id=self.model_id,
-                    precision=self.info.precision,
-                    provider=self.provider,
-                    seconds=per_image,
-                    warnings=self.warnings,
-                )
+            member_probs = None
+            if mp is not None:  # member -> class -> probability
+                member_probs = {
+                    n: dict(zip(self.classes, mp[i, j].tolist(), strict=True)) for j, n in enumerate(members)
+                }
+            pred = Prediction(
+                source=src,
+                label=self.classes[k],
+                probability=float(p[k]),
+                probabilities=probabilities,
+                member_probabilities=member_probs,
+                above_operating_point=above_operating_points(probabilities, flags) if flags else None,
+                assessable=True,
+                ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
+                model_id=self.model_id,
+                precision=self.info.precision,
+                provider=self.provider,
+                seconds=per_image,
+                warnings=self.warnings,
             )
             if out.ood_scores is not None:
-                preds[-1] = with_reasons(
-                    preds[-1], (ood_reason(float(out.ood_scores[i]), self.ood_threshold),)
-                )
+                pred = with_reasons(pred, (ood_reason(float(out.ood_scores[i]), self.ood_threshold),))
+            preds.append(pred)
         return preds
 
     def predict_arrays(
@@ -285,11 +281,11 @@ class Predictor:
         return preds
 
     def _predict_raw(
-        self, grays: Sequence[np.ndarray], sources: Sequence[str] | None
+        self, grays: Sequence[np.ndarray], sources: Sequence[str] | None, heatmaps: bool | None = None
     ) -> tuple[list[Prediction], np.ndarray | None]:
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(grays))]
         t0 = time.perf_counter()
-        out = self.run(self.prepare(grays))
+        out = self.run(self.prepare(grays), heatmaps=heatmaps)
         preds = self._to_predictions(sources, out, time.perf_counter() - t0)
         preds = [with_reasons(p, (grey_range_reason(g),)) for p, g in zip(preds, grays, strict=True)]
         return preds, out.heatmaps
@@ -307,23 +303,15 @@ class Predictor:
     def explain(self, item: Any, name: str | None = None) -> Explained:
         """One input's prediction with its decoded image and, when the graph has the output, its heatmap."""
         value = as_item(item)
-        name = name or (
-            "<bytes>"
-            if isinstance(value, bytes)
-            else "array[0]"
-            if isinstance(value, np.ndarray)
-            else str(value)
-        )
+        name = name or _default_name(value, 0)
         try:
             original = self.decode(value)
         except CxrError as e:
             return Explained(self._error_row(name, e.one_line))
         image = resize_gray(original, self.metadata.preprocess)
-        t0 = time.perf_counter()
-        out = self.run(self.prepare([image]), heatmaps=self.has_heatmaps)
-        pred = self._to_predictions([name], out, time.perf_counter() - t0)[0]
-        pred = with_reasons(pred, (grey_range_reason(image), *header_reasons(value)))
-        return Explained(pred, original, None if out.heatmaps is None else out.heatmaps[0])
+        preds, heat = self._predict_raw([image], [name], heatmaps=self.has_heatmaps)
+        pred = with_reasons(preds[0], header_reasons(value))
+        return Explained(pred, original, None if heat is None else heat[0])
 
     def load(self, item: Item) -> np.ndarray:
         """Decode one item and resize it to the model's input size (the per-image work of a batch)."""
@@ -349,27 +337,15 @@ class Predictor:
     ) -> Iterator[list[Prediction]]:
         """One list of predictions per batch, in input order; decoding runs ``prefetch_batches`` ahead."""
         bs = self.cfg.batch_size
-        source = iter(items)
-        name_iter = iter(names) if names is not None else None
-        counter = 0
-
-        def _name(item: Item) -> str:
-            nonlocal counter
-            counter += 1
-            if name_iter is not None:
-                return next(name_iter)
-            if isinstance(item, np.ndarray):
-                return f"array[{counter - 1}]"
-            return "<bytes>" if isinstance(item, bytes | bytearray) else str(item)
-
+        named = (  # an iterator: each batch takes the next ``batch_size`` of it
+            zip(names, items, strict=True)
+            if names is not None
+            else ((_default_name(it, i), it) for i, it in enumerate(items))
+        )
         pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="cxr-decode")
 
         def submit_next() -> list[tuple[str, Future[_Loaded]]]:
-            batch = []
-            for it in islice(source, bs):
-                name = _name(it)
-                batch.append((name, pool.submit(self._load_safe, it, name)))
-            return batch
+            return [(name, pool.submit(self._load_safe, it, name)) for name, it in islice(named, bs)]
 
         try:
             queue: deque[list[tuple[str, Future[_Loaded]]]] = deque()
@@ -380,8 +356,7 @@ class Predictor:
                 queue.append(nxt)
             while queue:
                 batch = queue.popleft()
-                nxt = submit_next()
-                if nxt:
+                if nxt := submit_next():
                     queue.append(nxt)
                 yield self._predict_loaded([(name, fut.result()) for name, fut in batch])
         finally:  # on Ctrl-C or an abandoned generator, drop the decodes not yet started

@@ -63,7 +63,8 @@ def csv_row(pred: Prediction, classes: Sequence[str], members: Sequence[str] = (
         elif name == "member_probabilities":
             row += [_cell(member_probs.get(m, {}).get(c)) for m in members for c in classes]
         elif name == "above_operating_point":
-            row.append(flagged_classes(pred))
+            flags = pred.above_operating_point or {}
+            row.append(";".join(c for c, above in flags.items() if above))
         elif name == "reasons":
             row.append(";".join(r.code for r in pred.reasons))
         elif name == "warnings":
@@ -73,12 +74,6 @@ def csv_row(pred: Prediction, classes: Sequence[str], members: Sequence[str] = (
         else:
             row.append(_cell(value))
     return row
-
-
-def flagged_classes(pred: Prediction) -> str:
-    """The classes at or above their operating point, ``;``-joined ("" for none or no operating points)."""
-    flags = pred.above_operating_point or {}
-    return ";".join(c for c, above in flags.items() if above)
 
 
 @dataclass(frozen=True)

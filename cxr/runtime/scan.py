@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import time
@@ -15,7 +16,7 @@ from cxr.errors import DataError
 from cxr.imaging.decode import READABLE_SUFFIXES
 from cxr.imaging.dicom import might_be_dicom
 from cxr.runtime.predictor import Predictor
-from cxr.runtime.results import PreviousResults, ResultFormat, open_scan_output
+from cxr.runtime.results import ResultFormat, open_scan_output
 from cxr.spec import Prediction
 
 MAX_FAILURES_KEPT = 20
@@ -34,7 +35,7 @@ class ScanConfig:
     retry_failed: bool = False  # with resume: predict again the files whose previous row is an error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScanResult:
     folder: str
     found: int  # files selected in the folder
@@ -42,15 +43,15 @@ class ScanResult:
     predicted: int
     failed: int
     counts: dict[str, int]  # predicted class -> files, this run
+    not_assessable_files: int = 0  # predicted files the input gate marked not assessable
+    not_assessable: dict[str, int] = field(default_factory=dict)  # reason code -> files with it
     seconds: float
     images_per_second: float  # files processed (predicted or failed) per second of scan
     provider: str
+    precision: str | None = None  # what the backend really ran (openvino: fp32/bf16); None: the file's own
     model_id: str
     output: str | None
-    failures: tuple[tuple[str, str], ...] = field(default=())  # (path, error), the first few
-    precision: str | None = None  # what the backend really ran (openvino: fp32/bf16); None: the file's own
-    not_assessable_files: int = 0  # predicted files the input gate marked not assessable
-    not_assessable: dict[str, int] = field(default_factory=dict)  # reason code -> files with it
+    failures: tuple[tuple[str, str], ...] = ()  # (path, error), the first few
 
     @property
     def exit_code(self) -> int:
@@ -58,23 +59,8 @@ class ScanResult:
         return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "folder": self.folder,
-            "found": self.found,
-            "skipped": self.skipped,
-            "predicted": self.predicted,
-            "failed": self.failed,
-            "counts": dict(self.counts),
-            "not_assessable_files": self.not_assessable_files,
-            "not_assessable": dict(self.not_assessable),
-            "seconds": self.seconds,
-            "images_per_second": self.images_per_second,
-            "provider": self.provider,
-            "precision": self.precision,
-            "model_id": self.model_id,
-            "output": self.output,
-            "failures": [{"path": p, "error": e} for p, e in self.failures],
-        }
+        """The fields in order, each failure as ``{"path", "error"}``."""
+        return {**dataclasses.asdict(self), "failures": [{"path": p, "error": e} for p, e in self.failures]}
 
 
 def looks_like_dicom_file(path: Path) -> bool:
@@ -165,12 +151,6 @@ class ScanTally:
         return sum(self.counts.values())
 
 
-def _not_done(files: Sequence[Path], previous: PreviousResults) -> list[Path]:
-    """The files whose path (as given or absolute) is not among the rows a previous run wrote."""
-    done = previous.paths | {os.path.abspath(p) for p in previous.paths}
-    return [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
-
-
 def scan_folder(
     predictor: Predictor,
     cfg: ScanConfig,
@@ -193,7 +173,8 @@ def scan_folder(
         overwrite=cfg.overwrite,
         retry_failed=cfg.retry_failed,
     )
-    todo = _not_done(files, previous)
+    done = previous.paths | {os.path.abspath(p) for p in previous.paths}  # as given or absolute
+    todo = [p for p in files if str(p) not in done and os.path.abspath(p) not in done]
     if on_start is not None:
         on_start(len(todo), len(files) - len(todo))
     tally = ScanTally()

@@ -18,11 +18,6 @@ from cxr.session import SessionConfig
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-DEFAULT_MAX_BODY_BYTES = 64 * MIB
-"""Like Triton's ``--http-max-input-size`` default."""
-DEFAULT_MAX_PIXELS = 50_000_000
-"""Decoded pixels per image: a 7000x7000 radiograph passes, a decompression bomb does not."""
 ENV_PREFIX = "CXR_"
 API_KEY_ENV = "CXR_API_KEY"
 SESSION_ENV = {
@@ -74,8 +69,8 @@ class ServeConfig(BaseSettings):
     """Largest inference batch the dynamic batcher forms; 1 turns dynamic batching off."""
     max_wait_ms: float = 2.0
     """How long the batcher waits for more requests once it holds one (0: take only what is queued)."""
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_body_bytes: int = 64 * 1024 * 1024  # like Triton's --http-max-input-size default
+    max_pixels: int = 50_000_000  # per image: a 7000x7000 radiograph passes, a decompression bomb does not
     request_timeout_s: float = Field(
         default=30.0, validation_alias=AliasChoices("request_timeout_s", "CXR_REQUEST_TIMEOUT")
     )

@@ -103,28 +103,22 @@ class AdmissionGate:
         self.max_waiting = max_waiting
         self.active = 0
         self.waiting = 0
-        self._sem: asyncio.Semaphore | None = None
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.max_active)
-        return self._sem
+        self._sem = asyncio.Semaphore(max_active)  # bound to the event loop on first wait
 
     async def acquire(self) -> None:
         """Take a slot, waiting in the queue if needed; ``Overloaded`` when the queue is full."""
-        sem = self._semaphore()
-        if sem.locked() and self.waiting >= self.max_waiting:
+        if self._sem.locked() and self.waiting >= self.max_waiting:
             raise Overloaded()
         self.waiting += 1
         try:
-            await sem.acquire()
+            await self._sem.acquire()
         finally:
             self.waiting -= 1
         self.active += 1
 
     def release(self) -> None:
         self.active -= 1
-        self._semaphore().release()
+        self._sem.release()
 
     def release_after(self, pending: list[concurrent.futures.Future[Any]]) -> None:
         """Release now, or once the last still-running thread job in ``pending`` has finished."""

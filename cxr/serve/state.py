@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -101,15 +102,11 @@ class DynamicBatcher:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         if self._queue is not None:
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if not item.future.done():
-                    item.future.set_exception(BatcherStopped("the server is shutting down"))
+            queued = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+            _fail(queued, BatcherStopped("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -152,15 +149,11 @@ class DynamicBatcher:
             try:
                 preds = await loop.run_in_executor(pool, self.infer, grays, sources)
             except asyncio.CancelledError:
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(BatcherStopped("the server is shutting down"))
+                _fail(batch, BatcherStopped("the server is shutting down"))
                 raise
             except Exception as e:  # every waiting request gets the error; the loop lives on
                 log.exception("inference failed for a batch of %d", len(batch))
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+                _fail(batch, e)
                 continue
             seconds = time.perf_counter() - started
             if self.observer is not None:
@@ -168,6 +161,13 @@ class DynamicBatcher:
             for it, pred in zip(batch, preds, strict=True):
                 if not it.future.done():
                     it.future.set_result(BatchResult(pred, len(batch), started - it.queued_at, seconds))
+
+
+def _fail(items: Sequence[_Item], error: BaseException) -> None:
+    """``error`` for every item whose request still waits."""
+    for it in items:
+        if not it.future.done():
+            it.future.set_exception(error)
 
 
 def load_predictor(cfg: ServeConfig, heatmaps: bool = False) -> Predictor:
@@ -289,10 +289,8 @@ class ServerState:
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
-            except asyncio.CancelledError:
-                pass
         if self.batcher is not None:
             await self.batcher.stop()
         if self.decode_pool is not None:

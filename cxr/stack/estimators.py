@@ -9,6 +9,7 @@ reloaded estimator to reproduce ``predict_proba``; ``load_estimator`` only insta
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import warnings
 from collections.abc import Mapping
@@ -66,29 +67,12 @@ def resolve_kind(name: str) -> EstimatorKind:
     )
 
 
-def kind_of(est: Any) -> str:
-    for name, kind in ESTIMATORS.items():
-        if type(est) is kind.cls:
-            return name
-    raise ConfigError(
-        f"{type(est).__name__} is not a meta-learner cxr can store and convert",
-        hint=f"choose one of {', '.join(ESTIMATORS)}",
-    )
-
-
 def full_proba(est: Any, features: np.ndarray, k: int) -> np.ndarray:
     """``predict_proba`` widened to all K classes (0 for a class the estimator never saw)."""
     p = est.predict_proba(features)
     out = np.zeros((p.shape[0], k), dtype=np.float64)
     out[:, np.asarray(est.classes_, dtype=np.int64)] = p
     return out
-
-
-def _candidates(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
-    from itertools import product
-
-    keys = sorted(grid)
-    return [dict(zip(keys, values, strict=True)) for values in product(*(grid[k] for k in keys))]
 
 
 def _cv_splits(y: np.ndarray, folds: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -145,9 +129,11 @@ def cross_validate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray, list[str]]:
     """(best params, score per candidate, cross-validated probabilities of the best, notes)."""
     splits, notes = _cv_splits(y, folds, seed)
+    keys = sorted(grid)
+    candidates = [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[k] for k in keys))]
     scores: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], np.ndarray] | None = None
-    for cand in _candidates(grid) or [{}]:
+    for cand in candidates or [{}]:
         params = {**fixed, **cand}
         oof = np.zeros((y.size, k), dtype=np.float64)
         for train_idx, held_idx in splits:
@@ -180,7 +166,12 @@ def _plain(value: Any) -> Any:
 
 def estimator_state(est: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(description, arrays) of a fitted estimator; refuse state that cannot be stored safely."""
-    kind = kind_of(est)
+    kind = next((name for name, k in ESTIMATORS.items() if type(est) is k.cls), None)
+    if kind is None:
+        raise ConfigError(
+            f"{type(est).__name__} is not a meta-learner cxr can store and convert",
+            hint=f"choose one of {', '.join(ESTIMATORS)}",
+        )
     params = {k: _plain(v) for k, v in est.get_params(deep=False).items()}
     bad = [k for k, v in params.items() if not _jsonable(v)]
     if bad:

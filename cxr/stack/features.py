@@ -24,7 +24,6 @@ from cxr.train.predictions import PredictionTable, align_members, read_predictio
 
 log = logging.getLogger(__name__)
 
-"""Metadata property of a converted meta-learner (``stack/meta.onnx``): its description as JSON."""
 META_JSON = "meta.json"
 META_NPZ = "meta.npz"
 META_ONNX = "meta.onnx"
@@ -79,13 +78,15 @@ def discover_members(run_dir: Path) -> tuple[str, ...]:
 def read_best(run_dir: Path, name: str) -> dict[str, Any]:
     """The member's ``best.json`` (checkpoint info), or {} when absent."""
     path = member_dir(run_dir, name) / "best.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}", hint="re-train the member", path=path) from e
+    data = _read_json(path, "re-train the member") if path.is_file() else {}
     return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}", hint=hint, path=path) from e
 
 
 def check_member_order(expected: Sequence[str], given: Sequence[str], *, what: str = "members") -> None:
@@ -254,10 +255,7 @@ def read_meta_json(stack_dir: Path) -> dict[str, Any]:
             hint="train the meta-learner first (`cxr stack RUN_DIR`)",
             path=path,
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}", hint="re-run `cxr stack`", path=path) from e
+    data = _read_json(path, "re-run `cxr stack`")
     if not isinstance(data, dict) or "member_order" not in data or "estimator" not in data:
         raise DataError(f"{path} is not a cxr meta-learner description", hint="re-run `cxr stack`", path=path)
     return data

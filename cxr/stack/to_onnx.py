@@ -126,13 +126,12 @@ def portable_meta(est: Any, n_features: int, k: int, opset: int, temperature: fl
         logits = g.op(
             "Div", [raw, g.const("meta_temperature", np.array(float(temperature)))], "meta_logits_t"
         )
-    widen = seen.size != k or not np.array_equal(seen, np.arange(k))
+    widen = seen.size != k or not np.array_equal(seen, np.arange(k))  # a class absent from fitting
     probs_seen = g.op(
         "Softmax", [logits], "meta_probabilities_seen" if widen else OUTPUT_PROBABILITIES, axis=1
     )
     if widen:
-        embed = np.zeros((seen.size, k), dtype=np.float64)
-        embed[np.arange(seen.size), seen] = 1.0
+        embed = np.eye(k, dtype=np.float64)[seen]  # [k_seen, K]: each seen class's column at its index
         g.op("MatMul", [probs_seen, g.const("meta_embed", embed)], OUTPUT_PROBABILITIES)
     index = g.op("ArgMax", [raw], "meta_index" if widen else OUTPUT_LABEL, axis=1, keepdims=0)
     if widen:
@@ -194,8 +193,7 @@ def _widen(model: onnx.ModelProto, seen: np.ndarray, k: int) -> None:
         for i, name in enumerate(node.output):
             if name == OUTPUT_PROBABILITIES:
                 node.output[i] = narrow
-    embed = np.zeros((seen.size, k), dtype=np.float64)
-    embed[np.arange(seen.size), seen] = 1.0
+    embed = np.eye(k, dtype=np.float64)[seen]
     g.initializer.append(numpy_helper.from_array(embed, "probabilities_embed"))
     g.node.append(
         helper.make_node(
@@ -306,8 +304,6 @@ def convert_meta(
     opset: int = 17,
     check_features: np.ndarray | None = None,
     info: Mapping[str, Any] | None = None,
-    tolerance: float = 1e-6,
-    rng: np.random.Generator | None = None,
     temperature: float = 1.0,
 ) -> MetaOnnxResult:
     """Convert, verify and save ``est`` (see the module docstring)."""
@@ -319,12 +315,12 @@ def convert_meta(
     helper.set_model_props(model, {META_STACK: json.dumps(meta, sort_keys=True, default=str)})
     onnx.checker.check_model(model, full_check=True)
     if check_features is None:
-        gen = rng if rng is not None else np.random.default_rng(0)
-        check_features = gen.dirichlet(np.ones(k), size=(64, n_members)).reshape(64, n_features)
+        rng = np.random.default_rng(0)
+        check_features = rng.dirichlet(np.ones(k), size=(64, n_members)).reshape(64, n_features)
     x = np.asarray(check_features, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != n_features:
         raise ModelError(f"check features have shape {x.shape}, expected [N, {n_features}]")
-    check = verify_meta(model, reference, est, x, k, tolerance, temperature)
+    check = verify_meta(model, reference, est, x, k, temperature=temperature)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString()

@@ -142,7 +142,8 @@ def _model_readme(
     )
 
 
-def default_model_name(model: Path, meta: ModelMetadata) -> str:
+def default_model_name(model: Path) -> str:
+    """The model file's stem as a Triton model name: letters, digits, ``_.-``, starting alphanumeric."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).stem).strip("._-") or "cxr_model"
     if not stem[0].isalnum():
         stem = "cxr_" + stem
@@ -245,17 +246,6 @@ def _export_warnings(src: _Source, cfg: TritonConfig) -> list[str]:
     return warnings
 
 
-def _check_copy(copied: Path, sig: ModelSignature) -> None:
-    """Reopen the copied model and refuse it unless its signature is the source's."""
-    copy_sig = signature_of(open_session(copied), copied)
-    if copy_sig != sig:
-        raise ModelError(
-            f"the copied model {copied} does not have the source's signature",
-            hint="check the disk and the external-data files, then retry",
-            path=copied,
-        )
-
-
 def _cxr_info(src: _Source, cfg: TritonConfig, max_batch: int) -> dict[str, Any]:
     """The contents of ``cxr.json``: the model's cxr metadata, signature, sha256 and the notice."""
     return {
@@ -282,7 +272,13 @@ def _install_model_folder(
     name = model_dir.name
     try:
         linked, model_bytes = _copy_model(src.path, staging / str(cfg.version), cfg.link)
-        _check_copy(staging / str(cfg.version) / MODEL_FILE, src.sig)
+        copied = staging / str(cfg.version) / MODEL_FILE
+        if signature_of(open_session(copied), copied) != src.sig:  # reopened: the copy must be the source
+            raise ModelError(
+                f"the copied model {copied} does not have the source's signature",
+                hint="check the disk and the external-data files, then retry",
+                path=copied,
+            )
         for file, text in (
             ("config.pbtxt", render_config(name, src.sig, src.meta, cfg, src.sha256, str(src.path))),
             (LABELS_FILE, "\n".join(src.meta.classes) + "\n"),
@@ -304,7 +300,7 @@ def write_triton_repository(model: Path, out: Path, cfg: TritonConfig = TritonCo
     model, repo = Path(model), Path(out)
     sig, meta, props = read_model(model)
     check_contract(sig, meta, model)
-    name = cfg.model_name or default_model_name(model, meta)
+    name = cfg.model_name or default_model_name(model)
     model_dir = repo / name
     src = _Source(model, sig, meta, props, file_sha256(model))
     _check_destination(repo, model_dir, model, src.sha256, cfg.force)

@@ -110,15 +110,12 @@ def _tensor(arg: Any, path: Path) -> TensorSpec:
     return TensorSpec(arg.name, arg.type, dims, ONNX_TO_TRITON[arg.type])
 
 
-def _is_batch_dim(d: int | str | None) -> bool:
-    return not isinstance(d, int) or d < 0
-
-
 def signature_of(session: Any, path: Path) -> ModelSignature:
     """Inputs and outputs of an onnxruntime session; batched when all share a variable first axis."""
     inputs = tuple(_tensor(a, path) for a in session.get_inputs())
     outputs = tuple(_tensor(a, path) for a in session.get_outputs())
-    batched = all(len(t.shape) >= 1 and _is_batch_dim(t.shape[0]) for t in inputs + outputs)
+    # batched: every tensor's first axis is variable (symbolic, unknown or negative)
+    batched = all(t.shape and not (isinstance(t.shape[0], int) and t.shape[0] >= 0) for t in inputs + outputs)
     return ModelSignature(inputs, outputs, batched)
 
 

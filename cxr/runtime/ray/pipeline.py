@@ -58,8 +58,7 @@ class PredictorActor:
 
 def prediction_from_json(text: str) -> Prediction:
     """The inverse of the actor's ``json.dumps(prediction.to_dict())``."""
-    d: dict[str, Any] = json.loads(text)
-    return Prediction.from_dict(d)
+    return Prediction.from_dict(json.loads(text))
 
 
 class OrderedRows:
@@ -234,9 +233,7 @@ def stream_rows(
 
 
 def _lookup(index: dict[str, int], key: str) -> int:
-    i = index.get(key)
-    if i is None:
-        i = index.get(key.lstrip("/"), index.get("/" + key))
+    i = index.get(key, index.get(key.lstrip("/"), index.get("/" + key)))
     if i is None:
         raise RayJobError(f"Ray returned a row for {key!r}, which this scan did not ask for")
     return i

@@ -3,6 +3,7 @@ would."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -53,16 +54,7 @@ class RayScanResult:
         return self.scan.exit_code
 
     def to_dict(self) -> dict[str, object]:
-        ray_info = {
-            "address": self.address,
-            "actors": self.actors,
-            "cpus_per_actor": self.cpus_per_actor,
-            "gpus_per_actor": self.gpus_per_actor,
-            "read": self.read,
-            "nodes": self.nodes,
-            "startup_seconds": self.startup_seconds,
-            "first_rows_seconds": self.first_rows_seconds,
-        }
+        ray_info = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[2:]}  # after scan, model
         return {**self.scan.to_dict(), "engine": "ray", "ray": ray_info}
 
 
