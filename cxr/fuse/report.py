@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,7 @@ def fuse_report_dict(
         "skipped_variants": result.skipped_variants,
         "verified_precisions": dict(result.verified_precisions),
         "resizes_in_graph": list(result.resizes),
-        "end_to_end": None if result.end_to_end is None else result.end_to_end.to_dict(),
+        "end_to_end": None if result.end_to_end is None else asdict(result.end_to_end),
         "latency": result.latency,
         "heatmaps": None if result.heatmaps is None else result.heatmaps.to_dict(),
         "ood": result.ood,
@@ -158,19 +159,10 @@ def _files_table(d: Mapping[str, Any]) -> list[str]:
             if drift
             else "-"
         )
+        name, size = f"`{Path(f['path']).name}`", f"{f['bytes'] / 2**20:.1f}"
+        parity = [f"{_fmt(diff)} (tol {par['tolerance']:g})", str(par["labels_equal"])]
         rows.append(
-            [
-                f"`{Path(f['path']).name}`",
-                f["precision"],
-                f"{f['bytes'] / 2**20:.1f}",
-                str(f["external_data"]),
-            ]
-            + [
-                f["simplify_note"],
-                f"{_fmt(diff)} (tol {par['tolerance']:g})",
-                str(par["labels_equal"]),
-                drift_s,
-            ]
+            [name, f["precision"], size, str(f["external_data"]), f["simplify_note"], *parity, drift_s]
         )
     head = ("file", "precision", "MiB", "external data", "simplified", "max abs diff vs separate")
     return table((*head, "labels equal", "drift vs FP32"), rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,7 @@ class FuseConfig:
     batches: tuple[int, ...] = (1, 8)
     tolerance: float = 1e-5
     variant_tolerance: float = 1e-3
-    external_data_threshold: int = (
-        1_800_000_000  # bytes of weights above which the graph is saved with external data
-    )
+    external_data_threshold: int = 1_800_000_000  # weight bytes above which the weights go to external data
     benchmark_runs: int = 0  # > 0: measure fused vs separate latency at batch 1
     threads: int | None = None
     seed: int = 0
@@ -81,7 +79,7 @@ class FusedFile:
             "external_data": self.external_data,
             "simplified": self.simplified,
             "simplify_note": self.simplify_note,
-            "parity_vs_separate": self.parity.to_dict(),
+            "parity_vs_separate": asdict(self.parity),
             "drift_vs_fp32": self.drift_vs_fp32,
         }
 
@@ -100,7 +98,7 @@ class HeatmapFile:
         return {
             "path": str(self.path),
             "sha256": self.sha256,
-            "parity_vs_separate": self.parity.to_dict(),
+            "parity_vs_separate": asdict(self.parity),
             "mapped": list(self.mapped),
             "excluded": dict(self.excluded),
             "max_abs_logit_identity": self.max_abs_logit_identity,
