@@ -21,7 +21,7 @@ from cxr.spec import (
 
 if TYPE_CHECKING:
     from cxr.fuse.members import MemberModel
-    from cxr.fuse.types import FuseResult
+    from cxr.fuse.types import FusedFile, FuseResult, HeatmapFile
 
 
 def false_refusal_text(card: dict[str, Any]) -> str:
@@ -42,6 +42,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}g}"
     return str(x)
+
+
+def _file_dict(f: FusedFile | HeatmapFile) -> dict[str, Any]:
+    """A built file's fields, its ``parity`` named ``parity_vs_separate``."""
+    return {("parity_vs_separate" if k == "parity" else k): v for k, v in asdict(f).items()}
 
 
 def fuse_report_dict(
@@ -73,13 +78,13 @@ def fuse_report_dict(
             k: meta_info.get(k) for k in ("type", "params", "cv_score", "cv_metric", "val_metrics", "source")
         },
         "calibration": meta_info.get(CARD_CALIBRATION),
-        "files": {p: f.to_dict() for p, f in result.files.items()},
+        "files": {p: _file_dict(f) for p, f in result.files.items()},
         "skipped_variants": result.skipped_variants,
         "verified_precisions": dict(result.verified_precisions),
         "resizes_in_graph": list(result.resizes),
         "end_to_end": None if result.end_to_end is None else asdict(result.end_to_end),
         "latency": result.latency,
-        "heatmaps": None if result.heatmaps is None else result.heatmaps.to_dict(),
+        "heatmaps": None if result.heatmaps is None else _file_dict(result.heatmaps),
         "ood": result.ood,
         "warnings": list(result.warnings),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +70,6 @@ class FusedFile:
     parity: ParityReport
     drift_vs_fp32: dict[str, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "precision": self.precision,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "bytes": self.bytes,
-            "external_data": self.external_data,
-            "simplified": self.simplified,
-            "simplify_note": self.simplify_note,
-            "parity_vs_separate": asdict(self.parity),
-            "drift_vs_fp32": self.drift_vs_fp32,
-        }
-
 
 @dataclass(frozen=True)
 class HeatmapFile:
@@ -93,17 +80,6 @@ class HeatmapFile:
     excluded: dict[str, str]
     max_abs_logit_identity: float  # max |mean(class map) - logit| over mapped members
     max_abs_diff_vs_numpy: float  # fused heatmaps vs the numpy reference
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "parity_vs_separate": asdict(self.parity),
-            "mapped": list(self.mapped),
-            "excluded": dict(self.excluded),
-            "max_abs_logit_identity": self.max_abs_logit_identity,
-            "max_abs_diff_vs_numpy": self.max_abs_diff_vs_numpy,
-        }
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,6 @@ def check_separate(
     tolerance: float = 1e-5,
     rng: np.random.Generator,
     threads: int | None = None,
-    strict: bool = True,
 ) -> ParityReport:
     sess = session(fused_path, threads)
     h, w = reference.fused_size
@@ -131,7 +130,7 @@ def check_separate(
         d_member = max(d_member, float(np.max(np.abs(member - r_member))))
         labels_equal = labels_equal and bool(np.array_equal(label, r_label))
     report = ParityReport(tuple(batches), d_probs, d_member, labels_equal, tolerance, shapes)
-    if strict and (max(d_probs, d_member) > tolerance or not labels_equal):
+    if max(d_probs, d_member) > tolerance or not labels_equal:
         raise VerificationError(
             f"{fused_path} differs from its members run separately: max |dp| = {d_probs:.3g} (ensemble), "
             f"{d_member:.3g} (members), tolerance {tolerance:g}, labels identical: {labels_equal}",
