@@ -19,7 +19,7 @@ import numpy as np
 from cxr import __version__
 from cxr.errors import ConfigError, DataError
 from cxr.evaluate.methods import MethodPredictions, read_table, stacking_tests, table_path
-from cxr.evaluate.report import fmt, fmt_ci, text_table
+from cxr.evaluate.report import ci_head, fmt, fmt_ci, text_table
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
 from cxr.labels import CLASSES, NOTICE
 from cxr.markdown import table
@@ -215,13 +215,7 @@ def _rows(methods: Sequence[PooledMethod]) -> list[list[str]]:
 
 def format_pooled_table(methods: Sequence[PooledMethod], confidence: float = 0.95) -> str:
     """The plain-text table: method, accuracy [CI], macro-F1 [CI], accuracy per fold."""
-    head = (
-        "method",
-        f"accuracy [{confidence:.0%} CI]",
-        f"macro-F1 [{confidence:.0%} CI]",
-        "accuracy per fold",
-    )
-    return text_table(head, _rows(methods))
+    return text_table((*ci_head(confidence), "accuracy per fold"), _rows(methods))
 
 
 def mcnemar_line(t: McNemarResult) -> str:

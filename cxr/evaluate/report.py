@@ -59,16 +59,14 @@ def text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
 
 
+def ci_head(confidence: float) -> tuple[str, str, str]:
+    """The first columns of every comparison table: method, accuracy and macro-F1 with their intervals."""
+    return ("method", f"accuracy [{confidence:.0%} CI]", f"macro-F1 [{confidence:.0%} CI]")
+
+
 def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> str:
     """Plain-text comparison table (what the CLI and the demo print)."""
-    head = (
-        "method",
-        f"accuracy [{confidence:.0%} CI]",
-        f"macro-F1 [{confidence:.0%} CI]",
-        "macro ROC-AUC",
-        "ECE",
-    )
-    return text_table(head, summary_rows(methods))
+    return text_table((*ci_head(confidence), "macro ROC-AUC", "ECE"), summary_rows(methods))
 
 
 def _test_line(t: McNemarResult) -> str:
@@ -111,8 +109,8 @@ def _md_head(cfg: EvalConfig, f: EvalResult) -> list[str]:
 
 def _md_comparison(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """The comparison table with its intervals, and the significance tests."""
-    head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
-    lines = ["## Comparison", "", *table((*head, "macro ROC-AUC", "ECE"), summary_rows(f.methods))]
+    head = (*ci_head(cfg.confidence), "macro ROC-AUC", "ECE")
+    lines = ["## Comparison", "", *table(head, summary_rows(f.methods))]
     return lines + [
         "",
         f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
