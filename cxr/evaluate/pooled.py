@@ -175,7 +175,8 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     warnings = _check_folds(tables, infos)
     methods, correct = _pooled_methods(cfg, tables)
     tests = stacking_tests(correct, BEST, "best member (per fold)", cfg.exact_below)
-    n, out = int(sum(len(t.paths) for t in tables)), Path(cfg.out_dir)
+    n = int(sum(len(t.paths) for t in tables))
+    out = Path(cfg.out_dir)
     member_tests = _member_tests(cfg, correct)
     result = PooledResult(
         methods, tests, n, tuple(infos), out / "report.md", out / "report.json", tuple(warnings), member_tests

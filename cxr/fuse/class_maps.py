@@ -242,9 +242,7 @@ def _cam_nodes(
         nodes += [
             reduce_node("ReduceMean", feature, [2, 3], f"{_TAG}pooled", opset, inits),  # p [N, C, 1, 1]
             reduce_node("ReduceMean", f"{_TAG}pooled", [1], f"{_TAG}pooled_mean", opset, inits),
-            reduce_node(
-                "ReduceMean", feature, [1], f"{_TAG}pixel_mean", opset, inits
-            ),  # over C at each (x, y)
+            reduce_node("ReduceMean", feature, [1], f"{_TAG}pixel_mean", opset, inits),  # over C per pixel
             helper.make_node("Sub", [f"{_TAG}pooled", f"{_TAG}pooled_mean"], [f"{_TAG}pooled_c"]),
             helper.make_node("Mul", [f"{_TAG}pooled_c", f"{_TAG}pooled_c"], [f"{_TAG}pooled_sq"]),
             reduce_node("ReduceMean", f"{_TAG}pooled_sq", [1], f"{_TAG}pooled_var", opset, inits),

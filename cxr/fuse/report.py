@@ -159,12 +159,13 @@ def _files_table(d: Mapping[str, Any]) -> list[str]:
     for f in d["files"].values():
         par, drift = f["parity_vs_separate"], f["drift_vs_fp32"]
         diff = max(par["max_abs_diff_probabilities"], par["max_abs_diff_member_probabilities"])
-        drift_s = (
-            f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
-            if drift
-            else "-"
-        )
-        name, size = f"`{Path(f['path']).name}`", f"{f['bytes'] / 2**20:.1f}"
+        drift_s = "-"
+        if drift:
+            drift_s = (
+                f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
+            )
+        name = f"`{Path(f['path']).name}`"
+        size = f"{f['bytes'] / 2**20:.1f}"
         parity = [f"{_fmt(diff)} (tol {par['tolerance']:g})", str(par["labels_equal"])]
         rows.append(
             [name, f["precision"], size, str(f["external_data"]), f["simplify_note"], *parity, drift_s]
