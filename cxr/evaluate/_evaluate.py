@@ -33,7 +33,7 @@ from cxr.evaluate.methods import (
     write_table,
 )
 from cxr.evaluate.report import format_table, write_reports
-from cxr.evaluate.selective import selective_report
+from cxr.evaluate.selective import SelectiveReport, selective_report
 from cxr.evaluate.stats import McNemarResult, bootstrap_intervals
 from cxr.evaluate.types import (
     MAJORITY,
@@ -153,15 +153,13 @@ def verdict(
         first = f"Stacking does not help: it is {_pp(d_best)} less accurate than the best single member, {best} ({accs})."
     d_soft = st.accuracy - sv.accuracy
     p_soft = f"McNemar p = {t_soft.p_value:.3g}"
+    sig = "" if t_soft.p_value < alpha else ", not significant"
     if d_soft > 0:
-        second = f"Against soft voting it is {_pp(d_soft)} better ({p_soft}{'' if t_soft.p_value < alpha else ', not significant'})."
+        second = f"Against soft voting it is {_pp(d_soft)} better ({p_soft}{sig})."
     elif d_soft == 0:
         second = f"Soft voting, which needs no training, is exactly as accurate ({p_soft})."
     else:
-        second = (
-            f"Soft voting, which needs no training, is {_pp(d_soft)} more accurate ({p_soft}"
-            f"{'' if t_soft.p_value < alpha else ', not significant'})."
-        )
+        second = f"Soft voting, which needs no training, is {_pp(d_soft)} more accurate ({p_soft}{sig})."
     return helps, f"{first} {second}"
 
 
@@ -178,16 +176,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     calibration, points = _calibration(cfg, data, stacked, methods, warnings)
     best, rule, notes = choose_best_member(run_dir, members, data)
     warnings += notes
-    correct = {m.key: m.correct for m in methods}
-    tests = stacking_tests(correct, f"member:{best}", best, cfg.exact_below)
-    helps, said = verdict({m.key: m for m in methods}, best, tests, cfg.alpha)
+    by_key = {m.key: m for m in methods}
+    tests = stacking_tests({m.key: m.correct for m in methods}, f"member:{best}", best, cfg.exact_below)
+    helps, said = verdict(by_key, best, tests, cfg.alpha)
     undefined = methods[0].metrics.undefined_classes
     warnings += [
         f"class '{c}' has no {cfg.split} images: its recall, F1 and ROC-AUC are undefined and left out of "
         "the macro averages"
         for c in undefined
     ]
-    by_key = {m.key: m for m in methods}
     fused = cfg.fused_model if cfg.fused_model is not None else run_dir / "ensemble.onnx"
     rows = {r.path: r for r in manifest.rows}
     selective = selective_report(
@@ -233,15 +230,14 @@ def describe(res: EvalResult) -> str:
             res.table,
             "",
             res.verdict,
-            *([] if res.selective is None else [_gate_line(res)]),
+            *([] if res.selective is None else [_gate_line(res.selective)]),
         ]
     )
 
 
-def _gate_line(res: EvalResult) -> str:
-    s = res.selective
-    if s is None or s.gate is None:
-        return f"input gate: {s.note if s else 'not evaluated'}"
+def _gate_line(s: SelectiveReport) -> str:
+    if s.gate is None:
+        return f"input gate: {s.note}"
     g, every = s.gate, s.curve[0]
     return (
         f"input gate: keeps {g.kept} of {g.n} ({g.coverage:.1%}); accuracy on those {g.accuracy:.1%} vs "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,9 +67,6 @@ class CalibrationSummary:
     nll_before: float | None
     nll_after: float | None
     ece_bins: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def calibration_summary(

@@ -82,9 +82,6 @@ def choose_best_member(run_dir: Path, members: tuple[str, ...], test: MetaData) 
     return best[3], f"highest {source} accuracy ({best[0]:.4f}), ties by macro-F1 then member order", notes
 
 
-BASELINES = "baselines"
-
-
 def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reference methods outside the ensemble (e.g. ``cxr train probe``'s linear probe), in ``data``'s row order.
 
@@ -93,7 +90,7 @@ def load_baselines(run_dir: Path, split: str, data: MetaData) -> tuple[dict[str,
     """
     found: dict[str, np.ndarray] = {}
     notes: list[str] = []
-    for path in sorted((Path(run_dir) / BASELINES).glob(f"*/{split}.csv")):
+    for path in sorted((Path(run_dir) / "baselines").glob(f"*/{split}.csv")):
         table = read_predictions(path)
         if table.manifest_digest != data.manifest_digest or set(table.paths) != set(data.paths):
             notes.append(

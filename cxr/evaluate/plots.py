@@ -25,16 +25,9 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str, path: Path
     im = ax.imshow(share, vmin=0.0, vmax=1.0, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.subplots_adjust(left=0.28, bottom=0.16, right=0.92, top=0.92)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                str(int(cm[i, j])),
-                ha="center",
-                va="center",
-                color="white" if share[i, j] > 0.5 else "black",
-            )
+    for i, j in np.ndindex(cm.shape):
+        color = "white" if share[i, j] > 0.5 else "black"
+        ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color)
     ax.set_xticks(range(len(classes)), [c.replace(" ", "\n") for c in classes], fontsize=8)
     ax.set_yticks(
         range(len(classes)), [f"{c} (n={int(rows[i, 0])})" for i, c in enumerate(classes)], fontsize=8
@@ -87,20 +80,15 @@ def write_figures(
 ) -> tuple[Path, ...]:
     """A confusion matrix per method (not for a reference row: stacking before calibration has stacking's
     labels, so stacking's matrix) and a reliability diagram per method."""
-    paths: list[Path] = []
-    for m in methods:
-        if m.kind == REFERENCE:
-            continue
-        paths.append(
-            confusion_png(
-                m.metrics.confusion, classes, f"Confusion: {m.name}", out / f"confusion_{m.slug}.png"
-            )
+    paths = [
+        confusion_png(m.metrics.confusion, classes, f"Confusion: {m.name}", out / f"confusion_{m.slug}.png")
+        for m in methods
+        if m.kind != REFERENCE
+    ]
+    paths += [
+        reliability_png(
+            m.confidence, m.correct, n_bins, f"Reliability: {m.name}", out / f"reliability_{m.slug}.png"
         )
-    for m in methods:
-        conf, correct = m.confidence, m.correct
-        paths.append(
-            reliability_png(
-                conf, correct, n_bins, f"Reliability: {m.name}", out / f"reliability_{m.slug}.png"
-            )
-        )
+        for m in methods
+    ]
     return tuple(paths)

@@ -19,7 +19,7 @@ import numpy as np
 from cxr import __version__
 from cxr.errors import ConfigError, DataError
 from cxr.evaluate.methods import MethodPredictions, read_table, stacking_tests, table_path
-from cxr.evaluate.report import fmt, fmt_ci
+from cxr.evaluate.report import ci_head, fmt, fmt_ci, text_table
 from cxr.evaluate.stats import Interval, McNemarResult, bootstrap_intervals, mcnemar
 from cxr.labels import CLASSES, NOTICE
 from cxr.markdown import table
@@ -98,16 +98,8 @@ def _load_fold(run_dir: Path) -> tuple[MethodPredictions, dict[str, Any]]:
             f"{run_dir}: the best member {best!r} has no column in its prediction table", path=run_dir
         )
     table.predictions[BEST] = table.predictions[f"member:{best}"]
-    info = {
-        "run_dir": str(run_dir),
-        "fold": manifest.get("fold"),
-        "folds": manifest.get("folds"),
-        "root": manifest.get("root"),
-        "seed": manifest.get("seed"),
-        "n": len(table.paths),
-        "best_member": best,
-    }
-    return table, info
+    split = {k: manifest.get(k) for k in ("fold", "folds", "root", "seed")}
+    return table, {"run_dir": str(run_dir), **split, "n": len(table.paths), "best_member": best}
 
 
 def _check_folds(tables: list[MethodPredictions], infos: list[dict[str, Any]]) -> list[str]:
@@ -183,20 +175,14 @@ def pool_folds(cfg: PoolConfig) -> PooledResult:
     warnings = _check_folds(tables, infos)
     methods, correct = _pooled_methods(cfg, tables)
     tests = stacking_tests(correct, BEST, "best member (per fold)", cfg.exact_below)
+    n = int(sum(len(t.paths) for t in tables))
+    out = Path(cfg.out_dir)
     member_tests = _member_tests(cfg, correct)
-    md, js = write_pooled_report(
-        cfg, methods, tests, member_tests, infos, warnings, __version__, datetime.now(timezone.utc)
+    result = PooledResult(
+        methods, tests, n, tuple(infos), out / "report.md", out / "report.json", tuple(warnings), member_tests
     )
-    return PooledResult(
-        methods,
-        tests,
-        int(sum(len(t.paths) for t in tables)),
-        tuple(infos),
-        md,
-        js,
-        tuple(warnings),
-        member_tests,
-    )
+    write_pooled_report(cfg, result)
+    return result
 
 
 TITLE = "Cross-validated comparison: every fold's test split pooled"
@@ -230,15 +216,7 @@ def _rows(methods: Sequence[PooledMethod]) -> list[list[str]]:
 
 def format_pooled_table(methods: Sequence[PooledMethod], confidence: float = 0.95) -> str:
     """The plain-text table: method, accuracy [CI], macro-F1 [CI], accuracy per fold."""
-    head = [
-        "method",
-        f"accuracy [{confidence:.0%} CI]",
-        f"macro-F1 [{confidence:.0%} CI]",
-        "accuracy per fold",
-    ]
-    rows = [head, *_rows(methods)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return text_table((*ci_head(confidence), "accuracy per fold"), _rows(methods))
 
 
 def mcnemar_line(t: McNemarResult) -> str:
@@ -263,53 +241,46 @@ def _member_lines(cfg: PoolConfig, member_tests: Mapping[str, McNemarResult]) ->
     ]
 
 
-def write_pooled_report(
-    cfg: PoolConfig,
-    methods: Sequence[PooledMethod],
-    tests: Mapping[str, McNemarResult],
-    member_tests: Mapping[str, McNemarResult],
-    folds: Sequence[Mapping[str, Any]],
-    warnings: Sequence[str],
-    version: str,
-    created: datetime,
-) -> tuple[Path, Path]:
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    n = methods[0].n if methods else 0
+def write_pooled_report(cfg: PoolConfig, res: PooledResult) -> None:
+    """``res.report_md`` and ``res.report_json``."""
+    res.report_md.parent.mkdir(parents=True, exist_ok=True)
     md = [
         f"# {TITLE}",
         "",
         f"> {NOTICE}",
         "",
-        f"{len(folds)} folds, {n} test images in all; each image is predicted by the ensemble of the fold that "
+        f"{len(res.folds)} folds, {res.n} test images in all; each image is predicted by the ensemble of the fold that "
         "held it out (its members, meta-learner and baselines never trained on it). Intervals: paired "
         f"percentile bootstrap over the pooled images, {cfg.n_bootstrap} resamples. McNemar's test on the "
         "pooled images (exact binomial below "
         f"{cfg.exact_below} discordant pairs), significance level {cfg.alpha}.",
         "",
-        *table(("method", "accuracy", "macro-F1", "accuracy per fold"), _rows(methods)),
+        *table(("method", "accuracy", "macro-F1", "accuracy per fold"), _rows(res.methods)),
         "",
         "## Tests",
         "",
-        *(f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}" for t in tests.values()),
+        *(
+            f"- {mcnemar_line(t)}{' (significant)' if t.p_value < cfg.alpha else ''}"
+            for t in res.tests.values()
+        ),
         "",
-        *_member_lines(cfg, member_tests),
+        *_member_lines(cfg, res.member_tests),
         "## Folds",
         "",
         *table(
             ("run", "fold", "test images", "best member (validation)"),
             (
                 [f"`{f['run_dir']}`", f"{f['fold']} of {f['folds']}", str(f["n"]), str(f["best_member"])]
-                for f in folds
+                for f in res.folds
             ),
         ),
     ]
-    if warnings:
-        md += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
+    if res.warnings:
+        md += ["", "## Warnings", "", *(f"- {w}" for w in res.warnings)]
     report = {
         "notice": NOTICE,
-        "n": n,
-        "folds": list(folds),
+        "n": res.n,
+        "folds": list(res.folds),
         "methods": {
             m.key: {
                 "name": method_name(m.key),
@@ -320,25 +291,17 @@ def write_pooled_report(
                 "macro_f1_ci": m.macro_f1_ci.to_list(),
                 "per_fold_accuracy": list(m.per_fold_accuracy),
             }
-            for m in methods
+            for m in res.methods
         },
-        "tests": {k: t.to_dict() for k, t in tests.items()},
-        "member_tests_descriptive": {k: t.to_dict() for k, t in member_tests.items()},
-        "config": {
-            "n_bootstrap": cfg.n_bootstrap,
-            "confidence": cfg.confidence,
-            "alpha": cfg.alpha,
-            "exact_below": cfg.exact_below,
-            "seed": cfg.seed,
-        },
-        "warnings": list(warnings),
-        "created": created.isoformat(timespec="seconds"),
-        "cxr_version": version,
+        "tests": {k: t.to_dict() for k, t in res.tests.items()},
+        "member_tests_descriptive": {k: t.to_dict() for k, t in res.member_tests.items()},
+        "config": {k: getattr(cfg, k) for k in ("n_bootstrap", "confidence", "alpha", "exact_below", "seed")},
+        "warnings": list(res.warnings),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cxr_version": __version__,
     }
-    md_path, js_path = out / "report.md", out / "report.json"
-    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-    js_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return md_path, js_path
+    res.report_md.write_text("\n".join(md) + "\n", encoding="utf-8")
+    res.report_json.write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
 def describe_pooled(res: PooledResult) -> str:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from cxr import __version__
@@ -22,6 +21,7 @@ from cxr.labels import NOTICE
 from cxr.markdown import table
 
 UNDEFINED = "undefined"
+CONFIG_KEYS = ("n_bootstrap", "confidence", "alpha", "exact_below", "ece_bins", "seed")  # in report.json
 
 
 def fmt(x: float | None, pct: bool = False) -> str:
@@ -52,21 +52,21 @@ def summary_rows(methods: Sequence[MethodResult]) -> list[tuple[str, str, str, s
     ]
 
 
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table: columns padded to their widest cell, a rule under the head."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [head, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def ci_head(confidence: float) -> tuple[str, str, str]:
+    """The first columns of every comparison table: method, accuracy and macro-F1 with their intervals."""
+    return ("method", f"accuracy [{confidence:.0%} CI]", f"macro-F1 [{confidence:.0%} CI]")
+
+
 def format_table(methods: Sequence[MethodResult], confidence: float = 0.95) -> str:
     """Plain-text comparison table (what the CLI and the demo print)."""
-    head = (
-        "method",
-        f"accuracy [{confidence:.0%} CI]",
-        f"macro-F1 [{confidence:.0%} CI]",
-        "macro ROC-AUC",
-        "ECE",
-    )
-    rows = summary_rows(methods)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
+    return text_table((*ci_head(confidence), "macro ROC-AUC", "ECE"), summary_rows(methods))
 
 
 def _test_line(t: McNemarResult) -> str:
@@ -107,10 +107,10 @@ def _md_head(cfg: EvalConfig, f: EvalResult) -> list[str]:
     return lines
 
 
-def _md_comparison(cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]]) -> list[str]:
+def _md_comparison(cfg: EvalConfig, f: EvalResult) -> list[str]:
     """The comparison table with its intervals, and the significance tests."""
-    head = ("method", f"accuracy [{cfg.confidence:.0%} CI]", f"macro-F1 [{cfg.confidence:.0%} CI]")
-    lines = ["## Comparison", "", *table((*head, "macro ROC-AUC", "ECE"), table_rows)]
+    head = (*ci_head(cfg.confidence), "macro ROC-AUC", "ECE")
+    lines = ["## Comparison", "", *table(head, summary_rows(f.methods))]
     return lines + [
         "",
         f"Intervals: percentile bootstrap, {cfg.n_bootstrap} paired resamples, seed {cfg.seed}. ECE: {cfg.ece_bins} "
@@ -244,22 +244,20 @@ def _md_details(f: EvalResult) -> list[str]:
     )
 
 
-def markdown(
-    cfg: EvalConfig, f: EvalResult, table_rows: Sequence[Sequence[str]], figures: Sequence[Path]
-) -> str:
+def markdown(cfg: EvalConfig, f: EvalResult) -> str:
     """``report.md``: the verdict, the comparison, the tests, every average and per-class result."""
-    lines = _md_head(cfg, f) + _md_comparison(cfg, f, table_rows) + _md_calibration(f)
+    lines = _md_head(cfg, f) + _md_comparison(cfg, f) + _md_calibration(f)
     lines += _md_operating_points(cfg, f)
     lines += [] if f.selective is None else selective_markdown(f.selective, cfg.split)
     lines += _md_details(f)
-    if figures:
-        lines += ["", "## Figures", ""] + [f"- [{p.name}]({p.name})" for p in figures]
+    if f.figures:
+        lines += ["", "## Figures", ""] + [f"- [{p.name}]({p.name})" for p in f.figures]
     if f.warnings:
         lines += ["", "## Notes", ""] + [f"- {w}" for w in f.warnings]
     return "\n".join(lines) + "\n"
 
 
-def report_json(cfg: EvalConfig, f: EvalResult, figures: Sequence[Path]) -> dict[str, Any]:
+def report_json(cfg: EvalConfig, f: EvalResult) -> dict[str, Any]:
     """``report.json``: every number (``null`` where undefined), the config and the verdict."""
     return {
         "notice": NOTICE,
@@ -278,22 +276,15 @@ def report_json(cfg: EvalConfig, f: EvalResult, figures: Sequence[Path]) -> dict
         },
         "methods": {m.key: m.to_dict() for m in f.methods},
         "tests": {k: t.to_dict() for k, t in f.tests.items()},
-        **({} if f.calibration is None else {"calibration": f.calibration.to_dict()}),
+        **({} if f.calibration is None else {"calibration": asdict(f.calibration)}),
         **({} if f.selective is None else {"selective": f.selective.to_dict()}),
         **(
             {}
             if f.operating_points is None
             else {"operating_points": {op.name: op.to_dict() for op in f.operating_points}}
         ),
-        "config": {
-            "n_bootstrap": cfg.n_bootstrap,
-            "confidence": cfg.confidence,
-            "alpha": cfg.alpha,
-            "exact_below": cfg.exact_below,
-            "ece_bins": cfg.ece_bins,
-            "seed": cfg.seed,
-        },
-        "figures": [p.name for p in figures],
+        "config": {k: getattr(cfg, k) for k in CONFIG_KEYS},
+        "figures": [p.name for p in f.figures],
         "warnings": list(f.warnings),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
@@ -307,6 +298,6 @@ def write_reports(cfg: EvalConfig, f: EvalResult) -> EvalResult:
         from cxr.evaluate.plots import write_figures  # matplotlib only when figures are asked for
 
         f = replace(f, figures=write_figures(f.methods, f.classes, cfg.eval_dir, cfg.ece_bins))
-    f.report_md.write_text(markdown(cfg, f, summary_rows(f.methods), f.figures), encoding="utf-8")
-    f.report_json.write_text(json.dumps(report_json(cfg, f, f.figures), indent=2), encoding="utf-8")
+    f.report_md.write_text(markdown(cfg, f), encoding="utf-8")
+    f.report_json.write_text(json.dumps(report_json(cfg, f), indent=2), encoding="utf-8")
     return f

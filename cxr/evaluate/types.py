@@ -32,9 +32,7 @@ class EvalConfig:
     ece_bins: int = 15
     seed: int = 0
     plots: bool = True
-    fused_model: Path | None = (
-        None  # the input gate's point in the selective report; default RUN_DIR/ensemble.onnx
-    )
+    fused_model: Path | None = None  # runs the input gate (selective report); default RUN_DIR/ensemble.onnx
 
     def __post_init__(self) -> None:
         if self.split not in ("val", "test"):
@@ -107,7 +105,4 @@ class EvalResult:
     selective: SelectiveReport | None = None  # the risk-coverage curve and the input gate's point on it
 
     def method(self, key: str) -> MethodResult:
-        for m in self.methods:
-            if m.key == key:
-                return m
-        raise KeyError(key)
+        return {m.key: m for m in self.methods}[key]

@@ -59,21 +59,13 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     if skipped := (meta_model.info.get(CARD_CALIBRATION) or {}).get("skipped"):
         warnings.append(f"the meta-learner's {skipped}: its probabilities are not temperature-scaled")
     verified: dict[str, dict[str, Any]] = {}
+    spec = graph_spec(loaded, fused.input_size)
     source = cfg.check_images or cfg.run_dir
-    if (
-        cfg.bf16_check
-        and source is not None
-        and (
-            record := check_openvino_bf16(
-                out,
-                real_images(
-                    Path(source), graph_spec(loaded, fused.input_size), cfg.bf16_check_images, cfg.seed
-                ),
-                min_agreement=cfg.min_agreement,
-                threads=cfg.threads,
-            )
-        )
-    ):
+    record = None
+    if cfg.bf16_check and source is not None:
+        images = real_images(Path(source), spec, cfg.bf16_check_images, cfg.seed)
+        record = check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
+    if record is not None:
         write_record(out, record)  # before the variants: they name the FP32 file's final sha256
         fp32 = replace(fp32, sha256=file_sha256(out), bytes=onnx_size_bytes(out))
         verified[BF16_RECORD] = record
@@ -98,7 +90,7 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             Path(cfg.run_dir),
             meta_model.path.parent,
             [m.name for m in loaded],
-            graph_spec(loaded, fused.input_size),
+            spec,
             max_images=cfg.e2e_max_images,
             threads=cfg.threads,
             strict=cfg.e2e_strict,

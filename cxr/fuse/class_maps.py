@@ -139,7 +139,9 @@ def _read_head(
     bias: np.ndarray | None = None
     norm: _Norm | None = None
 
-    def const(name: str) -> np.ndarray | None:
+    def const(n: onnx.NodeProto, i: int) -> np.ndarray | None:
+        """Input ``i`` of ``n`` when a constant (None: absent or computed)."""
+        name = n.input[i] if len(n.input) > i else ""
         return numpy_helper.to_array(inits[name]).astype(np.float64) if name in inits else None
 
     for n in chain:
@@ -147,8 +149,7 @@ def _read_head(
         if n.op_type in _RESHAPES or (n.op_type == "Transpose" and weight is None):
             continue
         if n.op_type == "LayerNormalization" and weight is None and norm is None:
-            gamma = const(n.input[1])
-            beta = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            gamma, beta = const(n, 1), const(n, 2)
             if gamma is None or int(attrs.get("axis", -1)) != -1:
                 return ClassMapExclusion("its head's LayerNormalization is not over the channel axis")
             norm = (
@@ -157,34 +158,34 @@ def _read_head(
                 float(attrs.get("epsilon", 1e-5)),
             )
         elif n.op_type == "Gemm" and weight is None:
-            b_mat = const(n.input[1])
+            b_mat = const(n, 1)
             if b_mat is None or attrs.get("transA", 0):
                 return ClassMapExclusion("its classifier (Gemm) weights are not constants")
             weight = float(attrs.get("alpha", 1.0)) * (b_mat if attrs.get("transB", 0) else b_mat.T)
-            c_vec = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            c_vec = const(n, 2)
             bias = (
                 np.zeros(weight.shape[0]) if c_vec is None else float(attrs.get("beta", 1.0)) * c_vec.ravel()
             )
         elif n.op_type == "Conv" and weight is None:
-            w4 = const(n.input[1])
+            w4 = const(n, 1)
             if w4 is None or w4.shape[2:] != (1, 1) or int(attrs.get("group", 1)) != 1:
                 return ClassMapExclusion("its classifier convolution is not a constant 1x1 convolution")
             weight = w4[:, :, 0, 0]
-            b_vec = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            b_vec = const(n, 2)
             bias = np.zeros(weight.shape[0]) if b_vec is None else b_vec.ravel()
         elif n.op_type == "MatMul" and weight is None:
-            m = const(n.input[1])
+            m = const(n, 1)
             if m is None or m.ndim != 2:
                 return ClassMapExclusion("its classifier (MatMul) weights are not a constant matrix")
             weight, bias = m.T, np.zeros(m.shape[1])
         elif n.op_type in ("Mul", "Div") and weight is not None and bias is not None:
-            factor = const(n.input[1])
+            factor = const(n, 1)
             if factor is None or factor.size != 1:
                 return ClassMapExclusion(f"its logits are scaled by a {n.op_type} cxr cannot map exactly")
             scale = float(factor.ravel()[0]) if n.op_type == "Mul" else 1.0 / float(factor.ravel()[0])
             weight, bias = weight * scale, bias * scale
         elif n.op_type == "Add" and weight is not None and bias is not None and not bias.any():
-            add = const(n.input[1]) if n.input[1] in inits else const(n.input[0])
+            add = const(n, 1) if n.input[1] in inits else const(n, 0)
             if add is None:
                 return ClassMapExclusion("its classifier bias is not a constant")
             bias = bias + add.ravel()
@@ -209,14 +210,14 @@ def _feature_shape(model: onnx.ModelProto, name: str) -> tuple[int, int, int] | 
 
 
 def reduce_node(
-    op: str, x: str, axes: list[int], out: str, opset: int, keepdims: int = 1
-) -> tuple[onnx.NodeProto, list[TensorProto]]:
-    """``op`` (ReduceMean/Min/Max/Sum) over ``axes``, and the initializer its axes need: an input from
-    opset 18 (ReduceSum from 13), an attribute before."""
+    op: str, x: str, axes: list[int], out: str, opset: int, inits: list[TensorProto], keepdims: int = 1
+) -> onnx.NodeProto:
+    """``op`` (ReduceMean/Min/Max/Sum) over ``axes``: an input from opset 18 (ReduceSum from 13), appended to
+    ``inits``; an attribute before."""
     if opset >= 18 or (op == "ReduceSum" and opset >= 13):
-        axes_t = numpy_helper.from_array(np.array(axes, dtype=np.int64), f"{out}_axes")
-        return helper.make_node(op, [x, axes_t.name], [out], keepdims=keepdims, name=out), [axes_t]
-    return helper.make_node(op, [x], [out], axes=axes, keepdims=keepdims, name=out), []
+        inits.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), f"{out}_axes"))
+        return helper.make_node(op, [x, f"{out}_axes"], [out], keepdims=keepdims, name=out)
+    return helper.make_node(op, [x], [out], axes=axes, keepdims=keepdims, name=out)
 
 
 def _cam_nodes(
@@ -238,22 +239,13 @@ def _cam_nodes(
             numpy_helper.from_array(beta.reshape(1, c, 1, 1).astype(np.float32), f"{_TAG}beta"),
             numpy_helper.from_array(np.array(eps, dtype=np.float32), f"{_TAG}eps"),
         ]
-        steps = [
-            reduce_node("ReduceMean", feature, [2, 3], f"{_TAG}pooled", opset),  # p [N, C, 1, 1]
-            reduce_node("ReduceMean", f"{_TAG}pooled", [1], f"{_TAG}pooled_mean", opset),
-            reduce_node("ReduceMean", feature, [1], f"{_TAG}pixel_mean", opset),  # mean over C at each (x, y)
-        ]
-        for node, extra in steps:
-            nodes.append(node)
-            inits += extra
         nodes += [
+            reduce_node("ReduceMean", feature, [2, 3], f"{_TAG}pooled", opset, inits),  # p [N, C, 1, 1]
+            reduce_node("ReduceMean", f"{_TAG}pooled", [1], f"{_TAG}pooled_mean", opset, inits),
+            reduce_node("ReduceMean", feature, [1], f"{_TAG}pixel_mean", opset, inits),  # over C per pixel
             helper.make_node("Sub", [f"{_TAG}pooled", f"{_TAG}pooled_mean"], [f"{_TAG}pooled_c"]),
             helper.make_node("Mul", [f"{_TAG}pooled_c", f"{_TAG}pooled_c"], [f"{_TAG}pooled_sq"]),
-        ]
-        var, extra = reduce_node("ReduceMean", f"{_TAG}pooled_sq", [1], f"{_TAG}pooled_var", opset)
-        nodes.append(var)
-        inits += extra
-        nodes += [
+            reduce_node("ReduceMean", f"{_TAG}pooled_sq", [1], f"{_TAG}pooled_var", opset, inits),
             helper.make_node("Add", [f"{_TAG}pooled_var", f"{_TAG}eps"], [f"{_TAG}var_eps"]),
             helper.make_node("Sqrt", [f"{_TAG}var_eps"], [f"{_TAG}sigma"]),  # one scale per image
             helper.make_node("Sub", [feature, f"{_TAG}pixel_mean"], [f"{_TAG}centred"]),

@@ -101,19 +101,8 @@ def _member_entry(m: MemberModel, precision: str) -> dict[str, Any]:
 
 
 def _meta_entry(meta: MetaModel) -> dict[str, Any]:
-    info = meta.info
-    return {
-        "type": info.get("type"),
-        "class_name": info.get("class_name"),
-        "params": info.get("params"),
-        "cv_score": info.get("cv_score"),
-        "cv_metric": info.get("cv_metric"),
-        "val_metrics": info.get("val_metrics"),
-        "test_metrics": info.get("test_metrics"),
-        "source": info.get("source"),
-        "classes_seen": info.get("classes_seen"),
-        "onnx_sha256": meta.sha256,
-    }
+    keys = "type class_name params cv_score cv_metric val_metrics test_metrics source classes_seen".split()
+    return {k: meta.info.get(k) for k in keys} | {"onnx_sha256": meta.sha256}
 
 
 def _flops_per_image(members: Sequence[MemberModel], k: int) -> float | None:
@@ -126,32 +115,21 @@ def _flops_per_image(members: Sequence[MemberModel], k: int) -> float | None:
 
 def _simplify(model: onnx.ModelProto, weight_bytes: int) -> tuple[onnx.ModelProto, bool, str]:
     if weight_bytes > 1_500_000_000:
-        return (
-            model,
-            False,
-            f"skipped: {weight_bytes / 2**30:.2f} GiB of weights is beyond what onnxsim handles (2 GB protobuf limit)",
+        why = (
+            f"{weight_bytes / 2**30:.2f} GiB of weights is beyond what onnxsim handles (2 GB protobuf limit)"
         )
+        return model, False, f"skipped: {why}"
     try:
         from onnxsim import simplify
 
         simplified, ok = simplify(model)
     except Exception as e:  # onnxsim raises plain exceptions for graphs it cannot handle
-        return (
-            model,
-            False,
-            f"skipped: onnxsim failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
-        )
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        return model, False, f"skipped: onnxsim failed ({type(e).__name__}: {first})"
     if not ok:
         return model, False, "skipped: onnxsim's own check failed"
     before, after = len(model.graph.node), len(simplified.graph.node)
     return simplified, True, f"onnxsim: {before} -> {after} nodes"
-
-
-def _save(model: onnx.ModelProto, path: Path, threshold: int) -> bool:
-    """Save ``model`` (one external data file when the weights approach the protobuf limit) and check it."""
-    external = save_onnx(model, path, threshold)
-    onnx.checker.check_model(str(path), full_check=True)
-    return external
 
 
 def build_fused_file(
@@ -167,22 +145,19 @@ def build_fused_file(
 ) -> tuple[FusedFile, FusedGraph, SeparatePipeline]:
     """Build, save and verify one fused file (see the module docstring); ``tolerance`` vs separate."""
     fused = build_fused(members, meta, cfg.input_size, ood=ood)
-    weight_bytes = model_nbytes(fused.model)
-    model, simplified, note = (
-        fused.model,
-        False,
-        "skipped: only the FP32 graph is simplified (onnxsim would fold quantised or FP16 weights)",
-    )
-    if precision == "fp32":
-        if cfg.simplify:
-            model, simplified, note = _simplify(fused.model, weight_bytes)
-        else:
-            note = "skipped: disabled"
+    if precision != "fp32":
+        note = "skipped: only the FP32 graph is simplified (onnxsim would fold quantised or FP16 weights)"
+        model, simplified = fused.model, False
+    elif not cfg.simplify:
+        model, simplified, note = fused.model, False, "skipped: disabled"
+    else:
+        model, simplified, note = _simplify(fused.model, model_nbytes(fused.model))
     md = ensemble_metadata(members, meta, fused, precision, simplified, fp32_sha256)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, md.to_props())
     model.doc_string = f"cxr stacking ensemble ({precision}). {NOTICE}"
-    external = _save(model, out, cfg.external_data_threshold)
+    external = save_onnx(model, out, cfg.external_data_threshold)  # one external data file near 2 GB
+    onnx.checker.check_model(str(out), full_check=True)
     orders = {r.member: r.order for r in fused.resizes}
     reference = SeparatePipeline(members, meta.path, fused.input_size, orders, cfg.threads)
     parity = check_separate(

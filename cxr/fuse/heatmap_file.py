@@ -53,16 +53,11 @@ def build_heatmap_file(
     out = heatmap_path(plain)
     fused = build_fused(members, meta, cfg.input_size, heatmaps=plan, ood=ood)
     md = ensemble_metadata(members, meta, fused, "fp32", False, plain_sha256)
-    classes = list(meta.info["classes"])
-    card = {
-        **dict(md.card),
-        "variant": "heatmaps",
-        "heatmaps": plan.to_card([m.name for m in members], classes),
-    }
-    model = fused.model
-    onnx.helper.set_model_props(model, replace(md, card=card).to_props())
-    model.doc_string = f"cxr stacking ensemble with heatmaps (fp32). {NOTICE}"
-    onnx.save_model(model, str(out))
+    heatmaps = plan.to_card([m.name for m in members], list(meta.info["classes"]))
+    card = {**dict(md.card), "variant": "heatmaps", "heatmaps": heatmaps}
+    onnx.helper.set_model_props(fused.model, replace(md, card=card).to_props())
+    fused.model.doc_string = f"cxr stacking ensemble with heatmaps (fp32). {NOTICE}"
+    onnx.save_model(fused.model, str(out))
     onnx.checker.check_model(str(out), full_check=True)
     parity = check_separate(
         out, reference, batches=cfg.batches, tolerance=cfg.tolerance, rng=rng, threads=cfg.threads

@@ -39,6 +39,12 @@ class HeatmapPlan:
     meta_sensitivity: np.ndarray  # [M, K] before clipping and normalising
 
     def to_card(self, member_order: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+        def per_member(a: np.ndarray) -> dict[str, dict[str, float]]:
+            return {
+                n: {c: round(float(a[i, j]), 6) for j, c in enumerate(classes)}
+                for i, n in enumerate(member_order)
+            }
+
         return {
             "outputs": {
                 OUTPUT_HEATMAP: "[N, H, W] predicted class",
@@ -54,14 +60,8 @@ class HeatmapPlan:
                 )
                 for name in member_order
             },
-            "weights": {
-                name: {c: round(float(self.weights[i, j]), 6) for j, c in enumerate(classes)}
-                for i, name in enumerate(member_order)
-            },
-            "meta_sensitivity": {
-                name: {c: round(float(self.meta_sensitivity[i, j]), 6) for j, c in enumerate(classes)}
-                for i, name in enumerate(member_order)
-            },
+            "weights": per_member(self.weights),
+            "meta_sensitivity": per_member(self.meta_sensitivity),
         }
 
 
@@ -80,12 +80,9 @@ def plan_heatmaps(members: Sequence[MemberModel], meta: MetaModel, threads: int 
     sens = meta_sensitivity(meta, len(members), k, threads)
     mapped = np.array([m.name in maps for m in members])
     weights = np.where(mapped[:, None], np.clip(sens, 0.0, None), 0.0)
-    for c in range(k):
-        total = weights[:, c].sum()
-        if total > 0:
-            weights[:, c] /= total
-        elif mapped.any():
-            weights[:, c] = mapped / mapped.sum()
+    total = weights.sum(axis=0)
+    equal = (mapped / max(1, mapped.sum()))[:, None]  # a class no mapped member raises: equal weights
+    weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), equal)
     return HeatmapPlan(models, maps, excluded, weights, sens)
 
 
@@ -105,8 +102,8 @@ def meta_sensitivity(meta: MetaModel, n_members: int, k: int, threads: int | Non
             x[0, m * k : (m + 1) * k] -= STEP / (k - 1)
             x[0, m * k + c] += STEP + STEP / (k - 1)
             rows.append(x)
-    probs_name = next(o.name for o in sess.get_outputs() if o.name == OUTPUT_PROBABILITIES)
-    p = np.asarray(sess.run([probs_name], {feed.name: np.concatenate(rows).astype(dtype)})[0], np.float64)
+    feats = np.concatenate(rows).astype(dtype)
+    p = np.asarray(sess.run([OUTPUT_PROBABILITIES], {feed.name: feats})[0], np.float64)
     logp = np.log(np.clip(p, 1e-300, None))
     logits = logp - logp.mean(axis=1, keepdims=True)  # centred log-probabilities: the meta-learner's logits
     rise = (logits[1:] - logits[0]).reshape(n_members, k, k)  # [member, moved class, output class]
@@ -132,12 +129,9 @@ def heatmap_nodes(
         inits.append(
             numpy_helper.from_array(plan.weights[i].reshape(1, k, 1, 1).astype(np.float32), f"{t}weight")
         )
-        lo, lo_axes = reduce_node("ReduceMin", src, [2, 3], f"{t}min", opset)
-        hi, hi_axes = reduce_node("ReduceMax", src, [2, 3], f"{t}max", opset)
-        inits += lo_axes + hi_axes
         nodes += [
-            lo,
-            hi,
+            reduce_node("ReduceMin", src, [2, 3], f"{t}min", opset, inits),
+            reduce_node("ReduceMax", src, [2, 3], f"{t}max", opset, inits),
             helper.make_node("Sub", [src, f"{t}min"], [f"{t}shifted"], name=f"{t}shift"),
             helper.make_node("Sub", [f"{t}max", f"{t}min"], [f"{t}range"], name=f"{t}range"),
             helper.make_node("Add", [f"{t}range", "heat/eps"], [f"{t}range_eps"], name=f"{t}range_eps"),

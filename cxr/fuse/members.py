@@ -89,10 +89,6 @@ def variant_path(path: Path, variant: str) -> Path:
     return Path(path).with_name(f"{member_name_from_path(path)}.{variant}.onnx")
 
 
-def _elem_type(value_info: onnx.ValueInfoProto) -> int:
-    return int(value_info.type.tensor_type.elem_type)
-
-
 def load_member(path: Path) -> MemberModel:
     """One exported member, refused with the fix when it cannot be part of a fused graph."""
     path = Path(path)
@@ -115,8 +111,8 @@ def load_member(path: Path) -> MemberModel:
         meta=meta,
         input_name=data_input.name,
         output_name=output.name,
-        input_type=_elem_type(data_input),
-        output_type=_elem_type(output),
+        input_type=data_input.type.tensor_type.elem_type,
+        output_type=output.type.tensor_type.elem_type,
         opsets=opsets_of(model),
         sha256=file_sha256(path),
     )
@@ -195,6 +191,7 @@ def check_compatible(members: Sequence[MemberModel], meta: MetaModel) -> None:
     check_member_order(meta.member_order, names, what=f"fusing with {meta.path}")
     ref = members[0]
     classes = tuple(meta.info.get("classes", ()))
+    recorded = dict(zip(meta.member_order, meta.info.get("member_checkpoints", []), strict=False))
     for m in members:
         if m.meta.classes != classes:
             raise ModelError(
@@ -210,8 +207,6 @@ def check_compatible(members: Sequence[MemberModel], meta: MetaModel) -> None:
                 hint="export every member with the same opset (cxr exports opset 17)",
                 path=m.path,
             )
-    recorded = dict(zip(meta.member_order, meta.info.get("member_checkpoints", []), strict=False))
-    for m in members:
         want = str(recorded.get(m.name) or "")
         have = str(m.card.get("checkpoint_sha256") or "")
         if want and have and want != have:

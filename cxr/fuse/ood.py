@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cxr.errors import DataError, DecodeError
+from cxr.errors import DataError, DecodeError, VerificationError
 from cxr.fuse.class_maps import pooled_source, reduce_node
 from cxr.fuse.members import MemberModel, graph_spec
 from cxr.fuse.resize import member_input, probe_order
@@ -237,8 +237,6 @@ def check_ood(
 
     Not ``strict`` (an FP16/INT8 variant, whose features drift from the FP32 ones the score was fitted
     on): logged instead of raised."""
-    from cxr.errors import VerificationError
-
     if ood.check_images is None or ood.check_scores is None:
         return 0.0
     got = session(fused, threads).run([OUTPUT_OOD_SCORE], {INPUT_IMAGE: ood.check_images})[0]
@@ -331,13 +329,6 @@ def _fit_member(name: str, feature: str, x: np.ndarray, y: np.ndarray) -> Member
     return MemberOod(name, feature, mean, components, whiten, centres, rho)
 
 
-def _reduce(op: str, x: str, axis: int, out: str, opset: int, inits: list[TensorProto]) -> onnx.NodeProto:
-    """``op`` over one axis without keeping it (``cxr.fuse.class_maps.reduce_node``)."""
-    node, axes = reduce_node(op, x, [axis], out, opset, keepdims=0)
-    inits += axes
-    return node
-
-
 def ood_nodes(
     ood: OodModel, opset: int
 ) -> tuple[list[onnx.NodeProto], list[TensorProto], onnx.ValueInfoProto]:
@@ -363,16 +354,12 @@ def ood_nodes(
             mk("Unsqueeze", [f"{t}u", axis1], [f"{t}u3"], name=f"{t}u3"),
             mk("Sub", [f"{t}u3", const("centres", m.centres @ m.whiten)], [f"{t}diff"], name=f"{t}diff"),
             mk("Mul", [f"{t}diff", f"{t}diff"], [f"{t}diff2"], name=f"{t}diff2"),
-        ]
-        nodes.append(_reduce("ReduceSum", f"{t}diff2", 2, f"{t}d2_classes", opset, inits))
-        nodes.append(_reduce("ReduceMin", f"{t}d2_classes", 1, f"{t}d2", opset, inits))
-        nodes += [
+            reduce_node("ReduceSum", f"{t}diff2", [2], f"{t}d2_classes", opset, inits, keepdims=0),
+            reduce_node("ReduceMin", f"{t}d2_classes", [1], f"{t}d2", opset, inits, keepdims=0),
             mk("MatMul", [f"{t}z", const("components_t", m.components.T)], [f"{t}back"], name=f"{t}back"),
             mk("Sub", [f"{t}xc", f"{t}back"], [f"{t}resid"], name=f"{t}resid"),
             mk("Mul", [f"{t}resid", f"{t}resid"], [f"{t}resid2"], name=f"{t}resid2"),
-        ]
-        nodes.append(_reduce("ReduceSum", f"{t}resid2", 1, f"{t}r2_raw", opset, inits))
-        nodes += [
+            reduce_node("ReduceSum", f"{t}resid2", [1], f"{t}r2_raw", opset, inits, keepdims=0),
             mk(
                 "Div",
                 [f"{t}r2_raw", const("off_scale", np.array(m.residual_scale * m.scale_off))],

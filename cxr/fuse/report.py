@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from cxr.spec import (
 
 if TYPE_CHECKING:
     from cxr.fuse.members import MemberModel
-    from cxr.fuse.types import FuseResult
+    from cxr.fuse.types import FusedFile, FuseResult, HeatmapFile
 
 
 def false_refusal_text(card: dict[str, Any]) -> str:
@@ -41,6 +42,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}g}"
     return str(x)
+
+
+def _file_dict(f: FusedFile | HeatmapFile) -> dict[str, Any]:
+    """A built file's fields, its ``parity`` named ``parity_vs_separate``."""
+    return {("parity_vs_separate" if k == "parity" else k): v for k, v in asdict(f).items()}
 
 
 def fuse_report_dict(
@@ -72,13 +78,13 @@ def fuse_report_dict(
             k: meta_info.get(k) for k in ("type", "params", "cv_score", "cv_metric", "val_metrics", "source")
         },
         "calibration": meta_info.get(CARD_CALIBRATION),
-        "files": {p: f.to_dict() for p, f in result.files.items()},
+        "files": {p: _file_dict(f) for p, f in result.files.items()},
         "skipped_variants": result.skipped_variants,
         "verified_precisions": dict(result.verified_precisions),
         "resizes_in_graph": list(result.resizes),
-        "end_to_end": None if result.end_to_end is None else result.end_to_end.to_dict(),
+        "end_to_end": None if result.end_to_end is None else asdict(result.end_to_end),
         "latency": result.latency,
-        "heatmaps": None if result.heatmaps is None else result.heatmaps.to_dict(),
+        "heatmaps": None if result.heatmaps is None else _file_dict(result.heatmaps),
         "ood": result.ood,
         "warnings": list(result.warnings),
     }
@@ -153,24 +159,16 @@ def _files_table(d: Mapping[str, Any]) -> list[str]:
     for f in d["files"].values():
         par, drift = f["parity_vs_separate"], f["drift_vs_fp32"]
         diff = max(par["max_abs_diff_probabilities"], par["max_abs_diff_member_probabilities"])
-        drift_s = (
-            f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
-            if drift
-            else "-"
-        )
+        drift_s = "-"
+        if drift:
+            drift_s = (
+                f"max {_fmt(drift['max_abs_diff_probabilities'])}, top-1 agree {drift['top1_agreement']:.0%}"
+            )
+        name = f"`{Path(f['path']).name}`"
+        size = f"{f['bytes'] / 2**20:.1f}"
+        parity = [f"{_fmt(diff)} (tol {par['tolerance']:g})", str(par["labels_equal"])]
         rows.append(
-            [
-                f"`{Path(f['path']).name}`",
-                f["precision"],
-                f"{f['bytes'] / 2**20:.1f}",
-                str(f["external_data"]),
-            ]
-            + [
-                f["simplify_note"],
-                f"{_fmt(diff)} (tol {par['tolerance']:g})",
-                str(par["labels_equal"]),
-                drift_s,
-            ]
+            [name, f["precision"], size, str(f["external_data"]), f["simplify_note"], *parity, drift_s]
         )
     head = ("file", "precision", "MiB", "external data", "simplified", "max abs diff vs separate")
     return table((*head, "labels equal", "drift vs FP32"), rows)

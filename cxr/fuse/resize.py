@@ -7,7 +7,6 @@ the installed Pillow runs first) and the numpy twins ``resize_like_graph`` and `
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -31,22 +30,14 @@ def pil_coefficients(in_size: int, out_size: int) -> np.ndarray:
         ss = 1.0 / filterscale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size) - xmin
-        k = np.zeros(xmax, dtype=np.float64)
-        for x in range(xmax):
-            t = abs((x + xmin - center + 0.5) * ss)
-            k[x] = 1.0 - t if t < 1.0 else 0.0
+        t = np.abs((np.arange(xmax) + xmin - center + 0.5) * ss)
+        k = np.where(t < 1.0, 1.0 - t, 0.0)
         total = k.sum()
         if total != 0.0:
             k /= total
-        fixed = np.array(
-            [
-                math.floor(v * (1 << PRECISION_BITS) + 0.5)
-                if v >= 0
-                else math.ceil(v * (1 << PRECISION_BITS) - 0.5)
-                for v in k
-            ]
-        )
-        w[xx, xmin : xmin + xmax] = fixed / float(1 << PRECISION_BITS)
+        one = float(1 << PRECISION_BITS)
+        fixed = np.where(k >= 0, np.floor(k * one + 0.5), np.ceil(k * one - 0.5))  # round half away from 0
+        w[xx, xmin : xmin + xmax] = fixed / one
     w.setflags(write=False)
     return w
 

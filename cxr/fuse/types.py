@@ -23,9 +23,7 @@ class FuseConfig:
     batches: tuple[int, ...] = (1, 8)
     tolerance: float = 1e-5
     variant_tolerance: float = 1e-3
-    external_data_threshold: int = (
-        1_800_000_000  # bytes of weights above which the graph is saved with external data
-    )
+    external_data_threshold: int = 1_800_000_000  # weight bytes above which the weights go to external data
     benchmark_runs: int = 0  # > 0: measure fused vs separate latency at batch 1
     threads: int | None = None
     seed: int = 0
@@ -72,19 +70,6 @@ class FusedFile:
     parity: ParityReport
     drift_vs_fp32: dict[str, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "precision": self.precision,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "bytes": self.bytes,
-            "external_data": self.external_data,
-            "simplified": self.simplified,
-            "simplify_note": self.simplify_note,
-            "parity_vs_separate": self.parity.to_dict(),
-            "drift_vs_fp32": self.drift_vs_fp32,
-        }
-
 
 @dataclass(frozen=True)
 class HeatmapFile:
@@ -95,17 +80,6 @@ class HeatmapFile:
     excluded: dict[str, str]
     max_abs_logit_identity: float  # max |mean(class map) - logit| over mapped members
     max_abs_diff_vs_numpy: float  # fused heatmaps vs the numpy reference
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "parity_vs_separate": self.parity.to_dict(),
-            "mapped": list(self.mapped),
-            "excluded": dict(self.excluded),
-            "max_abs_logit_identity": self.max_abs_logit_identity,
-            "max_abs_diff_vs_numpy": self.max_abs_diff_vs_numpy,
-        }
 
 
 @dataclass(frozen=True)
