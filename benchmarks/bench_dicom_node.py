@@ -6,8 +6,9 @@ DICOM files (``--files``, default ../shared/data/dicom plus two tiny DX files). 
 `cxr listen` runs: the model's heatmap twin when one lies beside it (``runtime.locate``), else the model.
 - pure inference: ``Predictor.explain(file)`` (decode, resize, one run of the graph, with the heatmap
   output for the twin) on the same files, p50, for the graph the node runs and for the plain model;
-- stages (in process, no network): per instance, the node's own steps timed with ``perf_counter``: the
-  model (explain), the picture, the SR, the SC, encoding both, the spool commit (fsync), p50;
+- stages (in process, no network): per instance, timed with ``perf_counter``: the model (explain), then
+  each later step one by one (the picture, the SR, the SC, encoding both), then the results step as the
+  node runs it (``Worker``: the picture drawn beside the SR, the commit to the spool with fsync), p50;
 - latency: Orthanc (the PACS) on loopback and the node in this process; ``--n`` instances sent one at a
   time with dcmtk's storescu (each a copy under fresh UIDs; the next is sent once the previous is stored):
   received -> results committed to the spool ("node per image"; minus pure inference: what the node adds)
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from tests.dicom_harness import Orthanc, chest_dx, free_port, missing_tools, spool_counts, storescu, wait_for  # noqa: E402
 
 DEFAULT_FILES = REPO.parent / "shared" / "data" / "dicom"
-STAGES = ("model", "picture", "sr", "sc", "encode", "commit")
+STAGES = ("model", "picture", "sr", "sc", "encode")
 
 
 def fresh_copies(files: list[Path], n: int, folder: Path, tag: str) -> list[Path]:
@@ -104,22 +105,27 @@ def inference_ms(predictor: Any, files: list[Path], n: int) -> list[float]:
 
 
 def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str, list[float]]:
-    """The node's per-instance steps, one after another, in process (what ``Worker`` does per instance)."""
-    from cxr.dicom import ModelIdentity, dicom_results
+    """Per instance, in process: the model (``explain``), then each step the node takes after it, one after
+    another (picture, SR, SC, encoding both), then the node's own results step as it runs (``Worker``: the
+    picture drawn beside the SR, then the commit to the spool, fsync included)."""
+    from cxr.dicom import ModelIdentity
+    from cxr.dicom.forward import Backoff, parse_destination
+    from cxr.dicom.node import cxr_responder
     from cxr.dicom.sc import build_sc
     from cxr.dicom.spool import Spool
     from cxr.dicom.sr import build_sr
-    from cxr.dicom.worker import part10, secondary_capture_picture
+    from cxr.dicom.worker import Worker, _Predicted, now, part10, secondary_capture_picture
     from cxr.imaging.dicom import read_dataset
 
+    responder, sha = cxr_responder(predictor)
     model = ModelIdentity.from_predictor(predictor)
     spool = Spool(work / "stages").open()
-    out: dict[str, list[float]] = {k: [] for k in (*STAGES, "total")}
+    dest = parse_destination("NOWHERE@127.0.0.1:9")  # never sent: the results step only queues them
+    worker = Worker(spool, predictor, responder, dest, calling_ae="CXR", backoff=Backoff(), model_sha256=sha)
+    out: dict[str, list[float]] = {k: [] for k in (*STAGES, "steps", "results", "node")}
     todo = files * max(1, n // len(files))
     for i, f in enumerate([todo[0], *todo]):  # the first one warms up
         data = f.read_bytes()
-        uid = f"1.2.826.0.1.3680043.10.1.{i}"
-        spool.receive(uid, data, {})
         t = [time.perf_counter()]
         one = predictor.explain(data, str(f))
         t.append(time.perf_counter())
@@ -130,16 +136,21 @@ def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str,
         t.append(time.perf_counter())
         sc = build_sc(source, rgb, model, name=str(f))
         t.append(time.perf_counter())
-        files_ = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
+        part10(sr), part10(sc)
         t.append(time.perf_counter())
-        spool.mark_predicted(uid, files_, {"sop_instance_uid": uid})
-        t.append(time.perf_counter())
+        uid = f"1.2.826.0.1.3680043.10.1.{i}"
+        spool.receive(uid, data, {})
+        r0 = time.perf_counter()
+        worker._respond_one(_Predicted(uid, data, one, None, now()))
+        r1 = time.perf_counter()
         if i == 0:
-            dicom_results(data, one.prediction, rgb, model)  # warm the whole path once
             continue
         for k, a, b in zip(STAGES, t, t[1:], strict=False):
             out[k].append((b - a) * 1000)
-        out["total"].append((t[-1] - t[0]) * 1000)
+        out["steps"].append((t[-1] - t[1]) * 1000)
+        out["results"].append((r1 - r0) * 1000)
+        out["node"].append((t[1] - t[0] + r1 - r0) * 1000)
+    worker.stop(1.0)
     spool.close()
     return out
 
@@ -226,9 +237,10 @@ def table(row: dict[str, Any]) -> str:
         [
             f"host {row['host']}, model {row['model']}, {row['files']} files, n {row['n']}, failed {row['failed']}",
             "",
-            "| stage (in process) | " + " | ".join(STAGES) + " | total |",
-            "|---" * (len(STAGES) + 2) + "|",
-            "| p50 ms | " + " | ".join(str(st[k]) for k in (*STAGES, "total")) + " |",
+            "| stage (in process) | " + " | ".join(STAGES) + " | steps after the model, one by one "
+            "| results step as the node runs it | node per image (model + results) |",
+            "|---" * (len(STAGES) + 4) + "|",
+            "| p50 ms | " + " | ".join(str(st[k]) for k in (*STAGES, "steps", "results", "node")) + " |",
             "",
             "| pure inference p50 (plain model) | node per image p50 | node adds | burst ms/instance (adds) "
             "| C-STORE -> SR stored p50 / p90 | model / results / send stage p50 | instances/min node / with PACS |",
