@@ -121,7 +121,7 @@ def render_overlay(
         colours = index.convert("P")
         colours.putpalette(_PALETTE)
         mask = index.point(lambda v: round(v * ALPHA))  # opacity grows with the map
-        picture = Image.composite(colours.convert("RGB"), picture, mask)
+        picture.paste(colours.convert("RGB"), (0, 0), mask)  # Image.composite, without copying the picture
 
     img_w, img_h = size
     pad, font_px = 12, max(15, img_w // 48)
@@ -174,6 +174,8 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """``img`` at ``size``: a large reduction first averages whole blocks of pixels (``Image.reduce``, the
     cheap part of an antialiased reduction), then resamples bilinearly (the same picture as a bilinear resize
     with ``reducing_gap`` 1, at a fraction of a full-size bilinear pass)."""
+    if img.size == size:
+        return img
     factor = min(img.width // size[0], img.height // size[1])
     if factor >= 2:
         img = img.reduce(factor)
