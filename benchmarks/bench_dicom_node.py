@@ -8,7 +8,7 @@ DICOM files (``--files``, default ../shared/data/dicom plus two tiny DX files). 
   output for the twin) on the same files, p50, for the graph the node runs and for the plain model;
 - stages (in process, no network): per instance, timed with ``perf_counter``: the model (explain), then
   each later step one by one (the picture, the SR, the SC, encoding both), then the results step as the
-  node runs it (``Worker``: the picture drawn beside the SR, the commit to the spool with fsync), p50;
+  node runs it (``Worker``: all of these and the commit to the spool with fsync), p50;
 - latency: Orthanc (the PACS) on loopback and the node in this process; ``--n`` instances sent one at a
   time with dcmtk's storescu (each a copy under fresh UIDs; the next is sent once the previous is stored):
   received -> results committed to the spool ("node per image"), split at the model's end into the model
@@ -107,8 +107,8 @@ def inference_ms(predictor: Any, files: list[Path], n: int) -> list[float]:
 
 def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str, list[float]]:
     """Per instance, in process: the model (``explain``), then each step the node takes after it, one after
-    another (picture, SR, SC, encoding both), then the node's own results step as it runs (``Worker``: the
-    picture drawn beside the SR, then the commit to the spool, fsync included)."""
+    another (picture, SR, SC, encoding both), then the node's own results step as it runs (``Worker``: all
+    of these, then the commit to the spool, fsync included)."""
     from cxr.dicom import ModelIdentity
     from cxr.dicom.forward import Backoff, parse_destination
     from cxr.dicom.node import cxr_responder

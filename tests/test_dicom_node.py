@@ -556,8 +556,8 @@ def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path
     bad = {uids[-1]} if n > 1 else set()
     spool = Spool(tmp_path / "spool").open()
 
-    def respond(source: bytes, pred: Any, picture: Any) -> tuple[Any, Any]:
-        out = dicom_results(source, pred, picture, MODEL)
+    def respond(source: bytes, pred: Any, rgb: np.ndarray) -> tuple[Any, Any]:
+        out = dicom_results(source, pred, rgb, MODEL)
         return out.sr, out.sc
 
     down = Destination("PACS", "127.0.0.1", free_port())  # nothing listens: sends are retried meanwhile

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +103,8 @@ def cxr_responder(predictor: Any) -> tuple[Responder, str]:
 
     model = ModelIdentity.from_predictor(predictor)
 
-    def respond(source: bytes, pred: Any, picture: Callable[[], np.ndarray]) -> tuple[Any, Any]:
-        results = dicom_results(source, pred, picture, model)
+    def respond(source: bytes, pred: Any, rgb: np.ndarray) -> tuple[Any, Any]:
+        results = dicom_results(source, pred, rgb, model)
         return results.sr, results.sc
 
     return respond, model.sha256

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +30,14 @@ class DicomResults:
 
 
 def dicom_results(
-    source_bytes: bytes,
-    result: Prediction,
-    rgb: np.ndarray | Callable[[], np.ndarray],
-    model: ModelIdentity,
+    source_bytes: bytes, result: Prediction, rgb: np.ndarray, model: ModelIdentity
 ) -> DicomResults:
     """Both results for the DICOM file ``source_bytes`` (refused with a ``DecodeError`` when it is not a DICOM
-    image with its UIDs, with a ``DataError`` when the prediction failed). ``rgb``: the SC's pixels, or a
-    function giving them, called once the SR is made (the node draws the picture meanwhile)."""
+    image with its UIDs, with a ``DataError`` when the prediction failed)."""
     name = result.source or "<bytes>"
     source = read_dataset(source_bytes, name)
     sr = build_sr(source, result, model)
-    pixels = rgb() if callable(rgb) else rgb
-    return DicomResults(sr=sr, sc=build_sc(source, pixels, model, name=name))
+    return DicomResults(sr=sr, sc=build_sc(source, rgb, model, name=name))
 
 
 def _fsync_dir(folder: Path) -> None:

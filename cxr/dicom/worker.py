@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -40,12 +39,9 @@ _IN_HAND = 2  # predicted instances waiting for their results (each holds its de
 
 
 class Responder(Protocol):
-    """Makes the two result objects (SR, SC) of one predicted instance. ``picture()`` gives the SC's RGB
-    pixels: it is being drawn on another thread meanwhile, so call it once the SR is made."""
+    """Makes the two result objects (SR, SC) of one predicted instance."""
 
-    def __call__(
-        self, source: bytes, pred: Prediction, picture: Callable[[], np.ndarray]
-    ) -> tuple[Any, Any]: ...
+    def __call__(self, source: bytes, pred: Prediction, rgb: np.ndarray) -> tuple[Any, Any]: ...
 
 
 def now() -> str:
@@ -114,7 +110,6 @@ class Worker:
         self._to_respond: queue.Queue[_Predicted | str] = queue.Queue(maxsize=_IN_HAND)
         self._to_send: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._draw = ThreadPoolExecutor(1, thread_name_prefix="cxr-draw")
         self._threads = [
             threading.Thread(
                 target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
@@ -140,7 +135,6 @@ class Worker:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout_s)
-        self._draw.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, uid: str) -> None:
         self._to_predict.put(uid)
@@ -203,9 +197,8 @@ class Worker:
             pred = one.prediction
             if pred.error is not None or one.image is None:
                 raise _NotPredicted(pred.error or "not decoded")
-            # the picture is mostly Pillow's C loops, which release the GIL: drawn beside the SR
-            drawn = self._draw.submit(secondary_capture_picture, one.image, one.heatmap, pred)
-            sr, sc = self.responder(item.data, pred, drawn.result)
+            rgb = secondary_capture_picture(one.image, one.heatmap, pred)
+            sr, sc = self.responder(item.data, pred, rgb)
             files = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
         except Exception as e:  # undecodable after all, or a builder failure: failed/, with the source
             reason = str(e) if isinstance(e, _NotPredicted) else f"{type(e).__name__}: {first_line(e)}"
