@@ -521,3 +521,63 @@ def test_results_the_pacs_keeps_refusing_end_in_failed_with_the_reason(
     assert record["stage"] == "send" and reason in record["reason"] and record["tries"] >= tries_at_least
     assert (folder / "sr.dcm").exists() and (folder / "sc.dcm").exists()  # kept: nothing is lost
     assert len(calls) == record["tries"] and calls[0] == 2  # the SR and the SC together
+
+
+class _SlowPredictor:
+    """A stand-in model: a few milliseconds per instance, refusing the instances named in ``fail``."""
+
+    def __init__(self, fail: set[str]) -> None:
+        self.fail = fail
+
+    def explain(self, data: bytes, name: str) -> Any:
+        from dataclasses import replace
+
+        from cxr.runtime.predictor import Explained
+        from tests.dicom_factory import ASSESSABLE
+
+        time.sleep(0.005)
+        if any(uid in name for uid in self.fail):
+            raise RuntimeError("the model crashed on this one")
+        pred = replace(ASSESSABLE, source=name)
+        return Explained(pred, np.full((32, 24), 90, dtype=np.uint8), np.ones((8, 8), dtype=np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path: Path, n: int) -> None:
+    """The model, results and send threads: each instance ends in predicted/ (the destination is down, so
+    nothing is sent) or, when the model fails on it, in failed/ with the reason; none is lost or doubled."""
+    from cxr.dicom import dicom_results
+    from cxr.dicom.forward import Backoff, Destination
+    from cxr.dicom.spool import Spool
+    from cxr.dicom.worker import Worker
+    from tests.dicom_factory import MODEL, make_source
+
+    uids = [f"1.2.826.0.1.3680043.8.498.{100 + i}" for i in range(n)]
+    bad = {uids[-1]} if n > 1 else set()
+    spool = Spool(tmp_path / "spool").open()
+
+    def respond(source: bytes, pred: Any, rgb: np.ndarray) -> tuple[Any, Any]:
+        out = dicom_results(source, pred, rgb, MODEL)
+        return out.sr, out.sc
+
+    down = Destination("PACS", "127.0.0.1", free_port())  # nothing listens: sends are retried meanwhile
+    worker = Worker(
+        spool, _SlowPredictor(bad), respond, down, calling_ae="CXR", backoff=Backoff(5.0, 5.0, 600.0),
+        model_sha256=MODEL.sha256,
+    )  # fmt: skip
+    worker.start()
+    try:
+        for uid in uids:
+            spool.receive(uid, make_source(SOPInstanceUID=uid), {"calling_ae": "MOD"})
+            worker.submit(uid)
+        wait_for(lambda: len(spool.pending()[0]) == 0, 60, "every instance out of received/")
+    finally:
+        worker.stop(10.0)
+        spool.close()
+    done = {u: spool.state(u) for u in uids}
+    assert done == {u: "failed" if u in bad else "predicted" for u in uids}
+    records = [spool.record("predicted", u) for u in uids if u not in bad]
+    assert [r["predicted_at"] for r in records] == sorted(r["predicted_at"] for r in records)
+    assert all(r["inferred_at"] <= r["predicted_at"] for r in records)
+    for u in bad:
+        assert "the model crashed" in spool.record("failed", u)["reason"]

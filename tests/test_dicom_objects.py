@@ -198,6 +198,44 @@ def test_sr_holds_every_probability_the_evaluations_and_the_notice(result: Predi
     assert all(f"{r.code}: {r.message}" in texts for r in result.reasons)
 
 
+CREATION_TIMES = frozenset(
+    {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "ContributionDateTime"}
+)
+
+
+def _encoded_without_times(ds: Dataset) -> bytes:
+    """The Part 10 bytes of ``ds`` with every creation date and time set to one value (a copy is changed)."""
+    ds = read(_to_bytes(ds))
+    for elem in ds.iterall():
+        if elem.keyword in CREATION_TIMES:
+            elem.value = {"DA": "20000101", "TM": "000000"}.get(elem.VR, "20000101000000")
+    return _to_bytes(ds)
+
+
+@pytest.mark.parametrize("key", SOURCES)
+@pytest.mark.parametrize("result", [ASSESSABLE, NOT_ASSESSABLE], ids=["assessable", "not-assessable"])
+def test_sr_equals_highdicoms_build_from_the_whole_content_tree(key: str, result: Prediction) -> None:
+    """build_sr gives highdicom's constructor the bare root and adds the tree after; nothing may differ."""
+    from highdicom.sr import ComprehensiveSR
+
+    from cxr.dicom import sr as sr_module
+    from cxr.dicom._identity import instance_uid
+    from cxr.dicom._source import source_header
+
+    src = read(source_bytes(key))
+    header = source_header(src, "x")
+    sop_uid = instance_uid(header.SOPInstanceUID, MODEL, "sr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = sr_module._report(header, result, str(result.label), MODEL, sop_uid)
+        whole = ComprehensiveSR(
+            evidence=[header], content=report, **sr_module._document(header, MODEL, sop_uid)
+        )
+    fast = build_sr(src, result, MODEL)
+    assert len(fast.ContentSequence) == len(report[0].ContentSequence) > 2
+    assert _encoded_without_times(fast) == _encoded_without_times(whole)
+
+
 @pytest.mark.parametrize("result", [ASSESSABLE, NOT_ASSESSABLE], ids=["assessable", "not-assessable"])
 def test_the_sr_reads_back_as_the_prediction_it_was_made_from(result: Prediction) -> None:
     written = pydicom.dcmread(io.BytesIO(_to_bytes(build_sr(read(make_source()), result, MODEL))))

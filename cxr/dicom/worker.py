@@ -1,16 +1,19 @@
-"""The node's two worker threads: spooled instance -> prediction -> SR + SC in the spool -> sent to the PACS.
+"""The node's worker threads: spooled instance -> prediction -> SR + SC in the spool -> sent to the PACS.
 
 Takes: an open ``Spool``, a ``Predictor``, a ``Responder`` (prediction -> SR and SC datasets; by default the
 highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes: ``Worker`` whose
 ``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
-One thread predicts (the model runs one image at a time, in arrival order); another sends, retrying with
-backoff while the destination is down, so predictions go on spooling during an outage. A failure of one
-instance moves it to failed/ with the reason and never stops either thread. One audit line per instance
-(logger ``cxr.audit``, ``audit_line``) when it reaches sent/ or failed/.
+One thread predicts (the model runs one image at a time, in arrival order); a second makes each predicted
+instance's results (the picture, the SR and SC, their commit to the spool) while the model already runs on
+the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
+destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
+failed/ with the reason and never stops a thread. One audit line per instance (logger ``cxr.audit``,
+``audit_line``) when it reaches sent/ or failed/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -18,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -31,6 +35,7 @@ from cxr.spec import Prediction
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("cxr.audit")
 _STOP = ""
+_IN_HAND = 2  # predicted instances waiting for their results (each holds its decoded image)
 
 
 class Responder(Protocol):
@@ -66,7 +71,7 @@ def secondary_capture_picture(image: np.ndarray, heat: np.ndarray | None, pred: 
     """The secondary capture's RGB pixels: the one place the node draws (``cxr.runtime.overlay``)."""
     from cxr.runtime.overlay import render_overlay
 
-    return np.asarray(render_overlay(image, pred, heat).convert("RGB"), dtype=np.uint8)
+    return np.asarray(render_overlay(image, pred, heat), dtype=np.uint8)  # an RGB canvas already
 
 
 def part10(ds: Any) -> bytes:
@@ -102,11 +107,15 @@ class Worker:
         self.model_sha256 = model_sha256
         self.send_timeout_s = send_timeout_s
         self._to_predict: queue.Queue[str] = queue.Queue()
+        self._to_respond: queue.Queue[_Predicted | str] = queue.Queue(maxsize=_IN_HAND)
         self._to_send: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(
                 target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
+            ),
+            threading.Thread(
+                target=self._loop, args=(self._to_respond, self._respond_one), name="cxr-respond"
             ),
             threading.Thread(target=self._loop, args=(self._to_send, self._send_one), name="cxr-send"),
         ]
@@ -120,6 +129,8 @@ class Worker:
         """Finish the instance in hand; what is still queued stays in the spool for the next start."""
         self._stop.set()
         self._to_predict.put(_STOP)
+        with contextlib.suppress(queue.Full):  # full: the respond thread sees the stop flag on its next get
+            self._to_respond.put_nowait(_STOP)
         self._to_send.put(_STOP)
         for t in self._threads:
             if t.is_alive():
@@ -139,7 +150,7 @@ class Worker:
             log.info("spool replay: %d to predict, %d to send", len(received), len(predicted))
         return len(received), len(predicted)
 
-    def _loop(self, q: queue.Queue[str], step: Callable[[str], None]) -> None:
+    def _loop(self, q: queue.Queue[Any], step: Callable[[Any], None]) -> None:
         while not self._stop.is_set():
             uid = q.get()
             try:
@@ -152,18 +163,42 @@ class Worker:
 
     # ------------------------------------------------------------------ received -> predicted
     def _predict_one(self, uid: str) -> None:
+        """Decode and run the model (the only step on the model's thread); the rest is ``_respond_one``'s."""
         if self.spool.state(uid) != "received":
             return  # already handled (a resend queued twice)
-        meta = self.spool.received_meta(uid)
         path = self.spool.source(uid)
         try:
             data = path.read_bytes()
             one = self.predictor.explain(data, str(path))  # one decode, one run (with the heatmap if any)
+        except Exception as e:  # an unreadable spool file or a predictor failure: failed/, like a bad image
+            log.warning("%s: could not predict it", uid, exc_info=True)
+            self._put_respond(_Predicted(uid, b"", None, f"{type(e).__name__}: {first_line(e)}", now()))
+            return
+        self._put_respond(_Predicted(uid, data, one, None, now()))
+
+    def _put_respond(self, item: _Predicted) -> None:
+        while not self._stop.is_set():  # bounded: the model waits while two results are being made
+            try:
+                self._to_respond.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _respond_one(self, item: _Predicted) -> None:
+        """The picture, the SR and SC, and their commit: received/ -> predicted/ (or failed/)."""
+        uid = item.uid
+        if self.spool.state(uid) != "received":
+            return  # a resend queued twice, already committed by its first round
+        meta = self.spool.received_meta(uid)
+        try:
+            if item.error is not None:
+                raise _NotPredicted(item.error)
+            one = item.explained
             pred = one.prediction
             if pred.error is not None or one.image is None:
                 raise _NotPredicted(pred.error or "not decoded")
             rgb = secondary_capture_picture(one.image, one.heatmap, pred)
-            sr, sc = self.responder(data, pred, rgb)
+            sr, sc = self.responder(item.data, pred, rgb)
             files = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
         except Exception as e:  # undecodable after all, or a builder failure: failed/, with the source
             reason = str(e) if isinstance(e, _NotPredicted) else f"{type(e).__name__}: {first_line(e)}"
@@ -182,6 +217,7 @@ class Worker:
             "result": result_text(pred),
             "sr_sop_instance_uid": str(sr.SOPInstanceUID),
             "sc_sop_instance_uid": str(sc.SOPInstanceUID),
+            "inferred_at": item.inferred_at,
             "predicted_at": now(),
         }
         self.spool.mark_predicted(uid, files, record)
@@ -233,6 +269,17 @@ class Worker:
                 **fields,
             )
         )
+
+
+@dataclass(frozen=True)
+class _Predicted:
+    """One instance between the model and its results: its bytes and ``Explained`` (or why there is none)."""
+
+    uid: str
+    data: bytes
+    explained: Any
+    error: str | None
+    inferred_at: str  # when the model was done with it (the spool record keeps it beside predicted_at)
 
 
 class _NotPredicted(Exception):
