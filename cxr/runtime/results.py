@@ -228,17 +228,3 @@ def open_scan_output(
         writer = ResultWriter(stream, stream_format, layout, header=True)
         return writer, PreviousResults()
     raise DataError("scan needs an output file or a stream to write rows to")
-
-
-__all__ = [
-    "PreviousResults",
-    "ResultFormat",
-    "ResultLayout",
-    "ResultWriter",
-    "csv_columns",
-    "open_results",
-    "open_scan_output",
-    "previous_results",
-    "read_previous",
-    "result_format",
-]
