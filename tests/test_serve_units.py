@@ -61,7 +61,7 @@ def test_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 def test_config_defaults_are_safe() -> None:
     cfg = ServeConfig(model=Path("m.onnx"), api_key=KEY)
     assert cfg.host == "127.0.0.1" and cfg.max_body_bytes == 64 * 1024 * 1024 and cfg.cors_origins == ()
-    assert cfg.batching and not ServeConfig(model=Path("m"), max_batch_size=1).batching
+    assert cfg.max_batch_size == 8 and cfg.max_queue == 64
     assert KEY not in repr(cfg)
 
 

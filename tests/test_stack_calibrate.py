@@ -11,7 +11,7 @@ from scipy.special import softmax
 
 from cxr.calibration import apply_temperature
 from cxr.errors import ConfigError, ModelError
-from cxr.runtime.operating import above_operating_points, operating_thresholds
+from cxr.runtime.operating import operating_thresholds
 from cxr.stack.calibrate import MIN_CALIBRATION_PREDICTIONS, check_targets, fit_temperature, operating_points
 from tests.onnx_factory import make_fused_model, write_gray_pngs
 
@@ -67,8 +67,6 @@ def test_thresholds_from_the_card() -> None:
     card = {"operating_points": {"a": {"threshold": 0.3, "target_sensitivity": 0.95}}}
     assert operating_thresholds(card, CLASSES) == {"a": 0.3}
     assert operating_thresholds({}, CLASSES) == {}
-    assert above_operating_points({"a": 0.3, "b": 0.7}, {"a": 0.3}) == {"a": True}
-    assert above_operating_points({"a": 0.29, "b": 0.71}, {"a": 0.3}) == {"a": False}
 
 
 @pytest.mark.parametrize(

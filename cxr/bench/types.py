@@ -176,11 +176,7 @@ class BenchReport:
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
-            "created": self.created,
-            "cxr_version": self.cxr_version,
-            "command": self.command,
-            "machine": self.machine.to_dict(),
-            "config": dict(self.config),
+            **dataclasses.asdict(self),
             "rows": [r.to_dict() for r in self.rows],
             "notes": list(self.notes),
         }

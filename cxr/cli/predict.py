@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +19,7 @@ from cxr.cli.common import (
     model_option,
     output_option,
     version,
+    warn,
 )
 from cxr.cli.predict_output import (
     echo_image_results,
@@ -32,7 +34,6 @@ from cxr.errors import ConfigError
 from cxr.labels import NOTICE
 
 if TYPE_CHECKING:
-    from cxr.runtime.predictor import PredictorConfig
     from cxr.runtime.results import ResultFormat
 
 MODEL_HELP = (
@@ -105,48 +106,6 @@ DicomOutOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details (debug level).")]
-
-
-@dataclass(frozen=True)
-class _ScanJob:
-    """What to scan and where the rows go: the options a local and a Ray scan share."""
-
-    folder: str
-    model: Path | None
-    recursive: bool
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    output: Path | None
-    json_out: bool
-    resume: bool
-    overwrite: bool
-    quiet: bool
-    heatmaps: Path | None = None
-    retry_failed: bool = False
-    dicom_out: Path | None = None
-
-    @property
-    def stream_format(self) -> ResultFormat:
-        return "jsonl" if self.json_out else "csv"
-
-
-def _check_scan_options(
-    job: _ScanJob, engine: Engine, address: str | None, manifest: Path | None, split: str | None
-) -> None:
-    if job.resume and job.output is None:
-        raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
-    if job.retry_failed and not job.resume:
-        raise ConfigError("--retry-failed goes with --resume", hint="add --resume --output FILE")
-    if job.retry_failed and engine is Engine.ray:
-        raise ConfigError("--retry-failed runs with the local engine only", hint="drop --engine ray")
-    if job.resume and job.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
-    if engine is Engine.ray and (job.heatmaps is not None or job.dicom_out is not None):
-        given = "--heatmaps" if job.heatmaps is not None else "--dicom-out"
-        raise ConfigError(f"{given} runs with the local engine only", hint=f"drop --engine ray or {given}")
-    if engine is Engine.local and (address or manifest or split):
-        given = "--address" if address else "--manifest" if manifest else "--split"
-        raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
 
 
 @app.command("scan")
@@ -244,82 +203,76 @@ def scan(
     Exit codes: 0 every file predicted, 1 some files failed, 2 usage or model error.
     """
     setup_logging(verbose)
-    job = _ScanJob(
-        folder, model, recursive, tuple(include or ()), tuple(exclude or ()), output, json_out, resume,
-        overwrite, quiet, heatmaps, retry_failed, dicom_out,
-    )  # fmt: skip
-    _check_scan_options(job, engine, address, manifest, split)
+    if resume and output is None:
+        raise ConfigError("--resume needs --output (the file to resume)", hint="add --output results.csv")
+    if retry_failed and not resume:
+        raise ConfigError("--retry-failed goes with --resume", hint="add --resume --output FILE")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other", hint="pass one of them")
+    if engine is Engine.ray and (
+        given := _given(retry_failed=retry_failed, heatmaps=heatmaps, dicom_out=dicom_out)
+    ):
+        raise ConfigError(f"{given} runs with the local engine only", hint=f"drop --engine ray or {given}")
+    if engine is Engine.local and (given := _given(address=address, manifest=manifest, split=split)):
+        raise ConfigError(f"{given} needs --engine ray", hint="add --engine ray, or drop the option")
     cfg = predictor_config(
         provider, precision, threads, batch_size, strict_provider, device_id, trt_fp16, trt_cache,
         decode_workers, max_file_mb, max_pixels,
     )  # fmt: skip
+    include_t, exclude_t = tuple(include or ()), tuple(exclude or ())
+    stream_format: ResultFormat = "jsonl" if json_out else "csv"
     if engine is Engine.ray:
-        raise typer.Exit(code=_scan_with_ray(job, cfg, address, manifest, split, verbose))
-    raise typer.Exit(code=_scan_local(job, cfg))
+        from cxr.runtime.locate import resolve_model
+        from cxr.runtime.ray.scan import RayScanConfig, ray_scan
 
-
-def _scan_local(job: _ScanJob, predictor_cfg: PredictorConfig) -> int:
-    """`scan` in this process (cxr.runtime.scan); returns the exit code."""
-    from cxr.runtime.scan import ScanConfig, scan_folder
-
-    opened = open_predictor(job.model, predictor_cfg, job.heatmaps, job.dicom_out, Path(job.folder))
-    predictor = opened.predictor
-    cfg = ScanConfig(
-        folder=Path(job.folder),
-        recursive=job.recursive,
-        include=job.include,
-        exclude=job.exclude,
-        output=job.output,
-        stream_format=job.stream_format,
-        resume=job.resume,
-        overwrite=job.overwrite,
-        retry_failed=job.retry_failed,
-    )
-    with scan_progress(job.output, job.quiet or job.json_out) as hooks:
-        result = scan_folder(
-            predictor, cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch
+        if device_id:
+            warn("warning: --device-id is ignored with --engine ray (Ray gives each actor its GPU)")
+        ray_cfg = RayScanConfig(
+            model=resolve_model(model),
+            source=folder,
+            predictor=cfg,
+            manifest=manifest,
+            split=split,
+            address=address,
+            ray_logs=verbose,
+            recursive=recursive,
+            include=include_t,
+            exclude=exclude_t,
+            output=output,
+            stream_format=stream_format,
+            resume=resume,
+            overwrite=overwrite,
         )
-    echo_scan_summary(result, predictor.describe(), output=job.output, json_out=job.json_out, quiet=job.quiet)
-    echo_written(opened)
-    return result.exit_code
+        run: Callable[..., Any] = partial(ray_scan, ray_cfg)
+    else:
+        from cxr.runtime.scan import ScanConfig, scan_folder
 
-
-def _scan_with_ray(
-    job: _ScanJob,
-    predictor_cfg: PredictorConfig,
-    address: str | None,
-    manifest: Path | None,
-    split: str | None,
-    verbose: bool,
-) -> int:
-    """`scan --engine ray`: the local scan's rows and summary (cxr.runtime.ray.scan); returns the exit code."""
-    from cxr.runtime.locate import resolve_model
-    from cxr.runtime.ray.scan import RayScanConfig, ray_scan
-
-    if predictor_cfg.session.device_id:
-        typer.echo(
-            "warning: --device-id is ignored with --engine ray (Ray gives each actor its GPU)", err=True
+        opened = open_predictor(model, cfg, heatmaps, dicom_out, Path(folder))
+        local_cfg = ScanConfig(
+            folder=Path(folder),
+            recursive=recursive,
+            include=include_t,
+            exclude=exclude_t,
+            output=output,
+            stream_format=stream_format,
+            resume=resume,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
         )
-    cfg = RayScanConfig(
-        model=resolve_model(job.model),
-        source=job.folder,
-        predictor=predictor_cfg,
-        recursive=job.recursive,
-        include=job.include,
-        exclude=job.exclude,
-        manifest=manifest,
-        split=split,
-        output=job.output,
-        stream_format=job.stream_format,
-        resume=job.resume,
-        overwrite=job.overwrite,
-        address=address,
-        ray_logs=verbose,
-    )
-    with scan_progress(job.output, job.quiet or job.json_out) as hooks:
-        result = ray_scan(cfg, stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch)
-    echo_ray_summary(result, output=job.output, json_out=job.json_out, quiet=job.quiet)
-    return result.exit_code
+        run = partial(scan_folder, opened.predictor, local_cfg)
+    with scan_progress(output, quiet or json_out) as hooks:
+        result = run(stream=hooks.stream, on_start=hooks.on_start, on_batch=hooks.on_batch)
+    if engine is Engine.ray:
+        echo_ray_summary(result, output=output, json_out=json_out, quiet=quiet)
+    else:
+        echo_scan_summary(result, opened.predictor.describe(), output=output, json_out=json_out, quiet=quiet)
+        echo_written(opened)
+    raise typer.Exit(code=result.exit_code)
+
+
+def _given(**options: object) -> str | None:
+    """The first of ``options`` that was given, spelt as its flag."""
+    return next((f"--{k.replace('_', '-')}" for k, v in options.items() if v), None)
 
 
 @app.command("image")

@@ -66,40 +66,30 @@ def open_predictor(
     dicom_dir: Path | None = None,
     root: Path | None = None,
 ) -> Opened:
-    """The predictor for ``model``, with an overlay writer (``heatmap_dir``) and a DICOM writer (``dicom_dir``)."""
+    """The predictor for ``model``, with an overlay writer (``heatmap_dir``) and a DICOM writer (``dicom_dir``)
+    as its heatmap sinks; both run the heatmap graph (the DICOM writer only when it is beside the model)."""
     from cxr.runtime.locate import resolve_model, with_heatmap_twin
     from cxr.runtime.predictor import Predictor
 
     path = resolve_model(model)
     overlays, dicom = None, None
-    if heatmap_dir is not None:  # the heatmap graph, with an overlay writer into heatmap_dir as its sink
+    if heatmap_dir is not None or dicom_dir is not None:
+        path, cfg = with_heatmap_twin(path, cfg, required=heatmap_dir is not None)
+    if heatmap_dir is not None:
         from cxr.runtime.overlay import OverlayWriter
 
         overlays = OverlayWriter(heatmap_dir, root)
-        path, cfg = with_heatmap_twin(path, cfg, required=True)
-        cfg = replace(cfg, heatmap_sink=overlays)
     if dicom_dir is not None:
-        path, cfg, dicom = with_dicom_out(path, cfg, dicom_dir, has_twin=overlays is not None)
+        from cxr.dicom import ModelIdentity
+        from cxr.dicom.output import DicomWriter
+
+        dicom = DicomWriter(dicom_dir, ModelIdentity.of_file(path))
+    sinks = [s for s in (overlays, dicom) if s is not None]
+
+    def each(pred: Prediction, image: np.ndarray, heat: np.ndarray | None) -> None:
+        for sink in sinks:
+            sink(pred, image, heat)
+
+    if sinks:
+        cfg = replace(cfg, heatmap_sink=each)
     return Opened(Predictor.from_path(path, cfg), overlays, dicom)
-
-
-def with_dicom_out(
-    model: Path, cfg: PredictorConfig, folder: Path, *, has_twin: bool
-) -> tuple[Path, PredictorConfig, DicomWriter]:
-    """``cfg`` with a sink writing the SR and SC of every DICOM image into ``folder`` (beside any overlay sink)."""
-    from cxr.dicom import ModelIdentity
-    from cxr.dicom.output import DicomWriter
-    from cxr.runtime.locate import with_heatmap_twin
-
-    writer = DicomWriter(folder, ModelIdentity.of_file(model))
-    if not has_twin:
-        model, cfg = with_heatmap_twin(model, cfg)
-    before = cfg.heatmap_sink
-    if before is None:
-        return model, replace(cfg, heatmap_sink=writer), writer
-
-    def both(pred: Prediction, image: np.ndarray, heat: np.ndarray | None) -> None:
-        before(pred, image, heat)
-        writer(pred, image, heat)
-
-    return model, replace(cfg, heatmap_sink=both), writer

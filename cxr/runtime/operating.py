@@ -1,4 +1,4 @@
-"""Takes a model's metadata card; makes its per-class operating points and each result's flags against them."""
+"""Takes a model's metadata card; makes its per-class operating points (thresholds)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,3 @@ def operating_thresholds(
             )
         out[str(name)] = float(threshold)
     return out
-
-
-def above_operating_points(
-    probabilities: Mapping[str, float], thresholds: Mapping[str, float]
-) -> dict[str, bool]:
-    """Per class with an operating point: whether its probability reaches the threshold."""
-    return {c: bool(probabilities[c] >= t) for c, t in thresholds.items()}

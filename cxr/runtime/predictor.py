@@ -22,7 +22,7 @@ from cxr.imaging.preprocess import resize_gray, to_model_input
 from cxr.labels import NOTICE
 from cxr.runtime.assess import header_reasons, with_reasons
 from cxr.runtime.items import Item, as_item, is_single
-from cxr.runtime.operating import above_operating_points, operating_thresholds
+from cxr.runtime.operating import operating_thresholds
 from cxr.runtime.predictor_config import PredictorConfig, RawOutput, auto_decode_workers
 from cxr.runtime.results import ResultLayout
 from cxr.session import SessionInfo, create_session, file_sha256
@@ -256,7 +256,7 @@ class Predictor:
                 probability=float(p[k]),
                 probabilities=probabilities,
                 member_probabilities=member_probs,
-                above_operating_point=above_operating_points(probabilities, flags) if flags else None,
+                above_operating_point={c: bool(probabilities[c] >= t) for c, t in flags.items()} or None,
                 assessable=True,
                 ood_score=None if out.ood_scores is None else float(out.ood_scores[i]),
                 model_id=self.model_id,

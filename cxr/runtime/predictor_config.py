@@ -12,8 +12,6 @@ from cxr.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from cxr.session import SessionConfig
 from cxr.spec import Prediction
 
-__all__ = ["PredictorConfig", "RawOutput", "auto_decode_workers"]
-
 
 @dataclass(frozen=True)
 class PredictorConfig:

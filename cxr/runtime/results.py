@@ -112,9 +112,9 @@ class ResultWriter:
 class PreviousResults:
     """What an existing result file already holds (for ``--resume``): the paths done and the failures."""
 
-    paths: frozenset[str]
-    rows: int
-    failed: int
+    paths: frozenset[str] = frozenset()
+    rows: int = 0
+    failed: int = 0
     retried: int = 0  # error rows dropped so that their files run again (``retry_failed``)
 
 
@@ -183,22 +183,29 @@ def read_previous(
     return PreviousResults(sources, len(done), failed, retried)
 
 
+def previous_results(
+    path: Path, layout: ResultLayout, *, resume: bool, overwrite: bool, retry_failed: bool = False
+) -> PreviousResults:
+    """What ``path`` already holds on ``resume``; refuses an existing file unless ``resume`` or ``overwrite``."""
+    fmt = result_format(path)
+    if not (path.is_file() and path.stat().st_size > 0):
+        return PreviousResults()
+    if not (resume or overwrite):
+        raise ConfigError(
+            f"output {path} already exists",
+            hint="pass --resume to skip the files already in it, --overwrite to replace it, or another --output",
+        )
+    return read_previous(path, fmt, layout, retry_failed=retry_failed) if resume else PreviousResults()
+
+
 def open_results(
     path: Path, layout: ResultLayout, *, resume: bool, overwrite: bool, retry_failed: bool = False
 ) -> tuple[ResultWriter, PreviousResults]:
     """Open ``path`` for writing (new, overwritten, or appended to on resume) and say what it already holds."""
     fmt = result_format(path)
-    previous = PreviousResults(frozenset(), 0, 0)
-    exists = path.is_file() and path.stat().st_size > 0
-    if exists and not (resume or overwrite):
-        raise ConfigError(
-            f"output {path} already exists",
-            hint="pass --resume to skip the files already in it, --overwrite to replace it, or another --output",
-        )
-    if exists and resume:
-        previous = read_previous(path, fmt, layout, retry_failed=retry_failed)
+    append = resume and path.is_file() and path.stat().st_size > 0
+    previous = previous_results(path, layout, resume=resume, overwrite=overwrite, retry_failed=retry_failed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    append = exists and resume
     stream = path.open("a" if append else "w", newline="", encoding="utf-8")
     header = not append or (fmt == "csv" and path.stat().st_size == 0)
     return ResultWriter(stream, fmt, layout, header=header), previous
@@ -219,18 +226,5 @@ def open_scan_output(
         return open_results(output, layout, resume=resume, overwrite=overwrite, retry_failed=retry_failed)
     if stream is not None:
         writer = ResultWriter(stream, stream_format, layout, header=True)
-        return writer, PreviousResults(frozenset(), 0, 0)
+        return writer, PreviousResults()
     raise DataError("scan needs an output file or a stream to write rows to")
-
-
-__all__ = [
-    "PreviousResults",
-    "ResultFormat",
-    "ResultLayout",
-    "ResultWriter",
-    "csv_columns",
-    "open_results",
-    "open_scan_output",
-    "read_previous",
-    "result_format",
-]

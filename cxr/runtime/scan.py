@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from cxr.errors import DataError
 from cxr.imaging.decode import READABLE_SUFFIXES
@@ -150,6 +150,21 @@ class ScanTally:
     def predicted(self) -> int:
         return sum(self.counts.values())
 
+    def result(self, classes: Sequence[str], seconds: float, **fields: Any) -> ScanResult:
+        """The ``ScanResult`` of these counts (per class of ``classes``) with the scan's other ``fields``."""
+        done = self.predicted + self.failed
+        return ScanResult(
+            predicted=self.predicted,
+            failed=self.failed,
+            counts={c: self.counts.get(c, 0) for c in classes},
+            seconds=seconds,
+            images_per_second=done / seconds if seconds > 0 else 0.0,
+            failures=tuple(self.failures),
+            not_assessable_files=self.not_assessable_files,
+            not_assessable=dict(self.not_assessable),
+            **fields,
+        )
+
 
 def scan_folder(
     predictor: Predictor,
@@ -163,7 +178,6 @@ def scan_folder(
     files = find_images(cfg.folder, recursive=cfg.recursive, include=cfg.include, exclude=cfg.exclude)
     if not files:
         raise _no_images(cfg)
-    classes, model_id = predictor.classes, predictor.model_id
     writer, previous = open_scan_output(
         cfg.output,
         stream,
@@ -188,22 +202,14 @@ def scan_folder(
     finally:
         if cfg.output is not None:
             writer.stream.close()
-    seconds = time.perf_counter() - t0
-    predicted = tally.predicted
-    return ScanResult(
+    return tally.result(
+        predictor.classes,
+        time.perf_counter() - t0,
         folder=str(cfg.folder),
         found=len(files),
         skipped=len(files) - len(todo),
-        predicted=predicted,
-        failed=tally.failed,
-        counts={c: tally.counts.get(c, 0) for c in classes},
-        seconds=seconds,
-        images_per_second=(predicted + tally.failed) / seconds if seconds > 0 else 0.0,
         provider=predictor.provider,
-        model_id=model_id,
+        model_id=predictor.model_id,
         output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(tally.failures),
         precision=predictor.info.precision,
-        not_assessable_files=tally.not_assessable_files,
-        not_assessable=dict(tally.not_assessable),
     )

@@ -149,10 +149,6 @@ class ServeConfig(BaseSettings):
             )
         return self
 
-    @property
-    def batching(self) -> bool:
-        return self.max_batch_size > 1
-
 
 def _config_error(e: ValidationError) -> CxrError:
     """The first problem of ``e`` as a ``ConfigError`` (the original one when a check raised it)."""

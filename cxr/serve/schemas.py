@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from cxr.labels import NOTICE
+from cxr.spec import Prediction, result_json_schema
 
 
 class ErrorDetail(BaseModel):
@@ -38,50 +40,31 @@ PRECISION_DOC = (
 )
 
 
-class ReasonOut(BaseModel):
-    code: str = Field(description="Stable reason code, e.g. dicom_view_position or members_disagree.")
-    message: str = Field(description="What was found and what an assessable input looks like.")
+_API_DOCS = {  # where the API's answer says more than the result schema
+    "source": "The upload's file name (base name only) or 'upload'.",
+    "precision": PRECISION_DOC,
+    "error": "Always null here (errors answer with a 4xx).",
+}
 
 
-class PredictionOut(BaseModel):
+def _result_fields() -> dict[str, Any]:
+    """``cxr.spec.Prediction``'s fields, typed and described as the result schema does (in its order)."""
+    hints = get_type_hints(Prediction)
+    docs = result_json_schema()["properties"]
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(Prediction):
+        default = f.default if f.default is not dataclasses.MISSING else ...
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        doc = _API_DOCS.get(f.name, docs[f.name].get("description"))
+        fields[f.name] = (hints[f.name], Field(default=default, description=doc))
+    return fields
+
+
+class PredictionOut(create_model("_Result", **_result_fields())):  # type: ignore[misc]
     """One image's result: the fields of ``cxr.spec.Prediction`` (the result schema every surface emits,
     ``docs/result.schema.json``) plus the API's own ``model``, ``timing`` and ``heatmap_png``."""
 
-    source: str = Field(description="The upload's file name (base name only) or 'upload'.")
-    label: str = Field(description="The most probable class.")
-    probability: float = Field(description="Probability of that class.")
-    probabilities: dict[str, float] = Field(description="Every class's probability, in the model's order.")
-    member_probabilities: dict[str, dict[str, float]] | None = Field(
-        default=None, description="Each ensemble member's class probabilities (null for a single model)."
-    )
-    above_operating_point: dict[str, bool] | None = Field(
-        default=None,
-        description="Per class with an operating point (a threshold chosen on validation for a target "
-        "sensitivity, see /v1/model): whether its probability reaches it. A flag for review, not a diagnosis; "
-        "null when the model has no operating points.",
-    )
-    assessable: bool = Field(
-        default=True,
-        description="False when the input gate found a reason (a non-chest or non-frontal DICOM header, the "
-        "members disagreeing): the probabilities are still given, but the image needs a reader's review first.",
-    )
-    reasons: list[ReasonOut] = Field(default_factory=list, description="Why the image is not assessable.")
-    ood_score: float | None = Field(
-        default=None, description="Out-of-distribution score (higher: less like training); null: no gate."
-    )
-    model_id: str = Field(description="First 16 hex digits of the model file's SHA-256.")
-    precision: str | None = Field(default=None, description=PRECISION_DOC)
-    provider: str = Field(
-        description="The backend that really ran the model (onnxruntime provider or openvino)."
-    )
-    seconds: float = Field(description="Inference time per image (its batch's share).")
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="What trained the model (synthetic images, random weights, no provenance): shown with "
-        "every result.",
-    )
-    error: str | None = Field(default=None, description="Always null here (errors answer with a 4xx).")
-    notice: str = NOTICE
     model: ModelRef
     timing: Timing
     heatmap_png: str | None = Field(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ModelError
+from cxr.runtime.locate import check_model_file
 from cxr.spec import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, REEXPORT_HINT, ModelMetadata
 
 ONNX_TO_TRITON: dict[str, str] = {
@@ -121,13 +122,7 @@ def signature_of(session: Any, path: Path) -> ModelSignature:
 
 def read_model(path: Path) -> tuple[ModelSignature, ModelMetadata, dict[str, str]]:
     """Open ``path`` and return its signature, its cxr metadata (refused without it) and the raw props."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(
-            f"model file {path} does not exist" if not path.exists() else f"{path} is not a file",
-            hint="pass the fused .onnx file (`cxr fuse RUN_DIR` writes it)",
-            path=path,
-        )
+    path = check_model_file(Path(path))
     session = open_session(path)
     props = dict(session.get_modelmeta().custom_metadata_map)
     metadata = ModelMetadata.from_props(props, source=str(path))

@@ -19,14 +19,7 @@ from cxr.runtime.ray.cluster import RayConnection, connect, disconnect
 from cxr.runtime.ray.config import RayScanConfig
 from cxr.runtime.ray.inputs import find_inputs, is_url, manifest_inputs
 from cxr.runtime.ray.pipeline import OrderedRows, stream_rows
-from cxr.runtime.results import (
-    PreviousResults,
-    ResultLayout,
-    open_results,
-    open_scan_output,
-    read_previous,
-    result_format,
-)
+from cxr.runtime.results import PreviousResults, ResultLayout, open_scan_output, previous_results
 from cxr.runtime.scan import ScanConfig, ScanResult, _no_images
 from cxr.session import SessionConfig
 from cxr.spec import Prediction
@@ -87,19 +80,6 @@ def _model_header(cfg: RayScanConfig) -> tuple[tuple[str, ...], str, dict[str, A
     return predictor.classes, predictor.model_id, predictor.describe()
 
 
-def _previous(cfg: RayScanConfig, layout: ResultLayout) -> PreviousResults:
-    """What ``output`` already holds; refuses a bad output now, before Ray starts (nothing is written)."""
-    if cfg.output is None:
-        return PreviousResults(frozenset(), 0, 0)
-    fmt = result_format(cfg.output)
-    if cfg.output.is_file() and cfg.output.stat().st_size > 0:
-        if not (cfg.resume or cfg.overwrite):
-            open_results(cfg.output, layout, resume=False, overwrite=False)  # raises "exists"
-        if cfg.resume:
-            return read_previous(cfg.output, fmt, layout)
-    return PreviousResults(frozenset(), 0, 0)
-
-
 def _gpus_per_actor(cfg: RayScanConfig, conn: RayConnection) -> float:
     if cfg.gpus_per_actor is not None:
         return cfg.gpus_per_actor
@@ -146,7 +126,9 @@ def ray_scan(
     if cfg.output is None and stream is None:
         raise DataError("scan needs an output file or a stream to write rows to")
     layout = ResultLayout(tuple(classes), model_id, tuple(model_info.get("members") or ()))
-    previous = _previous(cfg, layout)
+    previous = PreviousResults()  # refuses a bad output now, before Ray starts (nothing is written)
+    if cfg.output is not None:
+        previous = previous_results(cfg.output, layout, resume=cfg.resume, overwrite=cfg.overwrite)
     done = previous.paths | {os.path.abspath(p) for p in previous.paths if not is_url(p)}
     todo = [n for n in names if n not in done and (is_url(n) or os.path.abspath(n) not in done)]
     mode = _read_mode(cfg, names)
@@ -186,21 +168,15 @@ def ray_scan(
     if len(tally.providers) > 1:
         log.warning("actors ran on different providers: %s", dict(tally.providers))
     provider = rows.provider(default=model_info["provider"])
-    scan = ScanResult(  # what a local scan of the same files would return
+    scan = tally.result(  # what a local scan of the same files would return
+        classes,
+        seconds,
         folder=str(cfg.manifest if cfg.manifest is not None else cfg.source),
         found=len(names),
         skipped=len(names) - len(todo),
-        predicted=tally.predicted,
-        failed=tally.failed,
-        counts={c: tally.counts.get(c, 0) for c in classes},
-        seconds=seconds,
-        images_per_second=(tally.predicted + tally.failed) / seconds if seconds > 0 else 0.0,
         provider=provider,
         model_id=model_id,
         output=None if cfg.output is None else str(cfg.output),
-        failures=tuple(tally.failures),
-        not_assessable_files=tally.not_assessable_files,
-        not_assessable=dict(tally.not_assessable),
     )
     info = {
         **model_info,
