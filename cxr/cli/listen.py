@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cxr.cli.common import ProviderChoice, handle_errors, setup_logging
+from cxr.cli.common import ProviderChoice, env_option, handle_errors, require_extra, setup_logging
 from cxr.errors import ConfigError
 
 LIMITS = "Limits"
@@ -27,66 +27,47 @@ def listen(
     ],
     spool: Annotated[
         Path,
-        typer.Option(
-            envvar="CXR_SPOOL",
-            help="Durable spool folder (received -> predicted -> sent | failed); replayed on start.",
+        env_option(
+            "CXR_SPOOL", "Durable spool folder (received -> predicted -> sent | failed); replayed on start."
         ),
     ],
     forward: Annotated[
-        str | None,
-        typer.Option(envvar="CXR_FORWARD", help="Send the SR and SC by C-STORE to AET@HOST:PORT (the PACS)."),
+        str | None, env_option("CXR_FORWARD", "Send the SR and SC by C-STORE to AET@HOST:PORT (the PACS).")
     ] = None,
     forward_url: Annotated[
         str | None,
-        typer.Option(
-            envvar="CXR_FORWARD_URL",
-            help="Or by DICOMweb STOW-RS to this base URL (e.g. http://pacs/dicom-web).",
+        env_option(
+            "CXR_FORWARD_URL", "Or by DICOMweb STOW-RS to this base URL (e.g. http://pacs/dicom-web)."
         ),
     ] = None,
-    port: Annotated[int, typer.Option(envvar="CXR_PORT", help="DICOM port (0: any free port).")] = 11112,
+    port: Annotated[int, env_option("CXR_PORT", "DICOM port (0: any free port).")] = 11112,
     host: Annotated[
-        str, typer.Option(envvar="CXR_HOST", help="Address to bind; 0.0.0.0 exposes the node to the network.")
+        str, env_option("CXR_HOST", "Address to bind; 0.0.0.0 exposes the node to the network.")
     ] = "127.0.0.1",
-    ae_title: Annotated[str, typer.Option(envvar="CXR_AE_TITLE", help="This node's AE title.")] = "CXR",
+    ae_title: Annotated[str, env_option("CXR_AE_TITLE", "This node's AE title.")] = "CXR",
     allow_ae: Annotated[
         str,
-        typer.Option(
-            envvar="CXR_ALLOW_AE", help="Calling AE titles allowed, comma-separated (empty: any is accepted)."
-        ),
+        env_option("CXR_ALLOW_AE", "Calling AE titles allowed, comma-separated (empty: any is accepted)."),
     ] = "",
     max_associations: Annotated[
-        int,
-        typer.Option(envvar="CXR_MAX_ASSOCIATIONS", rich_help_panel=LIMITS, help="Concurrent associations."),
+        int, env_option("CXR_MAX_ASSOCIATIONS", "Concurrent associations.", LIMITS)
     ] = 8,
     max_pdu: Annotated[
-        int,
-        typer.Option(
-            envvar="CXR_MAX_PDU", rich_help_panel=LIMITS, help="Largest PDU received, bytes (0: any)."
-        ),
+        int, env_option("CXR_MAX_PDU", "Largest PDU received, bytes (0: any).", LIMITS)
     ] = 262_144,
     max_instance_mb: Annotated[
-        float,
-        typer.Option(
-            envvar="CXR_MAX_INSTANCE_MB", rich_help_panel=LIMITS, help="Larger instances get 0xA700."
-        ),
+        float, env_option("CXR_MAX_INSTANCE_MB", "Larger instances get 0xA700.", LIMITS)
     ] = 256.0,
-    retry_initial: Annotated[
-        float, typer.Option(envvar="CXR_RETRY_INITIAL", rich_help_panel=RETRY, help="First retry delay, s.")
-    ] = 1.0,
-    retry_max: Annotated[
-        float, typer.Option(envvar="CXR_RETRY_MAX", rich_help_panel=RETRY, help="Longest retry delay, s.")
-    ] = 60.0,
+    retry_initial: Annotated[float, env_option("CXR_RETRY_INITIAL", "First retry delay, s.", RETRY)] = 1.0,
+    retry_max: Annotated[float, env_option("CXR_RETRY_MAX", "Longest retry delay, s.", RETRY)] = 60.0,
     retry_budget: Annotated[
-        float,
-        typer.Option(
-            envvar="CXR_RETRY_BUDGET", rich_help_panel=RETRY, help="Seconds of retries before failed/."
-        ),
+        float, env_option("CXR_RETRY_BUDGET", "Seconds of retries before failed/.", RETRY)
     ] = 3600.0,
-    provider: Annotated[
-        ProviderChoice, typer.Option(envvar="CXR_PROVIDER", help="onnxruntime provider, or openvino.")
-    ] = ProviderChoice.auto,
+    provider: Annotated[ProviderChoice, env_option("CXR_PROVIDER", "onnxruntime provider, or openvino.")] = (
+        ProviderChoice.auto
+    ),
     threads: Annotated[
-        int | None, typer.Option(envvar="CXR_THREADS", help="Inference threads (default: all cores).")
+        int | None, env_option("CXR_THREADS", "Inference threads (default: all cores).")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", envvar="CXR_DEBUG_LOG", help="Debug logging.")] = False,
 ) -> None:
@@ -104,7 +85,7 @@ def listen(
     dest: Destination = parse_destination(forward) if forward else Destination.stow(str(forward_url))
     setup_logging(debug)
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)  # a line per PDU
-    _require_dicom_extra()
+    require_extra("cxr listen", "dicom", "pydicom", "pynetdicom")
     from cxr.dicom.node import DicomNode, NodeConfig
 
     cfg = NodeConfig(
@@ -136,14 +117,3 @@ def listen(
         typer.echo("cxr listen: stopping (what is not sent yet stays in the spool)", err=True)
     finally:
         node.stop()
-
-
-def _require_dicom_extra() -> None:
-    try:
-        import pydicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(
-            f"`cxr listen` needs the dicom extra ({e.name or e} is missing)",
-            hint="pip install -e '.[dicom]' in a clone of cxr",
-        ) from e
