@@ -82,7 +82,7 @@ def test_overrides(override: str, check: object) -> None:
         (
             minimal(train={"early_stopping": {"metric": "macro_f"}}),
             [],
-            "unknown metric",
+            "train.early_stopping.metric: 'macro_f' is not one of macro_f1, accuracy",
             "did you mean macro_f1",
         ),
         (minimal(train={"dist_timeout_s": 0}), [], "train.dist_timeout_s must be positive", None),

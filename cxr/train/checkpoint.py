@@ -81,11 +81,6 @@ def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
     return Path(member_dir) / f"{which}.safetensors", Path(member_dir) / f"{which}.json"
 
 
-def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU tensors in standard layout (channels-last weights are made contiguous; no copy otherwise)."""
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
 def _write_info(path: Path, info: CheckpointInfo) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(info.to_json(), indent=2, default=str), encoding="utf-8")
@@ -98,7 +93,9 @@ def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: Checkp
     tmp = weights.with_name(weights.name + ".tmp")
     try:
         weights.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
+        # CPU tensors in standard layout (channels-last weights are made contiguous; no copy otherwise)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
         os.replace(tmp, weights)
         info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
         _write_info(meta, info)
@@ -269,11 +266,9 @@ def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[st
         cfg = timm.get_pretrained_cfg(timm_name)
         tag = getattr(cfg, "tag", None) if cfg is not None else None
         return {"source": "timm", "tag": f"{timm_name}.{tag}" if tag else timm_name}
-    path = Path(pretrained)
-    if path.is_dir():
-        found = [path / f"{timm_name}{s}" for s in (".safetensors", ".pth", ".pt", ".bin")]
-        files = [p for p in found if p.is_file()]
-        if not files:
-            return {"source": "folder", "path": str(path)}
-        path = files[0]
+    from cxr.train.backbones import weights_file
+
+    source, path = weights_file(timm_name, Path(pretrained))
+    if source == "local-dir":
+        return {"source": "folder", "path": str(pretrained)}
     return {"source": "file", "file": path.name, "path": str(path), "sha256": file_sha256(path)}

@@ -175,9 +175,6 @@ class Batch:
     index: torch.Tensor
     bad: list[tuple[int, str]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return int(self.y.numel())
-
 
 def collate(samples: Sequence[Sample]) -> Batch:
     """Stack the readable samples; report the unreadable ones in ``Batch.bad``."""

@@ -150,35 +150,26 @@ def record_epoch(
     )
 
 
-def as_setup(device: str | torch.device | DeviceSetup) -> DeviceSetup:
-    if isinstance(device, DeviceSetup):
-        return device
-    dev = torch.device(device)
-    return DeviceSetup(device=dev, amp_dtype=None, channels_last=False, pin_memory=dev.type == "cuda")
-
-
 def predict_split(
     model: nn.Module,
     manifest: Manifest,
     split: str,
     spec: PreprocessSpec,
     batch_size: int,
-    device: str | torch.device | DeviceSetup = "cpu",
+    setup: DeviceSetup,
     *,
     member: str = "",
     checkpoint_sha256: str = "",
     num_workers: int = 0,
-    max_bad_fraction: float = 1.0,
     shard: DistContext = SINGLE,
     gather: Callable[[Predictions], Predictions] | None = None,
     via: tuple[int, int] | None = None,
 ) -> PredictionTable:
-    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``.
+    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``setup.device``.
 
     ``via``: resize to the ensemble's input size first, as the fused graph does (see ``eval_transform``);
     under DDP each process predicts its ``shard`` and ``gather`` joins the parts (in order).
     """
-    setup = as_setup(device)
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -191,7 +182,7 @@ def predict_split(
         pin_memory=setup.pin_memory,
         shard=shard,
     )
-    preds = predict_batches(model, loader, setup, bad=BadImages(dataset, max_bad_fraction))
+    preds = predict_batches(model, loader, setup, bad=BadImages(dataset, 1.0))
     if gather is not None:
         preds = gather(preds)
     rows = [dataset.rows[int(i)] for i in preds.index]

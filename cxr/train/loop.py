@@ -6,11 +6,12 @@ gradient average is the gradient of the global batch's weighted mean loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,25 +73,27 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def is_oom(err: BaseException) -> bool:
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def oom_error(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> TrainError:
-    """``batch_size``: the global batch in training, else this process's evaluation batch."""
-    if training:
-        smaller = max(world_size, batch_size // 2 // world_size * world_size)
-        fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
-    else:
-        fix = f"--set train.eval_batch_size={max(1, batch_size // 2)}"
-    return TrainError(
-        f"ran out of {'GPU' if setup.device.type == 'cuda' else 'host'} memory "
-        f"{'training on' if training else 'evaluating'} a batch of {batch_size} images on {setup.device}",
-        hint=f"try a smaller batch: {fix}; on a GPU, bf16/fp16 precision also lowers activation memory",
-    )
+@contextlib.contextmanager
+def oom_hint(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> Iterator[None]:
+    """Running out of memory in the block becomes a ``TrainError`` that names a smaller batch
+    (``batch_size``: the global batch in training, else this process's evaluation batch)."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain one
+        text = str(e).lower()
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text:
+            if "can't allocate memory" not in text:
+                raise
+        if training:
+            smaller = max(world_size, batch_size // 2 // world_size * world_size)
+            fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
+        else:
+            fix = f"--set train.eval_batch_size={max(1, batch_size // 2)}"
+        raise TrainError(
+            f"ran out of {'GPU' if setup.device.type == 'cuda' else 'host'} memory "
+            f"{'training on' if training else 'evaluating'} a batch of {batch_size} images on {setup.device}",
+            hint=f"try a smaller batch: {fix}; on a GPU, bf16/fp16 precision also lowers activation memory",
+        ) from e
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -148,7 +151,7 @@ def train_step(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None
     if x is None or y is None:
         return None
     x = setup.to_input(x)
-    try:
+    with oom_hint(int(x.shape[0]) * state.world_size, setup, True, state.world_size):
         with setup.autocast():
             logits = state.model(x)
         if distributed:
@@ -166,10 +169,6 @@ def train_step(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None
         else:
             loss.backward()
             state.optimizer.step()
-    except (RuntimeError, torch.OutOfMemoryError) as e:
-        if is_oom(e):
-            raise oom_error(int(x.shape[0]) * state.world_size, setup, True, state.world_size) from e
-        raise
     state.scheduler.step()
     state.step += 1
     value = float(share.detach())
@@ -260,13 +259,8 @@ def predict_batches(
         if batch.x is not None:
             x = setup.to_input(batch.x)
             y = batch.y.to(setup.device)
-            try:
-                with setup.autocast():
-                    logits = model(x).float()
-            except (RuntimeError, torch.OutOfMemoryError) as e:
-                if is_oom(e):
-                    raise oom_error(int(x.shape[0]), setup, training=False) from e
-                raise
+            with oom_hint(int(x.shape[0]), setup, training=False), setup.autocast():
+                logits = model(x).float()
             w = (
                 class_weights
                 if class_weights is not None
@@ -278,7 +272,7 @@ def predict_batches(
             idx.append(batch.index.numpy())
             labels.append(batch.y.numpy())
         if progress is not None:
-            progress.update(1, items=len(batch))
+            progress.update(1, items=len(batch.y))
     k = int(getattr(model, "num_classes", 0) or 0)
     return Predictions(
         index=np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64),
@@ -367,6 +361,3 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)

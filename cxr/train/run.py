@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -132,28 +132,18 @@ def train_member(
     )
     with forked_rng(setup, rank_seed(seed, ctx)):
         run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
-        predictions = _train_and_predict(run)
-    return _finish(run, predictions, start)
-
-
-def _train_and_predict(run: MemberRun) -> dict[str, Path]:
-    """The remaining epochs, then the best checkpoint's prediction files (the tracker ends either way)."""
-    try:
-        _run_epochs(run)
-        # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
-        on_main(run.ctx, partial((run.member_dir / RESUME_STATE).unlink, missing_ok=True))
-        return _write_member_predictions(run)
-    finally:
-        run.tracker.end()
-
-
-def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> TrainResult:
-    """Log the member's outcome and make its ``TrainResult``."""
+        try:  # the tracker ends either way
+            _run_epochs(run)
+            # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
+            on_main(run.ctx, partial((run.member_dir / RESUME_STATE).unlink, missing_ok=True))
+            predictions = _write_member_predictions(run)
+        finally:
+            run.tracker.end()
     best = run.best_info or read_checkpoint_info(run.member_dir, "best")
     seconds = time.perf_counter() - start
     log.info(
         "%s done in %.0f s: best epoch %d, val macro-F1 %.4f, accuracy %.4f%s",
-        run.member.name,
+        m.name,
         seconds,
         best.epoch + 1,
         best.metrics["macro_f1"],
@@ -161,7 +151,7 @@ def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> Train
         " (stopped early)" if run.stopped_early else "",
     )
     return TrainResult(
-        name=run.member.name,
+        name=m.name,
         member_dir=run.member_dir,
         metrics=best.metrics,
         best_epoch=best.epoch,
@@ -216,7 +206,7 @@ def _save_epoch(
             "manifest_digest": run.manifest.digest(),
             "stopped_early": run.stopped_early,
             "step": current.step,
-            "early_stopping": run.stopper.state_dict(),
+            "early_stopping": asdict(run.stopper),
             "bad_train": sorted(run.train_bad.paths),
             **run.provenance,
         },
