@@ -163,7 +163,7 @@ def test_member_normalisation_is_resolved_from_timm_and_overridable() -> None:
     )
     assert cfg.member("d").spec.mean == (0.5, 0.5, 0.5) and cfg.member("d").spec.std == (1.0, 1.0, 1.0)
     raw["models"] = [{"backbone": "densenet121", "std": [0, 1, 1]}]
-    with pytest.raises(ConfigError, match="std .* must be positive"):
+    with pytest.raises(ConfigError, match=r"models.densenet121.std.0 must be positive, got 0"):
         config_from_dict(raw)
 
 

@@ -115,7 +115,7 @@ def _write_error(path: Path, err: BaseException) -> CheckpointError:
     )
 
 
-def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
+def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> None:
     """``target`` becomes ``source``: a hard link (saves replace files atomically), else a copy."""
     src, _ = paths(member_dir, source)
     dst, meta = paths(member_dir, target)
@@ -128,7 +128,6 @@ def link_checkpoint(member_dir: Path, source: str, target: str, info: Checkpoint
     os.replace(tmp, dst)
     _write_info(meta, info)
     log.debug("wrote checkpoint %s (same weights as %s)", dst, src)
-    return info
 
 
 def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInfo:

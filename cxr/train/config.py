@@ -141,7 +141,7 @@ class MemberConfig:
     precision: Precision | None = None  # None: train.precision
     finetune_from: Str | None = None  # None: fine-tuning trains every layer; else from this module on
     mean: tuple[Float, Float, Float] = IMAGENET_MEAN  # filled from timm's pretrained config when not given
-    std: tuple[Float, Float, Float] = IMAGENET_STD
+    std: tuple[Positive, Positive, Positive] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\:") or self.name in (".", ".."):
@@ -159,8 +159,6 @@ class MemberConfig:
                 f"models.{self.name}.finetune_from is empty",
                 hint="name a module of the backbone (e.g. block8), or leave it out to fine-tune every layer",
             )
-        if any(v <= 0 for v in self.std):
-            raise ConfigError(f"models.{self.name}.std {self.std} must be positive")
 
     @property
     def spec(self) -> PreprocessSpec:

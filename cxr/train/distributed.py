@@ -237,18 +237,14 @@ def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Mod
 def convert_sync_batchnorm(
     ctx: DistContext, model: nn.Module, device: torch.device, wanted: bool
 ) -> nn.Module:
-    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``."""
+    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``; timm's converter,
+    since torch's drops the activation of timm's ``BatchNormAct2d``."""
     if not ctx.enabled or not wanted:
         return model
     if device.type != "cuda":
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             log.info("BatchNorm statistics are per process on the CPU (torch has no CPU SyncBatchNorm)")
         return model
-    return sync_batchnorm(model)
-
-
-def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm synchronised; timm's converter, since torch's drops ``BatchNormAct2d``'s activation."""
     from timm.layers import convert_sync_batchnorm as timm_convert
 
     return timm_convert(model)  # type: ignore[no-any-return]

@@ -43,10 +43,9 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
     loader = train_loader(run, epoch)
     desc = f"{run.member.name} {phase} {epoch + 1}/{run.train.epochs}"
     progress = Progress(len(loader), desc, run.progress_stream)
-    tracker = run.tracker
 
     def on_step(step: int, loss: float, lr: float) -> None:
-        tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
+        run.tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
 
     stats = train_epoch(current, loader, run.train_bad, progress, on_step)
     progress.close()

@@ -111,18 +111,11 @@ class StepResult:
 def _global_totals(state: PhaseState, y: torch.Tensor | None) -> tuple[float, int, bool]:
     """(class-weight total, images, whether some process has none) over all processes; raises everywhere
     when one of them met a non-finite loss in the step before."""
-    setup = state.setup
+    n = 0 if y is None else y.numel()
     bad = 1.0 if state.nonfinite is not None else 0.0
-    if y is None or y.numel() == 0:
-        local = torch.tensor([0.0, 0.0, 1.0, bad], dtype=torch.float64, device=setup.device)
-    else:
-        w = (
-            state.class_weights[y].double().sum()
-            if state.class_weights is not None
-            else torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)
-        )
-        rest = torch.tensor([float(y.numel()), 0.0, bad], dtype=torch.float64, device=y.device)
-        local = torch.cat([w.reshape(1), rest])
+    local = torch.tensor([n, n, n == 0, bad], dtype=torch.float64, device=state.setup.device)
+    if n and state.class_weights is not None:
+        local[0] = state.class_weights[y].double().sum()
     total = state.all_reduce(local)
     if total[3] > 0:
         raise nonfinite_error(state.nonfinite or (float("nan"), state.step))
@@ -286,8 +279,6 @@ def predict_batches(
 def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     """The predictions of several processes' parts of a split as one, in dataset order."""
     parts = [p for p in parts if len(p.index)] or list(parts[:1])
-    if len(parts) == 1:
-        return parts[0]
     index = np.concatenate([p.index for p in parts])
     order = np.argsort(index, kind="stable")
     return Predictions(

@@ -229,9 +229,8 @@ def _save_epoch(
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
             "cuda_rng": rng_state(run.setup)["cuda"],
+            "rng_ranks": rng_ranks,  # None for one process
         }
-        if rng_ranks is not None:
-            state["rng_ranks"] = rng_ranks
         save_resume_state(run.member_dir, state)
         return best
 
