@@ -51,7 +51,9 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
     progress.close()
     if not run.ctx.enabled:
         return stats
-    merge_bad(run, run.train_bad)
+    # every process learns the unreadable images the others met (and all apply the same limit)
+    for paths in all_gather_object(run.ctx, dict(run.train_bad.paths)):
+        run.train_bad.merge(paths)
     if stats.skipped_steps:
         log.warning(
             "%s epoch %d: %d step(s) skipped because a process had no readable image in its share",
@@ -60,12 +62,6 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
             stats.skipped_steps,
         )
     return merge_epoch_stats(stats, current.all_reduce, run.setup.device)
-
-
-def merge_bad(run: MemberRun, bad: BadImages) -> None:
-    """Every process learns the unreadable images the others met (and all apply the same limit)."""
-    for paths in all_gather_object(run.ctx, dict(bad.paths)):
-        bad.merge(paths)
 
 
 def gather(run: MemberRun, preds: Predictions) -> Predictions:
@@ -91,7 +87,8 @@ def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
     )
     if run.ctx.enabled:
         preds = gather(run, preds)
-        merge_bad(run, run.val_bad)
+        for paths in all_gather_object(run.ctx, dict(run.val_bad.paths)):
+            run.val_bad.merge(paths)
 
     def compute() -> dict[str, Any]:
         metrics = metrics_record(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)

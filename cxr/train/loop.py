@@ -178,7 +178,7 @@ def train_epoch(
     loader: Iterable[Batch],
     bad: BadImages,
     progress: Progress,
-    on_step: StepHook | None = None,
+    on_step: StepHook,
 ) -> EpochStats:
     """One pass over this process's batches (under DDP ``merge_epoch_stats`` makes the global figures)."""
     start = time.perf_counter()
@@ -197,9 +197,8 @@ def train_epoch(
         lr = current_lr(state.optimizer)
         lr_min = min(lr_min, lr)
         progress.update(1, items=r.images, loss=loss_sum / images, acc=correct / images, lr=lr)
-        if on_step is not None:
-            # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
-            on_step(state.step, r.loss * state.world_size, lr)
+        # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
+        on_step(state.step, r.loss * state.world_size, lr)
     seconds = time.perf_counter() - start
     return EpochStats(
         images, seconds, lr_start, current_lr(state.optimizer), lr_min, loss_sum, correct, skipped

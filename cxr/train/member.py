@@ -208,10 +208,8 @@ def _loss_weights(cfg: TrainConfig, manifest: Manifest, setup: DeviceSetup) -> t
     return weights
 
 
-# The phases: ``adapt`` trains the new head with the backbone frozen, ``finetune`` everything.
-
-
 def phase_name(cfg: TrainConfig, epoch: int) -> str:
+    """``adapt`` (the new head learns, the backbone is frozen) for the first epochs, then ``finetune``."""
     return "adapt" if epoch < cfg.train.adapt_epochs else "finetune"
 
 
@@ -254,12 +252,9 @@ def enter_phase(run: MemberRun, phase: str) -> PhaseState:
     return run.phase
 
 
-# Resuming: rank 0 reads the ``last`` checkpoint and resume state, every process continues after its epoch.
-
-
 def read_resume(run: MemberRun) -> tuple[CheckpointInfo, dict[str, Any] | None]:
-    """Check the ``last`` checkpoint fits the config, load its weights into the model, read the state
-    (optimiser, scheduler, RNG; None once the member finished)."""
+    """Rank 0: check the ``last`` checkpoint fits the config, load its weights into the model, read the
+    state (optimiser, scheduler, RNG; None once the member finished) that every process continues from."""
     info = read_checkpoint_info(run.member_dir, "last")
     _check_resumable(run, info)
     load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
