@@ -69,10 +69,8 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    libs = {"cxr": cxr, "torch": torch, "torchvision": torchvision, "timm": timm, "safetensors": safetensors}
-    return {k: str(v.__version__) for k, v in {**libs, "numpy": numpy}.items()} | {
-        "python": platform.python_version()
-    }
+    libs = [cxr, torch, torchvision, timm, safetensors, numpy]
+    return {v.__name__: str(v.__version__) for v in libs} | {"python": platform.python_version()}
 
 
 def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
@@ -172,7 +170,8 @@ def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInf
         raise CheckpointError(f"{meta} is incomplete or malformed: {e}", hint=train_hint, path=meta) from e
 
 
-def load_weights(member_dir: Path, which: str, info: CheckpointInfo) -> dict[str, torch.Tensor]:
+def load_weights(model: nn.Module, member_dir: Path, which: str, info: CheckpointInfo) -> None:
+    """Load ``<which>.safetensors`` into ``model`` once its hash matches ``info``'s."""
     weights, _ = paths(member_dir, which)
     actual = file_sha256(weights)
     if actual != info.sha256:
@@ -183,9 +182,17 @@ def load_weights(member_dir: Path, which: str, info: CheckpointInfo) -> dict[str
             path=weights,
         )
     try:
-        return load_file(str(weights), device="cpu")
+        state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} cannot be read: {e}", path=weights) from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{weights} does not fit the {type(model).__name__} architecture: {str(e).splitlines()[0]}",
+            hint="the checkpoint was written for another backbone or class count; re-train the member",
+            path=weights,
+        ) from e
 
 
 def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
@@ -193,22 +200,10 @@ def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
     from cxr.train.backbones import create_backbone
 
     info = read_checkpoint_info(member_dir, which)
-    state = load_weights(member_dir, which, info)
     model = create_backbone(info.timm_name, len(info.classes), pretrained=False, seed=0)
-    load_state(model, state, Path(member_dir) / f"{which}.safetensors")
+    load_weights(model, member_dir, which, info)
     model.eval()
     return LoadedCheckpoint(model=model, info=info)
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    try:
-        model.load_state_dict(dict(state), strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{source} does not fit the {type(model).__name__} architecture: {str(e).splitlines()[0]}",
-            hint="the checkpoint was written for another backbone or class count; re-train the member",
-            path=source,
-        ) from e
 
 
 def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
@@ -227,10 +222,6 @@ def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
 
 def load_resume_state(member_dir: Path) -> dict[str, Any]:
     path = Path(member_dir) / RESUME_STATE
-    if not path.is_file():
-        raise CheckpointError(
-            f"cannot resume: {path} is missing", hint="train from scratch (train.resume: false)", path=path
-        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or file damaged

@@ -180,9 +180,7 @@ def collate(samples: Sequence[Sample]) -> Batch:
     """Stack the readable samples; report the unreadable ones in ``Batch.bad``."""
     good = [s for s in samples if s[0] is not None]
     bad = [(s[2], s[3]) for s in samples if s[0] is None]
-    if not good:
-        return Batch(None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
-    x = torch.stack([s[0] for s in good if s[0] is not None])
+    x = torch.stack([s[0] for s in good if s[0] is not None]) if good else None
     y = torch.tensor([s[1] for s in good], dtype=torch.long)
     idx = torch.tensor([s[2] for s in good], dtype=torch.long)
     return Batch(x, y, idx, bad)

@@ -304,10 +304,8 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        native_bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+        precision = "bf16" if native_bf16 else "fp16" if cuda else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("train.precision fp16 needs a CUDA GPU", hint="use fp32 (or bf16) on the CPU")
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -23,7 +23,6 @@ from cxr.train.checkpoint import (
     CheckpointInfo,
     dataset_provenance,
     load_resume_state,
-    load_state,
     load_weights,
     read_checkpoint_info,
     weights_provenance,
@@ -257,7 +256,7 @@ def read_resume(run: MemberRun) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     state (optimiser, scheduler, RNG; None once the member finished) that every process continues from."""
     info = read_checkpoint_info(run.member_dir, "last")
     _check_resumable(run, info)
-    load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
+    load_weights(run.model, run.member_dir, "last", info)
     if "early_stopping" not in info.extra:
         raise CheckpointError(
             f"cannot resume {run.member.name}: {run.member_dir / 'last.json'} lacks the training state",

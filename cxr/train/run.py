@@ -20,7 +20,6 @@ from cxr.train.checkpoint import (
     RESUME_STATE,
     CheckpointInfo,
     link_checkpoint,
-    load_state,
     load_weights,
     read_checkpoint_info,
     save_checkpoint,
@@ -279,8 +278,7 @@ def _load_best(run: MemberRun) -> CheckpointInfo:
         or run.stopper.best_epoch != run.next_epoch - 1
     ):
         # the model in memory is not the best epoch's: load the best weights (hash-checked)
-        path = run.member_dir / "best.safetensors"
-        load_state(run.model, load_weights(run.member_dir, "best", info), path)
+        load_weights(run.model, run.member_dir, "best", info)
     return info
 
 
