@@ -10,7 +10,7 @@ import platform
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,6 @@ class CheckpointInfo:
     backbone: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        keys = ("name", "backbone", "timm_name", "classes", "preprocess", "metrics", "sha256", "epoch")
-        plain = {k: getattr(self, k) for k in (*keys, "config", "versions", "extra")}
-        plain.update(classes=list(self.classes), preprocess=self.preprocess.to_dict())  # keeps the key order
-        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **plain}
-
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
@@ -81,7 +75,9 @@ def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
 
 def _write_info(path: Path, info: CheckpointInfo) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info.to_json(), indent=2, default=str), encoding="utf-8")
+    # the file's key order: format, version, name, backbone, then the other fields in their order
+    head = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "name": "", "backbone": ""}
+    tmp.write_text(json.dumps(head | asdict(info), indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -307,6 +307,4 @@ def make_loader(
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling generator of one epoch: the same for the same seed and epoch (so resume repeats)."""
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
-    return g
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))

@@ -163,8 +163,7 @@ def train_member(
 
 
 def _run_epochs(run: MemberRun) -> None:
-    total = run.train.epochs
-    while run.next_epoch < total and not run.stopped_early:
+    while run.next_epoch < run.train.epochs and not run.stopped_early:
         epoch = run.next_epoch
         phase = phase_name(run.cfg, epoch)
         current = run.phase if run.phase is not None and phase == run.phase_name else enter_phase(run, phase)
