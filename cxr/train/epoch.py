@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -64,9 +63,9 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
     return merge_epoch_stats(stats, current.all_reduce, run.setup.device)
 
 
-def gather(run: MemberRun, preds: Predictions) -> Predictions:
-    """Every process's predictions, concatenated in rank order."""
-    return concat_predictions(all_gather_object(run.ctx, preds))
+def gather(ctx: DistContext, preds: Predictions) -> Predictions:
+    """Every process's predictions as one, in dataset order."""
+    return concat_predictions(all_gather_object(ctx, preds))
 
 
 def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
@@ -86,7 +85,7 @@ def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
         run.model, loader, run.setup, class_weights=run.weights, bad=run.val_bad, progress=progress
     )
     if run.ctx.enabled:
-        preds = gather(run, preds)
+        preds = gather(run.ctx, preds)
         for paths in all_gather_object(run.ctx, dict(run.val_bad.paths)):
             run.val_bad.merge(paths)
 
@@ -158,13 +157,12 @@ def predict_split(
     checkpoint_sha256: str = "",
     num_workers: int = 0,
     shard: DistContext = SINGLE,
-    gather: Callable[[Predictions], Predictions] | None = None,
     via: tuple[int, int] | None = None,
 ) -> PredictionTable:
     """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``setup.device``.
 
     ``via``: resize to the ensemble's input size first, as the fused graph does (see ``eval_transform``);
-    under DDP each process predicts its ``shard`` and ``gather`` joins the parts (in order).
+    under DDP each process predicts its ``shard`` and all receive the whole split.
     """
     model.to(setup.device)
     if setup.channels_last:
@@ -179,8 +177,8 @@ def predict_split(
         shard=shard,
     )
     preds = predict_batches(model, loader, setup, bad=BadImages(dataset, 1.0))
-    if gather is not None:
-        preds = gather(preds)
+    if shard.enabled:
+        preds = gather(shard, preds)
     rows = [dataset.rows[int(i)] for i in preds.index]
     k = len(manifest.classes)
     probs = preds.probs if len(rows) else np.zeros((0, k), dtype=np.float64)

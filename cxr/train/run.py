@@ -40,7 +40,7 @@ from cxr.train.distributed import (
     rng_state,
     sync_module,
 )
-from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate
+from cxr.train.epoch import predict_split, record_epoch, train_one_epoch, validate
 from cxr.train.loop import PhaseState
 from cxr.train.member import MemberRun, enter_phase, member_params, member_seed, phase_name, start_run
 from cxr.train.predictions import write_predictions
@@ -260,7 +260,6 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
             shard=run.ctx,
-            gather=partial(gather, run) if run.ctx.enabled else None,
             via=via,
         )
         out[split] = on_main(run.ctx, partial(write_predictions, table, run.member_dir / "predictions"))
