@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 from cxr.errors import TrainError  # noqa: E402
 from cxr.train.backbones import create_backbone  # noqa: E402
-from cxr.train.distributed import DeviceSetup, sync_batchnorm  # noqa: E402
+from cxr.train.distributed import DeviceSetup, DistContext, convert_sync_batchnorm  # noqa: E402
 from cxr.train.loop import PhaseState, train_step  # noqa: E402
 
 CPU = DeviceSetup(device=torch.device("cpu"), amp_dtype=None, channels_last=False, pin_memory=False)
@@ -123,7 +123,11 @@ def test_sync_batchnorm_keeps_timms_fused_activations(name: str) -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = model(x)
-        converted = sync_batchnorm(copy.deepcopy(model)).eval()
+        ddp, gpu = (
+            DistContext(world_size=2),
+            torch.device("cuda"),
+        )  # converted under DDP on GPUs (none needed)
+        converted = convert_sync_batchnorm(ddp, copy.deepcopy(model), gpu, True).eval()
         assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
         torch.testing.assert_close(converted(x), want)
         plain = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()

@@ -31,9 +31,12 @@ from cxr.train.backbones import create_backbone  # noqa: E402
 from cxr.train.checkpoint import load_checkpoint, read_checkpoint_info  # noqa: E402
 from cxr.train.config import TrainConfig, config_from_dict, load_config  # noqa: E402
 from cxr.train.dataset import eval_transform, load_rgb  # noqa: E402
+from cxr.train.distributed import DeviceSetup  # noqa: E402
 from cxr.train.epoch import predict_split  # noqa: E402
 from cxr.train.predictions import read_predictions  # noqa: E402
 from cxr.train.run import train_member  # noqa: E402
+
+CPU = DeviceSetup(device=torch.device("cpu"), amp_dtype=None, channels_last=False, pin_memory=False)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +147,7 @@ def test_predict_split_helper_matches_the_files(trained: tuple[TrainConfig, run_
     cfg, result = trained
     best = load_checkpoint(result.member_dir)
     manifest = load_manifest(Path(cfg.data.manifest or ""))
-    table = predict_split(best.model, manifest, "val", best.info.preprocess, 3, "cpu", member="tiny")
+    table = predict_split(best.model, manifest, "val", best.info.preprocess, 3, CPU, member="tiny")
     written = read_predictions(result.member_dir / "predictions" / "val.csv")
     assert table.paths == written.paths and np.allclose(table.probs, written.probs, atol=1e-12)
 
@@ -177,7 +180,7 @@ def test_reduced_precision_training_predicts_in_fp32(data: Path, tmp_path: Path,
     assert best.info.config["train"]["precision"] == precision
     written = read_predictions(result.member_dir / "predictions" / "test.csv")
     manifest = load_manifest(data / "manifest.csv")
-    fp32 = predict_split(best.model, manifest, "test", best.info.preprocess, 4, "cpu")
+    fp32 = predict_split(best.model, manifest, "test", best.info.preprocess, 4, CPU)
     assert written.precision == "fp32" and np.allclose(written.probs, fp32.probs, atol=1e-6)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_early_stopping(
             break
     assert stopped == stop_at
     assert es.best_epoch == best_epoch
-    again = EarlyStopping(**es.state_dict())
+    again = EarlyStopping(**asdict(es))
     assert again == es
 
 

@@ -81,7 +81,7 @@ def weights_hint(timm_name: str) -> str:
     )
 
 
-def _weights_file(timm_name: str, location: Path) -> tuple[str, Path]:
+def weights_file(timm_name: str, location: Path) -> tuple[str, Path]:
     """('file' | 'local-dir', path) for a weights file or a folder that holds the model's weights."""
     if location.is_file():
         return "file", location
@@ -113,7 +113,7 @@ def _create(timm_name: str, num_classes: int, pretrained: bool | str | Path) -> 
     if pretrained is False:
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
     if pretrained is not True:
-        source, path = _weights_file(timm_name, Path(pretrained))
+        source, path = weights_file(timm_name, Path(pretrained))
         log.info("loading %s weights from %s", timm_name, path)
         if source == "file":
             return _from_file(timm_name, num_classes, path)

@@ -10,7 +10,7 @@ import platform
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,6 @@ class CheckpointInfo:
     backbone: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        keys = ("name", "backbone", "timm_name", "classes", "preprocess", "metrics", "sha256", "epoch")
-        plain = {k: getattr(self, k) for k in (*keys, "config", "versions", "extra")}
-        plain.update(classes=list(self.classes), preprocess=self.preprocess.to_dict())  # keeps the key order
-        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **plain}
-
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
@@ -69,10 +63,8 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    libs = {"cxr": cxr, "torch": torch, "torchvision": torchvision, "timm": timm, "safetensors": safetensors}
-    return {k: str(v.__version__) for k, v in {**libs, "numpy": numpy}.items()} | {
-        "python": platform.python_version()
-    }
+    libs = [cxr, torch, torchvision, timm, safetensors, numpy]
+    return {v.__name__: str(v.__version__) for v in libs} | {"python": platform.python_version()}
 
 
 def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
@@ -81,14 +73,11 @@ def paths(member_dir: Path, which: str) -> tuple[Path, Path]:
     return Path(member_dir) / f"{which}.safetensors", Path(member_dir) / f"{which}.json"
 
 
-def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU tensors in standard layout (channels-last weights are made contiguous; no copy otherwise)."""
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
 def _write_info(path: Path, info: CheckpointInfo) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info.to_json(), indent=2, default=str), encoding="utf-8")
+    # the file's key order: format, version, name, backbone, then the other fields in their order
+    head = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "name": "", "backbone": ""}
+    tmp.write_text(json.dumps(head | asdict(info), indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -98,7 +87,9 @@ def save_checkpoint(member_dir: Path, which: str, model: nn.Module, info: Checkp
     tmp = weights.with_name(weights.name + ".tmp")
     try:
         weights.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state_dict_cpu(model), str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
+        # CPU tensors in standard layout (channels-last weights are made contiguous; no copy otherwise)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "name": info.name})
         os.replace(tmp, weights)
         info = replace(info, sha256=file_sha256(weights), extra={**info.extra, "saved_at": time.time()})
         _write_info(meta, info)
@@ -118,7 +109,7 @@ def _write_error(path: Path, err: BaseException) -> CheckpointError:
     )
 
 
-def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> CheckpointInfo:
+def link_checkpoint(member_dir: Path, source: str, target: str, info: CheckpointInfo) -> None:
     """``target`` becomes ``source``: a hard link (saves replace files atomically), else a copy."""
     src, _ = paths(member_dir, source)
     dst, meta = paths(member_dir, target)
@@ -131,7 +122,6 @@ def link_checkpoint(member_dir: Path, source: str, target: str, info: Checkpoint
     os.replace(tmp, dst)
     _write_info(meta, info)
     log.debug("wrote checkpoint %s (same weights as %s)", dst, src)
-    return info
 
 
 def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInfo:
@@ -176,7 +166,8 @@ def read_checkpoint_info(member_dir: Path, which: str = "best") -> CheckpointInf
         raise CheckpointError(f"{meta} is incomplete or malformed: {e}", hint=train_hint, path=meta) from e
 
 
-def load_weights(member_dir: Path, which: str, info: CheckpointInfo) -> dict[str, torch.Tensor]:
+def load_weights(model: nn.Module, member_dir: Path, which: str, info: CheckpointInfo) -> None:
+    """Load ``<which>.safetensors`` into ``model`` once its hash matches ``info``'s."""
     weights, _ = paths(member_dir, which)
     actual = file_sha256(weights)
     if actual != info.sha256:
@@ -187,9 +178,17 @@ def load_weights(member_dir: Path, which: str, info: CheckpointInfo) -> dict[str
             path=weights,
         )
     try:
-        return load_file(str(weights), device="cpu")
+        state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} cannot be read: {e}", path=weights) from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{weights} does not fit the {type(model).__name__} architecture: {str(e).splitlines()[0]}",
+            hint="the checkpoint was written for another backbone or class count; re-train the member",
+            path=weights,
+        ) from e
 
 
 def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
@@ -197,22 +196,10 @@ def load_checkpoint(member_dir: Path, which: str = "best") -> LoadedCheckpoint:
     from cxr.train.backbones import create_backbone
 
     info = read_checkpoint_info(member_dir, which)
-    state = load_weights(member_dir, which, info)
     model = create_backbone(info.timm_name, len(info.classes), pretrained=False, seed=0)
-    load_state(model, state, Path(member_dir) / f"{which}.safetensors")
+    load_weights(model, member_dir, which, info)
     model.eval()
     return LoadedCheckpoint(model=model, info=info)
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    try:
-        model.load_state_dict(dict(state), strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{source} does not fit the {type(model).__name__} architecture: {str(e).splitlines()[0]}",
-            hint="the checkpoint was written for another backbone or class count; re-train the member",
-            path=source,
-        ) from e
 
 
 def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
@@ -231,10 +218,6 @@ def save_resume_state(member_dir: Path, state: Mapping[str, Any]) -> Path:
 
 def load_resume_state(member_dir: Path) -> dict[str, Any]:
     path = Path(member_dir) / RESUME_STATE
-    if not path.is_file():
-        raise CheckpointError(
-            f"cannot resume: {path} is missing", hint="train from scratch (train.resume: false)", path=path
-        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or file damaged
@@ -269,11 +252,9 @@ def weights_provenance(timm_name: str, pretrained: bool | str | Path) -> dict[st
         cfg = timm.get_pretrained_cfg(timm_name)
         tag = getattr(cfg, "tag", None) if cfg is not None else None
         return {"source": "timm", "tag": f"{timm_name}.{tag}" if tag else timm_name}
-    path = Path(pretrained)
-    if path.is_dir():
-        found = [path / f"{timm_name}{s}" for s in (".safetensors", ".pth", ".pt", ".bin")]
-        files = [p for p in found if p.is_file()]
-        if not files:
-            return {"source": "folder", "path": str(path)}
-        path = files[0]
+    from cxr.train.backbones import weights_file
+
+    source, path = weights_file(timm_name, Path(pretrained))
+    if source == "local-dir":
+        return {"source": "folder", "path": str(pretrained)}
     return {"source": "file", "file": path.name, "path": str(path), "sha256": file_sha256(path)}

@@ -175,17 +175,12 @@ class Batch:
     index: torch.Tensor
     bad: list[tuple[int, str]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return int(self.y.numel())
-
 
 def collate(samples: Sequence[Sample]) -> Batch:
     """Stack the readable samples; report the unreadable ones in ``Batch.bad``."""
     good = [s for s in samples if s[0] is not None]
     bad = [(s[2], s[3]) for s in samples if s[0] is None]
-    if not good:
-        return Batch(None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
-    x = torch.stack([s[0] for s in good if s[0] is not None])
+    x = torch.stack([s[0] for s in good if s[0] is not None]) if good else None
     y = torch.tensor([s[1] for s in good], dtype=torch.long)
     idx = torch.tensor([s[2] for s in good], dtype=torch.long)
     return Batch(x, y, idx, bad)
@@ -312,6 +307,4 @@ def make_loader(
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling generator of one epoch: the same for the same seed and epoch (so resume repeats)."""
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
-    return g
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))

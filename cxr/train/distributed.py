@@ -237,18 +237,14 @@ def wrap_ddp(ctx: DistContext, model: nn.Module, device: torch.device) -> nn.Mod
 def convert_sync_batchnorm(
     ctx: DistContext, model: nn.Module, device: torch.device, wanted: bool
 ) -> nn.Module:
-    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``."""
+    """BatchNorm over the global batch (SyncBatchNorm) under DDP on GPUs, when ``wanted``; timm's converter,
+    since torch's drops the activation of timm's ``BatchNormAct2d``."""
     if not ctx.enabled or not wanted:
         return model
     if device.type != "cuda":
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             log.info("BatchNorm statistics are per process on the CPU (torch has no CPU SyncBatchNorm)")
         return model
-    return sync_batchnorm(model)
-
-
-def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm synchronised; timm's converter, since torch's drops ``BatchNormAct2d``'s activation."""
     from timm.layers import convert_sync_batchnorm as timm_convert
 
     return timm_convert(model)  # type: ignore[no-any-return]
@@ -308,10 +304,8 @@ def resolve_device(settings: TrainSettings, ctx: DistContext = SINGLE) -> Device
     cuda = device.type == "cuda"
     precision = settings.precision
     if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        native_bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+        precision = "bf16" if native_bf16 else "fp16" if cuda else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("train.precision fp16 needs a CUDA GPU", hint="use fp32 (or bf16) on the CPU")
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

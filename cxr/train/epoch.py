@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -43,16 +42,17 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
     loader = train_loader(run, epoch)
     desc = f"{run.member.name} {phase} {epoch + 1}/{run.train.epochs}"
     progress = Progress(len(loader), desc, run.progress_stream)
-    tracker = run.tracker
 
     def on_step(step: int, loss: float, lr: float) -> None:
-        tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
+        run.tracker.log_metrics({"lr": lr, "train_loss_step": loss}, step=step, epoch=epoch)
 
     stats = train_epoch(current, loader, run.train_bad, progress, on_step)
     progress.close()
     if not run.ctx.enabled:
         return stats
-    merge_bad(run, run.train_bad)
+    # every process learns the unreadable images the others met (and all apply the same limit)
+    for paths in all_gather_object(run.ctx, dict(run.train_bad.paths)):
+        run.train_bad.merge(paths)
     if stats.skipped_steps:
         log.warning(
             "%s epoch %d: %d step(s) skipped because a process had no readable image in its share",
@@ -63,15 +63,9 @@ def train_one_epoch(run: MemberRun, current: PhaseState, epoch: int, phase: str)
     return merge_epoch_stats(stats, current.all_reduce, run.setup.device)
 
 
-def merge_bad(run: MemberRun, bad: BadImages) -> None:
-    """Every process learns the unreadable images the others met (and all apply the same limit)."""
-    for paths in all_gather_object(run.ctx, dict(bad.paths)):
-        bad.merge(paths)
-
-
-def gather(run: MemberRun, preds: Predictions) -> Predictions:
-    """Every process's predictions, concatenated in rank order."""
-    return concat_predictions(all_gather_object(run.ctx, preds))
+def gather(ctx: DistContext, preds: Predictions) -> Predictions:
+    """Every process's predictions as one, in dataset order."""
+    return concat_predictions(all_gather_object(ctx, preds))
 
 
 def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
@@ -91,8 +85,9 @@ def validate(run: MemberRun, epoch: int) -> dict[str, Any]:
         run.model, loader, run.setup, class_weights=run.weights, bad=run.val_bad, progress=progress
     )
     if run.ctx.enabled:
-        preds = gather(run, preds)
-        merge_bad(run, run.val_bad)
+        preds = gather(run.ctx, preds)
+        for paths in all_gather_object(run.ctx, dict(run.val_bad.paths)):
+            run.val_bad.merge(paths)
 
     def compute() -> dict[str, Any]:
         metrics = metrics_record(preds.labels, preds.probs, tuple(run.manifest.classes), preds.loss)
@@ -150,35 +145,25 @@ def record_epoch(
     )
 
 
-def as_setup(device: str | torch.device | DeviceSetup) -> DeviceSetup:
-    if isinstance(device, DeviceSetup):
-        return device
-    dev = torch.device(device)
-    return DeviceSetup(device=dev, amp_dtype=None, channels_last=False, pin_memory=dev.type == "cuda")
-
-
 def predict_split(
     model: nn.Module,
     manifest: Manifest,
     split: str,
     spec: PreprocessSpec,
     batch_size: int,
-    device: str | torch.device | DeviceSetup = "cpu",
+    setup: DeviceSetup,
     *,
     member: str = "",
     checkpoint_sha256: str = "",
     num_workers: int = 0,
-    max_bad_fraction: float = 1.0,
     shard: DistContext = SINGLE,
-    gather: Callable[[Predictions], Predictions] | None = None,
     via: tuple[int, int] | None = None,
 ) -> PredictionTable:
-    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``device``.
+    """Eval-mode probabilities (float64, softmax) for ``split``; moves ``model`` to ``setup.device``.
 
     ``via``: resize to the ensemble's input size first, as the fused graph does (see ``eval_transform``);
-    under DDP each process predicts its ``shard`` and ``gather`` joins the parts (in order).
+    under DDP each process predicts its ``shard`` and all receive the whole split.
     """
-    setup = as_setup(device)
     model.to(setup.device)
     if setup.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -191,9 +176,9 @@ def predict_split(
         pin_memory=setup.pin_memory,
         shard=shard,
     )
-    preds = predict_batches(model, loader, setup, bad=BadImages(dataset, max_bad_fraction))
-    if gather is not None:
-        preds = gather(preds)
+    preds = predict_batches(model, loader, setup, bad=BadImages(dataset, 1.0))
+    if shard.enabled:
+        preds = gather(shard, preds)
     rows = [dataset.rows[int(i)] for i in preds.index]
     k = len(manifest.classes)
     probs = preds.probs if len(rows) else np.zeros((0, k), dtype=np.float64)

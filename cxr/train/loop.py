@@ -6,11 +6,12 @@ gradient average is the gradient of the global batch's weighted mean loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,25 +73,27 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def is_oom(err: BaseException) -> bool:
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def oom_error(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> TrainError:
-    """``batch_size``: the global batch in training, else this process's evaluation batch."""
-    if training:
-        smaller = max(world_size, batch_size // 2 // world_size * world_size)
-        fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
-    else:
-        fix = f"--set train.eval_batch_size={max(1, batch_size // 2)}"
-    return TrainError(
-        f"ran out of {'GPU' if setup.device.type == 'cuda' else 'host'} memory "
-        f"{'training on' if training else 'evaluating'} a batch of {batch_size} images on {setup.device}",
-        hint=f"try a smaller batch: {fix}; on a GPU, bf16/fp16 precision also lowers activation memory",
-    )
+@contextlib.contextmanager
+def oom_hint(batch_size: int, setup: DeviceSetup, training: bool, world_size: int = 1) -> Iterator[None]:
+    """Running out of memory in the block becomes a ``TrainError`` that names a smaller batch
+    (``batch_size``: the global batch in training, else this process's evaluation batch)."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; the CPU allocator raises a plain one
+        text = str(e).lower()
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text:
+            if "can't allocate memory" not in text:
+                raise
+        if training:
+            smaller = max(world_size, batch_size // 2 // world_size * world_size)
+            fix = f"--set train.batch_size={smaller} (or --set models.<name>.batch_size={smaller} for one member)"
+        else:
+            fix = f"--set train.eval_batch_size={max(1, batch_size // 2)}"
+        raise TrainError(
+            f"ran out of {'GPU' if setup.device.type == 'cuda' else 'host'} memory "
+            f"{'training on' if training else 'evaluating'} a batch of {batch_size} images on {setup.device}",
+            hint=f"try a smaller batch: {fix}; on a GPU, bf16/fp16 precision also lowers activation memory",
+        ) from e
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -108,18 +111,11 @@ class StepResult:
 def _global_totals(state: PhaseState, y: torch.Tensor | None) -> tuple[float, int, bool]:
     """(class-weight total, images, whether some process has none) over all processes; raises everywhere
     when one of them met a non-finite loss in the step before."""
-    setup = state.setup
+    n = 0 if y is None else y.numel()
     bad = 1.0 if state.nonfinite is not None else 0.0
-    if y is None or y.numel() == 0:
-        local = torch.tensor([0.0, 0.0, 1.0, bad], dtype=torch.float64, device=setup.device)
-    else:
-        w = (
-            state.class_weights[y].double().sum()
-            if state.class_weights is not None
-            else torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)
-        )
-        rest = torch.tensor([float(y.numel()), 0.0, bad], dtype=torch.float64, device=y.device)
-        local = torch.cat([w.reshape(1), rest])
+    local = torch.tensor([n, n, n == 0, bad], dtype=torch.float64, device=state.setup.device)
+    if n and state.class_weights is not None:
+        local[0] = state.class_weights[y].double().sum()
     total = state.all_reduce(local)
     if total[3] > 0:
         raise nonfinite_error(state.nonfinite or (float("nan"), state.step))
@@ -148,7 +144,7 @@ def train_step(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None
     if x is None or y is None:
         return None
     x = setup.to_input(x)
-    try:
+    with oom_hint(int(x.shape[0]) * state.world_size, setup, True, state.world_size):
         with setup.autocast():
             logits = state.model(x)
         if distributed:
@@ -166,10 +162,6 @@ def train_step(state: PhaseState, x: torch.Tensor | None, y: torch.Tensor | None
         else:
             loss.backward()
             state.optimizer.step()
-    except (RuntimeError, torch.OutOfMemoryError) as e:
-        if is_oom(e):
-            raise oom_error(int(x.shape[0]) * state.world_size, setup, True, state.world_size) from e
-        raise
     state.scheduler.step()
     state.step += 1
     value = float(share.detach())
@@ -186,7 +178,7 @@ def train_epoch(
     loader: Iterable[Batch],
     bad: BadImages,
     progress: Progress,
-    on_step: StepHook | None = None,
+    on_step: StepHook,
 ) -> EpochStats:
     """One pass over this process's batches (under DDP ``merge_epoch_stats`` makes the global figures)."""
     start = time.perf_counter()
@@ -205,9 +197,8 @@ def train_epoch(
         lr = current_lr(state.optimizer)
         lr_min = min(lr_min, lr)
         progress.update(1, items=r.images, loss=loss_sum / images, acc=correct / images, lr=lr)
-        if on_step is not None:
-            # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
-            on_step(state.step, r.loss * state.world_size, lr)
+        # under DDP: this process's share x N, an estimate of the global step loss (exact for one)
+        on_step(state.step, r.loss * state.world_size, lr)
     seconds = time.perf_counter() - start
     return EpochStats(
         images, seconds, lr_start, current_lr(state.optimizer), lr_min, loss_sum, correct, skipped
@@ -260,13 +251,8 @@ def predict_batches(
         if batch.x is not None:
             x = setup.to_input(batch.x)
             y = batch.y.to(setup.device)
-            try:
-                with setup.autocast():
-                    logits = model(x).float()
-            except (RuntimeError, torch.OutOfMemoryError) as e:
-                if is_oom(e):
-                    raise oom_error(int(x.shape[0]), setup, training=False) from e
-                raise
+            with oom_hint(int(x.shape[0]), setup, training=False), setup.autocast():
+                logits = model(x).float()
             w = (
                 class_weights
                 if class_weights is not None
@@ -278,7 +264,7 @@ def predict_batches(
             idx.append(batch.index.numpy())
             labels.append(batch.y.numpy())
         if progress is not None:
-            progress.update(1, items=len(batch))
+            progress.update(1, items=len(batch.y))
     k = int(getattr(model, "num_classes", 0) or 0)
     return Predictions(
         index=np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64),
@@ -292,8 +278,6 @@ def predict_batches(
 def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     """The predictions of several processes' parts of a split as one, in dataset order."""
     parts = [p for p in parts if len(p.index)] or list(parts[:1])
-    if len(parts) == 1:
-        return parts[0]
     index = np.concatenate([p.index for p in parts])
     order = np.argsort(index, kind="stable")
     return Predictions(
@@ -367,6 +351,3 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)

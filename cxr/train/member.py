@@ -23,7 +23,6 @@ from cxr.train.checkpoint import (
     CheckpointInfo,
     dataset_provenance,
     load_resume_state,
-    load_state,
     load_weights,
     read_checkpoint_info,
     weights_provenance,
@@ -119,7 +118,9 @@ def start_run(
     seed: int,
     ctx: DistContext = SINGLE,
 ) -> MemberRun:
-    """The member's run, resumed from its ``last`` checkpoint when ``train.resume`` finds one."""
+    """The member's run: the network on its device (rank 0's weights everywhere), class weights, data sets,
+    early stopping, metrics log, tracker and provenance; resumed from its ``last`` checkpoint when
+    ``train.resume`` finds one, else at epoch 0."""
     mdir = member_dir(cfg, m.name)
 
     def look() -> bool:
@@ -127,7 +128,49 @@ def start_run(
         return cfg.train.resume and (mdir / "last.json").is_file()
 
     resume = on_main(ctx, look)
-    run = _new_run(cfg, m, manifest, setup, progress_stream, seed, ctx, False if resume else m.pretrained)
+    num_classes = len(manifest.classes)
+    pretrained = False if resume else m.pretrained
+    model: nn.Module = _on_main_or(
+        ctx,
+        lambda: create_backbone(m.backbone, num_classes, pretrained, seed=seed),
+        lambda: create_backbone(m.backbone, num_classes, False, seed=seed),
+    )
+    try:  # a wrong module name fails now, not after the adaptation epochs
+        finetune_start(model, m.finetune_from)
+    except ConfigError as e:
+        raise ConfigError(f"models.{m.name}.{e.message}", hint=e.hint) from None
+    model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
+    model.to(setup.device)
+    if setup.channels_last:
+        model.to(memory_format=torch.channels_last)
+    sync_module(ctx, model)  # rank 0's weights (ImageNet or resumed) everywhere
+    es = cfg.train.early_stopping
+    comet = partial(CometTracker, cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m))
+    train_set = make_dataset(manifest, "train", m.spec, train=True, seed=seed)
+    val_set = make_dataset(manifest, "val", m.spec, train=False)
+    run = MemberRun(
+        cfg=cfg,
+        member=m,
+        member_dir=mdir,
+        manifest=manifest,
+        setup=setup,
+        model=model,
+        weights=_loss_weights(cfg, manifest, setup),
+        stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
+        metrics_log=MetricsLog(mdir),
+        tracker=_on_main_or(ctx, comet if cfg.tracking.comet else Tracker, Tracker),  # the others log nothing
+        train_set=train_set,
+        val_set=val_set,
+        train_bad=BadImages(train_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
+        val_bad=BadImages(val_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
+        progress_stream=progress_stream,
+        seed=seed,
+        ctx=ctx,
+        provenance={
+            "pretrained": weights_provenance(resolve_timm_name(m.backbone), m.pretrained),
+            "dataset": dataset_provenance(manifest),
+        },
+    )
     if resume:
         info, state = on_main(ctx, partial(read_resume, run))
         sync_module(ctx, run.model)
@@ -152,86 +195,20 @@ def _on_main_or(ctx: DistContext, make: Any, other: Any) -> Any:
     return made[0] if made else other()
 
 
-def _tracker(cfg: TrainConfig, m: MemberConfig) -> Tracker:
-    """Rank 0's tracker: Comet when configured (the other processes log nothing)."""
-    if not cfg.tracking.comet:
-        return Tracker()
-    return CometTracker(cfg.tracking, Path(cfg.run_dir), m.name, member_params(cfg, m))
-
-
 def _loss_weights(cfg: TrainConfig, manifest: Manifest, setup: DeviceSetup) -> torch.Tensor | None:
     """The loss's class weights from the train split's counts (None when ``train.class_weights`` is off)."""
     if not cfg.train.class_weights:
         return None
     classes = tuple(manifest.classes)
     counts = manifest.counts()["train"]
-    weights = torch.tensor(class_weights(counts, classes, cfg.train.class_weight_cap), dtype=torch.float32)
-    weights = weights.to(setup.device)
+    cap = cfg.train.class_weight_cap
+    weights = torch.tensor(class_weights(counts, classes, cap), dtype=torch.float32, device=setup.device)
     log.info("class weights %s", dict(zip(classes, (round(float(w), 4) for w in weights), strict=True)))
     return weights
 
 
-def _new_run(
-    cfg: TrainConfig,
-    m: MemberConfig,
-    manifest: Manifest,
-    setup: DeviceSetup,
-    progress_stream: TextIO | None,
-    seed: int,
-    ctx: DistContext,
-    pretrained: bool | str | Path,
-) -> MemberRun:
-    """A run at epoch 0: the network on its device (rank 0's weights everywhere), class weights, data sets,
-    early stopping, metrics log, tracker, provenance."""
-    num_classes = len(manifest.classes)
-    model: nn.Module = _on_main_or(
-        ctx,
-        lambda: create_backbone(m.backbone, num_classes, pretrained, seed=seed),
-        lambda: create_backbone(m.backbone, num_classes, False, seed=seed),
-    )
-    try:  # a wrong module name fails now, not after the adaptation epochs
-        finetune_start(model, m.finetune_from)
-    except ConfigError as e:
-        raise ConfigError(f"models.{m.name}.{e.message}", hint=e.hint) from None
-    model = convert_sync_batchnorm(ctx, model, setup.device, cfg.train.sync_batchnorm)
-    model.to(setup.device)
-    if setup.channels_last:
-        model.to(memory_format=torch.channels_last)
-    sync_module(ctx, model)  # rank 0's weights (ImageNet or resumed) everywhere
-    mdir = member_dir(cfg, m.name)
-    es = cfg.train.early_stopping
-    weights = _loss_weights(cfg, manifest, setup)
-    train_set = make_dataset(manifest, "train", m.spec, train=True, seed=seed)
-    val_set = make_dataset(manifest, "val", m.spec, train=False)
-    return MemberRun(
-        cfg=cfg,
-        member=m,
-        member_dir=mdir,
-        manifest=manifest,
-        setup=setup,
-        model=model,
-        weights=weights,
-        stopper=EarlyStopping(es.metric, es.mode, es.patience, es.min_delta),
-        metrics_log=MetricsLog(mdir),
-        tracker=_on_main_or(ctx, partial(_tracker, cfg, m), Tracker),
-        train_set=train_set,
-        val_set=val_set,
-        train_bad=BadImages(train_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
-        val_bad=BadImages(val_set, cfg.data.max_bad_fraction, defer_check=ctx.enabled),
-        progress_stream=progress_stream,
-        seed=seed,
-        ctx=ctx,
-        provenance={
-            "pretrained": weights_provenance(resolve_timm_name(m.backbone), m.pretrained),
-            "dataset": dataset_provenance(manifest),
-        },
-    )
-
-
-# The phases: ``adapt`` trains the new head with the backbone frozen, ``finetune`` everything.
-
-
 def phase_name(cfg: TrainConfig, epoch: int) -> str:
+    """``adapt`` (the new head learns, the backbone is frozen) for the first epochs, then ``finetune``."""
     return "adapt" if epoch < cfg.train.adapt_epochs else "finetune"
 
 
@@ -274,15 +251,12 @@ def enter_phase(run: MemberRun, phase: str) -> PhaseState:
     return run.phase
 
 
-# Resuming: rank 0 reads the ``last`` checkpoint and resume state, every process continues after its epoch.
-
-
 def read_resume(run: MemberRun) -> tuple[CheckpointInfo, dict[str, Any] | None]:
-    """Check the ``last`` checkpoint fits the config, load its weights into the model, read the state
-    (optimiser, scheduler, RNG; None once the member finished)."""
+    """Rank 0: check the ``last`` checkpoint fits the config, load its weights into the model, read the
+    state (optimiser, scheduler, RNG; None once the member finished) that every process continues from."""
     info = read_checkpoint_info(run.member_dir, "last")
     _check_resumable(run, info)
-    load_state(run.model, load_weights(run.member_dir, "last", info), run.member_dir / "last.safetensors")
+    load_weights(run.model, run.member_dir, "last", info)
     if "early_stopping" not in info.extra:
         raise CheckpointError(
             f"cannot resume {run.member.name}: {run.member_dir / 'last.json'} lacks the training state",

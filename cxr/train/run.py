@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,7 +20,6 @@ from cxr.train.checkpoint import (
     RESUME_STATE,
     CheckpointInfo,
     link_checkpoint,
-    load_state,
     load_weights,
     read_checkpoint_info,
     save_checkpoint,
@@ -41,7 +40,7 @@ from cxr.train.distributed import (
     rng_state,
     sync_module,
 )
-from cxr.train.epoch import gather, predict_split, record_epoch, train_one_epoch, validate
+from cxr.train.epoch import predict_split, record_epoch, train_one_epoch, validate
 from cxr.train.loop import PhaseState
 from cxr.train.member import MemberRun, enter_phase, member_params, member_seed, phase_name, start_run
 from cxr.train.predictions import write_predictions
@@ -132,28 +131,18 @@ def train_member(
     )
     with forked_rng(setup, rank_seed(seed, ctx)):
         run = start_run(cfg, m, manifest, setup, progress_stream if ctx.is_main else None, seed, ctx)
-        predictions = _train_and_predict(run)
-    return _finish(run, predictions, start)
-
-
-def _train_and_predict(run: MemberRun) -> dict[str, Path]:
-    """The remaining epochs, then the best checkpoint's prediction files (the tracker ends either way)."""
-    try:
-        _run_epochs(run)
-        # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
-        on_main(run.ctx, partial((run.member_dir / RESUME_STATE).unlink, missing_ok=True))
-        return _write_member_predictions(run)
-    finally:
-        run.tracker.end()
-
-
-def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> TrainResult:
-    """Log the member's outcome and make its ``TrainResult``."""
+        try:  # the tracker ends either way
+            _run_epochs(run)
+            # finished: the optimiser state (2x the weights with Adam) only served an interrupted run
+            on_main(run.ctx, partial((run.member_dir / RESUME_STATE).unlink, missing_ok=True))
+            predictions = _write_member_predictions(run)
+        finally:
+            run.tracker.end()
     best = run.best_info or read_checkpoint_info(run.member_dir, "best")
     seconds = time.perf_counter() - start
     log.info(
         "%s done in %.0f s: best epoch %d, val macro-F1 %.4f, accuracy %.4f%s",
-        run.member.name,
+        m.name,
         seconds,
         best.epoch + 1,
         best.metrics["macro_f1"],
@@ -161,7 +150,7 @@ def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> Train
         " (stopped early)" if run.stopped_early else "",
     )
     return TrainResult(
-        name=run.member.name,
+        name=m.name,
         member_dir=run.member_dir,
         metrics=best.metrics,
         best_epoch=best.epoch,
@@ -174,8 +163,7 @@ def _finish(run: MemberRun, predictions: dict[str, Path], start: float) -> Train
 
 
 def _run_epochs(run: MemberRun) -> None:
-    total = run.train.epochs
-    while run.next_epoch < total and not run.stopped_early:
+    while run.next_epoch < run.train.epochs and not run.stopped_early:
         epoch = run.next_epoch
         phase = phase_name(run.cfg, epoch)
         current = run.phase if run.phase is not None and phase == run.phase_name else enter_phase(run, phase)
@@ -216,7 +204,7 @@ def _save_epoch(
             "manifest_digest": run.manifest.digest(),
             "stopped_early": run.stopped_early,
             "step": current.step,
-            "early_stopping": run.stopper.state_dict(),
+            "early_stopping": asdict(run.stopper),
             "bad_train": sorted(run.train_bad.paths),
             **run.provenance,
         },
@@ -239,9 +227,8 @@ def _save_epoch(
             "scaler": current.scaler.state_dict() if current.scaler is not None else {},
             "rng": torch.get_rng_state(),
             "cuda_rng": rng_state(run.setup)["cuda"],
+            "rng_ranks": rng_ranks,  # None for one process
         }
-        if rng_ranks is not None:
-            state["rng_ranks"] = rng_ranks
         save_resume_state(run.member_dir, state)
         return best
 
@@ -273,7 +260,6 @@ def _write_member_predictions(run: MemberRun) -> dict[str, Path]:
             checkpoint_sha256=info.sha256,
             num_workers=run.cfg.data.num_workers,
             shard=run.ctx,
-            gather=partial(gather, run) if run.ctx.enabled else None,
             via=via,
         )
         out[split] = on_main(run.ctx, partial(write_predictions, table, run.member_dir / "predictions"))
@@ -290,8 +276,7 @@ def _load_best(run: MemberRun) -> CheckpointInfo:
         or run.stopper.best_epoch != run.next_epoch - 1
     ):
         # the model in memory is not the best epoch's: load the best weights (hash-checked)
-        path = run.member_dir / "best.safetensors"
-        load_state(run.model, load_weights(run.member_dir, "best", info), path)
+        load_weights(run.model, run.member_dir, "best", info)
     return info
 
 

@@ -71,12 +71,12 @@ def configclass(where: str) -> Callable[[type[T]], type[T]]:
     return make
 
 
-def build(cls: type[T], raw: Any, where: str = "") -> T:
-    """An instance of the config class ``cls`` from the plain mapping ``raw`` found at ``where``."""
+def build(cls: type[T], raw: Any) -> T:
+    """An instance of the config class ``cls`` from the plain mapping ``raw``."""
     try:
         return typing.cast(T, TypeAdapter(cls).validate_python(raw))
     except ValidationError as e:
-        raise config_error(e, cls, raw, where) from None
+        raise config_error(e, cls, raw) from None
 
 
 def config_error(err: ValidationError, cls: type, raw: Any, where: str = "") -> ConfigError:
@@ -97,7 +97,7 @@ def config_error(err: ValidationError, cls: type, raw: Any, where: str = "") -> 
         return ConfigError(f"missing key {key!r}")
     key = key or "config"
     if kind in _RANGE_ERRORS:
-        null = "or null (the default)" if _nullable(tp) else None
+        null = "or null (the default)" if type(None) in typing.get_args(tp) else None
         return ConfigError(f"{key} must be {_describe_range(tp)}, got {value!r}", hint=null)
     if kind == "literal_error":
         base = _unwrap(tp)
@@ -123,7 +123,8 @@ def _locate(cls: type, raw: Any, loc: tuple[int | str, ...], where: str) -> tupl
     for part in loc:
         base = _unwrap(tp)
         if isinstance(part, str) and dataclasses.is_dataclass(base):
-            owner, tp = typing.cast(type, base), _hints(typing.cast(type, base)).get(part)
+            owner = typing.cast(type, base)
+            tp = typing.get_type_hints(owner, include_extras=True).get(part)
             raw = raw.get(part) if isinstance(raw, Mapping) else None
             parts.append(part)
         elif isinstance(part, int) and typing.get_origin(base) is tuple:
@@ -134,11 +135,6 @@ def _locate(cls: type, raw: Any, loc: tuple[int | str, ...], where: str) -> tupl
             parts.append(name if isinstance(name, str) and name else str(part))
         # anything else names a member of a union ("bool", "function-after[...]"), not a key
     return ".".join(parts), tp, owner, raw
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _unwrap(tp: Any) -> Any:
@@ -182,10 +178,6 @@ def _metadata(tp: Any) -> list[Any]:
     if typing.get_origin(tp) in _UNIONS:
         return [m for a in typing.get_args(tp) for m in _metadata(a)]
     return []
-
-
-def _nullable(tp: Any) -> bool:
-    return typing.get_origin(tp) in _UNIONS and type(None) in typing.get_args(tp)
 
 
 def did_you_mean(name: str, options: Sequence[str]) -> str | None:
