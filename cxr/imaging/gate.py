@@ -6,7 +6,11 @@ Reason codes (an absent, empty or unconvertible attribute never refuses): ``dico
 ``dicom_body_part`` (BodyPartExamined not CHEST, THORAX, TORAX, LUNG(S) or CHEST plus a separator such as
 "CHEST_PA"), ``dicom_view_position`` (not PA or AP) and ``dicom_description`` (Study/SeriesDescription names
 another body part and not the chest). Only the header is read; bytes that are not DICOM or cannot be parsed
-give no reasons. Neither function raises.
+give no reasons.
+
+Pixels: ``narrow_grey_range`` (1st-99th percentile spread under ``MIN_GREY_RANGE``). Score:
+``out_of_distribution`` (the fused graph's ``ood_score`` above the card's threshold, ``cxr.fuse.ood``).
+No rule raises; each gives a ``cxr.spec.Reason`` or nothing.
 """
 
 from __future__ import annotations
