@@ -32,6 +32,12 @@ META_INPUT = "cxr.input"
 META_CARD = "cxr.card"
 META_STACK = "cxr.meta"  # the meta-learner graph's description (member order, calibration, operating points)
 META_VERIFIED_PRECISIONS = "cxr.verified_precisions"  # {record: verification}, one per (backend, precision)
+INT8_RECORDS = ("openvino_int8", "onnxruntime_int8")
+"""The INT8 records of ``cxr.verified_precisions`` (one per backend), written by ``cxr fuse`` into the FP32 fused
+file and its ``ensemble.int8.onnx`` alike: ``{"file": name, "sha256": the INT8 file's, "bar": {"agreement": 0.99,
+"sensitivity_points": 1.0}, "split": "test", "images": n, "kinds": {cpu kind (cxr.cpu_kind): {"accepted": bool,
+"agreement": float | None, "sensitivity_change_points": {class: float}, "reason": str}}}``. The runtime offers
+INT8 on a CPU only where its kind's entry is accepted and the file's sha256 matches."""
 
 # The graph contract: tensor names every cxr graph uses. Fuse writes them, the runtime, Triton and the
 # evaluation read them; nothing outside this module types them again (tests/test_spec_contract.py).
