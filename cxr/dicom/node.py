@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def cxr_responder(predictor: Any) -> tuple[Responder, str]:
 
     model = ModelIdentity.from_predictor(predictor)
 
-    def respond(source: bytes, pred: Any, rgb: np.ndarray) -> tuple[Any, Any]:
+    def respond(source: bytes, pred: Any, rgb: Callable[[], np.ndarray]) -> tuple[Any, Any]:
         results = dicom_results(source, pred, rgb, model)
         return results.sr, results.sc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from cxr.dicom._identity import ModelIdentity
-from cxr.dicom.sc import build_sc
-from cxr.dicom.sr import build_sr
+from cxr.dicom._source import source_header
+from cxr.dicom.sc import sc_from_header
+from cxr.dicom.sr import sr_from_header
 from cxr.errors import DataError, first_line
 from cxr.imaging.dicom import read_dataset
 from cxr.spec import Prediction
@@ -30,14 +32,18 @@ class DicomResults:
 
 
 def dicom_results(
-    source_bytes: bytes, result: Prediction, rgb: np.ndarray, model: ModelIdentity
+    source_bytes: bytes,
+    result: Prediction,
+    rgb: np.ndarray | Callable[[], np.ndarray],
+    model: ModelIdentity,
 ) -> DicomResults:
     """Both results for the DICOM file ``source_bytes`` (refused with a ``DecodeError`` when it is not a DICOM
-    image with its UIDs, with a ``DataError`` when the prediction failed)."""
+    image with its UIDs, with a ``DataError`` when the prediction failed). ``rgb``: the rendered result, or a
+    function that returns it once drawn (the node draws it on another thread while the SR is built)."""
     name = result.source or "<bytes>"
-    source = read_dataset(source_bytes, name)
-    sr = build_sr(source, result, model)
-    return DicomResults(sr=sr, sc=build_sc(source, rgb, model, name=name))
+    header = source_header(read_dataset(source_bytes, name), name)  # checked and repaired once, for both
+    sr = sr_from_header(header, result, model, name)
+    return DicomResults(sr=sr, sc=sc_from_header(header, rgb() if callable(rgb) else rgb, model, name))
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -80,8 +80,12 @@ def _copy_lossy_flag(sc: Dataset, header: Dataset) -> None:
 def build_sc(source: Dataset, rgb: np.ndarray, model: ModelIdentity, *, name: str | None = None) -> Dataset:
     """The RGB Secondary Capture of ``rgb`` for the image ``source`` (see the module docstring)."""
     name = name or str(getattr(source, "filename", "") or "<dataset>")
+    return sc_from_header(source_header(source, name), rgb, model, name)
+
+
+def sc_from_header(header: Dataset, rgb: np.ndarray, model: ModelIdentity, name: str) -> Dataset:
+    """``build_sc`` for a header already checked and repaired by ``source_header`` (made once per source)."""
     pixels = _rgb(rgb, name)
-    header = source_header(source, name)
     with warnings.catch_warnings(), building(name, "secondary capture"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
         sc = SCImage.from_ref_dataset(

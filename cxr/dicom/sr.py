@@ -133,13 +133,17 @@ def _report(
 def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Dataset:
     """The Comprehensive SR of ``result`` for the image ``source`` (see the module docstring)."""
     name = _name(result, source)
+    return sr_from_header(source_header(source, name), result, model, name)
+
+
+def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, name: str) -> Dataset:
+    """``build_sr`` for a header already checked and repaired by ``source_header`` (made once per source)."""
     if not result.ok or result.label is None:
         raise DataError(
             f"{name}: the prediction failed ({result.error}); there is no result to write as a DICOM SR",
             hint="fix the input (see the error) and predict it again",
             path=name,
         )
-    header = source_header(source, name)
     sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
     with warnings.catch_warnings(), building(name, "SR"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names

@@ -4,8 +4,8 @@ Takes: an open ``Spool``, a ``Predictor``, a ``Responder`` (prediction -> SR and
 highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes: ``Worker`` whose
 ``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
 One thread predicts (the model runs one image at a time, in arrival order); a second makes each predicted
-instance's results (the picture, the SR and SC, their commit to the spool) while the model already runs on
-the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
+instance's results (the SR and SC, their commit to the spool; the picture on a helper thread meanwhile) while
+the model already runs on the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
 destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
 failed/ with the reason and never stops a thread. One audit line per instance (logger ``cxr.audit``,
 ``audit_line``) when it reaches sent/ or failed/.
@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -39,9 +40,10 @@ _IN_HAND = 2  # predicted instances waiting for their results (each holds its de
 
 
 class Responder(Protocol):
-    """Makes the two result objects (SR, SC) of one predicted instance."""
+    """Makes the two result objects (SR, SC) of one predicted instance; ``rgb()`` waits for the picture, which
+    is drawn on another thread meanwhile (Pillow lets go of the GIL while it resizes and blends)."""
 
-    def __call__(self, source: bytes, pred: Prediction, rgb: np.ndarray) -> tuple[Any, Any]: ...
+    def __call__(self, source: bytes, pred: Prediction, rgb: Callable[[], np.ndarray]) -> tuple[Any, Any]: ...
 
 
 def now() -> str:
@@ -110,6 +112,7 @@ class Worker:
         self._to_respond: queue.Queue[_Predicted | str] = queue.Queue(maxsize=_IN_HAND)
         self._to_send: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
+        self._draw = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-draw")
         self._threads = [
             threading.Thread(
                 target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
@@ -135,6 +138,7 @@ class Worker:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout_s)
+        self._draw.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, uid: str) -> None:
         self._to_predict.put(uid)
@@ -197,8 +201,8 @@ class Worker:
             pred = one.prediction
             if pred.error is not None or one.image is None:
                 raise _NotPredicted(pred.error or "not decoded")
-            rgb = secondary_capture_picture(one.image, one.heatmap, pred)
-            sr, sc = self.responder(item.data, pred, rgb)
+            picture = self._draw.submit(secondary_capture_picture, one.image, one.heatmap, pred)
+            sr, sc = self.responder(item.data, pred, picture.result)
             files = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
         except Exception as e:  # undecodable after all, or a builder failure: failed/, with the source
             reason = str(e) if isinstance(e, _NotPredicted) else f"{type(e).__name__}: {first_line(e)}"

@@ -27,6 +27,7 @@ _PALETTE = bytes(  # the colour map at 256 levels, for Pillow's palette lookup
 MIN_SIDE = 768  # smaller radiographs are enlarged to this longest side so that the caption stays legible
 MAX_SIDE = 1024  # larger ones are reduced to it
 ALPHA = 0.6  # opacity of the map where it is 1 (it fades to 0 where the map is 0)
+_OPACITY = [round(v * ALPHA) for v in range(256)]  # map level -> paste mask
 _FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 _BOLD_FILES = ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
@@ -114,15 +115,7 @@ def render_overlay(
         )
     h, w = image.shape
     size = _display_size(h, w, max_side)
-    picture = _resized(Image.fromarray(image, mode="L"), size).convert("RGB")
-    if heat is not None:  # all in Pillow's C loops: a 1024 px overlay costs milliseconds
-        levels = np.clip(np.nan_to_num(heat), 0.0, 1.0) * 255.0 + 0.5  # 256 levels at the map's own size
-        index = Image.fromarray(levels.astype(np.uint8), mode="L").resize(size, Image.Resampling.BILINEAR)
-        colours = index.convert("P")
-        colours.putpalette(_PALETTE)
-        mask = index.point(lambda v: round(v * ALPHA))  # opacity grows with the map
-        picture.paste(colours.convert("RGB"), (0, 0), mask)  # Image.composite, without copying the picture
-
+    picture = _resized(Image.fromarray(image, mode="L"), size)  # gray: the canvas takes it as RGB when pasted
     img_w, img_h = size
     pad, font_px = 12, max(15, img_w // 48)
     bar_w = 16 if heat is not None else 0
@@ -158,6 +151,12 @@ def render_overlay(
     head_h, foot_h = pad + height(blocks), height(footer) + pad
     canvas = Image.new("RGB", (width, head_h + img_h + foot_h), (255, 255, 255))
     canvas.paste(picture, (pad, head_h))
+    if heat is not None:  # all in Pillow's C loops, straight onto the canvas
+        levels = np.clip(np.nan_to_num(heat), 0.0, 1.0) * 255.0 + 0.5  # 256 levels at the map's own size
+        index = Image.fromarray(levels.astype(np.uint8), mode="L").resize(size, Image.Resampling.BILINEAR)
+        colours = index.copy()
+        colours.putpalette(_PALETTE)  # the levels read through the colour map (mode P, no conversion)
+        canvas.paste(colours, (pad, head_h), index.point(_OPACITY))  # opacity grows with the map
     draw = ImageDraw.Draw(canvas)
     _draw_blocks(draw, blocks, pad, pad)
     _draw_blocks(draw, footer, pad, head_h + img_h + pad)
