@@ -1,21 +1,20 @@
-"""Send DICOM datasets to a PACS: C-STORE (pynetdicom SCU) to ``AET@HOST:PORT`` or DICOMweb STOW-RS to a URL.
+"""Send DICOM files to a PACS: C-STORE (pynetdicom SCU) to ``AET@HOST:PORT`` or DICOMweb STOW-RS to a URL.
 
 Takes: a ``Destination`` (``parse_destination("PACS@10.0.0.5:104")`` or ``Destination.stow(url)``) and
-pydicom datasets. Makes: nothing on success; a ``ForwardError`` that says whether a retry can help
+Part 10 files (sent as written: never decoded and encoded again). Makes: nothing on success; a ``ForwardError`` that says whether a retry can help
 (``transient``: the destination is down, busy or timed out) or not (it refused the objects). ``Backoff``
 gives the capped exponential delays the node waits between tries. Stdlib ``urllib`` for STOW-RS.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from cxr.errors import ConfigError, CxrError
 
@@ -94,28 +93,30 @@ class Backoff:
             delay = min(delay * 2, self.max_s)
 
 
-def send(datasets: Sequence[Any], dest: Destination, *, calling_ae: str, timeout_s: float = 30.0) -> None:
-    """Send every dataset to ``dest`` (one association or one STOW-RS request); ForwardError on failure."""
+def send(files: Sequence[Path], dest: Destination, *, calling_ae: str, timeout_s: float = 30.0) -> None:
+    """Send every Part 10 file to ``dest`` (one association or one STOW-RS request); ForwardError on failure."""
     if dest.url:
-        stow_rs(datasets, dest.url, timeout_s=timeout_s)
+        stow_rs(files, dest.url, timeout_s=timeout_s)
     else:
-        c_store(datasets, dest, calling_ae=calling_ae, timeout_s=timeout_s)
+        c_store(files, dest, calling_ae=calling_ae, timeout_s=timeout_s)
 
 
-def c_store(datasets: Sequence[Any], dest: Destination, *, calling_ae: str, timeout_s: float = 30.0) -> None:
-    """C-STORE each dataset over one association, proposing each one's SOP class in its transfer syntax."""
+def c_store(files: Sequence[Path], dest: Destination, *, calling_ae: str, timeout_s: float = 30.0) -> None:
+    """C-STORE each file over one association, proposing each one's SOP class in its transfer syntax (read
+    from its file meta header; pynetdicom sends the file's encoded dataset as it is)."""
+    from pydicom.filereader import read_file_meta_info
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = min(timeout_s, 10.0)
-    for ds in datasets:
-        meta = getattr(ds, "file_meta", None)
-        ts = getattr(meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian
+    metas = [read_file_meta_info(f) for f in files]
+    for meta in metas:
+        ts = meta.TransferSyntaxUID
         syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        if ds.SOPClassUID not in [c.abstract_syntax for c in ae.requested_contexts]:
-            ae.add_requested_context(ds.SOPClassUID, syntaxes)
+        if meta.MediaStorageSOPClassUID not in [c.abstract_syntax for c in ae.requested_contexts]:
+            ae.add_requested_context(meta.MediaStorageSOPClassUID, syntaxes)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         refused = assoc.is_rejected
@@ -125,15 +126,15 @@ def c_store(datasets: Sequence[Any], dest: Destination, *, calling_ae: str, time
             hint=None if not refused else f"the PACS must accept the calling AE title {calling_ae!r}",
         )
     try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
+        for path, meta in zip(files, metas, strict=True):
+            status = assoc.send_c_store(path)
             code = getattr(status, "Status", None)
             if code is None:
                 raise ForwardError(f"{dest}: no C-STORE answer (aborted or timed out)", transient=True)
             if code in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a coercion warning
                 continue
             raise ForwardError(
-                f"{dest}: C-STORE of {ds.SOPInstanceUID} failed with status 0x{code:04X}",
+                f"{dest}: C-STORE of {meta.MediaStorageSOPInstanceUID} failed with status 0x{code:04X}",
                 transient=code in _TRANSIENT_STATUS,
             )
     except (OSError, RuntimeError, ValueError) as e:  # pynetdicom raises these when the link breaks
@@ -143,20 +144,12 @@ def c_store(datasets: Sequence[Any], dest: Destination, *, calling_ae: str, time
             assoc.release()
 
 
-def _part10(ds: Any) -> bytes:
-    from pydicom import dcmwrite
-
-    buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def stow_rs(datasets: Sequence[Any], base_url: str, *, timeout_s: float = 30.0) -> None:
-    """POST the datasets to ``base_url``/studies as one multipart/related application/dicom request."""
+def stow_rs(files: Sequence[Path], base_url: str, *, timeout_s: float = 30.0) -> None:
+    """POST the files to ``base_url``/studies as one multipart/related application/dicom request."""
     boundary = f"cxr-{uuid.uuid4().hex}"
     body = b"".join(
-        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + _part10(ds) + b"\r\n"
-        for ds in datasets
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n"
+        for f in files
     ) + (b"--" + boundary.encode() + b"--\r\n")
     req = urllib.request.Request(  # noqa: S310 (the operator's own --forward-url)
         f"{base_url}/studies",

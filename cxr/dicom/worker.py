@@ -229,17 +229,15 @@ class Worker:
 
     # ------------------------------------------------------------------ predicted -> sent
     def _send_one(self, uid: str) -> None:
-        import pydicom
-
         if self.spool.state(uid) != "predicted":
             return
         folder = self.spool.folder("predicted", uid)
-        datasets = [pydicom.dcmread(folder / name) for name in ("sr.dcm", "sc.dcm")]
+        files = [folder / name for name in ("sr.dcm", "sc.dcm")]
         started, tries = time.monotonic(), 0
         for delay in self.backoff.delays():
             tries += 1
             try:
-                send(datasets, self.dest, calling_ae=self.calling_ae, timeout_s=self.send_timeout_s)
+                send(files, self.dest, calling_ae=self.calling_ae, timeout_s=self.send_timeout_s)
             except ForwardError as e:
                 spent = time.monotonic() - started
                 if not e.transient or spent + delay > self.backoff.budget_s:
