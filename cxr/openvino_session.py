@@ -18,14 +18,18 @@ from cxr.spec import META_VERIFIED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
 BF16_RECORD = "openvino_bf16"
 DEVICE = "CPU"
 INSTALL_HINT = "pip install -e '.[openvino]' in a clone of cxr"
 REFUSE_HINT = (
     "re-fuse the model with its OpenVINO BF16 check (`cxr fuse RUN_DIR` records cxr.verified_precisions), "
     "or use --precision fp32 (or auto)"
+)
+INT8_HINT = (
+    "re-fuse the model with its INT8 check on a CPU of this kind (`cxr fuse RUN_DIR` records "
+    "cxr.verified_precisions per CPU kind), or use --precision auto (or fp32)"
 )
 # OpenVINO element type names -> onnxruntime's NodeArg.type spelling
 ORT_TYPES = {
@@ -70,7 +74,7 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["fp32", "bf16", "int8"]
     note: str | None = None  # why "auto" chose it (None for an explicit request)
 
 
@@ -94,8 +98,10 @@ def import_openvino() -> Any:
     return ov
 
 
-def bf16_record(props: Mapping[str, str], model_name: str) -> dict[str, Any] | None:
-    """The model's OpenVINO BF16 verification record, or None when it has none."""
+def verified_record(
+    props: Mapping[str, str], model_name: str, key: str = BF16_RECORD
+) -> dict[str, Any] | None:
+    """The model's ``key`` verification record (OpenVINO BF16, an INT8 one), or None when it has none."""
     raw = props.get(META_VERIFIED_PRECISIONS)
     if raw is None:
         return None
@@ -105,36 +111,70 @@ def bf16_record(props: Mapping[str, str], model_name: str) -> dict[str, Any] | N
         raise ProviderError(
             f"{model_name}: metadata {META_VERIFIED_PRECISIONS} is not valid JSON ({e})", hint=REFUSE_HINT
         ) from e
-    record = records.get(BF16_RECORD) if isinstance(records, dict) else None
+    record = records.get(key) if isinstance(records, dict) else None
     return record if isinstance(record, dict) else None
 
 
-def record_verdict(record: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """(accepted, why): whether a verification record lets BF16 run, in words for messages."""
+def record_verdict(
+    record: Mapping[str, Any] | None, what: str = "BF16", key: str = BF16_RECORD
+) -> tuple[bool, str]:
+    """(accepted, why): whether a verification record (``agreement``, ``bar``, ``images``, ``accepted``,
+    ``reason``; an INT8 one also ``sensitivity_change_points`` and ``sensitivity_bar``) lets ``what`` run."""
     if record is None:
-        return False, f"the model's metadata has no {BF16_RECORD!r} record in {META_VERIFIED_PRECISIONS}"
+        return False, f"the model's metadata has no {key!r} record in {META_VERIFIED_PRECISIONS}"
     agreement, images, bar = record.get("agreement"), record.get("images"), record.get("bar")
     measured = (
         f"top-1 agreement {agreement:.4f} with FP32 on {images} images, bar {bar}"
         if isinstance(agreement, int | float) and isinstance(bar, int | float)
         else "no agreement figures recorded"
     )
+    moved, limit = record.get("sensitivity_change_points"), record.get("sensitivity_bar")
+    worst = None
+    if isinstance(moved, Mapping) and isinstance(limit, int | float):
+        worst = max((abs(v) for v in moved.values() if isinstance(v, int | float)), default=0.0)
+        measured += f"; sensitivity moved at most {worst:.2f} points, bar {limit}"
     reason = str(record.get("reason") or "").strip()
     if record.get("accepted") is not True:
-        return False, f"the model's BF16 check refused it: {reason or 'no reason recorded'} ({measured})"
+        return False, f"the model's {what} check refused it: {reason or 'no reason recorded'} ({measured})"
     if isinstance(agreement, int | float) and isinstance(bar, int | float) and agreement < bar:
-        return False, f"the model's BF16 record says accepted but its agreement is under its bar ({measured})"
-    return True, f"the model's BF16 check accepted it ({measured})"
+        return (
+            False,
+            f"the model's {what} record says accepted but its agreement is under its bar ({measured})",
+        )
+    if worst is not None and isinstance(limit, int | float) and worst > limit:
+        return (
+            False,
+            f"the model's {what} record says accepted but a sensitivity moved over its bar ({measured})",
+        )
+    return True, f"the model's {what} check accepted it ({measured})"
 
 
 def choose_precision(
-    requested: str, *, cpu_bf16: bool, props: Mapping[str, str], model_name: str
+    requested: str,
+    *,
+    cpu_bf16: bool | None,
+    props: Mapping[str, str],
+    model_name: str,
+    int8: tuple[bool, str] | None = None,
+    backend: str = "openvino",
 ) -> PrecisionChoice:
-    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; bf16 only with CPU support and an
-    accepting record (else ProviderError); auto: the faster one allowed, with a note saying which and why."""
+    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; int8 only with an accepting ``int8``
+    verdict (``cxr.precision.int8_verdict``: this backend, this CPU kind, the checked file; None: the model
+    has no INT8 variant); bf16 only with CPU support and an accepting record (``cpu_bf16`` None: the backend
+    runs no BF16, onnxruntime); else ProviderError. auto: the fastest allowed (int8 > bf16 > fp32), with a
+    note saying which and why (none when INT8 was no question and the backend has no BF16)."""
     if requested == "fp32":
         return PrecisionChoice("fp32")
-    accepted, why = record_verdict(bf16_record(props, model_name))
+    head = f"{backend} precision auto -> {{}} for {model_name}: "
+    if int8 is not None and int8[0] and requested in ("auto", "int8"):
+        return PrecisionChoice("int8", head.format("int8") + int8[1] if requested == "auto" else None)
+    if requested == "int8":
+        why = int8[1] if int8 is not None else "it has no INT8 variant (no INT8 record, no INT8 file)"
+        raise ProviderError(f"refusing to run {model_name} in int8: {why}", hint=INT8_HINT)
+    head += f"not int8 ({int8[1]}); " if int8 is not None else ""
+    if cpu_bf16 is None:
+        return PrecisionChoice("fp32", None if int8 is None else head.format("fp32") + "runs the FP32 file")
+    accepted, why = record_verdict(verified_record(props, model_name))
     cpu_why = "this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)"
     if requested == "bf16":
         if not cpu_bf16:
@@ -145,9 +185,8 @@ def choose_precision(
             raise ProviderError(f"refusing to run {model_name} in bf16: {why}", hint=REFUSE_HINT)
         return PrecisionChoice("bf16")
     if cpu_bf16 and accepted:
-        return PrecisionChoice("bf16", f"openvino precision auto -> bf16 for {model_name}: {why}")
-    reason = cpu_why if not cpu_bf16 else why
-    return PrecisionChoice("fp32", f"openvino precision auto -> fp32 for {model_name}: {reason}")
+        return PrecisionChoice("bf16", head.format("bf16") + why)
+    return PrecisionChoice("fp32", head.format("fp32") + (cpu_why if not cpu_bf16 else why))
 
 
 def graph_name(names: Iterable[str]) -> str:
@@ -249,10 +288,18 @@ def cpu_has_bf16(core: Any) -> bool:
 
 
 def open_openvino(
-    model: Path, *, threads: int | None, precision: str, strict: bool
+    model: Path,
+    *,
+    threads: int | None,
+    precision: str,
+    strict: bool,
+    int8: tuple[bool, str] | None = None,
+    name: str | None = None,
 ) -> tuple[OpenVinoSession, tuple[str, ...]]:
-    """Read ``model`` with OpenVINO, choose its precision, compile it for the CPU and check what it got:
-    the session (its ``precision`` and ``device`` are what really runs) and the warnings."""
+    """Read ``model`` with OpenVINO, choose its precision (``choose_precision``; ``int8``: the INT8 verdict,
+    and ``model`` then the INT8 file; ``name``: the model asked for, in notes), compile it for the CPU and
+    check what it got: the session (its ``precision`` and ``device`` are what really runs) and the warnings.
+    An INT8 file runs its float ops in FP32, where its check was made (BF16 CPUs would otherwise use BF16)."""
     ov = import_openvino()
     core = ov.Core()
     try:
@@ -264,7 +311,8 @@ def open_openvino(
             path=model,
         ) from e
     props = framework_props(graph)
-    choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=model.name)
+    name = name or model.name
+    choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=name, int8=int8)
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",  # one synchronous request per batch: all threads on it
         "INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
@@ -281,6 +329,8 @@ def open_openvino(
         ) from e
     hint_type = compiled.get_property("INFERENCE_PRECISION_HINT")
     got = OV_PRECISIONS.get(hint_type.get_type_name(), hint_type.get_type_name())
+    if choice.precision == "int8" and got == "fp32":
+        got = "int8"  # the quantized ops in INT8, the rest in FP32
     device = ",".join(str(d) for d in compiled.get_property("EXECUTION_DEVICES")) or DEVICE
     warnings = [choice.note] if choice.note else []
     if choice.note:
