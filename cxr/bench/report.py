@@ -53,6 +53,11 @@ FULL: tuple[Column, ...] = (
         "what really ran it",
     ),
     ("batch", lambda r: str(r.batch_size), "images per call"),
+    (
+        "cpu kind",
+        lambda r: (r.cpu_kind or "-") + (f" ({r.isa_cap})" if r.isa_cap else ""),
+        "the CPU kind the row ran as (cxr.cpu_kind), under ONEDNN_MAX_CPU_ISA when set; -: a GPU",
+    ),
     ("threads", lambda r: "default" if r.threads is None else str(r.threads), "intra-op threads"),
     (
         "clients",
@@ -87,10 +92,10 @@ COMPACT: tuple[Column, ...] = (
         lambda r: f"{r.concurrency}{'p' if r.mode == 'pool' else ''}",
         "client threads (p: a session each)",
     ),
-    ("p50 ms", FULL[5][1], "latency per call, median"),
-    ("p99 ms", FULL[8][1], "99th percentile"),
-    ("ms/img", FULL[11][1], FULL[11][2]),
-    ("img/s", FULL[12][1], FULL[12][2]),
+    ("p50 ms", FULL[6][1], "latency per call, median"),
+    ("p99 ms", FULL[9][1], "99th percentile"),
+    ("ms/img", FULL[12][1], FULL[12][2]),
+    ("img/s", FULL[13][1], FULL[13][2]),
     ("eff %", _eff, "achieved GFLOP/s / GEMM peak (--peak-gflops)"),
     ("RSS MB", _rss, "peak resident memory (*: of the process)"),
 )
