@@ -66,6 +66,12 @@ def with_bf16_record(src: Path, dst: Path) -> Path:
             (("cpu", "auto"), ("openvino", "fp32"), ("openvino", "bf16")),
             1,
         ),
+        (  # int8 is its own run on both CPU providers; a GPU provider cannot run it
+            ("cpu", "openvino", "cuda"),
+            ("auto", "int8"),
+            (("cpu", "auto"), ("cpu", "int8"), ("openvino", "auto"), ("openvino", "int8"), ("cuda", "auto")),
+            1,
+        ),
     ],
 )
 def test_provider_precision_pairs(
@@ -73,7 +79,7 @@ def test_provider_precision_pairs(
 ) -> None:
     got, notes = provider_precisions(providers, precisions)
     assert got == runs and len(notes) == skipped
-    assert all("skipped cpu bf16" in n for n in notes)
+    assert all("skipped cpu bf16" in n or "skipped cuda int8" in n for n in notes)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +102,8 @@ def test_pairs_nothing_can_run_are_refused(
     [
         (["-p", "cpu", "--precision", "bf16"], "cannot run precision 'bf16'"),
         (["-p", "cpu,cuda", "--precision", "bf16"], "bf16 runs on --provider openvino only"),
-        (["--precision", "fp64"], "give each of auto, fp32, bf16 at most once"),
+        (["--precision", "fp64"], "give each of auto, fp32, bf16, int8 at most once"),
+        (["-p", "cuda", "--precision", "int8"], "int8 on openvino and cpu"),
         (["--precision", "fp32,fp32"], "at most once"),
     ],
 )
