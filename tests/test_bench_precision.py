@@ -192,3 +192,38 @@ def test_bf16_without_a_record_is_skipped_or_refused(fused_model: Path, strict: 
     report = run_bench(cfg)
     assert [r.precision_requested for r in report.rows] == ["fp32"]
     assert any("skipped openvino bf16 for tiny_fused.onnx" in n for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cap", "rows", "note"),
+    [
+        ("avx2", None, [("fused.int8.onnx", "int8", "int8")], "auto -> int8 for fused.onnx"),
+        ("amx", None, [("fused.onnx", "fp32", "auto")], "skipped cpu int8 for fused.onnx"),
+        ("amx", "AVX2", [("fused.onnx", "fp32", "auto")], "kind 'amx'"),  # onnxruntime ignores the cap
+    ],
+)
+def test_int8_rows_run_the_verified_file_and_say_the_cpu_kind(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    cap: str | None,
+    rows: list[tuple[str, str, str]],
+    note: str,
+) -> None:
+    from tests.test_runtime_int8 import FLAGS, OK, make_pair
+
+    monkeypatch.setattr("cxr.cpu_kind.cpu_flags", lambda *a: frozenset(FLAGS[kind]))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    fp32 = make_pair(tmp_path, ov={}, ort={"avx2": OK})
+    cfg = BenchConfig(model=fp32, providers=("cpu",), precisions=("auto", "int8"), peak_gflops=PEAKS, **FAST)
+    report = run_bench(cfg)
+    assert [(r.model, r.precision, r.precision_requested) for r in report.rows] == rows
+    assert [(r.cpu_kind, r.isa_cap) for r in report.rows] == [(kind, cap)]
+    assert any(note in n for n in report.notes), report.notes
+    assert (
+        report.rows[0]
+        .key()
+        .endswith(f"|isa-{cap}" if cap else "|c1|session" + ("|asked-int8" if kind == "avx2" else ""))
+    )
