@@ -357,3 +357,32 @@ def test_the_api_says_int8_and_why(tmp_path: Path, cpu: Any) -> None:
     assert (info["precision"], info["file_name"], ready["precision"]) == ("int8", "fused.int8.onnx", "int8")
     assert info["sha256_prefix"] == file_sha256(tmp_path / "fused.int8.onnx")[:16]
     assert "precision auto -> int8 for fused.onnx" in ready["message"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "runs", "heatmaps"),
+    [("int8", "fused.int8.onnx", False), ("auto", "fused.heatmaps.onnx", True)],
+)
+def test_the_dicom_node_trades_the_heatmap_for_int8_only_when_asked(
+    tmp_path: Path, cpu: Any, precision: str, runs: str, heatmaps: bool
+) -> None:
+    pytest.importorskip("pynetdicom")
+    from cxr.dicom.forward import parse_destination
+    from cxr.dicom.node import NodeConfig, open_predictor
+
+    cpu("avx2")
+    fp32 = make_pair(tmp_path, ov={}, ort={"avx2": OK})
+    shutil.copy(fp32, tmp_path / "fused.heatmaps.onnx")
+    dest = parse_destination("PACS@127.0.0.1:4242")
+    cfg = NodeConfig(model=fp32, forward=dest, spool=tmp_path / "spool", provider="cpu", precision=precision)
+    predictor = open_predictor(cfg)
+    assert predictor.model_path.name == runs
+    assert (predictor.cfg.model_id is not None) == heatmaps  # the twin carries the plain model's id
+    assert predictor.info.precision == ("int8" if precision == "int8" else None)
+
+
+def test_cxr_listen_reads_cxr_precision() -> None:
+    from cxr.cli.main import app
+
+    res = CliRunner().invoke(app, ["listen", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "CXR_PRECISION" in res.stdout and "int8" in res.stdout
