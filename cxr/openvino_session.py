@@ -165,15 +165,20 @@ def choose_precision(
     note saying which and why (none when INT8 was no question and the backend has no BF16)."""
     if requested == "fp32":
         return PrecisionChoice("fp32")
-    head = f"{backend} precision auto -> {{}} for {model_name}: "
+    not_int8 = f"not int8 ({int8[1]}); " if int8 is not None else ""
+
+    def note(runs: str, why: str) -> str:
+        return f"{backend} precision auto -> {runs} for {model_name}: {why}"
+
     if int8 is not None and int8[0] and requested in ("auto", "int8"):
-        return PrecisionChoice("int8", head.format("int8") + int8[1] if requested == "auto" else None)
+        return PrecisionChoice("int8", note("int8", int8[1]) if requested == "auto" else None)
     if requested == "int8":
         why = int8[1] if int8 is not None else "it has no INT8 variant (no INT8 record, no INT8 file)"
         raise ProviderError(f"refusing to run {model_name} in int8: {why}", hint=INT8_HINT)
-    head += f"not int8 ({int8[1]}); " if int8 is not None else ""
     if cpu_bf16 is None:
-        return PrecisionChoice("fp32", None if int8 is None else head.format("fp32") + "runs the FP32 file")
+        return PrecisionChoice(
+            "fp32", None if int8 is None else note("fp32", not_int8 + "runs the FP32 file")
+        )
     accepted, why = record_verdict(verified_record(props, model_name))
     cpu_why = "this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)"
     if requested == "bf16":
@@ -185,8 +190,8 @@ def choose_precision(
             raise ProviderError(f"refusing to run {model_name} in bf16: {why}", hint=REFUSE_HINT)
         return PrecisionChoice("bf16")
     if cpu_bf16 and accepted:
-        return PrecisionChoice("bf16", head.format("bf16") + why)
-    return PrecisionChoice("fp32", head.format("fp32") + (cpu_why if not cpu_bf16 else why))
+        return PrecisionChoice("bf16", note("bf16", not_int8 + why))
+    return PrecisionChoice("fp32", note("fp32", not_int8 + (cpu_why if not cpu_bf16 else why)))
 
 
 def graph_name(names: Iterable[str]) -> str:

@@ -125,7 +125,7 @@ def plan_int8(
     if not asked:
         return Int8Plan(model, provider, None, props)
     backend, k, verdict = asked[0]
-    if is_int8_file(model, props) and verdict is not None:
+    if verdict is not None and is_int8_file(model, props):  # the user chose this file: it runs, and says so
         why = f"it was given as the model and runs as given, unverified on this {k} CPU: {verdict[1]}"
-        return Int8Plan(model, backend if provider == "auto" else provider, (True, why), props)
+        return Int8Plan(model, backend, (True, why), props)
     return Int8Plan(model, provider, verdict, props)

@@ -219,7 +219,8 @@ def cpu_session(
 
 
 def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> SessionInfo:
-    """Open ``model`` with the providers ``cfg`` asks for and check which ones it really got."""
+    """Open ``model`` (or its verified INT8 variant, ``cxr.precision.plan_int8``) with the provider and
+    precision ``cfg`` asks for and check which ones it really got."""
     model = Path(model)
     if not model.is_file():
         raise ModelError(

@@ -217,6 +217,13 @@ def test_gpu_providers_never_run_int8(tmp_path: Path, cpu: Any, monkeypatch: pyt
             "fp32",
             "not int8 (not on this kind); this CPU has no BF16",
         ),
+        (
+            (False, "moved {'COVID': 2.5}"),
+            "auto",
+            True,
+            "fp32",
+            "not int8 (moved {'COVID': 2.5}); the model's",
+        ),
         (None, "auto", None, "fp32", None),  # onnxruntime, no INT8 question: nothing to say
         ((True, "checked"), "fp32", True, "fp32", None),
     ],
