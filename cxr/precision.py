@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cxr.cpu_kind import cpu_kind, isa_cap
 from cxr.digest import file_sha256
-from cxr.errors import ProviderError
+from cxr.errors import ModelError, ProviderError
 from cxr.onnx_header import read_onnx_header
 from cxr.openvino_session import INT8_HINT, record_verdict, verified_record
 from cxr.spec import INT8_RECORDS, META_CARD
@@ -101,7 +101,12 @@ def plan_int8(
     under auto (its verdict in the note). ``kind``: this CPU's (default ``cpu_kind``, OpenVINO's capped)."""
     if precision not in ("auto", "int8"):
         return Int8Plan(model, provider)
-    props = read_onnx_header(model).metadata
+    try:
+        props = read_onnx_header(model).metadata
+    except ModelError:
+        if precision == "int8":
+            raise
+        return Int8Plan(model, provider)  # no INT8 question: the session's loader says what is wrong
     verdicts: list[tuple[str, str, tuple[bool, str] | None]] = []
     for backend in backends:
         k = kind or cpu_kind(cap=isa_cap() if backend == "openvino" else None)
