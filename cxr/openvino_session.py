@@ -224,7 +224,15 @@ class OpenVinoSession:
     when all are busy), so concurrent clients (cxr-bench's concurrency, the API) never share one.
     """
 
-    def __init__(self, compiled: Any, metadata: Mapping[str, str], *, device: str, precision: str) -> None:
+    def __init__(
+        self,
+        compiled: Any,
+        metadata: Mapping[str, str],
+        *,
+        device: str,
+        precision: str,
+        note: str | None = None,
+    ) -> None:
         self._compiled = compiled
         self._inputs = [_node(p) for p in compiled.inputs]
         self._outputs = [_node(p) for p in compiled.outputs]
@@ -233,6 +241,7 @@ class OpenVinoSession:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.device = device
         self.precision = precision
+        self.note = note  # why this precision runs (auto's choice), None when it was asked for
 
     def get_inputs(self) -> list[NodeInfo]:
         return list(self._inputs)
@@ -346,4 +355,5 @@ def open_openvino(
             raise ProviderError(msg, hint="use --precision fp32, or drop --strict-provider")
         warnings.append(msg)
         log.warning("%s", msg)
-    return OpenVinoSession(compiled, props, device=device, precision=got), tuple(warnings)
+    session = OpenVinoSession(compiled, props, device=device, precision=got, note=choice.note)
+    return session, tuple(warnings)

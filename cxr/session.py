@@ -87,9 +87,8 @@ class SessionInfo:
     warnings: tuple[str, ...] = field(default=())
     precision: str | None = None  # what really runs (openvino: its compiled one; int8); None: the file's own
     device: str | None = None  # openvino: the device it compiled for (CPU)
-    model: Path | None = (
-        None  # the file really opened (the INT8 variant beside the one asked); None: that one
-    )
+    model: Path | None = None  # the file really opened (the INT8 variant beside the one asked)
+    note: str | None = None  # why this precision runs (auto's choice, also in warnings); None: as asked
 
     @property
     def provider(self) -> str:
@@ -238,7 +237,8 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             int8=plan.int8,
             name=model.name,
         )
-        return SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device, plan.model)
+        info = SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device, plan.model)
+        return replace(info, note=ov.note)
     choice = choose_precision(
         cfg.precision,
         cpu_bf16=None,
@@ -280,7 +280,8 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
         warnings.append(f"{msg}; {hint}")
         log.warning("%s", warnings[-1])
     int8 = choice.precision == "int8"
-    return SessionInfo(sess, requested, got, tuple(warnings), "int8" if int8 else None, None, model)
+    precision = "int8" if int8 else None
+    return SessionInfo(sess, requested, got, tuple(warnings), precision, None, model, choice.note)
 
 
 def int8_backends(provider: str) -> tuple[str, ...]:

@@ -346,6 +346,8 @@ def test_cxr_predict(
     assert words in (res.stdout if code == 0 else res.stderr) and "Traceback" not in res.output
     if code == 2:
         assert "hint:" in res.stderr
+    else:  # the choice and its reason, once, on stderr
+        assert res.stderr.count("precision: onnxruntime precision auto -> int8 for fused.onnx") == 1
 
 
 def test_the_api_says_int8_and_why(tmp_path: Path, cpu: Any) -> None:
