@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cxr.bench import run as bench_run
 from cxr.bench.config import provider_precisions
 from cxr.bench.measure import effective_precision
+from cxr.bench.report import format_markdown, format_terminal
 from cxr.bench.run import BenchConfig, run_bench
 from cxr.cli.bench import app
 from cxr.errors import ConfigError, ProviderError
@@ -221,6 +222,8 @@ def test_int8_rows_run_the_verified_file_and_say_the_cpu_kind(
     report = run_bench(cfg)
     assert [(r.model, r.precision, r.precision_requested) for r in report.rows] == rows
     assert [(r.cpu_kind, r.isa_cap) for r in report.rows] == [(kind, cap)]
+    line = f"CPU kind: cpu as {kind}" + (f" (ONEDNN_MAX_CPU_ISA={cap})" if cap else "")
+    assert line in format_terminal(report) and line in format_markdown(report)
     assert any(note in n for n in report.notes), report.notes
     assert (
         report.rows[0]
