@@ -395,3 +395,23 @@ def test_cxr_listen_reads_cxr_precision() -> None:
 
     res = CliRunner().invoke(app, ["listen", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "CXR_PRECISION" in res.stdout and "int8" in res.stdout
+
+
+def test_dicom_out_names_the_int8_file_that_ran(tmp_path: Path, cpu: Any) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from cxr.cli.predict import app
+    from cxr.dicom import read_sr
+    from tests.dicom_factory import make_source
+
+    cpu("avx2")
+    fp32 = make_pair(tmp_path / "m", ov={}, ort={"avx2": OK})
+    (tmp_path / "chest.dcm").write_bytes(make_source())
+    args = ["image", str(tmp_path / "chest.dcm"), "-m", str(fp32), "--provider", "cpu", "--threads", "1"]
+    res = CliRunner().invoke(app, [*args, "--dicom-out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    (sr,) = [ds for ds in map(pydicom.dcmread, (tmp_path / "out").glob("*.dcm")) if ds.Modality == "SR"]
+    content = read_sr(sr)
+    int8 = tmp_path / "m" / "fused.int8.onnx"
+    assert content.model_sha256 == file_sha256(int8)
+    direct = Predictor.from_path(int8, provider="cpu").predict(tmp_path / "chest.dcm")
+    assert content.probabilities == pytest.approx(direct.probabilities, abs=1e-6)
