@@ -3,34 +3,26 @@ API."""
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from cxr.errors import ModelError, ProviderError, first_line
-from cxr.spec import META_VERIFIED_PRECISIONS
+from cxr.precision import BF16_RECORD as BF16_RECORD
+from cxr.precision import PRECISION_NAMES as PRECISION_NAMES
+from cxr.precision import PrecisionChoice as PrecisionChoice
+from cxr.precision import choose_precision
+from cxr.spec import META_VERIFIED_PRECISIONS as META_VERIFIED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "int8"]
-PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
-BF16_RECORD = "openvino_bf16"
 DEVICE = "CPU"
 INSTALL_HINT = "pip install -e '.[openvino]' in a clone of cxr"
-REFUSE_HINT = (
-    "re-fuse the model with its OpenVINO BF16 check (`cxr fuse RUN_DIR` records cxr.verified_precisions), "
-    "or use --precision fp32 (or auto)"
-)
-INT8_HINT = (
-    "re-fuse the model with its INT8 check on a CPU of this kind (`cxr fuse RUN_DIR` records "
-    "cxr.verified_precisions per CPU kind), or use --precision auto (or fp32)"
-)
 # OpenVINO element type names -> onnxruntime's NodeArg.type spelling
 ORT_TYPES = {
     "f32": "tensor(float)",
@@ -72,12 +64,6 @@ class ModelMeta:
     custom_metadata_map: dict[str, str]
 
 
-@dataclass(frozen=True)
-class PrecisionChoice:
-    precision: Literal["fp32", "bf16", "int8"]
-    note: str | None = None  # why "auto" chose it (None for an explicit request)
-
-
 def openvino_version() -> str | None:
     """The installed OpenVINO version, or None when ``openvino`` cannot be imported."""
     try:
@@ -96,102 +82,6 @@ def import_openvino() -> Any:
             hint=f"{INSTALL_HINT}, or use --provider cpu",
         ) from e
     return ov
-
-
-def verified_record(
-    props: Mapping[str, str], model_name: str, key: str = BF16_RECORD
-) -> dict[str, Any] | None:
-    """The model's ``key`` verification record (OpenVINO BF16, an INT8 one), or None when it has none."""
-    raw = props.get(META_VERIFIED_PRECISIONS)
-    if raw is None:
-        return None
-    try:
-        records = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ProviderError(
-            f"{model_name}: metadata {META_VERIFIED_PRECISIONS} is not valid JSON ({e})", hint=REFUSE_HINT
-        ) from e
-    record = records.get(key) if isinstance(records, dict) else None
-    return record if isinstance(record, dict) else None
-
-
-def record_verdict(
-    record: Mapping[str, Any] | None, what: str = "BF16", key: str = BF16_RECORD
-) -> tuple[bool, str]:
-    """(accepted, why): whether a verification record (``agreement``, ``bar``, ``images``, ``accepted``,
-    ``reason``; an INT8 one also ``sensitivity_change_points`` and ``sensitivity_bar``) lets ``what`` run."""
-    if record is None:
-        return False, f"the model's metadata has no {key!r} record in {META_VERIFIED_PRECISIONS}"
-    agreement, images, bar = record.get("agreement"), record.get("images"), record.get("bar")
-    measured = (
-        f"top-1 agreement {agreement:.4f} with FP32 on {images} images, bar {bar}"
-        if isinstance(agreement, int | float) and isinstance(bar, int | float)
-        else "no agreement figures recorded"
-    )
-    moved, limit = record.get("sensitivity_change_points"), record.get("sensitivity_bar")
-    worst = None
-    if isinstance(moved, Mapping) and isinstance(limit, int | float):
-        worst = max((abs(v) for v in moved.values() if isinstance(v, int | float)), default=0.0)
-        measured += f"; sensitivity moved at most {worst:.2f} points, bar {limit}"
-    reason = str(record.get("reason") or "").strip()
-    if record.get("accepted") is not True:
-        return False, f"the model's {what} check refused it: {reason or 'no reason recorded'} ({measured})"
-    if isinstance(agreement, int | float) and isinstance(bar, int | float) and agreement < bar:
-        return (
-            False,
-            f"the model's {what} record says accepted but its agreement is under its bar ({measured})",
-        )
-    if worst is not None and isinstance(limit, int | float) and worst > limit:
-        return (
-            False,
-            f"the model's {what} record says accepted but a sensitivity moved over its bar ({measured})",
-        )
-    return True, f"the model's {what} check accepted it ({measured})"
-
-
-def choose_precision(
-    requested: str,
-    *,
-    cpu_bf16: bool | None,
-    props: Mapping[str, str],
-    model_name: str,
-    int8: tuple[bool, str] | None = None,
-    backend: str = "openvino",
-) -> PrecisionChoice:
-    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; int8 only with an accepting ``int8``
-    verdict (``cxr.precision.int8_verdict``: this backend, this CPU kind, the checked file; None: the model
-    has no INT8 variant); bf16 only with CPU support and an accepting record (``cpu_bf16`` None: the backend
-    runs no BF16, onnxruntime); else ProviderError. auto: the fastest allowed (int8 > bf16 > fp32), with a
-    note saying which and why (none when INT8 was no question and the backend has no BF16)."""
-    if requested == "fp32":
-        return PrecisionChoice("fp32")
-    not_int8 = f"not int8 ({int8[1]}); " if int8 is not None else ""
-
-    def note(runs: str, why: str) -> str:
-        return f"{backend} precision auto -> {runs} for {model_name}: {why}"
-
-    if int8 is not None and int8[0] and requested in ("auto", "int8"):
-        return PrecisionChoice("int8", note("int8", int8[1]) if requested == "auto" else None)
-    if requested == "int8":
-        why = int8[1] if int8 is not None else "it has no INT8 variant (no INT8 record, no INT8 file)"
-        raise ProviderError(f"refusing to run {model_name} in int8: {why}", hint=INT8_HINT)
-    if cpu_bf16 is None:
-        return PrecisionChoice(
-            "fp32", None if int8 is None else note("fp32", not_int8 + "runs the FP32 file")
-        )
-    accepted, why = record_verdict(verified_record(props, model_name))
-    cpu_why = "this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)"
-    if requested == "bf16":
-        if not cpu_bf16:
-            raise ProviderError(
-                f"cannot run {model_name} in bf16: {cpu_why}", hint="use --precision fp32 or auto"
-            )
-        if not accepted:
-            raise ProviderError(f"refusing to run {model_name} in bf16: {why}", hint=REFUSE_HINT)
-        return PrecisionChoice("bf16")
-    if cpu_bf16 and accepted:
-        return PrecisionChoice("bf16", note("bf16", not_int8 + why))
-    return PrecisionChoice("fp32", note("fp32", not_int8 + (cpu_why if not cpu_bf16 else why)))
 
 
 def graph_name(names: Iterable[str]) -> str:

@@ -17,14 +17,8 @@ from cxr.ort_flavour import onnxruntime
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-from cxr.openvino_session import (
-    PRECISION_NAMES,
-    OpenVinoSession,
-    choose_precision,
-    open_openvino,
-    openvino_version,
-)
-from cxr.precision import plan_int8
+from cxr.openvino_session import OpenVinoSession, open_openvino, openvino_version
+from cxr.precision import PRECISION_NAMES, choose_precision, plan_int8
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 
 from cxr.errors import ProviderError
 from cxr.onnx_header import read_onnx_header
-from cxr.openvino_session import choose_precision
-from cxr.precision import int8_verdict, plan_int8
+from cxr.precision import choose_precision, int8_verdict, plan_int8
 from cxr.runtime import Predictor, PredictorConfig
 from cxr.runtime.locate import with_heatmap_twin
 from cxr.session import SessionConfig, cpu_session, create_session, file_sha256, int8_backends

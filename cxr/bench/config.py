@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ConfigError, ProviderError
-from cxr.openvino_session import PRECISION_NAMES
+from cxr.precision import PRECISION_NAMES
 from cxr.session import PROVIDER_NAMES, SessionConfig, check_precision
 
 

@@ -30,14 +30,8 @@ from cxr.bench.measure import (
 from cxr.bench.types import BenchReport, BenchRow
 from cxr.errors import ProviderError
 from cxr.onnx_header import read_onnx_header
-from cxr.openvino_session import (
-    INSTALL_HINT,
-    PrecisionChoice,
-    choose_precision,
-    cpu_has_bf16,
-    openvino_version,
-)
-from cxr.precision import plan_int8
+from cxr.openvino_session import INSTALL_HINT, cpu_has_bf16, openvino_version
+from cxr.precision import PrecisionChoice, choose_precision, plan_int8
 from cxr.runtime.predictor import Predictor
 
 __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
