@@ -414,3 +414,51 @@ def test_dicom_out_names_the_int8_file_that_ran(tmp_path: Path, cpu: Any) -> Non
     assert content.model_sha256 == file_sha256(int8)
     direct = Predictor.from_path(int8, provider="cpu").predict(tmp_path / "chest.dcm")
     assert content.probabilities == pytest.approx(direct.probabilities, abs=1e-6)
+
+
+def make_qdq(fp32: Path, dst: Path) -> Path:
+    """A real INT8 file: onnxruntime's static QDQ quantization of ``fp32`` (per-channel), cxr's metadata kept."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(4)
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = [
+                {"image": rng.integers(0, 256, (4, 1, SIZE, SIZE), dtype=np.uint8)} for _ in range(4)
+            ]
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.left.pop() if self.left else None
+
+    quantize_static(
+        str(fp32), str(dst), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    card = json.loads(props["cxr.card"])
+    props["cxr.card"] = json.dumps({**card, "precision": "int8"})
+    model = onnx.load(str(dst))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_real_qdq_file_runs_alike_on_openvino_and_onnxruntime(tmp_path: Path, cpu: Any) -> None:
+    pytest.importorskip("openvino")
+    cpu("avx512_vnni")
+    fp32 = make_fused_model(tmp_path / "fused.onnx", size=SIZE)
+    int8 = make_qdq(fp32, tmp_path / "fused.int8.onnx")
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
+    entry = {"avx512_vnni": OK}
+    write_records(
+        fp32, {OV_RECORD: record(file_sha256(int8), entry), ORT_RECORD: record(file_sha256(int8), entry)}
+    )
+    ov_info = create_session(fp32, SessionConfig("openvino", threads=1))
+    ort_info = create_session(fp32, SessionConfig("cpu", threads=1))
+    assert (ov_info.precision, ort_info.precision) == ("int8", "int8")
+    assert ov_info.model == ort_info.model == int8
+    got_ov, got_ort = probabilities(ov_info), probabilities(ort_info)
+    np.testing.assert_allclose(got_ov, got_ort, atol=2e-2)  # two INT8 kernels, one quantized graph
+    np.testing.assert_allclose(got_ort, file_probabilities(fp32), atol=2e-2)  # and close to FP32
