@@ -62,7 +62,8 @@ def verified_record(
         records = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ProviderError(
-            f"{model_name}: metadata {META_VERIFIED_PRECISIONS} is not valid JSON ({e})", hint=REFUSE_HINT
+            f"{model_name}: metadata {META_VERIFIED_PRECISIONS} is not valid JSON ({e})",
+            hint="re-fuse the model (`cxr fuse RUN_DIR` writes its verification records), or use --precision fp32",
         ) from e
     record = records.get(key) if isinstance(records, dict) else None
     return record if isinstance(record, dict) else None
