@@ -230,3 +230,26 @@ def test_int8_rows_run_the_verified_file_and_say_the_cpu_kind(
         .key()
         .endswith(f"|isa-{cap}" if cap else "|c1|session" + ("|asked-int8" if kind == "avx2" else ""))
     )
+
+
+@pytest.mark.parametrize("kind", ["avx2", "amx"])
+def test_provider_auto_int8_rows_run_where_verified_and_are_notes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from tests.test_runtime_int8 import FLAGS, OK, make_pair
+
+    monkeypatch.setattr("cxr.cpu_kind.cpu_flags", lambda *a: frozenset(FLAGS[kind]))
+    monkeypatch.setattr("cxr.session.available_providers", lambda: ("cpu",))  # a host without a GPU
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    fp32 = make_pair(tmp_path, ov={"avx2": OK}, ort={"avx2": OK})
+    cfg = BenchConfig(model=fp32, providers=("auto",), precisions=("auto", "int8"), **FAST)
+    report = run_bench(cfg)
+    want = "openvino" if HAS_OPENVINO else "cpu"
+    if kind == "avx2":
+        assert [(r.model, r.precision, r.provider) for r in report.rows] == [
+            ("fused.int8.onnx", "int8", want)
+        ]
+        assert any("measured once" in n for n in report.notes)
+    else:
+        assert [(r.model, r.precision, r.provider) for r in report.rows] == [("fused.onnx", "fp32", "cpu")]
+        assert any("skipped auto int8 for fused.onnx" in n and "kind 'amx'" in n for n in report.notes)

@@ -33,6 +33,7 @@ from cxr.onnx_header import read_onnx_header
 from cxr.openvino_session import INSTALL_HINT, cpu_has_bf16, openvino_version
 from cxr.precision import PrecisionChoice, choose_precision, plan_int8
 from cxr.runtime.predictor import Predictor
+from cxr.session import int8_backends
 
 __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
 
@@ -45,11 +46,16 @@ Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], No
 
 def _choice(mf: ModelFile, provider: str, precision: str, cpu_bf16: bool | None) -> PrecisionChoice:
     """What a session of ``provider`` would run for ``precision`` on ``mf`` here (``ProviderError``: refused)."""
-    plan = plan_int8(mf.path, provider, precision, (provider,))
+    plan = plan_int8(mf.path, provider, precision, int8_backends(provider))
     props = plan.props or read_onnx_header(mf.path).metadata
-    bf16 = cpu_bf16 if provider == "openvino" else None
+    ov = plan.provider == "openvino"
     return choose_precision(
-        precision, cpu_bf16=bf16, props=props, model_name=mf.name, int8=plan.int8, backend=provider
+        precision,
+        cpu_bf16=cpu_bf16 if ov else None,
+        props=props,
+        model_name=mf.name,
+        int8=plan.int8,
+        backend="openvino" if ov else "onnxruntime",
     )
 
 
@@ -70,7 +76,7 @@ def precision_refusals(
         import openvino as ov
 
         cpu_bf16 = cpu_has_bf16(ov.Core())
-    checked = [(p, q) for p, q in runs if p in ("openvino", "cpu") and q != "fp32"]
+    checked = [(p, q) for p, q in runs if p in ("openvino", "cpu", "auto") and q != "fp32"]
     skipped: dict[tuple[Path, str, str], str] = {}
     notes: list[str] = []
     for mf in files:
