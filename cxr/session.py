@@ -17,7 +17,7 @@ from cxr.ort_flavour import onnxruntime
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-from cxr.openvino_session import OpenVinoSession, open_openvino, openvino_version
+from cxr.openvino_session import OpenVinoSession, open_openvino
 from cxr.precision import PRECISION_NAMES, choose_precision, plan_int8
 
 log = logging.getLogger(__name__)
@@ -285,4 +285,6 @@ def int8_backends(provider: str) -> tuple[str, ...]:
         return (provider,)
     if provider != "auto" or any(p in ("cuda", "tensorrt") for p in available_providers()):
         return ()
-    return (("openvino",) if openvino_version() is not None else ()) + ("cpu",)
+    import importlib.util  # find_spec: whether OpenVINO is installed, without importing it
+
+    return (("openvino",) if importlib.util.find_spec("openvino") is not None else ()) + ("cpu",)
