@@ -74,7 +74,7 @@ COPY docker/entrypoint.sh /opt/cxr/entrypoint.sh
 COPY docker/healthcheck.py /opt/cxr/healthcheck.py
 COPY ${MODEL} /opt/cxr/models/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    CXR_HOST=0.0.0.0 CXR_PORT=8000 CXR_PROVIDER=cpu
+    CXR_HOST=0.0.0.0 CXR_PORT=8000 CXR_PROVIDER=auto CXR_PRECISION=auto
 USER 10001
 EXPOSE 8000 11112
 VOLUME ["/models"]

@@ -6,8 +6,9 @@ can saturate), so an INT8 graph is verified, recorded (``cxr.verified_precisions
 
 from __future__ import annotations
 
+import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 CPU_KINDS: tuple[str, ...] = ("amx", "avx512_vnni", "avx_vnni", "avx2", "other")
@@ -20,6 +21,24 @@ _KIND_FLAGS: dict[str, tuple[str, ...]] = {
 }
 ISA_CAPS: dict[str, str] = {"avx512_vnni": "AVX512_CORE_VNNI", "avx_vnni": "AVX2_VNNI", "avx2": "AVX2"}
 """A kind -> the ``ONEDNN_MAX_CPU_ISA`` value that makes a bigger CPU run as that kind (a stand-in)."""
+ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+_CAP_KINDS: dict[str, str | None] = {
+    "ALL": None,
+    "DEFAULT": None,
+    "AVX10_1_512_AMX_FP16": "amx",
+    "AVX10_1_512_AMX": "amx",
+    "AVX512_CORE_AMX_FP16": "amx",
+    "AVX512_CORE_AMX": "amx",
+    "AVX10_1_512": "avx512_vnni",
+    "AVX512_CORE_FP16": "avx512_vnni",
+    "AVX512_CORE_BF16": "avx512_vnni",
+    "AVX512_CORE_VNNI": "avx512_vnni",
+    "AVX2_VNNI_2": "avx_vnni",
+    "AVX2_VNNI": "avx_vnni",
+    "AVX2": "avx2",
+}
+"""oneDNN's ``ONEDNN_MAX_CPU_ISA`` values -> the fastest kind they let run (None: no cap); any other value (SSE41,
+AVX, AVX512_CORE without VNNI) leaves no kind INT8 is recorded for: ``other``."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -35,8 +54,23 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_kind(flags: Iterable[str] | None = None) -> str:
-    """The kind (one of ``CPU_KINDS``) of a CPU with ``flags`` (default: this machine's)."""
+def isa_cap(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` cap set in ``environ`` (default: this process's), upper case; None when unset."""
+    value = (os.environ if environ is None else environ).get(ISA_ENV, "").strip().upper()
+    return value or None
+
+
+def cpu_kind(flags: Iterable[str] | None = None, *, cap: str | None = None) -> str:
+    """The kind (one of ``CPU_KINDS``) of a CPU with ``flags`` (default: this machine's), run under the oneDNN
+    ISA ``cap`` (``isa_cap()``; OpenVINO honours it, onnxruntime's CPU kernels do not): the slower of the two."""
+    kind = _flags_kind(flags)
+    if cap is None or cap.upper() not in _CAP_KINDS:
+        return kind if cap is None else "other"
+    capped = _CAP_KINDS[cap.upper()]
+    return kind if capped is None else max(kind, capped, key=CPU_KINDS.index)
+
+
+def _flags_kind(flags: Iterable[str] | None) -> str:
     have = frozenset(cpu_flags() if flags is None else flags)
     if not have and flags is None and platform.machine().lower() in ("arm64", "aarch64"):
         return "other"

@@ -3,30 +3,26 @@ API."""
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from cxr.errors import ModelError, ProviderError, first_line
-from cxr.spec import META_VERIFIED_PRECISIONS
+from cxr.precision import BF16_RECORD as BF16_RECORD
+from cxr.precision import PRECISION_NAMES as PRECISION_NAMES
+from cxr.precision import PrecisionChoice as PrecisionChoice
+from cxr.precision import choose_precision
+from cxr.spec import META_VERIFIED_PRECISIONS as META_VERIFIED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISION_NAMES: tuple[str, ...] = ("auto", "fp32", "bf16")
-BF16_RECORD = "openvino_bf16"
 DEVICE = "CPU"
 INSTALL_HINT = "pip install -e '.[openvino]' in a clone of cxr"
-REFUSE_HINT = (
-    "re-fuse the model with its OpenVINO BF16 check (`cxr fuse RUN_DIR` records cxr.verified_precisions), "
-    "or use --precision fp32 (or auto)"
-)
 # OpenVINO element type names -> onnxruntime's NodeArg.type spelling
 ORT_TYPES = {
     "f32": "tensor(float)",
@@ -68,12 +64,6 @@ class ModelMeta:
     custom_metadata_map: dict[str, str]
 
 
-@dataclass(frozen=True)
-class PrecisionChoice:
-    precision: Literal["fp32", "bf16"]
-    note: str | None = None  # why "auto" chose it (None for an explicit request)
-
-
 def openvino_version() -> str | None:
     """The installed OpenVINO version, or None when ``openvino`` cannot be imported."""
     try:
@@ -92,62 +82,6 @@ def import_openvino() -> Any:
             hint=f"{INSTALL_HINT}, or use --provider cpu",
         ) from e
     return ov
-
-
-def bf16_record(props: Mapping[str, str], model_name: str) -> dict[str, Any] | None:
-    """The model's OpenVINO BF16 verification record, or None when it has none."""
-    raw = props.get(META_VERIFIED_PRECISIONS)
-    if raw is None:
-        return None
-    try:
-        records = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ProviderError(
-            f"{model_name}: metadata {META_VERIFIED_PRECISIONS} is not valid JSON ({e})", hint=REFUSE_HINT
-        ) from e
-    record = records.get(BF16_RECORD) if isinstance(records, dict) else None
-    return record if isinstance(record, dict) else None
-
-
-def record_verdict(record: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """(accepted, why): whether a verification record lets BF16 run, in words for messages."""
-    if record is None:
-        return False, f"the model's metadata has no {BF16_RECORD!r} record in {META_VERIFIED_PRECISIONS}"
-    agreement, images, bar = record.get("agreement"), record.get("images"), record.get("bar")
-    measured = (
-        f"top-1 agreement {agreement:.4f} with FP32 on {images} images, bar {bar}"
-        if isinstance(agreement, int | float) and isinstance(bar, int | float)
-        else "no agreement figures recorded"
-    )
-    reason = str(record.get("reason") or "").strip()
-    if record.get("accepted") is not True:
-        return False, f"the model's BF16 check refused it: {reason or 'no reason recorded'} ({measured})"
-    if isinstance(agreement, int | float) and isinstance(bar, int | float) and agreement < bar:
-        return False, f"the model's BF16 record says accepted but its agreement is under its bar ({measured})"
-    return True, f"the model's BF16 check accepted it ({measured})"
-
-
-def choose_precision(
-    requested: str, *, cpu_bf16: bool, props: Mapping[str, str], model_name: str
-) -> PrecisionChoice:
-    """``requested`` as ``SessionConfig`` checked it: fp32 as asked; bf16 only with CPU support and an
-    accepting record (else ProviderError); auto: the faster one allowed, with a note saying which and why."""
-    if requested == "fp32":
-        return PrecisionChoice("fp32")
-    accepted, why = record_verdict(bf16_record(props, model_name))
-    cpu_why = "this CPU has no BF16 support (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)"
-    if requested == "bf16":
-        if not cpu_bf16:
-            raise ProviderError(
-                f"cannot run {model_name} in bf16: {cpu_why}", hint="use --precision fp32 or auto"
-            )
-        if not accepted:
-            raise ProviderError(f"refusing to run {model_name} in bf16: {why}", hint=REFUSE_HINT)
-        return PrecisionChoice("bf16")
-    if cpu_bf16 and accepted:
-        return PrecisionChoice("bf16", f"openvino precision auto -> bf16 for {model_name}: {why}")
-    reason = cpu_why if not cpu_bf16 else why
-    return PrecisionChoice("fp32", f"openvino precision auto -> fp32 for {model_name}: {reason}")
 
 
 def graph_name(names: Iterable[str]) -> str:
@@ -180,7 +114,15 @@ class OpenVinoSession:
     when all are busy), so concurrent clients (cxr-bench's concurrency, the API) never share one.
     """
 
-    def __init__(self, compiled: Any, metadata: Mapping[str, str], *, device: str, precision: str) -> None:
+    def __init__(
+        self,
+        compiled: Any,
+        metadata: Mapping[str, str],
+        *,
+        device: str,
+        precision: str,
+        note: str | None = None,
+    ) -> None:
         self._compiled = compiled
         self._inputs = [_node(p) for p in compiled.inputs]
         self._outputs = [_node(p) for p in compiled.outputs]
@@ -189,6 +131,7 @@ class OpenVinoSession:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.device = device
         self.precision = precision
+        self.note = note  # why this precision runs (auto's choice), None when it was asked for
 
     def get_inputs(self) -> list[NodeInfo]:
         return list(self._inputs)
@@ -249,10 +192,18 @@ def cpu_has_bf16(core: Any) -> bool:
 
 
 def open_openvino(
-    model: Path, *, threads: int | None, precision: str, strict: bool
+    model: Path,
+    *,
+    threads: int | None,
+    precision: str,
+    strict: bool,
+    int8: tuple[bool, str] | None = None,
+    name: str | None = None,
 ) -> tuple[OpenVinoSession, tuple[str, ...]]:
-    """Read ``model`` with OpenVINO, choose its precision, compile it for the CPU and check what it got:
-    the session (its ``precision`` and ``device`` are what really runs) and the warnings."""
+    """Read ``model`` with OpenVINO, choose its precision (``choose_precision``; ``int8``: the INT8 verdict,
+    and ``model`` then the INT8 file; ``name``: the model asked for, in notes), compile it for the CPU and
+    check what it got: the session (its ``precision`` and ``device`` are what really runs) and the warnings.
+    An INT8 file runs its float ops in FP32, where its check was made (BF16 CPUs would otherwise use BF16)."""
     ov = import_openvino()
     core = ov.Core()
     try:
@@ -264,7 +215,8 @@ def open_openvino(
             path=model,
         ) from e
     props = framework_props(graph)
-    choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=model.name)
+    name = name or model.name
+    choice = choose_precision(precision, cpu_bf16=cpu_has_bf16(core), props=props, model_name=name, int8=int8)
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",  # one synchronous request per batch: all threads on it
         "INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
@@ -281,6 +233,8 @@ def open_openvino(
         ) from e
     hint_type = compiled.get_property("INFERENCE_PRECISION_HINT")
     got = OV_PRECISIONS.get(hint_type.get_type_name(), hint_type.get_type_name())
+    if choice.precision == "int8" and got == "fp32":
+        got = "int8"  # the quantized ops in INT8, the rest in FP32
     device = ",".join(str(d) for d in compiled.get_property("EXECUTION_DEVICES")) or DEVICE
     warnings = [choice.note] if choice.note else []
     if choice.note:
@@ -291,4 +245,5 @@ def open_openvino(
             raise ProviderError(msg, hint="use --precision fp32, or drop --strict-provider")
         warnings.append(msg)
         log.warning("%s", msg)
-    return OpenVinoSession(compiled, props, device=device, precision=got), tuple(warnings)
+    session = OpenVinoSession(compiled, props, device=device, precision=got, note=choice.note)
+    return session, tuple(warnings)

@@ -3,30 +3,32 @@ warnings)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cxr.digest import file_sha256 as file_sha256
+from cxr.digest import files_sha256 as files_sha256
 from cxr.errors import ModelError, ProviderError, first_line
 from cxr.ort_flavour import onnxruntime
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-from cxr.openvino_session import PRECISION_NAMES, OpenVinoSession, open_openvino
+from cxr.openvino_session import OpenVinoSession, open_openvino
+from cxr.precision import PRECISION_NAMES, choose_precision, plan_int8
 
 log = logging.getLogger(__name__)
 
 ProviderName = Literal["auto", "cpu", "cuda", "tensorrt", "openvino"]
 PROVIDER_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 ORT_PRECISION_HINT = (
-    "onnxruntime runs the FP32 file as it is stored (pass the INT8 variant file as the model for INT8); "
-    "use --precision auto/fp32, or --provider openvino for bf16"
+    "onnxruntime runs the FP32 file as it is stored, or its verified INT8 variant on the CPU (--provider cpu "
+    "or auto); use --precision auto/fp32, or --provider openvino for bf16"
 )
+INT8_PROVIDERS = ("auto", "cpu", "openvino")  # INT8 is verified per CPU kind: CPU providers only
 ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -44,7 +46,8 @@ class SessionConfig:
     trt_fp16: bool = False
     trt_cache_dir: Path | None = None
     allow_spinning: bool = False  # spinning threads fight each other when several sessions share cores
-    precision: str = "auto"  # openvino: auto | fp32 | bf16; onnxruntime providers: auto | fp32 only
+    # openvino: auto | fp32 | bf16 | int8; cpu (and auto): auto | fp32 | int8; cuda, tensorrt: auto | fp32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_NAMES:
@@ -57,12 +60,14 @@ class SessionConfig:
 
 
 def check_precision(provider: str, precision: str) -> None:
-    """``ProviderError`` for an unknown precision, or one the provider cannot run (bf16 off OpenVINO)."""
+    """``ProviderError`` for an unknown precision, or one the provider cannot run (bf16 off OpenVINO, int8 off
+    the CPU providers)."""
     if precision not in PRECISION_NAMES:
         raise ProviderError(
             f"unknown precision {precision!r}", hint=f"use one of: {', '.join(PRECISION_NAMES)}"
         )
-    if provider != "openvino" and precision not in ("auto", "fp32"):
+    ok = ("auto", "fp32", "int8") if provider in INT8_PROVIDERS else ("auto", "fp32")
+    if provider != "openvino" and precision not in ok:
         raise ProviderError(
             f"provider {provider!r} cannot run precision {precision!r}", hint=ORT_PRECISION_HINT
         )
@@ -74,8 +79,10 @@ class SessionInfo:
     requested: str
     providers: tuple[str, ...]  # what the session really uses, short names, in priority order
     warnings: tuple[str, ...] = field(default=())
-    precision: str | None = None  # what really runs (openvino: its compiled precision); None: the file's own
+    precision: str | None = None  # what really runs (openvino: its compiled one; int8); None: the file's own
     device: str | None = None  # openvino: the device it compiled for (CPU)
+    model: Path | None = None  # the file really opened (the INT8 variant beside the one asked)
+    note: str | None = None  # why this precision runs (auto's choice, also in warnings); None: as asked
 
     @property
     def provider(self) -> str:
@@ -87,21 +94,6 @@ class SessionInfo:
         """The provider for one-line reports: ``cpu``, or ``openvino (CPU, bf16)``."""
         extra = ", ".join(x for x in (self.device, self.precision) if x)
         return f"{self.provider} ({extra})" if extra else self.provider
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of one file (``sha256sum``)."""
-    return files_sha256([path], chunk)
-
-
-def files_sha256(paths: Iterable[Path], chunk: int = 1 << 20) -> str:
-    """One SHA-256 over the files' bytes, one after the other (a model and its external data, say)."""
-    h = hashlib.sha256()
-    for path in paths:
-        with Path(path).open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-    return h.hexdigest()
 
 
 def available_providers() -> tuple[str, ...]:
@@ -220,7 +212,8 @@ def cpu_session(
 
 
 def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> SessionInfo:
-    """Open ``model`` with the providers ``cfg`` asks for and check which ones it really got."""
+    """Open ``model`` (or its verified INT8 variant, ``cxr.precision.plan_int8``) with the provider and
+    precision ``cfg`` asks for and check which ones it really got."""
     model = Path(model)
     if not model.is_file():
         raise ModelError(
@@ -228,11 +221,32 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             hint="build one with `make demo` or `cxr fuse RUN_DIR`, then pass --model or set CXR_MODEL",
             path=model,
         )
-    if cfg.provider == "openvino":  # open_openvino imports openvino, lazily
+    plan = plan_int8(model, cfg.provider, cfg.precision, int8_backends(cfg.provider))
+    if plan.provider == "openvino":  # open_openvino imports openvino, lazily
         ov, warned = open_openvino(
-            model, threads=cfg.threads, precision=cfg.precision, strict=cfg.strict_provider
+            plan.model,
+            threads=cfg.threads,
+            precision=cfg.precision,
+            strict=cfg.strict_provider,
+            int8=plan.int8,
+            name=model.name,
         )
-        return SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device)
+        info = SessionInfo(ov, cfg.provider, ("openvino",), warned, ov.precision, ov.device, plan.model)
+        return replace(info, note=ov.note)
+    choice = choose_precision(
+        cfg.precision,
+        cpu_bf16=None,
+        props=plan.props or {},
+        model_name=model.name,
+        int8=plan.int8,
+        backend="onnxruntime",
+    )
+    if choice.note:
+        log.info("%s", choice.note)
+    requested = cfg.provider
+    if choice.precision == "int8":  # the verified INT8 file, on onnxruntime's CPU kernels
+        cfg = replace(cfg, provider="cpu")
+    model = plan.model if choice.precision == "int8" else model
     ort = onnxruntime()
     opts = session_options(cfg.threads, allow_spinning=cfg.allow_spinning)
     providers = _provider_list(cfg, model)
@@ -245,7 +259,7 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             path=model,
         ) from e
     got = tuple(SHORT_NAMES.get(p, p) for p in sess.get_providers())
-    warnings: list[str] = []
+    warnings: list[str] = [choice.note] if choice.note else []
     if cfg.provider != "auto" and (not got or got[0] != cfg.provider):
         msg = (
             f"asked for provider '{cfg.provider}' but onnxruntime runs {model.name} on '{got[0] if got else '?'}' "
@@ -259,4 +273,18 @@ def create_session(model: Path | str, cfg: SessionConfig = SessionConfig()) -> S
             raise ProviderError(msg, hint=hint)
         warnings.append(f"{msg}; {hint}")
         log.warning("%s", warnings[-1])
-    return SessionInfo(sess, cfg.provider, got, tuple(warnings))
+    int8 = choice.precision == "int8"
+    precision = "int8" if int8 else None
+    return SessionInfo(sess, requested, got, tuple(warnings), precision, None, model, choice.note)
+
+
+def int8_backends(provider: str) -> tuple[str, ...]:
+    """The providers that may run ``provider``'s INT8, best first: itself when it is openvino or cpu; for auto
+    on a host without a GPU provider, OpenVINO when it is installed, then onnxruntime's CPU."""
+    if provider in ("openvino", "cpu"):
+        return (provider,)
+    if provider != "auto" or any(p in ("cuda", "tensorrt") for p in available_providers()):
+        return ()
+    import importlib.util  # find_spec: whether OpenVINO is installed, without importing it
+
+    return (("openvino",) if importlib.util.find_spec("openvino") is not None else ()) + ("cpu",)

@@ -2,7 +2,10 @@
 # The image's entry point: find the model, then exec `cxr serve` (all options come from CXR_* variables,
 # see `cxr serve --help`; arguments given to `docker run IMAGE ...` are passed on to `cxr serve`).
 # Model: $CXR_MODEL, else the only *.onnx in /models (a mounted volume), else the only *.onnx in
-# /opt/cxr/models (copied in at build time with --build-arg MODEL=...).
+# /opt/cxr/models (copied in at build time with --build-arg MODEL=...); the variants the runtime finds
+# beside a model (<stem>.int8.onnx, <stem>.heatmaps.onnx, <stem>.fp16.onnx) are not counted.
+# CXR_PRECISION (default auto: the fastest precision verified for this CPU, int8 > bf16 > fp32) and
+# CXR_PROVIDER choose how it runs; the API's /v1/model and /readyz say which precision was chosen and why.
 # scripts/container_smoke.sh runs this same file outside Docker (CXR_VENV points at its venv).
 # CXR_ROLE=listen runs the DICOM node instead (`cxr listen`, docs/dicom-node.md): its DICOM port is
 # $CXR_DICOM_PORT (default 11112, EXPOSEd), because the image's CXR_PORT is the HTTP API's; set CXR_FORWARD
@@ -22,7 +25,8 @@ export CXR_PORT="${CXR_PORT:-8000}"
 if [ -z "${CXR_MODEL:-}" ]; then
   for dir in /models /opt/cxr/models; do
     [ -d "$dir" ] || continue
-    found=$(find "$dir" -maxdepth 2 -name '*.onnx' -type f | sort)
+    found=$(find "$dir" -maxdepth 2 -name '*.onnx' ! -name '*.int8.onnx' ! -name '*.heatmaps.onnx' \
+      ! -name '*.fp16.onnx' -type f | sort)
     count=$(printf '%s' "$found" | grep -c . || true)
     if [ "$count" -eq 1 ]; then
       CXR_MODEL=$found

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cxr.bench import run as bench_run
 from cxr.bench.config import provider_precisions
 from cxr.bench.measure import effective_precision
+from cxr.bench.report import format_markdown, format_terminal
 from cxr.bench.run import BenchConfig, run_bench
 from cxr.cli.bench import app
 from cxr.errors import ConfigError, ProviderError
@@ -66,6 +67,12 @@ def with_bf16_record(src: Path, dst: Path) -> Path:
             (("cpu", "auto"), ("openvino", "fp32"), ("openvino", "bf16")),
             1,
         ),
+        (  # int8 is its own run on both CPU providers; a GPU provider cannot run it
+            ("cpu", "openvino", "cuda"),
+            ("auto", "int8"),
+            (("cpu", "auto"), ("cpu", "int8"), ("openvino", "auto"), ("openvino", "int8"), ("cuda", "auto")),
+            1,
+        ),
     ],
 )
 def test_provider_precision_pairs(
@@ -73,7 +80,7 @@ def test_provider_precision_pairs(
 ) -> None:
     got, notes = provider_precisions(providers, precisions)
     assert got == runs and len(notes) == skipped
-    assert all("skipped cpu bf16" in n for n in notes)
+    assert all("skipped cpu bf16" in n or "skipped cuda int8" in n for n in notes)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +103,8 @@ def test_pairs_nothing_can_run_are_refused(
     [
         (["-p", "cpu", "--precision", "bf16"], "cannot run precision 'bf16'"),
         (["-p", "cpu,cuda", "--precision", "bf16"], "bf16 runs on --provider openvino only"),
-        (["--precision", "fp64"], "give each of auto, fp32, bf16 at most once"),
+        (["--precision", "fp64"], "give each of auto, fp32, bf16, int8 at most once"),
+        (["-p", "cuda", "--precision", "int8"], "int8 on openvino and cpu"),
         (["--precision", "fp32,fp32"], "at most once"),
     ],
 )
@@ -185,3 +193,63 @@ def test_bf16_without_a_record_is_skipped_or_refused(fused_model: Path, strict: 
     report = run_bench(cfg)
     assert [r.precision_requested for r in report.rows] == ["fp32"]
     assert any("skipped openvino bf16 for tiny_fused.onnx" in n for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cap", "rows", "note"),
+    [
+        ("avx2", None, [("fused.int8.onnx", "int8", "int8")], "auto -> int8 for fused.onnx"),
+        ("amx", None, [("fused.onnx", "fp32", "auto")], "skipped cpu int8 for fused.onnx"),
+        ("amx", "AVX2", [("fused.onnx", "fp32", "auto")], "kind 'amx'"),  # onnxruntime ignores the cap
+    ],
+)
+def test_int8_rows_run_the_verified_file_and_say_the_cpu_kind(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    cap: str | None,
+    rows: list[tuple[str, str, str]],
+    note: str,
+) -> None:
+    from tests.test_runtime_int8 import FLAGS, OK, make_pair
+
+    monkeypatch.setattr("cxr.cpu_kind.cpu_flags", lambda *a: frozenset(FLAGS[kind]))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    fp32 = make_pair(tmp_path, ov={}, ort={"avx2": OK})
+    cfg = BenchConfig(model=fp32, providers=("cpu",), precisions=("auto", "int8"), peak_gflops=PEAKS, **FAST)
+    report = run_bench(cfg)
+    assert [(r.model, r.precision, r.precision_requested) for r in report.rows] == rows
+    assert [(r.cpu_kind, r.isa_cap) for r in report.rows] == [(kind, cap)]
+    line = f"CPU kind: cpu as {kind}" + (f" (ONEDNN_MAX_CPU_ISA={cap})" if cap else "")
+    assert line in format_terminal(report) and line in format_markdown(report)
+    assert any(note in n for n in report.notes), report.notes
+    assert (
+        report.rows[0]
+        .key()
+        .endswith(f"|isa-{cap}" if cap else "|c1|session" + ("|asked-int8" if kind == "avx2" else ""))
+    )
+
+
+@pytest.mark.parametrize("kind", ["avx2", "amx"])
+def test_provider_auto_int8_rows_run_where_verified_and_are_notes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from tests.test_runtime_int8 import FLAGS, OK, make_pair
+
+    monkeypatch.setattr("cxr.cpu_kind.cpu_flags", lambda *a: frozenset(FLAGS[kind]))
+    monkeypatch.setattr("cxr.session.available_providers", lambda: ("cpu",))  # a host without a GPU
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    fp32 = make_pair(tmp_path, ov={"avx2": OK}, ort={"avx2": OK})
+    cfg = BenchConfig(model=fp32, providers=("auto",), precisions=("auto", "int8"), **FAST)
+    report = run_bench(cfg)
+    want = "openvino" if HAS_OPENVINO else "cpu"
+    if kind == "avx2":
+        assert [(r.model, r.precision, r.provider) for r in report.rows] == [
+            ("fused.int8.onnx", "int8", want)
+        ]
+        assert any("measured once" in n for n in report.notes)
+    else:
+        assert [(r.model, r.precision, r.provider) for r in report.rows] == [("fused.onnx", "fp32", "cpu")]
+        assert any("skipped auto int8 for fused.onnx" in n and "kind 'amx'" in n for n in report.notes)

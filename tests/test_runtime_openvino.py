@@ -231,7 +231,9 @@ def test_a_malformed_record_is_refused() -> None:
     ("provider", "precision", "words"),
     [
         ("openvino", "fp16", "unknown precision 'fp16'"),
-        ("cpu", "int8", "unknown precision 'int8'"),
+        ("cpu", "int4", "unknown precision 'int4'"),
+        ("cuda", "int8", "cannot run precision 'int8'"),
+        ("tensorrt", "int8", "cannot run precision 'int8'"),
         ("cpu", "bf16", "cannot run precision 'bf16'"),
         ("auto", "bf16", "cannot run precision 'bf16'"),
         ("cuda", "bf16", "cannot run precision 'bf16'"),
@@ -242,7 +244,7 @@ def test_precisions_a_provider_cannot_run_are_refused(provider: str, precision: 
         SessionConfig(provider=provider, precision=precision)
     assert words in err.value.message and err.value.hint
     if "cannot run" in words:
-        assert "FP32 file" in err.value.hint and "INT8 variant" in err.value.hint
+        assert "FP32 file" in err.value.hint and "INT8 variant" in err.value.hint and "on the CPU" in err.value.hint
 
 
 def test_the_api_config_refuses_them_too(models: dict[str, Path]) -> None:

@@ -21,6 +21,11 @@ TORCH_FREE_MODULES = (
     "cxr.labels",
     "cxr.spec",
     "cxr.errors",
+    "cxr.session",
+    "cxr.openvino_session",
+    "cxr.precision",
+    "cxr.cpu_kind",
+    "cxr.digest",
 )
 
 
@@ -102,3 +107,22 @@ def test_dicom_results_are_built_with_training_libraries_unimportable(tmp_path: 
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("wrote 2.25.")
+
+
+def test_int8_is_chosen_and_runs_with_training_libraries_unimportable(tmp_path: Path) -> None:
+    from cxr.cpu_kind import cpu_kind
+    from tests.test_runtime_int8 import OK, make_pair
+
+    fp32 = make_pair(tmp_path / "m", ov={}, ort={cpu_kind(): OK})  # verified for this machine's kind
+    code = f"""
+        import sys
+        for name in {FORBIDDEN!r}:
+            sys.modules[name] = None
+        import numpy as np
+        from cxr.runtime import Predictor, PredictorConfig, SessionConfig
+        p = Predictor.from_path({str(fp32)!r}, PredictorConfig(session=SessionConfig("cpu", precision="int8")))
+        print(p.model_path.name, p.predict_arrays([np.full((32, 32), 9, np.uint8)])[0].precision)
+    """
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["fused.int8.onnx", "int8"]

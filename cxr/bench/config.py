@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.errors import ConfigError, ProviderError
-from cxr.openvino_session import PRECISION_NAMES
+from cxr.precision import PRECISION_NAMES
 from cxr.session import PROVIDER_NAMES, SessionConfig, check_precision
 
 
@@ -47,15 +47,15 @@ def provider_precisions(
             except ProviderError as e:
                 refused[(provider, precision)] = e.message
                 continue
-            run = (provider, precision if provider == "openvino" else "auto")
+            run = (provider, precision if provider == "openvino" or precision == "int8" else "auto")
             if run not in runs:
                 runs.append(run)
     for precision in precisions:
         if all((p, precision) in refused for p in providers):
             raise ConfigError(
                 f"no provider asked for can run precision {precision!r}: {refused[(providers[0], precision)]}",
-                hint="bf16 runs on --provider openvino only; onnxruntime runs a file as it is stored "
-                "(pass the INT8 file with --variant for INT8)",
+                hint="bf16 runs on --provider openvino only, int8 on openvino and cpu; onnxruntime otherwise "
+                "runs a file as it is stored",
             )
     for provider in providers:
         if not any(r[0] == provider for r in runs):
@@ -75,7 +75,7 @@ class BenchConfig:
     variants: tuple[Path, ...] = ()  # other precisions of the same model (FP16/INT8 files)
     session: SessionConfig = field(default_factory=SessionConfig)  # shared options; the sweep sets the rest
     providers: tuple[str, ...] = ("cpu",)
-    # openvino: auto | fp32 | bf16; onnxruntime runs the file as stored
+    # openvino: auto | fp32 | bf16 | int8; cpu: auto | int8 (the verified INT8 file beside), else as stored
     precisions: tuple[str, ...] = ("auto",)
     threads: tuple[int | None, ...] = (None,)  # None: onnxruntime's default
     batch_sizes: tuple[int, ...] = (1,)
@@ -117,7 +117,7 @@ class BenchConfig:
         if unknown or not self.precisions or len(set(self.precisions)) != len(self.precisions):
             raise ConfigError(
                 f"precisions {list(self.precisions)}: give each of {', '.join(PRECISION_NAMES)} at most once",
-                hint="e.g. --precision fp32,bf16 (bf16 needs --provider openvino)",
+                hint="e.g. --precision fp32,bf16,int8 (bf16 needs --provider openvino)",
             )
         provider_precisions(self.providers, self.precisions)  # refuses pairs nothing can run
         TimingPlan(self.warmup, self.iterations, self.min_seconds)  # validates the plan

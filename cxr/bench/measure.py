@@ -17,6 +17,7 @@ from cxr.bench.config import BenchConfig, TimingPlan
 from cxr.bench.inputs import ModelFile, list_images
 from cxr.bench.machine import MachineInfo, PeakMemory, PeakMemoryProbe
 from cxr.bench.types import BenchRow, summarize
+from cxr.cpu_kind import cpu_kind, isa_cap
 from cxr.errors import ConfigError, CxrError, ModelError
 from cxr.runtime.predictor import Predictor, PredictorConfig
 from cxr.session import SessionConfig
@@ -253,6 +254,7 @@ def make_row(
     gflops = None if flops is None else flops * throughput / 1e9
     used = providers_used[0] if providers_used else "?"
     peak = ctx.machine.peak_for(precision)
+    cap = isa_cap()
     stages = (
         {k: v * 1000.0 / timed.calls for k, v in timed.stage_seconds.items()} if timed.stage_seconds else None
     )
@@ -289,6 +291,8 @@ def make_row(
         precision_requested=precision_requested,
         peak_gflops=peak,
         agreement=agreement,
+        cpu_kind="" if used in ("cuda", "tensorrt") else cpu_kind(cap=cap if used == "openvino" else None),
+        isa_cap=cap,
     )
 
 

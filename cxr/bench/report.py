@@ -53,6 +53,11 @@ FULL: tuple[Column, ...] = (
         "what really ran it",
     ),
     ("batch", lambda r: str(r.batch_size), "images per call"),
+    (
+        "cpu kind",
+        lambda r: (r.cpu_kind or "-") + (f" ({r.isa_cap})" if r.isa_cap else ""),
+        "the CPU kind the row ran as (cxr.cpu_kind), under ONEDNN_MAX_CPU_ISA when set; -: a GPU",
+    ),
     ("threads", lambda r: "default" if r.threads is None else str(r.threads), "intra-op threads"),
     (
         "clients",
@@ -87,10 +92,10 @@ COMPACT: tuple[Column, ...] = (
         lambda r: f"{r.concurrency}{'p' if r.mode == 'pool' else ''}",
         "client threads (p: a session each)",
     ),
-    ("p50 ms", FULL[5][1], "latency per call, median"),
-    ("p99 ms", FULL[8][1], "99th percentile"),
-    ("ms/img", FULL[11][1], FULL[11][2]),
-    ("img/s", FULL[12][1], FULL[12][2]),
+    ("p50 ms", FULL[6][1], "latency per call, median"),
+    ("p99 ms", FULL[9][1], "99th percentile"),
+    ("ms/img", FULL[12][1], FULL[12][2]),
+    ("img/s", FULL[13][1], FULL[13][2]),
     ("eff %", _eff, "achieved GFLOP/s / GEMM peak (--peak-gflops)"),
     ("RSS MB", _rss, "peak resident memory (*: of the process)"),
 )
@@ -167,6 +172,13 @@ def _tail(report: BenchReport) -> list[str]:
     return out + ([""] if report.notes else []) + ["note: " + n for n in report.notes]
 
 
+def cpu_kinds_line(report: BenchReport) -> str:
+    """Which CPU kind each provider's rows ran as (``cxr.cpu_kind``), and the oneDNN ISA cap when set."""
+    kinds = sorted({f"{r.provider} as {r.cpu_kind}" for r in report.rows if r.cpu_kind})
+    cap = next((r.isa_cap for r in report.rows if r.isa_cap), None)
+    return f"CPU kind: {', '.join(kinds) or '-'}" + (f" (ONEDNN_MAX_CPU_ISA={cap})" if cap else "")
+
+
 def format_terminal(report: BenchReport, wide: bool = False) -> str:
     """The table (every column with ``wide``; else one that fits ``WIDTH`` columns) and its legend."""
     columns = FULL if wide else COMPACT
@@ -179,6 +191,7 @@ def format_terminal(report: BenchReport, wide: bool = False) -> str:
         f"cxr-bench {report.cxr_version}  {report.created}",
         *textwrap.wrap(f"machine: {report.machine.summary()}", WIDTH, subsequent_indent="  "),
         f"GEMM peaks: {report.machine.peaks_line()}",
+        cpu_kinds_line(report),
         "",
     ]
     tail = [w for line in _tail(report) for w in textwrap.wrap(line, WIDTH, subsequent_indent="    ") or [""]]
@@ -201,6 +214,7 @@ def format_markdown(report: BenchReport) -> str:
         f"- cxr: {report.cxr_version}",
         f"- machine: {report.machine.summary()}",
         f"- GEMM peaks (eff % denominators): {report.machine.peaks_line()}",
+        f"- {cpu_kinds_line(report)}",
         f"- command: `{report.command}`" if report.command else "- command: (library call)",
         "",
         markdown_table([h for h, _, _ in FULL], [[cell(r) for _, cell, _ in FULL] for r in report.rows]),

@@ -30,8 +30,10 @@ from cxr.bench.measure import (
 from cxr.bench.types import BenchReport, BenchRow
 from cxr.errors import ProviderError
 from cxr.onnx_header import read_onnx_header
-from cxr.openvino_session import INSTALL_HINT, choose_precision, cpu_has_bf16, openvino_version
+from cxr.openvino_session import INSTALL_HINT, cpu_has_bf16, openvino_version
+from cxr.precision import PrecisionChoice, choose_precision, plan_int8
 from cxr.runtime.predictor import Predictor
+from cxr.session import int8_backends
 
 __all__ = ["BenchConfig", "BenchReport", "BenchRow", "run_bench"]
 
@@ -42,41 +44,60 @@ Reference = Callable[[BenchContext, ModelFile, BenchInputs, PeakMemoryProbe], No
 """Adds reference rows to a run (``benchmarks/``): the context, the main model file, the inputs, the probe."""
 
 
+def _choice(mf: ModelFile, provider: str, precision: str, cpu_bf16: bool | None) -> PrecisionChoice:
+    """What a session of ``provider`` would run for ``precision`` on ``mf`` here (``ProviderError``: refused)."""
+    plan = plan_int8(mf.path, provider, precision, int8_backends(provider))
+    props = plan.props or read_onnx_header(mf.path).metadata
+    ov = plan.provider == "openvino"
+    return choose_precision(
+        precision,
+        cpu_bf16=cpu_bf16 if ov else None,
+        props=props,
+        model_name=mf.name,
+        int8=plan.int8,
+        backend="openvino" if ov else "onnxruntime",
+    )
+
+
 def precision_refusals(
     files: Sequence[ModelFile], runs: Sequence[tuple[str, str]], strict: bool = False
 ) -> tuple[dict[tuple[Path, str, str], str], list[str]]:
     """(path, provider, precision) -> why that run is not measured, and one note per skip: OpenVINO would
-    refuse its bf16, or its ``auto`` chooses a precision that is measured anyway (no duplicate rows)."""
+    refuse its bf16, int8 is not verified for this CPU kind, or an ``auto`` chooses a precision that is
+    measured anyway (no duplicate rows)."""
     ov_runs = {precision for provider, precision in runs if provider == "openvino"}
-    if not ov_runs:
-        return {}, []
-    if openvino_version() is None:
+    if ov_runs and openvino_version() is None:
         raise ProviderError(
             "provider 'openvino' needs the openvino package, which cannot be imported here",
             hint=f"{INSTALL_HINT}, or drop openvino from --provider",
         )
-    if not ov_runs & {"bf16", "auto"}:
-        return {}, []
-    import openvino as ov
+    cpu_bf16 = None
+    if ov_runs & {"bf16", "auto"}:
+        import openvino as ov
 
-    cpu_bf16 = cpu_has_bf16(ov.Core())
+        cpu_bf16 = cpu_has_bf16(ov.Core())
+    checked = [(p, q) for p, q in runs if p in ("openvino", "cpu", "auto") and q != "fp32"]
     skipped: dict[tuple[Path, str, str], str] = {}
     notes: list[str] = []
     for mf in files:
-        props = read_onnx_header(mf.path).metadata
-        if "bf16" in ov_runs:
+        for provider, precision in [(p, q) for p, q in checked if q != "auto"]:
             try:
-                choose_precision("bf16", cpu_bf16=cpu_bf16, props=props, model_name=mf.name)
+                _choice(mf, provider, precision, cpu_bf16)
             except ProviderError as e:
                 if strict:
                     raise
-                skipped[(mf.path, "openvino", "bf16")] = e.message
-                notes.append(f"skipped openvino bf16 for {mf.name}: {e.message}")
-        if "auto" in ov_runs:
-            choice = choose_precision("auto", cpu_bf16=cpu_bf16, props=props, model_name=mf.name)
-            if choice.precision in ov_runs and (mf.path, "openvino", choice.precision) not in skipped:
-                skipped[(mf.path, "openvino", "auto")] = f"same as {choice.precision}"
-                notes.append(f"{choice.note}; measured once, as its openvino {choice.precision} rows")
+                skipped[(mf.path, provider, precision)] = e.message
+                notes.append(f"skipped {provider} {precision} for {mf.name}: {e.message}")
+        for provider in [p for p, q in checked if q == "auto"]:
+            choice = _choice(mf, provider, "auto", cpu_bf16)
+            measured = (provider, choice.precision) in runs and (
+                mf.path,
+                provider,
+                choice.precision,
+            ) not in skipped
+            if measured and choice.note:
+                skipped[(mf.path, provider, "auto")] = f"same as {choice.precision}"
+                notes.append(f"{choice.note}; measured once, as its {provider} {choice.precision} rows")
     return skipped, notes
 
 
@@ -95,7 +116,7 @@ def _bench_model(
             row = functools.partial(
                 make_row,
                 ctx,
-                model=mf.name,
+                model=predictor.model_path.name,  # the INT8 file beside mf when int8 runs
                 model_kind=mf.kind,
                 precision=effective_precision(mf.precision, predictor.info.precision),
                 precision_requested=precision,
@@ -103,7 +124,7 @@ def _bench_model(
                 providers_used=predictor.info.providers,
                 threads=threads,
                 flops=mf.flops_per_image,
-                sha=mf.sha256[:16],
+                sha=predictor.model_id,  # the file's that ran (mf's, or its INT8 variant's)
                 warnings=predictor.info.warnings,
             )
             what = f"{mf.name} on {predictor.info.label}"

@@ -116,6 +116,10 @@ class BenchRow:
     precision_requested: str = "auto"  # openvino: auto | fp32 | bf16; onnxruntime: auto (the file's own)
     peak_gflops: float | None = None  # the machine's peak for ``precision`` (efficiency's denominator)
     agreement: Mapping[str, Any] | None = None  # {"top1", "images", "reference"}: vs FP32 on real images
+    cpu_kind: str = ""  # the CPU kind (cxr.cpu_kind) the row ran as: OpenVINO's under isa_cap; "" on a GPU
+    isa_cap: str | None = (
+        None  # ONEDNN_MAX_CPU_ISA when set (OpenVINO honours it, onnxruntime's CPU does not)
+    )
 
     def key(self) -> str:
         """What identifies this configuration across runs (compare matches rows on it)."""
@@ -123,7 +127,7 @@ class BenchRow:
         asked = "" if self.precision_requested == "auto" else f"|asked-{self.precision_requested}"
         return (
             f"{self.kind}|{self.model_kind}|{self.precision}|{self.provider_requested}|b{self.batch_size}"
-            f"|t{threads}|c{self.concurrency}|{self.mode}{asked}"
+            f"|t{threads}|c{self.concurrency}|{self.mode}{asked}{f'|isa-{self.isa_cap}' if self.isa_cap else ''}"
         )
 
     def precision_label(self) -> str:

@@ -80,8 +80,9 @@ def run(
         str,
         typer.Option(
             "--precision",
-            help="Comma-separated: auto, fp32, bf16. One row set per provider x precision; onnxruntime runs "
-            "a file as stored (auto = fp32 there), bf16 runs on openvino only (verified models).",
+            help="Comma-separated: auto, fp32, bf16, int8. One row set per provider x precision; bf16 runs on "
+            "openvino only, int8 (the verified <model>.int8.onnx beside it) on openvino and cpu; auto is the "
+            "fastest verified for this CPU. Rows say the CPU kind they ran as (ONEDNN_MAX_CPU_ISA caps OpenVINO's).",
         ),
     ] = "auto",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", "-b", help="Comma-separated, e.g. 1,8.")] = "1",

@@ -32,16 +32,19 @@ class ProviderChoice(str, Enum):
 
 
 class PrecisionChoice(str, Enum):
-    """The inference precisions a command can ask for; bf16 only with --provider openvino."""
+    """The inference precisions a command can ask for; bf16 only with --provider openvino, int8 on the CPU."""
 
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 PRECISION_HELP = (
-    "openvino: auto = bf16 where the CPU has it and the model's recorded BF16 check accepted it, else fp32; "
-    "fp32; bf16 (refused without both). onnxruntime providers run the file as stored (auto/fp32)."
+    "auto = the fastest precision verified for this CPU: int8 (the <model>.int8.onnx beside the model, where "
+    "its recorded check accepted this CPU kind; OpenVINO, else onnxruntime's CPU) > bf16 (openvino, a BF16 CPU "
+    "and an accepted BF16 check) > fp32; fp32; bf16; int8 (each refused where not verified). The run says "
+    "which it chose and why."
 )
 
 

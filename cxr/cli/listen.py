@@ -13,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from cxr.cli.common import ProviderChoice, env_option, handle_errors, require_extra, setup_logging
+from cxr.cli.common import (
+    PrecisionChoice,
+    ProviderChoice,
+    env_option,
+    handle_errors,
+    require_extra,
+    setup_logging,
+)
 from cxr.errors import ConfigError
 
 LIMITS = "Limits"
@@ -69,6 +76,14 @@ def listen(
     threads: Annotated[
         int | None, env_option("CXR_THREADS", "Inference threads (default: all cores).")
     ] = None,
+    precision: Annotated[
+        PrecisionChoice,
+        env_option(
+            "CXR_PRECISION",
+            "auto: the fastest verified for this CPU (the heatmap graph, in fp32/bf16, when beside the model); "
+            "int8: the verified INT8 graph, secondary captures without a heatmap.",
+        ),
+    ] = PrecisionChoice.auto,
     debug: Annotated[bool, typer.Option("--debug", envvar="CXR_DEBUG_LOG", help="Debug logging.")] = False,
 ) -> None:
     """Run the DICOM node: a Storage SCP (CR, DX, Secondary Capture; C-ECHO) that predicts every image and
@@ -102,6 +117,7 @@ def listen(
         backoff=Backoff(retry_initial, retry_max, retry_budget),
         provider=provider.value,
         threads=threads,
+        precision=precision.value,
     )
     node = DicomNode(cfg)
 

@@ -23,6 +23,7 @@ from cxr.cli.common import (
 )
 from cxr.cli.predict_output import (
     echo_image_results,
+    echo_precision,
     echo_ray_summary,
     echo_scan_summary,
     echo_written,
@@ -248,6 +249,7 @@ def scan(
         from cxr.runtime.scan import ScanConfig, scan_folder
 
         opened = open_predictor(model, cfg, heatmaps, dicom_out, Path(folder))
+        echo_precision(opened.predictor)
         local_cfg = ScanConfig(
             folder=Path(folder),
             recursive=recursive,
@@ -318,6 +320,7 @@ def image(
         None, max_file_mb, max_pixels,
     )  # fmt: skip
     opened = open_predictor(model, cfg, heatmap_dir if heatmap else None, dicom_out)
+    echo_precision(opened.predictor)
     preds = opened.predictor.predict([str(f) for f in files])
     echo_image_results(opened.predictor, preds, json_out=json_out, quiet=quiet)
     echo_written(opened)

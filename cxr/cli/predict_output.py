@@ -181,6 +181,12 @@ def echo_image_results(
         typer.echo(NOTICE)
 
 
+def echo_precision(predictor: Predictor) -> None:
+    """The precision ``auto`` chose and why, on stderr (stdout stays the results); nothing when asked for."""
+    if predictor.info.note:
+        typer.echo(f"precision: {predictor.info.note}", err=True)
+
+
 def echo_written(opened: Opened) -> None:
     """Where the overlays and DICOM results went (stderr, so stdout stays the results), and what got none."""
     if opened.overlays is not None:

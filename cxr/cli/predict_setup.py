@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from cxr.cli.common import PrecisionChoice, ProviderChoice
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
     from cxr.dicom.output import DicomWriter
@@ -75,21 +77,24 @@ def open_predictor(
     overlays, dicom = None, None
     if heatmap_dir is not None or dicom_dir is not None:
         path, cfg = with_heatmap_twin(path, cfg, required=heatmap_dir is not None)
-    if heatmap_dir is not None:
-        from cxr.runtime.overlay import OverlayWriter
-
-        overlays = OverlayWriter(heatmap_dir, root)
-    if dicom_dir is not None:
-        from cxr.dicom import ModelIdentity
-        from cxr.dicom.output import DicomWriter
-
-        dicom = DicomWriter(dicom_dir, ModelIdentity.of_file(path))
-    sinks = [s for s in (overlays, dicom) if s is not None]
+    sinks: list[Callable[[Prediction, np.ndarray, np.ndarray | None], None]] = []
 
     def each(pred: Prediction, image: np.ndarray, heat: np.ndarray | None) -> None:
         for sink in sinks:
             sink(pred, image, heat)
 
-    if sinks:
+    if heatmap_dir is not None or dicom_dir is not None:
         cfg = replace(cfg, heatmap_sink=each)
-    return Opened(Predictor.from_path(path, cfg), overlays, dicom)
+    predictor = Predictor.from_path(path, cfg)
+    if heatmap_dir is not None:
+        from cxr.runtime.overlay import OverlayWriter
+
+        overlays = OverlayWriter(heatmap_dir, root)
+        sinks.append(overlays)
+    if dicom_dir is not None:  # the identity of the file that runs (a verified INT8 variant, say)
+        from cxr.dicom import ModelIdentity
+        from cxr.dicom.output import DicomWriter
+
+        dicom = DicomWriter(dicom_dir, ModelIdentity.from_predictor(predictor))
+        sinks.append(dicom)
+    return Opened(predictor, overlays, dicom)

@@ -67,6 +67,7 @@ class NodeConfig:
     send_timeout_s: float = 30.0
     provider: str = "auto"
     threads: int | None = None
+    precision: str = "auto"  # int8: the INT8 graph, and secondary captures without a heatmap
 
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title) <= 16 or "\\" in self.ae_title:
@@ -117,7 +118,8 @@ def open_predictor(cfg: NodeConfig) -> Any:
     from cxr.runtime import Predictor, PredictorConfig, SessionConfig
     from cxr.runtime.locate import with_heatmap_twin
 
-    pcfg = PredictorConfig(session=SessionConfig(provider=cfg.provider, threads=cfg.threads), batch_size=1)
+    session = SessionConfig(provider=cfg.provider, threads=cfg.threads, precision=cfg.precision)
+    pcfg = PredictorConfig(session=session, batch_size=1)
     return Predictor.from_path(*with_heatmap_twin(cfg.model, pcfg))
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxr.errors import ModelError
+from cxr.errors import ModelError, ProviderError
 
 if TYPE_CHECKING:
     from cxr.runtime.predictor_config import PredictorConfig
+
+log = logging.getLogger(__name__)
 
 MODEL_ENV = "CXR_MODEL"
 DEFAULT_MODEL_PATHS: tuple[Path, ...] = (Path("~/.cache/cxr/ensemble.onnx"),)
@@ -104,13 +107,26 @@ def with_heatmap_twin(
     model: Path, cfg: PredictorConfig, *, required: bool = False
 ) -> tuple[Path, PredictorConfig]:
     """The heatmap twin of ``model`` (when ``required``, or when it is beside it; else ``model``) and ``cfg``
-    carrying the plain model's id: the twin computes the same results, so they are one model's."""
+    carrying the plain model's id: the twin computes the same results, so they are one model's.
+
+    The twin is FP32 (fuse builds no INT8 one: the heatmap heads stay FP32), so it runs in fp32 or bf16 under
+    auto. Asked for int8, a required twin is refused (heatmaps or INT8, not both) and an optional one (the
+    DICOM node's, the DICOM writer's) is left out: the INT8 graph runs and images get no heatmap."""
     from cxr.session import file_sha256
 
+    int8 = cfg.session.precision == "int8"
+    if int8 and required:
+        raise ProviderError(
+            f"--precision int8 gives no heatmaps: the INT8 graph beside {model.name} has no heatmap outputs",
+            hint="drop --heatmap, or use --precision auto (the FP32 heatmap graph then runs, in fp32 or bf16)",
+        )
     try:
         twin = heatmap_variant(model)
     except ModelError:
         if required:
             raise
+        return model, cfg
+    if int8:
+        log.info("precision int8: %s runs without heatmaps (%s is FP32, left out)", model.name, twin.name)
         return model, cfg
     return twin, replace(cfg, model_id=cfg.model_id or file_sha256(plain_model(model))[:16])

@@ -142,6 +142,7 @@ class Predictor:
         path = Path(model)
         info = create_session(path, cfg.session)
         meta_map = info.session.get_modelmeta().custom_metadata_map
+        path = info.model or path  # the file that really runs (a verified INT8 variant, say)
         metadata = ModelMetadata.from_props(meta_map, source=str(path))
         return cls(path, info, metadata, cfg)
 

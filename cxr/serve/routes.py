@@ -190,7 +190,7 @@ async def model_info(state: State) -> ModelInfo:
     return ModelInfo(
         model=model_ref(state),
         sha256_prefix=predictor.model_id,
-        file_name=cfg.model.name,
+        file_name=predictor.model_path.name,  # the file that runs (a verified INT8 variant of cfg.model)
         classes=list(predictor.classes),
         members=list(predictor.member_names),
         input_format=meta.input_format,

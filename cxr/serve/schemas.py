@@ -36,7 +36,8 @@ class Timing(BaseModel):
 
 
 PRECISION_DOC = (
-    "The arithmetic the backend really runs (openvino: fp32 or bf16); null: the file's own (FP32 or INT8)."
+    "The arithmetic the backend really runs (openvino: fp32 or bf16; int8: the verified INT8 graph, its float "
+    "ops in FP32); null: the file's own as stored (FP32)."
 )
 
 
