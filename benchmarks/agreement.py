@@ -62,7 +62,8 @@ def top1(predictor: Predictor, grays: Sequence[np.ndarray], fixed_batch: int | N
 def add_agreement(
     report: BenchReport, cfg: BenchConfig, files: Sequence[ModelFile], grays: Sequence[np.ndarray]
 ) -> BenchReport:
-    """``report`` with ``agreement`` on each reduced-precision row of ``files`` (a note without FP32)."""
+    """``report`` with ``agreement`` on each reduced-precision row of ``files`` (a note without FP32); the
+    reference rows keep the agreement they measured themselves."""
     fp32 = next((mf for mf in files if mf.precision == "fp32"), None)
     if fp32 is None:
         note = "top-1 agreement not measured: none of the model files is FP32 (the reference)"
@@ -74,7 +75,9 @@ def add_agreement(
     def agreement(row: BenchRow) -> dict[str, Any] | None:
         nonlocal reference
         mf = by_name.get(row.model)
-        if row.kind not in CHECKED_KINDS or row.precision == "fp32" or mf is None:
+        if row.kind not in CHECKED_KINDS:
+            return row.agreement  # a reference row's own check (PyTorch best, the peers) stays
+        if row.precision == "fp32" or mf is None:
             return None
         key = (row.model, row.provider_requested, row.precision_requested)
         if key not in done:

@@ -9,7 +9,7 @@ peer runs in OpenVINO, and NNCF's OpenVINO backend is the one OpenVINO's docs sh
 there. Calibration: the real images of the folder given (those the agreement check uses left out, in a
 seeded shuffle, NNCF takes its first 300), each decoded and preprocessed exactly as that member expects
 (its ``cxr`` metadata: size, channels, mean/std), as the benchmark feeds it; without a folder, seeded random
-pixels, and the record says so. A record whose source hash differs from the member's is rebuilt.
+pixels, and the record says so. A peer whose record names another source hash or calibration is rebuilt.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def _record_path(member: ModelFile) -> Path:
     return peer_path(member).with_suffix(".json")
 
 
-def cached(member: ModelFile) -> dict[str, Any] | None:
-    """The record of a peer file built from exactly this member, or None (missing or from another file)."""
+def cached(member: ModelFile, calibration: Calibration | None = None) -> dict[str, Any] | None:
+    """The record of a peer file built from exactly this member (and ``calibration``, when given), or None."""
     xml, record = peer_path(member), _record_path(member)
     if not (xml.is_file() and xml.with_suffix(".bin").is_file() and record.is_file()):
         return None
@@ -80,7 +80,9 @@ def cached(member: ModelFile) -> dict[str, Any] | None:
         doc = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("source_sha256") == member.sha256 else None
+    if not isinstance(doc, dict) or doc.get("source_sha256") != member.sha256:
+        return None
+    return None if calibration is not None and doc.get("calibration") != calibration.described else doc
 
 
 def _items(member: ModelFile, calibration: Calibration) -> tuple[list[Any], Any]:
@@ -121,7 +123,7 @@ def peer_files(members: Sequence[ModelFile], calibration: Calibration, notes: li
     built: list[str] = []
     records: list[dict[str, Any]] = []
     for member in members:
-        record = cached(member)
+        record = cached(member, calibration)
         if record is None:
             log.warning("quantizing %s with NNCF's defaults (once; cached beside it)", member.name)
             record = build(member, calibration)

@@ -41,8 +41,11 @@ def test_the_cache_is_used_only_for_the_same_member(member_model: Path, tmp_path
     xml.write_text("<net/>")
     xml.with_suffix(".bin").write_bytes(b"")
     record = xml.with_suffix(".json")
-    record.write_text(json.dumps({"source_sha256": member.sha256}))
-    assert nncf_peer.cached(member) == {"source_sha256": member.sha256}
+    doc = {"source_sha256": member.sha256, "calibration": nncf_peer.Calibration().described}
+    record.write_text(json.dumps(doc))
+    assert nncf_peer.cached(member) == doc == nncf_peer.cached(member, nncf_peer.Calibration())
+    other = nncf_peer.Calibration((xml,), "1 of 1 real images of elsewhere")
+    assert nncf_peer.cached(member, other) is None  # calibrated on other images: rebuilt
     record.write_text(json.dumps({"source_sha256": "0" * 64}))  # built from another file: stale
     assert nncf_peer.cached(member) is None
 
