@@ -110,8 +110,19 @@ def run_capped(a: argparse.Namespace, cap: str, out: Path) -> BenchReport:
 
 
 def merge(report: BenchReport, capped: BenchReport, cap: str) -> BenchReport:
-    """``report`` with ``capped``'s rows (model name `` [cap]``), notes and peak figures added."""
-    rows = tuple(dataclasses.replace(r, model=f"{r.model} [{cap}]") for r in capped.rows)
+    """``report`` with ``capped``'s rows (model name `` [cap]``, a warning naming the cap), notes and peak
+    figures added."""
+    (warning,) = row_warnings({ISA_ENV: cap})
+    rows = tuple(
+        dataclasses.replace(
+            r,
+            model=f"{r.model} [{cap}]",
+            warnings=r.warnings
+            if any(w.startswith(f"OpenVINO capped to {cap}") for w in r.warnings)
+            else (*r.warnings, warning),
+        )
+        for r in capped.rows
+    )
     figs: Any = capped.machine.extra.get("peak_figures") or {}
     extra = {**report.machine.extra, "peak_figures_capped": {"cap": cap, "figures": figs}}
     return dataclasses.replace(

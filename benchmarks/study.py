@@ -22,6 +22,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,9 @@ def study(a: argparse.Namespace, command: str) -> BenchReport:
     )
     if cap is None:
         return report
-    out = (a.output or Path("cxr-bench.json")).with_suffix(f".{cap.lower()}.json")
-    return isa_cap.merge(report, isa_cap.run_capped(a, cap, out), cap)
+    with tempfile.TemporaryDirectory(prefix="cxr-isa-cap-") as tmp:  # merged below: one report, one file
+        capped = isa_cap.run_capped(a, cap, Path(tmp) / f"{cap.lower()}.json")
+    return isa_cap.merge(report, capped, cap)
 
 
 def _references(
