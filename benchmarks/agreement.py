@@ -10,7 +10,7 @@ images, spread evenly over the sorted folder (a sorted folder is grouped by clas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def add_agreement(
     reference: np.ndarray | None = None
     done: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def agreement(row: BenchRow) -> dict[str, Any] | None:
+    def agreement(row: BenchRow) -> Mapping[str, Any] | None:
         nonlocal reference
         mf = by_name.get(row.model)
         if row.kind not in CHECKED_KINDS:
