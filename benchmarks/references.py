@@ -6,7 +6,10 @@ precision) run and thread count of the fused model's rows. The peer: each member
 with no settings at all (its default inference precision: BF16 on CPUs with AVX512-BF16 or AMX, never
 checked against FP32), run one after another; cxr's own OpenVINO rows run the fused graph and offer BF16
 only after the agreement check recorded by ``cxr fuse``, so the comparison is like for like. Skipped, with
-a note, when openvino is not installed. ``members_reference`` and ``peer_reference`` make the
+a note, when openvino is not installed. A ``Peer`` names other files run the same way (the NNCF peer of
+``nncf_peer.py``: same row kind, its own model name); ``MemberAgreement`` gives a peer's rows the top-1
+agreement of its worst member with that member's FP32 file. Under an ISA cap (``isa_cap.py``) "defaults"
+are those of a CPU of that ISA. ``members_reference`` and ``peer_reference`` make the
 ``cxr.bench.run.Reference`` callables ``study.py`` hands to ``run_bench``.
 """
 
