@@ -101,6 +101,8 @@ def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]
             cmd += ["--openvino-peer"]  # the members in OpenVINO with its defaults: the peer to beat
         if openvino and nncf and not a.no_nncf_peer:
             cmd += ["--nncf-peer"]  # the same members quantized by hand with NNCF's defaults
+        elif openvino and not a.no_nncf_peer:
+            print("no NNCF peer row: nncf is not installed (pip install -e '.[train]')", file=sys.stderr)
     if models.torch_run is not None:
         cmd += ["--torch-run", str(models.torch_run)]
     cmd += [
