@@ -10,7 +10,7 @@ images, spread evenly over the sorted folder (a sorted folder is grouped by clas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ def top1(predictor: Predictor, grays: Sequence[np.ndarray], fixed_batch: int | N
 def add_agreement(
     report: BenchReport, cfg: BenchConfig, files: Sequence[ModelFile], grays: Sequence[np.ndarray]
 ) -> BenchReport:
-    """``report`` with ``agreement`` on each reduced-precision row of ``files`` (a note without FP32)."""
+    """``report`` with ``agreement`` on each reduced-precision row of ``files`` (a note without FP32); the
+    reference rows keep the agreement they measured themselves."""
     fp32 = next((mf for mf in files if mf.precision == "fp32"), None)
     if fp32 is None:
         note = "top-1 agreement not measured: none of the model files is FP32 (the reference)"
@@ -71,10 +72,12 @@ def add_agreement(
     reference: np.ndarray | None = None
     done: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def agreement(row: BenchRow) -> dict[str, Any] | None:
+    def agreement(row: BenchRow) -> Mapping[str, Any] | None:
         nonlocal reference
         mf = by_name.get(row.model)
-        if row.kind not in CHECKED_KINDS or row.precision == "fp32" or mf is None:
+        if row.kind not in CHECKED_KINDS:
+            return row.agreement  # a reference row's own check (PyTorch best, the peers) stays
+        if row.precision == "fp32" or mf is None:
             return None
         key = (row.model, row.provider_requested, row.precision_requested)
         if key not in done:

@@ -6,7 +6,10 @@ precision) run and thread count of the fused model's rows. The peer: each member
 with no settings at all (its default inference precision: BF16 on CPUs with AVX512-BF16 or AMX, never
 checked against FP32), run one after another; cxr's own OpenVINO rows run the fused graph and offer BF16
 only after the agreement check recorded by ``cxr fuse``, so the comparison is like for like. Skipped, with
-a note, when openvino is not installed. ``members_reference`` and ``peer_reference`` make the
+a note, when openvino is not installed. A ``Peer`` names other files run the same way (the NNCF peer of
+``nncf_peer.py``: same row kind, its own model name); ``MemberAgreement`` gives a peer's rows the top-1
+agreement of its worst member with that member's FP32 file. Under an ISA cap (``isa_cap.py``) "defaults"
+are those of a CPU of that ISA. ``members_reference`` and ``peer_reference`` make the
 ``cxr.bench.run.Reference`` callables ``study.py`` hands to ``run_bench``.
 """
 
@@ -16,8 +19,11 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import isa_cap
 import numpy as np
 
 from cxr.bench.inputs import ModelFile, inspect_model
@@ -38,6 +44,7 @@ from cxr.errors import ConfigError, DataError, ModelError, ProviderError
 from cxr.imaging.preprocess import to_model_input
 from cxr.openvino_session import OV_PRECISIONS, import_openvino
 from cxr.runtime.predictor import Predictor
+from cxr.session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +226,24 @@ def bench_members(
             del opened
 
 
-def _compile(members: Sequence[ModelFile], threads: int | None) -> tuple[list[object], str, float]:
+@dataclass(frozen=True)
+class Peer:
+    """One peer: the files OpenVINO compiles with its defaults, one per member in member order."""
+
+    files: tuple[Path, ...]
+    model: str | None = None  # the rows' model name (None: the fused model's)
+    what: str = "OpenVINO-defaults peer"
+    warning: str = "peer: OpenVINO's own default precision ({precision}), not checked against FP32"
+    precision: str | None = None  # what the files' weights are (``int8``), else the compiled precision
+
+
+def _compile(files: Sequence[Path], threads: int | None) -> tuple[list[Any], str, float]:
     core = import_openvino().Core()
-    config = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
+    config: dict[str, Any] = dict(isa_cap.openvino_defaults())
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
     t0 = time.perf_counter()
-    compiled = [core.compile_model(str(m.path), "CPU", config) for m in members]
+    compiled = [core.compile_model(str(f), "CPU", config) for f in files]
     hint = compiled[0].get_property("INFERENCE_PRECISION_HINT").get_type_name()
     return compiled, OV_PRECISIONS.get(hint, hint), time.perf_counter() - t0
 
@@ -234,35 +254,40 @@ def bench_openvino_defaults(
     members: Sequence[ModelFile],
     inputs: BenchInputs,
     probe: PeakMemoryProbe,
+    peer: Peer | None = None,
+    agree: MemberAgreement | None = None,
 ) -> None:
-    """The members in OpenVINO with its defaults, in sequence, at every batch size and thread count."""
+    """A peer (default: the member files themselves) in OpenVINO with its defaults, in sequence, at every
+    batch size and thread count; ``agree``: its worst member's top-1 agreement with FP32 on real images."""
+    peer = peer or Peer(tuple(m.path for m in members))
     try:
         import_openvino()
     except ProviderError as e:
-        ctx.notes.append(f"no OpenVINO-defaults peer row: {e.message}")
+        ctx.notes.append(f"no {peer.what} row: {e.message}")
         return
     flops_each = [m.flops_per_image for m in members]
     flops = sum(f for f in flops_each if f is not None) if all(f is not None for f in flops_each) else None
+    agreement = None
     for threads in ctx.cfg.threads:
-        compiled, precision, create_s = _compile(members, threads)
+        compiled, float_precision, create_s = _compile(peer.files, threads)
+        if agree is not None and agreement is None:
+            agreement = agree.of(compiled)
+        precision = peer.precision or float_precision
+        warnings = (peer.warning.format(precision=float_precision), *isa_cap.row_warnings())
         for batch in ctx.cfg.batch_sizes:
             grays = cycled(inputs.grays, batch)
             xs = [to_model_input(grays, m.metadata.preprocess, normalized=True) for m in members]
 
-            def call(xs: Sequence[np.ndarray] = xs, models: Sequence[object] = compiled) -> None:
+            def call(xs: Sequence[np.ndarray] = xs, models: Sequence[Any] = compiled) -> None:
                 for model, x in zip(models, xs, strict=True):
-                    model(x)  # type: ignore[operator]
+                    model(x)
 
-            timed, mem = measure(
-                probe,
-                [guarded(call, f"OpenVINO defaults on the members of {main.name}", batch)],
-                ctx.cfg.plan,
-            )
+            timed, mem = measure(probe, [guarded(call, f"{peer.what} of {main.name}", batch)], ctx.cfg.plan)
             ctx.add(
                 make_row(
                     ctx,
                     kind=PEER_KIND,
-                    model=main.name,
+                    model=peer.model or main.name,
                     model_kind=main.kind,
                     precision=precision,
                     precision_requested="auto",  # OpenVINO's own choice; the row's warning says it is unverified
@@ -278,11 +303,58 @@ def bench_openvino_defaults(
                     create_s=create_s,
                     flops=flops,
                     sha=main.sha256[:16],
-                    warnings=(
-                        f"peer: OpenVINO's own default precision ({precision}), not checked against FP32",
-                    ),
+                    warnings=warnings,
+                    agreement=agreement,
                 )
             )
+
+
+class MemberAgreement:
+    """Top-1 agreement of a peer's compiled members with the member FP32 files (onnxruntime CPU) on real
+    images; the reference labels are computed once and shared by every peer of a run."""
+
+    def __init__(self, members: Sequence[ModelFile], grays: Sequence[np.ndarray]) -> None:
+        self.members = tuple(members)
+        self.grays = tuple(grays)
+        self._reference: list[np.ndarray] | None = None
+
+    def _top1(self, run: Callable[[np.ndarray], np.ndarray], member: ModelFile) -> np.ndarray:
+        spec = member.metadata.preprocess
+        out = [
+            np.argmax(run(to_model_input(self.grays[i : i + 8], spec, normalized=True)), axis=1)
+            for i in range(0, len(self.grays), 8)
+        ]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def reference(self) -> list[np.ndarray]:
+        if self._reference is None:
+            labels = []
+            for m in self.members:
+                sess = cpu_session(m.path)
+                name = sess.get_inputs()[0].name
+
+                def run(x: np.ndarray, sess: Any = sess, name: str = name) -> np.ndarray:
+                    return np.asarray(sess.run(None, {name: x})[0])
+
+                labels.append(self._top1(run, m))
+            self._reference = labels
+        return self._reference
+
+    def of(self, compiled: Sequence[Any]) -> dict[str, Any]:
+        """``{"top1": worst member's agreement, "images", "reference", "members": each}``."""
+        each: dict[str, float] = {}
+        for m, model, ref in zip(self.members, compiled, self.reference(), strict=True):
+
+            def run(x: np.ndarray, model: Any = model) -> np.ndarray:
+                return np.asarray(model(x)[0])
+
+            each[str(m.member_name or m.name)] = float(np.mean(self._top1(run, m) == ref))
+        return {
+            "top1": min(each.values()) if each else 1.0,
+            "images": len(self.grays),
+            "reference": "each member's FP32 file on onnxruntime cpu (worst member)",
+            "members": each,
+        }
 
 
 def members_reference(members: Sequence[ModelFile], strict: bool = False) -> Reference:
@@ -296,10 +368,12 @@ def members_reference(members: Sequence[ModelFile], strict: bool = False) -> Ref
     return add
 
 
-def peer_reference(members: Sequence[ModelFile]) -> Reference:
-    """The OpenVINO-defaults peer rows of ``members`` as a run reference."""
+def peer_reference(
+    members: Sequence[ModelFile], peer: Peer | None = None, agree: MemberAgreement | None = None
+) -> Reference:
+    """The rows of a peer of ``members`` (default: the member files in OpenVINO with its defaults)."""
 
     def add(ctx: BenchContext, main: ModelFile, inputs: BenchInputs, probe: PeakMemoryProbe) -> None:
-        bench_openvino_defaults(ctx, main, members, inputs, probe)
+        bench_openvino_defaults(ctx, main, members, inputs, probe, peer, agree)
 
     return add

@@ -11,8 +11,10 @@ The run has every row issue 18 asks for, at batch 1 and 8: cxr onnxruntime FP32 
 variant exists), cxr OpenVINO FP32, BF16 and auto (when openvino is installed; BF16 only where the CPU has it
 and the model's ``cxr.verified_precisions`` accepts it, otherwise the report's notes say why), the members as
 separate sessions, the members in OpenVINO with its own defaults (the peer a user gets without cxr: BF16
-unverified), PyTorch FP32 eager and PyTorch best (channels_last + bf16 autocast where the CPU has
-bf16). Efficiency % divides by this host's GEMM peak measured at the start of the run in the precision
+unverified), the same members quantized by hand with NNCF's defaults and run the same way (when nncf is
+installed: ``nncf_peer.py``, built once beside the members), PyTorch FP32 eager and PyTorch best
+(channels_last + bf16 autocast where the CPU has bf16), and the OpenVINO rows again with OpenVINO capped to
+AVX2 (``--isa-cap``, default AVX2; ``isa_cap.py``): a stand-in for a clinic PC without AVX-512. Efficiency % divides by this host's GEMM peak measured at the start of the run in the precision
 each row ran (``--peak-gflops`` overrides); reduced-precision rows carry their top-1 agreement with FP32 on
 the real images. Copy the summary into ``benchmarks/README.md`` only when the run has no busy-CPU note.
 
@@ -54,6 +56,9 @@ HOW = {
 }
 
 
+NNCF_PEER_MODEL = "members.nncf-peer"  # the model name study.py gives the NNCF peer's rows
+
+
 @dataclass(frozen=True)
 class Models:
     fused: Path
@@ -86,6 +91,7 @@ def given_models(a: argparse.Namespace) -> Models:
 def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]:
     """The one study.py command line: every provider x precision x batch the issue asks for."""
     openvino = importlib.util.find_spec("openvino") is not None
+    nncf = importlib.util.find_spec("nncf") is not None
     cmd = [*paper_members.study(), "--model", str(models.fused)]
     if models.int8 is not None:
         cmd += ["--variant", str(models.int8)]
@@ -93,6 +99,10 @@ def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]
         cmd += ["--member-models", str(models.members)]
         if openvino:
             cmd += ["--openvino-peer"]  # the members in OpenVINO with its defaults: the peer to beat
+        if openvino and nncf and not a.no_nncf_peer:
+            cmd += ["--nncf-peer"]  # the same members quantized by hand with NNCF's defaults
+        elif openvino and not a.no_nncf_peer:
+            print("no NNCF peer row: nncf is not installed (pip install -e '.[train]')", file=sys.stderr)
     if models.torch_run is not None:
         cmd += ["--torch-run", str(models.torch_run)]
     cmd += [
@@ -115,6 +125,8 @@ def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]
         cmd += ["--peak-gflops", a.peak_gflops]
     if a.quick:
         cmd += ["--peak-size", "512"]
+    if openvino and a.isa_cap.lower() != "none":
+        cmd += ["--isa-cap", a.isa_cap]
     return [
         *cmd,
         "-o",
@@ -126,8 +138,16 @@ def bench_command(models: Models, a: argparse.Namespace, out: Path) -> list[str]
     ]
 
 
+def _how(r: BenchRow) -> str:
+    if r.kind == "torch_eager" and r.mode == "best":
+        return "PyTorch best"
+    if r.model.startswith(NNCF_PEER_MODEL):
+        return "peer: members quantized with NNCF's defaults, in OpenVINO with its defaults (unverified)"
+    return HOW[r.kind]
+
+
 def _cells(r: BenchRow) -> list[str]:
-    how = "PyTorch best" if r.kind == "torch_eager" and r.mode == "best" else HOW[r.kind]
+    how = _how(r)
     if r.kind == "members_separate":
         how = f"{r.sessions} {how}"
     return [
@@ -153,7 +173,12 @@ def peaks_line(machine: MachineInfo) -> str:
     figs = machine.extra.get("peak_figures") or {}
     if not figs:
         return machine.peaks_line()
-    return "; ".join(PeakFigure.from_dict(f).describe() for f in figs.values())
+    line = "; ".join(PeakFigure.from_dict(f).describe() for f in figs.values())
+    capped = machine.extra.get("peak_figures_capped") or {}
+    if capped.get("figures"):
+        each = "; ".join(PeakFigure.from_dict(f).describe() for f in capped["figures"].values())
+        line += f". Capped to {capped.get('cap')} (OpenVINO only): {each}"
+    return line
 
 
 def summary_markdown(bench_dir: Path) -> str:
@@ -187,6 +212,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch-run", type=Path, default=None, help="training run with members/<name> checkpoints"
     )
     p.add_argument("--no-members", action="store_true", help="skip the separate-sessions rows")
+    p.add_argument("--no-nncf-peer", action="store_true", help="skip the NNCF-default INT8 peer")
+    p.add_argument(
+        "--isa-cap", default="AVX2", help="OpenVINO rows again capped to this ISA; 'none' skips them"
+    )
     p.add_argument("--quick", action="store_true", help="64 px, batch 1, 3 iterations: a smoke run only")
     p.add_argument(
         "--out", type=Path, default=None, help="default runs/paper (runs/paper-quick with --quick)"

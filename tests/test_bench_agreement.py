@@ -63,6 +63,19 @@ def test_int8_rows_get_their_agreement_with_fp32(fused_model: Path, tmp_path: Pa
     assert q.agreement == {"top1": 1.0, "images": 4, "reference": "tiny_fused.onnx fp32 on onnxruntime cpu"}
 
 
+def test_reference_rows_keep_the_agreement_they_measured(fused_model: Path, tmp_path: Path) -> None:
+    """A peer's or PyTorch best's own check (worst member) is not wiped when the file rows get theirs."""
+    write_gray_pngs(tmp_path / "imgs", 3)
+    cfg = BenchConfig(model=fused_model, **FAST)
+    report = run_bench(cfg)
+    own = {"top1": 0.5, "images": 3, "reference": "each member's FP32 file (worst member)"}
+    peer = dataclasses.replace(report.rows[0], kind="peer_openvino_defaults", precision="int8", agreement=own)
+    report = dataclasses.replace(report, rows=(*report.rows, peer))
+    grays = agreement.load_images(tmp_path / "imgs", 3, [])
+    rows = agreement.add_agreement(report, cfg, [inspect_model(fused_model)], grays).rows
+    assert rows[0].agreement is None and rows[-1].agreement == own
+
+
 def test_without_an_fp32_file_there_is_no_reference(fused_model: Path, tmp_path: Path) -> None:
     int8 = variant_of(fused_model, tmp_path / "tiny.int8.onnx")
     write_gray_pngs(tmp_path / "imgs", 2)

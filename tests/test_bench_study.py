@@ -4,6 +4,7 @@ the agreement column and the chart, the command run_cpu builds, and the README-r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def test_one_study_run_has_every_kind_of_row(paper: Path, tmp_path: Path) -> Non
         (["--torch-run", "nowhere"], "--torch-run nowhere is not a folder"),
         (["--member-models", "nowhere"], "member path nowhere does not exist"),
         (["-b", "0"], "every batch size must be >= 1"),
+        (["--nncf-peer"], "need --member-models"),
+        (["--isa-cap", "avx3"], "unknown --isa-cap 'avx3'"),
     ],
 )
 def test_bad_study_input_fails_before_measuring(
@@ -113,6 +116,40 @@ def test_run_cpu_builds_a_command_study_accepts(paper: Path, tmp_path: Path, qui
     assert (parsed.batch_sizes, parsed.peak_size) == (
         ("1", 512) if quick else ("1,8", study.peak.DEFAULT_SIZE)
     )
+    openvino = importlib.util.find_spec("openvino") is not None
+    assert parsed.isa_cap == ("AVX2" if openvino else None)
+    assert parsed.nncf_peer == (openvino and importlib.util.find_spec("nncf") is not None)
+    no_cap = run_cpu.bench_command(
+        models, run_cpu.parse_args(["--isa-cap", "none", "--no-nncf-peer"]), tmp_path
+    )
+    assert "--isa-cap" not in no_cap and "--nncf-peer" not in no_cap
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_a_capped_study_merges_the_avx2_rows_into_one_report(paper: Path, tmp_path: Path) -> None:
+    """--isa-cap: the OpenVINO rows again in a child with ONEDNN_MAX_CPU_ISA=AVX2, named and peaked apart."""
+    fused = paper / "fused" / "ensemble.onnx"
+    args = ["-m", str(fused), "-p", "openvino", "--precision", "fp32", *FAST, "--peak-size", "32"]
+    args += ["--member-models", str(paper / "onnx"), "--no-separate-members", "--openvino-peer"]
+    args += ["--isa-cap", "avx2", "-o", str(tmp_path / "cpu.json")]
+    assert study.main(args) == 0
+    report = load_report(tmp_path / "cpu.json")
+    assert [(r.model, r.kind, r.precision) for r in report.rows] == [
+        ("ensemble.onnx", "inference", "fp32"),
+        ("ensemble.onnx", "peer_openvino_defaults", report.rows[1].precision),  # bf16 where the CPU has it
+        ("ensemble.onnx [AVX2]", "inference", "fp32"),
+        ("ensemble.onnx [AVX2]", "peer_openvino_defaults", "fp32"),  # no BF16 under the cap: f32 defaults
+    ]
+    assert all(any("capped to AVX2" in w for w in r.warnings) for r in report.rows[2:])
+    assert not any("capped" in w for r in report.rows[:2] for w in r.warnings)
+    capped = report.machine.extra["peak_figures_capped"]
+    assert capped["cap"] == "AVX2" and capped["figures"]["fp32"]["runtime"] == "openvino"
+    assert (
+        capped["figures"]["bf16"]["gflops"] is None
+        and "leaves no BF16" in capped["figures"]["bf16"]["reason"]
+    )
+    assert "Capped to AVX2 (OpenVINO only): FP32 " in run_cpu.summary_markdown(tmp_path)
 
 
 def test_summary_of_a_report_without_measured_peaks(paper: Path, tmp_path: Path) -> None:
