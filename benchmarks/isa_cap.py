@@ -25,32 +25,13 @@ from typing import Any
 
 from cxr.bench.report import load_report
 from cxr.bench.types import BenchReport
+from cxr.cpu_kind import ISA_ENV, cap_allows_bf16, isa_cap
 from cxr.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-ISA_ENV = "ONEDNN_MAX_CPU_ISA"
-CAPS_WITH_BF16 = frozenset(
-    {
-        "ALL",
-        "DEFAULT",
-        "AVX512_CORE_BF16",
-        "AVX512_CORE_FP16",
-        "AVX512_CORE_AMX",
-        "AVX512_CORE_AMX_FP16",
-        "AVX10_1_512",
-        "AVX10_1_512_AMX",
-        "AVX10_1_512_AMX_FP16",
-    }
-)
 CAPS = ("AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16")
 """The caps ``--isa-cap`` offers (oneDNN's names): a plain AVX2 PC, one with AVX-VNNI, AVX-512 without VNNI,
 with VNNI (Ice Lake, Zen 4 without BF16), with BF16."""
-
-
-def isa_cap(environ: Mapping[str, str] | None = None) -> str | None:
-    """The ``ONEDNN_MAX_CPU_ISA`` set in ``environ`` (default: this process's), upper case; None unset."""
-    value = (os.environ if environ is None else environ).get(ISA_ENV, "").strip().upper()
-    return value or None
 
 
 def check_cap(cap: str) -> str:
@@ -64,7 +45,7 @@ def openvino_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str
     """OpenVINO's defaults as a CPU of the capped ISA gets them: {} uncapped; an f32 inference precision
     where the cap leaves no BF16 (uncapped, OpenVINO would pick BF16 and fail to compile)."""
     cap = isa_cap(environ)
-    return {} if cap is None or cap in CAPS_WITH_BF16 else {"INFERENCE_PRECISION_HINT": "f32"}
+    return {} if cap_allows_bf16(cap) else {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def row_warnings(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

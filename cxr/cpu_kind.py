@@ -41,6 +41,18 @@ _CAP_KINDS: dict[str, str | None] = {
 AVX, AVX512_CORE without VNNI) leaves no kind INT8 is recorded for: ``other``."""
 
 
+_CAPS_WITH_BF16 = frozenset(
+    {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+     "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16"}
+)  # fmt: skip
+
+
+def cap_allows_bf16(cap: str | None) -> bool:
+    """Whether oneDNN's ISA ``cap`` (``isa_cap()``; None: none) leaves BF16 kernels. OpenVINO's capability list
+    ignores the cap: it still offers BF16 under ``AVX2`` and then fails to compile it."""
+    return cap is None or cap.upper() in _CAPS_WITH_BF16
+
+
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The flags of the first CPU in ``cpuinfo`` (empty where the file does not exist: not Linux)."""
     try:

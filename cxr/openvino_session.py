@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr.cpu_kind import cap_allows_bf16, isa_cap
 from cxr.errors import ModelError, ProviderError, first_line
 from cxr.precision import BF16_RECORD as BF16_RECORD
 from cxr.precision import PRECISION_NAMES as PRECISION_NAMES
@@ -187,8 +188,11 @@ class OpenVinoSession:
 
 
 def cpu_has_bf16(core: Any) -> bool:
-    """Whether OpenVINO can run BF16 natively on this CPU (AVX512-BF16 or AMX: BF16 in its capabilities)."""
-    return "BF16" in [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
+    """Whether OpenVINO can run BF16 natively on this CPU (AVX512-BF16 or AMX: BF16 in its capabilities) under
+    this process's oneDNN ISA cap, if any."""
+    return cap_allows_bf16(isa_cap()) and "BF16" in [
+        str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+    ]
 
 
 def open_openvino(

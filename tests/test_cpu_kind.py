@@ -81,3 +81,33 @@ def test_cpuinfo_gives_the_first_cpus_flags(tmp_path: Path, text: str, flags: se
 
 def test_no_cpuinfo_gives_no_flags(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("cap", "allows"),
+    [(None, True), ("AVX2", False), ("avx2_vnni", False), ("AVX512_CORE_VNNI", False), ("AVX512_CORE_BF16", True),
+     ("AVX512_CORE_AMX", True), ("ALL", True)],
+)  # fmt: skip
+def test_an_isa_cap_below_bf16_leaves_no_bf16(cap: str | None, allows: bool) -> None:
+    from cxr.cpu_kind import cap_allows_bf16
+
+    assert cap_allows_bf16(cap) is allows
+
+
+@pytest.mark.parametrize(("cap", "has"), [(None, True), ("AVX2", False), ("AVX512_CORE_BF16", True)])
+def test_openvino_bf16_support_follows_the_isa_cap(
+    monkeypatch: pytest.MonkeyPatch, cap: str | None, has: bool
+) -> None:
+    """OpenVINO lists BF16 under an AVX2 cap and then cannot compile it: cxr asks the cap too."""
+    from cxr.cpu_kind import ISA_ENV
+    from cxr.openvino_session import cpu_has_bf16
+
+    class Core:  # OpenVINO's answer on a BF16 CPU, whatever the cap
+        def get_property(self, device: str, name: str) -> list[str]:
+            return ["FP32", "BF16", "INT8"]
+
+    if cap is None:
+        monkeypatch.delenv(ISA_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ISA_ENV, cap)
+    assert cpu_has_bf16(Core()) is has

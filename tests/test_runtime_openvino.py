@@ -244,7 +244,11 @@ def test_precisions_a_provider_cannot_run_are_refused(provider: str, precision: 
         SessionConfig(provider=provider, precision=precision)
     assert words in err.value.message and err.value.hint
     if "cannot run" in words:
-        assert "FP32 file" in err.value.hint and "INT8 variant" in err.value.hint and "on the CPU" in err.value.hint
+        assert (
+            "FP32 file" in err.value.hint
+            and "INT8 variant" in err.value.hint
+            and "on the CPU" in err.value.hint
+        )
 
 
 def test_the_api_config_refuses_them_too(models: dict[str, Path]) -> None:
