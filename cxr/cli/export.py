@@ -55,7 +55,7 @@ def export(
     max_val: MaxVal = 64,
     max_calib: Annotated[
         int, typer.Option("--max-calib", help="Train-split images used to calibrate INT8 (cap).")
-    ] = 64,
+    ] = 300,
     n_random: Random = 8,
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,

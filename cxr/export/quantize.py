@@ -3,8 +3,10 @@
 Takes: ``<name>.onnx`` written by ``export_onnx`` and an ``Fp16Config`` or ``Int8Config`` (float32
 [N, C, H, W] inputs preprocessed as the runtime does). Makes: ``<name>.fp16.onnx`` / ``<name>.int8.onnx``
 and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP32_OPS`` kept FP32 (ConvNeXt's
-LayerNorm overflows in FP16). INT8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8
-weights, U8 activations, MinMax calibration); no dynamic quantization (it hurts these CNNs' accuracy).
+LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, the mixed
+preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's accuracy control, which keeps in
+float the layers that cost top-1 agreement with the FP32 member on the val images (their names go into the
+card's ``variant_settings``); no dynamic quantization (it hurts these CNNs' accuracy).
 A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
 written; a written one carries the FP32 metadata plus its precision, ``fp32_sha256`` and agreement. FP16
 verified on the CPU runs some ops in FP32; ``verified_on`` says where, ``cxr verify`` on a GPU re-measures.
@@ -23,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
 from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
@@ -54,7 +55,9 @@ FP16_KEEP_FP32_OPS: tuple[str, ...] = (
     "Reciprocal",
     "Softmax",
 )
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+INT8_PRESETS: tuple[str, ...] = ("auto", "performance", "mixed")
+MIXED_PRESET_OPS = frozenset({"LayerNormalization", "Erf", "Gelu"})  # ConvNeXt: asymmetric activations
+WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,23 +87,23 @@ class Fp16Config(VariantConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class Int8Config(VariantConfig):
+    """NNCF post-training INT8; ``verify_inputs`` (the val split) are also accuracy control's validation set."""
+
     calibration: np.ndarray = field(repr=False, compare=False)
-    per_channel: bool = True
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    reduce_range: bool = False  # True on CPUs without VNNI, where U8S8 can saturate
-    calibration_batch: int = 8
-    exclude_op_types: tuple[str, ...] = ("LayerNormalization",)  # sensitive: stays FP32
+    preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
+    fast_bias_correction: bool = True
+    accuracy_control: bool = True  # keep the layers that cost top-1 agreement in float, worst first
+    keep_depthwise_float: bool = False  # depthwise convolutions stay FP32 (an ignored scope)
+    ignored_op_types: tuple[str, ...] = ()  # ONNX op types that stay FP32
+    overflow_fix: Literal["first_layer", "enable", "disable"] = "first_layer"  # AVX2/AVX-512 U8xS8 saturation
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_inputs(self.calibration, "calibration")
-        if self.calibrate_method not in CALIBRATION_METHODS:
+        if self.preset not in INT8_PRESETS:
             raise ConfigError(
-                f"unknown calibration method {self.calibrate_method!r}",
-                hint=f"use one of {', '.join(CALIBRATION_METHODS)}",
+                f"unknown INT8 preset {self.preset!r}", hint=f"use one of {', '.join(INT8_PRESETS)}"
             )
 
 
@@ -137,58 +140,136 @@ def make_fp16(src: Path, cfg: Fp16Config) -> VariantResult:
 
 
 def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
-    """Static QDQ INT8 of ``src`` calibrated on ``cfg.calibration``; verify against it, write if it agrees."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """NNCF INT8 (QDQ) of ``src`` calibrated on ``cfg.calibration``, with accuracy control on
+    ``cfg.verify_inputs`` against ``src``'s top-1; verify against it, write if it agrees."""
+    import nncf
 
     src = Path(src)
-    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    settings = {
+    model = onnx.load(str(src))
+    ops = {n.op_type for n in model.graph.node}
+    preset = cfg.preset if cfg.preset != "auto" else ("mixed" if ops & MIXED_PRESET_OPS else "performance")
+    ignored = sorted(
+        {n.name for n in model.graph.node if n.op_type in cfg.ignored_op_types}
+        | (set(depthwise_convs(model)) if cfg.keep_depthwise_float else set())
+    )
+    settings: dict[str, Any] = {
+        "quantizer": f"nncf {nncf.__version__}",
         "format": "QDQ",
-        "per_channel": cfg.per_channel,
-        "activation_type": cfg.activation_type,
-        "weight_type": cfg.weight_type,
-        "calibrate_method": cfg.calibrate_method,
-        "reduce_range": cfg.reduce_range,
+        "preset": preset,
+        "fast_bias_correction": cfg.fast_bias_correction,
+        "overflow_fix": cfg.overflow_fix,
+        "ignored_layers": ignored,
+        "accuracy_control": cfg.accuracy_control,
         "calibration_images": int(len(cfg.calibration)),
         "calibration_source": cfg.calibration_source,
-        "pre_process": "onnxruntime.quantization.quant_pre_process",
+        "validation_images": int(len(cfg.verify_inputs)),
     }
-    large = external_data_path(src).exists()
 
     def build(tmp: Path) -> onnx.ModelProto:
-        pre, quant = tmp / "pre.onnx", tmp / "int8.onnx"
-        try:
-            quant_pre_process(str(src), str(pre), save_as_external_data=large, all_tensors_to_one_file=True)
-        except Exception as e:  # the optimizer or symbolic shape inference can fail on exotic graphs
-            log.warning("quant_pre_process failed on %s (%s); quantizing without it", src, e)
-            settings["pre_process"] = f"skipped: quant_pre_process failed ({first_line(e)})"
-            pre = src
-        exclude = None
-        if cfg.exclude_op_types:
-            model = onnx.load(str(pre), load_external_data=False)
-            exclude = [n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types]
-        quantize_static(
-            str(pre),
-            str(quant),
-            CalibrationReader(cfg.calibration, cfg.calibration_batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            activation_type=qtypes[cfg.activation_type],
-            weight_type=qtypes[cfg.weight_type],
-            calibrate_method=methods[cfg.calibrate_method],
-            nodes_to_exclude=exclude,
-            use_external_data_format=large,
-        )
-        return onnx.load(str(quant))
+        quantized = _nncf_quantize(model, cfg, preset, ignored, tmp)
+        settings["float_layers"] = float_layers(quantized)
+        if (plain := tmp / "intermediate_model.onnx").is_file():  # before accuracy control reverted any
+            before = set(float_layers(onnx.load(str(plain))))
+            settings["kept_float_by_accuracy_control"] = [
+                n for n in settings["float_layers"] if n not in before
+            ]
+        return quantized
 
     return _make_variant(src, "int8", build, cfg, settings)
+
+
+def _nncf_quantize(
+    model: onnx.ModelProto, cfg: Int8Config, preset: str, ignored: list[str], tmp: Path
+) -> onnx.ModelProto:
+    """``nncf.quantize`` (or ``quantize_with_accuracy_control`` at ``1 - cfg.min_agreement``) of ``model``."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedAccuracyRestorerParameters,
+        AdvancedQuantizationParameters,
+        OverflowFix,
+    )
+
+    calibration = nncf.Dataset(list(_batches(cfg.calibration, 1)), lambda x: {INPUT_MEMBER: x})
+    common: dict[str, Any] = dict(
+        preset=nncf.QuantizationPreset(preset),
+        subset_size=len(cfg.calibration),
+        fast_bias_correction=cfg.fast_bias_correction,
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+        advanced_quantization_parameters=AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix(
+                {"first_layer": "first_layer_only"}.get(cfg.overflow_fix, cfg.overflow_fix)
+            )
+        ),
+    )
+    if not cfg.accuracy_control:
+        return nncf.quantize(model, calibration, **common)
+    reference = _top1(model, cfg.verify_inputs, cfg.threads, cfg.batch_size)
+    validation = nncf.Dataset(list(zip(_batches(cfg.verify_inputs, cfg.batch_size), reference, strict=True)))
+
+    def agreement(candidate: onnx.ModelProto, items: Any) -> tuple[float, None]:
+        session = _session(candidate, cfg.threads)
+        hits = [
+            float(np.mean(session.run(None, {INPUT_MEMBER: x})[0].argmax(1) == want)) * len(x)
+            for x, want in items
+        ]
+        return float(np.sum(hits) / max(sum(len(x) for x, _ in items), 1)), None
+
+    return nncf.quantize_with_accuracy_control(
+        model,
+        calibration,
+        validation,
+        agreement,
+        max_drop=round(1.0 - cfg.min_agreement, 6),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            intermediate_model_dir=str(tmp)
+        ),
+        **common,
+    )
+
+
+def _batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(x[i : i + batch], dtype=np.float32) for i in range(0, len(x), batch)]
+
+
+def _session(model: onnx.ModelProto, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _top1(model: onnx.ModelProto, x: np.ndarray, threads: int | None, batch: int) -> list[np.ndarray]:
+    """The FP32 member's top-1 per validation batch: the labels accuracy control keeps."""
+    session = _session(model, threads)
+    return [session.run(None, {INPUT_MEMBER: b})[0].argmax(1) for b in _batches(x, batch)]
+
+
+def depthwise_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes with one group per input channel (weights [C, 1, k, k], group C > 1)."""
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        dims = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        if group > 1 and dims is not None and len(dims) == 4 and dims[1] == 1:
+            out.append(n.name)
+    return out
+
+
+def float_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the weighted layers (Conv, Gemm, MatMul) whose weights are not quantized: they run in float."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS
+        and len(n.input) > 1
+        and n.input[1] not in dequantized
+        and (n.input[1] in inits or n.op_type != "MatMul")
+    ]
 
 
 def _make_variant(
@@ -307,17 +388,3 @@ def quiet_onnxruntime() -> Iterator[None]:
     finally:
         for lg in loggers:
             lg.removeFilter(_not_onnxruntime_chatter)
-
-
-class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
-    """onnxruntime ``CalibrationDataReader`` over a preprocessed array, in batches."""
-
-    def __init__(self, data: np.ndarray, batch: int) -> None:
-        super().__init__()
-        self._batches: Iterator[np.ndarray] = iter(
-            [np.ascontiguousarray(data[i : i + batch], dtype=np.float32) for i in range(0, len(data), batch)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_MEMBER: batch}

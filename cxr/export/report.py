@@ -44,7 +44,7 @@ class RunExportConfig:
     max_val_images: int = 64
     n_random: int = 8
     n_synthetic: int = 16
-    max_calib_images: int = 64
+    max_calib_images: int = 300  # INT8 calibration: train images (NNCF's subset_size)
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     atol: float = FP32_ATOL
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
