@@ -77,7 +77,7 @@ def test_fp16_variant(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None
     _check_variant_metadata(res.path, fp32, "fp16")
 
 
-def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
+def test_int8_nncf_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
     # an untrained model on look-alike synthetic radiographs gives near-ties that INT8 rounding may flip
     # (1 of 12 here): the bar is lowered for this structural test; refusal below it is tested below
     res = make_int8(
@@ -98,7 +98,10 @@ def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.nd
     ]
     assert per_channel, "expected per-channel weight scales"
     assert _elem_types(res.path) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)
-    assert res.settings["per_channel"] and res.settings["calibration_images"] == 8
+    assert res.settings["quantizer"].startswith("nncf") and res.settings["calibration_images"] == 8
+    assert res.settings["preset"] == "mixed"  # LayerNorm/GELU: asymmetric activations
+    depthwise = set(quantize.depthwise_convs(onnx.load(str(fp32))))
+    assert depthwise and depthwise <= set(res.settings["float_layers"])  # kept FP32 by default
     _check_variant_metadata(res.path, fp32, "int8", bar=0.9)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     assert sess.run(None, {INPUT_MEMBER: images[1][:3]})[0].shape == (3, 4)
@@ -136,8 +139,8 @@ def test_bad_variant_inputs(fp32: Path, images: tuple[np.ndarray, np.ndarray], t
         Fp16Config(verify_inputs=images[1].astype(np.float64))
     with pytest.raises(ConfigError, match="min_agreement"):
         Fp16Config(verify_inputs=images[1], min_agreement=1.5)
-    with pytest.raises(ConfigError, match="calibration method"):
-        Int8Config(calibration=images[0], verify_inputs=images[1], calibrate_method="magic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="INT8 preset"):
+        Int8Config(calibration=images[0], verify_inputs=images[1], preset="magic")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="does not exist"):
         make_fp16(tmp_path / "missing.onnx", Fp16Config(verify_inputs=images[1]))
     proto = onnx.load(str(fp32))

@@ -62,13 +62,13 @@ class TinyNet(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))) * 3.0
 
 
-def _write_images(root: Path, rng: np.random.Generator) -> None:
+def _write_images(root: Path, rng: np.random.Generator, per_class: int = 10) -> None:
     from PIL import Image
 
     for ci, c in enumerate(CLASSES):
         d = root / c / "images"
         d.mkdir(parents=True)
-        for i in range(10):
+        for i in range(per_class):
             h, w = (48, 48) if i % 2 else (44, 52)
             base = rng.integers(0, 256, size=(h, w)).astype(np.float64)
             img = np.clip(base * 0.6 + 40 * ci + 20, 0, 255).astype(np.uint8)
@@ -149,11 +149,13 @@ def _train(model: nn.Module, manifest: Any, size: int, steps: int) -> None:
     model.eval()
 
 
-def build_tiny_run(run: Path, sizes: dict[str, int], *, variants: bool = False, train_steps: int = 0) -> Path:
+def build_tiny_run(
+    run: Path, sizes: dict[str, int], *, variants: bool = False, train_steps: int = 0, per_class: int = 10
+) -> Path:
     """A whole tiny run in ``run`` (see the module docstring); ``train_steps`` > 0 trains each member first."""
     rng = np.random.default_rng(0)
     data = run / "data"
-    _write_images(data, rng)
+    _write_images(data, rng, per_class)
     manifest = build_manifest(
         SplitConfig(data, run / "manifest.csv", seed=0, fractions=(0.2, 0.5, 0.3))
     ).manifest

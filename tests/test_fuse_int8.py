@@ -62,7 +62,9 @@ def _member_int8(run: Path, name: str, *, scale: float = 1.0, accuracy_control: 
             verify_inputs=val,
             sources=sources,
             accuracy_control=accuracy_control,
-            min_agreement=0.99 if scale == 1.0 else 0.01,  # the broken one is written anyway: fuse must refuse it
+            min_agreement=0.99
+            if scale == 1.0
+            else 0.01,  # the broken one is written anyway: fuse must refuse it
             threads=1,
         ),
     )
@@ -72,7 +74,9 @@ def _member_int8(run: Path, name: str, *, scale: float = 1.0, accuracy_control: 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = build_tiny_run(tmp_path_factory.mktemp("int8") / "run", {"alpha": 32, "beta": 32}, train_steps=60)
+    run = build_tiny_run(
+        tmp_path_factory.mktemp("int8") / "run", {"alpha": 32, "beta": 32}, train_steps=20, per_class=30
+    )
     for name in ("alpha", "beta"):
         _member_int8(run, name)
     return run
@@ -80,12 +84,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fuse(run: Path, out: Path, **options: object):  # noqa: ANN202
     members, meta = run_members(run)
-    cfg = FuseConfig(out, variants=("int8",), run_dir=run, bf16_check=False, ood=False, report=False, **options)
+    cfg = FuseConfig(
+        out, variants=("int8",), run_dir=run, bf16_check=False, ood=False, report=False, **options
+    )
     return fuse(members, meta, cfg)
 
 
 def _records(path: Path) -> dict:
-    return json.loads(dict(cpu_session(str(path)).get_modelmeta().custom_metadata_map)[META_VERIFIED_PRECISIONS])
+    return json.loads(
+        dict(cpu_session(str(path)).get_modelmeta().custom_metadata_map)[META_VERIFIED_PRECISIONS]
+    )
 
 
 @pytest.mark.slow
@@ -102,7 +110,7 @@ def test_int8_of_a_trained_run_is_accepted_and_recorded_in_both_files(trained_ru
         assert rec["file"] == "ensemble.int8.onnx" and rec["split"] == "test"
         assert rec["sha256"] == file_sha256(int8) == res.files["int8"].sha256  # the INT8 file as it is now
         assert rec["bar"] == {"agreement": 0.99, "sensitivity_points": 1.0}
-        assert rec["images"] == 12  # the tiny run's test split
+        assert rec["images"] == 36  # the tiny run's test split (30% of 4 x 30)
         assert {k: v for k, v in in_int8[name].items() if k != "sha256"} == {
             k: v for k, v in rec.items() if k != "sha256"
         }
@@ -119,7 +127,7 @@ def test_int8_of_a_trained_run_is_accepted_and_recorded_in_both_files(trained_ru
 def test_a_broken_member_is_refused_and_named(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    _member_int8(run, "beta", scale=1e4, accuracy_control=False)
+    _member_int8(run, "beta", scale=30.0, accuracy_control=False)
     res = _fuse(run, run / "ensemble.onnx")
     rec = res.verified_precisions[ONNXRUNTIME_RECORD]
     entry = rec["kinds"][cpu_kind()]

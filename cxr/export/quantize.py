@@ -6,7 +6,9 @@ and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP
 LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, the mixed
 preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's accuracy control, which keeps in
 float the layers that cost top-1 agreement with the FP32 member on the val images (their names go into the
-card's ``variant_settings``); no dynamic quantization (it hurts these CNNs' accuracy).
+card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
+to per-channel INT8, and onnxruntime's QLinearConv cannot run NNCF's quantized ones in Xception); no dynamic
+quantization (it hurts these CNNs' accuracy).
 A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
 written; a written one carries the FP32 metadata plus its precision, ``fp32_sha256`` and agreement. FP16
 verified on the CPU runs some ops in FP32; ``verified_on`` says where, ``cxr verify`` on a GPU re-measures.
@@ -93,7 +95,9 @@ class Int8Config(VariantConfig):
     preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
     fast_bias_correction: bool = True
     accuracy_control: bool = True  # keep the layers that cost top-1 agreement in float, worst first
-    keep_depthwise_float: bool = False  # depthwise convolutions stay FP32 (an ignored scope)
+    keep_depthwise_float: bool = (
+        True  # depthwise convolutions stay FP32 (an ignored scope; see the docstring)
+    )
     ignored_op_types: tuple[str, ...] = ()  # ONNX op types that stay FP32
     overflow_fix: Literal["first_layer", "enable", "disable"] = "first_layer"  # AVX2/AVX-512 U8xS8 saturation
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
@@ -202,7 +206,8 @@ def _nncf_quantize(
         ),
     )
     if not cfg.accuracy_control:
-        return nncf.quantize(model, calibration, **common)
+        advanced = common.pop("advanced_quantization_parameters")
+        return nncf.quantize(model, calibration, advanced_parameters=advanced, **common)
     reference = _top1(model, cfg.verify_inputs, cfg.threads, cfg.batch_size)
     validation = nncf.Dataset(list(zip(_batches(cfg.verify_inputs, cfg.batch_size), reference, strict=True)))
 
