@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from cxr.cpu_kind import CPU_KINDS, ISA_CAPS, cpu_kind
-from cxr.errors import DecodeError, ProviderError
+from cxr.errors import DecodeError, ProviderError, first_line
+from cxr.openvino_session import import_openvino
 from cxr.spec import (
     CARD_OPERATING_POINTS,
     INPUT_IMAGE,
@@ -91,8 +92,6 @@ def run_graph(
         run = lambda x: dict(zip(_OUTPUTS, sess.run(list(_OUTPUTS), {INPUT_IMAGE: x}), strict=True))  # noqa: E731
         kernels: list[str] = []
     else:
-        from cxr.openvino_session import import_openvino
-
         ov = import_openvino()
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
@@ -253,24 +252,41 @@ def check_int8(
     }
     notes: list[str] = ["onnxruntime has no ISA cap: its INT8 verdict holds for this CPU's kind only"]
     try:
-        got, native = run_graph(int8, data.images, "openvino", threads)
+        import_openvino()
     except ProviderError as e:
         return records, [*notes, f"no OpenVINO INT8 verdict: {e.message}"]
+    try:
+        got, native = run_graph(int8, data.images, "openvino", threads)
+    except Exception as e:  # OpenVINO's transformations throw assorted errors on graphs they cannot take
+        records[OPENVINO_RECORD] = {**base, "kinds": {kind: _cannot_run(e)}}
+        return records, notes
     kinds = {kind: entry(got)}
     if kind in CPU_KINDS and CPU_KINDS.index(kind) < CPU_KINDS.index(CAPPED_KIND):
-        capped, kernels = run_capped(int8, data.images, ISA_CAPS[CAPPED_KIND], threads)
-        wide = lambda names: sum(any(w in n for w in _WIDE_ISA) for n in names)  # noqa: E731
-        if wide(kernels) < wide(native):
-            kinds[CAPPED_KIND] = entry(capped)
-            notes.append(
-                f"OpenVINO capped to {ISA_CAPS[CAPPED_KIND]}: AVX-512/AMX kernels {wide(native)} -> {wide(kernels)}"
-            )
-        else:
-            notes.append(
-                f"ONEDNN_MAX_CPU_ISA={ISA_CAPS[CAPPED_KIND]} did not change OpenVINO's kernels: no avx2 entry"
-            )
+        kinds.update(_capped_entry(int8, data.images, native, entry, threads, notes))
     records[OPENVINO_RECORD] = {**base, "kinds": kinds}
     return records, notes
+
+
+def _capped_entry(
+    int8: Path, images: np.ndarray, native: Sequence[str], entry: Any, threads: int | None, notes: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The avx2 entry from OpenVINO capped to AVX2 (none, with a note, when the cap changed no kernel)."""
+    isa = ISA_CAPS[CAPPED_KIND]
+    try:
+        capped, kernels = run_capped(int8, images, isa, threads)
+    except ProviderError as e:
+        return {CAPPED_KIND: _cannot_run(e)}
+    wide = lambda names: sum(any(w in n for w in _WIDE_ISA) for n in names)  # noqa: E731
+    if wide(kernels) >= wide(native):
+        notes.append(f"ONEDNN_MAX_CPU_ISA={isa} did not change OpenVINO's kernels: no {CAPPED_KIND} entry")
+        return {}
+    notes.append(f"OpenVINO capped to {isa}: kernels naming AVX-512/AMX {wide(native)} -> {wide(kernels)}")
+    return {CAPPED_KIND: entry(capped)}
+
+
+def _cannot_run(e: Exception) -> dict[str, Any]:
+    reason = f"refused: OpenVINO cannot run the INT8 graph: {first_line(e)}"
+    return {"accepted": False, "agreement": None, "sensitivity_change_points": {}, "reason": reason}
 
 
 def write_int8_records(fp32: Path, int8: Path, records: Mapping[str, dict[str, Any]]) -> str:
