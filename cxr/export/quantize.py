@@ -212,6 +212,8 @@ def _nncf_quantize(
     validation = nncf.Dataset(list(zip(_batches(cfg.verify_inputs, cfg.batch_size), reference, strict=True)))
 
     def agreement(candidate: onnx.ModelProto, items: Any) -> tuple[float, None]:
+        """Top-1 agreement with the FP32 member; also what ranks the layers (NNCF 3.4 cannot rank ONNX models
+        by their logits: it raises 'BackendType.ONNX backend is not supported')."""
         session = _session(candidate, cfg.threads)
         hits = [
             float(np.mean(session.run(None, {INPUT_MEMBER: x})[0].argmax(1) == want)) * len(x)
