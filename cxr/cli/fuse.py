@@ -52,7 +52,7 @@ def fuse(
         typer.Option(help="Folder of real chest X-rays for the BF16 check (default: RUN_DIR's train/val)."),
     ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="The BF16 bar: top-1 agreement with FP32, as INT8's at export.")
+        float, typer.Option(help="The BF16 and INT8 bar: top-1 agreement with FP32, as INT8's at export.")
     ] = 0.99,
     heatmaps: Annotated[
         bool,

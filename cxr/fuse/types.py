@@ -29,7 +29,7 @@ class FuseConfig:
     seed: int = 0
     report: bool = True
     bf16_check: bool = True  # given run_dir and openvino: verify OpenVINO BF16 on real images, record it
-    min_agreement: float = 0.99  # the BF16 bar: top-1 agreement with FP32 (as INT8's at export)
+    min_agreement: float = 0.99  # the BF16 and INT8 bar: top-1 agreement with FP32 (as INT8's at export)
     bf16_check_images: int = 200
     check_images: Path | None = None  # real images for the BF16 check (a folder or run dir); None: run_dir
     int8_check: bool = (
