@@ -132,7 +132,7 @@ def test_a_broken_member_is_refused_and_named(trained_run: Path, tmp_path: Path)
     rec = res.verified_precisions[ONNXRUNTIME_RECORD]
     entry = rec["kinds"][cpu_kind()]
     assert entry["accepted"] is False and entry["reason"].startswith("refused")
-    assert "lowest: beta" in entry["reason"]
+    assert "moved most: beta (top-1 agreement" in entry["reason"]
     assert any("INT8 is not offered" in w and "beta" in w for w in res.warnings)
 
 

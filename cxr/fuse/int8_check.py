@@ -183,25 +183,12 @@ def kind_entry(
     reason += f"; sensitivity at each class's {point} moves at most {max(map(abs, change.values()), default=0.0):.2f} points"
     reason += f" (bar {bar.sensitivity_points:g})"
     if not accepted:
-        mem = [
-            (
-                float(
-                    np.mean(
-                        ref[OUTPUT_MEMBER_PROBABILITIES][:, m].argmax(1)
-                        == got[OUTPUT_MEMBER_PROBABILITIES][:, m].argmax(1)
-                    )
-                ),
-                n,
-            )
-            for m, n in enumerate(members)
-        ]
-        worst = [f"{n} {a:.2%}" for a, n in sorted(mem) if a < 1.0][:2] or [
-            "none (every member's top-1 agrees)"
-        ]
         moved_text = ", ".join(f"{c} {v:+.2f}" for c, v in moved.items())
         reason = "refused: " + reason + (f"; moved: {moved_text}" if moved else "")
-        reason += f"; members' own top-1 agreement, lowest: {', '.join(worst)}"
-        kept = [f"{n}: {', '.join(layers[n][:5])}" for _, n in sorted(mem) if layers.get(n)][:2]
+        ranked = member_drift(ref[OUTPUT_MEMBER_PROBABILITIES], got[OUTPUT_MEMBER_PROBABILITIES], members)
+        worst = [f"{n} (top-1 agreement {a:.2%}, max |dp| {d:.3g})" for n, a, d in ranked[:2]]
+        reason += f"; the members that moved most: {', '.join(worst)}"
+        kept = [f"{n}: {', '.join(layers[n][:5])}" for n, _, _ in ranked[:2] if layers.get(n)]
         if kept:
             reason += f"; layers their NNCF accuracy control kept in float: {'; '.join(kept)}"
     return {
@@ -210,6 +197,19 @@ def kind_entry(
         "sensitivity_change_points": change,
         "reason": reason,
     }
+
+
+def member_drift(ref: np.ndarray, got: np.ndarray, members: Sequence[str]) -> list[tuple[str, float, float]]:
+    """(member, its own top-1 agreement, its max probability change) from [N, M, K] outputs, most moved first."""
+    rows = [
+        (
+            name,
+            float(np.mean(ref[:, m].argmax(1) == got[:, m].argmax(1))),
+            float(np.abs(ref[:, m] - got[:, m]).max()),
+        )
+        for m, name in enumerate(members)
+    ]
+    return sorted(rows, key=lambda r: (r[1], -r[2]))
 
 
 def check_int8(
