@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import quantize  # noqa: E402
 from cxr.export.inputs import synthetic_images  # noqa: E402
+from cxr.export.nncf_int8 import depthwise_convs  # noqa: E402
 from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from cxr.export.onnx_files import onnx_sha256, read_metadata, set_metadata  # noqa: E402
 from cxr.export.quantize import Fp16Config, Int8Config, make_fp16, make_int8, variant_path  # noqa: E402
@@ -100,7 +101,7 @@ def test_int8_nncf_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndar
     assert _elem_types(res.path) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)
     assert res.settings["quantizer"].startswith("nncf") and res.settings["calibration_images"] == 8
     assert res.settings["preset"] == "mixed"  # LayerNorm/GELU: asymmetric activations
-    depthwise = set(quantize.depthwise_convs(onnx.load(str(fp32))))
+    depthwise = set(depthwise_convs(onnx.load(str(fp32))))
     assert depthwise and depthwise <= set(res.settings["float_layers"])  # kept FP32 by default
     _check_variant_metadata(res.path, fp32, "int8", bar=0.9)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])

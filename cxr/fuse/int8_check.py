@@ -314,7 +314,8 @@ def _main(argv: Sequence[str]) -> None:
     ``run_capped``, whose environment caps oneDNN before OpenVINO loads)."""
     model, images, out, threads = argv
     got, kernels = run_graph(Path(model), np.load(images), "openvino", int(threads) or None)
-    np.savez(out, kernels=np.asarray(kernels, dtype=str), **got)
+    arrays = {"kernels": np.asarray(kernels, dtype=str), **got}
+    np.savez(out, **arrays)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
