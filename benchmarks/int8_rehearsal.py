@@ -4,9 +4,10 @@ Takes RUN (a finished run: ``onnx/<name>.onnx``, ``stack/meta.onnx``, ``manifest
 ``onnx/`` (hard links to RUN's FP32 members plus their ``<name>.int8.onnx``, built by
 ``cxr.export.quantize.make_int8`` on RUN's train (calibration) and val (accuracy control) images),
 ``member_int8.json``, ``ensemble.onnx`` + ``ensemble.int8.onnx`` with the verdict records (``cxr fuse``'s own
-code, test split of RUN) and ``fuse_report.*``, and prints an OpenVINO batch-1 latency of FP32, BF16 and INT8.
+code, test split of RUN) and ``fuse_report.*``; prints each member's own top-1 agreement per backend and CPU
+kind, and an OpenVINO batch-1 latency of FP32, BF16 and INT8.
 
-    python benchmarks/int8_rehearsal.py runs/rehearse runs/rehearse-int8 [--skip-members] [--threads 2]
+    python benchmarks/int8_rehearsal.py runs/rehearse runs/rehearse-int8 [--skip-members] [--skip-fuse] [--threads 2]
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ def latency(out: Path, runs: int, threads: int) -> list[str]:
     return lines
 
 
+def member_table(run: Path, out: Path, order: list[str], threads: int) -> list[str]:
+    """Each member's own top-1 agreement and max probability change, INT8 vs FP32 fused, per backend and kind."""
+    from cxr.cpu_kind import ISA_CAPS, cpu_kind
+    from cxr.export.onnx_files import read_metadata
+    from cxr.fuse.int8_check import labelled_test_images, member_drift, run_capped, run_graph
+    from cxr.spec import OUTPUT_MEMBER_PROBABILITIES as MEMBERS
+
+    meta = read_metadata(out / "ensemble.onnx")
+    data = labelled_test_images(run, meta.preprocess, meta.classes)
+    assert not isinstance(data, str), data
+    ref = run_graph(out / "ensemble.onnx", data.images, "onnxruntime", threads)[0][MEMBERS]
+    runs = {
+        f"onnxruntime {cpu_kind()}": run_graph(
+            out / "ensemble.int8.onnx", data.images, "onnxruntime", threads
+        )[0],
+        f"openvino {cpu_kind()}": run_graph(out / "ensemble.int8.onnx", data.images, "openvino", threads)[0],
+        "openvino avx2 (capped)": run_capped(
+            out / "ensemble.int8.onnx", data.images, ISA_CAPS["avx2"], threads
+        )[0],
+    }
+    lines = [f"| backend, kind | {' | '.join(order)} |", "|---" * (len(order) + 1) + "|"]
+    for name, got in runs.items():
+        cells = {n: f"{a:.1%} / {d:.3f}" for n, a, d in member_drift(ref, got[MEMBERS], order)}
+        lines.append(f"| {name} | {' | '.join(cells[n] for n in order)} |")
+    return lines
+
+
 def main() -> None:
     from cxr.fuse import FuseConfig, describe, fuse
     from cxr.fuse.members import load_meta
@@ -88,6 +116,7 @@ def main() -> None:
     ap.add_argument("--skip-members", action="store_true", help="OUT/onnx already holds the INT8 members")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=20)
+    ap.add_argument("--skip-fuse", action="store_true", help="OUT already holds the fused files: tables only")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     meta = args.run / "stack" / "meta.onnx"
@@ -107,6 +136,7 @@ def main() -> None:
     res = fuse([args.out / "onnx" / f"{n}.onnx" for n in order], meta, cfg)
     print(describe(res))  # noqa: T201
     print(f"fuse with the INT8 verdict: {time.perf_counter() - t:.0f} s")  # noqa: T201
+    print("\n".join(member_table(args.run, args.out, order, args.threads)))  # noqa: T201
     print("\n".join(latency(args.out, args.latency_runs, args.threads)))  # noqa: T201
 
 
