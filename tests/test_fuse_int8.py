@@ -84,9 +84,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fuse(run: Path, out: Path, **options: object):  # noqa: ANN202
     members, meta = run_members(run)
-    cfg = FuseConfig(
-        out, variants=("int8",), run_dir=run, bf16_check=False, ood=False, report=False, **options
-    )
+    options = {"report": False, **options}
+    cfg = FuseConfig(out, variants=("int8",), run_dir=run, bf16_check=False, ood=False, **options)  # type: ignore[arg-type]
     return fuse(members, meta, cfg)
 
 
@@ -98,8 +97,12 @@ def _records(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_int8_of_a_trained_run_is_accepted_and_recorded_in_both_files(trained_run: Path) -> None:
-    res = _fuse(trained_run, trained_run / "ensemble.onnx")
+    res = _fuse(trained_run, trained_run / "ensemble.onnx", report=True)
     int8 = res.files["int8"].path
+    assert (
+        res.report_md is not None
+        and f"- {cpu_kind()}: accepted: top-1 agreement" in res.report_md.read_text()
+    )
     assert int8 == trained_run / "ensemble.int8.onnx"
     names = [OPENVINO_RECORD, ONNXRUNTIME_RECORD] if HAS_OPENVINO else [ONNXRUNTIME_RECORD]
     assert sorted(res.verified_precisions) == sorted(names) and set(names) <= set(INT8_RECORDS)
