@@ -62,6 +62,9 @@ def _member_int8(run: Path, name: str, *, scale: float = 1.0, accuracy_control: 
             verify_inputs=val,
             sources=sources,
             accuracy_control=accuracy_control,
+            # the tiny run's operating points sit at p ~ 0.999 (its meta-learner is uncalibrated: < 100 val
+            # predictions), where a 1e-3 change moves a sensitivity; fast bias correction stays under it here
+            fast_bias_correction=True,
             min_agreement=0.99
             if scale == 1.0
             else 0.01,  # the broken one is written anyway: fuse must refuse it
