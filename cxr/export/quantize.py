@@ -3,10 +3,10 @@
 Takes: ``<name>.onnx`` written by ``export_onnx`` and an ``Fp16Config`` or ``Int8Config`` (float32
 [N, C, H, W] inputs preprocessed as the runtime does). Makes: ``<name>.fp16.onnx`` / ``<name>.int8.onnx``
 and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP32_OPS`` kept FP32 (ConvNeXt's
-LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, full bias
-correction, the mixed preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's accuracy control, which keeps in
-float the layers that cost top-1 agreement with the FP32 member on the val images (their names go into the
-card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
+LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, full
+bias correction, the mixed preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's
+accuracy control, which keeps in float the layers that cost top-1 agreement with the FP32 member on the val
+images (their names go into the card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
 to per-channel INT8, and onnxruntime's QLinearConv cannot run NNCF's quantized ones in Xception); no dynamic
 quantization (it hurts these CNNs' accuracy).
 A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
