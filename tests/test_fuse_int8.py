@@ -148,6 +148,23 @@ def test_the_verdict_can_be_skipped(trained_run: Path, tmp_path: Path) -> None:
     assert "int8" in res.files and res.verified_precisions == {}
 
 
+@pytest.mark.slow
+def test_unlabelled_images_never_accept(trained_run: Path, tmp_path: Path) -> None:
+    members, meta = run_members(trained_run)
+    cfg = FuseConfig(
+        tmp_path / "ensemble.onnx",
+        variants=("int8",),
+        check_images=trained_run / "data",
+        bf16_check=False,
+        ood=False,
+    )
+    rec = fuse(members, meta, cfg).verified_precisions[ONNXRUNTIME_RECORD]
+    entry = rec["kinds"][cpu_kind()]
+    assert rec["split"].startswith("unlabelled images") and rec["images"] == 120  # every image of the folder
+    assert entry["accepted"] is False and "no labelled test images" in entry["reason"]
+    assert entry["agreement"] is not None and 0.0 <= entry["agreement"] <= 1.0
+
+
 def _probs(top: float, n: int = 20, k: int = 3) -> np.ndarray:
     p = np.full((n, k), (1 - top) / (k - 1))
     p[np.arange(n), np.arange(n) % k] = top

@@ -23,7 +23,14 @@ from cxr.export.onnx_files import onnx_size_bytes, read_metadata
 from cxr.fuse.fused_file import build_fused_file, drift_vs_fp32
 from cxr.fuse.graph import FusedGraph, ResizeStep, fused_input_size
 from cxr.fuse.heatmap_file import build_heatmap_file
-from cxr.fuse.int8_check import Int8Bar, check_int8, labelled_test_images, summary, write_int8_records
+from cxr.fuse.int8_check import (
+    Int8Bar,
+    check_int8,
+    labelled_test_images,
+    summary,
+    unlabelled_images,
+    write_int8_records,
+)
 from cxr.fuse.members import (
     MemberModel,
     MetaModel,
@@ -74,7 +81,7 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             warnings.append(f"OpenVINO BF16 is not offered for {out.name}: {record['reason']}")
     variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng, ood)
     warnings += [f"{variant} ensemble not built: {why}" for variant, why in skipped.items()]
-    if "int8" in variants and cfg.int8_check and cfg.run_dir is not None:
+    if "int8" in variants and cfg.int8_check and (cfg.run_dir or cfg.check_images) is not None:
         fp32, variants["int8"], records, notes = _int8_verdict(loaded, fp32, variants["int8"], spec, cfg)
         verified.update(records)
         warnings += notes
@@ -158,7 +165,10 @@ def _int8_verdict(
 ) -> tuple[FusedFile, FusedFile, dict[str, dict[str, Any]], list[str]]:
     """The INT8 graph's verdict on the run's test images (``cxr.fuse.int8_check``), written into both files."""
     fused_meta = read_metadata(fp32.path)
-    data = labelled_test_images(Path(str(cfg.run_dir)), spec, fused_meta.classes)
+    if cfg.run_dir is not None:
+        data = labelled_test_images(Path(cfg.run_dir), spec, fused_meta.classes)
+    else:  # a folder without labels: "not meaningful" or "not verified", never accepted
+        data = unlabelled_images(Path(str(cfg.check_images)), spec, cfg.bf16_check_images, cfg.seed)
     if isinstance(data, str):
         return fp32, int8, {}, [f"INT8 ensemble not verified, so not offered: {data}"]
     layers = {}

@@ -53,7 +53,8 @@ class Int8Bar:
 @dataclass(frozen=True)
 class LabelledImages:
     images: np.ndarray  # uint8 [N, 1, H, W], the fused graph's input
-    labels: np.ndarray  # int64 [N], indices into the graph's classes
+    labels: np.ndarray | None  # int64 [N], indices into the graph's classes; None: unlabelled images
+    split: str = "test"
 
 
 def labelled_test_images(run_dir: Path, spec: PreprocessSpec, classes: Sequence[str]) -> LabelledImages | str:
@@ -78,6 +79,13 @@ def labelled_test_images(run_dir: Path, spec: PreprocessSpec, classes: Sequence[
     if not grays:
         return f"no readable test image of the graph's classes in {path}"
     return LabelledImages(to_model_input(grays, spec, normalized=False), np.asarray(labels, dtype=np.int64))
+
+
+def unlabelled_images(folder: Path, spec: PreprocessSpec, n: int, seed: int) -> LabelledImages:
+    """Up to ``n`` images of a folder without labels: enough to tell near-uniform outputs, never to accept."""
+    from cxr.fuse.precision_check import real_images
+
+    return LabelledImages(real_images(folder, spec, n, seed), None, split=f"unlabelled images in {folder}")
 
 
 def run_graph(
@@ -127,15 +135,17 @@ def run_capped(
             return {k: z[k] for k in _OUTPUTS}, [str(k) for k in z["kernels"]]
 
 
-def not_meaningful(probs: np.ndarray, labels: np.ndarray) -> str | None:
+def not_meaningful(probs: np.ndarray, labels: np.ndarray | None) -> str | None:
     """Why top-1 agreement says nothing about this graph (FP32 outputs near-uniform, or no better than
     guessing the commonest class), or None."""
     top2 = np.sort(probs, axis=1)[:, -2:]
     margin = float(np.median(top2[:, 1] - top2[:, 0]))
-    accuracy = float(np.mean(probs.argmax(1) == labels))
-    guess = float(np.bincount(labels).max() / len(labels))
     if margin < MIN_MARGIN:
         return f"the FP32 outputs are near-uniform (median top-1 margin {margin:.3f}; random weights?)"
+    if labels is None:
+        return None
+    accuracy = float(np.mean(probs.argmax(1) == labels))
+    guess = float(np.bincount(labels).max() / len(labels))
     if accuracy <= guess:
         return f"the FP32 graph is no better than guessing ({accuracy:.1%} top-1 vs {guess:.1%}; random weights?)"
     return None
@@ -158,7 +168,7 @@ def sensitivities(
 def kind_entry(
     ref: Mapping[str, np.ndarray],
     got: Mapping[str, np.ndarray],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     classes: Sequence[str],
     thresholds: Mapping[str, float],
     members: Sequence[str],
@@ -175,6 +185,12 @@ def kind_entry(
             "reason": f"not meaningful: {why}",
         }
     agreement = float(np.mean(p32.argmax(1) == p8.argmax(1)))
+    if labels is None:
+        reason = (
+            f"refused: no labelled test images, so no operating-point sensitivity to check (top-1 agreement "
+            f"with FP32 {agreement:.2%} on {len(p32)} unlabelled images); fuse with the run directory"
+        )
+        return {"accepted": False, "agreement": agreement, "sensitivity_change_points": {}, "reason": reason}
     s32, s8 = sensitivities(p32, labels, classes, thresholds), sensitivities(p8, labels, classes, thresholds)
     change = {c: round(100.0 * (s8[c] - s32[c]), 4) for c in s32}
     moved = {c: v for c, v in change.items() if abs(v) > bar.sensitivity_points}
@@ -244,8 +260,8 @@ def check_int8(
         "file": int8.name,
         "sha256": file_sha256(int8),
         "bar": {"agreement": bar.agreement, "sensitivity_points": bar.sensitivity_points},
-        "split": "test",
-        "images": len(data.labels),
+        "split": data.split,
+        "images": len(data.images),
     }
     records = {
         ONNXRUNTIME_RECORD: {
