@@ -153,7 +153,9 @@ def test_without_manifest_synthetic_images_are_used_and_said(tmp_path: Path) -> 
     assert inputs["verify"]["source"] == "synthetic" and inputs["calibration"]["source"] == "synthetic"
     assert "no manifest.csv" in inputs["note"]
     settings = read_metadata(run / "onnx" / "alpha.int8.onnx").card["variant_settings"]
-    assert settings["calibration_source"] == "synthetic"
+    assert settings["calibration_source"] == "synthetic" and settings["quantizer"].startswith("nncf")
+    # full bias correction by default; where NNCF cannot apply it, fast is used and the card says why
+    assert settings["fast_bias_correction"] == ("full_bias_correction_failed" in settings)
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ class Int8Config(VariantConfig):
 
     calibration: np.ndarray = field(repr=False, compare=False)
     preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
-    fast_bias_correction: bool = False  # full bias correction: slower, and it kept Xception's top-1 (benchmarks)
+    fast_bias_correction: bool = False  # full: slower; it kept Xception's top-1 (benchmarks)
     accuracy_control: bool = True  # keep the layers that cost top-1 agreement in float, worst first
     keep_depthwise_float: bool = (
         True  # depthwise convolutions stay FP32 (an ignored scope; see the docstring)
@@ -170,7 +170,17 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
     }
 
     def build(tmp: Path) -> onnx.ModelProto:
-        quantized = nncf_quantize(model, cfg, preset, ignored, tmp)
+        try:
+            quantized = nncf_quantize(model, cfg, preset, ignored, tmp)
+        except Exception as e:  # NNCF's full bias correction cannot extract some graphs' subgraphs
+            if cfg.fast_bias_correction:
+                raise
+            log.warning(
+                "%s: full bias correction failed (%s); using fast bias correction", src.name, first_line(e)
+            )
+            settings["fast_bias_correction"] = True
+            settings["full_bias_correction_failed"] = first_line(e)
+            quantized = nncf_quantize(model, replace(cfg, fast_bias_correction=True), preset, ignored, tmp)
         settings["float_layers"] = float_layers(quantized)
         if (plain := tmp / "intermediate_model.onnx").is_file():  # before accuracy control reverted any
             before = set(float_layers(onnx.load(str(plain))))
