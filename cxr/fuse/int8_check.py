@@ -110,7 +110,11 @@ def run_graph(
             for op in compiled.get_runtime_model().get_ops()
             if "primitiveType" in (info := op.get_rt_info())
         ]
-        run = lambda x: {k: np.asarray(compiled({INPUT_IMAGE: x})[k]) for k in _OUTPUTS}  # noqa: E731
+
+        def run(x: np.ndarray) -> dict[str, np.ndarray]:
+            result = compiled({INPUT_IMAGE: x})
+            return {k: np.asarray(result[k]) for k in _OUTPUTS}
+
     parts = [run(images[i : i + batch]) for i in range(0, len(images), batch)]
     return {k: np.concatenate([p[k] for p in parts]) for k in _OUTPUTS}, kernels
 
@@ -124,9 +128,7 @@ def run_capped(
         np.save(src, images)
         cmd = [sys.executable, "-m", "cxr.fuse.int8_check", str(path), str(src), str(out), str(threads or 0)]
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
-        here = (
-            Path(__file__).resolve().parents[2]
-        )  # the folder holding this cxr: the child imports the same one
+        here = Path(__file__).resolve().parents[2]  # the folder that holds this cxr: the child imports it
         done = subprocess.run(cmd, env=env, cwd=here, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
