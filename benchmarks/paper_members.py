@@ -188,10 +188,17 @@ def build_int8(cfg: PaperConfig, models: PaperModels) -> None:
             models.int8_members[name] = out
             continue
         t0 = time.perf_counter()
-        # random weights: agreement with FP32 means nothing here, so the gate is (almost) off
-        res = make_int8(
-            src, Int8Config(calibration=calib, verify_inputs=verify, min_agreement=1e-6, threads=cfg.threads)
+        # random weights: agreement with FP32 means nothing here, so the gate is (almost) off, and so are the
+        # slow accuracy settings (full bias correction, accuracy control): this build is for speed only
+        int8_cfg = Int8Config(
+            calibration=calib,
+            verify_inputs=verify,
+            min_agreement=1e-6,
+            threads=cfg.threads,
+            fast_bias_correction=True,
+            accuracy_control=False,
         )
+        res = make_int8(src, int8_cfg)
         if res.path is None:
             models.skipped.append(f"int8 {name}: {res.reason}")
             continue

@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from cxr.errors import ConfigError, ModelError  # noqa: E402
 from cxr.export import quantize  # noqa: E402
 from cxr.export.inputs import synthetic_images  # noqa: E402
+from cxr.export.nncf_int8 import depthwise_convs  # noqa: E402
 from cxr.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from cxr.export.onnx_files import onnx_sha256, read_metadata, set_metadata  # noqa: E402
 from cxr.export.quantize import Fp16Config, Int8Config, make_fp16, make_int8, variant_path  # noqa: E402
@@ -77,7 +78,7 @@ def test_fp16_variant(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None
     _check_variant_metadata(res.path, fp32, "fp16")
 
 
-def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
+def test_int8_nncf_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndarray]) -> None:
     # an untrained model on look-alike synthetic radiographs gives near-ties that INT8 rounding may flip
     # (1 of 12 here): the bar is lowered for this structural test; refusal below it is tested below
     res = make_int8(
@@ -98,7 +99,10 @@ def test_int8_static_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.nd
     ]
     assert per_channel, "expected per-channel weight scales"
     assert _elem_types(res.path) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)
-    assert res.settings["per_channel"] and res.settings["calibration_images"] == 8
+    assert res.settings["quantizer"].startswith("nncf") and res.settings["calibration_images"] == 8
+    assert res.settings["preset"] == "mixed"  # LayerNorm/GELU: asymmetric activations
+    depthwise = set(depthwise_convs(onnx.load(str(fp32))))
+    assert depthwise and depthwise <= set(res.settings["float_layers"])  # kept FP32 by default
     _check_variant_metadata(res.path, fp32, "int8", bar=0.9)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     assert sess.run(None, {INPUT_MEMBER: images[1][:3]})[0].shape == (3, 4)
@@ -136,8 +140,8 @@ def test_bad_variant_inputs(fp32: Path, images: tuple[np.ndarray, np.ndarray], t
         Fp16Config(verify_inputs=images[1].astype(np.float64))
     with pytest.raises(ConfigError, match="min_agreement"):
         Fp16Config(verify_inputs=images[1], min_agreement=1.5)
-    with pytest.raises(ConfigError, match="calibration method"):
-        Int8Config(calibration=images[0], verify_inputs=images[1], calibrate_method="magic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="INT8 preset"):
+        Int8Config(calibration=images[0], verify_inputs=images[1], preset="magic")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="does not exist"):
         make_fp16(tmp_path / "missing.onnx", Fp16Config(verify_inputs=images[1]))
     proto = onnx.load(str(fp32))

@@ -145,15 +145,19 @@ def test_failed_member_is_not_shipped(tmp_path: Path, monkeypatch: pytest.Monkey
     assert json.loads((run / "onnx" / "export_report.json").read_text())["failed"] == ["alpha"]
 
 
-def test_without_manifest_synthetic_images_are_used_and_said(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [(), ("--fast-bias-correction",)])
+def test_without_manifest_synthetic_images_are_used_and_said(tmp_path: Path, flags: tuple[str, ...]) -> None:
     run = make_run(tmp_path, {"alpha": "test_resnet"}, manifest=False)
-    code, out = invoke("export", str(run), "--variants", "int8", "--random", "2", "--max-calib", "4")
+    code, out = invoke("export", str(run), "--variants", "int8", "--random", "2", "--max-calib", "4", *flags)
     assert code == 0, out
     inputs = json.loads((run / "onnx" / "export_report.json").read_text())["inputs"]
     assert inputs["verify"]["source"] == "synthetic" and inputs["calibration"]["source"] == "synthetic"
     assert "no manifest.csv" in inputs["note"]
     settings = read_metadata(run / "onnx" / "alpha.int8.onnx").card["variant_settings"]
-    assert settings["calibration_source"] == "synthetic"
+    assert settings["calibration_source"] == "synthetic" and settings["quantizer"].startswith("nncf")
+    # full bias correction by default; where NNCF cannot apply it, fast is used and the card says why
+    assert settings["fast_bias_correction"] == (bool(flags) or "full_bias_correction_failed" in settings)
+    assert not (flags and "full_bias_correction_failed" in settings)  # fast asked: full never tried
 
 
 @pytest.fixture(scope="module")

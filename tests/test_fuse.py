@@ -11,6 +11,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -61,13 +62,13 @@ class TinyNet(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))) * 3.0
 
 
-def _write_images(root: Path, rng: np.random.Generator) -> None:
+def _write_images(root: Path, rng: np.random.Generator, per_class: int = 10) -> None:
     from PIL import Image
 
     for ci, c in enumerate(CLASSES):
         d = root / c / "images"
         d.mkdir(parents=True)
-        for i in range(10):
+        for i in range(per_class):
             h, w = (48, 48) if i % 2 else (44, 52)
             base = rng.integers(0, 256, size=(h, w)).astype(np.float64)
             img = np.clip(base * 0.6 + 40 * ci + 20, 0, 255).astype(np.uint8)
@@ -133,16 +134,36 @@ def _predict(model: nn.Module, grays: list[np.ndarray], size: int) -> np.ndarray
         return torch.softmax(model(x), dim=1).double().numpy()
 
 
-def build_tiny_run(run: Path, sizes: dict[str, int], *, variants: bool = False) -> Path:
+def _train(model: nn.Module, manifest: Any, size: int, steps: int) -> None:
+    """Fit ``model`` to the train split (the classes differ in brightness: a few steps separate them)."""
+    rows = manifest.split("train")
+    grays = [decode_gray(manifest.abspath(r)) for r in rows]
+    x = torch.from_numpy(to_model_input(grays, PreprocessSpec.square(size), normalized=True))
+    y = torch.tensor([CLASSES.index(r.label) for r in rows])
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
+def build_tiny_run(
+    run: Path, sizes: dict[str, int], *, variants: bool = False, train_steps: int = 0, per_class: int = 10
+) -> Path:
+    """A whole tiny run in ``run`` (see the module docstring); ``train_steps`` > 0 trains each member first."""
     rng = np.random.default_rng(0)
     data = run / "data"
-    _write_images(data, rng)
+    _write_images(data, rng, per_class)
     manifest = build_manifest(
         SplitConfig(data, run / "manifest.csv", seed=0, fractions=(0.2, 0.5, 0.3))
     ).manifest
     (run / "onnx").mkdir(parents=True)
     for seed, (name, size) in enumerate(sizes.items()):
         model = TinyNet(8, seed)
+        if train_steps:
+            _train(model, manifest, size, train_steps)
         sha = hashlib.sha256(f"{name}-{seed}".encode()).hexdigest()
         for split in ("val", "test"):
             rows = manifest.split(split)

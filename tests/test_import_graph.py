@@ -40,7 +40,9 @@ ORDER = (
 TRAINING_SIDE = frozenset({"train", "export", "stack", "fuse", "evaluate", "demo"})
 RUNTIME_SIDE = frozenset({"runtime", "bench", "serve", "dicom", "deploy"})
 # the wall's libraries: no import of them anywhere in a runtime-side module, not even inside a function
-BANNED = frozenset({"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim"})
+BANNED = frozenset(
+    {"torch", "torchvision", "timm", "sklearn", "onnx", "skl2onnx", "onnxscript", "onnxsim", "nncf"}
+)
 RUNTIME_CLI = frozenset(
     {"cxr.cli.predict", "cxr.cli.predict_output", "cxr.cli.bench", "cxr.cli.serve", "cxr.cli.listen"}
 )

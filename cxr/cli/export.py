@@ -55,7 +55,14 @@ def export(
     max_val: MaxVal = 64,
     max_calib: Annotated[
         int, typer.Option("--max-calib", help="Train-split images used to calibrate INT8 (cap).")
-    ] = 64,
+    ] = 300,
+    fast_bias_correction: Annotated[
+        bool,
+        typer.Option(
+            help="INT8: NNCF's fast bias correction instead of the full one (minutes instead of tens of minutes "
+            "for large members; the full one kept more answers in benchmarks/README.md)."
+        ),
+    ] = False,
     n_random: Random = 8,
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
@@ -79,6 +86,7 @@ def export(
         manifest=manifest,
         max_val_images=max_val,
         max_calib_images=max_calib,
+        int8_fast_bias_correction=fast_bias_correction,
         n_random=n_random,
         min_agreement=min_agreement,
         threads=threads,

@@ -39,12 +39,20 @@ def fuse(
             "it agrees with FP32 (needs openvino and a CPU with BF16); the runtime offers BF16 only after it."
         ),
     ] = True,
+    int8_check: Annotated[
+        bool,
+        typer.Option(
+            help="With --variants int8: check the INT8 graph against FP32 on RUN_DIR's test images (top-1 agreement "
+            "and each class's operating-point sensitivity) per backend and CPU kind, and record the verdict the "
+            "runtime obeys."
+        ),
+    ] = True,
     check_images: Annotated[
         Path | None,
         typer.Option(help="Folder of real chest X-rays for the BF16 check (default: RUN_DIR's train/val)."),
     ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="The BF16 bar: top-1 agreement with FP32, as INT8's at export.")
+        float, typer.Option(help="The BF16 and INT8 bar: top-1 agreement with FP32, as INT8's at export.")
     ] = 0.99,
     heatmaps: Annotated[
         bool,
@@ -83,6 +91,7 @@ def fuse(
         benchmark_runs=bench_runs,
         threads=threads,
         bf16_check=bf16_check,
+        int8_check=int8_check,
         check_images=check_images or Path(run_dir),
         min_agreement=min_agreement,
         heatmaps=heatmaps,

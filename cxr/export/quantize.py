@@ -3,8 +3,12 @@
 Takes: ``<name>.onnx`` written by ``export_onnx`` and an ``Fp16Config`` or ``Int8Config`` (float32
 [N, C, H, W] inputs preprocessed as the runtime does). Makes: ``<name>.fp16.onnx`` / ``<name>.int8.onnx``
 and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP32_OPS`` kept FP32 (ConvNeXt's
-LayerNorm overflows in FP16). INT8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel S8
-weights, U8 activations, MinMax calibration); no dynamic quantization (it hurts these CNNs' accuracy).
+LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, full
+bias correction, the mixed preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's
+accuracy control, which keeps in float the layers that cost top-1 agreement with the FP32 member on the val
+images (their names go into the card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
+to per-channel INT8, and onnxruntime's QLinearConv cannot run NNCF's quantized ones in Xception); no dynamic
+quantization (it hurts these CNNs' accuracy).
 A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
 written; a written one carries the FP32 metadata plus its precision, ``fp32_sha256`` and agreement. FP16
 verified on the CPU runs some ops in FP32; ``verified_on`` says where, ``cxr verify`` on a GPU re-measures.
@@ -23,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
 from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
+from cxr.export.nncf_int8 import depthwise_convs, float_layers, nncf_quantize
 from cxr.export.onnx_files import (
     external_data_path,
     move_into_place,
@@ -37,7 +41,7 @@ from cxr.export.onnx_files import (
     set_metadata,
 )
 from cxr.export.verify import VerifyConfig, VerifyReport, verify_against_onnx
-from cxr.spec import INPUT_MEMBER, ModelMetadata
+from cxr.spec import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,8 @@ FP16_KEEP_FP32_OPS: tuple[str, ...] = (
     "Reciprocal",
     "Softmax",
 )
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+INT8_PRESETS: tuple[str, ...] = ("auto", "performance", "mixed")
+MIXED_PRESET_OPS = frozenset({"LayerNormalization", "Erf", "Gelu"})  # ConvNeXt: asymmetric activations
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,23 +89,25 @@ class Fp16Config(VariantConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class Int8Config(VariantConfig):
+    """NNCF post-training INT8; ``verify_inputs`` (the val split) are also accuracy control's validation set."""
+
     calibration: np.ndarray = field(repr=False, compare=False)
-    per_channel: bool = True
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    reduce_range: bool = False  # True on CPUs without VNNI, where U8S8 can saturate
-    calibration_batch: int = 8
-    exclude_op_types: tuple[str, ...] = ("LayerNormalization",)  # sensitive: stays FP32
+    preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
+    fast_bias_correction: bool = False  # full: slower; it kept Xception's top-1 (benchmarks)
+    accuracy_control: bool = True  # keep the layers that cost top-1 agreement in float, worst first
+    keep_depthwise_float: bool = (
+        True  # depthwise convolutions stay FP32 (an ignored scope; see the docstring)
+    )
+    ignored_op_types: tuple[str, ...] = ()  # ONNX op types that stay FP32
+    overflow_fix: Literal["first_layer", "enable", "disable"] = "first_layer"  # AVX2/AVX-512 U8xS8 saturation
     calibration_source: str = "given"  # for the report: "train", "synthetic"...
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_inputs(self.calibration, "calibration")
-        if self.calibrate_method not in CALIBRATION_METHODS:
+        if self.preset not in INT8_PRESETS:
             raise ConfigError(
-                f"unknown calibration method {self.calibrate_method!r}",
-                hint=f"use one of {', '.join(CALIBRATION_METHODS)}",
+                f"unknown INT8 preset {self.preset!r}", hint=f"use one of {', '.join(INT8_PRESETS)}"
             )
 
 
@@ -137,56 +144,50 @@ def make_fp16(src: Path, cfg: Fp16Config) -> VariantResult:
 
 
 def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
-    """Static QDQ INT8 of ``src`` calibrated on ``cfg.calibration``; verify against it, write if it agrees."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """NNCF INT8 (QDQ) of ``src`` calibrated on ``cfg.calibration``, with accuracy control on
+    ``cfg.verify_inputs`` against ``src``'s top-1; verify against it, write if it agrees."""
+    import nncf
 
     src = Path(src)
-    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    settings = {
+    model = onnx.load(str(src))
+    ops = {n.op_type for n in model.graph.node}
+    preset = cfg.preset if cfg.preset != "auto" else ("mixed" if ops & MIXED_PRESET_OPS else "performance")
+    ignored = sorted(
+        {n.name for n in model.graph.node if n.op_type in cfg.ignored_op_types}
+        | (set(depthwise_convs(model)) if cfg.keep_depthwise_float else set())
+    )
+    settings: dict[str, Any] = {
+        "quantizer": f"nncf {nncf.__version__}",
         "format": "QDQ",
-        "per_channel": cfg.per_channel,
-        "activation_type": cfg.activation_type,
-        "weight_type": cfg.weight_type,
-        "calibrate_method": cfg.calibrate_method,
-        "reduce_range": cfg.reduce_range,
+        "preset": preset,
+        "fast_bias_correction": cfg.fast_bias_correction,
+        "overflow_fix": cfg.overflow_fix,
+        "ignored_layers": ignored,
+        "accuracy_control": cfg.accuracy_control,
         "calibration_images": int(len(cfg.calibration)),
         "calibration_source": cfg.calibration_source,
-        "pre_process": "onnxruntime.quantization.quant_pre_process",
+        "validation_images": int(len(cfg.verify_inputs)),
     }
-    large = external_data_path(src).exists()
 
     def build(tmp: Path) -> onnx.ModelProto:
-        pre, quant = tmp / "pre.onnx", tmp / "int8.onnx"
         try:
-            quant_pre_process(str(src), str(pre), save_as_external_data=large, all_tensors_to_one_file=True)
-        except Exception as e:  # the optimizer or symbolic shape inference can fail on exotic graphs
-            log.warning("quant_pre_process failed on %s (%s); quantizing without it", src, e)
-            settings["pre_process"] = f"skipped: quant_pre_process failed ({first_line(e)})"
-            pre = src
-        exclude = None
-        if cfg.exclude_op_types:
-            model = onnx.load(str(pre), load_external_data=False)
-            exclude = [n.name for n in model.graph.node if n.op_type in cfg.exclude_op_types]
-        quantize_static(
-            str(pre),
-            str(quant),
-            CalibrationReader(cfg.calibration, cfg.calibration_batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            activation_type=qtypes[cfg.activation_type],
-            weight_type=qtypes[cfg.weight_type],
-            calibrate_method=methods[cfg.calibrate_method],
-            nodes_to_exclude=exclude,
-            use_external_data_format=large,
-        )
-        return onnx.load(str(quant))
+            quantized = nncf_quantize(model, cfg, preset, ignored, tmp)
+        except Exception as e:  # NNCF's full bias correction cannot extract some graphs' subgraphs
+            if cfg.fast_bias_correction:
+                raise
+            log.warning(
+                "%s: full bias correction failed (%s); using fast bias correction", src.name, first_line(e)
+            )
+            settings["fast_bias_correction"] = True
+            settings["full_bias_correction_failed"] = first_line(e)
+            quantized = nncf_quantize(model, replace(cfg, fast_bias_correction=True), preset, ignored, tmp)
+        settings["float_layers"] = float_layers(quantized)
+        if (plain := tmp / "intermediate_model.onnx").is_file():  # before accuracy control reverted any
+            before = set(float_layers(onnx.load(str(plain))))
+            settings["kept_float_by_accuracy_control"] = [
+                n for n in settings["float_layers"] if n not in before
+            ]
+        return quantized
 
     return _make_variant(src, "int8", build, cfg, settings)
 
@@ -307,17 +308,3 @@ def quiet_onnxruntime() -> Iterator[None]:
     finally:
         for lg in loggers:
             lg.removeFilter(_not_onnxruntime_chatter)
-
-
-class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
-    """onnxruntime ``CalibrationDataReader`` over a preprocessed array, in batches."""
-
-    def __init__(self, data: np.ndarray, batch: int) -> None:
-        super().__init__()
-        self._batches: Iterator[np.ndarray] = iter(
-            [np.ascontiguousarray(data[i : i + batch], dtype=np.float32) for i in range(0, len(data), batch)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_MEMBER: batch}

@@ -44,8 +44,9 @@ class RunExportConfig:
     max_val_images: int = 64
     n_random: int = 8
     n_synthetic: int = 16
-    max_calib_images: int = 64
+    max_calib_images: int = 300  # INT8 calibration: train images (NNCF's subset_size)
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    int8_fast_bias_correction: bool = False  # NNCF's fast bias correction (cxr.export.quantize.Int8Config)
     atol: float = FP32_ATOL
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     threads: int | None = None

@@ -238,7 +238,13 @@ def _make_variant(
     if precision == "fp16":
         return make_fp16(src, Fp16Config(**common))
     calib, calib_source = pool.calibration_inputs(spec)
-    return make_int8(src, Int8Config(calibration=calib, calibration_source=calib_source, **common))
+    int8 = Int8Config(
+        calibration=calib,
+        calibration_source=calib_source,
+        fast_bias_correction=cfg.int8_fast_bias_correction,
+        **common,
+    )
+    return make_int8(src, int8)
 
 
 def _verify_variant(

@@ -19,10 +19,18 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import ModelError
-from cxr.export.onnx_files import onnx_size_bytes
+from cxr.export.onnx_files import onnx_size_bytes, read_metadata
 from cxr.fuse.fused_file import build_fused_file, drift_vs_fp32
 from cxr.fuse.graph import FusedGraph, ResizeStep, fused_input_size
 from cxr.fuse.heatmap_file import build_heatmap_file
+from cxr.fuse.int8_check import (
+    Int8Bar,
+    check_int8,
+    labelled_test_images,
+    summary,
+    unlabelled_images,
+    write_int8_records,
+)
 from cxr.fuse.members import (
     MemberModel,
     MetaModel,
@@ -39,7 +47,7 @@ from cxr.fuse.types import FuseConfig, FusedFile, FuseResult
 from cxr.fuse.verify import check_end_to_end, measure_latency
 from cxr.openvino_session import BF16_RECORD
 from cxr.session import file_sha256
-from cxr.spec import CARD_CALIBRATION
+from cxr.spec import CARD_CALIBRATION, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,10 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             warnings.append(f"OpenVINO BF16 is not offered for {out.name}: {record['reason']}")
     variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng, ood)
     warnings += [f"{variant} ensemble not built: {why}" for variant, why in skipped.items()]
+    if "int8" in variants and cfg.int8_check and (cfg.run_dir or cfg.check_images) is not None:
+        fp32, variants["int8"], records, notes = _int8_verdict(loaded, fp32, variants["int8"], spec, cfg)
+        verified.update(records)
+        warnings += notes
     heatmaps = None
     if cfg.heatmaps:
         built = build_heatmap_file(loaded, meta_model, out, fp32.sha256, cfg, reference, rng, ood)
@@ -142,6 +154,48 @@ def _fit_ood(loaded: Sequence[MemberModel], cfg: FuseConfig) -> tuple[OodModel |
     if isinstance(fitted, str):
         return None, f"no out-of-distribution score: {fitted}"
     return fitted, None
+
+
+def _int8_verdict(
+    loaded: Sequence[MemberModel],
+    fp32: FusedFile,
+    int8: FusedFile,
+    spec: PreprocessSpec,
+    cfg: FuseConfig,
+) -> tuple[FusedFile, FusedFile, dict[str, dict[str, Any]], list[str]]:
+    """The INT8 graph's verdict on the run's test images (``cxr.fuse.int8_check``), written into both files."""
+    fused_meta = read_metadata(fp32.path)
+    if cfg.run_dir is not None:
+        data = labelled_test_images(Path(cfg.run_dir), spec, fused_meta.classes)
+    else:  # a folder without labels: "not meaningful" or "not verified", never accepted
+        data = unlabelled_images(Path(str(cfg.check_images)), spec, cfg.bf16_check_images, cfg.seed)
+    if isinstance(data, str):
+        return fp32, int8, {}, [f"INT8 ensemble not verified, so not offered: {data}"]
+    layers = {}
+    for m in loaded:
+        settings = read_metadata(variant_path(m.path, "int8")).card.get("variant_settings") or {}
+        layers[m.name] = list(settings.get("kept_float_by_accuracy_control") or [])
+    records, notes = check_int8(
+        fp32.path,
+        int8.path,
+        data,
+        classes=fused_meta.classes,
+        card=fused_meta.card,
+        members=[m.name for m in loaded],
+        layers=layers,
+        bar=Int8Bar(cfg.min_agreement, cfg.int8_sensitivity_points),
+        threads=cfg.threads,
+    )
+    final = write_int8_records(fp32.path, int8.path, records)
+    fp32 = replace(fp32, sha256=file_sha256(fp32.path), bytes=onnx_size_bytes(fp32.path))
+    int8 = replace(int8, sha256=final, bytes=onnx_size_bytes(int8.path))
+    refused = [
+        f"INT8 is not offered for {name} on a {kind} CPU: {e['reason']}"
+        for name, rec in records.items()
+        for kind, e in rec["kinds"].items()
+        if not e["accepted"]
+    ]
+    return fp32, int8, {n: {**r, "sha256": final} for n, r in records.items()}, notes + refused
 
 
 def _resize_warnings(resizes: Sequence[ResizeStep]) -> list[str]:
@@ -240,7 +294,10 @@ def describe(result: FuseResult) -> str:
             f"{hm.max_abs_logit_identity:.2g}; vs numpy rule {hm.max_abs_diff_vs_numpy:.2g}; verified)"
         )
     for name, rec in result.verified_precisions.items():
-        lines.append(f"  {name}: {'accepted' if rec['accepted'] else 'refused'} ({rec['reason']})")
+        if "kinds" in rec:  # an INT8 record: a verdict per CPU kind
+            lines.append(f"  {summary(name, rec)}")
+        else:
+            lines.append(f"  {name}: {'accepted' if rec['accepted'] else 'refused'} ({rec['reason']})")
     if result.end_to_end is not None:
         e = result.end_to_end
         lines.append(

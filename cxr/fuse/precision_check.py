@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +107,15 @@ def check_openvino_bf16(
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Add (or replace) the ``openvino_bf16`` record in ``path``'s metadata; weights stay where they are."""
+    write_records(path, {BF16_RECORD: record})
+
+
+def write_records(path: Path, new: Mapping[str, dict[str, Any]]) -> None:
+    """Add (or replace) ``new``'s records in ``path``'s ``cxr.verified_precisions``; the others stay."""
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     records = json.loads(props.get(META_VERIFIED_PRECISIONS, "{}"))
-    records[BF16_RECORD] = record
+    records.update(new)
     props[META_VERIFIED_PRECISIONS] = json.dumps(records, sort_keys=True)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)

@@ -96,6 +96,13 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
     for v, why in d["skipped_variants"].items():
         lines.append(f"\n{v} ensemble not built: {why}.")
     for name, rec in (d.get("verified_precisions") or {}).items():
+        if "kinds" in rec:  # an INT8 record (cxr.fuse.int8_check): a verdict per CPU kind
+            lines.append(f"\n{name} (`{rec['file']}` vs FP32 on {rec['images']} {rec['split']} images):")
+            lines += [
+                f"- {kind}: {'accepted' if e['accepted'] else 'refused'}: {e['reason']}"
+                for kind, e in rec["kinds"].items()
+            ]
+            continue
         verdict = "accepted" if rec.get("accepted") else "refused"
         lines.append(f"\n{name} (the FP32 file run by OpenVINO in BF16): {verdict}: {rec.get('reason')}.")
     if hm := d.get("heatmaps"):

@@ -29,9 +29,15 @@ class FuseConfig:
     seed: int = 0
     report: bool = True
     bf16_check: bool = True  # given run_dir and openvino: verify OpenVINO BF16 on real images, record it
-    min_agreement: float = 0.99  # the BF16 bar: top-1 agreement with FP32 (as INT8's at export)
+    min_agreement: float = 0.99  # the BF16 and INT8 bar: top-1 agreement with FP32 (as INT8's at export)
     bf16_check_images: int = 200
     check_images: Path | None = None  # real images for the BF16 check (a folder or run dir); None: run_dir
+    int8_check: bool = (
+        True  # given run_dir and an int8 variant: its verdict on the test split (cxr.fuse.int8_check)
+    )
+    int8_sensitivity_points: float = (
+        1.0  # INT8's second bar: no class's operating-point sensitivity moves more
+    )
     heatmaps: bool = False  # also build <stem>.heatmaps.onnx (cxr.fuse.heatmap_file)
     ood: bool = True  # given run_dir: fit the out-of-distribution score (cxr.fuse.ood), output ood_score
     ood_max_train: int = 2000  # training images it is fitted on at most (a seeded sample)
