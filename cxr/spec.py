@@ -35,9 +35,12 @@ META_VERIFIED_PRECISIONS = "cxr.verified_precisions"  # {record: verification}, 
 INT8_RECORDS = ("openvino_int8", "onnxruntime_int8")
 """The INT8 records of ``cxr.verified_precisions`` (one per backend), written by ``cxr fuse`` into the FP32 fused
 file and its ``ensemble.int8.onnx`` alike: ``{"file": name, "sha256": the INT8 file's, "bar": {"agreement": 0.99,
-"sensitivity_points": 1.0}, "split": "test", "images": n, "kinds": {cpu kind (cxr.cpu_kind): {"accepted": bool,
-"agreement": float | None, "sensitivity_change_points": {class: float}, "reason": str}}}``. The runtime offers
-INT8 on a CPU only where its kind's entry is accepted and the file's sha256 matches."""
+"sensitivity_points": 1.0}, "split": "test" (or the unlabelled folder checked, never accepted), "images": n,
+"kinds": {cpu kind (cxr.cpu_kind): {"accepted": bool, "agreement": float | None, "sensitivity_change_points":
+{class: float}, "reason": str}}}``. The FP32 file's copy names the INT8 file as it ends up; the INT8 file's own
+copy cannot name its own hash (writing it changes the file), so it names the graph before its records. The
+runtime offers INT8 on a CPU only where its kind's entry is accepted and, the FP32 file beside it, that file's
+sha256 matches."""
 
 # The graph contract: tensor names every cxr graph uses. Fuse writes them, the runtime, Triton and the
 # evaluation read them; nothing outside this module types them again (tests/test_spec_contract.py).
