@@ -99,7 +99,16 @@ def _stage_export(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
     from cxr.demo.verdicts import export_verdicts
     from cxr.export.run_export import RunExportConfig, export_run, raise_for_failures
 
-    res = export_run(RunExportConfig(run_dir=p.run, variants=cfg.variants, threads=cfg.threads, strict=False))
+    res = export_run(
+        RunExportConfig(
+            run_dir=p.run,
+            variants=cfg.variants,
+            threads=cfg.threads,
+            strict=False,
+            max_calib_images=cfg.int8_calibration_images,
+            int8_fast_bias_correction=cfg.int8_fast_bias_correction,
+        )
+    )
     verdicts = export_verdicts(res)
     for line in verdicts:
         echo(line)

@@ -4,6 +4,7 @@ top-1 on the config's validation images), and names the layers left in float."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,8 +40,22 @@ class Int8Settings(Protocol):
 def nncf_quantize(
     model: onnx.ModelProto, cfg: Int8Settings, preset: str, ignored: list[str], tmp: Path
 ) -> onnx.ModelProto:
-    """``nncf.quantize`` (or ``quantize_with_accuracy_control`` at ``1 - cfg.min_agreement``) of ``model``."""
+    """``nncf.quantize`` (or ``quantize_with_accuracy_control`` at ``1 - cfg.min_agreement``) of ``model``;
+    NNCF's own log says only warnings meanwhile (its per-layer INFO lines would flood the console)."""
     import nncf
+
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        return _quantize(nncf, model, cfg, preset, ignored, tmp)
+    finally:
+        log.setLevel(level)
+
+
+def _quantize(
+    nncf: Any, model: onnx.ModelProto, cfg: Int8Settings, preset: str, ignored: list[str], tmp: Path
+) -> onnx.ModelProto:
     from nncf.quantization.advanced_parameters import (
         AdvancedAccuracyRestorerParameters,
         AdvancedQuantizationParameters,
