@@ -54,7 +54,7 @@ def with_bf16_record(src: Path, dst: Path) -> Path:
     ("providers", "precisions", "runs", "skipped"),
     [
         (("cpu",), ("auto",), (("cpu", "auto"),), 0),
-        (("cpu",), ("auto", "fp32"), (("cpu", "auto"),), 0),  # one onnxruntime run: the file as stored
+        (("cpu",), ("auto", "fp32"), (("cpu", "auto"), ("cpu", "fp32")), 0),  # auto may pick a verified INT8
         (
             ("openvino",),
             ("auto", "fp32", "bf16"),
@@ -64,7 +64,7 @@ def with_bf16_record(src: Path, dst: Path) -> Path:
         (
             ("cpu", "openvino"),
             ("fp32", "bf16"),
-            (("cpu", "auto"), ("openvino", "fp32"), ("openvino", "bf16")),
+            (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")),
             1,
         ),
         (  # int8 is its own run on both CPU providers; a GPU provider cannot run it

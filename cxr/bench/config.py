@@ -36,7 +36,7 @@ def provider_precisions(
     providers: Sequence[str], precisions: Sequence[str]
 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     """The (provider, precision) runs to measure and one note per pair skipped; ``ConfigError`` when a
-    precision or a provider would get no run at all. onnxruntime's runs are recorded as ``auto``."""
+    precision or a provider would get no run at all."""
     runs: list[tuple[str, str]] = []
     notes: list[str] = []
     refused: dict[tuple[str, str], str] = {}
@@ -47,7 +47,8 @@ def provider_precisions(
             except ProviderError as e:
                 refused[(provider, precision)] = e.message
                 continue
-            run = (provider, precision if provider == "openvino" or precision == "int8" else "auto")
+            # onnxruntime runs a file as stored, but auto may pick its verified INT8 file: fp32 stays apart
+            run = (provider, precision if provider == "openvino" or precision != "bf16" else "auto")
             if run not in runs:
                 runs.append(run)
     for precision in precisions:

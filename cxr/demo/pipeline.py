@@ -219,6 +219,7 @@ def _stage_bench(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
         BenchConfig(
             model=p.ensemble,
             variants=variants,
+            precisions=("fp32",),  # each file as it is stored: FP32 beside its INT8 variant
             batch_sizes=(1, 8),
             threads=(cfg.threads,),
             folder=p.scan_input,
