@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,9 @@ def open_predictor(cfg: NodeConfig) -> Any:
     return Predictor.from_path(*with_heatmap_twin(cfg.model, pcfg))
 
 
+_NAME_HINT = r"The string .* is unlikely to represent the intended person name"
+
+
 class DicomNode:
     """The running node (see the module docstring). ``predictor``: an open one (the benchmark shares its own)."""
 
@@ -143,6 +147,10 @@ class DicomNode:
         """Open the spool, load the model, replay the spool, then listen (non-blocking)."""
         from pynetdicom import AE, evt
 
+        # highdicom's person-name hint quotes the patient's name, and the builders' warnings.catch_warnings()
+        # cannot hold it back once the node's threads run (that context swaps the process's filters, so two
+        # threads undo each other's): filtered for the whole process before any of them starts
+        warnings.filterwarnings("ignore", message=_NAME_HINT, category=UserWarning)
         self.spool.open()
         try:
             if self._predictor is None:
