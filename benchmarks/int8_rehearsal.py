@@ -8,6 +8,10 @@ code, test split of RUN) and ``fuse_report.*``; prints each member's own top-1 a
 kind, and an OpenVINO batch-1 latency of FP32, BF16 and INT8.
 
     python benchmarks/int8_rehearsal.py runs/rehearse runs/rehearse-int8 [--skip-members] [--skip-fuse] [--threads 2]
+    python benchmarks/int8_rehearsal.py runs/rehearse OUT --members xception,densenet121   # only these rebuilt
+
+``--members`` rebuilds only the members named (the others' INT8 files must be in OUT/onnx already, built by the
+same recipe) and merges their rows into ``member_int8.json``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def members(run: Path, out: Path, names: list[str], threads: int | None) -> dict
             "reason": res.reason,
             "seconds": round(res.seconds, 1),
             "val_agreement": None if res.report is None else res.report.top1_agreement,
+            "val_max_probability_change": None if res.report is None else res.report.max_abs,
             "settings": res.settings,
         }
     return rows
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--skip-members", action="store_true", help="OUT/onnx already holds the INT8 members")
+    ap.add_argument("--members", default=None, help="comma-separated: rebuild only these members")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--skip-fuse", action="store_true", help="OUT already holds the fused files: tables only")
@@ -123,8 +129,11 @@ def main() -> None:
     order = list(load_meta(meta).member_order)
     (args.out / "onnx").mkdir(parents=True, exist_ok=True)
     if not args.skip_members:
-        rows = members(args.run, args.out, order, args.threads)
-        (args.out / "member_int8.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        names = args.members.split(",") if args.members else order
+        table = args.out / "member_int8.json"
+        rows = json.loads(table.read_text(encoding="utf-8")) if args.members and table.is_file() else {}
+        rows.update(members(args.run, args.out, names, args.threads))
+        table.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     t = time.perf_counter()
     cfg = FuseConfig(
         args.out / "ensemble.onnx",

@@ -236,7 +236,8 @@ def build_meta(cfg: PaperConfig, models: PaperModels) -> None:
 def build_fused(cfg: PaperConfig, models: PaperModels) -> None:
     out = cfg.out / "fused" / "ensemble.onnx"
     int8_out = out.with_name("ensemble.int8.onnx")
-    if out.is_file() and not cfg.force:
+    int8_pending = len(models.int8_members) == len(cfg.names) and not int8_out.is_file()
+    if out.is_file() and not cfg.force and not int8_pending:  # fused again when the INT8 members came later
         models.fused = out
         models.fused_int8 = int8_out if int8_out.is_file() else None
         return

@@ -108,6 +108,49 @@ def test_int8_nncf_qdq_per_channel(fp32: Path, images: tuple[np.ndarray, np.ndar
     assert sess.run(None, {INPUT_MEMBER: images[1][:3]})[0].shape == (3, 4)
 
 
+def _mean_probability_change(fp32: Path, int8: Path, x: np.ndarray) -> float:
+    """Mean over ``x`` of the total-variation distance between the two files' class probabilities, counting 1
+    for an image whose top-1 differs (accuracy control's definition)."""
+
+    def probabilities(path: Path) -> np.ndarray:
+        logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {INPUT_MEMBER: x}
+        )[0]
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    a, b = probabilities(fp32), probabilities(int8)
+    return float(np.mean(np.where(a.argmax(1) == b.argmax(1), 0.5 * np.abs(a - b).sum(axis=1), 1.0)))
+
+
+@pytest.mark.slow
+def test_accuracy_control_keeps_layers_in_float_until_probabilities_stay_close(
+    fp32: Path, images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base = dict(calibration=images[0], verify_inputs=images[1], min_agreement=0.5, fast_bias_correction=True)
+    plain = make_int8(fp32, Int8Config(**base, accuracy_control=False, out=fp32.with_name("plain.int8.onnx")))
+    assert plain.usable and plain.path is not None
+    plain_change = _mean_probability_change(fp32, plain.path, images[1])
+    loose = make_int8(
+        fp32, Int8Config(**base, max_probability_change=0.5, out=fp32.with_name("loose.int8.onnx"))
+    )
+    assert (
+        loose.usable and loose.settings.get("kept_float_by_accuracy_control", []) == []
+    )  # the bar is met unaided
+    bar = plain_change / 4
+    tight = make_int8(
+        fp32, Int8Config(**base, max_probability_change=bar, out=fp32.with_name("tight.int8.onnx"))
+    )
+    assert tight.usable and tight.path is not None and tight.settings["max_probability_change"] == bar
+    kept = tight.settings["kept_float_by_accuracy_control"]
+    assert kept and set(kept) <= set(tight.settings["float_layers"])
+    assert _mean_probability_change(fp32, tight.path, images[1]) < plain_change
+    assert plain.settings["val_mean_probability_change"] == pytest.approx(
+        plain_change, abs=1e-5
+    )  # the card's
+    assert tight.settings["val_mean_probability_change"] < plain.settings["val_mean_probability_change"]
+
+
 def test_variant_below_agreement_is_not_written(
     fp32: Path, images: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +183,10 @@ def test_bad_variant_inputs(fp32: Path, images: tuple[np.ndarray, np.ndarray], t
         Fp16Config(verify_inputs=images[1].astype(np.float64))
     with pytest.raises(ConfigError, match="min_agreement"):
         Fp16Config(verify_inputs=images[1], min_agreement=1.5)
+    with pytest.raises(ConfigError, match="max_probability_change"):
+        Int8Config(calibration=images[0], verify_inputs=images[1], max_probability_change=0.0)
+    with pytest.raises(ConfigError, match="max_float_groups"):
+        Int8Config(calibration=images[0], verify_inputs=images[1], max_float_groups=0)
     with pytest.raises(ConfigError, match="INT8 preset"):
         Int8Config(calibration=images[0], verify_inputs=images[1], preset="magic")  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="does not exist"):

@@ -149,6 +149,35 @@ def test_the_verdict_can_be_skipped(trained_run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_random_weight_members_get_not_meaningful_and_no_percentage(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from cxr.export.onnx_files import set_metadata
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    member = run / "onnx" / "beta.onnx"
+    proto, meta = onnx.load(str(member)), read_metadata(member)
+    set_metadata(
+        proto, replace(meta, card={**meta.card, "random_weights": True})
+    )  # as paper_members.py writes
+    onnx.save(proto, str(member))
+    res = _fuse(run, run / "ensemble.onnx")
+    assert sorted(res.verified_precisions) == sorted(INT8_RECORDS)
+    for rec in res.verified_precisions.values():
+        assert rec["sha256"] == file_sha256(res.files["int8"].path) and rec["images"] == 0
+        [entry] = rec["kinds"].values()
+        assert entry == {
+            "accepted": False,
+            "agreement": None,
+            "sensitivity_change_points": {},
+            "reason": "not meaningful: beta has random weights (a speed benchmark)",
+        }
+
+
+@pytest.mark.slow
 def test_unlabelled_images_never_accept(trained_run: Path, tmp_path: Path) -> None:
     members, meta = run_members(trained_run)
     cfg = FuseConfig(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cxr.cli.common import OrtThreads, Verbose, handle_errors, members_option, run_dir_argument, setup_logging
+from cxr.export.export_types import DEFAULT_INT8_MAX_PROBABILITY_CHANGE
 
 
 class ExporterName(str, Enum):
@@ -63,6 +64,14 @@ def export(
             "for large members; the full one kept more answers in benchmarks/README.md)."
         ),
     ] = False,
+    int8_max_change: Annotated[
+        float,
+        typer.Option(
+            "--int8-max-change",
+            help="INT8 accuracy control: keep layers in float until the member's class probabilities move by at "
+            "most this much on the val images (mean total-variation distance, 0-1).",
+        ),
+    ] = DEFAULT_INT8_MAX_PROBABILITY_CHANGE,
     n_random: Random = 8,
     min_agreement: MinAgreement = 0.99,
     threads: OrtThreads = None,
@@ -87,6 +96,7 @@ def export(
         max_val_images=max_val,
         max_calib_images=max_calib,
         int8_fast_bias_correction=fast_bias_correction,
+        int8_max_probability_change=int8_max_change,
         n_random=n_random,
         min_agreement=min_agreement,
         threads=threads,

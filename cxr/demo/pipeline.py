@@ -107,6 +107,7 @@ def _stage_export(cfg: DemoConfig, p: _Paths, echo: Echo) -> dict[str, Any]:
             strict=False,
             max_calib_images=cfg.int8_calibration_images,
             int8_fast_bias_correction=cfg.int8_fast_bias_correction,
+            int8_accuracy_control=cfg.int8_accuracy_control,
         )
     )
     verdicts = export_verdicts(res)

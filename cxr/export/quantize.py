@@ -5,8 +5,9 @@ Takes: ``<name>.onnx`` written by ``export_onnx`` and an ``Fp16Config`` or ``Int
 and a ``VariantResult``. FP16: onnxruntime's converter, FP32 I/O, ``FP16_KEEP_FP32_OPS`` kept FP32 (ConvNeXt's
 LayerNorm overflows in FP16). INT8: NNCF post-training quantization (QDQ, per-channel weights, full
 bias correction, the mixed preset where LayerNorm/GELU are) calibrated on real train images, then NNCF's
-accuracy control, which keeps in float the layers that cost top-1 agreement with the FP32 member on the val
-images (their names go into the card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
+accuracy control, which keeps in float the layers that move the member's class probabilities most away from
+the FP32 member's on the val images, until their mean change is at most ``max_probability_change`` (their
+names go into the card's ``variant_settings``); depthwise convolutions stay FP32 by default (a small share of the work, sensitive
 to per-channel INT8, and onnxruntime's QLinearConv cannot run NNCF's quantized ones in Xception); no dynamic
 quantization (it hurts these CNNs' accuracy).
 A variant whose top-1 agreement with the FP32 file (onnxruntime CPU) is below ``min_agreement`` is not
@@ -29,8 +30,8 @@ import numpy as np
 import onnx
 
 from cxr.errors import ConfigError, CxrError, ModelError, first_line
-from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD
-from cxr.export.nncf_int8 import depthwise_convs, float_layers, nncf_quantize
+from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_INT8_MAX_PROBABILITY_CHANGE
+from cxr.export.nncf_int8 import depthwise_convs, float_layers, mean_probability_change, nncf_quantize
 from cxr.export.onnx_files import (
     external_data_path,
     move_into_place,
@@ -94,7 +95,12 @@ class Int8Config(VariantConfig):
     calibration: np.ndarray = field(repr=False, compare=False)
     preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
     fast_bias_correction: bool = False  # full: slower; it kept Xception's top-1 (benchmarks)
-    accuracy_control: bool = True  # keep the layers that cost top-1 agreement in float, worst first
+    accuracy_control: bool = True  # keep in float the layers that move the probabilities most, worst first
+    # accuracy control's bar: mean total-variation distance between INT8 and FP32 class probabilities (val)
+    max_probability_change: float = DEFAULT_INT8_MAX_PROBABILITY_CHANGE
+    # at most this many groups of layers go back to float (NNCF's max_num_iterations; each step may re-rank
+    # every remaining group, minutes on a paper member): the bar may stay unmet, the card says by how much
+    max_float_groups: int = 10
     keep_depthwise_float: bool = (
         True  # depthwise convolutions stay FP32 (an ignored scope; see the docstring)
     )
@@ -105,6 +111,13 @@ class Int8Config(VariantConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_inputs(self.calibration, "calibration")
+        if not 0.0 < self.max_probability_change < 1.0:
+            raise ConfigError(
+                f"max_probability_change {self.max_probability_change} must be in (0, 1)",
+                hint="for example 0.005",
+            )
+        if self.max_float_groups < 1:
+            raise ConfigError(f"max_float_groups {self.max_float_groups} must be >= 1", hint="for example 10")
         if self.preset not in INT8_PRESETS:
             raise ConfigError(
                 f"unknown INT8 preset {self.preset!r}", hint=f"use one of {', '.join(INT8_PRESETS)}"
@@ -145,7 +158,7 @@ def make_fp16(src: Path, cfg: Fp16Config) -> VariantResult:
 
 def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
     """NNCF INT8 (QDQ) of ``src`` calibrated on ``cfg.calibration``, with accuracy control on
-    ``cfg.verify_inputs`` against ``src``'s top-1; verify against it, write if it agrees."""
+    ``cfg.verify_inputs`` against ``src``'s class probabilities; verify against it, write if it agrees."""
     import nncf
 
     src = Path(src)
@@ -164,6 +177,8 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
         "overflow_fix": cfg.overflow_fix,
         "ignored_layers": ignored,
         "accuracy_control": cfg.accuracy_control,
+        "max_probability_change": cfg.max_probability_change if cfg.accuracy_control else None,
+        "max_float_groups": cfg.max_float_groups if cfg.accuracy_control else None,
         "calibration_images": int(len(cfg.calibration)),
         "calibration_source": cfg.calibration_source,
         "validation_images": int(len(cfg.verify_inputs)),
@@ -182,6 +197,9 @@ def make_int8(src: Path, cfg: Int8Config) -> VariantResult:
             settings["full_bias_correction_failed"] = first_line(e)
             quantized = nncf_quantize(model, replace(cfg, fast_bias_correction=True), preset, ignored, tmp)
         settings["float_layers"] = float_layers(quantized)
+        settings["val_mean_probability_change"] = round(
+            mean_probability_change(model, quantized, cfg.verify_inputs, cfg.threads, cfg.batch_size), 6
+        )
         if (plain := tmp / "intermediate_model.onnx").is_file():  # before accuracy control reverted any
             before = set(float_layers(onnx.load(str(plain))))
             settings["kept_float_by_accuracy_control"] = [

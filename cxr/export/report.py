@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr.errors import ConfigError
-from cxr.export.export_types import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET, Exporter
+from cxr.export.export_types import (
+    DEFAULT_EXTERNAL_DATA_THRESHOLD,
+    DEFAULT_INT8_MAX_PROBABILITY_CHANGE,
+    DEFAULT_OPSET,
+    Exporter,
+)
 from cxr.export.quantize import DEFAULT_MIN_AGREEMENT, VARIANTS
 from cxr.export.verify import FP32_ATOL
 from cxr.labels import NOTICE
@@ -47,6 +52,8 @@ class RunExportConfig:
     max_calib_images: int = 300  # INT8 calibration: train images (NNCF's subset_size)
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     int8_fast_bias_correction: bool = False  # NNCF's fast bias correction (cxr.export.quantize.Int8Config)
+    int8_max_probability_change: float = DEFAULT_INT8_MAX_PROBABILITY_CHANGE  # INT8 accuracy control's bar
+    int8_accuracy_control: bool = True  # INT8: NNCF's accuracy control (cxr.export.quantize.Int8Config)
     atol: float = FP32_ATOL
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     threads: int | None = None

@@ -242,6 +242,8 @@ def _make_variant(
         calibration=calib,
         calibration_source=calib_source,
         fast_bias_correction=cfg.int8_fast_bias_correction,
+        max_probability_change=cfg.int8_max_probability_change,
+        accuracy_control=cfg.int8_accuracy_control,
         **common,
     )
     return make_int8(src, int8)

@@ -27,6 +27,7 @@ from cxr.fuse.int8_check import (
     Int8Bar,
     check_int8,
     labelled_test_images,
+    not_meaningful_records,
     summary,
     unlabelled_images,
     write_int8_records,
@@ -165,27 +166,34 @@ def _int8_verdict(
 ) -> tuple[FusedFile, FusedFile, dict[str, dict[str, Any]], list[str]]:
     """The INT8 graph's verdict on the run's test images (``cxr.fuse.int8_check``), written into both files."""
     fused_meta = read_metadata(fp32.path)
-    if cfg.run_dir is not None:
-        data = labelled_test_images(Path(cfg.run_dir), spec, fused_meta.classes)
-    else:  # a folder without labels: "not meaningful" or "not verified", never accepted
-        data = unlabelled_images(Path(str(cfg.check_images)), spec, cfg.bf16_check_images, cfg.seed)
-    if isinstance(data, str):
-        return fp32, int8, {}, [f"INT8 ensemble not verified, so not offered: {data}"]
-    layers = {}
-    for m in loaded:
-        settings = read_metadata(variant_path(m.path, "int8")).card.get("variant_settings") or {}
-        layers[m.name] = list(settings.get("kept_float_by_accuracy_control") or [])
-    records, notes = check_int8(
-        fp32.path,
-        int8.path,
-        data,
-        classes=fused_meta.classes,
-        card=fused_meta.card,
-        members=[m.name for m in loaded],
-        layers=layers,
-        bar=Int8Bar(cfg.min_agreement, cfg.int8_sensitivity_points),
-        threads=cfg.threads,
-    )
+    bar = Int8Bar(cfg.min_agreement, cfg.int8_sensitivity_points)
+    if random := [m.name for m in loaded if m.meta.card.get("random_weights")]:
+        why = (
+            f"{', '.join(random)} {'has' if len(random) == 1 else 'have'} random weights (a speed benchmark)"
+        )
+        records, notes = not_meaningful_records(int8.path, why, bar), list[str]()
+    else:
+        if cfg.run_dir is not None:
+            data = labelled_test_images(Path(cfg.run_dir), spec, fused_meta.classes)
+        else:  # a folder without labels: "not meaningful" or "not verified", never accepted
+            data = unlabelled_images(Path(str(cfg.check_images)), spec, cfg.bf16_check_images, cfg.seed)
+        if isinstance(data, str):
+            return fp32, int8, {}, [f"INT8 ensemble not verified, so not offered: {data}"]
+        layers = {}
+        for m in loaded:
+            settings = read_metadata(variant_path(m.path, "int8")).card.get("variant_settings") or {}
+            layers[m.name] = list(settings.get("kept_float_by_accuracy_control") or [])
+        records, notes = check_int8(
+            fp32.path,
+            int8.path,
+            data,
+            classes=fused_meta.classes,
+            card=fused_meta.card,
+            members=[m.name for m in loaded],
+            layers=layers,
+            bar=bar,
+            threads=cfg.threads,
+        )
     final = write_int8_records(fp32.path, int8.path, records)
     fp32 = replace(fp32, sha256=file_sha256(fp32.path), bytes=onnx_size_bytes(fp32.path))
     int8 = replace(int8, sha256=final, bytes=onnx_size_bytes(int8.path))

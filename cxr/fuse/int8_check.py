@@ -288,6 +288,29 @@ def check_int8(
     return records, notes
 
 
+def not_meaningful_records(
+    int8: Path, why: str, bar: Int8Bar, kind: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Both backends' records for ``int8`` when no verdict can mean anything (random-weight members): one entry
+    for this CPU's kind, never accepted, ``not meaningful: why`` and no percentage."""
+    from cxr.session import file_sha256
+
+    entry: dict[str, Any] = {
+        "accepted": False,
+        "agreement": None,
+        "sensitivity_change_points": {},
+        "reason": f"not meaningful: {why}",
+    }
+    base = {
+        "file": int8.name,
+        "sha256": file_sha256(int8),
+        "bar": {"agreement": bar.agreement, "sensitivity_points": bar.sensitivity_points},
+        "split": "none",
+        "images": 0,
+    }
+    return {name: {**base, "kinds": {kind or cpu_kind(): dict(entry)}} for name in INT8_RECORDS}
+
+
 def _capped_entry(
     int8: Path, images: np.ndarray, native: Sequence[str], entry: Any, threads: int | None, notes: list[str]
 ) -> dict[str, dict[str, Any]]:
