@@ -122,7 +122,9 @@ def main() -> None:
     ap.add_argument("--members", default=None, help="comma-separated: rebuild only these members")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-runs", type=int, default=20)
-    ap.add_argument("--skip-fuse", action="store_true", help="OUT already holds the fused files: tables only")
+    ap.add_argument(
+        "--skip-fuse", action="store_true", help="no fuse: the tables of OUT's fused files, if any"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     meta = args.run / "stack" / "meta.onnx"
@@ -134,17 +136,20 @@ def main() -> None:
         rows = json.loads(table.read_text(encoding="utf-8")) if args.members and table.is_file() else {}
         rows.update(members(args.run, args.out, names, args.threads))
         table.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    t = time.perf_counter()
-    cfg = FuseConfig(
-        args.out / "ensemble.onnx",
-        variants=("int8",),
-        run_dir=args.run,
-        bf16_check=False,
-        threads=args.threads,
-    )
-    res = fuse([args.out / "onnx" / f"{n}.onnx" for n in order], meta, cfg)
-    print(describe(res))  # noqa: T201
-    print(f"fuse with the INT8 verdict: {time.perf_counter() - t:.0f} s")  # noqa: T201
+    if not args.skip_fuse:
+        t = time.perf_counter()
+        cfg = FuseConfig(
+            args.out / "ensemble.onnx",
+            variants=("int8",),
+            run_dir=args.run,
+            bf16_check=False,
+            threads=args.threads,
+        )
+        res = fuse([args.out / "onnx" / f"{n}.onnx" for n in order], meta, cfg)
+        print(describe(res))  # noqa: T201
+        print(f"fuse with the INT8 verdict: {time.perf_counter() - t:.0f} s")  # noqa: T201
+    if not (args.out / "ensemble.int8.onnx").is_file():
+        return
     print("\n".join(member_table(args.run, args.out, order, args.threads)))  # noqa: T201
     print("\n".join(latency(args.out, args.latency_runs, args.threads)))  # noqa: T201
 
