@@ -69,7 +69,8 @@ def export(
         typer.Option(
             "--int8-max-change",
             help="INT8 accuracy control: keep layers in float until the member's class probabilities move by at "
-            "most this much on the val images (mean total-variation distance, 0-1).",
+            "most this much on the val images (mean total-variation distance, 0-1; an image whose top-1 "
+            "moves counts 1).",
         ),
     ] = DEFAULT_INT8_MAX_PROBABILITY_CHANGE,
     n_random: Random = 8,

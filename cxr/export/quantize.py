@@ -96,7 +96,7 @@ class Int8Config(VariantConfig):
     preset: Literal["auto", "performance", "mixed"] = "auto"  # auto: mixed where the graph has LayerNorm/GELU
     fast_bias_correction: bool = False  # full: slower; it kept Xception's top-1 (benchmarks)
     accuracy_control: bool = True  # keep in float the layers that move the probabilities most, worst first
-    # accuracy control's bar: mean total-variation distance between INT8 and FP32 class probabilities (val)
+    # accuracy control's bar: the mean change of the class probabilities on the val images (nncf_int8)
     max_probability_change: float = DEFAULT_INT8_MAX_PROBABILITY_CHANGE
     # at most this many groups of layers go back to float (NNCF's max_num_iterations; each step may re-rank
     # every remaining group, minutes on a paper member): the bar may stay unmet, the card says by how much
