@@ -73,7 +73,9 @@ def test_end_to_end_rows_split_time_into_stages(full_report: BenchReport) -> Non
     e2e = [r for r in full_report.rows if r.kind == "end_to_end"]
     for r in e2e:
         assert r.stages_ms is not None and set(r.stages_ms) == {"decode", "preprocess", "inference"}
-        assert sum(r.stages_ms.values()) == pytest.approx(r.latency_ms.mean, rel=0.25)
+        # the stages are parts of each timed call: never more than the whole, and most of it (a busy CPU adds
+        # scheduling time between them: a 3 ms row read 1.9 ms of stages on a 2-core host at load 4)
+        assert 0.5 * r.latency_ms.mean <= sum(r.stages_ms.values()) <= 1.05 * r.latency_ms.mean
         assert all(v > 0 for v in r.stages_ms.values())
     assert "decode" in format_terminal(full_report) and "pure inference" in format_terminal(full_report)
 
