@@ -33,7 +33,9 @@ MISSED_WHY = "its INT8 accuracy control missed its bar: mean probability change 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_run(tmp_path_factory.mktemp("int8-members") / "run", dict.fromkeys(NAMES, 32), variants=True)
+    return build_tiny_run(
+        tmp_path_factory.mktemp("int8-members") / "run", dict.fromkeys(NAMES, 32), variants=True
+    )
 
 
 def _members(run: Path, dest: Path, int8: dict[str, dict[str, Any] | None]) -> list[Path]:
@@ -144,4 +146,6 @@ def test_missed_bar_needs_both_numbers_and_a_change_above_the_bar(settings: dict
     why = int8_missed_bar({"variant_settings": settings})
     assert (why is not None) is missed
     if missed:
-        assert why == "its INT8 accuracy control missed its bar: mean probability change on val 0.0051 > 0.005"
+        assert (
+            why == "its INT8 accuracy control missed its bar: mean probability change on val 0.0051 > 0.005"
+        )
