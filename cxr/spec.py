@@ -72,6 +72,7 @@ CARD_MEMBER_ORDER = "member_order"  # the members in the meta-learner's feature 
 CARD_CALIBRATION = "calibration"  # the temperature built into the graph and how it was fitted
 CARD_OPERATING_POINTS = "operating_points"  # {class: {threshold, ...}}, read by cxr.runtime.operating
 CARD_OOD = "ood"  # the out-of-distribution score's threshold and fit, read by cxr.runtime.assess
+CARD_INT8_FLOAT_MEMBERS = "int8_float_members"  # INT8 ensemble: {member run in FP32: why} (cxr.fuse.members)
 
 InputFormat = Literal["uint8_gray", "float_normalized"]
 """``uint8_gray``: the graph takes uint8 [N, 1, H, W] grayscale and normalises inside (fused ensembles).

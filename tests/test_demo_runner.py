@@ -119,7 +119,7 @@ def test_export_verdicts_name_parity_and_each_int8_decision(tmp_path: Path) -> N
     assert "-> accepted" in text
     assert "xception     INT8: top-1 agreement with FP32 93.8% < bar 99% on 32 images" in text
     assert "-> refused (not used)" in text
-    assert "INT8 refused for xception: the INT8 ensemble needs every member" in text
+    assert "INT8 refused for xception: it runs in FP32 inside the INT8 ensemble" in text
     assert "vgg19        ONNX fp32 vs PyTorch on 32 inputs: max |dp| 3.0e-01" in text and "-> FAIL" in text
     assert "2 of 3 members match PyTorch; FAILED: vgg19" in text
 

@@ -143,6 +143,35 @@ def test_a_broken_member_is_refused_and_named(trained_run: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_a_member_whose_accuracy_control_missed_its_bar_runs_in_fp32_and_the_rest_is_accepted(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """The broken beta above, its card saying its accuracy control missed a 0.005 bar: the INT8 graph takes its
+    FP32 file instead, names it, and the verdict (which reads only the INT8 members' settings) accepts."""
+    from dataclasses import replace
+
+    from cxr.export.onnx_files import set_metadata
+    from cxr.spec import CARD_INT8_FLOAT_MEMBERS
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _member_int8(run, "beta", scale=30.0, accuracy_control=False)
+    path = run / "onnx" / "beta.int8.onnx"
+    proto, meta = onnx.load(str(path)), read_metadata(path)
+    settings = {**meta.card["variant_settings"], "max_probability_change": 0.005}
+    assert settings["val_mean_probability_change"] > 0.005  # measured on val by make_int8
+    set_metadata(proto, replace(meta, card={**meta.card, "variant_settings": settings}))
+    onnx.save(proto, str(path))
+    res = _fuse(run, run / "ensemble.onnx")
+    int8 = res.files["int8"]
+    [why] = read_metadata(int8.path).card[CARD_INT8_FLOAT_MEMBERS].values()
+    assert int8.float_members == {"beta": why} and why.startswith("its INT8 accuracy control missed its bar")
+    assert f"{settings['val_mean_probability_change']:g} > 0.005" in why
+    entry = res.verified_precisions[ONNXRUNTIME_RECORD]["kinds"][cpu_kind()]
+    assert entry["accepted"] is True, entry["reason"]
+
+
+@pytest.mark.slow
 def test_the_verdict_can_be_skipped(trained_run: Path, tmp_path: Path) -> None:
     res = _fuse(trained_run, tmp_path / "ensemble.onnx", int8_check=False)
     assert "int8" in res.files and res.verified_precisions == {}

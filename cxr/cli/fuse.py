@@ -15,7 +15,11 @@ from cxr.labels import NOTICE
 def fuse(
     run_dir: Annotated[Path, run_dir_argument("Run directory with onnx/<name>.onnx and stack/meta.onnx.")],
     variants: Annotated[
-        str, typer.Option(help="Also build variants from the members' variants, e.g. fp16,int8.")
+        str,
+        typer.Option(
+            help="Also build variants from the members' variants, e.g. fp16,int8 (INT8 runs in FP32 each "
+            "member without a usable <name>.int8.onnx, and names it)."
+        ),
     ] = "",
     output: Annotated[Path | None, output_option("The fused graph (default: RUN_DIR/ensemble.onnx).")] = None,
     input_size: Annotated[

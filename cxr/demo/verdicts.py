@@ -65,10 +65,12 @@ def export_verdicts(result: RunExportResult) -> list[str]:
             if not v.usable:
                 refused.setdefault(v.precision, []).append(m.name)
     for precision, names in refused.items():
-        lines.append(
-            f"{INDENT}{precision.upper()} refused for {', '.join(names)}: the {precision.upper()} ensemble needs "
-            "every member, so it will not be built"
+        follows = (
+            f"{'it runs' if len(names) == 1 else 'they run'} in FP32 inside the INT8 ensemble"
+            if precision == "int8"
+            else f"the {precision.upper()} ensemble needs every member, so it will not be built"
         )
+        lines.append(f"{INDENT}{precision.upper()} refused for {', '.join(names)}: {follows}")
     failed = result.failed
     passed = len(result.members) - len(failed)
     summary = f"{passed} of {len(result.members)} members match PyTorch"

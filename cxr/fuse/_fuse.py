@@ -2,9 +2,10 @@
 
 Takes: member ONNX paths in the meta-learner's order, ``stack/meta.onnx`` and a ``FuseConfig``. Makes:
 ``ensemble.onnx`` (uint8 ``image`` in; ``probabilities``, ``label``, ``member_probabilities`` and, given
-``run_dir``, ``ood_score`` out), the asked-for ``.fp16``/``.int8`` variants, optionally
-``ensemble.heatmaps.onnx``, and ``fuse_report.json``/``.md`` -> ``FuseResult``. Every file is verified
-against the separate members + meta-learner; given ``run_dir``, top-1 against PyTorch + scikit-learn too.
+``run_dir``, ``ood_score`` out), the asked-for ``.fp16``/``.int8`` variants (INT8 keeps in FP32 the members
+without a usable INT8 file), optionally ``ensemble.heatmaps.onnx``, and ``fuse_report.json``/``.md`` ->
+``FuseResult``. Every file is verified against the separate members + meta-learner; given ``run_dir``, top-1
+against PyTorch + scikit-learn too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cxr.fuse.members import (
     MetaModel,
     check_compatible,
     graph_spec,
+    int8_members,
     load_member,
     load_meta,
     variant_path,
@@ -82,6 +84,9 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             warnings.append(f"OpenVINO BF16 is not offered for {out.name}: {record['reason']}")
     variants, skipped = _build_variants(loaded, meta_model, fp32, fused, cfg, rng, ood)
     warnings += [f"{variant} ensemble not built: {why}" for variant, why in skipped.items()]
+    if "int8" in variants:
+        in_float = variants["int8"].float_members or {}
+        warnings += [f"member '{n}' runs in FP32 in the INT8 ensemble: {why}" for n, why in in_float.items()]
     if "int8" in variants and cfg.int8_check and (cfg.run_dir or cfg.check_images) is not None:
         fp32, variants["int8"], records, notes = _int8_verdict(loaded, fp32, variants["int8"], spec, cfg)
         verified.update(records)
@@ -181,6 +186,8 @@ def _int8_verdict(
             return fp32, int8, {}, [f"INT8 ensemble not verified, so not offered: {data}"]
         layers = {}
         for m in loaded:
+            if m.name in (int8.float_members or {}):  # run in FP32: no INT8 settings
+                continue
             settings = read_metadata(variant_path(m.path, "int8")).card.get("variant_settings") or {}
             layers[m.name] = list(settings.get("kept_float_by_accuracy_control") or [])
         records, notes = check_int8(
@@ -232,23 +239,40 @@ def _build_variants(
     rng: np.random.Generator,
     ood: OodModel | None = None,
 ) -> tuple[dict[str, FusedFile], dict[str, str]]:
-    """Each asked-for variant ensemble, built from the members' variants when every member has one.
+    """Each asked-for variant ensemble: FP16 from every member's FP16 file (when every member has one); INT8
+    from the members' INT8 files, each member without a usable one in FP32 (``int8_members``).
 
     Returns the built files and, per variant not built, why.
     """
     files: dict[str, FusedFile] = {}
     skipped: dict[str, str] = {}
     for variant in cfg.variants:
-        paths = [variant_path(m.path, variant) for m in loaded]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            skipped[variant] = f"member variant(s) missing: {', '.join(missing)}"
-            continue
-        var_members = [load_member(p) for p in paths]
+        in_float: dict[str, str] | None = None
+        if variant == "int8":
+            var_members, in_float = int8_members(loaded)
+            if len(in_float) == len(loaded):
+                why = "; ".join(f"{n}: {w}" for n, w in in_float.items())
+                skipped[variant] = f"no member has a usable INT8 file ({why})"
+                continue
+        else:
+            paths = [variant_path(m.path, variant) for m in loaded]
+            if missing := [p.name for p in paths if not p.is_file()]:
+                skipped[variant] = f"member variant(s) missing: {', '.join(missing)}"
+                continue
+            var_members = [load_member(p) for p in paths]
         check_compatible(var_members, meta_model)
         var_out = fp32.path.with_name(fp32.path.name.removesuffix(".onnx") + f".{variant}.onnx")
         built, _, _ = build_fused_file(
-            var_members, meta_model, var_out, variant, cfg, rng, cfg.variant_tolerance, fp32.sha256, ood
+            var_members,
+            meta_model,
+            var_out,
+            variant,
+            cfg,
+            rng,
+            cfg.variant_tolerance,
+            fp32.sha256,
+            ood,
+            in_float,
         )
         drift = drift_vs_fp32(fp32.path, var_out, fused.input_size, rng, cfg.threads)
         files[variant] = replace(built, drift_vs_fp32=drift)

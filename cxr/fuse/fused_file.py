@@ -1,14 +1,15 @@
 """One fused file of one precision: wire, simplify (FP32), add the ensemble's metadata, save, check, verify.
 
-Takes: checked members (FP32, or one variant of each), the meta-learner, the output path, the precision and
-the ``FuseConfig``. Makes: the file (external data near the 2 GB protobuf limit) with one cxr metadata card
-for the whole ensemble, checked by ``onnx.checker`` and equal to the separate members + meta-learner
-within ``tolerance`` -> ``FusedFile``; ``drift_vs_fp32`` compares a variant ensemble with the FP32 one.
+Takes: checked members (FP32, or one variant of each; an INT8 file may keep some members FP32), the
+meta-learner, the output path, the precision and the ``FuseConfig``. Makes: the file (external data near the
+2 GB protobuf limit) with one cxr metadata card for the whole ensemble, checked by ``onnx.checker`` and equal
+to the separate members + meta-learner within ``tolerance`` -> ``FusedFile``; ``drift_vs_fp32`` compares a
+variant ensemble with the FP32 one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from cxr.fuse.types import FuseConfig, FusedFile
 from cxr.fuse.verify import SeparatePipeline, check_separate, session
 from cxr.labels import NOTICE
 from cxr.session import file_sha256
-from cxr.spec import INPUT_IMAGE, OUTPUT_PROBABILITIES, ModelMetadata
+from cxr.spec import CARD_INT8_FLOAT_MEMBERS, INPUT_IMAGE, OUTPUT_PROBABILITIES, ModelMetadata
 
 RUNTIME_STEPS = (
     "decode the file (PNG, JPEG, DICOM...) with cxr.imaging.decode.decode_gray",
@@ -51,8 +52,10 @@ def ensemble_metadata(
     precision: str,
     simplified: bool,
     fp32_sha256: str | None = None,
+    float_members: Mapping[str, str] | None = None,
 ) -> ModelMetadata:
-    """The metadata of one fused file; a variant also names the FP32 ensemble it was built beside."""
+    """The metadata of one fused file; a variant also names the FP32 ensemble it was built beside, and an INT8
+    one the members it runs in FP32 and why (``CARD_INT8_FLOAT_MEMBERS``)."""
     info = meta.info
     card: dict[str, Any] = {
         "kind": "ensemble",
@@ -80,6 +83,8 @@ def ensemble_metadata(
     }
     if fp32_sha256 is not None:  # a variant names the FP32 ensemble it was built beside
         card["fp32_sha256"] = fp32_sha256
+    if float_members is not None:
+        card[CARD_INT8_FLOAT_MEMBERS] = dict(float_members)
     pre = graph_spec(members, fused.input_size)
     return ModelMetadata(classes=tuple(info["classes"]), preprocess=pre, input_format="uint8_gray", card=card)
 
@@ -142,8 +147,10 @@ def build_fused_file(
     tolerance: float,
     fp32_sha256: str | None = None,
     ood: OodModel | None = None,
+    float_members: Mapping[str, str] | None = None,
 ) -> tuple[FusedFile, FusedGraph, SeparatePipeline]:
-    """Build, save and verify one fused file (see the module docstring); ``tolerance`` vs separate."""
+    """Build, save and verify one fused file (see the module docstring); ``tolerance`` vs separate;
+    ``float_members``: an INT8 file's {member given as FP32: why}, written into its card."""
     fused = build_fused(members, meta, cfg.input_size, ood=ood)
     if precision != "fp32":
         note = "skipped: only the FP32 graph is simplified (onnxsim would fold quantised or FP16 weights)"
@@ -152,7 +159,7 @@ def build_fused_file(
         model, simplified, note = fused.model, False, "skipped: disabled"
     else:
         model, simplified, note = _simplify(fused.model, model_nbytes(fused.model))
-    md = ensemble_metadata(members, meta, fused, precision, simplified, fp32_sha256)
+    md = ensemble_metadata(members, meta, fused, precision, simplified, fp32_sha256, float_members)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, md.to_props())
     model.doc_string = f"cxr stacking ensemble ({precision}). {NOTICE}"
@@ -165,8 +172,10 @@ def build_fused_file(
     )
     if fused.ood is not None:
         check_ood(out, fused.ood, 1e-3, cfg.threads, strict=precision == "fp32")
+    in_float = None if float_members is None else dict(float_members)
+    sha, size = file_sha256(out), onnx_size_bytes(out)
     return (
-        FusedFile(precision, out, file_sha256(out), onnx_size_bytes(out), external, simplified, note, parity),
+        FusedFile(precision, out, sha, size, external, simplified, note, parity, float_members=in_float),
         fused,
         reference,
     )

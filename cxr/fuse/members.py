@@ -1,13 +1,14 @@
 """Load the members and the meta-learner to fuse, and refuse any combination that cannot be fused.
 
 Takes: member ONNX paths (``RUN_DIR/onnx/<name>[.fp16|.int8].onnx``) and ``stack/meta.onnx``. Makes:
-``MemberModel`` per member and ``MetaModel``; each refusal names the member and the fix.
+``MemberModel`` per member and ``MetaModel``; each refusal names the member and the fix; ``int8_members``
+picks which members enter the INT8 ensemble quantized and which stay FP32, and why.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,41 @@ def member_name_from_path(path: Path) -> str:
 def variant_path(path: Path, variant: str) -> Path:
     """``onnx/<name>.onnx`` -> ``onnx/<name>.<variant>.onnx``."""
     return Path(path).with_name(f"{member_name_from_path(path)}.{variant}.onnx")
+
+
+def int8_members(members: Sequence[MemberModel]) -> tuple[list[MemberModel], dict[str, str]]:
+    """The members of the INT8 ensemble, in order, and {member kept in FP32: why}.
+
+    A member enters as its ``<name>.int8.onnx`` when that file exists and its card does not say NNCF's accuracy
+    control missed its bar (``int8_missed_bar``); otherwise as the FP32 member itself.
+    """
+    chosen: list[MemberModel] = []
+    in_float: dict[str, str] = {}
+    for m in members:
+        path = variant_path(m.path, "int8")
+        quantized = load_member(path) if path.is_file() else None
+        why = f"no {path.name}" if quantized is None else int8_missed_bar(quantized.card)
+        if quantized is None or why is not None:
+            chosen.append(m)
+            in_float[m.name] = str(why)
+        else:
+            chosen.append(quantized)
+    return chosen, in_float
+
+
+def int8_missed_bar(card: Mapping[str, Any]) -> str | None:
+    """Why a member INT8 card (``cxr.export.quantize.make_int8``) says its accuracy control missed its bar, or
+    None: its mean probability change on val is above ``max_probability_change``. Cards without both numbers
+    (accuracy control off, older files) do not say so."""
+    settings = card.get("variant_settings") or {}
+    bar, change = settings.get("max_probability_change"), settings.get("val_mean_probability_change")
+    if not (_is_number(bar) and _is_number(change) and change > bar):
+        return None
+    return f"its INT8 accuracy control missed its bar: mean probability change on val {change:g} > {bar:g}"
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def load_member(path: Path) -> MemberModel:

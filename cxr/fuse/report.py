@@ -95,6 +95,10 @@ def fuse_report_markdown(d: Mapping[str, Any]) -> str:
     lines = [*_summary_lines(d), *_files_table(d)]
     for v, why in d["skipped_variants"].items():
         lines.append(f"\n{v} ensemble not built: {why}.")
+    for f in d["files"].values():
+        if in_float := f.get("float_members"):
+            lines.append(f"\n`{Path(f['path']).name}` runs these members in FP32:")
+            lines += [f"- {name}: {why}" for name, why in in_float.items()]
     for name, rec in (d.get("verified_precisions") or {}).items():
         if "kinds" in rec:  # an INT8 record (cxr.fuse.int8_check): a verdict per CPU kind
             lines.append(f"\n{name} (`{rec['file']}` vs FP32 on {rec['images']} {rec['split']} images):")

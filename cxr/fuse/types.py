@@ -75,6 +75,7 @@ class FusedFile:
     simplify_note: str
     parity: ParityReport
     drift_vs_fp32: dict[str, float] | None = None
+    float_members: dict[str, str] | None = None  # INT8: {member run in FP32: why}; None for other precisions
 
 
 @dataclass(frozen=True)
