@@ -214,9 +214,12 @@ def _encoded_without_times(ds: Dataset) -> bytes:
 
 @pytest.mark.parametrize("key", SOURCES)
 @pytest.mark.parametrize("result", [ASSESSABLE, NOT_ASSESSABLE], ids=["assessable", "not-assessable"])
-def test_sr_equals_highdicoms_build_from_the_whole_content_tree(key: str, result: Prediction) -> None:
-    """build_sr gives highdicom's constructor the bare root and adds the tree after; nothing may differ."""
-    from highdicom.sr import ComprehensiveSR
+def test_sr_equals_highdicoms_build_of_the_whole_report(key: str, result: Prediction) -> None:
+    """build_sr encodes the model's fixed items once and the rest per report; the document must be what
+    highdicom's MeasurementReport and ComprehensiveSR make of the whole tree, and must stay so after a
+    report with other content was built (nothing of it may be reused)."""
+    from highdicom.sr import ComprehensiveSR, MeasurementReport
+    from pydicom.sr.codedict import codes
 
     from cxr.dicom import sr as sr_module
     from cxr.dicom._identity import instance_uid
@@ -227,11 +230,19 @@ def test_sr_equals_highdicoms_build_from_the_whole_content_tree(key: str, result
     sop_uid = instance_uid(header.SOPInstanceUID, MODEL, "sr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        report = sr_module._report(header, result, str(result.label), MODEL, sop_uid)
+        report = MeasurementReport(
+            observation_context=sr_module._observation(MODEL),
+            procedure_reported=_codes.PROCEDURE,
+            imaging_measurements=[sr_module._group(header, result, str(result.label), MODEL, sop_uid)],
+        )
+        report[0].ContentSequence.append(sr_module.texts_container(sr_module.report_texts(result, MODEL)))
         whole = ComprehensiveSR(
             evidence=[header], content=report, **sr_module._document(header, MODEL, sop_uid)
         )
+    other = NOT_ASSESSABLE if result is ASSESSABLE else ASSESSABLE
+    build_sr(src, other, MODEL)  # the model's encoded items are now cached, with the other report's texts
     fast = build_sr(src, result, MODEL)
+    assert codes.DCM.ImagingMeasurements.value in str(whole.ContentSequence)
     assert len(fast.ContentSequence) == len(report[0].ContentSequence) > 2
     assert _encoded_without_times(fast) == _encoded_without_times(whole)
 

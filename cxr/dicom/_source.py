@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import VALIDATORS
@@ -182,6 +183,18 @@ def building(name: str, what: str) -> Iterator[None]:
             hint="check the source's header with dciodvfy and re-export it from the PACS",
             path=name,
         ) from e
+
+
+def written_as_is(result: Dataset) -> tuple[str, ...]:
+    """Mark a result dataset as already in its file's encoding (Explicit VR Little Endian, its own character
+    set), so that pydicom's writer writes its elements as they are: a fresh dataset has no original encoding,
+    and the writer then walks it for ambiguous VRs and decodes and re-encodes every raw element, which costs
+    more than encoding it. Returns the character set's Python encodings (what its text is encoded with)."""
+    charset = result.get("SpecificCharacterSet")
+    encodings = tuple(convert_encodings(charset or default_encoding))
+    # pydicom compares this with the dataset's character set as it states it: a list when one is given
+    result.set_original_encoding(False, True, list(encodings) if charset else default_encoding)
+    return encodings
 
 
 def source_header(ds: Dataset, name: str) -> Dataset:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr.dicom._identity import ModelIdentity, instance_uid, series_uid
-from cxr.dicom._source import building, source_header
+from cxr.dicom._source import building, source_header, written_as_is
 from cxr.errors import DataError
 
 MANUFACTURER = "cxr"
@@ -116,4 +116,6 @@ def sc_from_header(header: Dataset, rgb: np.ndarray, model: ModelIdentity, name:
     ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
     sc.SourceImageSequence = [ref]
     _copy_lossy_flag(sc, header)
+    sc["PixelData"].VR = "OB"  # 8 bits allocated (PS3.5 A.2): what pydicom's writer would settle the VR to
+    written_as_is(sc)
     return sc

@@ -19,18 +19,21 @@ A failed prediction (``result.ok`` False) has nothing to report and is refused w
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     ComprehensiveSR,
     ContainerContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
+    LanguageOfContentItemAndDescendants,
     Measurement,
-    MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
@@ -40,18 +43,24 @@ from highdicom.sr import (
     TextContentItem,
     TrackingIdentifier,
 )
+from highdicom.sr.templates import DEFAULT_LANGUAGE
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_sequence_item
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 
 from cxr.dicom import _codes as c
 from cxr.dicom._identity import ModelIdentity, device_uid, instance_uid, series_uid, tracking_uid
-from cxr.dicom._source import building, source_header
+from cxr.dicom._source import building, source_header, written_as_is
 from cxr.errors import DataError
 from cxr.spec import Prediction
 
 MANUFACTURER = "cxr"
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "cxr AI result (decision support, not a diagnosis)"
+_CONTENT_SEQUENCE = Tag(0x0040, 0xA730)
 
 
 def _name(result: Prediction, source: Dataset) -> str:
@@ -76,27 +85,8 @@ def _measurements(result: Prediction) -> list[Measurement]:
     ]
 
 
-def _texts(result: Prediction, model: ModelIdentity) -> ContainerContentItem:
-    """TID 1500 row 12: the document-level Qualitative Evaluations container with the TEXT items."""
-    items: list[TextContentItem] = [
-        TextContentItem(c.NOTICE, c.DISCLAIMER, RelationshipTypeValues.CONTAINS),
-        TextContentItem(c.COMMENT, result.notice, RelationshipTypeValues.CONTAINS),
-        TextContentItem(c.MODEL_SHA256, model.sha256, RelationshipTypeValues.CONTAINS),
-    ]
-    items.extend(
-        TextContentItem(c.REASON_MESSAGE, f"{r.code}: {r.message}", RelationshipTypeValues.CONTAINS)
-        for r in result.reasons
-    )
-    container = ContainerContentItem(
-        name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
-    )
-    container.ContentSequence = ContentSequence(items)
-    return container
-
-
-def _report(
-    header: Dataset, result: Prediction, label: str, model: ModelIdentity, sop_uid: str
-) -> MeasurementReport:
+def _observation(model: ModelIdentity) -> ObservationContext:
+    """TID 1001: the model as the device observer."""
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -107,7 +97,14 @@ def _report(
             serial_number=model.model_id,
         ),
     )
-    group = MeasurementsAndQualitativeEvaluations(
+    return ObservationContext(observer_device_context=device)
+
+
+def _group(
+    header: Dataset, result: Prediction, label: str, model: ModelIdentity, sop_uid: str
+) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the measurement group about the whole source image."""
+    return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=tracking_uid(sop_uid), identifier="cxr whole-image result"
         ),
@@ -121,13 +118,6 @@ def _report(
         qualitative_evaluations=_evaluations(result, label),
         source_images=[SourceImageForMeasurementGroup.from_source_image(header)],
     )
-    report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=device),
-        procedure_reported=c.PROCEDURE,
-        imaging_measurements=[group],
-    )
-    report[0].ContentSequence.append(_texts(result, model))
-    return report
 
 
 def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Dataset:
@@ -147,11 +137,21 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
     sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
     with warnings.catch_warnings(), building(name, "SR"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
-        report = _report(header, result, result.label, model, sop_uid)
-        sr = ComprehensiveSR(
-            evidence=[header], content=_bare_root(report[0]), **_document(header, model, sop_uid)
+        measurements = ContainerContentItem(
+            name=codes.DCM.ImagingMeasurements, relationship_type=RelationshipTypeValues.CONTAINS
         )
-    return _with_content(sr, report[0])
+        measurements.ContentSequence = ContentSequence()
+        measurements.ContentSequence.extend(_group(header, result, result.label, model, sop_uid))
+        root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+        root.ContentSequence = ContentSequence()  # its items are added encoded, below
+        sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
+    out = Dataset(sr)  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
+    out.preamble, out.file_meta = sr.preamble, sr.file_meta
+    encodings = written_as_is(out)
+    items = _report_opening(model, encodings) + _encoded([measurements], encodings)
+    items += _texts_encoded(report_texts(result, model), encodings)
+    out[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
+    return out
 
 
 def _document(header: Dataset, model: ModelIdentity, sop_uid: str) -> dict[str, Any]:
@@ -179,28 +179,55 @@ def _document(header: Dataset, model: ModelIdentity, sop_uid: str) -> dict[str, 
     }
 
 
-def _bare_root(root: Dataset) -> Dataset:
-    """The report's root container without its children: what ``ComprehensiveSR`` is given.
-
-    highdicom's SR constructor deep-copies and re-parses the whole content tree it is given, and searches it
-    for references, which costs more than building the tree did. The tree was already made and checked by
-    highdicom's TID 1500 classes in ``_report``, and the evidence sequence the constructor derives lists every
-    evidence instance whether the tree references it or not, so the document is built around the bare root and
-    then given the report's children: tests/test_dicom_objects.py proves the result byte for byte equal to
-    highdicom's build from the whole tree (but for the creation times).
-    """
-    bare = Dataset()
-    for elem in root:
-        if elem.keyword != "ContentSequence":
-            bare.add(elem)
-    bare.ContentSequence = []
-    return bare
+@functools.lru_cache(maxsize=16)
+def _report_opening(model: ModelIdentity, encodings: tuple[str, ...]) -> bytes:
+    """The report's root items before the measurements, encoded: the language, the observation context and the
+    procedure reported, as highdicom's ``MeasurementReport`` orders them. They are the same in every report of a
+    model, so they are built and encoded once (tests/test_dicom_objects.py proves the document byte for byte
+    equal to highdicom's build of the whole report, but for the creation times)."""
+    procedure = CodeContentItem(
+        name=codes.DCM.ProcedureReported,
+        value=c.PROCEDURE,
+        relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+    )
+    opening = [*LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE), *_observation(model), procedure]
+    return _encoded(opening, encodings)
 
 
-def _with_content(sr: Dataset, root: Dataset) -> Dataset:
-    """``sr`` as a plain pydicom Dataset whose root content items are ``root``'s, as highdicom copies them."""
-    out = Dataset(sr)  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
-    out.preamble, out.file_meta = sr.preamble, sr.file_meta
-    for tag, value in root.items():
-        out[tag] = value
-    return out
+@functools.lru_cache(maxsize=64)
+def _texts_encoded(texts: tuple[str, ...], encodings: tuple[str, ...]) -> bytes:
+    """TID 1500 row 12, encoded: the Qualitative Evaluations container with one TEXT item per text (the
+    disclaimer, the notice, the model's SHA-256, each reason's explanation); repeats from report to report."""
+    return _encoded([texts_container(texts)], encodings)
+
+
+def texts_container(texts: Sequence[str]) -> ContainerContentItem:
+    """The Qualitative Evaluations container of ``report_texts``: a TEXT item for each."""
+    names = (c.NOTICE, c.COMMENT, c.MODEL_SHA256)
+    container = ContainerContentItem(
+        name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(
+                names[i] if i < len(names) else c.REASON_MESSAGE, text, RelationshipTypeValues.CONTAINS
+            )
+            for i, text in enumerate(texts)
+        ]
+    )
+    return container
+
+
+def report_texts(result: Prediction, model: ModelIdentity) -> tuple[str, ...]:
+    """The document's texts: the disclaimer on its own, the full notice, the model's SHA-256, each reason's
+    explanation."""
+    return (c.DISCLAIMER, result.notice, model.sha256, *(f"{r.code}: {r.message}" for r in result.reasons))
+
+
+def _encoded(items: Sequence[Dataset], encodings: tuple[str, ...]) -> bytes:
+    """``items`` as the items of a sequence, Explicit VR Little Endian, as pydicom's writer encodes them."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    for item in items:
+        write_sequence_item(fp, item, list(encodings))
+    return fp.getvalue()

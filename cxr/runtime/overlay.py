@@ -61,6 +61,13 @@ def _font(size: int, bold: bool = False) -> Font:
 
 def wrap(text: str, font: Font, width: float) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a longer word alone)."""
+    return list(_wrapped(text, font, width))
+
+
+@functools.lru_cache(maxsize=256)
+def _wrapped(text: str, font: Font, width: float) -> tuple[str, ...]:
+    """``wrap``, kept per (text, font, width): most of a caption (the notice, the map's legend, the headline of a
+    frequent result) repeats from image to image, and measuring it word by word costs more than drawing it."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
@@ -72,7 +79,7 @@ def wrap(text: str, font: Font, width: float) -> list[str]:
             else:
                 line = trial
         lines.append(line)
-    return lines
+    return tuple(lines)
 
 
 def _display_size(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -181,6 +188,7 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.Resampling.BILINEAR)
 
 
+@functools.lru_cache(maxsize=32)
 def _line_height(font: Font) -> int:
     top, bottom = font.getbbox("Ag")[1::2]
     return int(bottom - top) + 6
