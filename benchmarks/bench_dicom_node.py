@@ -161,7 +161,7 @@ def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str,
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from cxr.dicom.forward import Backoff, parse_destination
     from cxr.dicom.node import DicomNode, NodeConfig, open_predictor
-    from cxr.runtime import Predictor, PredictorConfig
+    from cxr.runtime import Predictor, PredictorConfig, SessionConfig
 
     model = args.model
     if model is None:
@@ -181,9 +181,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         port=node_port,
         backoff=Backoff(0.2, 1.0, 60.0),
         threads=args.threads,
+        provider=args.provider,
+        precision=args.precision,
     )
     predictor = open_predictor(cfg)  # what `cxr listen` runs: the heatmap twin when it is beside the model
-    plain = Predictor.from_path(model, PredictorConfig(batch_size=1), threads=args.threads)
+    session = SessionConfig(provider=args.provider, threads=args.threads, precision=args.precision)
+    plain = Predictor.from_path(model, PredictorConfig(session=session, batch_size=1))
     infer = inference_ms(predictor, files, args.n)
     infer_plain = inference_ms(plain, files, args.n)
     del plain
@@ -211,6 +214,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     per_instance = 1000 * span_node / args.n
     return {
         "host": f"{platform.node()} ({platform.machine()}, threads {args.threads or 'all'})",
+        "runs_as": f"{args.provider} provider, precision {args.precision}",
         "model": Path(predictor.model_path).name,
         "files": len(files),
         "n": args.n,
@@ -239,7 +243,8 @@ def table(row: dict[str, Any]) -> str:
     """The row as the Markdown tables of benchmarks/README.md."""
     return "\n".join(
         [
-            f"host {row['host']}, model {row['model']}, {row['files']} files, n {row['n']}, failed {row['failed']}",
+            f"host {row['host']}, model {row['model']} ({row['runs_as']}), {row['files']} files, n {row['n']}, "
+            f"failed {row['failed']}",
             "",
             "| stage (in process) | " + " | ".join(STAGES) + " | steps after the model, one by one "
             "| results step as the node runs it (its CPU) | node per image (model + results) |",
@@ -272,6 +277,10 @@ def main() -> int:
     ap.add_argument("--files", type=Path, default=DEFAULT_FILES, help="folder of DICOM files")
     ap.add_argument("--n", type=int, default=12, help="instances per phase (latency, throughput)")
     ap.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    ap.add_argument("--provider", default="auto", help="as `cxr listen --provider` (auto, cpu, openvino)")
+    ap.add_argument(
+        "--precision", default="auto", help="as `cxr listen --precision` (auto, fp32, bf16, int8)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the row as JSON here")
     args = ap.parse_args()
     if missing_tools():

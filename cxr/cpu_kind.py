@@ -53,6 +53,12 @@ def cap_allows_bf16(cap: str | None) -> bool:
     return cap is None or cap.upper() in _CAPS_WITH_BF16
 
 
+def has_bf16(flags: Iterable[str] | None = None, *, cap: str | None = None) -> bool:
+    """Whether a CPU with ``flags`` (default: this one's) has BF16 kernels left under oneDNN's ISA ``cap``."""
+    present = cpu_flags() if flags is None else frozenset(flags)
+    return bool({"avx512_bf16", "amx_bf16"} & present) and cap_allows_bf16(cap)
+
+
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The flags of the first CPU in ``cpuinfo`` (empty where the file does not exist: not Linux)."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cxr.cpu_kind import cpu_kind, isa_cap
+from cxr.cpu_kind import cpu_kind, has_bf16, isa_cap
 from cxr.digest import file_sha256
 from cxr.errors import ModelError, ProviderError
 from cxr.onnx_header import read_onnx_header
@@ -206,6 +206,26 @@ def int8_verdict(model: Path, props: Mapping[str, str], provider: str, kind: str
     )
 
 
+def bf16_over_int8(props: Mapping[str, str], model_name: str, backend: str) -> str | None:
+    """Why ``--precision auto`` on OpenVINO runs the verified BF16 graph rather than an accepted INT8 graph, or
+    None: the INT8 graph keeps some members in FP32 (its record's ``float_members``), this CPU has BF16 kernels
+    (and no ISA cap takes them away) and the model's BF16 check accepted it. Those members then run at FP32
+    speed inside the INT8 graph while BF16 speeds up every member (measured on the rehearsal ensemble:
+    benchmarks/README.md, "INT8 verdict on the rehearsal ensemble")."""
+    record = verified_record(props, model_name, INT8_RECORD[backend]) or {}
+    in_float = record.get("float_members")
+    if not isinstance(in_float, list) or not in_float:
+        return None
+    if not has_bf16(cap=isa_cap()):
+        return None
+    if not record_verdict(verified_record(props, model_name))[0]:
+        return None
+    return (
+        f"its INT8 graph is verified but runs {', '.join(map(str, in_float))} in FP32, and on this BF16 CPU the "
+        "verified BF16 graph is faster; --precision int8 runs the INT8 graph"
+    )
+
+
 def plan_int8(
     model: Path, provider: str, precision: str, backends: Sequence[str], kind: str | None = None
 ) -> Int8Plan:
@@ -227,6 +247,10 @@ def plan_int8(
         verdicts.append((backend, k, int8_verdict(model, props, backend, k)))
     for backend, _, verdict in verdicts:
         if verdict is not None and verdict[0]:
+            if precision == "auto" and provider == "openvino" and not is_int8_file(model, props):
+                why = bf16_over_int8(props, model.name, backend)
+                if why is not None:
+                    return Int8Plan(model, provider, (False, why), props)
             return Int8Plan(int8_file(model, props), backend, verdict, props)
     asked = [(b, k, v) for b, k, v in verdicts if v is not None]
     if precision == "int8":

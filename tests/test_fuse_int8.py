@@ -42,7 +42,7 @@ try:
 except ImportError:
     HAS_OPENVINO = False
 
-RECORD_KEYS = {"file", "sha256", "bar", "split", "images", "kinds"}
+RECORD_KEYS = {"file", "sha256", "bar", "split", "images", "kinds", "float_members"}
 ENTRY_KEYS = {"accepted", "agreement", "sensitivity_change_points", "reason"}
 
 
@@ -113,7 +113,7 @@ def test_int8_of_a_trained_run_is_accepted_and_recorded_in_both_files(trained_ru
     for name in names:
         rec = in_fp32[name]
         assert set(rec) == RECORD_KEYS and rec == res.verified_precisions[name]
-        assert rec["file"] == "ensemble.int8.onnx" and rec["split"] == "test"
+        assert rec["file"] == "ensemble.int8.onnx" and rec["split"] == "test" and rec["float_members"] == []
         assert rec["sha256"] == file_sha256(int8) == res.files["int8"].sha256  # the INT8 file as it is now
         assert rec["bar"] == {"agreement": 0.99, "sensitivity_points": 1.0}
         assert rec["images"] == 36  # the tiny run's test split (30% of 4 x 30)
@@ -169,6 +169,7 @@ def test_a_member_whose_accuracy_control_missed_its_bar_runs_in_fp32_and_the_res
     assert f"{settings['val_mean_probability_change']:g} > 0.005" in why
     entry = res.verified_precisions[ONNXRUNTIME_RECORD]["kinds"][cpu_kind()]
     assert entry["accepted"] is True, entry["reason"]
+    assert _records(res.path)[ONNXRUNTIME_RECORD]["float_members"] == ["beta"]  # auto weighs it against BF16
 
 
 @pytest.mark.slow

@@ -243,6 +243,54 @@ def test_the_verdict_reads_the_record_of_its_backend(tmp_path: Path) -> None:
     assert ort_ok is not None and not ort_ok[0] and "flips 15" in ort_ok[1]
 
 
+BF16_OK = {"accepted": True, "agreement": 1.0, "images": 200, "bar": 0.99, "reason": "test record"}
+BF16_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}  # a Zen 4 or Cooper Lake
+
+
+# (members the INT8 graph keeps in FP32, this CPU's flags, ISA cap, provider, asked, file planned)
+BF16_OVER_INT8 = [
+    (["xception"], BF16_FLAGS, None, "openvino", "auto", "fused.onnx"),  # BF16 runs every member faster
+    ([], BF16_FLAGS, None, "openvino", "auto", "fused.int8.onnx"),  # every member INT8: INT8
+    (["xception"], FLAGS["avx512_vnni"], None, "openvino", "auto", "fused.int8.onnx"),  # no BF16 CPU
+    (["xception"], BF16_FLAGS, "AVX2", "openvino", "auto", "fused.int8.onnx"),  # capped: no BF16 kernels
+    (["xception"], BF16_FLAGS, None, "openvino", "int8", "fused.int8.onnx"),  # asked for: as asked
+    (["xception"], BF16_FLAGS, None, "auto", "auto", "fused.int8.onnx"),  # auto = onnxruntime: no BF16 there
+]
+
+
+@pytest.mark.parametrize(("in_float", "flags", "cap", "provider", "asked", "runs"), BF16_OVER_INT8)
+def test_auto_prefers_verified_bf16_to_an_int8_graph_with_fp32_members(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    in_float: list[str],
+    flags: set[str],
+    cap: str | None,
+    provider: str,
+    asked: str,
+    runs: str,
+) -> None:
+    ok = {"avx512_vnni": OK, "avx2": OK}
+    fp32 = make_pair(tmp_path, ov=ok, ort=ok)
+    props = read_onnx_header(fp32).metadata
+    records = json.loads(props[META_VERIFIED_PRECISIONS])
+    for key in INT8_RECORDS:
+        records[key]["float_members"] = in_float
+    write_records(fp32, {**records, "openvino_bf16": BF16_OK})
+    monkeypatch.setattr("cxr.cpu_kind.cpu_flags", lambda *a: frozenset(flags))
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    plan = plan_int8(fp32, provider, asked, int8_backends(provider) if provider == "auto" else [provider])
+    assert plan.model.name == runs
+    if runs == "fused.onnx":  # planned for BF16: INT8 said no, and why
+        assert plan.int8 is not None and not plan.int8[0] and "runs xception in FP32" in plan.int8[1]
+        choice = choose_precision(
+            "auto", cpu_bf16=True, props=plan.props or {}, model_name=fp32.name, int8=plan.int8
+        )
+        assert choice.precision == "bf16" and "xception in FP32" in (choice.note or "")
+
+
 # ----------------------------------------------------------------------------- OpenVINO, and the fallback
 
 

@@ -201,6 +201,8 @@ def _int8_verdict(
             bar=bar,
             threads=cfg.threads,
         )
+    in_float = sorted(int8.float_members or {})  # what `--precision auto` weighs against BF16 (cxr.precision)
+    records = {n: {**r, "float_members": in_float} for n, r in records.items()}
     final = write_int8_records(fp32.path, int8.path, records)
     fp32 = replace(fp32, sha256=file_sha256(fp32.path), bytes=onnx_size_bytes(fp32.path))
     int8 = replace(int8, sha256=final, bytes=onnx_size_bytes(int8.path))
