@@ -56,6 +56,25 @@ def test_fuse_records_the_bf16_verdict_on_real_images(tiny_run: Path) -> None:
     assert info.precision == ("bf16" if record["accepted"] else "fp32")
 
 
+def test_the_heatmap_twin_gets_its_own_bf16_verdict(tiny_run: Path, tmp_path: Path) -> None:
+    """The twin is another graph: checked on the same images and recorded in it, so that `--precision auto` (and
+    the DICOM node, which runs the twin) can run it in BF16; without its own record it would stay FP32."""
+    members, meta = run_members(tiny_run)
+    cfg = FuseConfig(tmp_path / "ensemble.onnx", run_dir=tiny_run, report=False, heatmaps=True)
+    res = fuse(members, meta, cfg)
+    assert res.heatmaps is not None
+    twin = res.heatmaps.path
+    stored = json.loads(_props(twin)[META_VERIFIED_PRECISIONS])[BF16_RECORD]
+    assert res.heatmaps.sha256 == file_sha256(twin)  # the hash of the twin with its record
+    assert stored["images"] == res.verified_precisions[BF16_RECORD]["images"]
+    if not CPU_BF16:
+        assert stored["accepted"] is False and "no BF16" in stored["reason"]
+        return
+    assert stored["accepted"] == (stored["agreement"] >= 0.99)
+    info = create_session(twin, SessionConfig(provider="openvino", precision="auto"))
+    assert info.precision == ("bf16" if stored["accepted"] else "fp32")
+
+
 @pytest.mark.parametrize("cfg", [{"bf16_check": False}, {"run_dir": None}])
 def test_no_record_without_the_check_or_without_images(tiny_run: Path, tmp_path: Path, cfg: dict) -> None:
     members, meta = run_members(tiny_run)

@@ -72,7 +72,7 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
     verified: dict[str, dict[str, Any]] = {}
     spec = graph_spec(loaded, fused.input_size)
     source = cfg.check_images or cfg.run_dir
-    record = None
+    record, images = None, None
     if cfg.bf16_check and source is not None:
         images = real_images(Path(source), spec, cfg.bf16_check_images, cfg.seed)
         record = check_openvino_bf16(out, images, min_agreement=cfg.min_agreement, threads=cfg.threads)
@@ -101,6 +101,19 @@ def fuse(members: Sequence[Path], meta: Path, cfg: FuseConfig) -> FuseResult:
             warnings += [
                 f"member '{n}' is left out of the heatmaps: {why}" for n, why in built.excluded.items()
             ]
+            if (
+                images is not None
+            ):  # the twin is its own graph: `--precision auto` runs it in BF16 only after this
+                twin = check_openvino_bf16(
+                    built.path, images, min_agreement=cfg.min_agreement, threads=cfg.threads
+                )
+                if twin is not None:
+                    write_record(built.path, twin)
+                    heatmaps = replace(built, sha256=file_sha256(built.path))
+                    if not twin["accepted"]:
+                        warnings.append(
+                            f"OpenVINO BF16 is not offered for {built.path.name}: {twin['reason']}"
+                        )
     e2e = None
     if cfg.run_dir is not None:  # vs the members' PyTorch test predictions + the scikit-learn meta-learner
         e2e = check_end_to_end(
