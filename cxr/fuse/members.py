@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import onnx
 
@@ -121,7 +121,7 @@ def int8_missed_bar(card: Mapping[str, Any]) -> str | None:
     return f"its INT8 accuracy control missed its bar: mean probability change on val {change:g} > {bar:g}"
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
