@@ -165,15 +165,46 @@ def render_overlay(
         colours.putpalette(_PALETTE)  # the levels read through the colour map (mode P, no conversion)
         canvas.paste(colours, (pad, head_h), index.point(_OPACITY))  # opacity grows with the map
     draw = ImageDraw.Draw(canvas)
-    _draw_blocks(draw, blocks, pad, pad)
-    _draw_blocks(draw, footer, pad, head_h + img_h + pad)
+    y = _draw_blocks(draw, blocks[:2], pad, pad)  # the result and the file: they change from image to image
+    for block in blocks[
+        2:
+    ]:  # the rest repeats: drawn once on white (as far as the canvas reaches), then pasted
+        y = _paste_block(canvas, block, pad, y)
+    y = head_h + img_h + pad
+    for block in footer:
+        y = _paste_block(canvas, block, pad, y)
     if heat is not None:
-        bar = colormap(np.linspace(1.0, 0.0, img_h))[:, None, :].repeat(bar_w, axis=1)
-        x_bar = pad + img_w + 8
-        canvas.paste(Image.fromarray(bar, mode="RGB"), (x_bar, head_h))
-        draw.text((x_bar + bar_w + 4, head_h), "high", fill=BLACK, font=small)
-        draw.text((x_bar + bar_w + 4, head_h + img_h - _line_height(small)), "low", fill=BLACK, font=small)
+        canvas.paste(_legend(img_h, bar_w, small), (pad + img_w + 8, head_h))
     return canvas
+
+
+@functools.lru_cache(maxsize=64)
+def _block(lines: tuple[str, ...], font: Font, colour: tuple[int, int, int], width: int) -> Image.Image:
+    """A caption block drawn on white (``_draw_blocks``'s pixels), kept for the captions that repeat."""
+    strip = Image.new("RGB", (width, len(lines) * _line_height(font)), (255, 255, 255))
+    _draw_blocks(ImageDraw.Draw(strip), [(list(lines), font, colour)], 0, 0)
+    return strip
+
+
+def _paste_block(
+    canvas: Image.Image, block: tuple[list[str], Font, tuple[int, int, int]], x: int, y: int
+) -> int:
+    lines, font, colour = block
+    canvas.paste(_block(tuple(lines), font, colour, canvas.width - x), (x, y))
+    return y + len(lines) * _line_height(font) + 12
+
+
+@functools.lru_cache(maxsize=16)
+def _legend(img_h: int, bar_w: int, font: Font) -> Image.Image:
+    """The map's colour bar with "high" at its top and "low" at its bottom, on white."""
+    width = bar_w + 4 + int(font.getlength("high")) + 2
+    legend = Image.new("RGB", (width, img_h), (255, 255, 255))
+    bar = colormap(np.linspace(1.0, 0.0, img_h))[:, None, :].repeat(bar_w, axis=1)
+    legend.paste(Image.fromarray(bar, mode="RGB"), (0, 0))
+    draw = ImageDraw.Draw(legend)
+    draw.text((bar_w + 4, 0), "high", fill=BLACK, font=font)
+    draw.text((bar_w + 4, img_h - _line_height(font)), "low", fill=BLACK, font=font)
+    return legend
 
 
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
