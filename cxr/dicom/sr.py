@@ -142,6 +142,8 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
         )
         measurements.ContentSequence = ContentSequence()
         measurements.ContentSequence.extend(_group(header, result, result.label, model, sop_uid))
+        # the constructor is given the root without its items: it deep-copies, re-parses and searches the whole
+        # tree it is given (more work than building it), and the evidence it derives is the same either way
         root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
         root.ContentSequence = ContentSequence()  # its items are added encoded, below
         sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
@@ -202,7 +204,8 @@ def _texts_encoded(texts: tuple[str, ...], encodings: tuple[str, ...]) -> bytes:
 
 
 def texts_container(texts: Sequence[str]) -> ContainerContentItem:
-    """The Qualitative Evaluations container of ``report_texts``: a TEXT item for each."""
+    """The Qualitative Evaluations container of ``report_texts``: a TEXT item for each, named in their order
+    (the disclaimer NOTICE, the full notice COMMENT, the model's MODEL_SHA256, then each REASON_MESSAGE)."""
     names = (c.NOTICE, c.COMMENT, c.MODEL_SHA256)
     container = ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
