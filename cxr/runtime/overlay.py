@@ -166,9 +166,8 @@ def render_overlay(
         canvas.paste(colours, (pad, head_h), index.point(_OPACITY))  # opacity grows with the map
     draw = ImageDraw.Draw(canvas)
     y = _draw_blocks(draw, blocks[:2], pad, pad)  # the result and the file: they change from image to image
-    for block in blocks[
-        2:
-    ]:  # the rest repeats: drawn once on white (as far as the canvas reaches), then pasted
+    # the rest repeats from image to image: drawn once on white (as far as the canvas reaches), then pasted
+    for block in blocks[2:]:
         y = _paste_block(canvas, block, pad, y)
     y = head_h + img_h + pad
     for block in footer:
