@@ -19,8 +19,8 @@ EXTERNAL_DATA_MARGIN = 64 * 1024**2
 DEFAULT_EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - EXTERNAL_DATA_MARGIN  # weights above: <name>.onnx.data
 
 # INT8 accuracy control's bar: the mean change of a member's class probabilities, INT8 vs FP32, on the val images
-# (per image the total-variation distance, 1 where its top-1 moves: cxr.export.nncf_int8); the rehearsal's ConvNeXt (0.0039) and VGG (0.0047) stay under it unaided, and neither alone
-# changed a fused answer (benchmarks/README.md, "INT8 verdict on the rehearsal ensemble")
+# (per image the total-variation distance, 1 where its top-1 moves: cxr.export.nncf_int8); what the rehearsal's
+# ConvNeXt and VGG reach unaided (benchmarks/README.md, "INT8 verdict on the rehearsal ensemble")
 DEFAULT_INT8_MAX_PROBABILITY_CHANGE = 0.005
 
 Exporter = Literal["auto", "torchscript", "dynamo"]

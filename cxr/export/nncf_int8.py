@@ -4,9 +4,9 @@ class probabilities on the config's validation images), and names the layers lef
 
 Accuracy control's metric is 1 - the mean change between the INT8 and the FP32 member's class probabilities
 (per image: their total-variation distance, half the L1 distance, 0 = identical; 1 where the member's top-1
-changed), not top-1 alone: a stacked ensemble
-turns a member's probability drift into changed answers near the meta-learner's boundary while every member
-keeps its own top-1 (benchmarks/README.md, "INT8 verdict on the rehearsal ensemble")."""
+changed), not top-1 alone: a stacked ensemble turns a member's probability drift into changed answers near the
+meta-learner's boundary while every member keeps its own top-1 (benchmarks/README.md, "INT8 verdict on the
+rehearsal ensemble")."""
 
 from __future__ import annotations
 

@@ -189,7 +189,8 @@ def _int8_verdict(
         why = (
             f"{', '.join(random)} {'has' if len(random) == 1 else 'have'} random weights (a speed benchmark)"
         )
-        records, notes = not_meaningful_records(int8.path, why, bar), list[str]()
+        records = not_meaningful_records(int8.path, why, bar, float_members=list(int8.float_members or {}))
+        notes: list[str] = []
     else:
         if cfg.run_dir is not None:
             data = labelled_test_images(Path(cfg.run_dir), spec, fused_meta.classes)
@@ -213,9 +214,8 @@ def _int8_verdict(
             layers=layers,
             bar=bar,
             threads=cfg.threads,
+            float_members=list(int8.float_members or {}),
         )
-    in_float = sorted(int8.float_members or {})  # what `--precision auto` weighs against BF16 (cxr.precision)
-    records = {n: {**r, "float_members": in_float} for n, r in records.items()}
     final = write_int8_records(fp32.path, int8.path, records)
     fp32 = replace(fp32, sha256=file_sha256(fp32.path), bytes=onnx_size_bytes(fp32.path))
     int8 = replace(int8, sha256=final, bytes=onnx_size_bytes(int8.path))

@@ -245,10 +245,10 @@ def check_int8(
     bar: Int8Bar = Int8Bar(),
     threads: int | None = None,
     kind: str | None = None,
+    float_members: Sequence[str] = (),
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """({record name: record} for the backends installed, notes) for ``int8`` against ``fp32`` on ``data``."""
-    from cxr.session import file_sha256
-
+    """({record name: record} for the backends installed, notes) for ``int8`` against ``fp32`` on ``data``;
+    ``float_members``: the members the INT8 graph runs in FP32 (recorded: `--precision auto` weighs them)."""
     kind = kind or cpu_kind()
     points = card.get(CARD_OPERATING_POINTS) or {}
     thresholds = {
@@ -258,13 +258,7 @@ def check_int8(
     }
     ref, _ = run_graph(fp32, data.images, "onnxruntime", threads)
     entry = lambda got: kind_entry(ref, got, data.labels, classes, thresholds, members, bar, layers)  # noqa: E731
-    base = {
-        "file": int8.name,
-        "sha256": file_sha256(int8),
-        "bar": {"agreement": bar.agreement, "sensitivity_points": bar.sensitivity_points},
-        "split": data.split,
-        "images": len(data.images),
-    }
+    base = _record_base(int8, bar, data.split, len(data.images), float_members)
     records = {
         ONNXRUNTIME_RECORD: {
             **base,
@@ -289,26 +283,35 @@ def check_int8(
 
 
 def not_meaningful_records(
-    int8: Path, why: str, bar: Int8Bar, kind: str | None = None
+    int8: Path, why: str, bar: Int8Bar, kind: str | None = None, float_members: Sequence[str] = ()
 ) -> dict[str, dict[str, Any]]:
     """Both backends' records for ``int8`` when no verdict can mean anything (random-weight members): one entry
     for this CPU's kind, never accepted, ``not meaningful: why`` and no percentage."""
-    from cxr.session import file_sha256
-
     entry: dict[str, Any] = {
         "accepted": False,
         "agreement": None,
         "sensitivity_change_points": {},
         "reason": f"not meaningful: {why}",
     }
-    base = {
+    base = _record_base(int8, bar, "none", 0, float_members)
+    return {name: {**base, "kinds": {kind or cpu_kind(): dict(entry)}} for name in INT8_RECORDS}
+
+
+def _record_base(
+    int8: Path, bar: Int8Bar, split: str, images: int, float_members: Sequence[str]
+) -> dict[str, Any]:
+    """What every INT8 record says besides its per-kind verdicts: the file checked, the bar, the images, and the
+    members the INT8 graph runs in FP32."""
+    from cxr.session import file_sha256
+
+    return {
         "file": int8.name,
         "sha256": file_sha256(int8),
         "bar": {"agreement": bar.agreement, "sensitivity_points": bar.sensitivity_points},
-        "split": "none",
-        "images": 0,
+        "split": split,
+        "images": images,
+        "float_members": sorted(float_members),
     }
-    return {name: {**base, "kinds": {kind or cpu_kind(): dict(entry)}} for name in INT8_RECORDS}
 
 
 def _capped_entry(
