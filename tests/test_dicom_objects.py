@@ -218,11 +218,19 @@ def test_sr_equals_highdicoms_build_of_the_whole_report(key: str, result: Predic
     """build_sr encodes the model's fixed items once and the rest per report; the document must be what
     highdicom's MeasurementReport and ComprehensiveSR make of the whole tree, and must stay so after a
     report with other content was built (nothing of it may be reused)."""
-    from highdicom.sr import ComprehensiveSR, MeasurementReport
+    from highdicom.sr import (
+        ComprehensiveSR,
+        Measurement,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        QualitativeEvaluation,
+        SourceImageForMeasurementGroup,
+        TrackingIdentifier,
+    )
     from pydicom.sr.codedict import codes
 
     from cxr.dicom import sr as sr_module
-    from cxr.dicom._identity import instance_uid
+    from cxr.dicom._identity import instance_uid, tracking_uid
     from cxr.dicom._source import source_header
 
     src = read(source_bytes(key))
@@ -233,7 +241,23 @@ def test_sr_equals_highdicoms_build_of_the_whole_report(key: str, result: Predic
         report = MeasurementReport(
             observation_context=sr_module._observation(MODEL),
             procedure_reported=_codes.PROCEDURE,
-            imaging_measurements=[sr_module._group(header, result, str(result.label), MODEL, sop_uid)],
+            imaging_measurements=[
+                MeasurementsAndQualitativeEvaluations(  # TID 1501, as docs/dicom.md lays it out
+                    tracking_identifier=TrackingIdentifier(
+                        tracking_uid(sop_uid), sr_module.TRACKING_IDENTIFIER
+                    ),
+                    algorithm_id=sr_module.algorithm_identification(MODEL),
+                    measurements=[
+                        Measurement(_codes.class_code(k, _codes.PROBABILITY_CODES), float(p), _codes.UNIT)
+                        for k, p in result.probabilities.items()
+                    ],
+                    qualitative_evaluations=[
+                        QualitativeEvaluation(concept, value)
+                        for concept, value in sr_module._evaluation_pairs(result, str(result.label))
+                    ],
+                    source_images=[SourceImageForMeasurementGroup.from_source_image(header)],
+                )
+            ],
         )
         report[0].ContentSequence.append(sr_module.texts_container(sr_module.report_texts(result, MODEL)))
         whole = ComprehensiveSR(

@@ -34,14 +34,13 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     LanguageOfContentItemAndDescendants,
     Measurement,
-    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForMeasurementGroup,
     TextContentItem,
-    TrackingIdentifier,
+    UIDRefContentItem,
 )
 from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataelem import RawDataElement
@@ -49,6 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_sequence_item
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 
 from cxr.dicom import _codes as c
@@ -60,6 +60,7 @@ from cxr.spec import Prediction
 MANUFACTURER = "cxr"
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "cxr AI result (decision support, not a diagnosis)"
+TRACKING_IDENTIFIER = "cxr whole-image result"
 _CONTENT_SEQUENCE = Tag(0x0040, 0xA730)
 
 
@@ -67,22 +68,17 @@ def _name(result: Prediction, source: Dataset) -> str:
     return result.source or str(getattr(source, "filename", "") or "<dataset>")
 
 
-def _evaluations(result: Prediction, label: str) -> list[QualitativeEvaluation]:
-    out = [QualitativeEvaluation(c.PREDICTED_CLASS, c.class_code(label))]
-    for label, above in (result.above_operating_point or {}).items():
+def _evaluation_pairs(result: Prediction, label: str) -> list[tuple[Code, Code]]:
+    """The qualitative evaluations as (concept, value): the predicted class, each class above its operating
+    point, assessable yes/no, each reason code."""
+    out = [(c.PREDICTED_CLASS, c.class_code(label))]
+    for name, above in (result.above_operating_point or {}).items():
         if above:
-            out.append(QualitativeEvaluation(c.ABOVE_OPERATING_POINT, c.class_code(label)))
+            out.append((c.ABOVE_OPERATING_POINT, c.class_code(name)))
     if result.assessable is not None:
-        out.append(QualitativeEvaluation(c.ASSESSABLE, c.YES if result.assessable else c.NO))
-    out.extend(QualitativeEvaluation(c.NOT_ASSESSABLE_REASON, c.reason_code(r.code)) for r in result.reasons)
+        out.append((c.ASSESSABLE, c.YES if result.assessable else c.NO))
+    out.extend((c.NOT_ASSESSABLE_REASON, c.reason_code(r.code)) for r in result.reasons)
     return out
-
-
-def _measurements(result: Prediction) -> list[Measurement]:
-    return [
-        Measurement(name=c.class_code(label, c.PROBABILITY_CODES), value=float(p), unit=c.UNIT)
-        for label, p in result.probabilities.items()
-    ]
 
 
 def _observation(model: ModelIdentity) -> ObservationContext:
@@ -100,24 +96,63 @@ def _observation(model: ModelIdentity) -> ObservationContext:
     return ObservationContext(observer_device_context=device)
 
 
-def _group(
-    header: Dataset, result: Prediction, label: str, model: ModelIdentity, sop_uid: str
-) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501: the measurement group about the whole source image."""
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=tracking_uid(sop_uid), identifier="cxr whole-image result"
-        ),
-        algorithm_id=AlgorithmIdentification(
-            name=model.name,
-            version=model.version,
-            parameters=[f"sha256={model.sha256}", f"model_id={model.model_id}"],
-            manufacturer=MANUFACTURER,
-        ),
-        measurements=_measurements(result),
-        qualitative_evaluations=_evaluations(result, label),
-        source_images=[SourceImageForMeasurementGroup.from_source_image(header)],
+def algorithm_identification(model: ModelIdentity) -> AlgorithmIdentification:
+    """TID 4019: the model file's name, cxr's version, its SHA-256 and model id as parameters."""
+    return AlgorithmIdentification(
+        name=model.name,
+        version=model.version,
+        parameters=[f"sha256={model.sha256}", f"model_id={model.model_id}"],
+        manufacturer=MANUFACTURER,
     )
+
+
+def _group_encoded(
+    header: Dataset,
+    result: Prediction,
+    label: str,
+    model: ModelIdentity,
+    sop_uid: str,
+    encodings: tuple[str, ...],
+) -> bytes:
+    """TID 1501, encoded: the measurement group about the whole source image, its items in the order of
+    highdicom's ``MeasurementsAndQualitativeEvaluations`` (tracking identifier and UID, the algorithm, the
+    probabilities, the evaluations, the source image). Items that repeat from report to report (the
+    tracking identifier, the algorithm, each evaluation) are encoded once; the rest are built per report."""
+    tracking = UIDRefContentItem(
+        name=codes.DCM.TrackingUniqueIdentifier,
+        value=tracking_uid(sop_uid),
+        relationship_type=RelationshipTypeValues.HAS_OBS_CONTEXT,
+    )
+    probabilities = [
+        Measurement(name=c.class_code(name, c.PROBABILITY_CODES), value=float(p), unit=c.UNIT)
+        for name, p in result.probabilities.items()
+    ]
+    items = b"".join(
+        (
+            _tracking_identifier_encoded(encodings),
+            _encoded([tracking], encodings),
+            _algorithm_encoded(model, encodings),
+            _encoded([item for m in probabilities for item in m], encodings),
+            *(
+                _evaluation_encoded(concept, value, encodings)
+                for concept, value in _evaluation_pairs(result, label)
+            ),
+            _encoded([SourceImageForMeasurementGroup.from_source_image(header)], encodings),
+        )
+    )
+    return _container_encoded(codes.DCM.MeasurementGroup, items, encodings, template_id="1501")
+
+
+def _container_encoded(
+    name: Code, items: bytes, encodings: tuple[str, ...], template_id: str | None = None
+) -> bytes:
+    """A CONTAINS container of already encoded ``items``, encoded."""
+    container = ContainerContentItem(
+        name=name, relationship_type=RelationshipTypeValues.CONTAINS, template_id=template_id
+    )
+    container[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
+    written_as_is(container)  # else the writer decodes the encoded items to encode them again
+    return _encoded([container], encodings)
 
 
 def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Dataset:
@@ -137,11 +172,6 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
     sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
     with warnings.catch_warnings(), building(name, "SR"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
-        measurements = ContainerContentItem(
-            name=codes.DCM.ImagingMeasurements, relationship_type=RelationshipTypeValues.CONTAINS
-        )
-        measurements.ContentSequence = ContentSequence()
-        measurements.ContentSequence.extend(_group(header, result, result.label, model, sop_uid))
         # the constructor is given the root without its items: it deep-copies, re-parses and searches the whole
         # tree it is given (more work than building it), and the evidence it derives is the same either way
         root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
@@ -150,8 +180,15 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
     out = Dataset(sr)  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
     out.preamble, out.file_meta = sr.preamble, sr.file_meta
     encodings = written_as_is(out)
-    items = _report_opening(model, encodings) + _encoded([measurements], encodings)
-    items += _texts_encoded(report_texts(result, model), encodings)
+    with building(name, "SR"):
+        group = _group_encoded(header, result, result.label, model, sop_uid, encodings)
+        items = b"".join(
+            (
+                _report_opening(model, encodings),
+                _container_encoded(codes.DCM.ImagingMeasurements, group, encodings),
+                _texts_encoded(report_texts(result, model), encodings),
+            )
+        )
     out[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
     return out
 
@@ -194,6 +231,28 @@ def _report_opening(model: ModelIdentity, encodings: tuple[str, ...]) -> bytes:
     )
     opening = [*LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE), *_observation(model), procedure]
     return _encoded(opening, encodings)
+
+
+@functools.lru_cache(maxsize=16)
+def _algorithm_encoded(model: ModelIdentity, encodings: tuple[str, ...]) -> bytes:
+    return _encoded(list(algorithm_identification(model)), encodings)
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluation_encoded(concept: Code, value: Code, encodings: tuple[str, ...]) -> bytes:
+    return _encoded(list(QualitativeEvaluation(concept, value)), encodings)
+
+
+@functools.lru_cache(maxsize=8)
+def _tracking_identifier_encoded(encodings: tuple[str, ...]) -> bytes:
+    return _encoded(
+        [
+            TextContentItem(
+                codes.DCM.TrackingIdentifier, TRACKING_IDENTIFIER, RelationshipTypeValues.HAS_OBS_CONTEXT
+            )
+        ],
+        encodings,
+    )
 
 
 @functools.lru_cache(maxsize=64)
