@@ -200,6 +200,7 @@ def test_sr_holds_every_probability_the_evaluations_and_the_notice(result: Predi
 
 CREATION_TIMES = frozenset(
     {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "ContributionDateTime"}
+    | {"DateOfSecondaryCapture", "TimeOfSecondaryCapture"}
 )
 
 
@@ -295,6 +296,38 @@ def test_sc_carries_the_rgb_pixels_with_burned_in_annotation(key: str) -> None:
     assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     written = pydicom.dcmread(io.BytesIO(_to_bytes(sc)))
     np.testing.assert_array_equal(written.pixel_array, RGB)
+
+
+SET_BY_CXR = frozenset({"PatientOrientation", "Laterality", "ConversionType"})
+
+
+@pytest.mark.parametrize("key", SOURCES)
+@pytest.mark.parametrize("shape", [(40, 30), (33, 27)], ids=["even", "odd-length"])
+def test_sc_equals_highdicoms_build_with_the_pixels(key: str, shape: tuple[int, int]) -> None:
+    """build_sc makes the SC with a placeholder (while the picture is drawn), then puts the pixels in: each
+    element highdicom's SCImage writes for the real pixels must be there and equal (creation and capture
+    times aside), but for what cxr sets itself afterwards."""
+    from highdicom.sc import SCImage
+
+    from cxr.dicom import sc as sc_module
+    from cxr.dicom._source import source_header
+
+    header = source_header(read(source_bytes(key)), "x")
+    rgb = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        whole = SCImage.from_ref_dataset(
+            ref_dataset=header, pixel_array=rgb, **sc_module.sc_arguments(header, MODEL)
+        )
+    fast = read(_encoded_without_times(build_sc(read(source_bytes(key)), rgb, MODEL, name="x")))
+    compared = 0
+    for elem in read(_encoded_without_times(whole)):
+        if elem.keyword in SET_BY_CXR:
+            continue
+        assert elem.tag in fast and fast[elem.tag].value == elem.value, elem.keyword
+        compared += 1
+    assert compared > 30 and (fast.Rows, fast.Columns) == shape
+    np.testing.assert_array_equal(fast.pixel_array, rgb)
 
 
 def _to_bytes(ds: Dataset) -> bytes:

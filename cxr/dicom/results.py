@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from cxr.dicom._identity import ModelIdentity
 from cxr.dicom._source import source_header
-from cxr.dicom.sc import sc_from_header
+from cxr.dicom.sc import sc_shell, with_pixels
 from cxr.dicom.sr import sr_from_header
 from cxr.errors import DataError, first_line
 from cxr.imaging.dicom import read_dataset
@@ -43,7 +43,8 @@ def dicom_results(
     name = result.source or "<bytes>"
     header = source_header(read_dataset(source_bytes, name), name)  # checked and repaired once, for both
     sr = sr_from_header(header, result, model, name)
-    return DicomResults(sr=sr, sc=sc_from_header(header, rgb() if callable(rgb) else rgb, model, name))
+    sc = sc_shell(header, model, name)  # all but the pixels, while they may still be being drawn
+    return DicomResults(sr=sr, sc=with_pixels(sc, rgb() if callable(rgb) else rgb, name))
 
 
 def _fsync_dir(folder: Path) -> None:

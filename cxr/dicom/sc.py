@@ -14,8 +14,10 @@ coordinate system: PATIENT, with the source's Patient Orientation copied when va
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
+from highdicom.frame import encode_frame
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -30,6 +32,7 @@ SC_SERIES_DESCRIPTION = "cxr AI overlay (decision support, not a diagnosis)"
 DERIVATION = "cxr decision-support rendering: the source image with the model's result burned in"
 _ORIENTATION_LETTERS = frozenset("APRLHF")
 _PLACEHOLDER_ORIENTATION = ("L", "F")  # replaced below: highdicom wants some orientation for PATIENT
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # the pixels until the picture is drawn (``with_pixels``)
 
 
 def _rgb(rgb: np.ndarray, name: str) -> np.ndarray:
@@ -85,25 +88,16 @@ def build_sc(source: Dataset, rgb: np.ndarray, model: ModelIdentity, *, name: st
 
 def sc_from_header(header: Dataset, rgb: np.ndarray, model: ModelIdentity, name: str) -> Dataset:
     """``build_sc`` for a header already checked and repaired by ``source_header`` (made once per source)."""
-    pixels = _rgb(rgb, name)
+    return with_pixels(sc_shell(header, model, name), rgb, name)
+
+
+def sc_shell(header: Dataset, model: ModelIdentity, name: str) -> Dataset:
+    """The secondary capture of ``header`` but for its pixels (a 1x1 placeholder): what can be made while the
+    picture is still being drawn. ``with_pixels`` completes it."""
     with warnings.catch_warnings(), building(name, "secondary capture"):
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
         sc = SCImage.from_ref_dataset(
-            ref_dataset=header,
-            pixel_array=pixels,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            series_instance_uid=series_uid(header.StudyInstanceUID, model, "sc"),
-            series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=instance_uid(header.SOPInstanceUID, model, "sc"),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            patient_orientation=_PLACEHOLDER_ORIENTATION,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description=SC_SERIES_DESCRIPTION,
-            manufacturer_model_name=model.name,
-            software_versions=model.version,
+            ref_dataset=header, pixel_array=_PLACEHOLDER, **sc_arguments(header, model)
         )
         sc.copy_patient_and_study_information(header)
     sc.PatientOrientation = _orientation(header)
@@ -116,6 +110,42 @@ def sc_from_header(header: Dataset, rgb: np.ndarray, model: ModelIdentity, name:
     ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
     sc.SourceImageSequence = [ref]
     _copy_lossy_flag(sc, header)
+    return sc
+
+
+def with_pixels(sc: Dataset, rgb: np.ndarray, name: str) -> Dataset:
+    """``sc_shell``'s dataset with ``rgb`` as its pixels, encoded as highdicom's ``SCImage`` encodes them (its
+    ``encode_frame``); the image's size is the only other thing that depends on them."""
+    pixels = _rgb(rgb, name)
+    sc.Rows, sc.Columns = pixels.shape[0], pixels.shape[1]
+    sc.PixelData = encode_frame(
+        pixels,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        bits_allocated=8,
+        bits_stored=8,
+        photometric_interpretation="RGB",
+        pixel_representation=0,
+        planar_configuration=0,
+    )
     sc["PixelData"].VR = "OB"  # 8 bits allocated (PS3.5 A.2): what pydicom's writer would settle the VR to
     written_as_is(sc)
     return sc
+
+
+def sc_arguments(header: Dataset, model: ModelIdentity) -> dict[str, Any]:
+    """``SCImage.from_ref_dataset``'s arguments but for the source and the pixels."""
+    return {
+        "photometric_interpretation": "RGB",
+        "bits_allocated": 8,
+        "coordinate_system": "PATIENT",
+        "series_instance_uid": series_uid(header.StudyInstanceUID, model, "sc"),
+        "series_number": SC_SERIES_NUMBER,
+        "sop_instance_uid": instance_uid(header.SOPInstanceUID, model, "sc"),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "patient_orientation": _PLACEHOLDER_ORIENTATION,
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+        "series_description": SC_SERIES_DESCRIPTION,
+        "manufacturer_model_name": model.name,
+        "software_versions": model.version,
+    }
