@@ -546,8 +546,8 @@ class _SlowPredictor:
 def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path: Path, n: int) -> None:
     """The model, results and send threads: each instance ends in predicted/ (the destination is down, so
     nothing is sent) or, when the model fails on it, in failed/ with the reason; none is lost or doubled."""
-    from cxr.dicom import dicom_results
     from cxr.dicom.forward import Backoff, Destination
+    from cxr.dicom.node import CxrResponder
     from cxr.dicom.spool import Spool
     from cxr.dicom.worker import Worker
     from tests.dicom_factory import MODEL, make_source
@@ -555,11 +555,7 @@ def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path
     uids = [f"1.2.826.0.1.3680043.8.498.{100 + i}" for i in range(n)]
     bad = {uids[-1]} if n > 1 else set()
     spool = Spool(tmp_path / "spool").open()
-
-    def respond(source: bytes, pred: Any, rgb: np.ndarray) -> tuple[Any, Any]:
-        out = dicom_results(source, pred, rgb, MODEL)
-        return out.sr, out.sc
-
+    respond = CxrResponder(MODEL)
     down = Destination("PACS", "127.0.0.1", free_port())  # nothing listens: sends are retried meanwhile
     worker = Worker(
         spool, _SlowPredictor(bad), respond, down, calling_ae="CXR", backoff=Backoff(5.0, 5.0, 600.0),

@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr.dicom._identity import ModelIdentity
 from cxr.dicom.forward import Backoff, Destination
+from cxr.dicom.results import result_documents
 from cxr.dicom.sc import MANUFACTURER as SC_MANUFACTURER
+from cxr.dicom.sc import with_pixels
 from cxr.dicom.spool import Spool, valid_uid
 from cxr.dicom.worker import Responder, Worker, audit_line, now
 from cxr.errors import ConfigError, first_line
@@ -102,15 +104,21 @@ def accepted_transfer_syntaxes() -> list[str]:
 
 def cxr_responder(predictor: Any) -> tuple[Responder, str]:
     """The default responder (``cxr.dicom``'s highdicom SR and secondary capture) and the model's SHA-256."""
-    from cxr.dicom import ModelIdentity, dicom_results
-
     model = ModelIdentity.from_predictor(predictor)
+    return CxrResponder(model), model.sha256
 
-    def respond(source: bytes, pred: Any, rgb: Callable[[], np.ndarray]) -> tuple[Any, Any]:
-        results = dicom_results(source, pred, rgb, model)
-        return results.sr, results.sc
 
-    return respond, model.sha256
+@dataclass(frozen=True)
+class CxrResponder:
+    """``Responder`` with ``cxr.dicom``'s results for one model."""
+
+    model: ModelIdentity
+
+    def documents(self, source: bytes, pred: Any) -> tuple[Any, Any]:
+        return result_documents(source, pred, self.model)
+
+    def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any:
+        return with_pixels(sc, rgb, name)
 
 
 def open_predictor(cfg: NodeConfig) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,19 +31,23 @@ class DicomResults:
 
 
 def dicom_results(
-    source_bytes: bytes,
-    result: Prediction,
-    rgb: np.ndarray | Callable[[], np.ndarray],
-    model: ModelIdentity,
+    source_bytes: bytes, result: Prediction, rgb: np.ndarray, model: ModelIdentity
 ) -> DicomResults:
-    """Both results for the DICOM file ``source_bytes`` (refused with a ``DecodeError`` when it is not a DICOM
-    image with its UIDs, with a ``DataError`` when the prediction failed). ``rgb``: the rendered result, or a
-    function that returns it once drawn (the node draws it on another thread while the SR is built)."""
+    """Both results for the DICOM file ``source_bytes`` with the rendered result ``rgb`` (refused with a
+    ``DecodeError`` when it is not a DICOM image with its UIDs, with a ``DataError`` when the prediction
+    failed)."""
+    sr, sc = result_documents(source_bytes, result, model)
+    return DicomResults(sr=sr, sc=with_pixels(sc, rgb, result.source or "<bytes>"))
+
+
+def result_documents(
+    source_bytes: bytes, result: Prediction, model: ModelIdentity
+) -> tuple[Dataset, Dataset]:
+    """The SR, and the SC with a placeholder for its pixels (``cxr.dicom.sc.with_pixels`` puts them in): all
+    that can be made while the picture is still being drawn. Refused as ``dicom_results`` says."""
     name = result.source or "<bytes>"
     header = source_header(read_dataset(source_bytes, name), name)  # checked and repaired once, for both
-    sr = sr_from_header(header, result, model, name)
-    sc = sc_shell(header, model, name)  # all but the pixels, while they may still be being drawn
-    return DicomResults(sr=sr, sc=with_pixels(sc, rgb() if callable(rgb) else rgb, name))
+    return sr_from_header(header, result, model, name), sc_shell(header, model, name)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -24,9 +24,9 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from cxr.errors import ConfigError
 
@@ -58,6 +58,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_durably(path: Path, content: bytes | Callable[[BinaryIO], Any]) -> None:
+    """Create ``path`` with ``content`` (bytes, or a function that writes into the open file) and fsync it: a
+    new file in a folder that is renamed into place afterwards (``write_atomic`` replaces a file in place)."""
+    with path.open("wb") as f:
+        if isinstance(content, bytes):
+            f.write(content)
+        else:
+            content(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _json(data: Mapping[str, Any]) -> bytes:
@@ -195,16 +207,34 @@ class Spool:
             _fsync_dir(src.parent)
             return dst
 
+    def staging(self, uid: str) -> Path:
+        """A new folder in tmp/ for one instance's result files (each written with ``write_durably``), put in
+        place whole by ``mark_predicted_staged``; a crash before that leaves it in tmp/, emptied on open."""
+        if not valid_uid(uid):
+            raise ValueError(f"not a UID: {uid[:80]!r}")
+        build = self.root / "tmp" / f"{uid}.{uuid.uuid4().hex}"
+        build.mkdir()
+        return build
+
+    def mark_predicted_staged(self, uid: str, staged: Path, record: Mapping[str, Any]) -> Path:
+        """``mark_predicted`` for result files already written durably into ``staging(uid)``'s folder."""
+        with self._lock:
+            target = self._commit_staged("predicted", uid, staged, record)
+            self.source(uid).unlink(missing_ok=True)
+            self.source(uid).with_suffix(".json").unlink(missing_ok=True)
+            shutil.rmtree(self.folder("failed", uid), ignore_errors=True)
+            return target
+
     def _commit_folder(
         self, stage: State, uid: str, files: Mapping[str, bytes], record: Mapping[str, Any]
     ) -> Path:
-        build = self.root / "tmp" / f"{uid}.{uuid.uuid4().hex}"
-        build.mkdir()
-        for name, data in {**files, RECORD: _json(record)}.items():
-            with (build / name).open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        build = self.staging(uid)
+        for name, data in files.items():
+            write_durably(build / name, data)
+        return self._commit_staged(stage, uid, build, record)
+
+    def _commit_staged(self, stage: State, uid: str, build: Path, record: Mapping[str, Any]) -> Path:
+        write_durably(build / RECORD, _json(record))
         _fsync_dir(build)
         target = self.folder(stage, uid)
         if target.exists():

@@ -4,8 +4,8 @@ Takes: an open ``Spool``, a ``Predictor``, a ``Responder`` (prediction -> SR and
 highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes: ``Worker`` whose
 ``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
 One thread predicts (the model runs one image at a time, in arrival order); a second makes each predicted
-instance's results (the SR and SC, their commit to the spool; the picture on a helper thread meanwhile) while
-the model already runs on the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
+instance's results (the SR and SC, their commit to the spool; the picture and the SC's file on a helper thread
+meanwhile) while the model already runs on the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
 destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
 failed/ with the reason and never stops a thread. One audit line per instance (logger ``cxr.audit``,
 ``audit_line``) when it reaches sent/ or failed/.
@@ -18,18 +18,20 @@ import io
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from cxr.dicom.forward import Backoff, Destination, ForwardError, send
-from cxr.dicom.spool import Spool
+from cxr.dicom.spool import Spool, write_durably
 from cxr.errors import first_line
 from cxr.spec import Prediction
 
@@ -40,10 +42,13 @@ _IN_HAND = 2  # predicted instances waiting for their results (each holds its de
 
 
 class Responder(Protocol):
-    """Makes the two result objects (SR, SC) of one predicted instance; ``rgb()`` waits for the picture, which
-    is drawn on another thread meanwhile (Pillow lets go of the GIL while it resizes and blends)."""
+    """Makes the two result objects (SR, SC) of one predicted instance in two parts, so that all but the
+    picture is made while the picture is drawn on another thread (Pillow lets go of the GIL while it resizes
+    and blends): ``documents`` gives the SR and the SC without its pixels, ``with_picture`` the SC with them."""
 
-    def __call__(self, source: bytes, pred: Prediction, rgb: Callable[[], np.ndarray]) -> tuple[Any, Any]: ...
+    def documents(self, source: bytes, pred: Prediction) -> tuple[Any, Any]: ...
+
+    def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any: ...
 
 
 def now() -> str:
@@ -83,6 +88,13 @@ def part10(ds: Any) -> bytes:
     buf = io.BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+def write_part10(ds: Any, path: Path) -> None:
+    """``part10(ds)`` written straight into the new file ``path``, fsynced (``spool.write_durably``)."""
+    from pydicom import dcmwrite
+
+    write_durably(path, lambda f: dcmwrite(f, ds, enforce_file_format=True))
 
 
 class Worker:
@@ -189,11 +201,14 @@ class Worker:
                 continue
 
     def _respond_one(self, item: _Predicted) -> None:
-        """The picture, the SR and SC, and their commit: received/ -> predicted/ (or failed/)."""
+        """The SR and SC, written into a staging folder, then committed: received/ -> predicted/ (or failed/).
+        Two threads: this one makes the SR and the SC without its pixels and writes the SR; the draw thread
+        meanwhile draws the picture, puts it into the SC and writes the SC (the largest file)."""
         uid = item.uid
         if self.spool.state(uid) != "received":
             return  # a resend queued twice, already committed by its first round
         meta = self.spool.received_meta(uid)
+        staged = None
         try:
             if item.error is not None:
                 raise _NotPredicted(item.error)
@@ -201,10 +216,22 @@ class Worker:
             pred = one.prediction
             if pred.error is not None or one.image is None:
                 raise _NotPredicted(pred.error or "not decoded")
-            picture = self._draw.submit(secondary_capture_picture, one.image, one.heatmap, pred)
-            sr, sc = self.responder(item.data, pred, picture.result)
-            files = {"sr.dcm": part10(sr), "sc.dcm": part10(sc)}
+            staged = self.spool.staging(uid)
+            shell: Future[Any] = Future()
+            sc_job = self._draw.submit(self._draw_sc, one, shell, staged / "sc.dcm")
+            try:
+                sr, sc = self.responder.documents(item.data, pred)
+                shell.set_result(sc)
+                write_part10(sr, staged / "sr.dcm")
+            except BaseException as e:
+                shell.set_exception(e)  # the draw thread gives up waiting for it
+                raise
+            finally:
+                wait([sc_job])  # the draw thread is done with the staging folder, whatever happened
+            sc_job.result()
         except Exception as e:  # undecodable after all, or a builder failure: failed/, with the source
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             reason = str(e) if isinstance(e, _NotPredicted) else f"{type(e).__name__}: {first_line(e)}"
             if not isinstance(e, _NotPredicted):
                 log.warning("%s: could not make its results", uid, exc_info=True)
@@ -224,13 +251,20 @@ class Worker:
             "inferred_at": item.inferred_at,
             "predicted_at": now(),
         }
-        self.spool.mark_predicted(uid, files, record)
+        self.spool.mark_predicted_staged(uid, staged, record)
         self._to_send.put(uid)
+
+    def _draw_sc(self, one: Any, shell: Future[Any], path: Path) -> None:
+        """On the draw thread: the picture, then (once ``shell`` holds the SC without pixels) the SC, written."""
+        rgb = secondary_capture_picture(one.image, one.heatmap, one.prediction)
+        sc = self.responder.with_picture(shell.result(), rgb, one.prediction.source)
+        write_part10(sc, path)
 
     # ------------------------------------------------------------------ predicted -> sent
     def _send_one(self, uid: str) -> None:
         if self.spool.state(uid) != "predicted":
             return
+        first_try = now()  # the results were committed by then: the send thread takes them in commit order
         folder = self.spool.folder("predicted", uid)
         files = [folder / name for name in ("sr.dcm", "sc.dcm")]
         started, tries = time.monotonic(), 0
@@ -249,7 +283,13 @@ class Worker:
                     return  # stopping: it stays in predicted/ and is sent after the next start
                 continue
             record = self.spool.record("predicted", uid)
-            self.spool.move(uid, "sent", {"sent_to": str(self.dest), "sent_at": now(), "tries": tries})
+            update = {
+                "sent_to": str(self.dest),
+                "send_started_at": first_try,
+                "sent_at": now(),
+                "tries": tries,
+            }
+            self.spool.move(uid, "sent", update)
             self._finish("sent", uid, record, result=record.get("result"), sent_to=str(self.dest))
             return
 
