@@ -207,15 +207,16 @@ def _legend(img_h: int, bar_w: int, font: Font) -> Image.Image:
 
 
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """``img`` at ``size``: a large reduction first averages whole blocks of pixels (``Image.reduce``, the
-    cheap part of an antialiased reduction), then resamples bilinearly (the same picture as a bilinear resize
-    with ``reducing_gap`` 1, at a fraction of a full-size bilinear pass)."""
+    """``img`` at ``size``. Reduced: whole blocks of pixels averaged first (``Image.reduce``), then the rest by
+    area averaging (box filter: each pixel the mean of the source pixels it covers, the antialiased reduction
+    with the fewest taps); enlarged (small images): bilinear."""
     if img.size == size:
         return img
     factor = min(img.width // size[0], img.height // size[1])
     if factor >= 2:
         img = img.reduce(factor)
-    return img.resize(size, Image.Resampling.BILINEAR)
+    reducing = img.width >= size[0] and img.height >= size[1]
+    return img.resize(size, Image.Resampling.BOX if reducing else Image.Resampling.BILINEAR)
 
 
 @functools.lru_cache(maxsize=32)
