@@ -577,3 +577,50 @@ def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path
     assert all(r["inferred_at"] <= r["predicted_at"] for r in records)
     for u in bad:
         assert "the model crashed" in spool.record("failed", u)["reason"]
+
+
+@pytest.mark.parametrize("broken", ["documents", "with_picture"])
+def test_a_results_builder_failure_sends_the_instance_to_failed_and_leaves_no_staging(
+    tmp_path: Path, broken: str
+) -> None:
+    """The SR side (this thread) or the SC side (the draw thread) raising: the instance ends in failed/ with the
+    reason and its source, the staging folder is gone, and neither thread waits for the other forever."""
+    from cxr.dicom.forward import Backoff, Destination
+    from cxr.dicom.node import CxrResponder
+    from cxr.dicom.spool import Spool
+    from cxr.dicom.worker import Worker
+    from tests.dicom_factory import MODEL, make_source
+
+    class Broken:
+        def __init__(self) -> None:
+            self.inner = CxrResponder(MODEL)
+
+        def documents(self, source: bytes, pred: Any) -> tuple[Any, Any]:
+            if broken == "documents":
+                raise ValueError("the SR builder broke")
+            return self.inner.documents(source, pred)
+
+        def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any:
+            if broken == "with_picture":
+                raise ValueError("the SC builder broke")
+            return self.inner.with_picture(sc, rgb, name)
+
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    spool = Spool(tmp_path / "spool").open()
+    down = Destination("PACS", "127.0.0.1", free_port())
+    worker = Worker(
+        spool, _SlowPredictor(set()), Broken(), down, calling_ae="CXR", backoff=Backoff(5.0, 5.0, 600.0),
+        model_sha256=MODEL.sha256,
+    )  # fmt: skip
+    worker.start()
+    try:
+        spool.receive(uid, make_source(SOPInstanceUID=uid), {"calling_ae": "MOD"})
+        worker.submit(uid)
+        wait_for(lambda: spool.state(uid) == "failed", 30, "the instance in failed/")
+    finally:
+        worker.stop(10.0)
+        spool.close()
+    record = spool.record("failed", uid)
+    assert "builder broke" in record["reason"] and record["stage"] == "predict"
+    assert (spool.folder("failed", uid) / "source.dcm").is_file()
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []

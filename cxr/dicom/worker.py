@@ -5,8 +5,8 @@ highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes:
 ``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
 One thread predicts (the model runs one image at a time, in arrival order); a second makes each predicted
 instance's results (the SR and SC, their commit to the spool; the picture and the SC's file on a helper thread
-meanwhile) while the model already runs on the next one, and alone moves instances out of received/; a third sends, retrying with backoff while the
-destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
+meanwhile) while the model already runs on the next one, and alone moves instances out of received/; a third
+sends, retrying with backoff while the destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
 failed/ with the reason and never stops a thread. One audit line per instance (logger ``cxr.audit``,
 ``audit_line``) when it reaches sent/ or failed/.
 """
@@ -224,7 +224,8 @@ class Worker:
                 shell.set_result(sc)
                 write_part10(sr, staged / "sr.dcm")
             except BaseException as e:
-                shell.set_exception(e)  # the draw thread gives up waiting for it
+                if not shell.done():
+                    shell.set_exception(e)  # the draw thread gives up waiting for it
                 raise
             finally:
                 wait([sc_job])  # the draw thread is done with the staging folder, whatever happened
