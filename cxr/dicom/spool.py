@@ -176,12 +176,10 @@ class Spool:
 
     def mark_predicted(self, uid: str, files: Mapping[str, bytes], record: Mapping[str, Any]) -> Path:
         """received/<uid>.dcm -> predicted/<uid>/ with ``files`` (name -> bytes) and record.json."""
-        with self._lock:
-            target = self._commit_folder("predicted", uid, files, record)
-            self.source(uid).unlink(missing_ok=True)
-            self.source(uid).with_suffix(".json").unlink(missing_ok=True)
-            shutil.rmtree(self.folder("failed", uid), ignore_errors=True)
-            return target
+        staged = self.staging(uid)
+        for name, data in files.items():
+            write_durably(staged / name, data)
+        return self.mark_predicted_staged(uid, staged, record)
 
     def mark_failed_received(self, uid: str, record: Mapping[str, Any]) -> Path:
         """received/<uid>.dcm -> failed/<uid>/source.dcm + record.json (it could not be predicted)."""
