@@ -143,6 +143,11 @@ def _group_encoded(
     return _container_encoded(codes.DCM.MeasurementGroup, items, encodings, template_id="1501")
 
 
+def _encoded_sequence(items: bytes) -> RawDataElement:
+    """A Content Sequence whose ``items`` are already encoded (Explicit VR Little Endian), written as they are."""
+    return RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
+
+
 def _container_encoded(
     name: Code, items: bytes, encodings: tuple[str, ...], template_id: str | None = None
 ) -> bytes:
@@ -150,7 +155,7 @@ def _container_encoded(
     container = ContainerContentItem(
         name=name, relationship_type=RelationshipTypeValues.CONTAINS, template_id=template_id
     )
-    container[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
+    container[_CONTENT_SEQUENCE] = _encoded_sequence(items)
     written_as_is(container)  # else the writer decodes the encoded items to encode them again
     return _encoded([container], encodings)
 
@@ -177,10 +182,11 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
         root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
         root.ContentSequence = ContentSequence()  # its items are added encoded, below
         sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
-    out = Dataset(sr)  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
-    out.preamble, out.file_meta = sr.preamble, sr.file_meta
-    encodings = written_as_is(out)
-    with building(name, "SR"):
+        out = Dataset(
+            sr
+        )  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
+        out.preamble, out.file_meta = sr.preamble, sr.file_meta
+        encodings = written_as_is(out)
         group = _group_encoded(header, result, result.label, model, sop_uid, encodings)
         items = b"".join(
             (
@@ -189,7 +195,7 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
                 _texts_encoded(report_texts(result, model), encodings),
             )
         )
-    out[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(items), items, 0, False, True)
+    out[_CONTENT_SEQUENCE] = _encoded_sequence(items)
     return out
 
 
