@@ -17,7 +17,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from highdicom.frame import encode_frame
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -114,19 +113,12 @@ def sc_shell(header: Dataset, model: ModelIdentity, name: str) -> Dataset:
 
 
 def with_pixels(sc: Dataset, rgb: np.ndarray, name: str) -> Dataset:
-    """``sc_shell``'s dataset with ``rgb`` as its pixels, encoded as highdicom's ``SCImage`` encodes them (its
-    ``encode_frame``); the image's size is the only other thing that depends on them."""
+    """``sc_shell``'s dataset with ``rgb`` as its pixels, encoded as highdicom's ``SCImage`` encodes them
+    (native, 8 bits, colour-by-pixel: the array's bytes in C order, as its ``encode_frame`` makes them, without
+    the two intermediate copies it makes); the image's size is the only other thing that depends on them."""
     pixels = _rgb(rgb, name)
     sc.Rows, sc.Columns = pixels.shape[0], pixels.shape[1]
-    sc.PixelData = encode_frame(
-        pixels,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        bits_allocated=8,
-        bits_stored=8,
-        photometric_interpretation="RGB",
-        pixel_representation=0,
-        planar_configuration=0,
-    )
+    sc.PixelData = pixels.tobytes()
     sc["PixelData"].VR = "OB"  # 8 bits allocated (PS3.5 A.2): what pydicom's writer would settle the VR to
     written_as_is(sc)
     return sc
