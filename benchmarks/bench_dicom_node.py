@@ -8,19 +8,14 @@ DICOM files (``--files``, default ../shared/data/dicom plus two tiny DX files). 
   output for the twin) on the same files, p50, for the graph the node runs and for the plain model;
 - stages (in process, no network): per instance, timed with ``perf_counter``: the model (explain), then
   each later step one by one (the picture, the SR, the SC, encoding both), then the same instance the node's
-  own way (``Worker``: what of the results does not need the prediction made on its prepare thread while the
-  model runs, then the results step: the picture, SR, SC and the commit to the spool with fsync), p50; "node
-  adds (paired)" is the node's way minus the model alone in the same iteration: what the node costs per
-  image, including any slowdown of the model by the work beside it (exact, but as noisy as the model's own
-  time); "node adds at most" is the results step plus the preparation's CPU time, the most it can cost (the
-  preparation can delay the model by no more than the CPU time it takes from it): the figure that holds
-  where the model's time varies more than what the node adds;
+  own way (the model again, then ``Worker``'s results step: the picture, SR, SC and the commit to the spool
+  with fsync), p50; "node adds (paired)" is the node's way minus the model alone in the same iteration
+  (paired, so slow drifts of the host cancel; as noisy as the model's own time where that varies);
 - latency: Orthanc (the PACS) on loopback and the node in this process; ``--n`` instances sent one at a
   time with dcmtk's storescu (each a copy under fresh UIDs; the next is sent once the previous is stored):
   received -> results committed to the spool ("node per image"), split at the model's end into the model
-  stage (reading the spooled file, explain, with the results' preparation beside it) and the results stage
-  (the rest of what the node adds: the picture, SR, SC, commit), and received -> the PACS's success answer
-  for the SR and SC, p50 and p90;
+  stage (reading the spooled file, explain) and the results stage (what the node adds: the picture, SR, SC,
+  commit), and received -> the PACS's success answer for the SR and SC, p50 and p90;
 - throughput: ``--n`` instances in one storescu run: instances per minute from the first received to the
   last committed (the node) and to the last stored (with the PACS on the same cores).
 Prints Markdown tables; ``--json`` writes the row as JSON. Needs Orthanc and dcmtk.
@@ -49,7 +44,7 @@ from tests.dicom_harness import Orthanc, chest_dx, free_port, missing_tools, spo
 
 DEFAULT_FILES = REPO.parent / "shared" / "data" / "dicom"
 STAGES = ("model", "picture", "sr", "sc", "encode")
-STAGE_COLUMNS = (*STAGES, "steps", "results", "results_cpu", "prepare_cpu", "node", "node_adds", "adds_bound")
+STAGE_COLUMNS = (*STAGES, "steps", "results", "results_cpu", "node", "node_adds")
 
 
 def fresh_copies(files: list[Path], n: int, folder: Path, tag: str) -> list[Path]:
@@ -117,10 +112,9 @@ def inference_ms(predictor: Any, files: list[Path], n: int) -> list[float]:
 
 def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str, list[float]]:
     """Per instance, in process: the model (``explain``), then each step the node takes after it, one after
-    another (picture, SR, SC, encoding both); then, on the same instance, the node's own way (``Worker``: the
-    results' preparation submitted beside the model, the model, then the results step: the rest and the commit
-    to the spool, fsync included), timed as a whole ("node", from the read file to the commit); "node adds" is
-    that minus the same iteration's model time (paired: slow drifts of the host cancel)."""
+    another (picture, SR, SC, encoding both); then, on the same instance, the node's own way (the model, then
+    ``Worker``'s results step: all of these and the commit to the spool, fsync included), timed as a whole;
+    "node adds" is that minus the same iteration's model time."""
     from cxr.dicom import ModelIdentity
     from cxr.dicom.forward import Backoff, parse_destination
     from cxr.dicom.node import cxr_responder
@@ -136,15 +130,6 @@ def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str,
     dest = parse_destination("NOWHERE@127.0.0.1:9")  # never sent: the results step only queues them
     worker = Worker(spool, predictor, responder, dest, calling_ae="CXR", backoff=Backoff(), model_sha256=sha)
     out: dict[str, list[float]] = {k: [] for k in STAGE_COLUMNS}
-    prepare_cpu: list[float] = []
-
-    def prepare(data: bytes, name: str) -> Any:  # the responder's own, its CPU time kept
-        c0 = time.thread_time()
-        try:
-            return responder.prepare(data, name)
-        finally:
-            prepare_cpu.append((time.thread_time() - c0) * 1000)
-
     todo = files * max(1, n // len(files))
     for i, f in enumerate([todo[0], *todo]):  # the first one warms up
         data = f.read_bytes()
@@ -163,10 +148,9 @@ def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str,
         uid = f"1.2.826.0.1.3680043.10.1.{i}"
         spool.receive(uid, data, {})
         n0 = time.perf_counter()
-        prepared = worker._prepare.submit(prepare, data, str(f))  # as Worker._predict_one does
         again = predictor.explain(data, str(f))
         r0, c0 = time.perf_counter(), time.thread_time()
-        worker._respond_one(_Predicted(uid, prepared, again, None, now()))
+        worker._respond_one(_Predicted(uid, data, again, None, now()))
         r1, c1 = time.perf_counter(), time.thread_time()
         if i == 0:
             continue
@@ -177,8 +161,6 @@ def stage_ms(predictor: Any, files: list[Path], n: int, work: Path) -> dict[str,
         out["results_cpu"].append((c1 - c0) * 1000)
         out["node"].append((r1 - n0) * 1000)
         out["node_adds"].append((r1 - n0 - (t[1] - t[0])) * 1000)
-        out["prepare_cpu"].append(prepare_cpu[-1])
-        out["adds_bound"].append((r1 - r0) * 1000 + prepare_cpu[-1])
     worker.stop(1.0)
     spool.close()
     return out
@@ -254,7 +236,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "results_stage_p50_ms": p50(lat["results"]),
         "node_adds_pct": round(100 * p50(lat["results"]) / pure, 1),
         "node_adds_paired_pct": round(100 * p50(stages["node_adds"]) / p50(stages["model"]), 1),
-        "node_adds_bound_pct": round(100 * p50(stages["adds_bound"]) / p50(stages["model"]), 1),
         "node_minus_pure_p50_ms": round(node_ms - pure, 1),
         "latency_p50_ms": p50(lat["total"]),
         "latency_p90_ms": round(float(np.percentile(lat["total"], 90)), 1),
@@ -275,26 +256,24 @@ def table(row: dict[str, Any]) -> str:
             f"failed {row['failed']}",
             "",
             "| stage (in process) | " + " | ".join(STAGES) + " | steps after the model, one by one "
-            "| results step as the node runs it (its CPU) | preparation's CPU (beside the model) "
-            "| node per image (its own way) | node adds (paired) | node adds at most (results + preparation) |",
-            "|---" * (len(STAGES) + 7) + "|",
+            "| results step as the node runs it (its CPU) | node per image (its own way) | node adds (paired) |",
+            "|---" * (len(STAGES) + 5) + "|",
             *(
                 f"| {what} ms | " + " | ".join(str(row[key][k]) for k in (*STAGES, "steps")) + " | "
-                f"{row[key]['results']} ({row[key]['results_cpu']}) | {row[key]['prepare_cpu']} "
-                f"| {row[key]['node']} | {row[key]['node_adds']} | {row[key]['adds_bound']} |"
+                f"{row[key]['results']} ({row[key]['results_cpu']}) | {row[key]['node']} "
+                f"| {row[key]['node_adds']} |"
                 for what, key in (("p50", "stages_p50_ms"), ("min", "stages_min_ms"))
             ),
             "",
             "| pure inference p50 / min (plain model p50) | node per image p50 (model stage, results stage) "
-            "| results stage / pure | node adds (paired, in process) | node adds at most (in process) "
+            "| results stage / pure | node adds (paired, in process) "
             "| burst ms/instance (adds) | C-STORE -> SR stored p50 / p90 | send stage p50 "
             "| instances/min node / with PACS |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
             f"| {row['inference_p50_ms']} / {row['inference_min_ms']} ({row['inference_plain_p50_ms']}) ms "
             f"| {row['node_per_image_p50_ms']} ({row['model_stage_p50_ms']}, {row['results_stage_p50_ms']}) ms "
             f"| {row['results_stage_p50_ms']} ms ({row['node_adds_pct']}%) "
             f"| {row['stages_p50_ms']['node_adds']} ms ({row['node_adds_paired_pct']}%) "
-            f"| {row['stages_p50_ms']['adds_bound']} ms ({row['node_adds_bound_pct']}%) "
             f"| {row['burst_ms_per_instance']} ({row['burst_adds_pct']}%) "
             f"| {row['latency_p50_ms']} / {row['latency_p90_ms']} ms | {row['send_stage_p50_ms']} ms "
             f"| {row['instances_per_min_node']} / {row['instances_per_min_pacs']} |",

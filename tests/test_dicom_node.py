@@ -579,13 +579,12 @@ def test_worker_commits_results_in_arrival_order_and_failures_to_failed(tmp_path
         assert "the model crashed" in spool.record("failed", u)["reason"]
 
 
-@pytest.mark.parametrize("broken", ["prepare", "documents", "with_picture"])
+@pytest.mark.parametrize("broken", ["documents", "with_picture"])
 def test_a_results_builder_failure_sends_the_instance_to_failed_and_leaves_no_staging(
     tmp_path: Path, broken: str
 ) -> None:
-    """The preparation (the prepare thread, while the model runs), the SR side (the results thread) or the SC
-    side (the draw thread) raising: the instance ends in failed/ with the reason and its source, the staging
-    folder is gone, and no thread waits for another forever."""
+    """The SR side (this thread) or the SC side (the draw thread) raising: the instance ends in failed/ with the
+    reason and its source, the staging folder is gone, and neither thread waits for the other forever."""
     from cxr.dicom.forward import Backoff, Destination
     from cxr.dicom.node import CxrResponder
     from cxr.dicom.spool import Spool
@@ -596,15 +595,10 @@ def test_a_results_builder_failure_sends_the_instance_to_failed_and_leaves_no_st
         def __init__(self) -> None:
             self.inner = CxrResponder(MODEL)
 
-        def prepare(self, source: bytes, name: str) -> Any:
-            if broken == "prepare":
-                raise ValueError("the document preparation broke")
-            return self.inner.prepare(source, name)
-
-        def documents(self, prepared: Any, pred: Any) -> tuple[Any, Any]:
+        def documents(self, source: bytes, pred: Any) -> tuple[Any, Any]:
             if broken == "documents":
                 raise ValueError("the SR builder broke")
-            return self.inner.documents(prepared, pred)
+            return self.inner.documents(source, pred)
 
         def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any:
             if broken == "with_picture":
@@ -627,6 +621,6 @@ def test_a_results_builder_failure_sends_the_instance_to_failed_and_leaves_no_st
         worker.stop(10.0)
         spool.close()
     record = spool.record("failed", uid)
-    assert "broke" in record["reason"] and record["stage"] == "predict"
+    assert "builder broke" in record["reason"] and record["stage"] == "predict"
     assert (spool.folder("failed", uid) / "source.dcm").is_file()
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []

@@ -22,7 +22,7 @@ import numpy as np
 
 from cxr.dicom._identity import ModelIdentity
 from cxr.dicom.forward import Backoff, Destination
-from cxr.dicom.results import PreparedDocuments, documents_for, prepare_documents
+from cxr.dicom.results import result_documents
 from cxr.dicom.sc import MANUFACTURER as SC_MANUFACTURER
 from cxr.dicom.sc import with_pixels
 from cxr.dicom.spool import Spool, valid_uid
@@ -114,11 +114,8 @@ class CxrResponder:
 
     model: ModelIdentity
 
-    def prepare(self, source: bytes, name: str) -> PreparedDocuments:
-        return prepare_documents(source, name, self.model)
-
-    def documents(self, prepared: PreparedDocuments, pred: Any) -> tuple[Any, Any]:
-        return documents_for(prepared, pred)
+    def documents(self, source: bytes, pred: Any) -> tuple[Any, Any]:
+        return result_documents(source, pred, self.model)
 
     def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any:
         return with_pixels(sc, rgb, name)

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from cxr.dicom._identity import ModelIdentity
 from cxr.dicom._source import source_header
 from cxr.dicom.sc import sc_shell, with_pixels
-from cxr.dicom.sr import sr_shell, sr_with_result
+from cxr.dicom.sr import sr_from_header
 from cxr.errors import DataError, first_line
 from cxr.imaging.dicom import read_dataset
 from cxr.spec import Prediction
@@ -43,38 +43,11 @@ def dicom_results(
 def result_documents(
     source_bytes: bytes, result: Prediction, model: ModelIdentity
 ) -> tuple[Dataset, Dataset]:
-    """The SR, and the SC with a placeholder for its pixels (``cxr.dicom.sc.with_pixels`` puts them in).
-    Refused as ``dicom_results`` says."""
-    return documents_for(prepare_documents(source_bytes, result.source or "<bytes>", model), result)
-
-
-@dataclass(frozen=True)
-class PreparedDocuments:
-    """What the two results of one source are before its prediction: the checked source header, the SR
-    without its content and the SC without its pixels (``prepare_documents``; ``documents_for`` completes
-    the SR)."""
-
-    name: str
-    model: ModelIdentity
-    header: Dataset
-    sr: Dataset
-    sc: Dataset
-
-
-def prepare_documents(source_bytes: bytes, name: str, model: ModelIdentity) -> PreparedDocuments:
-    """All of both results that does not depend on the prediction, made from the DICOM file ``source_bytes``
-    (the node makes it while the model runs). A ``DecodeError`` when it is not a DICOM image with its UIDs."""
+    """The SR, and the SC with a placeholder for its pixels (``cxr.dicom.sc.with_pixels`` puts them in): all
+    that can be made while the picture is still being drawn. Refused as ``dicom_results`` says."""
+    name = result.source or "<bytes>"
     header = source_header(read_dataset(source_bytes, name), name)  # checked and repaired once, for both
-    return PreparedDocuments(
-        name, model, header, sr_shell(header, model, name), sc_shell(header, model, name)
-    )
-
-
-def documents_for(prepared: PreparedDocuments, result: Prediction) -> tuple[Dataset, Dataset]:
-    """The SR with ``result``'s content, and the prepared SC (still without its pixels); each prepared
-    document is completed once. A ``DataError`` when the prediction failed."""
-    sr = sr_with_result(prepared.sr, prepared.header, result, prepared.model, prepared.name)
-    return sr, prepared.sc
+    return sr_from_header(header, result, model, name), sc_shell(header, model, name)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -168,42 +168,26 @@ def build_sr(source: Dataset, result: Prediction, model: ModelIdentity) -> Datas
 
 def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, name: str) -> Dataset:
     """``build_sr`` for a header already checked and repaired by ``source_header`` (made once per source)."""
-    return sr_with_result(sr_shell(header, model, name), header, result, model, name)
-
-
-def sr_shell(header: Dataset, model: ModelIdentity, name: str) -> Dataset:
-    """The SR of ``header`` but for its content: the document, its identity, evidence and coding schemes, all
-    that does not depend on the prediction (the node makes it while the model runs). ``sr_with_result``
-    completes it."""
-    sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
-    with warnings.catch_warnings(), building(name, "SR"):
-        warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
-        # the constructor is given the root without its items: it deep-copies, re-parses and searches the whole
-        # tree it is given (more work than building it), and the evidence it derives is the same either way
-        root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
-        root.ContentSequence = ContentSequence()  # its items are added encoded, by sr_with_result
-        sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
-    out = Dataset(sr)  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
-    out.preamble, out.file_meta = sr.preamble, sr.file_meta
-    written_as_is(out)
-    return out
-
-
-def sr_with_result(
-    shell: Dataset, header: Dataset, result: Prediction, model: ModelIdentity, name: str
-) -> Dataset:
-    """``sr_shell``'s document for ``header`` with the content of ``result`` (refused with a ``DataError``
-    when the prediction failed)."""
     if not result.ok or result.label is None:
         raise DataError(
             f"{name}: the prediction failed ({result.error}); there is no result to write as a DICOM SR",
             hint="fix the input (see the error) and predict it again",
             path=name,
         )
-    encodings = written_as_is(shell)
+    sop_uid = instance_uid(header.SOPInstanceUID, model, "sr")
     with warnings.catch_warnings(), building(name, "SR"):
-        warnings.simplefilter("ignore", UserWarning)
-        group = _group_encoded(header, result, result.label, model, str(shell.SOPInstanceUID), encodings)
+        warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on copied names
+        # the constructor is given the root without its items: it deep-copies, re-parses and searches the whole
+        # tree it is given (more work than building it), and the evidence it derives is the same either way
+        root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+        root.ContentSequence = ContentSequence()  # its items are added encoded, below
+        sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
+        out = Dataset(
+            sr
+        )  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
+        out.preamble, out.file_meta = sr.preamble, sr.file_meta
+        encodings = written_as_is(out)
+        group = _group_encoded(header, result, result.label, model, sop_uid, encodings)
         items = b"".join(
             (
                 _report_opening(model, encodings),
@@ -211,8 +195,8 @@ def sr_with_result(
                 _texts_encoded(report_texts(result, model), encodings),
             )
         )
-    shell[_CONTENT_SEQUENCE] = _encoded_sequence(items)
-    return shell
+    out[_CONTENT_SEQUENCE] = _encoded_sequence(items)
+    return out
 
 
 def _document(header: Dataset, model: ModelIdentity, sop_uid: str) -> dict[str, Any]:

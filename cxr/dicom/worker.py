@@ -3,13 +3,12 @@
 Takes: an open ``Spool``, a ``Predictor``, a ``Responder`` (prediction -> SR and SC datasets; by default the
 highdicom objects of ``cxr.dicom``), a ``Destination`` and a ``Backoff``. Makes: ``Worker`` whose
 ``submit(uid)`` queues a received instance and whose ``replay()`` queues what the spool still holds.
-One thread predicts (the model runs one image at a time, in arrival order; a prepare thread meanwhile makes
-what of the results does not depend on the prediction); a second makes each predicted instance's results (the
-SR and SC, their commit to the spool; the picture and the SC's file on a helper thread meanwhile) while the
-model already runs on the next one, and alone moves instances out of received/; a third sends, retrying with
-backoff while the destination is down, so predictions go on spooling during an outage. A failure of one
-instance moves it to failed/ with the reason and never stops a thread. One audit line per instance (logger
-``cxr.audit``, ``audit_line``) when it reaches sent/ or failed/.
+One thread predicts (the model runs one image at a time, in arrival order); a second makes each predicted
+instance's results (the SR and SC, their commit to the spool; the picture and the SC's file on a helper thread
+meanwhile) while the model already runs on the next one, and alone moves instances out of received/; a third
+sends, retrying with backoff while the destination is down, so predictions go on spooling during an outage. A failure of one instance moves it to
+failed/ with the reason and never stops a thread. One audit line per instance (logger ``cxr.audit``,
+``audit_line``) when it reaches sent/ or failed/.
 """
 
 from __future__ import annotations
@@ -43,15 +42,11 @@ _IN_HAND = 2  # predicted instances waiting for their results (each holds its de
 
 
 class Responder(Protocol):
-    """Makes the two result objects (SR, SC) of one instance in three parts, so that little is left to do
-    once the model is done: ``prepare`` makes all that does not depend on the prediction while the model runs
-    (the model lets go of the GIL), ``documents`` gives the SR and the SC without its pixels, and
-    ``with_picture`` the SC with them, on another thread while the SR is written (Pillow lets go of the GIL
-    while it resizes and blends)."""
+    """Makes the two result objects (SR, SC) of one predicted instance in two parts, so that all but the
+    picture is made while the picture is drawn on another thread (Pillow lets go of the GIL while it resizes
+    and blends): ``documents`` gives the SR and the SC without its pixels, ``with_picture`` the SC with them."""
 
-    def prepare(self, source: bytes, name: str) -> Any: ...
-
-    def documents(self, prepared: Any, pred: Prediction) -> tuple[Any, Any]: ...
+    def documents(self, source: bytes, pred: Prediction) -> tuple[Any, Any]: ...
 
     def with_picture(self, sc: Any, rgb: np.ndarray, name: str) -> Any: ...
 
@@ -130,7 +125,6 @@ class Worker:
         self._to_send: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._draw = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-draw")
-        self._prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-prepare")
         self._threads = [
             threading.Thread(
                 target=self._loop, args=(self._to_predict, self._predict_one), name="cxr-predict"
@@ -157,7 +151,6 @@ class Worker:
             if t.is_alive():
                 t.join(timeout_s)
         self._draw.shutdown(wait=False, cancel_futures=True)
-        self._prepare.shutdown(wait=False)  # not cancelled: an instance in hand may still wait for its own
 
     def submit(self, uid: str) -> None:
         self._to_predict.put(uid)
@@ -186,20 +179,18 @@ class Worker:
 
     # ------------------------------------------------------------------ received -> predicted
     def _predict_one(self, uid: str) -> None:
-        """Decode and run the model (the only step on the model's thread) while the prepare thread makes what
-        of the results does not depend on the prediction; the rest is ``_respond_one``'s."""
+        """Decode and run the model (the only step on the model's thread); the rest is ``_respond_one``'s."""
         if self.spool.state(uid) != "received":
             return  # already handled (a resend queued twice)
         path = self.spool.source(uid)
         try:
             data = path.read_bytes()
-            prepared = self._prepare.submit(self.responder.prepare, data, str(path))
             one = self.predictor.explain(data, str(path))  # one decode, one run (with the heatmap if any)
         except Exception as e:  # an unreadable spool file or a predictor failure: failed/, like a bad image
             log.warning("%s: could not predict it", uid, exc_info=True)
-            self._put_respond(_Predicted(uid, None, None, f"{type(e).__name__}: {first_line(e)}", now()))
+            self._put_respond(_Predicted(uid, b"", None, f"{type(e).__name__}: {first_line(e)}", now()))
             return
-        self._put_respond(_Predicted(uid, prepared, one, None, now()))
+        self._put_respond(_Predicted(uid, data, one, None, now()))
 
     def _put_respond(self, item: _Predicted) -> None:
         while not self._stop.is_set():  # bounded: the model waits while two results are being made
@@ -219,8 +210,8 @@ class Worker:
         meta = self.spool.received_meta(uid)
         staged = None
         try:
-            if item.error is not None or item.prepared is None:
-                raise _NotPredicted(item.error or "not predicted")
+            if item.error is not None:
+                raise _NotPredicted(item.error)
             one = item.explained
             pred = one.prediction
             if pred.error is not None or one.image is None:
@@ -229,7 +220,7 @@ class Worker:
             shell: Future[Any] = Future()
             sc_job = self._draw.submit(self._draw_sc, one, shell, staged / "sc.dcm")
             try:
-                sr, sc = self.responder.documents(item.prepared.result(), pred)
+                sr, sc = self.responder.documents(item.data, pred)
                 shell.set_result(sc)
                 write_part10(sr, staged / "sr.dcm")
             except BaseException as e:
@@ -325,11 +316,10 @@ class Worker:
 
 @dataclass(frozen=True)
 class _Predicted:
-    """One instance between the model and its results: what ``Responder.prepare`` makes of it (a future) and
-    ``Explained`` (or why there is none)."""
+    """One instance between the model and its results: its bytes and ``Explained`` (or why there is none)."""
 
     uid: str
-    prepared: Future[Any] | None
+    data: bytes
     explained: Any
     error: str | None
     inferred_at: str  # when the model was done with it (the spool record keeps it beside predicted_at)
