@@ -115,7 +115,7 @@ def sc_shell(header: Dataset, model: ModelIdentity, name: str) -> Dataset:
 def with_pixels(sc: Dataset, rgb: np.ndarray, name: str) -> Dataset:
     """``sc_shell``'s dataset with ``rgb`` as its pixels, encoded as highdicom's ``SCImage`` encodes them
     (native, 8 bits, colour-by-pixel: the array's bytes in C order, as its ``encode_frame`` makes them, without
-    the two intermediate copies it makes); the image's size is the only other thing that depends on them."""
+    the flattened copy it makes first); the image's size is the only other thing that depends on them."""
     pixels = _rgb(rgb, name)
     sc.Rows, sc.Columns = pixels.shape[0], pixels.shape[1]
     sc.PixelData = pixels.tobytes()
