@@ -59,10 +59,11 @@ class SeparatePipeline:
         fused_size: tuple[int, int],
         orders: dict[str, str],
         threads: int | None = None,
+        optimize: bool = True,
     ) -> None:
         self.members = list(members)
-        self.sessions = [session(m.path, threads) for m in members]
-        self.meta = session(meta_path, threads)
+        self.sessions = [session(m.path, threads, optimize=optimize) for m in members]
+        self.meta = session(meta_path, threads, optimize=optimize)
         self.fused_size = fused_size
         self.orders = orders
 
@@ -100,8 +101,9 @@ def check_separate(
     tolerance: float = 1e-5,
     rng: np.random.Generator,
     threads: int | None = None,
+    optimize: bool = True,
 ) -> ParityReport:
-    sess = session(fused_path, threads)
+    sess = session(fused_path, threads, optimize=optimize)
     h, w = reference.fused_size
     k = len(reference.members[0].meta.classes)
     n_members = len(reference.members)
