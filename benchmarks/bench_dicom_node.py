@@ -181,41 +181,44 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     node_port = free_port()
     orthanc = Orthanc(work / "orthanc", node_port).start()
-    spool = work / "spool"
-    cfg = NodeConfig(
-        model=Path(model),
-        forward=parse_destination(orthanc.destination),
-        spool=spool,
-        port=node_port,
-        backoff=Backoff(0.2, 1.0, 60.0),
-        threads=args.threads,
-        provider=args.provider,
-        precision=args.precision,
-    )
-    predictor = open_predictor(cfg)  # what `cxr listen` runs: the heatmap twin when it is beside the model
-    session = SessionConfig(provider=args.provider, threads=args.threads, precision=args.precision)
-    plain = Predictor.from_path(model, PredictorConfig(session=session, batch_size=1))
-    infer = inference_ms(predictor, files, args.n)
-    infer_plain = inference_ms(plain, files, args.n)
-    del plain
-    stages = stage_ms(predictor, files, args.n, work)
-    node = DicomNode(cfg, predictor=predictor).start()
-    try:
-        sequential = fresh_copies(files, args.n, work / "seq", "s")
-        for i, f in enumerate(sequential):
-            storescu(node.port, [f])
-            wait_for(lambda i=i: spool_counts(spool)["sent"] >= i + 1, 120, f"instance {i} stored")
-        lat = latencies_ms(spool, [uid_of(f) for f in sequential])
-        burst = fresh_copies(files, args.n, work / "burst", "b")
-        storescu(node.port, burst)
-        wait_for(lambda: spool_counts(spool)["sent"] >= 2 * args.n, 600, "the burst stored")
-        recs = [json.loads((spool / "sent" / uid_of(f) / "record.json").read_text()) for f in burst]
-        first = min(_t(r["received_at"]) for r in recs)
-        span_node = max(_t(r["send_started_at"]) for r in recs) - first
-        span_pacs = max(_t(r["sent_at"]) for r in recs) - first
-        failed = spool_counts(spool)["failed"]
+    try:  # Orthanc is stopped whatever fails after it started
+        spool = work / "spool"
+        cfg = NodeConfig(
+            model=Path(model),
+            forward=parse_destination(orthanc.destination),
+            spool=spool,
+            port=node_port,
+            backoff=Backoff(0.2, 1.0, 60.0),
+            threads=args.threads,
+            provider=args.provider,
+            precision=args.precision,
+        )
+        # what `cxr listen` runs: the heatmap twin when it is beside the model
+        predictor = open_predictor(cfg)
+        session = SessionConfig(provider=args.provider, threads=args.threads, precision=args.precision)
+        plain = Predictor.from_path(model, PredictorConfig(session=session, batch_size=1))
+        infer = inference_ms(predictor, files, args.n)
+        infer_plain = inference_ms(plain, files, args.n)
+        del plain
+        stages = stage_ms(predictor, files, args.n, work)
+        node = DicomNode(cfg, predictor=predictor).start()
+        try:
+            sequential = fresh_copies(files, args.n, work / "seq", "s")
+            for i, f in enumerate(sequential):
+                storescu(node.port, [f])
+                wait_for(lambda i=i: spool_counts(spool)["sent"] >= i + 1, 120, f"instance {i} stored")
+            lat = latencies_ms(spool, [uid_of(f) for f in sequential])
+            burst = fresh_copies(files, args.n, work / "burst", "b")
+            storescu(node.port, burst)
+            wait_for(lambda: spool_counts(spool)["sent"] >= 2 * args.n, 600, "the burst stored")
+            recs = [json.loads((spool / "sent" / uid_of(f) / "record.json").read_text()) for f in burst]
+            first = min(_t(r["received_at"]) for r in recs)
+            span_node = max(_t(r["send_started_at"]) for r in recs) - first
+            span_pacs = max(_t(r["sent_at"]) for r in recs) - first
+            failed = spool_counts(spool)["failed"]
+        finally:
+            node.stop()
     finally:
-        node.stop()
         orthanc.stop()
     pure = p50(infer)
     node_ms = p50(lat["predict"])
