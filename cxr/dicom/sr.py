@@ -182,9 +182,8 @@ def sr_from_header(header: Dataset, result: Prediction, model: ModelIdentity, na
         root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
         root.ContentSequence = ContentSequence()  # its items are added encoded, below
         sr = ComprehensiveSR(evidence=[header], content=root, **_document(header, model, sop_uid))
-        out = Dataset(
-            sr
-        )  # the same elements, without the highdicom object's parsed ``content`` (the bare root)
+        # the same elements, without the highdicom object's parsed ``content`` (the bare root)
+        out = Dataset(sr)
         out.preamble, out.file_meta = sr.preamble, sr.file_meta
         encodings = written_as_is(out)
         group = _group_encoded(header, result, result.label, model, sop_uid, encodings)
